@@ -1,0 +1,64 @@
+# mod_h2rs: build the Rust staticlib and the C shim, link them into
+# build/mod_h2rs.so against the httpd whose apxs is $(APXS).
+#
+#   make                      build build/mod_h2rs.so
+#   make APXS=/usr/local/apache2/bin/apxs
+#   make install              install with apxs (new inode: safe under a running httpd)
+#   make test                 the whole test suite (scripts/test)
+#   make clean
+
+APXS    ?= apxs
+CARGO   ?= cargo
+CC      := $(shell $(APXS) -q CC)
+CFLAGS  := $(shell $(APXS) -q CFLAGS) $(shell $(APXS) -q EXTRA_CFLAGS) -fPIC -Wall -Wextra -Wno-unused-parameter
+CPPFLAGS := $(shell $(APXS) -q EXTRA_CPPFLAGS) -I$(shell $(APXS) -q INCLUDEDIR) \
+            -I$(shell $(APXS) -q APR_INCLUDEDIR) -I$(shell $(APXS) -q APU_INCLUDEDIR)
+LIBEXECDIR := $(shell $(APXS) -q LIBEXECDIR)
+
+BUILD   := build
+SO      := $(BUILD)/mod_h2rs.so
+RUSTLIB := target/release/libmod_h2rs.a
+SHIM_SRC := c_shim/mod_h2rs.c c_shim/helpers.c
+SHIM_OBJ := $(patsubst c_shim/%.c,$(BUILD)/%.o,$(SHIM_SRC))
+# What rustc reports as native-static-libs for a staticlib on Linux.
+NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+EXPORTS := c_shim/h2rs.map
+
+.PHONY: all rust install test clean check-exports
+
+all: $(SO) check-exports
+
+rust:
+	APXS=$(APXS) $(CARGO) build --release --lib
+
+$(RUSTLIB): rust
+
+$(BUILD)/%.o: c_shim/%.c c_shim/shim.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+# -u http2_module: without it the linker drops the shim's module record and
+# the .so is silently empty. The version script exports only that record.
+$(SO): $(SHIM_OBJ) $(RUSTLIB) $(EXPORTS)
+	$(CC) -shared -o $@.tmp $(SHIM_OBJ) $(RUSTLIB) \
+	    -Wl,-u,http2_module -Wl,--version-script=$(EXPORTS) \
+	    -Wl,--gc-sections $(NATIVE_LIBS)
+	mv -f $@.tmp $@
+
+# The .so must export its module record and nothing else.
+check-exports: $(SO)
+	@leaked=$$(nm -D --defined-only $(SO) | awk '$$2 ~ /[TDBRVW]/ {print $$3}' \
+	    | grep -Ev '^(http2_module|_init|_fini)$$' | head -n 5); \
+	if [ -n "$$leaked" ]; then echo "$(SO) exports more than http2_module: $$leaked" >&2; exit 1; fi; \
+	nm -D --defined-only $(SO) | grep -q ' http2_module$$' \
+	    || { echo "$(SO) does not export http2_module" >&2; exit 1; }
+
+install: all
+	$(APXS) -i -n h2rs $(SO)
+
+test:
+	scripts/test
+
+clean:
+	rm -rf $(BUILD)
+	$(CARGO) clean

@@ -1,0 +1,26 @@
+/* The headers bindgen turns into src/ffi bindings (see build.rs). */
+#include <httpd.h>
+#include <http_config.h>
+#include <http_connection.h>
+#include <http_core.h>
+#include <http_log.h>
+#include <http_main.h>
+#include <http_protocol.h>
+#include <http_request.h>
+#include <http_ssl.h>
+#include <http_vhost.h>
+#include <ap_mpm.h>
+#include <mpm_common.h>
+#include <scoreboard.h>
+#include <util_filter.h>
+#include <util_script.h>
+#include <util_time.h>
+#include <mod_core.h>
+#include <apr_buckets.h>
+#include <apr_strings.h>
+#include <apr_thread_mutex.h>
+#include <apr_thread_proc.h>
+#include <apr_portable.h>
+#include <apr_poll.h>
+#include <apr_date.h>
+#include "shim.h"

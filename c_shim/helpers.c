@@ -1,0 +1,159 @@
+/* Helpers for the httpd and APR macros that Rust cannot call: one small
+ * function per macro, no logic. */
+#include <httpd.h>
+#include <http_config.h>
+#include <http_connection.h>
+#include <http_core.h>
+#include <http_log.h>
+#include <http_request.h>
+#include <apr_buckets.h>
+#include <http_protocol.h>
+
+#include "shim.h"
+
+APLOG_USE_MODULE(http2);
+
+int h2rs_shim_log_c_enabled(const conn_rec *c, int level)
+{
+    return APLOG_C_IS_LEVEL(c, level);
+}
+
+int h2rs_shim_log_s_enabled(const server_rec *s, int level)
+{
+    return APLOG_IS_LEVEL(s, level);
+}
+
+void h2rs_shim_log_c(const conn_rec *c, int level, apr_status_t rv,
+                     const char *msg)
+{
+    ap_log_cerror(APLOG_MARK, level, rv, c, "%s", msg);
+}
+
+void h2rs_shim_log_r(const request_rec *r, int level, apr_status_t rv,
+                     const char *msg)
+{
+    ap_log_rerror(APLOG_MARK, level, rv, r, "%s", msg);
+}
+
+void h2rs_shim_log_s(const server_rec *s, int level, apr_status_t rv,
+                     const char *msg)
+{
+    ap_log_error(APLOG_MARK, level, rv, s, "%s", msg);
+}
+
+void *h2rs_shim_conn_ctx(const conn_rec *c)
+{
+    return ap_get_module_config(c->conn_config, &http2_module);
+}
+
+void h2rs_shim_set_conn_ctx(conn_rec *c, void *ctx)
+{
+    ap_set_module_config(c->conn_config, &http2_module, ctx);
+}
+
+void *h2rs_shim_server_conf(const server_rec *s)
+{
+    return ap_get_module_config(s->module_config, &http2_module);
+}
+
+void *h2rs_shim_dir_conf(const request_rec *r)
+{
+    return ap_get_module_config(r->per_dir_config, &http2_module);
+}
+
+apr_bucket *h2rs_shim_brigade_first(apr_bucket_brigade *bb)
+{
+    return APR_BRIGADE_FIRST(bb);
+}
+
+apr_bucket *h2rs_shim_brigade_sentinel(apr_bucket_brigade *bb)
+{
+    return APR_BRIGADE_SENTINEL(bb);
+}
+
+int h2rs_shim_brigade_empty(apr_bucket_brigade *bb)
+{
+    return APR_BRIGADE_EMPTY(bb);
+}
+
+void h2rs_shim_brigade_insert_tail(apr_bucket_brigade *bb, apr_bucket *b)
+{
+    APR_BRIGADE_INSERT_TAIL(bb, b);
+}
+
+void h2rs_shim_brigade_insert_head(apr_bucket_brigade *bb, apr_bucket *b)
+{
+    APR_BRIGADE_INSERT_HEAD(bb, b);
+}
+
+apr_bucket *h2rs_shim_bucket_next(apr_bucket *b)
+{
+    return APR_BUCKET_NEXT(b);
+}
+
+void h2rs_shim_bucket_remove(apr_bucket *b)
+{
+    APR_BUCKET_REMOVE(b);
+}
+
+void h2rs_shim_bucket_destroy(apr_bucket *b)
+{
+    apr_bucket_destroy(b);
+}
+
+void h2rs_shim_bucket_delete(apr_bucket *b)
+{
+    apr_bucket_delete(b);
+}
+
+apr_status_t h2rs_shim_bucket_read(apr_bucket *b, const char **str,
+                                   apr_size_t *len, apr_read_type_e block)
+{
+    return apr_bucket_read(b, str, len, block);
+}
+
+apr_status_t h2rs_shim_bucket_split(apr_bucket *b, apr_size_t point)
+{
+    return apr_bucket_split(b, point);
+}
+
+apr_size_t h2rs_shim_bucket_length(apr_bucket *b)
+{
+    return b->length;
+}
+
+int h2rs_shim_bucket_kind(const apr_bucket *b)
+{
+    int kind = 0;
+    if (APR_BUCKET_IS_METADATA(b)) kind |= H2RS_BUCKET_METADATA;
+    if (APR_BUCKET_IS_EOS(b))      kind |= H2RS_BUCKET_EOS;
+    if (APR_BUCKET_IS_FLUSH(b))    kind |= H2RS_BUCKET_FLUSH;
+    if (AP_BUCKET_IS_EOR(b))       kind |= H2RS_BUCKET_EOR;
+    if (AP_BUCKET_IS_ERROR(b))     kind |= H2RS_BUCKET_ERROR;
+    if (APR_BUCKET_IS_FILE(b))     kind |= H2RS_BUCKET_FILE;
+    if (AP_BUCKET_IS_EOC(b))       kind |= H2RS_BUCKET_EOC;
+    return kind;
+}
+
+int h2rs_shim_error_bucket_status(const apr_bucket *b)
+{
+    return ((const ap_bucket_error *)b->data)->status;
+}
+
+void h2rs_shim_set_core_socket(conn_rec *c, apr_socket_t *s)
+{
+    ap_set_core_module_config(c->conn_config, s);
+}
+
+module *h2rs_shim_mpm_module(void)
+{
+    int i;
+    for (i = 0; ap_loaded_modules[i]; ++i) {
+        const char *name = ap_loaded_modules[i]->name;
+        if (!strcmp(name, "event.c") || !strcmp(name, "worker.c")
+            || !strcmp(name, "prefork.c") || !strcmp(name, "motorz.c")) {
+            return ap_loaded_modules[i];
+        }
+    }
+    return NULL;
+}

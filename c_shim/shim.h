@@ -1,0 +1,114 @@
+/* mod_h2rs C shim: the boundary between httpd and the Rust code.
+ *
+ * Two groups of declarations live here:
+ *  - h2rs_* entry points implemented in Rust (hooks, filters, directive and
+ *    config callbacks). The shim registers them with httpd; it holds no logic.
+ *  - h2rs_shim_* helpers implemented in C, one per httpd/APR macro that Rust
+ *    cannot call (bucket and brigade macros, APLOG_MARK logging, module config).
+ *
+ * bindgen reads this header (through bindings.h) so both sides agree on the
+ * signatures.
+ */
+#ifndef H2RS_SHIM_H
+#define H2RS_SHIM_H
+
+#include <httpd.h>
+#include <http_config.h>
+#include <util_filter.h>
+#include <apr_buckets.h>
+
+/* ---- implemented in Rust ------------------------------------------------ */
+
+void *h2rs_create_server_config(apr_pool_t *p, server_rec *s);
+void *h2rs_merge_server_config(apr_pool_t *p, void *base, void *add);
+void *h2rs_create_dir_config(apr_pool_t *p, char *dir);
+void *h2rs_merge_dir_config(apr_pool_t *p, void *base, void *add);
+const char *h2rs_cmd(cmd_parms *cmd, void *dir_config, int argc,
+                     char *const argv[]);
+
+int h2rs_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
+                     server_rec *s);
+void h2rs_child_init(apr_pool_t *pchild, server_rec *s);
+void h2rs_child_stopping(apr_pool_t *pchild, int graceful);
+
+int h2rs_process_connection(conn_rec *c);
+int h2rs_c2_process_connection(conn_rec *c);
+int h2rs_pre_close_connection(conn_rec *c);
+int h2rs_post_read_request(request_rec *r);
+int h2rs_fixups(request_rec *r);
+
+int h2rs_protocol_propose(conn_rec *c, request_rec *r, server_rec *s,
+                          const apr_array_header_t *offers,
+                          apr_array_header_t *proposals);
+int h2rs_protocol_switch(conn_rec *c, request_rec *r, server_rec *s,
+                         const char *protocol);
+const char *h2rs_protocol_get(const conn_rec *c);
+int h2rs_is_h2(conn_rec *c);
+
+apr_status_t h2rs_c2_net_in(ap_filter_t *f, apr_bucket_brigade *bb,
+                            ap_input_mode_t mode, apr_read_type_e block,
+                            apr_off_t readbytes);
+apr_status_t h2rs_c2_net_out(ap_filter_t *f, apr_bucket_brigade *bb);
+apr_status_t h2rs_c2_response_out(ap_filter_t *f, apr_bucket_brigade *bb);
+
+/* ---- implemented in C (macro helpers) ----------------------------------- */
+
+/* The module record; Rust needs it for module_index and config access. */
+extern module AP_MODULE_DECLARE_DATA http2_module;
+
+/* Filter handles registered by the shim, for ap_add_*_filter_handle. */
+extern ap_filter_rec_t *h2rs_shim_c2_net_in_handle;
+extern ap_filter_rec_t *h2rs_shim_c2_net_out_handle;
+extern ap_filter_rec_t *h2rs_shim_c2_response_handle;
+
+/* Logging with this module's index, so lines carry the module tag. */
+int h2rs_shim_log_c_enabled(const conn_rec *c, int level);
+int h2rs_shim_log_s_enabled(const server_rec *s, int level);
+void h2rs_shim_log_c(const conn_rec *c, int level, apr_status_t rv,
+                     const char *msg);
+void h2rs_shim_log_r(const request_rec *r, int level, apr_status_t rv,
+                     const char *msg);
+void h2rs_shim_log_s(const server_rec *s, int level, apr_status_t rv,
+                     const char *msg);
+
+/* This module's slot in config vectors. */
+void *h2rs_shim_conn_ctx(const conn_rec *c);
+void h2rs_shim_set_conn_ctx(conn_rec *c, void *ctx);
+void *h2rs_shim_server_conf(const server_rec *s);
+void *h2rs_shim_dir_conf(const request_rec *r);
+
+/* Brigade and bucket macros. */
+apr_bucket *h2rs_shim_brigade_first(apr_bucket_brigade *bb);
+apr_bucket *h2rs_shim_brigade_sentinel(apr_bucket_brigade *bb);
+int h2rs_shim_brigade_empty(apr_bucket_brigade *bb);
+void h2rs_shim_brigade_insert_tail(apr_bucket_brigade *bb, apr_bucket *b);
+void h2rs_shim_brigade_insert_head(apr_bucket_brigade *bb, apr_bucket *b);
+apr_bucket *h2rs_shim_bucket_next(apr_bucket *b);
+void h2rs_shim_bucket_remove(apr_bucket *b);
+void h2rs_shim_bucket_destroy(apr_bucket *b);
+void h2rs_shim_bucket_delete(apr_bucket *b);
+apr_status_t h2rs_shim_bucket_read(apr_bucket *b, const char **str,
+                                   apr_size_t *len, apr_read_type_e block);
+apr_status_t h2rs_shim_bucket_split(apr_bucket *b, apr_size_t point);
+apr_size_t h2rs_shim_bucket_length(apr_bucket *b);
+
+/* Bucket kinds, as flags: one call answers every question about a bucket. */
+#define H2RS_BUCKET_METADATA 0x01
+#define H2RS_BUCKET_EOS      0x02
+#define H2RS_BUCKET_FLUSH    0x04
+#define H2RS_BUCKET_EOR      0x08
+#define H2RS_BUCKET_ERROR    0x10
+#define H2RS_BUCKET_FILE     0x20
+#define H2RS_BUCKET_EOC      0x40
+int h2rs_shim_bucket_kind(const apr_bucket *b);
+/* Status of an ap_bucket_error (only for H2RS_BUCKET_ERROR). */
+int h2rs_shim_error_bucket_status(const apr_bucket *b);
+
+/* The dummy socket every secondary connection gets as its core socket. */
+void h2rs_shim_set_core_socket(conn_rec *c, apr_socket_t *s);
+
+/* The MPM's module record (event, worker, ...), whose conn config a secondary
+ * connection shares with its client connection. NULL if unknown. */
+module *h2rs_shim_mpm_module(void);
+
+#endif /* H2RS_SHIM_H */

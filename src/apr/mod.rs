@@ -1,0 +1,63 @@
+//! Thin safe wrappers over the APR objects the module touches: pools,
+//! brigades and buckets, tables. Each wrapper is a non-`Send` handle to an
+//! object httpd owns; constructing one from a raw pointer is the `unsafe`
+//! step, using it afterwards is not.
+
+pub mod brigade;
+pub mod pool;
+pub mod table;
+
+pub use brigade::{BrigadeRef, BucketKind, BucketRef};
+pub use pool::PoolRef;
+pub use table::TableRef;
+
+use crate::ffi;
+
+/// APR status codes the module reacts to.
+pub mod status {
+    use crate::ffi::apr_status_t;
+    pub const SUCCESS: apr_status_t = 0;
+    pub const EOF: apr_status_t = crate::ffi::APR_EOF as apr_status_t;
+    pub const EAGAIN: apr_status_t = crate::ffi::APR_EAGAIN as apr_status_t;
+    pub const TIMEUP: apr_status_t = crate::ffi::APR_TIMEUP as apr_status_t;
+    pub const ECONNABORTED: apr_status_t = crate::ffi::APR_ECONNABORTED as apr_status_t;
+    pub const ECONNRESET: apr_status_t = libc::ECONNRESET as apr_status_t;
+    pub const EINVAL: apr_status_t = libc::EINVAL as apr_status_t;
+    pub const ENOMEM: apr_status_t = libc::ENOMEM as apr_status_t;
+    pub const ENOTIMPL: apr_status_t = crate::ffi::APR_ENOTIMPL as apr_status_t;
+    pub const EGENERAL: apr_status_t = crate::ffi::APR_EGENERAL as apr_status_t;
+    pub const ENOSPC: apr_status_t = libc::ENOSPC as apr_status_t;
+
+    /// `APR_STATUS_IS_EAGAIN`: EAGAIN and EWOULDBLOCK are the same on Linux.
+    pub fn is_eagain(rv: apr_status_t) -> bool {
+        rv == EAGAIN || rv == libc::EWOULDBLOCK as apr_status_t
+    }
+
+    /// `APR_STATUS_IS_TIMEUP` (also ETIMEDOUT from a socket timeout).
+    pub fn is_timeup(rv: apr_status_t) -> bool {
+        rv == TIMEUP || rv == libc::ETIMEDOUT as apr_status_t
+    }
+}
+
+/// Current time in APR's microseconds.
+pub fn now() -> ffi::apr_time_t {
+    // SAFETY: apr_time_now has no preconditions.
+    unsafe { ffi::apr_time_now() }
+}
+
+/// Tests: a fresh root pool (APR initialised once per test process; APR's
+/// initialisation is not safe to run concurrently).
+#[cfg(test)]
+pub fn test_root_pool() -> *mut ffi::apr_pool_t {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    // SAFETY: apr_initialize runs once; pool creation with a NULL parent
+    // uses APR's global pool, which is thread-safe once initialised.
+    unsafe {
+        INIT.call_once(|| {
+            ffi::apr_initialize();
+        });
+        let mut p = std::ptr::null_mut();
+        assert_eq!(ffi::apr_pool_create_ex(&mut p, std::ptr::null_mut(), None, std::ptr::null_mut()), 0);
+        p
+    }
+}

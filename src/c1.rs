@@ -1,0 +1,604 @@
+//! The client connection (c1): detects HTTP/2, runs the session loop on the
+//! MPM thread that httpd gave the connection, and is the only code that
+//! reads or writes the client socket (through c1's filters, so mod_ssl and
+//! the core filters apply).
+//!
+//! The loop: read what the client sent (non-blocking) into nghttp2, act on
+//! worker wake-ups, write what nghttp2 has to send, then wait in one poll
+//! over the socket and the session's wake-up eventfd. No spinning, no
+//! sleep intervals: the poll wakes for the client and for the workers.
+//!
+//! When no stream is open on the event MPM, the connection goes back to the
+//! MPM in keep-alive state (no thread held by an idle client); the MPM calls
+//! `process_connection` again when bytes arrive. The session (HPACK state,
+//! stream ids) lives in the connection's config vector until the
+//! connection's pool goes: a pre-cleanup tears it down before the pools
+//! that streams use are destroyed.
+
+use crate::apr::{self, status, BrigadeRef, PoolRef};
+use crate::c2::{C2Cache, C2};
+use crate::config::ServerConfig;
+use crate::ffi;
+use crate::log::Level;
+use crate::nghttp2::error_code;
+use crate::request::Limits;
+use crate::session::{Dispatch, Session, Settings};
+use crate::signal::Signal;
+use crate::stream::{Retire, Stream};
+use crate::{clog, workers};
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr};
+use std::os::fd::RawFd;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// The client connection preface (RFC 9113 3.4).
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bytes read per loop turn before writing (fairness between directions).
+const READ_BUDGET: usize = 256 * 1024;
+/// Bytes collected from nghttp2 per socket write.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+// ---- process-wide state ------------------------------------------------------
+
+/// Tests only (env H2RS_FAULT_INJECTION=1 at child start): lets requests
+/// trigger panics to prove the panic boundary.
+pub static FAULT_INJECTION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// 0: running, 1: graceful stop/restart, 2: hard stop.
+static STOPPING: AtomicU8 = AtomicU8::new(0);
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+/// Live sessions' wake-up signals, to wake them when the child stops.
+static SESSIONS: Lazy<Mutex<HashMap<u64, Weak<Signal>>>> = Lazy::new(Default::default);
+
+/// child_stopping: every session sends GOAWAY and finishes (graceful) or
+/// aborts (hard) its streams.
+pub fn child_stopping(graceful: bool) {
+    STOPPING.store(if graceful { 1 } else { 2 }, Ordering::SeqCst);
+    let signals: Vec<Arc<Signal>> = SESSIONS.lock().values().filter_map(Weak::upgrade).collect();
+    for s in signals {
+        s.wake();
+    }
+}
+
+fn stopping() -> u8 {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Whether the MPM is stopping this child (covers a stop signalled before
+/// our child_stopping hook ran).
+fn mpm_stopping() -> bool {
+    let mut state: i32 = 0;
+    // SAFETY: ap_mpm_query with a valid out-pointer.
+    let rv = unsafe { ffi::ap_mpm_query(ffi::AP_MPMQ_MPM_STATE as i32, &mut state) };
+    rv == 0 && state == ffi::AP_MPMQ_STOPPING as i32
+}
+
+// ---- dispatch to workers -------------------------------------------------------
+
+/// Hands streams of one connection to the worker pool, each on a c2.
+pub struct C1Dispatch {
+    c1: *mut ffi::conn_rec,
+    /// Thread-safe pool, parent of this connection's c2 pools.
+    session_pool: *mut ffi::apr_pool_t,
+    cache: Arc<C2Cache>,
+    protocol: &'static CStr,
+}
+
+impl Dispatch for C1Dispatch {
+    fn dispatch(&mut self, stream: Arc<Stream>) {
+        let c2 = match self.cache.take() {
+            Some(c2) => c2,
+            // SAFETY: runs on the c1 thread; c1 and the session pool are live.
+            None => match unsafe { C2::create(self.c1, self.session_pool, self.protocol) } {
+                Ok(c2) => c2,
+                Err(rv) => {
+                    clog!(self.c1, Level::Error, "h2rs: cannot create a secondary connection (status {rv})");
+                    stream.worker_done(None);
+                    return;
+                }
+            },
+        };
+        // SAFETY: reading c1's id on its own thread; the worker gets a copy.
+        let c1_id = unsafe { (*self.c1).id } as i64;
+        let cache = self.cache.clone();
+        let handle = stream.clone();
+        let submitted = match workers::current() {
+            Some(pool) => pool.submit(Box::new(move |w| c2.run(stream, c1_id, w, cache))).is_ok(),
+            None => false,
+        };
+        if !submitted {
+            clog!(self.c1, Level::Warn, "h2rs: no worker pool to run stream {}", handle.id);
+            handle.worker_done(None);
+        }
+    }
+
+    fn retire(&mut self, retire: Box<dyn Retire>, complete: bool) {
+        retire.retire(complete)
+    }
+}
+
+// ---- the connection --------------------------------------------------------
+
+/// The h2 state of one client connection.
+pub struct C1 {
+    c: *mut ffi::conn_rec,
+    session: Session<C1Dispatch>,
+    signal: Arc<Signal>,
+    session_id: u64,
+    sock_fd: RawFd,
+    in_bb: BrigadeRef,
+    out_bb: BrigadeRef,
+    out_buf: Vec<u8>,
+    /// `Timeout` of the connection's server.
+    timeout: Duration,
+    /// `KeepAliveTimeout`.
+    keepalive_timeout: Duration,
+    async_mpm: bool,
+    /// The MPM can wait for readability on its own (CONN_STATE_ASYNC_WAITIO).
+    can_waitio: bool,
+    client_gone: bool,
+    torn_down: bool,
+    pub protocol: &'static CStr,
+}
+
+enum Wait {
+    Ready,
+    Timeout,
+}
+
+fn interval(t: ffi::apr_interval_time_t, fallback: Duration) -> Duration {
+    if t > 0 {
+        Duration::from_micros(t as u64)
+    } else {
+        fallback
+    }
+}
+
+/// The server config of `s`.
+///
+/// # Safety
+/// `s` must be a server_rec of the running configuration.
+pub unsafe fn server_config<'a>(s: *const ffi::server_rec) -> Option<&'a ServerConfig> {
+    // SAFETY: our slot holds a ServerConfig attached to the config pool.
+    unsafe { (ffi::h2rs_shim_server_conf(s) as *const ServerConfig).as_ref() }
+}
+
+/// Session settings from the server config and httpd's limits.
+///
+/// # Safety
+/// `s` must be a live server_rec.
+unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
+    let default = ServerConfig::default();
+    // SAFETY: caller contract.
+    let (cfg, server) = unsafe { (server_config(s).unwrap_or(&default), &*s) };
+    let timeout = interval(server.timeout, Duration::from_secs(60));
+    let window = cfg.window_size();
+    let streams = cfg.max_session_streams();
+    Settings {
+        max_concurrent_streams: streams,
+        initial_window_size: window,
+        // Enough for every stream's window at once, within 2^31-1.
+        connection_window: (window as u64 * streams as u64).clamp(65535, i32::MAX as u64) as u32,
+        enable_connect_protocol: cfg.websockets(),
+        limits: Limits {
+            max_fields: server.limit_req_fields.max(0) as u32,
+            max_field_size: server.limit_req_fieldsize.max(0) as u32,
+            max_line: server.limit_req_line.max(0) as u32,
+        },
+        stream_out_limit: cfg.stream_max_mem_size(),
+        stream_timeout: cfg.stream_timeout.unwrap_or(timeout),
+        output_buffering: cfg.output_buffering(),
+        max_data_frame_len: cfg.max_data_frame_len(),
+        fault_injection: FAULT_INJECTION.load(Ordering::Relaxed),
+        ..Settings::default()
+    }
+}
+
+/// The c1 context of a client connection, if it runs HTTP/2.
+///
+/// # Safety
+/// `c` must be a live connection used by the calling thread.
+pub unsafe fn ctx_of<'a>(c: *const ffi::conn_rec) -> Option<&'a mut C1> {
+    // SAFETY: for a connection without `master`, our slot holds a C1 (or
+    // NULL); only the thread running the connection uses it.
+    unsafe {
+        if c.is_null() || !(*c).master.is_null() {
+            return None;
+        }
+        (ffi::h2rs_shim_conn_ctx(c) as *mut C1).as_mut()
+    }
+}
+
+/// Pre-cleanup of the connection pool: tear the session down while the
+/// pools its streams use still exist, then free it.
+unsafe extern "C" fn c1_pool_cleanup(data: *mut c_void) -> ffi::apr_status_t {
+    crate::ffi::panic::guard("c1 cleanup", 0, || {
+        // SAFETY: `data` is the Box<C1> leaked in `C1::start`; this cleanup
+        // runs once, on the thread destroying the connection pool.
+        let mut c1 = unsafe { Box::from_raw(data as *mut C1) };
+        // SAFETY: the connection is still alive during its pre-cleanups.
+        unsafe { ffi::h2rs_shim_set_conn_ctx(c1.c, ptr::null_mut()) };
+        c1.teardown();
+        0
+    })
+}
+
+impl C1 {
+    /// Starts HTTP/2 on `c` and stores the session in its config.
+    ///
+    /// # Safety
+    /// `c` must be a live client connection run by the calling thread.
+    pub unsafe fn start(c: *mut ffi::conn_rec, protocol: &'static CStr) -> Option<&'static mut C1> {
+        // SAFETY: caller contract; every object created lives in c's pool or
+        // in the session pool made here.
+        unsafe {
+            let signal = Arc::new(Signal::new().ok()?);
+            let session_pool = apr::pool::create_threadsafe((*c).pool, "h2rs_session").ok()?;
+            let s = (*c).base_server;
+            let settings = settings_for(s);
+            let dispatch = C1Dispatch { c1: c, session_pool, cache: Arc::new(C2Cache::default()), protocol };
+            let session = match Session::new(settings, signal.clone(), dispatch) {
+                Ok(s) => s,
+                Err(e) => {
+                    clog!(c, Level::Error, "h2rs: cannot create the HTTP/2 session: {e}");
+                    return None;
+                }
+            };
+            let mut fd: ffi::apr_os_sock_t = -1;
+            let sock = ffi::ap_get_conn_socket(c);
+            if sock.is_null() || ffi::apr_os_sock_get(&mut fd, sock) != 0 {
+                return None;
+            }
+            let mut async_mpm: i32 = 0;
+            ffi::ap_mpm_query(ffi::AP_MPMQ_IS_ASYNC as i32, &mut async_mpm);
+            let mut can_waitio: i32 = 0;
+            if ffi::ap_mpm_query(ffi::AP_MPMQ_CAN_WAITIO as i32, &mut can_waitio) != 0 {
+                can_waitio = 0;
+            }
+            let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+            SESSIONS.lock().insert(session_id, Arc::downgrade(&signal));
+            let c1 = Box::new(C1 {
+                c,
+                session,
+                signal,
+                session_id,
+                sock_fd: fd,
+                in_bb: BrigadeRef::create((*c).pool, (*c).bucket_alloc),
+                out_bb: BrigadeRef::create((*c).pool, (*c).bucket_alloc),
+                out_buf: Vec::with_capacity(WRITE_CHUNK + 16 * 1024),
+                timeout: interval((*s).timeout, Duration::from_secs(60)),
+                keepalive_timeout: interval((*s).keep_alive_timeout, Duration::from_secs(5)),
+                async_mpm: async_mpm != 0 && !(*c).cs.is_null(),
+                can_waitio: can_waitio != 0,
+                client_gone: false,
+                torn_down: false,
+                protocol,
+            });
+            let raw = Box::into_raw(c1);
+            ffi::h2rs_shim_set_conn_ctx(c, raw as *mut c_void);
+            PoolRef::from_raw((*c).pool)?.pre_cleanup(raw as *const c_void, c1_pool_cleanup);
+            // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
+            ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
+            clog!(c, Level::Debug, "h2rs: {} session started", protocol.to_string_lossy());
+            raw.as_mut()
+        }
+    }
+
+    /// Runs the session until it is idle (event MPM: back to keep-alive) or
+    /// done (connection closes). Returns the hook's result.
+    pub fn run(&mut self) -> i32 {
+        let c = self.c;
+        // SAFETY: the connection is ours for this call.
+        unsafe {
+            if let Some(cs) = (*c).cs.as_mut() {
+                cs.state = ffi::CONN_STATE_HANDLER;
+            }
+        }
+        loop {
+            if !self.client_gone && self.read_input().is_err() {
+                self.client_gone = true;
+            }
+            self.session.process_signals();
+            self.session.retire_finished();
+            if (stopping() > 0 || mpm_stopping()) && !self.session.goaway_sent() {
+                self.session.goaway(error_code::NO_ERROR, b"server shutting down");
+            }
+            if stopping() == 2 {
+                self.session.abort_all();
+            }
+            if !self.client_gone && self.write_output().is_err() {
+                self.client_gone = true;
+            }
+            if self.client_gone || self.session.is_finished() {
+                break;
+            }
+            if self.session.is_idle() {
+                if self.session.goaway_sent() || self.session.peer_sent_goaway() {
+                    break;
+                }
+                if self.async_mpm {
+                    return self.keep_alive();
+                }
+                // Threaded MPM without async support: wait here, with the
+                // keep-alive timeout, for the next request.
+                match self.wait(self.keepalive_timeout, false) {
+                    Wait::Ready => continue,
+                    Wait::Timeout => {
+                        self.session.goaway(error_code::NO_ERROR, b"idle timeout");
+                        break;
+                    }
+                }
+            }
+            match self.wait(self.timeout, true) {
+                Wait::Ready => {}
+                Wait::Timeout => {
+                    if self.session.streams_in_progress() == 0 {
+                        // Every open stream waits for the client, which sent
+                        // nothing for `Timeout`.
+                        clog!(c, Level::Debug, "h2rs: client idle for Timeout with open streams, closing");
+                        self.session.goaway(error_code::NO_ERROR, b"timeout");
+                        break;
+                    }
+                }
+            }
+        }
+        self.close()
+    }
+
+    /// Hands an idle connection back to the event MPM.
+    ///
+    /// With CONN_STATE_ASYNC_WAITIO (httpd 2.4.63+) the MPM waits for the
+    /// next bytes in its I/O queue (timeout: `Timeout`). Unlike its
+    /// keep-alive queue, that queue is not flushed when all MPM workers are
+    /// busy, which would close idle HTTP/2 sessions under load. When the
+    /// MPM finally closes the connection, pre_close_connection sends our
+    /// GOAWAY. Older MPMs get the plain keep-alive state.
+    fn keep_alive(&mut self) -> i32 {
+        clog!(self.c, Level::Trace1, "h2rs: idle, back to the MPM (waitio: {})", self.can_waitio);
+        // SAFETY: the connection (and its state, from the MPM) is ours.
+        unsafe {
+            (*self.c).keepalive = ffi::AP_CONN_KEEPALIVE;
+            if let Some(cs) = (*self.c).cs.as_mut() {
+                if self.can_waitio {
+                    cs.state = ffi::CONN_STATE_ASYNC_WAITIO;
+                    cs.sense = ffi::CONN_SENSE_WANT_READ;
+                } else {
+                    cs.state = ffi::CONN_STATE_WRITE_COMPLETION;
+                    cs.sense = ffi::CONN_SENSE_DEFAULT;
+                }
+            }
+        }
+        ffi::HOOK_OK
+    }
+
+    fn close(&mut self) -> i32 {
+        if !self.client_gone {
+            if !self.session.goaway_sent() && !self.session.peer_sent_goaway() {
+                self.session.goaway(error_code::NO_ERROR, b"");
+            }
+            let _ = self.write_output();
+        }
+        self.teardown();
+        // SAFETY: the connection is ours.
+        unsafe {
+            (*self.c).keepalive = ffi::AP_CONN_CLOSE;
+            if let Some(cs) = (*self.c).cs.as_mut() {
+                cs.state = ffi::CONN_STATE_LINGER;
+            }
+        }
+        ffi::HOOK_OK
+    }
+
+    /// pre_close_connection: the MPM closes the connection (keep-alive
+    /// timeout, shutdown). Say goodbye with GOAWAY if we have not.
+    pub fn pre_close(&mut self) {
+        if !self.client_gone && !self.torn_down && !self.session.goaway_sent() {
+            self.session.goaway(error_code::NO_ERROR, b"");
+            let _ = self.write_output();
+        }
+    }
+
+    /// Reads what the client sent, without blocking, into the session.
+    fn read_input(&mut self) -> Result<(), ()> {
+        let c = self.c;
+        let mut total = 0usize;
+        while total < READ_BUDGET {
+            self.in_bb.cleanup();
+            // SAFETY: c1's input filters, our brigade, on the c1 thread.
+            let rv = unsafe {
+                ffi::ap_get_brigade(
+                    (*c).input_filters,
+                    self.in_bb.as_ptr(),
+                    ffi::AP_MODE_READBYTES,
+                    ffi::APR_NONBLOCK_READ,
+                    64 * 1024,
+                )
+            };
+            if status::is_eagain(rv) {
+                return Ok(());
+            }
+            if rv != status::SUCCESS {
+                if rv != status::EOF {
+                    clog!(c, Level::Debug, "h2rs: read from client failed (status {rv})");
+                }
+                self.in_bb.cleanup();
+                return Err(());
+            }
+            if self.in_bb.is_empty() {
+                return Ok(());
+            }
+            while let Some(b) = self.in_bb.first() {
+                if b.kind().is_eos() {
+                    self.in_bb.cleanup();
+                    return Err(());
+                }
+                if b.kind().is_metadata() {
+                    b.delete();
+                    continue;
+                }
+                let data = match b.read(true) {
+                    Ok(d) => d,
+                    Err(_) => {
+                        self.in_bb.cleanup();
+                        return Err(());
+                    }
+                };
+                total += data.len();
+                if let Err(e) = self.session.recv(data) {
+                    if e.is_flood() {
+                        clog!(c, Level::Info, "h2rs: client flooded the connection, closing: {e}");
+                    } else if e.is_bad_preface() {
+                        clog!(c, Level::Debug, "h2rs: not an HTTP/2 client preface: {e}");
+                    } else {
+                        clog!(c, Level::Debug, "h2rs: session error: {e}");
+                    }
+                    self.session.terminate(error_code::PROTOCOL_ERROR);
+                    self.in_bb.cleanup();
+                    // Let the GOAWAY go out, then close.
+                    let _ = self.write_output();
+                    return Err(());
+                }
+                b.delete();
+            }
+        }
+        self.in_bb.cleanup();
+        Ok(())
+    }
+
+    /// Writes everything nghttp2 has to send (blocking, with `Timeout`).
+    fn write_output(&mut self) -> Result<(), ()> {
+        let c = self.c;
+        loop {
+            self.out_buf.clear();
+            match self.session.collect_output(&mut self.out_buf, WRITE_CHUNK) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    clog!(c, Level::Debug, "h2rs: cannot serialize frames: {e}");
+                    return Err(());
+                }
+            }
+            self.out_bb.push_transient(&self.out_buf);
+            self.out_bb.push_flush();
+            // SAFETY: c1's output filters on the c1 thread; with FLUSH the
+            // core writes everything before returning, so the transient
+            // bucket's bytes (out_buf) are not referenced afterwards.
+            let rv = unsafe { ffi::ap_pass_brigade((*c).output_filters, self.out_bb.as_ptr()) };
+            self.out_bb.cleanup();
+            if rv != status::SUCCESS {
+                clog!(c, Level::Debug, "h2rs: write to client failed (status {rv})");
+                return Err(());
+            }
+            self.session.retire_finished();
+        }
+    }
+
+    /// Waits for the client socket (and worker wake-ups when `signals`).
+    fn wait(&mut self, timeout: Duration, signals: bool) -> Wait {
+        let mut fds = [
+            libc::pollfd { fd: self.sock_fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.signal.fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        let n = if signals { 2 } else { 1 };
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: `fds` holds `n` valid pollfd entries.
+        let rv = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, ms) };
+        if rv == 0 {
+            Wait::Timeout
+        } else {
+            Wait::Ready
+        }
+    }
+
+    /// Ends every stream, waits for their workers, releases everything.
+    /// Idempotent.
+    fn teardown(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        self.torn_down = true;
+        SESSIONS.lock().remove(&self.session_id);
+        self.session.abort_all();
+        let mut waited = Duration::ZERO;
+        loop {
+            self.session.process_signals();
+            self.session.reap_aborted();
+            self.session.retire_finished();
+            if self.session.streams_in_progress() == 0 && self.session.open_streams() == 0 {
+                break;
+            }
+            let step = Duration::from_millis(200);
+            let mut fd = libc::pollfd { fd: self.signal.fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut fd, 1, step.as_millis() as i32) };
+            waited += step;
+            if waited.as_secs() > 0 && waited.as_millis() % 10_000 < 200 {
+                clog!(self.c, Level::Warn, "h2rs: still waiting for {} stream(s) to finish on their workers",
+                    self.session.streams_in_progress());
+            }
+        }
+        let dispatch = self.session.dispatcher();
+        dispatch.cache.clear();
+        // SAFETY: every c2 (child of the session pool) is retired or
+        // destroyed and no worker runs a stream of this connection.
+        unsafe { ffi::apr_pool_destroy(dispatch.session_pool) };
+        dispatch.session_pool = ptr::null_mut();
+    }
+
+    pub fn conn(&self) -> *mut ffi::conn_rec {
+        self.c
+    }
+}
+
+/// Whether `c` may speak HTTP/2 with prior knowledge (H2Direct, Protocols).
+///
+/// # Safety
+/// `c` must be a live client connection.
+pub unsafe fn direct_allowed(c: *mut ffi::conn_rec, is_tls: bool) -> bool {
+    // SAFETY: caller contract.
+    unsafe {
+        let Some(cfg) = server_config((*c).base_server) else { return false };
+        if !cfg.direct(is_tls) {
+            return false;
+        }
+        let proto = if is_tls { c"h2" } else { c"h2c" };
+        ffi::ap_is_allowed_protocol(c, ptr::null_mut(), ptr::null_mut(), proto.as_ptr()) != 0
+    }
+}
+
+/// Peeks at the first bytes of a new connection for the client preface.
+///
+/// # Safety
+/// `c` must be a new live client connection run by the calling thread.
+pub unsafe fn peek_preface(c: *mut ffi::conn_rec) -> bool {
+    // SAFETY: a speculative read leaves the bytes for whoever reads next.
+    unsafe {
+        let bb = BrigadeRef::create((*c).pool, (*c).bucket_alloc);
+        let rv = ffi::ap_get_brigade((*c).input_filters, bb.as_ptr(), ffi::AP_MODE_SPECULATIVE, ffi::APR_BLOCK_READ, 24);
+        let mut got: Vec<u8> = Vec::with_capacity(24);
+        if rv == status::SUCCESS {
+            let mut cur = bb.first();
+            while let Some(b) = cur {
+                cur = bb.next(&b);
+                if b.kind().is_metadata() {
+                    continue;
+                }
+                if let Ok(d) = b.read(true) {
+                    got.extend_from_slice(&d[..d.len().min(24 - got.len())]);
+                }
+                if got.len() >= 24 {
+                    break;
+                }
+            }
+        }
+        bb.cleanup();
+        ffi::apr_brigade_destroy(bb.as_ptr());
+        got.as_slice() == PREFACE
+    }
+}

@@ -1,0 +1,774 @@
+//! The secondary connection (c2): one per running stream, on a worker.
+//!
+//! A c2 is a copy of the client connection's `conn_rec` (`master` = c1)
+//! with its own pool (own allocator, with a mutex) and bucket allocator,
+//! its own filters and config vector. httpd processes the stream's request
+//! on it exactly as it processes an HTTP/1.1 request, so every handler
+//! works unchanged:
+//!
+//! - `H2RS_C2_NET_IN` (network input) reads the request body from the
+//!   stream's input queue (chunk-encoded when the length is unknown, so
+//!   httpd's HTTP_IN filter can frame it);
+//! - `H2RS_C2_RESPONSE` (protocol output, in place of HTTP_HEADER) hands
+//!   status and fields to the stream (see `response.rs`);
+//! - `H2RS_C2_NET_OUT` (network output) copies body bytes into the stream's
+//!   bounded output queue, parses interim responses written as HTTP/1
+//!   text, and keeps the request's EOR bucket: the request (and its access
+//!   log line) ends only when c1 is done with the stream.
+//!
+//! Ownership moves: c1 creates or reuses a c2 and hands it with the stream
+//! to a worker; the worker gives it back inside the stream's retire action;
+//! c1 runs that once the stream is closed, destroying the EOR bucket
+//! (logging, request pool) and keeping the c2 for the next stream.
+//! A c2 is used by one thread at a time; the hand-overs go through the
+//! worker queue and the stream's mutex.
+
+use crate::apr::{self, status, BrigadeRef, BucketRef, PoolRef, TableRef};
+use crate::ffi;
+use crate::response::{self, InterimParser, Parsed};
+use crate::stream::{Headers, Input, Retire, Stream, StreamError};
+use crate::workers::WorkerCtx;
+use parking_lot::Mutex;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
+
+/// A c2 is recycled for this many streams, then destroyed: modules may
+/// allocate from `c->pool` per request, so its pool must not grow forever.
+const MAX_USES: u32 = 1000;
+
+/// The process-wide dummy socket every c2 carries as its core socket (the
+/// client socket must not be touched from a worker).
+static DUMMY_SOCKET: AtomicPtr<ffi::apr_socket_t> = AtomicPtr::new(ptr::null_mut());
+
+/// Creates the dummy socket (child_init).
+///
+/// # Safety
+/// `pchild` must be the child process pool.
+pub unsafe fn child_init(pchild: *mut ffi::apr_pool_t) {
+    let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
+    // SAFETY: creates an unconnected socket in the child pool.
+    let rv = unsafe {
+        ffi::apr_socket_create(&mut sock, libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP, pchild)
+    };
+    if rv == 0 {
+        DUMMY_SOCKET.store(sock, Ordering::Release);
+    }
+}
+
+/// What the c2 filters and hooks know about the stream being processed.
+pub struct C2Ctx {
+    pub stream: Option<Arc<Stream>>,
+    pub c1: *mut ffi::conn_rec,
+    /// The request's EOR bucket, held until c1 is done with the stream.
+    eor: *mut ffi::apr_bucket,
+    request: *mut ffi::request_rec,
+    /// The final response head went to the stream.
+    pub response_set: bool,
+    response_filter_installed: bool,
+    /// Trailers collected by the response filter at EOS.
+    trailers: Option<Headers>,
+    interim: InterimParser,
+    /// Request body: bytes fetched from the stream, not yet handed on.
+    input: Vec<u8>,
+    input_off: usize,
+    /// Frame the body as HTTP/1.1 chunks (length unknown).
+    input_chunked: bool,
+    input_ended: bool,
+    eos_sent: bool,
+    /// Scratch brigade for passing the EOR bucket of a failed request.
+    scratch: *mut ffi::apr_bucket_brigade,
+    /// "h2" or "h2c".
+    pub protocol: &'static CStr,
+}
+
+impl C2Ctx {
+    fn new(c1: *mut ffi::conn_rec, protocol: &'static CStr) -> C2Ctx {
+        C2Ctx {
+            stream: None,
+            c1,
+            eor: ptr::null_mut(),
+            request: ptr::null_mut(),
+            response_set: false,
+            response_filter_installed: false,
+            trailers: None,
+            interim: InterimParser::default(),
+            input: Vec::new(),
+            input_off: 0,
+            input_chunked: false,
+            input_ended: false,
+            eos_sent: false,
+            scratch: ptr::null_mut(),
+            protocol,
+        }
+    }
+
+    fn reset(&mut self, stream: Arc<Stream>) {
+        self.stream = Some(stream);
+        self.eor = ptr::null_mut();
+        self.request = ptr::null_mut();
+        self.response_set = false;
+        self.response_filter_installed = false;
+        self.trailers = None;
+        self.interim = InterimParser::default();
+        self.input.clear();
+        self.input_off = 0;
+        self.input_chunked = false;
+        self.input_ended = false;
+        self.eos_sent = false;
+    }
+}
+
+/// A secondary connection. Moves between c1 and one worker at a time.
+pub struct C2 {
+    conn: *mut ffi::conn_rec,
+    pool: *mut ffi::apr_pool_t,
+    ctx: Box<C2Ctx>,
+    pre_connection_done: bool,
+    uses: u32,
+}
+
+// SAFETY: a C2 is only ever used by one thread at a time: it is created on
+// c1, moved into a worker job (the channel synchronises), and moved back in
+// the stream's retire action (the stream mutex synchronises). Its pool has
+// its own mutex-guarded allocator.
+unsafe impl Send for C2 {}
+
+/// The free c2s of one client connection, for reuse.
+#[derive(Default)]
+pub struct C2Cache {
+    free: Mutex<Vec<C2>>,
+}
+
+impl C2Cache {
+    pub fn take(&self) -> Option<C2> {
+        self.free.lock().pop()
+    }
+
+    fn put(&self, c2: C2) {
+        self.free.lock().push(c2);
+    }
+
+    /// Destroys every cached c2 (session end, on c1).
+    pub fn clear(&self) {
+        let list = std::mem::take(&mut *self.free.lock());
+        for c2 in list {
+            c2.destroy();
+        }
+    }
+}
+
+impl C2 {
+    /// Creates a c2 for the client connection `c1` in a sub-pool of
+    /// `parent` (the session pool). Runs on the c1 thread.
+    ///
+    /// # Safety
+    /// `c1` must be the live client connection owned by this thread and
+    /// `parent` a live thread-safe pool outliving the c2.
+    pub unsafe fn create(
+        c1: *mut ffi::conn_rec,
+        parent: *mut ffi::apr_pool_t,
+        protocol: &'static CStr,
+    ) -> Result<C2, ffi::apr_status_t> {
+        // SAFETY: caller contract for `parent`.
+        let pool = unsafe { apr::pool::create_threadsafe(parent, "h2rs_c2") }?;
+        // SAFETY: the new pool is ours; the conn_rec is a bitwise copy of
+        // c1 (as the stock module does) whose per-connection parts are then
+        // replaced with the c2's own.
+        unsafe {
+            let p = PoolRef::from_raw(pool).ok_or(status::ENOMEM)?;
+            let c2: *mut ffi::conn_rec = p.calloc();
+            ptr::copy_nonoverlapping(c1, c2, 1);
+            let c = &mut *c2;
+            c.master = c1;
+            c.pool = pool;
+            c.conn_config = ffi::ap_create_conn_config(pool);
+            c.notes = ffi::apr_table_make(pool, 5);
+            c.input_filters = ptr::null_mut();
+            c.output_filters = ptr::null_mut();
+            c.keepalives = 0;
+            c.bucket_alloc = ffi::apr_bucket_alloc_create(pool);
+            c.data_in_input_filters = 0;
+            c.data_in_output_filters = 0;
+            // Keeps the event MPM from using this connection's socket.
+            c.set_clogging_input_filters(1);
+            c.log = ptr::null();
+            c.aborted = 0;
+            c.sbh = ptr::null_mut();
+            ffi::h2rs_shim_set_core_socket(c2, DUMMY_SOCKET.load(Ordering::Acquire));
+            let mpm = ffi::h2rs_shim_mpm_module();
+            if !mpm.is_null() {
+                let cfg = ffi::ap_get_module_config((*c1).conn_config, mpm);
+                ffi::ap_set_module_config(c.conn_config, mpm, cfg);
+            }
+            let mut ctx = Box::new(C2Ctx::new(c1, protocol));
+            ctx.scratch = ffi::apr_brigade_create(pool, c.bucket_alloc);
+            ffi::h2rs_shim_set_conn_ctx(c2, &mut *ctx as *mut C2Ctx as *mut c_void);
+            Ok(C2 { conn: c2, pool, ctx, pre_connection_done: false, uses: 0 })
+        }
+    }
+
+    /// Frees the c2 and everything in its pool.
+    pub fn destroy(self) {
+        // SAFETY: the pool is ours and nothing else uses it any more (the
+        // request, if any, was retired before).
+        unsafe { ffi::apr_pool_destroy(self.pool) }
+    }
+
+    /// Runs `stream`'s request on this c2 (worker thread), then hands the
+    /// c2 back through the stream's retire action.
+    pub fn run(mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx, cache: Arc<C2Cache>) {
+        stream.worker_started();
+        let outcome = crate::ffi::panic::catch(|| {
+            // SAFETY: this worker owns the c2 for the duration of the call.
+            unsafe { self.process(stream.clone(), c1_id, worker) }
+        });
+        let broken = match outcome {
+            Ok(()) => false,
+            Err(msg) => {
+                crate::clog!(self.conn, crate::log::Level::Crit, "h2rs: stream {} panicked: {msg}", stream.id);
+                true
+            }
+        };
+        let eor = std::mem::replace(&mut self.ctx.eor, ptr::null_mut());
+        self.ctx.stream = None;
+        self.ctx.request = ptr::null_mut();
+        stream.worker_done(Some(Box::new(C2Release { c2: self, eor, cache, broken })));
+    }
+
+    /// # Safety
+    /// The caller (a worker) owns the c2.
+    unsafe fn process(&mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx) {
+        let c = self.conn;
+        self.uses += 1;
+        self.ctx.reset(stream);
+        // SAFETY: the c2 is ours; hooks and filters run on this thread.
+        unsafe {
+            // Unique among live connections in the low 32 bits (mod_unique_id).
+            (*c).id = (c1_id << 8) ^ worker.slot as i64;
+            (*c).current_thread = worker.thread;
+            (*c).aborted = 0;
+            (*c).keepalive = ffi::AP_CONN_CLOSE;
+            (*c).data_in_input_filters = 0;
+            (*c).data_in_output_filters = 0;
+            if !self.pre_connection_done {
+                self.pre_connection_done = true;
+                ffi::ap_add_input_filter_handle(ffi::h2rs_shim_c2_net_in_handle, ptr::null_mut(), ptr::null_mut(), c);
+                ffi::ap_add_output_filter_handle(ffi::h2rs_shim_c2_net_out_handle, ptr::null_mut(), ptr::null_mut(), c);
+                // Hooks treat keepalives == 0 as "first request on the
+                // connection"; a stream is never that.
+                (*c).keepalives = 1;
+                ffi::ap_run_pre_connection(c, DUMMY_SOCKET.load(Ordering::Acquire) as *mut c_void);
+            }
+            ffi::ap_run_process_connection(c);
+        }
+    }
+}
+
+/// Releases a finished stream's c2 on c1: ends the request (EOR: access
+/// log, request pool), then recycles or destroys the c2.
+struct C2Release {
+    c2: C2,
+    eor: *mut ffi::apr_bucket,
+    cache: Arc<C2Cache>,
+    broken: bool,
+}
+
+// SAFETY: see `impl Send for C2`; the EOR bucket belongs to the c2's bucket
+// allocator and is only touched by whoever holds the C2Release.
+unsafe impl Send for C2Release {}
+
+impl Retire for C2Release {
+    fn retire(self: Box<Self>, complete: bool) {
+        let C2Release { c2, eor, cache, broken } = *self;
+        if !eor.is_null() {
+            // SAFETY: the EOR bucket was removed from its brigade by our
+            // filter and is owned by us; destroying it logs the request and
+            // destroys the request pool (a sub-pool of the c2's).
+            unsafe {
+                if !complete {
+                    (*c2.conn).aborted = 1;
+                }
+                if let Some(b) = BucketRef::from_raw(eor) {
+                    b.destroy();
+                }
+            }
+        }
+        if broken || c2.uses >= MAX_USES {
+            c2.destroy();
+        } else {
+            cache.put(c2);
+        }
+    }
+}
+
+/// The c2 context of a secondary connection, or None for other connections.
+///
+/// # Safety
+/// `c` must be a live connection used by the calling thread.
+pub unsafe fn ctx_of<'a>(c: *const ffi::conn_rec) -> Option<&'a mut C2Ctx> {
+    // SAFETY: for a connection with `master` set, our config slot holds a
+    // C2Ctx (set in C2::create); the owning thread is the caller.
+    unsafe {
+        if c.is_null() || (*c).master.is_null() {
+            return None;
+        }
+        let p = ffi::h2rs_shim_conn_ctx(c) as *mut C2Ctx;
+        p.as_mut()
+    }
+}
+
+// ---- request ------------------------------------------------------------
+
+fn c_string(pool: PoolRef, bytes: &[u8]) -> *mut c_char {
+    pool.strdup(bytes)
+}
+
+/// Replaces HTTP_HEADER with our response filter on a stream request.
+///
+/// # Safety
+/// `r` must be a live request on a c2 owned by the caller.
+pub unsafe fn install_response_filter(r: *mut ffi::request_rec, ctx: &mut C2Ctx) {
+    if ctx.response_filter_installed {
+        return;
+    }
+    ctx.response_filter_installed = true;
+    // SAFETY: standard filter chain manipulation on the caller's request.
+    unsafe {
+        ffi::ap_remove_output_filter_byhandle((*r).output_filters, c"HTTP_HEADER".as_ptr());
+        ffi::ap_add_output_filter_handle(ffi::h2rs_shim_c2_response_handle, ptr::null_mut(), r, (*r).connection);
+    }
+}
+
+/// Builds the request_rec from the stream's request head and processes it
+/// (the c2 process_connection hook, on a worker).
+///
+/// # Safety
+/// `c` must be a c2 owned by the calling worker.
+pub unsafe fn process_request(c: *mut ffi::conn_rec) {
+    // SAFETY: caller contract; the request is created in and owned by this
+    // c2; all strings are copied into the request pool.
+    unsafe {
+        let Some(ctx) = ctx_of(c) else { return };
+        let Some(stream) = ctx.stream.clone() else { return };
+        let head = &stream.request;
+        if crate::c1::FAULT_INJECTION.load(Ordering::Relaxed) && head.header(b"h2rs-test-panic") == Some(b"worker") {
+            panic!("fault injection: h2rs-test-panic worker");
+        }
+        let r = ffi::ap_create_request(c);
+        ctx.request = r;
+        let Some(pool) = PoolRef::from_raw((*r).pool) else { return };
+        let Some(hin) = TableRef::from_raw((*r).headers_in) else { return };
+        let is_connect = head.method == b"CONNECT";
+        for (n, v) in head.headers.iter() {
+            hin.addn(c_string(pool, n), c_string(pool, v));
+        }
+        if let Some(auth) = head.authority.as_deref().filter(|a| !a.is_empty()) {
+            if !is_connect {
+                hin.setn(c"Host".as_ptr(), c_string(pool, auth));
+            }
+        }
+        if !is_connect {
+            let has_cl = head.header(b"content-length").is_some();
+            if !head.end_stream && !has_cl {
+                // A body of unknown length: httpd's HTTP_IN filter gets it
+                // chunk-framed from our network filter.
+                ffi::apr_table_mergen(hin.as_ptr(), c"Transfer-Encoding".as_ptr(), c"chunked".as_ptr());
+                ctx.input_chunked = true;
+            } else if head.end_stream && !has_cl && head.header(b"content-type").is_some() {
+                hin.setn(c"Content-Length".as_ptr(), c"0".as_ptr());
+            }
+        }
+        ffi::ap_run_pre_read_request(r, c);
+        (*r).request_time = crate::apr::now();
+
+        let method = String::from_utf8_lossy(&head.method);
+        let target: Vec<u8> = if is_connect {
+            head.authority.clone().unwrap_or_default()
+        } else {
+            let scheme = head.scheme.as_deref().unwrap_or(b"http");
+            let path = head.path.as_deref().unwrap_or(b"/");
+            if !scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https") {
+                // Another scheme than the connection's: an absolute URI.
+                let mut t = scheme.to_vec();
+                t.extend_from_slice(b"://");
+                t.extend_from_slice(head.authority.as_deref().unwrap_or(b""));
+                t.extend_from_slice(path);
+                t
+            } else if path.is_empty() {
+                b"/".to_vec()
+            } else {
+                path.to_vec()
+            }
+        };
+        let mut line = Vec::with_capacity(method.len() + target.len() + 10);
+        line.extend_from_slice(method.as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(&target);
+        line.extend_from_slice(b" HTTP/2.0");
+        (*r).the_request = c_string(pool, &line);
+        (*r).hostname = ptr::null();
+
+        let mut access_status: i32 = 0;
+        if let Some(status) = head.error_status {
+            access_status = status as i32;
+            ffi::ap_parse_request_line(r);
+        } else if ffi::ap_parse_request_line(r) == 0 || ffi::ap_check_request_header(r) == 0 {
+            (*r).per_dir_config = (*(*r).server).lookup_defaults;
+            access_status = (*r).status;
+            (*r).status = ffi::HTTP_OK as i32;
+        }
+        (*r).per_dir_config = (*(*r).server).lookup_defaults;
+        if access_status == 0 {
+            // HTTP_IN in place before any error handling, so request bodies
+            // are read (and discarded) the usual way.
+            ffi::ap_add_input_filter_handle(ffi::ap_http_input_filter_handle, ptr::null_mut(), r, c);
+            access_status = ffi::ap_post_read_request(r);
+        }
+        if access_status != 0 {
+            install_response_filter(r, ctx);
+            ffi::ap_die(access_status, r);
+            // ap_die sent the response; end the request with its EOR bucket.
+            let bb = ctx.scratch;
+            let eor = ffi::ap_bucket_eor_create((*c).bucket_alloc, r);
+            ffi::h2rs_shim_brigade_insert_tail(bb, eor);
+            ffi::ap_pass_brigade((*c).output_filters, bb);
+            if let Some(bb) = BrigadeRef::from_raw(bb) {
+                bb.cleanup();
+            }
+            return;
+        }
+        ffi::ap_process_request(r);
+    }
+}
+
+// ---- filters ---------------------------------------------------------------
+
+fn stream_error_status(e: StreamError) -> ffi::apr_status_t {
+    match e {
+        StreamError::Aborted => status::ECONNABORTED,
+        StreamError::Timeout => status::TIMEUP,
+    }
+}
+
+/// `H2RS_C2_NET_OUT`: the bottom of a stream request's output.
+///
+/// # Safety
+/// Called by httpd with a live filter and brigade on a c2.
+pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade) -> ffi::apr_status_t {
+    // SAFETY: httpd passes a live filter on a c2 owned by this thread.
+    let (c, ctx) = unsafe {
+        let c = (*f).c;
+        match ctx_of(c) {
+            Some(ctx) => (c, ctx),
+            None => return status::EGENERAL,
+        }
+    };
+    // SAFETY: as above.
+    let Some(bb) = (unsafe { BrigadeRef::from_raw(bb) }) else { return status::SUCCESS };
+    let Some(stream) = ctx.stream.clone() else {
+        bb.cleanup();
+        return status::SUCCESS;
+    };
+    // Always take the first bucket: reading a bucket may split it (a file
+    // read maps a part and leaves the rest as the next bucket).
+    while let Some(b) = bb.first() {
+        let kind = b.kind();
+        if kind.is_eor() {
+            // Keep the request alive until c1 is done with the stream.
+            b.remove();
+            if ctx.eor.is_null() {
+                ctx.eor = b.as_ptr();
+            } else {
+                b.destroy();
+            }
+            continue;
+        }
+        if kind.is_eos() {
+            if !ctx.response_set {
+                flush_interim(ctx, &stream);
+            }
+            stream.end_output(ctx.trailers.take());
+            b.delete();
+            continue;
+        }
+        if kind.is_flush() {
+            stream.flush();
+            b.delete();
+            continue;
+        }
+        if kind.is_metadata() {
+            b.delete();
+            continue;
+        }
+        let data = match b.read(true) {
+            Ok(d) => d,
+            Err(rv) => {
+                bb.cleanup();
+                return rv;
+            }
+        };
+        let result = if ctx.response_set {
+            stream.write_output(data)
+        } else {
+            interim_text(ctx, &stream, data)
+        };
+        b.delete();
+        if let Err(e) = result {
+            // SAFETY: the c2 is ours.
+            unsafe { (*c).aborted = 1 };
+            bb.cleanup();
+            return stream_error_status(e);
+        }
+    }
+    status::SUCCESS
+}
+
+/// Bytes written to the connection before the final response: HTTP/1 text
+/// of interim responses (or of a final one).
+fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), StreamError> {
+    for parsed in ctx.interim.push(data) {
+        match parsed {
+            Parsed::Head(head) if head.status < 200 => {
+                if head.status != 101 {
+                    stream.add_interim(head)?;
+                }
+            }
+            Parsed::Head(head) => {
+                stream.set_response(head)?;
+                ctx.response_set = true;
+                let rest = ctx.interim.take_rest();
+                stream.write_output(&rest)?;
+            }
+            Parsed::Invalid => {
+                crate::clog!(ctx.c1, crate::log::Level::Error,
+                    "h2rs: stream {}: the handler wrote bytes that are not an HTTP response head", stream.id);
+                return Err(StreamError::Aborted);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// EOS without a final response: whatever interim text is pending is
+/// dropped; the stream will be reset by c1 (no response).
+fn flush_interim(ctx: &mut C2Ctx, _stream: &Stream) {
+    ctx.interim = InterimParser::default();
+}
+
+/// `H2RS_C2_RESPONSE`: replaces HTTP_HEADER (see `response.rs`).
+///
+/// # Safety
+/// Called by httpd with a live filter and brigade on a stream request.
+pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade) -> ffi::apr_status_t {
+    // SAFETY: httpd passes a live filter (with its request) and brigade.
+    unsafe {
+        let r = (*f).r;
+        let c = (*f).c;
+        let next = (*f).next;
+        let Some(brigade) = BrigadeRef::from_raw(bb) else { return status::SUCCESS };
+        let Some(ctx) = ctx_of(c) else { return ffi::ap_pass_brigade(next, bb) };
+        let Some(stream) = ctx.stream.clone() else { return ffi::ap_pass_brigade(next, bb) };
+
+        let mut error_status = None;
+        let mut has_eos = false;
+        let mut b = brigade.first();
+        while let Some(bucket) = b {
+            let kind = bucket.kind();
+            if kind.is_error() && error_status.is_none() {
+                error_status = Some(bucket.error_status());
+            }
+            if kind.is_eos() {
+                has_eos = true;
+            }
+            if kind.is_eoc() {
+                ffi::ap_remove_output_filter(f);
+                return ffi::ap_pass_brigade(next, bb);
+            }
+            b = brigade.next(&bucket);
+        }
+
+        if !ctx.response_set {
+            if let Some(st) = error_status {
+                brigade.cleanup();
+                ffi::ap_die(st, r);
+                return ffi::AP_FILTER_ERROR as ffi::apr_status_t;
+            }
+            match response::build_response(r) {
+                Some(head) => {
+                    if let Err(e) = stream.set_response(head) {
+                        brigade.cleanup();
+                        (*c).aborted = 1;
+                        return stream_error_status(e);
+                    }
+                }
+                None => {
+                    crate::log::request(r, crate::log::Level::Error,
+                        "h2rs: a response header field contains invalid characters, answering 500");
+                    brigade.cleanup();
+                    if (*r).status != 500 {
+                        TableRef::from_raw((*r).headers_out).map(|t| t.clear());
+                        ffi::ap_die(500, r);
+                        return ffi::AP_FILTER_ERROR as ffi::apr_status_t;
+                    }
+                    let mut h = Headers::new();
+                    h.push(b"content-length", b"0");
+                    let _ = stream.set_response(crate::stream::ResponseHead { status: 500, headers: h });
+                    (*r).header_only = 1;
+                }
+            }
+            ctx.response_set = true;
+            (*r).sent_bodyct = 1;
+        }
+        if (*r).header_only != 0 || response::status_is_header_only((*r).status) {
+            response::drop_body(brigade);
+        }
+        if has_eos {
+            ctx.trailers = response::trailers_of(r);
+        }
+        ffi::ap_pass_brigade(next, bb)
+    }
+}
+
+/// `H2RS_C2_NET_IN`: the request body, read from the stream.
+///
+/// # Safety
+/// Called by httpd with a live filter and brigade on a c2.
+pub unsafe fn net_in(
+    f: *mut ffi::ap_filter_t,
+    bb: *mut ffi::apr_bucket_brigade,
+    mode: ffi::ap_input_mode_t,
+    block: ffi::apr_read_type_e,
+    readbytes: ffi::apr_off_t,
+) -> ffi::apr_status_t {
+    // SAFETY: httpd passes a live filter on a c2 owned by this thread.
+    let (c, ctx) = unsafe {
+        let c = (*f).c;
+        match ctx_of(c) {
+            Some(ctx) => (c, ctx),
+            None => return status::EGENERAL,
+        }
+    };
+    if mode == ffi::AP_MODE_INIT {
+        return status::SUCCESS;
+    }
+    // SAFETY: the c2 is ours.
+    if unsafe { (*c).aborted } != 0 {
+        return status::ECONNABORTED;
+    }
+    // SAFETY: httpd's brigade.
+    let Some(out) = (unsafe { BrigadeRef::from_raw(bb) }) else { return status::EGENERAL };
+    let Some(stream) = ctx.stream.clone() else { return status::EOF };
+    let blocking = block == ffi::APR_BLOCK_READ;
+    let want = if readbytes <= 0 { 8192 } else { readbytes.min(1 << 20) as usize };
+
+    // Fetch from the stream while nothing is pending.
+    while ctx.input_off >= ctx.input.len() && !ctx.input_ended {
+        match stream.read_input(want.max(8192), blocking) {
+            Ok(Input::Data(data)) => {
+                ctx.input.clear();
+                ctx.input_off = 0;
+                if ctx.input_chunked {
+                    ctx.input.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    ctx.input.extend_from_slice(&data);
+                    ctx.input.extend_from_slice(b"\r\n");
+                } else {
+                    ctx.input = data;
+                }
+            }
+            Ok(Input::End(trailers)) => {
+                ctx.input_ended = true;
+                ctx.input.clear();
+                ctx.input_off = 0;
+                if let Some(t) = trailers {
+                    add_request_trailers(ctx.request, &t);
+                }
+                if ctx.input_chunked {
+                    ctx.input.extend_from_slice(b"0\r\n\r\n");
+                }
+            }
+            Ok(Input::WouldBlock) => return status::EAGAIN,
+            Err(e) => {
+                // SAFETY: the c2 is ours.
+                unsafe { (*c).aborted = 1 };
+                return stream_error_status(e);
+            }
+        }
+    }
+    let pending = &ctx.input[ctx.input_off..];
+    if pending.is_empty() {
+        if ctx.input_ended && !ctx.eos_sent {
+            ctx.eos_sent = true;
+            out.push_eos();
+            return status::SUCCESS;
+        }
+        return status::EOF;
+    }
+    match mode {
+        ffi::AP_MODE_READBYTES | ffi::AP_MODE_EXHAUSTIVE => {
+            let n = if mode == ffi::AP_MODE_EXHAUSTIVE { pending.len() } else { pending.len().min(want) };
+            out.push_copy(&pending[..n]);
+            ctx.input_off += n;
+        }
+        ffi::AP_MODE_SPECULATIVE => {
+            out.push_copy(&pending[..pending.len().min(want)]);
+        }
+        ffi::AP_MODE_GETLINE => {
+            let limit = pending.len().min(ffi::HUGE_STRING_LEN as usize);
+            let n = pending[..limit].iter().position(|&b| b == b'\n').map(|i| i + 1).unwrap_or(limit);
+            out.push_copy(&pending[..n]);
+            ctx.input_off += n;
+        }
+        _ => return status::ENOTIMPL,
+    }
+    if ctx.input_off >= ctx.input.len() {
+        ctx.input.clear();
+        ctx.input_off = 0;
+    }
+    status::SUCCESS
+}
+
+fn add_request_trailers(r: *mut ffi::request_rec, trailers: &Headers) {
+    if r.is_null() {
+        return;
+    }
+    // SAFETY: `r` is the live request of this c2 (set in process_request).
+    unsafe {
+        let (Some(pool), Some(t)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).trailers_in)) else {
+            return;
+        };
+        for (n, v) in trailers.iter() {
+            t.addn(pool.strdup(n), pool.strdup(v));
+        }
+    }
+}
+
+/// Environment for handlers on a stream request (fixups hook).
+///
+/// # Safety
+/// `r` must be a live request on a c2 owned by the caller.
+pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
+    // SAFETY: caller contract; values are copied into the request pool.
+    unsafe {
+        let (Some(pool), Some(env)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).subprocess_env)) else {
+            return;
+        };
+        let Some(stream) = &ctx.stream else { return };
+        env.setn(c"HTTP2".as_ptr(), c"on".as_ptr());
+        env.setn(c"H2PUSH".as_ptr(), c"off".as_ptr());
+        env.setn(c"H2_PUSH".as_ptr(), c"off".as_ptr());
+        env.setn(c"H2_PUSHED".as_ptr(), c"".as_ptr());
+        env.setn(c"H2_PUSHED_ON".as_ptr(), c"".as_ptr());
+        let id = CString::new(stream.id.to_string()).unwrap_or_default();
+        env.setn(c"H2_STREAM_ID".as_ptr(), pool.strdup(id.as_bytes()));
+        let c1_id = if ctx.c1.is_null() { 0 } else { (*ctx.c1).id };
+        let tag = format!("{}-{}", c1_id, stream.id);
+        env.setn(c"H2_STREAM_TAG".as_ptr(), pool.strdup(tag.as_bytes()));
+    }
+}
+
+/// The request currently processed on a c2 (for hooks).
+pub fn request_of(ctx: &C2Ctx) -> *mut ffi::request_rec {
+    ctx.request
+}

@@ -1,0 +1,503 @@
+//! The H2* directives: parsing (pure, unit-tested), per-server and
+//! per-directory configuration with httpd's merge semantics, and the
+//! effective values with the stock module's defaults.
+//!
+//! Every directive of the stock mod_http2 is accepted with the same syntax
+//! and context. Server push is deliberately not provided (browsers removed
+//! it): its directives are parsed and validated, and post_config warns once.
+
+use std::time::Duration;
+
+/// The stock module's defaults.
+pub mod defaults {
+    pub const MAX_SESSION_STREAMS: u32 = 100;
+    pub const WINDOW_SIZE: u32 = 65535;
+    pub const MAX_WORKER_IDLE_SECS: u32 = 600;
+    pub const STREAM_MAX_MEM_SIZE: usize = 32 * 1024;
+    pub const TLS_WARMUP_SIZE: u64 = 1024 * 1024;
+    pub const PUSH_DIARY_SIZE: u32 = 256;
+    pub const MAX_STREAM_ERRORS: u32 = 8;
+}
+
+/// An on/off/None tri-state, where None means "not set here, inherit".
+pub type Flag = Option<bool>;
+
+/// Per-server (virtual host) configuration. `None` = not configured here.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerConfig {
+    pub max_session_streams: Option<u32>,
+    pub window_size: Option<u32>,
+    pub min_workers: Option<u32>,
+    pub max_workers: Option<u32>,
+    pub max_worker_idle_secs: Option<u32>,
+    pub stream_max_mem_size: Option<usize>,
+    pub modern_tls_only: Flag,
+    pub upgrade: Flag,
+    pub direct: Flag,
+    pub tls_warmup_size: Option<u64>,
+    pub tls_cooldown_secs: Option<u32>,
+    pub push: Flag,
+    pub push_priorities: Vec<PushPriority>,
+    pub push_diary_size: Option<u32>,
+    pub early_hints: Flag,
+    pub padding_bits: Option<u32>,
+    pub output_buffering: Flag,
+    pub stream_timeout: Option<Duration>,
+    pub max_data_frame_len: Option<u32>,
+    pub max_header_block_len: Option<u32>,
+    pub max_stream_errors: Option<u32>,
+    pub websockets: Flag,
+    pub copy_files: Flag,
+    pub proxy_requests: Flag,
+    pub push_resources: Vec<PushResource>,
+    pub early_hint_headers: Vec<(String, String)>,
+    /// Deprecated directives seen (for one warning at startup).
+    pub obsolete_seen: Vec<&'static str>,
+}
+
+/// Per-directory configuration: the directives allowed in <Directory>,
+/// <Location> and .htaccess.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DirConfig {
+    pub upgrade: Flag,
+    pub push: Flag,
+    pub copy_files: Flag,
+    pub proxy_requests: Flag,
+    pub push_resources: Vec<PushResource>,
+    pub early_hint_headers: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushPriority {
+    pub content_type: String,
+    pub dependency: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushResource {
+    pub uri: String,
+    pub critical: bool,
+}
+
+fn pick<T: Clone>(add: &Option<T>, base: &Option<T>) -> Option<T> {
+    add.clone().or_else(|| base.clone())
+}
+
+fn pick_list<T: Clone>(add: &[T], base: &[T]) -> Vec<T> {
+    if add.is_empty() {
+        base.to_vec()
+    } else {
+        add.to_vec()
+    }
+}
+
+impl ServerConfig {
+    /// httpd's merge: a virtual host inherits what it does not set itself.
+    pub fn merge(base: &ServerConfig, add: &ServerConfig) -> ServerConfig {
+        ServerConfig {
+            max_session_streams: pick(&add.max_session_streams, &base.max_session_streams),
+            window_size: pick(&add.window_size, &base.window_size),
+            min_workers: pick(&add.min_workers, &base.min_workers),
+            max_workers: pick(&add.max_workers, &base.max_workers),
+            max_worker_idle_secs: pick(&add.max_worker_idle_secs, &base.max_worker_idle_secs),
+            stream_max_mem_size: pick(&add.stream_max_mem_size, &base.stream_max_mem_size),
+            modern_tls_only: pick(&add.modern_tls_only, &base.modern_tls_only),
+            upgrade: pick(&add.upgrade, &base.upgrade),
+            direct: pick(&add.direct, &base.direct),
+            tls_warmup_size: pick(&add.tls_warmup_size, &base.tls_warmup_size),
+            tls_cooldown_secs: pick(&add.tls_cooldown_secs, &base.tls_cooldown_secs),
+            push: pick(&add.push, &base.push),
+            push_priorities: pick_list(&add.push_priorities, &base.push_priorities),
+            push_diary_size: pick(&add.push_diary_size, &base.push_diary_size),
+            early_hints: pick(&add.early_hints, &base.early_hints),
+            padding_bits: pick(&add.padding_bits, &base.padding_bits),
+            output_buffering: pick(&add.output_buffering, &base.output_buffering),
+            stream_timeout: pick(&add.stream_timeout, &base.stream_timeout),
+            max_data_frame_len: pick(&add.max_data_frame_len, &base.max_data_frame_len),
+            max_header_block_len: pick(&add.max_header_block_len, &base.max_header_block_len),
+            max_stream_errors: pick(&add.max_stream_errors, &base.max_stream_errors),
+            websockets: pick(&add.websockets, &base.websockets),
+            copy_files: pick(&add.copy_files, &base.copy_files),
+            proxy_requests: pick(&add.proxy_requests, &base.proxy_requests),
+            push_resources: pick_list(&add.push_resources, &base.push_resources),
+            early_hint_headers: pick_list(&add.early_hint_headers, &base.early_hint_headers),
+            obsolete_seen: pick_list(&add.obsolete_seen, &base.obsolete_seen),
+        }
+    }
+
+    pub fn max_session_streams(&self) -> u32 {
+        self.max_session_streams.unwrap_or(defaults::MAX_SESSION_STREAMS)
+    }
+    pub fn window_size(&self) -> u32 {
+        self.window_size.unwrap_or(defaults::WINDOW_SIZE)
+    }
+    pub fn stream_max_mem_size(&self) -> usize {
+        self.stream_max_mem_size.unwrap_or(defaults::STREAM_MAX_MEM_SIZE)
+    }
+    pub fn modern_tls_only(&self) -> bool {
+        self.modern_tls_only.unwrap_or(true)
+    }
+    /// H2Direct: default on for cleartext, off for TLS.
+    pub fn direct(&self, is_tls: bool) -> bool {
+        self.direct.unwrap_or(!is_tls)
+    }
+    /// H2Upgrade: default on for cleartext, off for TLS.
+    pub fn upgrade(&self, is_tls: bool) -> bool {
+        self.upgrade.unwrap_or(!is_tls)
+    }
+    pub fn output_buffering(&self) -> bool {
+        self.output_buffering.unwrap_or(true)
+    }
+    pub fn early_hints(&self) -> bool {
+        self.early_hints.unwrap_or(false)
+    }
+    pub fn websockets(&self) -> bool {
+        self.websockets.unwrap_or(false)
+    }
+    pub fn max_data_frame_len(&self) -> u32 {
+        self.max_data_frame_len.unwrap_or(0)
+    }
+    pub fn max_header_block_len(&self) -> u32 {
+        self.max_header_block_len.unwrap_or(0)
+    }
+    pub fn max_stream_errors(&self) -> u32 {
+        self.max_stream_errors.unwrap_or(defaults::MAX_STREAM_ERRORS)
+    }
+    pub fn padding_bits(&self) -> u32 {
+        self.padding_bits.unwrap_or(0)
+    }
+    pub fn max_worker_idle(&self) -> Duration {
+        Duration::from_secs(self.max_worker_idle_secs.unwrap_or(defaults::MAX_WORKER_IDLE_SECS) as u64)
+    }
+
+    /// (min, max) workers, with the stock defaults: min = ThreadsPerChild,
+    /// max = max(4, 1.5 * min).
+    pub fn workers(&self, threads_per_child: u32) -> (u32, u32) {
+        let min = self.min_workers.unwrap_or(threads_per_child.max(1));
+        let max = self.max_workers.unwrap_or((3 * min / 2).max(4));
+        (min, max.max(min))
+    }
+}
+
+impl DirConfig {
+    pub fn merge(base: &DirConfig, add: &DirConfig) -> DirConfig {
+        DirConfig {
+            upgrade: pick(&add.upgrade, &base.upgrade),
+            push: pick(&add.push, &base.push),
+            copy_files: pick(&add.copy_files, &base.copy_files),
+            proxy_requests: pick(&add.proxy_requests, &base.proxy_requests),
+            push_resources: pick_list(&add.push_resources, &base.push_resources),
+            early_hint_headers: pick_list(&add.early_hint_headers, &base.early_hint_headers),
+        }
+    }
+}
+
+/// Where a directive appears: the server (or virtual host) level, or inside
+/// a directory-type section / .htaccess.
+pub enum Target<'a> {
+    Server(&'a mut ServerConfig),
+    Dir(&'a mut DirConfig),
+}
+
+fn parse_flag(directive: &str, arg: &str) -> Result<bool, String> {
+    match arg.to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{directive}: '{arg}' is not allowed, use 'on' or 'off'")),
+    }
+}
+
+fn parse_num(directive: &str, arg: &str, min: u64, max: u64) -> Result<u64, String> {
+    let value: u64 = arg.trim().parse().map_err(|_| {
+        format!("{directive}: '{arg}' is not a number (allowed: {min} to {max})")
+    })?;
+    if value < min || value > max {
+        return Err(format!("{directive}: {value} is out of range (allowed: {min} to {max})"));
+    }
+    Ok(value)
+}
+
+fn expect_args(directive: &str, args: &[&str], min: usize, max: usize) -> Result<(), String> {
+    if args.len() < min || args.len() > max {
+        let want = if min == max {
+            format!("{min} argument{}", if min == 1 { "" } else { "s" })
+        } else {
+            format!("{min} to {max} arguments")
+        };
+        return Err(format!("{directive} takes {want}, got {}", args.len()));
+    }
+    Ok(())
+}
+
+/// Applies one directive. Errors name the directive and the allowed values;
+/// httpd prefixes them with the config file and line.
+pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), String> {
+    const U31: u64 = i32::MAX as u64;
+    let d = directive;
+    // Directives that may appear per directory.
+    let dir_capable = matches!(
+        d.to_ascii_lowercase().as_str(),
+        "h2upgrade" | "h2push" | "h2copyfiles" | "h2proxyrequests" | "h2pushresource" | "h2earlyhint"
+    );
+    let (server, dir) = match target {
+        Target::Server(s) => (Some(s), None),
+        Target::Dir(dc) if dir_capable => (None, Some(dc)),
+        Target::Dir(_) => {
+            return Err(format!("{d} is not allowed in a directory context"));
+        }
+    };
+
+    // Single-argument flags settable on both levels.
+    macro_rules! flag_both {
+        ($field:ident) => {{
+            expect_args(d, args, 1, 1)?;
+            let v = parse_flag(d, args[0])?;
+            match (server, dir) {
+                (Some(s), _) => s.$field = Some(v),
+                (_, Some(dc)) => dc.$field = Some(v),
+                _ => {}
+            }
+            return Ok(());
+        }};
+    }
+    match d.to_ascii_lowercase().as_str() {
+        "h2upgrade" => flag_both!(upgrade),
+        "h2push" => flag_both!(push),
+        "h2copyfiles" => flag_both!(copy_files),
+        "h2proxyrequests" => flag_both!(proxy_requests),
+        "h2pushresource" => {
+            expect_args(d, args, 1, 3)?;
+            let mut critical = false;
+            for extra in &args[1..] {
+                if extra.eq_ignore_ascii_case("critical") {
+                    critical = true;
+                } else if !extra.eq_ignore_ascii_case("add") {
+                    return Err(format!("{d}: unknown option '{extra}', use 'critical'"));
+                }
+            }
+            let res = PushResource { uri: args[0].to_string(), critical };
+            match (server, dir) {
+                (Some(s), _) => s.push_resources.push(res),
+                (_, Some(dc)) => dc.push_resources.push(res),
+                _ => {}
+            }
+            return Ok(());
+        }
+        "h2earlyhint" => {
+            expect_args(d, args, 2, 2)?;
+            let name = args[0];
+            if name.is_empty() || !name.bytes().all(crate::request::is_token_char) {
+                return Err(format!("{d}: '{name}' is not a valid header name"));
+            }
+            if args[1].bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(format!("{d}: the header value must not contain line breaks"));
+            }
+            let pair = (name.to_string(), args[1].to_string());
+            match (server, dir) {
+                (Some(s), _) => s.early_hint_headers.push(pair),
+                (_, Some(dc)) => dc.early_hint_headers.push(pair),
+                _ => {}
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+
+    let Some(s) = server else {
+        return Err(format!("{d} is not allowed in a directory context"));
+    };
+    match d.to_ascii_lowercase().as_str() {
+        "h2maxsessionstreams" => {
+            expect_args(d, args, 1, 1)?;
+            s.max_session_streams = Some(parse_num(d, args[0], 1, U31)? as u32);
+        }
+        "h2windowsize" => {
+            expect_args(d, args, 1, 1)?;
+            s.window_size = Some(parse_num(d, args[0], 1024, U31)? as u32);
+        }
+        "h2minworkers" => {
+            expect_args(d, args, 1, 1)?;
+            s.min_workers = Some(parse_num(d, args[0], 1, 4096)? as u32);
+        }
+        "h2maxworkers" => {
+            expect_args(d, args, 1, 1)?;
+            s.max_workers = Some(parse_num(d, args[0], 1, 4096)? as u32);
+        }
+        "h2maxworkeridleseconds" => {
+            expect_args(d, args, 1, 1)?;
+            s.max_worker_idle_secs = Some(parse_num(d, args[0], 1, 86400)? as u32);
+        }
+        "h2streammaxmemsize" => {
+            expect_args(d, args, 1, 1)?;
+            s.stream_max_mem_size = Some(parse_num(d, args[0], 1024, U31)? as usize);
+        }
+        "h2moderntlsonly" => {
+            expect_args(d, args, 1, 1)?;
+            s.modern_tls_only = Some(parse_flag(d, args[0])?);
+        }
+        "h2direct" => {
+            expect_args(d, args, 1, 1)?;
+            s.direct = Some(parse_flag(d, args[0])?);
+        }
+        "h2tlswarmupsize" => {
+            expect_args(d, args, 1, 1)?;
+            s.tls_warmup_size = Some(parse_num(d, args[0], 0, u64::MAX >> 1)?);
+        }
+        "h2tlscooldownsecs" => {
+            expect_args(d, args, 1, 1)?;
+            s.tls_cooldown_secs = Some(parse_num(d, args[0], 0, 86400)? as u32);
+        }
+        "h2pushpriority" => {
+            expect_args(d, args, 2, 3)?;
+            let dependency = args[1].to_ascii_lowercase();
+            if !matches!(dependency.as_str(), "after" | "before" | "interleaved") {
+                return Err(format!(
+                    "{d}: dependency '{}' is not one of After, Before, Interleaved",
+                    args[1]
+                ));
+            }
+            let weight = match args.get(2) {
+                Some(w) => Some(parse_num(d, w, 1, 256)? as u32),
+                None => None,
+            };
+            s.push_priorities.push(PushPriority { content_type: args[0].to_string(), dependency, weight });
+        }
+        "h2pushdiarysize" => {
+            expect_args(d, args, 1, 1)?;
+            s.push_diary_size = Some(parse_num(d, args[0], 0, 1 << 20)? as u32);
+        }
+        "h2earlyhints" => {
+            expect_args(d, args, 1, 1)?;
+            s.early_hints = Some(parse_flag(d, args[0])?);
+        }
+        "h2padding" => {
+            expect_args(d, args, 1, 1)?;
+            s.padding_bits = Some(parse_num(d, args[0], 0, 8)? as u32);
+        }
+        "h2outputbuffering" => {
+            expect_args(d, args, 1, 1)?;
+            s.output_buffering = Some(parse_flag(d, args[0])?);
+        }
+        "h2streamtimeout" => {
+            expect_args(d, args, 1, 1)?;
+            s.stream_timeout = Some(parse_duration(d, args[0])?);
+        }
+        "h2maxdataframelen" => {
+            expect_args(d, args, 1, 1)?;
+            s.max_data_frame_len = Some(parse_num(d, args[0], 0, 16_777_215)? as u32);
+        }
+        "h2maxheaderblocklen" => {
+            expect_args(d, args, 1, 1)?;
+            s.max_header_block_len = Some(parse_num(d, args[0], 0, U31)? as u32);
+        }
+        "h2maxstreamerrors" => {
+            expect_args(d, args, 1, 1)?;
+            s.max_stream_errors = Some(parse_num(d, args[0], 0, U31)? as u32);
+        }
+        "h2websockets" => {
+            expect_args(d, args, 1, 1)?;
+            s.websockets = Some(parse_flag(d, args[0])?);
+        }
+        "h2serializeheaders" => {
+            expect_args(d, args, 1, 1)?;
+            parse_flag(d, args[0])?;
+            s.obsolete_seen.push("H2SerializeHeaders");
+        }
+        "h2sessionextrafiles" => {
+            expect_args(d, args, 1, 1)?;
+            parse_num(d, args[0], 0, U31)?;
+            s.obsolete_seen.push("H2SessionExtraFiles");
+        }
+        _ => return Err(format!("{d} is not a directive of this module")),
+    }
+    Ok(())
+}
+
+/// httpd's time syntax for timeouts: seconds, or a number with a unit
+/// suffix `ms`, `s`, `mi`, `h` (as ap_timeout_parameter_parse accepts).
+pub fn parse_duration(directive: &str, arg: &str) -> Result<Duration, String> {
+    let bad = || format!("{directive}: '{arg}' is not a duration (e.g. 30, 30s, 500ms, 5mi, 1h)");
+    let arg_l = arg.trim().to_ascii_lowercase();
+    let split = arg_l.find(|c: char| !c.is_ascii_digit()).unwrap_or(arg_l.len());
+    let (num, unit) = arg_l.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "mi" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(directive: &str, args: &[&str]) -> Result<ServerConfig, String> {
+        let mut s = ServerConfig::default();
+        apply(Target::Server(&mut s), directive, args)?;
+        Ok(s)
+    }
+
+    #[test]
+    fn numbers_and_ranges() {
+        assert_eq!(server("H2MaxSessionStreams", &["50"]).unwrap().max_session_streams(), 50);
+        let e = server("H2WindowSize", &["abc"]).unwrap_err();
+        assert!(e.contains("H2WindowSize") && e.contains("not a number") && e.contains("1024"), "{e}");
+        let e = server("H2MaxWorkers", &["0"]).unwrap_err();
+        assert!(e.contains("H2MaxWorkers") && e.contains("out of range"), "{e}");
+        let e = server("H2WindowSize", &["4294967296"]).unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        assert!(server("H2Padding", &["9"]).is_err());
+        assert!(server("H2MaxDataFrameLen", &["0"]).is_ok());
+    }
+
+    #[test]
+    fn flags_and_arity() {
+        assert_eq!(server("H2Direct", &["On"]).unwrap().direct, Some(true));
+        assert!(server("H2Direct", &["yes"]).unwrap_err().contains("'on' or 'off'"));
+        assert!(server("H2Direct", &[]).unwrap_err().contains("takes 1 argument"));
+        assert!(server("H2Direct", &["on", "off"]).is_err());
+    }
+
+    #[test]
+    fn directory_context() {
+        let mut dc = DirConfig::default();
+        apply(Target::Dir(&mut dc), "H2Upgrade", &["off"]).unwrap();
+        assert_eq!(dc.upgrade, Some(false));
+        let e = apply(Target::Dir(&mut dc), "H2MaxWorkers", &["3"]).unwrap_err();
+        assert!(e.contains("directory context"));
+        apply(Target::Dir(&mut dc), "H2EarlyHint", &["Link", "</a.css>; rel=preload"]).unwrap();
+        assert!(apply(Target::Dir(&mut dc), "H2EarlyHint", &["Bad Name", "x"]).is_err());
+    }
+
+    #[test]
+    fn merge_prefers_vhost() {
+        let base = server("H2MaxSessionStreams", &["10"]).unwrap();
+        let mut add = ServerConfig::default();
+        apply(Target::Server(&mut add), "H2WindowSize", &["100000"]).unwrap();
+        let m = ServerConfig::merge(&base, &add);
+        assert_eq!(m.max_session_streams(), 10);
+        assert_eq!(m.window_size(), 100000);
+        assert!(m.direct(false) && !m.direct(true));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("X", "30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("X", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("X", "2mi").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("X", "1d").is_err());
+        assert!(parse_duration("X", "").is_err());
+    }
+
+    #[test]
+    fn workers_defaults() {
+        let s = ServerConfig::default();
+        assert_eq!(s.workers(25), (25, 37));
+        assert_eq!(s.workers(1), (1, 4));
+    }
+}

@@ -1,0 +1,430 @@
+//! Every entry point httpd calls (registered by the C shim). Each one runs
+//! its body behind the panic boundary and returns a safe fallback if the
+//! body panics: a hook declines, a filter fails its stream, a directive
+//! reports an error.
+
+use crate::apr::PoolRef;
+use crate::c1::{self, C1};
+use crate::c2;
+use crate::config::{self, DirConfig, ServerConfig, Target};
+use crate::ffi::{self, panic::guard, HOOK_DECLINED, HOOK_OK};
+use crate::log::Level;
+use crate::slog;
+use crate::workers;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+/// False on MPMs that cannot multiplex (prefork): h2 is not offered.
+static MPM_SUPPORTED: AtomicBool = AtomicBool::new(true);
+/// The child process pool (for per-thread APR registration).
+static PCHILD: AtomicPtr<ffi::apr_pool_t> = AtomicPtr::new(ptr::null_mut());
+
+// ---- configuration -----------------------------------------------------------
+
+/// A config object of type `T` in pool `p` (dropped with the pool).
+fn create_config<T: Default + 'static>(p: *mut ffi::apr_pool_t) -> *mut c_void {
+    // SAFETY: httpd passes a live config pool.
+    match unsafe { PoolRef::from_raw(p) } {
+        Some(pool) => pool.attach(T::default()) as *mut c_void,
+        None => ptr::null_mut(),
+    }
+}
+
+/// httpd's merge of two config objects made by `create_config::<T>`.
+fn merge_config<T: Default + 'static>(
+    p: *mut ffi::apr_pool_t,
+    base: *mut c_void,
+    add: *mut c_void,
+    merge: fn(&T, &T) -> T,
+) -> *mut c_void {
+    let default = T::default();
+    // SAFETY: base/add were made by create_config::<T> (or merge_config)
+    // for this configuration generation, or are NULL; the pool is live.
+    unsafe {
+        let b = (base as *const T).as_ref().unwrap_or(&default);
+        let a = (add as *const T).as_ref().unwrap_or(&default);
+        match PoolRef::from_raw(p) {
+            Some(pool) => pool.attach(merge(b, a)) as *mut c_void,
+            None => ptr::null_mut(),
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_create_server_config(p: *mut ffi::apr_pool_t, _s: *mut ffi::server_rec) -> *mut c_void {
+    guard("create_server_config", ptr::null_mut(), || create_config::<ServerConfig>(p))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_merge_server_config(
+    p: *mut ffi::apr_pool_t,
+    base: *mut c_void,
+    add: *mut c_void,
+) -> *mut c_void {
+    guard("merge_server_config", ptr::null_mut(), || merge_config(p, base, add, ServerConfig::merge))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_create_dir_config(p: *mut ffi::apr_pool_t, _dir: *mut c_char) -> *mut c_void {
+    guard("create_dir_config", ptr::null_mut(), || create_config::<DirConfig>(p))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_merge_dir_config(p: *mut ffi::apr_pool_t, base: *mut c_void, add: *mut c_void) -> *mut c_void {
+    guard("merge_dir_config", ptr::null_mut(), || merge_config(p, base, add, DirConfig::merge))
+}
+
+/// Every H2* directive. Returns NULL or an error message httpd reports with
+/// the file and line.
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_cmd(
+    cmd: *mut ffi::cmd_parms,
+    dir_config: *mut c_void,
+    argc: c_int,
+    argv: *const *mut c_char,
+) -> *const c_char {
+    let failed = c"mod_h2rs: internal error while parsing the directive".as_ptr();
+    guard("directive", failed, || {
+        // SAFETY: httpd passes a live cmd_parms with its directive record,
+        // the server being configured, and argc NUL-terminated arguments.
+        unsafe {
+            let cmd = &*cmd;
+            let name = CStr::from_ptr((*cmd.cmd).name).to_string_lossy().into_owned();
+            let mut args = Vec::with_capacity(argc.max(0) as usize);
+            for i in 0..argc.max(0) as usize {
+                args.push(CStr::from_ptr(*argv.add(i)).to_string_lossy().into_owned());
+            }
+            let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let target = if cmd.path.is_null() {
+                match (ffi::h2rs_shim_server_conf(cmd.server) as *mut ServerConfig).as_mut() {
+                    Some(s) => Target::Server(s),
+                    None => return failed,
+                }
+            } else {
+                match (dir_config as *mut DirConfig).as_mut() {
+                    Some(d) => Target::Dir(d),
+                    None => return failed,
+                }
+            };
+            match config::apply(target, &name, &arg_refs) {
+                Ok(()) => ptr::null(),
+                Err(msg) => match PoolRef::from_raw(cmd.pool) {
+                    Some(pool) => pool.strdup(msg.as_bytes()),
+                    None => failed,
+                },
+            }
+        }
+    })
+}
+
+// ---- process life cycle --------------------------------------------------------
+
+fn mpm_name() -> String {
+    // SAFETY: the MPM's module record lives as long as the configuration.
+    unsafe {
+        let m = ffi::h2rs_shim_mpm_module();
+        if m.is_null() || (*m).name.is_null() {
+            "unknown".to_string()
+        } else {
+            CStr::from_ptr((*m).name).to_string_lossy().into_owned()
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_post_config(
+    _pconf: *mut ffi::apr_pool_t,
+    _plog: *mut ffi::apr_pool_t,
+    _ptemp: *mut ffi::apr_pool_t,
+    s: *mut ffi::server_rec,
+) -> c_int {
+    guard("post_config", HOOK_OK, || {
+        ffi::panic::install_hook();
+        // httpd runs post_config twice at start; speak only on the real run.
+        // SAFETY: ap_state_query has no preconditions.
+        let dry_run = unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) }
+            == ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int;
+        let mpm = mpm_name();
+        let supported = mpm != "prefork.c";
+        MPM_SUPPORTED.store(supported, Ordering::Release);
+        if dry_run {
+            return HOOK_OK;
+        }
+        if !supported {
+            slog!(s, Level::Warn,
+                "mod_h2rs: the prefork MPM cannot multiplex HTTP/2; h2 and h2c are not offered on this server (use the event or worker MPM)");
+        }
+        // SAFETY: walks the configured servers (a NULL-terminated list).
+        unsafe {
+            let mut srv = s;
+            let mut warned_push = false;
+            let mut warned_obsolete = false;
+            while !srv.is_null() {
+                if let Some(cfg) = c1::server_config(srv) {
+                    if !warned_push && (cfg.push == Some(true) || !cfg.push_resources.is_empty() || !cfg.push_priorities.is_empty()) {
+                        warned_push = true;
+                        slog!(srv, Level::Warn,
+                            "mod_h2rs: HTTP/2 server push is not provided (browsers removed it); H2Push, H2PushResource and H2PushPriority have no effect");
+                    }
+                    if !warned_obsolete && !cfg.obsolete_seen.is_empty() {
+                        warned_obsolete = true;
+                        slog!(srv, Level::Warn, "mod_h2rs: {} no longer has an effect", cfg.obsolete_seen.join(", "));
+                    }
+                    if let (Some(min), Some(max)) = (cfg.min_workers, cfg.max_workers) {
+                        if min > max {
+                            slog!(srv, Level::Warn, "mod_h2rs: H2MinWorkers {min} is above H2MaxWorkers {max}; using {min} for both");
+                        }
+                    }
+                }
+                srv = (*srv).next;
+            }
+        }
+        slog!(s, Level::Info, "mod_h2rs {} loaded (MPM {mpm})", env!("CARGO_PKG_VERSION"));
+        HOOK_OK
+    })
+}
+
+/// Registers worker threads with APR (httpd code needs `ap_thread_current`).
+struct HttpdThreads;
+
+impl workers::ThreadHooks for HttpdThreads {
+    fn start(&self) -> *mut ffi::apr_thread_t {
+        let mut thread: *mut ffi::apr_thread_t = ptr::null_mut();
+        // SAFETY: registers the calling (new) thread; the pool is only used
+        // for its abort function.
+        unsafe { ffi::ap_thread_current_create(&mut thread, ptr::null_mut(), PCHILD.load(Ordering::Acquire)) };
+        thread
+    }
+
+    fn stop(&self, thread: *mut ffi::apr_thread_t) {
+        if !thread.is_null() {
+            // SAFETY: the thread's own unmanaged pool, created by
+            // ap_thread_current_create for this thread, freed as it exits.
+            unsafe { ffi::apr_pool_destroy(ffi::apr_thread_pool_get(thread)) };
+        }
+    }
+}
+
+unsafe extern "C" fn child_pre_cleanup(_data: *mut c_void) -> ffi::apr_status_t {
+    guard("child cleanup", 0, || {
+        c1::child_stopping(false);
+        workers::shutdown();
+        0
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_child_init(pchild: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) {
+    guard("child_init", (), || {
+        ffi::panic::install_hook();
+        if !MPM_SUPPORTED.load(Ordering::Acquire) {
+            return;
+        }
+        PCHILD.store(pchild, Ordering::Release);
+        if std::env::var_os("H2RS_FAULT_INJECTION").is_some_and(|v| v == "1") {
+            c1::FAULT_INJECTION.store(true, Ordering::Relaxed);
+            slog!(s, Level::Warn, "mod_h2rs: fault injection enabled (H2RS_FAULT_INJECTION=1): for tests only");
+        }
+        // SAFETY: pchild and s are live for the child's life.
+        unsafe {
+            c2::child_init(pchild);
+            let mut threads: c_int = 0;
+            ffi::ap_mpm_query(ffi::AP_MPMQ_MAX_THREADS as c_int, &mut threads);
+            let default = ServerConfig::default();
+            let cfg = c1::server_config(s).unwrap_or(&default);
+            let (min, max) = cfg.workers(threads.max(1) as u32);
+            let idle = cfg.max_worker_idle();
+            workers::install(workers::Pool::new(min, max, idle, Box::new(HttpdThreads)));
+            if let Some(pool) = PoolRef::from_raw(pchild) {
+                pool.pre_cleanup(ptr::null(), child_pre_cleanup);
+            }
+            slog!(s, Level::Debug, "mod_h2rs: {min} to {max} workers (idle limit {:?})", idle);
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_child_stopping(_pchild: *mut ffi::apr_pool_t, graceful: c_int) {
+    guard("child_stopping", (), || c1::child_stopping(graceful != 0))
+}
+
+// ---- connections ------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_process_connection(c: *mut ffi::conn_rec) -> c_int {
+    guard("process_connection", HOOK_DECLINED, || {
+        // SAFETY: httpd passes the live connection it runs on this thread.
+        unsafe {
+            if c.is_null() || !(*c).master.is_null() {
+                return HOOK_DECLINED;
+            }
+            if let Some(session) = c1::ctx_of(c) {
+                return session.run();
+            }
+            if !MPM_SUPPORTED.load(Ordering::Acquire) || (*c).keepalives > 0 {
+                return HOOK_DECLINED;
+            }
+            let current = ffi::ap_get_protocol(c);
+            if current.is_null() || CStr::from_ptr(current) != c"http/1.1" {
+                return HOOK_DECLINED;
+            }
+            let is_tls = ffi::ap_ssl_conn_is_ssl(c) != 0;
+            if !c1::direct_allowed(c, is_tls) || !c1::peek_preface(c) {
+                return HOOK_DECLINED;
+            }
+            let protocol = if is_tls { c"h2" } else { c"h2c" };
+            match C1::start(c, protocol) {
+                Some(session) => session.run(),
+                None => HOOK_DECLINED,
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_c2_process_connection(c: *mut ffi::conn_rec) -> c_int {
+    guard("c2 process_connection", HOOK_DECLINED, || {
+        // SAFETY: httpd passes the live connection run by this thread.
+        unsafe {
+            if c2::ctx_of(c).is_none() {
+                return HOOK_DECLINED;
+            }
+            c2::process_request(c);
+            ffi::HOOK_DONE
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_pre_close_connection(c: *mut ffi::conn_rec) -> c_int {
+    guard("pre_close_connection", HOOK_DECLINED, || {
+        // SAFETY: httpd passes the live connection it is closing.
+        if let Some(session) = unsafe { c1::ctx_of(c) } {
+            session.pre_close();
+        }
+        HOOK_DECLINED
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_post_read_request(r: *mut ffi::request_rec) -> c_int {
+    guard("post_read_request", HOOK_DECLINED, || {
+        // SAFETY: httpd passes the live request on this thread.
+        unsafe {
+            if r.is_null() || !(*r).main.is_null() || !(*r).prev.is_null() {
+                return HOOK_DECLINED;
+            }
+            if let Some(ctx) = c2::ctx_of((*r).connection) {
+                c2::install_response_filter(r, ctx);
+            }
+        }
+        HOOK_DECLINED
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_fixups(r: *mut ffi::request_rec) -> c_int {
+    guard("fixups", HOOK_DECLINED, || {
+        // SAFETY: httpd passes the live request on this thread.
+        unsafe {
+            if let Some(ctx) = c2::ctx_of((*r).connection) {
+                c2::set_env(r, ctx);
+            }
+        }
+        HOOK_DECLINED
+    })
+}
+
+// ---- protocol negotiation ----------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_protocol_propose(
+    _c: *mut ffi::conn_rec,
+    _r: *mut ffi::request_rec,
+    _s: *mut ffi::server_rec,
+    _offers: *const ffi::apr_array_header_t,
+    _proposals: *mut ffi::apr_array_header_t,
+) -> c_int {
+    // ALPN and Upgrade negotiation are not offered yet: only prior
+    // knowledge (H2Direct) starts HTTP/2.
+    HOOK_DECLINED
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_protocol_switch(
+    _c: *mut ffi::conn_rec,
+    _r: *mut ffi::request_rec,
+    _s: *mut ffi::server_rec,
+    _protocol: *const c_char,
+) -> c_int {
+    HOOK_DECLINED
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_protocol_get(c: *const ffi::conn_rec) -> *const c_char {
+    guard("protocol_get", ptr::null(), || {
+        // SAFETY: httpd passes a live connection; our slot holds a C1 for a
+        // client connection and a C2Ctx for a secondary one.
+        unsafe {
+            if c.is_null() {
+                return ptr::null();
+            }
+            if (*c).master.is_null() {
+                match (ffi::h2rs_shim_conn_ctx(c) as *const C1).as_ref() {
+                    Some(s) => s.protocol.as_ptr(),
+                    None => ptr::null(),
+                }
+            } else {
+                match c2::ctx_of(c) {
+                    Some(ctx) => ctx.protocol.as_ptr(),
+                    None => ptr::null(),
+                }
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_is_h2(c: *mut ffi::conn_rec) -> c_int {
+    guard("http2_is_h2", 0, || {
+        // SAFETY: only checks whether our config slot is set, on a live
+        // connection (or its master).
+        unsafe {
+            if c.is_null() {
+                return 0;
+            }
+            let client = if (*c).master.is_null() { c } else { (*c).master };
+            (!ffi::h2rs_shim_conn_ctx(client).is_null()) as c_int
+        }
+    })
+}
+
+// ---- filters ------------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_c2_net_in(
+    f: *mut ffi::ap_filter_t,
+    bb: *mut ffi::apr_bucket_brigade,
+    mode: ffi::ap_input_mode_t,
+    block: ffi::apr_read_type_e,
+    readbytes: ffi::apr_off_t,
+) -> ffi::apr_status_t {
+    // SAFETY: httpd's filter call contract.
+    guard("c2 input filter", crate::apr::status::EGENERAL, || unsafe { c2::net_in(f, bb, mode, block, readbytes) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_c2_net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade) -> ffi::apr_status_t {
+    // SAFETY: httpd's filter call contract.
+    guard("c2 output filter", crate::apr::status::EGENERAL, || unsafe { c2::net_out(f, bb) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_c2_response_out(
+    f: *mut ffi::ap_filter_t,
+    bb: *mut ffi::apr_bucket_brigade,
+) -> ffi::apr_status_t {
+    // SAFETY: httpd's filter call contract.
+    guard("c2 response filter", crate::apr::status::EGENERAL, || unsafe { c2::response_out(f, bb) })
+}

@@ -1,0 +1,29 @@
+//! mod_h2rs: HTTP/2 for Apache httpd 2.4, written in Rust.
+//!
+//! Layout (see docs/INTERNALS.md for threads, queues, pools and invariants):
+//! - `ffi`: bindgen bindings of httpd/APR and the panic boundary every
+//!   `extern "C"` entry goes through.
+//! - `apr`: small safe wrappers for pools, brigades/buckets and tables.
+//! - `nghttp2`: a safe wrapper around the nghttp2 server session.
+//! - `session`, `stream`, `request`: the HTTP/2 protocol logic. No `unsafe`,
+//!   no httpd: tested with `cargo test` against an in-memory nghttp2 client.
+//! - `c1` (client connection loop), `c2` (secondary connection per stream),
+//!   `response` (the c2 response filter), `workers` (the thread pool),
+//!   `config` (the H2* directives), `hooks` (httpd's entry points).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod ffi;
+pub mod apr;
+pub mod log;
+pub mod config;
+pub mod nghttp2;
+pub mod request;
+pub mod stream;
+pub mod session;
+pub mod signal;
+pub mod workers;
+pub mod c1;
+pub mod c2;
+pub mod response;
+pub mod hooks;

@@ -1,0 +1,132 @@
+//! Logging into httpd's error log with this module's tag (`[http2:...]`).
+//!
+//! Messages are formatted in Rust and passed as one "%s" argument: APR's
+//! printf knows neither Rust types nor `%llu`. The `*_enabled` checks come
+//! first so disabled levels cost no formatting.
+
+use crate::ffi;
+use std::ffi::CString;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(i32)]
+pub enum Level {
+    Emerg = 0,
+    Alert = 1,
+    Crit = 2,
+    Error = 3,
+    Warn = 4,
+    Notice = 5,
+    Info = 6,
+    Debug = 7,
+    Trace1 = 8,
+    Trace2 = 9,
+    Trace3 = 10,
+}
+
+/// A message as a C string; interior NULs (from client data) become '?'.
+fn c_message(msg: &str) -> CString {
+    CString::new(msg.replace('\0', "?")).unwrap_or_default()
+}
+
+#[cfg(not(test))]
+mod sink {
+    use super::*;
+
+    pub fn conn_enabled(c: *const ffi::conn_rec, level: Level) -> bool {
+        // SAFETY: `c` is a live conn_rec handed to us by httpd (callers only
+        // log about connections they are currently processing).
+        !c.is_null() && unsafe { ffi::h2rs_shim_log_c_enabled(c, level as i32) } != 0
+    }
+
+    pub fn conn(c: *const ffi::conn_rec, level: Level, msg: &str) {
+        let m = c_message(msg);
+        // SAFETY: as above; `m` outlives the call and is NUL-terminated.
+        unsafe { ffi::h2rs_shim_log_c(c, level as i32, 0, m.as_ptr()) }
+    }
+
+    pub fn request(r: *const ffi::request_rec, level: Level, msg: &str) {
+        let m = c_message(msg);
+        // SAFETY: `r` is the live request being processed by the caller.
+        unsafe { ffi::h2rs_shim_log_r(r, level as i32, 0, m.as_ptr()) }
+    }
+
+    pub fn server_enabled(s: *const ffi::server_rec, level: Level) -> bool {
+        // SAFETY: a NULL server means "main server" to httpd's logger; a
+        // non-NULL one is a server_rec from the config, alive for the
+        // whole generation.
+        s.is_null() || unsafe { ffi::h2rs_shim_log_s_enabled(s, level as i32) } != 0
+    }
+
+    pub fn server(s: *const ffi::server_rec, level: Level, msg: &str) {
+        let m = c_message(msg);
+        // SAFETY: see server_enabled; ap_log_error accepts NULL.
+        unsafe { ffi::h2rs_shim_log_s(s, level as i32, 0, m.as_ptr()) }
+    }
+}
+
+/// Unit tests run without httpd: log lines go to stderr.
+#[cfg(test)]
+mod sink {
+    use super::*;
+    pub fn conn_enabled(_c: *const ffi::conn_rec, _level: Level) -> bool {
+        true
+    }
+    pub fn conn(_c: *const ffi::conn_rec, level: Level, msg: &str) {
+        eprintln!("[{level:?}] {msg}");
+    }
+    pub fn request(_r: *const ffi::request_rec, level: Level, msg: &str) {
+        eprintln!("[{level:?}] {msg}");
+    }
+    pub fn server_enabled(_s: *const ffi::server_rec, _level: Level) -> bool {
+        true
+    }
+    pub fn server(_s: *const ffi::server_rec, level: Level, msg: &str) {
+        eprintln!("[{level:?}] {msg}");
+    }
+}
+
+pub use sink::{conn_enabled, server_enabled};
+
+pub fn conn(c: *const ffi::conn_rec, level: Level, msg: &str) {
+    if conn_enabled(c, level) {
+        sink::conn(c, level, msg)
+    }
+}
+
+pub fn request(r: *const ffi::request_rec, level: Level, msg: &str) {
+    sink::request(r, level, msg)
+}
+
+pub fn server(s: *const ffi::server_rec, level: Level, msg: &str) {
+    if server_enabled(s, level) {
+        sink::server(s, level, msg)
+    }
+}
+
+/// A critical line about the process as a whole (panics, thread failures).
+pub fn server_crit(msg: &str) {
+    sink::server(std::ptr::null(), Level::Crit, msg)
+}
+
+/// `clog!(c, Level::Debug, "fmt", args..)`: log about a connection, formatting
+/// only when the level is enabled for it.
+#[macro_export]
+macro_rules! clog {
+    ($c:expr, $level:expr, $($arg:tt)+) => {{
+        let c = $c as *const $crate::ffi::conn_rec;
+        if $crate::log::conn_enabled(c, $level) {
+            $crate::log::conn(c, $level, &format!($($arg)+));
+        }
+    }};
+}
+
+/// `slog!(s, Level::Warn, "fmt", args..)`: log about a server (NULL: main).
+#[macro_export]
+macro_rules! slog {
+    ($s:expr, $level:expr, $($arg:tt)+) => {{
+        let s = $s as *const $crate::ffi::server_rec;
+        if $crate::log::server_enabled(s, $level) {
+            $crate::log::server(s, $level, &format!($($arg)+));
+        }
+    }};
+}

@@ -1,0 +1,742 @@
+//! A safe wrapper around an nghttp2 session (libnghttp2-sys, which bundles
+//! nghttp2 1.68 with the rapid-reset and CONTINUATION-flood defences).
+//!
+//! The session is driven by memory I/O only (`mem_recv`/`mem_send`): the
+//! caller owns the socket. nghttp2 reports what it parsed through callbacks;
+//! they reach a [`Handler`] with an [`Ops`] handle for the calls nghttp2
+//! allows from inside a callback (submit RST_STREAM, trailers...). All
+//! `unsafe` needed to talk to nghttp2 lives in this file; every callback
+//! runs behind the panic boundary.
+//!
+//! nghttp2 is not thread-safe: a session is used by one thread at a time
+//! (the thread that drives the client connection).
+
+use crate::stream::Headers;
+use libnghttp2_sys as ng;
+use std::ffi::{c_int, c_void};
+use std::marker::PhantomData;
+use std::ptr;
+
+/// HTTP/2 error codes (RFC 9113 section 7).
+pub mod error_code {
+    pub const NO_ERROR: u32 = 0x0;
+    pub const PROTOCOL_ERROR: u32 = 0x1;
+    pub const INTERNAL_ERROR: u32 = 0x2;
+    pub const FLOW_CONTROL_ERROR: u32 = 0x3;
+    pub const STREAM_CLOSED: u32 = 0x5;
+    pub const FRAME_SIZE_ERROR: u32 = 0x6;
+    pub const REFUSED_STREAM: u32 = 0x7;
+    pub const CANCEL: u32 = 0x8;
+    pub const COMPRESSION_ERROR: u32 = 0x9;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+    pub const INADEQUATE_SECURITY: u32 = 0xc;
+    pub const HTTP_1_1_REQUIRED: u32 = 0xd;
+}
+
+/// Frame types (RFC 9113 section 6).
+pub mod frame_type {
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const PRIORITY: u8 = 0x2;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PUSH_PROMISE: u8 = 0x5;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const CONTINUATION: u8 = 0x9;
+}
+
+pub mod flags {
+    pub const END_STREAM: u8 = 0x1;
+    pub const ACK: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+}
+
+/// SETTINGS identifiers.
+pub mod settings_id {
+    pub const HEADER_TABLE_SIZE: i32 = 0x1;
+    pub const ENABLE_PUSH: i32 = 0x2;
+    pub const MAX_CONCURRENT_STREAMS: i32 = 0x3;
+    pub const INITIAL_WINDOW_SIZE: i32 = 0x4;
+    pub const MAX_FRAME_SIZE: i32 = 0x5;
+    pub const MAX_HEADER_LIST_SIZE: i32 = 0x6;
+    pub const ENABLE_CONNECT_PROTOCOL: i32 = 0x8;
+    pub const NO_RFC7540_PRIORITIES: i32 = 0x9;
+}
+
+/// HEADERS categories as nghttp2 classifies them.
+pub mod headers_category {
+    pub const REQUEST: u32 = 0;
+    pub const RESPONSE: u32 = 1;
+    pub const PUSH_RESPONSE: u32 = 2;
+    pub const HEADERS: u32 = 3;
+}
+
+/// The parts of a frame the session logic looks at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameInfo {
+    pub kind: u8,
+    pub stream_id: i32,
+    pub flags: u8,
+    pub length: usize,
+    /// HEADERS only.
+    pub headers_category: u32,
+    /// RST_STREAM and GOAWAY only.
+    pub error_code: u32,
+    /// GOAWAY only.
+    pub last_stream_id: i32,
+}
+
+impl FrameInfo {
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// # Safety
+    /// `frame` must point at a frame nghttp2 passed to a callback.
+    unsafe fn from_raw(frame: *const ng::nghttp2_frame) -> FrameInfo {
+        // SAFETY: every union member starts with the frame header; the
+        // type-specific members are read only for their frame type.
+        unsafe {
+            let hd = (*frame).hd;
+            let mut info = FrameInfo {
+                kind: hd.type_,
+                stream_id: hd.stream_id,
+                flags: hd.flags,
+                length: hd.length,
+                ..Default::default()
+            };
+            match hd.type_ {
+                frame_type::HEADERS => info.headers_category = (*frame).headers.cat,
+                frame_type::RST_STREAM => info.error_code = (*frame).rst_stream.error_code,
+                frame_type::GOAWAY => {
+                    info.error_code = (*frame).goaway.error_code;
+                    info.last_stream_id = (*frame).goaway.last_stream_id;
+                }
+                _ => {}
+            }
+            info
+        }
+    }
+}
+
+/// What a callback tells nghttp2 to do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Reset the frame's stream with this error code.
+    ResetStream(u32),
+    /// Tear the whole session down.
+    Fatal,
+}
+
+/// Answer of the data source for one DATA frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataRead {
+    /// `n` bytes were written to the buffer. `eof`: the body ends here.
+    /// `trailers`: send them after the body (the DATA frame then has no
+    /// END_STREAM; the trailing HEADERS frame carries it).
+    Data { n: usize, eof: bool, trailers: Option<Headers> },
+    /// No data yet: nghttp2 parks the stream until `resume_data`.
+    Deferred,
+    /// Reset the stream (INTERNAL_ERROR).
+    Error,
+}
+
+/// The session logic, called by nghttp2 while it parses or serializes.
+pub trait Handler {
+    fn begin_headers(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow;
+    fn header(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo, name: &[u8], value: &[u8]) -> Flow;
+    fn frame_recv(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow;
+    fn data_chunk(&mut self, ops: &mut Ops<'_>, stream_id: i32, data: &[u8]) -> Flow;
+    fn stream_close(&mut self, ops: &mut Ops<'_>, stream_id: i32, error_code: u32) -> Flow;
+    fn read_data(&mut self, ops: &mut Ops<'_>, stream_id: i32, buf: &mut [u8]) -> DataRead;
+    fn frame_sent(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo) {}
+    fn invalid_frame(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo, _lib_error: i32) {}
+}
+
+/// nghttp2's library error, with its description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NgError(pub i32);
+
+impl NgError {
+    pub fn message(&self) -> String {
+        // SAFETY: nghttp2_strerror returns a static NUL-terminated string.
+        unsafe { std::ffi::CStr::from_ptr(ng::nghttp2_strerror(self.0)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The peer flooded us with frames that need answers (nghttp2's
+    /// NGHTTP2_ERR_FLOODED): drop the connection at once.
+    pub fn is_flood(&self) -> bool {
+        self.0 == ng::NGHTTP2_ERR_FLOODED
+    }
+
+    pub fn is_bad_preface(&self) -> bool {
+        self.0 == ng::NGHTTP2_ERR_BAD_CLIENT_MAGIC
+    }
+}
+
+impl std::fmt::Display for NgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message(), self.0)
+    }
+}
+
+fn check(rv: c_int) -> Result<(), NgError> {
+    if rv < 0 {
+        Err(NgError(rv))
+    } else {
+        Ok(())
+    }
+}
+
+/// Session options beyond SETTINGS.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Window updates follow consumption (`consume`), not reception.
+    pub manual_window_update: bool,
+    /// Largest response header block we serialize.
+    pub max_send_header_block: usize,
+    /// Largest HPACK dynamic table we use for encoding.
+    pub max_deflate_table: usize,
+    /// RST_STREAM rate limit (burst, per second): rapid-reset defence.
+    pub stream_reset_rate: (u64, u64),
+    /// Maximum CONTINUATION frames per header block.
+    pub max_continuations: usize,
+    /// Maximum SETTINGS entries per frame.
+    pub max_settings: usize,
+    /// Maximum queued outbound PING/SETTINGS ACKs (flood defence).
+    pub max_outbound_ack: usize,
+    /// Rate limit of protocol "glitches" (burst, per second).
+    pub glitch_rate: (u64, u64),
+    /// Leave HTTP semantics checks to the caller. nghttp2 1.68 treats a
+    /// malformed request field as a connection error (GOAWAY); RFC 9113
+    /// 8.1.1 makes it a stream error, which the session code applies.
+    pub no_http_messaging: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            manual_window_update: true,
+            max_send_header_block: 64 * 1024,
+            max_deflate_table: 4096,
+            stream_reset_rate: (1000, 33),
+            max_continuations: 8,
+            max_settings: 32,
+            max_outbound_ack: 1000,
+            glitch_rate: (1000, 33),
+            no_http_messaging: false,
+        }
+    }
+}
+
+/// Operations on the session, usable inside callbacks and outside.
+pub struct Ops<'a> {
+    raw: *mut ng::nghttp2_session,
+    _life: PhantomData<&'a mut ()>,
+}
+
+/// Builds nghttp2 name/value pairs pointing into `fields` (nghttp2 copies
+/// them on submit; NO_INDEX for fields that must not enter the HPACK table).
+fn nv_list<'h>(status: Option<&'h [u8]>, fields: &'h Headers) -> Vec<ng::nghttp2_nv> {
+    let mut nva = Vec::with_capacity(fields.len() + 1);
+    let mut push = |name: &[u8], value: &[u8], sensitive: bool| {
+        nva.push(ng::nghttp2_nv {
+            name: name.as_ptr() as *mut u8,
+            value: value.as_ptr() as *mut u8,
+            namelen: name.len(),
+            valuelen: value.len(),
+            flags: if sensitive { ng::NGHTTP2_NV_FLAG_NO_INDEX as u8 } else { ng::NGHTTP2_NV_FLAG_NONE as u8 },
+        });
+    };
+    if let Some(s) = status {
+        push(b":status", s, false);
+    }
+    for (n, v) in fields.iter() {
+        let sensitive = n == b"set-cookie" || n == b"authorization";
+        push(n, v, sensitive);
+    }
+    nva
+}
+
+fn status_bytes(status: u16) -> [u8; 3] {
+    let s = status.clamp(100, 999);
+    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+}
+
+impl<'a> Ops<'a> {
+    pub fn want_read(&self) -> bool {
+        // SAFETY: `raw` is the live session this handle was made for.
+        unsafe { ng::nghttp2_session_want_read(self.raw) != 0 }
+    }
+
+    pub fn want_write(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { ng::nghttp2_session_want_write(self.raw) != 0 }
+    }
+
+    /// The highest stream id the peer opened that we processed.
+    pub fn last_proc_stream_id(&self) -> i32 {
+        // SAFETY: as above.
+        unsafe { ng::nghttp2_session_get_last_proc_stream_id(self.raw) }
+    }
+
+    pub fn submit_settings(&mut self, entries: &[(i32, u32)]) -> Result<(), NgError> {
+        let iv: Vec<ng::nghttp2_settings_entry> =
+            entries.iter().map(|&(id, value)| ng::nghttp2_settings_entry { settings_id: id, value }).collect();
+        // SAFETY: iv is a valid array of iv.len() entries; nghttp2 copies it.
+        check(unsafe {
+            ng::nghttp2_submit_settings(self.raw, ng::NGHTTP2_FLAG_NONE as u8, iv.as_ptr(), iv.len())
+        })
+    }
+
+    /// Sets our receive window for the connection (stream 0) or a stream.
+    pub fn set_local_window_size(&mut self, stream_id: i32, size: i32) -> Result<(), NgError> {
+        // SAFETY: live session; nghttp2 validates the values.
+        check(unsafe {
+            ng::nghttp2_session_set_local_window_size(self.raw, ng::NGHTTP2_FLAG_NONE as u8, stream_id, size)
+        })
+    }
+
+    /// Submits a final response; with `body`, DATA frames are pulled from
+    /// the handler's `read_data`, else HEADERS carries END_STREAM.
+    pub fn submit_response<H: Handler>(
+        &mut self,
+        stream_id: i32,
+        status: u16,
+        fields: &Headers,
+        body: bool,
+    ) -> Result<(), NgError> {
+        let status = status_bytes(status);
+        let nva = nv_list(Some(&status), fields);
+        let provider = ng::nghttp2_data_provider2 {
+            source: ng::nghttp2_data_source { ptr: ptr::null_mut() },
+            read_callback: Some(read_data_cb::<H>),
+        };
+        let dp = if body { &provider as *const _ } else { ptr::null() };
+        // SAFETY: nva points into `fields`/`status`, alive for the call
+        // (nghttp2 copies the header data); the provider is copied too.
+        check(unsafe { ng::nghttp2_submit_response2(self.raw, stream_id, nva.as_ptr(), nva.len(), dp) })
+    }
+
+    /// Submits an interim (1xx) response.
+    pub fn submit_interim(&mut self, stream_id: i32, status: u16, fields: &Headers) -> Result<(), NgError> {
+        let status = status_bytes(status);
+        let nva = nv_list(Some(&status), fields);
+        // SAFETY: as for submit_response; no priority spec, no user data.
+        check(unsafe {
+            ng::nghttp2_submit_headers(
+                self.raw,
+                ng::NGHTTP2_FLAG_NONE as u8,
+                stream_id,
+                ptr::null(),
+                nva.as_ptr(),
+                nva.len(),
+                ptr::null_mut(),
+            )
+        })
+    }
+
+    /// Submits trailers (a HEADERS frame with END_STREAM).
+    pub fn submit_trailer(&mut self, stream_id: i32, fields: &Headers) -> Result<(), NgError> {
+        let nva = nv_list(None, fields);
+        // SAFETY: as for submit_response.
+        check(unsafe { ng::nghttp2_submit_trailer(self.raw, stream_id, nva.as_ptr(), nva.len()) })
+    }
+
+    pub fn submit_rst_stream(&mut self, stream_id: i32, error_code: u32) -> Result<(), NgError> {
+        // SAFETY: live session.
+        check(unsafe { ng::nghttp2_submit_rst_stream(self.raw, ng::NGHTTP2_FLAG_NONE as u8, stream_id, error_code) })
+    }
+
+    /// Takes a deferred stream back into the outgoing queue.
+    pub fn resume_data(&mut self, stream_id: i32) -> Result<(), NgError> {
+        // SAFETY: live session; nghttp2 checks the stream.
+        check(unsafe { ng::nghttp2_session_resume_data(self.raw, stream_id) })
+    }
+
+    /// Tells flow control that `n` bytes of the stream's DATA were consumed
+    /// (reopens the stream and connection windows).
+    pub fn consume(&mut self, stream_id: i32, n: usize) -> Result<(), NgError> {
+        // SAFETY: live session.
+        check(unsafe { ng::nghttp2_session_consume(self.raw, stream_id, n) })
+    }
+
+    /// Only the connection window (for DATA of streams already gone).
+    pub fn consume_connection(&mut self, n: usize) -> Result<(), NgError> {
+        // SAFETY: live session.
+        check(unsafe { ng::nghttp2_session_consume_connection(self.raw, n) })
+    }
+
+    pub fn submit_goaway(&mut self, error_code: u32, last_stream_id: i32, debug: &[u8]) -> Result<(), NgError> {
+        // SAFETY: debug data is copied by nghttp2.
+        check(unsafe {
+            ng::nghttp2_submit_goaway(
+                self.raw,
+                ng::NGHTTP2_FLAG_NONE as u8,
+                last_stream_id,
+                error_code,
+                debug.as_ptr(),
+                debug.len(),
+            )
+        })
+    }
+
+    /// GOAWAY with this code and no further processing of the session.
+    pub fn terminate(&mut self, error_code: u32) -> Result<(), NgError> {
+        // SAFETY: live session.
+        check(unsafe { ng::nghttp2_session_terminate_session(self.raw, error_code) })
+    }
+
+    pub fn submit_ping(&mut self, opaque: [u8; 8]) -> Result<(), NgError> {
+        // SAFETY: opaque data is 8 bytes as required; copied by nghttp2.
+        check(unsafe { ng::nghttp2_submit_ping(self.raw, ng::NGHTTP2_FLAG_NONE as u8, opaque.as_ptr()) })
+    }
+
+    /// Client side (tests): submits a request; with `body`, DATA is pulled
+    /// from `read_data`. Returns the new stream id.
+    pub fn submit_request<H: Handler>(&mut self, fields: &Headers, body: bool) -> Result<i32, NgError> {
+        let nva = nv_list(None, fields);
+        let provider = ng::nghttp2_data_provider2 {
+            source: ng::nghttp2_data_source { ptr: ptr::null_mut() },
+            read_callback: Some(read_data_cb::<H>),
+        };
+        let dp = if body { &provider as *const _ } else { ptr::null() };
+        // SAFETY: as for submit_response.
+        let id = unsafe {
+            ng::nghttp2_submit_request2(self.raw, ptr::null(), nva.as_ptr(), nva.len(), dp, ptr::null_mut())
+        };
+        check(id)?;
+        Ok(id)
+    }
+
+    /// Whether the stream is still known to nghttp2 (open or half-closed).
+    pub fn stream_exists(&self, stream_id: i32) -> bool {
+        // SAFETY: live session; the result is only compared with NULL.
+        unsafe { !ng::nghttp2_session_find_stream(self.raw, stream_id).is_null() }
+    }
+}
+
+/// An nghttp2 session with its handler.
+pub struct Session<H: Handler> {
+    raw: *mut ng::nghttp2_session,
+    handler: Box<H>,
+}
+
+impl<H: Handler> Session<H> {
+    pub fn new_server(handler: H, options: &Options) -> Result<Session<H>, NgError> {
+        Session::new(handler, options, true)
+    }
+
+    pub fn new_client(handler: H, options: &Options) -> Result<Session<H>, NgError> {
+        Session::new(handler, options, false)
+    }
+
+    fn new(handler: H, options: &Options, server: bool) -> Result<Session<H>, NgError> {
+        let mut handler = Box::new(handler);
+        let mut callbacks: *mut ng::nghttp2_session_callbacks = ptr::null_mut();
+        let mut opt: *mut ng::nghttp2_option = ptr::null_mut();
+        let mut raw: *mut ng::nghttp2_session = ptr::null_mut();
+        // SAFETY: standard nghttp2 set-up. The callbacks and options are
+        // copied into the session and freed right after. The user data is
+        // the boxed handler, whose address is stable for the session's life
+        // (the Box moves into the returned Session, the heap value does not).
+        unsafe {
+            check(ng::nghttp2_session_callbacks_new(&mut callbacks))?;
+            ng::nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, Some(begin_headers_cb::<H>));
+            ng::nghttp2_session_callbacks_set_on_header_callback(callbacks, Some(header_cb::<H>));
+            ng::nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, Some(frame_recv_cb::<H>));
+            ng::nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, Some(data_chunk_cb::<H>));
+            ng::nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, Some(stream_close_cb::<H>));
+            ng::nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, Some(frame_send_cb::<H>));
+            ng::nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks, Some(invalid_frame_cb::<H>));
+            if let Err(e) = check(ng::nghttp2_option_new(&mut opt)) {
+                ng::nghttp2_session_callbacks_del(callbacks);
+                return Err(e);
+            }
+            ng::nghttp2_option_set_no_auto_window_update(opt, options.manual_window_update as c_int);
+            ng::nghttp2_option_set_max_send_header_block_length(opt, options.max_send_header_block);
+            ng::nghttp2_option_set_max_deflate_dynamic_table_size(opt, options.max_deflate_table);
+            ng::nghttp2_option_set_stream_reset_rate_limit(opt, options.stream_reset_rate.0, options.stream_reset_rate.1);
+            ng::nghttp2_option_set_max_continuations(opt, options.max_continuations);
+            ng::nghttp2_option_set_max_settings(opt, options.max_settings);
+            ng::nghttp2_option_set_max_outbound_ack(opt, options.max_outbound_ack);
+            ng::nghttp2_option_set_glitch_rate_limit(opt, options.glitch_rate.0, options.glitch_rate.1);
+            ng::nghttp2_option_set_no_http_messaging(opt, options.no_http_messaging as c_int);
+            let user_data = &mut *handler as *mut H as *mut c_void;
+            let rv = if server {
+                ng::nghttp2_session_server_new2(&mut raw, callbacks, user_data, opt)
+            } else {
+                ng::nghttp2_session_client_new2(&mut raw, callbacks, user_data, opt)
+            };
+            ng::nghttp2_session_callbacks_del(callbacks);
+            ng::nghttp2_option_del(opt);
+            check(rv)?;
+        }
+        Ok(Session { raw, handler })
+    }
+
+    pub fn handler(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
+    pub fn handler_ref(&self) -> &H {
+        &self.handler
+    }
+
+    pub fn ops(&mut self) -> Ops<'_> {
+        Ops { raw: self.raw, _life: PhantomData }
+    }
+
+    /// The handler and the session operations at once.
+    pub fn split(&mut self) -> (&mut H, Ops<'_>) {
+        (&mut self.handler, Ops { raw: self.raw, _life: PhantomData })
+    }
+
+    /// Feeds received bytes; callbacks run during this call.
+    pub fn mem_recv(&mut self, data: &[u8]) -> Result<usize, NgError> {
+        // SAFETY: valid slice; callbacks reach the handler through the user
+        // data pointer while no other reference to it is live (we hold
+        // &mut self).
+        let n = unsafe { ng::nghttp2_session_mem_recv2(self.raw, data.as_ptr(), data.len()) };
+        if n < 0 {
+            Err(NgError(n as i32))
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Serializes pending frames into `out` until nothing is left or `out`
+    /// holds at least `limit` bytes. Returns the bytes added.
+    pub fn mem_send(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<usize, NgError> {
+        let start = out.len();
+        while out.len() < limit {
+            let mut data: *const u8 = ptr::null();
+            // SAFETY: on success `data` points at `n` bytes owned by nghttp2,
+            // valid until the next call on the session; we copy them now.
+            let n = unsafe { ng::nghttp2_session_mem_send2(self.raw, &mut data) };
+            if n < 0 {
+                return Err(NgError(n as i32));
+            }
+            if n == 0 {
+                break;
+            }
+            // SAFETY: see above.
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(data, n as usize) });
+        }
+        Ok(out.len() - start)
+    }
+
+    /// h2c Upgrade: takes the HTTP2-Settings payload and makes stream 1
+    /// the upgraded request (half-closed remote when `head_request` or no
+    /// body follows).
+    pub fn upgrade(&mut self, settings_payload: &[u8], head_request: bool) -> Result<(), NgError> {
+        // SAFETY: payload slice valid for the call; no stream user data.
+        check(unsafe {
+            ng::nghttp2_session_upgrade2(
+                self.raw,
+                settings_payload.as_ptr(),
+                settings_payload.len(),
+                head_request as c_int,
+                ptr::null_mut(),
+            )
+        })
+    }
+}
+
+impl<H: Handler> Drop for Session<H> {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from nghttp2_session_*_new2 and is freed once.
+        unsafe { ng::nghttp2_session_del(self.raw) }
+    }
+}
+
+// ---- callbacks --------------------------------------------------------------
+//
+// Each recovers the handler from `user_data`, runs it behind the panic
+// boundary, and maps the result to nghttp2's return conventions. A panic in
+// a stream-scoped callback resets that stream; elsewhere it ends the session.
+
+/// # Safety
+/// `user_data` is the handler pointer given at session creation, and no
+/// other reference to the handler is live during a callback.
+unsafe fn handler<'a, H>(user_data: *mut c_void) -> &'a mut H {
+    // SAFETY: caller contract.
+    unsafe { &mut *(user_data as *mut H) }
+}
+
+fn ops<'a>(session: *mut ng::nghttp2_session) -> Ops<'a> {
+    Ops { raw: session, _life: PhantomData }
+}
+
+fn flow_result(ops: &mut Ops<'_>, stream_id: i32, flow: Flow, temporal: bool) -> c_int {
+    match flow {
+        Flow::Continue => 0,
+        Flow::ResetStream(code) => {
+            let _ = ops.submit_rst_stream(stream_id, code);
+            if temporal {
+                ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+            } else {
+                0
+            }
+        }
+        Flow::Fatal => ng::NGHTTP2_ERR_CALLBACK_FAILURE,
+    }
+}
+
+unsafe extern "C" fn begin_headers_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    frame: *const ng::nghttp2_frame,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 begin_headers", ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE, || {
+        // SAFETY: nghttp2 passes a valid frame and our user data.
+        let (h, info) = unsafe { (handler::<H>(user_data), FrameInfo::from_raw(frame)) };
+        let mut o = ops(session);
+        let flow = h.begin_headers(&mut o, &info);
+        flow_result(&mut o, info.stream_id, flow, true)
+    })
+}
+
+unsafe extern "C" fn header_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    frame: *const ng::nghttp2_frame,
+    name: *const u8,
+    namelen: usize,
+    value: *const u8,
+    valuelen: usize,
+    _flags: u8,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 header", ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE, || {
+        // SAFETY: nghttp2 passes valid name/value buffers of the given
+        // lengths (non-NULL, NUL-terminated), a valid frame, our user data.
+        let (h, info, n, v) = unsafe {
+            (
+                handler::<H>(user_data),
+                FrameInfo::from_raw(frame),
+                std::slice::from_raw_parts(name, namelen),
+                std::slice::from_raw_parts(value, valuelen),
+            )
+        };
+        let mut o = ops(session);
+        let flow = h.header(&mut o, &info, n, v);
+        flow_result(&mut o, info.stream_id, flow, true)
+    })
+}
+
+unsafe extern "C" fn frame_recv_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    frame: *const ng::nghttp2_frame,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 frame_recv", ng::NGHTTP2_ERR_CALLBACK_FAILURE, || {
+        // SAFETY: as above.
+        let (h, info) = unsafe { (handler::<H>(user_data), FrameInfo::from_raw(frame)) };
+        let mut o = ops(session);
+        let flow = h.frame_recv(&mut o, &info);
+        flow_result(&mut o, info.stream_id, flow, false)
+    })
+}
+
+unsafe extern "C" fn data_chunk_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    _flags: u8,
+    stream_id: i32,
+    data: *const u8,
+    len: usize,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 data_chunk", ng::NGHTTP2_ERR_CALLBACK_FAILURE, || {
+        // SAFETY: nghttp2 passes `len` valid bytes at `data`.
+        let (h, d) = unsafe {
+            let d = if len == 0 { &[][..] } else { std::slice::from_raw_parts(data, len) };
+            (handler::<H>(user_data), d)
+        };
+        let mut o = ops(session);
+        let flow = h.data_chunk(&mut o, stream_id, d);
+        flow_result(&mut o, stream_id, flow, false)
+    })
+}
+
+unsafe extern "C" fn stream_close_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    stream_id: i32,
+    error_code: u32,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 stream_close", ng::NGHTTP2_ERR_CALLBACK_FAILURE, || {
+        // SAFETY: our user data.
+        let h = unsafe { handler::<H>(user_data) };
+        let mut o = ops(session);
+        let flow = h.stream_close(&mut o, stream_id, error_code);
+        flow_result(&mut o, stream_id, flow, false)
+    })
+}
+
+unsafe extern "C" fn frame_send_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    frame: *const ng::nghttp2_frame,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 frame_send", ng::NGHTTP2_ERR_CALLBACK_FAILURE, || {
+        // SAFETY: as above.
+        let (h, info) = unsafe { (handler::<H>(user_data), FrameInfo::from_raw(frame)) };
+        h.frame_sent(&mut ops(session), &info);
+        0
+    })
+}
+
+unsafe extern "C" fn invalid_frame_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    frame: *const ng::nghttp2_frame,
+    lib_error: c_int,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 invalid_frame", ng::NGHTTP2_ERR_CALLBACK_FAILURE, || {
+        // SAFETY: as above.
+        let (h, info) = unsafe { (handler::<H>(user_data), FrameInfo::from_raw(frame)) };
+        h.invalid_frame(&mut ops(session), &info, lib_error);
+        0
+    })
+}
+
+unsafe extern "C" fn read_data_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    stream_id: i32,
+    buf: *mut u8,
+    length: usize,
+    data_flags: *mut u32,
+    _source: *mut ng::nghttp2_data_source,
+    user_data: *mut c_void,
+) -> ng::nghttp2_ssize {
+    crate::ffi::panic::guard("nghttp2 read_data", ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE as ng::nghttp2_ssize, || {
+        // SAFETY: nghttp2 gives a writable buffer of `length` bytes.
+        let (h, b) = unsafe { (handler::<H>(user_data), std::slice::from_raw_parts_mut(buf, length)) };
+        let mut o = ops(session);
+        match h.read_data(&mut o, stream_id, b) {
+            DataRead::Data { n, eof, trailers } => {
+                let mut f = 0u32;
+                if eof {
+                    f |= ng::NGHTTP2_DATA_FLAG_EOF;
+                    if let Some(t) = trailers {
+                        f |= ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                        if o.submit_trailer(stream_id, &t).is_err() {
+                            // Without its trailer the stream would never end.
+                            f &= !ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                        }
+                    }
+                }
+                // SAFETY: data_flags is a valid out-pointer from nghttp2.
+                unsafe { *data_flags = f };
+                n.min(length) as ng::nghttp2_ssize
+            }
+            DataRead::Deferred => ng::NGHTTP2_ERR_DEFERRED as ng::nghttp2_ssize,
+            DataRead::Error => ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE as ng::nghttp2_ssize,
+        }
+    })
+}

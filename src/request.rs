@@ -1,0 +1,353 @@
+//! An HTTP/2 request head as it arrives in HEADERS/CONTINUATION: pseudo
+//! headers, regular fields, limits (LimitRequestFields,
+//! LimitRequestFieldSize, LimitRequestLine), cookie crumbs.
+//!
+//! nghttp2 already rejects what RFC 9113 section 8 calls malformed (its HTTP
+//! messaging checks are on); the checks here repeat the field syntax rules
+//! so this code is safe on its own (and under a fuzzer), and apply httpd's
+//! limits the way the stock module answers them:
+//! - a pseudo header longer than LimitRequestLine: 414;
+//! - more fields than LimitRequestFields: 431, and far more (limit + 100):
+//!   the stream is reset with ENHANCE_YOUR_CALM;
+//! - a field longer than LimitRequestFieldSize: 431.
+//!   A request that will be answered with an error stores no more fields, so
+//!   its memory stays bounded.
+
+use crate::stream::Headers;
+
+/// The httpd limits that apply to request heads.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// LimitRequestFields (0 = unlimited).
+    pub max_fields: u32,
+    /// LimitRequestFieldSize: bytes of "name: value".
+    pub max_field_size: u32,
+    /// LimitRequestLine: bytes of a pseudo-header value.
+    pub max_line: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_fields: 100, max_field_size: 8190, max_line: 8190 }
+    }
+}
+
+/// A complete request head, ready for a worker.
+#[derive(Clone, Debug, Default)]
+pub struct RequestHead {
+    pub method: Vec<u8>,
+    pub scheme: Option<Vec<u8>>,
+    pub authority: Option<Vec<u8>>,
+    pub path: Option<Vec<u8>>,
+    /// `:protocol` of an extended CONNECT (RFC 8441).
+    pub protocol: Option<Vec<u8>>,
+    /// Regular fields in arrival order, cookie crumbs joined into one.
+    pub headers: Headers,
+    /// Answer with this status instead of processing (431, 414).
+    pub error_status: Option<u16>,
+    /// HEADERS carried END_STREAM: there is no body.
+    pub end_stream: bool,
+    /// Bytes of the header block as received (for %I accounting).
+    pub raw_bytes: usize,
+}
+
+impl RequestHead {
+    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers.get(name)
+    }
+}
+
+/// What went wrong with a header field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Malformed per RFC 9113 section 8: reset the stream, PROTOCOL_ERROR.
+    Malformed(&'static str),
+    /// Far beyond the limits: reset the stream, ENHANCE_YOUR_CALM.
+    Calm,
+}
+
+/// RFC 9110 token characters (field names).
+pub fn is_token_char(b: u8) -> bool {
+    matches!(b,
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' |
+        b'^' | b'_' | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+/// An HTTP/2 field name: lower-case token characters only.
+pub fn valid_h2_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|&b| is_token_char(b) && !b.is_ascii_uppercase())
+}
+
+/// RFC 9113 8.2.1: no NUL, CR, LF; no leading or trailing SP/HTAB.
+pub fn valid_h2_value(value: &[u8]) -> bool {
+    if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+        return false;
+    }
+    !matches!(value.first(), Some(b' ' | b'\t')) && !matches!(value.last(), Some(b' ' | b'\t'))
+}
+
+/// Connection-specific fields that HTTP/2 forbids (RFC 9113 8.2.2).
+pub fn is_connection_specific(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 5] = [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Collects the fields of one request head (or of its trailers).
+#[derive(Debug)]
+pub struct RequestBuilder {
+    limits: Limits,
+    head: RequestHead,
+    method: Option<Vec<u8>>,
+    cookies: Vec<u8>,
+    fields_seen: u32,
+    regular_seen: bool,
+    raw_bytes: usize,
+}
+
+impl RequestBuilder {
+    pub fn new(limits: Limits) -> RequestBuilder {
+        RequestBuilder {
+            limits,
+            head: RequestHead::default(),
+            method: None,
+            cookies: Vec::new(),
+            fields_seen: 0,
+            regular_seen: false,
+            raw_bytes: 0,
+        }
+    }
+
+    fn fail(&mut self, status: u16) {
+        if self.head.error_status.is_none() {
+            self.head.error_status = Some(status);
+        }
+    }
+
+    /// Adds one field. Errors reset the stream; limit violations are
+    /// remembered and answered once the head is complete.
+    pub fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
+        self.raw_bytes += name.len() + value.len() + 32;
+        self.fields_seen += 1;
+        let max = self.limits.max_fields;
+        if max > 0 && self.fields_seen > max.saturating_add(100) {
+            return Err(HeaderError::Calm);
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.regular_seen {
+                return Err(HeaderError::Malformed("pseudo header after regular field"));
+            }
+            if !valid_h2_value(value) {
+                return Err(HeaderError::Malformed("invalid pseudo header value"));
+            }
+            let slot = match pseudo {
+                b"method" => &mut self.method,
+                b"scheme" => &mut self.head.scheme,
+                b"authority" => &mut self.head.authority,
+                b"path" => &mut self.head.path,
+                b"protocol" => &mut self.head.protocol,
+                _ => return Err(HeaderError::Malformed("unknown pseudo header")),
+            };
+            if slot.is_some() {
+                return Err(HeaderError::Malformed("duplicate pseudo header"));
+            }
+            if value.len() > self.limits.max_line as usize {
+                *slot = Some(Vec::new());
+                self.fail(414);
+                return Ok(());
+            }
+            *slot = Some(value.to_vec());
+            return Ok(());
+        }
+        self.regular_seen = true;
+        if !valid_h2_name(name) {
+            return Err(HeaderError::Malformed("invalid field name"));
+        }
+        if !valid_h2_value(value) {
+            return Err(HeaderError::Malformed("invalid field value"));
+        }
+        if is_connection_specific(name) {
+            return Err(HeaderError::Malformed("connection-specific field"));
+        }
+        if name == b"te" && value != b"trailers" {
+            return Err(HeaderError::Malformed("te other than trailers"));
+        }
+        if max > 0 && self.fields_seen > max {
+            self.fail(431);
+        }
+        if name.len() + 2 + value.len() > self.limits.max_field_size as usize {
+            self.fail(431);
+        }
+        if self.head.error_status.is_some() {
+            // Answered with an error anyway: keep nothing more.
+            return Ok(());
+        }
+        if name == b"cookie" {
+            if !self.cookies.is_empty() {
+                self.cookies.extend_from_slice(b"; ");
+            }
+            self.cookies.extend_from_slice(value);
+            if self.cookies.len() > self.limits.max_field_size as usize {
+                self.fail(431);
+            }
+            return Ok(());
+        }
+        self.head.headers.push(name, value);
+        Ok(())
+    }
+
+    /// Completes the head. Checks the pseudo headers RFC 9113 8.3 requires.
+    pub fn finish(mut self, end_stream: bool) -> Result<RequestHead, HeaderError> {
+        let Some(method) = self.method.take() else {
+            return Err(HeaderError::Malformed("missing :method"));
+        };
+        let head = &mut self.head;
+        head.method = method;
+        if head.method.is_empty() || !head.method.iter().all(|&b| is_token_char(b)) {
+            return Err(HeaderError::Malformed("invalid :method"));
+        }
+        let is_connect = head.method == b"CONNECT";
+        if is_connect && head.protocol.is_none() {
+            // Plain CONNECT: :authority only (RFC 9113 8.5).
+            if head.scheme.is_some() || head.path.is_some() || head.authority.is_none() {
+                return Err(HeaderError::Malformed("CONNECT with :scheme/:path or without :authority"));
+            }
+        } else {
+            if head.protocol.is_some() && !is_connect {
+                return Err(HeaderError::Malformed(":protocol on a method other than CONNECT"));
+            }
+            if head.scheme.is_none() {
+                return Err(HeaderError::Malformed("missing :scheme"));
+            }
+            match &head.path {
+                None => return Err(HeaderError::Malformed("missing :path")),
+                Some(p) if p.is_empty() && head.error_status.is_none() => {
+                    return Err(HeaderError::Malformed("empty :path"))
+                }
+                _ => {}
+            }
+        }
+        if !self.cookies.is_empty() {
+            let cookies = std::mem::take(&mut self.cookies);
+            self.head.headers.push(b"cookie", &cookies);
+        }
+        self.head.end_stream = end_stream;
+        self.head.raw_bytes = self.raw_bytes;
+        Ok(self.head)
+    }
+
+    /// Completes a trailer block (no pseudo headers allowed).
+    pub fn finish_trailers(self) -> Result<Headers, HeaderError> {
+        let h = &self.head;
+        if self.method.is_some() || h.scheme.is_some() || h.authority.is_some() || h.path.is_some() || h.protocol.is_some() {
+            return Err(HeaderError::Malformed("pseudo header in trailers"));
+        }
+        let mut headers = self.head.headers;
+        if !self.cookies.is_empty() {
+            headers.push(b"cookie", &self.cookies);
+        }
+        Ok(headers)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(fields: &[(&str, &str)], limits: Limits) -> Result<RequestHead, HeaderError> {
+        let mut b = RequestBuilder::new(limits);
+        for (n, v) in fields {
+            b.add(n.as_bytes(), v.as_bytes())?;
+        }
+        b.finish(true)
+    }
+
+    const GET: [(&str, &str); 4] = [(":method", "GET"), (":scheme", "http"), (":authority", "example.org"), (":path", "/a?b")];
+
+    #[test]
+    fn plain_get() {
+        let mut f = GET.to_vec();
+        f.push(("accept", "*/*"));
+        f.push(("cookie", "a=1"));
+        f.push(("cookie", "b=2"));
+        let h = build(&f, Limits::default()).unwrap();
+        assert_eq!(h.method, b"GET");
+        assert_eq!(h.path.as_deref(), Some(&b"/a?b"[..]));
+        assert_eq!(h.header(b"cookie"), Some(&b"a=1; b=2"[..]));
+        assert_eq!(h.header(b"accept"), Some(&b"*/*"[..]));
+        assert!(h.error_status.is_none() && h.end_stream);
+    }
+
+    #[test]
+    fn malformed_fields_reset() {
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![(":method", "GET"), (":scheme", "http"), (":authority", "x")],
+            vec![(":scheme", "http"), (":path", "/"), (":authority", "x")],
+            vec![(":method", "GET"), (":method", "GET"), (":scheme", "http"), (":path", "/")],
+            vec![(":method", "GET"), (":scheme", "http"), (":path", "/"), ("Upper", "x")],
+            vec![(":method", "GET"), (":scheme", "http"), (":path", "/"), ("connection", "close")],
+            vec![(":method", "GET"), (":scheme", "http"), (":path", "/"), ("te", "gzip")],
+            vec![(":method", "GET"), (":scheme", "http"), (":path", "/"), ("x", " lead")],
+            vec![(":method", "GET"), (":scheme", "http"), (":path", "/"), ("x", "a\rb")],
+            vec![(":method", "GET"), (":scheme", "http"), ("x", "1"), (":path", "/")],
+            vec![(":method", "GET"), (":scheme", "http"), (":path", "/"), (":foo", "1")],
+            vec![(":method", "GET"), (":scheme", "http"), (":path", "")],
+            vec![(":method", "CONNECT"), (":authority", "x:1"), (":path", "/")],
+            vec![(":method", "GET"), (":protocol", "websocket"), (":scheme", "http"), (":path", "/")],
+        ];
+        for c in cases {
+            assert!(matches!(build(&c, Limits::default()), Err(HeaderError::Malformed(_))), "{c:?}");
+        }
+        let mut b = RequestBuilder::new(Limits::default());
+        assert!(b.add(b"x", b"a\rb").is_err());
+    }
+
+    #[test]
+    fn connect_forms() {
+        let h = build(&[(":method", "CONNECT"), (":authority", "x:443")], Limits::default()).unwrap();
+        assert_eq!(h.method, b"CONNECT");
+        let h = build(
+            &[(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/ws"), (":authority", "x")],
+            Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(h.protocol.as_deref(), Some(&b"websocket"[..]));
+    }
+
+    #[test]
+    fn limits_answer_431_414_and_calm() {
+        let limits = Limits { max_fields: 3, max_field_size: 20, max_line: 12 };
+        let mut f = GET.to_vec();
+        f[3] = (":path", "/0123456789ab");
+        assert_eq!(build(&f, limits).unwrap().error_status, Some(414));
+        let mut f = GET.to_vec();
+        f.push(("a", "0123456789012345678901"));
+        assert_eq!(build(&f, limits).unwrap().error_status, Some(431));
+        let mut f = GET.to_vec();
+        for _ in 0..4 {
+            f.push(("a", "1"));
+        }
+        let h = build(&f, limits).unwrap();
+        assert_eq!(h.error_status, Some(431));
+        assert!(h.headers.len() < 4);
+        let mut b = RequestBuilder::new(limits);
+        let mut last = Ok(());
+        for _ in 0..200 {
+            last = b.add(b"a", b"1");
+            if last.is_err() {
+                break;
+            }
+        }
+        assert_eq!(last, Err(HeaderError::Calm));
+    }
+
+    #[test]
+    fn trailers() {
+        let mut b = RequestBuilder::new(Limits::default());
+        b.add(b"grpc-status", b"0").unwrap();
+        assert_eq!(b.finish_trailers().unwrap().get(b"grpc-status"), Some(&b"0"[..]));
+        let mut b = RequestBuilder::new(Limits::default());
+        b.add(b":path", b"/").unwrap();
+        assert!(b.finish_trailers().is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! The response side of a stream request.
+//!
+//! httpd's `HTTP_HEADER` filter serialises an HTTP/1 status line and
+//! headers. On a stream we remove it and install `H2RS_C2_RESPONSE` in its
+//! place: it does what the header filter does to the response (error
+//! headers overlay, Vary, Content-Type/Encoding/Language, Expires, ETag
+//! removal, Date, Server, header-only statuses, HEAD, error buckets) and
+//! hands status and fields to the stream instead of writing text. No
+//! chunking, no Connection headers.
+//!
+//! Interim responses (100 Continue, 103 Early Hints) are written by httpd as
+//! HTTP/1.1 text straight to the connection's output; [`InterimParser`]
+//! turns that text back into response heads at the network level.
+
+use crate::apr::{BrigadeRef, TableRef};
+use crate::ffi;
+use crate::request::is_connection_specific;
+use crate::stream::{Headers, ResponseHead};
+use std::ffi::{c_char, CStr};
+
+/// Fields a response must not carry on HTTP/2 (RFC 9113 8.2.2), besides the
+/// connection-specific ones.
+fn is_dropped_response_field(name: &[u8]) -> bool {
+    is_connection_specific(name) || name.eq_ignore_ascii_case(b"te") || name.eq_ignore_ascii_case(b"http2-settings")
+}
+
+/// A response field name must be a token; a value must have no CR, LF or
+/// NUL (obs-fold is unfolded by the caller).
+pub fn valid_response_field(name: &[u8], value: &[u8]) -> bool {
+    !name.is_empty()
+        && name.iter().all(|&b| crate::request::is_token_char(b))
+        && !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+/// Adds one field to an HTTP/2 response head (lower-cased name, trimmed
+/// value), skipping the fields HTTP/2 forbids. Returns false for a field
+/// that cannot be sent at all.
+pub fn add_response_field(head: &mut Headers, name: &[u8], value: &[u8]) -> bool {
+    if is_dropped_response_field(name) {
+        return true;
+    }
+    let value = trim_ows(value);
+    if !valid_response_field(name, value) {
+        return false;
+    }
+    head.push_lowercase_name(name, value);
+    true
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
+    let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map(|i| i + 1).unwrap_or(start);
+    &v[start..end.max(start)]
+}
+
+/// Merges every Vary value into one, without duplicates (case-insensitive),
+/// as httpd's fixup_vary does. None when nothing needs to change.
+pub fn merged_vary<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut tokens: Vec<&[u8]> = Vec::new();
+    let mut count = 0;
+    for v in values {
+        count += 1;
+        for t in v.split(|&b| b == b',' || b == b' ' || b == b'\t') {
+            if !t.is_empty() && !tokens.iter().any(|x| x.eq_ignore_ascii_case(t)) {
+                tokens.push(t);
+            }
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    Some(tokens.join(&b","[..]))
+}
+
+/// Parses HTTP/1 response heads written as text to a stream's connection
+/// (interim responses, or a final one from a handler that bypassed the
+/// header filter).
+#[derive(Debug, Default)]
+pub struct InterimParser {
+    buf: Vec<u8>,
+}
+
+/// What the parser found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A complete head.
+    Head(ResponseHead),
+    /// Not HTTP/1 response text.
+    Invalid,
+}
+
+const MAX_HEAD: usize = 64 * 1024;
+
+impl InterimParser {
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Feeds bytes; returns the heads completed so far and leaves the bytes
+    /// after the last complete head in the parser (see `take_rest`).
+    pub fn push(&mut self, data: &[u8]) -> Vec<Parsed> {
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        loop {
+            let Some(end) = find_head_end(&self.buf) else {
+                if self.buf.len() > MAX_HEAD {
+                    out.push(Parsed::Invalid);
+                    self.buf.clear();
+                }
+                break;
+            };
+            let head = parse_head(&self.buf[..end]);
+            self.buf.drain(..end);
+            let final_response = matches!(&head, Some(h) if h.status >= 200);
+            out.push(head.map(Parsed::Head).unwrap_or(Parsed::Invalid));
+            if final_response {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Bytes after a final response head: the beginning of the body.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// End (exclusive) of a head terminated by an empty line (CRLF or LF).
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + p;
+        let next = nl + 1;
+        if buf.get(next) == Some(&b'\n') {
+            return Some(next + 1);
+        }
+        if buf.get(next) == Some(&b'\r') && buf.get(next + 1) == Some(&b'\n') {
+            return Some(next + 2);
+        }
+        i = next;
+        if i >= buf.len() {
+            break;
+        }
+    }
+    None
+}
+
+fn parse_head(text: &[u8]) -> Option<ResponseHead> {
+    let mut lines = text.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status_line = lines.next()?;
+    let rest = status_line.strip_prefix(b"HTTP/")?;
+    let sp = rest.iter().position(|&b| b == b' ')?;
+    let code = rest.get(sp + 1..sp + 4)?;
+    if !code.iter().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let status = std::str::from_utf8(code).ok()?.parse::<u16>().ok()?;
+    let mut headers = Headers::new();
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            // obs-fold: continues the previous field's value.
+            let last = fields.last_mut()?;
+            last.1.push(b' ');
+            last.1.extend_from_slice(trim_ows(line));
+            continue;
+        }
+        let colon = line.iter().position(|&b| b == b':')?;
+        fields.push((line[..colon].to_vec(), trim_ows(&line[colon + 1..]).to_vec()));
+    }
+    for (n, v) in &fields {
+        if !add_response_field(&mut headers, n, v) {
+            return None;
+        }
+    }
+    Some(ResponseHead { status, headers })
+}
+
+// ---- the response filter ---------------------------------------------------
+
+/// `AP_STATUS_IS_HEADER_ONLY`: statuses without a body.
+pub fn status_is_header_only(status: i32) -> bool {
+    status == 204 || status == 304
+}
+
+fn cstr(p: *const c_char) -> Option<&'static [u8]> {
+    if p.is_null() {
+        None
+    } else {
+        // SAFETY: non-NULL C strings from request_rec fields, alive in the
+        // request pool for the whole filter call.
+        Some(unsafe { CStr::from_ptr(p) }.to_bytes())
+    }
+}
+
+/// Builds the HTTP/2 response head from `r`, after doing to `r` what
+/// httpd's header filter does (merge_response_headers). Returns None when a
+/// field cannot be sent (httpd then answers 500, as HTTP/1 does).
+///
+/// # Safety
+/// `r` must be the live request of the calling filter.
+pub unsafe fn build_response(r: *mut ffi::request_rec) -> Option<ResponseHead> {
+    // SAFETY: `r` is live (caller); every table and string used belongs to
+    // its pool; httpd functions are called as httpd's own filter does.
+    unsafe {
+        let pool = (*r).pool;
+        let headers_out = TableRef::from_raw((*r).headers_out)?;
+        if let Some(err) = TableRef::from_raw((*r).err_headers_out) {
+            if !err.is_empty() {
+                (*r).headers_out = ffi::apr_table_overlay(pool, err.as_ptr(), headers_out.as_ptr());
+                err.clear();
+            }
+        }
+        let out = TableRef::from_raw((*r).headers_out)?;
+        let env = TableRef::from_raw((*r).subprocess_env);
+        if env.and_then(|e| e.get(c"force-no-vary")).is_some() {
+            out.unset(c"Vary");
+        } else {
+            let mut varies = Vec::new();
+            out.for_each(|k, v| {
+                if k.eq_ignore_ascii_case(b"vary") {
+                    varies.push(v);
+                }
+            });
+            if varies.len() > 1 || varies.first().is_some_and(|v| v.contains(&b',') && v.contains(&b' ')) {
+                if let Some(merged) = merged_vary(varies.into_iter()) {
+                    let merged = std::ffi::CString::new(merged).unwrap_or_default();
+                    out.set(c"Vary", &merged);
+                }
+            }
+        }
+        if (*r).no_cache != 0 && out.get(c"Expires").is_none() {
+            let date = ffi::apr_palloc(pool, ffi::APR_RFC822_DATE_LEN as usize) as *mut c_char;
+            ffi::ap_recent_rfc822_date(date, (*r).request_time);
+            out.addn(c"Expires".as_ptr(), date);
+        }
+        if let Some(notes) = TableRef::from_raw((*r).notes) {
+            if notes.get(c"no-etag").is_some() {
+                out.unset(c"ETag");
+            }
+        }
+        if status_is_header_only((*r).status) {
+            out.unset(c"Transfer-Encoding");
+            out.unset(c"Content-Length");
+            (*r).content_type = std::ptr::null();
+            (*r).content_encoding = std::ptr::null();
+            (*r).content_languages = std::ptr::null_mut();
+            (*r).clength = 0;
+            (*r).chunked = 0;
+        }
+        let ctype = ffi::ap_make_content_type(r, (*r).content_type);
+        if !ctype.is_null() {
+            out.setn(c"Content-Type".as_ptr(), ctype);
+        }
+        if !(*r).content_encoding.is_null() {
+            out.setn(c"Content-Encoding".as_ptr(), (*r).content_encoding);
+        }
+        let langs = (*r).content_languages;
+        if !langs.is_null() && (*langs).nelts > 0 {
+            let elts = (*langs).elts as *const *const c_char;
+            let mut joined: Vec<u8> = Vec::new();
+            for i in 0..(*langs).nelts as usize {
+                if let Some(l) = cstr(*elts.add(i)) {
+                    if !joined.is_empty() {
+                        joined.push(b',');
+                    }
+                    joined.extend_from_slice(l);
+                }
+            }
+            if let Some(existing) = out.get(c"Content-Language") {
+                for tok in existing.split(|&b| b == b',').map(trim_ows).filter(|t| !t.is_empty()) {
+                    let present = joined.split(|&b| b == b',').any(|x| x.eq_ignore_ascii_case(tok));
+                    if !present {
+                        joined.push(b',');
+                        joined.extend_from_slice(tok);
+                    }
+                }
+            }
+            let joined = std::ffi::CString::new(joined).unwrap_or_default();
+            out.set(c"Content-Language", &joined);
+        }
+        if (*r).header_only != 0 && out.get(c"Content-Length") == Some(&b"0"[..]) {
+            out.unset(c"Content-Length");
+        }
+        let proxied = (*r).proxyreq != ffi::PROXYREQ_NONE as i32;
+        if !proxied || out.get(c"Date").is_none() {
+            let date = ffi::apr_palloc(pool, ffi::APR_RFC822_DATE_LEN as usize) as *mut c_char;
+            ffi::ap_recent_rfc822_date(date, (*r).request_time);
+            out.setn(c"Date".as_ptr(), date);
+        }
+        if !proxied || out.get(c"Server").is_none() {
+            let banner = ffi::ap_get_server_banner();
+            if !banner.is_null() && *banner != 0 {
+                out.setn(c"Server".as_ptr(), banner);
+            }
+        }
+        let mut head = ResponseHead { status: (*r).status.clamp(100, 999) as u16, headers: Headers::with_capacity(12, 512) };
+        let mut ok = true;
+        out.for_each(|k, v| {
+            if !add_response_field(&mut head.headers, k, v) {
+                ok = false;
+            }
+        });
+        ok.then_some(head)
+    }
+}
+
+/// Request trailers from `r->trailers_out`, if any.
+///
+/// # Safety
+/// `r` must be live.
+pub unsafe fn trailers_of(r: *mut ffi::request_rec) -> Option<Headers> {
+    // SAFETY: caller contract.
+    let t = unsafe { TableRef::from_raw((*r).trailers_out) }?;
+    if t.is_empty() {
+        return None;
+    }
+    let mut h = Headers::new();
+    t.for_each(|k, v| {
+        add_response_field(&mut h, k, v);
+    });
+    (!h.is_empty()).then_some(h)
+}
+
+/// Drops the data buckets of a brigade whose response has no body (HEAD,
+/// 204, 304), keeping metadata (EOS, FLUSH, EOR...).
+pub fn drop_body(bb: BrigadeRef) {
+    let mut cur = bb.first();
+    while let Some(b) = cur {
+        cur = bb.next(&b);
+        if !b.kind().is_metadata() {
+            b.delete();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interim_then_final() {
+        let mut p = InterimParser::default();
+        let out = p.push(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n");
+        assert_eq!(out.len(), 1);
+        let Parsed::Head(h) = &out[0] else { panic!() };
+        assert_eq!(h.status, 100);
+        let out = p.push(b"\r\nHTTP/1.1 200 OK\r\nConnection: close\r\nX-A: 1\r\n\r\nbody");
+        assert_eq!(out.len(), 2);
+        let Parsed::Head(h) = &out[0] else { panic!() };
+        assert_eq!((h.status, h.headers.get(b"link")), (103, Some(&b"</a.css>; rel=preload"[..])));
+        let Parsed::Head(h) = &out[1] else { panic!() };
+        assert_eq!(h.status, 200);
+        assert_eq!(h.headers.get(b"connection"), None);
+        assert_eq!(h.headers.get(b"x-a"), Some(&b"1"[..]));
+        assert_eq!(p.take_rest(), b"body");
+    }
+
+    #[test]
+    fn invalid_text_is_reported() {
+        let mut p = InterimParser::default();
+        assert_eq!(p.push(b"garbage\r\n\r\n"), vec![Parsed::Invalid]);
+        let mut p = InterimParser::default();
+        assert!(p.push(b"HTTP/1.1 100 Continue\r\n").is_empty());
+    }
+
+    #[test]
+    fn obs_fold_and_fields() {
+        let mut p = InterimParser::default();
+        let out = p.push(b"HTTP/1.1 103 Early\r\nLink: <a>,\r\n <b>\r\n\r\n");
+        let Parsed::Head(h) = &out[0] else { panic!() };
+        assert_eq!(h.headers.get(b"link"), Some(&b"<a>, <b>"[..]));
+        let mut h = Headers::new();
+        assert!(add_response_field(&mut h, b"Transfer-Encoding", b"chunked"));
+        assert!(h.is_empty());
+        assert!(!add_response_field(&mut h, b"Bad Name", b"x"));
+        assert!(!add_response_field(&mut h, b"x", b"a\nb"));
+        assert!(add_response_field(&mut h, b"X-Ok", b" v "));
+        assert_eq!(h.get(b"x-ok"), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn vary_is_merged() {
+        let v = merged_vary([&b"Accept-Encoding"[..], &b"accept-encoding, User-Agent"[..]].into_iter());
+        assert_eq!(v.as_deref(), Some(&b"Accept-Encoding,User-Agent"[..]));
+    }
+}

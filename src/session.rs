@@ -1,0 +1,892 @@
+//! The HTTP/2 session of one client connection: nghttp2 parsing and
+//! serialization, request heads turned into streams and dispatched to
+//! workers, responses and bodies moved from the streams into frames, flow
+//! control by consumption, stream close and release.
+//!
+//! This is protocol logic only. It never touches a socket or httpd: the
+//! client-connection loop (`c1`) feeds it bytes and takes its output; the
+//! [`Dispatch`] implementation hands streams to workers. Unit tests drive it
+//! with an in-memory nghttp2 client.
+//!
+//! Stream life on this side:
+//! ```text
+//!  HEADERS (request) -> Entry{builder} --END_HEADERS--> Stream dispatched
+//!  DATA -> stream input; worker reads -> consumed -> WINDOW_UPDATE
+//!  worker: response head -> submit_response; body -> DATA (deferred/resumed)
+//!  nghttp2 closes stream -> Stream::close (aborts a running worker)
+//!  worker done && closed -> Retire (request logged, c2 released), entry gone
+//! ```
+
+use crate::nghttp2::{self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, NgError, Ops};
+use crate::request::{HeaderError, Limits, RequestBuilder};
+use crate::signal::Signal;
+use crate::stream::{Output, Retire, Stream};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a session advertises and enforces.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (H2MaxSessionStreams).
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_INITIAL_WINDOW_SIZE for request bodies (H2WindowSize).
+    pub initial_window_size: u32,
+    /// Receive window of the whole connection.
+    pub connection_window: u32,
+    /// SETTINGS_ENABLE_CONNECT_PROTOCOL (H2WebSockets).
+    pub enable_connect_protocol: bool,
+    /// Request head limits (LimitRequest*).
+    pub limits: Limits,
+    /// Output buffered per stream (H2StreamMaxMemSize).
+    pub stream_out_limit: usize,
+    /// H2StreamTimeout (or Timeout).
+    pub stream_timeout: Duration,
+    /// H2OutputBuffering.
+    pub output_buffering: bool,
+    /// H2MaxDataFrameLen (0: as large as the peer allows).
+    pub max_data_frame_len: u32,
+    pub options: ng::Options,
+    /// Tests only: a request field `h2rs-test-panic: c1` panics inside the
+    /// header callback, to prove the panic boundary (see docs/INTERNALS.md).
+    pub fault_injection: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            max_concurrent_streams: 100,
+            initial_window_size: 65535,
+            connection_window: 1 << 30,
+            enable_connect_protocol: false,
+            limits: Limits::default(),
+            stream_out_limit: 32 * 1024,
+            stream_timeout: Duration::from_secs(60),
+            output_buffering: true,
+            max_data_frame_len: 0,
+            options: ng::Options { no_http_messaging: true, ..ng::Options::default() },
+            fault_injection: false,
+        }
+    }
+}
+
+/// Hands streams to whatever processes their requests.
+pub trait Dispatch {
+    /// A request head is complete: process it (on a worker). The stream
+    /// carries the head, the body queue and the response queue.
+    fn dispatch(&mut self, stream: Arc<Stream>);
+
+    /// A finished stream's resources, to release on this (c1) thread.
+    fn retire(&mut self, retire: Box<dyn Retire>, complete: bool) {
+        retire.retire(complete)
+    }
+}
+
+/// The c1-side record of a stream.
+struct Entry {
+    /// Collecting the request head.
+    builder: Option<RequestBuilder>,
+    /// Collecting request trailers.
+    trailers: Option<RequestBuilder>,
+    /// Once the head is complete and dispatched.
+    stream: Option<Arc<Stream>>,
+    /// The response HEADERS were submitted.
+    submitted: bool,
+    /// nghttp2 parked the data source until resume.
+    deferred: bool,
+    /// nghttp2 closed the stream; the entry waits for the worker.
+    closed: bool,
+    /// The request's content-length, checked against the DATA received
+    /// (RFC 9113 8.1.1).
+    content_length: Option<u64>,
+    received: u64,
+}
+
+impl Entry {
+    fn new(builder: RequestBuilder) -> Entry {
+        Entry {
+            builder: Some(builder),
+            trailers: None,
+            stream: None,
+            submitted: false,
+            deferred: false,
+            closed: false,
+            content_length: None,
+            received: 0,
+        }
+    }
+}
+
+/// Counters for logs, status and tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub streams_dispatched: u64,
+    pub streams_reset_by_us: u64,
+    pub streams_reset_by_peer: u64,
+}
+
+/// The nghttp2 handler: all per-session protocol state.
+pub struct Core<D: Dispatch> {
+    settings: Settings,
+    signal: Arc<Signal>,
+    dispatcher: D,
+    entries: HashMap<i32, Entry>,
+    to_retire: Vec<(Box<dyn Retire>, bool)>,
+    stats: Stats,
+    /// GOAWAY received from the peer.
+    peer_goaway: bool,
+}
+
+impl<D: Dispatch> Core<D> {
+    fn reset(&mut self, ops: &mut Ops<'_>, stream_id: i32, code: u32) {
+        self.stats.streams_reset_by_us += 1;
+        let _ = ops.submit_rst_stream(stream_id, code);
+    }
+
+    fn complete_head(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
+        let id = frame.stream_id;
+        let Some(entry) = self.entries.get_mut(&id) else { return Flow::Continue };
+        let Some(builder) = entry.builder.take() else { return Flow::Continue };
+        let end_stream = frame.has(ng::flags::END_STREAM);
+        let head = match builder.finish(end_stream) {
+            Ok(h) => h,
+            Err(HeaderError::Calm) => return Flow::ResetStream(error_code::ENHANCE_YOUR_CALM),
+            Err(HeaderError::Malformed(_)) => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
+        };
+        let _ = ops;
+        match parse_content_length(&head.headers) {
+            Ok(cl) => {
+                if end_stream && cl.unwrap_or(0) != 0 {
+                    return Flow::ResetStream(error_code::PROTOCOL_ERROR);
+                }
+                entry.content_length = cl;
+            }
+            Err(()) => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
+        }
+        let stream = Arc::new(Stream::new(
+            id,
+            head,
+            self.signal.clone(),
+            self.settings.stream_out_limit,
+            self.settings.stream_timeout,
+            self.settings.output_buffering,
+        ));
+        entry.stream = Some(stream.clone());
+        self.stats.streams_dispatched += 1;
+        self.dispatcher.dispatch(stream);
+        Flow::Continue
+    }
+
+    fn complete_trailers(&mut self, frame: &FrameInfo) -> Flow {
+        let Some(entry) = self.entries.get_mut(&frame.stream_id) else { return Flow::Continue };
+        let Some(builder) = entry.trailers.take() else { return Flow::Continue };
+        match builder.finish_trailers() {
+            Ok(t) => {
+                if let Some(s) = &entry.stream {
+                    s.end_input(Some(t));
+                }
+                Flow::Continue
+            }
+            Err(HeaderError::Calm) => Flow::ResetStream(error_code::ENHANCE_YOUR_CALM),
+            Err(HeaderError::Malformed(_)) => Flow::ResetStream(error_code::PROTOCOL_ERROR),
+        }
+    }
+
+    /// Looks at a stream after its worker signalled.
+    fn update(&mut self, ops: &mut Ops<'_>, id: i32) {
+        let Some(entry) = self.entries.get_mut(&id) else { return };
+        let Some(stream) = entry.stream.clone() else { return };
+        let p = stream.progress();
+        if entry.closed {
+            if p.consumed > 0 {
+                let _ = ops.consume_connection(p.consumed);
+            }
+            if p.worker_done {
+                if let Some(r) = stream.take_retire() {
+                    self.to_retire.push((r, false));
+                }
+                self.entries.remove(&id);
+            }
+            return;
+        }
+        if p.consumed > 0 {
+            let _ = ops.consume(id, p.consumed);
+        }
+        for interim in &p.interims {
+            let _ = ops.submit_interim(id, interim.status, &interim.headers);
+        }
+        if let Some(resp) = p.response {
+            let body = !stream.body_is_empty_and_done();
+            if ops.submit_response::<Core<D>>(id, resp.status, &resp.headers, body).is_ok() {
+                entry.submitted = true;
+            } else {
+                self.reset(ops, id, error_code::INTERNAL_ERROR);
+                return;
+            }
+        } else if entry.submitted && entry.deferred && p.data_ready {
+            entry.deferred = false;
+            let _ = ops.resume_data(id);
+        }
+        if p.failed {
+            // The worker ended without a response (it failed or panicked).
+            self.reset(ops, id, error_code::INTERNAL_ERROR);
+        }
+    }
+
+    /// The stream is gone from nghttp2: abort its worker, release what the
+    /// flow control still counts, retire it if the worker is done.
+    fn close_entry(&mut self, ops: &mut Ops<'_>, id: i32, code: u32) {
+        let Some(entry) = self.entries.get_mut(&id) else { return };
+        entry.closed = true;
+        let Some(stream) = entry.stream.clone() else {
+            self.entries.remove(&id);
+            return;
+        };
+        let complete = code == error_code::NO_ERROR && stream.output_complete();
+        let unread = stream.input_buffered();
+        let retire = stream.close(code);
+        let consumed = stream.progress().consumed;
+        if unread + consumed > 0 {
+            let _ = ops.consume_connection(unread + consumed);
+        }
+        if let Some(r) = retire {
+            self.to_retire.push((r, complete));
+            self.entries.remove(&id);
+        } else if stream.worker_state() == Some(crate::stream::WorkerState::Done) {
+            // Done without anything to release.
+            self.entries.remove(&id);
+        }
+    }
+}
+
+impl<D: Dispatch> ng::Handler for Core<D> {
+    fn begin_headers(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
+        let id = frame.stream_id;
+        match frame.headers_category {
+            headers_category::REQUEST => {
+                self.entries.insert(id, Entry::new(RequestBuilder::new(self.settings.limits)));
+            }
+            headers_category::HEADERS => {
+                if let Some(e) = self.entries.get_mut(&id) {
+                    e.trailers = Some(RequestBuilder::new(self.settings.limits));
+                }
+            }
+            _ => {}
+        }
+        Flow::Continue
+    }
+
+    fn header(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo, name: &[u8], value: &[u8]) -> Flow {
+        let Some(entry) = self.entries.get_mut(&frame.stream_id) else { return Flow::Continue };
+        let builder = if frame.headers_category == headers_category::REQUEST {
+            entry.builder.as_mut()
+        } else {
+            entry.trailers.as_mut()
+        };
+        let Some(builder) = builder else { return Flow::Continue };
+        if self.settings.fault_injection && name == b"h2rs-test-panic" && value == b"c1" {
+            panic!("fault injection: h2rs-test-panic c1");
+        }
+        match builder.add(name, value) {
+            Ok(()) => Flow::Continue,
+            Err(HeaderError::Calm) => {
+                self.stats.streams_reset_by_us += 1;
+                Flow::ResetStream(error_code::ENHANCE_YOUR_CALM)
+            }
+            Err(HeaderError::Malformed(_)) => {
+                self.stats.streams_reset_by_us += 1;
+                Flow::ResetStream(error_code::PROTOCOL_ERROR)
+            }
+        }
+    }
+
+    fn frame_recv(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
+        match frame.kind {
+            frame_type::HEADERS => {
+                if frame.headers_category == headers_category::REQUEST {
+                    self.complete_head(ops, frame)
+                } else {
+                    self.complete_trailers(frame)
+                }
+            }
+            frame_type::DATA => {
+                if frame.has(ng::flags::END_STREAM) {
+                    let Some(entry) = self.entries.get(&frame.stream_id) else { return Flow::Continue };
+                    if entry.content_length.is_some_and(|cl| cl != entry.received) {
+                        return Flow::ResetStream(error_code::PROTOCOL_ERROR);
+                    }
+                    if let Some(s) = entry.stream.as_ref() {
+                        s.end_input(None);
+                    }
+                }
+                Flow::Continue
+            }
+            frame_type::GOAWAY => {
+                self.peer_goaway = true;
+                Flow::Continue
+            }
+            _ => Flow::Continue,
+        }
+    }
+
+    fn data_chunk(&mut self, ops: &mut Ops<'_>, stream_id: i32, data: &[u8]) -> Flow {
+        if let Some(entry) = self.entries.get_mut(&stream_id) {
+            entry.received += data.len() as u64;
+            if entry.content_length.is_some_and(|cl| entry.received > cl) {
+                let _ = ops.consume(stream_id, data.len());
+                return Flow::ResetStream(error_code::PROTOCOL_ERROR);
+            }
+        }
+        match self.entries.get(&stream_id).and_then(|e| e.stream.as_ref()) {
+            Some(s) if !s.is_aborted() => s.push_input(data),
+            _ => {
+                // Nobody will read it: give the window back right away.
+                let _ = ops.consume(stream_id, data.len());
+            }
+        }
+        Flow::Continue
+    }
+
+    fn stream_close(&mut self, ops: &mut Ops<'_>, stream_id: i32, error_code: u32) -> Flow {
+        if error_code != error_code::NO_ERROR {
+            self.stats.streams_reset_by_peer += 1;
+        }
+        self.close_entry(ops, stream_id, error_code);
+        Flow::Continue
+    }
+
+    fn read_data(&mut self, _ops: &mut Ops<'_>, stream_id: i32, buf: &mut [u8]) -> DataRead {
+        let Some(entry) = self.entries.get_mut(&stream_id) else { return DataRead::Error };
+        let Some(stream) = &entry.stream else { return DataRead::Error };
+        let max = match self.settings.max_data_frame_len {
+            0 => buf.len(),
+            m => buf.len().min(m as usize),
+        };
+        match stream.read_output(&mut buf[..max]) {
+            Output::Data { n, end, trailers } => DataRead::Data { n, eof: end, trailers },
+            Output::Deferred => {
+                entry.deferred = true;
+                DataRead::Deferred
+            }
+        }
+    }
+}
+
+/// The request's content-length: None if absent, Err if not a number or
+/// given twice with different values.
+fn parse_content_length(headers: &crate::stream::Headers) -> Result<Option<u64>, ()> {
+    let mut found: Option<u64> = None;
+    for (n, v) in headers.iter() {
+        if n != b"content-length" {
+            continue;
+        }
+        for part in v.split(|&b| b == b',') {
+            let t = std::str::from_utf8(part).map_err(|_| ())?.trim();
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(());
+            }
+            let n: u64 = t.parse().map_err(|_| ())?;
+            match found {
+                Some(prev) if prev != n => return Err(()),
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// An HTTP/2 server session.
+pub struct Session<D: Dispatch> {
+    ng: ng::Session<Core<D>>,
+    goaway_sent: bool,
+}
+
+impl<D: Dispatch> Session<D> {
+    /// A server session; queues our SETTINGS and connection window.
+    pub fn new(settings: Settings, signal: Arc<Signal>, dispatcher: D) -> Result<Session<D>, NgError> {
+        let options = settings.options.clone();
+        let core = Core {
+            settings,
+            signal,
+            dispatcher,
+            entries: HashMap::new(),
+            to_retire: Vec::new(),
+            stats: Stats::default(),
+            peer_goaway: false,
+        };
+        let mut ng = ng::Session::new_server(core, &options)?;
+        let (core, mut ops) = ng.split();
+        let s = &core.settings;
+        let mut entries = vec![
+            (ng::settings_id::MAX_CONCURRENT_STREAMS, s.max_concurrent_streams),
+            (ng::settings_id::INITIAL_WINDOW_SIZE, s.initial_window_size),
+        ];
+        if s.enable_connect_protocol {
+            entries.push((ng::settings_id::ENABLE_CONNECT_PROTOCOL, 1));
+        }
+        ops.submit_settings(&entries)?;
+        let window = s.connection_window.max(s.initial_window_size).min(i32::MAX as u32) as i32;
+        ops.set_local_window_size(0, window)?;
+        Ok(Session { ng, goaway_sent: false })
+    }
+
+    /// Feeds bytes read from the client.
+    pub fn recv(&mut self, data: &[u8]) -> Result<(), NgError> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let n = self.ng.mem_recv(rest)?;
+            if n == 0 {
+                break;
+            }
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    /// Acts on everything workers signalled since the last call.
+    pub fn process_signals(&mut self) {
+        let (core, mut ops) = self.ng.split();
+        for id in core.signal.take() {
+            core.update(&mut ops, id);
+        }
+    }
+
+    /// Serializes pending frames into `out` (up to about `limit` bytes).
+    pub fn collect_output(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<usize, NgError> {
+        self.ng.mem_send(out, limit)
+    }
+
+    /// Releases finished streams (runs their retire actions).
+    pub fn retire_finished(&mut self) {
+        let core = self.ng.handler();
+        let list = std::mem::take(&mut core.to_retire);
+        for (r, complete) in list {
+            core.dispatcher.retire(r, complete);
+        }
+    }
+
+    pub fn want_read(&mut self) -> bool {
+        self.ng.ops().want_read()
+    }
+
+    pub fn want_write(&mut self) -> bool {
+        self.ng.ops().want_write()
+    }
+
+    /// Streams known on this side: open, or closed with a worker still on
+    /// them.
+    pub fn open_streams(&self) -> usize {
+        self.ng.handler_ref().entries.len()
+    }
+
+    /// Streams whose worker has not finished.
+    pub fn streams_in_progress(&self) -> usize {
+        self.ng
+            .handler_ref()
+            .entries
+            .values()
+            .filter(|e| {
+                e.stream
+                    .as_ref()
+                    .map(|s| s.worker_state() != Some(crate::stream::WorkerState::Done))
+                    .unwrap_or(false)
+            })
+            .count()
+    }
+
+    /// Whether there is nothing left to do: no stream, nothing to send.
+    pub fn is_idle(&mut self) -> bool {
+        self.open_streams() == 0 && !self.want_write()
+    }
+
+    /// Whether the session has ended (GOAWAY exchanged or fatal error) and
+    /// everything is sent.
+    pub fn is_finished(&mut self) -> bool {
+        let ops = self.ng.ops();
+        !ops.want_read() && !ops.want_write() && self.ng.handler_ref().entries.is_empty()
+    }
+
+    pub fn peer_sent_goaway(&self) -> bool {
+        self.ng.handler_ref().peer_goaway
+    }
+
+    pub fn goaway_sent(&self) -> bool {
+        self.goaway_sent
+    }
+
+    /// Sends GOAWAY with the last stream we processed: streams up to it
+    /// complete, later ones are refused.
+    pub fn goaway(&mut self, code: u32, debug: &[u8]) {
+        if self.goaway_sent {
+            return;
+        }
+        self.goaway_sent = true;
+        let mut ops = self.ng.ops();
+        let last = ops.last_proc_stream_id();
+        let _ = ops.submit_goaway(code, last, debug);
+    }
+
+    /// Ends the session now with `code` (GOAWAY, no further processing).
+    pub fn terminate(&mut self, code: u32) {
+        self.goaway_sent = true;
+        let _ = self.ng.ops().terminate(code);
+    }
+
+    /// The connection is gone: every stream is closed and its worker told.
+    pub fn abort_all(&mut self) {
+        let (core, mut ops) = self.ng.split();
+        let ids: Vec<i32> = core.entries.keys().copied().collect();
+        for id in ids {
+            core.close_entry(&mut ops, id, error_code::CANCEL);
+        }
+    }
+
+    /// After abort_all: picks up workers that finished since.
+    pub fn reap_aborted(&mut self) {
+        let (core, _ops) = self.ng.split();
+        let done: Vec<i32> = core
+            .entries
+            .iter()
+            .filter(|(_, e)| e.stream.as_ref().map(|s| s.worker_state() == Some(crate::stream::WorkerState::Done)).unwrap_or(true))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(e) = core.entries.remove(&id) {
+                if let Some(r) = e.stream.and_then(|s| s.take_retire()) {
+                    core.to_retire.push((r, false));
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.ng.handler_ref().stats
+    }
+
+    pub fn dispatcher(&mut self) -> &mut D {
+        &mut self.ng.handler().dispatcher
+    }
+
+    pub fn signal(&self) -> &Arc<Signal> {
+        &self.ng.handler_ref().signal
+    }
+
+    /// The id of the highest stream processed (for GOAWAY and logs).
+    pub fn last_stream_id(&mut self) -> i32 {
+        self.ng.ops().last_proc_stream_id()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The session against an in-memory nghttp2 client: bytes are pumped
+    //! between the two, "workers" are threads running small handlers.
+    use super::*;
+    use crate::stream::{Headers, Input, ResponseHead};
+    use std::collections::HashMap;
+    use std::thread;
+
+    /// Test workers: each request runs `handler` on a thread.
+    pub struct ThreadDispatch {
+        pub handler: fn(Arc<Stream>),
+        pub threads: Vec<thread::JoinHandle<()>>,
+    }
+
+    impl Dispatch for ThreadDispatch {
+        fn dispatch(&mut self, stream: Arc<Stream>) {
+            let h = self.handler;
+            self.threads.push(thread::spawn(move || {
+                stream.worker_started();
+                h(stream.clone());
+                stream.worker_done(None);
+            }));
+        }
+    }
+
+    /// Echo handler: answers 200 with the request body, or with the path
+    /// repeated for GETs (size from a query like `?n=100000`).
+    pub fn echo(stream: Arc<Stream>) {
+        let mut body = Vec::new();
+        loop {
+            match stream.read_input(8192, true) {
+                Ok(Input::Data(d)) => body.extend(d),
+                Ok(Input::End(_)) => break,
+                Ok(Input::WouldBlock) => continue,
+                Err(_) => return,
+            }
+        }
+        let path = String::from_utf8_lossy(stream.request.path.as_deref().unwrap_or(b"/")).to_string();
+        if let Some(n) = path.split("n=").nth(1).and_then(|n| n.parse::<usize>().ok()) {
+            body = (0..n).map(|i| (i % 253) as u8).collect();
+        }
+        let mut h = Headers::new();
+        h.push(b"content-type", b"application/octet-stream");
+        let status = stream.request.error_status.unwrap_or(200);
+        if stream.set_response(ResponseHead { status, headers: h }).is_err() {
+            return;
+        }
+        if stream.write_output(&body).is_err() {
+            return;
+        }
+        let trailers = if path.contains("trailers") {
+            let mut t = Headers::new();
+            t.push(b"grpc-status", b"0");
+            Some(t)
+        } else {
+            None
+        };
+        stream.end_output(trailers);
+    }
+
+    #[derive(Default, Debug)]
+    pub struct ClientStream {
+        pub status: Option<u16>,
+        pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+        pub body: Vec<u8>,
+        pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
+        pub closed: Option<u32>,
+    }
+
+    #[derive(Default)]
+    pub struct Client {
+        pub streams: HashMap<i32, ClientStream>,
+        pub upload: HashMap<i32, (Vec<u8>, usize)>,
+        pub goaway: Option<u32>,
+        pub rst_received: Vec<(i32, u32)>,
+    }
+
+    impl ng::Handler for Client {
+        fn begin_headers(&mut self, _: &mut Ops<'_>, _: &FrameInfo) -> Flow {
+            Flow::Continue
+        }
+        fn header(&mut self, _: &mut Ops<'_>, f: &FrameInfo, n: &[u8], v: &[u8]) -> Flow {
+            let s = self.streams.entry(f.stream_id).or_default();
+            if n == b":status" {
+                s.status = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+            } else if s.status.is_some() && f.headers_category == headers_category::HEADERS && s.status.unwrap_or(0) >= 200 {
+                s.trailers.push((n.to_vec(), v.to_vec()));
+            } else {
+                s.headers.push((n.to_vec(), v.to_vec()));
+            }
+            Flow::Continue
+        }
+        fn frame_recv(&mut self, _: &mut Ops<'_>, f: &FrameInfo) -> Flow {
+            if f.kind == frame_type::GOAWAY {
+                self.goaway = Some(f.error_code);
+            }
+            if f.kind == frame_type::RST_STREAM {
+                self.rst_received.push((f.stream_id, f.error_code));
+            }
+            Flow::Continue
+        }
+        fn data_chunk(&mut self, ops: &mut Ops<'_>, id: i32, d: &[u8]) -> Flow {
+            self.streams.entry(id).or_default().body.extend_from_slice(d);
+            let _ = ops.consume(id, d.len());
+            Flow::Continue
+        }
+        fn stream_close(&mut self, _: &mut Ops<'_>, id: i32, code: u32) -> Flow {
+            self.streams.entry(id).or_default().closed = Some(code);
+            Flow::Continue
+        }
+        fn read_data(&mut self, _: &mut Ops<'_>, id: i32, buf: &mut [u8]) -> DataRead {
+            let Some((data, off)) = self.upload.get_mut(&id) else { return DataRead::Error };
+            let n = (data.len() - *off).min(buf.len());
+            buf[..n].copy_from_slice(&data[*off..*off + n]);
+            *off += n;
+            DataRead::Data { n, eof: *off == data.len(), trailers: None }
+        }
+    }
+
+    pub struct Pair {
+        pub server: Session<ThreadDispatch>,
+        pub client: ng::Session<Client>,
+        preface_sent: bool,
+    }
+
+    impl Pair {
+        pub fn new(settings: Settings, handler: fn(Arc<Stream>)) -> Pair {
+            let signal = Arc::new(Signal::new().unwrap());
+            let server = Session::new(settings, signal, ThreadDispatch { handler, threads: vec![] }).unwrap();
+            let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
+            client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)]).unwrap();
+            client.ops().set_local_window_size(0, 1 << 30).unwrap();
+            Pair { server, client, preface_sent: false }
+        }
+
+        pub fn get(&mut self, path: &str) -> i32 {
+            let mut h = Headers::new();
+            for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "test"), (":path", path)] {
+                h.push(n.as_bytes(), v.as_bytes());
+            }
+            self.client.ops().submit_request::<Client>(&h, false).unwrap()
+        }
+
+        pub fn post(&mut self, path: &str, body: Vec<u8>) -> i32 {
+            let mut h = Headers::new();
+            for (n, v) in [(":method", "POST"), (":scheme", "http"), (":authority", "test"), (":path", path)] {
+                h.push(n.as_bytes(), v.as_bytes());
+            }
+            let id = self.client.ops().submit_request::<Client>(&h, true).unwrap();
+            self.client.handler().upload.insert(id, (body, 0));
+            id
+        }
+
+        /// Moves bytes both ways until nothing happens for a while.
+        pub fn pump(&mut self, until: impl Fn(&Client) -> bool) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let mut c2s = Vec::new();
+                self.client.mem_send(&mut c2s, usize::MAX).unwrap();
+                if !self.preface_sent {
+                    self.preface_sent = true;
+                }
+                if !c2s.is_empty() {
+                    self.server.recv(&c2s).unwrap();
+                }
+                self.server.process_signals();
+                self.server.retire_finished();
+                let mut s2c = Vec::new();
+                self.server.collect_output(&mut s2c, usize::MAX).unwrap();
+                if !s2c.is_empty() {
+                    self.client.mem_recv(&s2c).unwrap();
+                }
+                if until(self.client.handler_ref()) {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "pump timed out: {:?} {:?}", self.client.handler_ref().streams, self.client.handler_ref().rst_received);
+                if c2s.is_empty() && s2c.is_empty() {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    fn closed(ids: Vec<i32>) -> impl Fn(&Client) -> bool {
+        move |c: &Client| ids.iter().all(|id| c.streams.get(id).map(|s| s.closed.is_some()).unwrap_or(false))
+    }
+
+    #[test]
+    fn many_concurrent_streams_byte_exact() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let sizes = [0usize, 1, 1000, 16384, 16385, 100_000, 300_000];
+        let ids: Vec<(i32, usize)> = (0..40).map(|i| {
+            let n = sizes[i % sizes.len()];
+            (p.get(&format!("/f?n={n}")), n)
+        }).collect();
+        p.pump(closed(ids.iter().map(|x| x.0).collect()));
+        for (id, n) in ids {
+            let s = &p.client.handler_ref().streams[&id];
+            assert_eq!(s.status, Some(200));
+            assert_eq!(s.closed, Some(0));
+            let want: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
+            assert_eq!(s.body, want, "stream {id}");
+        }
+        assert_eq!(p.server.stats().streams_dispatched, 40);
+        p.pump(|_| true);
+        assert_eq!(p.server.open_streams(), 0);
+    }
+
+    #[test]
+    fn upload_is_echoed_with_flow_control() {
+        let mut settings = Settings::default();
+        settings.initial_window_size = 16384;
+        let mut p = Pair::new(settings, echo);
+        let body: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let id = p.post("/upload", body.clone());
+        p.pump(closed(vec![id]));
+        let s = &p.client.handler_ref().streams[&id];
+        assert_eq!(s.status, Some(200));
+        assert_eq!(s.body.len(), body.len());
+        assert!(s.body == body);
+    }
+
+    #[test]
+    fn trailers_are_sent_after_body() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let id = p.get("/trailers?n=5000");
+        p.pump(closed(vec![id]));
+        let s = &p.client.handler_ref().streams[&id];
+        assert_eq!(s.body.len(), 5000);
+        assert_eq!(s.trailers, vec![(b"grpc-status".to_vec(), b"0".to_vec())]);
+    }
+
+    #[test]
+    fn limits_give_431() {
+        let mut settings = Settings::default();
+        settings.limits.max_fields = 2;
+        let mut p = Pair::new(settings, echo);
+        let mut h = Headers::new();
+        for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "t"), (":path", "/"), ("a", "1"), ("b", "2"), ("c", "3")] {
+            h.push(n.as_bytes(), v.as_bytes());
+        }
+        let id = p.client.ops().submit_request::<Client>(&h, false).unwrap();
+        p.pump(closed(vec![id]));
+        assert_eq!(p.client.handler_ref().streams[&id].status, Some(431));
+    }
+
+    fn stall(stream: Arc<Stream>) {
+        // Never answers; ends when the stream is aborted.
+        while !stream.is_aborted() {
+            let _ = stream.read_input(10, true);
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn client_reset_aborts_worker_and_frees_stream() {
+        let mut p = Pair::new(Settings::default(), stall);
+        let id = p.post("/stall", vec![1; 10]);
+        p.pump(|_| true);
+        p.pump(|_| true);
+        p.client.ops().submit_rst_stream(id, error_code::CANCEL).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while p.server.open_streams() > 0 {
+            p.pump(|_| true);
+            assert!(std::time::Instant::now() < deadline, "worker not released");
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(p.server.stats().streams_reset_by_peer, 1);
+    }
+
+    #[test]
+    fn goaway_lets_open_streams_finish() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let id = p.get("/f?n=200000");
+        p.pump(|_| true);
+        p.server.goaway(error_code::NO_ERROR, b"");
+        p.pump(closed(vec![id]));
+        assert_eq!(p.client.handler_ref().goaway, Some(0));
+        assert_eq!(p.client.handler_ref().streams[&id].body.len(), 200_000);
+    }
+
+    #[test]
+    fn content_length_mismatch_is_reset() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let mut h = Headers::new();
+        for (n, v) in [(":method", "POST"), (":scheme", "http"), (":authority", "t"), (":path", "/"), ("content-length", "3")] {
+            h.push(n.as_bytes(), v.as_bytes());
+        }
+        let id = p.client.ops().submit_request::<Client>(&h, true).unwrap();
+        p.client.handler().upload.insert(id, (vec![7; 10], 0));
+        p.pump(closed(vec![id]));
+        assert_eq!(p.client.handler_ref().streams[&id].closed, Some(error_code::PROTOCOL_ERROR));
+        assert_eq!(parse_content_length(&h), Ok(Some(3)));
+    }
+
+    #[test]
+    fn malformed_request_is_reset_with_protocol_error() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let mut h = Headers::new();
+        // nghttp2's client side does not validate what it sends.
+        for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "t"), (":path", "/"), ("te", "gzip")] {
+            h.push(n.as_bytes(), v.as_bytes());
+        }
+        let id = p.client.ops().submit_request::<Client>(&h, false).unwrap();
+        p.pump(closed(vec![id]));
+        assert_eq!(p.client.handler_ref().streams[&id].closed, Some(error_code::PROTOCOL_ERROR));
+        // The connection lives on.
+        let id2 = p.get("/f?n=10");
+        p.pump(closed(vec![id2]));
+        assert_eq!(p.client.handler_ref().streams[&id2].body.len(), 10);
+    }
+}

@@ -1,0 +1,134 @@
+//! The wake-up channel from workers to a client connection (c1).
+//!
+//! A worker that changes a stream's state (response ready, body bytes queued,
+//! body consumed, processing done) calls [`Signal::notify`] with the stream.
+//! c1 waits in one poll over its socket and this signal's eventfd, so it
+//! wakes for the client and for its workers alike, without spinning.
+//!
+//! Wake-ups are batched: the eventfd is written only when no wake-up is
+//! pending yet, and a stream is listed at most once until c1 takes the list.
+
+use parking_lot::Mutex;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Implemented by what a signal lists: lets the signal de-duplicate entries.
+pub trait Listed {
+    /// The id c1 uses to find the entry again.
+    fn list_id(&self) -> i32;
+    /// The "already listed" flag of the entry.
+    fn listed_flag(&self) -> &AtomicBool;
+}
+
+pub struct Signal {
+    fd: OwnedFd,
+    pending: AtomicBool,
+    ready: Mutex<Vec<i32>>,
+}
+
+impl Signal {
+    pub fn new() -> std::io::Result<Signal> {
+        // SAFETY: eventfd with valid flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Signal {
+            // SAFETY: `fd` is a fresh descriptor we own.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            pending: AtomicBool::new(false),
+            ready: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The descriptor c1 polls for readability.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Lists `entry` for c1 (once) and wakes c1.
+    pub fn notify<T: Listed + ?Sized>(&self, entry: &T) {
+        if !entry.listed_flag().swap(true, Ordering::SeqCst) {
+            self.ready.lock().push(entry.list_id());
+        }
+        self.wake();
+    }
+
+    /// Wakes c1 without listing anything (shutdown, timers).
+    pub fn wake(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a valid u64 to our eventfd. A full
+            // counter (EAGAIN) still leaves the fd readable, which is all
+            // we need.
+            unsafe {
+                libc::write(self.fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8);
+            }
+        }
+    }
+
+    /// c1: consumes the wake-up and returns the listed ids. Callers must
+    /// clear each entry's flag (see [`Signal::unlist`]) before reading its
+    /// state, so that later changes list it again.
+    pub fn take(&self) -> Vec<i32> {
+        self.pending.store(false, Ordering::SeqCst);
+        let mut counter: u64 = 0;
+        // SAFETY: reading 8 bytes into a valid u64 from our nonblocking
+        // eventfd; EAGAIN (nothing pending) is fine.
+        unsafe {
+            libc::read(self.fd.as_raw_fd(), &mut counter as *mut u64 as *mut libc::c_void, 8);
+        }
+        std::mem::take(&mut *self.ready.lock())
+    }
+
+    /// c1: marks `entry` as taken from the list.
+    pub fn unlist<T: Listed + ?Sized>(entry: &T) {
+        entry.listed_flag().store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a wake-up is pending (c1 checks before it sleeps).
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct E(i32, AtomicBool);
+    impl Listed for E {
+        fn list_id(&self) -> i32 {
+            self.0
+        }
+        fn listed_flag(&self) -> &AtomicBool {
+            &self.1
+        }
+    }
+
+    fn readable(fd: RawFd) -> bool {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn notify_dedups_and_wakes_once() {
+        let s = Signal::new().unwrap();
+        let a = E(1, AtomicBool::new(false));
+        let b = E(3, AtomicBool::new(false));
+        assert!(!readable(s.fd()));
+        s.notify(&a);
+        s.notify(&a);
+        s.notify(&b);
+        assert!(readable(s.fd()));
+        assert_eq!(s.take(), vec![1, 3]);
+        assert!(!readable(s.fd()));
+        // Until unlisted, a is not listed again (but c1 is still woken).
+        s.notify(&a);
+        assert!(s.take().is_empty());
+        Signal::unlist(&a);
+        s.notify(&a);
+        assert_eq!(s.take(), vec![1]);
+    }
+}

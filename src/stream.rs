@@ -1,0 +1,693 @@
+//! One HTTP/2 stream as both sides see it: the client connection (c1) and
+//! the worker running the request on a secondary connection (c2).
+//!
+//! ```text
+//!   c1 (nghttp2)                         worker (c2 filters)
+//!   push_input/end_input  --> in queue --> read_input
+//!   take_consumed         <-- consumed counter (flow control)
+//!   poll_output/read_output <-- out queue, response, trailers <-- write_output...
+//!   close (reset/closed)  --> aborted flag + condvar wake-up
+//!   take retire           <-- worker_done (c2 + EOR handed back)
+//! ```
+//!
+//! Invariants:
+//! - The out queue never holds more than `out_limit` bytes: a worker that
+//!   would exceed it waits (backpressure) until c1 has sent data or the
+//!   stream is aborted or the stream timeout passes.
+//! - The in queue holds at most what the client's flow-control window let
+//!   it send; c1 reopens the window only for bytes the worker consumed.
+//! - Only the worker produces output; only c1 consumes it. The worker is
+//!   woken through the condvar, c1 through the session's [`Signal`].
+//! - Once `close` ran, writes fail and reads return Aborted, so a handler
+//!   stops promptly when the client resets the stream.
+//!
+//! Nothing here knows httpd: the retire action (release the request and its
+//! secondary connection) is an opaque [`Retire`] object.
+
+use crate::request::RequestHead;
+use crate::signal::{Listed, Signal};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A compact list of header fields: all bytes in one buffer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    buf: Vec<u8>,
+    /// (name_start, name_len, value_len); value follows name in `buf`.
+    fields: Vec<(u32, u32, u32)>,
+}
+
+impl Headers {
+    pub fn new() -> Headers {
+        Headers::default()
+    }
+
+    pub fn with_capacity(fields: usize, bytes: usize) -> Headers {
+        Headers { buf: Vec::with_capacity(bytes), fields: Vec::with_capacity(fields) }
+    }
+
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(name);
+        self.buf.extend_from_slice(value);
+        self.fields.push((start, name.len() as u32, value.len() as u32));
+    }
+
+    /// Appends `name` lower-cased (HTTP/2 field names are lower case).
+    pub fn push_lowercase_name(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.buf.len() as u32;
+        self.buf.extend(name.iter().map(|b| b.to_ascii_lowercase()));
+        self.buf.extend_from_slice(value);
+        self.fields.push((start, name.len() as u32, value.len() as u32));
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Total bytes of names and values.
+    pub fn byte_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.fields.iter().map(move |&(s, n, v)| {
+            let s = s as usize;
+            let n = n as usize;
+            (&self.buf[s..s + n], &self.buf[s + n..s + n + v as usize])
+        })
+    }
+
+    /// The first value of `name` (ASCII case-insensitive).
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+}
+
+/// A response head (final or interim) as the worker hands it to c1.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// Lower-case names, no connection-specific fields.
+    pub headers: Headers,
+}
+
+/// A FIFO of bytes stored in chunks, for the body queues.
+#[derive(Debug, Default)]
+pub struct ByteQueue {
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes of the front chunk already taken.
+    front_taken: usize,
+    len: usize,
+}
+
+/// Writes smaller than this are appended to the last chunk.
+const CHUNK: usize = 16 * 1024;
+
+impl ByteQueue {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        if let Some(last) = self.chunks.back_mut() {
+            if last.len() + data.len() <= last.capacity() || last.len() + data.len() <= CHUNK {
+                last.extend_from_slice(data);
+                return;
+            }
+        }
+        let mut chunk = Vec::with_capacity(data.len().max(CHUNK));
+        chunk.extend_from_slice(data);
+        self.chunks.push_back(chunk);
+    }
+
+    /// Moves up to `buf.len()` bytes into `buf`; returns how many.
+    pub fn take_into(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(front) = self.chunks.front() else { break };
+            let avail = &front[self.front_taken..];
+            let k = avail.len().min(buf.len() - n);
+            buf[n..n + k].copy_from_slice(&avail[..k]);
+            n += k;
+            self.front_taken += k;
+            if self.front_taken == front.len() {
+                self.chunks.pop_front();
+                self.front_taken = 0;
+            }
+        }
+        self.len -= n;
+        n
+    }
+
+    /// Takes up to `max` bytes as one Vec (the front chunk whole, if it fits).
+    pub fn take_vec(&mut self, max: usize) -> Vec<u8> {
+        if self.front_taken == 0 {
+            if let Some(front) = self.chunks.front() {
+                if front.len() <= max {
+                    let v = self.chunks.pop_front().unwrap_or_default();
+                    self.len -= v.len();
+                    return v;
+                }
+            }
+        }
+        let mut v = vec![0; max.min(self.len)];
+        let n = self.take_into(&mut v);
+        v.truncate(n);
+        v
+    }
+}
+
+/// Why a worker's read or write on a stream failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamError {
+    /// The client reset the stream, or the connection is going away.
+    Aborted,
+    /// Nothing moved for the stream timeout.
+    Timeout,
+}
+
+/// What a worker's read of the request body returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input {
+    Data(Vec<u8>),
+    /// End of the body, with the request trailers if any.
+    End(Option<Headers>),
+    /// Non-blocking read and nothing there yet.
+    WouldBlock,
+}
+
+/// Where the worker stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    Queued,
+    Running,
+    Done,
+}
+
+/// Releases what a finished stream held (its request and secondary
+/// connection). Called by c1, once, after the stream is closed on the
+/// connection and the worker is done. `complete` says whether the response
+/// was delivered completely (false: reset or aborted).
+pub trait Retire: Send {
+    fn retire(self: Box<Self>, complete: bool);
+}
+
+#[derive(Default)]
+struct StreamIo {
+    input: ByteQueue,
+    input_end: bool,
+    input_trailers: Option<Headers>,
+    /// Body bytes the worker took that c1 has not yet acknowledged to the
+    /// flow control (nghttp2_session_consume).
+    consumed: usize,
+
+    interims: Vec<ResponseHead>,
+    response: Option<ResponseHead>,
+    response_taken: bool,
+    output: ByteQueue,
+    output_end: bool,
+    trailers: Option<Headers>,
+    /// c1 found no data and deferred the stream: tell it when data comes.
+    c1_waiting: bool,
+
+    closed: Option<u32>,
+    worker: Option<WorkerState>,
+    retire: Option<Box<dyn Retire>>,
+}
+
+pub struct Stream {
+    pub id: i32,
+    pub request: RequestHead,
+    /// Maximum bytes queued for output (H2StreamMaxMemSize).
+    pub out_limit: usize,
+    /// How long a worker waits on a stalled queue (H2StreamTimeout).
+    pub timeout: Duration,
+    /// H2OutputBuffering: when off, every write wakes c1.
+    pub buffered: bool,
+    io: Mutex<StreamIo>,
+    worker_cond: Condvar,
+    signal: Arc<Signal>,
+    listed: AtomicBool,
+    aborted: AtomicBool,
+}
+
+impl Listed for Stream {
+    fn list_id(&self) -> i32 {
+        self.id
+    }
+    fn listed_flag(&self) -> &AtomicBool {
+        &self.listed
+    }
+}
+
+/// What c1 learns about a stream when it looks at it after a wake-up.
+#[derive(Default)]
+pub struct Progress {
+    pub interims: Vec<ResponseHead>,
+    /// The final response head, handed over once.
+    pub response: Option<ResponseHead>,
+    /// Body bytes are queued or the body ended: a deferred data source can
+    /// resume.
+    pub data_ready: bool,
+    /// Request-body bytes to acknowledge to the client's flow control.
+    pub consumed: usize,
+    pub worker_done: bool,
+    /// The worker ended without completing its response (failure): reset.
+    pub failed: bool,
+}
+
+/// Result of c1 reading the response body for a DATA frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// `n` bytes copied; `end` = body finished; `trailers` = send these after.
+    Data { n: usize, end: bool, trailers: Option<Headers> },
+    /// Nothing to send yet.
+    Deferred,
+}
+
+impl Stream {
+    pub fn new(
+        id: i32,
+        request: RequestHead,
+        signal: Arc<Signal>,
+        out_limit: usize,
+        timeout: Duration,
+        buffered: bool,
+    ) -> Stream {
+        let input_end = request.end_stream;
+        Stream {
+            id,
+            request,
+            out_limit: out_limit.max(1024),
+            timeout,
+            buffered,
+            io: Mutex::new(StreamIo { input_end, worker: Some(WorkerState::Queued), ..Default::default() }),
+            worker_cond: Condvar::new(),
+            signal,
+            listed: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+        }
+    }
+
+    fn notify_c1(&self) {
+        self.signal.notify(self);
+    }
+
+    /// True once c1 closed the stream (client reset, connection gone).
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    // ---- worker side ----------------------------------------------------
+
+    pub fn worker_started(&self) {
+        self.io.lock().worker = Some(WorkerState::Running);
+    }
+
+    /// Reads request-body bytes (at most `max`). Blocking reads wait for the
+    /// client up to the stream timeout.
+    pub fn read_input(&self, max: usize, block: bool) -> Result<Input, StreamError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut io = self.io.lock();
+        loop {
+            if io.closed.is_some() {
+                return Err(StreamError::Aborted);
+            }
+            if !io.input.is_empty() {
+                let data = io.input.take_vec(max.max(1));
+                io.consumed += data.len();
+                // Reopen the client's window promptly once the queue drained
+                // or a good part of a window was read.
+                let tell = io.input.is_empty() || io.consumed >= 16 * 1024;
+                drop(io);
+                if tell {
+                    self.notify_c1();
+                }
+                return Ok(Input::Data(data));
+            }
+            if io.input_end {
+                return Ok(Input::End(io.input_trailers.take()));
+            }
+            if !block {
+                return Ok(Input::WouldBlock);
+            }
+            if self.worker_cond.wait_until(&mut io, deadline).timed_out() {
+                return Err(StreamError::Timeout);
+            }
+        }
+    }
+
+    /// Hands the final response head to c1.
+    pub fn set_response(&self, head: ResponseHead) -> Result<(), StreamError> {
+        let mut io = self.io.lock();
+        if io.closed.is_some() {
+            return Err(StreamError::Aborted);
+        }
+        io.response = Some(head);
+        Ok(())
+    }
+
+    pub fn has_response(&self) -> bool {
+        self.io.lock().response.is_some()
+    }
+
+    /// Queues an interim (1xx) response and wakes c1 to send it now.
+    pub fn add_interim(&self, head: ResponseHead) -> Result<(), StreamError> {
+        {
+            let mut io = self.io.lock();
+            if io.closed.is_some() {
+                return Err(StreamError::Aborted);
+            }
+            io.interims.push(head);
+        }
+        self.notify_c1();
+        Ok(())
+    }
+
+    /// Queues body bytes, waiting while the queue is full (backpressure).
+    pub fn write_output(&self, mut data: &[u8]) -> Result<(), StreamError> {
+        while !data.is_empty() {
+            let mut io = self.io.lock();
+            let mut deadline: Option<Instant> = None;
+            let mut told_c1 = false;
+            while io.output.len() >= self.out_limit && io.closed.is_none() {
+                // Full: make sure c1 knows (once), then wait for it to drain.
+                if !told_c1 {
+                    told_c1 = true;
+                    io.c1_waiting = false;
+                    drop(io);
+                    self.notify_c1();
+                    io = self.io.lock();
+                    continue;
+                }
+                let d = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+                if self.worker_cond.wait_until(&mut io, d).timed_out() && io.output.len() >= self.out_limit {
+                    return Err(StreamError::Timeout);
+                }
+            }
+            if io.closed.is_some() {
+                return Err(StreamError::Aborted);
+            }
+            let room = self.out_limit - io.output.len();
+            let k = room.min(data.len());
+            io.output.push(&data[..k]);
+            data = &data[k..];
+            // Wake c1 if it waits for data and enough is there to be worth a
+            // frame (or the admin asked for no buffering).
+            let wake = io.c1_waiting && (!self.buffered || io.output.len() >= (16 * 1024).min(self.out_limit));
+            if wake {
+                io.c1_waiting = false;
+                drop(io);
+                self.notify_c1();
+            }
+        }
+        Ok(())
+    }
+
+    /// The handler flushed: whatever is queued should go out now.
+    pub fn flush(&self) {
+        let wake = {
+            let mut io = self.io.lock();
+            let wake = (io.c1_waiting && !io.output.is_empty())
+                || (io.response.is_some() && !io.response_taken);
+            if wake {
+                io.c1_waiting = false;
+            }
+            wake
+        };
+        if wake {
+            self.notify_c1();
+        }
+    }
+
+    /// The response body ended (EOS), with trailers if any.
+    pub fn end_output(&self, trailers: Option<Headers>) {
+        let mut io = self.io.lock();
+        io.output_end = true;
+        io.trailers = trailers.filter(|t| !t.is_empty());
+    }
+
+    /// The worker finished with the stream; `retire` releases its request
+    /// and connection once c1 is done with the stream too.
+    pub fn worker_done(&self, retire: Option<Box<dyn Retire>>) {
+        {
+            let mut io = self.io.lock();
+            io.worker = Some(WorkerState::Done);
+            io.retire = retire;
+        }
+        self.notify_c1();
+    }
+
+    // ---- c1 side ----------------------------------------------------------
+
+    /// Request-body bytes from a DATA frame.
+    pub fn push_input(&self, data: &[u8]) {
+        let mut io = self.io.lock();
+        if io.closed.is_some() || io.input_end {
+            return;
+        }
+        io.input.push(data);
+        drop(io);
+        self.worker_cond.notify_all();
+    }
+
+    /// The request body ended (END_STREAM), with trailers if any.
+    pub fn end_input(&self, trailers: Option<Headers>) {
+        let mut io = self.io.lock();
+        io.input_end = true;
+        if trailers.is_some() {
+            io.input_trailers = trailers;
+        }
+        drop(io);
+        self.worker_cond.notify_all();
+    }
+
+    /// Bytes of request body buffered but not yet read by the worker.
+    pub fn input_buffered(&self) -> usize {
+        self.io.lock().input.len()
+    }
+
+    /// c1 looks at the stream after a wake-up. Takes what c1 must act on.
+    pub fn progress(&self) -> Progress {
+        Signal::unlist(self);
+        let mut io = self.io.lock();
+        let mut p = Progress {
+            interims: std::mem::take(&mut io.interims),
+            consumed: std::mem::take(&mut io.consumed),
+            worker_done: io.worker == Some(WorkerState::Done),
+            ..Default::default()
+        };
+        if !io.response_taken {
+            if let Some(r) = io.response.take() {
+                io.response_taken = true;
+                p.response = Some(r);
+            }
+        }
+        p.data_ready = io.response_taken && (!io.output.is_empty() || io.output_end);
+        // The worker ended without finishing the response (it failed or
+        // panicked): c1 must reset the stream or it would wait forever.
+        p.failed = p.worker_done && !(io.response_taken && io.output_end) && io.closed.is_none();
+        p
+    }
+
+    /// Whether the response is complete with no body at all (HEADERS can
+    /// carry END_STREAM).
+    pub fn body_is_empty_and_done(&self) -> bool {
+        let io = self.io.lock();
+        io.output_end && io.output.is_empty() && io.trailers.is_none()
+    }
+
+    /// c1 fills a DATA frame.
+    pub fn read_output(&self, buf: &mut [u8]) -> Output {
+        let mut io = self.io.lock();
+        let n = io.output.take_into(buf);
+        let end = io.output_end && io.output.is_empty();
+        if n == 0 && !end {
+            io.c1_waiting = true;
+            return Output::Deferred;
+        }
+        let trailers = if end { io.trailers.take() } else { None };
+        let had_room_before = io.output.len() + n >= self.out_limit;
+        drop(io);
+        if n > 0 && had_room_before {
+            // The worker may be waiting for room.
+            self.worker_cond.notify_all();
+        }
+        Output::Data { n, end, trailers }
+    }
+
+    /// c1 closed the stream (sent or received END_STREAM both ways, or a
+    /// reset): aborts the worker if it still runs. Returns the retire action
+    /// if the worker is already done.
+    pub fn close(&self, error_code: u32) -> Option<Box<dyn Retire>> {
+        let mut io = self.io.lock();
+        if io.closed.is_none() {
+            io.closed = Some(error_code);
+        }
+        self.aborted.store(true, Ordering::Release);
+        let retire = if io.worker == Some(WorkerState::Done) { io.retire.take() } else { None };
+        drop(io);
+        self.worker_cond.notify_all();
+        retire
+    }
+
+    /// After close: takes the retire action once the worker is done.
+    pub fn take_retire(&self) -> Option<Box<dyn Retire>> {
+        let mut io = self.io.lock();
+        if io.worker == Some(WorkerState::Done) {
+            io.retire.take()
+        } else {
+            None
+        }
+    }
+
+    pub fn worker_state(&self) -> Option<WorkerState> {
+        self.io.lock().worker
+    }
+
+    /// Whether the response ended and everything was handed to nghttp2.
+    pub fn output_complete(&self) -> bool {
+        let io = self.io.lock();
+        io.output_end && io.output.is_empty() && io.trailers.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    fn stream(limit: usize) -> (Arc<Stream>, Arc<Signal>) {
+        let signal = Arc::new(Signal::new().unwrap());
+        let req = RequestHead { end_stream: false, ..Default::default() };
+        let s = Arc::new(Stream::new(1, req, signal.clone(), limit, Duration::from_secs(5), true));
+        (s, signal)
+    }
+
+    #[test]
+    fn byte_queue_roundtrip() {
+        let mut q = ByteQueue::default();
+        q.push(b"hello ");
+        q.push(&vec![b'x'; 40_000]);
+        q.push(b"end");
+        assert_eq!(q.len(), 6 + 40_000 + 3);
+        let mut buf = [0u8; 10];
+        assert_eq!(q.take_into(&mut buf), 10);
+        assert_eq!(&buf[..6], b"hello ");
+        let rest = q.take_vec(usize::MAX);
+        let mut all = rest;
+        while !q.is_empty() {
+            all.extend(q.take_vec(1000));
+        }
+        assert_eq!(all.len(), 40_000 - 4 + 3);
+        assert!(all.ends_with(b"xend"));
+    }
+
+    #[test]
+    fn headers_compact_list() {
+        let mut h = Headers::new();
+        h.push(b"a", b"1");
+        h.push_lowercase_name(b"Content-Type", b"text/plain");
+        let v: Vec<_> = h.iter().collect();
+        assert_eq!(v, vec![(&b"a"[..], &b"1"[..]), (&b"content-type"[..], &b"text/plain"[..])]);
+        assert_eq!(h.get(b"CONTENT-TYPE"), Some(&b"text/plain"[..]));
+    }
+
+    #[test]
+    fn output_backpressure_and_order() {
+        let (s, _sig) = stream(4096);
+        s.set_response(ResponseHead { status: 200, headers: Headers::new() }).unwrap();
+        let writer = {
+            let s = s.clone();
+            thread::spawn(move || {
+                let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+                s.write_output(&data).unwrap();
+                s.end_output(None);
+                s.worker_done(None);
+            })
+        };
+        let p = s.progress();
+        assert!(p.response.is_some());
+        let mut got = Vec::new();
+        let mut buf = [0u8; 3000];
+        loop {
+            match s.read_output(&mut buf) {
+                Output::Data { n, end, .. } => {
+                    got.extend_from_slice(&buf[..n]);
+                    assert!(s.io.lock().output.len() <= 4096);
+                    if end {
+                        break;
+                    }
+                }
+                Output::Deferred => thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        writer.join().unwrap();
+        let want: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn close_aborts_blocked_writer_and_reader() {
+        let (s, _sig) = stream(1024);
+        let w = {
+            let s = s.clone();
+            thread::spawn(move || s.write_output(&[0u8; 10_000]))
+        };
+        let r = {
+            let s = s.clone();
+            thread::spawn(move || s.read_input(100, true))
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(s.close(8).is_none());
+        assert_eq!(w.join().unwrap(), Err(StreamError::Aborted));
+        assert_eq!(r.join().unwrap(), Err(StreamError::Aborted));
+        assert!(s.is_aborted());
+    }
+
+    #[test]
+    fn input_consumption_is_reported() {
+        let (s, sig) = stream(1024);
+        s.push_input(b"abcdef");
+        s.end_input(None);
+        assert_eq!(s.read_input(100, true).unwrap(), Input::Data(b"abcdef".to_vec()));
+        assert_eq!(sig.take(), vec![1]);
+        assert_eq!(s.progress().consumed, 6);
+        assert_eq!(s.read_input(4, true).unwrap(), Input::End(None));
+    }
+
+    struct Flag(Arc<AtomicBool>);
+    impl Retire for Flag {
+        fn retire(self: Box<Self>, _complete: bool) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn retire_after_close_and_done() {
+        let (s, _sig) = stream(1024);
+        let hit = Arc::new(AtomicBool::new(false));
+        assert!(s.close(0).is_none());
+        s.worker_done(Some(Box::new(Flag(hit.clone()))));
+        let r = s.take_retire().expect("retire after worker_done");
+        r.retire(true);
+        assert!(hit.load(Ordering::SeqCst));
+        assert!(s.take_retire().is_none());
+    }
+}

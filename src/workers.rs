@@ -1,0 +1,280 @@
+//! The worker pool: Rust threads that run stream requests through httpd.
+//!
+//! One pool per child process, started in `child_init` (never in the parent:
+//! threads do not survive fork) and joined from a pre-cleanup of the child
+//! pool (before its sub-pools, which streams use, are destroyed).
+//!
+//! Jobs go through one crossbeam channel (FIFO across all connections).
+//! The pool starts `min` threads, grows to `max` while every thread is busy
+//! and jobs wait, and lets threads above `min` exit after `idle_timeout`.
+//! Each thread registers itself with APR (`ap_thread_current_create`) before
+//! it runs httpd code, and has a slot number that keeps secondary connection
+//! ids unique (`(c1->id << 8) ^ slot`).
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What a job sees of the thread running it.
+pub struct WorkerCtx {
+    /// Small integer unique among live workers of this process.
+    pub slot: u32,
+    /// httpd's handle for this thread (`apr_thread_t *`), or NULL in tests.
+    pub thread: *mut crate::ffi::apr_thread_t,
+}
+
+pub type Job = Box<dyn FnOnce(&WorkerCtx) + Send>;
+
+/// Per-thread set-up and tear-down (httpd registration), swappable in tests.
+pub trait ThreadHooks: Send + Sync + 'static {
+    fn start(&self) -> *mut crate::ffi::apr_thread_t;
+    fn stop(&self, thread: *mut crate::ffi::apr_thread_t);
+}
+
+/// Threads without httpd (unit tests).
+pub struct PlainThreads;
+impl ThreadHooks for PlainThreads {
+    fn start(&self) -> *mut crate::ffi::apr_thread_t {
+        std::ptr::null_mut()
+    }
+    fn stop(&self, _thread: *mut crate::ffi::apr_thread_t) {}
+}
+
+struct Shared {
+    rx: Receiver<Job>,
+    min: u32,
+    max: u32,
+    idle_timeout: Duration,
+    live: AtomicU32,
+    idle: AtomicU32,
+    stopping: AtomicBool,
+    slots: Mutex<Vec<bool>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    hooks: Box<dyn ThreadHooks>,
+}
+
+pub struct Pool {
+    tx: Mutex<Option<Sender<Job>>>,
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    pub fn new(min: u32, max: u32, idle_timeout: Duration, hooks: Box<dyn ThreadHooks>) -> Arc<Pool> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let min = min.max(1);
+        let pool = Arc::new(Pool {
+            tx: Mutex::new(Some(tx)),
+            shared: Arc::new(Shared {
+                rx,
+                min,
+                max: max.max(min),
+                idle_timeout,
+                live: AtomicU32::new(0),
+                idle: AtomicU32::new(0),
+                stopping: AtomicBool::new(false),
+                slots: Mutex::new(Vec::new()),
+                threads: Mutex::new(Vec::new()),
+                hooks,
+            }),
+        });
+        for _ in 0..min {
+            pool.spawn();
+        }
+        pool
+    }
+
+    fn spawn(&self) -> bool {
+        let shared = &self.shared;
+        if shared.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        // Reserve a place under the max before starting the thread.
+        let mut live = shared.live.load(Ordering::Acquire);
+        loop {
+            if live >= shared.max {
+                return false;
+            }
+            match shared.live.compare_exchange(live, live + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => live = now,
+            }
+        }
+        let slot = {
+            let mut slots = shared.slots.lock();
+            match slots.iter().position(|used| !used) {
+                Some(i) => {
+                    slots[i] = true;
+                    i as u32
+                }
+                None => {
+                    slots.push(true);
+                    (slots.len() - 1) as u32
+                }
+            }
+        };
+        let s = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("h2rs-worker-{slot}"))
+            .stack_size(8 * 1024 * 1024)
+            .spawn(move || worker_main(s, slot));
+        match spawned {
+            Ok(handle) => {
+                let mut threads = shared.threads.lock();
+                threads.retain(|h| !h.is_finished());
+                threads.push(handle);
+                true
+            }
+            Err(e) => {
+                shared.live.fetch_sub(1, Ordering::AcqRel);
+                shared.slots.lock()[slot as usize] = false;
+                crate::log::server_crit(&format!("mod_h2rs: cannot start a worker thread: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Queues a job; grows the pool when no thread is idle. Gives the job
+    /// back when the pool is stopping.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        let tx = self.tx.lock();
+        let Some(tx) = tx.as_ref() else { return Err(job) };
+        if let Err(e) = tx.send(job) {
+            return Err(e.into_inner());
+        }
+        if self.shared.idle.load(Ordering::Acquire) == 0 {
+            self.spawn();
+        }
+        Ok(())
+    }
+
+    /// (live threads, idle threads, queued jobs)
+    pub fn load(&self) -> (u32, u32, usize) {
+        (
+            self.shared.live.load(Ordering::Acquire),
+            self.shared.idle.load(Ordering::Acquire),
+            self.shared.rx.len(),
+        )
+    }
+
+    pub fn limits(&self) -> (u32, u32) {
+        (self.shared.min, self.shared.max)
+    }
+
+    /// Stops accepting jobs, lets queued jobs finish, joins every thread.
+    pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.tx.lock().take();
+        loop {
+            let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.shared.threads.lock());
+            if handles.is_empty() {
+                break;
+            }
+            for h in handles {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+fn worker_main(shared: Arc<Shared>, slot: u32) {
+    let thread = shared.hooks.start();
+    let ctx = WorkerCtx { slot, thread };
+    loop {
+        shared.idle.fetch_add(1, Ordering::AcqRel);
+        let above_min = shared.live.load(Ordering::Acquire) > shared.min;
+        let job = if above_min {
+            shared.rx.recv_timeout(shared.idle_timeout)
+        } else {
+            shared.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        shared.idle.fetch_sub(1, Ordering::AcqRel);
+        match job {
+            Ok(job) => {
+                crate::ffi::panic::guard("worker job", (), || job(&ctx));
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                // Idle above the minimum: leave, unless others left first.
+                let live = shared.live.load(Ordering::Acquire);
+                if live > shared.min
+                    && shared.live.compare_exchange(live, live - 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                {
+                    break;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                shared.live.fetch_sub(1, Ordering::AcqRel);
+                break;
+            }
+        }
+    }
+    shared.slots.lock()[slot as usize] = false;
+    shared.hooks.stop(thread);
+}
+
+/// The pool of this child process.
+static POOL: Mutex<Option<Arc<Pool>>> = Mutex::new(None);
+
+pub fn install(pool: Arc<Pool>) {
+    *POOL.lock() = Some(pool);
+}
+
+pub fn current() -> Option<Arc<Pool>> {
+    POOL.lock().clone()
+}
+
+/// Removes the process pool and joins its threads.
+pub fn shutdown() {
+    let pool = POOL.lock().take();
+    if let Some(p) = pool {
+        p.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn runs_jobs_grows_and_shuts_down() {
+        let pool = Pool::new(1, 4, Duration::from_millis(50), Box::new(PlainThreads));
+        let done = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = crossbeam_channel::unbounded::<u32>();
+        for _ in 0..4 {
+            let d = done.clone();
+            let tx = tx.clone();
+            pool.submit(Box::new(move |ctx| {
+                tx.send(ctx.slot).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                d.fetch_add(1, Ordering::SeqCst);
+            }))
+            .ok()
+            .unwrap();
+        }
+        let mut slots: Vec<u32> = (0..4).map(|_| rx.recv().unwrap()).collect();
+        slots.sort();
+        slots.dedup();
+        assert!(slots.len() > 1, "pool did not grow: {slots:?}");
+        assert!(pool.load().0 <= 4);
+        // Idle threads above min leave again.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(pool.load().0, 1);
+        pool.shutdown();
+        assert_eq!(done.load(Ordering::SeqCst), 4);
+        assert!(pool.submit(Box::new(|_| {})).is_err());
+    }
+
+    #[test]
+    fn a_panicking_job_does_not_kill_the_worker() {
+        let pool = Pool::new(1, 1, Duration::from_secs(1), Box::new(PlainThreads));
+        pool.submit(Box::new(|_| panic!("job panic (expected in this test)"))).ok().unwrap();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        pool.submit(Box::new(move |_| tx.send(1).unwrap())).ok().unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(1));
+        pool.shutdown();
+    }
+}

@@ -1,0 +1,417 @@
+"""End-to-end test harness: a real httpd (the system's, found through apxs)
+with a generated config in a temp dir, event MPM, free 127.0.0.1 ports, the
+freshly built build/mod_h2rs.so. Servers are stopped by pid. Every test
+fails if the error log shows a crash, an AH00052 or a panic.
+"""
+import hashlib
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+APXS = os.environ.get("APXS", "apxs")
+
+
+def apxs(var):
+    return subprocess.check_output([APXS, "-q", var], text=True).strip()
+
+
+HTTPD = os.path.join(apxs("SBINDIR"), apxs("TARGET"))
+MODDIR = apxs("LIBEXECDIR")
+MODULE = ROOT / "build" / "mod_h2rs.so"
+STOCK_MODULE = pathlib.Path(MODDIR) / "mod_http2.so"
+
+CRASH_RE = re.compile(
+    r"AH00052|segmentation fault|exit signal (Seg|Abort|Bus)|panick|AH00051|double free",
+    re.IGNORECASE,
+)
+
+def threaded_mpm(name):
+    """A small threaded MPM config: at most 2 children of 32 threads."""
+    return f"""LoadModule mpm_{name}_module {{moddir}}/mod_mpm_{name}.so
+ServerLimit 2
+StartServers 1
+ThreadLimit 64
+ThreadsPerChild 32
+MaxRequestWorkers 64
+MinSpareThreads 16
+MaxSpareThreads 64"""
+
+
+EVENT_MPM = threaded_mpm("event")
+WORKER_MPM = threaded_mpm("worker")
+
+PREFORK_MPM = """LoadModule mpm_prefork_module {moddir}/mod_mpm_prefork.so
+StartServers 2
+MaxRequestWorkers 10"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Docroot:
+    """Files every server of a test run serves, readable by www-data."""
+
+    SIZES = {
+        "empty.bin": 0,
+        "1b.bin": 1,
+        "1k.bin": 1024,
+        "16k1.bin": 16 * 1024 + 1,
+        "100k.bin": 100 * 1024,
+        "1m.bin": 1 << 20,
+        "20m.bin": 20 << 20,
+        "100m.bin": 100 << 20,
+    }
+
+    def __init__(self, base):
+        self.path = pathlib.Path(base) / "doc"
+        self.path.mkdir(parents=True)
+        for name, size in self.SIZES.items():
+            with open(self.path / name, "wb") as f:
+                left = size
+                while left > 0:
+                    n = min(left, 1 << 20)
+                    f.write(os.urandom(n))
+                    left -= n
+        (self.path / "index.html").write_text("<html><body>mod_h2rs test</body></html>\n")
+        (self.path / "dir").mkdir()
+        (self.path / "dir" / "a.txt").write_text("a\n")
+        (self.path / "dir" / "b.txt").write_text("b\n")
+        (self.path / "denied").mkdir()
+        (self.path / "denied" / "secret.txt").write_text("secret\n")
+        cgi = self.path / "cgi"
+        cgi.mkdir()
+        scripts = {
+            "env.cgi": r"""#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "HTTP2=${HTTP2:-} SERVER_PROTOCOL=${SERVER_PROTOCOL:-} H2_STREAM_ID=${H2_STREAM_ID:-} H2_STREAM_TAG=${H2_STREAM_TAG:-}"
+""",
+            "sum.cgi": r"""#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+sha256sum | cut -d' ' -f1
+""",
+            "slow.cgi": r"""#!/bin/sh
+sleep "${QUERY_STRING:-1}"
+printf 'Content-Type: text/plain\r\n\r\nslow done\n'
+""",
+            "big.cgi": r"""#!/bin/sh
+printf 'Content-Type: application/octet-stream\r\n\r\n'
+head -c "${QUERY_STRING:-100000}" /dev/zero
+""",
+            "fail.cgi": "#!/bin/sh\nexit 1\n",
+        }
+        for name, text in scripts.items():
+            p = cgi / name
+            p.write_text(text)
+            p.chmod(0o755)
+        for dirpath, dirnames, filenames in os.walk(base):
+            os.chmod(dirpath, 0o755)
+            for f in filenames:
+                p = os.path.join(dirpath, f)
+                os.chmod(p, os.stat(p).st_mode | 0o444)
+
+    def file(self, name):
+        return self.path / name
+
+    def sha(self, name):
+        return file_sha256(self.path / name)
+
+
+class Httpd:
+    """One httpd instance with its own ServerRoot, logs and port."""
+
+    def __init__(self, workdir, docroot, name="h2", module=MODULE, h2_conf="", extra="",
+                 mpm=EVENT_MPM, protocols="h2c http/1.1", loglevel="warn", env=None):
+        self.dir = pathlib.Path(workdir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.docroot = docroot
+        self.port = free_port()
+        self.module = module
+        self.h2_conf = h2_conf
+        self.extra = extra
+        self.mpm = mpm.format(moddir=MODDIR)
+        self.protocols = protocols
+        self.loglevel = loglevel
+        self.env = env or {}
+        self.pid = None
+        self.log_offset = 0
+        self.allow_panic = False
+
+    @property
+    def conf(self):
+        return self.dir / "httpd.conf"
+
+    @property
+    def error_log(self):
+        return self.dir / "error.log"
+
+    @property
+    def access_log(self):
+        return self.dir / "access.log"
+
+    def url(self, path="/"):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def write_config(self):
+        load = f"LoadModule http2_module {self.module}" if self.module else ""
+        text = f"""ServerRoot "{self.dir}"
+DefaultRuntimeDir "{self.dir}"
+PidFile "{self.dir}/httpd.pid"
+ErrorLog "{self.error_log}"
+LogLevel {self.loglevel}
+ServerName 127.0.0.1
+User www-data
+Group www-data
+{self.mpm}
+LoadModule authz_core_module {MODDIR}/mod_authz_core.so
+LoadModule authz_host_module {MODDIR}/mod_authz_host.so
+LoadModule mime_module {MODDIR}/mod_mime.so
+LoadModule dir_module {MODDIR}/mod_dir.so
+LoadModule autoindex_module {MODDIR}/mod_autoindex.so
+LoadModule alias_module {MODDIR}/mod_alias.so
+LoadModule cgid_module {MODDIR}/mod_cgid.so
+LoadModule rewrite_module {MODDIR}/mod_rewrite.so
+LoadModule headers_module {MODDIR}/mod_headers.so
+LoadModule status_module {MODDIR}/mod_status.so
+{load}
+TypesConfig /etc/mime.types
+LogFormat "%h \\"%r\\" %>s %b %H %{{H2_STREAM_ID}}e" acc
+CustomLog "{self.access_log}" acc
+ScriptSock "{self.dir}/cgisock"
+Timeout 30
+KeepAlive On
+KeepAliveTimeout 5
+MaxKeepAliveRequests 0
+EnableSendfile On
+Listen 127.0.0.1:{self.port}
+DocumentRoot "{self.docroot.path}"
+DirectoryIndex index.html
+<Directory />
+  AllowOverride None
+  Require all denied
+</Directory>
+<Directory "{self.docroot.path}">
+  Options +ExecCGI +Indexes
+  AddHandler cgi-script .cgi
+  AllowOverride None
+  Require all granted
+</Directory>
+<Directory "{self.docroot.path}/denied">
+  Require all denied
+</Directory>
+RewriteEngine On
+RewriteRule ^/old$ /index.html [R=301,L]
+<Location /server-status>
+  SetHandler server-status
+</Location>
+ExtendedStatus On
+Protocols {self.protocols}
+{self.h2_conf}
+{self.extra}
+"""
+        self.conf.write_text(text)
+
+    def configtest(self):
+        self.write_config()
+        return subprocess.run([HTTPD, "-t", "-f", str(self.conf)], capture_output=True, text=True)
+
+    def start(self):
+        r = self.configtest()
+        assert r.returncode == 0, f"config test failed: {r.stderr}"
+        env = dict(os.environ, **self.env)
+        r = subprocess.run([HTTPD, "-f", str(self.conf), "-k", "start"], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, f"httpd did not start: {r.stderr}"
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if self._answers():
+                self.pid = int((self.dir / "httpd.pid").read_text().strip())
+                return self
+            time.sleep(0.05)
+        raise AssertionError("httpd did not answer:\n" + self.read_error_log()[-3000:])
+
+    def _answers(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                return s.recv(16).startswith(b"HTTP/1.1")
+        except OSError:
+            return False
+
+    def signal(self, how):
+        r = subprocess.run([HTTPD, "-f", str(self.conf), "-k", how], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+    def graceful(self):
+        self.signal("graceful")
+
+    def stop(self, timeout=20):
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            self.pid = None
+            return
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(self.pid, signal.SIGKILL)
+            raise AssertionError("httpd did not stop in time")
+        self.pid = None
+
+    def children(self):
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()]
+
+    def worker_threads(self, pid):
+        """Names of the mod_h2rs worker threads of a child process."""
+        names = []
+        for t in pathlib.Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name = (t / "comm").read_text().strip()
+            except OSError:
+                continue
+            if name.startswith("h2rs-worker"):
+                names.append(name)
+        return names
+
+    def read_error_log(self):
+        try:
+            return self.error_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def read_access_log(self):
+        try:
+            return self.access_log.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def new_log_lines(self):
+        text = self.read_error_log()
+        new = text[self.log_offset:]
+        self.log_offset = len(text)
+        return new
+
+    def check_log(self):
+        text = self.new_log_lines()
+        if self.allow_panic:
+            return
+        bad = [l for l in text.splitlines() if CRASH_RE.search(l)]
+        assert not bad, "crash or panic in the error log:\n" + "\n".join(bad[:5])
+
+
+# ---- fixtures -----------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def workdir():
+    d = tempfile.mkdtemp(prefix="h2rs-test-")
+    os.chmod(d, 0o755)
+    yield pathlib.Path(d)
+    if not os.environ.get("H2RS_KEEP"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def docroot(workdir):
+    assert MODULE.exists(), "build the module first (make)"
+    return Docroot(workdir)
+
+
+_servers = []
+
+
+@pytest.fixture(scope="module")
+def server(workdir, docroot, request):
+    """The default server of a test module: event MPM, h2c + http/1.1."""
+    name = "srv-" + request.module.__name__.split(".")[-1]
+    h = Httpd(workdir, docroot, name=name)
+    h.start()
+    _servers.append(h)
+    yield h
+    h.stop()
+    _servers.remove(h)
+    h.check_log()
+
+
+@pytest.fixture
+def make_server(workdir, docroot, request):
+    """Starts extra servers for one test; stops them and checks their logs."""
+    made = []
+    counter = [0]
+
+    def make(**kw):
+        counter[0] += 1
+        kw.setdefault("name", f"{request.node.name[:40]}-{counter[0]}")
+        h = Httpd(workdir, docroot, **kw)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.stop()
+        h.check_log()
+
+
+@pytest.fixture(autouse=True)
+def _check_logs_after_each_test():
+    yield
+    for h in list(_servers):
+        if h.pid is not None:
+            h.check_log()
+
+
+# ---- clients ------------------------------------------------------------------
+
+def run(cmd, timeout=120, **kw):
+    return subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
+
+
+def curl(*args, timeout=120):
+    return run(["curl", "-s", "-S", *args], timeout=timeout)
+
+
+def h2load(*args, timeout=180):
+    r = run(["h2load", *args], timeout=timeout, text=True)
+    out = r.stdout
+    res = {"output": out}
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if m:
+        res.update(total=int(m[1]), started=int(m[2]), done=int(m[3]), succeeded=int(m[4]),
+                   failed=int(m[5]), errored=int(m[6]))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if m:
+        res.update(s2xx=int(m[1]), s3xx=int(m[2]), s4xx=int(m[3]), s5xx=int(m[4]))
+    m = re.search(r"finished in [0-9.]+\w+, ([0-9.]+) req/s", out)
+    if m:
+        res["rps"] = float(m[1])
+    return res

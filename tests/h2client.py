@@ -1,0 +1,174 @@
+"""A frame-level HTTP/2 client on Python's h2 (hyper-h2), for tests that
+need control over frames: SETTINGS/PING acks, resets, malformed requests,
+many concurrent streams with checksums."""
+import socket
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+from hyperframe import frame as hf
+
+
+class Stream:
+    def __init__(self, sid):
+        self.id = sid
+        self.status = None
+        self.headers = []
+        self.interim = []
+        self.data = bytearray()
+        self.trailers = []
+        self.ended = False
+        self.reset = None  # error code of a RST_STREAM
+
+    @property
+    def done(self):
+        return self.ended or self.reset is not None
+
+    def header(self, name):
+        name = name.lower().encode() if isinstance(name, str) else name
+        for n, v in self.headers:
+            if n == name:
+                return v.decode()
+        return None
+
+
+class H2Client:
+    def __init__(self, port, validate=True, settings=None, auto_ack_data=True, host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cfg = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=validate,
+            normalize_outbound_headers=validate,
+            validate_inbound_headers=True,
+        )
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.conn.initiate_connection()
+        if settings:
+            self.conn.update_settings(settings)
+        self.flush()
+        self.port = port
+        self.streams = {}
+        self.events = []
+        self.goaway = None  # (error_code, last_stream_id)
+        self.closed = False
+        self.auto_ack_data = auto_ack_data
+        self.remote_settings = {}
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def send_frame(self, frame):
+        self.sock.sendall(frame.serialize())
+
+    def request(self, path, method="GET", headers=None, body=None, end_stream=None, authority=None):
+        sid = self.conn.get_next_available_stream_id()
+        hdrs = [
+            (b":method", method.encode()),
+            (b":scheme", b"http"),
+            (b":authority", (authority or f"127.0.0.1:{self.port}").encode()),
+            (b":path", path.encode()),
+        ]
+        for n, v in headers or []:
+            hdrs.append((n.encode() if isinstance(n, str) else n, v.encode() if isinstance(v, str) else v))
+        if end_stream is None:
+            end_stream = body is None
+        self.conn.send_headers(sid, hdrs, end_stream=end_stream)
+        self.streams[sid] = Stream(sid)
+        if body is not None:
+            self.send_body(sid, body, end_stream=True)
+        self.flush()
+        return sid
+
+    def send_body(self, sid, body, end_stream=True):
+        """Sends body data as flow control allows, reading in between."""
+        view = memoryview(body)
+        while len(view):
+            window = self.conn.local_flow_control_window(sid)
+            size = min(window, self.conn.max_outbound_frame_size, len(view))
+            if size <= 0:
+                self.flush()
+                self.read_some(timeout=10)
+                continue
+            self.conn.send_data(sid, bytes(view[:size]))
+            view = view[size:]
+        if end_stream:
+            self.conn.end_stream(sid)
+        self.flush()
+
+    def read_some(self, timeout=10):
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1 << 20)
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        for ev in self.conn.receive_data(data):
+            self.handle(ev)
+        self.flush()
+        return True
+
+    def handle(self, ev):
+        self.events.append(ev)
+        s = self.streams.get(getattr(ev, "stream_id", None))
+        if isinstance(ev, h2.events.ResponseReceived):
+            s.headers = ev.headers
+            s.status = int(dict(ev.headers)[b":status"])
+        elif isinstance(ev, h2.events.InformationalResponseReceived):
+            s.interim.append(ev.headers)
+        elif isinstance(ev, h2.events.DataReceived):
+            s.data.extend(ev.data)
+            if self.auto_ack_data and ev.flow_controlled_length:
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            s.trailers = ev.headers
+        elif isinstance(ev, h2.events.StreamEnded):
+            s.ended = True
+        elif isinstance(ev, h2.events.StreamReset):
+            if s is not None:
+                s.reset = ev.error_code
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self.goaway = (ev.error_code, ev.last_stream_id)
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            for k, v in ev.changed_settings.items():
+                self.remote_settings[k] = v.new_value
+
+    def wait(self, pred, timeout=20):
+        deadline = time.time() + timeout
+        while not pred():
+            left = deadline - time.time()
+            if left <= 0:
+                raise TimeoutError("condition not met in time")
+            if not self.read_some(timeout=min(left, 5)) and self.closed:
+                if pred():
+                    return
+                raise ConnectionError("connection closed by the server")
+
+    def wait_stream(self, sid, timeout=30):
+        self.wait(lambda: self.streams[sid].done, timeout)
+        return self.streams[sid]
+
+    def events_of(self, cls):
+        return [e for e in self.events if isinstance(e, cls)]
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def raw_preface():
+    return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + hf.SettingsFrame(0).serialize()

@@ -1,0 +1,304 @@
+"""Issue 2: the module builds, loads, and serves h2c streams through
+secondary connections on the Rust worker pool."""
+import hashlib
+import os
+import re
+import subprocess
+import threading
+import time
+
+import h2.errors
+import hpack
+import h2.events
+import pytest
+from hyperframe import frame as hf
+
+from conftest import MODULE, curl, h2load, run, sha256
+from h2client import H2Client
+
+
+def test_module_exports_only_its_module_record():
+    out = run(["nm", "-D", "--defined-only", str(MODULE)], text=True).stdout
+    symbols = [l.split()[-1] for l in out.splitlines() if len(l.split()) == 3 and l.split()[1] in "TDBRVW"]
+    assert symbols == ["http2_module"], symbols
+
+
+@pytest.mark.parametrize("name", ["empty.bin", "1b.bin", "1k.bin", "16k1.bin", "1m.bin", "20m.bin", "100m.bin"])
+def test_static_file_byte_exact_with_curl(server, docroot, workdir, name):
+    out = workdir / f"curl-{name}"
+    r = curl("--http2-prior-knowledge", "-o", str(out), "-w", "%{http_version} %{http_code}", server.url("/" + name))
+    assert r.stdout.decode() == "2 200", r.stderr
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == docroot.sha(name)
+    out.unlink()
+
+
+@pytest.mark.parametrize("name", ["empty.bin", "1k.bin", "1m.bin", "20m.bin", "100m.bin"])
+def test_static_file_byte_exact_with_nghttp(server, docroot, workdir, name):
+    out = workdir / f"nghttp-{name}"
+    with open(out, "wb") as f:
+        r = subprocess.run(["nghttp", server.url("/" + name)], stdout=f, stderr=subprocess.PIPE, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == docroot.sha(name)
+    out.unlink()
+
+
+def test_head_has_headers_and_no_data(server):
+    c = H2Client(server.port)
+    sid = c.request("/1m.bin", method="HEAD")
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert s.header("content-length") == str(1 << 20)
+    assert len(s.data) == 0
+    data_frames = [e for e in c.events_of(h2.events.DataReceived) if e.stream_id == sid]
+    assert data_frames == []
+    c.close()
+
+
+def test_errors_and_redirects(server):
+    def code(path):
+        r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code} %{redirect_url}",
+                 server.url(path))
+        return r.stdout.decode().strip()
+
+    assert code("/nope") == "2 404"
+    assert code("/denied/secret.txt") == "2 403"
+    assert code("/old") == f"2 301 {server.url('/index.html')}"
+
+
+def test_cgi_sees_http2_environment(server):
+    r = curl("--http2-prior-knowledge", server.url("/cgi/env.cgi"))
+    text = r.stdout.decode()
+    m = re.match(r"HTTP2=on SERVER_PROTOCOL=HTTP/2.0 H2_STREAM_ID=1 H2_STREAM_TAG=\d+-1", text)
+    assert m, text
+
+
+def test_cgi_failure_is_a_500(server):
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", server.url("/cgi/fail.cgi"))
+    assert r.stdout.decode() == "500"
+    server.new_log_lines()  # the CGI error is expected in the log
+
+
+def test_directory_index_and_listing(server):
+    r = curl("--http2-prior-knowledge", server.url("/"))
+    assert b"mod_h2rs test" in r.stdout
+    r = curl("--http2-prior-knowledge", server.url("/dir/"))
+    assert b"a.txt" in r.stdout and b"b.txt" in r.stdout
+
+
+def test_http11_keeps_working_on_the_same_port(server, docroot):
+    r = curl("--http1.1", "-w", "\n%{http_version} %{http_code}", server.url("/1k.bin"))
+    body, _, status = r.stdout.rpartition(b"\n")
+    assert status == b"1.1 200"
+    assert sha256(body) == docroot.sha("1k.bin")
+
+
+def test_request_body_reaches_a_cgi(server):
+    body = os.urandom(300_000)
+    c = H2Client(server.port)
+    sid = c.request("/cgi/sum.cgi", method="POST", headers=[("content-type", "application/octet-stream")], body=body)
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert s.data.decode().strip() == sha256(body)
+    c.close()
+
+
+def test_hundred_concurrent_streams_on_one_connection(server, docroot):
+    names = ["1k.bin", "16k1.bin", "100k.bin", "1m.bin", "empty.bin", "1b.bin"]
+    c = H2Client(server.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+    c.conn.increment_flow_control_window(1 << 30)
+    c.flush()
+    sids = {}
+    for i in range(100):
+        name = names[i % len(names)]
+        sids[c.request("/" + name)] = name
+    c.wait(lambda: all(c.streams[s].done for s in sids), timeout=60)
+    for sid, name in sids.items():
+        s = c.streams[sid]
+        assert s.status == 200 and s.reset is None, (sid, s.status, s.reset)
+        assert sha256(bytes(s.data)) == docroot.sha(name), (sid, name)
+    c.close()
+
+
+def test_h2load_one_connection_hundred_streams(server):
+    r = h2load("-n", "10000", "-c", "1", "-m", "100", server.url("/1k.bin"))
+    assert r.get("succeeded") == 10000 and r.get("failed") == 0, r["output"]
+    assert r.get("s2xx") == 10000
+
+
+def test_h2load_many_connections(server):
+    r = h2load("-n", "20000", "-c", "10", "-m", "10", server.url("/1k.bin"))
+    assert r.get("succeeded") == 20000 and r.get("failed") == 0, r["output"]
+
+
+def test_one_access_log_line_per_stream(server):
+    before = len(server.read_access_log())
+    c = H2Client(server.port)
+    sids = [c.request("/1k.bin") for _ in range(5)] + [c.request("/nope")]
+    c.wait(lambda: all(c.streams[s].done for s in sids))
+    c.close()
+    deadline = time.time() + 5
+    while len(server.read_access_log()) < before + 6 and time.time() < deadline:
+        time.sleep(0.05)
+    lines = server.read_access_log()[before:]
+    assert len(lines) == 6, lines
+    ok = [l for l in lines if '"GET /1k.bin HTTP/2.0" 200 1024 HTTP/2.0' in l]
+    assert len(ok) == 5, lines
+    assert any('"GET /nope HTTP/2.0" 404' in l for l in lines), lines
+    ids = sorted(int(l.split()[-1]) for l in lines)
+    assert ids == sorted(sids)
+
+
+def test_error_log_lines_carry_the_module_tag(make_server):
+    srv = make_server(loglevel="warn http2:debug").start()
+    curl("--http2-prior-knowledge", srv.url("/1k.bin"))
+    time.sleep(0.2)
+    assert re.search(r"\[http2:debug\].*h2c session started", srv.read_error_log())
+
+
+def test_settings_and_ping_are_acknowledged(server):
+    c = H2Client(server.port)
+    c.wait(lambda: c.events_of(h2.events.SettingsAcknowledged))
+    c.wait(lambda: h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in c.remote_settings)
+    assert c.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 100
+    assert c.remote_settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == 65535
+    c.conn.ping(b"h2rstest")
+    c.flush()
+    c.wait(lambda: c.events_of(h2.events.PingAckReceived))
+    assert c.events_of(h2.events.PingAckReceived)[0].ping_data == b"h2rstest"
+    c.close()
+
+
+def _headers_frame(sid, path):
+    block = hpack.Encoder().encode([(":method", "GET"), (":scheme", "http"),
+                                    (":authority", "127.0.0.1"), (":path", path)])
+    return hf.HeadersFrame(sid, data=block, flags=["END_STREAM", "END_HEADERS"])
+
+
+def test_request_on_a_closed_stream(server):
+    c = H2Client(server.port)
+    # Half-closed (remote): the request ended, its response is pending.
+    # More HEADERS on it are a STREAM_CLOSED error (RFC 9113 5.1).
+    sid = c.request("/cgi/slow.cgi?1")
+    c.send_frame(_headers_frame(sid, "/1k.bin"))
+    c.wait(lambda: c.goaway is not None or c.streams[sid].reset is not None or c.closed)
+    codes = {c.goaway[0] if c.goaway else None, c.streams[sid].reset}
+    assert h2.errors.ErrorCodes.STREAM_CLOSED in codes, codes
+    c.close()
+    # A stream long closed on both sides: nghttp2 cannot tell a late frame
+    # from a new one and ignores it (RFC 9113 5.1 allows either); the
+    # connection goes on.
+    c = H2Client(server.port, validate=False)
+    first = c.request("/1k.bin")
+    c.wait_stream(first)
+    c.send_frame(hf.DataFrame(first, data=b"late", flags=["END_STREAM"]))
+    second = c.request("/1k.bin")
+    assert c.wait_stream(second).status == 200
+    c.close()
+
+
+def test_malformed_request_resets_only_that_stream(server):
+    c = H2Client(server.port, validate=False)
+    bad = c.request("/1k.bin", headers=[("te", "gzip")])
+    c.wait_stream(bad)
+    assert c.streams[bad].reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    good = c.request("/1k.bin")
+    assert c.wait_stream(good).status == 200
+    c.close()
+
+
+def test_worker_pool_honours_min_and_max(make_server):
+    srv = make_server(h2_conf="H2MinWorkers 2\nH2MaxWorkers 4\nH2MaxWorkerIdleSeconds 1").start()
+    kids = srv.children()
+    pids = [p for p in kids if srv.worker_threads(p)]
+    assert pids, "no child with mod_h2rs workers"
+    assert all(len(srv.worker_threads(p)) == 2 for p in pids)
+    # Eight slow requests on one connection: the pool grows, never past 4.
+    c = H2Client(srv.port)
+    sids = [c.request("/cgi/slow.cgi?1") for _ in range(8)]
+    peak = 0
+    deadline = time.time() + 30
+    while not all(c.streams[s].done for s in sids) and time.time() < deadline:
+        c.read_some(timeout=0.1)
+        peak = max([peak] + [len(srv.worker_threads(p)) for p in pids])
+    assert all(c.streams[s].status == 200 for s in sids)
+    assert 2 < peak <= 4, peak
+    c.close()
+    # Idle workers above the minimum leave again.
+    deadline = time.time() + 10
+    while time.time() < deadline and any(len(srv.worker_threads(p)) > 2 for p in pids):
+        time.sleep(0.2)
+    assert all(len(srv.worker_threads(p)) == 2 for p in pids)
+
+
+def test_panic_resets_the_stream_and_the_child_lives(make_server):
+    srv = make_server(env={"H2RS_FAULT_INJECTION": "1"}).start()
+    srv.allow_panic = True
+    c = H2Client(srv.port)
+    pids_before = set(srv.children())
+    for where in ("worker", "c1"):
+        sid = c.request("/1k.bin", headers=[("h2rs-test-panic", where)])
+        s = c.wait_stream(sid)
+        assert s.reset == h2.errors.ErrorCodes.INTERNAL_ERROR, (where, s.status, s.reset)
+        ok = c.request("/1k.bin")
+        assert c.wait_stream(ok).status == 200
+    c.close()
+    assert set(srv.children()) == pids_before
+    log = srv.read_error_log()
+    assert "panicked" in log and "fault injection" in log
+
+
+def test_graceful_restart_under_load(make_server):
+    srv = make_server().start()
+    result = {}
+
+    def load():
+        result.update(h2load("-n", "40000", "-c", "4", "-m", "10", srv.url("/1k.bin")))
+
+    t = threading.Thread(target=load)
+    t.start()
+    time.sleep(0.5)
+    srv.graceful()
+    t.join(timeout=120)
+    assert result.get("done", 0) > 0
+    time.sleep(1)
+    # Connections opened after the restart: nothing fails.
+    r = h2load("-n", "5000", "-c", "4", "-m", "10", srv.url("/1k.bin"))
+    assert r.get("succeeded") == 5000 and r.get("failed") == 0, r["output"]
+    # The old generation's children are gone.
+    deadline = time.time() + 20
+    while time.time() < deadline and len(srv.children()) > 3:
+        time.sleep(0.2)
+    assert "AH00045" not in srv.read_error_log()  # "child still did not exit"
+
+
+def test_stop_under_load_is_prompt_and_clean(make_server):
+    srv = make_server().start()
+    proc = subprocess.Popen(["h2load", "-n", "1000000", "-c", "8", "-m", "10", srv.url("/16k1.bin")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        t0 = time.time()
+        srv.stop(timeout=20)
+        assert time.time() - t0 < 15
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_bad_directive_value_fails_the_config_test(make_server):
+    srv = make_server(h2_conf="H2WindowSize abc")
+    r = srv.configtest()
+    assert r.returncode != 0
+    assert "H2WindowSize" in r.stderr and "line" in r.stderr, r.stderr
+    srv = make_server(h2_conf="H2MaxWorkers 0")
+    r = srv.configtest()
+    assert r.returncode != 0 and "out of range" in r.stderr, r.stderr
+
+
+def test_worker_mpm_serves_h2c(make_server, docroot):
+    from conftest import WORKER_MPM
+    srv = make_server(mpm=WORKER_MPM).start()
+    r = h2load("-n", "2000", "-c", "4", "-m", "10", srv.url("/1k.bin"))
+    assert r.get("succeeded") == 2000, r["output"]
+    r = curl("--http2-prior-knowledge", srv.url("/1m.bin"))
+    assert sha256(r.stdout) == docroot.sha("1m.bin")
