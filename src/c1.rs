@@ -169,6 +169,13 @@ pub unsafe fn server_config<'a>(s: *const ffi::server_rec) -> Option<&'a ServerC
     unsafe { (ffi::h2rs_shim_server_conf(s) as *const ServerConfig).as_ref() }
 }
 
+/// How many streams of one connection may run on workers at once: as many
+/// as the pool can grow to, within what the client may open.
+fn max_active_streams(max_streams: u32) -> usize {
+    let workers = workers::current().map(|p| p.limits().1).unwrap_or(1);
+    workers.clamp(1, max_streams.max(1)) as usize
+}
+
 /// Session settings from the server config and httpd's limits.
 ///
 /// # Safety
@@ -195,6 +202,7 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
         stream_timeout: cfg.stream_timeout.unwrap_or(timeout),
         output_buffering: cfg.output_buffering(),
         max_data_frame_len: cfg.max_data_frame_len(),
+        max_active_streams: max_active_streams(streams),
         fault_injection: FAULT_INJECTION.load(Ordering::Relaxed),
         ..Settings::default()
     }

@@ -220,6 +220,11 @@ impl C2 {
     /// c2 back through the stream's retire action.
     pub fn run(mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx, cache: Arc<C2Cache>) {
         stream.worker_started();
+        if stream.is_aborted() {
+            // Reset while it waited for a worker: nothing to do.
+            stream.worker_done(Some(Box::new(C2Release { c2: self, eor: ptr::null_mut(), cache, broken: false })));
+            return;
+        }
         let outcome = crate::ffi::panic::catch(|| {
             // SAFETY: this worker owns the c2 for the duration of the call.
             unsafe { self.process(stream.clone(), c1_id, worker) }

@@ -21,7 +21,7 @@ use crate::nghttp2::{self as ng, error_code, frame_type, headers_category, DataR
 use crate::request::{HeaderError, Limits, RequestBuilder};
 use crate::signal::Signal;
 use crate::stream::{Output, Retire, Stream};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,11 @@ pub struct Settings {
     /// H2MaxDataFrameLen (0: as large as the peer allows).
     pub max_data_frame_len: u32,
     pub options: ng::Options,
+    /// Streams of this connection handed to workers at once; the others
+    /// wait in the session (no secondary connection, no worker). Keeps one
+    /// client from taking every worker and bounds what a flood of requests
+    /// (rapid reset) costs.
+    pub max_active_streams: usize,
     /// Tests only: a request field `h2rs-test-panic: c1` panics inside the
     /// header callback, to prove the panic boundary (see docs/INTERNALS.md).
     pub fault_injection: bool,
@@ -65,6 +70,7 @@ impl Default for Settings {
             output_buffering: true,
             max_data_frame_len: 0,
             options: ng::Options { no_http_messaging: true, ..ng::Options::default() },
+            max_active_streams: 32,
             fault_injection: false,
         }
     }
@@ -100,6 +106,8 @@ struct Entry {
     /// (RFC 9113 8.1.1).
     content_length: Option<u64>,
     received: u64,
+    /// Handed to a worker (else waiting in `pending`).
+    dispatched: bool,
 }
 
 impl Entry {
@@ -113,6 +121,7 @@ impl Entry {
             closed: false,
             content_length: None,
             received: 0,
+            dispatched: false,
         }
     }
 }
@@ -132,6 +141,11 @@ pub struct Core<D: Dispatch> {
     dispatcher: D,
     entries: HashMap<i32, Entry>,
     to_retire: Vec<(Box<dyn Retire>, bool)>,
+    /// Complete requests waiting for a slot (at most `max_active_streams`
+    /// run at once).
+    pending: VecDeque<Arc<Stream>>,
+    /// Streams handed to workers whose worker has not finished.
+    running: HashSet<i32>,
     stats: Stats,
     /// GOAWAY received from the peer.
     peer_goaway: bool,
@@ -172,9 +186,32 @@ impl<D: Dispatch> Core<D> {
             self.settings.output_buffering,
         ));
         entry.stream = Some(stream.clone());
-        self.stats.streams_dispatched += 1;
-        self.dispatcher.dispatch(stream);
+        self.pending.push_back(stream);
+        self.fill_slots();
         Flow::Continue
+    }
+
+    /// Hands waiting streams to workers while slots are free.
+    fn fill_slots(&mut self) {
+        while self.running.len() < self.settings.max_active_streams.max(1) {
+            let Some(stream) = self.pending.pop_front() else { break };
+            if stream.is_aborted() {
+                continue;
+            }
+            if let Some(entry) = self.entries.get_mut(&stream.id) {
+                entry.dispatched = true;
+            }
+            self.running.insert(stream.id);
+            self.stats.streams_dispatched += 1;
+            self.dispatcher.dispatch(stream);
+        }
+    }
+
+    /// A stream's worker finished: its slot goes to the next waiting stream.
+    fn worker_finished(&mut self, id: i32) {
+        if self.running.remove(&id) {
+            self.fill_slots();
+        }
     }
 
     fn complete_trailers(&mut self, frame: &FrameInfo) -> Flow {
@@ -206,6 +243,7 @@ impl<D: Dispatch> Core<D> {
                     self.to_retire.push((r, false));
                 }
                 self.entries.remove(&id);
+                self.worker_finished(id);
             }
             return;
         }
@@ -231,6 +269,9 @@ impl<D: Dispatch> Core<D> {
             // The worker ended without a response (it failed or panicked).
             self.reset(ops, id, error_code::INTERNAL_ERROR);
         }
+        if p.worker_done {
+            self.worker_finished(id);
+        }
     }
 
     /// The stream is gone from nghttp2: abort its worker, release what the
@@ -242,6 +283,19 @@ impl<D: Dispatch> Core<D> {
             self.entries.remove(&id);
             return;
         };
+        if !entry.dispatched {
+            // Never reached a worker: forget it.
+            let unread = stream.input_buffered();
+            stream.close(code);
+            if unread > 0 {
+                let _ = ops.consume_connection(unread);
+            }
+            self.entries.remove(&id);
+            if self.pending.len() > 2 * self.settings.max_active_streams.max(1) {
+                self.pending.retain(|s| !s.is_aborted());
+            }
+            return;
+        }
         let complete = code == error_code::NO_ERROR && stream.output_complete();
         let unread = stream.input_buffered();
         let retire = stream.close(code);
@@ -252,9 +306,11 @@ impl<D: Dispatch> Core<D> {
         if let Some(r) = retire {
             self.to_retire.push((r, complete));
             self.entries.remove(&id);
+            self.worker_finished(id);
         } else if stream.worker_state() == Some(crate::stream::WorkerState::Done) {
             // Done without anything to release.
             self.entries.remove(&id);
+            self.worker_finished(id);
         }
     }
 }
@@ -411,6 +467,8 @@ impl<D: Dispatch> Session<D> {
             dispatcher,
             entries: HashMap::new(),
             to_retire: Vec::new(),
+            pending: VecDeque::new(),
+            running: HashSet::new(),
             stats: Stats::default(),
             peer_goaway: false,
         };
@@ -556,6 +614,7 @@ impl<D: Dispatch> Session<D> {
                     core.to_retire.push((r, false));
                 }
             }
+            core.worker_finished(id);
         }
     }
 
@@ -784,6 +843,44 @@ pub(crate) mod tests {
         assert_eq!(p.server.stats().streams_dispatched, 40);
         p.pump(|_| true);
         assert_eq!(p.server.open_streams(), 0);
+    }
+
+    #[test]
+    fn active_streams_are_limited_and_the_rest_wait() {
+        let mut settings = Settings::default();
+        settings.max_active_streams = 3;
+        let mut p = Pair::new(settings, echo);
+        let ids: Vec<i32> = (0..20).map(|_| p.get("/f?n=70000")).collect();
+        p.pump(|_| true);
+        assert!(p.server.streams_in_progress() <= 20);
+        assert!(p.server.ng.handler_ref().running.len() <= 3);
+        p.pump(closed(ids.clone()));
+        for id in ids {
+            assert_eq!(p.client.handler_ref().streams[&id].body.len(), 70000);
+        }
+        assert_eq!(p.server.stats().streams_dispatched, 20);
+    }
+
+    #[test]
+    fn reset_before_dispatch_never_reaches_a_worker() {
+        let mut settings = Settings::default();
+        settings.max_active_streams = 1;
+        let mut p = Pair::new(settings, stall);
+        let first = p.get("/stall");
+        let queued: Vec<i32> = (0..10).map(|_| p.get("/queued")).collect();
+        p.pump(|_| true);
+        for id in &queued {
+            p.client.ops().submit_rst_stream(*id, error_code::CANCEL).unwrap();
+        }
+        p.pump(|_| true);
+        p.client.ops().submit_rst_stream(first, error_code::CANCEL).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while p.server.open_streams() > 0 {
+            p.pump(|_| true);
+            assert!(std::time::Instant::now() < deadline, "streams left: {}", p.server.open_streams());
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(p.server.stats().streams_dispatched, 1);
     }
 
     #[test]
