@@ -144,7 +144,6 @@ pub struct C1 {
     can_waitio: bool,
     client_gone: bool,
     torn_down: bool,
-    pub protocol: &'static CStr,
 }
 
 enum Wait {
@@ -208,53 +207,165 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
     }
 }
 
-/// The c1 context of a client connection, if it runs HTTP/2.
+/// What this module keeps on a client connection that speaks HTTP/2: the
+/// protocol and server it was chosen for (set as soon as it is chosen,
+/// e.g. by ALPN during the TLS handshake), and the session once started.
+pub struct C1Ctx {
+    pub protocol: &'static CStr,
+    /// The server whose H2* settings apply (the SNI / Upgrade vhost).
+    pub server: *mut ffi::server_rec,
+    pub session: Option<C1>,
+}
+
+/// The c1 context of a client connection, if it speaks HTTP/2.
 ///
 /// # Safety
 /// `c` must be a live connection used by the calling thread.
-pub unsafe fn ctx_of<'a>(c: *const ffi::conn_rec) -> Option<&'a mut C1> {
-    // SAFETY: for a connection without `master`, our slot holds a C1 (or
+pub unsafe fn ctx_of<'a>(c: *const ffi::conn_rec) -> Option<&'a mut C1Ctx> {
+    // SAFETY: for a connection without `master`, our slot holds a C1Ctx (or
     // NULL); only the thread running the connection uses it.
     unsafe {
         if c.is_null() || !(*c).master.is_null() {
             return None;
         }
-        (ffi::h2rs_shim_conn_ctx(c) as *mut C1).as_mut()
+        (ffi::h2rs_shim_conn_ctx(c) as *mut C1Ctx).as_mut()
     }
 }
 
 /// Pre-cleanup of the connection pool: tear the session down while the
-/// pools its streams use still exist, then free it.
+/// pools its streams use still exist, then free the context.
 unsafe extern "C" fn c1_pool_cleanup(data: *mut c_void) -> ffi::apr_status_t {
     crate::ffi::panic::guard("c1 cleanup", 0, || {
-        // SAFETY: `data` is the Box<C1> leaked in `C1::start`; this cleanup
-        // runs once, on the thread destroying the connection pool.
-        let mut c1 = unsafe { Box::from_raw(data as *mut C1) };
-        // SAFETY: the connection is still alive during its pre-cleanups.
-        unsafe { ffi::h2rs_shim_set_conn_ctx(c1.c, ptr::null_mut()) };
-        c1.teardown();
+        // SAFETY: `data` is the Box<C1Ctx> leaked in `C1Ctx::attach`; this
+        // cleanup runs once, on the thread destroying the connection pool,
+        // while the connection is still alive (pre-cleanups run first).
+        unsafe {
+            let mut ctx = Box::from_raw(data as *mut C1Ctx);
+            if let Some(session) = ctx.session.as_mut() {
+                ffi::h2rs_shim_set_conn_ctx(session.c, ptr::null_mut());
+                session.teardown();
+            }
+        }
         0
     })
 }
 
-impl C1 {
-    /// Starts HTTP/2 on `c` and stores the session in its config.
+impl C1Ctx {
+    /// Marks `c` as speaking `protocol` for `server` (the session starts
+    /// later, in process_connection or right away for an Upgrade).
     ///
     /// # Safety
     /// `c` must be a live client connection run by the calling thread.
-    pub unsafe fn start(c: *mut ffi::conn_rec, protocol: &'static CStr) -> Option<&'static mut C1> {
+    pub unsafe fn attach(
+        c: *mut ffi::conn_rec,
+        protocol: &'static CStr,
+        server: *mut ffi::server_rec,
+    ) -> Option<&'static mut C1Ctx> {
+        // SAFETY: caller contract. The context lives until the connection
+        // pool's pre-cleanup.
+        unsafe {
+            if let Some(existing) = ctx_of(c) {
+                return Some(existing);
+            }
+            let server = if server.is_null() { (*c).base_server } else { server };
+            let raw = Box::into_raw(Box::new(C1Ctx { protocol, server, session: None }));
+            ffi::h2rs_shim_set_conn_ctx(c, raw as *mut c_void);
+            PoolRef::from_raw((*c).pool)?.pre_cleanup(raw as *const c_void, c1_pool_cleanup);
+            raw.as_mut()
+        }
+    }
+
+    /// Starts the session (if not yet) and runs it.
+    ///
+    /// # Safety
+    /// `c` must be this context's live connection, run by the calling thread.
+    pub unsafe fn run(&mut self, c: *mut ffi::conn_rec, upgrade: Option<Upgrade>) -> i32 {
+        if self.session.is_none() {
+            // SAFETY: caller contract.
+            match unsafe { C1::start(c, self.protocol, self.server, upgrade) } {
+                Some(s) => self.session = Some(s),
+                None => {
+                    // SAFETY: the connection is ours.
+                    unsafe { (*c).keepalive = ffi::AP_CONN_CLOSE };
+                    return ffi::HOOK_DONE;
+                }
+            }
+        }
+        match self.session.as_mut() {
+            Some(s) => s.run(),
+            None => ffi::HOOK_DONE,
+        }
+    }
+}
+
+/// An h2c Upgrade: the HTTP2-Settings payload and the request that becomes
+/// stream 1.
+pub struct Upgrade {
+    pub settings_payload: Vec<u8>,
+    pub head: crate::request::RequestHead,
+}
+
+/// Whether the TLS of `c` is good enough for HTTP/2 (H2ModernTLSOnly).
+/// With `require_all`, unknown values (handshake not done) fail the check.
+///
+/// # Safety
+/// `c` must be a live TLS connection used by the calling thread.
+pub unsafe fn tls_acceptable(c: *mut ffi::conn_rec, s: *mut ffi::server_rec, require_all: bool) -> bool {
+    // SAFETY: caller contract; mod_ssl's variables are read into c's pool.
+    unsafe {
+        let Some(cfg) = server_config(s) else { return true };
+        if !cfg.modern_tls_only() {
+            return true;
+        }
+        let var = |name: &CStr| -> Option<String> {
+            let v = ffi::ap_ssl_var_lookup((*c).pool, s, c, ptr::null_mut(), name.as_ptr());
+            if v.is_null() || *v == 0 {
+                None
+            } else {
+                Some(CStr::from_ptr(v).to_string_lossy().into_owned())
+            }
+        };
+        match var(c"SSL_PROTOCOL") {
+            Some(p) if !crate::negotiation::tls_version_acceptable(&p) => return false,
+            None if require_all => return false,
+            _ => {}
+        }
+        match var(c"SSL_CIPHER") {
+            Some(cipher) if !crate::negotiation::cipher_acceptable(&cipher) => false,
+            None if require_all => false,
+            _ => true,
+        }
+    }
+}
+
+impl C1 {
+    /// Starts the HTTP/2 session on `c`.
+    ///
+    /// # Safety
+    /// `c` must be a live client connection run by the calling thread.
+    unsafe fn start(
+        c: *mut ffi::conn_rec,
+        protocol: &'static CStr,
+        s: *mut ffi::server_rec,
+        upgrade: Option<Upgrade>,
+    ) -> Option<C1> {
         // SAFETY: caller contract; every object created lives in c's pool or
         // in the session pool made here.
         unsafe {
             let signal = Arc::new(Signal::new().ok()?);
             let session_pool = apr::pool::create_threadsafe((*c).pool, "h2rs_session").ok()?;
-            let s = (*c).base_server;
             let settings = settings_for(s);
             let dispatch = C1Dispatch { c1: c, session_pool, cache: Arc::new(C2Cache::default()), protocol };
-            let session = match Session::new(settings, signal.clone(), dispatch) {
+            let upgraded = upgrade.is_some();
+            let created = match upgrade {
+                Some(u) => Session::new_upgraded(settings, signal.clone(), dispatch, &u.settings_payload, u.head),
+                None => Session::new(settings, signal.clone(), dispatch),
+            };
+            let session = match created {
                 Ok(s) => s,
                 Err(e) => {
                     clog!(c, Level::Error, "h2rs: cannot create the HTTP/2 session: {e}");
+                    ffi::apr_pool_destroy(session_pool);
                     return None;
                 }
             };
@@ -271,7 +382,7 @@ impl C1 {
             }
             let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
             SESSIONS.lock().insert(session_id, Arc::downgrade(&signal));
-            let c1 = Box::new(C1 {
+            let mut c1 = C1 {
                 c,
                 session,
                 signal,
@@ -282,19 +393,22 @@ impl C1 {
                 out_buf: Vec::with_capacity(WRITE_CHUNK + 16 * 1024),
                 timeout: interval((*s).timeout, Duration::from_secs(60)),
                 keepalive_timeout: interval((*s).keep_alive_timeout, Duration::from_secs(5)),
-                async_mpm: async_mpm != 0 && !(*c).cs.is_null(),
+                // An upgraded connection must stay in our loop: httpd closes
+                // it once the upgrading HTTP/1.1 request returns.
+                async_mpm: async_mpm != 0 && !(*c).cs.is_null() && !upgraded,
                 can_waitio: can_waitio != 0,
                 client_gone: false,
                 torn_down: false,
-                protocol,
-            });
-            let raw = Box::into_raw(c1);
-            ffi::h2rs_shim_set_conn_ctx(c, raw as *mut c_void);
-            PoolRef::from_raw((*c).pool)?.pre_cleanup(raw as *const c_void, c1_pool_cleanup);
+            };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
-            clog!(c, Level::Debug, "h2rs: {} session started", protocol.to_string_lossy());
-            raw.as_mut()
+            if (*c).master.is_null() && ffi::ap_ssl_conn_is_ssl(c) != 0 && !tls_acceptable(c, s, true) {
+                clog!(c, Level::Info, "h2rs: TLS version or cipher not acceptable for HTTP/2 (H2ModernTLSOnly), closing with INADEQUATE_SECURITY");
+                c1.session.terminate(error_code::INADEQUATE_SECURITY);
+            }
+            clog!(c, Level::Debug, "h2rs: {} session started{}", protocol.to_string_lossy(),
+                if upgraded { " (Upgrade)" } else { "" });
+            Some(c1)
         }
     }
 

@@ -4,7 +4,7 @@
 //! reports an error.
 
 use crate::apr::PoolRef;
-use crate::c1::{self, C1};
+use crate::c1;
 use crate::c2;
 use crate::config::{self, DirConfig, ServerConfig, Target};
 use crate::ffi::{self, panic::guard, HOOK_DECLINED, HOOK_OK};
@@ -256,13 +256,15 @@ pub unsafe extern "C" fn h2rs_process_connection(c: *mut ffi::conn_rec) -> c_int
     guard("process_connection", HOOK_DECLINED, || {
         // SAFETY: httpd passes the live connection it runs on this thread.
         unsafe {
-            if c.is_null() || !(*c).master.is_null() {
+            if c.is_null() || !(*c).master.is_null() || !MPM_SUPPORTED.load(Ordering::Acquire) {
                 return HOOK_DECLINED;
             }
-            if let Some(session) = c1::ctx_of(c) {
-                return session.run();
+            // Chosen already (ALPN during the TLS handshake, or an earlier
+            // call of this hook): run the session.
+            if let Some(ctx) = c1::ctx_of(c) {
+                return ctx.run(c, None);
             }
-            if !MPM_SUPPORTED.load(Ordering::Acquire) || (*c).keepalives > 0 {
+            if (*c).keepalives > 0 {
                 return HOOK_DECLINED;
             }
             let current = ffi::ap_get_protocol(c);
@@ -274,8 +276,8 @@ pub unsafe extern "C" fn h2rs_process_connection(c: *mut ffi::conn_rec) -> c_int
                 return HOOK_DECLINED;
             }
             let protocol = if is_tls { c"h2" } else { c"h2c" };
-            match C1::start(c, protocol) {
-                Some(session) => session.run(),
+            match c1::C1Ctx::attach(c, protocol, ptr::null_mut()) {
+                Some(ctx) => ctx.run(c, None),
                 None => HOOK_DECLINED,
             }
         }
@@ -300,7 +302,7 @@ pub unsafe extern "C" fn h2rs_c2_process_connection(c: *mut ffi::conn_rec) -> c_
 pub unsafe extern "C" fn h2rs_pre_close_connection(c: *mut ffi::conn_rec) -> c_int {
     guard("pre_close_connection", HOOK_DECLINED, || {
         // SAFETY: httpd passes the live connection it is closing.
-        if let Some(session) = unsafe { c1::ctx_of(c) } {
+        if let Some(session) = unsafe { c1::ctx_of(c) }.and_then(|ctx| ctx.session.as_mut()) {
             session.pre_close();
         }
         HOOK_DECLINED
@@ -338,41 +340,205 @@ pub unsafe extern "C" fn h2rs_fixups(r: *mut ffi::request_rec) -> c_int {
 
 // ---- protocol negotiation ----------------------------------------------------
 
+/// The protocol we offer on a connection: "h2" over TLS, "h2c" in clear.
+fn our_protocol(is_tls: bool) -> &'static CStr {
+    if is_tls {
+        c"h2"
+    } else {
+        c"h2c"
+    }
+}
+
+/// The server whose configuration applies to a negotiation.
+///
+/// # Safety
+/// Pointers from httpd's protocol hooks (any may be NULL but `c`).
+unsafe fn negotiation_server(
+    c: *mut ffi::conn_rec,
+    r: *mut ffi::request_rec,
+    s: *mut ffi::server_rec,
+) -> *mut ffi::server_rec {
+    // SAFETY: caller contract.
+    unsafe {
+        if !s.is_null() {
+            s
+        } else if !r.is_null() {
+            (*r).server
+        } else {
+            (*c).base_server
+        }
+    }
+}
+
+/// Whether an HTTP/1.1 request may be upgraded to h2c (RFC 7540 3.2):
+/// first request of a cleartext connection, H2Upgrade on, a valid
+/// HTTP2-Settings header named in Connection, and no request body.
+/// Returns the decoded settings.
+///
+/// # Safety
+/// `r` must be a live request on `c`.
+unsafe fn upgrade_settings(c: *mut ffi::conn_rec, r: *mut ffi::request_rec, s: *mut ffi::server_rec) -> Option<Vec<u8>> {
+    // SAFETY: caller contract; tables belong to the request.
+    unsafe {
+        if (*c).keepalives > 0 || ffi::ap_ssl_conn_is_ssl(c) != 0 {
+            return None;
+        }
+        let default = ServerConfig::default();
+        let cfg = c1::server_config(s).unwrap_or(&default);
+        let dir = (ffi::h2rs_shim_dir_conf(r) as *const DirConfig).as_ref();
+        if !dir.and_then(|d| d.upgrade).unwrap_or(cfg.upgrade(false)) {
+            return None;
+        }
+        let headers = crate::apr::TableRef::from_raw((*r).headers_in)?;
+        let settings = headers.get(c"HTTP2-Settings")?;
+        let connection = headers.get(c"Connection").unwrap_or(b"");
+        let named = connection
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"http2-settings"));
+        if !named {
+            return None;
+        }
+        let has_body = match headers.get(c"Content-Length") {
+            Some(cl) => cl.trim_ascii() != b"0",
+            None => headers.get(c"Transfer-Encoding").is_some(),
+        };
+        if has_body {
+            return None;
+        }
+        crate::negotiation::decode_http2_settings(settings)
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_protocol_propose(
-    _c: *mut ffi::conn_rec,
-    _r: *mut ffi::request_rec,
-    _s: *mut ffi::server_rec,
-    _offers: *const ffi::apr_array_header_t,
-    _proposals: *mut ffi::apr_array_header_t,
+    c: *mut ffi::conn_rec,
+    r: *mut ffi::request_rec,
+    s: *mut ffi::server_rec,
+    offers: *const ffi::apr_array_header_t,
+    proposals: *mut ffi::apr_array_header_t,
 ) -> c_int {
-    // ALPN and Upgrade negotiation are not offered yet: only prior
-    // knowledge (H2Direct) starts HTTP/2.
-    HOOK_DECLINED
+    guard("protocol_propose", HOOK_DECLINED, || {
+        // SAFETY: httpd's protocol_propose contract: live c (and r, s,
+        // arrays when non-NULL); proposals takes `const char *` entries.
+        unsafe {
+            if c.is_null() || proposals.is_null() || !MPM_SUPPORTED.load(Ordering::Acquire) {
+                return HOOK_DECLINED;
+            }
+            let current = ffi::ap_get_protocol(c);
+            if current.is_null() || CStr::from_ptr(current) != c"http/1.1" {
+                return HOOK_DECLINED;
+            }
+            let is_tls = ffi::ap_ssl_conn_is_ssl(c) != 0;
+            let server = negotiation_server(c, r, s);
+            if is_tls && !c1::tls_acceptable(c, server, false) {
+                return HOOK_DECLINED;
+            }
+            if !r.is_null() && upgrade_settings(c, r, server).is_none() {
+                return HOOK_DECLINED;
+            }
+            let proto = our_protocol(is_tls);
+            if !offers.is_null() {
+                let n = (*offers).nelts.max(0) as usize;
+                let elts = (*offers).elts as *const *const c_char;
+                let offered = (0..n).any(|i| {
+                    let o = *elts.add(i);
+                    !o.is_null() && CStr::from_ptr(o) == proto
+                });
+                if !offered {
+                    return HOOK_DECLINED;
+                }
+            }
+            let slot = ffi::apr_array_push(proposals) as *mut *const c_char;
+            *slot = proto.as_ptr();
+            HOOK_OK
+        }
+    })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_protocol_switch(
-    _c: *mut ffi::conn_rec,
-    _r: *mut ffi::request_rec,
-    _s: *mut ffi::server_rec,
-    _protocol: *const c_char,
+    c: *mut ffi::conn_rec,
+    r: *mut ffi::request_rec,
+    s: *mut ffi::server_rec,
+    protocol: *const c_char,
 ) -> c_int {
-    HOOK_DECLINED
+    guard("protocol_switch", HOOK_DECLINED, || {
+        // SAFETY: httpd's protocol_switch contract: live c (and r, s when
+        // non-NULL), a NUL-terminated protocol name.
+        unsafe {
+            if c.is_null() || protocol.is_null() || !(*c).master.is_null() || !MPM_SUPPORTED.load(Ordering::Acquire) {
+                return HOOK_DECLINED;
+            }
+            let is_tls = ffi::ap_ssl_conn_is_ssl(c) != 0;
+            let proto = our_protocol(is_tls);
+            if CStr::from_ptr(protocol) != proto {
+                return HOOK_DECLINED;
+            }
+            let server = negotiation_server(c, r, s);
+            if r.is_null() {
+                // ALPN: the session starts in process_connection.
+                return match c1::C1Ctx::attach(c, proto, server) {
+                    Some(_) => HOOK_OK,
+                    None => HOOK_DECLINED,
+                };
+            }
+            // h2c Upgrade: httpd has sent the 101; the upgrading request
+            // becomes stream 1 and the session runs here until it ends.
+            let Some(settings_payload) = upgrade_settings(c, r, server) else { return HOOK_DECLINED };
+            let Some(head) = upgrade_head(r) else { return HOOK_DECLINED };
+            ffi::ap_remove_input_filter_byhandle((*r).input_filters, c"http_in".as_ptr());
+            ffi::ap_remove_output_filter_byhandle((*r).output_filters, c"HTTP_HEADER".as_ptr());
+            match c1::C1Ctx::attach(c, proto, server) {
+                Some(ctx) => {
+                    ctx.run(c, Some(c1::Upgrade { settings_payload, head }));
+                    HOOK_OK
+                }
+                None => HOOK_DECLINED,
+            }
+        }
+    })
+}
+
+/// The request head of stream 1 from the HTTP/1.1 request that upgrades.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn upgrade_head(r: *mut ffi::request_rec) -> Option<crate::request::RequestHead> {
+    // SAFETY: caller contract; strings and tables belong to the request.
+    unsafe {
+        let cstr = |p: *const c_char| if p.is_null() { &b""[..] } else { CStr::from_ptr(p).to_bytes() };
+        let headers = crate::apr::TableRef::from_raw((*r).headers_in)?;
+        let authority = headers.get(c"Host").unwrap_or_else(|| cstr((*r).hostname)).to_vec();
+        let s = &*(*r).server;
+        let limits = crate::request::Limits {
+            max_fields: s.limit_req_fields.max(0) as u32,
+            max_field_size: s.limit_req_fieldsize.max(0) as u32,
+            max_line: s.limit_req_line.max(0) as u32,
+        };
+        let fields = headers.entries();
+        crate::negotiation::upgraded_request(
+            cstr((*r).method),
+            cstr((*r).unparsed_uri),
+            &authority,
+            fields.into_iter(),
+            limits,
+        )
+        .ok()
+    }
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_protocol_get(c: *const ffi::conn_rec) -> *const c_char {
     guard("protocol_get", ptr::null(), || {
-        // SAFETY: httpd passes a live connection; our slot holds a C1 for a
-        // client connection and a C2Ctx for a secondary one.
+        // SAFETY: httpd passes a live connection; our slot holds a C1Ctx for
+        // a client connection and a C2Ctx for a secondary one.
         unsafe {
             if c.is_null() {
                 return ptr::null();
             }
             if (*c).master.is_null() {
-                match (ffi::h2rs_shim_conn_ctx(c) as *const C1).as_ref() {
-                    Some(s) => s.protocol.as_ptr(),
+                match c1::ctx_of(c) {
+                    Some(ctx) => ctx.protocol.as_ptr(),
                     None => ptr::null(),
                 }
             } else {

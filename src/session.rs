@@ -488,6 +488,37 @@ impl<D: Dispatch> Session<D> {
         Ok(Session { ng, goaway_sent: false })
     }
 
+    /// A server session taking over an h2c Upgrade: `settings_payload` is
+    /// the decoded HTTP2-Settings header, `head` the upgrading request,
+    /// which becomes stream 1 (half-closed: it has no body).
+    pub fn new_upgraded(
+        settings: Settings,
+        signal: Arc<Signal>,
+        dispatcher: D,
+        settings_payload: &[u8],
+        head: crate::request::RequestHead,
+    ) -> Result<Session<D>, NgError> {
+        let mut session = Session::new(settings, signal, dispatcher)?;
+        let head_request = head.method == b"HEAD";
+        session.ng.upgrade(settings_payload, head_request)?;
+        let core = session.ng.handler();
+        let stream = Arc::new(Stream::new(
+            1,
+            head,
+            core.signal.clone(),
+            core.settings.stream_out_limit,
+            core.settings.stream_timeout,
+            core.settings.output_buffering,
+        ));
+        let mut entry = Entry::new(RequestBuilder::new(core.settings.limits));
+        entry.builder = None;
+        entry.stream = Some(stream.clone());
+        core.entries.insert(1, entry);
+        core.pending.push_back(stream);
+        core.fill_slots();
+        Ok(session)
+    }
+
     /// Feeds bytes read from the client.
     pub fn recv(&mut self, data: &[u8]) -> Result<(), NgError> {
         let mut rest = data;
@@ -895,6 +926,34 @@ pub(crate) mod tests {
         assert_eq!(s.status, Some(200));
         assert_eq!(s.body.len(), body.len());
         assert!(s.body == body);
+    }
+
+    #[test]
+    fn upgraded_request_is_answered_on_stream_1() {
+        let signal = Arc::new(Signal::new().unwrap());
+        let mut fields = Vec::new();
+        for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "t"), (":path", "/f?n=3000")] {
+            fields.push((n.as_bytes().to_vec(), v.as_bytes().to_vec()));
+        }
+        let mut b = RequestBuilder::new(Limits::default());
+        for (n, v) in &fields {
+            b.add(n, v).unwrap();
+        }
+        let head = b.finish(true).unwrap();
+        let server = Session::new_upgraded(
+            Settings::default(),
+            signal,
+            ThreadDispatch { handler: echo, threads: vec![] },
+            &[0, 3, 0, 0, 0, 100],
+            head,
+        )
+        .unwrap();
+        let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
+        client.upgrade(&[0, 3, 0, 0, 0, 100], false).unwrap();
+        let mut p = Pair { server, client, preface_sent: false };
+        p.pump(closed(vec![1]));
+        let s = &p.client.handler_ref().streams[&1];
+        assert_eq!((s.status, s.body.len()), (Some(200), 3000));
     }
 
     #[test]
