@@ -422,6 +422,7 @@ impl C1 {
                 cs.state = ffi::CONN_STATE_HANDLER;
             }
         }
+        self.update_status();
         loop {
             if !self.client_gone && self.read_input().is_err() {
                 self.client_gone = true;
@@ -471,6 +472,29 @@ impl C1 {
             }
         }
         self.close()
+    }
+
+    /// Tells mod_status what this connection does: its protocol (from
+    /// ap_get_protocol, i.e. h2/h2c) and its streams.
+    fn update_status(&self) {
+        let c = self.c;
+        // SAFETY: the connection and its scoreboard handle are ours.
+        unsafe {
+            if (*c).sbh.is_null() {
+                return;
+            }
+            ffi::ap_update_child_status_from_conn((*c).sbh as *mut ffi::ap_sb_handle_t, ffi::SERVER_BUSY_READ as i32, c);
+            let descr = format!(
+                "h2 session: {} stream(s) open, {} on workers\0",
+                self.session.open_streams(),
+                self.session.streams_in_progress()
+            );
+            ffi::ap_update_child_status_descr(
+                (*c).sbh as *mut ffi::ap_sb_handle_t,
+                ffi::SERVER_BUSY_READ as i32,
+                descr.as_ptr() as *const std::ffi::c_char,
+            );
+        }
     }
 
     /// Hands an idle connection back to the event MPM.

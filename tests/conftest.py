@@ -176,6 +176,13 @@ class Httpd:
     def url(self, path="/"):
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def tls_config(self, certs, tls_port, protocols="h2 http/1.1", extra=""):
+        """Adds mod_ssl and a TLS virtual host on `tls_port`."""
+        self.extra += "\n" + SSL_MODULES + f"\nSSLSessionCache shmcb:{self.dir}/ssl_scache(512000)\n"
+        self.extra += tls_vhost(tls_port, certs.main, protocols=protocols, extra=extra)
+        self.tls_port = tls_port
+        return self
+
     def write_config(self):
         load = f"LoadModule http2_module {self.module}" if self.module else ""
         text = f"""ServerRoot "{self.dir}"
@@ -339,6 +346,50 @@ def workdir():
     yield pathlib.Path(d)
     if not os.environ.get("H2RS_KEEP"):
         shutil.rmtree(d, ignore_errors=True)
+
+
+class Certs:
+    """Self-signed certificates the TLS tests use (made with openssl)."""
+
+    def __init__(self, base):
+        self.dir = pathlib.Path(base) / "certs"
+        self.dir.mkdir()
+        self.main = self._make("main", "127.0.0.1", ["IP:127.0.0.1", "DNS:a.test", "DNS:b.test", "DNS:localhost"])
+        self.other = self._make("other", "c.test", ["DNS:c.test"])
+
+    def _make(self, name, cn, sans):
+        key, crt = self.dir / f"{name}.key", self.dir / f"{name}.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", f"/CN={cn}", "-addext", "subjectAltName=" + ",".join(sans),
+                        "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)
+        os.chmod(key, 0o644)
+        os.chmod(crt, 0o644)
+        return crt, key
+
+
+SSL_MODULES = f"""LoadModule ssl_module {MODDIR}/mod_ssl.so
+LoadModule socache_shmcb_module {MODDIR}/mod_socache_shmcb.so"""
+
+
+def tls_vhost(port, cert, server_name=None, protocols="h2 http/1.1", extra="", listen=True):
+    """A TLS virtual host (name-based when server_name is given)."""
+    crt, key = cert
+    name = f"ServerName {server_name}" if server_name else ""
+    lines = [f"Listen 127.0.0.1:{port}"] if listen else []
+    lines.append(f"""<VirtualHost 127.0.0.1:{port}>
+  {name}
+  SSLEngine on
+  SSLCertificateFile {crt}
+  SSLCertificateKeyFile {key}
+  Protocols {protocols}
+  {extra}
+</VirtualHost>""")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def certs(workdir):
+    return Certs(workdir)
 
 
 @pytest.fixture(scope="session")

@@ -34,10 +34,28 @@ class Stream:
         return None
 
 
+def tls_socket(port, host="127.0.0.1", server_name=None, alpn=("h2",), max_version=None, ciphers=None):
+    """A TLS connection (certificates not verified) offering `alpn`."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    if max_version:
+        ctx.maximum_version = max_version
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    raw = socket.create_connection((host, port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname=server_name or host)
+
+
 class H2Client:
-    def __init__(self, port, validate=True, settings=None, auto_ack_data=True, host="127.0.0.1"):
-        self.sock = socket.create_connection((host, port), timeout=10)
+    def __init__(self, port, validate=True, settings=None, auto_ack_data=True, host="127.0.0.1", sock=None,
+                 authority=None):
+        self.sock = sock or socket.create_connection((host, port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.default_authority = authority
         cfg = h2.config.H2Configuration(
             client_side=True,
             header_encoding=None,
@@ -73,8 +91,8 @@ class H2Client:
         sid = self.conn.get_next_available_stream_id()
         hdrs = [
             (b":method", method.encode()),
-            (b":scheme", b"http"),
-            (b":authority", (authority or f"127.0.0.1:{self.port}").encode()),
+            (b":scheme", b"https" if hasattr(self.sock, "cipher") else b"http"),
+            (b":authority", (authority or self.default_authority or f"127.0.0.1:{self.port}").encode()),
             (b":path", path.encode()),
         ]
         for n, v in headers or []:
@@ -110,7 +128,11 @@ class H2Client:
             data = self.sock.recv(1 << 20)
         except socket.timeout:
             return False
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""
+        except OSError as e:  # TLS alerts and the like
+            if "timed out" in str(e):
+                return False
             data = b""
         if not data:
             self.closed = True

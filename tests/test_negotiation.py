@@ -1,0 +1,311 @@
+"""Issue 4: TLS (ALPN h2), h2c Upgrade, prior knowledge, per-vhost
+protocols and settings, prefork, and the H2* directive set."""
+import re
+import socket
+import ssl
+import time
+
+import h2.errors
+import h2.events
+import h2.settings
+import pytest
+
+from conftest import (MODULE, PREFORK_MPM, SSL_MODULES, free_port, curl, h2load, sha256, tls_vhost)
+from h2client import H2Client, tls_socket
+
+
+@pytest.fixture(scope="module")
+def tls_server(workdir, docroot, certs):
+    from conftest import Httpd
+    h = Httpd(workdir, docroot, name="tls-negotiation")
+    h.tls_config(certs, free_port())
+    h.start()
+    yield h
+    h.stop()
+    h.check_log()
+
+
+def test_alpn_h2_with_curl_and_nghttp(tls_server, docroot, workdir):
+    url = f"https://127.0.0.1:{tls_server.tls_port}/1m.bin"
+    r = curl("-k", "--http2", "-o", str(workdir / "tls.bin"), "-w", "%{http_version} %{http_code}", url)
+    assert r.stdout == b"2 200", r.stderr
+    assert sha256((workdir / "tls.bin").read_bytes()) == docroot.sha("1m.bin")
+    r = run_nghttp(url)
+    assert sha256(r.stdout) == docroot.sha("1m.bin")
+
+
+def run_nghttp(url):
+    import subprocess
+    r = subprocess.run(["nghttp", url], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_alpn_falls_back_to_http11(tls_server):
+    url = f"https://127.0.0.1:{tls_server.tls_port}/1k.bin"
+    r = curl("-k", "--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", url)
+    assert r.stdout == b"1.1 200"
+    s = tls_socket(tls_server.tls_port, alpn=("http/1.1",))
+    assert s.selected_alpn_protocol() == "http/1.1"
+    s.close()
+
+
+def test_h2_over_tls_sees_ssl_variables_and_protocol(tls_server):
+    c = H2Client(tls_server.tls_port, sock=tls_socket(tls_server.tls_port))
+    sid = c.request("/cgi/env.cgi")
+    assert c.wait_stream(sid).data.startswith(b"HTTP2=on SERVER_PROTOCOL=HTTP/2.0")
+    # mod_status shows the connection's protocol (ap_get_protocol): h2.
+    sid = c.request("/server-status")
+    body = c.wait_stream(sid).data.decode()
+    assert re.search(r"<td[^>]*>h2</td>", body), body[-2000:]
+    c.close()
+
+
+def test_tls12_with_a_blacklisted_cipher_gets_inadequate_security(make_server, certs):
+    tls_port = free_port()
+    srv = make_server()
+    srv.tls_config(certs, tls_port, extra="SSLProtocol all\nSSLCipherSuite ALL:@SECLEVEL=0")
+    srv.start()
+    sock = tls_socket(tls_port, max_version=ssl.TLSVersion.TLSv1_2, ciphers="AES128-SHA:@SECLEVEL=0")
+    assert sock.cipher()[0] == "AES128-SHA"
+    if sock.selected_alpn_protocol() != "h2":
+        pytest.fail("ALPN did not select h2 (the check is done by GOAWAY once the cipher is known)")
+    c = H2Client(tls_port, sock=sock)
+    c.wait(lambda: c.goaway is not None or c.closed)
+    assert c.goaway is not None and c.goaway[0] == h2.errors.ErrorCodes.INADEQUATE_SECURITY, c.goaway
+    c.close()
+    # A modern cipher on the same server is fine.
+    ok = tls_socket(tls_port, max_version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-RSA-AES128-GCM-SHA256")
+    c = H2Client(tls_port, sock=ok)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+
+
+def test_h2_modern_tls_only_off_allows_old_ciphers(make_server, certs):
+    tls_port = free_port()
+    srv = make_server(h2_conf="H2ModernTLSOnly off")
+    srv.tls_config(certs, tls_port, extra="SSLProtocol all\nSSLCipherSuite ALL:@SECLEVEL=0")
+    srv.start()
+    sock = tls_socket(tls_port, max_version=ssl.TLSVersion.TLSv1_2, ciphers="AES128-SHA:@SECLEVEL=0")
+    c = H2Client(tls_port, sock=sock)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+
+
+def test_h2c_upgrade_with_curl(server, docroot, workdir):
+    out = workdir / "upgrade.bin"
+    r = curl("--http2", "-o", str(out), "-w", "%{http_version} %{http_code}", server.url("/1m.bin"))
+    assert r.stdout == b"2 200"
+    assert sha256(out.read_bytes()) == docroot.sha("1m.bin")
+
+
+def upgrade_request(port, path="/1k.bin", settings="AAMAAABkAAQAAP__", extra=b"", method=b"GET", body=b""):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(method + b" " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+              b"HTTP2-Settings: " + settings.encode() + b"\r\n" + extra + b"\r\n" + body)
+    return s
+
+
+def read_http1_head(s):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    return buf
+
+
+def test_upgrade_then_more_streams_on_the_connection(server, docroot):
+    s = upgrade_request(server.port)
+    head = read_http1_head(s)
+    assert head.startswith(b"HTTP/1.1 101"), head[:200]
+    rest = head.split(b"\r\n\r\n", 1)[1]
+    import h2.config
+    import h2.connection
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_upgrade_connection()
+    s.sendall(conn.data_to_send())
+    client = H2Client.__new__(H2Client)
+    client.sock, client.conn, client.port = s, conn, server.port
+    client.streams, client.events, client.goaway, client.closed = {}, [], None, False
+    client.auto_ack_data, client.remote_settings, client.default_authority = True, {}, None
+    from h2client import Stream
+    client.streams[1] = Stream(1)
+    for ev in conn.receive_data(rest):
+        client.handle(ev)
+    st = client.wait_stream(1)
+    assert st.status == 200 and sha256(bytes(st.data)) == docroot.sha("1k.bin")
+    sid = client.request("/16k1.bin")
+    st = client.wait_stream(sid)
+    assert st.status == 200 and sha256(bytes(st.data)) == docroot.sha("16k1.bin")
+    s.close()
+
+
+@pytest.mark.parametrize("case", ["body", "garbage-settings", "second-request"])
+def test_upgrade_declined_stays_http11(server, case):
+    if case == "body":
+        s = upgrade_request(server.port, path="/cgi/sum.cgi", method=b"POST", extra=b"Content-Length: 5\r\n",
+                            body=b"hello")
+        head = read_http1_head(s)
+        assert head.startswith(b"HTTP/1.1 200"), head[:100]
+        return
+    if case == "garbage-settings":
+        s = upgrade_request(server.port, settings="!!!not base64!!!")
+        head = read_http1_head(s)
+        assert head.startswith(b"HTTP/1.1 200"), head[:100]
+        return
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = read_http1_head(s)
+    assert first.startswith(b"HTTP/1.1 200")
+    time.sleep(0.1)
+    s.recv(65536) if b"mod_h2rs test" not in first else None
+    s.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+              b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+    second = read_http1_head(s)
+    assert second.startswith(b"HTTP/1.1 200"), second[:100]
+    s.close()
+
+
+def test_upgrade_on_tls_is_ignored(tls_server):
+    url = f"https://127.0.0.1:{tls_server.tls_port}/1k.bin"
+    r = curl("-k", "--http1.1", "-H", "Connection: Upgrade, HTTP2-Settings", "-H", "Upgrade: h2c",
+             "-H", "HTTP2-Settings: AAMAAABkAAQAAP__", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", url)
+    assert r.stdout == b"1.1 200"
+
+
+def test_h2upgrade_off_and_h2direct_off(make_server):
+    srv = make_server(h2_conf="H2Upgrade off\nH2Direct off").start()
+    r = curl("--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", srv.url("/1k.bin"))
+    assert r.stdout == b"1.1 200"
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version}", srv.url("/1k.bin"), timeout=20)
+    assert r.stdout != b"2"
+
+
+def test_h2direct_is_off_for_tls_by_default(tls_server):
+    # Prior knowledge over TLS without ALPN h2: not HTTP/2.
+    s = tls_socket(tls_server.tls_port, alpn=None)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    s.settimeout(5)
+    data = b""
+    try:
+        data = s.recv(1000)
+    except (socket.timeout, ssl.SSLError, OSError):
+        pass
+    assert not data.startswith(b"\x00\x00"), data[:40]
+    s.close()
+
+
+def test_protocols_and_settings_per_virtual_host(make_server, certs):
+    tls_port = free_port()
+    vhosts = (tls_vhost(tls_port, certs.main, server_name="a.test", protocols="h2 http/1.1",
+                        extra="H2MaxSessionStreams 7") + "\n" +
+              tls_vhost(tls_port, certs.main, server_name="b.test", protocols="http/1.1", listen=False))
+    srv = make_server(extra=SSL_MODULES + "\n" + vhosts)
+    srv.start()
+    a = tls_socket(tls_port, server_name="a.test")
+    assert a.selected_alpn_protocol() == "h2"
+    c = H2Client(tls_port, sock=a, authority="a.test")
+    c.wait(lambda: h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in c.remote_settings)
+    assert c.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 7
+    c.close()
+    b = tls_socket(tls_port, server_name="b.test", alpn=("h2", "http/1.1"))
+    assert b.selected_alpn_protocol() == "http/1.1"
+    b.close()
+
+
+def test_misdirected_request_gets_421(make_server, certs):
+    tls_port = free_port()
+    vhosts = (tls_vhost(tls_port, certs.main, server_name="a.test") + "\n" +
+              tls_vhost(tls_port, certs.other, server_name="c.test", listen=False))
+    srv = make_server(extra=SSL_MODULES + "\n" + vhosts)
+    srv.start()
+    c = H2Client(tls_port, sock=tls_socket(tls_port, server_name="a.test"), authority="a.test")
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    st = c.wait_stream(c.request("/1k.bin", authority="c.test"))
+    assert st.status == 421, st.status
+    c.close()
+
+
+def test_prefork_does_not_offer_h2_and_says_so_once(make_server):
+    srv = make_server(mpm=PREFORK_MPM).start()
+    r = curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
+    assert r.stdout == b"200"
+    r = curl("--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", srv.url("/1k.bin"))
+    assert r.stdout == b"1.1 200"
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version}", srv.url("/1k.bin"), timeout=20)
+    assert r.stdout != b"2"
+    log = srv.read_error_log()
+    assert log.count("prefork MPM cannot multiplex HTTP/2") == 1, log
+
+
+STOCK_DIRECTIVES = """H2Direct on
+H2Upgrade on
+H2ModernTLSOnly on
+H2MaxSessionStreams 100
+H2WindowSize 65535
+H2MinWorkers 4
+H2MaxWorkers 32
+H2MaxWorkerIdleSeconds 600
+H2StreamMaxMemSize 65536
+H2StreamTimeout 60
+H2MaxDataFrameLen 0
+H2EarlyHints off
+H2CopyFiles off
+H2OutputBuffering on
+H2Padding 0
+H2ProxyRequests off
+H2WebSockets off
+H2Push off
+H2PushPriority * after
+H2PushPriority text/css before 256
+H2PushDiarySize 256
+H2TLSWarmUpSize 1048576
+H2TLSCoolDownSecs 1
+H2SerializeHeaders off
+H2SessionExtraFiles 5
+H2MaxHeaderBlockLen 65536
+H2MaxStreamErrors 8
+H2EarlyHint Link "</style.css>; rel=preload"
+<Location /pushed>
+  H2PushResource /style.css critical
+  H2Upgrade off
+  H2Push off
+  H2CopyFiles on
+  H2EarlyHint Link "</a.js>; rel=preload"
+  H2ProxyRequests off
+</Location>"""
+
+
+def test_every_stock_directive_is_accepted(make_server):
+    srv = make_server(h2_conf=STOCK_DIRECTIVES)
+    r = srv.configtest()
+    assert r.returncode == 0, r.stderr
+    srv.start()
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
+    assert r.stdout == b"200"
+    # Server push is not provided: one clear warning.
+    assert srv.read_error_log().count("server push is not provided") == 1
+
+
+@pytest.mark.parametrize("conf,words", [
+    ("H2WindowSize abc", ["H2WindowSize", "not a number"]),
+    ("H2WindowSize 10", ["H2WindowSize", "out of range", "1024"]),
+    ("H2MaxWorkers 0", ["H2MaxWorkers", "out of range"]),
+    ("H2MaxSessionStreams -5", ["H2MaxSessionStreams"]),
+    ("H2Direct maybe", ["H2Direct", "'on' or 'off'"]),
+    ("H2Padding 9", ["H2Padding", "0 to 8"]),
+    ("H2StreamTimeout 5x", ["H2StreamTimeout"]),
+    ("H2MaxWorkers", ["H2MaxWorkers"]),
+    ("<Location /x>\nH2MaxSessionStreams 3\n</Location>", ["H2MaxSessionStreams", "not allowed"]),
+    ("H2PushPriority text/css sideways", ["H2PushPriority", "After, Before, Interleaved"]),
+])
+def test_bad_directive_values_are_refused_by_name(make_server, conf, words):
+    srv = make_server(h2_conf=conf)
+    r = srv.configtest()
+    assert r.returncode != 0
+    for w in words:
+        assert w in r.stderr, (w, r.stderr)
+    assert re.search(r"line \d+", r.stderr), r.stderr
