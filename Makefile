@@ -24,14 +24,14 @@ SHIM_OBJ := $(patsubst c_shim/%.c,$(BUILD)/%.o,$(SHIM_SRC))
 NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 EXPORTS := c_shim/h2rs.map
 
-.PHONY: all rust install test clean check-exports
+.PHONY: all install test clean check-exports FORCE
 
 all: $(SO) check-exports
 
-rust:
+# cargo decides what to rebuild; the recipe makes make look at the library's
+# timestamp again afterwards, so the .so is relinked in the same run.
+$(RUSTLIB): FORCE
 	APXS=$(APXS) $(CARGO) build --release --lib
-
-$(RUSTLIB): rust
 
 $(BUILD)/%.o: c_shim/%.c c_shim/shim.h
 	@mkdir -p $(BUILD)
@@ -62,3 +62,4 @@ test:
 clean:
 	rm -rf $(BUILD)
 	$(CARGO) clean
+include docker/docker.mk
