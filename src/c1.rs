@@ -144,6 +144,20 @@ pub struct C1 {
     can_waitio: bool,
     client_gone: bool,
     torn_down: bool,
+    tls: TlsWarmup,
+}
+
+/// Record size used during TLS warm-up (as the stock module: fits one
+/// TCP segment).
+const TLS_WARMUP_RECORD: usize = 1300;
+
+/// TLS record sizing state (H2TLSWarmUpSize, H2TLSCoolDownSecs).
+struct TlsWarmup {
+    enabled: bool,
+    warmup: u64,
+    cooldown: Option<Duration>,
+    written: u64,
+    last_write: std::time::Instant,
 }
 
 enum Wait {
@@ -202,6 +216,17 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
         output_buffering: cfg.output_buffering(),
         max_data_frame_len: cfg.max_data_frame_len(),
         max_active_streams: max_active_streams(streams),
+        max_stream_errors: cfg.max_stream_errors(),
+        padding_bits: cfg.padding_bits(),
+        options: crate::nghttp2::Options {
+            no_http_messaging: true,
+            padding: cfg.padding_bits() > 0,
+            max_send_header_block: match cfg.max_header_block_len() {
+                0 => 64 * 1024,
+                n => n as usize,
+            },
+            ..Default::default()
+        },
         fault_injection: FAULT_INJECTION.load(Ordering::Relaxed),
         ..Settings::default()
     }
@@ -399,6 +424,19 @@ impl C1 {
                 can_waitio: can_waitio != 0,
                 client_gone: false,
                 torn_down: false,
+                tls: {
+                    let cfg = server_config(s);
+                    TlsWarmup {
+                        enabled: ffi::ap_ssl_conn_is_ssl(c) != 0,
+                        warmup: cfg.map(|c| c.tls_warmup_size()).unwrap_or(0),
+                        cooldown: cfg
+                            .and_then(|c| c.tls_cooldown_secs)
+                            .filter(|&secs| secs > 0)
+                            .map(|secs| Duration::from_secs(secs as u64)),
+                        written: 0,
+                        last_write: std::time::Instant::now(),
+                    }
+                },
             };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
@@ -438,7 +476,12 @@ impl C1 {
             if !self.client_gone && self.write_output().is_err() {
                 self.client_gone = true;
             }
-            if self.client_gone || self.session.is_finished() {
+            // nghttp2 wants neither to read nor to write: the session is over
+            // (GOAWAY exchanged, or a connection error). Streams still on
+            // workers are aborted by close().
+            if self.client_gone || (!self.session.want_read() && !self.session.want_write()) {
+                clog!(c, Level::Debug, "h2rs: session ends (client gone: {}, want read: {}, write: {})",
+                    self.client_gone, self.session.want_read(), self.session.want_write());
                 break;
             }
             if self.session.is_idle() {
@@ -570,7 +613,9 @@ impl C1 {
                 return Ok(());
             }
             if rv != status::SUCCESS {
-                if rv != status::EOF {
+                if rv == status::EOF {
+                    clog!(c, Level::Debug, "h2rs: client closed the connection");
+                } else {
                     clog!(c, Level::Debug, "h2rs: read from client failed (status {rv})");
                 }
                 self.in_bb.cleanup();
@@ -630,7 +675,21 @@ impl C1 {
                     return Err(());
                 }
             }
-            self.out_bb.push_transient(&self.out_buf);
+            let record = self.tls_record_size();
+            if record >= self.out_buf.len() {
+                self.out_bb.push_transient(&self.out_buf);
+            } else {
+                // TLS warm-up: small records (one per bucket in mod_ssl) so
+                // the first bytes of a connection arrive without waiting
+                // for a full 16 KiB record.
+                // FLUSH after each piece: mod_ssl coalesces small buckets.
+                for piece in self.out_buf.chunks(record) {
+                    self.out_bb.push_transient(piece);
+                    self.out_bb.push_flush();
+                }
+            }
+            self.tls.written += self.out_buf.len() as u64;
+            self.tls.last_write = std::time::Instant::now();
             self.out_bb.push_flush();
             // SAFETY: c1's output filters on the c1 thread; with FLUSH the
             // core writes everything before returning, so the transient
@@ -642,6 +701,25 @@ impl C1 {
                 return Err(());
             }
             self.session.retire_finished();
+        }
+    }
+
+    /// Bytes per TLS record to write now (H2TLSWarmUpSize,
+    /// H2TLSCoolDownSecs); `usize::MAX` when records may be full size.
+    fn tls_record_size(&mut self) -> usize {
+        let t = &mut self.tls;
+        if !t.enabled {
+            return usize::MAX;
+        }
+        if let Some(cooldown) = t.cooldown {
+            if t.written > 0 && t.last_write.elapsed() >= cooldown {
+                t.written = 0;
+            }
+        }
+        if t.written < t.warmup {
+            TLS_WARMUP_RECORD
+        } else {
+            usize::MAX
         }
     }
 

@@ -394,8 +394,10 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
         } else {
             let scheme = head.scheme.as_deref().unwrap_or(b"http");
             let path = head.path.as_deref().unwrap_or(b"/");
-            if !scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https") {
-                // Another scheme than the connection's: an absolute URI.
+            let forward_proxy = crate::c1::server_config((*c).base_server).is_some_and(|cfg| cfg.proxy_requests());
+            if forward_proxy || (!scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https")) {
+                // H2ProxyRequests (forward proxy), or another scheme than
+                // the connection's: an absolute URI.
                 let mut t = scheme.to_vec();
                 t.extend_from_slice(b"://");
                 t.extend_from_slice(head.authority.as_deref().unwrap_or(b""));
@@ -770,6 +772,47 @@ pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
         let c1_id = if ctx.c1.is_null() { 0 } else { (*ctx.c1).id };
         let tag = format!("{}-{}", c1_id, stream.id);
         env.setn(c"H2_STREAM_TAG".as_ptr(), pool.strdup(tag.as_bytes()));
+    }
+}
+
+/// H2EarlyHints: sends the configured H2EarlyHint fields as a 103 Early
+/// Hints interim response (as the stock module does, in fixups).
+///
+/// # Safety
+/// `r` must be a live request on a c2 owned by the caller.
+pub unsafe fn send_early_hints(r: *mut ffi::request_rec) {
+    // SAFETY: caller contract; configs are the request's, values copied
+    // into the request pool; ap_send_interim_response writes to our c2.
+    unsafe {
+        let Some(cfg) = crate::c1::server_config((*r).server) else { return };
+        if !cfg.early_hints() || (*r).expecting_100 != 0 {
+            return;
+        }
+        let dir = (ffi::h2rs_shim_dir_conf(r) as *const crate::config::DirConfig).as_ref();
+        let hints = match dir {
+            Some(d) if !d.early_hint_headers.is_empty() => &d.early_hint_headers,
+            _ => &cfg.early_hint_headers,
+        };
+        let (Some(pool), Some(out)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).headers_out)) else {
+            return;
+        };
+        if hints.is_empty() {
+            return;
+        }
+        // ap_send_interim_response sends and then clears headers_out: keep
+        // what is there for the final response.
+        let saved = ffi::apr_table_copy((*r).pool, out.as_ptr());
+        out.clear();
+        for (name, value) in hints {
+            out.addn(pool.strdup(name.as_bytes()), pool.strdup(value.as_bytes()));
+        }
+        let (status, line) = ((*r).status, (*r).status_line);
+        (*r).status = 103;
+        (*r).status_line = c"103 Early Hints".as_ptr();
+        ffi::ap_send_interim_response(r, 1);
+        (*r).status = status;
+        (*r).status_line = line;
+        (*r).headers_out = saved;
     }
 }
 

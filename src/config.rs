@@ -167,6 +167,12 @@ impl ServerConfig {
     pub fn padding_bits(&self) -> u32 {
         self.padding_bits.unwrap_or(0)
     }
+    pub fn tls_warmup_size(&self) -> u64 {
+        self.tls_warmup_size.unwrap_or(defaults::TLS_WARMUP_SIZE)
+    }
+    pub fn proxy_requests(&self) -> bool {
+        self.proxy_requests.unwrap_or(false)
+    }
     pub fn max_worker_idle(&self) -> Duration {
         Duration::from_secs(self.max_worker_idle_secs.unwrap_or(defaults::MAX_WORKER_IDLE_SECS) as u64)
     }

@@ -332,6 +332,9 @@ pub unsafe extern "C" fn h2rs_fixups(r: *mut ffi::request_rec) -> c_int {
         unsafe {
             if let Some(ctx) = c2::ctx_of((*r).connection) {
                 c2::set_env(r, ctx);
+                if (*r).main.is_null() && (*r).prev.is_null() {
+                    c2::send_early_hints(r);
+                }
             }
         }
         HOOK_DECLINED

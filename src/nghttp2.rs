@@ -153,7 +153,15 @@ pub trait Handler {
     fn stream_close(&mut self, ops: &mut Ops<'_>, stream_id: i32, error_code: u32) -> Flow;
     fn read_data(&mut self, ops: &mut Ops<'_>, stream_id: i32, buf: &mut [u8]) -> DataRead;
     fn frame_sent(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo) {}
+    /// Total payload length (with padding) for a frame about to be sent,
+    /// at most `max_payload` (only called with `Options::padding`).
+    fn padded_length(&mut self, frame: &FrameInfo, _max_payload: usize) -> usize {
+        frame.length
+    }
     fn invalid_frame(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo, _lib_error: i32) {}
+    /// A frame we submitted could not be sent (e.g. a header block over
+    /// the limit).
+    fn frame_not_sent(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo, _lib_error: i32) {}
 }
 
 /// nghttp2's library error, with its description.
@@ -216,6 +224,8 @@ pub struct Options {
     /// malformed request field as a connection error (GOAWAY); RFC 9113
     /// 8.1.1 makes it a stream error, which the session code applies.
     pub no_http_messaging: bool,
+    /// Ask the handler for frame padding (H2Padding).
+    pub padding: bool,
 }
 
 impl Default for Options {
@@ -230,6 +240,7 @@ impl Default for Options {
             max_outbound_ack: 1000,
             glitch_rate: (1000, 33),
             no_http_messaging: false,
+            padding: false,
         }
     }
 }
@@ -454,6 +465,10 @@ impl<H: Handler> Session<H> {
             ng::nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, Some(stream_close_cb::<H>));
             ng::nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, Some(frame_send_cb::<H>));
             ng::nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks, Some(invalid_frame_cb::<H>));
+            ng::nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks, Some(frame_not_send_cb::<H>));
+            if options.padding {
+                ng::nghttp2_session_callbacks_set_select_padding_callback2(callbacks, Some(padding_cb::<H>));
+            }
             if let Err(e) = check(ng::nghttp2_option_new(&mut opt)) {
                 ng::nghttp2_session_callbacks_del(callbacks);
                 return Err(e);
@@ -702,6 +717,33 @@ unsafe extern "C" fn invalid_frame_cb<H: Handler>(
         let (h, info) = unsafe { (handler::<H>(user_data), FrameInfo::from_raw(frame)) };
         h.invalid_frame(&mut ops(session), &info, lib_error);
         0
+    })
+}
+
+unsafe extern "C" fn frame_not_send_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    frame: *const ng::nghttp2_frame,
+    lib_error: c_int,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 frame_not_send", ng::NGHTTP2_ERR_CALLBACK_FAILURE, || {
+        // SAFETY: as above.
+        let (h, info) = unsafe { (handler::<H>(user_data), FrameInfo::from_raw(frame)) };
+        h.frame_not_sent(&mut ops(session), &info, lib_error);
+        0
+    })
+}
+
+unsafe extern "C" fn padding_cb<H: Handler>(
+    _session: *mut ng::nghttp2_session,
+    frame: *const ng::nghttp2_frame,
+    max_payloadlen: usize,
+    user_data: *mut c_void,
+) -> ng::nghttp2_ssize {
+    crate::ffi::panic::guard("nghttp2 padding", ng::NGHTTP2_ERR_CALLBACK_FAILURE as ng::nghttp2_ssize, || {
+        // SAFETY: as above.
+        let (h, info) = unsafe { (handler::<H>(user_data), FrameInfo::from_raw(frame)) };
+        h.padded_length(&info, max_payloadlen).clamp(info.length, max_payloadlen.max(info.length)) as ng::nghttp2_ssize
     })
 }
 

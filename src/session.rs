@@ -52,6 +52,11 @@ pub struct Settings {
     /// client from taking every worker and bounds what a flood of requests
     /// (rapid reset) costs.
     pub max_active_streams: usize,
+    /// H2MaxStreamErrors: streams we reset for flow-control errors before
+    /// the connection is closed (0: no limit).
+    pub max_stream_errors: u32,
+    /// H2Padding: frames get 0 to 2^bits - 1 random padding bytes.
+    pub padding_bits: u32,
     /// Tests only: a request field `h2rs-test-panic: c1` panics inside the
     /// header callback, to prove the panic boundary (see docs/INTERNALS.md).
     pub fault_injection: bool,
@@ -71,6 +76,8 @@ impl Default for Settings {
             max_data_frame_len: 0,
             options: ng::Options { no_http_messaging: true, ..ng::Options::default() },
             max_active_streams: 32,
+            max_stream_errors: 8,
+            padding_bits: 0,
             fault_injection: false,
         }
     }
@@ -146,9 +153,16 @@ pub struct Core<D: Dispatch> {
     pending: VecDeque<Arc<Stream>>,
     /// Streams handed to workers whose worker has not finished.
     running: HashSet<i32>,
+    /// Hold dispatching until the client's first SETTINGS (after an h2c
+    /// Upgrade: see `Session::new_upgraded`).
+    hold_until_settings: bool,
     stats: Stats,
     /// GOAWAY received from the peer.
     peer_goaway: bool,
+    /// RST_STREAM(FLOW_CONTROL_ERROR) frames we sent (H2MaxStreamErrors).
+    stream_errors: u32,
+    /// State of the padding random generator (xorshift64).
+    rng: u64,
 }
 
 impl<D: Dispatch> Core<D> {
@@ -193,6 +207,9 @@ impl<D: Dispatch> Core<D> {
 
     /// Hands waiting streams to workers while slots are free.
     fn fill_slots(&mut self) {
+        if self.hold_until_settings {
+            return;
+        }
         while self.running.len() < self.settings.max_active_streams.max(1) {
             let Some(stream) = self.pending.pop_front() else { break };
             if stream.is_aborted() {
@@ -381,6 +398,11 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 self.peer_goaway = true;
                 Flow::Continue
             }
+            frame_type::SETTINGS if !frame.has(ng::flags::ACK) && self.hold_until_settings => {
+                self.hold_until_settings = false;
+                self.fill_slots();
+                Flow::Continue
+            }
             _ => Flow::Continue,
         }
     }
@@ -411,6 +433,37 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         Flow::Continue
     }
 
+    fn frame_sent(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) {
+        if frame.kind == frame_type::RST_STREAM && frame.error_code == error_code::FLOW_CONTROL_ERROR {
+            self.stream_errors += 1;
+            let max = self.settings.max_stream_errors;
+            if max > 0 && self.stream_errors > max {
+                let _ = ops.terminate(error_code::PROTOCOL_ERROR);
+            }
+        }
+    }
+
+    fn frame_not_sent(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo, _lib_error: i32) {
+        // A response HEADERS frame that cannot go out (larger than
+        // H2MaxHeaderBlockLen): the stream cannot be answered, reset it.
+        if frame.kind == frame_type::HEADERS && frame.stream_id > 0 && ops.stream_exists(frame.stream_id) {
+            self.reset(ops, frame.stream_id, error_code::INTERNAL_ERROR);
+        }
+    }
+
+    fn padded_length(&mut self, frame: &FrameInfo, max_payload: usize) -> usize {
+        let bits = self.settings.padding_bits.min(8);
+        if bits == 0 {
+            return frame.length;
+        }
+        // xorshift64: padding hides lengths, it needs no cryptographic rng.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let pad = (self.rng % (1u64 << bits)) as usize;
+        (frame.length + pad).min(max_payload)
+    }
+
     fn read_data(&mut self, _ops: &mut Ops<'_>, stream_id: i32, buf: &mut [u8]) -> DataRead {
         let Some(entry) = self.entries.get_mut(&stream_id) else { return DataRead::Error };
         let Some(stream) = &entry.stream else { return DataRead::Error };
@@ -426,6 +479,16 @@ impl<D: Dispatch> ng::Handler for Core<D> {
             }
         }
     }
+}
+
+/// A non-zero seed for the padding generator.
+fn seed() -> u64 {
+    let mut v: u64 = 0;
+    // SAFETY: getrandom fills 8 bytes of a valid u64; failure leaves 0.
+    unsafe {
+        libc::getrandom(&mut v as *mut u64 as *mut libc::c_void, 8, 0);
+    }
+    v | 1
 }
 
 /// The request's content-length: None if absent, Err if not a number or
@@ -469,8 +532,11 @@ impl<D: Dispatch> Session<D> {
             to_retire: Vec::new(),
             pending: VecDeque::new(),
             running: HashSet::new(),
+            hold_until_settings: false,
             stats: Stats::default(),
             peer_goaway: false,
+            stream_errors: 0,
+            rng: seed(),
         };
         let mut ng = ng::Session::new_server(core, &options)?;
         let (core, mut ops) = ng.split();
@@ -515,7 +581,9 @@ impl<D: Dispatch> Session<D> {
         entry.stream = Some(stream.clone());
         core.entries.insert(1, entry);
         core.pending.push_back(stream);
-        core.fill_slots();
+        // The response waits for the client's preface: some clients (curl
+        // 7.88) fail when more than 32 KiB follow the 101 in one read.
+        core.hold_until_settings = true;
         Ok(session)
     }
 
@@ -542,7 +610,21 @@ impl<D: Dispatch> Session<D> {
 
     /// Serializes pending frames into `out` (up to about `limit` bytes).
     pub fn collect_output(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<usize, NgError> {
-        self.ng.mem_send(out, limit)
+        let mut total = 0;
+        // nghttp2 may stop early when a frame could not be prepared (and a
+        // callback queued a replacement, e.g. an RST_STREAM): go on while
+        // it still wants to write and produces bytes.
+        for _ in 0..4 {
+            let n = self.ng.mem_send(out, limit)?;
+            total += n;
+            if out.len() >= limit || !self.ng.ops().want_write() {
+                break;
+            }
+            if n == 0 && total > 0 {
+                break;
+            }
+        }
+        Ok(total)
     }
 
     /// Releases finished streams (runs their retire actions).

@@ -309,3 +309,170 @@ def test_bad_directive_values_are_refused_by_name(make_server, conf, words):
     for w in words:
         assert w in r.stderr, (w, r.stderr)
     assert re.search(r"line \d+", r.stderr), r.stderr
+
+
+# ---- directives that change behaviour ------------------------------------
+
+def read_frames(sock, until, timeout=10):
+    """Reads raw frames from an h2c socket (after our preface) until
+    `until(frames)`; returns [(type, flags, stream_id, payload)]."""
+    import struct
+    sock.settimeout(timeout)
+    buf, frames = b"", []
+    deadline = time.time() + timeout
+    while not until(frames) and time.time() < deadline:
+        try:
+            d = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not d:
+            break
+        buf += d
+        while len(buf) >= 9:
+            length = struct.unpack(">I", b"\0" + buf[:3])[0]
+            if len(buf) < 9 + length:
+                break
+            ftype, flags = buf[3], buf[4]
+            sid = struct.unpack(">I", buf[5:9])[0] & 0x7fffffff
+            frames.append((ftype, flags, sid, buf[9:9 + length]))
+            buf = buf[9 + length:]
+    return frames
+
+
+def raw_get(port, path, extra_settings=b""):
+    import hpack
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    block = hpack.Encoder().encode([(":method", "GET"), (":scheme", "http"),
+                                    (":authority", "127.0.0.1"), (":path", path)])
+    settings = b"\x00\x00" + bytes([len(extra_settings)]) + b"\x04\x00\x00\x00\x00\x00" + extra_settings
+    headers = len(block).to_bytes(3, "big") + b"\x01\x05\x00\x00\x00\x01" + block
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + headers)
+    return s
+
+
+def test_h2padding_pads_frames(make_server):
+    srv = make_server(h2_conf="H2Padding 6").start()
+    s = raw_get(srv.port, "/1k.bin")
+    frames = read_frames(s, lambda fs: any(f[0] == 0 and f[1] & 1 for f in fs))
+    data = [f for f in frames if f[0] == 0 and f[2] == 1]
+    assert data, frames[:5]
+    padded = [f for f in data if f[1] & 0x8]
+    assert padded, "no DATA frame carries the PADDED flag"
+    # Pad length is the first payload byte and below 2^6.
+    assert all(f[3][0] < 64 for f in padded)
+    s.close()
+
+
+def test_h2maxheaderblocklen_limits_response_headers(make_server):
+    big = "x" * 3000
+    srv = make_server(h2_conf="H2MaxHeaderBlockLen 2048",
+                      extra=f'<Location /big>\n  Header always set X-Big "{big}"\n</Location>').start()
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/big/"))
+    assert st.reset is not None and st.status is None, (st.status, st.reset)
+    ok = c.wait_stream(c.request("/1k.bin"))
+    assert ok.status == 200
+    c.close()
+
+
+def test_flow_control_errors_close_the_connection(make_server):
+    """A WINDOW_UPDATE that overflows a stream's send window (RFC 9113
+    6.9.1). nghttp2 1.68 treats every flow-control error as a connection
+    error, so H2MaxStreamErrors (a count of RST_STREAM(FLOW_CONTROL_ERROR))
+    is reached at the first one: GOAWAY FLOW_CONTROL_ERROR."""
+    srv = make_server(h2_conf="H2MaxStreamErrors 2").start()
+    c = H2Client(srv.port, validate=False)
+    from hyperframe import frame as hf
+    sid = c.request("/cgi/slow.cgi?3")
+    c.send_frame(hf.WindowUpdateFrame(sid, window_increment=2**31 - 1))
+    c.wait(lambda: c.streams[sid].reset is not None or c.goaway is not None or c.closed)
+    assert c.goaway is not None and c.goaway[0] == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR, c.goaway
+    c.close()
+
+
+def test_h2earlyhints_sends_103(make_server):
+    srv = make_server(h2_conf='H2EarlyHints on\nH2EarlyHint Link "</style.css>; rel=preload"').start()
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/index.html"))
+    assert st.status == 200
+    assert st.interim, "no interim response"
+    hints = dict(st.interim[0])
+    assert hints[b":status"] == b"103" and hints[b"link"] == b"</style.css>; rel=preload"
+    assert st.header("link") is None
+    c.close()
+    srv2 = make_server(h2_conf='H2EarlyHint Link "</style.css>; rel=preload"').start()
+    c = H2Client(srv2.port)
+    st = c.wait_stream(c.request("/index.html"))
+    assert st.status == 200 and not st.interim
+    c.close()
+
+
+def test_tls_warmup_uses_small_records_first(make_server, certs):
+    """H2TLSWarmUpSize: the first bytes go in small TLS records."""
+    import struct
+    tls_port = free_port()
+    srv = make_server(h2_conf="H2TLSWarmUpSize 20000")
+    srv.tls_config(certs, tls_port, extra="SSLProtocol -all +TLSv1.2")
+    srv.start()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    raw = socket.create_connection(("127.0.0.1", tls_port), timeout=10)
+    records, pending = [], b""
+
+    def pump():
+        nonlocal pending
+        if outgoing.pending:
+            raw.sendall(outgoing.read())
+        d = raw.recv(65536)
+        if not d:
+            raise ConnectionError("closed")
+        pending += d
+        while len(pending) >= 5:
+            ln = struct.unpack(">H", pending[3:5])[0]
+            if len(pending) < 5 + ln:
+                break
+            records.append((pending[0], ln))
+            pending = pending[5 + ln:]
+        incoming.write(d)
+
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+    raw.sendall(outgoing.read())
+    handshake_records = len(records)
+    c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
+    c.initiate_connection()
+    c.increment_flow_control_window(1 << 24)
+    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+    c.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", "127.0.0.1"),
+                       (":path", "/100k.bin")], end_stream=True)
+    tls.write(c.data_to_send())
+    raw.sendall(outgoing.read())
+    got = 0
+    while got < 100 * 1024:
+        pump()
+        try:
+            while True:
+                data = tls.read(65536)
+                for ev in c.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        got += len(ev.data)
+                        c.acknowledge_received_data(ev.flow_controlled_length, 1)
+        except ssl.SSLWantReadError:
+            pass
+        tls.write(c.data_to_send()) if c.data_to_send else None
+    app = [ln for (t, ln) in records[handshake_records:] if t == 23]
+    assert app[0] <= 1300 + 64, app[:5]
+    assert max(app[:10]) <= 1300 + 64, app[:10]
+    assert max(app) > 4000, "never left warm-up"
+    raw.close()
+
+
+import h2.config  # noqa: E402
+import h2.connection  # noqa: E402
