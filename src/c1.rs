@@ -24,7 +24,7 @@ use crate::nghttp2::error_code;
 use crate::request::Limits;
 use crate::session::{Dispatch, Session, Settings};
 use crate::signal::Signal;
-use crate::stream::{Retire, Stream};
+use crate::stream::{Outcome, Retire, Stream};
 use crate::{clog, workers};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -118,8 +118,8 @@ impl Dispatch for C1Dispatch {
         }
     }
 
-    fn retire(&mut self, retire: Box<dyn Retire>, complete: bool) {
-        retire.retire(complete)
+    fn retire(&mut self, retire: Box<dyn Retire>, outcome: Outcome) {
+        retire.retire(outcome)
     }
 }
 

@@ -26,7 +26,7 @@
 use crate::apr::{self, status, BrigadeRef, BucketRef, PoolRef, TableRef};
 use crate::ffi;
 use crate::response::{self, InterimParser, Parsed};
-use crate::stream::{Headers, Input, Retire, Stream, StreamError};
+use crate::stream::{Headers, Input, Outcome, Retire, Stream, StreamError};
 use crate::workers::WorkerCtx;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -42,11 +42,34 @@ const MAX_USES: u32 = 1000;
 /// client socket must not be touched from a worker).
 static DUMMY_SOCKET: AtomicPtr<ffi::apr_socket_t> = AtomicPtr::new(ptr::null_mut());
 
-/// Creates the dummy socket (child_init).
+/// mod_logio's byte counters (optional functions; NULL without mod_logio).
+type LogioFn = unsafe extern "C" fn(*mut ffi::conn_rec, ffi::apr_off_t);
+static LOGIO_IN: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+static LOGIO_OUT: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+
+fn logio(counter: &AtomicPtr<c_void>, c: *mut ffi::conn_rec, bytes: u64) {
+    let f = counter.load(Ordering::Acquire);
+    if !f.is_null() && bytes > 0 {
+        // SAFETY: the pointer is mod_logio's ap_logio_add_bytes_{in,out},
+        // whose signature is (conn_rec *, apr_off_t); `c` is a live c2
+        // owned by the caller.
+        unsafe {
+            let f: LogioFn = std::mem::transmute::<*mut c_void, LogioFn>(f);
+            f(c, bytes as ffi::apr_off_t);
+        }
+    }
+}
+
+/// Creates the dummy socket and finds mod_logio's counters (child_init).
 ///
 /// # Safety
 /// `pchild` must be the child process pool.
 pub unsafe fn child_init(pchild: *mut ffi::apr_pool_t) {
+    for (name, slot) in [(c"ap_logio_add_bytes_in", &LOGIO_IN), (c"ap_logio_add_bytes_out", &LOGIO_OUT)] {
+        // SAFETY: looks up an optional function by name; NULL if absent.
+        let f = unsafe { ffi::apr_dynamic_fn_retrieve(name.as_ptr()) };
+        slot.store(f.map(|f| f as *mut c_void).unwrap_or(ptr::null_mut()), Ordering::Release);
+    }
     let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
     // SAFETY: creates an unconnected socket in the child pool.
     let rv = unsafe {
@@ -285,9 +308,12 @@ struct C2Release {
 unsafe impl Send for C2Release {}
 
 impl Retire for C2Release {
-    fn retire(self: Box<Self>, complete: bool) {
+    fn retire(self: Box<Self>, outcome: Outcome) {
         let C2Release { c2, eor, cache, broken } = *self;
+        let complete = outcome.complete;
         if !eor.is_null() {
+            // %O of this stream: the frames c1 sent for it.
+            logio(&LOGIO_OUT, c2.conn, outcome.bytes_sent);
             // SAFETY: the EOR bucket was removed from its brigade by our
             // filter and is owned by us; destroying it logs the request and
             // destroys the request pool (a sub-pool of the c2's).
@@ -387,6 +413,9 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
         }
         ffi::ap_run_pre_read_request(r, c);
         (*r).request_time = crate::apr::now();
+        // %I of this stream: its header frames (mod_logio's own filter
+        // counts the body as the handler reads it).
+        logio(&LOGIO_IN, c, head.raw_bytes as u64);
 
         let method = String::from_utf8_lossy(&head.method);
         let target: Vec<u8> = if is_connect {
@@ -509,7 +538,16 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             b.delete();
             continue;
         }
-        let data = match b.read(true) {
+        // Buckets of unknown length (a CGI's pipe, a proxied socket) may
+        // block: first try without blocking, and if nothing is there yet,
+        // send what is queued before waiting (as the core output filter
+        // does), so streamed output is not held back.
+        let mut read = b.read(false);
+        if read.as_ref().is_err_and(|&rv| status::is_eagain(rv)) {
+            stream.flush();
+            read = b.read(true);
+        }
+        let data = match read {
             Ok(d) => d,
             Err(rv) => {
                 bb.cleanup();
@@ -688,11 +726,21 @@ pub unsafe fn net_in(
                 ctx.input_ended = true;
                 ctx.input.clear();
                 ctx.input_off = 0;
-                if let Some(t) = trailers {
-                    add_request_trailers(ctx.request, &t);
-                }
                 if ctx.input_chunked {
-                    ctx.input.extend_from_slice(b"0\r\n\r\n");
+                    // The last chunk carries the trailers: HTTP_IN parses
+                    // them into r->trailers_in (and clears that table first).
+                    ctx.input.extend_from_slice(b"0\r\n");
+                    if let Some(t) = &trailers {
+                        for (name, value) in t.iter() {
+                            ctx.input.extend_from_slice(name);
+                            ctx.input.extend_from_slice(b": ");
+                            ctx.input.extend_from_slice(value);
+                            ctx.input.extend_from_slice(b"\r\n");
+                        }
+                    }
+                    ctx.input.extend_from_slice(b"\r\n");
+                } else if let Some(t) = trailers {
+                    add_request_trailers(ctx.request, &t);
                 }
             }
             Ok(Input::WouldBlock) => return status::EAGAIN,

@@ -146,6 +146,8 @@ pub enum DataRead {
 
 /// The session logic, called by nghttp2 while it parses or serializes.
 pub trait Handler {
+    /// A frame header arrived (before its payload).
+    fn begin_frame(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo) {}
     fn begin_headers(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow;
     fn header(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo, name: &[u8], value: &[u8]) -> Flow;
     fn frame_recv(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow;
@@ -458,6 +460,7 @@ impl<H: Handler> Session<H> {
         // (the Box moves into the returned Session, the heap value does not).
         unsafe {
             check(ng::nghttp2_session_callbacks_new(&mut callbacks))?;
+            ng::nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, Some(begin_frame_cb::<H>));
             ng::nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, Some(begin_headers_cb::<H>));
             ng::nghttp2_session_callbacks_set_on_header_callback(callbacks, Some(header_cb::<H>));
             ng::nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, Some(frame_recv_cb::<H>));
@@ -601,6 +604,26 @@ fn flow_result(ops: &mut Ops<'_>, stream_id: i32, flow: Flow, temporal: bool) ->
         }
         Flow::Fatal => ng::NGHTTP2_ERR_CALLBACK_FAILURE,
     }
+}
+
+unsafe extern "C" fn begin_frame_cb<H: Handler>(
+    session: *mut ng::nghttp2_session,
+    hd: *const ng::nghttp2_frame_hd,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 begin_frame", ng::NGHTTP2_ERR_CALLBACK_FAILURE, || {
+        // SAFETY: nghttp2 passes a valid frame header and our user data.
+        let (h, hd) = unsafe { (handler::<H>(user_data), *hd) };
+        let info = FrameInfo {
+            kind: hd.type_,
+            stream_id: hd.stream_id,
+            flags: hd.flags,
+            length: hd.length,
+            ..Default::default()
+        };
+        h.begin_frame(&mut ops(session), &info);
+        0
+    })
 }
 
 unsafe extern "C" fn begin_headers_cb<H: Handler>(

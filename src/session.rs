@@ -20,7 +20,7 @@
 use crate::nghttp2::{self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, NgError, Ops};
 use crate::request::{HeaderError, Limits, RequestBuilder};
 use crate::signal::Signal;
-use crate::stream::{Output, Retire, Stream};
+use crate::stream::{Outcome, Output, Retire, Stream};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,8 +90,8 @@ pub trait Dispatch {
     fn dispatch(&mut self, stream: Arc<Stream>);
 
     /// A finished stream's resources, to release on this (c1) thread.
-    fn retire(&mut self, retire: Box<dyn Retire>, complete: bool) {
-        retire.retire(complete)
+    fn retire(&mut self, retire: Box<dyn Retire>, outcome: Outcome) {
+        retire.retire(outcome)
     }
 }
 
@@ -115,6 +115,9 @@ struct Entry {
     received: u64,
     /// Handed to a worker (else waiting in `pending`).
     dispatched: bool,
+    /// Frame bytes received / sent on the stream (mod_logio).
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Entry {
@@ -129,6 +132,8 @@ impl Entry {
             content_length: None,
             received: 0,
             dispatched: false,
+            bytes_in: 0,
+            bytes_out: 0,
         }
     }
 }
@@ -147,7 +152,7 @@ pub struct Core<D: Dispatch> {
     signal: Arc<Signal>,
     dispatcher: D,
     entries: HashMap<i32, Entry>,
-    to_retire: Vec<(Box<dyn Retire>, bool)>,
+    to_retire: Vec<(Box<dyn Retire>, Outcome)>,
     /// Complete requests waiting for a slot (at most `max_active_streams`
     /// run at once).
     pending: VecDeque<Arc<Stream>>,
@@ -161,6 +166,11 @@ pub struct Core<D: Dispatch> {
     peer_goaway: bool,
     /// RST_STREAM(FLOW_CONTROL_ERROR) frames we sent (H2MaxStreamErrors).
     stream_errors: u32,
+    /// Highest stream id the client opened.
+    max_client_stream: i32,
+    /// Ids of streams closed lately: a late frame for one of them (e.g.
+    /// trailers racing our RST_STREAM) is no protocol error.
+    recently_closed: VecDeque<i32>,
     /// State of the padding random generator (xorshift64).
     rng: u64,
 }
@@ -177,7 +187,11 @@ impl<D: Dispatch> Core<D> {
         let Some(builder) = entry.builder.take() else { return Flow::Continue };
         let end_stream = frame.has(ng::flags::END_STREAM);
         let head = match builder.finish(end_stream) {
-            Ok(h) => h,
+            Ok(mut h) => {
+                // What the header block took on the wire (for %I).
+                h.raw_bytes = entry.bytes_in as usize;
+                h
+            }
             Err(HeaderError::Calm) => return Flow::ResetStream(error_code::ENHANCE_YOUR_CALM),
             Err(HeaderError::Malformed(_)) => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
         };
@@ -233,6 +247,10 @@ impl<D: Dispatch> Core<D> {
 
     fn complete_trailers(&mut self, frame: &FrameInfo) -> Flow {
         let Some(entry) = self.entries.get_mut(&frame.stream_id) else { return Flow::Continue };
+        if !frame.has(ng::flags::END_STREAM) {
+            // RFC 9113 8.1: a trailer section must end the stream.
+            return Flow::ResetStream(error_code::PROTOCOL_ERROR);
+        }
         let Some(builder) = entry.trailers.take() else { return Flow::Continue };
         match builder.finish_trailers() {
             Ok(t) => {
@@ -256,8 +274,9 @@ impl<D: Dispatch> Core<D> {
                 let _ = ops.consume_connection(p.consumed);
             }
             if p.worker_done {
+                let bytes_sent = entry.bytes_out;
                 if let Some(r) = stream.take_retire() {
-                    self.to_retire.push((r, false));
+                    self.to_retire.push((r, Outcome { complete: false, bytes_sent }));
                 }
                 self.entries.remove(&id);
                 self.worker_finished(id);
@@ -294,6 +313,10 @@ impl<D: Dispatch> Core<D> {
     /// The stream is gone from nghttp2: abort its worker, release what the
     /// flow control still counts, retire it if the worker is done.
     fn close_entry(&mut self, ops: &mut Ops<'_>, id: i32, code: u32) {
+        if self.recently_closed.len() >= 256 {
+            self.recently_closed.pop_front();
+        }
+        self.recently_closed.push_back(id);
         let Some(entry) = self.entries.get_mut(&id) else { return };
         entry.closed = true;
         let Some(stream) = entry.stream.clone() else {
@@ -314,6 +337,7 @@ impl<D: Dispatch> Core<D> {
             return;
         }
         let complete = code == error_code::NO_ERROR && stream.output_complete();
+        let entry_bytes_out = entry.bytes_out;
         let unread = stream.input_buffered();
         let retire = stream.close(code);
         let consumed = stream.progress().consumed;
@@ -321,7 +345,7 @@ impl<D: Dispatch> Core<D> {
             let _ = ops.consume_connection(unread + consumed);
         }
         if let Some(r) = retire {
-            self.to_retire.push((r, complete));
+            self.to_retire.push((r, Outcome { complete, bytes_sent: entry_bytes_out }));
             self.entries.remove(&id);
             self.worker_finished(id);
         } else if stream.worker_state() == Some(crate::stream::WorkerState::Done) {
@@ -333,10 +357,33 @@ impl<D: Dispatch> Core<D> {
 }
 
 impl<D: Dispatch> ng::Handler for Core<D> {
+    /// Checks nghttp2 leaves to the application (it ignores these frames).
+    fn begin_frame(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) {
+        match frame.kind {
+            // RFC 9113 6.3: PRIORITY on stream 0 is a connection error.
+            frame_type::PRIORITY if frame.stream_id == 0 => {
+                let _ = ops.terminate(error_code::PROTOCOL_ERROR);
+            }
+            // RFC 9113 5.1.1: a new stream below the highest one used. A
+            // stream we know, or closed lately, is a late frame instead.
+            frame_type::HEADERS
+                if frame.stream_id % 2 == 1
+                    && frame.stream_id < self.max_client_stream
+                    && !self.entries.contains_key(&frame.stream_id)
+                    && !self.recently_closed.contains(&frame.stream_id)
+                    && !ops.stream_exists(frame.stream_id) =>
+            {
+                let _ = ops.terminate(error_code::PROTOCOL_ERROR);
+            }
+            _ => {}
+        }
+    }
+
     fn begin_headers(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
         let id = frame.stream_id;
         match frame.headers_category {
             headers_category::REQUEST => {
+                self.max_client_stream = self.max_client_stream.max(id);
                 self.entries.insert(id, Entry::new(RequestBuilder::new(self.settings.limits)));
             }
             headers_category::HEADERS => {
@@ -374,6 +421,11 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     }
 
     fn frame_recv(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
+        if frame.stream_id > 0 && (frame.kind == frame_type::HEADERS || frame.kind == frame_type::DATA) {
+            if let Some(e) = self.entries.get_mut(&frame.stream_id) {
+                e.bytes_in += frame.length as u64 + 9;
+            }
+        }
         match frame.kind {
             frame_type::HEADERS => {
                 if frame.headers_category == headers_category::REQUEST {
@@ -434,6 +486,11 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     }
 
     fn frame_sent(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) {
+        if frame.stream_id > 0 {
+            if let Some(e) = self.entries.get_mut(&frame.stream_id) {
+                e.bytes_out += frame.length as u64 + 9;
+            }
+        }
         if frame.kind == frame_type::RST_STREAM && frame.error_code == error_code::FLOW_CONTROL_ERROR {
             self.stream_errors += 1;
             let max = self.settings.max_stream_errors;
@@ -536,6 +593,8 @@ impl<D: Dispatch> Session<D> {
             stats: Stats::default(),
             peer_goaway: false,
             stream_errors: 0,
+            max_client_stream: 0,
+            recently_closed: VecDeque::new(),
             rng: seed(),
         };
         let mut ng = ng::Session::new_server(core, &options)?;
@@ -631,8 +690,8 @@ impl<D: Dispatch> Session<D> {
     pub fn retire_finished(&mut self) {
         let core = self.ng.handler();
         let list = std::mem::take(&mut core.to_retire);
-        for (r, complete) in list {
-            core.dispatcher.retire(r, complete);
+        for (r, outcome) in list {
+            core.dispatcher.retire(r, outcome);
         }
     }
 
@@ -723,8 +782,9 @@ impl<D: Dispatch> Session<D> {
             .collect();
         for id in done {
             if let Some(e) = core.entries.remove(&id) {
+                let bytes_sent = e.bytes_out;
                 if let Some(r) = e.stream.and_then(|s| s.take_retire()) {
-                    core.to_retire.push((r, false));
+                    core.to_retire.push((r, Outcome { complete: false, bytes_sent }));
                 }
             }
             core.worker_finished(id);

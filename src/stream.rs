@@ -200,12 +200,20 @@ pub enum WorkerState {
     Done,
 }
 
+/// How a stream ended, as c1 saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The response was delivered completely (false: reset or aborted).
+    pub complete: bool,
+    /// Bytes of frames sent on the stream (for mod_logio's %O).
+    pub bytes_sent: u64,
+}
+
 /// Releases what a finished stream held (its request and secondary
 /// connection). Called by c1, once, after the stream is closed on the
-/// connection and the worker is done. `complete` says whether the response
-/// was delivered completely (false: reset or aborted).
+/// connection and the worker is done.
 pub trait Retire: Send {
-    fn retire(self: Box<Self>, complete: bool);
+    fn retire(self: Box<Self>, outcome: Outcome);
 }
 
 #[derive(Default)]
@@ -674,7 +682,7 @@ mod tests {
 
     struct Flag(Arc<AtomicBool>);
     impl Retire for Flag {
-        fn retire(self: Box<Self>, _complete: bool) {
+        fn retire(self: Box<Self>, _outcome: Outcome) {
             self.0.store(true, Ordering::SeqCst);
         }
     }
@@ -686,7 +694,7 @@ mod tests {
         assert!(s.close(0).is_none());
         s.worker_done(Some(Box::new(Flag(hit.clone()))));
         let r = s.take_retire().expect("retire after worker_done");
-        r.retire(true);
+        r.retire(Outcome { complete: true, bytes_sent: 0 });
         assert!(hit.load(Ordering::SeqCst));
         assert!(s.take_retire().is_none());
     }

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -390,6 +391,35 @@ def tls_vhost(port, cert, server_name=None, protocols="h2 http/1.1", extra="", l
 @pytest.fixture(scope="session")
 def certs(workdir):
     return Certs(workdir)
+
+
+@pytest.fixture(scope="session")
+def test_module(workdir):
+    """tests/modules/mod_h2rs_test.c built with apxs (handlers h2rs-echo,
+    h2rs-drip): returns the LoadModule line."""
+    d = pathlib.Path(workdir) / "testmod"
+    d.mkdir()
+    shutil.copy(ROOT / "tests" / "modules" / "mod_h2rs_test.c", d)
+    r = subprocess.run([APXS, "-c", "mod_h2rs_test.c"], cwd=d, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return f"LoadModule h2rs_test_module {d / '.libs' / 'mod_h2rs_test.so'}"
+
+
+@pytest.fixture(scope="session")
+def backend():
+    """The HTTP/1.1 backend of tests/backend.py: returns its port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "backend.py"), str(port)])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port
+    proc.kill()
+    proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,102 @@
+/* A small httpd module for the end-to-end tests: handlers that show what a
+ * handler sees of a request (body, trailers) and that produce what no stock
+ * handler produces on its own (response trailers). Built by the tests with
+ * apxs; never part of mod_h2rs. */
+#include "httpd.h"
+#include "http_config.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "apr_strings.h"
+
+static int print_trailer(void *ctx, const char *k, const char *v)
+{
+    ap_rprintf((request_rec *)ctx, "trailer %s: %s\n", k, v);
+    return 1;
+}
+
+/* h2rs-echo: reads the whole body, answers its length and FNV-1a hash, the
+ * request trailers it saw, and (with "want-trailers") response trailers. */
+static int echo_handler(request_rec *r)
+{
+    apr_bucket_brigade *bb;
+    apr_uint64_t hash = 14695981039346656037ULL;
+    apr_off_t total = 0;
+    int seen_eos = 0;
+    apr_status_t rv;
+
+    bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    while (!seen_eos) {
+        apr_bucket *b;
+        rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES, APR_BLOCK_READ, 65536);
+        if (rv != APR_SUCCESS) {
+            return ap_map_http_request_error(rv, HTTP_BAD_REQUEST);
+        }
+        for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+            const char *data;
+            apr_size_t len, i;
+            if (APR_BUCKET_IS_EOS(b)) {
+                seen_eos = 1;
+                break;
+            }
+            if (APR_BUCKET_IS_METADATA(b)) {
+                continue;
+            }
+            if (apr_bucket_read(b, &data, &len, APR_BLOCK_READ) != APR_SUCCESS) {
+                return HTTP_BAD_REQUEST;
+            }
+            for (i = 0; i < len; ++i) {
+                hash ^= (unsigned char)data[i];
+                hash *= 1099511628211ULL;
+            }
+            total += len;
+        }
+        apr_brigade_cleanup(bb);
+    }
+    ap_set_content_type(r, "text/plain");
+    ap_rprintf(r, "length=%" APR_OFF_T_FMT " fnv=%016" APR_UINT64_T_HEX_FMT "\n", total, hash);
+    apr_table_do(print_trailer, r, r->trailers_in, NULL);
+    if (apr_table_get(r->headers_in, "want-trailers")) {
+        apr_table_setn(r->trailers_out, "x-body-length", apr_off_t_toa(r->pool, total));
+        apr_table_setn(r->trailers_out, "grpc-status", "0");
+    }
+    return OK;
+}
+
+/* h2rs-drip: N chunks (query, default 3) of one line each, flushed, 300 ms
+ * apart. */
+static int drip_handler(request_rec *r)
+{
+    int i, n = r->args ? atoi(r->args) : 3;
+    ap_set_content_type(r, "text/plain");
+    for (i = 0; i < n; ++i) {
+        ap_rprintf(r, "chunk %d\n", i);
+        ap_rflush(r);
+        if (i + 1 < n) {
+            apr_sleep(apr_time_from_msec(300));
+        }
+    }
+    return OK;
+}
+
+static int test_handler(request_rec *r)
+{
+    if (!r->handler) {
+        return DECLINED;
+    }
+    if (!strcmp(r->handler, "h2rs-echo")) {
+        return echo_handler(r);
+    }
+    if (!strcmp(r->handler, "h2rs-drip")) {
+        return drip_handler(r);
+    }
+    return DECLINED;
+}
+
+static void register_hooks(apr_pool_t *p)
+{
+    ap_hook_handler(test_handler, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
+AP_DECLARE_MODULE(h2rs_test) = {
+    STANDARD20_MODULE_STUFF, NULL, NULL, NULL, NULL, NULL, register_hooks
+};

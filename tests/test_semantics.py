@@ -1,0 +1,457 @@
+"""Issue 3: every handler, every HTTP feature over HTTP/2 streams: request
+bodies, flow control by consumption, validation and limits, trailers,
+interim responses, streaming, bodyless responses, conditional and range
+requests, compression, error responses, environment and logging."""
+import gzip
+import hashlib
+import os
+import re
+import subprocess
+import threading
+import time
+
+import h2.errors
+import h2.events
+import h2.settings
+import pytest
+
+from conftest import MODDIR, Httpd, curl, sha256
+from h2client import H2Client
+
+MODULES = f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
+LoadModule dav_module {MODDIR}/mod_dav.so
+LoadModule dav_fs_module {MODDIR}/mod_dav_fs.so
+LoadModule deflate_module {MODDIR}/mod_deflate.so
+LoadModule filter_module {MODDIR}/mod_filter.so
+LoadModule auth_basic_module {MODDIR}/mod_auth_basic.so
+LoadModule authn_core_module {MODDIR}/mod_authn_core.so
+LoadModule authn_file_module {MODDIR}/mod_authn_file.so
+LoadModule authz_user_module {MODDIR}/mod_authz_user.so
+LoadModule env_module {MODDIR}/mod_env.so
+LoadModule setenvif_module {MODDIR}/mod_setenvif.so"""
+
+
+def fnv(data):
+    h = 14695981039346656037
+    for b in data:
+        h ^= b
+        h = (h * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+@pytest.fixture(scope="module")
+def srv(workdir, docroot, test_module, backend):
+    d = workdir / "sem"
+    (d / "dav").mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o777)
+    os.chmod(d / "dav", 0o777)
+    pw = d / "htpasswd"
+    subprocess.run(["htpasswd", "-cb", str(pw), "alice", "secret"], check=True, capture_output=True)
+    os.chmod(pw, 0o644)
+    extra = f"""{MODULES}
+{test_module}
+LogFormat "%h \\"%r\\" %>s %b %H %I %O %{{H2_STREAM_ID}}e" sem
+CustomLog "{workdir}/srv-sem/sem.log" sem
+<Location /echo>
+  SetHandler h2rs-echo
+</Location>
+<Location /drip>
+  SetHandler h2rs-drip
+</Location>
+<Location /limited>
+  SetHandler h2rs-echo
+  LimitRequestBody 1000
+</Location>
+ProxyPass /proxy/ http://127.0.0.1:{backend}/
+DavLockDB "{d}/davlock"
+Alias /dav "{d}/dav"
+<Directory "{d}/dav">
+  Dav On
+  Require all granted
+</Directory>
+<Location /private>
+  AuthType Basic
+  AuthName "h2rs test"
+  AuthUserFile "{pw}"
+  Require valid-user
+</Location>
+<Location /gz>
+  SetOutputFilter DEFLATE
+</Location>
+Alias /gz "{docroot.path}"
+ErrorDocument 404 /index.html
+<Location /h2only>
+  Require expr %{{HTTP2}} == 'on'
+</Location>
+Alias /h2only "{docroot.path}"
+<If "%{{HTTP2}} == 'on'">
+  Header always set X-Was-H2 yes
+</If>
+"""
+    h = Httpd(workdir, docroot, name="srv-sem", extra=extra, h2_conf="H2EarlyHints on")
+    h.start()
+    yield h
+    h.stop()
+    h.check_log()
+
+
+def h2c(srv, **kw):
+    return H2Client(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24}, **kw)
+
+
+# ---- request bodies ----------------------------------------------------------
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65537, 1 << 20, 16 << 20])
+@pytest.mark.parametrize("with_cl", [True, False])
+def test_request_body_reaches_the_handler(srv, size, with_cl):
+    body = os.urandom(size)
+    c = h2c(srv)
+    headers = [("content-length", str(size))] if with_cl else []
+    sid = c.request("/echo", method="POST", headers=headers, body=body)
+    st = c.wait_stream(sid, timeout=60)
+    assert st.status == 200
+    assert st.data.decode().splitlines()[0] == f"length={size} fnv={fnv(body)}"
+    c.close()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
+def test_methods_with_bodies_reach_cgi(srv, method, workdir):
+    body = os.urandom(300_000)
+    f = workdir / f"body-{method}"
+    f.write_bytes(body)
+    r = curl("--http2-prior-knowledge", "-X", method, "--data-binary", f"@{f}", srv.url("/cgi/sum.cgi"))
+    assert r.stdout.decode().strip() == sha256(body)
+    # Without content-length (curl streams stdin with -T -).
+    r = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-X", method, "-T", "-", srv.url("/cgi/sum.cgi")],
+                       input=body, capture_output=True, timeout=60)
+    assert r.stdout.decode().strip() == sha256(body)
+
+
+def test_upload_through_mod_proxy_http(srv):
+    body = os.urandom(2_000_000)
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/proxy/echo", method="POST", body=body,
+                                 headers=[("content-length", str(len(body)))]))
+    assert st.status == 200 and st.data.decode().strip() == f"length={len(body)} sha256={sha256(body)}"
+    st = c.wait_stream(c.request("/proxy/echo", method="POST", body=body))  # no content-length
+    assert st.status == 200 and st.data.decode().strip() == f"length={len(body)} sha256={sha256(body)}"
+    c.close()
+
+
+def test_dav_upload_and_download(srv, workdir):
+    body = os.urandom(5 << 20)
+    f = workdir / "dav-up.bin"
+    f.write_bytes(body)
+    r = curl("--http2-prior-knowledge", "-T", str(f), "-o", "/dev/null", "-w", "%{http_code}",
+             srv.url("/dav/up.bin"))
+    assert r.stdout in (b"201", b"204"), r.stdout
+    r = curl("--http2-prior-knowledge", srv.url("/dav/up.bin"))
+    assert sha256(r.stdout) == sha256(body)
+
+
+def test_one_gib_upload_byte_exact(srv, workdir):
+    path = workdir / "1g.bin"
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        block = os.urandom(1 << 20)
+        for i in range(1024):
+            chunk = bytes([i & 0xFF]) + block[1:]
+            f.write(chunk)
+            h.update(chunk)
+    # -T streams the file (--data-binary would load 1 GiB into curl's memory).
+    r = curl("--http2-prior-knowledge", "-X", "POST", "-T", str(path), "-H", "Content-Type: application/octet-stream",
+             srv.url("/cgi/sum.cgi"), timeout=600)
+    path.unlink()
+    assert r.stdout.decode().strip() == h.hexdigest()
+
+
+def test_upload_flow_follows_consumption(make_server, docroot):
+    """A handler that does not read yet: the client can send about one
+    stream window, not the whole body; once the handler reads, the rest
+    flows."""
+    slow = docroot.path / "cgi" / "slowsum.cgi"
+    if not slow.exists():
+        slow.write_text("#!/bin/sh\nsleep 2\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nsha256sum | cut -d' ' -f1\n")
+        slow.chmod(0o755)
+    srv = make_server(h2_conf="H2WindowSize 65535").start()
+    body = os.urandom(8 << 20)
+    c = H2Client(srv.port)
+    sid = c.request("/cgi/slowsum.cgi", method="POST", end_stream=False)
+    sent = 0
+    deadline = time.time() + 1.2
+    while time.time() < deadline:
+        window = min(c.conn.local_flow_control_window(sid), len(body) - sent, c.conn.max_outbound_frame_size)
+        if window > 0:
+            c.conn.send_data(sid, body[sent:sent + window])
+            sent += window
+            c.flush()
+        else:
+            c.read_some(timeout=0.1)
+    # One stream window plus what pipes and sockets on the way to the CGI
+    # hold; nowhere near the 8 MiB body.
+    assert sent < 1 << 20, sent
+    c.send_body(sid, body[sent:])
+    st = c.wait_stream(sid, timeout=60)
+    assert st.data.decode().strip() == sha256(body)
+    c.close()
+
+
+def test_expect_100_continue(srv):
+    c = h2c(srv)
+    sid = c.request("/echo", method="POST", headers=[("expect", "100-continue")], end_stream=False)
+    c.wait(lambda: c.streams[sid].interim or c.streams[sid].done, timeout=10)
+    st = c.streams[sid]
+    assert st.interim and dict(st.interim[0])[b":status"] == b"100"
+    c.send_body(sid, b"after continue")
+    st = c.wait_stream(sid)
+    assert st.data.startswith(b"length=14 ")
+    c.close()
+
+
+def test_request_trailers_reach_the_handler(srv):
+    c = h2c(srv)
+    sid = c.request("/echo", method="POST", end_stream=False)
+    c.conn.send_data(sid, b"payload")
+    c.conn.send_headers(sid, [(b"x-checksum", b"abc123"), (b"x-other", b"2")], end_stream=True)
+    c.flush()
+    st = c.wait_stream(sid)
+    lines = st.data.decode().splitlines()
+    assert lines[0] == f"length=7 fnv={fnv(b'payload')}"
+    assert "trailer x-checksum: abc123" in lines and "trailer x-other: 2" in lines
+    c.close()
+
+
+# ---- validation and limits ---------------------------------------------------
+
+@pytest.mark.parametrize("headers", [
+    [("te", "gzip")], [("connection", "close")], [("keep-alive", "1")], [("transfer-encoding", "chunked")],
+    [("upgrade", "h2c")], [("proxy-connection", "x")], [("x-bad", " lead")], [("x-bad", "trail ")],
+    [("x-bad", "a\x00b")], [("X-Upper", "1")],
+])
+def test_malformed_fields_reset_the_stream(srv, headers):
+    c = H2Client(srv.port, validate=False)
+    sid = c.request("/1k.bin", headers=headers)
+    st = c.wait_stream(sid)
+    assert st.reset == h2.errors.ErrorCodes.PROTOCOL_ERROR, (headers, st.status, st.reset)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+
+
+def test_cookie_crumbs_are_joined_and_authority_is_host(make_server, docroot):
+    show = docroot.path / "cgi" / "show.cgi"
+    if not show.exists():
+        show.write_text("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
+                        "echo \"cookie=$HTTP_COOKIE host=$HTTP_HOST\"\n")
+        show.chmod(0o755)
+    srv = make_server().start()
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/cgi/show.cgi", headers=[("cookie", "a=1"), ("cookie", "b=2")],
+                                 authority="example.test"))
+    assert st.data.decode().strip() == "cookie=a=1; b=2 host=example.test"
+    c.close()
+
+
+def test_request_limits_answer_431_and_414(make_server):
+    srv = make_server(extra="LimitRequestFields 10\nLimitRequestFieldSize 200\nLimitRequestLine 300").start()
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/1k.bin", headers=[(f"x-h{i}", "v") for i in range(12)]))
+    assert st.status == 431
+    st = c.wait_stream(c.request("/1k.bin", headers=[("x-big", "v" * 300)]))
+    assert st.status == 431
+    st = c.wait_stream(c.request("/" + "p" * 400))
+    assert st.status == 414
+    # Far beyond the field limit: the stream is reset (ENHANCE_YOUR_CALM).
+    st = c.wait_stream(c.request("/1k.bin", headers=[(f"x-h{i}", "v") for i in range(150)]))
+    assert st.reset == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, (st.status, st.reset)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+    time.sleep(0.3)
+    log = "\n".join(srv.read_access_log())
+    assert '" 431 ' in log and '" 414 ' in log
+
+
+# ---- responses -----------------------------------------------------------------
+
+def test_streamed_output_arrives_as_flushed(srv):
+    c = h2c(srv)
+    t0 = time.time()
+    sid = c.request("/drip?4")
+    arrivals = []
+    while not c.streams[sid].done:
+        before = len(c.streams[sid].data)
+        c.read_some(timeout=5)
+        if len(c.streams[sid].data) > before:
+            arrivals.append(time.time() - t0)
+    assert c.streams[sid].data.decode() == "".join(f"chunk {i}\n" for i in range(4))
+    # The handler sleeps 300 ms between chunks: the first must not wait for
+    # the last.
+    assert arrivals[0] < arrivals[-1] - 0.5, arrivals
+    c.close()
+
+
+def test_server_sent_events_through_mod_proxy_stream(srv):
+    c = h2c(srv)
+    t0 = time.time()
+    sid = c.request("/proxy/sse?n=4")
+    first = None
+    while not c.streams[sid].done:
+        c.read_some(timeout=5)
+        if first is None and c.streams[sid].data:
+            first = time.time() - t0
+    total = time.time() - t0
+    assert c.streams[sid].data.count(b"data: event") == 4
+    assert first is not None and first < total - 0.5, (first, total)
+    c.close()
+
+
+def test_output_buffering_off_sends_each_write(make_server):
+    srv = make_server(h2_conf="H2OutputBuffering off").start()
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/cgi/env.cgi"))
+    assert st.status == 200
+    c.close()
+
+
+def test_head_and_bodyless_statuses_carry_no_data(srv, docroot):
+    c = h2c(srv)
+    sid = c.request("/cgi/env.cgi", method="HEAD")
+    st = c.wait_stream(sid)
+    assert st.status == 200 and st.data == b""
+    etag = c.wait_stream(c.request("/1k.bin")).header("etag")
+    sid = c.request("/1k.bin", headers=[("if-none-match", etag)])
+    st = c.wait_stream(sid)
+    assert st.status == 304 and st.data == b""
+    assert not [e for e in c.events_of(h2.events.DataReceived) if e.stream_id == sid and e.data]
+    lm = c.wait_stream(c.request("/1k.bin")).header("last-modified")
+    st = c.wait_stream(c.request("/1k.bin", headers=[("if-modified-since", lm)]))
+    assert st.status == 304 and st.data == b""
+    c.close()
+
+
+def test_ranges_single_and_multipart(srv, docroot):
+    data = docroot.file("1k.bin").read_bytes()
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/1k.bin", headers=[("range", "bytes=100-199")]))
+    assert st.status == 206 and bytes(st.data) == data[100:200]
+    assert st.header("content-range") == "bytes 100-199/1024"
+    st = c.wait_stream(c.request("/1k.bin", headers=[("range", "bytes=0-9,500-509")]))
+    assert st.status == 206 and st.header("content-type").startswith("multipart/byteranges")
+    assert data[0:10] in st.data and data[500:510] in st.data
+    c.close()
+
+
+def test_content_length_is_kept_when_known(srv):
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/1m.bin"))
+    assert st.header("content-length") == str(1 << 20)
+    c.close()
+
+
+def test_deflate_compression(srv, docroot):
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/gz/100k.bin", headers=[("accept-encoding", "gzip")]))
+    assert st.header("content-encoding") == "gzip"
+    assert gzip.decompress(bytes(st.data)) == docroot.file("100k.bin").read_bytes()
+    c.close()
+
+
+def test_response_trailers_from_a_handler_and_a_proxy(srv):
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/echo", method="POST", headers=[("want-trailers", "1")], body=b"abc"))
+    assert dict(st.trailers) == {b"x-body-length": b"3", b"grpc-status": b"0"}
+    st = c.wait_stream(c.request("/proxy/trailers"))
+    assert st.data == b"hello"
+    assert dict(st.trailers).get(b"grpc-status") == b"0", st.trailers
+    c.close()
+
+
+def test_interim_103_from_a_proxied_backend(srv):
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/proxy/early"))
+    assert st.status == 200 and st.data == b"after the hints\n"
+    assert st.interim and dict(st.interim[0])[b":status"] == b"103", st.interim
+    assert dict(st.interim[0])[b"link"] == b"</early.css>; rel=preload"
+    c.close()
+
+
+def test_error_responses_from_every_phase(srv):
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/private/"))
+    assert st.status == 401 and st.header("www-authenticate").startswith("Basic")
+    import base64
+    auth = "Basic " + base64.b64encode(b"alice:secret").decode()
+    st = c.wait_stream(c.request("/private/", headers=[("authorization", auth)]))
+    assert st.status in (200, 404)
+    st = c.wait_stream(c.request("/limited", method="POST", body=b"x" * 5000,
+                                 headers=[("content-length", "5000")]))
+    assert st.status == 413
+    st = c.wait_stream(c.request("/cgi/fail.cgi"))
+    assert st.status == 500
+    st = c.wait_stream(c.request("/no/such/thing"))
+    assert st.status == 404 and b"mod_h2rs test" in st.data  # ErrorDocument
+    c.close()
+    srv.new_log_lines()  # the failing CGI logs its error
+
+
+# ---- environment and logging ------------------------------------------------------
+
+def test_http2_expressions(srv):
+    r = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", srv.url("/index.html"))
+    assert re.search(rb"(?im)^x-was-h2: yes", r.stdout)
+    r = curl("--http1.1", "-D", "-", "-o", "/dev/null", srv.url("/index.html"))
+    assert not re.search(rb"(?im)^x-was-h2", r.stdout)
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/h2only/1k.bin"))
+    assert r.stdout == b"200"
+    r = curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/h2only/1k.bin"))
+    assert r.stdout == b"403"
+
+
+def test_access_log_with_logio_counts_each_stream(srv, workdir):
+    log = workdir / "srv-sem" / "sem.log"
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+    c = h2c(srv)
+    a = c.request("/1m.bin")
+    b = c.request("/echo", method="POST", body=os.urandom(100_000))
+    c.wait(lambda: c.streams[a].done and c.streams[b].done)
+    c.close()
+    deadline = time.time() + 5
+    while len(log.read_text().splitlines()) < before + 2 and time.time() < deadline:
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()[before:]
+    big = [l for l in lines if '"GET /1m.bin HTTP/2.0" 200' in l][0].split()
+    post = [l for l in lines if '"POST /echo HTTP/2.0" 200' in l][0].split()
+    # %h "%r" %>s %b %H %I %O stream
+    i_big, o_big = int(big[-3]), int(big[-2])
+    i_post, o_post = int(post[-3]), int(post[-2])
+    assert (1 << 20) < o_big < (1 << 20) + 4096, o_big
+    assert i_big < 1000, i_big
+    assert 100_000 <= i_post < 110_000, i_post
+    assert o_post < 1000, o_post
+
+
+def test_status_page_shows_h2_sessions(srv):
+    c = h2c(srv)
+    slow = c.request("/cgi/slow.cgi?1")
+    st = c.wait_stream(c.request("/server-status"))
+    assert b"h2 session:" in st.data
+    c.wait_stream(slow)
+    c.close()
+
+
+def test_ssl_variables_on_tls_streams(make_server, certs, docroot):
+    from conftest import free_port
+    from h2client import tls_socket
+    ssl_cgi = docroot.path / "cgi" / "ssl.cgi"
+    if not ssl_cgi.exists():
+        ssl_cgi.write_text("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
+                           "echo \"HTTPS=$HTTPS SSL_PROTOCOL=$SSL_PROTOCOL HTTP2=$HTTP2\"\n")
+        ssl_cgi.chmod(0o755)
+    port = free_port()
+    srv = make_server()
+    srv.tls_config(certs, port, extra='<Directory "%s/cgi">\n  SSLOptions +StdEnvVars\n</Directory>' % docroot.path)
+    srv.start()
+    c = H2Client(port, sock=tls_socket(port))
+    st = c.wait_stream(c.request("/cgi/ssl.cgi"))
+    assert re.match(r"HTTPS=on SSL_PROTOCOL=TLSv1\.[23] HTTP2=on", st.data.decode()), st.data
+    c.close()
