@@ -23,6 +23,7 @@ use crate::log::Level;
 use crate::nghttp2::error_code;
 use crate::request::Limits;
 use crate::session::{Dispatch, Session, Settings};
+use crate::park::{self, Parked, Parking};
 use crate::signal::Signal;
 use crate::stream::{Outcome, Retire, Stream};
 use crate::{clog, workers};
@@ -53,16 +54,23 @@ pub static FAULT_INJECTION: std::sync::atomic::AtomicBool = std::sync::atomic::A
 /// 0: running, 1: graceful stop/restart, 2: hard stop.
 static STOPPING: AtomicU8 = AtomicU8::new(0);
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
-/// Live sessions' wake-up signals, to wake them when the child stops.
-static SESSIONS: Lazy<Mutex<HashMap<u64, Weak<Signal>>>> = Lazy::new(Default::default);
+/// Live sessions: their wake-up signal (for running ones) and parking (for
+/// idle ones), to reach them when the child stops.
+static SESSIONS: Lazy<Mutex<HashMap<u64, (Weak<Signal>, Weak<Parking>)>>> = Lazy::new(Default::default);
 
 /// child_stopping: every session sends GOAWAY and finishes (graceful) or
-/// aborts (hard) its streams.
+/// aborts (hard) its streams. Running sessions are woken; idle ones, parked
+/// in the MPM, send their GOAWAY right here.
 pub fn child_stopping(graceful: bool) {
     STOPPING.store(if graceful { 1 } else { 2 }, Ordering::SeqCst);
-    let signals: Vec<Arc<Signal>> = SESSIONS.lock().values().filter_map(Weak::upgrade).collect();
-    for s in signals {
-        s.wake();
+    let live: Vec<(Weak<Signal>, Weak<Parking>)> = SESSIONS.lock().values().cloned().collect();
+    for (signal, parking) in live {
+        if let Some(p) = parking.upgrade() {
+            p.stop_notice();
+        }
+        if let Some(s) = signal.upgrade() {
+            s.wake();
+        }
     }
 }
 
@@ -145,6 +153,25 @@ pub struct C1 {
     client_gone: bool,
     torn_down: bool,
     tls: TlsWarmup,
+    /// Exclusive use of the session while it is parked in the MPM.
+    parking: Arc<Parking>,
+}
+
+impl Parked for C1 {
+    /// An idle session is told goodbye while it waits in the MPM (idle
+    /// timeout, graceful stop): GOAWAY, then the connection is shut down so
+    /// the MPM hands it back to us at once (the read sees the end) and it
+    /// closes, even if the client ignores the GOAWAY.
+    fn goaway_now(&mut self, debug: &[u8]) {
+        if !self.client_gone && !self.session.goaway_sent() {
+            clog!(self.c, Level::Debug, "h2rs: GOAWAY to a parked session ({})", String::from_utf8_lossy(debug));
+            self.session.goaway(error_code::NO_ERROR, debug);
+            let _ = self.write_output();
+            // SAFETY: shutting down our connection's own socket; the MPM
+            // only polls it (and then sees it readable).
+            unsafe { libc::shutdown(self.sock_fd, libc::SHUT_RDWR) };
+        }
+    }
 }
 
 /// Record size used during TLS warm-up (as the stock module: fits one
@@ -182,11 +209,14 @@ pub unsafe fn server_config<'a>(s: *const ffi::server_rec) -> Option<&'a ServerC
     unsafe { (ffi::h2rs_shim_server_conf(s) as *const ServerConfig).as_ref() }
 }
 
-/// How many streams of one connection may run on workers at once: as many
-/// as the pool can grow to, within what the client may open.
+/// How many streams of one connection may run on workers at once, at most:
+/// three quarters of what the pool can grow to (no connection takes every
+/// worker), within what the client may open. The session starts lower and
+/// grows towards this for clients that behave.
 fn max_active_streams(max_streams: u32) -> usize {
     let workers = workers::current().map(|p| p.limits().1).unwrap_or(1);
-    workers.clamp(1, max_streams.max(1)) as usize
+    let share = if workers > 1 { (workers * 3 / 4).max(1) } else { 1 };
+    share.clamp(1, max_streams.max(1)) as usize
 }
 
 /// Session settings from the server config and httpd's limits.
@@ -220,6 +250,7 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
         padding_bits: cfg.padding_bits(),
         options: crate::nghttp2::Options {
             no_http_messaging: true,
+            extensible_priorities: true,
             padding: cfg.padding_bits() > 0,
             max_send_header_block: match cfg.max_header_block_len() {
                 0 => 64 * 1024,
@@ -308,7 +339,12 @@ impl C1Ctx {
         if self.session.is_none() {
             // SAFETY: caller contract.
             match unsafe { C1::start(c, self.protocol, self.server, upgrade) } {
-                Some(s) => self.session = Some(s),
+                Some(s) => {
+                    let session = self.session.insert(s);
+                    // The context is boxed: the session's address is stable.
+                    let ptr = session as *mut C1 as *mut dyn Parked;
+                    session.parking.set_session(ptr);
+                }
                 None => {
                     // SAFETY: the connection is ours.
                     unsafe { (*c).keepalive = ffi::AP_CONN_CLOSE };
@@ -406,7 +442,9 @@ impl C1 {
                 can_waitio = 0;
             }
             let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-            SESSIONS.lock().insert(session_id, Arc::downgrade(&signal));
+            let keepalive_timeout = interval((*s).keep_alive_timeout, Duration::from_secs(5));
+            let parking = Parking::new(keepalive_timeout);
+            SESSIONS.lock().insert(session_id, (Arc::downgrade(&signal), Arc::downgrade(&parking)));
             let mut c1 = C1 {
                 c,
                 session,
@@ -417,7 +455,7 @@ impl C1 {
                 out_bb: BrigadeRef::create((*c).pool, (*c).bucket_alloc),
                 out_buf: Vec::with_capacity(WRITE_CHUNK + 16 * 1024),
                 timeout: interval((*s).timeout, Duration::from_secs(60)),
-                keepalive_timeout: interval((*s).keep_alive_timeout, Duration::from_secs(5)),
+                keepalive_timeout,
                 // An upgraded connection must stay in our loop: httpd closes
                 // it once the upgrading HTTP/1.1 request returns.
                 async_mpm: async_mpm != 0 && !(*c).cs.is_null() && !upgraded,
@@ -437,6 +475,7 @@ impl C1 {
                         last_write: std::time::Instant::now(),
                     }
                 },
+                parking,
             };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
@@ -460,6 +499,7 @@ impl C1 {
                 cs.state = ffi::CONN_STATE_HANDLER;
             }
         }
+        self.parking.activate();
         self.update_status();
         loop {
             if !self.client_gone && self.read_input().is_err() {
@@ -562,6 +602,13 @@ impl C1 {
                     cs.sense = ffi::CONN_SENSE_DEFAULT;
                 }
             }
+        }
+        // Last: from here on a timer or a stop notice may use the session.
+        // In the MPM's I/O queue the timeout is `Timeout`; our timer sends
+        // the GOAWAY of `KeepAliveTimeout` (the keep-alive queue, used
+        // without WAITIO, has its own).
+        if self.can_waitio && self.parking.park() {
+            park::arm_timer(&self.parking, self.keepalive_timeout);
         }
         ffi::HOOK_OK
     }
@@ -747,6 +794,7 @@ impl C1 {
             return;
         }
         self.torn_down = true;
+        self.parking.kill();
         SESSIONS.lock().remove(&self.session_id);
         self.session.abort_all();
         let mut waited = Duration::ZERO;

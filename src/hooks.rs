@@ -210,6 +210,7 @@ unsafe extern "C" fn child_pre_cleanup(_data: *mut c_void) -> ffi::apr_status_t 
     guard("child cleanup", 0, || {
         c1::child_stopping(false);
         workers::shutdown();
+        crate::park::stop_clock();
         0
     })
 }
@@ -236,6 +237,7 @@ pub unsafe extern "C" fn h2rs_child_init(pchild: *mut ffi::apr_pool_t, s: *mut f
             let (min, max) = cfg.workers(threads.max(1) as u32);
             let idle = cfg.max_worker_idle();
             workers::install(workers::Pool::new(min, max, idle, Box::new(HttpdThreads)));
+            crate::park::start_clock();
             if let Some(pool) = PoolRef::from_raw(pchild) {
                 pool.pre_cleanup(ptr::null(), child_pre_cleanup);
             }

@@ -24,6 +24,7 @@ pub mod stream;
 pub mod session;
 pub mod signal;
 pub mod workers;
+pub mod park;
 pub mod c1;
 pub mod c2;
 pub mod response;

@@ -228,6 +228,9 @@ pub struct Options {
     pub no_http_messaging: bool,
     /// Ask the handler for frame padding (H2Padding).
     pub padding: bool,
+    /// RFC 9218 extensible priorities (PRIORITY_UPDATE frames), with RFC
+    /// 7540 priorities for clients that do not turn them off.
+    pub extensible_priorities: bool,
 }
 
 impl Default for Options {
@@ -243,6 +246,7 @@ impl Default for Options {
             glitch_rate: (1000, 33),
             no_http_messaging: false,
             padding: false,
+            extensible_priorities: false,
         }
     }
 }
@@ -427,6 +431,21 @@ impl<'a> Ops<'a> {
         Ok(id)
     }
 
+    /// Applies a request's RFC 9218 `priority` field to the stream's
+    /// scheduling (urgency 0-7, incremental). Ignored where the client
+    /// uses RFC 7540 priorities instead.
+    pub fn set_priority(&mut self, stream_id: i32, field: &[u8]) {
+        let mut pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
+        // SAFETY: parses `field` (valid slice) into `pri`; on a parse error
+        // `pri` keeps the defaults. The session is live.
+        unsafe {
+            if ng::nghttp2_extpri_parse_priority(&mut pri, field.as_ptr(), field.len()) != 0 {
+                pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
+            }
+            ng::nghttp2_session_change_extpri_stream_priority(self.raw, stream_id, &pri, 0);
+        }
+    }
+
     /// Whether the stream is still known to nghttp2 (open or half-closed).
     pub fn stream_exists(&self, stream_id: i32) -> bool {
         // SAFETY: live session; the result is only compared with NULL.
@@ -485,6 +504,10 @@ impl<H: Handler> Session<H> {
             ng::nghttp2_option_set_max_outbound_ack(opt, options.max_outbound_ack);
             ng::nghttp2_option_set_glitch_rate_limit(opt, options.glitch_rate.0, options.glitch_rate.1);
             ng::nghttp2_option_set_no_http_messaging(opt, options.no_http_messaging as c_int);
+            if options.extensible_priorities {
+                ng::nghttp2_option_set_server_fallback_rfc7540_priorities(opt, 1);
+                ng::nghttp2_option_set_builtin_recv_extension_type(opt, ng::NGHTTP2_PRIORITY_UPDATE as u8);
+            }
             let user_data = &mut *handler as *mut H as *mut c_void;
             let rv = if server {
                 ng::nghttp2_session_server_new2(&mut raw, callbacks, user_data, opt)

@@ -74,7 +74,7 @@ impl Default for Settings {
             stream_timeout: Duration::from_secs(60),
             output_buffering: true,
             max_data_frame_len: 0,
-            options: ng::Options { no_http_messaging: true, ..ng::Options::default() },
+            options: ng::Options { no_http_messaging: true, extensible_priorities: true, ..ng::Options::default() },
             max_active_streams: 32,
             max_stream_errors: 8,
             padding_bits: 0,
@@ -158,6 +158,13 @@ pub struct Core<D: Dispatch> {
     pending: VecDeque<Arc<Stream>>,
     /// Streams handed to workers whose worker has not finished.
     running: HashSet<i32>,
+    /// How many streams may run at once now: starts low (6, like the
+    /// stock module), doubles as streams complete normally, halves when
+    /// the client resets streams its workers are busy with (up to
+    /// `settings.max_active_streams`, down to 2).
+    active_limit: usize,
+    /// Completions counted towards the next increase.
+    happy: usize,
     /// Hold dispatching until the client's first SETTINGS (after an h2c
     /// Upgrade: see `Session::new_upgraded`).
     hold_until_settings: bool,
@@ -195,7 +202,9 @@ impl<D: Dispatch> Core<D> {
             Err(HeaderError::Calm) => return Flow::ResetStream(error_code::ENHANCE_YOUR_CALM),
             Err(HeaderError::Malformed(_)) => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
         };
-        let _ = ops;
+        if let Some(priority) = head.header(b"priority") {
+            ops.set_priority(id, priority);
+        }
         match parse_content_length(&head.headers) {
             Ok(cl) => {
                 if end_stream && cl.unwrap_or(0) != 0 {
@@ -224,7 +233,7 @@ impl<D: Dispatch> Core<D> {
         if self.hold_until_settings {
             return;
         }
-        while self.running.len() < self.settings.max_active_streams.max(1) {
+        while self.running.len() < self.active_limit.max(1) {
             let Some(stream) = self.pending.pop_front() else { break };
             if stream.is_aborted() {
                 continue;
@@ -243,6 +252,33 @@ impl<D: Dispatch> Core<D> {
         if self.running.remove(&id) {
             self.fill_slots();
         }
+    }
+
+    /// A stream completed normally: a client that behaves gets more
+    /// parallel workers.
+    fn be_happy(&mut self) {
+        let max = self.settings.max_active_streams.max(1);
+        if self.active_limit < max {
+            self.happy += 1;
+            if self.happy >= self.active_limit {
+                self.active_limit = (self.active_limit * 2).min(max);
+                self.happy = 0;
+                self.fill_slots();
+            }
+        }
+    }
+
+    /// The client reset a stream a worker was busy with: fewer workers for
+    /// this connection (rapid reset and similar abuse).
+    fn be_annoyed(&mut self) {
+        self.happy = 0;
+        self.active_limit = match self.active_limit {
+            l if l > 16 => 16,
+            l if l > 8 => 8,
+            l if l > 4 => 4,
+            _ => 2,
+        }
+        .min(self.settings.max_active_streams.max(1));
     }
 
     fn complete_trailers(&mut self, frame: &FrameInfo) -> Flow {
@@ -338,11 +374,17 @@ impl<D: Dispatch> Core<D> {
         }
         let complete = code == error_code::NO_ERROR && stream.output_complete();
         let entry_bytes_out = entry.bytes_out;
+        let worker_busy = stream.worker_state() != Some(crate::stream::WorkerState::Done);
         let unread = stream.input_buffered();
         let retire = stream.close(code);
         let consumed = stream.progress().consumed;
         if unread + consumed > 0 {
             let _ = ops.consume_connection(unread + consumed);
+        }
+        if complete {
+            self.be_happy();
+        } else if code != error_code::NO_ERROR && worker_busy {
+            self.be_annoyed();
         }
         if let Some(r) = retire {
             self.to_retire.push((r, Outcome { complete, bytes_sent: entry_bytes_out }));
@@ -589,6 +631,8 @@ impl<D: Dispatch> Session<D> {
             to_retire: Vec::new(),
             pending: VecDeque::new(),
             running: HashSet::new(),
+            active_limit: 0,
+            happy: 0,
             hold_until_settings: false,
             stats: Stats::default(),
             peer_goaway: false,
@@ -599,11 +643,15 @@ impl<D: Dispatch> Session<D> {
         };
         let mut ng = ng::Session::new_server(core, &options)?;
         let (core, mut ops) = ng.split();
+        core.active_limit = core.settings.max_active_streams.clamp(1, 6);
         let s = &core.settings;
         let mut entries = vec![
             (ng::settings_id::MAX_CONCURRENT_STREAMS, s.max_concurrent_streams),
             (ng::settings_id::INITIAL_WINDOW_SIZE, s.initial_window_size),
         ];
+        if s.options.extensible_priorities {
+            entries.push((ng::settings_id::NO_RFC7540_PRIORITIES, 1));
+        }
         if s.enable_connect_protocol {
             entries.push((ng::settings_id::ENABLE_CONNECT_PROTOCOL, 1));
         }
@@ -1032,6 +1080,23 @@ pub(crate) mod tests {
             assert_eq!(p.client.handler_ref().streams[&id].body.len(), 70000);
         }
         assert_eq!(p.server.stats().streams_dispatched, 20);
+    }
+
+    #[test]
+    fn active_limit_grows_for_good_clients_and_shrinks_on_resets() {
+        let mut settings = Settings::default();
+        settings.max_active_streams = 40;
+        let mut p = Pair::new(settings, echo);
+        assert_eq!(p.server.ng.handler_ref().active_limit, 6);
+        let ids: Vec<i32> = (0..60).map(|_| p.get("/f?n=10")).collect();
+        p.pump(closed(ids));
+        assert_eq!(p.server.ng.handler_ref().active_limit, 40);
+        p.server.ng.handler().be_annoyed();
+        assert_eq!(p.server.ng.handler_ref().active_limit, 16);
+        p.server.ng.handler().be_annoyed();
+        p.server.ng.handler().be_annoyed();
+        p.server.ng.handler().be_annoyed();
+        assert_eq!(p.server.ng.handler_ref().active_limit, 2);
     }
 
     #[test]

@@ -300,6 +300,18 @@ Protocols {self.protocols}
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True).stdout
         return [int(x) for x in out.split()]
 
+    def mpm_children(self):
+        """The children that serve connections (threaded; not mod_cgid's
+        single-threaded daemon)."""
+        kids = []
+        for pid in self.children():
+            try:
+                if len(os.listdir(f"/proc/{pid}/task")) > 1:
+                    kids.append(pid)
+            except OSError:
+                pass
+        return kids
+
     def worker_threads(self, pid):
         """Names of the mod_h2rs worker threads of a child process."""
         names = []

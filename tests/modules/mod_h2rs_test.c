@@ -7,6 +7,7 @@
 #include "http_protocol.h"
 #include "http_request.h"
 #include "apr_strings.h"
+#include "apr_file_io.h"
 
 static int print_trailer(void *ctx, const char *k, const char *v)
 {
@@ -78,6 +79,28 @@ static int drip_handler(request_rec *r)
     return OK;
 }
 
+/* h2rs-abortwatch?MARKER: writes a flushed line every 50 ms (up to 10 s);
+ * when the client is gone (the write fails or c->aborted), writes the file
+ * MARKER and ends. */
+static int abortwatch_handler(request_rec *r)
+{
+    int i;
+    ap_set_content_type(r, "text/plain");
+    for (i = 0; i < 200; ++i) {
+        if (ap_rputs("tick\n", r) < 0 || ap_rflush(r) < 0 || r->connection->aborted) {
+            apr_file_t *f;
+            if (r->args && apr_file_open(&f, r->args, APR_FOPEN_WRITE | APR_FOPEN_CREATE | APR_FOPEN_TRUNCATE,
+                                         APR_FPROT_OS_DEFAULT, r->pool) == APR_SUCCESS) {
+                apr_file_printf(f, "aborted after %d ticks, c->aborted=%d\n", i, r->connection->aborted);
+                apr_file_close(f);
+            }
+            return OK;
+        }
+        apr_sleep(apr_time_from_msec(50));
+    }
+    return OK;
+}
+
 static int test_handler(request_rec *r)
 {
     if (!r->handler) {
@@ -88,6 +111,9 @@ static int test_handler(request_rec *r)
     }
     if (!strcmp(r->handler, "h2rs-drip")) {
         return drip_handler(r);
+    }
+    if (!strcmp(r->handler, "h2rs-abortwatch")) {
+        return abortwatch_handler(r);
     }
     return DECLINED;
 }

@@ -1,0 +1,284 @@
+//! Sessions parked in the MPM.
+//!
+//! An idle session (no open stream) returns its connection to the event MPM
+//! in CONN_STATE_ASYNC_WAITIO, so no thread waits for an idle client. Two
+//! things can still need the session while it is parked, on a thread that
+//! is not running the connection:
+//! - its idle timeout (`KeepAliveTimeout`): the child's idle clock (one
+//!   thread) sends GOAWAY(NO_ERROR, last stream) once the session has been
+//!   idle that long (the client then closes; the MPM's own `Timeout` is the
+//!   backstop);
+//! - a graceful stop or restart: GOAWAY at once, from `child_stopping`.
+//!
+//! `Parking` makes those exclusive with the thread that runs the
+//! connection: a session is ACTIVE (a thread runs it), PARKED (idle in the
+//! MPM), CLOSING (a callback is sending GOAWAY) or DEAD (torn down). Only
+//! the holder of ACTIVE or CLOSING touches the session; `activate` waits
+//! out a short CLOSING. At most one timer is pending per session: a timer
+//! that finds the session re-parked more recently re-arms itself for the
+//! rest of the timeout, one that finds it busy or dead just ends.
+
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ACTIVE: u8 = 0;
+const PARKED: u8 = 1;
+const CLOSING: u8 = 2;
+const DEAD: u8 = 3;
+
+/// What a parked session does when its owner is elsewhere.
+pub trait Parked {
+    /// Send GOAWAY(NO_ERROR) with this debug text and flush it.
+    fn goaway_now(&mut self, debug: &[u8]);
+}
+
+pub struct Parking {
+    state: AtomicU8,
+    parked_at: Mutex<Instant>,
+    timer_pending: AtomicBool,
+    idle_timeout: Duration,
+    /// The session; valid while the state is not DEAD.
+    session: Mutex<Option<SessionPtr>>,
+}
+
+struct SessionPtr(*mut dyn Parked);
+// SAFETY: the pointer is only dereferenced by the thread that moved the
+// state to CLOSING, i.e. with exclusive access to the session.
+unsafe impl Send for SessionPtr {}
+
+impl Parking {
+    pub fn new(idle_timeout: Duration) -> Arc<Parking> {
+        Arc::new(Parking {
+            state: AtomicU8::new(ACTIVE),
+            parked_at: Mutex::new(Instant::now()),
+            timer_pending: AtomicBool::new(false),
+            idle_timeout,
+            session: Mutex::new(None),
+        })
+    }
+
+    /// Registers the session (its address must stay stable until `kill`).
+    pub fn set_session(&self, session: *mut dyn Parked) {
+        *self.session.lock() = Some(SessionPtr(session));
+    }
+
+    /// The thread that runs the connection takes the session back.
+    pub fn activate(&self) {
+        loop {
+            match self.state.compare_exchange(PARKED, ACTIVE, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(ACTIVE) | Err(DEAD) => return,
+                Err(_) => std::thread::yield_now(), // CLOSING: a GOAWAY is being written
+            }
+        }
+    }
+
+    /// The session goes back to the MPM, idle. Returns whether a timer
+    /// must be registered (none is pending yet).
+    pub fn park(&self) -> bool {
+        *self.parked_at.lock() = Instant::now();
+        self.state.store(PARKED, Ordering::Release);
+        !self.timer_pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// The session is being torn down: no callback may touch it afterwards.
+    pub fn kill(&self) {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if s == DEAD {
+                return;
+            }
+            if s != CLOSING
+                && self.state.compare_exchange(s, DEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        *self.session.lock() = None;
+    }
+
+    /// Sends GOAWAY if the session is parked (from another thread).
+    fn goaway_if_parked(&self, debug: &[u8]) -> bool {
+        if self.state.compare_exchange(PARKED, CLOSING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        if let Some(ptr) = self.session.lock().as_ref() {
+            // SAFETY: CLOSING gives this thread exclusive access; the session
+            // outlives the non-DEAD states (kill waits for CLOSING to end).
+            unsafe { (*ptr.0).goaway_now(debug) };
+        }
+        self.state.store(PARKED, Ordering::Release);
+        true
+    }
+
+    /// Timer decision: Some(remaining) to re-arm, None when done.
+    fn on_timer(&self) -> Option<Duration> {
+        if self.state.load(Ordering::Acquire) != PARKED {
+            self.timer_pending.store(false, Ordering::Release);
+            return None;
+        }
+        let idle = self.parked_at.lock().elapsed();
+        if idle < self.idle_timeout {
+            return Some(self.idle_timeout - idle);
+        }
+        self.timer_pending.store(false, Ordering::Release);
+        self.goaway_if_parked(b"idle timeout");
+        None
+    }
+
+    /// Graceful stop: a parked session says goodbye now.
+    pub fn stop_notice(&self) {
+        self.goaway_if_parked(b"server shutting down");
+    }
+}
+
+/// The idle-timeout clock of a child process: one thread that sleeps until
+/// the earliest parked session's deadline.
+///
+/// (httpd's own timed callbacks are not used: the event MPM of 2.4.6x only
+/// runs a timer when its listener wakes up for another reason, seconds
+/// late on a quiet server.)
+struct Clock {
+    queue: Mutex<ClockQueue>,
+    wake: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct ClockQueue {
+    entries: std::collections::BinaryHeap<Due>,
+    stop: bool,
+}
+
+struct Due(Instant, std::sync::Weak<Parking>);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    // Earliest first in the (max-)heap.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.cmp(&self.0)
+    }
+}
+
+static CLOCK: once_cell::sync::Lazy<Clock> = once_cell::sync::Lazy::new(|| Clock {
+    queue: Mutex::new(ClockQueue::default()),
+    wake: parking_lot::Condvar::new(),
+});
+static CLOCK_THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+
+/// Starts the clock thread (child_init).
+pub fn start_clock() {
+    let mut t = CLOCK_THREAD.lock();
+    if t.is_some() {
+        return;
+    }
+    CLOCK.queue.lock().stop = false;
+    *t = std::thread::Builder::new()
+        .name("h2rs-idle-clock".into())
+        .spawn(clock_main)
+        .ok();
+}
+
+/// Stops and joins the clock thread (child exit).
+pub fn stop_clock() {
+    CLOCK.queue.lock().stop = true;
+    CLOCK.wake.notify_all();
+    if let Some(t) = CLOCK_THREAD.lock().take() {
+        let _ = t.join();
+    }
+}
+
+/// Calls `parking` back after `after`. False when no clock runs.
+pub fn arm_timer(parking: &Arc<Parking>, after: Duration) -> bool {
+    if CLOCK_THREAD.lock().is_none() {
+        parking.timer_pending.store(false, Ordering::Release);
+        return false;
+    }
+    let mut q = CLOCK.queue.lock();
+    let due = Instant::now() + after;
+    let earliest = q.entries.peek().map(|d| d.0 > due).unwrap_or(true);
+    q.entries.push(Due(due, Arc::downgrade(parking)));
+    drop(q);
+    if earliest {
+        CLOCK.wake.notify_all();
+    }
+    true
+}
+
+fn clock_main() {
+    let mut q = CLOCK.queue.lock();
+    loop {
+        if q.stop {
+            return;
+        }
+        let now = Instant::now();
+        match q.entries.peek().map(|d| d.0) {
+            Some(due) if due <= now => {
+                let Some(Due(_, weak)) = q.entries.pop() else { continue };
+                drop(q);
+                if let Some(parking) = weak.upgrade() {
+                    crate::ffi::panic::guard("idle clock", (), || {
+                        if let Some(rest) = parking.on_timer() {
+                            arm_timer(&parking, rest);
+                        }
+                    });
+                }
+                q = CLOCK.queue.lock();
+            }
+            Some(due) => {
+                CLOCK.wake.wait_for(&mut q, due - now);
+            }
+            None => {
+                CLOCK.wake.wait(&mut q);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(u32);
+    impl Parked for Fake {
+        fn goaway_now(&mut self, _debug: &[u8]) {
+            self.0 += 1;
+        }
+    }
+
+    #[test]
+    fn states_and_timer_decisions() {
+        let mut fake = Box::new(Fake(0));
+        let p = Parking::new(Duration::from_millis(50));
+        p.set_session(&mut *fake as *mut dyn Parked);
+        assert!(p.park());
+        assert!(!p.park(), "one timer at a time");
+        // Not idle long enough: re-arm for the rest.
+        assert!(p.on_timer().is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(p.on_timer().is_none());
+        assert_eq!(fake.0, 1);
+        // Busy sessions are left alone.
+        p.activate();
+        p.stop_notice();
+        assert_eq!(fake.0, 1);
+        assert!(p.park());
+        p.stop_notice();
+        assert_eq!(fake.0, 2);
+        p.kill();
+        p.stop_notice();
+        assert_eq!(fake.0, 2);
+    }
+}

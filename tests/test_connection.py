@@ -1,0 +1,274 @@
+"""Issue 5: the connection life cycle. Idle connections cost no thread,
+timeouts end with GOAWAY, graceful restarts finish what is in flight,
+vanished clients abort their handlers, flow control and priorities,
+bounded memory, fair use of the workers."""
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+
+import h2.errors
+import h2.events
+import h2.settings
+import pytest
+
+from conftest import MODDIR, curl, free_port, sha256
+from h2client import H2Client
+
+ONE_CHILD = f"""LoadModule mpm_event_module {MODDIR}/mod_mpm_event.so
+ServerLimit 1
+StartServers 1
+ThreadLimit 25
+ThreadsPerChild 25
+MaxRequestWorkers 25
+MinSpareThreads 1
+MaxSpareThreads 25
+AsyncRequestWorkerFactor 40
+MaxConnectionsPerChild 0"""
+
+
+def rss_kib(srv):
+    out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(srv.pid), "-p", str(srv.pid)],
+                         capture_output=True, text=True).stdout
+    return sum(int(x) for x in out.split())
+
+
+def busy_workers(srv):
+    r = curl("--http1.1", srv.url("/server-status?auto"))
+    m = re.search(rb"BusyWorkers: (\d+)", r.stdout)
+    return int(m[1])
+
+
+def test_idle_connections_hold_no_thread(make_server):
+    """500 idle h2 connections on one child of 25 threads: all answered,
+    almost no busy MPM worker while they idle, a fresh client served at
+    once, every idle connection answers again."""
+    srv = make_server(mpm=ONE_CHILD, extra="KeepAliveTimeout 30").start()
+    conns = []
+    for _ in range(500):
+        c = H2Client(srv.port)
+        c.request("/index.html")
+        conns.append(c)
+    for c in conns:
+        assert c.wait_stream(1, timeout=30).status == 200
+    time.sleep(1)
+    assert busy_workers(srv) <= 3
+    t0 = time.time()
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
+    assert r.stdout == b"200"
+    assert time.time() - t0 < 5
+    for c in conns:
+        sid = c.request("/index.html")
+        assert c.wait_stream(sid, timeout=30).status == 200
+    for c in conns:
+        c.close()
+
+
+def test_idle_timeout_sends_goaway_with_last_stream(make_server):
+    srv = make_server(extra="KeepAliveTimeout 1").start()
+    c = H2Client(srv.port)
+    for _ in range(3):
+        c.wait_stream(c.request("/1k.bin"))
+    t0 = time.time()
+    c.wait(lambda: c.goaway is not None, timeout=10)
+    waited = time.time() - t0
+    assert c.goaway == (h2.errors.ErrorCodes.NO_ERROR, 5), c.goaway
+    assert 0.8 < waited < 5, waited
+    # Then the server closes the connection (even though we stay silent).
+    c.sock.settimeout(5)
+    assert c.sock.recv(100) == b""
+    c.close()
+
+
+def test_busy_connection_is_not_cut_by_keepalive_timeout(make_server):
+    srv = make_server(extra="KeepAliveTimeout 1").start()
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/cgi/slow.cgi?2"), timeout=10)
+    assert st.status == 200 and c.goaway is None
+    c.close()
+
+
+def test_graceful_restart_finishes_in_flight_streams(make_server, docroot, workdir):
+    srv = make_server().start()
+    idle = H2Client(srv.port)
+    idle.wait_stream(idle.request("/1k.bin"))
+    out = workdir / "graceful-100m.bin"
+    dl = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", "--limit-rate", "30M", "-o", str(out),
+                           srv.url("/100m.bin")])
+    # (curl: the Python h2 library treats any GOAWAY as the end.)
+    slow = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", srv.url("/cgi/slow.cgi?2")],
+                            stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    old = set(srv.mpm_children())
+    srv.graceful()
+    # The idle connection hears GOAWAY at once.
+    idle.wait(lambda: idle.goaway is not None, timeout=5)
+    assert idle.goaway[0] == h2.errors.ErrorCodes.NO_ERROR
+    assert slow.communicate(timeout=20)[0] == b"slow done\n"
+    assert dl.wait(timeout=60) == 0
+    assert sha256(out.read_bytes()) == docroot.sha("100m.bin")
+    out.unlink()
+    # New connections go to the new generation.
+    deadline = time.time() + 20
+    while time.time() < deadline and set(srv.mpm_children()) & old:
+        time.sleep(0.2)
+    assert not (set(srv.mpm_children()) & old), "old children still running"
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
+    assert r.stdout == b"200"
+
+
+def test_hard_stop_says_goaway_and_exits_promptly(make_server):
+    srv = make_server().start()
+    c = H2Client(srv.port)
+    c.wait_stream(c.request("/1k.bin"))
+    t0 = time.time()
+    srv.stop()
+    assert time.time() - t0 < 10
+    c.wait(lambda: c.goaway is not None or c.closed, timeout=5)
+    assert c.goaway is None or c.goaway[0] == h2.errors.ErrorCodes.NO_ERROR
+
+
+def test_vanished_client_aborts_the_handler(make_server, workdir, test_module):
+    marks = workdir / "marks"
+    marks.mkdir(exist_ok=True)
+    os.chmod(marks, 0o777)
+    srv = make_server(extra=f"{test_module}\n<Location /watch>\n  SetHandler h2rs-abortwatch\n</Location>").start()
+    marker = marks / "abort1"
+    c = H2Client(srv.port)
+    c.request(f"/watch?{marker}")
+    c.wait(lambda: len(c.streams[1].data) > 20)
+    # The socket goes away without a word (RST).
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.sock.close()
+    deadline = time.time() + 10
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the handler never noticed the client was gone"
+    assert "c->aborted=1" in marker.read_text()
+    # Nothing stays stuck: the server serves on, workers back to the minimum.
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
+    assert r.stdout == b"200"
+
+
+def test_client_reset_aborts_the_handler(make_server, workdir, test_module):
+    marks = workdir / "marks"
+    marks.mkdir(exist_ok=True)
+    os.chmod(marks, 0o777)
+    srv = make_server(extra=f"{test_module}\n<Location /watch>\n  SetHandler h2rs-abortwatch\n</Location>").start()
+    marker = marks / "abort2"
+    c = H2Client(srv.port)
+    sid = c.request(f"/watch?{marker}")
+    c.wait(lambda: len(c.streams[sid].data) > 20)
+    c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    c.flush()
+    deadline = time.time() + 10
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+
+
+def test_zero_window_client_gets_nothing_until_it_opens_the_window(server, docroot):
+    c = H2Client(server.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}, auto_ack_data=False)
+    sid = c.request("/100k.bin")
+    c.wait(lambda: c.streams[sid].status is not None)
+    time.sleep(0.5)
+    c.read_some(timeout=0.5)
+    assert len(c.streams[sid].data) == 0
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+    c.flush()
+    c.auto_ack_data = True
+    st = c.wait_stream(sid)
+    assert sha256(bytes(st.data)) == docroot.sha("100k.bin")
+    c.close()
+
+
+def test_slow_reader_costs_a_bounded_buffer(make_server, docroot):
+    """A client that does not read a 100 MiB response: the handler blocks
+    on the stream's buffer; the server's memory does not grow with the
+    file. Then it reads everything, byte-exact."""
+    srv = make_server(h2_conf="H2StreamMaxMemSize 65536").start()
+    curl("--http2-prior-knowledge", "-o", "/dev/null", srv.url("/1m.bin"))
+    base = rss_kib(srv)
+    c = H2Client(srv.port, auto_ack_data=False)
+    sid = c.request("/100m.bin")
+    time.sleep(2)
+    c.read_some(timeout=0.5)
+    grown = rss_kib(srv) - base
+    assert grown < 16 * 1024, f"RSS grew by {grown} KiB while the client did not read"
+    c.auto_ack_data = True
+    c.conn.increment_flow_control_window(1 << 30)
+    c.conn.increment_flow_control_window(1 << 30, stream_id=sid)
+    c.flush()
+    st = c.wait_stream(sid, timeout=120)
+    assert sha256(bytes(st.data)) == docroot.sha("100m.bin")
+    c.close()
+
+
+def test_urgent_small_request_overtakes_a_bulk_download(server):
+    c = H2Client(server.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    c.conn.increment_flow_control_window(1 << 30)
+    c.flush()
+    bulk = c.request("/100m.bin", headers=[("priority", "u=5")])
+    c.wait(lambda: len(c.streams[bulk].data) > (2 << 20))
+    t0 = time.time()
+    small = c.request("/1k.bin", headers=[("priority", "u=0")])
+    c.wait(lambda: c.streams[small].done)
+    latency = time.time() - t0
+    assert c.streams[small].status == 200
+    assert not c.streams[bulk].done, "the bulk download ended first"
+    print(f"urgent request answered in {latency * 1000:.1f} ms during the bulk download")
+    assert latency < 2.0
+    c.close()
+
+
+def test_streams_of_equal_priority_share_bandwidth(server):
+    c = H2Client(server.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    c.conn.increment_flow_control_window(1 << 30)
+    c.flush()
+    a = c.request("/100m.bin")
+    b = c.request("/100m.bin")
+    c.wait(lambda: len(c.streams[a].data) + len(c.streams[b].data) > (40 << 20), timeout=60)
+    got_a, got_b = len(c.streams[a].data), len(c.streams[b].data)
+    assert min(got_a, got_b) > 0.3 * max(got_a, got_b), (got_a, got_b)
+    c.close()
+
+
+def test_no_connection_takes_every_worker(make_server):
+    """H2MaxWorkers 4: one connection with 12 slow requests does not keep
+    a second connection's request waiting for all of them."""
+    srv = make_server(h2_conf="H2MinWorkers 4\nH2MaxWorkers 4").start()
+    greedy = H2Client(srv.port)
+    sids = [greedy.request("/cgi/slow.cgi?2") for _ in range(12)]
+    time.sleep(0.3)
+    t0 = time.time()
+    other = H2Client(srv.port)
+    st = other.wait_stream(other.request("/1k.bin"), timeout=30)
+    waited = time.time() - t0
+    assert st.status == 200
+    assert waited < 1.5, f"the second connection waited {waited:.1f}s"
+    greedy.wait(lambda: all(greedy.streams[s].done for s in sids), timeout=60)
+    assert all(greedy.streams[s].status == 200 for s in sids)
+    other.close()
+    greedy.close()
+
+
+def test_max_session_streams_is_advertised_and_enforced(make_server):
+    srv = make_server(h2_conf="H2MaxSessionStreams 3").start()
+    c = H2Client(srv.port)
+    c.wait(lambda: h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS in c.remote_settings)
+    assert c.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 3
+    sids = [c.request("/cgi/slow.cgi?1") for _ in range(3)]
+    # The fourth, beyond the limit (sent without the library's check).
+    from hyperframe import frame as hf
+    import hpack
+    block = hpack.Encoder().encode([(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/")])
+    c.send_frame(hf.HeadersFrame(9, data=block, flags=["END_STREAM", "END_HEADERS"]))
+    c.wait(lambda: c.goaway is not None or c.closed, timeout=10)
+    # RFC 9113 5.1.2: PROTOCOL_ERROR or REFUSED_STREAM; nghttp2 makes it a
+    # connection error once our SETTINGS are acknowledged.
+    assert c.goaway is not None and c.goaway[0] == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    c.close()
