@@ -9,6 +9,21 @@
 #include "apr_strings.h"
 #include "apr_file_io.h"
 
+/* CRC-32 as zlib computes it (the tests check it with Python's zlib). */
+static apr_uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    apr_uint32_t i, j, c;
+    for (i = 0; i < 256; ++i) {
+        c = i;
+        for (j = 0; j < 8; ++j) {
+            c = (c & 1) ? 0xEDB88320U ^ (c >> 1) : c >> 1;
+        }
+        crc_table[i] = c;
+    }
+}
+
 static int print_trailer(void *ctx, const char *k, const char *v)
 {
     ap_rprintf((request_rec *)ctx, "trailer %s: %s\n", k, v);
@@ -21,6 +36,7 @@ static int echo_handler(request_rec *r)
 {
     apr_bucket_brigade *bb;
     apr_uint64_t hash = 14695981039346656037ULL;
+    apr_uint32_t crc = 0xFFFFFFFFU;
     apr_off_t total = 0;
     int seen_eos = 0;
     apr_status_t rv;
@@ -48,13 +64,15 @@ static int echo_handler(request_rec *r)
             for (i = 0; i < len; ++i) {
                 hash ^= (unsigned char)data[i];
                 hash *= 1099511628211ULL;
+                crc = crc_table[(crc ^ (unsigned char)data[i]) & 0xFF] ^ (crc >> 8);
             }
             total += len;
         }
         apr_brigade_cleanup(bb);
     }
     ap_set_content_type(r, "text/plain");
-    ap_rprintf(r, "length=%" APR_OFF_T_FMT " fnv=%016" APR_UINT64_T_HEX_FMT "\n", total, hash);
+    ap_rprintf(r, "length=%" APR_OFF_T_FMT " fnv=%016" APR_UINT64_T_HEX_FMT " crc32=%08x\n",
+               total, hash, crc ^ 0xFFFFFFFFU);
     apr_table_do(print_trailer, r, r->trailers_in, NULL);
     if (apr_table_get(r->headers_in, "want-trailers")) {
         apr_table_setn(r->trailers_out, "x-body-length", apr_off_t_toa(r->pool, total));
@@ -120,6 +138,7 @@ static int test_handler(request_rec *r)
 
 static void register_hooks(apr_pool_t *p)
 {
+    crc_init();
     ap_hook_handler(test_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
