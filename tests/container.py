@@ -31,8 +31,14 @@ Differences a test may see: over the default bridge network, connections reach
 httpd through Docker's port publishing, so httpd sees the bridge's gateway as
 the client address (`%h`, `Require local`), not 127.0.0.1; pass
 `network="host"` to run in the host's network instead (nothing published, the
-config unchanged). A `Listen` added after `start()` is not published until the
-next `start()`.
+config unchanged). A config that points at a URL on the host's loopback
+(`ProxyPass /x http://127.0.0.1:N/`, a test backend) gets the host's network
+automatically: from a bridge network 127.0.0.1 is the container itself. A
+`Listen` added after `start()` is not published until the next `start()`.
+
+C modules the tests build with the host's apxs are built for the host's httpd;
+`apxs_compile()` builds one for the image's httpd instead (in the image's
+build stage, `h2rs-local/mod_h2rs-build:<tag>`, made by `make docker-image`).
 
 Self-test: `python3 -m pytest tests/container.py` (or `python3 tests/container.py`);
 it skips when no Docker engine answers or the image is missing. Images:
@@ -114,6 +120,23 @@ def _host_static_modules():
     return set(re.findall(r"^\s*(mod_\S+)\.c$", out, re.M))
 
 
+def apxs_compile(source, image=None):
+    """Compiles the C module `source` (a host path) with `apxs -c` against the
+    httpd of `image`, in that image's build stage; returns the host path of the
+    .so (in `.libs/` beside the source, like the host's apxs)."""
+    image = image or DEFAULT_IMAGE
+    layout = image_layout(image)
+    name, _, tag = image.partition(":")
+    build = f"h2rs-local/{name.split('/')[-1]}-build:{tag or 'latest'}"
+    apxs = "/usr/bin/apxs" if layout.get("layout") == "debian" else "/usr/local/apache2/bin/apxs"
+    src = pathlib.Path(source).resolve()
+    r = docker("run", "--rm", "--network", "none", "--label", f"{LABEL}=1", "-v", f"{src.parent}:{src.parent}",
+               "-w", str(src.parent), build, apxs, "-c", src.name, check=False, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"apxs -c {src.name} in {build} failed: {r.stdout}{r.stderr}")
+    return src.parent / ".libs" / (src.stem + ".so")
+
+
 def cleanup():
     """Removes every container and network made here, by id."""
     for cid in list(_containers):
@@ -129,6 +152,7 @@ atexit.register(cleanup)
 _LISTEN = re.compile(r"^(\s*Listen\s+)(?:(?:127\.0\.0\.1|localhost|0\.0\.0\.0|\*):)?(\d+)(\b.*)$", re.M | re.I)
 _VHOST = re.compile(r"^(\s*<VirtualHost\s+)([^>]*)>", re.M | re.I)
 _TYPES = re.compile(r"^(\s*TypesConfig\s+)(\"[^\"]*\"|\S+)", re.M | re.I)
+_LOOPBACK_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://(?:127\.\d+\.\d+\.\d+|localhost|\[::1\])\b", re.I)
 _SOCK = re.compile(r"^(\s*ScriptSock\s+)(\"[^\"]*\"|\S+)", re.M | re.I)
 
 
@@ -136,8 +160,9 @@ class ContainerHttpd(conftest.Httpd):
     """`conftest.Httpd` with httpd in a container of `image` (see the module doc).
 
     Extra keyword arguments: image (default H2RS_IMAGE or mod_h2rs:latest);
-    network: None (the default bridge, ports published on 127.0.0.1), "host"
-    (the host's network), or "new" (a network of its own, removed with it);
+    network: None (the default bridge, ports published on 127.0.0.1; the host's
+    network when the config has a URL on the host's loopback), "host" (the
+    host's network), or "new" (a network of its own, removed with it);
     mounts: more host paths to mount at the same path (read-write).
     """
 
@@ -147,6 +172,7 @@ class ContainerHttpd(conftest.Httpd):
         self.layout = image_layout(self.image)
         self.workdir = pathlib.Path(workdir).resolve()
         self.network = network
+        self.net = network          # in effect for the next start (see containerize)
         self.mounts = [pathlib.Path(m).resolve() for m in mounts]
         self.container = None
         self.network_id = None
@@ -178,7 +204,13 @@ class ContainerHttpd(conftest.Httpd):
             text += f"\n<IfModule cgid_module>\n  ScriptSock {CONTAINER_SCRIPTSOCK}\n</IfModule>\n"
         ports = [int(m[2]) for m in _LISTEN.finditer(text)]
         self.ports = list(dict.fromkeys(ports)) or [self.port]
-        if self.network != "host":
+        # A config that reaches a server on the host's loopback (ProxyPass
+        # http://127.0.0.1:N/ to a test backend) needs the host's network: from
+        # a bridge network, 127.0.0.1 is the container itself.
+        self.net = self.network
+        if self.network is None and _LOOPBACK_URL.search(text):
+            self.net = "host"
+        if self.net != "host":
             text = _LISTEN.sub(lambda m: f"{m[1]}{m[2]}{m[3]}", text)
             text = _VHOST.sub(lambda m: m[1] + re.sub(r"\b127\.0\.0\.1:", "*:", m[2]) + ">", text)
         return text
@@ -206,7 +238,7 @@ class ContainerHttpd(conftest.Httpd):
         return args
 
     def _network_args(self):
-        if self.network == "host":
+        if self.net == "host":
             return ["--network", "host"]
         args = []
         if self.network == "new":
@@ -424,6 +456,63 @@ if pytest is not None:
         finally:
             h.stop()
         assert not _networks
+
+    def test_container_httpd_proxy_to_a_host_backend(cwork, cdoc):
+        """ProxyPass to the host's loopback: the container gets the host's network."""
+        import http.server
+        import threading
+        _image_or_skip(DEFAULT_IMAGE)
+        backend_dir = cwork / "backend"
+        backend_dir.mkdir(exist_ok=True)
+        (backend_dir / "b.txt").write_text("from the host backend\n")
+        handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(backend_dir))
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        md = conftest.MODDIR
+        h = ContainerHttpd(cwork, cdoc, name="self-proxy", extra=f"""LoadModule proxy_module {md}/mod_proxy.so
+LoadModule proxy_http_module {md}/mod_proxy_http.so
+ProxyPass /px/ http://127.0.0.1:{srv.server_address[1]}/""")
+        try:
+            h.start()
+            assert h.net == "host"
+            r = _curl("--http2-prior-knowledge", h.url("/px/b.txt"))
+            assert r.stdout == b"from the host backend\n", r.stderr
+            h.check_log()
+        finally:
+            h.stop()
+            srv.shutdown()
+
+    def test_apxs_compile_for_the_image(cwork, cdoc):
+        """A C module built for the image's httpd (not the host's), loaded there."""
+        _image_or_skip(DEFAULT_IMAGE)
+        d = cwork / "hellomod"
+        d.mkdir(exist_ok=True)
+        (d / "mod_hello.c").write_text(r'''#include <string.h>
+#include "httpd.h"
+#include "http_config.h"
+#include "http_protocol.h"
+static int hello(request_rec *r) {
+    if (!r->handler || strcmp(r->handler, "h2rs-hello")) return DECLINED;
+    ap_set_content_type(r, "text/plain");
+    ap_rprintf(r, "hello from %s\n", ap_get_server_banner());
+    return OK;
+}
+static void hooks(apr_pool_t *p) { ap_hook_handler(hello, NULL, NULL, APR_HOOK_MIDDLE); }
+module AP_MODULE_DECLARE_DATA hello_module = { STANDARD20_MODULE_STUFF, NULL, NULL, NULL, NULL, NULL, hooks };
+''')
+        so = apxs_compile(d / "mod_hello.c")
+        assert so.exists()
+        h = ContainerHttpd(cwork, cdoc, name="self-apxs", extra=f"""LoadModule hello_module {so}
+<Location /hello>
+  SetHandler h2rs-hello
+</Location>""")
+        try:
+            h.start()
+            r = _curl("--http2-prior-knowledge", h.url("/hello"))
+            assert r.stdout.startswith(b"hello from Apache/2.4"), r.stdout
+            h.check_log()
+        finally:
+            h.stop()
 
     def test_container_httpd_reports_a_bad_config(cwork, cdoc):
         _image_or_skip(DEFAULT_IMAGE)
