@@ -135,6 +135,14 @@ int h2rs_shim_bucket_kind(const apr_bucket *b)
     return kind;
 }
 
+void h2rs_shim_file_bucket(const apr_bucket *b, apr_file_t **file,
+                           apr_off_t *offset, apr_size_t *length)
+{
+    *file = ((const apr_bucket_file *)b->data)->fd;
+    *offset = b->start;
+    *length = b->length;
+}
+
 int h2rs_shim_error_bucket_status(const apr_bucket *b)
 {
     return ((const ap_bucket_error *)b->data)->status;

@@ -102,6 +102,8 @@ pub struct C2Ctx {
     eos_sent: bool,
     /// Scratch brigade for passing the EOR bucket of a failed request.
     scratch: *mut ffi::apr_bucket_brigade,
+    /// Buffer for file reads (kept between responses).
+    file_buf: Vec<u8>,
     /// "h2" or "h2c".
     pub protocol: &'static CStr,
 }
@@ -123,6 +125,7 @@ impl C2Ctx {
             input_ended: false,
             eos_sent: false,
             scratch: ptr::null_mut(),
+            file_buf: Vec::new(),
             protocol,
         }
     }
@@ -538,6 +541,22 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             b.delete();
             continue;
         }
+        // File data (static files): read it straight from the descriptor.
+        // apr_bucket_read would mmap the file and munmap it when done,
+        // costing TLB shootdowns on every response.
+        if ctx.response_set {
+            if let Some((fd, offset, len)) = b.file_region() {
+                let result = copy_file_region(&stream, &mut ctx.file_buf, fd, offset, len);
+                b.delete();
+                if let Err(rv) = result {
+                    // SAFETY: the c2 is ours.
+                    unsafe { (*c).aborted = 1 };
+                    bb.cleanup();
+                    return rv;
+                }
+                continue;
+            }
+        }
         // Buckets of unknown length (a CGI's pipe, a proxied socket) may
         // block: first try without blocking, and if nothing is there yet,
         // send what is queued before waiting (as the core output filter
@@ -568,6 +587,31 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
         }
     }
     status::SUCCESS
+}
+
+/// Copies `len` bytes of `fd` from `offset` into the stream's output.
+fn copy_file_region(
+    stream: &Stream,
+    buf: &mut Vec<u8>,
+    fd: std::os::fd::RawFd,
+    mut offset: u64,
+    mut len: usize,
+) -> Result<(), ffi::apr_status_t> {
+    const PIECE: usize = 64 * 1024;
+    while len > 0 {
+        let n = len.min(PIECE);
+        buf.resize(n, 0);
+        // SAFETY: reads at most n bytes into a buffer of n bytes.
+        let got = unsafe { libc::pread(fd, buf.as_mut_ptr() as *mut libc::c_void, n, offset as libc::off_t) };
+        if got <= 0 {
+            return Err(if got == 0 { status::EOF } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) });
+        }
+        let got = got as usize;
+        stream.write_output(&buf[..got]).map_err(stream_error_status)?;
+        offset += got as u64;
+        len -= got;
+    }
+    Ok(())
 }
 
 /// Bytes written to the connection before the final response: HTTP/1 text

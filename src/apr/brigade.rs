@@ -225,6 +225,26 @@ impl BucketRef {
         Ok(unsafe { std::slice::from_raw_parts(data as *const u8, len as usize) })
     }
 
+    /// A FILE bucket's file descriptor, offset and length.
+    pub fn file_region(&self) -> Option<(std::os::fd::RawFd, u64, usize)> {
+        if !self.kind().is_file() {
+            return None;
+        }
+        let mut file: *mut ffi::apr_file_t = std::ptr::null_mut();
+        let mut offset: ffi::apr_off_t = 0;
+        let mut len: ffi::apr_size_t = 0;
+        let mut fd: ffi::apr_os_file_t = -1;
+        // SAFETY: a FILE bucket (kind checked) holds an apr_file_t; the
+        // descriptor stays open as long as the bucket.
+        unsafe {
+            ffi::h2rs_shim_file_bucket(self.as_ptr(), &mut file, &mut offset, &mut len);
+            if file.is_null() || ffi::apr_os_file_get(&mut fd, file) != 0 {
+                return None;
+            }
+        }
+        Some((fd, offset.max(0) as u64, len as usize))
+    }
+
     /// Splits the bucket so that it holds the first `at` bytes.
     pub fn split(&self, at: usize) -> Result<(), ffi::apr_status_t> {
         // SAFETY: the bucket is live and in a brigade.
