@@ -7,6 +7,7 @@
 #include <httpd.h>
 #include <http_config.h>
 #include <http_connection.h>
+#include <http_core.h>
 #include <http_protocol.h>
 #include <http_request.h>
 #include <http_log.h>
@@ -85,8 +86,20 @@ ap_filter_rec_t *h2rs_shim_c2_net_in_handle;
 ap_filter_rec_t *h2rs_shim_c2_net_out_handle;
 ap_filter_rec_t *h2rs_shim_c2_response_handle;
 
-/* The optional function other modules (ap_expr's %{HTTP2}) look up by name. */
+/* Optional functions other modules look up by name (declared in httpd's
+ * mod_http2.h): ap_expr's %{HTTP2}, mod_proxy's pool sizing and (before
+ * httpd 2.4.58's hook) its tunnels. */
 static int http2_is_h2(conn_rec *c) { return h2rs_is_h2(c); }
+static void http2_get_num_workers(server_rec *s, int *minw, int *maxw)
+{
+    h2rs_get_num_workers(s, minw, maxw);
+}
+static apr_status_t http2_get_pollfd_from_conn(conn_rec *c,
+                                               struct apr_pollfd_t *pfd,
+                                               apr_interval_time_t *ptimeout)
+{
+    return h2rs_get_pollfd_from_conn(c, pfd, ptimeout);
+}
 
 static void h2rs_register_hooks(apr_pool_t *p)
 {
@@ -95,6 +108,12 @@ static void h2rs_register_hooks(apr_pool_t *p)
     (void)p;
 
     APR_REGISTER_OPTIONAL_FN(http2_is_h2);
+    APR_REGISTER_OPTIONAL_FN(http2_get_num_workers);
+    APR_REGISTER_OPTIONAL_FN(http2_get_pollfd_from_conn);
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 129)
+    ap_hook_get_pollfd_from_conn(h2rs_get_pollfd_from_conn, NULL, NULL,
+                                 APR_HOOK_MIDDLE);
+#endif
 
     ap_hook_post_config(h2rs_post_config, mod_ssl, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(h2rs_child_init, NULL, NULL, APR_HOOK_MIDDLE);

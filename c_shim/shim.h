@@ -44,6 +44,9 @@ int h2rs_protocol_switch(conn_rec *c, request_rec *r, server_rec *s,
                          const char *protocol);
 const char *h2rs_protocol_get(const conn_rec *c);
 int h2rs_is_h2(conn_rec *c);
+void h2rs_get_num_workers(server_rec *s, int *minw, int *maxw);
+apr_status_t h2rs_get_pollfd_from_conn(conn_rec *c, struct apr_pollfd_t *pfd,
+                                       apr_interval_time_t *ptimeout);
 
 apr_status_t h2rs_c2_net_in(ap_filter_t *f, apr_bucket_brigade *bb,
                             ap_input_mode_t mode, apr_read_type_e block,

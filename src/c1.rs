@@ -116,8 +116,12 @@ impl Dispatch for C1Dispatch {
         let c1_id = unsafe { (*self.c1).id } as i64;
         let cache = self.cache.clone();
         let handle = stream.clone();
+        let tunnel = stream.request.is_tunnel();
         let submitted = match workers::current() {
-            Some(pool) => pool.submit(Box::new(move |w| c2.run(stream, c1_id, w, cache))).is_ok(),
+            Some(pool) => {
+                let job: workers::Job = Box::new(move |w| c2.run(stream, c1_id, w, cache));
+                if tunnel { pool.run_dedicated(job) } else { pool.submit(job) }.is_ok()
+            }
             None => false,
         };
         if !submitted {
@@ -222,6 +226,17 @@ fn max_active_streams(max_streams: u32) -> usize {
 /// Session settings from the server config and httpd's limits.
 ///
 /// # Safety
+/// httpd's request limits (LimitRequest*) of a server, and whether
+/// extended CONNECT was advertised.
+pub fn request_limits(server: &ffi::server_rec, extended_connect: bool) -> Limits {
+    Limits {
+        max_fields: server.limit_req_fields.max(0) as u32,
+        max_field_size: server.limit_req_fieldsize.max(0) as u32,
+        max_line: server.limit_req_line.max(0) as u32,
+        extended_connect,
+    }
+}
+
 /// `s` must be a live server_rec.
 unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
     let default = ServerConfig::default();
@@ -236,11 +251,7 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
         // Enough for every stream's window at once, within 2^31-1.
         connection_window: (window as u64 * streams as u64).clamp(65535, i32::MAX as u64) as u32,
         enable_connect_protocol: cfg.websockets(),
-        limits: Limits {
-            max_fields: server.limit_req_fields.max(0) as u32,
-            max_field_size: server.limit_req_fieldsize.max(0) as u32,
-            max_line: server.limit_req_line.max(0) as u32,
-        },
+        limits: request_limits(server, cfg.websockets()),
         stream_out_limit: cfg.stream_max_mem_size(),
         stream_timeout: cfg.stream_timeout.unwrap_or(timeout),
         output_buffering: cfg.output_buffering(),

@@ -26,7 +26,9 @@
 use crate::apr::{self, status, BrigadeRef, BucketRef, PoolRef, TableRef};
 use crate::ffi;
 use crate::response::{self, InterimParser, Parsed};
-use crate::stream::{Headers, Input, Outcome, Retire, Stream, StreamError};
+use crate::signal::EventFd;
+use crate::stream::{Headers, Input, Outcome, ResponseHead, Retire, Stream, StreamError};
+use crate::websocket::{self, Verdict};
 use crate::workers::WorkerCtx;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -104,6 +106,15 @@ pub struct C2Ctx {
     scratch: *mut ffi::apr_bucket_brigade,
     /// Buffer for file reads (kept between responses).
     file_buf: Vec<u8>,
+    /// A tunnel's input descriptor, polled by the handler (mod_proxy's
+    /// tunnel) through `get_pollfd_from_conn`; readable while input waits.
+    input_watch: Option<Arc<EventFd>>,
+    /// A tunnel ran on this connection: handlers changed its filters (mod_proxy
+    /// removes some for tunnelling), so it is not reused.
+    tunneled: bool,
+    /// The handler's answer to a tunnel request was refused (see
+    /// `websocket::judge`): its body goes nowhere.
+    discard_output: bool,
     /// "h2" or "h2c".
     pub protocol: &'static CStr,
 }
@@ -126,6 +137,9 @@ impl C2Ctx {
             eos_sent: false,
             scratch: ptr::null_mut(),
             file_buf: Vec::new(),
+            input_watch: None,
+            tunneled: false,
+            discard_output: false,
             protocol,
         }
     }
@@ -143,6 +157,8 @@ impl C2Ctx {
         self.input_chunked = false;
         self.input_ended = false;
         self.eos_sent = false;
+        self.input_watch = None;
+        self.discard_output = false;
     }
 }
 
@@ -265,6 +281,8 @@ impl C2 {
         let eor = std::mem::replace(&mut self.ctx.eor, ptr::null_mut());
         self.ctx.stream = None;
         self.ctx.request = ptr::null_mut();
+        self.ctx.input_watch = None;
+        let broken = broken || self.ctx.tunneled;
         stream.worker_done(Some(Box::new(C2Release { c2: self, eor, cache, broken })));
     }
 
@@ -403,7 +421,11 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
                 hin.setn(c"Host".as_ptr(), c_string(pool, auth));
             }
         }
-        if !is_connect {
+        if head.is_tunnel() {
+            // The upgrade request has no body for HTTP_IN; once the handler
+            // switched protocols it reads the tunnel's raw bytes.
+            ctx.tunneled = true;
+        } else if !is_connect {
             let has_cl = head.header(b"content-length").is_some();
             if !head.end_stream && !has_cl {
                 // A body of unknown length: httpd's HTTP_IN filter gets it
@@ -537,7 +559,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             b.delete();
             continue;
         }
-        if kind.is_metadata() {
+        if kind.is_metadata() || ctx.discard_output {
             b.delete();
             continue;
         }
@@ -619,12 +641,24 @@ fn copy_file_region(
 fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), StreamError> {
     for parsed in ctx.interim.push(data) {
         match parsed {
-            Parsed::Head(head) if head.status < 200 => {
-                if head.status != 101 {
-                    stream.add_interim(head)?;
-                }
-            }
             Parsed::Head(head) => {
+                let head = match stream.request.websocket_accept.as_deref().map(|a| websocket::judge(&head, a)) {
+                    None | Some(Verdict::Interim) | Some(Verdict::PassOn) => head,
+                    // A 101 that really switched to WebSocket: from here on
+                    // the handler writes the tunnel's bytes.
+                    Some(Verdict::Open(open)) => open,
+                    Some(Verdict::Refuse(refusal)) => {
+                        refuse_tunnel(ctx, stream, refusal)?;
+                        return Ok(());
+                    }
+                };
+                if head.status < 200 {
+                    // 101 has no meaning in HTTP/2 (RFC 9113 8.6).
+                    if head.status != 101 {
+                        stream.add_interim(head)?;
+                    }
+                    continue;
+                }
                 stream.set_response(head)?;
                 ctx.response_set = true;
                 let rest = ctx.interim.take_rest();
@@ -637,6 +671,19 @@ fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), Str
             }
         }
     }
+    Ok(())
+}
+
+/// Answers a tunnel request that the handler did not turn into a tunnel
+/// (see `websocket::judge`): the refusal ends the stream, the handler's
+/// body is dropped.
+fn refuse_tunnel(ctx: &mut C2Ctx, stream: &Stream, refusal: ResponseHead) -> Result<(), StreamError> {
+    crate::clog!(ctx.c1, crate::log::Level::Info,
+        "h2rs: stream {}: the handler did not open a WebSocket, answering {}", stream.id, refusal.status);
+    stream.set_response(refusal)?;
+    stream.end_output(None);
+    ctx.response_set = true;
+    ctx.discard_output = true;
     Ok(())
 }
 
@@ -684,7 +731,19 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
                 ffi::ap_die(st, r);
                 return ffi::AP_FILTER_ERROR as ffi::apr_status_t;
             }
-            match response::build_response(r) {
+            let built = response::build_response(r);
+            if let (Some(head), Some(accept)) = (&built, stream.request.websocket_accept.as_deref()) {
+                if let Verdict::Refuse(refusal) = websocket::judge(head, accept) {
+                    brigade.cleanup();
+                    if let Err(e) = refuse_tunnel(ctx, &stream, refusal) {
+                        (*c).aborted = 1;
+                        return stream_error_status(e);
+                    }
+                    (*r).sent_bodyct = 1;
+                    return status::SUCCESS;
+                }
+            }
+            match built {
                 Some(head) => {
                     if let Err(e) = stream.set_response(head) {
                         brigade.cleanup();
@@ -751,6 +810,11 @@ pub unsafe fn net_in(
     let Some(stream) = ctx.stream.clone() else { return status::EOF };
     let blocking = block == ffi::APR_BLOCK_READ;
     let want = if readbytes <= 0 { 8192 } else { readbytes.min(1 << 20) as usize };
+    if let Some(watch) = &ctx.input_watch {
+        // Unreadable until the stream has news again (a push after this
+        // point posts it anew), so a poller sleeps when we return EAGAIN.
+        watch.drain();
+    }
 
     // Fetch from the stream while nothing is pending.
     while ctx.input_off >= ctx.input.len() && !ctx.input_ended {
@@ -864,7 +928,63 @@ pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
         let c1_id = if ctx.c1.is_null() { 0 } else { (*ctx.c1).id };
         let tag = format!("{}-{}", c1_id, stream.id);
         env.setn(c"H2_STREAM_TAG".as_ptr(), pool.strdup(tag.as_bytes()));
+        if stream.request.is_tunnel() {
+            // mod_proxy's tunnel cannot see when the backend has closed on a
+            // stream (it polls only our input), so with half-close it would
+            // keep the stream open until the client ends it or the proxy
+            // timeout passes. A WebSocket closes in-band (close frames), so
+            // one side's end ends the tunnel.
+            env.setn(c"proxy-nohalfclose".as_ptr(), c"1".as_ptr());
+        }
     }
+}
+
+/// `get_pollfd_from_conn` for a secondary connection: a descriptor that is
+/// readable while the stream has input (or ended, or was reset), so that
+/// mod_proxy's tunnel polls the stream as it would a socket.
+///
+/// # Safety
+/// `c` must be a live connection used by the calling thread; `pfd` a valid
+/// apr_pollfd_t.
+pub unsafe fn pollfd(c: *mut ffi::conn_rec, pfd: *mut ffi::apr_pollfd_t, timeout: *mut ffi::apr_interval_time_t)
+    -> ffi::apr_status_t {
+    // SAFETY: caller contract.
+    let Some(ctx) = (unsafe { ctx_of(c) }) else { return status::ENOTIMPL };
+    let Some(stream) = ctx.stream.clone() else { return status::ENOTIMPL };
+    let watch = match &ctx.input_watch {
+        Some(w) => w.clone(),
+        None => match EventFd::new() {
+            Ok(w) => {
+                let w = Arc::new(w);
+                stream.watch_input(w.clone());
+                ctx.input_watch = Some(w.clone());
+                w
+            }
+            Err(e) => {
+                crate::clog!(ctx.c1, crate::log::Level::Error, "h2rs: stream {}: no eventfd for polling: {e}", stream.id);
+                return status::EGENERAL;
+            }
+        },
+    };
+    // SAFETY: the file lives in the connection's pool (it does not own the
+    // descriptor: apr_os_file_put registers no cleanup); the descriptor
+    // lives as long as `input_watch`, i.e. until this stream's worker ends.
+    unsafe {
+        let mut fd = watch.fd();
+        let mut file: *mut ffi::apr_file_t = ptr::null_mut();
+        let rv = ffi::apr_os_file_put(&mut file, &mut fd, ffi::APR_FOPEN_READ as i32, (*c).pool);
+        if rv != status::SUCCESS {
+            return rv;
+        }
+        (*pfd).desc_type = ffi::APR_POLL_FILE;
+        (*pfd).desc.f = file;
+        if !timeout.is_null() {
+            // No timeout of our own: the stream lives as long as the client
+            // keeps it; the handler's (the proxy's) timeout applies.
+            *timeout = -1;
+        }
+    }
+    status::SUCCESS
 }
 
 /// H2EarlyHints: sends the configured H2EarlyHint fields as a 103 Early

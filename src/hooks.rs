@@ -230,18 +230,68 @@ pub unsafe extern "C" fn h2rs_child_init(pchild: *mut ffi::apr_pool_t, s: *mut f
         // SAFETY: pchild and s are live for the child's life.
         unsafe {
             c2::child_init(pchild);
-            let mut threads: c_int = 0;
-            ffi::ap_mpm_query(ffi::AP_MPMQ_MAX_THREADS as c_int, &mut threads);
+            let (min, max) = worker_limits(s);
             let default = ServerConfig::default();
-            let cfg = c1::server_config(s).unwrap_or(&default);
-            let (min, max) = cfg.workers(threads.max(1) as u32);
-            let idle = cfg.max_worker_idle();
+            let idle = c1::server_config(s).unwrap_or(&default).max_worker_idle();
             workers::install(workers::Pool::new(min, max, idle, Box::new(HttpdThreads)));
             crate::park::start_clock();
             if let Some(pool) = PoolRef::from_raw(pchild) {
                 pool.pre_cleanup(ptr::null(), child_pre_cleanup);
             }
             slog!(s, Level::Debug, "mod_h2rs: {min} to {max} workers (idle limit {:?})", idle);
+        }
+    })
+}
+
+/// (H2MinWorkers, H2MaxWorkers) of a server, with the defaults derived from
+/// the MPM's ThreadsPerChild.
+///
+/// # Safety
+/// `s` must be a live server_rec.
+unsafe fn worker_limits(s: *mut ffi::server_rec) -> (u32, u32) {
+    let mut threads: c_int = 0;
+    let default = ServerConfig::default();
+    // SAFETY: caller contract; ap_mpm_query writes one int.
+    unsafe {
+        ffi::ap_mpm_query(ffi::AP_MPMQ_MAX_THREADS as c_int, &mut threads);
+        c1::server_config(s).unwrap_or(&default).workers(threads.max(1) as u32)
+    }
+}
+
+/// The optional function `http2_get_num_workers`: mod_proxy sizes its
+/// backend connection pools with it (each worker may hold one).
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_get_num_workers(s: *mut ffi::server_rec, min: *mut c_int, max: *mut c_int) {
+    guard("http2_get_num_workers", (), || {
+        if s.is_null() || min.is_null() || max.is_null() {
+            return;
+        }
+        // SAFETY: httpd passes a live server and two writable ints.
+        unsafe {
+            let (lo, hi) = worker_limits(s);
+            *min = lo as c_int;
+            *max = hi as c_int;
+        }
+    })
+}
+
+/// `get_pollfd_from_conn` (and the optional function
+/// `http2_get_pollfd_from_conn`): for stream connections, a descriptor to
+/// poll the stream's input with (mod_proxy's tunnels use it).
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_get_pollfd_from_conn(
+    c: *mut ffi::conn_rec,
+    pfd: *mut ffi::apr_pollfd_t,
+    timeout: *mut ffi::apr_interval_time_t,
+) -> ffi::apr_status_t {
+    guard("get_pollfd_from_conn", crate::apr::status::ENOTIMPL, || {
+        // SAFETY: httpd passes a live connection on this thread and a
+        // writable pollfd; other connections than ours are declined.
+        unsafe {
+            if c.is_null() || pfd.is_null() || (*c).master.is_null() {
+                return crate::apr::status::ENOTIMPL;
+            }
+            c2::pollfd(c, pfd, timeout)
         }
     })
 }
@@ -514,12 +564,8 @@ unsafe fn upgrade_head(r: *mut ffi::request_rec) -> Option<crate::request::Reque
         let cstr = |p: *const c_char| if p.is_null() { &b""[..] } else { CStr::from_ptr(p).to_bytes() };
         let headers = crate::apr::TableRef::from_raw((*r).headers_in)?;
         let authority = headers.get(c"Host").unwrap_or_else(|| cstr((*r).hostname)).to_vec();
-        let s = &*(*r).server;
-        let limits = crate::request::Limits {
-            max_fields: s.limit_req_fields.max(0) as u32,
-            max_field_size: s.limit_req_fieldsize.max(0) as u32,
-            max_line: s.limit_req_line.max(0) as u32,
-        };
+        // The upgrading request is a plain HTTP/1.1 request: no :protocol.
+        let limits = crate::c1::request_limits(&*(*r).server, false);
         let fields = headers.entries();
         crate::negotiation::upgraded_request(
             cstr((*r).method),

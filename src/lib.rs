@@ -19,6 +19,7 @@ pub mod log;
 pub mod config;
 pub mod nghttp2;
 pub mod request;
+pub mod websocket;
 pub mod negotiation;
 pub mod stream;
 pub mod session;

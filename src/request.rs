@@ -24,11 +24,14 @@ pub struct Limits {
     pub max_field_size: u32,
     /// LimitRequestLine: bytes of a pseudo-header value.
     pub max_line: u32,
+    /// We sent SETTINGS_ENABLE_CONNECT_PROTOCOL (H2WebSockets): `:protocol`
+    /// is allowed on CONNECT (RFC 8441 4); without it, it is malformed.
+    pub extended_connect: bool,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_fields: 100, max_field_size: 8190, max_line: 8190 }
+        Limits { max_fields: 100, max_field_size: 8190, max_line: 8190, extended_connect: false }
     }
 }
 
@@ -49,11 +52,19 @@ pub struct RequestHead {
     pub end_stream: bool,
     /// Bytes of the header block as received (for %I accounting).
     pub raw_bytes: usize,
+    /// A WebSocket tunnel (extended CONNECT turned into an upgrade GET, see
+    /// `websocket.rs`): the `Sec-WebSocket-Accept` its 101 must carry.
+    pub websocket_accept: Option<Vec<u8>>,
 }
 
 impl RequestHead {
     pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
         self.headers.get(name)
+    }
+
+    /// Whether the stream becomes a tunnel once the handler agrees.
+    pub fn is_tunnel(&self) -> bool {
+        self.websocket_accept.is_some()
     }
 }
 
@@ -212,8 +223,16 @@ impl RequestBuilder {
                 return Err(HeaderError::Malformed("CONNECT with :scheme/:path or without :authority"));
             }
         } else {
-            if head.protocol.is_some() && !is_connect {
-                return Err(HeaderError::Malformed(":protocol on a method other than CONNECT"));
+            if head.protocol.is_some() {
+                if !is_connect {
+                    return Err(HeaderError::Malformed(":protocol on a method other than CONNECT"));
+                }
+                if !self.limits.extended_connect {
+                    return Err(HeaderError::Malformed(":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL"));
+                }
+                if head.authority.is_none() {
+                    return Err(HeaderError::Malformed("extended CONNECT without :authority"));
+                }
             }
             if head.scheme.is_none() {
                 return Err(HeaderError::Malformed("missing :scheme"));
@@ -306,17 +325,22 @@ mod tests {
     fn connect_forms() {
         let h = build(&[(":method", "CONNECT"), (":authority", "x:443")], Limits::default()).unwrap();
         assert_eq!(h.method, b"CONNECT");
-        let h = build(
-            &[(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/ws"), (":authority", "x")],
-            Limits::default(),
-        )
-        .unwrap();
+        let extended = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/ws"), (":authority", "x")];
+        let allowed = Limits { extended_connect: true, ..Limits::default() };
+        let h = build(&extended, allowed).unwrap();
         assert_eq!(h.protocol.as_deref(), Some(&b"websocket"[..]));
+        // Not advertised (H2WebSockets off): malformed.
+        assert!(matches!(build(&extended, Limits::default()), Err(HeaderError::Malformed(_))));
+        // RFC 8441 4: :scheme, :path and :authority are all required.
+        for skip in 2..5 {
+            let fields: Vec<_> = extended.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, f)| *f).collect();
+            assert!(matches!(build(&fields, allowed), Err(HeaderError::Malformed(_))), "{fields:?}");
+        }
     }
 
     #[test]
     fn limits_answer_431_414_and_calm() {
-        let limits = Limits { max_fields: 3, max_field_size: 20, max_line: 12 };
+        let limits = Limits { max_fields: 3, max_field_size: 20, max_line: 12, extended_connect: false };
         let mut f = GET.to_vec();
         f[3] = (":path", "/0123456789ab");
         assert_eq!(build(&f, limits).unwrap().error_status, Some(414));

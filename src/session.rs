@@ -21,6 +21,7 @@ use crate::nghttp2::{self as ng, error_code, frame_type, headers_category, DataR
 use crate::request::{HeaderError, Limits, RequestBuilder};
 use crate::signal::Signal;
 use crate::stream::{Outcome, Output, Retire, Stream};
+use crate::websocket;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,13 +215,29 @@ impl<D: Dispatch> Core<D> {
             }
             Err(()) => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
         }
+        let mut head = head;
+        if let Some(protocol) = &head.protocol {
+            // An extended CONNECT (the builder only lets it through when we
+            // advertised it): a WebSocket becomes httpd's upgrade request;
+            // other protocols have no handler in httpd.
+            if websocket::is_websocket(protocol) {
+                let mut nonce = [0u8; 16];
+                random_bytes(&mut nonce);
+                head.websocket_accept = Some(websocket::to_upgrade_request(&mut head, nonce));
+            } else if head.error_status.is_none() {
+                head.error_status = Some(501);
+            }
+        }
+        // A tunnel's bytes must not wait in the output buffer: each write
+        // is a message the other side waits for.
+        let buffered = self.settings.output_buffering && !head.is_tunnel();
         let stream = Arc::new(Stream::new(
             id,
             head,
             self.signal.clone(),
             self.settings.stream_out_limit,
             self.settings.stream_timeout,
-            self.settings.output_buffering,
+            buffered,
         ));
         entry.stream = Some(stream.clone());
         self.pending.push_back(stream);
@@ -233,18 +250,39 @@ impl<D: Dispatch> Core<D> {
         if self.hold_until_settings {
             return;
         }
+        // Tunnels go at once and take no slot: they live as long as the
+        // client wants, and ordinary requests must not wait behind them
+        // (the number of open streams, H2MaxSessionStreams, bounds them).
+        let mut i = 0;
+        while i < self.pending.len() {
+            if self.pending[i].request.is_tunnel() {
+                if let Some(stream) = self.pending.remove(i) {
+                    self.start(stream, false);
+                }
+            } else {
+                i += 1;
+            }
+        }
         while self.running.len() < self.active_limit.max(1) {
             let Some(stream) = self.pending.pop_front() else { break };
-            if stream.is_aborted() {
-                continue;
-            }
-            if let Some(entry) = self.entries.get_mut(&stream.id) {
-                entry.dispatched = true;
-            }
-            self.running.insert(stream.id);
-            self.stats.streams_dispatched += 1;
-            self.dispatcher.dispatch(stream);
+            self.start(stream, true);
         }
+    }
+
+    /// Hands one stream to the dispatcher; `in_slot`: it counts against the
+    /// active limit until its worker finishes.
+    fn start(&mut self, stream: Arc<Stream>, in_slot: bool) {
+        if stream.is_aborted() {
+            return;
+        }
+        if let Some(entry) = self.entries.get_mut(&stream.id) {
+            entry.dispatched = true;
+        }
+        if in_slot {
+            self.running.insert(stream.id);
+        }
+        self.stats.streams_dispatched += 1;
+        self.dispatcher.dispatch(stream);
     }
 
     /// A stream's worker finished: its slot goes to the next waiting stream.
@@ -582,12 +620,17 @@ impl<D: Dispatch> ng::Handler for Core<D> {
 
 /// A non-zero seed for the padding generator.
 fn seed() -> u64 {
-    let mut v: u64 = 0;
-    // SAFETY: getrandom fills 8 bytes of a valid u64; failure leaves 0.
+    let mut v = [0u8; 8];
+    random_bytes(&mut v);
+    u64::from_ne_bytes(v) | 1
+}
+
+/// Fills `buf` from the kernel's random source (zeros if that fails).
+fn random_bytes(buf: &mut [u8]) {
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
     unsafe {
-        libc::getrandom(&mut v as *mut u64 as *mut libc::c_void, 8, 0);
+        libc::getrandom(buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
     }
-    v | 1
 }
 
 /// The request's content-length: None if absent, Err if not a number or

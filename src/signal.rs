@@ -20,30 +20,68 @@ pub trait Listed {
     fn listed_flag(&self) -> &AtomicBool;
 }
 
-pub struct Signal {
+/// A nonblocking eventfd: readable from `post` until `drain`.
+pub struct EventFd {
     fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> std::io::Result<EventFd> {
+        // SAFETY: eventfd with valid flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        Ok(EventFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Makes the descriptor readable.
+    pub fn post(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to our eventfd. A full
+        // counter (EAGAIN) still leaves the fd readable, which is all we
+        // need.
+        unsafe {
+            libc::write(self.fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8);
+        }
+    }
+
+    /// Makes the descriptor unreadable again (until the next `post`).
+    pub fn drain(&self) {
+        let mut counter: u64 = 0;
+        // SAFETY: reading 8 bytes into a valid u64 from our nonblocking
+        // eventfd; EAGAIN (nothing posted) is fine.
+        unsafe {
+            libc::read(self.fd.as_raw_fd(), &mut counter as *mut u64 as *mut libc::c_void, 8);
+        }
+    }
+}
+
+impl crate::stream::Wake for EventFd {
+    fn wake(&self) {
+        self.post();
+    }
+}
+
+pub struct Signal {
+    fd: EventFd,
     pending: AtomicBool,
     ready: Mutex<Vec<i32>>,
 }
 
 impl Signal {
     pub fn new() -> std::io::Result<Signal> {
-        // SAFETY: eventfd with valid flags; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Signal {
-            // SAFETY: `fd` is a fresh descriptor we own.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            pending: AtomicBool::new(false),
-            ready: Mutex::new(Vec::new()),
-        })
+        Ok(Signal { fd: EventFd::new()?, pending: AtomicBool::new(false), ready: Mutex::new(Vec::new()) })
     }
 
     /// The descriptor c1 polls for readability.
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fd.fd()
     }
 
     /// Lists `entry` for c1 (once) and wakes c1.
@@ -57,13 +95,7 @@ impl Signal {
     /// Wakes c1 without listing anything (shutdown, timers).
     pub fn wake(&self) {
         if !self.pending.swap(true, Ordering::SeqCst) {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes from a valid u64 to our eventfd. A full
-            // counter (EAGAIN) still leaves the fd readable, which is all
-            // we need.
-            unsafe {
-                libc::write(self.fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8);
-            }
+            self.fd.post();
         }
     }
 
@@ -72,12 +104,7 @@ impl Signal {
     /// state, so that later changes list it again.
     pub fn take(&self) -> Vec<i32> {
         self.pending.store(false, Ordering::SeqCst);
-        let mut counter: u64 = 0;
-        // SAFETY: reading 8 bytes into a valid u64 from our nonblocking
-        // eventfd; EAGAIN (nothing pending) is fine.
-        unsafe {
-            libc::read(self.fd.as_raw_fd(), &mut counter as *mut u64 as *mut libc::c_void, 8);
-        }
+        self.fd.drain();
         std::mem::take(&mut *self.ready.lock())
     }
 
@@ -130,5 +157,16 @@ mod tests {
         Signal::unlist(&a);
         s.notify(&a);
         assert_eq!(s.take(), vec![1]);
+    }
+
+    #[test]
+    fn eventfd_post_and_drain() {
+        let e = EventFd::new().unwrap();
+        assert!(!readable(e.fd()));
+        e.post();
+        e.post();
+        assert!(readable(e.fd()));
+        e.drain();
+        assert!(!readable(e.fd()));
     }
 }

@@ -216,6 +216,12 @@ pub trait Retire: Send {
     fn retire(self: Box<Self>, outcome: Outcome);
 }
 
+/// Something to poke when a stream's input changes (a tunnel's poll
+/// descriptor, see `Stream::watch_input`).
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
 #[derive(Default)]
 struct StreamIo {
     input: ByteQueue,
@@ -237,6 +243,9 @@ struct StreamIo {
     closed: Option<u32>,
     worker: Option<WorkerState>,
     retire: Option<Box<dyn Retire>>,
+    /// Woken when input arrives, ends, or the stream closes (a handler
+    /// that polls the stream instead of blocking in a read).
+    input_watch: Option<Arc<dyn Wake>>,
 }
 
 pub struct Stream {
@@ -361,6 +370,19 @@ impl Stream {
         }
     }
 
+    /// Registers `watch` to be woken whenever a nonblocking read could now
+    /// return something (data, end, or an error). Wakes it at once if that
+    /// is already so.
+    pub fn watch_input(&self, watch: Arc<dyn Wake>) {
+        let mut io = self.io.lock();
+        let ready = !io.input.is_empty() || io.input_end || io.closed.is_some();
+        io.input_watch = Some(watch.clone());
+        drop(io);
+        if ready {
+            watch.wake();
+        }
+    }
+
     /// Hands the final response head to c1.
     pub fn set_response(&self, head: ResponseHead) -> Result<(), StreamError> {
         let mut io = self.io.lock();
@@ -471,8 +493,12 @@ impl Stream {
             return;
         }
         io.input.push(data);
+        let watch = io.input_watch.clone();
         drop(io);
         self.worker_cond.notify_all();
+        if let Some(w) = watch {
+            w.wake();
+        }
     }
 
     /// The request body ended (END_STREAM), with trailers if any.
@@ -482,8 +508,12 @@ impl Stream {
         if trailers.is_some() {
             io.input_trailers = trailers;
         }
+        let watch = io.input_watch.clone();
         drop(io);
         self.worker_cond.notify_all();
+        if let Some(w) = watch {
+            w.wake();
+        }
     }
 
     /// Bytes of request body buffered but not yet read by the worker.
@@ -550,8 +580,12 @@ impl Stream {
         }
         self.aborted.store(true, Ordering::Release);
         let retire = if io.worker == Some(WorkerState::Done) { io.retire.take() } else { None };
+        let watch = io.input_watch.take();
         drop(io);
         self.worker_cond.notify_all();
+        if let Some(w) = watch {
+            w.wake();
+        }
         retire
     }
 
@@ -685,6 +719,31 @@ mod tests {
         fn retire(self: Box<Self>, _outcome: Outcome) {
             self.0.store(true, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn input_watch_is_woken_for_data_end_and_close() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl Wake for Count {
+            fn wake(&self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let woken = |c: &Arc<Count>| c.0.load(Ordering::SeqCst);
+        let (s, _signal) = stream(1024);
+        s.push_input(b"early");
+        let count = Arc::new(Count(Default::default()));
+        // Data already there: woken at once.
+        s.watch_input(count.clone());
+        assert_eq!(woken(&count), 1);
+        assert!(matches!(s.read_input(100, false), Ok(Input::Data(d)) if d == b"early"));
+        assert!(matches!(s.read_input(100, false), Ok(Input::WouldBlock)));
+        s.push_input(b"x");
+        assert_eq!(woken(&count), 2);
+        s.end_input(None);
+        assert_eq!(woken(&count), 3);
+        s.close(0);
+        assert_eq!(woken(&count), 4);
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! Jobs go through one crossbeam channel (FIFO across all connections).
 //! The pool starts `min` threads, grows to `max` while every thread is busy
 //! and jobs wait, and lets threads above `min` exit after `idle_timeout`.
+//! Tunnels (WebSockets) get a dedicated thread each instead (`run_dedicated`):
+//! mod_proxy's tunnel holds its thread for the tunnel's whole life, so
+//! tunnels must neither wait for pool threads nor take them from ordinary
+//! requests. At most `MAX_DEDICATED` such threads exist per child; beyond
+//! that, tunnels queue like any job.
 //! Each thread registers itself with APR (`ap_thread_current_create`) before
 //! it runs httpd code, and has a slot number that keeps secondary connection
 //! ids unique (`(c1->id << 8) ^ slot`).
@@ -43,8 +48,13 @@ impl ThreadHooks for PlainThreads {
     fn stop(&self, _thread: *mut crate::ffi::apr_thread_t) {}
 }
 
+/// Dedicated (tunnel) threads per child at most.
+pub const MAX_DEDICATED: u32 = 4096;
+
 struct Shared {
     rx: Receiver<Job>,
+    /// Dedicated threads running.
+    dedicated: AtomicU32,
     min: u32,
     max: u32,
     idle_timeout: Duration,
@@ -72,6 +82,7 @@ impl Pool {
                 min,
                 max: max.max(min),
                 idle_timeout,
+                dedicated: AtomicU32::new(0),
                 live: AtomicU32::new(0),
                 idle: AtomicU32::new(0),
                 stopping: AtomicBool::new(false),
@@ -102,6 +113,18 @@ impl Pool {
                 Err(now) => live = now,
             }
         }
+        let s = self.shared.clone();
+        if self.start_thread("h2rs-worker", move |slot| worker_main(s, slot)) {
+            return true;
+        }
+        shared.live.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Starts a thread with a free slot number; it releases the slot when
+    /// `body` returns.
+    fn start_thread(&self, name: &str, body: impl FnOnce(u32) + Send + 'static) -> bool {
+        let shared = &self.shared;
         let slot = {
             let mut slots = shared.slots.lock();
             match slots.iter().position(|used| !used) {
@@ -117,9 +140,12 @@ impl Pool {
         };
         let s = self.shared.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("h2rs-worker-{slot}"))
+            .name(format!("{name}-{slot}"))
             .stack_size(8 * 1024 * 1024)
-            .spawn(move || worker_main(s, slot));
+            .spawn(move || {
+                body(slot);
+                s.slots.lock()[slot as usize] = false;
+            });
         match spawned {
             Ok(handle) => {
                 let mut threads = shared.threads.lock();
@@ -128,12 +154,48 @@ impl Pool {
                 true
             }
             Err(e) => {
-                shared.live.fetch_sub(1, Ordering::AcqRel);
                 shared.slots.lock()[slot as usize] = false;
                 crate::log::server_crit(&format!("mod_h2rs: cannot start a worker thread: {e}"));
                 false
             }
         }
+    }
+
+    /// Runs a long-lived job (a tunnel) on a thread of its own, so that it
+    /// neither waits for nor occupies a pool thread. Falls back to the
+    /// queue when `MAX_DEDICATED` are running or no thread can be started.
+    pub fn run_dedicated(&self, job: Job) -> Result<(), Job> {
+        let shared = &self.shared;
+        if shared.stopping.load(Ordering::Acquire) {
+            return Err(job);
+        }
+        if shared.dedicated.fetch_add(1, Ordering::AcqRel) < MAX_DEDICATED {
+            // The job moves into the thread only if it starts; keep a way to
+            // get it back otherwise.
+            let slot_for_job = Arc::new(Mutex::new(Some(job)));
+            let job_in_thread = slot_for_job.clone();
+            let s = shared.clone();
+            let started = self.start_thread("h2rs-tunnel", move |slot| {
+                let thread = s.hooks.start();
+                let ctx = WorkerCtx { slot, thread };
+                if let Some(job) = job_in_thread.lock().take() {
+                    crate::ffi::panic::guard("tunnel job", (), || job(&ctx));
+                }
+                s.hooks.stop(thread);
+                s.dedicated.fetch_sub(1, Ordering::AcqRel);
+            });
+            if started {
+                return Ok(());
+            }
+            shared.dedicated.fetch_sub(1, Ordering::AcqRel);
+            let job = slot_for_job.lock().take();
+            return match job {
+                Some(job) => self.submit(job),
+                None => Ok(()),
+            };
+        }
+        shared.dedicated.fetch_sub(1, Ordering::AcqRel);
+        self.submit(job)
     }
 
     /// Queues a job; grows the pool when no thread is idle. Gives the job
@@ -211,7 +273,6 @@ fn worker_main(shared: Arc<Shared>, slot: u32) {
             }
         }
     }
-    shared.slots.lock()[slot as usize] = false;
     shared.hooks.stop(thread);
 }
 
@@ -266,6 +327,29 @@ mod tests {
         pool.shutdown();
         assert_eq!(done.load(Ordering::SeqCst), 4);
         assert!(pool.submit(Box::new(|_| {})).is_err());
+    }
+
+    #[test]
+    fn dedicated_jobs_do_not_wait_for_pool_threads() {
+        let pool = Pool::new(1, 1, Duration::from_secs(1), Box::new(PlainThreads));
+        // The only pool thread is busy until released.
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(1);
+        pool.submit(Box::new(move |_| {
+            let _ = release_rx.recv();
+        }))
+        .ok()
+        .unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in 0..3 {
+            let tx = tx.clone();
+            pool.run_dedicated(Box::new(move |ctx| tx.send((i, ctx.slot)).unwrap())).ok().unwrap();
+        }
+        let mut got: Vec<(i32, u32)> = (0..3).map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+        got.sort();
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+        release_tx.send(()).unwrap();
+        pool.shutdown();
+        assert_eq!(pool.shared.dedicated.load(Ordering::SeqCst), 0);
     }
 
     #[test]

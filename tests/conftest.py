@@ -417,18 +417,24 @@ def test_module(workdir):
     return f"LoadModule h2rs_test_module {d / '.libs' / 'mod_h2rs_test.so'}"
 
 
+def wait_listening(port, timeout=10):
+    """Whether something accepts connections on 127.0.0.1:port in time."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 @pytest.fixture(scope="session")
 def backend():
     """The HTTP/1.1 backend of tests/backend.py: returns its port."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "backend.py"), str(port)])
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_listening(port)
     yield port
     proc.kill()
     proc.wait()

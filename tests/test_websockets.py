@@ -1,0 +1,297 @@
+"""WebSockets over HTTP/2 (RFC 8441): extended CONNECT streams through
+mod_proxy_http's `upgrade=websocket` to a real WebSocket backend
+(tests/wsbackend.py, Python `websockets`), checked with a frame-level client
+and with headless Chromium."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+
+import h2.errors
+import h2.events
+import pytest
+
+from conftest import ROOT, Httpd, free_port, wait_listening
+from h2client import H2Client
+from wsclient import BINARY, CLOSE, PING, PONG, TEXT, Tunnel, frame
+
+ENABLE_CONNECT_PROTOCOL = 0x8
+
+
+@pytest.fixture(scope="module")
+def ws_backend(tmp_path_factory):
+    """The WebSocket backend: (port, events file)."""
+    events = tmp_path_factory.mktemp("wsbackend") / "events.log"
+    events.write_text("")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "wsbackend.py"), str(port), str(events)])
+    if not wait_listening(port, timeout=15):
+        proc.kill()
+        pytest.fail("WebSocket backend did not start")
+    yield port, events
+    proc.kill()
+    proc.wait()
+
+
+def proxy_conf(port):
+    return f"""LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+LoadModule proxy_http_module /usr/lib/apache2/modules/mod_proxy_http.so
+ProxyPass /ws/ http://127.0.0.1:{port}/ upgrade=websocket timeout=10
+ProxyPass /down/ http://127.0.0.1:{free_port()}/ upgrade=websocket timeout=5"""
+
+
+@pytest.fixture(scope="module")
+def ws_server(workdir, docroot, ws_backend):
+    h = Httpd(workdir, docroot, name="ws-on", h2_conf="H2WebSockets on", extra=proxy_conf(ws_backend[0]))
+    h.start()
+    yield h
+    h.stop()
+    h.check_log()
+
+
+def client_for(server):
+    c = H2Client(server.port)
+    c.wait(lambda: ENABLE_CONNECT_PROTOCOL in c.remote_settings or c.remote_settings, timeout=10)
+    return c
+
+
+def backend_events(events, path):
+    return [line for line in events.read_text().splitlines() if line.split()[1] == path]
+
+
+# ---- negotiation ---------------------------------------------------------------
+
+def test_setting_is_advertised_only_when_on(ws_server, make_server, ws_backend):
+    c = client_for(ws_server)
+    assert c.remote_settings.get(ENABLE_CONNECT_PROTOCOL) == 1
+    c.close()
+
+    off = make_server(extra=proxy_conf(ws_backend[0])).start()
+    c = client_for(off)
+    assert c.remote_settings.get(ENABLE_CONNECT_PROTOCOL, 0) == 0
+    t = Tunnel(c, "/ws/echo")
+    s = t.wait_end()
+    # Malformed without the setting (RFC 8441 3): reset, never a tunnel.
+    assert s.reset == h2.errors.ErrorCodes.PROTOCOL_ERROR, (s.status, s.reset)
+    # The connection goes on.
+    sid = c.request("/index.html")
+    assert c.wait_stream(sid).status == 200
+    c.close()
+
+
+def test_upgrade_request_seen_by_the_backend(ws_server):
+    c = client_for(ws_server)
+    t = Tunnel(c, "/ws/headers", headers=[("sec-websocket-protocol", "chat, superchat")])
+    assert t.wait_open() == 200
+    # The HTTP/1.1 upgrade fields are not part of an HTTP/2 response.
+    for name in ("upgrade", "connection", "sec-websocket-accept"):
+        assert t.stream.header(name) is None, name
+    assert t.stream.header("sec-websocket-protocol") == "chat"
+    op, payload = t.recv()
+    seen = json.loads(payload)
+    assert op == TEXT
+    assert seen["upgrade"].lower() == "websocket"
+    assert "upgrade" in seen["connection"].lower()
+    assert len(seen["sec-websocket-key"]) == 24  # base64 of 16 random bytes
+    assert seen["sec-websocket-version"] == "13"
+    assert seen["x-forwarded-host"] == f"127.0.0.1:{ws_server.port}"  # :authority became Host
+    t.send(CLOSE, b"\x03\xe8")
+    assert t.recv()[0] == CLOSE
+    c.close()
+
+
+# ---- data ----------------------------------------------------------------------
+
+SIZES = [0, 1, 125, 126, 65535, 65536, 300_000, 1 << 20]
+
+
+def test_messages_of_every_size_both_ways(ws_server):
+    c = client_for(ws_server)
+    t = Tunnel(c, "/ws/echo")
+    assert t.wait_open() == 200
+    for i, size in enumerate(SIZES):
+        payload = os.urandom(size)
+        t.send(BINARY, payload)
+        assert t.recv(timeout=30) == (BINARY, payload), size
+        text = (f"message {i} " * (size // 10 + 1))[:size].encode()
+        t.send(TEXT, text)
+        assert t.recv(timeout=30) == (TEXT, text), size
+    t.send(CLOSE, b"\x03\xe8")
+    assert t.recv()[0] == CLOSE
+    c.close()
+
+
+def test_ping_pong_passes_through(ws_server):
+    c = client_for(ws_server)
+    t = Tunnel(c, "/ws/echo")
+    assert t.wait_open() == 200
+    t.send(PING, b"are you there")
+    assert t.recv() == (PONG, b"are you there")
+    c.close()
+
+
+def test_many_tunnels_on_one_connection_with_requests_alongside(ws_server, ws_backend, docroot):
+    n = 24
+    c = client_for(ws_server)
+    tunnels = [Tunnel(c, "/ws/echo") for _ in range(n)]
+    statuses = [t.wait_open() for t in tunnels]
+    assert statuses == [200] * n
+    # Every tunnel is open at once: each answers while all the others stay
+    # open (none waits for another to end).
+    for i, t in enumerate(tunnels):
+        t.send(TEXT, f"tunnel {i}".encode())
+    for i, t in enumerate(tunnels):
+        assert t.recv() == (TEXT, f"tunnel {i}".encode())
+    # Ordinary requests on the same connection are answered meanwhile.
+    sids = [c.request("/1k.bin") for _ in range(10)]
+    for sid in sids:
+        s = c.wait_stream(sid, timeout=10)
+        assert s.status == 200 and bytes(s.data) == docroot.file("1k.bin").read_bytes()
+    for t in tunnels:
+        t.send(CLOSE, b"\x03\xe8")
+    for t in tunnels:
+        assert t.recv()[0] == CLOSE
+        assert t.wait_end().ended
+    c.close()
+
+
+# ---- closing -------------------------------------------------------------------
+
+def test_close_from_the_client_ends_the_stream_promptly(ws_server, ws_backend):
+    c = client_for(ws_server)
+    t = Tunnel(c, "/ws/echo?client-close")
+    assert t.wait_open() == 200
+    t.send(CLOSE, b"\x03\xe8done")
+    t0 = time.time()
+    assert t.recv() == (CLOSE, b"\x03\xe8done")
+    s = t.wait_end(timeout=8)
+    took = time.time() - t0
+    assert s.ended or s.reset is not None
+    # Well before mod_proxy's tunnel timeout (10 s): the backend's close
+    # ended the tunnel.
+    assert took < 8, took
+    c.close()
+    wait_for(lambda: backend_events(ws_backend[1], "/echo?client-close"))
+    assert backend_events(ws_backend[1], "/echo?client-close") == ["closed /echo?client-close 1000"]
+
+
+def test_close_from_the_backend(ws_server, ws_backend):
+    c = client_for(ws_server)
+    t = Tunnel(c, "/ws/close")
+    assert t.wait_open() == 200
+    t.send(TEXT, b"last words")
+    assert t.recv() == (TEXT, b"last words")
+    assert t.recv() == (CLOSE, b"\x0f\xa0bye")
+    t.send(CLOSE, b"\x0f\xa0")
+    s = t.wait_end(timeout=8)
+    assert s.ended or s.reset is not None
+    c.close()
+    wait_for(lambda: backend_events(ws_backend[1], "/close"))
+    assert backend_events(ws_backend[1], "/close") == ["closed /close 4000"]
+
+
+def test_client_reset_mid_message_ends_the_backend_connection(ws_server, ws_backend):
+    c = client_for(ws_server)
+    t = Tunnel(c, "/ws/echo?reset")
+    assert t.wait_open() == 200
+    whole = frame(BINARY, os.urandom(50_000))
+    c.send_body(t.sid, whole[:20_000], end_stream=False)
+    c.conn.reset_stream(t.sid, h2.errors.ErrorCodes.CANCEL)
+    c.flush()
+    # The backend sees its connection end without a close frame.
+    wait_for(lambda: backend_events(ws_backend[1], "/echo?reset"), timeout=10)
+    assert backend_events(ws_backend[1], "/echo?reset") == ["closed /echo?reset 1006"]
+    # The connection goes on.
+    t2 = Tunnel(c, "/ws/echo")
+    assert t2.wait_open() == 200
+    t2.send(TEXT, b"after reset")
+    assert t2.recv() == (TEXT, b"after reset")
+    c.close()
+
+
+# ---- refusals ------------------------------------------------------------------
+
+def test_refused_where_no_websocket_is(ws_server):
+    c = client_for(ws_server)
+    # A static file answers 200 to the GET: not a tunnel, so 502.
+    t = Tunnel(c, "/index.html")
+    s = t.wait_end()
+    assert s.status == 502 and s.ended and not s.data
+    # Errors go back as they are.
+    t = Tunnel(c, "/no/such/file")
+    s = t.wait_end()
+    assert s.status == 404 and s.ended
+    # A backend that is down.
+    t = Tunnel(c, "/down/echo")
+    s = t.wait_end(timeout=15)
+    assert s.reset is not None or s.status >= 500, (s.status, s.reset)
+    # Protocols other than websocket have no handler in httpd.
+    t = Tunnel(c, "/ws/echo", protocol="something-else")
+    s = t.wait_end()
+    assert s.status == 501
+    sid = c.request("/index.html")
+    assert c.wait_stream(sid).status == 200
+    c.close()
+
+
+# ---- a real browser ------------------------------------------------------------
+
+PAGE = """<!doctype html>
+<html><body><pre id="out">pending</pre>
+<script>
+// Reports what it got as a request the test finds in the access log.
+const report = (what) => fetch("/report?" + encodeURIComponent(what));
+const ws = new WebSocket("wss://" + location.host + "/ws/echo");
+const got = [];
+ws.onopen = () => { ws.send("hello over h2"); ws.send(new Uint8Array([0, 1, 2, 255])); };
+ws.onmessage = async (ev) => {
+  got.push(typeof ev.data === "string" ? ev.data : Array.from(new Uint8Array(await ev.data.arrayBuffer())).join(","));
+  if (got.length === 2) { ws.close(1000); report("result:" + JSON.stringify(got)); }
+};
+ws.onerror = () => report("error");
+</script></body></html>
+"""
+
+
+def test_chromium_opens_a_websocket_over_h2(workdir, docroot, ws_backend, make_server, certs):
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.fail("chromium is not installed (scripts/setup-deps installs it)")
+    (docroot.path / "ws.html").write_text(PAGE)
+    tls_port = free_port()
+    srv = make_server(h2_conf="H2WebSockets on", extra=proxy_conf(ws_backend[0]))
+    srv.tls_config(certs, tls_port)
+    srv.start()
+    profile = pathlib.Path(workdir) / f"chromium-{tls_port}"
+    browser = subprocess.Popen(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
+         "--no-first-run", f"--user-data-dir={profile}", f"https://127.0.0.1:{tls_port}/ws.html"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        reported = lambda: [line for line in srv.read_access_log() if '"GET /report?' in line]
+        wait_for(reported, timeout=60)
+    finally:
+        # The browser and its helper processes: the process group we started.
+        os.killpg(browser.pid, 9)
+        browser.wait()
+    lines = srv.read_access_log()
+    want = "/report?" + urllib.parse.quote('result:["hello over h2","0,1,2,255"]', safe="")
+    assert any(want in line for line in lines), lines
+    ws_lines = [line for line in lines if '"GET /ws/echo' in line]
+    assert ws_lines, lines
+    assert all("HTTP/2.0" in line for line in ws_lines), ws_lines
+    page = [line for line in lines if '"GET /ws.html' in line]
+    assert page and "HTTP/2.0" in page[0], lines
+
+
+def wait_for(pred, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
