@@ -558,7 +558,8 @@ impl C1 {
                     if self.session.streams_in_progress() == 0 {
                         // Every open stream waits for the client, which sent
                         // nothing for `Timeout`.
-                        clog!(c, Level::Debug, "h2rs: client idle for Timeout with open streams, closing");
+                        clog!(c, Level::Debug, "h2rs: client idle for Timeout with open streams, closing: {}",
+                            self.session.describe_streams());
                         self.session.goaway(error_code::NO_ERROR, b"timeout");
                         break;
                     }

@@ -451,6 +451,17 @@ impl<'a> Ops<'a> {
         // SAFETY: live session; the result is only compared with NULL.
         unsafe { !ng::nghttp2_session_find_stream(self.raw, stream_id).is_null() }
     }
+
+    /// (stream, connection) send windows the peer granted, for diagnostics.
+    pub fn send_windows(&self, stream_id: i32) -> (i32, i32) {
+        // SAFETY: live session; nghttp2 checks the stream id.
+        unsafe {
+            (
+                ng::nghttp2_session_get_stream_remote_window_size(self.raw, stream_id),
+                ng::nghttp2_session_get_remote_window_size(self.raw),
+            )
+        }
+    }
 }
 
 /// An nghttp2 session with its handler.

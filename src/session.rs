@@ -815,6 +815,25 @@ impl<D: Dispatch> Session<D> {
             .count()
     }
 
+    /// Every stream's state in a few words (for diagnostics in the log).
+    pub fn describe_streams(&mut self) -> String {
+        let (core, ops) = self.ng.split();
+        let mut ids: Vec<i32> = core.entries.keys().copied().collect();
+        ids.sort_unstable();
+        ids.iter()
+            .filter_map(|id| core.entries.get(id).map(|e| (id, e)))
+            .map(|(id, e)| {
+                let (stream_window, conn_window) = ops.send_windows(*id);
+                format!(
+                    "[stream {id}: submitted {}, deferred {}, closed {}, windows {stream_window}/{conn_window}, {}]",
+                    e.submitted, e.deferred, e.closed,
+                    e.stream.as_ref().map(|s| s.describe()).unwrap_or_else(|| "no request yet".into())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Whether there is nothing left to do: no stream, nothing to send.
     pub fn is_idle(&mut self) -> bool {
         self.open_streams() == 0 && !self.want_write()
@@ -1082,6 +1101,36 @@ pub(crate) mod tests {
                 }
             }
         }
+
+        /// Like `pump`, but sleeps as c1 does: when nothing moved, only the
+        /// signal's descriptor wakes the server side (a lost wake-up stalls).
+        pub fn pump_like_c1(&mut self, until: impl Fn(&Client) -> bool) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let mut c2s = Vec::new();
+                self.client.mem_send(&mut c2s, usize::MAX).unwrap();
+                if !c2s.is_empty() {
+                    self.server.recv(&c2s).unwrap();
+                }
+                self.server.process_signals();
+                self.server.retire_finished();
+                let mut s2c = Vec::new();
+                self.server.collect_output(&mut s2c, usize::MAX).unwrap();
+                if !s2c.is_empty() {
+                    self.client.mem_recv(&s2c).unwrap();
+                }
+                if until(self.client.handler_ref()) {
+                    return;
+                }
+                if c2s.is_empty() && s2c.is_empty() && !self.client.ops().want_write() {
+                    let mut fd = libc::pollfd { fd: self.server.signal().fd(), events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    let ready = unsafe { libc::poll(&mut fd, 1, 3000) };
+                    assert!(ready == 1, "stalled: no wake-up for 3 s: {:?}", self.client.handler_ref().streams.keys());
+                }
+                assert!(std::time::Instant::now() < deadline, "pump timed out");
+            }
+        }
     }
 
     fn closed(ids: Vec<i32>) -> impl Fn(&Client) -> bool {
@@ -1107,6 +1156,39 @@ pub(crate) mod tests {
         assert_eq!(p.server.stats().streams_dispatched, 40);
         p.pump(|_| true);
         assert_eq!(p.server.open_streams(), 0);
+    }
+
+    /// Writes `?n=` bytes in 64 KiB pieces, as the static file path does.
+    fn pieces(stream: Arc<Stream>) {
+        let path = String::from_utf8_lossy(stream.request.path.as_deref().unwrap_or(b"/")).to_string();
+        let n: usize = path.split("n=").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+        if stream.set_response(ResponseHead { status: 200, headers: Headers::new() }).is_err() {
+            return;
+        }
+        let piece: Vec<u8> = (0..65536).map(|i| (i % 251) as u8).collect();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(piece.len());
+            if stream.write_output(&piece[..k]).is_err() {
+                return;
+            }
+            left -= k;
+        }
+        stream.end_output(None);
+    }
+
+    #[test]
+    fn large_bodies_through_a_small_queue_never_stall() {
+        for round in 0..40 {
+            let mut settings = Settings::default();
+            settings.stream_out_limit = 65536;
+            let mut p = Pair::new(settings, pieces);
+            let n = 4 << 20;
+            let id = p.get(&format!("/f?n={n}"));
+            p.pump_like_c1(closed(vec![id]));
+            let s = &p.client.handler_ref().streams[&id];
+            assert_eq!((s.closed, s.body.len()), (Some(0), n), "round {round}");
+        }
     }
 
     #[test]

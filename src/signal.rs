@@ -103,8 +103,12 @@ impl Signal {
     /// clear each entry's flag (see [`Signal::unlist`]) before reading its
     /// state, so that later changes list it again.
     pub fn take(&self) -> Vec<i32> {
-        self.pending.store(false, Ordering::SeqCst);
+        // Drain first, then clear `pending`: the other order loses a
+        // wake-up. A worker could post between the two; the drain would eat
+        // its post while `pending` stayed true, and every later `wake` would
+        // skip posting: c1 would sleep in poll with streams ready.
         self.fd.drain();
+        self.pending.store(false, Ordering::SeqCst);
         std::mem::take(&mut *self.ready.lock())
     }
 
@@ -157,6 +161,57 @@ mod tests {
         Signal::unlist(&a);
         s.notify(&a);
         assert_eq!(s.take(), vec![1]);
+    }
+
+    /// A worker notifying while c1 takes must never leave c1 asleep with
+    /// a notification pending (the race `take` orders its steps against).
+    #[test]
+    fn no_wake_up_is_lost_while_c1_takes() {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::Arc;
+        let signal = Arc::new(Signal::new().unwrap());
+        let entry = Arc::new(E(7, AtomicBool::new(false)));
+        let sent = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let producer = {
+            let (signal, entry, sent, done) = (signal.clone(), entry.clone(), sent.clone(), done.clone());
+            std::thread::spawn(move || {
+                for i in 1..=2_000_000u64 {
+                    sent.store(i, Ordering::SeqCst);
+                    signal.notify(&*entry);
+                    if i % 4096 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        let mut seen = 0;
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            let mut p = libc::pollfd { fd: signal.fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut p, 1, 500) };
+            if ready == 0 {
+                // Asleep: only fine if nothing was sent since the last look.
+                assert_eq!(sent.load(Ordering::SeqCst), seen, "lost wake-up");
+                if finished {
+                    break;
+                }
+                continue;
+            }
+            let ids = signal.take();
+            if !ids.is_empty() {
+                Signal::unlist(&*entry);
+            }
+            // What c1 reads after unlisting is at least what was sent
+            // before the notify it was woken for.
+            seen = sent.load(Ordering::SeqCst);
+            if finished && seen == 2_000_000 && !readable(signal.fd()) {
+                break;
+            }
+        }
+        producer.join().unwrap();
     }
 
     #[test]

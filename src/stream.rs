@@ -603,6 +603,16 @@ impl Stream {
         self.io.lock().worker
     }
 
+    /// The queues' state in a few words (for diagnostics in the log).
+    pub fn describe(&self) -> String {
+        let io = self.io.lock();
+        format!(
+            "in {} (end {}), out {} of {} (end {}, response taken {}, c1 waiting {}), worker {:?}, closed {:?}",
+            io.input.len(), io.input_end, io.output.len(), self.out_limit, io.output_end,
+            io.response_taken, io.c1_waiting, io.worker, io.closed
+        )
+    }
+
     /// Whether the response ended and everything was handed to nghttp2.
     pub fn output_complete(&self) -> bool {
         let io = self.io.lock();

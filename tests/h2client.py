@@ -114,7 +114,8 @@ class H2Client:
             size = min(window, self.conn.max_outbound_frame_size, len(view))
             if size <= 0:
                 self.flush()
-                self.read_some(timeout=10)
+                if not self.read_some(timeout=10) and self.closed:
+                    raise ConnectionError("connection closed while waiting for flow-control window")
                 continue
             self.conn.send_data(sid, bytes(view[:size]))
             view = view[size:]
