@@ -1042,7 +1042,6 @@ pub(crate) mod tests {
     pub struct Pair {
         pub server: Session<ThreadDispatch>,
         pub client: ng::Session<Client>,
-        preface_sent: bool,
     }
 
     impl Pair {
@@ -1052,7 +1051,7 @@ pub(crate) mod tests {
             let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
             client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)]).unwrap();
             client.ops().set_local_window_size(0, 1 << 30).unwrap();
-            Pair { server, client, preface_sent: false }
+            Pair { server, client }
         }
 
         pub fn get(&mut self, path: &str) -> i32 {
@@ -1073,38 +1072,18 @@ pub(crate) mod tests {
             id
         }
 
-        /// Moves bytes both ways until nothing happens for a while.
+        /// Moves bytes both ways until `until` holds.
         pub fn pump(&mut self, until: impl Fn(&Client) -> bool) {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                let mut c2s = Vec::new();
-                self.client.mem_send(&mut c2s, usize::MAX).unwrap();
-                if !self.preface_sent {
-                    self.preface_sent = true;
-                }
-                if !c2s.is_empty() {
-                    self.server.recv(&c2s).unwrap();
-                }
-                self.server.process_signals();
-                self.server.retire_finished();
-                let mut s2c = Vec::new();
-                self.server.collect_output(&mut s2c, usize::MAX).unwrap();
-                if !s2c.is_empty() {
-                    self.client.mem_recv(&s2c).unwrap();
-                }
-                if until(self.client.handler_ref()) {
-                    return;
-                }
-                assert!(std::time::Instant::now() < deadline, "pump timed out: {:?} {:?}", self.client.handler_ref().streams, self.client.handler_ref().rst_received);
-                if c2s.is_empty() && s2c.is_empty() {
-                    thread::sleep(Duration::from_millis(1));
-                }
-            }
+            self.pump_with(until, false)
         }
 
         /// Like `pump`, but sleeps as c1 does: when nothing moved, only the
         /// signal's descriptor wakes the server side (a lost wake-up stalls).
         pub fn pump_like_c1(&mut self, until: impl Fn(&Client) -> bool) {
+            self.pump_with(until, true)
+        }
+
+        fn pump_with(&mut self, until: impl Fn(&Client) -> bool, sleep_on_signal: bool) {
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             loop {
                 let mut c2s = Vec::new();
@@ -1122,13 +1101,19 @@ pub(crate) mod tests {
                 if until(self.client.handler_ref()) {
                     return;
                 }
-                if c2s.is_empty() && s2c.is_empty() && !self.client.ops().want_write() {
+                assert!(std::time::Instant::now() < deadline, "pump timed out: {:?} {:?}",
+                    self.client.handler_ref().streams, self.client.handler_ref().rst_received);
+                if !c2s.is_empty() || !s2c.is_empty() {
+                    continue;
+                }
+                if sleep_on_signal && !self.client.ops().want_write() {
                     let mut fd = libc::pollfd { fd: self.server.signal().fd(), events: libc::POLLIN, revents: 0 };
                     // SAFETY: one valid pollfd.
                     let ready = unsafe { libc::poll(&mut fd, 1, 3000) };
                     assert!(ready == 1, "stalled: no wake-up for 3 s: {:?}", self.client.handler_ref().streams.keys());
+                } else {
+                    thread::sleep(Duration::from_millis(1));
                 }
-                assert!(std::time::Instant::now() < deadline, "pump timed out");
             }
         }
     }
@@ -1282,7 +1267,7 @@ pub(crate) mod tests {
         .unwrap();
         let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
         client.upgrade(&[0, 3, 0, 0, 0, 100], false).unwrap();
-        let mut p = Pair { server, client, preface_sent: false };
+        let mut p = Pair { server, client };
         p.pump(closed(vec![1]));
         let s = &p.client.handler_ref().streams[&1];
         assert_eq!((s.status, s.body.len()), (Some(200), 3000));
