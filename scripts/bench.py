@@ -1,0 +1,443 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: one httpd binary three ways (mod_h2rs, the stock
+mod_http2, HTTP/1.1 only), same MPM settings, docroot and logging, h2load
+workloads interleaved A B C A B C ... for several rounds. Prints medians
+(req/s, mean and p99 latency, peak RSS of the httpd processes) and the
+ratios mod_h2rs/stock and mod_h2rs/HTTP/1.1 computed within each round;
+writes docs/bench.md and docs/bench.png.
+
+Run it through scripts/bench (it sets up the venv). Loopback only; every
+load is bounded in count and time.
+"""
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+APXS = os.environ.get("APXS", "apxs")
+
+
+def apxs(var):
+    return subprocess.check_output([APXS, "-q", var], text=True).strip()
+
+
+HTTPD = os.path.join(apxs("SBINDIR"), apxs("TARGET"))
+MODDIR = apxs("LIBEXECDIR")
+OURS = ROOT / "build" / "mod_h2rs.so"
+STOCK = pathlib.Path(MODDIR) / "mod_http2.so"
+
+MPM = f"""LoadModule mpm_event_module {MODDIR}/mod_mpm_event.so
+ServerLimit 2
+StartServers 2
+ThreadLimit 64
+ThreadsPerChild 64
+MaxRequestWorkers 128
+MinSpareThreads 64
+MaxSpareThreads 128
+MaxConnectionsPerChild 0"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, base, name, module_line, docroot, container=None):
+        self.name = name
+        self.dir = base / name
+        self.dir.mkdir(parents=True)
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.container = container
+        protocols = "h2c http/1.1" if module_line else "http/1.1"
+        (self.dir / "httpd.conf").write_text(f"""ServerRoot "{self.dir}"
+DefaultRuntimeDir "{self.dir}"
+PidFile "{self.dir}/httpd.pid"
+ErrorLog "{self.dir}/error.log"
+LogLevel warn
+ServerName 127.0.0.1
+User www-data
+Group www-data
+{MPM}
+LoadModule authz_core_module {MODDIR}/mod_authz_core.so
+LoadModule mime_module {MODDIR}/mod_mime.so
+LoadModule dir_module {MODDIR}/mod_dir.so
+LoadModule alias_module {MODDIR}/mod_alias.so
+LoadModule cgid_module {MODDIR}/mod_cgid.so
+LoadModule status_module {MODDIR}/mod_status.so
+{module_line}
+TypesConfig /etc/mime.types
+LogFormat "%h \\"%r\\" %>s %b %H" bench
+CustomLog "{self.dir}/access.log" bench
+ScriptSock "{self.dir}/cgisock"
+Timeout 60
+KeepAlive On
+KeepAliveTimeout 30
+MaxKeepAliveRequests 0
+EnableSendfile On
+Listen 127.0.0.1:{self.port}
+DocumentRoot "{docroot}"
+<Directory "{docroot}">
+  Options +ExecCGI
+  AddHandler cgi-script .cgi
+  Require all granted
+</Directory>
+Protocols {protocols}
+""")
+
+    def start(self):
+        subprocess.run(["bash", "-c", f"ulimit -n 16384; exec {HTTPD} -f {self.dir}/httpd.conf -k start"],
+                       check=True)
+        pidfile = self.dir / "httpd.pid"
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                if pidfile.exists() and pidfile.read_text().strip():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.pid = int(pidfile.read_text())
+
+    def stop(self):
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        for _ in range(100):
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.kill(self.pid, signal.SIGKILL)
+
+    def rss_kib(self):
+        out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(self.pid), "-p", str(self.pid)],
+                             capture_output=True, text=True).stdout
+        return sum(int(x) for x in out.split())
+
+    def cpu_seconds(self):
+        """CPU time (user + system) the server's processes used so far."""
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True).stdout
+        total = 0
+        for pid in [self.pid, *map(int, out.split())]:
+            try:
+                fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def crashed(self):
+        log = (self.dir / "error.log").read_text(errors="replace")
+        return bool(re.search(r"AH00052|segmentation fault|panick|exit signal", log, re.I))
+
+
+class RssSampler:
+    def __init__(self, server):
+        self.server, self.peak, self.stop_flag = server, 0, False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop_flag:
+            try:
+                self.peak = max(self.peak, self.server.rss_kib())
+            except Exception:
+                pass
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop_flag = True
+        self.thread.join()
+
+
+def h2load(server, args, h1, timeout):
+    """Runs h2load; returns req/s, mean and p99 latency (ms), failures."""
+    with tempfile.NamedTemporaryFile(prefix="h2load-", suffix=".log", delete=False) as f:
+        log = f.name
+    cmd = ["h2load", *(["--h1"] if h1 else []), "--log-file", log, *args]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = r.stdout
+    except subprocess.TimeoutExpired:
+        out = ""
+    lat = []
+    try:
+        with open(log) as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) == 3 and parts[1].startswith("2"):
+                    lat.append(int(parts[2]) / 1000.0)
+    finally:
+        os.unlink(log)
+    m = re.search(r"finished in [0-9.]+\w+, ([0-9.]+) req/s", out)
+    fails = re.search(r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed", out)
+    lat.sort()
+    return {
+        "rps": float(m[1]) if m else 0.0,
+        "mean_ms": statistics.fmean(lat) if lat else 0.0,
+        "p99_ms": lat[int(len(lat) * 0.99) - 1] if lat else 0.0,
+        "done": int(fails[1]) if fails else 0,
+        "failed": int(fails[2]) if fails else -1,
+    }
+
+
+def idle_workload(server, n, h1):
+    """n connections, one request each, idle 3 s: KiB of RSS per idle
+    connection; then a second request on each: how many answered."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    base = server.rss_kib()
+    conns, ok2 = [], 0
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+        if h1:
+            s.sendall(b"GET /1k.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            conns.append((s, None))
+        else:
+            c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+            c.initiate_connection()
+            c.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", "/1k.bin")],
+                           end_stream=True)
+            s.sendall(c.data_to_send())
+            conns.append((s, c))
+
+    def answered(s, c, sid):
+        deadline = time.time() + 15
+        buf = b""
+        while time.time() < deadline:
+            try:
+                s.settimeout(max(0.1, deadline - time.time()))
+                d = s.recv(65536)
+            except OSError:
+                return False
+            if not d:
+                return False
+            if c is None:
+                buf += d
+                if b"\r\n\r\n" in buf and len(buf.split(b"\r\n\r\n", 1)[1]) >= 1024:
+                    return True
+                continue
+            for ev in c.receive_data(d):
+                if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                    return True
+            s.sendall(c.data_to_send())
+        return False
+
+    first = sum(answered(s, c, 1) for s, c in conns)
+    time.sleep(3)
+    per_conn = (server.rss_kib() - base) / max(1, n)
+    for s, c in conns:
+        try:
+            if c is None:
+                s.sendall(b"GET /1k.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            else:
+                c.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                                   (":path", "/1k.bin")], end_stream=True)
+                s.sendall(c.data_to_send())
+        except OSError:
+            pass
+    for s, c in conns:
+        ok2 += answered(s, c, 3)
+        s.close()
+    return {"kib_per_idle_conn": per_conn, "first_answered": first, "second_answered": ok2}
+
+
+WORKLOADS = [
+    # name, path, h2 args, h1 args, timeout
+    ("1 KiB, c100 m10", "/1k.bin", ["-n", "100000", "-c", "100", "-m", "10"], ["-n", "100000", "-c", "100"], 120),
+    ("1 KiB, c1 m100", "/1k.bin", ["-n", "30000", "-c", "1", "-m", "100"], ["-n", "30000", "-c", "1"], 120),
+    ("100 KiB, c50 m10", "/100k.bin", ["-n", "20000", "-c", "50", "-m", "10"], ["-n", "20000", "-c", "50"], 120),
+    ("10 MiB, c4 m4", "/10m.bin", ["-n", "200", "-c", "4", "-m", "4"], ["-n", "200", "-c", "4"], 180),
+    ("CGI, c10 m4", "/cgi/hello.cgi", ["-n", "2000", "-c", "10", "-m", "4"], ["-n", "2000", "-c", "10"], 180),
+]
+
+
+def make_docroot(base):
+    d = base / "doc"
+    (d / "cgi").mkdir(parents=True)
+    for name, size in (("1k.bin", 1024), ("100k.bin", 100 * 1024), ("10m.bin", 10 << 20)):
+        (d / name).write_bytes(os.urandom(size))
+    cgi = d / "cgi" / "hello.cgi"
+    cgi.write_text("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\necho hello\n")
+    for dirpath, _, files in os.walk(base):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o755 if f.endswith(".cgi") else 0o644)
+    return d
+
+
+def versions():
+    def first_line(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0]
+        except Exception:
+            return "?"
+    return {
+        "httpd": first_line([HTTPD, "-v"]).replace("Server version: ", ""),
+        "h2load": first_line(["h2load", "--version"]),
+        "mod_h2rs": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                                   capture_output=True, text=True).stdout.strip(),
+        "cpus": str(os.cpu_count()),
+        "kernel": platform.release(),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("ROUNDS", "3")))
+    ap.add_argument("--quick", action="store_true", help="one round, smaller loads")
+    ap.add_argument("--idle", type=int, default=1000, help="idle connections in the idle workload")
+    ap.add_argument("--only", help="run only workloads whose name contains this")
+    ap.add_argument("--out", default=str(ROOT / "docs"))
+    args = ap.parse_args()
+    rounds = 1 if args.quick else args.rounds
+
+    base = pathlib.Path(tempfile.mkdtemp(prefix="h2rs-bench-"))
+    os.chmod(base, 0o755)
+    doc = make_docroot(base)
+    servers = {"mod_h2rs": Server(base, "ours", f"LoadModule http2_module {OURS}\nH2Direct on", doc)}
+    if STOCK.exists():
+        servers["stock"] = Server(base, "stock", f"LoadModule http2_module {STOCK}\nH2Direct on", doc)
+    servers["HTTP/1.1"] = Server(base, "h1", "", doc)
+    for s in servers.values():
+        s.start()
+    results = {}  # workload -> server -> [round results]
+    try:
+        workloads = [w for w in WORKLOADS if not args.only or args.only in w[0]]
+        for name, path, h2args, h1args, timeout in workloads:
+            if args.quick:
+                h2args = [a if a not in ("100000", "30000", "20000") else str(int(a) // 4) for a in h2args]
+                h1args = [a if a not in ("100000", "30000", "20000") else str(int(a) // 4) for a in h1args]
+            results[name] = {k: [] for k in servers}
+            for rnd in range(rounds):
+                for key, srv in servers.items():
+                    h1 = key == "HTTP/1.1"
+                    url = f"http://127.0.0.1:{srv.port}{path}"
+                    # warm-up
+                    h2load(srv, (h1args if h1 else h2args)[:0] + ["-n", "500", "-c", "10"] + ([] if h1 else ["-m", "4"]) + [url], h1, 60)
+                    cpu0 = srv.cpu_seconds()
+                    with RssSampler(srv) as rss:
+                        r = h2load(srv, (h1args if h1 else h2args) + [url], h1, timeout)
+                    r["peak_rss_mib"] = rss.peak / 1024
+                    # CPU the server spent per request: steadier than req/s
+                    # on a machine that also runs other work.
+                    r["cpu_us_per_req"] = (srv.cpu_seconds() - cpu0) * 1e6 / max(1, r["done"])
+                    results[name][key].append(r)
+                    print(f"{name:18} round {rnd + 1} {key:9} {r['rps']:9.0f} req/s  mean {r['mean_ms']:7.2f} ms  "
+                          f"p99 {r['p99_ms']:7.2f} ms  CPU {r['cpu_us_per_req']:6.0f} us/req  "
+                          f"peak RSS {r['peak_rss_mib']:6.1f} MiB  failed {r['failed']}", flush=True)
+        if not args.only or "idle" in args.only:
+            name = f"{args.idle} idle conns"
+            results[name] = {k: [] for k in servers}
+            for key, srv in servers.items():
+                r = idle_workload(srv, args.idle, key == "HTTP/1.1")
+                results[name][key].append(r)
+                print(f"{name:18} {key:9} {r['kib_per_idle_conn']:6.1f} KiB/conn, first {r['first_answered']}, "
+                      f"second {r['second_answered']}", flush=True)
+    finally:
+        for s in servers.values():
+            s.stop()
+        crashed = [k for k, s in servers.items() if s.crashed()]
+    report(results, servers, rounds, pathlib.Path(args.out), crashed)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else 0.0
+
+
+def report(results, servers, rounds, out, crashed):
+    v = versions()
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    lines = [f"# Benchmark ({date})", "",
+             f"Machine: {v['cpus']} CPUs, Linux {v['kernel']}; {v['httpd']}; {v['h2load']}; mod_h2rs {v['mod_h2rs']}.",
+             f"Event MPM, 2 children x 64 threads, access log on, loopback; {rounds} interleaved round(s), medians.",
+             ""]
+    lines += ["| workload | server | req/s | mean ms | p99 ms | CPU µs/req | peak RSS MiB | failed |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    ratios = ["", "| workload | mod_h2rs / stock (req/s) | mod_h2rs / HTTP/1.1 (req/s) | p99 mod_h2rs / stock "
+              "| CPU per request mod_h2rs / HTTP/1.1 |",
+              "|---|---:|---:|---:|---:|"]
+    chart = {}
+    for name, per in results.items():
+        if "idle" in name:
+            continue
+        for key, rs in per.items():
+            lines.append(f"| {name} | {key} | {med([r['rps'] for r in rs]):.0f} | {med([r['mean_ms'] for r in rs]):.2f} | "
+                         f"{med([r['p99_ms'] for r in rs]):.2f} | {med([r['cpu_us_per_req'] for r in rs]):.0f} | "
+                         f"{med([r['peak_rss_mib'] for r in rs]):.1f} | "
+                         f"{sum(r['failed'] for r in rs)} |")
+        ours = per["mod_h2rs"]
+        vs_stock = [o["rps"] / s["rps"] for o, s in zip(ours, per.get("stock", [])) if s["rps"]]
+        vs_h1 = [o["rps"] / h["rps"] for o, h in zip(ours, per["HTTP/1.1"]) if h["rps"]]
+        p99 = [o["p99_ms"] / s["p99_ms"] for o, s in zip(ours, per.get("stock", [])) if s["p99_ms"]]
+        cpu = [o["cpu_us_per_req"] / h["cpu_us_per_req"] for o, h in zip(ours, per["HTTP/1.1"]) if h["cpu_us_per_req"]]
+        ratios.append(f"| {name} | {med(vs_stock):.2f} | {med(vs_h1):.2f} | {med(p99):.2f} | {med(cpu):.2f} |")
+        chart[name] = {k: med([r["rps"] for r in rs]) for k, rs in per.items()}
+    idle = [(n, p) for n, p in results.items() if "idle" in n]
+    if idle:
+        lines += ["", "| idle workload | server | KiB per idle connection | answered first | answered again |",
+                  "|---|---|---:|---:|---:|"]
+        for name, per in idle:
+            for key, rs in per.items():
+                r = rs[0]
+                lines.append(f"| {name} | {key} | {r['kib_per_idle_conn']:.1f} | {r['first_answered']} | "
+                             f"{r['second_answered']} |")
+    if crashed:
+        lines += ["", f"**Crash or panic in the error log of: {', '.join(crashed)}**"]
+    text = "\n".join(lines + ratios) + "\n"
+    print("\n" + text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps({"date": date, "versions": v, "results": results}, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        names = list(chart)
+        keys = list(servers)
+        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6))
+        if len(names) == 1:
+            axes = [axes]
+        colors = {"mod_h2rs": "#2a7ab0", "stock": "#c0504d", "HTTP/1.1": "#7f7f7f"}
+        for ax, name in zip(axes, names):
+            vals = [chart[name].get(k, 0) for k in keys]
+            ax.bar(range(len(keys)), vals, color=[colors.get(k, "#999") for k in keys])
+            ax.set_xticks(range(len(keys)))
+            ax.set_xticklabels(keys, rotation=30, fontsize=8)
+            ax.set_title(name, fontsize=9)
+            ax.set_ylabel("req/s", fontsize=8)
+            ax.tick_params(axis="y", labelsize=7)
+        fig.suptitle(f"mod_h2rs vs stock mod_http2 vs HTTP/1.1 — {date}, {v['cpus']} CPUs, {v['httpd']}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "bench.png", dpi=110)
+        print(f"wrote {out / 'bench.md'} and {out / 'bench.png'}")
+    except ImportError:
+        print("matplotlib missing: no chart")
+
+
+if __name__ == "__main__":
+    main()
