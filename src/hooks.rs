@@ -259,7 +259,11 @@ unsafe fn worker_limits(s: *mut ffi::server_rec) -> (u32, u32) {
 }
 
 /// The optional function `http2_get_num_workers`: mod_proxy sizes its
-/// backend connection pools with it (each worker may hold one).
+/// backend connection pools with it (each thread may hold a backend
+/// connection). Where WebSockets are on, tunnels run on threads of their
+/// own beyond H2MaxWorkers, each holding its backend connection for the
+/// tunnel's life: the pool must have room for them too, or tunnels beyond
+/// the pool size wait for a connection until others close.
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_get_num_workers(s: *mut ffi::server_rec, min: *mut c_int, max: *mut c_int) {
     guard("http2_get_num_workers", (), || {
@@ -269,8 +273,12 @@ pub unsafe extern "C" fn h2rs_get_num_workers(s: *mut ffi::server_rec, min: *mut
         // SAFETY: httpd passes a live server and two writable ints.
         unsafe {
             let (lo, hi) = worker_limits(s);
+            let tunnels = match c1::server_config(s) {
+                Some(cfg) if cfg.websockets() => workers::MAX_DEDICATED,
+                _ => 0,
+            };
             *min = lo as c_int;
-            *max = hi as c_int;
+            *max = hi.saturating_add(tunnels).min(c_int::MAX as u32) as c_int;
         }
     })
 }
