@@ -57,13 +57,12 @@ def free_port():
 
 
 class Server:
-    def __init__(self, base, name, module_line, docroot, container=None):
+    def __init__(self, base, name, module_line, docroot):
         self.name = name
         self.dir = base / name
         self.dir.mkdir(parents=True)
         os.chmod(self.dir, 0o755)
         self.port = free_port()
-        self.container = container
         protocols = "h2c http/1.1" if module_line else "http/1.1"
         (self.dir / "httpd.conf").write_text(f"""ServerRoot "{self.dir}"
 DefaultRuntimeDir "{self.dir}"
@@ -147,6 +146,44 @@ Protocols {protocols}
     def crashed(self):
         log = (self.dir / "error.log").read_text(errors="replace")
         return bool(re.search(r"AH00052|segmentation fault|panick|exit signal", log, re.I))
+
+
+class ContainerServer(Server):
+    """mod_h2rs in a container of `image` (make docker-image), same config,
+    on the host's network (no port-publishing proxy in the way: what is
+    measured is httpd in the container, not Docker's userland proxy)."""
+
+    def __init__(self, base, name, docroot, image, h2=True):
+        sys.path.insert(0, str(ROOT / "tests"))
+        import container
+        self.docker = container.docker
+        layout = container.image_layout(image)
+        module_line = f"LoadModule http2_module {layout['module']}\nH2Direct on" if h2 else ""
+        super().__init__(base, name, module_line, docroot)
+        self.image, self.base, self.cid = image, base, None
+        conf = self.dir / "httpd.conf"
+        conf.write_text(container.container_config(conf.read_text(), layout, host_network=True))
+        self.httpd = layout["httpd"]
+
+    def start(self):
+        r = self.docker("run", "-d", "--network", "host", "--ulimit", "nofile=16384:16384",
+                        "-v", f"{self.base}:{self.base}", self.image,
+                        self.httpd, "-DFOREGROUND", "-f", str(self.dir / "httpd.conf"))
+        self.cid = r.stdout.strip()
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.pid = int(self.docker("inspect", "-f", "{{.State.Pid}}", self.cid).stdout.strip())
+
+    def stop(self):
+        if self.cid:
+            self.docker("kill", "-s", "TERM", self.cid, check=False)
+            self.docker("wait", self.cid, check=False, timeout=60)
+            self.docker("rm", "-f", self.cid, check=False)
+            self.cid = None
 
 
 class RssSampler:
@@ -310,6 +347,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one round, smaller loads")
     ap.add_argument("--idle", type=int, default=1000, help="idle connections in the idle workload")
     ap.add_argument("--only", help="run only workloads whose name contains this")
+    ap.add_argument("--container", nargs="?", const="mod_h2rs:latest", metavar="IMAGE",
+                    help="also run mod_h2rs in a container of IMAGE (default mod_h2rs:latest, make docker-image)")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
@@ -321,6 +360,11 @@ def main():
     if STOCK.exists():
         servers["stock"] = Server(base, "stock", f"LoadModule http2_module {STOCK}\nH2Direct on", doc)
     servers["HTTP/1.1"] = Server(base, "h1", "", doc)
+    if args.container:
+        # The same image with and without HTTP/2: the container runtime's own
+        # cost (seccomp, cgroups) shows in both, so compare them to each other.
+        servers["mod_h2rs (container)"] = ContainerServer(base, "container", doc, args.container)
+        servers["HTTP/1.1 (container)"] = ContainerServer(base, "container-h1", doc, args.container, h2=False)
     for s in servers.values():
         s.start()
     results = {}  # workload -> server -> [round results]
@@ -333,7 +377,7 @@ def main():
             results[name] = {k: [] for k in servers}
             for rnd in range(rounds):
                 for key, srv in servers.items():
-                    h1 = key == "HTTP/1.1"
+                    h1 = key.startswith("HTTP/1.1")
                     url = f"http://127.0.0.1:{srv.port}{path}"
                     # warm-up
                     h2load(srv, (h1args if h1 else h2args)[:0] + ["-n", "500", "-c", "10"] + ([] if h1 else ["-m", "4"]) + [url], h1, 60)
@@ -352,7 +396,7 @@ def main():
             name = f"{args.idle} idle conns"
             results[name] = {k: [] for k in servers}
             for key, srv in servers.items():
-                r = idle_workload(srv, args.idle, key == "HTTP/1.1")
+                r = idle_workload(srv, args.idle, key.startswith("HTTP/1.1"))
                 results[name][key].append(r)
                 print(f"{name:18} {key:9} {r['kib_per_idle_conn']:6.1f} KiB/conn, first {r['first_answered']}, "
                       f"second {r['second_answered']}", flush=True)
@@ -382,6 +426,7 @@ def report(results, servers, rounds, out, crashed):
               "| CPU per request mod_h2rs / HTTP/1.1 |",
               "|---|---:|---:|---:|---:|"]
     chart = {}
+    container_notes = []
     for name, per in results.items():
         if "idle" in name:
             continue
@@ -396,6 +441,11 @@ def report(results, servers, rounds, out, crashed):
         p99 = [o["p99_ms"] / s["p99_ms"] for o, s in zip(ours, per.get("stock", [])) if s["p99_ms"]]
         cpu = [o["cpu_us_per_req"] / h["cpu_us_per_req"] for o, h in zip(ours, per["HTTP/1.1"]) if h["cpu_us_per_req"]]
         ratios.append(f"| {name} | {med(vs_stock):.2f} | {med(vs_h1):.2f} | {med(p99):.2f} | {med(cpu):.2f} |")
+        if "mod_h2rs (container)" in per:
+            cont, cont_h1 = per["mod_h2rs (container)"], per["HTTP/1.1 (container)"]
+            in_container = [c["rps"] / o["rps"] for c, o in zip(cont, ours) if o["rps"]]
+            vs_h1_in = [c["rps"] / h["rps"] for c, h in zip(cont, cont_h1) if h["rps"]]
+            container_notes.append(f"| {name} | {med(in_container):.2f} | {med(vs_h1_in):.2f} |")
         chart[name] = {k: med([r["rps"] for r in rs]) for k, rs in per.items()}
     idle = [(n, p) for n, p in results.items() if "idle" in n]
     if idle:
@@ -408,6 +458,9 @@ def report(results, servers, rounds, out, crashed):
                              f"{r['second_answered']} |")
     if crashed:
         lines += ["", f"**Crash or panic in the error log of: {', '.join(crashed)}**"]
+    if container_notes:
+        ratios += ["", "| workload | mod_h2rs in a container / on the host (req/s) | mod_h2rs / HTTP/1.1, both in a container |",
+                   "|---|---:|---:|", *container_notes]
     text = "\n".join(lines + ratios) + "\n"
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)
@@ -422,7 +475,8 @@ def report(results, servers, rounds, out, crashed):
         fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6))
         if len(names) == 1:
             axes = [axes]
-        colors = {"mod_h2rs": "#2a7ab0", "stock": "#c0504d", "HTTP/1.1": "#7f7f7f"}
+        colors = {"mod_h2rs": "#2a7ab0", "stock": "#c0504d", "HTTP/1.1": "#7f7f7f", "mod_h2rs (container)": "#5b9bd5",
+                  "HTTP/1.1 (container)": "#bfbfbf"}
         for ax, name in zip(axes, names):
             vals = [chart[name].get(k, 0) for k in keys]
             ax.bar(range(len(keys)), vals, color=[colors.get(k, "#999") for k in keys])
