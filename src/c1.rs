@@ -9,7 +9,8 @@
 //! sleep intervals: the poll wakes for the client and for the workers.
 //!
 //! When no stream is open on the event MPM, the connection goes back to the
-//! MPM in keep-alive state (no thread held by an idle client); the MPM calls
+//! MPM in CONN_STATE_ASYNC_WAITIO (no thread held by an idle client; see
+//! `park.rs` for its idle timeout); the MPM calls
 //! `process_connection` again when bytes arrive. The session (HPACK state,
 //! stream ids) lives in the connection's config vector until the
 //! connection's pool goes: a pre-cleanup tears it down before the pools
