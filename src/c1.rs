@@ -177,6 +177,15 @@ impl Parked for C1 {
             unsafe { libc::shutdown(self.sock_fd, libc::SHUT_RDWR) };
         }
     }
+
+    /// Idle for a while: the cached secondary connections (their pools
+    /// keep the last requests' memory) and the I/O buffers go; the next
+    /// stream makes a fresh c2.
+    fn trim(&mut self) {
+        clog!(self.c, Level::Debug, "h2rs: idle for {:?}, releasing cached stream connections", park::TRIM_AFTER);
+        self.session.dispatcher().cache.clear();
+        self.out_buf = Vec::new();
+    }
 }
 
 /// Record size used during TLS warm-up (as the stock module: fits one
@@ -621,7 +630,7 @@ impl C1 {
         // the GOAWAY of `KeepAliveTimeout` (the keep-alive queue, used
         // without WAITIO, has its own).
         if self.can_waitio && self.parking.park() {
-            park::arm_timer(&self.parking, self.keepalive_timeout);
+            park::arm_timer(&self.parking, self.parking.first_timer());
         }
         ffi::HOOK_OK
     }
