@@ -15,6 +15,7 @@ import argparse
 import datetime
 import os
 import pathlib
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from bench import MODDIR, OURS, Server, free_port, versions  # noqa: E402
 from h2client import H2Client  # noqa: E402
-from wsclient import CLOSE, TEXT, Tunnel  # noqa: E402
+from wsclient import TEXT, Tunnel, frame, parse  # noqa: E402
 
 
 def threads_of(server):
@@ -77,31 +78,81 @@ def echo_all(tunnels):
     return ok
 
 
+def _round_trips(sock, n, request, answered):
+    """n sequential round trips on a raw socket: `request` is sent, bytes
+    are read until `answered(buffer)` says how much of the buffer one
+    answer took. Both protocols use this same minimal client loop, so
+    what differs between them is the server's path, not client code."""
+    times, buf = [], b""
+    for _ in range(n):
+        t0 = time.perf_counter()
+        sock.sendall(request)
+        while True:
+            used = answered(buf)
+            if used:
+                buf = buf[used:]
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed during the latency loop")
+            buf += chunk
+        times.append((time.perf_counter() - t0) * 1e6)
+    return times
+
+
+def _one_h2_data_frame(sid):
+    """How many bytes a complete DATA frame of stream `sid` at the start
+    of the buffer takes (0 if none yet); other frames are skipped."""
+    def answered(buf):
+        off = 0
+        while len(buf) - off >= 9:
+            length = int.from_bytes(buf[off:off + 3], "big")
+            if len(buf) - off < 9 + length:
+                return 0
+            ftype, fsid = buf[off + 3], int.from_bytes(buf[off + 5:off + 9], "big") & 0x7FFFFFFF
+            off += 9 + length
+            if ftype == 0 and fsid == sid and length > 0:
+                return off
+        return 0
+    return answered
+
+
 def h2_latency(port, n):
+    """Round trips through an RFC 8441 tunnel: opened with the h2 client,
+    then raw DATA frames (n x 38 bytes stays inside the initial windows)."""
     c = H2Client(port)
     c.wait(lambda: c.remote_settings, timeout=10)
     t = Tunnel(c, "/ws/echo")
     assert t.wait_open() == 200
-    times = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        t.send(TEXT, b"x" * 32)
-        t.recv()
-        times.append((time.perf_counter() - t0) * 1e6)
-    t.send(CLOSE, b"\x03\xe8")
+    msg = frame(TEXT, b"x" * 32)
+    data = len(msg).to_bytes(3, "big") + b"\x00\x00" + t.sid.to_bytes(4, "big") + msg
+    c.sock.settimeout(10)
+    times = _round_trips(c.sock, n, data, _one_h2_data_frame(t.sid))
     c.close()
     return times
 
 
-def ws_latency(url, n):
-    from websockets.sync.client import connect
-    times = []
-    with connect(url) as ws:
-        for i in range(n):
-            t0 = time.perf_counter()
-            ws.send("x" * 32)
-            ws.recv()
-            times.append((time.perf_counter() - t0) * 1e6)
+def ws_latency(host, port, path, n):
+    """Round trips over an HTTP/1.1 WebSocket: handshake, then raw frames."""
+    import base64
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head[:80]
+
+    def answered(buf):
+        frames, used = parse(buf)
+        return used if frames else 0
+    times = _round_trips(sock, n, frame(TEXT, b"x" * 32), answered)
+    sock.close()
     return times
 
 
@@ -138,8 +189,8 @@ ProxyPass /ws/ http://127.0.0.1:{backend_port}/ upgrade=websocket timeout=120"""
             c.close()
         total = args.conns * args.per_conn
         h2 = h2_latency(server.port, args.echoes)
-        h1 = ws_latency(f"ws://127.0.0.1:{server.port}/ws/echo", args.echoes)
-        direct = ws_latency(f"ws://127.0.0.1:{backend_port}/echo", args.echoes)
+        h1 = ws_latency("127.0.0.1", server.port, "/ws/echo", args.echoes)
+        direct = ws_latency("127.0.0.1", backend_port, "/echo", args.echoes)
     finally:
         server.stop()
         backend.kill()
