@@ -340,7 +340,9 @@ impl C2 {
         let broken = match outcome {
             Ok(()) => {
                 if let Some(resume) = self.ctx.suspended.take() {
-                    // The handler keeps the request: no worker_done yet.
+                    // The handler keeps the request: no worker_done yet,
+                    // and the stream holds no worker while it waits.
+                    stream.release_slot();
                     resume.park(Parked { c2: self, stream, cache });
                     return;
                 }

@@ -242,6 +242,8 @@ struct StreamIo {
 
     closed: Option<u32>,
     worker: Option<WorkerState>,
+    /// The handler suspended the request (see `release_slot`).
+    slot_released: bool,
     retire: Option<Box<dyn Retire>>,
     /// Woken when input arrives, ends, or the stream closes (a handler
     /// that polls the stream instead of blocking in a read).
@@ -285,6 +287,10 @@ pub struct Progress {
     /// Request-body bytes to acknowledge to the client's flow control.
     pub consumed: usize,
     pub worker_done: bool,
+    /// The request no longer holds a worker though it is not done (its
+    /// handler suspended it): it stops counting against the connection's
+    /// active streams.
+    pub slot_released: bool,
     /// The worker ended without completing its response (failure): reset.
     pub failed: bool,
 }
@@ -473,6 +479,14 @@ impl Stream {
         io.trailers = trailers.filter(|t| !t.is_empty());
     }
 
+    /// The request's handler returned SUSPENDED: no worker holds the
+    /// stream while it waits (a proxied request waiting for its backend),
+    /// so c1 may start other streams in its place.
+    pub fn release_slot(&self) {
+        self.io.lock().slot_released = true;
+        self.notify_c1();
+    }
+
     /// The worker finished with the stream; `retire` releases its request
     /// and connection once c1 is done with the stream too.
     pub fn worker_done(&self, retire: Option<Box<dyn Retire>>) {
@@ -529,6 +543,7 @@ impl Stream {
             interims: std::mem::take(&mut io.interims),
             consumed: std::mem::take(&mut io.consumed),
             worker_done: io.worker == Some(WorkerState::Done),
+            slot_released: io.slot_released,
             ..Default::default()
         };
         if !io.response_taken {
