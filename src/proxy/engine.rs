@@ -290,6 +290,9 @@ struct Conn {
     out_off: usize,
     dead: Option<String>,
     idle_since: Instant,
+    /// Requests for this connection held until the backend's SETTINGS
+    /// arrive (so its stream limit is known before anything is sent).
+    waiting: Vec<Arc<Task>>,
 }
 
 /// Starts a nonblocking connect to `addr`.
@@ -376,11 +379,26 @@ impl Conn {
             out_off: 0,
             dead: None,
             idle_since: Instant::now(),
+            waiting: Vec::new(),
         })
     }
 
     fn active(&self) -> usize {
-        self.session.handler_ref().streams.len()
+        self.session.handler_ref().streams.len() + self.waiting.len()
+    }
+
+    fn settings_seen(&self) -> bool {
+        self.session.handler_ref().settings_seen
+    }
+
+    /// Sends `task` now, or once the backend's SETTINGS are known.
+    fn enqueue(&mut self, task: &Arc<Task>) -> Result<(), String> {
+        if self.settings_seen() {
+            self.submit(task)
+        } else {
+            self.waiting.push(task.clone());
+            Ok(())
+        }
     }
 
     /// Open for new streams (not dying, no GOAWAY).
@@ -568,9 +586,33 @@ impl LoopState {
             }
         };
         let conn = &mut self.conns[idx];
-        if let Err(e) = conn.submit(task) {
+        if let Err(e) = conn.enqueue(task) {
             log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
             task.fail(502);
+        }
+    }
+
+    /// Sends the requests held for connections whose SETTINGS arrived, as
+    /// far as their stream limit goes; the rest go elsewhere.
+    fn promote(&mut self) {
+        let mut overflow = Vec::new();
+        for conn in &mut self.conns {
+            if conn.waiting.is_empty() || !conn.settings_seen() || conn.dead.is_some() {
+                continue;
+            }
+            for task in std::mem::take(&mut conn.waiting) {
+                if conn.session.handler_ref().goaway.is_none() && conn.has_room() {
+                    if let Err(e) = conn.submit(&task) {
+                        log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
+                        task.fail(502);
+                    }
+                } else {
+                    overflow.push(task);
+                }
+            }
+        }
+        for task in overflow {
+            self.assign(&task);
         }
     }
 
@@ -613,14 +655,7 @@ impl LoopState {
         let now = Instant::now();
         for conn in &mut self.conns {
             if let Some(since) = conn.connecting {
-                let limit = conn
-                    .session
-                    .handler_ref()
-                    .streams
-                    .values()
-                    .map(|b| b.task.spec.timeout)
-                    .min()
-                    .unwrap_or(Duration::from_secs(60));
+                let limit = conn.waiting.iter().map(|t| t.spec.timeout).min().unwrap_or(Duration::from_secs(60));
                 if now.duration_since(since) > limit {
                     conn.dead = Some("connect timed out".into());
                 }
@@ -650,7 +685,7 @@ impl LoopState {
             }
             if conn.dead.is_none() {
                 let done = !ops.want_read() && !ops.want_write();
-                if h.streams.is_empty() {
+                if h.streams.is_empty() && conn.waiting.is_empty() {
                     if done || h.goaway.is_some() || now.duration_since(conn.idle_since) > IDLE_CLOSE {
                         conn.dead = Some(String::new());
                     }
@@ -676,6 +711,16 @@ impl LoopState {
             }
             let mut conn = self.conns.swap_remove(i);
             let reason = conn.dead.take().unwrap_or_default();
+            for task in std::mem::take(&mut conn.waiting) {
+                // Never sent: another connection may take it, unless this
+                // one never came up (the backend is unreachable).
+                if stopping || conn.connecting.is_some() || !conn.settings_seen() {
+                    log_error(&format!("backend {}: {reason}, answering 503", task.spec.backend));
+                    task.fail(503);
+                } else {
+                    retry.push(task);
+                }
+            }
             let h = conn.session.handler();
             let goaway = h.goaway;
             for (id, bs) in h.streams.drain() {
@@ -729,6 +774,7 @@ fn run(lp: &Loop) {
             st.tick(stopping);
         }
         st.reap(stopping);
+        st.promote();
         for c in &mut st.conns {
             c.flush();
         }

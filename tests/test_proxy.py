@@ -1,0 +1,276 @@
+"""proxy_http2_module: the reverse proxy to HTTP/2 (h2c) backends, against a
+real HTTP/2 backend (tests/h2backend.py) started by the tests: multiplexing
+on shared backend connections, few workers serving many slow requests,
+GOAWAY and reset handling, uploads, trailers, 103, header rules, balancer,
+behind HTTP/2 and HTTP/1.1 fronts."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import MODDIR, MODULE, ROOT, Httpd, curl, free_port, h2load, wait_listening
+from h2client import H2Client
+
+
+def start_backend(max_streams=1000):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "h2backend.py"), str(port), str(max_streams)])
+    if not wait_listening(port, timeout=15):
+        proc.kill()
+        pytest.fail("HTTP/2 backend did not start")
+    return port, proc
+
+
+@pytest.fixture(scope="module")
+def backends():
+    """Three backends: two ordinary ones (the balancer's members) and one
+    that allows only 10 concurrent streams per connection."""
+    started = [start_backend(), start_backend(), start_backend(max_streams=10)]
+    yield [p for p, _ in started]
+    for _, proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def proxy_conf(b1, b2, b3):
+    return f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_http2_module {MODULE}
+LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
+LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
+LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
+ProxyTimeout 30
+ProxyVia On
+ProxyPass /api/ h2c://127.0.0.1:{b1}/
+ProxyPass /short/ h2c://localhost:{b1}/ timeout=1
+ProxyPass /narrow/ h2c://127.0.0.1:{b3}/
+ProxyPass /down/ h2c://127.0.0.1:{free_port()}/
+ProxyPass /pp/ h2c://127.0.0.1:{b1}/
+<Location /pp/>
+  ProxyPreserveHost On
+</Location>
+<Proxy balancer://pair>
+  BalancerMember h2c://127.0.0.1:{b1}
+  BalancerMember h2c://127.0.0.1:{b2}
+</Proxy>
+ProxyPass /bal/ balancer://pair/
+"""
+
+
+@pytest.fixture(scope="module")
+def proxy(workdir, docroot, backends):
+    h = Httpd(workdir, docroot, name="proxy", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5",
+              extra=proxy_conf(*backends))
+    h.start()
+    yield h
+    h.stop()
+    h.check_log()
+
+
+def stats(port):
+    r = curl("--http2-prior-knowledge", f"http://127.0.0.1:{port}/stats")
+    return json.loads(r.stdout)
+
+
+def get(proxy, path, *args, h1=False):
+    proto = ["--http1.1"] if h1 else ["--http2-prior-knowledge"]
+    return curl(*proto, "-w", "\n%{http_code}", *args, proxy.url(path))
+
+
+def split(r):
+    body, _, code = r.stdout.rpartition(b"\n")
+    return int(code or 0), body
+
+
+@pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
+def test_simple_get(proxy, h1):
+    code, body = split(get(proxy, "/api/delay?s=0&x=%20y", h1=h1))
+    assert code == 200
+    assert body.startswith(b"ok port=")
+    assert b"path=/delay?s=0&x=%20y" in body
+    lines = [l for l in proxy.read_access_log() if "/api/delay?s=0" in l]
+    assert lines and " 200 " in lines[-1]
+
+
+def test_multiplexed_on_one_backend_connection(proxy, backends):
+    before = stats(backends[0])
+    t0 = time.time()
+    res = h2load("-n", "60", "-c", "1", "-m", "60", proxy.url("/api/delay?s=1"))
+    took = time.time() - t0
+    after = stats(backends[0])
+    assert res.get("s2xx") == 60, res["output"]
+    # One front connection of 60 streams, 5 workers: all answered in about
+    # one backend latency, as parallel streams on (nearly) one connection.
+    assert took < 5, res["output"]
+    assert after["connections"] - before["connections"] <= 2
+    assert after["max_streams"] >= 30
+
+
+def test_few_workers_serve_many_slow_requests(proxy, backends):
+    """The 400 x 2 s acceptance case scaled down: 100 requests whose backend
+    answers after 1 s, with H2MaxWorkers 5 (holding workers, this takes
+    100 / 5 x 1 s = 20 s)."""
+    t0 = time.time()
+    res = h2load("-n", "100", "-c", "4", "-m", "25", proxy.url("/api/delay?s=1"))
+    took = time.time() - t0
+    assert res.get("s2xx") == 100, res["output"]
+    assert took < 6, f"took {took:.1f}s"
+
+
+def test_second_connection_beyond_max_concurrent_streams(proxy, backends):
+    before = stats(backends[2])
+    res = h2load("-n", "30", "-c", "1", "-m", "30", proxy.url("/narrow/delay?s=1"))
+    after = stats(backends[2])
+    assert res.get("s2xx") == 30, res["output"]
+    opened = after["connections"] - before["connections"]
+    # The backend allows 10 streams per connection: 3 connections carry 30.
+    assert 3 <= opened <= 6, opened
+    assert after["max_streams"] <= 10
+
+
+def test_request_headers(proxy, backends):
+    code, body = split(get(proxy, "/api/headers", "-H", "X-Forwarded-For: 10.1.1.1", "-H", "TE: trailers"))
+    assert code == 200
+    h = json.loads(body)
+    assert h[":authority"] == f"127.0.0.1:{backends[0]}"
+    assert h[":scheme"] == "http"
+    assert h["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
+    assert h["x-forwarded-host"] == f"127.0.0.1:{proxy.port}"
+    assert h["x-forwarded-server"] == "127.0.0.1"
+    assert h["via"].startswith("2.0 127.0.0.1")
+    assert h.get("te") == "trailers"
+    assert "connection" not in h and "host" not in h
+
+
+def test_request_headers_h1_front(proxy):
+    code, body = split(get(proxy, "/api/headers", "-H", "Connection: X-Hop", "-H", "X-Hop: 1", h1=True))
+    assert code == 200
+    h = json.loads(body)
+    assert "x-hop" not in h
+    assert h["via"].startswith("1.1 127.0.0.1")
+
+
+def test_preserve_host(proxy):
+    code, body = split(get(proxy, "/pp/headers", "-H", "Host: front.example"))
+    assert code == 200
+    assert json.loads(body)[":authority"] == "front.example"
+
+
+@pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
+def test_upload_byte_exact(proxy, tmp_path, h1):
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    f = tmp_path / "up.bin"
+    f.write_bytes(data)
+    code, body = split(get(proxy, "/api/echo", "--data-binary", f"@{f}", h1=h1))
+    assert code == 200
+    assert body.decode() == f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
+
+
+def test_upload_chunked_h1_front(proxy, tmp_path):
+    data = os.urandom(200 * 1024)
+    f = tmp_path / "up2.bin"
+    f.write_bytes(data)
+    code, body = split(get(proxy, "/api/echo", "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{f}", h1=True))
+    assert code == 200
+    assert body.decode() == f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
+
+
+def test_large_download(proxy):
+    n = 20 * 1024 * 1024
+    r = curl("--http2-prior-knowledge", proxy.url(f"/api/big?n={n}"))
+    pattern = bytes(range(256)) * (n // 256 + 1)
+    assert len(r.stdout) == n
+    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256(pattern[:n]).digest()
+
+
+def test_trailers_pass_through(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/trailers")
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert bytes(s.data) == b"hello"
+    assert (b"grpc-status", b"0") in s.trailers
+    assert (b"grpc-message", b"fine") in s.trailers
+    c.close()
+
+
+def test_early_hints_pass_through(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/early")
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert any((b":status", b"103") in h and (b"link", b"</style.css>; rel=preload; as=style") in h for h in s.interim), s.interim
+    c.close()
+
+
+def test_backend_reset_before_response_is_502(proxy):
+    code, _ = split(get(proxy, "/api/reset"))
+    assert code == 502
+    time.sleep(0.2)
+    assert f"backend h2c://127.0.0.1:" in proxy.read_error_log()
+
+
+def test_backend_reset_mid_response_resets_the_client_stream(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/reset-mid")
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert s.reset is not None and not s.ended
+    c.close()
+    r = curl("--http1.1", proxy.url("/api/reset-mid"))
+    assert r.returncode != 0  # the HTTP/1.1 response is cut off
+
+
+def test_goaway_unprocessed_request_is_retried(proxy):
+    code, body = split(get(proxy, f"/api/goaway?t={uuid.uuid4().hex}"))
+    assert code == 200
+    assert body.startswith(b"retried")
+
+
+def test_goaway_drains_and_replaces_the_connection(proxy):
+    code, body = split(get(proxy, "/api/goaway-after"))
+    assert code == 200 and body.startswith(b"bye conn=")
+    old = body.split(b"conn=")[1].strip()
+    time.sleep(0.3)
+    code, body = split(get(proxy, "/api/delay?s=0"))
+    assert code == 200
+    assert f"conn={old.decode()} ".encode() not in body
+
+
+def test_timeout_is_504(proxy):
+    t0 = time.time()
+    code, _ = split(get(proxy, "/short/delay?s=4"))
+    assert code == 504
+    assert time.time() - t0 < 3.5
+    time.sleep(0.2)
+    assert "within" in proxy.read_error_log()
+
+
+def test_unreachable_backend_is_503(proxy):
+    code, _ = split(get(proxy, "/down/x"))
+    assert code == 503
+
+
+def test_balancer_with_two_h2c_members(proxy, backends):
+    ports = set()
+    for _ in range(10):
+        code, body = split(get(proxy, "/bal/delay?s=0"))
+        assert code == 200
+        ports.add(int(body.split(b"port=")[1].split()[0]))
+    assert ports == {backends[0], backends[1]}
+
+
+def test_client_reset_cancels_the_backend_stream(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/delay?s=2")
+    time.sleep(0.3)
+    c.conn.reset_stream(sid)
+    c.flush()
+    sid2 = c.request("/api/delay?s=0")
+    s = c.wait_stream(sid2)
+    assert s.status == 200
+    c.close()
