@@ -41,8 +41,6 @@ pub const MAX_CONNS_PER_BACKEND: usize = 16;
 pub const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection receive window (streams are bounded one by one).
 const CONN_WINDOW: i32 = 1 << 30;
-/// Streams per connection before the backend's SETTINGS arrived.
-const ASSUMED_MAX_STREAMS: u32 = 100;
 /// An idle backend connection is closed after this long.
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// The loop looks at deadlines and abandoned requests this often.
@@ -293,6 +291,7 @@ struct Conn {
     /// Requests for this connection held until the backend's SETTINGS
     /// arrive (so its stream limit is known before anything is sent).
     waiting: Vec<Arc<Task>>,
+    opened: Instant,
 }
 
 /// Starts a nonblocking connect to `addr`.
@@ -380,6 +379,7 @@ impl Conn {
             dead: None,
             idle_since: Instant::now(),
             waiting: Vec::new(),
+            opened: Instant::now(),
         })
     }
 
@@ -406,14 +406,14 @@ impl Conn {
         self.key == key && self.dead.is_none() && self.session.handler_ref().goaway.is_none()
     }
 
-    /// Has room for another stream within the backend's limit.
+    /// Has room for another stream within the backend's limit. Before the
+    /// backend's SETTINGS, requests wait on the connection (see `promote`):
+    /// one burst opens one connection, not one per assumed 100 streams.
     fn has_room(&mut self) -> bool {
-        let cap = if self.session.handler_ref().settings_seen {
-            self.session.ops().remote_max_concurrent() as usize
-        } else {
-            ASSUMED_MAX_STREAMS as usize
-        };
-        self.active() < cap
+        if !self.session.handler_ref().settings_seen {
+            return true;
+        }
+        self.active() < self.session.ops().remote_max_concurrent() as usize
     }
 
     fn submit(&mut self, task: &Arc<Task>) -> Result<(), String> {
@@ -654,10 +654,14 @@ impl LoopState {
     fn tick(&mut self, stopping: bool) {
         let now = Instant::now();
         for conn in &mut self.conns {
-            if let Some(since) = conn.connecting {
+            if !conn.settings_seen() {
                 let limit = conn.waiting.iter().map(|t| t.spec.timeout).min().unwrap_or(Duration::from_secs(60));
-                if now.duration_since(since) > limit {
-                    conn.dead = Some("connect timed out".into());
+                if now.duration_since(conn.opened) > limit {
+                    conn.dead = Some(if conn.connecting.is_some() {
+                        "connect timed out".into()
+                    } else {
+                        "no HTTP/2 SETTINGS from the backend in time".into()
+                    });
                 }
             }
             if stopping && conn.dead.is_none() {
