@@ -213,12 +213,10 @@ impl Handler for Backend {
                     bs.task.on_end(None);
                 }
             }
-            frame_type::DATA => {
-                if frame.has(flags::END_STREAM) {
-                    if let Some(bs) = self.touch(frame.stream_id) {
-                        bs.ended = true;
-                        bs.task.on_end(None);
-                    }
+            frame_type::DATA if frame.has(flags::END_STREAM) => {
+                if let Some(bs) = self.touch(frame.stream_id) {
+                    bs.ended = true;
+                    bs.task.on_end(None);
                 }
             }
             _ => {}

@@ -33,7 +33,7 @@ use crate::stream::{Headers, ResponseHead, Stream};
 use crate::workers::{self, WorkerCtx};
 use engine::Engine;
 use parking_lot::Mutex;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -53,6 +53,10 @@ fn engine() -> Option<Arc<Engine>> {
 
 // ---- hooks -----------------------------------------------------------------
 
+/// child_init of proxy_http2_module: starts the engine's threads.
+///
+/// # Safety
+/// Called by httpd with the child pool and main server.
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_proxy_child_init(pchild: *mut ffi::apr_pool_t, _s: *mut ffi::server_rec) {
     guard("proxy child_init", (), || {
@@ -72,8 +76,11 @@ pub unsafe extern "C" fn h2rs_proxy_child_init(pchild: *mut ffi::apr_pool_t, _s:
         // SAFETY: pchild lives for the child's life; the cleanup runs before
         // its sub-pools go (and, registered after mod_h2rs's own, before the
         // worker pool stops: parked requests still get their last resume).
-        if let Some(pool) = unsafe { PoolRef::from_raw(pchild) } {
-            unsafe { pool.pre_cleanup(ptr::null(), child_pre_cleanup) };
+        // SAFETY: as above; the cleanup takes no data.
+        unsafe {
+            if let Some(pool) = PoolRef::from_raw(pchild) {
+                pool.pre_cleanup(ptr::null(), child_pre_cleanup);
+            }
         }
     })
 }
@@ -89,6 +96,9 @@ unsafe extern "C" fn child_pre_cleanup(_data: *mut c_void) -> ffi::apr_status_t 
 }
 
 /// The canon handler: `proxy:h2c://host[:port]/path?args` in r->filename.
+///
+/// # Safety
+/// Called by mod_proxy with a live request and its URL.
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_proxy_canon(r: *mut ffi::request_rec, url: *mut c_char) -> c_int {
     guard("proxy canon", ffi::HTTP_INTERNAL_SERVER_ERROR as c_int, || {
@@ -165,6 +175,9 @@ unsafe fn canon(r: *mut ffi::request_rec, url: *mut c_char) -> c_int {
 }
 
 /// The scheme handler.
+///
+/// # Safety
+/// Called by mod_proxy on the request's thread with live arguments.
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_proxy_handler(
     r: *mut ffi::request_rec,
@@ -778,13 +791,6 @@ impl Resume for C2Front {
             self.schedule(p);
         }
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<Parked>();
-    let _ = CString::new("");
 }
 
 #[cfg(test)]
