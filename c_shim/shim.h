@@ -146,5 +146,7 @@ char *h2rs_shim_proxy_canonenc_path(apr_pool_t *p, const char *path,
                                     int proxyreq);
 /* ProxyPassReverse mapping of a response URL (Location...). */
 const char *h2rs_shim_proxy_reverse_map(request_rec *r, const char *url);
+/* ProxyErrorOverride: answer this backend status with a local error page. */
+int h2rs_shim_proxy_should_override(request_rec *r, int status);
 
 #endif /* H2RS_SHIM_H */

@@ -58,6 +58,15 @@ ProxyPass /pp/ h2c://127.0.0.1:{b1}/
   BalancerMember h2c://127.0.0.1:{b2}
 </Proxy>
 ProxyPass /bal/ balancer://pair/
+<Proxy balancer://half>
+  BalancerMember h2c://127.0.0.1:{free_port()}
+  BalancerMember h2c://127.0.0.1:{b2}
+</Proxy>
+ProxyPass /half/ balancer://half/
+ProxyPass /eo/ h2c://127.0.0.1:{b1}/
+<Location /eo/>
+  ProxyErrorOverride On
+</Location>
 """
 
 
@@ -264,6 +273,33 @@ def test_balancer_with_two_h2c_members(proxy, backends):
     assert ports == {backends[0], backends[1]}
 
 
+def test_balancer_fails_over_from_a_dead_member(proxy, backends):
+    for _ in range(6):
+        code, body = split(get(proxy, "/half/delay?s=0"))
+        assert code == 200
+        assert f"port={backends[1]} ".encode() in body
+
+
+def test_response_via_and_error_override(proxy):
+    r = curl("--http2-prior-knowledge", "-D", "-", proxy.url("/api/delay?s=0"))
+    assert b"\nvia: 2.0 127.0.0.1" in r.stdout.lower()
+    code, body = split(get(proxy, "/api/nothing"))
+    assert code == 404 and body == b"not here\n"
+    code, body = split(get(proxy, "/eo/nothing"))
+    assert code == 404 and b"<title>404 Not Found</title>" in body
+
+
+def test_client_gone_with_parked_requests(proxy):
+    c = H2Client(proxy.port)
+    for _ in range(10):
+        c.request("/api/delay?s=1")
+    time.sleep(0.3)
+    c.close()
+    time.sleep(1.5)
+    code, _ = split(get(proxy, "/api/delay?s=0"))
+    assert code == 200
+
+
 def test_client_reset_cancels_the_backend_stream(proxy):
     c = H2Client(proxy.port)
     sid = c.request("/api/delay?s=2")
@@ -274,3 +310,28 @@ def test_client_reset_cancels_the_backend_stream(proxy):
     s = c.wait_stream(sid2)
     assert s.status == 200
     c.close()
+
+
+@pytest.mark.parametrize("how", ["graceful", "stop"])
+def test_restart_with_parked_requests(workdir, docroot, backends, how):
+    h = Httpd(workdir, docroot, name=f"proxy-{how}", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5",
+              extra=proxy_conf(*backends))
+    h.start()
+    try:
+        load = subprocess.Popen(["h2load", "-n", "20", "-c", "1", "-m", "20", h.url("/api/delay?s=2")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.7)
+        if how == "graceful":
+            h.graceful()
+            out, _ = load.communicate(timeout=30)
+            assert "20 succeeded" in out, out
+            code, _ = split(get(h, "/api/delay?s=0"))
+            assert code == 200
+        else:
+            t0 = time.time()
+            h.stop()
+            assert time.time() - t0 < 10
+            load.communicate(timeout=30)
+    finally:
+        h.stop()
+        h.check_log()

@@ -426,6 +426,7 @@ impl Conn {
             e.conn = self.id;
             e.stream_id = id;
         }
+        task.set_dispatched();
         self.session.handler().streams.insert(
             id,
             BStream {

@@ -412,7 +412,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             client_ip,
             server_name: server_name.as_bytes(),
             forwarded: params.add_forwarded != 0 && (*r).proxyreq == ffi::PROXYREQ_REVERSE as c_int,
-            via,
+            via: via.clone(),
             via_block: params.via == 2,
             chain_auth: env.get(c"Proxy-Chain-Auth").is_some(),
         };
@@ -425,6 +425,8 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             has_body,
             idempotent: idempotent(method),
             timeout,
+            // The response's Via names the backend's protocol, HTTP/2.
+            via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
         };
         let task = Task::new(spec);
         let c = (*r).connection;
@@ -438,6 +440,11 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             task.set_front(f.clone());
         }
         engine.submit(task.clone());
+        // Connection failures come back here, as they do for mod_proxy_http:
+        // 503 lets mod_proxy fail over to another balancer member.
+        if let Some(Failure::Status(s)) = task.wait_dispatched(task.spec.timeout) {
+            return s as c_int;
+        }
 
         if has_body {
             if let Err(status) = send_body(r, &task, &engine) {
@@ -562,7 +569,15 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine) -> P
             send_interim(r, &head);
         }
         if let Some(head) = &t.head {
-            apply_head(r, head);
+            if ffi::h2rs_shim_proxy_should_override(r, head.status as c_int) != 0 {
+                // ProxyErrorOverride: a local error page instead of the
+                // backend's body.
+                if task.cancel() {
+                    engine.post(task);
+                }
+                return Pumped::Done(End::Status(head.status));
+            }
+            apply_head(r, head, task.spec.via.as_deref());
         }
         if !t.data.is_empty() || t.end {
             let c = (*r).connection;
@@ -600,7 +615,7 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine) -> P
 }
 
 /// Sets the request's response status and fields from the backend's head.
-unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead) {
+unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead, via: Option<&str>) {
     // SAFETY: caller contract; strings are copied into the request pool.
     unsafe {
         let (Some(pool), Some(out)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).headers_out)) else {
@@ -620,6 +635,9 @@ unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead) {
                 }
                 _ => ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), value),
             }
+        }
+        if let Some(v) = via {
+            ffi::apr_table_mergen(out.as_ptr(), c"Via".as_ptr(), pool.strdup(v.as_bytes()));
         }
     }
 }

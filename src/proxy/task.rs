@@ -46,6 +46,8 @@ pub struct RequestSpec {
     /// A retry is allowed after a connection loss (the method is idempotent).
     pub idempotent: bool,
     pub timeout: Duration,
+    /// The Via entry the front adds to the response (ProxyVia).
+    pub via: Option<String>,
 }
 
 /// How the engine reaches the front when there is news.
@@ -96,6 +98,8 @@ struct State {
     body_taken: u64,
     consumed: usize,
     cancelled: bool,
+    /// The request went out on a backend connection.
+    dispatched: bool,
     /// The engine has been told to look at the task and has not yet.
     engine_posted: bool,
 }
@@ -210,6 +214,13 @@ impl Task {
         f
     }
 
+    /// The request is on its way to the backend (on a connection whose
+    /// SETTINGS arrived).
+    pub fn set_dispatched(&self) {
+        self.state.lock().dispatched = true;
+        self.cond.notify_all();
+    }
+
     pub fn response_started(&self) -> bool {
         let s = self.state.lock();
         s.head_seen || !s.interims.is_empty() || s.end
@@ -293,6 +304,20 @@ impl Task {
         }
     }
 
+    /// Waits until the request went out to the backend or failed (so that
+    /// the handler can still return 503 to mod_proxy, which then fails
+    /// over to another balancer member). The failure, if any.
+    pub fn wait_dispatched(&self, timeout: Duration) -> Option<Failure> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock();
+        while !s.dispatched && s.failure.is_none() {
+            if self.cond.wait_until(&mut s, deadline).timed_out() {
+                break;
+            }
+        }
+        s.failure
+    }
+
     /// Queues request body bytes, waiting while the queue is full. Returns
     /// false when the request failed or was cancelled (stop reading), and
     /// whether the engine must be woken.
@@ -329,7 +354,9 @@ impl Task {
             }
             Task::mark_posted(&mut s)
         };
-        self.cond.notify_all();
+        // The front may be parked (the engine cancels for a client that
+        // is gone): it must run once more to end the request.
+        self.wake_front();
         post
     }
 
@@ -351,6 +378,7 @@ mod tests {
             has_body: true,
             idempotent: true,
             timeout: Duration::from_secs(1),
+            via: None,
         }
     }
 
