@@ -248,6 +248,9 @@ struct StreamIo {
     /// Woken when input arrives, ends, or the stream closes (a handler
     /// that polls the stream instead of blocking in a read).
     input_watch: Option<Arc<dyn Wake>>,
+    /// Woken once c1 drained a full output queue to half, or the stream
+    /// closes (a suspended request waiting for room, see `output_room`).
+    output_watch: Option<Arc<dyn Wake>>,
 }
 
 pub struct Stream {
@@ -456,6 +459,22 @@ impl Stream {
         Ok(())
     }
 
+    /// Room left in the output queue (H2StreamMaxMemSize) for a producer
+    /// that must not block (a suspended request resumed on a worker). When
+    /// there is none, `watch` is woken once c1 has drained the queue to
+    /// half, or the stream closed.
+    pub fn output_room(&self, watch: &Arc<dyn Wake>) -> usize {
+        let mut io = self.io.lock();
+        if io.closed.is_some() {
+            return self.out_limit;
+        }
+        let room = self.out_limit.saturating_sub(io.output.len());
+        if room == 0 {
+            io.output_watch = Some(watch.clone());
+        }
+        room
+    }
+
     /// The handler flushed: whatever is queued should go out now.
     pub fn flush(&self) {
         let wake = {
@@ -577,10 +596,14 @@ impl Stream {
         }
         let trailers = if end { io.trailers.take() } else { None };
         let had_room_before = io.output.len() + n >= self.out_limit;
+        let watch = if io.output.len() <= self.out_limit / 2 { io.output_watch.take() } else { None };
         drop(io);
         if n > 0 && had_room_before {
             // The worker may be waiting for room.
             self.worker_cond.notify_all();
+        }
+        if let Some(w) = watch {
+            w.wake();
         }
         Output::Data { n, end, trailers }
     }
@@ -595,10 +618,10 @@ impl Stream {
         }
         self.aborted.store(true, Ordering::Release);
         let retire = if io.worker == Some(WorkerState::Done) { io.retire.take() } else { None };
-        let watch = io.input_watch.take();
+        let watches = [io.input_watch.take(), io.output_watch.take()];
         drop(io);
         self.worker_cond.notify_all();
-        if let Some(w) = watch {
+        for w in watches.into_iter().flatten() {
             w.wake();
         }
         retire

@@ -335,3 +335,38 @@ def test_restart_with_parked_requests(workdir, docroot, backends, how):
     finally:
         h.stop()
         h.check_log()
+
+
+def test_slow_clients_hold_no_worker_and_no_memory(proxy):
+    """Six clients that stop reading 20 MiB responses (flow control window
+    exhausted) with H2MaxWorkers 5: the workers stay free (other requests
+    are served at once) and the backend is slowed through flow control
+    instead of the proxy buffering the responses."""
+    def rss():
+        total = 0
+        for pid in [proxy.pid] + proxy.children():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    before = rss()
+    stalled = []
+    for _ in range(6):
+        c = H2Client(proxy.port, auto_ack_data=False)
+        sid = c.request(f"/api/big?n={20 * 1024 * 1024}")
+        c.wait(lambda: len(c.streams[sid].data) > 0, timeout=10)
+        stalled.append(c)
+    time.sleep(1)
+    t0 = time.time()
+    res = h2load("-n", "20", "-c", "2", "-m", "10", proxy.url("/api/delay?s=0"), timeout=30)
+    assert res.get("s2xx") == 20, res["output"]
+    assert time.time() - t0 < 5
+    grown_mib = (rss() - before) / 1024
+    assert grown_mib < 40, f"httpd grew by {grown_mib:.0f} MiB"
+    for c in stalled:
+        c.close()

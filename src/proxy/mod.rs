@@ -29,7 +29,7 @@ use crate::apr::{BrigadeRef, PoolRef, TableRef};
 use crate::c2::{self, Parked, Resume};
 use crate::ffi::{self, panic::guard, HOOK_DECLINED, HOOK_OK};
 use crate::log::Level;
-use crate::stream::{Headers, ResponseHead, Stream};
+use crate::stream::{Headers, ResponseHead, Stream, Wake};
 use crate::workers::{self, WorkerCtx};
 use engine::Engine;
 use parking_lot::Mutex;
@@ -522,7 +522,7 @@ unsafe fn run_blocking(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engi
     loop {
         task.wait_news(Duration::from_millis(500));
         // SAFETY: the request is live and ours (we are its handler).
-        match unsafe { pump(r, task, engine) } {
+        match unsafe { pump(r, task, engine, PUMP_MAX) } {
             Pumped::More => {}
             Pumped::Done(End::Complete) => return HOOK_OK,
             Pumped::Done(End::Status(s)) => return s as c_int,
@@ -554,9 +554,10 @@ enum Pumped {
 /// Response fields that are connection-specific.
 const RESPONSE_HOP_BY_HOP: &[&[u8]] = &[b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
 
-/// Passes what the engine has for the request through its output filters.
-unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine) -> Pumped {
-    let (t, post) = task.take(PUMP_MAX);
+/// Passes what the engine has for the request (at most `max_data` body
+/// bytes) through its output filters.
+unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_data: usize) -> Pumped {
+    let (t, post) = task.take(max_data);
     if post {
         engine.post(task);
     }
@@ -736,13 +737,19 @@ impl C2Front {
             *self.slot.lock() = Slot::Done;
             return;
         };
+        let Some(me) = self.me.upgrade() else { return };
+        let waker: Arc<dyn Wake> = me;
         loop {
             *self.slot.lock() = Slot::Running { dirty: false };
             let task = self.task.clone();
+            // Only what the client's stream has room for: a slow client
+            // leaves the rest with the engine (and the backend's window
+            // closed) instead of blocking this worker.
+            let room = self.stream.output_room(&waker).min(PUMP_MAX);
             let again = parked.resume(w, |r| {
                 // SAFETY: the resumed request is ours on this thread.
                 unsafe {
-                    match pump(r, &task, &engine) {
+                    match pump(r, &task, &engine, room) {
                         Pumped::More => false,
                         Pumped::Done(end) => {
                             finish_request(r, end);
@@ -756,7 +763,10 @@ impl C2Front {
                 return;
             };
             let mut slot = self.slot.lock();
-            if matches!(*slot, Slot::Running { dirty: true }) || self.task.has_news() {
+            // Without room, the stream's output watch resumes us (news from
+            // the engine is data that must wait anyway, or sets `dirty`).
+            let news = if room == 0 { false } else { self.task.has_news() };
+            if matches!(*slot, Slot::Running { dirty: true }) || news {
                 drop(slot);
                 parked = p;
                 continue;
@@ -790,6 +800,12 @@ impl Front for C2Front {
 
     fn gone(&self) -> bool {
         self.stream.is_aborted()
+    }
+}
+
+impl Wake for C2Front {
+    fn wake(&self) {
+        Front::wake(self);
     }
 }
 
