@@ -459,6 +459,11 @@ impl Stream {
         Ok(())
     }
 
+    /// Bytes waiting in the output queue for c1.
+    pub fn output_queued(&self) -> usize {
+        self.io.lock().output.len()
+    }
+
     /// Room left in the output queue (H2StreamMaxMemSize) for a producer
     /// that must not block (a suspended request resumed on a worker). When
     /// there is none, `watch` is woken once c1 has drained the queue to

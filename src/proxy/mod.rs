@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use task::{Failure, Front, RequestSpec, Task};
 
 /// Event-loop threads per child.
@@ -44,6 +44,9 @@ const LOOP_THREADS: usize = 2;
 /// Response bytes one resume passes on at most (then it parks again, so
 /// one busy response does not keep a worker).
 const PUMP_MAX: usize = 256 * 1024;
+/// How long a handler on a stream connection waits for the backend before
+/// it suspends the request and frees its worker.
+const INLINE_WAIT: Duration = Duration::from_millis(2);
 
 static ENGINE: Mutex<Option<Arc<Engine>>> = Mutex::new(None);
 
@@ -455,11 +458,16 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             }
         }
         if let Some(front) = front {
+            // A fast backend answers within moments: finish here rather
+            // than pay for parking and resuming; a slow one frees the worker.
+            if let Some(status) = run_until(r, &task, &engine, Some(Instant::now() + INLINE_WAIT), Some(&front.stream)) {
+                return status;
+            }
             if c2::suspend(c, front) {
                 return ffi::SUSPENDED;
             }
         }
-        run_blocking(r, &task, &engine)
+        run_until(r, &task, &engine, None, None).unwrap_or(ffi::HTTP_INTERNAL_SERVER_ERROR as c_int)
     }
 }
 
@@ -516,20 +524,37 @@ unsafe fn send_body(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine)
     }
 }
 
-/// HTTP/1.1 fronts (and any request not on our stream connections): this
-/// thread waits for the engine and writes the response.
-unsafe fn run_blocking(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine) -> c_int {
+/// Runs the response on this thread: until it is done (`deadline` None:
+/// HTTP/1.1 fronts and any request not on our stream connections), or
+/// until `deadline` (then None: the caller suspends the request). With
+/// `stream`, only what the client stream has room for is passed on.
+unsafe fn run_until(
+    r: *mut ffi::request_rec,
+    task: &Arc<Task>,
+    engine: &Engine,
+    deadline: Option<Instant>,
+    stream: Option<&Arc<Stream>>,
+) -> Option<c_int> {
     loop {
-        task.wait_news(Duration::from_millis(500));
+        let wait = match deadline {
+            Some(d) => d.checked_duration_since(Instant::now())?,
+            None => Duration::from_millis(500),
+        };
+        task.wait_news(wait);
+        let max = match stream {
+            Some(s) => s.out_limit.saturating_sub(s.output_queued()).min(PUMP_MAX),
+            None => PUMP_MAX,
+        };
         // SAFETY: the request is live and ours (we are its handler).
-        match unsafe { pump(r, task, engine, PUMP_MAX) } {
+        match unsafe { pump(r, task, engine, max) } {
+            Pumped::More if max == 0 && deadline.is_some() => return None,
             Pumped::More => {}
-            Pumped::Done(End::Complete) => return HOOK_OK,
-            Pumped::Done(End::Status(s)) => return s as c_int,
+            Pumped::Done(End::Complete) => return Some(HOOK_OK),
+            Pumped::Done(End::Status(s)) => return Some(s as c_int),
             Pumped::Done(End::Abort) => {
                 // SAFETY: as above.
                 unsafe { (*(*r).connection).aborted = 1 };
-                return ffi::HOOK_DONE;
+                return Some(ffi::HOOK_DONE);
             }
         }
     }
