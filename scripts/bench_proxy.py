@@ -26,7 +26,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench import MODDIR, OURS, STOCK, Server, free_port, versions  # noqa: E402
+from bench import MODDIR, OURS, STOCK, Server, free_port, versions, write_report  # noqa: E402
 
 
 def h2load(*args, timeout=300):
@@ -134,11 +134,7 @@ def main():
         lines += ["", f"**{fails} small requests failed**"]
     if crashed:
         lines += ["", "**Crash or panic in an error log**"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-proxy.md").write_text(text)
+    write_report(lines, args.out, "bench-proxy.md")
 
 
 if __name__ == "__main__":

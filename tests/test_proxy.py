@@ -7,30 +7,20 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 
-from conftest import MODDIR, MODULE, ROOT, Httpd, curl, free_port, h2load, wait_listening
+from conftest import MODDIR, MODULE, Httpd, curl, free_port, h2load, spawn_backend
 from h2client import H2Client
-
-
-def start_backend(max_streams=1000):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "h2backend.py"), str(port), str(max_streams)])
-    if not wait_listening(port, timeout=15):
-        proc.kill()
-        pytest.fail("HTTP/2 backend did not start")
-    return port, proc
 
 
 @pytest.fixture(scope="module")
 def backends():
     """Three backends: two ordinary ones (the balancer's members) and one
     that allows only 10 concurrent streams per connection."""
-    started = [start_backend(), start_backend(), start_backend(max_streams=10)]
+    started = [spawn_backend("h2backend.py", 1000), spawn_backend("h2backend.py", 1000), spawn_backend("h2backend.py", 10)]
     yield [p for p, _ in started]
     for _, proc in started:
         proc.kill()
