@@ -14,6 +14,7 @@ Paths (query parameters after ?):
   /goaway-after       -> 200 "bye" and GOAWAY(last stream = this one): later
                          requests must use a new connection
   /big?n=BYTES        -> n bytes (pattern), flow-controlled
+  /stream?n=3         -> 200 at once, then n events 0.5 s apart
   /stats              -> JSON {"connections": N, "max_streams": M} (the most
                          streams seen open at once on one connection)
 """
@@ -138,6 +139,15 @@ class Conn:
                                            ("content-type", "application/octet-stream")])
                 self.flush()
                 await self.send_body(sid, pattern[:n])
+            elif route == "/stream":
+                self.h2.send_headers(sid, [(":status", "200"), ("content-type", "text/event-stream")])
+                self.flush()
+                await self.writer.drain()
+                for i in range(int(q.get("n", "3"))):
+                    await asyncio.sleep(0.5)
+                    await self.send_body(sid, f"event {i}\n".encode(), end=False)
+                self.h2.end_stream(sid)
+                self.flush()
             elif route == "/stats":
                 await self.respond(sid, 200, json.dumps(STATS).encode())
             else:

@@ -206,6 +206,19 @@ def test_early_hints_pass_through(proxy):
     c.close()
 
 
+def test_streamed_response_is_not_held_back(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/stream?n=3")
+    t0 = time.time()
+    c.wait(lambda: c.streams[sid].status is not None, timeout=5)
+    assert time.time() - t0 < 0.4, "the head waited for the body"
+    c.wait(lambda: b"event 0" in c.streams[sid].data, timeout=5)
+    assert not c.streams[sid].ended
+    s = c.wait_stream(sid)
+    assert bytes(s.data) == b"event 0\nevent 1\nevent 2\n"
+    c.close()
+
+
 def test_backend_reset_before_response_is_502(proxy):
     code, _ = split(get(proxy, "/api/reset"))
     assert code == 502

@@ -605,7 +605,9 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
             }
             apply_head(r, head, task.spec.via.as_deref());
         }
-        if !t.data.is_empty() || t.end {
+        // A head without body yet (a stream of events, a long poll) goes
+        // out at once: a flush makes the response filters send it.
+        if !t.data.is_empty() || t.end || t.head.is_some() {
             let c = (*r).connection;
             let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
             bb.push_copy(&t.data);

@@ -332,6 +332,11 @@ impl Task {
         if s.failure.is_some() || s.cancelled {
             return (false, false);
         }
+        if s.end {
+            // The backend answered before it read the whole body: the rest
+            // is read from the client and dropped.
+            return (true, false);
+        }
         s.body.push(data);
         (true, Task::mark_posted(&mut s))
     }
