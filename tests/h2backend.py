@@ -1,6 +1,7 @@
 """An HTTP/2 (h2c, prior knowledge) backend for the proxy tests, run as its
 own process:
-    python h2backend.py PORT [MAX_CONCURRENT_STREAMS]
+    python h2backend.py PORT [MAX_CONCURRENT_STREAMS [CERT KEY]]
+(with CERT and KEY: TLS with ALPN h2)
 Paths (query parameters after ?):
   /delay?s=1          -> after s seconds, 200 "ok conn=N stream=M path=..."
   /headers            -> 200, JSON of the request's fields (pseudo ones too)
@@ -20,6 +21,7 @@ Paths (query parameters after ?):
 """
 import asyncio
 import hashlib
+import ssl
 import json
 import sys
 import urllib.parse
@@ -32,6 +34,11 @@ import h2.settings
 
 PORT = int(sys.argv[1])
 MAX_STREAMS = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+TLS = None
+if len(sys.argv) > 4:
+    TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    TLS.load_cert_chain(sys.argv[3], sys.argv[4])
+    TLS.set_alpn_protocols(["h2"])
 STATS = {"connections": 0, "max_streams": 0}
 SEEN_TOKENS = set()
 
@@ -216,7 +223,7 @@ async def serve(reader, writer):
 
 
 async def main():
-    server = await asyncio.start_server(serve, "127.0.0.1", PORT)
+    server = await asyncio.start_server(serve, "127.0.0.1", PORT, ssl=TLS)
     async with server:
         await server.serve_forever()
 

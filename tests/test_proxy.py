@@ -17,17 +17,19 @@ from h2client import H2Client
 
 
 @pytest.fixture(scope="module")
-def backends():
-    """Three backends: two ordinary ones (the balancer's members) and one
-    that allows only 10 concurrent streams per connection."""
-    started = [spawn_backend("h2backend.py", 1000), spawn_backend("h2backend.py", 1000), spawn_backend("h2backend.py", 10)]
+def backends(certs):
+    """Four backends: two ordinary ones (the balancer's members), one that
+    allows only 10 concurrent streams per connection, one over TLS."""
+    crt, key = certs.main
+    started = [spawn_backend("h2backend.py", 1000), spawn_backend("h2backend.py", 1000),
+               spawn_backend("h2backend.py", 10), spawn_backend("h2backend.py", 1000, crt, key)]
     yield [p for p, _ in started]
     for _, proc in started:
         proc.kill()
         proc.wait()
 
 
-def proxy_conf(b1, b2, b3):
+def proxy_conf(b1, b2, b3, b4):
     return f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
 LoadModule proxy_http2_module {MODULE}
 LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
@@ -38,6 +40,7 @@ ProxyVia On
 ProxyPass /api/ h2c://127.0.0.1:{b1}/
 ProxyPass /short/ h2c://localhost:{b1}/ timeout=1
 ProxyPass /narrow/ h2c://127.0.0.1:{b3}/
+ProxyPass /tls/ h2://localhost:{b4}/
 ProxyPass /down/ h2c://127.0.0.1:{free_port()}/
 ProxyPass /pp/ h2c://127.0.0.1:{b1}/
 <Location /pp/>
@@ -72,6 +75,11 @@ def proxy(workdir, docroot, backends):
 
 def stats(port):
     r = curl("--http2-prior-knowledge", f"http://127.0.0.1:{port}/stats")
+    return json.loads(r.stdout)
+
+
+def stats_tls(port):
+    r = curl("-k", "--http2", f"https://127.0.0.1:{port}/stats")
     return json.loads(r.stdout)
 
 
@@ -217,6 +225,18 @@ def test_streamed_response_is_not_held_back(proxy):
     s = c.wait_stream(sid)
     assert bytes(s.data) == b"event 0\nevent 1\nevent 2\n"
     c.close()
+
+
+def test_tls_backend(proxy, backends):
+    before = stats_tls(backends[3])
+    code, body = split(get(proxy, "/tls/delay?s=0"))
+    assert code == 200 and f"port={backends[3]} ".encode() in body
+    res = h2load("-n", "40", "-c", "1", "-m", "40", proxy.url("/tls/delay?s=1"))
+    assert res.get("s2xx") == 40, res["output"]
+    code, body = split(get(proxy, "/tls/headers", h1=True))
+    h = json.loads(body)
+    assert h[":scheme"] == "https" and h[":authority"] == f"localhost:{backends[3]}"
+    assert stats_tls(backends[3])["connections"] - before["connections"] <= 2
 
 
 def test_backend_reset_before_response_is_502(proxy):

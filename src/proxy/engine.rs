@@ -19,6 +19,7 @@
 //! that began is aborted.
 
 use super::task::Task;
+use super::tls::{self, Handshake, Ssl};
 use crate::log::Level;
 use crate::nghttp2::{self, error_code, flags, frame_type, settings_id, DataRead, Flow, FrameInfo, Handler, Ops, Session};
 use crate::signal::EventFd;
@@ -280,6 +281,14 @@ struct Conn {
     id: u64,
     key: String,
     sock: TcpStream,
+    /// `h2://`: the TLS session (set once TCP is connected).
+    tls: Option<Ssl>,
+    /// `h2://`: the server name to send, and whether TLS is wanted.
+    sni: Option<String>,
+    want_tls: bool,
+    /// The TLS handshake runs; `hs_write`: it waits for POLLOUT.
+    handshaking: bool,
+    hs_write: bool,
     connecting: Option<Instant>,
     session: Session<Backend>,
     out: Vec<u8>,
@@ -346,12 +355,14 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 }
 
 impl Conn {
-    fn open(id: u64, key: &str, backend: &str) -> Result<Conn, String> {
-        let addr = key
+    fn open(id: u64, task: &Task) -> Result<Conn, String> {
+        let spec = &task.spec;
+        let (key, backend, connect) = (&spec.key, &spec.backend, &spec.connect);
+        let addr = connect
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {key}: {e}"))?
+            .map_err(|e| format!("cannot resolve {connect}: {e}"))?
             .next()
-            .ok_or_else(|| format!("no address for {key}"))?;
+            .ok_or_else(|| format!("no address for {connect}"))?;
         let sock = connect_nonblocking(&addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let handler = Backend {
             backend: backend.to_string(),
@@ -370,6 +381,11 @@ impl Conn {
             id,
             key: key.to_string(),
             sock,
+            tls: None,
+            sni: spec.sni.clone(),
+            want_tls: spec.tls,
+            handshaking: false,
+            hs_write: false,
             connecting: Some(Instant::now()),
             session,
             out: Vec::new(),
@@ -444,9 +460,23 @@ impl Conn {
         Ok(())
     }
 
+    fn sock_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.tls {
+            Some(ssl) => ssl.read(buf),
+            None => self.sock.read(buf),
+        }
+    }
+
+    fn sock_write(&mut self, from: usize) -> std::io::Result<usize> {
+        match &mut self.tls {
+            Some(ssl) => ssl.write(&self.out[from..]),
+            None => self.sock.write(&self.out[from..]),
+        }
+    }
+
     /// Sends what nghttp2 has queued, as far as the socket takes it.
     fn flush(&mut self) {
-        if self.connecting.is_some() || self.dead.is_some() {
+        if self.connecting.is_some() || self.handshaking || self.dead.is_some() {
             return;
         }
         loop {
@@ -461,7 +491,7 @@ impl Conn {
                     return;
                 }
             }
-            match self.sock.write(&self.out[self.out_off..]) {
+            match self.sock_write(self.out_off) {
                 Ok(0) => {
                     self.dead = Some("connection closed".into());
                     return;
@@ -479,7 +509,7 @@ impl Conn {
 
     fn read(&mut self, buf: &mut [u8]) {
         loop {
-            match self.sock.read(buf) {
+            match self.sock_read(buf) {
                 Ok(0) => {
                     self.dead = Some("the backend closed the connection".into());
                     return;
@@ -500,8 +530,25 @@ impl Conn {
         }
     }
 
+    /// Runs the TLS handshake as far as it goes.
+    fn handshake(&mut self) {
+        let Some(ssl) = self.tls.as_mut() else { return };
+        match ssl.handshake() {
+            Ok(Handshake::Done) => {
+                if ssl.alpn_is_h2() {
+                    self.handshaking = false;
+                } else {
+                    self.dead = Some("the backend did not agree on h2 (ALPN)".into());
+                }
+            }
+            Ok(Handshake::WantRead) => self.hs_write = false,
+            Ok(Handshake::WantWrite) => self.hs_write = true,
+            Err(e) => self.dead = Some(e),
+        }
+    }
+
     /// The nonblocking connect finished (the socket became writable).
-    fn connected(&mut self) {
+    fn connected(&mut self, ctx: &mut Option<tls::Context>) {
         let mut err: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: SO_ERROR writes one int into `err`.
@@ -515,10 +562,37 @@ impl Conn {
             return;
         }
         self.connecting = None;
+        if self.want_tls {
+            if ctx.is_none() {
+                match tls::Context::new() {
+                    Ok(c) => *ctx = Some(c),
+                    Err(e) => {
+                        self.dead = Some(e);
+                        return;
+                    }
+                }
+            }
+            let Some(c) = ctx.as_ref() else { return };
+            match Ssl::new(c, self.sock.as_raw_fd(), self.sni.as_deref()) {
+                Ok(ssl) => {
+                    self.tls = Some(ssl);
+                    self.handshaking = true;
+                    self.handshake();
+                }
+                Err(e) => self.dead = Some(e),
+            }
+        }
     }
 
-    fn wants_write(&self) -> bool {
-        self.connecting.is_some() || self.out_off < self.out.len()
+    fn poll_events(&self) -> libc::c_short {
+        if self.connecting.is_some() {
+            return libc::POLLOUT;
+        }
+        if self.handshaking {
+            return libc::POLLIN | if self.hs_write { libc::POLLOUT } else { 0 };
+        }
+        let tls_write = self.tls.as_ref().is_some_and(|s| s.want_write);
+        libc::POLLIN | if self.out_off < self.out.len() || tls_write { libc::POLLOUT } else { 0 }
     }
 }
 
@@ -526,6 +600,8 @@ impl Conn {
 
 struct LoopState {
     conns: Vec<Conn>,
+    /// The TLS client context for `h2://` backends, made on first use.
+    tls: Option<tls::Context>,
     next_conn: u64,
     buf: Vec<u8>,
 }
@@ -571,7 +647,7 @@ impl LoopState {
             Some(i) => i,
             None => {
                 self.next_conn += 1;
-                match Conn::open(self.next_conn, key, &task.spec.backend) {
+                match Conn::open(self.next_conn, task) {
                     Ok(c) => {
                         self.conns.push(c);
                         self.conns.len() - 1
@@ -754,7 +830,7 @@ impl LoopState {
 }
 
 fn run(lp: &Loop) {
-    let mut st = LoopState { conns: Vec::new(), next_conn: 0, buf: vec![0; 64 * 1024] };
+    let mut st = LoopState { conns: Vec::new(), tls: None, next_conn: 0, buf: vec![0; 64 * 1024] };
     let mut last_tick = Instant::now();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
@@ -795,14 +871,7 @@ fn run(lp: &Loop) {
         fds.clear();
         fds.push(libc::pollfd { fd: lp.wake.fd(), events: libc::POLLIN, revents: 0 });
         for c in &st.conns {
-            let mut events = 0;
-            if c.connecting.is_none() {
-                events |= libc::POLLIN;
-            }
-            if c.wants_write() {
-                events |= libc::POLLOUT;
-            }
-            fds.push(libc::pollfd { fd: c.sock.as_raw_fd(), events, revents: 0 });
+            fds.push(libc::pollfd { fd: c.sock.as_raw_fd(), events: c.poll_events(), revents: 0 });
         }
         let timeout = TICK.saturating_sub(last_tick.elapsed()).as_millis().max(1) as libc::c_int;
         // SAFETY: `fds` is a valid array of fds.len() pollfd entries.
@@ -810,18 +879,23 @@ fn run(lp: &Loop) {
         if n <= 0 {
             continue;
         }
-        let LoopState { conns, buf, .. } = &mut st;
+        let LoopState { conns, buf, tls, .. } = &mut st;
         for (c, pfd) in conns.iter_mut().zip(fds.iter().skip(1)) {
             if pfd.revents == 0 {
                 continue;
             }
             if c.connecting.is_some() {
                 if pfd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 {
-                    c.connected();
+                    c.connected(tls);
                 }
                 continue;
             }
-            if pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+            if c.handshaking {
+                c.handshake();
+                continue;
+            }
+            let tls_retry = pfd.revents & libc::POLLOUT != 0 && c.tls.as_ref().is_some_and(|s| s.want_write);
+            if pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 || tls_retry {
                 c.read(buf);
             }
         }

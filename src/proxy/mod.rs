@@ -24,6 +24,7 @@
 
 pub mod engine;
 pub mod task;
+pub mod tls;
 
 use crate::apr::{BrigadeRef, PoolRef, TableRef};
 use crate::c2::{self, Parked, Resume};
@@ -208,6 +209,18 @@ pub struct Target {
     pub path: String,
 }
 
+impl Target {
+    /// The TLS server name: the host, unless it is an IP literal.
+    pub fn sni(&self) -> Option<String> {
+        let host = match self.key.rfind(':') {
+            Some(i) => &self.key[..i],
+            None => &self.key,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host.parse::<std::net::IpAddr>().is_err() && !host.is_empty()).then(|| host.to_string())
+    }
+}
+
 pub fn parse_target(url: &str) -> Option<Target> {
     let (tls, rest) = if url.len() >= 6 && url[..6].eq_ignore_ascii_case("h2c://") {
         (false, &url[6..])
@@ -379,11 +392,6 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         }
         let url_s = CStr::from_ptr(url).to_string_lossy().into_owned();
         let Some(target) = parse_target(&url_s) else { return HOOK_DECLINED };
-        if target.tls {
-            crate::log::request(r, Level::Debug,
-                "h2rs proxy: h2:// (TLS) backends are not handled by mod_h2rs yet, declining");
-            return HOOK_DECLINED;
-        }
         let Some(engine) = engine() else {
             crate::log::request(r, Level::Error, "h2rs proxy: the proxy engine is not running");
             return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
@@ -421,9 +429,13 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         };
         let has_body = hin.get(c"Transfer-Encoding").is_some()
             || hin.get(c"Content-Length").is_some_and(|v| v.trim_ascii() != b"0");
+        let scheme = if target.tls { "h2" } else { "h2c" };
         let spec = RequestSpec {
-            key: target.key.clone(),
-            backend: format!("h2c://{}", target.key),
+            key: format!("{scheme}://{}", target.key),
+            backend: format!("{scheme}://{}", target.key),
+            connect: target.key.clone(),
+            tls: target.tls,
+            sni: target.sni(),
             fields: backend_fields(&rules),
             has_body,
             idempotent: idempotent(method),
@@ -868,6 +880,8 @@ mod tests {
         assert_eq!((t.key.as_str(), t.path.as_str()), ("backend:80", "/"));
         let t = parse_target("h2://[::1]/x").unwrap();
         assert_eq!(t.key, "[::1]:443");
+        assert_eq!(t.sni(), None);
+        assert_eq!(parse_target("h2://b.test:8443/").unwrap().sni().as_deref(), Some("b.test"));
         assert!(parse_target("http://x/").is_none());
     }
 

@@ -36,10 +36,15 @@ pub enum Failure {
 
 /// What the engine needs to send the request.
 pub struct RequestSpec {
-    /// "host:port" of the backend: connections are shared per key.
+    /// "h2c://host:port" or "h2://host:port": connections are shared per key.
     pub key: String,
-    /// For the error log: "h2c://host:port".
+    /// For the error log (the key, as a rule).
     pub backend: String,
+    /// "host:port" to connect to.
+    pub connect: String,
+    /// TLS (`h2://`), with this server name (none for an IP literal).
+    pub tls: bool,
+    pub sni: Option<String>,
     /// :method, :scheme, :authority, :path first, then the fields.
     pub fields: Headers,
     pub has_body: bool,
@@ -377,8 +382,11 @@ mod tests {
 
     fn spec() -> RequestSpec {
         RequestSpec {
-            key: "127.0.0.1:1".into(),
+            key: "h2c://127.0.0.1:1".into(),
             backend: "h2c://127.0.0.1:1".into(),
+            connect: "127.0.0.1:1".into(),
+            tls: false,
+            sni: None,
             fields: Headers::new(),
             has_body: true,
             idempotent: true,
