@@ -5,7 +5,8 @@ own process:
 Paths (query parameters after ?):
   /delay?s=1          -> after s seconds, 200 "ok conn=N stream=M path=..."
   /headers            -> 200, JSON of the request's fields (pseudo ones too)
-  POST /echo          -> 200 "length=N sha256=HEX" of the request body
+  POST /echo          -> 200 "length=N sha256=HEX" of the request body, its
+                         trailers as JSON in x-request-trailers
   /trailers           -> 200 "hello" + trailers grpc-status: 0, grpc-message: fine
   /early              -> 103 (link) then 200 "early"
   /reset              -> RST_STREAM(INTERNAL_ERROR) before any response
@@ -51,6 +52,7 @@ class Conn:
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
         self.bodies = {}
         self.heads = {}
+        self.trailers = {}
         self.open = set()
         self.window = asyncio.Event()
         self.closed = False
@@ -105,7 +107,9 @@ class Conn:
             elif route == "/headers":
                 await self.respond(sid, 200, json.dumps(head).encode(), [("x-backend-conn", str(self.number))])
             elif route == "/echo":
-                await self.respond(sid, 200, f"length={len(body)} sha256={hashlib.sha256(body).hexdigest()}".encode())
+                trailers = json.dumps(self.trailers.get(sid, {}))
+                await self.respond(sid, 200, f"length={len(body)} sha256={hashlib.sha256(body).hexdigest()}".encode(),
+                                   [("x-request-trailers", trailers)])
             elif route == "/trailers":
                 await self.respond(sid, 200, b"hello", trailers=[("grpc-status", "0"), ("grpc-message", "fine")])
             elif route == "/early":
@@ -191,6 +195,8 @@ class Conn:
                     self.bodies.setdefault(ev.stream_id, bytearray()).extend(ev.data)
                     if ev.flow_controlled_length:
                         self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    self.trailers[ev.stream_id] = {k.decode(): v.decode() for k, v in ev.headers}
                 elif isinstance(ev, h2.events.StreamEnded):
                     if ev.stream_id in self.heads:
                         asyncio.ensure_future(self.handle(ev.stream_id))

@@ -186,6 +186,19 @@ def test_upload_chunked_h1_front(proxy, tmp_path):
     assert body.decode() == f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
 
 
+def test_request_trailers_pass_through(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/echo", method="POST", end_stream=False)
+    c.send_body(sid, b"abc" * 1000, end_stream=False)
+    c.conn.send_headers(sid, [(b"x-checksum", b"42")], end_stream=True)
+    c.flush()
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert bytes(s.data).startswith(b"length=3000 ")
+    assert json.loads(s.header("x-request-trailers")) == {"x-checksum": "42"}
+    c.close()
+
+
 def test_large_download(proxy):
     n = 20 * 1024 * 1024
     r = curl("--http2-prior-knowledge", proxy.url(f"/api/big?n={n}"))

@@ -261,7 +261,7 @@ impl Handler for Backend {
         let Some(bs) = self.streams.get(&stream_id) else { return DataRead::Error };
         match bs.task.read_body(buf) {
             None => DataRead::Deferred,
-            Some((n, eof)) => DataRead::Data { n, eof, trailers: None },
+            Some((n, eof, trailers)) => DataRead::Data { n, eof, trailers },
         }
     }
 }

@@ -527,7 +527,18 @@ unsafe fn send_body(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine)
             }
             bb.cleanup();
             if eos {
-                if task.end_body() {
+                // Request trailers (HTTP_IN or our stream input put them in
+                // r->trailers_in) follow the body to the backend.
+                let mut trailers = Headers::new();
+                if let Some(t) = TableRef::from_raw((*r).trailers_in) {
+                    t.for_each(|n, v| {
+                        let lower = n.to_ascii_lowercase();
+                        if !HOP_BY_HOP.contains(&lower.as_slice()) && !lower.is_empty() {
+                            trailers.push(&lower, v);
+                        }
+                    });
+                }
+                if task.end_body(Some(trailers)) {
                     engine.post(task);
                 }
                 return Ok(());

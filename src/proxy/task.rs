@@ -100,6 +100,7 @@ struct State {
     // front -> engine
     body: ByteQueue,
     body_end: bool,
+    body_trailers: Option<Headers>,
     body_taken: u64,
     consumed: usize,
     cancelled: bool,
@@ -251,9 +252,9 @@ impl Task {
         std::mem::take(&mut self.state.lock().consumed)
     }
 
-    /// Request body for a DATA frame: `Some((n, eof))`, or None when the
-    /// engine must wait for the front (deferred).
-    pub fn read_body(&self, buf: &mut [u8]) -> Option<(usize, bool)> {
+    /// Request body for a DATA frame: `Some((n, eof, trailers))`, or None
+    /// when the engine must wait for the front (deferred).
+    pub fn read_body(&self, buf: &mut [u8]) -> Option<(usize, bool, Option<Headers>)> {
         let r = {
             let mut s = self.state.lock();
             let n = s.body.take_into(buf);
@@ -261,7 +262,9 @@ impl Task {
             if n == 0 && !s.body_end && !s.cancelled {
                 None
             } else {
-                Some((n, s.body_end && s.body.is_empty() || s.cancelled))
+                let eof = s.body_end && s.body.is_empty() || s.cancelled;
+                let trailers = if eof && !s.cancelled { s.body_trailers.take() } else { None };
+                Some((n, eof, trailers))
             }
         };
         self.cond.notify_all();
@@ -346,10 +349,12 @@ impl Task {
         (true, Task::mark_posted(&mut s))
     }
 
-    /// The request body is complete. Returns whether to wake the engine.
-    pub fn end_body(&self) -> bool {
+    /// The request body is complete, with the request's trailers if any.
+    /// Returns whether to wake the engine.
+    pub fn end_body(&self, trailers: Option<Headers>) -> bool {
         let mut s = self.state.lock();
         s.body_end = true;
+        s.body_trailers = trailers.filter(|t| !t.is_empty());
         Task::mark_posted(&mut s)
     }
 
@@ -429,12 +434,13 @@ mod tests {
         let t = Task::new(spec());
         let mut buf = [0u8; 4];
         assert_eq!(t.read_body(&mut buf), None);
+        let mut trailers = Headers::new();
+        trailers.push(b"x-sum", b"1");
         assert!(t.push_body(b"abcdef", Duration::from_secs(1)).0);
-        assert!(!t.body_untouched() || true);
-        assert_eq!(t.read_body(&mut buf), Some((4, false)));
+        assert_eq!(t.read_body(&mut buf), Some((4, false, None)));
         assert!(!t.body_untouched());
-        t.end_body();
-        assert_eq!(t.read_body(&mut buf), Some((2, true)));
+        t.end_body(Some(trailers.clone()));
+        assert_eq!(t.read_body(&mut buf), Some((2, true, Some(trailers))));
         t.cancel();
         assert!(!t.push_body(b"x", Duration::from_secs(1)).0);
     }
