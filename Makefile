@@ -40,9 +40,12 @@ $(BUILD)/%.o: c_shim/%.c c_shim/shim.h
 
 # -u <module>: without it the linker drops the shim's module records and
 # the .so is silently empty. The version script exports only those records.
+# -Bsymbolic: our own references to http2_module stay ours even when the
+# .so is loaded only for proxy_http2_module next to the stock mod_http2
+# (whose record has the same name).
 $(SO): $(SHIM_OBJ) $(RUSTLIB) $(EXPORTS)
 	$(CC) -shared -o $@.tmp $(SHIM_OBJ) $(RUSTLIB) \
-	    -Wl,-u,http2_module -Wl,-u,proxy_http2_module -Wl,--version-script=$(EXPORTS) \
+	    -Wl,-u,http2_module -Wl,-u,proxy_http2_module -Wl,--version-script=$(EXPORTS) -Wl,-Bsymbolic \
 	    -Wl,--gc-sections $(NATIVE_LIBS)
 	mv -f $@.tmp $@
 

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import MODDIR, MODULE, Httpd, curl, free_port, h2load, spawn_backend
+from conftest import MODDIR, MODULE, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend
 from h2client import H2Client
 
 
@@ -406,3 +406,24 @@ def test_slow_clients_hold_no_worker_and_no_memory(proxy):
     assert grown_mib < 40, f"httpd grew by {grown_mib:.0f} MiB"
     for c in stalled:
         c.close()
+
+
+@pytest.mark.parametrize("front", ["none", "stock"])
+def test_proxy_module_without_our_http2_module(workdir, docroot, backends, front):
+    """proxy_http2_module alone (HTTP/1.1 front), or next to the stock
+    mod_http2: the handler then serves every request on its own thread."""
+    module = None if front == "none" else STOCK_MODULE
+    h = Httpd(workdir, docroot, name=f"proxy-only-{front}", module=module,
+              protocols="h2c http/1.1" if module else "http/1.1", extra=proxy_conf(*backends))
+    if module:
+        h.h2_conf = "H2Direct on"
+    h.start()
+    try:
+        code, body = split(get(h, "/api/delay?s=0", h1=True))
+        assert code == 200 and body.startswith(b"ok port=")
+        if module:
+            res = h2load("-n", "20", "-c", "1", "-m", "10", h.url("/api/delay?s=0"))
+            assert res.get("s2xx") == 20, res["output"]
+    finally:
+        h.stop()
+        h.check_log()
