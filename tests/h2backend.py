@@ -17,6 +17,7 @@ Paths (query parameters after ?):
                          requests must use a new connection
   /big?n=BYTES        -> n bytes (pattern), flow-controlled
   /stream?n=3         -> 200 at once, then n events 0.5 s apart
+  /redirect           -> 302 to http://127.0.0.1:PORT/elsewhere
   /stats              -> JSON {"connections": N, "max_streams": M} (the most
                          streams seen open at once on one connection)
 """
@@ -159,6 +160,8 @@ class Conn:
                     await self.send_body(sid, f"event {i}\n".encode(), end=False)
                 self.h2.end_stream(sid)
                 self.flush()
+            elif route == "/redirect":
+                await self.respond(sid, 302, b"", [("location", f"http://127.0.0.1:{PORT}/elsewhere")])
             elif route == "/stats":
                 await self.respond(sid, 200, json.dumps(STATS).encode())
             else:

@@ -38,6 +38,7 @@ LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
 ProxyTimeout 30
 ProxyVia On
 ProxyPass /api/ h2c://127.0.0.1:{b1}/
+ProxyPassReverse /api/ http://127.0.0.1:{b1}/
 ProxyPass /short/ h2c://localhost:{b1}/ timeout=1
 ProxyPass /narrow/ h2c://127.0.0.1:{b3}/
 ProxyPass /tls/ h2://localhost:{b4}/
@@ -159,6 +160,12 @@ def test_request_headers_h1_front(proxy):
     h = json.loads(body)
     assert "x-hop" not in h
     assert h["via"].startswith("1.1 127.0.0.1")
+
+
+def test_proxy_pass_reverse(proxy):
+    r = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", proxy.url("/api/redirect"))
+    assert b"302" in r.stdout.split(b"\r\n")[0]
+    assert f"location: http://127.0.0.1:{proxy.port}/api/elsewhere".encode() in r.stdout.lower()
 
 
 def test_preserve_host(proxy):
