@@ -13,11 +13,12 @@ use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
 
-#[allow(non_camel_case_types)]
+// OpenSSL's opaque types, by their C names.
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 type SSL_CTX = c_void;
-#[allow(non_camel_case_types)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 type SSL = c_void;
-#[allow(non_camel_case_types)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 type SSL_METHOD = c_void;
 
 #[link(name = "ssl")]
@@ -169,27 +170,27 @@ impl Ssl {
         }
     }
 
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Runs one SSL_read/SSL_write on our SSL with a clean error queue.
+    fn io(&mut self, op: impl FnOnce(*mut SSL) -> c_int) -> io::Result<usize> {
         self.want_write = false;
-        let n = buf.len().min(c_int::MAX as usize) as c_int;
-        // SAFETY: reads at most n bytes into `buf`.
-        let rv = unsafe {
-            ERR_clear_error();
-            SSL_read(self.ssl.as_ptr(), buf.as_mut_ptr() as *mut c_void, n)
-        };
+        // SAFETY: clears this thread's error queue so that SSL_get_error
+        // sees this call's result; `op` gets our live SSL.
+        unsafe { ERR_clear_error() };
+        let rv = op(self.ssl.as_ptr());
         self.io_result(rv)
     }
 
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(c_int::MAX as usize) as c_int;
+        // SAFETY: reads at most n bytes into `buf`.
+        self.io(|ssl| unsafe { SSL_read(ssl, buf.as_mut_ptr() as *mut c_void, n) })
+    }
+
     pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.want_write = false;
         let n = buf.len().min(c_int::MAX as usize) as c_int;
         // SAFETY: writes at most n bytes from `buf` (partial writes and a
         // moving buffer are allowed by the context's mode).
-        let rv = unsafe {
-            ERR_clear_error();
-            SSL_write(self.ssl.as_ptr(), buf.as_ptr() as *const c_void, n)
-        };
-        self.io_result(rv)
+        self.io(|ssl| unsafe { SSL_write(ssl, buf.as_ptr() as *const c_void, n) })
     }
 }
 
