@@ -152,13 +152,28 @@ struct Backend {
     settings_seen: bool,
     /// Tasks to send again on another connection.
     retry: Vec<Arc<Task>>,
+    /// Tasks with new response parts in this batch of frames (their fronts
+    /// are woken once, after the batch: `publish`).
+    news: Vec<Arc<Task>>,
 }
 
 impl Backend {
+    /// The stream a frame is for: its deadline moves, and its front will
+    /// hear about the frame after the batch.
     fn touch(&mut self, stream_id: i32) -> Option<&mut BStream> {
         let bs = self.streams.get_mut(&stream_id)?;
         bs.deadline = Instant::now() + bs.task.spec.timeout;
+        if bs.task.mark_news() {
+            self.news.push(bs.task.clone());
+        }
         Some(bs)
+    }
+
+    /// Wakes the fronts of the streams the last batch of frames touched.
+    fn publish(&mut self) {
+        for task in self.news.drain(..) {
+            task.publish();
+        }
     }
 }
 
@@ -370,6 +385,7 @@ impl Conn {
             goaway: None,
             settings_seen: false,
             retry: Vec::new(),
+            news: Vec::new(),
         };
         let options = nghttp2::Options { no_http_messaging: false, ..Default::default() };
         let mut session = Session::new_client(handler, &options).map_err(|e| format!("nghttp2: {e}"))?;
@@ -515,7 +531,9 @@ impl Conn {
                     return;
                 }
                 Ok(n) => {
-                    if let Err(e) = self.session.mem_recv(&buf[..n]) {
+                    let rv = self.session.mem_recv(&buf[..n]);
+                    self.session.handler().publish();
+                    if let Err(e) = rv {
                         self.dead = Some(format!("HTTP/2 error from the backend: {e}"));
                         return;
                     }

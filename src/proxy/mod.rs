@@ -455,13 +455,15 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             task.set_front(f.clone());
         }
         engine.submit(task.clone());
-        // Connection failures come back here, as they do for mod_proxy_http:
-        // 503 lets mod_proxy fail over to another balancer member.
-        if let Some(Failure::Status(s)) = task.wait_dispatched(task.spec.timeout) {
-            return s as c_int;
-        }
 
         if has_body {
+            // Connection failures come back here, as they do for
+            // mod_proxy_http: 503 lets mod_proxy fail over to another
+            // balancer member, before the body is read. (Without a body, the
+            // inline phase below waits for the dispatch just the same.)
+            if let Some(Failure::Status(s)) = task.wait_dispatched(task.spec.timeout) {
+                return s as c_int;
+            }
             if let Err(status) = send_body(r, &task, &engine) {
                 if task.cancel() {
                     engine.post(&task);
@@ -472,14 +474,14 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         if let Some(front) = front {
             // A fast backend answers within moments: finish here rather
             // than pay for parking and resuming; a slow one frees the worker.
-            if let Some(status) = run_until(r, &task, &engine, Some(Instant::now() + INLINE_WAIT), Some(&front.stream)) {
+            if let Some(status) = run_until(r, &task, &engine, true, Some(&front.stream)) {
                 return status;
             }
             if c2::suspend(c, front) {
                 return ffi::SUSPENDED;
             }
         }
-        run_until(r, &task, &engine, None, None).unwrap_or(ffi::HTTP_INTERNAL_SERVER_ERROR as c_int)
+        run_until(r, &task, &engine, false, None).unwrap_or(ffi::HTTP_INTERNAL_SERVER_ERROR as c_int)
     }
 }
 
@@ -547,18 +549,24 @@ unsafe fn send_body(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine)
     }
 }
 
-/// Runs the response on this thread: until it is done (`deadline` None:
-/// HTTP/1.1 fronts and any request not on our stream connections), or
-/// until `deadline` (then None: the caller suspends the request). With
-/// `stream`, only what the client stream has room for is passed on.
+/// Runs the response on this thread: until it is done (HTTP/1.1 fronts
+/// and any request not on our stream connections), or with `inline`, until
+/// `INLINE_WAIT` after the request went out to the backend (then None: the
+/// caller suspends the request; a failure to reach the backend still comes
+/// back here, for mod_proxy's failover). With `stream`, only what the
+/// client stream has room for is passed on.
 unsafe fn run_until(
     r: *mut ffi::request_rec,
     task: &Arc<Task>,
     engine: &Engine,
-    deadline: Option<Instant>,
+    inline: bool,
     stream: Option<&Arc<Stream>>,
 ) -> Option<c_int> {
+    let mut deadline: Option<Instant> = None;
     loop {
+        if inline && deadline.is_none() && task.is_dispatched() {
+            deadline = Some(Instant::now() + INLINE_WAIT);
+        }
         let wait = match deadline {
             Some(d) => d.checked_duration_since(Instant::now())?,
             None => Duration::from_millis(500),
@@ -570,7 +578,7 @@ unsafe fn run_until(
         };
         // SAFETY: the request is live and ours (we are its handler).
         match unsafe { pump(r, task, engine, max) } {
-            Pumped::More if max == 0 && deadline.is_some() => return None,
+            Pumped::More if max == 0 && inline => return None,
             Pumped::More => {}
             Pumped::Done(End::Complete) => return Some(HOOK_OK),
             Pumped::Done(End::Status(s)) => return Some(s as c_int),

@@ -17,7 +17,7 @@
 
 use crate::stream::{ByteQueue, Headers, ResponseHead};
 use parking_lot::{Condvar, Mutex};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,8 @@ pub struct Task {
     front: Mutex<Option<Arc<dyn Front>>>,
     /// Engine-side bookkeeping, only touched by the engine's thread.
     pub engine: Mutex<EngineSide>,
+    /// Listed for `publish` in the engine's current batch.
+    news_marked: AtomicBool,
 }
 
 /// Owned by the engine's loop thread (behind a lock only to be Sync).
@@ -142,6 +144,7 @@ impl Task {
             cond: Condvar::new(),
             front: Mutex::new(None),
             engine: Mutex::new(EngineSide::default()),
+            news_marked: AtomicBool::new(false),
         })
     }
 
@@ -176,9 +179,10 @@ impl Task {
         !std::mem::replace(&mut state.engine_posted, true)
     }
 
+    /// Response parts from the engine (`on_*`) do not wake the front: the
+    /// engine calls `publish` once per batch of frames it parsed.
     pub fn on_interim(&self, head: ResponseHead) {
         self.state.lock().interims.push(head);
-        self.wake_front();
     }
 
     pub fn on_head(&self, head: ResponseHead) {
@@ -187,12 +191,10 @@ impl Task {
             s.head = Some(head);
             s.head_seen = true;
         }
-        self.wake_front();
     }
 
     pub fn on_data(&self, data: &[u8]) {
         self.state.lock().data.push(data);
-        self.wake_front();
     }
 
     pub fn on_end(&self, trailers: Option<Headers>) {
@@ -201,6 +203,17 @@ impl Task {
             s.end = true;
             s.trailers = trailers;
         }
+    }
+
+    /// Tells the front about the parts the engine added (`on_*`). Returns
+    /// false if the task was already marked for this batch.
+    pub fn mark_news(&self) -> bool {
+        !self.news_marked.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes the front once for the parts of this batch.
+    pub fn publish(&self) {
+        self.news_marked.store(false, Ordering::Release);
         self.wake_front();
     }
 
@@ -225,6 +238,10 @@ impl Task {
     pub fn set_dispatched(&self) {
         self.state.lock().dispatched = true;
         self.cond.notify_all();
+    }
+
+    pub fn is_dispatched(&self) -> bool {
+        self.state.lock().dispatched
     }
 
     pub fn response_started(&self) -> bool {
@@ -282,7 +299,11 @@ impl Task {
         let mut post = false;
         if !data.is_empty() {
             s.consumed += data.len();
-            post = Task::mark_posted(&mut s);
+            // Once the backend ended the stream its window no longer
+            // matters (the engine credits the connection at close).
+            if !s.end {
+                post = Task::mark_posted(&mut s);
+            }
         }
         let end = s.end && s.data.is_empty();
         let taken = Taken {
@@ -410,14 +431,14 @@ mod tests {
         assert_eq!(taken.data, b"hel");
         assert!(post);
         assert!(!taken.end);
+        t.engine_seen();
         t.on_end(None);
         // Failure after the head is an abort, and the end wins anyway.
         assert_eq!(t.fail(502), Failure::Abort);
         let (taken, post) = t.take(100);
         assert_eq!(taken.data, b"lo");
         assert!(taken.end);
-        assert!(!post, "the engine was already posted and has not looked yet");
-        t.engine_seen();
+        assert!(!post, "no window to reopen once the backend ended the stream");
         assert_eq!(t.take_consumed(), 5);
     }
 
