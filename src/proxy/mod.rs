@@ -222,9 +222,12 @@ impl Target {
 }
 
 pub fn parse_target(url: &str) -> Option<Target> {
-    let (tls, rest) = if url.len() >= 6 && url[..6].eq_ignore_ascii_case("h2c://") {
+    // Compared as bytes: the prefixes are ASCII, so the slices after them
+    // fall on character boundaries.
+    let b = url.as_bytes();
+    let (tls, rest) = if b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"h2c://") {
         (false, &url[6..])
-    } else if url.len() >= 5 && url[..5].eq_ignore_ascii_case("h2://") {
+    } else if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"h2://") {
         (true, &url[5..])
     } else {
         return None;
@@ -902,6 +905,8 @@ mod tests {
         assert_eq!(t.sni(), None);
         assert_eq!(parse_target("h2://b.test:8443/").unwrap().sni().as_deref(), Some("b.test"));
         assert!(parse_target("http://x/").is_none());
+        assert!(parse_target("h2cé://x/").is_none());
+        assert!(parse_target("h2c://").is_none());
     }
 
     #[test]
