@@ -694,6 +694,9 @@ impl LoopState {
                 continue;
             }
             for task in std::mem::take(&mut conn.waiting) {
+                if task.is_cancelled() || task.is_finished() {
+                    continue;
+                }
                 if conn.session.handler_ref().goaway.is_none() && conn.has_room() {
                     if let Err(e) = conn.submit(&task) {
                         log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
@@ -837,6 +840,9 @@ impl LoopState {
             retry.append(&mut h.retry);
         }
         for task in retry {
+            if task.is_cancelled() {
+                continue;
+            }
             task.engine.lock().retried = true;
             if stopping {
                 task.fail(503);
