@@ -99,7 +99,7 @@ def main():
         # CPU per request of front + backend: steadier than req/s on a
         # machine that runs other loads too.
         cpu = {"h2c": [], "http/1.1": []}
-        fails = 0
+        fails = {"h2c": 0, "http/1.1": 0}
         try:
             for _ in range(args.rounds):
                 for name, srv in (("h2c", h2_front), ("http/1.1", h1_front)):
@@ -107,7 +107,7 @@ def main():
                     ok, rps, _ = h2load("-n", str(args.small), "-c", "10", "-m", "10",
                                         f"http://127.0.0.1:{srv.port}/p/1k.bin")
                     cpu[name].append((srv.cpu_seconds() + origin.cpu_seconds() - c0) * 1e6 / max(1, ok))
-                    fails += args.small - ok
+                    fails[name] += args.small - ok
                     rates[name].append(rps)
         finally:
             for s in (h2_front, h1_front, origin):
@@ -137,8 +137,9 @@ def main():
         f"| ratio h2c / HTTP/1.1 | {med['h2c'] / max(1.0, med['http/1.1']):.2f} | "
         f"{mcpu['h2c'] / max(1.0, mcpu['http/1.1']):.2f} |",
     ]
-    if fails:
-        lines += ["", f"**{fails} small requests failed**"]
+    for name, n in fails.items():
+        if n:
+            lines += ["", f"**{n} small requests failed through the {name} proxy**"]
     if crashed:
         lines += ["", "**Crash or panic in an error log**"]
     write_report(lines, args.out, "bench-proxy.md")
