@@ -434,3 +434,20 @@ def test_proxy_module_without_our_http2_module(workdir, docroot, backends, front
     finally:
         h.stop()
         h.check_log()
+
+
+def test_behind_a_tls_h2_front(workdir, docroot, backends, certs):
+    h = Httpd(workdir, docroot, name="proxy-tls-front", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5",
+              extra=proxy_conf(*backends))
+    h.tls_config(certs, free_port())
+    h.start()
+    try:
+        r = curl("-k", "--http2", "-w", "\n%{http_version} %{http_code}",
+                 f"https://127.0.0.1:{h.tls_port}/api/delay?s=0")
+        body, _, status = r.stdout.rpartition(b"\n")
+        assert status == b"2 200" and body.startswith(b"ok port=")
+        res = h2load("-n", "50", "-c", "1", "-m", "50", f"https://127.0.0.1:{h.tls_port}/api/delay?s=1")
+        assert res.get("s2xx") == 50, res["output"]
+    finally:
+        h.stop()
+        h.check_log()
