@@ -811,6 +811,12 @@ impl LoopState {
             }
             let mut conn = self.conns.swap_remove(i);
             let reason = conn.dead.take().unwrap_or_default();
+            if (reason.is_empty() || stopping) && conn.connecting.is_none() && !conn.handshaking {
+                // Closed by us (idle, drained, stopping): say goodbye, as far
+                // as the socket takes it without waiting.
+                let _ = conn.session.ops().terminate(error_code::NO_ERROR);
+                conn.flush();
+            }
             for task in std::mem::take(&mut conn.waiting) {
                 // Never sent: another connection may take it, unless this
                 // one never came up (the backend is unreachable).
