@@ -18,10 +18,11 @@ LIBEXECDIR := $(shell $(APXS) -q LIBEXECDIR)
 BUILD   := build
 SO      := $(BUILD)/mod_h2rs.so
 RUSTLIB := target/release/libmod_h2rs.a
-SHIM_SRC := c_shim/mod_h2rs.c c_shim/helpers.c
+SHIM_SRC := c_shim/mod_h2rs.c c_shim/helpers.c c_shim/proxy.c
 SHIM_OBJ := $(patsubst c_shim/%.c,$(BUILD)/%.o,$(SHIM_SRC))
-# What rustc reports as native-static-libs for a staticlib on Linux.
-NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+# What rustc reports as native-static-libs for a staticlib on Linux, and
+# OpenSSL (TLS to h2:// proxy backends; the libssl httpd's mod_ssl uses).
+NATIVE_LIBS := -lssl -lcrypto -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 EXPORTS := c_shim/h2rs.map
 
 .PHONY: all install test clean check-exports FORCE
@@ -37,21 +38,26 @@ $(BUILD)/%.o: c_shim/%.c c_shim/shim.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
-# -u http2_module: without it the linker drops the shim's module record and
-# the .so is silently empty. The version script exports only that record.
+# -u <module>: without it the linker drops the shim's module records and
+# the .so is silently empty. The version script exports only those records.
+# -Bsymbolic: our own references to http2_module stay ours even when the
+# .so is loaded only for proxy_http2_module next to the stock mod_http2
+# (whose record has the same name).
 $(SO): $(SHIM_OBJ) $(RUSTLIB) $(EXPORTS)
 	$(CC) -shared -o $@.tmp $(SHIM_OBJ) $(RUSTLIB) \
-	    -Wl,-u,http2_module -Wl,--version-script=$(EXPORTS) \
+	    -Wl,-u,http2_module -Wl,-u,proxy_http2_module -Wl,--version-script=$(EXPORTS) -Wl,-Bsymbolic \
 	    -Wl,--gc-sections $(NATIVE_LIBS)
 	mv -f $@.tmp $@
 
-# The .so must export its module record and nothing else.
+# The .so must export its two module records and nothing else.
 check-exports: $(SO)
 	@leaked=$$(nm -D --defined-only $(SO) | awk '$$2 ~ /[TDBRVW]/ {print $$3}' \
-	    | grep -Ev '^(http2_module|_init|_fini)$$' | head -n 5); \
-	if [ -n "$$leaked" ]; then echo "$(SO) exports more than http2_module: $$leaked" >&2; exit 1; fi; \
-	nm -D --defined-only $(SO) | grep -q ' http2_module$$' \
-	    || { echo "$(SO) does not export http2_module" >&2; exit 1; }
+	    | grep -Ev '^(http2_module|proxy_http2_module|_init|_fini)$$' | head -n 5); \
+	if [ -n "$$leaked" ]; then echo "$(SO) exports more than its module records: $$leaked" >&2; exit 1; fi; \
+	for m in http2_module proxy_http2_module; do \
+	    nm -D --defined-only $(SO) | grep -q " $$m$$" \
+	        || { echo "$(SO) does not export $$m" >&2; exit 1; }; \
+	done
 
 install: all
 	$(APXS) -i -n h2rs $(SO)

@@ -54,6 +54,13 @@ apr_status_t h2rs_c2_net_in(ap_filter_t *f, apr_bucket_brigade *bb,
 apr_status_t h2rs_c2_net_out(ap_filter_t *f, apr_bucket_brigade *bb);
 apr_status_t h2rs_c2_response_out(ap_filter_t *f, apr_bucket_brigade *bb);
 
+/* proxy_http2_module (c_shim/proxy.c). mod_proxy's types stay opaque here:
+ * `worker` is a proxy_worker *, `conf` a proxy_server_conf *. */
+int h2rs_proxy_handler(request_rec *r, void *worker, void *conf, char *url,
+                       const char *proxyname, apr_port_t proxyport);
+int h2rs_proxy_canon(request_rec *r, char *url);
+void h2rs_proxy_child_init(apr_pool_t *pchild, server_rec *s);
+
 /* ---- implemented in C (macro helpers) ----------------------------------- */
 
 /* The module record; Rust needs it for module_index and config access. */
@@ -116,5 +123,30 @@ void h2rs_shim_set_core_socket(conn_rec *c, apr_socket_t *s);
 /* The MPM's module record (event, worker, ...), whose conn config a secondary
  * connection shares with its client connection. NULL if unknown. */
 module *h2rs_shim_mpm_module(void);
+
+/* ---- proxy_http2_module helpers (c_shim/proxy.c) ------------------------- */
+
+/* True when http2_module (this .so) is loaded, not only proxy_http2_module. */
+int h2rs_shim_http2_loaded(void);
+
+/* What the scheme handler needs from mod_proxy's configuration. */
+typedef struct {
+    int preserve_host;            /* ProxyPreserveHost */
+    int add_forwarded;            /* ProxyAddHeaders */
+    int via;                      /* ProxyVia: 0 off, 1 on, 2 block, 3 full */
+    apr_interval_time_t timeout;  /* worker/ProxyTimeout, -1 when unset */
+} h2rs_proxy_params;
+void h2rs_shim_proxy_params(request_rec *r, void *worker, void *conf,
+                            h2rs_proxy_params *out);
+/* mod_proxy's ap_proxy_canon_netloc (no user/password) and
+ * ap_proxy_canonenc(enc_path), or errors/NULL without mod_proxy. */
+const char *h2rs_shim_proxy_canon_netloc(apr_pool_t *p, char **url,
+                                         char **host, apr_port_t *port);
+char *h2rs_shim_proxy_canonenc_path(apr_pool_t *p, const char *path,
+                                    int proxyreq);
+/* ProxyPassReverse mapping of a response URL (Location...). */
+const char *h2rs_shim_proxy_reverse_map(request_rec *r, const char *url);
+/* ProxyErrorOverride: answer this backend status with a local error page. */
+int h2rs_shim_proxy_should_override(request_rec *r, int status);
 
 #endif /* H2RS_SHIM_H */

@@ -340,6 +340,15 @@ def make_docroot(base):
     return d
 
 
+def write_report(lines, out_dir, name):
+    """Prints a report and writes it to OUT_DIR/NAME."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(text)
+
+
 def versions():
     def first_line(cmd):
         try:

@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench import MODDIR, OURS, Server, free_port, versions  # noqa: E402
+from bench import MODDIR, OURS, Server, free_port, versions, write_report  # noqa: E402
 from h2client import H2Client  # noqa: E402
 from wsclient import TEXT, Tunnel, frame, parse  # noqa: E402
 
@@ -216,11 +216,7 @@ ProxyPass /ws/ http://127.0.0.1:{backend_port}/ upgrade=websocket timeout=120"""
     ]
     if crashed:
         lines += ["", "**Crash or panic in the error log**"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-websockets.md").write_text(text)
+    write_report(lines, args.out, "bench-websockets.md")
 
 
 if __name__ == "__main__":

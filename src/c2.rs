@@ -117,6 +117,9 @@ pub struct C2Ctx {
     discard_output: bool,
     /// "h2" or "h2c".
     pub protocol: &'static CStr,
+    /// The handler returned SUSPENDED and handed the request to this (the
+    /// proxy engine): the worker leaves, the request stays (see `Parked`).
+    suspended: Option<Arc<dyn Resume>>,
 }
 
 impl C2Ctx {
@@ -141,6 +144,7 @@ impl C2Ctx {
             tunneled: false,
             discard_output: false,
             protocol,
+            suspended: None,
         }
     }
 
@@ -159,6 +163,68 @@ impl C2Ctx {
         self.eos_sent = false;
         self.input_watch = None;
         self.discard_output = false;
+        self.suspended = None;
+    }
+}
+
+/// Whoever continues a request whose handler returned SUSPENDED.
+pub trait Resume: Send + Sync {
+    /// The worker left the request: keep `parked` and continue it on a
+    /// worker (`Parked::resume`) when there is work for it.
+    fn park(&self, parked: Parked);
+}
+
+/// A stream request whose handler returned SUSPENDED: its c2 and request
+/// stay alive, owned by this value, with no thread on them. Whoever holds
+/// it is the only one touching the c2 (one `resume` at a time).
+pub struct Parked {
+    c2: C2,
+    stream: Arc<Stream>,
+    cache: Arc<C2Cache>,
+}
+
+impl Parked {
+    /// Continues the request on this worker: `step` gets the request and
+    /// returns true once the request is finished (the response ended and
+    /// `ap_process_request_after_handler` ran), which hands the stream back
+    /// to c1 as a worker's end would. Otherwise the request is parked again
+    /// and returned.
+    pub fn resume(self, worker: &WorkerCtx, step: impl FnOnce(*mut ffi::request_rec) -> bool) -> Option<Parked> {
+        let Parked { c2, stream, cache } = self;
+        let conn = c2.conn;
+        let r = c2.ctx.request;
+        // SAFETY: the parked c2 is ours alone; the request lives in its pool
+        // until its EOR bucket is destroyed (at retire).
+        unsafe { (*conn).current_thread = worker.thread };
+        match crate::ffi::panic::catch(|| step(r)) {
+            Ok(false) => Some(Parked { c2, stream, cache }),
+            Ok(true) => {
+                c2.finish(stream, cache, false);
+                None
+            }
+            Err(msg) => {
+                crate::clog!(conn, crate::log::Level::Crit, "h2rs: stream {} panicked while resumed: {msg}", stream.id);
+                c2.finish(stream, cache, true);
+                None
+            }
+        }
+    }
+}
+
+/// Marks the request on `c` as suspended by its handler, continued by
+/// `resume`. False if `c` is not one of our stream connections (the
+/// handler must then finish the request itself).
+///
+/// # Safety
+/// `c` must be a live connection used by the calling thread.
+pub unsafe fn suspend(c: *mut ffi::conn_rec, resume: Arc<dyn Resume>) -> bool {
+    // SAFETY: caller contract.
+    match unsafe { ctx_of(c) } {
+        Some(ctx) if ctx.stream.is_some() && !ctx.request.is_null() => {
+            ctx.suspended = Some(resume);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -272,12 +338,28 @@ impl C2 {
             unsafe { self.process(stream.clone(), c1_id, worker) }
         });
         let broken = match outcome {
-            Ok(()) => false,
+            Ok(()) => {
+                if let Some(resume) = self.ctx.suspended.take() {
+                    // The handler keeps the request: no worker_done yet,
+                    // and the stream holds no worker while it waits.
+                    stream.release_slot();
+                    resume.park(Parked { c2: self, stream, cache });
+                    return;
+                }
+                false
+            }
             Err(msg) => {
                 crate::clog!(self.conn, crate::log::Level::Crit, "h2rs: stream {} panicked: {msg}", stream.id);
                 true
             }
         };
+        self.finish(stream, cache, broken);
+    }
+
+    /// The request on this c2 is over: hands the c2 back to c1 through the
+    /// stream's retire action.
+    fn finish(mut self, stream: Arc<Stream>, cache: Arc<C2Cache>, broken: bool) {
+        self.ctx.suspended = None;
         let eor = std::mem::replace(&mut self.ctx.eor, ptr::null_mut());
         self.ctx.stream = None;
         self.ctx.request = ptr::null_mut();

@@ -185,24 +185,46 @@ pub unsafe extern "C" fn h2rs_post_config(
     })
 }
 
+/// Records the child process pool (for per-thread APR registration).
+pub(crate) fn set_child_pool(pchild: *mut ffi::apr_pool_t) {
+    PCHILD.store(pchild, Ordering::Release);
+}
+
+/// Registers the calling (Rust-made) thread with APR: httpd code run on it
+/// needs `ap_thread_current`. Returns the handle for `unregister_thread`.
+pub(crate) fn register_thread() -> *mut ffi::apr_thread_t {
+    let mut thread: *mut ffi::apr_thread_t = ptr::null_mut();
+    // SAFETY: registers the calling (new) thread; the pool is only used
+    // for its abort function.
+    unsafe { ffi::ap_thread_current_create(&mut thread, ptr::null_mut(), PCHILD.load(Ordering::Acquire)) };
+    thread
+}
+
+/// Frees what `register_thread` made, as the thread exits.
+pub(crate) fn unregister_thread(thread: *mut ffi::apr_thread_t) {
+    if !thread.is_null() {
+        // SAFETY: the thread's own unmanaged pool, created by
+        // ap_thread_current_create for this thread, freed as it exits.
+        unsafe { ffi::apr_pool_destroy(ffi::apr_thread_pool_get(thread)) };
+    }
+}
+
+/// The calling thread's APR handle (NULL if it has none).
+pub(crate) fn current_thread() -> *mut ffi::apr_thread_t {
+    // SAFETY: reads the calling thread's registration.
+    unsafe { ffi::ap_thread_current() }
+}
+
 /// Registers worker threads with APR (httpd code needs `ap_thread_current`).
 struct HttpdThreads;
 
 impl workers::ThreadHooks for HttpdThreads {
     fn start(&self) -> *mut ffi::apr_thread_t {
-        let mut thread: *mut ffi::apr_thread_t = ptr::null_mut();
-        // SAFETY: registers the calling (new) thread; the pool is only used
-        // for its abort function.
-        unsafe { ffi::ap_thread_current_create(&mut thread, ptr::null_mut(), PCHILD.load(Ordering::Acquire)) };
-        thread
+        register_thread()
     }
 
     fn stop(&self, thread: *mut ffi::apr_thread_t) {
-        if !thread.is_null() {
-            // SAFETY: the thread's own unmanaged pool, created by
-            // ap_thread_current_create for this thread, freed as it exits.
-            unsafe { ffi::apr_pool_destroy(ffi::apr_thread_pool_get(thread)) };
-        }
+        unregister_thread(thread)
     }
 }
 

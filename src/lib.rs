@@ -10,6 +10,8 @@
 //! - `c1` (client connection loop), `c2` (secondary connection per stream),
 //!   `response` (the c2 response filter), `workers` (the thread pool),
 //!   `config` (the H2* directives), `hooks` (httpd's entry points).
+//! - `proxy`: proxy_http2_module, the multiplexing reverse proxy to h2c
+//!   backends (scheme handler, event-loop engine).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -30,3 +32,4 @@ pub mod c1;
 pub mod c2;
 pub mod response;
 pub mod hooks;
+pub mod proxy;

@@ -426,7 +426,7 @@ impl<'a> Ops<'a> {
         check(unsafe { ng::nghttp2_submit_ping(self.raw, ng::NGHTTP2_FLAG_NONE as u8, opaque.as_ptr()) })
     }
 
-    /// Client side (tests): submits a request; with `body`, DATA is pulled
+    /// Client side (the proxy's backend sessions, tests): submits a request; with `body`, DATA is pulled
     /// from `read_data`. Returns the new stream id.
     pub fn submit_request<H: Handler>(&mut self, fields: &Headers, body: bool) -> Result<i32, NgError> {
         let nva = nv_list(None, fields);
@@ -455,6 +455,15 @@ impl<'a> Ops<'a> {
                 pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
             }
             ng::nghttp2_session_change_extpri_stream_priority(self.raw, stream_id, &pri, 0);
+        }
+    }
+
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (nghttp2 assumes 100
+    /// until the peer's first SETTINGS frame arrives).
+    pub fn remote_max_concurrent(&self) -> u32 {
+        // SAFETY: live session; reads one setting.
+        unsafe {
+            ng::nghttp2_session_get_remote_settings(self.raw, ng::NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
         }
     }
 

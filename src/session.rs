@@ -379,7 +379,7 @@ impl<D: Dispatch> Core<D> {
             // The worker ended without a response (it failed or panicked).
             self.reset(ops, id, error_code::INTERNAL_ERROR);
         }
-        if p.worker_done {
+        if p.worker_done || p.slot_released {
             self.worker_finished(id);
         }
     }

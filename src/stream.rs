@@ -358,10 +358,15 @@ struct StreamIo {
 
     closed: Option<u32>,
     worker: Option<WorkerState>,
+    /// The handler suspended the request (see `release_slot`).
+    slot_released: bool,
     retire: Option<Box<dyn Retire>>,
     /// Woken when input arrives, ends, or the stream closes (a handler
     /// that polls the stream instead of blocking in a read).
     input_watch: Option<Arc<dyn Wake>>,
+    /// Woken once c1 drained a full output queue to half, or the stream
+    /// closes (a suspended request waiting for room, see `output_room`).
+    output_watch: Option<Arc<dyn Wake>>,
 }
 
 pub struct Stream {
@@ -401,6 +406,10 @@ pub struct Progress {
     /// Request-body bytes to acknowledge to the client's flow control.
     pub consumed: usize,
     pub worker_done: bool,
+    /// The request no longer holds a worker though it is not done (its
+    /// handler suspended it): it stops counting against the connection's
+    /// active streams.
+    pub slot_released: bool,
     /// The worker ended without completing its response (failure): reset.
     pub failed: bool,
 }
@@ -569,6 +578,27 @@ impl Stream {
         Ok(())
     }
 
+    /// Bytes waiting in the output queue for c1.
+    pub fn output_queued(&self) -> usize {
+        self.io.lock().output.len()
+    }
+
+    /// Room left in the output queue (H2StreamMaxMemSize) for a producer
+    /// that must not block (a suspended request resumed on a worker). When
+    /// there is none, `watch` is woken once c1 has drained the queue to
+    /// half, or the stream closed.
+    pub fn output_room(&self, watch: &Arc<dyn Wake>) -> usize {
+        let mut io = self.io.lock();
+        if io.closed.is_some() {
+            return self.out_limit;
+        }
+        let room = self.out_limit.saturating_sub(io.output.len());
+        if room == 0 {
+            io.output_watch = Some(watch.clone());
+        }
+        room
+    }
+
     /// The handler flushed: whatever is queued should go out now.
     pub fn flush(&self) {
         let wake = {
@@ -590,6 +620,14 @@ impl Stream {
         let mut io = self.io.lock();
         io.output_end = true;
         io.trailers = trailers.filter(|t| !t.is_empty());
+    }
+
+    /// The request's handler returned SUSPENDED: no worker holds the
+    /// stream while it waits (a proxied request waiting for its backend),
+    /// so c1 may start other streams in its place.
+    pub fn release_slot(&self) {
+        self.io.lock().slot_released = true;
+        self.notify_c1();
     }
 
     /// The worker finished with the stream; `retire` releases its request
@@ -648,6 +686,7 @@ impl Stream {
             interims: std::mem::take(&mut io.interims),
             consumed: std::mem::take(&mut io.consumed),
             worker_done: io.worker == Some(WorkerState::Done),
+            slot_released: io.slot_released,
             ..Default::default()
         };
         if !io.response_taken {
@@ -691,9 +730,13 @@ impl Stream {
         let mut io = self.io.lock();
         let result = io.output.take_into_vec(out, n);
         let wake_worker = io.worker_wants_room && io.output.len() <= self.out_limit / 2;
+        let watch = if io.output.len() <= self.out_limit / 2 { io.output_watch.take() } else { None };
         drop(io);
         if wake_worker {
             self.worker_cond.notify_all();
+        }
+        if let Some(w) = watch {
+            w.wake();
         }
         result
     }
@@ -725,10 +768,10 @@ impl Stream {
         }
         self.aborted.store(true, Ordering::Release);
         let retire = if io.worker == Some(WorkerState::Done) { io.retire.take() } else { None };
-        let watch = io.input_watch.take();
+        let watches = [io.input_watch.take(), io.output_watch.take()];
         drop(io);
         self.worker_cond.notify_all();
-        if let Some(w) = watch {
+        for w in watches.into_iter().flatten() {
             w.wake();
         }
         retire

@@ -429,6 +429,17 @@ def wait_listening(port, timeout=10):
     return False
 
 
+def spawn_backend(script, *args, timeout=15):
+    """Starts tests/SCRIPT PORT ARGS... as a process on a free port and
+    waits until it listens: returns (port, process)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / script), str(port), *map(str, args)])
+    if not wait_listening(port, timeout=timeout):
+        proc.kill()
+        pytest.fail(f"{script} did not start")
+    return port, proc
+
+
 @pytest.fixture(scope="session")
 def backend():
     """The HTTP/1.1 backend of tests/backend.py: returns its port."""

@@ -7,7 +7,6 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 
@@ -15,7 +14,7 @@ import h2.errors
 import h2.events
 import pytest
 
-from conftest import ROOT, Httpd, free_port, wait_listening
+from conftest import Httpd, free_port, spawn_backend
 from h2client import H2Client
 from wsclient import BINARY, CLOSE, PING, PONG, TEXT, Tunnel, frame
 
@@ -27,11 +26,7 @@ def ws_backend(tmp_path_factory):
     """The WebSocket backend: (port, events file)."""
     events = tmp_path_factory.mktemp("wsbackend") / "events.log"
     events.write_text("")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "wsbackend.py"), str(port), str(events)])
-    if not wait_listening(port, timeout=15):
-        proc.kill()
-        pytest.fail("WebSocket backend did not start")
+    port, proc = spawn_backend("wsbackend.py", events)
     yield port, events
     proc.kill()
     proc.wait()

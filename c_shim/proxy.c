@@ -1,0 +1,142 @@
+/* proxy_http2_module: the second module record of mod_h2rs.so, a mod_proxy
+ * scheme handler for h2c:// (and h2://) backends.
+ *
+ * No logic lives here. mod_proxy's hook registration and utility functions
+ * are looked up at run time (dlsym): the same .so is loaded as http2_module
+ * where mod_proxy is absent, so it must not need mod_proxy's symbols to
+ * load. httpd loads modules RTLD_GLOBAL, so a mod_proxy loaded before this
+ * module's LoadModule line is found.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <mod_proxy.h>
+
+#include "shim.h"
+
+static __typeof__(ap_proxy_canonenc) *p_canonenc;
+static __typeof__(ap_proxy_canon_netloc) *p_canon_netloc;
+static __typeof__(ap_proxy_location_reverse_map) *p_reverse_map;
+static __typeof__(ap_proxy_should_override) *p_should_override;
+static module *proxy_mod;
+
+static int scheme_handler(request_rec *r, proxy_worker *worker,
+                          proxy_server_conf *conf, char *url,
+                          const char *proxyname, apr_port_t proxyport)
+{
+    return h2rs_proxy_handler(r, worker, conf, url, proxyname, proxyport);
+}
+
+static int canon_handler(request_rec *r, char *url)
+{
+    return h2rs_proxy_canon(r, url);
+}
+
+static int proxy_post_config(apr_pool_t *pconf, apr_pool_t *plog,
+                             apr_pool_t *ptemp, server_rec *s)
+{
+    proxy_mod = ap_find_linked_module("mod_proxy.c");
+    return OK;
+}
+
+static void proxy_register_hooks(apr_pool_t *p)
+{
+    __typeof__(proxy_hook_scheme_handler) *hook_scheme =
+        dlsym(RTLD_DEFAULT, "proxy_hook_scheme_handler");
+    __typeof__(proxy_hook_canon_handler) *hook_canon =
+        dlsym(RTLD_DEFAULT, "proxy_hook_canon_handler");
+    p_canonenc = dlsym(RTLD_DEFAULT, "ap_proxy_canonenc");
+    p_canon_netloc = dlsym(RTLD_DEFAULT, "ap_proxy_canon_netloc");
+    p_reverse_map = dlsym(RTLD_DEFAULT, "ap_proxy_location_reverse_map");
+    p_should_override = dlsym(RTLD_DEFAULT, "ap_proxy_should_override");
+    if (!hook_scheme || !hook_canon || !p_canonenc || !p_canon_netloc) {
+        ap_log_perror(APLOG_MARK, APLOG_ERR, 0, p,
+                      "proxy_http2_module (mod_h2rs): mod_proxy is not loaded; "
+                      "load proxy_module before proxy_http2_module");
+        return;
+    }
+    hook_scheme(scheme_handler, NULL, NULL, APR_HOOK_FIRST);
+    hook_canon(canon_handler, NULL, NULL, APR_HOOK_FIRST);
+    ap_hook_post_config(proxy_post_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(h2rs_proxy_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+}
+
+AP_DECLARE_MODULE(proxy_http2) = {
+    STANDARD20_MODULE_STUFF,
+    NULL, NULL, NULL, NULL, NULL,
+    proxy_register_hooks,
+#if defined(AP_MODULE_FLAG_ALWAYS_MERGE)
+    AP_MODULE_FLAG_NONE
+#endif
+};
+
+/* ---- helpers for the Rust side ----------------------------------------- */
+
+int h2rs_shim_http2_loaded(void)
+{
+    return http2_module.module_index >= 0;
+}
+
+void h2rs_shim_proxy_params(request_rec *r, void *w, void *c,
+                            h2rs_proxy_params *out)
+{
+    proxy_worker *worker = w;
+    proxy_server_conf *conf = c;
+    proxy_dir_conf *dconf = proxy_mod
+        ? ap_get_module_config(r->per_dir_config, proxy_mod) : NULL;
+    out->preserve_host = dconf ? dconf->preserve_host : 0;
+    out->add_forwarded = dconf ? dconf->add_forwarded_headers : 1;
+    out->via = conf ? (int)conf->viaopt : 0;
+    out->timeout = -1;
+    if (worker && worker->s->timeout_set) {
+        out->timeout = worker->s->timeout;
+    }
+    else if (conf && conf->timeout_set) {
+        out->timeout = conf->timeout;
+    }
+}
+
+const char *h2rs_shim_proxy_canon_netloc(apr_pool_t *p, char **url,
+                                         char **host, apr_port_t *port)
+{
+    if (!p_canon_netloc) {
+        return "mod_proxy is not loaded";
+    }
+    return p_canon_netloc(p, url, NULL, NULL, host, port);
+}
+
+char *h2rs_shim_proxy_canonenc_path(apr_pool_t *p, const char *path,
+                                    int proxyreq)
+{
+    if (!p_canonenc) {
+        return NULL;
+    }
+    return p_canonenc(p, path, (int)strlen(path), enc_path, 0, proxyreq);
+}
+
+const char *h2rs_shim_proxy_reverse_map(request_rec *r, const char *url)
+{
+    proxy_dir_conf *dconf = proxy_mod
+        ? ap_get_module_config(r->per_dir_config, proxy_mod) : NULL;
+    if (!p_reverse_map || !dconf) {
+        return url;
+    }
+    return p_reverse_map(r, dconf, url);
+}
+
+int h2rs_shim_proxy_should_override(request_rec *r, int status)
+{
+    proxy_dir_conf *dconf = proxy_mod
+        ? ap_get_module_config(r->per_dir_config, proxy_mod) : NULL;
+    if (!dconf || !dconf->error_override) {
+        return 0;
+    }
+    if (p_should_override) {
+        return p_should_override(dconf, status);
+    }
+    return ap_is_HTTP_ERROR(status);
+}

@@ -1,0 +1,933 @@
+//! The proxy engine: a few event-loop threads per child process, each
+//! owning its backend connections. A backend connection is an nghttp2
+//! *client* session over a nonblocking TCP socket and carries many
+//! proxied requests at once as parallel streams, up to the backend's
+//! SETTINGS_MAX_CONCURRENT_STREAMS; beyond that a further connection opens
+//! (at most `MAX_CONNS_PER_BACKEND` per loop).
+//!
+//! No httpd code runs here: tasks (`task.rs`) carry copies of the request
+//! head and bytes both ways, and the front is told through `Front::wake`.
+//! Backends are assigned to loops by hashing "host:port", so all requests
+//! to one backend share the connections of one loop.
+//!
+//! Failures: a stream the backend refused (REFUSED_STREAM, or above a
+//! GOAWAY's last stream id) or that a dying connection never answered is
+//! retried once on another connection, provided no request body byte left
+//! and (for a plain connection loss) the method is idempotent. Otherwise a
+//! request without response gets 502 (reset, connection loss), 503 (cannot
+//! connect) or 504 (timeout), logged with the backend's name; a response
+//! that began is aborted.
+
+use super::task::Task;
+use super::tls::{self, Handshake, Ssl};
+use crate::log::Level;
+use crate::nghttp2::{self, error_code, flags, frame_type, settings_id, DataRead, Flow, FrameInfo, Handler, Ops, Session};
+use crate::signal::EventFd;
+use crate::slog;
+use crate::stream::{Headers, ResponseHead};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Connections to one backend per loop thread, at most.
+pub const MAX_CONNS_PER_BACKEND: usize = 16;
+/// Our receive window per backend stream: what one proxied response may
+/// buffer before the client takes it.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// Connection receive window (streams are bounded one by one).
+const CONN_WINDOW: i32 = 1 << 30;
+/// An idle backend connection is closed after this long.
+const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// The loop looks at deadlines and abandoned requests this often.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A command queue and wake-up for one loop thread.
+struct Loop {
+    queue: Mutex<Vec<Arc<Task>>>,
+    wake: EventFd,
+    stopping: AtomicBool,
+}
+
+pub struct Engine {
+    loops: Vec<Arc<Loop>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Per-thread set-up (httpd registration of the thread), as for workers.
+pub type ThreadStart = Arc<dyn Fn() -> Box<dyn FnOnce()> + Send + Sync>;
+
+impl Engine {
+    /// Starts `threads` loop threads.
+    pub fn start(threads: usize, start: Option<ThreadStart>) -> std::io::Result<Arc<Engine>> {
+        let mut loops = Vec::new();
+        for _ in 0..threads.max(1) {
+            loops.push(Arc::new(Loop { queue: Mutex::new(Vec::new()), wake: EventFd::new()?, stopping: AtomicBool::new(false) }));
+        }
+        let engine = Arc::new(Engine { loops, threads: Mutex::new(Vec::new()) });
+        for (i, lp) in engine.loops.iter().enumerate() {
+            let lp = lp.clone();
+            let start = start.clone();
+            let handle = std::thread::Builder::new().name(format!("h2rs-proxy-{i}")).spawn(move || {
+                let stop = start.map(|s| s());
+                crate::ffi::panic::guard("proxy loop", (), || run(&lp));
+                if let Some(stop) = stop {
+                    stop();
+                }
+            })?;
+            engine.threads.lock().push(handle);
+        }
+        Ok(engine)
+    }
+
+    fn loop_for(&self, key: &str) -> &Arc<Loop> {
+        let mut h: u64 = 1469598103934665603;
+        for b in key.bytes() {
+            h = (h ^ b as u64).wrapping_mul(1099511628211);
+        }
+        &self.loops[(h % self.loops.len() as u64) as usize]
+    }
+
+    /// Hands a new task to its loop.
+    pub fn submit(&self, task: Arc<Task>) {
+        task.mark_submitted();
+        self.post_to(task);
+    }
+
+    /// Tells the task's loop to look at it again (body queued, window to
+    /// reopen, cancelled).
+    pub fn post(&self, task: &Arc<Task>) {
+        self.post_to(task.clone());
+    }
+
+    fn post_to(&self, task: Arc<Task>) {
+        let lp = self.loop_for(&task.spec.key);
+        let first = {
+            let mut q = lp.queue.lock();
+            q.push(task);
+            q.len() == 1
+        };
+        if first {
+            lp.wake.post();
+        }
+    }
+
+    /// Fails every request and joins the threads.
+    pub fn stop(&self) {
+        for lp in &self.loops {
+            lp.stopping.store(true, Ordering::Release);
+            lp.wake.post();
+        }
+        let handles = std::mem::take(&mut *self.threads.lock());
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+// ---- one backend stream and connection -------------------------------------
+
+struct BStream {
+    task: Arc<Task>,
+    fields: Headers,
+    status: u16,
+    head_done: bool,
+    ended: bool,
+    reset_sent: bool,
+    received: usize,
+    consumed: usize,
+    deadline: Instant,
+}
+
+/// The nghttp2 handler of one backend connection.
+struct Backend {
+    backend: String,
+    streams: HashMap<i32, BStream>,
+    goaway: Option<i32>,
+    settings_seen: bool,
+    /// Tasks to send again on another connection.
+    retry: Vec<Arc<Task>>,
+    /// Tasks with new response parts in this batch of frames (their fronts
+    /// are woken once, after the batch: `publish`).
+    news: Vec<Arc<Task>>,
+}
+
+impl Backend {
+    /// The stream a frame is for: its deadline moves, and its front will
+    /// hear about the frame after the batch.
+    fn touch(&mut self, stream_id: i32) -> Option<&mut BStream> {
+        let bs = self.streams.get_mut(&stream_id)?;
+        bs.deadline = Instant::now() + bs.task.spec.timeout;
+        if bs.task.mark_news() {
+            self.news.push(bs.task.clone());
+        }
+        Some(bs)
+    }
+
+    /// Wakes the fronts of the streams the last batch of frames touched.
+    fn publish(&mut self) {
+        for task in self.news.drain(..) {
+            task.publish();
+        }
+    }
+}
+
+impl Handler for Backend {
+    fn begin_headers(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
+        if let Some(bs) = self.touch(frame.stream_id) {
+            bs.fields = Headers::new();
+            bs.status = 0;
+        }
+        Flow::Continue
+    }
+
+    fn header(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo, name: &[u8], value: &[u8]) -> Flow {
+        let Some(bs) = self.streams.get_mut(&frame.stream_id) else { return Flow::Continue };
+        if name == b":status" {
+            bs.status = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        } else if !name.starts_with(b":") {
+            bs.fields.push(name, value);
+        }
+        Flow::Continue
+    }
+
+    fn frame_recv(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
+        match frame.kind {
+            frame_type::SETTINGS if frame.stream_id == 0 && !frame.has(flags::ACK) => self.settings_seen = true,
+            frame_type::GOAWAY => {
+                self.goaway = Some(frame.last_stream_id);
+                slog!(std::ptr::null::<crate::ffi::server_rec>(), Level::Info,
+                    "h2rs proxy: backend {} sent GOAWAY (last stream {}, code {}): draining the connection",
+                    self.backend, frame.last_stream_id, frame.error_code);
+            }
+            frame_type::HEADERS => {
+                let Some(bs) = self.touch(frame.stream_id) else { return Flow::Continue };
+                let end = frame.has(flags::END_STREAM);
+                let fields = std::mem::take(&mut bs.fields);
+                if bs.head_done {
+                    // Trailers (they always end the stream).
+                    bs.ended = true;
+                    bs.task.on_end(if fields.is_empty() { None } else { Some(fields) });
+                    return Flow::Continue;
+                }
+                match bs.status {
+                    101 => {}
+                    100..=199 => bs.task.on_interim(ResponseHead { status: bs.status, headers: fields }),
+                    200..=999 => {
+                        bs.head_done = true;
+                        bs.task.on_head(ResponseHead { status: bs.status, headers: fields });
+                    }
+                    _ => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
+                }
+                if end && bs.head_done {
+                    bs.ended = true;
+                    bs.task.on_end(None);
+                }
+            }
+            frame_type::DATA if frame.has(flags::END_STREAM) => {
+                if let Some(bs) = self.touch(frame.stream_id) {
+                    bs.ended = true;
+                    bs.task.on_end(None);
+                }
+            }
+            _ => {}
+        }
+        Flow::Continue
+    }
+
+    fn data_chunk(&mut self, _ops: &mut Ops<'_>, stream_id: i32, data: &[u8]) -> Flow {
+        if let Some(bs) = self.touch(stream_id) {
+            bs.received += data.len();
+            bs.task.on_data(data);
+        }
+        Flow::Continue
+    }
+
+    fn stream_close(&mut self, ops: &mut Ops<'_>, stream_id: i32, code: u32) -> Flow {
+        let Some(bs) = self.streams.remove(&stream_id) else { return Flow::Continue };
+        // Bytes the front has not taken yet: credit the connection now, the
+        // stream is gone (later consumption of it is ignored).
+        let unconsumed = bs.received.saturating_sub(bs.consumed);
+        if unconsumed > 0 {
+            let _ = ops.consume_connection(unconsumed);
+        }
+        let task = bs.task;
+        if bs.ended || task.is_finished() {
+            return Flow::Continue;
+        }
+        let unprocessed = code == error_code::REFUSED_STREAM || self.goaway.is_some_and(|last| stream_id > last);
+        if unprocessed && retryable(&task, true) {
+            self.retry.push(task);
+            return Flow::Continue;
+        }
+        slog!(std::ptr::null::<crate::ffi::server_rec>(), Level::Error,
+            "h2rs proxy: backend {} reset stream {} (error code {code}){}", self.backend, stream_id,
+            if task.response_started() { " in the middle of the response" } else { ", answering 502" });
+        task.fail(502);
+        Flow::Continue
+    }
+
+    fn read_data(&mut self, _ops: &mut Ops<'_>, stream_id: i32, buf: &mut [u8]) -> DataRead {
+        let Some(bs) = self.streams.get(&stream_id) else { return DataRead::Error };
+        match bs.task.read_body(buf) {
+            None => DataRead::Deferred,
+            Some((n, eof, trailers)) => DataRead::Data { n, eof, trailers },
+        }
+    }
+}
+
+/// May `task` be sent again on another connection? `unprocessed`: the
+/// backend said it did not process it (REFUSED_STREAM, GOAWAY).
+fn retryable(task: &Task, unprocessed: bool) -> bool {
+    let e = task.engine.lock();
+    !e.retried
+        && !task.is_cancelled()
+        && !task.response_started()
+        && task.body_untouched()
+        && (unprocessed || task.spec.idempotent)
+}
+
+struct Conn {
+    id: u64,
+    key: String,
+    sock: TcpStream,
+    /// `h2://`: the TLS session (set once TCP is connected).
+    tls: Option<Ssl>,
+    /// `h2://`: the server name to send, and whether TLS is wanted.
+    sni: Option<String>,
+    want_tls: bool,
+    /// The TLS handshake runs; `hs_write`: it waits for POLLOUT.
+    handshaking: bool,
+    hs_write: bool,
+    connecting: Option<Instant>,
+    session: Session<Backend>,
+    out: Vec<u8>,
+    out_off: usize,
+    dead: Option<String>,
+    idle_since: Instant,
+    /// Requests for this connection held until the backend's SETTINGS
+    /// arrive (so its stream limit is known before anything is sent).
+    waiting: Vec<Arc<Task>>,
+    opened: Instant,
+}
+
+/// Starts a nonblocking connect to `addr`.
+fn connect_nonblocking(addr: &SocketAddr) -> std::io::Result<TcpStream> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket we own; TcpStream closes it on drop.
+    let sock = unsafe { TcpStream::from_raw_fd(fd) };
+    let (storage, len) = sockaddr_of(addr);
+    // SAFETY: storage holds a valid sockaddr of `len` bytes for `family`.
+    let rv = unsafe { libc::connect(fd, &storage as *const libc::sockaddr_storage as *const libc::sockaddr, len) };
+    if rv < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+    }
+    let _ = sock.set_nodelay(true);
+    Ok(sock)
+}
+
+fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            (storage, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            (storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
+}
+
+impl Conn {
+    fn open(id: u64, task: &Task) -> Result<Conn, String> {
+        let spec = &task.spec;
+        let (key, backend, connect) = (&spec.key, &spec.backend, &spec.connect);
+        let addr = connect
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {connect}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("no address for {connect}"))?;
+        let sock = connect_nonblocking(&addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let handler = Backend {
+            backend: backend.to_string(),
+            streams: HashMap::new(),
+            goaway: None,
+            settings_seen: false,
+            retry: Vec::new(),
+            news: Vec::new(),
+        };
+        let options = nghttp2::Options { no_http_messaging: false, ..Default::default() };
+        let mut session = Session::new_client(handler, &options).map_err(|e| format!("nghttp2: {e}"))?;
+        let mut ops = session.ops();
+        ops.submit_settings(&[(settings_id::ENABLE_PUSH, 0), (settings_id::INITIAL_WINDOW_SIZE, STREAM_WINDOW)])
+            .map_err(|e| format!("nghttp2: {e}"))?;
+        let _ = ops.set_local_window_size(0, CONN_WINDOW);
+        Ok(Conn {
+            id,
+            key: key.to_string(),
+            sock,
+            tls: None,
+            sni: spec.sni.clone(),
+            want_tls: spec.tls,
+            handshaking: false,
+            hs_write: false,
+            connecting: Some(Instant::now()),
+            session,
+            out: Vec::new(),
+            out_off: 0,
+            dead: None,
+            idle_since: Instant::now(),
+            waiting: Vec::new(),
+            opened: Instant::now(),
+        })
+    }
+
+    fn active(&self) -> usize {
+        self.session.handler_ref().streams.len() + self.waiting.len()
+    }
+
+    fn settings_seen(&self) -> bool {
+        self.session.handler_ref().settings_seen
+    }
+
+    /// Sends `task` now, or once the backend's SETTINGS are known.
+    fn enqueue(&mut self, task: &Arc<Task>) -> Result<(), String> {
+        if self.settings_seen() {
+            self.submit(task)
+        } else {
+            self.waiting.push(task.clone());
+            Ok(())
+        }
+    }
+
+    /// Open for new streams (not dying, no GOAWAY).
+    fn open_for(&self, key: &str) -> bool {
+        self.key == key && self.dead.is_none() && self.session.handler_ref().goaway.is_none()
+    }
+
+    /// Has room for another stream within the backend's limit. Before the
+    /// backend's SETTINGS, requests wait on the connection (see `promote`):
+    /// one burst opens one connection, not one per assumed 100 streams.
+    fn has_room(&mut self) -> bool {
+        if !self.session.handler_ref().settings_seen {
+            return true;
+        }
+        self.active() < self.session.ops().remote_max_concurrent() as usize
+    }
+
+    fn submit(&mut self, task: &Arc<Task>) -> Result<(), String> {
+        let has_body = task.spec.has_body;
+        let id = self
+            .session
+            .ops()
+            .submit_request::<Backend>(&task.spec.fields, has_body)
+            .map_err(|e| format!("cannot submit the request: {e}"))?;
+        {
+            let mut e = task.engine.lock();
+            e.conn = self.id;
+            e.stream_id = id;
+        }
+        task.set_dispatched();
+        self.session.handler().streams.insert(
+            id,
+            BStream {
+                task: task.clone(),
+                fields: Headers::new(),
+                status: 0,
+                head_done: false,
+                ended: false,
+                reset_sent: false,
+                received: 0,
+                consumed: 0,
+                deadline: Instant::now() + task.spec.timeout,
+            },
+        );
+        Ok(())
+    }
+
+    fn sock_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.tls {
+            Some(ssl) => ssl.read(buf),
+            None => self.sock.read(buf),
+        }
+    }
+
+    fn sock_write(&mut self, from: usize) -> std::io::Result<usize> {
+        match &mut self.tls {
+            Some(ssl) => ssl.write(&self.out[from..]),
+            None => self.sock.write(&self.out[from..]),
+        }
+    }
+
+    /// Sends what nghttp2 has queued, as far as the socket takes it.
+    fn flush(&mut self) {
+        if self.connecting.is_some() || self.handshaking || self.dead.is_some() {
+            return;
+        }
+        loop {
+            if self.out_off >= self.out.len() {
+                self.out.clear();
+                self.out_off = 0;
+                if let Err(e) = self.session.mem_send(&mut self.out, 64 * 1024) {
+                    self.dead = Some(format!("nghttp2: {e}"));
+                    return;
+                }
+                if self.out.is_empty() {
+                    return;
+                }
+            }
+            match self.sock_write(self.out_off) {
+                Ok(0) => {
+                    self.dead = Some("connection closed".into());
+                    return;
+                }
+                Ok(n) => self.out_off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.dead = Some(format!("write failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) {
+        loop {
+            match self.sock_read(buf) {
+                Ok(0) => {
+                    self.dead = Some("the backend closed the connection".into());
+                    return;
+                }
+                Ok(n) => {
+                    let rv = self.session.mem_recv(&buf[..n]);
+                    self.session.handler().publish();
+                    if let Err(e) = rv {
+                        self.dead = Some(format!("HTTP/2 error from the backend: {e}"));
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.dead = Some(format!("read failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs the TLS handshake as far as it goes.
+    fn handshake(&mut self) {
+        let Some(ssl) = self.tls.as_mut() else { return };
+        match ssl.handshake() {
+            Ok(Handshake::Done) => {
+                if ssl.alpn_is_h2() {
+                    self.handshaking = false;
+                } else {
+                    self.dead = Some("the backend did not agree on h2 (ALPN)".into());
+                }
+            }
+            Ok(Handshake::WantRead) => self.hs_write = false,
+            Ok(Handshake::WantWrite) => self.hs_write = true,
+            Err(e) => self.dead = Some(e),
+        }
+    }
+
+    /// The nonblocking connect finished (the socket became writable).
+    fn connected(&mut self, ctx: &mut Option<tls::Context>) {
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one int into `err`.
+        let rv = unsafe {
+            libc::getsockopt(self.sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR,
+                &mut err as *mut libc::c_int as *mut libc::c_void, &mut len)
+        };
+        if rv < 0 || err != 0 {
+            let e = if rv < 0 { std::io::Error::last_os_error() } else { std::io::Error::from_raw_os_error(err) };
+            self.dead = Some(format!("cannot connect: {e}"));
+            return;
+        }
+        self.connecting = None;
+        if self.want_tls {
+            if ctx.is_none() {
+                match tls::Context::new() {
+                    Ok(c) => *ctx = Some(c),
+                    Err(e) => {
+                        self.dead = Some(e);
+                        return;
+                    }
+                }
+            }
+            let Some(c) = ctx.as_ref() else { return };
+            match Ssl::new(c, self.sock.as_raw_fd(), self.sni.as_deref()) {
+                Ok(ssl) => {
+                    self.tls = Some(ssl);
+                    self.handshaking = true;
+                    self.handshake();
+                }
+                Err(e) => self.dead = Some(e),
+            }
+        }
+    }
+
+    fn poll_events(&self) -> libc::c_short {
+        if self.connecting.is_some() {
+            return libc::POLLOUT;
+        }
+        if self.handshaking {
+            return libc::POLLIN | if self.hs_write { libc::POLLOUT } else { 0 };
+        }
+        let tls_write = self.tls.as_ref().is_some_and(|s| s.want_write);
+        libc::POLLIN | if self.out_off < self.out.len() || tls_write { libc::POLLOUT } else { 0 }
+    }
+}
+
+// ---- the loop --------------------------------------------------------------
+
+struct LoopState {
+    conns: Vec<Conn>,
+    /// The TLS client context for `h2://` backends, made on first use.
+    tls: Option<tls::Context>,
+    next_conn: u64,
+    buf: Vec<u8>,
+}
+
+fn log_error(msg: &str) {
+    slog!(std::ptr::null::<crate::ffi::server_rec>(), Level::Error, "h2rs proxy: {msg}");
+}
+
+impl LoopState {
+    fn conn_mut(&mut self, id: u64) -> Option<&mut Conn> {
+        self.conns.iter_mut().find(|c| c.id == id)
+    }
+
+    /// Sends `task` on a connection to its backend with room for a stream,
+    /// opening one if needed.
+    fn assign(&mut self, task: &Arc<Task>) {
+        let key = &task.spec.key;
+        // Fill the busiest connection with room first, so that requests
+        // share as few connections as the backend allows.
+        let mut best: Option<(usize, usize)> = None;
+        let mut least: Option<(usize, usize)> = None;
+        let mut count = 0;
+        for (i, c) in self.conns.iter_mut().enumerate() {
+            if !c.open_for(key) {
+                continue;
+            }
+            count += 1;
+            let active = c.active();
+            if least.is_none_or(|(_, a)| active < a) {
+                least = Some((i, active));
+            }
+            if c.has_room() && best.is_none_or(|(_, a)| active > a) {
+                best = Some((i, active));
+            }
+        }
+        if best.is_none() && count >= MAX_CONNS_PER_BACKEND {
+            // Every connection is full: queue on the least busy one
+            // (nghttp2 holds the stream until another ends).
+            best = least;
+        }
+        let best = best.map(|(i, _)| i);
+        let idx = match best {
+            Some(i) => i,
+            None => {
+                self.next_conn += 1;
+                match Conn::open(self.next_conn, task) {
+                    Ok(c) => {
+                        self.conns.push(c);
+                        self.conns.len() - 1
+                    }
+                    Err(e) => {
+                        log_error(&format!("backend {}: {e}, answering 503", task.spec.backend));
+                        task.fail(503);
+                        return;
+                    }
+                }
+            }
+        };
+        let conn = &mut self.conns[idx];
+        if let Err(e) = conn.enqueue(task) {
+            log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
+            task.fail(502);
+        }
+    }
+
+    /// Sends the requests held for connections whose SETTINGS arrived, as
+    /// far as their stream limit goes; the rest go elsewhere.
+    fn promote(&mut self) {
+        let mut overflow = Vec::new();
+        for conn in &mut self.conns {
+            if conn.waiting.is_empty() || !conn.settings_seen() || conn.dead.is_some() {
+                continue;
+            }
+            for task in std::mem::take(&mut conn.waiting) {
+                if task.is_cancelled() || task.is_finished() {
+                    continue;
+                }
+                if conn.session.handler_ref().goaway.is_none() && conn.has_room() {
+                    if let Err(e) = conn.submit(&task) {
+                        log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
+                        task.fail(502);
+                    }
+                } else {
+                    overflow.push(task);
+                }
+            }
+        }
+        for task in overflow {
+            self.assign(&task);
+        }
+    }
+
+    /// Looks at a task the front posted.
+    fn handle(&mut self, task: Arc<Task>) {
+        task.engine_seen();
+        let (started, conn_id, stream_id) = {
+            let mut e = task.engine.lock();
+            let s = e.started;
+            e.started = true;
+            (s, e.conn, e.stream_id)
+        };
+        if !started {
+            if !task.is_cancelled() {
+                self.assign(&task);
+            }
+            return;
+        }
+        let consumed = task.take_consumed();
+        let cancelled = task.is_cancelled();
+        let Some(conn) = self.conn_mut(conn_id) else { return };
+        let (h, mut ops) = conn.session.split();
+        let Some(bs) = h.streams.get_mut(&stream_id) else { return };
+        if cancelled && !bs.reset_sent {
+            bs.reset_sent = true;
+            let _ = ops.submit_rst_stream(stream_id, error_code::CANCEL);
+            return;
+        }
+        if consumed > 0 {
+            bs.consumed += consumed;
+            let _ = ops.consume(stream_id, consumed);
+        }
+        if task.spec.has_body {
+            let _ = ops.resume_data(stream_id);
+        }
+    }
+
+    /// Deadlines, abandoned requests, dead and idle connections.
+    fn tick(&mut self, stopping: bool) {
+        let now = Instant::now();
+        for conn in &mut self.conns {
+            if !conn.settings_seen() {
+                let limit = conn.waiting.iter().map(|t| t.spec.timeout).min().unwrap_or(Duration::from_secs(60));
+                if now.duration_since(conn.opened) > limit {
+                    conn.dead = Some(if conn.connecting.is_some() {
+                        "connect timed out".into()
+                    } else {
+                        "no HTTP/2 SETTINGS from the backend in time".into()
+                    });
+                }
+            }
+            if stopping && conn.dead.is_none() {
+                conn.dead = Some("the server is stopping".into());
+            }
+            let backend = conn.session.handler_ref().backend.clone();
+            let (h, mut ops) = conn.session.split();
+            for (&id, bs) in h.streams.iter_mut() {
+                if bs.reset_sent {
+                    continue;
+                }
+                if bs.task.front_gone() {
+                    bs.task.cancel();
+                }
+                if bs.task.is_cancelled() {
+                    bs.reset_sent = true;
+                    let _ = ops.submit_rst_stream(id, error_code::CANCEL);
+                } else if now > bs.deadline {
+                    log_error(&format!("backend {backend}: no answer on stream {id} within {:?}, answering 504",
+                        bs.task.spec.timeout));
+                    bs.task.fail(504);
+                    bs.reset_sent = true;
+                    let _ = ops.submit_rst_stream(id, error_code::CANCEL);
+                }
+            }
+            if conn.dead.is_none() {
+                let done = !ops.want_read() && !ops.want_write();
+                if h.streams.is_empty() && conn.waiting.is_empty() {
+                    if done || h.goaway.is_some() || now.duration_since(conn.idle_since) > IDLE_CLOSE {
+                        conn.dead = Some(String::new());
+                    }
+                } else {
+                    conn.idle_since = now;
+                }
+            }
+        }
+    }
+
+    /// Dead connections (their streams are retried or failed) and streams
+    /// to retry.
+    fn reap(&mut self, stopping: bool) {
+        let mut retry = Vec::new();
+        for conn in &mut self.conns {
+            retry.append(&mut conn.session.handler().retry);
+        }
+        let mut i = 0;
+        while i < self.conns.len() {
+            if self.conns[i].dead.is_none() {
+                i += 1;
+                continue;
+            }
+            let mut conn = self.conns.swap_remove(i);
+            let reason = conn.dead.take().unwrap_or_default();
+            if (reason.is_empty() || stopping) && conn.connecting.is_none() && !conn.handshaking {
+                // Closed by us (idle, drained, stopping): say goodbye, as far
+                // as the socket takes it without waiting.
+                let _ = conn.session.ops().terminate(error_code::NO_ERROR);
+                conn.flush();
+            }
+            for task in std::mem::take(&mut conn.waiting) {
+                // Never sent: another connection may take it, unless this
+                // one never came up (the backend is unreachable).
+                if stopping || conn.connecting.is_some() || !conn.settings_seen() {
+                    log_error(&format!("backend {}: {reason}, answering 503", task.spec.backend));
+                    task.fail(503);
+                } else {
+                    retry.push(task);
+                }
+            }
+            let h = conn.session.handler();
+            let goaway = h.goaway;
+            for (id, bs) in h.streams.drain() {
+                let task = bs.task;
+                if bs.ended || task.is_finished() {
+                    continue;
+                }
+                let unprocessed = goaway.is_some_and(|last| id > last);
+                if !stopping && retryable(&task, unprocessed) {
+                    retry.push(task);
+                    continue;
+                }
+                log_error(&format!("backend {}: {reason} (stream {id}){}", h.backend,
+                    if task.response_started() { ", response aborted" } else { ", answering 502" }));
+                task.fail(502);
+            }
+            retry.append(&mut h.retry);
+        }
+        for task in retry {
+            if task.is_cancelled() {
+                continue;
+            }
+            task.engine.lock().retried = true;
+            if stopping {
+                task.fail(503);
+            } else {
+                self.assign(&task);
+            }
+        }
+    }
+}
+
+fn run(lp: &Loop) {
+    let mut st = LoopState { conns: Vec::new(), tls: None, next_conn: 0, buf: vec![0; 64 * 1024] };
+    let mut last_tick = Instant::now();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    loop {
+        lp.wake.drain();
+        let stopping = lp.stopping.load(Ordering::Acquire);
+        let tasks = std::mem::take(&mut *lp.queue.lock());
+        for t in tasks {
+            if stopping {
+                t.engine_seen();
+                t.fail(503);
+                continue;
+            }
+            st.handle(t);
+        }
+        for c in &mut st.conns {
+            c.flush();
+        }
+        if stopping || last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            st.tick(stopping);
+        }
+        st.reap(stopping);
+        st.promote();
+        for c in &mut st.conns {
+            c.flush();
+        }
+        if stopping {
+            // Drain what the fronts still post until every connection is gone.
+            if st.conns.is_empty() {
+                let rest = std::mem::take(&mut *lp.queue.lock());
+                for t in rest {
+                    t.fail(503);
+                }
+                return;
+            }
+            continue;
+        }
+        fds.clear();
+        fds.push(libc::pollfd { fd: lp.wake.fd(), events: libc::POLLIN, revents: 0 });
+        for c in &st.conns {
+            fds.push(libc::pollfd { fd: c.sock.as_raw_fd(), events: c.poll_events(), revents: 0 });
+        }
+        let timeout = TICK.saturating_sub(last_tick.elapsed()).as_millis().max(1) as libc::c_int;
+        // SAFETY: `fds` is a valid array of fds.len() pollfd entries.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n <= 0 {
+            continue;
+        }
+        let LoopState { conns, buf, tls, .. } = &mut st;
+        for (c, pfd) in conns.iter_mut().zip(fds.iter().skip(1)) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            if c.connecting.is_some() {
+                if pfd.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 {
+                    c.connected(tls);
+                }
+                continue;
+            }
+            if c.handshaking {
+                c.handshake();
+                continue;
+            }
+            let tls_retry = pfd.revents & libc::POLLOUT != 0 && c.tls.as_ref().is_some_and(|s| s.want_write);
+            if pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 || tls_retry {
+                c.read(buf);
+            }
+        }
+    }
+}

@@ -1,0 +1,955 @@
+//! proxy_http2_module: mod_proxy's scheme handler for `h2c://` backends,
+//! multiplexing proxied requests over shared backend connections.
+//!
+//! - `engine`: event-loop threads owning the backend connections (nghttp2
+//!   client sessions); no httpd code runs there.
+//! - `task`: one proxied request as the front and the engine share it.
+//! - this file: the httpd side. The scheme handler (on the thread running
+//!   the request) builds the backend request (header rules, Host or
+//!   ProxyPreserveHost, Via, X-Forwarded-*), hands it to the engine,
+//!   streams the request body to it, and then:
+//!   * on one of our HTTP/2 stream connections (c2): returns SUSPENDED. The
+//!     worker is free; the c2 and its request stay alive, parked
+//!     (`c2::Parked`). When the engine has news (head, data, end, failure) a
+//!     short job on a worker resumes the request, passes what arrived
+//!     through the request's output filters, and parks it again; the last
+//!     one finishes the request (`ap_finalize_request_protocol`,
+//!     `ap_process_request_after_handler`) and hands the stream back to c1.
+//!     httpd's filters thus only ever run on the one thread that owns the
+//!     request at that moment.
+//!   * elsewhere (HTTP/1.1 front connections): the handler's thread waits
+//!     for the engine and writes the response itself (it is held for the
+//!     request's life, as with mod_proxy_http; the backend connection is
+//!     still shared).
+
+pub mod engine;
+pub mod task;
+pub mod tls;
+
+use crate::apr::{BrigadeRef, PoolRef, TableRef};
+use crate::c2::{self, Parked, Resume};
+use crate::ffi::{self, panic::guard, HOOK_DECLINED, HOOK_OK};
+use crate::log::Level;
+use crate::stream::{Headers, ResponseHead, Stream, Wake};
+use crate::workers::{self, WorkerCtx};
+use engine::Engine;
+use parking_lot::Mutex;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use task::{Failure, Front, RequestSpec, Task};
+
+/// Event-loop threads per child.
+const LOOP_THREADS: usize = 2;
+/// Response bytes one resume passes on at most (then it parks again, so
+/// one busy response does not keep a worker).
+const PUMP_MAX: usize = 256 * 1024;
+/// How long a handler on a stream connection waits for the backend before
+/// it suspends the request and frees its worker.
+const INLINE_WAIT: Duration = Duration::from_millis(2);
+
+static ENGINE: Mutex<Option<Arc<Engine>>> = Mutex::new(None);
+
+fn engine() -> Option<Arc<Engine>> {
+    ENGINE.lock().clone()
+}
+
+// ---- hooks -----------------------------------------------------------------
+
+/// child_init of proxy_http2_module: starts the engine's threads.
+///
+/// # Safety
+/// Called by httpd with the child pool and main server.
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_proxy_child_init(pchild: *mut ffi::apr_pool_t, _s: *mut ffi::server_rec) {
+    guard("proxy child_init", (), || {
+        ffi::panic::install_hook();
+        crate::hooks::set_child_pool(pchild);
+        let start: engine::ThreadStart = Arc::new(|| {
+            let thread = crate::hooks::register_thread();
+            Box::new(move || crate::hooks::unregister_thread(thread))
+        });
+        match Engine::start(LOOP_THREADS, Some(start)) {
+            Ok(e) => *ENGINE.lock() = Some(e),
+            Err(e) => {
+                crate::log::server_crit(&format!("mod_h2rs: cannot start the proxy engine: {e}"));
+                return;
+            }
+        }
+        // SAFETY: pchild lives for the child's life; the cleanup runs before
+        // its sub-pools go (and, registered after mod_h2rs's own, before the
+        // worker pool stops: parked requests still get their last resume).
+        // SAFETY: as above; the cleanup takes no data.
+        unsafe {
+            if let Some(pool) = PoolRef::from_raw(pchild) {
+                pool.pre_cleanup(ptr::null(), child_pre_cleanup);
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn child_pre_cleanup(_data: *mut c_void) -> ffi::apr_status_t {
+    guard("proxy child cleanup", 0, || {
+        let e = ENGINE.lock().take();
+        if let Some(e) = e {
+            e.stop();
+        }
+        0
+    })
+}
+
+/// The canon handler: `proxy:h2c://host[:port]/path?args` in r->filename.
+///
+/// # Safety
+/// Called by mod_proxy with a live request and its URL.
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_proxy_canon(r: *mut ffi::request_rec, url: *mut c_char) -> c_int {
+    guard("proxy canon", ffi::HTTP_INTERNAL_SERVER_ERROR as c_int, || {
+        // SAFETY: httpd passes a live request and its URL string.
+        unsafe { canon(r, url) }
+    })
+}
+
+unsafe fn canon(r: *mut ffi::request_rec, url: *mut c_char) -> c_int {
+    // SAFETY: caller contract; strings come from and go to the request pool.
+    unsafe {
+        if r.is_null() || url.is_null() {
+            return HOOK_DECLINED;
+        }
+        let u = CStr::from_ptr(url).to_bytes();
+        let (scheme, skip, def_port): (&str, usize, u16) = if u.len() >= 4 && u[..4].eq_ignore_ascii_case(b"h2c:") {
+            ("h2c", 4, 80)
+        } else if u.len() >= 3 && u[..3].eq_ignore_ascii_case(b"h2:") {
+            ("h2", 3, 443)
+        } else {
+            return HOOK_DECLINED;
+        };
+        let Some(pool) = PoolRef::from_raw((*r).pool) else { return HOOK_DECLINED };
+        let mut rest = url.add(skip);
+        let mut host: *mut c_char = ptr::null_mut();
+        let mut port: ffi::apr_port_t = def_port;
+        let err = ffi::h2rs_shim_proxy_canon_netloc(pool.as_ptr(), &mut rest, &mut host, &mut port);
+        if !err.is_null() || host.is_null() {
+            let why = if err.is_null() { "no host".into() } else { CStr::from_ptr(err).to_string_lossy() };
+            crate::log::request(r, Level::Error, &format!("h2rs proxy: cannot parse the URL {}: {why}",
+                CStr::from_ptr(url).to_string_lossy()));
+            return ffi::HTTP_BAD_REQUEST as c_int;
+        }
+        let mut search: Option<&[u8]> = None;
+        let path: *const c_char = if (*r).proxyreq == ffi::PROXYREQ_REVERSE as c_int {
+            let notes = TableRef::from_raw((*r).notes);
+            if notes.and_then(|n| n.get(c"proxy-nocanon")).is_some() {
+                rest
+            } else {
+                if !(*r).args.is_null() {
+                    search = Some(CStr::from_ptr((*r).args).to_bytes());
+                }
+                ffi::h2rs_shim_proxy_canonenc_path(pool.as_ptr(), rest, (*r).proxyreq)
+            }
+        } else {
+            rest
+        };
+        if path.is_null() {
+            return ffi::HTTP_BAD_REQUEST as c_int;
+        }
+        let host = CStr::from_ptr(host).to_bytes();
+        let mut f = b"proxy:".to_vec();
+        f.extend_from_slice(scheme.as_bytes());
+        f.extend_from_slice(b"://");
+        if host.contains(&b':') {
+            f.push(b'[');
+            f.extend_from_slice(host);
+            f.push(b']');
+        } else {
+            f.extend_from_slice(host);
+        }
+        if port != def_port {
+            f.extend_from_slice(format!(":{port}").as_bytes());
+        }
+        f.push(b'/');
+        f.extend_from_slice(CStr::from_ptr(path).to_bytes());
+        if let Some(s) = search {
+            f.push(b'?');
+            f.extend_from_slice(s);
+        }
+        (*r).filename = pool.strdup(&f);
+        HOOK_OK
+    }
+}
+
+/// The scheme handler.
+///
+/// # Safety
+/// Called by mod_proxy on the request's thread with live arguments.
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_proxy_handler(
+    r: *mut ffi::request_rec,
+    worker: *mut c_void,
+    conf: *mut c_void,
+    url: *mut c_char,
+    _proxyname: *const c_char,
+    _proxyport: ffi::apr_port_t,
+) -> c_int {
+    guard("proxy handler", ffi::HTTP_INTERNAL_SERVER_ERROR as c_int, || {
+        // SAFETY: httpd passes the live request on this thread, mod_proxy's
+        // worker and server config, and the backend URL.
+        unsafe { handle(r, worker, conf, url) }
+    })
+}
+
+/// A backend URL: `h2c://authority/path?query`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target {
+    pub tls: bool,
+    /// As written in the URL (host[:port]), for :authority.
+    pub authority: String,
+    /// host:port, to connect to.
+    pub key: String,
+    pub path: String,
+}
+
+impl Target {
+    /// The TLS server name: the host, unless it is an IP literal.
+    pub fn sni(&self) -> Option<String> {
+        let host = match self.key.rfind(':') {
+            Some(i) => &self.key[..i],
+            None => &self.key,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host.parse::<std::net::IpAddr>().is_err() && !host.is_empty()).then(|| host.to_string())
+    }
+}
+
+pub fn parse_target(url: &str) -> Option<Target> {
+    // Compared as bytes: the prefixes are ASCII, so the slices after them
+    // fall on character boundaries.
+    let b = url.as_bytes();
+    let (tls, rest) = if b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"h2c://") {
+        (false, &url[6..])
+    } else if b.len() >= 5 && b[..5].eq_ignore_ascii_case(b"h2://") {
+        (true, &url[5..])
+    } else {
+        return None;
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return None;
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let has_port = match authority.rfind(':') {
+        Some(i) => !authority[i..].contains(']'),
+        None => false,
+    };
+    let key = if has_port { authority.to_string() } else { format!("{authority}:{default_port}") };
+    let path = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+    Some(Target { tls, authority: authority.to_string(), key, path })
+}
+
+/// Request fields never forwarded (connection-specific, or handled here).
+const HOP_BY_HOP: &[&[u8]] = &[
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"upgrade",
+    b"http2-settings",
+    b"expect",
+    b"te",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-server",
+    b"via",
+];
+
+/// What the request's head becomes on the backend stream (pure, tested).
+pub struct HeadRules<'a> {
+    pub method: &'a [u8],
+    pub tls: bool,
+    pub authority: &'a [u8],
+    pub path: &'a [u8],
+    pub fields: Vec<(&'a [u8], &'a [u8])>,
+    pub client_ip: Option<&'a [u8]>,
+    pub server_name: &'a [u8],
+    /// X-Forwarded-* (ProxyAddHeaders, reverse proxy only).
+    pub forwarded: bool,
+    /// The Via entry to append, or None; `via_block` drops existing ones.
+    pub via: Option<String>,
+    pub via_block: bool,
+    pub chain_auth: bool,
+}
+
+pub fn backend_fields(h: &HeadRules<'_>) -> Headers {
+    let mut out = Headers::with_capacity(h.fields.len() + 8, 512);
+    out.push(b":method", h.method);
+    out.push(b":scheme", if h.tls { b"https" } else { b"http" });
+    out.push(b":authority", h.authority);
+    out.push(b":path", h.path);
+    // Fields the Connection field names are connection-specific too.
+    let mut listed: Vec<Vec<u8>> = Vec::new();
+    for (n, v) in &h.fields {
+        if n.eq_ignore_ascii_case(b"connection") {
+            for t in v.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                if !t.is_empty() {
+                    listed.push(t.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    let join = |name: &[u8], add: Option<&[u8]>| -> Option<Vec<u8>> {
+        let mut v: Vec<u8> = Vec::new();
+        for (n, val) in &h.fields {
+            if n.eq_ignore_ascii_case(name) {
+                if !v.is_empty() {
+                    v.extend_from_slice(b", ");
+                }
+                v.extend_from_slice(val);
+            }
+        }
+        if let Some(a) = add {
+            if !v.is_empty() {
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(a);
+        }
+        (!v.is_empty()).then_some(v)
+    };
+    for (n, v) in &h.fields {
+        let lower = n.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_slice()) || listed.contains(&lower) {
+            if lower == b"te" && v.trim_ascii().eq_ignore_ascii_case(b"trailers") {
+                out.push(b"te", b"trailers");
+            }
+            continue;
+        }
+        if lower == b"proxy-authorization" && !h.chain_auth {
+            continue;
+        }
+        out.push(&lower, v);
+    }
+    let host = h.fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(b"host")).map(|(_, v)| *v);
+    if h.forwarded {
+        if let Some(v) = join(b"x-forwarded-for", h.client_ip) {
+            out.push(b"x-forwarded-for", &v);
+        }
+        if let Some(v) = join(b"x-forwarded-host", host) {
+            out.push(b"x-forwarded-host", &v);
+        }
+        if let Some(v) = join(b"x-forwarded-server", Some(h.server_name)) {
+            out.push(b"x-forwarded-server", &v);
+        }
+    } else {
+        for name in [&b"x-forwarded-for"[..], b"x-forwarded-host", b"x-forwarded-server"] {
+            if let Some(v) = join(name, None) {
+                out.push(name, &v);
+            }
+        }
+    }
+    if !h.via_block {
+        if let Some(v) = join(b"via", h.via.as_deref().map(str::as_bytes)) {
+            out.push(b"via", &v);
+        }
+    }
+    out
+}
+
+fn idempotent(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE")
+}
+
+/// The Via entry for this request ("2.0 host", "(Apache/x)" with Full).
+unsafe fn via_entry(r: *mut ffi::request_rec, via: c_int) -> Option<String> {
+    if via != 1 && via != 3 {
+        return None;
+    }
+    // SAFETY: caller contract (live request); server strings are static.
+    unsafe {
+        let proto = (*r).proto_num;
+        let name = cstr_lossy((*(*r).server).server_hostname);
+        let mut v = format!("{}.{} {}", proto / 1000, proto % 1000, name);
+        if via == 3 {
+            v.push_str(&format!(" ({})", cstr_lossy(ffi::ap_get_server_banner())));
+        }
+        Some(v)
+    }
+}
+
+fn cstr_lossy(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: a NUL-terminated string from httpd.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_void, url: *mut c_char) -> c_int {
+    // SAFETY: caller contract: `r` is the live request on this thread.
+    unsafe {
+        if r.is_null() || url.is_null() {
+            return HOOK_DECLINED;
+        }
+        let url_s = CStr::from_ptr(url).to_string_lossy().into_owned();
+        let Some(target) = parse_target(&url_s) else { return HOOK_DECLINED };
+        let Some(engine) = engine() else {
+            crate::log::request(r, Level::Error, "h2rs proxy: the proxy engine is not running");
+            return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
+        };
+        let mut params = ffi::h2rs_proxy_params { preserve_host: 0, add_forwarded: 1, via: 0, timeout: -1 };
+        ffi::h2rs_shim_proxy_params(r, worker, conf, &mut params);
+        let timeout_us = if params.timeout >= 0 { params.timeout } else { (*(*r).server).timeout };
+        let timeout = Duration::from_micros(timeout_us.max(1_000_000) as u64);
+
+        let (Some(hin), Some(env)) = (TableRef::from_raw((*r).headers_in), TableRef::from_raw((*r).subprocess_env)) else {
+            return ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
+        };
+        let fields = hin.entries();
+        let method = CStr::from_ptr((*r).method).to_bytes();
+        let host_in = hin.get(c"Host");
+        let authority: &[u8] = match (params.preserve_host != 0, host_in) {
+            (true, Some(h)) => h,
+            _ => target.authority.as_bytes(),
+        };
+        let client_ip = (!(*r).useragent_ip.is_null()).then(|| CStr::from_ptr((*r).useragent_ip).to_bytes());
+        let server_name = cstr_lossy((*(*r).server).server_hostname);
+        let via = via_entry(r, params.via);
+        let rules = HeadRules {
+            method,
+            tls: target.tls,
+            authority,
+            path: target.path.as_bytes(),
+            fields,
+            client_ip,
+            server_name: server_name.as_bytes(),
+            forwarded: params.add_forwarded != 0 && (*r).proxyreq == ffi::PROXYREQ_REVERSE as c_int,
+            via: via.clone(),
+            via_block: params.via == 2,
+            chain_auth: env.get(c"Proxy-Chain-Auth").is_some(),
+        };
+        let has_body = hin.get(c"Transfer-Encoding").is_some()
+            || hin.get(c"Content-Length").is_some_and(|v| v.trim_ascii() != b"0");
+        let scheme = if target.tls { "h2" } else { "h2c" };
+        let spec = RequestSpec {
+            key: format!("{scheme}://{}", target.key),
+            backend: format!("{scheme}://{}", target.key),
+            connect: target.key.clone(),
+            tls: target.tls,
+            sni: target.sni(),
+            fields: backend_fields(&rules),
+            has_body,
+            idempotent: idempotent(method),
+            timeout,
+            // The response's Via names the backend's protocol, HTTP/2.
+            via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
+        };
+        let task = Task::new(spec);
+        let c = (*r).connection;
+        let stream = if ffi::h2rs_shim_http2_loaded() != 0 && workers::current().is_some() {
+            c2::ctx_of(c).and_then(|ctx| ctx.stream.clone())
+        } else {
+            None
+        };
+        let front = stream.map(|s| C2Front::new(task.clone(), s));
+        if let Some(f) = &front {
+            task.set_front(f.clone());
+        }
+        engine.submit(task.clone());
+
+        if has_body {
+            // Connection failures come back here, as they do for
+            // mod_proxy_http: 503 lets mod_proxy fail over to another
+            // balancer member, before the body is read. (Without a body, the
+            // inline phase below waits for the dispatch just the same.)
+            if let Some(Failure::Status(s)) = task.wait_dispatched(task.spec.timeout) {
+                return s as c_int;
+            }
+            if let Err(status) = send_body(r, &task, &engine) {
+                if task.cancel() {
+                    engine.post(&task);
+                }
+                return status;
+            }
+        }
+        if let Some(front) = front {
+            // A fast backend answers within moments: finish here rather
+            // than pay for parking and resuming; a slow one frees the worker.
+            if let Some(status) = run_until(r, &task, &engine, true, Some(&front.stream)) {
+                return status;
+            }
+            if c2::suspend(c, front) {
+                return ffi::SUSPENDED;
+            }
+        }
+        run_until(r, &task, &engine, false, None).unwrap_or(ffi::HTTP_INTERNAL_SERVER_ERROR as c_int)
+    }
+}
+
+/// Streams the request body from the client to the engine.
+unsafe fn send_body(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine) -> Result<(), c_int> {
+    // SAFETY: caller contract; the brigade lives in the request pool.
+    unsafe {
+        let c = (*r).connection;
+        let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
+        let wait = task.spec.timeout;
+        loop {
+            let rv = ffi::ap_get_brigade((*r).input_filters, bb.as_ptr(), ffi::AP_MODE_READBYTES,
+                ffi::APR_BLOCK_READ, 64 * 1024);
+            if rv != 0 {
+                bb.cleanup();
+                crate::log::request(r, Level::Info, "h2rs proxy: reading the request body failed");
+                return Err(ffi::HTTP_BAD_REQUEST as c_int);
+            }
+            let mut eos = false;
+            let mut cur = bb.first();
+            while let Some(b) = cur {
+                cur = bb.next(&b);
+                if b.kind().is_eos() {
+                    eos = true;
+                    break;
+                }
+                if b.kind().is_metadata() {
+                    continue;
+                }
+                let data = match b.read(true) {
+                    Ok(d) => d,
+                    Err(_) => {
+                        bb.cleanup();
+                        return Err(ffi::HTTP_BAD_REQUEST as c_int);
+                    }
+                };
+                let (ok, post) = task.push_body(data, wait);
+                if post {
+                    engine.post(task);
+                }
+                if !ok {
+                    bb.cleanup();
+                    return Err(ffi::HTTP_BAD_GATEWAY as c_int);
+                }
+            }
+            bb.cleanup();
+            if eos {
+                // Request trailers (HTTP_IN or our stream input put them in
+                // r->trailers_in) follow the body to the backend.
+                let mut trailers = Headers::new();
+                if let Some(t) = TableRef::from_raw((*r).trailers_in) {
+                    t.for_each(|n, v| {
+                        let lower = n.to_ascii_lowercase();
+                        if !HOP_BY_HOP.contains(&lower.as_slice()) && !lower.is_empty() {
+                            trailers.push(&lower, v);
+                        }
+                    });
+                }
+                if task.end_body(Some(trailers)) {
+                    engine.post(task);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Runs the response on this thread: until it is done (HTTP/1.1 fronts
+/// and any request not on our stream connections), or with `inline`, until
+/// `INLINE_WAIT` after the request went out to the backend (then None: the
+/// caller suspends the request; a failure to reach the backend still comes
+/// back here, for mod_proxy's failover). With `stream`, only what the
+/// client stream has room for is passed on.
+unsafe fn run_until(
+    r: *mut ffi::request_rec,
+    task: &Arc<Task>,
+    engine: &Engine,
+    inline: bool,
+    stream: Option<&Arc<Stream>>,
+) -> Option<c_int> {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if inline && deadline.is_none() && task.is_dispatched() {
+            deadline = Some(Instant::now() + INLINE_WAIT);
+        }
+        let wait = match deadline {
+            Some(d) => d.checked_duration_since(Instant::now())?,
+            None => Duration::from_millis(500),
+        };
+        task.wait_news(wait);
+        let max = match stream {
+            Some(s) => s.out_limit.saturating_sub(s.output_queued()).min(PUMP_MAX),
+            None => PUMP_MAX,
+        };
+        // SAFETY: the request is live and ours (we are its handler).
+        match unsafe { pump(r, task, engine, max) } {
+            Pumped::More if max == 0 && inline => return None,
+            Pumped::More => {}
+            Pumped::Done(End::Complete) => return Some(HOOK_OK),
+            Pumped::Done(End::Status(s)) => return Some(s as c_int),
+            Pumped::Done(End::Abort) => {
+                // SAFETY: as above.
+                unsafe { (*(*r).connection).aborted = 1 };
+                return Some(ffi::HOOK_DONE);
+            }
+        }
+    }
+}
+
+// ---- the response on the front ---------------------------------------------
+
+enum End {
+    /// The response is complete; trailers are in r->trailers_out.
+    Complete,
+    /// No response: answer with this status.
+    Status(u16),
+    /// The response is broken off (backend reset or client gone).
+    Abort,
+}
+
+enum Pumped {
+    More,
+    Done(End),
+}
+
+/// Response fields that are connection-specific.
+const RESPONSE_HOP_BY_HOP: &[&[u8]] = &[b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
+
+/// Passes what the engine has for the request (at most `max_data` body
+/// bytes) through its output filters.
+unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_data: usize) -> Pumped {
+    let (t, post) = task.take(max_data);
+    if post {
+        engine.post(task);
+    }
+    // SAFETY: caller contract: `r` is live and owned by this thread.
+    unsafe {
+        if let (Some(Failure::Status(s)), None) = (t.failure, &t.head) {
+            return Pumped::Done(End::Status(s));
+        }
+        for head in t.interims {
+            send_interim(r, &head);
+        }
+        if let Some(head) = &t.head {
+            if ffi::h2rs_shim_proxy_should_override(r, head.status as c_int) != 0 {
+                // ProxyErrorOverride: a local error page instead of the
+                // backend's body.
+                if task.cancel() {
+                    engine.post(task);
+                }
+                return Pumped::Done(End::Status(head.status));
+            }
+            apply_head(r, head, task.spec.via.as_deref());
+        }
+        // A head without body yet (a stream of events, a long poll) goes
+        // out at once: a flush makes the response filters send it.
+        if !t.data.is_empty() || t.end || t.head.is_some() {
+            let c = (*r).connection;
+            let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
+            bb.push_copy(&t.data);
+            if t.end {
+                if let (Some(tr), Some(pool), Some(out)) =
+                    (&t.trailers, PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).trailers_out))
+                {
+                    for (n, v) in tr.iter() {
+                        ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), pool.strdup(v));
+                    }
+                }
+            } else {
+                bb.push_flush();
+            }
+            let rv = ffi::ap_pass_brigade((*r).output_filters, bb.as_ptr());
+            bb.cleanup();
+            ffi::apr_brigade_destroy(bb.as_ptr());
+            if rv != 0 || (*c).aborted != 0 {
+                if task.cancel() {
+                    engine.post(task);
+                }
+                return Pumped::Done(End::Abort);
+            }
+        }
+        if t.end {
+            return Pumped::Done(End::Complete);
+        }
+        if t.failure.is_some() {
+            return Pumped::Done(End::Abort);
+        }
+        Pumped::More
+    }
+}
+
+/// Sets the request's response status and fields from the backend's head.
+unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead, via: Option<&str>) {
+    // SAFETY: caller contract; strings are copied into the request pool.
+    unsafe {
+        let (Some(pool), Some(out)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).headers_out)) else {
+            return;
+        };
+        (*r).status = head.status as c_int;
+        for (n, v) in head.headers.iter() {
+            if RESPONSE_HOP_BY_HOP.contains(&n) {
+                continue;
+            }
+            let value = pool.strdup(v);
+            match n {
+                b"content-type" => ffi::ap_set_content_type(r, value),
+                b"location" | b"content-location" | b"uri" => {
+                    let mapped = ffi::h2rs_shim_proxy_reverse_map(r, value);
+                    ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), mapped);
+                }
+                _ => ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), value),
+            }
+        }
+        if let Some(v) = via {
+            ffi::apr_table_mergen(out.as_ptr(), c"Via".as_ptr(), pool.strdup(v.as_bytes()));
+        }
+    }
+}
+
+/// Sends a 1xx interim response (103 Early Hints...) to the client.
+unsafe fn send_interim(r: *mut ffi::request_rec, head: &ResponseHead) {
+    // SAFETY: caller contract; the saved table is restored before return.
+    unsafe {
+        let (Some(pool), Some(out)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).headers_out)) else {
+            return;
+        };
+        let saved = ffi::apr_table_copy((*r).pool, out.as_ptr());
+        out.clear();
+        for (n, v) in head.headers.iter() {
+            ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), pool.strdup(v));
+        }
+        let (status, line) = ((*r).status, (*r).status_line);
+        (*r).status = head.status as c_int;
+        let text = match head.status {
+            100 => "100 Continue".to_string(),
+            102 => "102 Processing".to_string(),
+            103 => "103 Early Hints".to_string(),
+            s => format!("{s} Interim"),
+        };
+        (*r).status_line = pool.strdup(text.as_bytes());
+        ffi::ap_send_interim_response(r, 1);
+        (*r).status = status;
+        (*r).status_line = line;
+        (*r).headers_out = saved;
+    }
+}
+
+/// Ends a resumed request the way httpd ends one whose handler returned.
+unsafe fn finish_request(r: *mut ffi::request_rec, end: End) {
+    // SAFETY: caller contract: the request is live and ours.
+    unsafe {
+        match end {
+            End::Complete => ffi::ap_finalize_request_protocol(r),
+            End::Status(s) => ffi::ap_die(s as c_int, r),
+            End::Abort => (*(*r).connection).aborted = 1,
+        }
+        ffi::ap_process_request_after_handler(r);
+    }
+}
+
+// ---- the c2 front: resumed on workers --------------------------------------
+
+enum Slot {
+    /// A thread runs the request; `dirty`: the engine had news meanwhile.
+    Running { dirty: bool },
+    Parked(Parked),
+    /// A resume job is queued.
+    Scheduled,
+    Done,
+}
+
+struct C2Front {
+    task: Arc<Task>,
+    stream: Arc<Stream>,
+    slot: Mutex<Slot>,
+    me: Weak<C2Front>,
+}
+
+impl C2Front {
+    fn new(task: Arc<Task>, stream: Arc<Stream>) -> Arc<C2Front> {
+        Arc::new_cyclic(|me| C2Front { task, stream, slot: Mutex::new(Slot::Running { dirty: false }), me: me.clone() })
+    }
+
+    /// Queues a resume job for the parked request.
+    fn schedule(&self, parked: Parked) {
+        let Some(me) = self.me.upgrade() else { return };
+        let job: workers::Job = Box::new(move |w: &WorkerCtx| me.run(parked, w));
+        let Some(pool) = workers::current() else {
+            crate::log::server_crit("h2rs proxy: no worker pool to resume a request on");
+            return;
+        };
+        if let Err(job) = pool.submit(job) {
+            // The pool is stopping: run it here (engine threads are
+            // registered with APR, and this request has no other owner).
+            let ctx = WorkerCtx { slot: 255, thread: crate::hooks::current_thread() };
+            job(&ctx);
+        }
+    }
+
+    fn run(&self, mut parked: Parked, w: &WorkerCtx) {
+        let Some(engine) = engine() else {
+            // Stopping: finish what can be finished.
+            *self.slot.lock() = Slot::Running { dirty: false };
+            let task = self.task.clone();
+            task.fail(503);
+            let _ = parked.resume(w, |r| {
+                // SAFETY: the resumed request is ours on this thread.
+                unsafe { finish_request(r, End::Abort) };
+                true
+            });
+            *self.slot.lock() = Slot::Done;
+            return;
+        };
+        let Some(me) = self.me.upgrade() else { return };
+        let waker: Arc<dyn Wake> = me;
+        loop {
+            *self.slot.lock() = Slot::Running { dirty: false };
+            let task = self.task.clone();
+            // Only what the client's stream has room for: a slow client
+            // leaves the rest with the engine (and the backend's window
+            // closed) instead of blocking this worker.
+            let room = self.stream.output_room(&waker).min(PUMP_MAX);
+            let again = parked.resume(w, |r| {
+                // SAFETY: the resumed request is ours on this thread.
+                unsafe {
+                    match pump(r, &task, &engine, room) {
+                        Pumped::More => false,
+                        Pumped::Done(end) => {
+                            finish_request(r, end);
+                            true
+                        }
+                    }
+                }
+            });
+            let Some(p) = again else {
+                *self.slot.lock() = Slot::Done;
+                return;
+            };
+            let mut slot = self.slot.lock();
+            // Without room, the stream's output watch resumes us (news from
+            // the engine is data that must wait anyway, or sets `dirty`).
+            let news = if room == 0 { false } else { self.task.has_news() };
+            if matches!(*slot, Slot::Running { dirty: true }) || news {
+                drop(slot);
+                parked = p;
+                continue;
+            }
+            *slot = Slot::Parked(p);
+            return;
+        }
+    }
+}
+
+impl Front for C2Front {
+    fn wake(&self) {
+        let parked = {
+            let mut slot = self.slot.lock();
+            match &mut *slot {
+                Slot::Running { dirty } => {
+                    *dirty = true;
+                    None
+                }
+                Slot::Parked(_) => match std::mem::replace(&mut *slot, Slot::Scheduled) {
+                    Slot::Parked(p) => Some(p),
+                    _ => None,
+                },
+                Slot::Scheduled | Slot::Done => None,
+            }
+        };
+        if let Some(p) = parked {
+            self.schedule(p);
+        }
+    }
+
+    fn gone(&self) -> bool {
+        self.stream.is_aborted()
+    }
+}
+
+impl Wake for C2Front {
+    fn wake(&self) {
+        Front::wake(self);
+    }
+}
+
+impl Resume for C2Front {
+    fn park(&self, parked: Parked) {
+        let now = {
+            let mut slot = self.slot.lock();
+            if matches!(*slot, Slot::Running { dirty: true }) || self.task.has_news() {
+                *slot = Slot::Scheduled;
+                Some(parked)
+            } else {
+                *slot = Slot::Parked(parked);
+                None
+            }
+        };
+        if let Some(p) = now {
+            self.schedule(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let t = parse_target("h2c://127.0.0.1:8080/api/x?y=1").unwrap();
+        assert_eq!(t.key, "127.0.0.1:8080");
+        assert_eq!(t.path, "/api/x?y=1");
+        assert!(!t.tls);
+        let t = parse_target("h2c://backend").unwrap();
+        assert_eq!((t.key.as_str(), t.path.as_str()), ("backend:80", "/"));
+        let t = parse_target("h2://[::1]/x").unwrap();
+        assert_eq!(t.key, "[::1]:443");
+        assert_eq!(t.sni(), None);
+        assert_eq!(parse_target("h2://b.test:8443/").unwrap().sni().as_deref(), Some("b.test"));
+        assert!(parse_target("http://x/").is_none());
+        assert!(parse_target("h2cé://x/").is_none());
+        assert!(parse_target("h2c://").is_none());
+    }
+
+    #[test]
+    fn builds_backend_fields() {
+        let fields: Vec<(&[u8], &[u8])> = vec![
+            (b"Host", b"front.example"),
+            (b"Connection", b"keep-alive, X-Secret"),
+            (b"X-Secret", b"1"),
+            (b"Accept", b"*/*"),
+            (b"X-Forwarded-For", b"10.0.0.1"),
+            (b"TE", b"trailers"),
+            (b"Proxy-Authorization", b"Basic x"),
+        ];
+        let h = HeadRules {
+            method: b"GET",
+            tls: false,
+            authority: b"127.0.0.1:9",
+            path: b"/p",
+            fields,
+            client_ip: Some(b"127.0.0.1"),
+            server_name: b"front",
+            forwarded: true,
+            via: Some("2.0 front".into()),
+            via_block: false,
+            chain_auth: false,
+        };
+        let out = backend_fields(&h);
+        let got: Vec<(String, String)> = out
+            .iter()
+            .map(|(n, v)| (String::from_utf8_lossy(n).into(), String::from_utf8_lossy(v).into()))
+            .collect();
+        let get = |n: &str| got.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(got[0], (":method".into(), "GET".into()));
+        assert_eq!(get(":authority"), Some("127.0.0.1:9"));
+        assert_eq!(get("accept"), Some("*/*"));
+        assert_eq!(get("x-secret"), None);
+        assert_eq!(get("host"), None);
+        assert_eq!(get("connection"), None);
+        assert_eq!(get("proxy-authorization"), None);
+        assert_eq!(get("te"), Some("trailers"));
+        assert_eq!(get("x-forwarded-for"), Some("10.0.0.1, 127.0.0.1"));
+        assert_eq!(get("x-forwarded-host"), Some("front.example"));
+        assert_eq!(get("x-forwarded-server"), Some("front"));
+        assert_eq!(get("via"), Some("2.0 front"));
+    }
+}

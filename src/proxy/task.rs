@@ -1,0 +1,468 @@
+//! One proxied request as the front (httpd's request) and the engine (the
+//! backend connection's event loop) share it. Pure: no httpd, no nghttp2.
+//!
+//! ```text
+//! front (handler / resume job)                engine (event loop thread)
+//! ----------------------------                --------------------------
+//! push_body / end_body  --> body queue   --> read_data (DATA frames)
+//! take()                <-- response     <-- on_interim / on_head / on_data / on_end / fail
+//! take(): consumed n    --> consume      --> nghttp2_session_consume (WINDOW_UPDATE)
+//! cancel()              --> cancelled    --> RST_STREAM(CANCEL)
+//!         front wake-up <-- Front::wake  <-- any of the above
+//! ```
+//!
+//! The response buffer is bounded by the backend stream's receive window:
+//! the engine reopens that window only for bytes the front has taken, so a
+//! slow client slows the backend stream instead of growing memory.
+
+use crate::stream::{ByteQueue, Headers, ResponseHead};
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The request body waits in its queue up to this many bytes; the front
+/// (reading the client) waits for the engine beyond that.
+pub const BODY_QUEUE_LIMIT: usize = 256 * 1024;
+
+/// Why a proxied request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Before any response: answer with this status (502, 503, 504).
+    Status(u16),
+    /// After the response began (or the client left): abort the response.
+    Abort,
+}
+
+/// What the engine needs to send the request.
+pub struct RequestSpec {
+    /// "h2c://host:port" or "h2://host:port": connections are shared per key.
+    pub key: String,
+    /// For the error log (the key, as a rule).
+    pub backend: String,
+    /// "host:port" to connect to.
+    pub connect: String,
+    /// TLS (`h2://`), with this server name (none for an IP literal).
+    pub tls: bool,
+    pub sni: Option<String>,
+    /// :method, :scheme, :authority, :path first, then the fields.
+    pub fields: Headers,
+    pub has_body: bool,
+    /// A retry is allowed after a connection loss (the method is idempotent).
+    pub idempotent: bool,
+    pub timeout: Duration,
+    /// The Via entry the front adds to the response (ProxyVia).
+    pub via: Option<String>,
+}
+
+/// How the engine reaches the front when there is news.
+pub trait Front: Send + Sync {
+    /// Called with the task's lock released.
+    fn wake(&self);
+    /// The client is gone (e.g. the HTTP/2 stream was reset).
+    fn gone(&self) -> bool {
+        false
+    }
+}
+
+/// What the front takes in one go.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub interims: Vec<ResponseHead>,
+    pub head: Option<ResponseHead>,
+    pub data: Vec<u8>,
+    /// The response is complete (trailers, if any, come with it).
+    pub end: bool,
+    pub trailers: Option<Headers>,
+    pub failure: Option<Failure>,
+}
+
+impl Taken {
+    pub fn is_empty(&self) -> bool {
+        self.interims.is_empty()
+            && self.head.is_none()
+            && self.data.is_empty()
+            && !self.end
+            && self.failure.is_none()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    // engine -> front
+    interims: Vec<ResponseHead>,
+    head: Option<ResponseHead>,
+    head_seen: bool,
+    data: ByteQueue,
+    end: bool,
+    trailers: Option<Headers>,
+    failure: Option<Failure>,
+    // front -> engine
+    body: ByteQueue,
+    body_end: bool,
+    body_trailers: Option<Headers>,
+    body_taken: u64,
+    consumed: usize,
+    cancelled: bool,
+    /// The request went out on a backend connection.
+    dispatched: bool,
+    /// The engine has been told to look at the task and has not yet.
+    engine_posted: bool,
+}
+
+/// A proxied request. Shared (Arc) by the front and the engine.
+pub struct Task {
+    pub id: u64,
+    pub spec: RequestSpec,
+    state: Mutex<State>,
+    cond: Condvar,
+    front: Mutex<Option<Arc<dyn Front>>>,
+    /// Engine-side bookkeeping, only touched by the engine's thread.
+    pub engine: Mutex<EngineSide>,
+    /// Listed for `publish` in the engine's current batch.
+    news_marked: AtomicBool,
+}
+
+/// Owned by the engine's loop thread (behind a lock only to be Sync).
+#[derive(Default)]
+pub struct EngineSide {
+    pub conn: u64,
+    pub stream_id: i32,
+    pub started: bool,
+    pub retried: bool,
+    pub deadline: Option<Instant>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Task {
+    pub fn new(spec: RequestSpec) -> Arc<Task> {
+        Arc::new(Task {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            spec,
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+            front: Mutex::new(None),
+            engine: Mutex::new(EngineSide::default()),
+            news_marked: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_front(&self, front: Arc<dyn Front>) {
+        *self.front.lock() = Some(front);
+    }
+
+    fn wake_front(&self) {
+        self.cond.notify_all();
+        let front = self.front.lock().clone();
+        if let Some(f) = front {
+            f.wake();
+        }
+    }
+
+    pub fn front_gone(&self) -> bool {
+        let front = self.front.lock().clone();
+        front.is_some_and(|f| f.gone())
+    }
+
+    // ---- engine side ------------------------------------------------------
+
+    /// Marks the engine's look as done; returns whether it must be told
+    /// again next time (see `post_engine`).
+    pub fn engine_seen(&self) {
+        self.state.lock().engine_posted = false;
+    }
+
+    /// True if the caller must wake the engine for this task (it was not
+    /// already told).
+    fn mark_posted(state: &mut State) -> bool {
+        !std::mem::replace(&mut state.engine_posted, true)
+    }
+
+    /// Response parts from the engine (`on_*`) do not wake the front: the
+    /// engine calls `publish` once per batch of frames it parsed.
+    pub fn on_interim(&self, head: ResponseHead) {
+        self.state.lock().interims.push(head);
+    }
+
+    pub fn on_head(&self, head: ResponseHead) {
+        {
+            let mut s = self.state.lock();
+            s.head = Some(head);
+            s.head_seen = true;
+        }
+    }
+
+    pub fn on_data(&self, data: &[u8]) {
+        self.state.lock().data.push(data);
+    }
+
+    pub fn on_end(&self, trailers: Option<Headers>) {
+        {
+            let mut s = self.state.lock();
+            s.end = true;
+            s.trailers = trailers;
+        }
+    }
+
+    /// Tells the front about the parts the engine added (`on_*`). Returns
+    /// false if the task was already marked for this batch.
+    pub fn mark_news(&self) -> bool {
+        !self.news_marked.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes the front once for the parts of this batch.
+    pub fn publish(&self) {
+        self.news_marked.store(false, Ordering::Release);
+        self.wake_front();
+    }
+
+    /// Fails the request: a status while no response head was seen, an
+    /// abort after. Ignored once the response ended or failed.
+    pub fn fail(&self, status: u16) -> Failure {
+        let f = {
+            let mut s = self.state.lock();
+            if s.end || s.failure.is_some() {
+                return s.failure.unwrap_or(Failure::Abort);
+            }
+            let f = if s.head_seen || s.cancelled { Failure::Abort } else { Failure::Status(status) };
+            s.failure = Some(f);
+            f
+        };
+        self.wake_front();
+        f
+    }
+
+    /// The request is on its way to the backend (on a connection whose
+    /// SETTINGS arrived).
+    pub fn set_dispatched(&self) {
+        self.state.lock().dispatched = true;
+        self.cond.notify_all();
+    }
+
+    pub fn is_dispatched(&self) -> bool {
+        self.state.lock().dispatched
+    }
+
+    pub fn response_started(&self) -> bool {
+        let s = self.state.lock();
+        s.head_seen || !s.interims.is_empty() || s.end
+    }
+
+    /// Nothing of the request body left the queue yet (a retry can resend
+    /// the request as it was).
+    pub fn body_untouched(&self) -> bool {
+        self.state.lock().body_taken == 0
+    }
+
+    pub fn is_finished(&self) -> bool {
+        let s = self.state.lock();
+        s.end || s.failure.is_some()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.state.lock().cancelled
+    }
+
+    /// Bytes the front took since the last call (to reopen the window).
+    pub fn take_consumed(&self) -> usize {
+        std::mem::take(&mut self.state.lock().consumed)
+    }
+
+    /// Request body for a DATA frame: `Some((n, eof, trailers))`, or None
+    /// when the engine must wait for the front (deferred).
+    pub fn read_body(&self, buf: &mut [u8]) -> Option<(usize, bool, Option<Headers>)> {
+        let r = {
+            let mut s = self.state.lock();
+            let n = s.body.take_into(buf);
+            s.body_taken += n as u64;
+            if n == 0 && !s.body_end && !s.cancelled {
+                None
+            } else {
+                let eof = s.body_end && s.body.is_empty() || s.cancelled;
+                let trailers = if eof && !s.cancelled { s.body_trailers.take() } else { None };
+                Some((n, eof, trailers))
+            }
+        };
+        self.cond.notify_all();
+        r
+    }
+
+    // ---- front side -------------------------------------------------------
+
+    /// Takes what the engine produced, up to `max_data` body bytes, and
+    /// credits them for the backend's flow control. Returns whether the
+    /// engine must be woken (window to reopen).
+    pub fn take(&self, max_data: usize) -> (Taken, bool) {
+        let mut s = self.state.lock();
+        let data = s.data.take_vec(max_data);
+        let mut post = false;
+        if !data.is_empty() {
+            s.consumed += data.len();
+            // Once the backend ended the stream its window no longer
+            // matters (the engine credits the connection at close).
+            if !s.end {
+                post = Task::mark_posted(&mut s);
+            }
+        }
+        let end = s.end && s.data.is_empty();
+        let taken = Taken {
+            interims: std::mem::take(&mut s.interims),
+            head: s.head.take(),
+            data,
+            end,
+            trailers: if end { s.trailers.take() } else { None },
+            // A failure is reported once the data before it is taken.
+            failure: if s.data.is_empty() { s.failure } else { None },
+        };
+        (taken, post)
+    }
+
+    /// Something for `take` to return.
+    pub fn has_news(&self) -> bool {
+        let s = self.state.lock();
+        !s.interims.is_empty() || s.head.is_some() || !s.data.is_empty() || s.end || s.failure.is_some()
+    }
+
+    /// Waits (blocking front) until there is news or `timeout` passes.
+    pub fn wait_news(&self, timeout: Duration) {
+        let mut s = self.state.lock();
+        let news = |s: &State| !s.interims.is_empty() || s.head.is_some() || !s.data.is_empty() || s.end || s.failure.is_some();
+        if !news(&s) {
+            self.cond.wait_for(&mut s, timeout);
+        }
+    }
+
+    /// Waits until the request went out to the backend or failed (so that
+    /// the handler can still return 503 to mod_proxy, which then fails
+    /// over to another balancer member). The failure, if any.
+    pub fn wait_dispatched(&self, timeout: Duration) -> Option<Failure> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock();
+        while !s.dispatched && s.failure.is_none() {
+            if self.cond.wait_until(&mut s, deadline).timed_out() {
+                break;
+            }
+        }
+        s.failure
+    }
+
+    /// Queues request body bytes, waiting while the queue is full. Returns
+    /// false when the request failed or was cancelled (stop reading), and
+    /// whether the engine must be woken.
+    pub fn push_body(&self, data: &[u8], limit_wait: Duration) -> (bool, bool) {
+        let mut s = self.state.lock();
+        let deadline = Instant::now() + limit_wait;
+        while s.body.len() >= BODY_QUEUE_LIMIT && s.failure.is_none() && !s.cancelled && !s.end {
+            if self.cond.wait_until(&mut s, deadline).timed_out() {
+                return (false, false);
+            }
+        }
+        if s.failure.is_some() || s.cancelled {
+            return (false, false);
+        }
+        if s.end {
+            // The backend answered before it read the whole body: the rest
+            // is read from the client and dropped.
+            return (true, false);
+        }
+        s.body.push(data);
+        (true, Task::mark_posted(&mut s))
+    }
+
+    /// The request body is complete, with the request's trailers if any.
+    /// Returns whether to wake the engine.
+    pub fn end_body(&self, trailers: Option<Headers>) -> bool {
+        let mut s = self.state.lock();
+        s.body_end = true;
+        s.body_trailers = trailers.filter(|t| !t.is_empty());
+        Task::mark_posted(&mut s)
+    }
+
+    /// The front gives up (client gone, output failed). Returns whether to
+    /// wake the engine.
+    pub fn cancel(&self) -> bool {
+        let post = {
+            let mut s = self.state.lock();
+            s.cancelled = true;
+            if s.failure.is_none() && !s.end {
+                s.failure = Some(Failure::Abort);
+            }
+            Task::mark_posted(&mut s)
+        };
+        // The front may be parked (the engine cancels for a client that
+        // is gone): it must run once more to end the request.
+        self.wake_front();
+        post
+    }
+
+    /// Marks the task as posted to the engine (the first submission).
+    pub fn mark_submitted(&self) {
+        self.state.lock().engine_posted = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RequestSpec {
+        RequestSpec {
+            key: "h2c://127.0.0.1:1".into(),
+            backend: "h2c://127.0.0.1:1".into(),
+            connect: "127.0.0.1:1".into(),
+            tls: false,
+            sni: None,
+            fields: Headers::new(),
+            has_body: true,
+            idempotent: true,
+            timeout: Duration::from_secs(1),
+            via: None,
+        }
+    }
+
+    #[test]
+    fn response_flows_and_credits_consumption() {
+        let t = Task::new(spec());
+        t.on_head(ResponseHead { status: 200, headers: Headers::new() });
+        t.on_data(b"hello");
+        let (taken, post) = t.take(3);
+        assert_eq!(taken.head.map(|h| h.status), Some(200));
+        assert_eq!(taken.data, b"hel");
+        assert!(post);
+        assert!(!taken.end);
+        t.engine_seen();
+        t.on_end(None);
+        // Failure after the head is an abort, and the end wins anyway.
+        assert_eq!(t.fail(502), Failure::Abort);
+        let (taken, post) = t.take(100);
+        assert_eq!(taken.data, b"lo");
+        assert!(taken.end);
+        assert!(!post, "no window to reopen once the backend ended the stream");
+        assert_eq!(t.take_consumed(), 5);
+    }
+
+    #[test]
+    fn failure_before_head_is_a_status() {
+        let t = Task::new(spec());
+        assert_eq!(t.fail(504), Failure::Status(504));
+        let (taken, _) = t.take(10);
+        assert_eq!(taken.failure, Some(Failure::Status(504)));
+    }
+
+    #[test]
+    fn body_queue_reads_and_ends() {
+        let t = Task::new(spec());
+        let mut buf = [0u8; 4];
+        assert_eq!(t.read_body(&mut buf), None);
+        let mut trailers = Headers::new();
+        trailers.push(b"x-sum", b"1");
+        assert!(t.push_body(b"abcdef", Duration::from_secs(1)).0);
+        assert_eq!(t.read_body(&mut buf), Some((4, false, None)));
+        assert!(!t.body_untouched());
+        t.end_body(Some(trailers.clone()));
+        assert_eq!(t.read_body(&mut buf), Some((2, true, Some(trailers))));
+        t.cancel();
+        assert!(!t.push_body(b"x", Duration::from_secs(1)).0);
+    }
+}

@@ -1,0 +1,240 @@
+"""An HTTP/2 (h2c, prior knowledge) backend for the proxy tests, run as its
+own process:
+    python h2backend.py PORT [MAX_CONCURRENT_STREAMS [CERT KEY]]
+(with CERT and KEY: TLS with ALPN h2)
+Paths (query parameters after ?):
+  /delay?s=1          -> after s seconds, 200 "ok conn=N stream=M path=..."
+  /headers            -> 200, JSON of the request's fields (pseudo ones too)
+  POST /echo          -> 200 "length=N sha256=HEX" of the request body, its
+                         trailers as JSON in x-request-trailers
+  /trailers           -> 200 "hello" + trailers grpc-status: 0, grpc-message: fine
+  /early              -> 103 (link) then 200 "early"
+  /reset              -> RST_STREAM(INTERNAL_ERROR) before any response
+  /reset-mid          -> 200, 10000 bytes, then RST_STREAM(INTERNAL_ERROR)
+  /goaway?t=TOKEN     -> first time per token: GOAWAY(last stream = 0), close
+                         (the request was not processed); then 200 "retried"
+  /goaway-after       -> 200 "bye" and GOAWAY(last stream = this one): later
+                         requests must use a new connection
+  /big?n=BYTES        -> n bytes (pattern), flow-controlled
+  /stream?n=3         -> 200 at once, then n events 0.5 s apart
+  /redirect           -> 302 to http://127.0.0.1:PORT/elsewhere
+  /stats              -> JSON {"connections": N, "max_streams": M} (the most
+                         streams seen open at once on one connection)
+"""
+import asyncio
+import hashlib
+import ssl
+import json
+import sys
+import urllib.parse
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+
+PORT = int(sys.argv[1])
+MAX_STREAMS = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+TLS = None
+if len(sys.argv) > 4:
+    TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    TLS.load_cert_chain(sys.argv[3], sys.argv[4])
+    TLS.set_alpn_protocols(["h2"])
+STATS = {"connections": 0, "max_streams": 0}
+SEEN_TOKENS = set()
+
+
+class Conn:
+    def __init__(self, reader, writer, number):
+        self.reader, self.writer, self.number = reader, writer, number
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
+        self.bodies = {}
+        self.heads = {}
+        self.trailers = {}
+        self.open = set()
+        self.window = asyncio.Event()
+        self.closed = False
+
+    def flush(self):
+        data = self.h2.data_to_send()
+        if data and not self.closed:
+            self.writer.write(data)
+
+    async def send_body(self, sid, data, end=True):
+        view = memoryview(data)
+        while len(view):
+            try:
+                window = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
+            except Exception:
+                return
+            if window <= 0:
+                self.window.clear()
+                await self.window.wait()
+                continue
+            self.h2.send_data(sid, bytes(view[:window]))
+            view = view[window:]
+            self.flush()
+            await self.writer.drain()
+        if end:
+            self.h2.end_stream(sid)
+            self.flush()
+
+    async def respond(self, sid, status, body, headers=(), trailers=None):
+        hdrs = [(":status", str(status)), ("content-type", "text/plain")] + list(headers)
+        if trailers is None:
+            hdrs.append(("content-length", str(len(body))))
+        self.h2.send_headers(sid, hdrs, end_stream=not body and trailers is None)
+        self.flush()
+        if body:
+            await self.send_body(sid, body, end=trailers is None)
+        if trailers is not None:
+            self.h2.send_headers(sid, trailers, end_stream=True)
+            self.flush()
+
+    async def handle(self, sid):
+        head = self.heads[sid]
+        body = bytes(self.bodies.get(sid, b""))
+        path = head.get(":path", "/")
+        url = urllib.parse.urlsplit(path)
+        q = dict(urllib.parse.parse_qsl(url.query))
+        route = url.path
+        try:
+            if route == "/delay":
+                await asyncio.sleep(float(q.get("s", "1")))
+                await self.respond(sid, 200, f"ok port={PORT} conn={self.number} stream={sid} path={path}\n".encode())
+            elif route == "/headers":
+                await self.respond(sid, 200, json.dumps(head).encode(), [("x-backend-conn", str(self.number))])
+            elif route == "/echo":
+                trailers = json.dumps(self.trailers.get(sid, {}))
+                await self.respond(sid, 200, f"length={len(body)} sha256={hashlib.sha256(body).hexdigest()}".encode(),
+                                   [("x-request-trailers", trailers)])
+            elif route == "/trailers":
+                await self.respond(sid, 200, b"hello", trailers=[("grpc-status", "0"), ("grpc-message", "fine")])
+            elif route == "/early":
+                self.h2.send_headers(sid, [(":status", "103"), ("link", "</style.css>; rel=preload; as=style")])
+                self.flush()
+                await asyncio.sleep(0.2)
+                await self.respond(sid, 200, b"early")
+            elif route == "/reset":
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                self.flush()
+            elif route == "/reset-mid":
+                self.h2.send_headers(sid, [(":status", "200"), ("content-type", "application/octet-stream")])
+                self.flush()
+                await self.send_body(sid, b"x" * 10000, end=False)
+                await asyncio.sleep(0.3)
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                self.flush()
+            elif route == "/goaway":
+                token = q.get("t", "")
+                if token not in SEEN_TOKENS:
+                    SEEN_TOKENS.add(token)
+                    self.h2.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=0)
+                    self.flush()
+                    await self.writer.drain()
+                    await asyncio.sleep(0.2)
+                    self.closed = True
+                    self.writer.close()
+                    return
+                await self.respond(sid, 200, f"retried conn={self.number}\n".encode())
+            elif route == "/goaway-after":
+                await self.respond(sid, 200, f"bye conn={self.number}\n".encode())
+                self.h2.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=sid)
+                self.flush()
+            elif route == "/big":
+                n = int(q.get("n", "1000000"))
+                pattern = bytes(range(256)) * (n // 256 + 1)
+                self.h2.send_headers(sid, [(":status", "200"), ("content-length", str(n)),
+                                           ("content-type", "application/octet-stream")])
+                self.flush()
+                await self.send_body(sid, pattern[:n])
+            elif route == "/stream":
+                self.h2.send_headers(sid, [(":status", "200"), ("content-type", "text/event-stream")])
+                self.flush()
+                await self.writer.drain()
+                for i in range(int(q.get("n", "3"))):
+                    await asyncio.sleep(0.5)
+                    await self.send_body(sid, f"event {i}\n".encode(), end=False)
+                self.h2.end_stream(sid)
+                self.flush()
+            elif route == "/redirect":
+                await self.respond(sid, 302, b"", [("location", f"http://127.0.0.1:{PORT}/elsewhere")])
+            elif route == "/stats":
+                await self.respond(sid, 200, json.dumps(STATS).encode())
+            else:
+                await self.respond(sid, 404, b"not here\n")
+        except Exception:
+            pass
+        finally:
+            if not self.closed:
+                try:
+                    await self.writer.drain()
+                except Exception:
+                    pass
+
+    async def run(self):
+        self.h2.initiate_connection()
+        self.flush()
+        while not self.closed:
+            try:
+                data = await self.reader.read(65536)
+            except Exception:
+                break
+            if not data:
+                break
+            try:
+                events = self.h2.receive_data(data)
+            except Exception:
+                break
+            for ev in events:
+                if isinstance(ev, h2.events.RequestReceived):
+                    self.heads[ev.stream_id] = {k.decode(): v.decode() for k, v in ev.headers}
+                    self.open.add(ev.stream_id)
+                    STATS["max_streams"] = max(STATS["max_streams"], len(self.open))
+                elif isinstance(ev, h2.events.DataReceived):
+                    self.bodies.setdefault(ev.stream_id, bytearray()).extend(ev.data)
+                    if ev.flow_controlled_length:
+                        self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    self.trailers[ev.stream_id] = {k.decode(): v.decode() for k, v in ev.headers}
+                elif isinstance(ev, h2.events.StreamEnded):
+                    if ev.stream_id in self.heads:
+                        asyncio.ensure_future(self.handle(ev.stream_id))
+                elif isinstance(ev, h2.events.StreamReset):
+                    self.open.discard(ev.stream_id)
+                elif isinstance(ev, h2.events.WindowUpdated):
+                    self.window.set()
+            for sid in list(self.open):
+                try:
+                    if self.h2.streams.get(sid) is None or self.h2.streams[sid].closed:
+                        self.open.discard(sid)
+                except Exception:
+                    self.open.discard(sid)
+            self.flush()
+            try:
+                await self.writer.drain()
+            except Exception:
+                break
+        self.closed = True
+        self.window.set()
+        try:
+            self.writer.close()
+        except Exception:
+            pass
+
+
+async def serve(reader, writer):
+    STATS["connections"] += 1
+    await Conn(reader, writer, STATS["connections"]).run()
+
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", PORT, ssl=TLS)
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())

@@ -1,0 +1,460 @@
+"""proxy_http2_module: the reverse proxy to HTTP/2 (h2c) backends, against a
+real HTTP/2 backend (tests/h2backend.py) started by the tests: multiplexing
+on shared backend connections, few workers serving many slow requests,
+GOAWAY and reset handling, uploads, trailers, 103, header rules, balancer,
+behind HTTP/2 and HTTP/1.1 fronts."""
+import hashlib
+import json
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import MODDIR, MODULE, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend
+from h2client import H2Client
+
+
+@pytest.fixture(scope="module")
+def backends(certs):
+    """Four backends: two ordinary ones (the balancer's members), one that
+    allows only 10 concurrent streams per connection, one over TLS."""
+    crt, key = certs.main
+    started = [spawn_backend("h2backend.py", 1000), spawn_backend("h2backend.py", 1000),
+               spawn_backend("h2backend.py", 10), spawn_backend("h2backend.py", 1000, crt, key)]
+    yield [p for p, _ in started]
+    for _, proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def proxy_conf(b1, b2, b3, b4):
+    return f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_http2_module {MODULE}
+LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
+LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
+LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
+ProxyTimeout 30
+ProxyVia On
+ProxyPass /api/ h2c://127.0.0.1:{b1}/
+ProxyPassReverse /api/ http://127.0.0.1:{b1}/
+ProxyPass /short/ h2c://localhost:{b1}/ timeout=1
+ProxyPass /narrow/ h2c://127.0.0.1:{b3}/
+ProxyPass /tls/ h2://localhost:{b4}/
+ProxyPass /down/ h2c://127.0.0.1:{free_port()}/
+ProxyPass /pp/ h2c://127.0.0.1:{b1}/
+<Location /pp/>
+  ProxyPreserveHost On
+</Location>
+<Proxy balancer://pair>
+  BalancerMember h2c://127.0.0.1:{b1}
+  BalancerMember h2c://127.0.0.1:{b2}
+</Proxy>
+ProxyPass /bal/ balancer://pair/
+<Proxy balancer://half>
+  BalancerMember h2c://127.0.0.1:{free_port()}
+  BalancerMember h2c://127.0.0.1:{b2}
+</Proxy>
+ProxyPass /half/ balancer://half/
+ProxyPass /eo/ h2c://127.0.0.1:{b1}/
+<Location /eo/>
+  ProxyErrorOverride On
+</Location>
+"""
+
+
+@pytest.fixture(scope="module")
+def proxy(workdir, docroot, backends):
+    h = Httpd(workdir, docroot, name="proxy", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5",
+              extra=proxy_conf(*backends))
+    h.start()
+    yield h
+    h.stop()
+    h.check_log()
+
+
+def stats(port):
+    r = curl("--http2-prior-knowledge", f"http://127.0.0.1:{port}/stats")
+    return json.loads(r.stdout)
+
+
+def stats_tls(port):
+    r = curl("-k", "--http2", f"https://127.0.0.1:{port}/stats")
+    return json.loads(r.stdout)
+
+
+def get(proxy, path, *args, h1=False):
+    proto = ["--http1.1"] if h1 else ["--http2-prior-knowledge"]
+    return curl(*proto, "-w", "\n%{http_code}", *args, proxy.url(path))
+
+
+def split(r):
+    body, _, code = r.stdout.rpartition(b"\n")
+    return int(code or 0), body
+
+
+@pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
+def test_simple_get(proxy, h1):
+    code, body = split(get(proxy, "/api/delay?s=0&x=%20y", h1=h1))
+    assert code == 200
+    assert body.startswith(b"ok port=")
+    assert b"path=/delay?s=0&x=%20y" in body
+    # The access log line is written when c1 retires the stream, which may
+    # be just after the client has its answer.
+    deadline = time.time() + 5
+    while True:
+        lines = [l for l in proxy.read_access_log() if "/api/delay?s=0&x=%20y" in l]
+        if lines or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert lines and " 200 " in lines[-1]
+
+
+def test_multiplexed_on_one_backend_connection(proxy, backends):
+    before = stats(backends[0])
+    t0 = time.time()
+    res = h2load("-n", "60", "-c", "1", "-m", "60", proxy.url("/api/delay?s=1"))
+    took = time.time() - t0
+    after = stats(backends[0])
+    assert res.get("s2xx") == 60, res["output"]
+    # One front connection of 60 streams, 5 workers: all answered in about
+    # one backend latency, as parallel streams on (nearly) one connection.
+    assert took < 5, res["output"]
+    assert after["connections"] - before["connections"] <= 2
+    assert after["max_streams"] >= 30
+
+
+def test_few_workers_serve_many_slow_requests(proxy, backends):
+    """The 400 x 2 s acceptance case scaled down: 100 requests whose backend
+    answers after 1 s, with H2MaxWorkers 5 (holding workers, this takes
+    100 / 5 x 1 s = 20 s)."""
+    t0 = time.time()
+    res = h2load("-n", "100", "-c", "4", "-m", "25", proxy.url("/api/delay?s=1"))
+    took = time.time() - t0
+    assert res.get("s2xx") == 100, res["output"]
+    assert took < 6, f"took {took:.1f}s"
+
+
+def test_second_connection_beyond_max_concurrent_streams(proxy, backends):
+    before = stats(backends[2])
+    res = h2load("-n", "30", "-c", "1", "-m", "30", proxy.url("/narrow/delay?s=1"))
+    after = stats(backends[2])
+    assert res.get("s2xx") == 30, res["output"]
+    opened = after["connections"] - before["connections"]
+    # The backend allows 10 streams per connection: 3 connections carry 30.
+    assert 3 <= opened <= 6, opened
+    assert after["max_streams"] <= 10
+
+
+def test_request_headers(proxy, backends):
+    code, body = split(get(proxy, "/api/headers", "-H", "X-Forwarded-For: 10.1.1.1", "-H", "TE: trailers"))
+    assert code == 200
+    h = json.loads(body)
+    assert h[":authority"] == f"127.0.0.1:{backends[0]}"
+    assert h[":scheme"] == "http"
+    assert h["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
+    assert h["x-forwarded-host"] == f"127.0.0.1:{proxy.port}"
+    assert h["x-forwarded-server"] == "127.0.0.1"
+    assert h["via"].startswith("2.0 127.0.0.1")
+    assert h.get("te") == "trailers"
+    assert "connection" not in h and "host" not in h
+
+
+def test_request_headers_h1_front(proxy):
+    code, body = split(get(proxy, "/api/headers", "-H", "Connection: X-Hop", "-H", "X-Hop: 1", h1=True))
+    assert code == 200
+    h = json.loads(body)
+    assert "x-hop" not in h
+    assert h["via"].startswith("1.1 127.0.0.1")
+
+
+def test_proxy_pass_reverse(proxy):
+    r = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", proxy.url("/api/redirect"))
+    assert b"302" in r.stdout.split(b"\r\n")[0]
+    assert f"location: http://127.0.0.1:{proxy.port}/api/elsewhere".encode() in r.stdout.lower()
+
+
+def test_preserve_host(proxy):
+    code, body = split(get(proxy, "/pp/headers", "-H", "Host: front.example"))
+    assert code == 200
+    assert json.loads(body)[":authority"] == "front.example"
+
+
+@pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
+def test_upload_byte_exact(proxy, tmp_path, h1):
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    f = tmp_path / "up.bin"
+    f.write_bytes(data)
+    code, body = split(get(proxy, "/api/echo", "--data-binary", f"@{f}", h1=h1))
+    assert code == 200
+    assert body.decode() == f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
+
+
+def test_upload_chunked_h1_front(proxy, tmp_path):
+    data = os.urandom(200 * 1024)
+    f = tmp_path / "up2.bin"
+    f.write_bytes(data)
+    code, body = split(get(proxy, "/api/echo", "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{f}", h1=True))
+    assert code == 200
+    assert body.decode() == f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
+
+
+def test_request_trailers_pass_through(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/echo", method="POST", end_stream=False)
+    c.send_body(sid, b"abc" * 1000, end_stream=False)
+    c.conn.send_headers(sid, [(b"x-checksum", b"42")], end_stream=True)
+    c.flush()
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert bytes(s.data).startswith(b"length=3000 ")
+    assert json.loads(s.header("x-request-trailers")) == {"x-checksum": "42"}
+    c.close()
+
+
+def test_large_download(proxy):
+    n = 20 * 1024 * 1024
+    r = curl("--http2-prior-knowledge", proxy.url(f"/api/big?n={n}"))
+    pattern = bytes(range(256)) * (n // 256 + 1)
+    assert len(r.stdout) == n
+    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256(pattern[:n]).digest()
+
+
+def test_trailers_pass_through(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/trailers")
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert bytes(s.data) == b"hello"
+    assert (b"grpc-status", b"0") in s.trailers
+    assert (b"grpc-message", b"fine") in s.trailers
+    c.close()
+
+
+def test_early_hints_pass_through(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/early")
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert any((b":status", b"103") in h and (b"link", b"</style.css>; rel=preload; as=style") in h for h in s.interim), s.interim
+    c.close()
+
+
+def test_streamed_response_is_not_held_back(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/stream?n=3")
+    t0 = time.time()
+    c.wait(lambda: c.streams[sid].status is not None, timeout=5)
+    assert time.time() - t0 < 0.4, "the head waited for the body"
+    c.wait(lambda: b"event 0" in c.streams[sid].data, timeout=5)
+    assert not c.streams[sid].ended
+    s = c.wait_stream(sid)
+    assert bytes(s.data) == b"event 0\nevent 1\nevent 2\n"
+    c.close()
+
+
+def test_tls_backend(proxy, backends):
+    before = stats_tls(backends[3])
+    code, body = split(get(proxy, "/tls/delay?s=0"))
+    assert code == 200 and f"port={backends[3]} ".encode() in body
+    res = h2load("-n", "40", "-c", "1", "-m", "40", proxy.url("/tls/delay?s=1"))
+    assert res.get("s2xx") == 40, res["output"]
+    code, body = split(get(proxy, "/tls/headers", h1=True))
+    h = json.loads(body)
+    assert h[":scheme"] == "https" and h[":authority"] == f"localhost:{backends[3]}"
+    assert stats_tls(backends[3])["connections"] - before["connections"] <= 2
+
+
+def test_backend_reset_before_response_is_502(proxy):
+    code, _ = split(get(proxy, "/api/reset"))
+    assert code == 502
+    time.sleep(0.2)
+    assert f"backend h2c://127.0.0.1:" in proxy.read_error_log()
+
+
+def test_backend_reset_mid_response_resets_the_client_stream(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/reset-mid")
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert s.reset is not None and not s.ended
+    c.close()
+    r = curl("--http1.1", proxy.url("/api/reset-mid"))
+    assert r.returncode != 0  # the HTTP/1.1 response is cut off
+
+
+def test_goaway_unprocessed_request_is_retried(proxy):
+    code, body = split(get(proxy, f"/api/goaway?t={uuid.uuid4().hex}"))
+    assert code == 200
+    assert body.startswith(b"retried")
+
+
+def test_goaway_drains_and_replaces_the_connection(proxy):
+    code, body = split(get(proxy, "/api/goaway-after"))
+    assert code == 200 and body.startswith(b"bye conn=")
+    old = body.split(b"conn=")[1].strip()
+    time.sleep(0.3)
+    code, body = split(get(proxy, "/api/delay?s=0"))
+    assert code == 200
+    assert f"conn={old.decode()} ".encode() not in body
+
+
+def test_timeout_is_504(proxy):
+    t0 = time.time()
+    code, _ = split(get(proxy, "/short/delay?s=4"))
+    assert code == 504
+    assert time.time() - t0 < 3.5
+    time.sleep(0.2)
+    assert "within" in proxy.read_error_log()
+
+
+def test_unreachable_backend_is_503(proxy):
+    code, _ = split(get(proxy, "/down/x"))
+    assert code == 503
+
+
+def test_balancer_with_two_h2c_members(proxy, backends):
+    ports = set()
+    for _ in range(10):
+        code, body = split(get(proxy, "/bal/delay?s=0"))
+        assert code == 200
+        ports.add(int(body.split(b"port=")[1].split()[0]))
+    assert ports == {backends[0], backends[1]}
+
+
+def test_balancer_fails_over_from_a_dead_member(proxy, backends):
+    for _ in range(6):
+        code, body = split(get(proxy, "/half/delay?s=0"))
+        assert code == 200
+        assert f"port={backends[1]} ".encode() in body
+
+
+def test_response_via_and_error_override(proxy):
+    r = curl("--http2-prior-knowledge", "-D", "-", proxy.url("/api/delay?s=0"))
+    assert b"\nvia: 2.0 127.0.0.1" in r.stdout.lower()
+    code, body = split(get(proxy, "/api/nothing"))
+    assert code == 404 and body == b"not here\n"
+    code, body = split(get(proxy, "/eo/nothing"))
+    assert code == 404 and b"<title>404 Not Found</title>" in body
+
+
+def test_client_gone_with_parked_requests(proxy):
+    c = H2Client(proxy.port)
+    for _ in range(10):
+        c.request("/api/delay?s=1")
+    time.sleep(0.3)
+    c.close()
+    time.sleep(1.5)
+    code, _ = split(get(proxy, "/api/delay?s=0"))
+    assert code == 200
+
+
+def test_client_reset_cancels_the_backend_stream(proxy):
+    c = H2Client(proxy.port)
+    sid = c.request("/api/delay?s=2")
+    time.sleep(0.3)
+    c.conn.reset_stream(sid)
+    c.flush()
+    sid2 = c.request("/api/delay?s=0")
+    s = c.wait_stream(sid2)
+    assert s.status == 200
+    c.close()
+
+
+@pytest.mark.parametrize("how", ["graceful", "stop"])
+def test_restart_with_parked_requests(workdir, docroot, backends, how):
+    h = Httpd(workdir, docroot, name=f"proxy-{how}", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5",
+              extra=proxy_conf(*backends))
+    h.start()
+    try:
+        load = subprocess.Popen(["h2load", "-n", "20", "-c", "1", "-m", "20", h.url("/api/delay?s=2")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.7)
+        if how == "graceful":
+            h.graceful()
+            out, _ = load.communicate(timeout=30)
+            assert "20 succeeded" in out, out
+            code, _ = split(get(h, "/api/delay?s=0"))
+            assert code == 200
+        else:
+            t0 = time.time()
+            h.stop()
+            assert time.time() - t0 < 10
+            load.communicate(timeout=30)
+    finally:
+        h.stop()
+        h.check_log()
+
+
+def test_slow_clients_hold_no_worker_and_no_memory(proxy):
+    """Six clients that stop reading 20 MiB responses (flow control window
+    exhausted) with H2MaxWorkers 5: the workers stay free (other requests
+    are served at once) and the backend is slowed through flow control
+    instead of the proxy buffering the responses."""
+    def rss():
+        total = 0
+        for pid in [proxy.pid] + proxy.children():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    before = rss()
+    stalled = []
+    for _ in range(6):
+        c = H2Client(proxy.port, auto_ack_data=False)
+        sid = c.request(f"/api/big?n={20 * 1024 * 1024}")
+        c.wait(lambda: len(c.streams[sid].data) > 0, timeout=10)
+        stalled.append(c)
+    time.sleep(1)
+    t0 = time.time()
+    res = h2load("-n", "20", "-c", "2", "-m", "10", proxy.url("/api/delay?s=0"), timeout=30)
+    assert res.get("s2xx") == 20, res["output"]
+    assert time.time() - t0 < 5
+    grown_mib = (rss() - before) / 1024
+    assert grown_mib < 40, f"httpd grew by {grown_mib:.0f} MiB"
+    for c in stalled:
+        c.close()
+
+
+@pytest.mark.parametrize("front", ["none", "stock"])
+def test_proxy_module_without_our_http2_module(workdir, docroot, backends, front):
+    """proxy_http2_module alone (HTTP/1.1 front), or next to the stock
+    mod_http2: the handler then serves every request on its own thread."""
+    module = None if front == "none" else STOCK_MODULE
+    h = Httpd(workdir, docroot, name=f"proxy-only-{front}", module=module,
+              protocols="h2c http/1.1" if module else "http/1.1", extra=proxy_conf(*backends))
+    if module:
+        h.h2_conf = "H2Direct on"
+    h.start()
+    try:
+        code, body = split(get(h, "/api/delay?s=0", h1=True))
+        assert code == 200 and body.startswith(b"ok port=")
+        if module:
+            res = h2load("-n", "20", "-c", "1", "-m", "10", h.url("/api/delay?s=0"))
+            assert res.get("s2xx") == 20, res["output"]
+    finally:
+        h.stop()
+        h.check_log()
+
+
+def test_behind_a_tls_h2_front(workdir, docroot, backends, certs):
+    h = Httpd(workdir, docroot, name="proxy-tls-front", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5",
+              extra=proxy_conf(*backends))
+    h.tls_config(certs, free_port())
+    h.start()
+    try:
+        r = curl("-k", "--http2", "-w", "\n%{http_version} %{http_code}",
+                 f"https://127.0.0.1:{h.tls_port}/api/delay?s=0")
+        body, _, status = r.stdout.rpartition(b"\n")
+        assert status == b"2 200" and body.startswith(b"ok port=")
+        res = h2load("-n", "50", "-c", "1", "-m", "50", f"https://127.0.0.1:{h.tls_port}/api/delay?s=1")
+        assert res.get("s2xx") == 50, res["output"]
+    finally:
+        h.stop()
+        h.check_log()
