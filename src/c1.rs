@@ -41,7 +41,7 @@ use std::time::Duration;
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Bytes read per loop turn before writing (fairness between directions).
-const READ_BUDGET: usize = 256 * 1024;
+const READ_BUDGET: usize = crate::limits::READ_BUDGET;
 /// Bytes collected from nghttp2 per socket write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -96,6 +96,14 @@ pub struct C1Dispatch {
     session_pool: *mut ffi::apr_pool_t,
     cache: Arc<C2Cache>,
     protocol: &'static CStr,
+    /// Counted among the pool's busy sessions.
+    busy: bool,
+}
+
+impl Drop for C1Dispatch {
+    fn drop(&mut self) {
+        self.set_busy(false);
+    }
 }
 
 impl Dispatch for C1Dispatch {
@@ -132,6 +140,23 @@ impl Dispatch for C1Dispatch {
 
     fn retire(&mut self, retire: Box<dyn Retire>, outcome: Outcome) {
         retire.retire(outcome)
+    }
+
+    fn set_busy(&mut self, busy: bool) {
+        if busy != self.busy {
+            self.busy = busy;
+            if let Some(pool) = workers::current() {
+                pool.session_busy(busy);
+            }
+        }
+    }
+
+    fn fair_share(&self) -> usize {
+        workers::current().map(|p| p.fair_share()).unwrap_or(usize::MAX)
+    }
+
+    fn has_room(&self) -> bool {
+        workers::current().map(|p| p.has_room()).unwrap_or(true)
     }
 }
 
@@ -219,8 +244,7 @@ pub unsafe fn server_config<'a>(s: *const ffi::server_rec) -> Option<&'a ServerC
 /// grows towards this for clients that behave.
 fn max_active_streams(max_streams: u32) -> usize {
     let workers = workers::current().map(|p| p.limits().1).unwrap_or(1);
-    let share = if workers > 1 { (workers * 3 / 4).max(1) } else { 1 };
-    share.clamp(1, max_streams.max(1)) as usize
+    crate::limits::fair_share(workers, 1).clamp(1, max_streams.max(1) as usize)
 }
 
 /// Session settings from the server config and httpd's limits.
@@ -264,7 +288,7 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
             extensible_priorities: true,
             padding: cfg.padding_bits() > 0,
             max_send_header_block: match cfg.max_header_block_len() {
-                0 => 64 * 1024,
+                0 => crate::limits::directive::MAX_HEADER_BLOCK_LEN.1,
                 n => n as usize,
             },
             ..Default::default()
@@ -427,7 +451,7 @@ impl C1 {
             let signal = Arc::new(Signal::new().ok()?);
             let session_pool = apr::pool::create_threadsafe((*c).pool, "h2rs_session").ok()?;
             let settings = settings_for(s);
-            let dispatch = C1Dispatch { c1: c, session_pool, cache: Arc::new(C2Cache::default()), protocol };
+            let dispatch = C1Dispatch { c1: c, session_pool, cache: Arc::new(C2Cache::default()), protocol, busy: false };
             let upgraded = upgrade.is_some();
             let created = match upgrade {
                 Some(u) => Session::new_upgraded(settings, signal.clone(), dispatch, &u.settings_payload, u.head),
@@ -701,14 +725,17 @@ impl C1 {
                 };
                 total += data.len();
                 if let Err(e) = self.session.recv(data) {
-                    if e.is_flood() {
+                    if e.is_abuse() {
                         clog!(c, Level::Info, "h2rs: client flooded the connection, closing: {e}");
                     } else if e.is_bad_preface() {
                         clog!(c, Level::Debug, "h2rs: not an HTTP/2 client preface: {e}");
                     } else {
                         clog!(c, Level::Debug, "h2rs: session error: {e}");
                     }
-                    self.session.terminate(error_code::PROTOCOL_ERROR);
+                    // A flood (nghttp2's queue of unanswered ACKs is full, or a
+                    // CONTINUATION flood) is abuse, anything else a protocol error.
+                    let code = if e.is_abuse() { error_code::ENHANCE_YOUR_CALM } else { error_code::PROTOCOL_ERROR };
+                    self.session.terminate(code);
                     self.in_bb.cleanup();
                     // Let the GOAWAY go out, then close.
                     let _ = self.write_output();

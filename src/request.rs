@@ -31,7 +31,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_fields: 100, max_field_size: 8190, max_line: 8190, extended_connect: false }
+        use crate::limits::directive::{LIMIT_REQUEST_FIELDS, LIMIT_REQUEST_FIELD_SIZE, LIMIT_REQUEST_LINE};
+        Limits {
+            max_fields: LIMIT_REQUEST_FIELDS.1,
+            max_field_size: LIMIT_REQUEST_FIELD_SIZE.1,
+            max_line: LIMIT_REQUEST_LINE.1,
+            extended_connect: false,
+        }
     }
 }
 
@@ -140,7 +146,7 @@ impl RequestBuilder {
         self.raw_bytes += name.len() + value.len() + 32;
         self.fields_seen += 1;
         let max = self.limits.max_fields;
-        if max > 0 && self.fields_seen > max.saturating_add(100) {
+        if max > 0 && self.fields_seen > max.saturating_add(crate::limits::FIELDS_CALM_MARGIN) {
             return Err(HeaderError::Calm);
         }
         if let Some(pseudo) = name.strip_prefix(b":") {

@@ -60,6 +60,8 @@ struct Shared {
     idle_timeout: Duration,
     live: AtomicU32,
     idle: AtomicU32,
+    /// Sessions with streams on workers (they share the pool fairly).
+    busy_sessions: AtomicU32,
     stopping: AtomicBool,
     slots: Mutex<Vec<bool>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -85,6 +87,7 @@ impl Pool {
                 dedicated: AtomicU32::new(0),
                 live: AtomicU32::new(0),
                 idle: AtomicU32::new(0),
+                busy_sessions: AtomicU32::new(0),
                 stopping: AtomicBool::new(false),
                 slots: Mutex::new(Vec::new()),
                 threads: Mutex::new(Vec::new()),
@@ -206,7 +209,9 @@ impl Pool {
         if let Err(e) = tx.send(job) {
             return Err(e.into_inner());
         }
-        if self.shared.idle.load(Ordering::Acquire) == 0 {
+        // More jobs waiting than idle threads to take them (a burst arrives
+        // before the idle threads wake up): grow.
+        if self.shared.rx.len() > self.shared.idle.load(Ordering::Acquire) as usize {
             self.spawn();
         }
         Ok(())
@@ -219,6 +224,33 @@ impl Pool {
             self.shared.idle.load(Ordering::Acquire),
             self.shared.rx.len(),
         )
+    }
+
+    /// A session starts (`true`) or stops having streams on workers.
+    pub fn session_busy(&self, busy: bool) {
+        if busy {
+            self.shared.busy_sessions.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let _ = self.shared.busy_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Streams one busy session may have on workers now: the pool shared
+    /// among the busy sessions (`limits::fair_share`).
+    pub fn fair_share(&self) -> usize {
+        crate::limits::fair_share(self.shared.max, self.shared.busy_sessions.load(Ordering::Acquire))
+    }
+
+    /// Whether a session that already has streams on workers may hand over
+    /// one more: threads free now (idle ones not claimed by queued jobs,
+    /// plus those the pool may still start) beyond the reserve kept for
+    /// sessions with nothing running (`limits::worker_reserve`).
+    pub fn has_room(&self) -> bool {
+        let sh = &self.shared;
+        let idle = sh.idle.load(Ordering::Acquire) as i64;
+        let live = sh.live.load(Ordering::Acquire) as i64;
+        let free = idle - sh.rx.len() as i64 + (sh.max as i64 - live).max(0);
+        free > crate::limits::worker_reserve(sh.max) as i64
     }
 
     pub fn limits(&self) -> (u32, u32) {
