@@ -868,3 +868,19 @@ def test_header_abuse(srv, case):
         c.close()
     if "431" in outcomes:
         assert a.logged('" 431 '), "the 431 answers are not in the access log"
+
+
+# ---- network fuzzing ----------------------------------------------------------------------------------
+
+def test_netfuzz_short(srv):
+    """tests/netfuzz.py for 15 s with a fixed seed (mutated frame sequences,
+    a connection each): the server stays up, answers a normal request
+    afterwards, memory stays bounded, nothing crashes. `scripts/netfuzz
+    SECONDS` runs it longer with a random seed."""
+    import netfuzz
+    with Attack(srv, "netfuzz 15 s", bound_mib=32) as a:
+        stats = netfuzz.run(srv.port, 15, seed=20261130)
+        a.ended = f"{stats['rounds']} rounds"
+        assert stats["rounds"] > 100, stats
+        assert not any(k.startswith("connect failed") for k in stats), stats
+    assert netfuzz.server_answers(srv.port)
