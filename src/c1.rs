@@ -257,6 +257,7 @@ pub fn request_limits(server: &ffi::server_rec, extended_connect: bool) -> Limit
         max_fields: server.limit_req_fields.max(0) as u32,
         max_field_size: server.limit_req_fieldsize.max(0) as u32,
         max_line: server.limit_req_line.max(0) as u32,
+        max_head_bytes: crate::limits::MAX_REQUEST_HEAD_BYTES,
         extended_connect,
     }
 }

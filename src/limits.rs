@@ -39,6 +39,18 @@ pub mod directive {
     pub const LIMIT_REQUEST_LINE: (&str, u32) = ("LimitRequestLine", 8190);
 }
 
+/// Decoded bytes of one request head (each field counted as name + value
+/// + 32, as HPACK does): beyond it the request is answered 431 and nothing
+/// more of it is kept. HPACK lets a 1-byte reference stand for a 4 KiB
+/// field, so LimitRequestFields x LimitRequestFieldSize (800 KiB) is no
+/// bound worth having against it (nginx allows 32 KiB by default).
+pub const MAX_REQUEST_HEAD_BYTES: u32 = 64 * 1024;
+
+/// Decoded bytes of the request heads one connection may have waiting for
+/// a worker (at most H2MaxSessionStreams of them): a new request beyond it
+/// is refused (RST_STREAM REFUSED_STREAM, safe for the client to retry).
+pub const MAX_PENDING_HEAD_BYTES: usize = 1024 * 1024;
+
 /// Fields beyond LimitRequestFields after which a request is not answered
 /// (431) but its stream is reset with ENHANCE_YOUR_CALM: the client keeps
 /// sending although the answer is decided.

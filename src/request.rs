@@ -24,6 +24,9 @@ pub struct Limits {
     pub max_field_size: u32,
     /// LimitRequestLine: bytes of a pseudo-header value.
     pub max_line: u32,
+    /// Decoded bytes of one head (fields counted as HPACK does: name +
+    /// value + 32): HPACK can make a small block decode to a huge head.
+    pub max_head_bytes: u32,
     /// We sent SETTINGS_ENABLE_CONNECT_PROTOCOL (H2WebSockets): `:protocol`
     /// is allowed on CONNECT (RFC 8441 4); without it, it is malformed.
     pub extended_connect: bool,
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_fields: LIMIT_REQUEST_FIELDS.1,
             max_field_size: LIMIT_REQUEST_FIELD_SIZE.1,
             max_line: LIMIT_REQUEST_LINE.1,
+            max_head_bytes: crate::limits::MAX_REQUEST_HEAD_BYTES,
             extended_connect: false,
         }
     }
@@ -66,6 +70,15 @@ pub struct RequestHead {
 impl RequestHead {
     pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
         self.headers.get(name)
+    }
+
+    /// Bytes the head holds, fields counted as HPACK does (+ 32 each).
+    pub fn decoded_size(&self) -> usize {
+        let pseudo = [&self.scheme, &self.authority, &self.path, &self.protocol]
+            .iter()
+            .map(|v| v.as_ref().map_or(0, |v| v.len() + 32))
+            .sum::<usize>();
+        self.method.len() + pseudo + self.headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>()
     }
 
     /// Whether the stream becomes a tunnel once the handler agrees.
@@ -134,10 +147,14 @@ impl RequestBuilder {
         }
     }
 
+    /// The request will be answered with `status`: what was stored is
+    /// not needed any more (only the pseudo headers are kept).
     fn fail(&mut self, status: u16) {
         if self.head.error_status.is_none() {
             self.head.error_status = Some(status);
         }
+        self.head.headers = Headers::default();
+        self.cookies = Vec::new();
     }
 
     /// Adds one field. Errors reset the stream; limit violations are
@@ -148,6 +165,9 @@ impl RequestBuilder {
         let max = self.limits.max_fields;
         if max > 0 && self.fields_seen > max.saturating_add(crate::limits::FIELDS_CALM_MARGIN) {
             return Err(HeaderError::Calm);
+        }
+        if self.raw_bytes > self.limits.max_head_bytes as usize {
+            self.fail(431);
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
             if self.regular_seen {
@@ -351,8 +371,27 @@ mod tests {
     }
 
     #[test]
+    fn decoded_head_size_is_bounded() {
+        // 20 fields of 4000 bytes: within LimitRequestFields and the field
+        // size, beyond max_head_bytes: 431, and nothing is kept.
+        let limits = Limits { max_head_bytes: 64 * 1024, ..Limits::default() };
+        let mut b = RequestBuilder::new(limits);
+        for (n, v) in GET {
+            b.add(n.as_bytes(), v.as_bytes()).unwrap();
+        }
+        let big = vec![b'B'; 4000];
+        for _ in 0..20 {
+            b.add(b"x-bomb", &big).unwrap();
+        }
+        let h = b.finish(true).unwrap();
+        assert_eq!(h.error_status, Some(431));
+        assert_eq!(h.headers.len(), 0);
+        assert!(h.decoded_size() < 1024);
+    }
+
+    #[test]
     fn limits_answer_431_414_and_calm() {
-        let limits = Limits { max_fields: 3, max_field_size: 20, max_line: 12, extended_connect: false };
+        let limits = Limits { max_fields: 3, max_field_size: 20, max_line: 12, ..Limits::default() };
         let mut f = GET.to_vec();
         f[3] = (":path", "/0123456789ab");
         assert_eq!(build(&f, limits).unwrap().error_status, Some(414));

@@ -268,6 +268,12 @@ impl<D: Dispatch> Core<D> {
             self.settings.stream_timeout,
             buffered,
         ));
+        // Heads waiting for a worker are bounded per connection (HPACK
+        // amplification held in memory: limits::MAX_PENDING_HEAD_BYTES).
+        let waiting: usize = self.pending.iter().map(|s| s.request.decoded_size()).sum();
+        if waiting + stream.request.decoded_size() > limits::MAX_PENDING_HEAD_BYTES {
+            return Flow::ResetStream(error_code::REFUSED_STREAM);
+        }
         entry.stream = Some(stream.clone());
         self.pending.push_back(stream);
         self.fill_slots();

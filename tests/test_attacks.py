@@ -20,6 +20,7 @@ tests/test_conformance.py already checks one by one are not repeated here;
 this file adds the remaining cases and the floods. The limits behind each
 defence are listed in docs/limits.md (code: src/limits.rs)."""
 import base64
+import collections
 import os
 import socket
 import statistics
@@ -402,6 +403,33 @@ def test_hpack_bomb(srv):
         assert set(outcomes) <= {"431", "RST ENHANCE_YOUR_CALM", "200"}, (a.ended, c.log())
         assert outcomes.get("200", 0) <= 1, outcomes  # only the first block (1 big field) is fine
         c.close()
+
+
+def test_hpack_bomb_held(srv):
+    """HPACK amplification held in memory: 4 connections each open 100
+    streams of a slow CGI (so the requests wait in the session) whose heads
+    repeat a 4 KiB table entry 99 times (1 byte each on the wire, 400 KiB
+    decoded, within LimitRequestFields). Each head may decode to at most
+    limits::MAX_REQUEST_HEAD_BYTES (431 beyond, nothing more kept), so the
+    40 MiB per connection the bomb asks for never materialise."""
+    with Attack(srv, "HPACK bomb held 4 x 100 streams", bound_mib=32) as a:
+        conns = []
+        for _ in range(4):
+            c = Conn(srv.port, timeout=10)
+            big = b"\x40" + hpack_str("x-bomb") + hpack_str("B" * 4000)
+            first = headers(1, req_block(c, "/cgi/slow.cgi?3") + big)
+            rest = b"".join(headers(1 + 2 * i, req_block(c, "/cgi/slow.cgi?3") + b"\xbe" * 99) for i in range(1, 100))
+            c.send(first + rest)
+            conns.append(c)
+        time.sleep(2)
+        outcomes = collections.Counter()
+        for c in conns:
+            c.drain(0.2)
+            for r in c.responses.values():
+                outcomes[str(r.status) if r.status else f"RST {rawh2.code_name(r.reset)}" if r.reset else "waiting"] += 1
+            c.close()
+        a.ended = " ".join(f"{k}x{v}" for k, v in sorted(outcomes.items()))
+        assert set(outcomes) <= {"431", "waiting", "RST REFUSED_STREAM"}, outcomes
 
 
 def test_dynamic_table_size_abuse(srv):

@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         max_fields: (flags & 0x0f) as u32 * 4,
         max_field_size: 64 << (flags >> 6),
         max_line: 128,
+        max_head_bytes: 1024 << (flags >> 6),
         extended_connect: flags & 0x10 != 0,
     };
     let fields = common::fields(rest);
