@@ -861,11 +861,35 @@ impl C1 {
         // destroyed and no worker runs a stream of this connection.
         unsafe { ffi::apr_pool_destroy(dispatch.session_pool) };
         dispatch.session_pool = ptr::null_mut();
+        release_freed_memory();
     }
 
     pub fn conn(&self) -> *mut ffi::conn_rec {
         self.c
     }
+}
+
+/// Gives memory freed by ended sessions back to the system, at most once
+/// per `limits::TRIM_INTERVAL_SECS`. glibc keeps freed memory in the arena
+/// of the thread that freed it, and sessions end on whichever MPM thread
+/// ran them last: after an attack that made sessions buffer a lot (request
+/// bodies held in the stream windows), RSS would otherwise stay at the
+/// attack's peak, times the number of arenas touched.
+fn release_freed_memory() {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let last = LAST.load(Ordering::Relaxed);
+    if now < last + crate::limits::TRIM_INTERVAL_SECS
+        || LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
+    // SAFETY: malloc_trim only releases free memory of glibc's heaps; it
+    // takes each arena's lock and is safe to call from any thread.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Whether `c` may speak HTTP/2 with prior knowledge (H2Direct, Protocols).

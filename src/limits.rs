@@ -113,6 +113,10 @@ pub const MIN_ACTIVE_STREAMS: usize = 2;
 /// workers per connection until the client opens its window.
 pub const ZERO_WINDOW_ACTIVE_STREAMS: usize = 1;
 
+/// Seconds between two returns of freed memory to the system after
+/// sessions end (`c1::release_freed_memory`, glibc's malloc_trim).
+pub const TRIM_INTERVAL_SECS: u64 = 1;
+
 /// Bytes c1 reads from the client in one pass before it writes answers
 /// (so a fast sender cannot starve the writes).
 pub const READ_BUDGET: usize = 256 * 1024;

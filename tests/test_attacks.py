@@ -49,7 +49,7 @@ RESULTS = []
 
 @pytest.fixture(scope="module")
 def srv(workdir, docroot, certs):
-    h = Httpd(workdir, docroot, name="attacks", loglevel=os.environ.get("H2RS_LOGLEVEL", "warn"),
+    h = Httpd(workdir, docroot, name="attacks", loglevel=os.environ.get("H2RS_LOGLEVEL", "warn"), env=dict(e.split("=", 1) for e in os.environ.get("H2RS_HTTPD_ENV", "").split() if "=" in e),
               h2_conf=f"H2MinWorkers 4\nH2MaxWorkers {MAX_WORKERS}\nH2StreamTimeout 5\n",
               extra="LimitRequestFields 100\nLimitRequestFieldSize 8190\nTimeout 10\n")
     h.tls_config(certs, free_port())
@@ -624,6 +624,42 @@ def test_zero_window_slow_read(srv):
             resets = sum(1 for r in c.responses.values() if r.reset is not None)
             outcomes.append(f"{resets}rst")
         a.ended = " ".join(outcomes) + " " + ended(conns[0], 0.1)
+        for c in conns:
+            c.close()
+
+
+def test_request_bodies_held(srv):
+    """3 connections x 100 POST streams to a CGI that never reads its body,
+    each sending a full window (64 KiB) of body and never ending it (slow
+    POST): the server buffers at most H2WindowSize per stream (6.4 MiB per
+    connection with the defaults), the streams waiting for a worker take
+    none. Two rounds: nothing accumulates, and once the sessions end their
+    memory goes back to the system (glibc keeps freed memory per thread
+    arena: c1 trims it, at most once a second, c1::release_freed_memory)."""
+    with Attack(srv, "request bodies held 2 x 3 x 100 x 64 KiB", bound_mib=40) as a:
+        for i in range(2):
+            _held_bodies(a, srv)
+            if i == 0:
+                time.sleep(4)  # the CGIs (3 s) end, the sessions with them
+
+
+def _held_bodies(a, srv):
+    if True:
+        conns = []
+        body = b"b" * 16384
+        for _ in range(3):
+            c = Conn(srv.port, timeout=10)
+            out = []
+            for i in range(100):
+                sid = 1 + 2 * i
+                out.append(headers(sid, encode(c.fields("/cgi/slow.cgi?3", "POST")), end_stream=False))
+                out.extend(data(sid, body[:16383] if k == 3 else body) for k in range(4))
+            Sender(c).blast([b"".join(out)], 10)
+            conns.append(c)
+        time.sleep(2)
+        for c in conns:
+            c.drain(0.1)
+        a.ended = f"{sum(1 for c in conns if c.goaway is None and not c.closed)} conns open"
         for c in conns:
             c.close()
 
