@@ -545,6 +545,28 @@ def test_frame_flood(srv, kind):
         c.close()
 
 
+def test_malformed_request_flood(srv):
+    """Malformed requests (an upper-case field name), 50 at a time (within
+    MAX_CONCURRENT_STREAMS), without end: each is reset PROTOCOL_ERROR, and
+    after the budget (limits::BAD_REQUEST_RATE, 200 burst) the connection
+    ends with ENHANCE_YOUR_CALM."""
+    with Attack(srv, "malformed request flood", bound_mib=16) as a:
+        c = Conn(srv.port)
+        block = encode(c.fields("/index.html", extra=[("X-Upper", "1")]))
+        sid = 1
+        while c.goaway is None and not c.closed and sid < 4000:
+            batch = list(range(sid, sid + 100, 2))
+            c.send(b"".join(headers(i, block) for i in batch))
+            sid += 100
+            c.wait(lambda: all(c.resp(i).done for i in batch) or c.goaway is not None or c.closed,
+                   timeout=5, what="the batch reset")
+        resets = sum(1 for r in c.responses.values() if r.reset == E.PROTOCOL_ERROR)
+        expect_goaway(a, c, E.ENHANCE_YOUR_CALM, 10)
+        a.ended += f" after {resets} resets"
+        assert 150 <= resets <= 300, resets
+        c.close()
+
+
 def test_priority_loops(srv):
     """RFC 7540 priority trees made of cycles (A on B, B on A, exclusive
     re-parenting of whole chains) on many streams: the server uses RFC 9218
