@@ -49,16 +49,13 @@ RESULTS = []
 
 @pytest.fixture(scope="module")
 def srv(workdir, docroot, certs):
-    h = Httpd(workdir, docroot, name="attacks", loglevel=os.environ.get("H2RS_LOGLEVEL", "warn"), env=dict(e.split("=", 1) for e in os.environ.get("H2RS_HTTPD_ENV", "").split() if "=" in e),
+    # H2RS_LOGLEVEL / H2RS_HTTPD_ENV ("MALLOC_ARENA_MAX=2 ...") for experiments.
+    env = dict(e.split("=", 1) for e in os.environ.get("H2RS_HTTPD_ENV", "").split() if "=" in e)
+    h = Httpd(workdir, docroot, name="attacks", loglevel=os.environ.get("H2RS_LOGLEVEL", "warn"), env=env,
               h2_conf=f"H2MinWorkers 4\nH2MaxWorkers {MAX_WORKERS}\nH2StreamTimeout 5\n",
               extra="LimitRequestFields 100\nLimitRequestFieldSize 8190\nTimeout 10\n")
-    h.tls_config(certs, free_port())
-    h.start()
-    conftest._servers.append(h)
-    yield h
-    conftest._servers.remove(h)
-    h.stop()
-    h.check_log()
+    with conftest.registered(h.tls_config(certs, free_port())):
+        yield h
     if RESULTS:
         print("\n\nattack                                ended                     "
               "RSS base/peak/after MiB   bound  legit n  p50 ms  max ms")
@@ -889,14 +886,8 @@ def test_upgrade_abuse(srv):
 def test_upgrade_invalid_values(srv, case):
     """Valid base64 carrying SETTINGS values RFC 9113 6.5.2 forbids: not
     upgraded, the request is served over HTTP/1.1."""
-    s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-    s.sendall(_upgrade(UPGRADE_SETTINGS[case]))
-    out = b""
-    while b"\r\n\r\n" not in out:
-        d = s.recv(65536)
-        if not d:
-            break
-        out += d
+    s = rawh2.upgrade_request(srv.port, settings=UPGRADE_SETTINGS[case])
+    out = rawh2.read_http1_head(s)
     s.close()
     assert out.startswith(b"HTTP/1.1 200") or out.startswith(b"HTTP/1.1 400"), out[:200]
 
