@@ -1445,6 +1445,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn rapid_reset_ends_with_enhance_your_calm() {
+        let mut p = Pair::new(Settings::default(), stall);
+        for _ in 0..(limits::RST_RATE.burst as usize / 50 + 2) {
+            // HEADERS out first (nghttp2 sends no RST for a stream it never
+            // opened), then the resets.
+            let ids: Vec<i32> = (0..50).map(|_| p.get("/stall")).collect();
+            let mut c2s = Vec::new();
+            p.client.mem_send(&mut c2s, usize::MAX).unwrap();
+            for id in ids {
+                p.client.ops().submit_rst_stream(id, error_code::CANCEL).unwrap();
+            }
+            p.client.mem_send(&mut c2s, usize::MAX).unwrap();
+            let _ = p.server.recv(&c2s);
+            p.pump(|_| true);
+            if p.client.handler_ref().goaway.is_some() {
+                break;
+            }
+        }
+        p.pump(|c| c.goaway.is_some());
+        assert_eq!(p.client.handler_ref().goaway, Some(error_code::ENHANCE_YOUR_CALM));
+    }
+
+    #[test]
+    fn zero_window_client_gets_one_worker() {
+        let mut p = Pair::new(Settings::default(), stall);
+        p.client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 0)]).unwrap();
+        p.pump(|_| true);
+        let _ids: Vec<i32> = (0..10).map(|_| p.get("/stall")).collect();
+        for _ in 0..5 {
+            p.pump(|_| true);
+        }
+        assert_eq!(p.server.stats().streams_dispatched, limits::ZERO_WINDOW_ACTIVE_STREAMS as u64);
+    }
+
+    #[test]
     fn malformed_request_is_reset_with_protocol_error() {
         let mut p = Pair::new(Settings::default(), echo);
         let mut h = Headers::new();
