@@ -98,6 +98,8 @@ pub struct C1Dispatch {
     protocol: &'static CStr,
     /// Counted among the pool's busy sessions.
     busy: bool,
+    /// The session's wake-up, for `wait_for_room`.
+    signal: Arc<Signal>,
 }
 
 impl Drop for C1Dispatch {
@@ -157,6 +159,12 @@ impl Dispatch for C1Dispatch {
 
     fn has_room(&self) -> bool {
         workers::current().map(|p| p.has_room()).unwrap_or(true)
+    }
+
+    fn wait_for_room(&mut self) {
+        if let Some(pool) = workers::current() {
+            pool.wait_for_room(&self.signal);
+        }
     }
 }
 
@@ -452,7 +460,14 @@ impl C1 {
             let signal = Arc::new(Signal::new().ok()?);
             let session_pool = apr::pool::create_threadsafe((*c).pool, "h2rs_session").ok()?;
             let settings = settings_for(s);
-            let dispatch = C1Dispatch { c1: c, session_pool, cache: Arc::new(C2Cache::default()), protocol, busy: false };
+            let dispatch = C1Dispatch {
+                c1: c,
+                session_pool,
+                cache: Arc::new(C2Cache::default()),
+                protocol,
+                busy: false,
+                signal: signal.clone(),
+            };
             let upgraded = upgrade.is_some();
             let created = match upgrade {
                 Some(u) => Session::new_upgraded(settings, signal.clone(), dispatch, &u.settings_payload, u.head),

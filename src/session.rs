@@ -113,6 +113,10 @@ pub trait Dispatch {
     fn has_room(&self) -> bool {
         true
     }
+
+    /// `has_room` said no while streams wait: wake this session (its
+    /// `Signal`) when a worker becomes free.
+    fn wait_for_room(&mut self) {}
 }
 
 /// The c1-side record of a stream.
@@ -302,7 +306,11 @@ impl<D: Dispatch> Core<D> {
         if self.peer_window_closed {
             limit = limit.min(limits::ZERO_WINDOW_ACTIVE_STREAMS);
         }
-        while self.running.len() < limit.max(1) && (self.running.is_empty() || self.dispatcher.has_room()) {
+        while self.running.len() < limit.max(1) && !self.pending.is_empty() {
+            if !self.running.is_empty() && !self.dispatcher.has_room() {
+                self.dispatcher.wait_for_room();
+                break;
+            }
             let Some(stream) = self.pending.pop_front() else { break };
             self.start(stream, true);
         }
@@ -854,6 +862,8 @@ impl<D: Dispatch> Session<D> {
         for id in core.signal.take() {
             core.update(&mut ops, id);
         }
+        // Woken because a worker became free (`Dispatch::wait_for_room`).
+        core.fill_slots();
     }
 
     /// Serializes pending frames into `out` (up to about `limit` bytes).

@@ -19,7 +19,8 @@
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use crate::signal::Signal;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -62,6 +63,9 @@ struct Shared {
     idle: AtomicU32,
     /// Sessions with streams on workers (they share the pool fairly).
     busy_sessions: AtomicU32,
+    /// Sessions with streams waiting for room (`Pool::has_room` said no):
+    /// woken when a worker finishes a job.
+    room_waiters: Mutex<Vec<Weak<Signal>>>,
     stopping: AtomicBool,
     slots: Mutex<Vec<bool>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -88,6 +92,7 @@ impl Pool {
                 live: AtomicU32::new(0),
                 idle: AtomicU32::new(0),
                 busy_sessions: AtomicU32::new(0),
+                room_waiters: Mutex::new(Vec::new()),
                 stopping: AtomicBool::new(false),
                 slots: Mutex::new(Vec::new()),
                 threads: Mutex::new(Vec::new()),
@@ -253,6 +258,16 @@ impl Pool {
         free > crate::limits::worker_reserve(sh.max) as i64
     }
 
+    /// A session with streams waiting for room: wake its c1 when a worker
+    /// finishes a job (it then tries `has_room` again).
+    pub fn wait_for_room(&self, signal: &Arc<Signal>) {
+        let mut w = self.shared.room_waiters.lock();
+        if !w.iter().any(|x| x.as_ptr() == Arc::as_ptr(signal)) {
+            w.retain(|x| x.strong_count() > 0);
+            w.push(Arc::downgrade(signal));
+        }
+    }
+
     pub fn limits(&self) -> (u32, u32) {
         (self.shared.min, self.shared.max)
     }
@@ -288,6 +303,13 @@ fn worker_main(shared: Arc<Shared>, slot: u32) {
         match job {
             Ok(job) => {
                 crate::ffi::panic::guard("worker job", (), || job(&ctx));
+                // A thread is free: sessions waiting for room may go on.
+                let waiters = std::mem::take(&mut *shared.room_waiters.lock());
+                for w in waiters {
+                    if let Some(s) = w.upgrade() {
+                        s.wake();
+                    }
+                }
             }
             Err(RecvTimeoutError::Timeout) => {
                 // Idle above the minimum: leave, unless others left first.
