@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rawh2  # noqa: E402
 from rawh2 import (CONTINUATION, DATA, HEADERS, INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, PREFACE, continuation,  # noqa: E402
-                   data, encode, frame, goaway, headers, literal, ping, priority, request_fields, rst_stream,
+                   data, encode, frame, goaway, headers, ping, priority, request_fields, rst_stream,
                    settings, window_update)
 
 

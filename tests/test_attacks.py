@@ -22,6 +22,7 @@ defence are listed in docs/limits.md (code: src/limits.rs)."""
 import base64
 import collections
 import os
+import select
 import socket
 import statistics
 import struct
@@ -35,9 +36,9 @@ import conftest
 from conftest import Httpd, free_port
 import rawh2
 from rawh2 import (CONTINUATION, DATA, END_HEADERS, GOAWAY, HEADER_TABLE_SIZE, HEADERS, INITIAL_WINDOW_SIZE,
-                   MAX_FRAME_SIZE, PADDED, PING, PREFACE, PRIORITY, PRIORITY_FLAG, RST_STREAM, SETTINGS,
-                   WINDOW_UPDATE, Conn, continuation, data, encode, frame, headers, hpack_int, hpack_str, literal,
-                   ping, priority, rst_stream, settings, window_update)
+                   MAX_FRAME_SIZE, PADDED, PING, PRIORITY_FLAG, SETTINGS, WINDOW_UPDATE, Conn, continuation, data,
+                   encode, frame, headers, hpack_int, hpack_str, literal, ping, priority, rst_stream, settings,
+                   window_update)
 
 MIB = 1024
 # Worker pool of the attacked server: small, so pinning it is cheap to try.
@@ -229,9 +230,9 @@ class Sender:
         self.error = None
 
     def blast(self, chunks, seconds):
-        c = c_ = self.c
+        c = self.c
         deadline = time.time() + seconds
-        c_.sock.setblocking(False)
+        c.sock.setblocking(False)
         try:
             for chunk in chunks:
                 view = memoryview(chunk)
@@ -253,7 +254,6 @@ class Sender:
 
     def _read(self, wait):
         c = self.c
-        import select
         r, _, _ = select.select([c.sock], [], [], wait)
         if not r:
             return
@@ -455,7 +455,7 @@ def test_dynamic_table_size_abuse(srv):
 
 # ---- floods (CVE-2019-9511..9518) -----------------------------------------------------------
 
-def _unread_flood(a, c, chunk, total, expect=E.ENHANCE_YOUR_CALM, within=15):
+def _unread_flood(a, c, chunk, total, within=15):
     """Sends `total` bytes of `chunk` without reading answers: frames the
     server must answer (PING, SETTINGS) pile up, nghttp2's outbound ACK
     queue limit ends the connection."""
@@ -664,24 +664,24 @@ def test_request_bodies_held(srv):
 
 
 def _held_bodies(a, srv):
-    if True:
-        conns = []
-        body = b"b" * 16384
-        for _ in range(3):
-            c = Conn(srv.port, timeout=10)
-            out = []
-            for i in range(100):
-                sid = 1 + 2 * i
-                out.append(headers(sid, encode(c.fields("/cgi/slow.cgi?3", "POST")), end_stream=False))
-                out.extend(data(sid, body[:16383] if k == 3 else body) for k in range(4))
-            Sender(c).blast([b"".join(out)], 10)
-            conns.append(c)
-        time.sleep(2)
-        for c in conns:
-            c.drain(0.1)
-        a.ended = f"{sum(1 for c in conns if c.goaway is None and not c.closed)} conns open"
-        for c in conns:
-            c.close()
+    """One round of test_request_bodies_held."""
+    conns = []
+    body = b"b" * 16384
+    for _ in range(3):
+        c = Conn(srv.port, timeout=10)
+        out = []
+        for i in range(100):
+            sid = 1 + 2 * i
+            out.append(headers(sid, encode(c.fields("/cgi/slow.cgi?3", "POST")), end_stream=False))
+            out.extend(data(sid, body[:16383] if k == 3 else body) for k in range(4))
+        Sender(c).blast([b"".join(out)], 10)
+        conns.append(c)
+    time.sleep(2)
+    for c in conns:
+        c.drain(0.1)
+    a.ended = f"{sum(1 for c in conns if c.goaway is None and not c.closed)} conns open"
+    for c in conns:
+        c.close()
 
 
 # ---- stream concurrency abuse ---------------------------------------------------------------
