@@ -47,6 +47,10 @@ ThreadsPerChild 64
 MaxRequestWorkers 128
 MinSpareThreads 64
 MaxSpareThreads 128
+# Lets the event MPM accept 1,000+ mostly idle connections per child (its
+# limit is ThreadsPerChild + idle threads x this factor; the default 2 caps
+# it near 190, and the idle workload would measure that cap).
+AsyncRequestWorkerFactor 40
 MaxConnectionsPerChild 0"""
 
 
@@ -57,13 +61,12 @@ def free_port():
 
 
 class Server:
-    def __init__(self, base, name, module_line, docroot, container=None):
+    def __init__(self, base, name, module_line, docroot):
         self.name = name
         self.dir = base / name
         self.dir.mkdir(parents=True)
         os.chmod(self.dir, 0o755)
         self.port = free_port()
-        self.container = container
         protocols = "h2c http/1.1" if module_line else "http/1.1"
         (self.dir / "httpd.conf").write_text(f"""ServerRoot "{self.dir}"
 DefaultRuntimeDir "{self.dir}"
@@ -149,6 +152,44 @@ Protocols {protocols}
         return bool(re.search(r"AH00052|segmentation fault|panick|exit signal", log, re.I))
 
 
+class ContainerServer(Server):
+    """mod_h2rs in a container of `image` (make docker-image), same config,
+    on the host's network (no port-publishing proxy in the way: what is
+    measured is httpd in the container, not Docker's userland proxy)."""
+
+    def __init__(self, base, name, docroot, image, h2=True):
+        sys.path.insert(0, str(ROOT / "tests"))
+        import container
+        self.docker = container.docker
+        layout = container.image_layout(image)
+        module_line = f"LoadModule http2_module {layout['module']}\nH2Direct on" if h2 else ""
+        super().__init__(base, name, module_line, docroot)
+        self.image, self.base, self.cid = image, base, None
+        conf = self.dir / "httpd.conf"
+        conf.write_text(container.container_config(conf.read_text(), layout, host_network=True))
+        self.httpd = layout["httpd"]
+
+    def start(self):
+        r = self.docker("run", "-d", "--network", "host", "--ulimit", "nofile=16384:16384",
+                        "-v", f"{self.base}:{self.base}", self.image,
+                        self.httpd, "-DFOREGROUND", "-f", str(self.dir / "httpd.conf"))
+        self.cid = r.stdout.strip()
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.pid = int(self.docker("inspect", "-f", "{{.State.Pid}}", self.cid).stdout.strip())
+
+    def stop(self):
+        if self.cid:
+            self.docker("kill", "-s", "TERM", self.cid, check=False)
+            self.docker("wait", self.cid, check=False, timeout=60)
+            self.docker("rm", "-f", self.cid, check=False)
+            self.cid = None
+
+
 class RssSampler:
     def __init__(self, server):
         self.server, self.peak, self.stop_flag = server, 0, False
@@ -208,10 +249,14 @@ def idle_workload(server, n, h1):
     import h2.config
     import h2.connection
     import h2.events
+    import h2.exceptions
     base = server.rss_kib()
     conns, ok2 = [], 0
     for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+        try:
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+        except OSError:
+            continue  # counted as not answered
         if h1:
             s.sendall(b"GET /1k.bin HTTP/1.1\r\nHost: x\r\n\r\n")
             conns.append((s, None))
@@ -239,10 +284,17 @@ def idle_workload(server, n, h1):
                 if b"\r\n\r\n" in buf and len(buf.split(b"\r\n\r\n", 1)[1]) >= 1024:
                     return True
                 continue
-            for ev in c.receive_data(d):
+            try:
+                events = c.receive_data(d)
+            except h2.exceptions.ProtocolError:
+                return False
+            for ev in events:
                 if isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
                     return True
-            s.sendall(c.data_to_send())
+            try:
+                s.sendall(c.data_to_send())
+            except OSError:
+                return False
         return False
 
     first = sum(answered(s, c, 1) for s, c in conns)
@@ -256,8 +308,8 @@ def idle_workload(server, n, h1):
                 c.send_headers(3, [(":method", "GET"), (":scheme", "http"), (":authority", "x"),
                                    (":path", "/1k.bin")], end_stream=True)
                 s.sendall(c.data_to_send())
-        except OSError:
-            pass
+        except (OSError, h2.exceptions.ProtocolError):
+            pass  # closed by the server meanwhile (GOAWAY): not answered
     for s, c in conns:
         ok2 += answered(s, c, 3)
         s.close()
@@ -310,6 +362,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one round, smaller loads")
     ap.add_argument("--idle", type=int, default=1000, help="idle connections in the idle workload")
     ap.add_argument("--only", help="run only workloads whose name contains this")
+    ap.add_argument("--container", nargs="?", const="mod_h2rs:latest", metavar="IMAGE",
+                    help="also run mod_h2rs in a container of IMAGE (default mod_h2rs:latest, make docker-image)")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
@@ -321,6 +375,11 @@ def main():
     if STOCK.exists():
         servers["stock"] = Server(base, "stock", f"LoadModule http2_module {STOCK}\nH2Direct on", doc)
     servers["HTTP/1.1"] = Server(base, "h1", "", doc)
+    if args.container:
+        # The same image with and without HTTP/2: the container runtime's own
+        # cost (seccomp, cgroups) shows in both, so compare them to each other.
+        servers["mod_h2rs (container)"] = ContainerServer(base, "container", doc, args.container)
+        servers["HTTP/1.1 (container)"] = ContainerServer(base, "container-h1", doc, args.container, h2=False)
     for s in servers.values():
         s.start()
     results = {}  # workload -> server -> [round results]
@@ -333,7 +392,7 @@ def main():
             results[name] = {k: [] for k in servers}
             for rnd in range(rounds):
                 for key, srv in servers.items():
-                    h1 = key == "HTTP/1.1"
+                    h1 = key.startswith("HTTP/1.1")
                     url = f"http://127.0.0.1:{srv.port}{path}"
                     # warm-up
                     h2load(srv, (h1args if h1 else h2args)[:0] + ["-n", "500", "-c", "10"] + ([] if h1 else ["-m", "4"]) + [url], h1, 60)
@@ -352,7 +411,9 @@ def main():
             name = f"{args.idle} idle conns"
             results[name] = {k: [] for k in servers}
             for key, srv in servers.items():
-                r = idle_workload(srv, args.idle, key == "HTTP/1.1")
+                if isinstance(srv, ContainerServer):
+                    continue  # the container rows compare throughput only
+                r = idle_workload(srv, args.idle, key.startswith("HTTP/1.1"))
                 results[name][key].append(r)
                 print(f"{name:18} {key:9} {r['kib_per_idle_conn']:6.1f} KiB/conn, first {r['first_answered']}, "
                       f"second {r['second_answered']}", flush=True)
@@ -382,6 +443,7 @@ def report(results, servers, rounds, out, crashed):
               "| CPU per request mod_h2rs / HTTP/1.1 |",
               "|---|---:|---:|---:|---:|"]
     chart = {}
+    container_notes = []
     for name, per in results.items():
         if "idle" in name:
             continue
@@ -396,6 +458,11 @@ def report(results, servers, rounds, out, crashed):
         p99 = [o["p99_ms"] / s["p99_ms"] for o, s in zip(ours, per.get("stock", [])) if s["p99_ms"]]
         cpu = [o["cpu_us_per_req"] / h["cpu_us_per_req"] for o, h in zip(ours, per["HTTP/1.1"]) if h["cpu_us_per_req"]]
         ratios.append(f"| {name} | {med(vs_stock):.2f} | {med(vs_h1):.2f} | {med(p99):.2f} | {med(cpu):.2f} |")
+        if "mod_h2rs (container)" in per:
+            cont, cont_h1 = per["mod_h2rs (container)"], per["HTTP/1.1 (container)"]
+            in_container = [c["rps"] / o["rps"] for c, o in zip(cont, ours) if o["rps"]]
+            vs_h1_in = [c["rps"] / h["rps"] for c, h in zip(cont, cont_h1) if h["rps"]]
+            container_notes.append(f"| {name} | {med(in_container):.2f} | {med(vs_h1_in):.2f} |")
         chart[name] = {k: med([r["rps"] for r in rs]) for k, rs in per.items()}
     idle = [(n, p) for n, p in results.items() if "idle" in n]
     if idle:
@@ -403,16 +470,23 @@ def report(results, servers, rounds, out, crashed):
                   "|---|---|---:|---:|---:|"]
         for name, per in idle:
             for key, rs in per.items():
+                if not rs:
+                    continue
                 r = rs[0]
                 lines.append(f"| {name} | {key} | {r['kib_per_idle_conn']:.1f} | {r['first_answered']} | "
                              f"{r['second_answered']} |")
     if crashed:
         lines += ["", f"**Crash or panic in the error log of: {', '.join(crashed)}**"]
+    if container_notes:
+        ratios += ["", "| workload | mod_h2rs in a container / on the host (req/s) | mod_h2rs / HTTP/1.1, both in a container |",
+                   "|---|---:|---:|", *container_notes]
     text = "\n".join(lines + ratios) + "\n"
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.md").write_text(text)
     (out / "bench.json").write_text(json.dumps({"date": date, "versions": v, "results": results}, indent=1))
+    if not chart:
+        return  # only the idle workload ran: nothing to chart
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -422,7 +496,8 @@ def report(results, servers, rounds, out, crashed):
         fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6))
         if len(names) == 1:
             axes = [axes]
-        colors = {"mod_h2rs": "#2a7ab0", "stock": "#c0504d", "HTTP/1.1": "#7f7f7f"}
+        colors = {"mod_h2rs": "#2a7ab0", "stock": "#c0504d", "HTTP/1.1": "#7f7f7f", "mod_h2rs (container)": "#5b9bd5",
+                  "HTTP/1.1 (container)": "#bfbfbf"}
         for ax, name in zip(axes, names):
             vals = [chart[name].get(k, 0) for k in keys]
             ax.bar(range(len(keys)), vals, color=[colors.get(k, "#999") for k in keys])

@@ -9,7 +9,8 @@
 //! sleep intervals: the poll wakes for the client and for the workers.
 //!
 //! When no stream is open on the event MPM, the connection goes back to the
-//! MPM in keep-alive state (no thread held by an idle client); the MPM calls
+//! MPM in CONN_STATE_ASYNC_WAITIO (no thread held by an idle client; see
+//! `park.rs` for its idle timeout); the MPM calls
 //! `process_connection` again when bytes arrive. The session (HPACK state,
 //! stream ids) lives in the connection's config vector until the
 //! connection's pool goes: a pre-cleanup tears it down before the pools
@@ -208,6 +209,15 @@ impl Parked for C1 {
             // only polls it (and then sees it readable).
             unsafe { libc::shutdown(self.sock_fd, libc::SHUT_RDWR) };
         }
+    }
+
+    /// Idle for a while: the cached secondary connections (their pools
+    /// keep the last requests' memory) and the I/O buffers go; the next
+    /// stream makes a fresh c2.
+    fn trim(&mut self) {
+        clog!(self.c, Level::Debug, "h2rs: idle for {:?}, releasing cached stream connections", park::TRIM_AFTER);
+        self.session.dispatcher().cache.clear();
+        self.out_buf = Vec::new();
     }
 }
 
@@ -660,7 +670,7 @@ impl C1 {
         // the GOAWAY of `KeepAliveTimeout` (the keep-alive queue, used
         // without WAITIO, has its own).
         if self.can_waitio && self.parking.park() {
-            park::arm_timer(&self.parking, self.keepalive_timeout);
+            park::arm_timer(&self.parking, self.parking.first_timer());
         }
         ffi::HOOK_OK
     }

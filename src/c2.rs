@@ -611,7 +611,13 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
     status::SUCCESS
 }
 
-/// Copies `len` bytes of `fd` from `offset` into the stream's output.
+/// File regions at least this long are queued by reference (a duplicate
+/// descriptor) for c1 to read when it sends; smaller ones are copied (a
+/// dup and a close cost more than copying a few KiB).
+const FILE_BY_REFERENCE: usize = 16 * 1024;
+
+/// Puts `len` bytes of `fd` from `offset` into the stream's output: by
+/// reference when large, else copied.
 fn copy_file_region(
     stream: &Stream,
     buf: &mut Vec<u8>,
@@ -619,6 +625,16 @@ fn copy_file_region(
     mut offset: u64,
     mut len: usize,
 ) -> Result<(), ffi::apr_status_t> {
+    if len >= FILE_BY_REFERENCE {
+        // SAFETY: fd is the open descriptor of a live FILE bucket; it is
+        // only borrowed to duplicate it (the duplicate is ours to close).
+        let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
+        if let Ok(owned) = dup {
+            let region = crate::stream::FileRegion { file: std::fs::File::from(owned), offset, len: len as u64 };
+            return stream.write_file(region).map_err(stream_error_status);
+        }
+        // Out of descriptors: copy instead.
+    }
     const PIECE: usize = 64 * 1024;
     while len > 0 {
         let n = len.min(PIECE);

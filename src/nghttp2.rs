@@ -139,6 +139,11 @@ pub enum DataRead {
     /// `trailers`: send them after the body (the DATA frame then has no
     /// END_STREAM; the trailing HEADERS frame carries it).
     Data { n: usize, eof: bool, trailers: Option<Headers> },
+    /// `n` bytes are ready but were not copied: nghttp2 calls
+    /// `Handler::send_data` to write the frame's payload straight into the
+    /// output (one copy less per byte, and file regions are read directly
+    /// into it).
+    NoCopy { n: usize, eof: bool, trailers: Option<Headers> },
     /// No data yet: nghttp2 parks the stream until `resume_data`.
     Deferred,
     /// Reset the stream (INTERNAL_ERROR).
@@ -155,6 +160,13 @@ pub trait Handler {
     fn data_chunk(&mut self, ops: &mut Ops<'_>, stream_id: i32, data: &[u8]) -> Flow;
     fn stream_close(&mut self, ops: &mut Ops<'_>, stream_id: i32, error_code: u32) -> Flow;
     fn read_data(&mut self, ops: &mut Ops<'_>, stream_id: i32, buf: &mut [u8]) -> DataRead;
+    /// Appends `length` payload bytes of a DATA frame announced with
+    /// `DataRead::NoCopy` to `out` (the frame header and padding are
+    /// written around them). False: the bytes are not there (the stream is
+    /// reset).
+    fn send_data(&mut self, _stream_id: i32, _length: usize, _out: &mut Vec<u8>) -> bool {
+        false
+    }
     fn frame_sent(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo) {}
     /// Total payload length (with padding) for a frame about to be sent,
     /// at most `max_payload` (only called with `Options::padding`).
@@ -484,7 +496,19 @@ impl<'a> Ops<'a> {
 /// An nghttp2 session with its handler.
 pub struct Session<H: Handler> {
     raw: *mut ng::nghttp2_session,
-    handler: Box<H>,
+    ctx: Box<Ctx<H>>,
+}
+
+/// What nghttp2's callbacks reach through `user_data`: the handler, and
+/// while `mem_send` runs, the buffer it fills (no-copy DATA frames are
+/// written into it by `send_data_cb`, in order with the other frames).
+struct Ctx<H> {
+    handler: H,
+    sink: *mut Vec<u8>,
+    /// `mem_send`'s limit: a no-copy frame that reaches it pauses nghttp2
+    /// (which would otherwise write every frame the windows allow in one
+    /// call, a whole large file into memory).
+    sink_limit: usize,
 }
 
 impl<H: Handler> Session<H> {
@@ -497,13 +521,13 @@ impl<H: Handler> Session<H> {
     }
 
     fn new(handler: H, options: &Options, server: bool) -> Result<Session<H>, NgError> {
-        let mut handler = Box::new(handler);
+        let mut ctx = Box::new(Ctx { handler, sink: ptr::null_mut(), sink_limit: 0 });
         let mut callbacks: *mut ng::nghttp2_session_callbacks = ptr::null_mut();
         let mut opt: *mut ng::nghttp2_option = ptr::null_mut();
         let mut raw: *mut ng::nghttp2_session = ptr::null_mut();
         // SAFETY: standard nghttp2 set-up. The callbacks and options are
         // copied into the session and freed right after. The user data is
-        // the boxed handler, whose address is stable for the session's life
+        // the boxed context, whose address is stable for the session's life
         // (the Box moves into the returned Session, the heap value does not).
         unsafe {
             check(ng::nghttp2_session_callbacks_new(&mut callbacks))?;
@@ -516,6 +540,7 @@ impl<H: Handler> Session<H> {
             ng::nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, Some(frame_send_cb::<H>));
             ng::nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks, Some(invalid_frame_cb::<H>));
             ng::nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks, Some(frame_not_send_cb::<H>));
+            ng::nghttp2_session_callbacks_set_send_data_callback(callbacks, Some(send_data_cb::<H>));
             if options.padding {
                 ng::nghttp2_session_callbacks_set_select_padding_callback2(callbacks, Some(padding_cb::<H>));
             }
@@ -536,7 +561,7 @@ impl<H: Handler> Session<H> {
                 ng::nghttp2_option_set_server_fallback_rfc7540_priorities(opt, 1);
                 ng::nghttp2_option_set_builtin_recv_extension_type(opt, ng::NGHTTP2_PRIORITY_UPDATE as u8);
             }
-            let user_data = &mut *handler as *mut H as *mut c_void;
+            let user_data = &mut *ctx as *mut Ctx<H> as *mut c_void;
             let rv = if server {
                 ng::nghttp2_session_server_new2(&mut raw, callbacks, user_data, opt)
             } else {
@@ -546,15 +571,15 @@ impl<H: Handler> Session<H> {
             ng::nghttp2_option_del(opt);
             check(rv)?;
         }
-        Ok(Session { raw, handler })
+        Ok(Session { raw, ctx })
     }
 
     pub fn handler(&mut self) -> &mut H {
-        &mut self.handler
+        &mut self.ctx.handler
     }
 
     pub fn handler_ref(&self) -> &H {
-        &self.handler
+        &self.ctx.handler
     }
 
     pub fn ops(&mut self) -> Ops<'_> {
@@ -563,7 +588,7 @@ impl<H: Handler> Session<H> {
 
     /// The handler and the session operations at once.
     pub fn split(&mut self) -> (&mut H, Ops<'_>) {
-        (&mut self.handler, Ops { raw: self.raw, _life: PhantomData })
+        (&mut self.ctx.handler, Ops { raw: self.raw, _life: PhantomData })
     }
 
     /// Feeds received bytes; callbacks run during this call.
@@ -585,9 +610,15 @@ impl<H: Handler> Session<H> {
         let start = out.len();
         while out.len() < limit {
             let mut data: *const u8 = ptr::null();
+            // No-copy DATA payloads go into `out` from send_data_cb during
+            // the call; the pointer is re-derived for each call and cleared
+            // before `out` is used again here.
+            self.ctx.sink = out as *mut Vec<u8>;
+            self.ctx.sink_limit = limit;
             // SAFETY: on success `data` points at `n` bytes owned by nghttp2,
             // valid until the next call on the session; we copy them now.
             let n = unsafe { ng::nghttp2_session_mem_send2(self.raw, &mut data) };
+            self.ctx.sink = ptr::null_mut();
             if n < 0 {
                 return Err(NgError(n as i32));
             }
@@ -631,11 +662,11 @@ impl<H: Handler> Drop for Session<H> {
 // a stream-scoped callback resets that stream; elsewhere it ends the session.
 
 /// # Safety
-/// `user_data` is the handler pointer given at session creation, and no
+/// `user_data` is the context pointer given at session creation, and no
 /// other reference to the handler is live during a callback.
 unsafe fn handler<'a, H>(user_data: *mut c_void) -> &'a mut H {
     // SAFETY: caller contract.
-    unsafe { &mut *(user_data as *mut H) }
+    unsafe { &mut (*(user_data as *mut Ctx<H>)).handler }
 }
 
 fn ops<'a>(session: *mut ng::nghttp2_session) -> Ops<'a> {
@@ -834,25 +865,68 @@ unsafe extern "C" fn read_data_cb<H: Handler>(
         // SAFETY: nghttp2 gives a writable buffer of `length` bytes.
         let (h, b) = unsafe { (handler::<H>(user_data), std::slice::from_raw_parts_mut(buf, length)) };
         let mut o = ops(session);
-        match h.read_data(&mut o, stream_id, b) {
-            DataRead::Data { n, eof, trailers } => {
-                let mut f = 0u32;
-                if eof {
-                    f |= ng::NGHTTP2_DATA_FLAG_EOF;
-                    if let Some(t) = trailers {
-                        f |= ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
-                        if o.submit_trailer(stream_id, &t).is_err() {
-                            // Without its trailer the stream would never end.
-                            f &= !ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
-                        }
-                    }
+        let (n, eof, trailers, no_copy) = match h.read_data(&mut o, stream_id, b) {
+            DataRead::Data { n, eof, trailers } => (n, eof, trailers, false),
+            DataRead::NoCopy { n, eof, trailers } => (n, eof, trailers, true),
+            DataRead::Deferred => return ng::NGHTTP2_ERR_DEFERRED as ng::nghttp2_ssize,
+            DataRead::Error => return ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE as ng::nghttp2_ssize,
+        };
+        let mut f = if no_copy { ng::NGHTTP2_DATA_FLAG_NO_COPY } else { 0u32 };
+        if eof {
+            f |= ng::NGHTTP2_DATA_FLAG_EOF;
+            if let Some(t) = trailers {
+                f |= ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                if o.submit_trailer(stream_id, &t).is_err() {
+                    // Without its trailer the stream would never end.
+                    f &= !ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
                 }
-                // SAFETY: data_flags is a valid out-pointer from nghttp2.
-                unsafe { *data_flags = f };
-                n.min(length) as ng::nghttp2_ssize
             }
-            DataRead::Deferred => ng::NGHTTP2_ERR_DEFERRED as ng::nghttp2_ssize,
-            DataRead::Error => ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE as ng::nghttp2_ssize,
         }
+        // SAFETY: data_flags is a valid out-pointer from nghttp2.
+        unsafe { *data_flags = f };
+        n.min(length) as ng::nghttp2_ssize
+    })
+}
+
+/// Writes a no-copy DATA frame into the buffer `mem_send` is filling:
+/// header, pad length, the handler's payload bytes, padding.
+unsafe extern "C" fn send_data_cb<H: Handler>(
+    _session: *mut ng::nghttp2_session,
+    frame: *mut ng::nghttp2_frame,
+    framehd: *const u8,
+    length: usize,
+    _source: *mut ng::nghttp2_data_source,
+    user_data: *mut c_void,
+) -> c_int {
+    crate::ffi::panic::guard("nghttp2 send_data", ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE, || {
+        // SAFETY: user_data is our context; `sink` is set by mem_send for
+        // the duration of nghttp2_session_mem_send2 (the only caller of
+        // this callback) and points at its live, otherwise unused buffer.
+        // framehd is 9 bytes and frame a valid DATA frame (nghttp2's docs).
+        let (ctx, header, stream_id, padlen) = unsafe {
+            let ctx = &mut *(user_data as *mut Ctx<H>);
+            (ctx, std::slice::from_raw_parts(framehd, 9), (*frame).hd.stream_id, (*frame).data.padlen)
+        };
+        // SAFETY: see above; null outside mem_send.
+        let Some(out) = (unsafe { ctx.sink.as_mut() }) else {
+            return ng::NGHTTP2_ERR_CALLBACK_FAILURE;
+        };
+        let start = out.len();
+        out.extend_from_slice(header);
+        if padlen > 0 {
+            out.push((padlen - 1) as u8);
+        }
+        if !ctx.handler.send_data(stream_id, length, out) {
+            out.truncate(start);
+            return ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        if padlen > 1 {
+            out.resize(out.len() + padlen - 1, 0);
+        }
+        if out.len() >= ctx.sink_limit {
+            // The frame is written; mem_send2 returns so the buffer goes out.
+            return ng::NGHTTP2_ERR_PAUSE;
+        }
+        0
     })
 }

@@ -8,7 +8,10 @@
 //!   thread) sends GOAWAY(NO_ERROR, last stream) once the session has been
 //!   idle that long (the client then closes; the MPM's own `Timeout` is the
 //!   backstop);
-//! - a graceful stop or restart: GOAWAY at once, from `child_stopping`.
+//! - a graceful stop or restart: GOAWAY at once, from `child_stopping`;
+//! - after `TRIM_AFTER` of idleness, releasing what only a busy session
+//!   needs (cached secondary connections, buffers), so an idle connection
+//!   costs little memory without paying for that on every short pause.
 //!
 //! `Parking` makes those exclusive with the thread that runs the
 //! connection: a session is ACTIVE (a thread runs it), PARKED (idle in the
@@ -32,12 +35,21 @@ const DEAD: u8 = 3;
 pub trait Parked {
     /// Send GOAWAY(NO_ERROR) with this debug text and flush it.
     fn goaway_now(&mut self, debug: &[u8]);
+    /// Release memory kept for the next streams (the session stays).
+    fn trim(&mut self);
 }
+
+/// Idle time after which a parked session releases its caches. Clients
+/// that pause between requests for less (a browser's page load, h2load -m1)
+/// keep them: releasing at every park made such requests 60% dearer.
+pub const TRIM_AFTER: Duration = Duration::from_secs(2);
 
 pub struct Parking {
     state: AtomicU8,
     parked_at: Mutex<Instant>,
     timer_pending: AtomicBool,
+    /// The caches were released since the session was last parked.
+    trimmed: AtomicBool,
     idle_timeout: Duration,
     /// The session; valid while the state is not DEAD.
     session: Mutex<Option<SessionPtr>>,
@@ -54,6 +66,7 @@ impl Parking {
             state: AtomicU8::new(ACTIVE),
             parked_at: Mutex::new(Instant::now()),
             timer_pending: AtomicBool::new(false),
+            trimmed: AtomicBool::new(false),
             idle_timeout,
             session: Mutex::new(None),
         })
@@ -79,6 +92,7 @@ impl Parking {
     /// must be registered (none is pending yet).
     pub fn park(&self) -> bool {
         *self.parked_at.lock() = Instant::now();
+        self.trimmed.store(false, Ordering::Release);
         self.state.store(PARKED, Ordering::Release);
         !self.timer_pending.swap(true, Ordering::AcqRel)
     }
@@ -100,38 +114,50 @@ impl Parking {
         *self.session.lock() = None;
     }
 
-    /// Sends GOAWAY if the session is parked (from another thread).
-    fn goaway_if_parked(&self, debug: &[u8]) -> bool {
+    /// Runs `f` on the session if it is parked (from another thread).
+    fn with_parked(&self, f: impl FnOnce(&mut dyn Parked)) -> bool {
         if self.state.compare_exchange(PARKED, CLOSING, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return false;
         }
         if let Some(ptr) = self.session.lock().as_ref() {
             // SAFETY: CLOSING gives this thread exclusive access; the session
             // outlives the non-DEAD states (kill waits for CLOSING to end).
-            unsafe { (*ptr.0).goaway_now(debug) };
+            f(unsafe { &mut *ptr.0 });
         }
         self.state.store(PARKED, Ordering::Release);
         true
     }
 
-    /// Timer decision: Some(remaining) to re-arm, None when done.
+    /// The first timer after parking: when to call `on_timer`.
+    pub fn first_timer(&self) -> Duration {
+        TRIM_AFTER.min(self.idle_timeout)
+    }
+
+    /// Timer decision: Some(delay) to re-arm, None when done.
     fn on_timer(&self) -> Option<Duration> {
         if self.state.load(Ordering::Acquire) != PARKED {
             self.timer_pending.store(false, Ordering::Release);
             return None;
         }
         let idle = self.parked_at.lock().elapsed();
-        if idle < self.idle_timeout {
-            return Some(self.idle_timeout - idle);
+        if idle >= self.idle_timeout {
+            self.timer_pending.store(false, Ordering::Release);
+            self.with_parked(|s| s.goaway_now(b"idle timeout"));
+            return None;
         }
-        self.timer_pending.store(false, Ordering::Release);
-        self.goaway_if_parked(b"idle timeout");
-        None
+        let trimmed = self.trimmed.load(Ordering::Acquire);
+        if idle >= TRIM_AFTER && !trimmed && self.with_parked(|s| s.trim()) {
+            self.trimmed.store(true, Ordering::Release);
+        }
+        if idle < TRIM_AFTER && !trimmed {
+            return Some((TRIM_AFTER - idle).min(self.idle_timeout - idle));
+        }
+        Some(self.idle_timeout - idle)
     }
 
     /// Graceful stop: a parked session says goodbye now.
     pub fn stop_notice(&self) {
-        self.goaway_if_parked(b"server shutting down");
+        self.with_parked(|s| s.goaway_now(b"server shutting down"));
     }
 }
 
@@ -251,16 +277,19 @@ fn clock_main() {
 mod tests {
     use super::*;
 
-    struct Fake(u32);
+    struct Fake(u32, u32);
     impl Parked for Fake {
         fn goaway_now(&mut self, _debug: &[u8]) {
             self.0 += 1;
+        }
+        fn trim(&mut self) {
+            self.1 += 1;
         }
     }
 
     #[test]
     fn states_and_timer_decisions() {
-        let mut fake = Box::new(Fake(0));
+        let mut fake = Box::new(Fake(0, 0));
         let p = Parking::new(Duration::from_millis(50));
         p.set_session(&mut *fake as *mut dyn Parked);
         assert!(p.park());
@@ -280,5 +309,33 @@ mod tests {
         p.kill();
         p.stop_notice();
         assert_eq!(fake.0, 2);
+        assert_eq!(fake.1, 0, "idle timeout below TRIM_AFTER: nothing to trim first");
+    }
+
+    #[test]
+    fn a_long_idle_session_is_trimmed_once_before_its_goaway() {
+        let mut fake = Box::new(Fake(0, 0));
+        let p = Parking::new(TRIM_AFTER + Duration::from_millis(100));
+        p.set_session(&mut *fake as *mut dyn Parked);
+        assert!(p.park());
+        assert_eq!(p.first_timer(), TRIM_AFTER);
+        // Early: wait for the trim.
+        let rest = p.on_timer().expect("re-armed");
+        assert!(rest <= TRIM_AFTER);
+        *p.parked_at.lock() -= TRIM_AFTER;
+        // Trimmed now, then re-armed for the idle timeout.
+        assert!(p.on_timer().is_some());
+        assert!(p.on_timer().is_some());
+        assert_eq!((fake.0, fake.1), (0, 1));
+        *p.parked_at.lock() -= Duration::from_millis(100);
+        assert!(p.on_timer().is_none());
+        assert_eq!((fake.0, fake.1), (1, 1));
+        // Parked again after a request: trimmed again later.
+        p.activate();
+        assert!(p.park());
+        *p.parked_at.lock() -= TRIM_AFTER;
+        assert!(p.on_timer().is_some());
+        assert_eq!(fake.1, 2);
+        p.kill();
     }
 }

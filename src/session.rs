@@ -709,13 +709,18 @@ impl<D: Dispatch> ng::Handler for Core<D> {
             0 => buf.len(),
             m => buf.len().min(m as usize),
         };
-        match stream.read_output(&mut buf[..max]) {
-            Output::Data { n, end, trailers } => DataRead::Data { n, eof: end, trailers },
+        match stream.peek_output(max) {
+            Output::Data { n, end, trailers } => DataRead::NoCopy { n, eof: end, trailers },
             Output::Deferred => {
                 entry.deferred = true;
                 DataRead::Deferred
             }
         }
+    }
+
+    fn send_data(&mut self, stream_id: i32, length: usize, out: &mut Vec<u8>) -> bool {
+        let Some(stream) = self.entries.get(&stream_id).and_then(|e| e.stream.as_ref()) else { return false };
+        stream.take_output(out, length).is_ok()
     }
 }
 
@@ -1191,27 +1196,35 @@ pub(crate) mod tests {
             self.pump_with(until, true)
         }
 
+        /// One round as c1 does it: client bytes in, worker signals, at
+        /// most `out_limit` (plus a frame) server bytes out. Returns the
+        /// bytes moved each way.
+        pub fn step(&mut self, out_limit: usize) -> (usize, usize) {
+            let mut c2s = Vec::new();
+            self.client.mem_send(&mut c2s, usize::MAX).unwrap();
+            if !c2s.is_empty() {
+                self.server.recv(&c2s).unwrap();
+            }
+            self.server.process_signals();
+            self.server.retire_finished();
+            let mut s2c = Vec::new();
+            self.server.collect_output(&mut s2c, out_limit).unwrap();
+            if !s2c.is_empty() {
+                self.client.mem_recv(&s2c).unwrap();
+            }
+            (c2s.len(), s2c.len())
+        }
+
         fn pump_with(&mut self, until: impl Fn(&Client) -> bool, sleep_on_signal: bool) {
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             loop {
-                let mut c2s = Vec::new();
-                self.client.mem_send(&mut c2s, usize::MAX).unwrap();
-                if !c2s.is_empty() {
-                    self.server.recv(&c2s).unwrap();
-                }
-                self.server.process_signals();
-                self.server.retire_finished();
-                let mut s2c = Vec::new();
-                self.server.collect_output(&mut s2c, usize::MAX).unwrap();
-                if !s2c.is_empty() {
-                    self.client.mem_recv(&s2c).unwrap();
-                }
+                let (sent, received) = self.step(usize::MAX);
                 if until(self.client.handler_ref()) {
                     return;
                 }
                 assert!(std::time::Instant::now() < deadline, "pump timed out: {:?} {:?}",
                     self.client.handler_ref().streams, self.client.handler_ref().rst_received);
-                if !c2s.is_empty() || !s2c.is_empty() {
+                if sent > 0 || received > 0 {
                     continue;
                 }
                 if sleep_on_signal && !self.client.ops().want_write() {
@@ -1282,6 +1295,46 @@ pub(crate) mod tests {
             let s = &p.client.handler_ref().streams[&id];
             assert_eq!((s.closed, s.body.len()), (Some(0), n), "round {round}");
         }
+    }
+
+    /// Answers with a 1 MiB file region (as the static file path does for
+    /// large files), between two small in-memory pieces.
+    fn file_region(stream: Arc<Stream>) {
+        let path = std::env::temp_dir().join(format!("h2rs-session-file-{}", std::process::id()));
+        let content: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        stream.set_response(ResponseHead { status: 200, headers: Headers::new() }).unwrap();
+        stream.write_output(b"<").unwrap();
+        stream.write_file(crate::stream::FileRegion { file, offset: 0, len: 1 << 20 }).unwrap();
+        stream.write_output(b">").unwrap();
+        stream.end_output(None);
+    }
+
+    #[test]
+    fn file_regions_go_out_in_bounded_writes() {
+        let mut p = Pair::new(Settings::default(), file_region);
+        let id = p.get("/file");
+        let limit = 64 * 1024;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut largest = 0;
+        while !closed(vec![id])(p.client.handler_ref()) {
+            assert!(std::time::Instant::now() < deadline, "stalled");
+            let (_, received) = p.step(limit);
+            largest = largest.max(received);
+            if received == 0 {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // One frame may cross the limit, never the whole file.
+        assert!(largest <= limit + 16 * 1024 + 9, "wrote {largest} bytes at once");
+        let s = &p.client.handler_ref().streams[&id];
+        let mut want = b"<".to_vec();
+        want.extend((0..(1u32 << 20)).map(|i| (i % 241) as u8));
+        want.push(b'>');
+        assert_eq!(s.closed, Some(0));
+        assert!(s.body == want, "body differs ({} bytes)", s.body.len());
     }
 
     #[test]

@@ -529,3 +529,21 @@ def h2load(*args, timeout=180):
     if m:
         res["rps"] = float(m[1])
     return res
+
+
+# ---- target -------------------------------------------------------------------
+# H2RS_TARGET=local (default): the system's httpd with build/mod_h2rs.so.
+# H2RS_TARGET=container: the same tests against httpd in a container of the
+# image H2RS_IMAGE (default mod_h2rs:latest, made by `make docker-image`),
+# through tests/container.py's ContainerHttpd (same interface as Httpd).
+TARGET = os.environ.get("H2RS_TARGET", "local")
+if TARGET == "container":
+    import container  # noqa: E402  (it imports this module back; all of it is defined by now)
+
+    if not container.engine_available():
+        raise pytest.UsageError("H2RS_TARGET=container: no Docker engine answers (docker info)")
+    if not container.image_exists(container.DEFAULT_IMAGE):
+        raise pytest.UsageError(f"H2RS_TARGET=container: no image {container.DEFAULT_IMAGE} (make docker-image)")
+    Httpd = container.ContainerHttpd  # noqa: F811
+elif TARGET != "local":
+    raise pytest.UsageError(f"H2RS_TARGET={TARGET}: use local or container")

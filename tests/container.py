@@ -156,6 +156,28 @@ _LOOPBACK_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://(?:127\.\d+\.\d+\.\d+|localho
 _SOCK = re.compile(r"^(\s*ScriptSock\s+)(\"[^\"]*\"|\S+)", re.M | re.I)
 
 
+def container_config(text, layout, host_network):
+    """A config written for the host's httpd, as httpd in a container of
+    `layout` (image_layout) must read it: the image's module paths and
+    mime.types, modules the host has compiled in loaded, the CGI socket
+    inside the container; on a bridge network, Listen and VirtualHost on
+    every address of the container (ports are published on 127.0.0.1)."""
+    host_moddir = conftest.MODDIR.rstrip("/") + "/"
+    if layout["preload"]:
+        text = "".join(f"LoadModule {name} {path}\n" for name, path in layout["preload"]
+                       if not re.search(rf"^\s*LoadModule\s+{name}\s", text, re.M)) + text
+    text = text.replace(host_moddir, layout["moddir"].rstrip("/") + "/")
+    text = _TYPES.sub(lambda m: m[1] + f'"{layout["mime-types"]}"', text)
+    if _SOCK.search(text):
+        text = _SOCK.sub(lambda m: m[1] + CONTAINER_SCRIPTSOCK, text)
+    else:
+        text += f"\n<IfModule cgid_module>\n  ScriptSock {CONTAINER_SCRIPTSOCK}\n</IfModule>\n"
+    if not host_network:
+        text = _LISTEN.sub(lambda m: f"{m[1]}{m[2]}{m[3]}", text)
+        text = _VHOST.sub(lambda m: m[1] + re.sub(r"\b127\.0\.0\.1:", "*:", m[2]) + ">", text)
+    return text
+
+
 class ContainerHttpd(conftest.Httpd):
     """`conftest.Httpd` with httpd in a container of `image` (see the module doc).
 
@@ -192,16 +214,6 @@ class ContainerHttpd(conftest.Httpd):
 
     def containerize(self, text):
         """The host config `text` as the container must read it; sets self.ports."""
-        host_moddir = conftest.MODDIR.rstrip("/") + "/"
-        if self.layout["preload"]:
-            text = "".join(f"LoadModule {name} {path}\n" for name, path in self.layout["preload"]
-                           if not re.search(rf"^\s*LoadModule\s+{name}\s", text, re.M)) + text
-        text = text.replace(host_moddir, self.layout["moddir"].rstrip("/") + "/")
-        text = _TYPES.sub(lambda m: m[1] + f'"{self.layout["mime-types"]}"', text)
-        if _SOCK.search(text):
-            text = _SOCK.sub(lambda m: m[1] + CONTAINER_SCRIPTSOCK, text)
-        else:
-            text += f"\n<IfModule cgid_module>\n  ScriptSock {CONTAINER_SCRIPTSOCK}\n</IfModule>\n"
         ports = [int(m[2]) for m in _LISTEN.finditer(text)]
         self.ports = list(dict.fromkeys(ports)) or [self.port]
         # A config that reaches a server on the host's loopback (ProxyPass
@@ -210,10 +222,7 @@ class ContainerHttpd(conftest.Httpd):
         self.net = self.network
         if self.network is None and _LOOPBACK_URL.search(text):
             self.net = "host"
-        if self.net != "host":
-            text = _LISTEN.sub(lambda m: f"{m[1]}{m[2]}{m[3]}", text)
-            text = _VHOST.sub(lambda m: m[1] + re.sub(r"\b127\.0\.0\.1:", "*:", m[2]) + ">", text)
-        return text
+        return container_config(text, self.layout, host_network=self.net == "host")
 
     def write_config(self):
         module = self.module

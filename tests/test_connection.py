@@ -102,6 +102,21 @@ def test_idle_timeout_sends_goaway_with_last_stream(make_server):
     c.close()
 
 
+def test_a_long_idle_connection_releases_its_caches_and_serves_again(make_server):
+    """After 2 s parked, a session drops its cached stream connections
+    (memory of idle clients); the next streams get fresh ones."""
+    srv = make_server(extra="KeepAliveTimeout 30", loglevel="warn http2:debug").start()
+    c = H2Client(srv.port)
+    for _ in range(3):
+        assert c.wait_stream(c.request("/1k.bin")).status == 200
+    time.sleep(2.8)
+    assert "releasing cached stream connections" in srv.read_error_log()
+    sts = [c.wait_stream(c.request(f"/1k.bin?{i}")) for i in range(5)]
+    assert [st.status for st in sts] == [200] * 5 and c.goaway is None
+    assert all(len(st.data) == 1024 for st in sts)
+    c.close()
+
+
 def test_busy_connection_is_not_cut_by_keepalive_timeout(make_server):
     srv = make_server(extra="KeepAliveTimeout 1").start()
     c = H2Client(srv.port)
