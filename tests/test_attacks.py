@@ -633,10 +633,11 @@ def test_data_dribble(srv):
 
 def test_zero_window_slow_read(srv):
     """INITIAL_WINDOW_SIZE 0 and never opened, 100 streams per connection
-    asking for 1 MiB each, on 4 connections: each stream buffers at most
+    asking for 1 MiB each, on 4 connections: static files are queued by
+    reference (no worker waits, no copy) and other responses buffer at most
     H2StreamMaxMemSize; a connection whose client never opens its window
-    may hold only a few workers (limits::ZERO_WINDOW_ACTIVE_STREAMS), so a
-    legitimate client is still served; the blocked streams are reset after
+    runs one stream on a worker at a time (limits::ZERO_WINDOW_ACTIVE_STREAMS),
+    so a legitimate client is still served; blocked handlers are reset after
     H2StreamTimeout and the connection closed after Timeout."""
     with Attack(srv, "zero-window slow read 4 x 100", bound_mib=48) as a:
         conns = []
