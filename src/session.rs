@@ -463,7 +463,14 @@ impl<D: Dispatch> Core<D> {
         }
         if p.failed {
             // The worker ended without a response (it failed or panicked).
+            let (stream_window, conn_window) = ops.send_windows(id);
             self.reset(ops, id, error_code::INTERNAL_ERROR);
+            if self.peer_window_closed && (stream_window <= 0 || conn_window <= 0) {
+                // It gave up (H2StreamTimeout) on a client that gives no
+                // window at all: a zero-window slow read (CVE-2023-43622),
+                // whose next stream would hold the next worker as long.
+                self.calm_down(ops);
+            }
         }
         if p.worker_done {
             self.worker_finished(id);

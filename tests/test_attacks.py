@@ -631,27 +631,35 @@ def test_data_dribble(srv):
 
 # ---- zero-window slow read (CVE-2023-43622) ----------------------------------------------------
 
-def test_zero_window_slow_read(srv):
+@pytest.mark.parametrize("kind", ["static", "cgi"])
+def test_zero_window_slow_read(srv, kind):
     """INITIAL_WINDOW_SIZE 0 and never opened, 100 streams per connection
     asking for 1 MiB each, on 4 connections: static files are queued by
     reference (no worker waits, no copy) and other responses buffer at most
     H2StreamMaxMemSize; a connection whose client never opens its window
     runs one stream on a worker at a time (limits::ZERO_WINDOW_ACTIVE_STREAMS),
-    so a legitimate client is still served; blocked handlers are reset after
-    H2StreamTimeout and the connection closed after Timeout."""
-    with Attack(srv, "zero-window slow read 4 x 100", bound_mib=48) as a:
+    so a legitimate client is still served; when that handler gives up
+    (H2StreamTimeout) the connection ends with ENHANCE_YOUR_CALM; with only
+    static files it is closed after Timeout."""
+    # big.cgi takes its size from the whole query string.
+    path = (lambda i: f"/1m.bin?zw={i}") if kind == "static" else (lambda i: "/cgi/big.cgi?1000000")
+    with Attack(srv, f"zero-window slow read 4 x 100 {kind}", bound_mib=48) as a:
         conns = []
         for _ in range(4):
             c = Conn(srv.port, settings_pairs=[(INITIAL_WINDOW_SIZE, 0)], auto_window=False)
-            c.send(b"".join(headers(1 + 2 * i, req_block(c, f"/1m.bin?zw={i}")) for i in range(100)))
+            c.send(b"".join(headers(1 + 2 * i, req_block(c, path(i))) for i in range(100)))
             conns.append(c)
         time.sleep(6)  # longer than H2StreamTimeout 5
-        outcomes = []
+        outcomes = collections.Counter()
         for c in conns:
             c.drain(0.2)
-            resets = sum(1 for r in c.responses.values() if r.reset is not None)
-            outcomes.append(f"{resets}rst")
-        a.ended = " ".join(outcomes) + " " + ended(conns[0], 0.1)
+            outcomes[f"{sum(1 for r in c.responses.values() if r.reset is not None)}rst "
+                     f"{ended(c, 0.1)}"] += 1
+        a.ended = " ".join(f"{v}x[{k}]" for k, v in outcomes.items())
+        if kind == "cgi":
+            # The first handler gave up on the client (H2StreamTimeout):
+            # the connection is ended rather than handed the next worker.
+            assert all(k.endswith("GOAWAY ENHANCE_YOUR_CALM") for k in outcomes), outcomes
         for c in conns:
             c.close()
 
