@@ -42,7 +42,7 @@ use std::time::Duration;
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Bytes read per loop turn before writing (fairness between directions).
-const READ_BUDGET: usize = 256 * 1024;
+const READ_BUDGET: usize = crate::limits::READ_BUDGET;
 /// Bytes collected from nghttp2 per socket write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -97,6 +97,16 @@ pub struct C1Dispatch {
     session_pool: *mut ffi::apr_pool_t,
     cache: Arc<C2Cache>,
     protocol: &'static CStr,
+    /// Counted among the pool's busy sessions.
+    busy: bool,
+    /// The session's wake-up, for `wait_for_room`.
+    signal: Arc<Signal>,
+}
+
+impl Drop for C1Dispatch {
+    fn drop(&mut self) {
+        self.set_busy(false);
+    }
 }
 
 impl Dispatch for C1Dispatch {
@@ -133,6 +143,29 @@ impl Dispatch for C1Dispatch {
 
     fn retire(&mut self, retire: Box<dyn Retire>, outcome: Outcome) {
         retire.retire(outcome)
+    }
+
+    fn set_busy(&mut self, busy: bool) {
+        if busy != self.busy {
+            self.busy = busy;
+            if let Some(pool) = workers::current() {
+                pool.session_busy(busy);
+            }
+        }
+    }
+
+    fn fair_share(&self) -> usize {
+        workers::current().map(|p| p.fair_share()).unwrap_or(usize::MAX)
+    }
+
+    fn has_room(&self) -> bool {
+        workers::current().map(|p| p.has_room()).unwrap_or(true)
+    }
+
+    fn wait_for_room(&mut self) {
+        if let Some(pool) = workers::current() {
+            pool.wait_for_room(&self.signal);
+        }
     }
 }
 
@@ -229,8 +262,7 @@ pub unsafe fn server_config<'a>(s: *const ffi::server_rec) -> Option<&'a ServerC
 /// grows towards this for clients that behave.
 fn max_active_streams(max_streams: u32) -> usize {
     let workers = workers::current().map(|p| p.limits().1).unwrap_or(1);
-    let share = if workers > 1 { (workers * 3 / 4).max(1) } else { 1 };
-    share.clamp(1, max_streams.max(1)) as usize
+    crate::limits::fair_share(workers, 1).clamp(1, max_streams.max(1) as usize)
 }
 
 /// Session settings from the server config and httpd's limits.
@@ -243,6 +275,7 @@ pub fn request_limits(server: &ffi::server_rec, extended_connect: bool) -> Limit
         max_fields: server.limit_req_fields.max(0) as u32,
         max_field_size: server.limit_req_fieldsize.max(0) as u32,
         max_line: server.limit_req_line.max(0) as u32,
+        max_head_bytes: crate::limits::MAX_REQUEST_HEAD_BYTES,
         extended_connect,
     }
 }
@@ -274,7 +307,7 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
             extensible_priorities: true,
             padding: cfg.padding_bits() > 0,
             max_send_header_block: match cfg.max_header_block_len() {
-                0 => 64 * 1024,
+                0 => crate::limits::directive::MAX_HEADER_BLOCK_LEN.1,
                 n => n as usize,
             },
             ..Default::default()
@@ -437,7 +470,14 @@ impl C1 {
             let signal = Arc::new(Signal::new().ok()?);
             let session_pool = apr::pool::create_threadsafe((*c).pool, "h2rs_session").ok()?;
             let settings = settings_for(s);
-            let dispatch = C1Dispatch { c1: c, session_pool, cache: Arc::new(C2Cache::default()), protocol };
+            let dispatch = C1Dispatch {
+                c1: c,
+                session_pool,
+                cache: Arc::new(C2Cache::default()),
+                protocol,
+                busy: false,
+                signal: signal.clone(),
+            };
             let upgraded = upgrade.is_some();
             let created = match upgrade {
                 Some(u) => Session::new_upgraded(settings, signal.clone(), dispatch, &u.settings_payload, u.head),
@@ -711,14 +751,17 @@ impl C1 {
                 };
                 total += data.len();
                 if let Err(e) = self.session.recv(data) {
-                    if e.is_flood() {
+                    if e.is_abuse() {
                         clog!(c, Level::Info, "h2rs: client flooded the connection, closing: {e}");
                     } else if e.is_bad_preface() {
                         clog!(c, Level::Debug, "h2rs: not an HTTP/2 client preface: {e}");
                     } else {
                         clog!(c, Level::Debug, "h2rs: session error: {e}");
                     }
-                    self.session.terminate(error_code::PROTOCOL_ERROR);
+                    // A flood (nghttp2's queue of unanswered ACKs is full, or a
+                    // CONTINUATION flood) is abuse, anything else a protocol error.
+                    let code = if e.is_abuse() { error_code::ENHANCE_YOUR_CALM } else { error_code::PROTOCOL_ERROR };
+                    self.session.terminate(code);
                     self.in_bb.cleanup();
                     // Let the GOAWAY go out, then close.
                     let _ = self.write_output();
@@ -843,11 +886,35 @@ impl C1 {
         // destroyed and no worker runs a stream of this connection.
         unsafe { ffi::apr_pool_destroy(dispatch.session_pool) };
         dispatch.session_pool = ptr::null_mut();
+        release_freed_memory();
     }
 
     pub fn conn(&self) -> *mut ffi::conn_rec {
         self.c
     }
+}
+
+/// Gives memory freed by ended sessions back to the system, at most once
+/// per `limits::TRIM_INTERVAL_SECS`. glibc keeps freed memory in the arena
+/// of the thread that freed it, and sessions end on whichever MPM thread
+/// ran them last: after an attack that made sessions buffer a lot (request
+/// bodies held in the stream windows), RSS would otherwise stay at the
+/// attack's peak, times the number of arenas touched.
+fn release_freed_memory() {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let last = LAST.load(Ordering::Relaxed);
+    if now < last + crate::limits::TRIM_INTERVAL_SECS
+        || LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
+    // SAFETY: malloc_trim only releases free memory of glibc's heaps; it
+    // takes each arena's lock and is safe to call from any thread.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Whether `c` may speak HTTP/2 with prior knowledge (H2Direct, Protocols).

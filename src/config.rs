@@ -10,13 +10,14 @@ use std::time::Duration;
 
 /// The stock module's defaults.
 pub mod defaults {
-    pub const MAX_SESSION_STREAMS: u32 = 100;
-    pub const WINDOW_SIZE: u32 = 65535;
+    use crate::limits::directive;
+    pub const MAX_SESSION_STREAMS: u32 = directive::MAX_SESSION_STREAMS.1;
+    pub const WINDOW_SIZE: u32 = directive::WINDOW_SIZE.1;
     pub const MAX_WORKER_IDLE_SECS: u32 = 600;
-    pub const STREAM_MAX_MEM_SIZE: usize = 32 * 1024;
+    pub const STREAM_MAX_MEM_SIZE: usize = directive::STREAM_MAX_MEM_SIZE.1;
     pub const TLS_WARMUP_SIZE: u64 = 1024 * 1024;
     pub const PUSH_DIARY_SIZE: u32 = 256;
-    pub const MAX_STREAM_ERRORS: u32 = 8;
+    pub const MAX_STREAM_ERRORS: u32 = directive::MAX_STREAM_ERRORS.1;
 }
 
 /// An on/off/None tri-state, where None means "not set here, inherit".

@@ -18,6 +18,7 @@
 pub mod ffi;
 pub mod apr;
 pub mod log;
+pub mod limits;
 pub mod config;
 pub mod nghttp2;
 pub mod request;

@@ -24,11 +24,12 @@ pub enum Level {
 }
 
 /// A message as a C string; interior NULs (from client data) become '?'.
+#[cfg_attr(any(test, fuzzing), allow(dead_code))]
 fn c_message(msg: &str) -> CString {
     CString::new(msg.replace('\0', "?")).unwrap_or_default()
 }
 
-#[cfg(not(test))]
+#[cfg(not(any(test, fuzzing)))]
 mod sink {
     use super::*;
 
@@ -64,8 +65,9 @@ mod sink {
     }
 }
 
-/// Unit tests run without httpd: log lines go to stderr.
-#[cfg(test)]
+/// Unit tests and fuzz targets (cargo fuzz sets `--cfg fuzzing`) run
+/// without httpd: log lines go to stderr.
+#[cfg(any(test, fuzzing))]
 mod sink {
     use super::*;
     pub fn conn_enabled(_c: *const ffi::conn_rec, _level: Level) -> bool {

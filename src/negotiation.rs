@@ -48,10 +48,26 @@ pub fn decode_http2_settings(value: &[u8]) -> Option<Vec<u8>> {
             acc &= (1 << bits) - 1;
         }
     }
-    if bits >= 6 || out.len() % 6 != 0 || out.len() > 6 * 32 {
+    if bits >= 6 || out.len() % 6 != 0 || out.len() > 6 * crate::limits::MAX_SETTINGS {
+        return None;
+    }
+    if !out.chunks_exact(6).all(|e| setting_valid(u16::from_be_bytes([e[0], e[1]]), u32::from_be_bytes([e[2], e[3], e[4], e[5]]))) {
         return None;
     }
     Some(out)
+}
+
+/// RFC 9113 6.5.2 (and RFC 8441 3): values a SETTINGS frame must not carry.
+/// An Upgrade whose HTTP2-Settings has one is not upgraded (nghttp2 would
+/// refuse the settings after the 101, when the request can no longer be
+/// answered over HTTP/1.1).
+pub fn setting_valid(id: u16, value: u32) -> bool {
+    match id {
+        0x2 | 0x8 | 0x9 => value <= 1,
+        0x4 => value <= i32::MAX as u32,
+        0x5 => (16_384..=16_777_215).contains(&value),
+        _ => true,
+    }
 }
 
 /// Fields of an HTTP/1.1 Upgrade request that must not reach stream 1.
@@ -116,6 +132,11 @@ mod tests {
         assert!(decode_http2_settings(b"AAMAAABkAAQAAP_").is_none(), "not a multiple of 6");
         assert!(decode_http2_settings(b"!!!!").is_none());
         assert!(decode_http2_settings(&[b'A'; 400]).is_none(), "too many settings");
+        // INITIAL_WINDOW_SIZE 2^31, MAX_FRAME_SIZE 1, ENABLE_PUSH 2: refused.
+        assert!(decode_http2_settings(b"AASAAAAA").is_none());
+        assert!(decode_http2_settings(b"AAUAAAAB").is_none());
+        assert!(decode_http2_settings(b"AAIAAAAC").is_none());
+        assert!(decode_http2_settings(b"AAUAAEAA").is_some(), "MAX_FRAME_SIZE 16384");
     }
 
     #[test]

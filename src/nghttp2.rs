@@ -11,6 +11,7 @@
 //! nghttp2 is not thread-safe: a session is used by one thread at a time
 //! (the thread that drives the client connection).
 
+use crate::limits;
 use crate::stream::Headers;
 use libnghttp2_sys as ng;
 use std::ffi::{c_int, c_void};
@@ -196,6 +197,12 @@ impl NgError {
         self.0 == ng::NGHTTP2_ERR_FLOODED
     }
 
+    /// Abuse nghttp2 detected on its own: a flood, or more CONTINUATION
+    /// frames than `limits::MAX_CONTINUATIONS` (CVE-2024-27316).
+    pub fn is_abuse(&self) -> bool {
+        self.is_flood() || self.0 == ng::NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
+    }
+
     pub fn is_bad_preface(&self) -> bool {
         self.0 == ng::NGHTTP2_ERR_BAD_CLIENT_MAGIC
     }
@@ -249,13 +256,13 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             manual_window_update: true,
-            max_send_header_block: 64 * 1024,
-            max_deflate_table: 4096,
-            stream_reset_rate: (1000, 33),
-            max_continuations: 8,
-            max_settings: 32,
-            max_outbound_ack: 1000,
-            glitch_rate: (1000, 33),
+            max_send_header_block: limits::directive::MAX_HEADER_BLOCK_LEN.1,
+            max_deflate_table: limits::MAX_DEFLATE_TABLE,
+            stream_reset_rate: (limits::NGHTTP2_RST_RATE.burst, limits::NGHTTP2_RST_RATE.per_sec),
+            max_continuations: limits::MAX_CONTINUATIONS,
+            max_settings: limits::MAX_SETTINGS,
+            max_outbound_ack: limits::MAX_OUTBOUND_ACK,
+            glitch_rate: (limits::GLITCH_RATE.burst, limits::GLITCH_RATE.per_sec),
             no_http_messaging: false,
             padding: false,
             extensible_priorities: false,
@@ -471,6 +478,16 @@ impl<'a> Ops<'a> {
     pub fn stream_exists(&self, stream_id: i32) -> bool {
         // SAFETY: live session; the result is only compared with NULL.
         unsafe { !ng::nghttp2_session_find_stream(self.raw, stream_id).is_null() }
+    }
+
+    /// Whether the peer gives us no flow-control window to send with:
+    /// SETTINGS_INITIAL_WINDOW_SIZE 0, or an exhausted connection window.
+    pub fn peer_window_closed(&self) -> bool {
+        // SAFETY: live session; plain getters.
+        unsafe {
+            ng::nghttp2_session_get_remote_settings(self.raw, ng::NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE) == 0
+                || ng::nghttp2_session_get_remote_window_size(self.raw) <= 0
+        }
     }
 
     /// (stream, connection) send windows the peer granted, for diagnostics.

@@ -24,6 +24,9 @@ pub struct Limits {
     pub max_field_size: u32,
     /// LimitRequestLine: bytes of a pseudo-header value.
     pub max_line: u32,
+    /// Decoded bytes of one head (fields counted as HPACK does: name +
+    /// value + 32): HPACK can make a small block decode to a huge head.
+    pub max_head_bytes: u32,
     /// We sent SETTINGS_ENABLE_CONNECT_PROTOCOL (H2WebSockets): `:protocol`
     /// is allowed on CONNECT (RFC 8441 4); without it, it is malformed.
     pub extended_connect: bool,
@@ -31,7 +34,14 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_fields: 100, max_field_size: 8190, max_line: 8190, extended_connect: false }
+        use crate::limits::directive::{LIMIT_REQUEST_FIELDS, LIMIT_REQUEST_FIELD_SIZE, LIMIT_REQUEST_LINE};
+        Limits {
+            max_fields: LIMIT_REQUEST_FIELDS.1,
+            max_field_size: LIMIT_REQUEST_FIELD_SIZE.1,
+            max_line: LIMIT_REQUEST_LINE.1,
+            max_head_bytes: crate::limits::MAX_REQUEST_HEAD_BYTES,
+            extended_connect: false,
+        }
     }
 }
 
@@ -60,6 +70,15 @@ pub struct RequestHead {
 impl RequestHead {
     pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
         self.headers.get(name)
+    }
+
+    /// Bytes the head holds, fields counted as HPACK does (+ 32 each).
+    pub fn decoded_size(&self) -> usize {
+        let pseudo = [&self.scheme, &self.authority, &self.path, &self.protocol]
+            .iter()
+            .map(|v| v.as_ref().map_or(0, |v| v.len() + 32))
+            .sum::<usize>();
+        self.method.len() + pseudo + self.headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>()
     }
 
     /// Whether the stream becomes a tunnel once the handler agrees.
@@ -128,10 +147,14 @@ impl RequestBuilder {
         }
     }
 
+    /// The request will be answered with `status`: what was stored is
+    /// not needed any more (only the pseudo headers are kept).
     fn fail(&mut self, status: u16) {
         if self.head.error_status.is_none() {
             self.head.error_status = Some(status);
         }
+        self.head.headers = Headers::default();
+        self.cookies = Vec::new();
     }
 
     /// Adds one field. Errors reset the stream; limit violations are
@@ -140,8 +163,11 @@ impl RequestBuilder {
         self.raw_bytes += name.len() + value.len() + 32;
         self.fields_seen += 1;
         let max = self.limits.max_fields;
-        if max > 0 && self.fields_seen > max.saturating_add(100) {
+        if max > 0 && self.fields_seen > max.saturating_add(crate::limits::FIELDS_CALM_MARGIN) {
             return Err(HeaderError::Calm);
+        }
+        if self.raw_bytes > self.limits.max_head_bytes as usize {
+            self.fail(431);
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
             if self.regular_seen {
@@ -193,6 +219,11 @@ impl RequestBuilder {
             return Ok(());
         }
         if name == b"cookie" {
+            if value.is_empty() {
+                // An empty crumb adds nothing (and "a=1; " would end in a
+                // space, an invalid value; found by fuzzing).
+                return Ok(());
+            }
             if !self.cookies.is_empty() {
                 self.cookies.extend_from_slice(b"; ");
             }
@@ -288,6 +319,7 @@ mod tests {
         let mut f = GET.to_vec();
         f.push(("accept", "*/*"));
         f.push(("cookie", "a=1"));
+        f.push(("cookie", ""));
         f.push(("cookie", "b=2"));
         let h = build(&f, Limits::default()).unwrap();
         assert_eq!(h.method, b"GET");
@@ -339,8 +371,27 @@ mod tests {
     }
 
     #[test]
+    fn decoded_head_size_is_bounded() {
+        // 20 fields of 4000 bytes: within LimitRequestFields and the field
+        // size, beyond max_head_bytes: 431, and nothing is kept.
+        let limits = Limits { max_head_bytes: 64 * 1024, ..Limits::default() };
+        let mut b = RequestBuilder::new(limits);
+        for (n, v) in GET {
+            b.add(n.as_bytes(), v.as_bytes()).unwrap();
+        }
+        let big = vec![b'B'; 4000];
+        for _ in 0..20 {
+            b.add(b"x-bomb", &big).unwrap();
+        }
+        let h = b.finish(true).unwrap();
+        assert_eq!(h.error_status, Some(431));
+        assert_eq!(h.headers.len(), 0);
+        assert!(h.decoded_size() < 1024);
+    }
+
+    #[test]
     fn limits_answer_431_414_and_calm() {
-        let limits = Limits { max_fields: 3, max_field_size: 20, max_line: 12, extended_connect: false };
+        let limits = Limits { max_fields: 3, max_field_size: 20, max_line: 12, ..Limits::default() };
         let mut f = GET.to_vec();
         f[3] = (":path", "/0123456789ab");
         assert_eq!(build(&f, limits).unwrap().error_status, Some(414));

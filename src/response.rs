@@ -156,6 +156,11 @@ fn parse_head(text: &[u8]) -> Option<ResponseHead> {
         return None;
     }
     let status = std::str::from_utf8(code).ok()?.parse::<u16>().ok()?;
+    // RFC 9110 15: three digits, the first 1 to 5 ("001" would go out as an
+    // interim :status the client cannot parse; found by fuzzing).
+    if !(100..=599).contains(&status) {
+        return None;
+    }
     let mut headers = Headers::new();
     let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for line in lines {
@@ -358,6 +363,14 @@ mod tests {
         assert_eq!(h.headers.get(b"connection"), None);
         assert_eq!(h.headers.get(b"x-a"), Some(&b"1"[..]));
         assert_eq!(p.take_rest(), b"body");
+    }
+
+    #[test]
+    fn status_out_of_range_is_invalid() {
+        for head in [&b"HTTP/2.1 001 X\r\n\r\n"[..], b"HTTP/1.1 099 X\r\n\r\n", b"HTTP/1.1 600 X\r\n\r\n"] {
+            let mut p = InterimParser::default();
+            assert_eq!(p.push(head), vec![Parsed::Invalid], "{head:?}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! ```
 
 use crate::nghttp2::{self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, NgError, Ops};
+use crate::limits::{self, RateLimit};
 use crate::request::{HeaderError, Limits, RequestBuilder};
 use crate::signal::Signal;
 use crate::stream::{Outcome, Output, Retire, Stream};
@@ -94,6 +95,28 @@ pub trait Dispatch {
     fn retire(&mut self, retire: Box<dyn Retire>, outcome: Outcome) {
         retire.retire(outcome)
     }
+
+    /// This session has streams on workers (`true`) or none any more: the
+    /// worker pool shares itself among the busy sessions.
+    fn set_busy(&mut self, _busy: bool) {}
+
+    /// Streams this session may run at once now, given how many sessions
+    /// compete for the workers (`limits::fair_share`).
+    fn fair_share(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Whether another stream handed over now would find a worker soon.
+    /// A session with nothing running always gets one stream through; more
+    /// only while workers are free, so a queue of jobs never builds up in
+    /// front of another connection's first request.
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    /// `has_room` said no while streams wait: wake this session (its
+    /// `Signal`) when a worker becomes free.
+    fn wait_for_room(&mut self) {}
 }
 
 /// The c1-side record of a stream.
@@ -176,6 +199,17 @@ pub struct Core<D: Dispatch> {
     stream_errors: u32,
     /// Highest stream id the client opened.
     max_client_stream: i32,
+    /// Client RST_STREAM frames (rapid reset), control frames that need an
+    /// answer (PING, SETTINGS) and requests reset as malformed or abusive:
+    /// beyond their budgets the connection ends with ENHANCE_YOUR_CALM.
+    rst_budget: RateLimit,
+    control_budget: RateLimit,
+    bad_request_budget: RateLimit,
+    /// The session was ended for abuse (ENHANCE_YOUR_CALM sent).
+    calmed: bool,
+    /// The client gives us no window to send with (zero-window slow read):
+    /// `limits::ZERO_WINDOW_ACTIVE_STREAMS` streams run at most.
+    peer_window_closed: bool,
     /// Ids of streams closed lately: a late frame for one of them (e.g.
     /// trailers racing our RST_STREAM) is no protocol error.
     recently_closed: VecDeque<i32>,
@@ -200,8 +234,7 @@ impl<D: Dispatch> Core<D> {
                 h.raw_bytes = entry.bytes_in as usize;
                 h
             }
-            Err(HeaderError::Calm) => return Flow::ResetStream(error_code::ENHANCE_YOUR_CALM),
-            Err(HeaderError::Malformed(_)) => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
+            Err(e) => return self.refuse(ops, e),
         };
         if let Some(priority) = head.header(b"priority") {
             ops.set_priority(id, priority);
@@ -239,6 +272,12 @@ impl<D: Dispatch> Core<D> {
             self.settings.stream_timeout,
             buffered,
         ));
+        // Heads waiting for a worker are bounded per connection (HPACK
+        // amplification held in memory: limits::MAX_PENDING_HEAD_BYTES).
+        let waiting: usize = self.pending.iter().map(|s| s.request.decoded_size()).sum();
+        if waiting + stream.request.decoded_size() > limits::MAX_PENDING_HEAD_BYTES {
+            return Flow::ResetStream(error_code::REFUSED_STREAM);
+        }
         entry.stream = Some(stream.clone());
         self.pending.push_back(stream);
         self.fill_slots();
@@ -263,7 +302,15 @@ impl<D: Dispatch> Core<D> {
                 i += 1;
             }
         }
-        while self.running.len() < self.active_limit.max(1) {
+        let mut limit = self.active_limit.min(self.dispatcher.fair_share());
+        if self.peer_window_closed {
+            limit = limit.min(limits::ZERO_WINDOW_ACTIVE_STREAMS);
+        }
+        while self.running.len() < limit.max(1) && !self.pending.is_empty() {
+            if !self.running.is_empty() && !self.dispatcher.has_room() {
+                self.dispatcher.wait_for_room();
+                break;
+            }
             let Some(stream) = self.pending.pop_front() else { break };
             self.start(stream, true);
         }
@@ -279,16 +326,34 @@ impl<D: Dispatch> Core<D> {
             entry.dispatched = true;
         }
         if in_slot {
+            if self.running.is_empty() {
+                self.dispatcher.set_busy(true);
+            }
             self.running.insert(stream.id);
         }
         self.stats.streams_dispatched += 1;
         self.dispatcher.dispatch(stream);
     }
 
+    /// Follows whether the client lets us send at all; when it opens its
+    /// window again, waiting streams may start.
+    fn note_peer_window(&mut self, ops: &Ops<'_>) {
+        let closed = ops.peer_window_closed();
+        if closed != self.peer_window_closed {
+            self.peer_window_closed = closed;
+            if !closed {
+                self.fill_slots();
+            }
+        }
+    }
+
     /// A stream's worker finished: its slot goes to the next waiting stream.
     fn worker_finished(&mut self, id: i32) {
         if self.running.remove(&id) {
             self.fill_slots();
+            if self.running.is_empty() {
+                self.dispatcher.set_busy(false);
+            }
         }
     }
 
@@ -314,12 +379,34 @@ impl<D: Dispatch> Core<D> {
             l if l > 16 => 16,
             l if l > 8 => 8,
             l if l > 4 => 4,
-            _ => 2,
+            _ => limits::MIN_ACTIVE_STREAMS,
         }
         .min(self.settings.max_active_streams.max(1));
     }
 
-    fn complete_trailers(&mut self, frame: &FrameInfo) -> Flow {
+    /// A request head we reset (malformed, or far beyond the limits): a
+    /// client that keeps sending them is ended (limits::BAD_REQUEST_RATE).
+    fn refuse(&mut self, ops: &mut Ops<'_>, e: HeaderError) -> Flow {
+        self.stats.streams_reset_by_us += 1;
+        if !self.bad_request_budget.take() {
+            self.calm_down(ops);
+        }
+        match e {
+            HeaderError::Calm => Flow::ResetStream(error_code::ENHANCE_YOUR_CALM),
+            HeaderError::Malformed(_) => Flow::ResetStream(error_code::PROTOCOL_ERROR),
+        }
+    }
+
+    /// Ends the session for abuse: GOAWAY ENHANCE_YOUR_CALM, nothing more
+    /// is processed.
+    fn calm_down(&mut self, ops: &mut Ops<'_>) {
+        if !self.calmed {
+            self.calmed = true;
+            let _ = ops.terminate(error_code::ENHANCE_YOUR_CALM);
+        }
+    }
+
+    fn complete_trailers(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
         let Some(entry) = self.entries.get_mut(&frame.stream_id) else { return Flow::Continue };
         if !frame.has(ng::flags::END_STREAM) {
             // RFC 9113 8.1: a trailer section must end the stream.
@@ -333,8 +420,7 @@ impl<D: Dispatch> Core<D> {
                 }
                 Flow::Continue
             }
-            Err(HeaderError::Calm) => Flow::ResetStream(error_code::ENHANCE_YOUR_CALM),
-            Err(HeaderError::Malformed(_)) => Flow::ResetStream(error_code::PROTOCOL_ERROR),
+            Err(e) => self.refuse(ops, e),
         }
     }
 
@@ -377,7 +463,14 @@ impl<D: Dispatch> Core<D> {
         }
         if p.failed {
             // The worker ended without a response (it failed or panicked).
+            let (stream_window, conn_window) = ops.send_windows(id);
             self.reset(ops, id, error_code::INTERNAL_ERROR);
+            if self.peer_window_closed && (stream_window <= 0 || conn_window <= 0) {
+                // It gave up (H2StreamTimeout) on a client that gives no
+                // window at all: a zero-window slow read (CVE-2023-43622),
+                // whose next stream would hold the next worker as long.
+                self.calm_down(ops);
+            }
         }
         if p.worker_done || p.slot_released {
             self.worker_finished(id);
@@ -439,7 +532,23 @@ impl<D: Dispatch> Core<D> {
 impl<D: Dispatch> ng::Handler for Core<D> {
     /// Checks nghttp2 leaves to the application (it ignores these frames).
     fn begin_frame(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) {
+        // Flood budgets (limits.rs): rapid reset, PING/SETTINGS floods.
+        let within = match frame.kind {
+            frame_type::RST_STREAM => self.rst_budget.take(),
+            frame_type::PING | frame_type::SETTINGS if !frame.has(ng::flags::ACK) => self.control_budget.take(),
+            _ => true,
+        };
+        if !within {
+            self.calm_down(ops);
+            return;
+        }
         match frame.kind {
+            // RFC 9113 4.2: nghttp2 checks every frame's length against our
+            // SETTINGS_MAX_FRAME_SIZE except CONTINUATION's (it decodes them
+            // as they come, so memory stays bounded, but the frame is invalid).
+            frame_type::CONTINUATION if frame.length > limits::LOCAL_MAX_FRAME_SIZE as usize => {
+                let _ = ops.terminate(error_code::FRAME_SIZE_ERROR);
+            }
             // RFC 9113 6.3: PRIORITY on stream 0 is a connection error.
             frame_type::PRIORITY if frame.stream_id == 0 => {
                 let _ = ops.terminate(error_code::PROTOCOL_ERROR);
@@ -476,7 +585,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         Flow::Continue
     }
 
-    fn header(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo, name: &[u8], value: &[u8]) -> Flow {
+    fn header(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo, name: &[u8], value: &[u8]) -> Flow {
         let Some(entry) = self.entries.get_mut(&frame.stream_id) else { return Flow::Continue };
         let builder = if frame.headers_category == headers_category::REQUEST {
             entry.builder.as_mut()
@@ -489,18 +598,14 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         }
         match builder.add(name, value) {
             Ok(()) => Flow::Continue,
-            Err(HeaderError::Calm) => {
-                self.stats.streams_reset_by_us += 1;
-                Flow::ResetStream(error_code::ENHANCE_YOUR_CALM)
-            }
-            Err(HeaderError::Malformed(_)) => {
-                self.stats.streams_reset_by_us += 1;
-                Flow::ResetStream(error_code::PROTOCOL_ERROR)
-            }
+            Err(e) => self.refuse(ops, e),
         }
     }
 
     fn frame_recv(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
+        if matches!(frame.kind, frame_type::SETTINGS | frame_type::WINDOW_UPDATE) {
+            self.note_peer_window(ops);
+        }
         if frame.stream_id > 0 && (frame.kind == frame_type::HEADERS || frame.kind == frame_type::DATA) {
             if let Some(e) = self.entries.get_mut(&frame.stream_id) {
                 e.bytes_in += frame.length as u64 + 9;
@@ -511,7 +616,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 if frame.headers_category == headers_category::REQUEST {
                     self.complete_head(ops, frame)
                 } else {
-                    self.complete_trailers(frame)
+                    self.complete_trailers(ops, frame)
                 }
             }
             frame_type::DATA => {
@@ -566,6 +671,9 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     }
 
     fn frame_sent(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) {
+        if frame.kind == frame_type::DATA {
+            self.note_peer_window(ops);
+        }
         if frame.stream_id > 0 {
             if let Some(e) = self.entries.get_mut(&frame.stream_id) {
                 e.bytes_out += frame.length as u64 + 9;
@@ -686,12 +794,17 @@ impl<D: Dispatch> Session<D> {
             peer_goaway: false,
             stream_errors: 0,
             max_client_stream: 0,
+            rst_budget: RateLimit::new(limits::RST_RATE),
+            control_budget: RateLimit::new(limits::CONTROL_RATE),
+            bad_request_budget: RateLimit::new(limits::BAD_REQUEST_RATE),
+            calmed: false,
+            peer_window_closed: false,
             recently_closed: VecDeque::new(),
             rng: seed(),
         };
         let mut ng = ng::Session::new_server(core, &options)?;
         let (core, mut ops) = ng.split();
-        core.active_limit = core.settings.max_active_streams.clamp(1, 6);
+        core.active_limit = core.settings.max_active_streams.clamp(1, limits::INITIAL_ACTIVE_STREAMS);
         let s = &core.settings;
         let mut entries = vec![
             (ng::settings_id::MAX_CONCURRENT_STREAMS, s.max_concurrent_streams),
@@ -761,6 +874,8 @@ impl<D: Dispatch> Session<D> {
         for id in core.signal.take() {
             core.update(&mut ops, id);
         }
+        // Woken because a worker became free (`Dispatch::wait_for_room`).
+        core.fill_slots();
     }
 
     /// Serializes pending frames into `out` (up to about `limit` bytes).
@@ -1397,6 +1512,41 @@ pub(crate) mod tests {
         p.pump(closed(vec![id]));
         assert_eq!(p.client.handler_ref().streams[&id].closed, Some(error_code::PROTOCOL_ERROR));
         assert_eq!(parse_content_length(&h), Ok(Some(3)));
+    }
+
+    #[test]
+    fn rapid_reset_ends_with_enhance_your_calm() {
+        let mut p = Pair::new(Settings::default(), stall);
+        for _ in 0..(limits::RST_RATE.burst as usize / 50 + 2) {
+            // HEADERS out first (nghttp2 sends no RST for a stream it never
+            // opened), then the resets.
+            let ids: Vec<i32> = (0..50).map(|_| p.get("/stall")).collect();
+            let mut c2s = Vec::new();
+            p.client.mem_send(&mut c2s, usize::MAX).unwrap();
+            for id in ids {
+                p.client.ops().submit_rst_stream(id, error_code::CANCEL).unwrap();
+            }
+            p.client.mem_send(&mut c2s, usize::MAX).unwrap();
+            let _ = p.server.recv(&c2s);
+            p.pump(|_| true);
+            if p.client.handler_ref().goaway.is_some() {
+                break;
+            }
+        }
+        p.pump(|c| c.goaway.is_some());
+        assert_eq!(p.client.handler_ref().goaway, Some(error_code::ENHANCE_YOUR_CALM));
+    }
+
+    #[test]
+    fn zero_window_client_gets_one_worker() {
+        let mut p = Pair::new(Settings::default(), stall);
+        p.client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 0)]).unwrap();
+        p.pump(|_| true);
+        let _ids: Vec<i32> = (0..10).map(|_| p.get("/stall")).collect();
+        for _ in 0..5 {
+            p.pump(|_| true);
+        }
+        assert_eq!(p.server.stats().streams_dispatched, limits::ZERO_WINDOW_ACTIVE_STREAMS as u64);
     }
 
     #[test]

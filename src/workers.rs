@@ -19,7 +19,8 @@
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use crate::signal::Signal;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -60,6 +61,11 @@ struct Shared {
     idle_timeout: Duration,
     live: AtomicU32,
     idle: AtomicU32,
+    /// Sessions with streams on workers (they share the pool fairly).
+    busy_sessions: AtomicU32,
+    /// Sessions with streams waiting for room (`Pool::has_room` said no):
+    /// woken when a worker finishes a job.
+    room_waiters: Mutex<Vec<Weak<Signal>>>,
     stopping: AtomicBool,
     slots: Mutex<Vec<bool>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -85,6 +91,8 @@ impl Pool {
                 dedicated: AtomicU32::new(0),
                 live: AtomicU32::new(0),
                 idle: AtomicU32::new(0),
+                busy_sessions: AtomicU32::new(0),
+                room_waiters: Mutex::new(Vec::new()),
                 stopping: AtomicBool::new(false),
                 slots: Mutex::new(Vec::new()),
                 threads: Mutex::new(Vec::new()),
@@ -206,7 +214,9 @@ impl Pool {
         if let Err(e) = tx.send(job) {
             return Err(e.into_inner());
         }
-        if self.shared.idle.load(Ordering::Acquire) == 0 {
+        // More jobs waiting than idle threads to take them (a burst arrives
+        // before the idle threads wake up): grow.
+        if self.shared.rx.len() > self.shared.idle.load(Ordering::Acquire) as usize {
             self.spawn();
         }
         Ok(())
@@ -219,6 +229,43 @@ impl Pool {
             self.shared.idle.load(Ordering::Acquire),
             self.shared.rx.len(),
         )
+    }
+
+    /// A session starts (`true`) or stops having streams on workers.
+    pub fn session_busy(&self, busy: bool) {
+        if busy {
+            self.shared.busy_sessions.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let _ = self.shared.busy_sessions.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Streams one busy session may have on workers now: the pool shared
+    /// among the busy sessions (`limits::fair_share`).
+    pub fn fair_share(&self) -> usize {
+        crate::limits::fair_share(self.shared.max, self.shared.busy_sessions.load(Ordering::Acquire))
+    }
+
+    /// Whether a session that already has streams on workers may hand over
+    /// one more: threads free now (idle ones not claimed by queued jobs,
+    /// plus those the pool may still start) beyond the reserve kept for
+    /// sessions with nothing running (`limits::worker_reserve`).
+    pub fn has_room(&self) -> bool {
+        let sh = &self.shared;
+        let idle = sh.idle.load(Ordering::Acquire) as i64;
+        let live = sh.live.load(Ordering::Acquire) as i64;
+        let free = idle - sh.rx.len() as i64 + (sh.max as i64 - live).max(0);
+        free > crate::limits::worker_reserve(sh.max) as i64
+    }
+
+    /// A session with streams waiting for room: wake its c1 when a worker
+    /// finishes a job (it then tries `has_room` again).
+    pub fn wait_for_room(&self, signal: &Arc<Signal>) {
+        let mut w = self.shared.room_waiters.lock();
+        if !w.iter().any(|x| x.as_ptr() == Arc::as_ptr(signal)) {
+            w.retain(|x| x.strong_count() > 0);
+            w.push(Arc::downgrade(signal));
+        }
     }
 
     pub fn limits(&self) -> (u32, u32) {
@@ -256,6 +303,13 @@ fn worker_main(shared: Arc<Shared>, slot: u32) {
         match job {
             Ok(job) => {
                 crate::ffi::panic::guard("worker job", (), || job(&ctx));
+                // A thread is free: sessions waiting for room may go on.
+                let waiters = std::mem::take(&mut *shared.room_waiters.lock());
+                for w in waiters {
+                    if let Some(s) = w.upgrade() {
+                        s.wake();
+                    }
+                }
             }
             Err(RecvTimeoutError::Timeout) => {
                 // Idle above the minimum: leave, unless others left first.

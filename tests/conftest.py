@@ -3,6 +3,7 @@ with a generated config in a temp dir, event MPM, free 127.0.0.1 ports, the
 freshly built build/mod_h2rs.so. Servers are stopped by pid. Every test
 fails if the error log shows a crash, an AH00052 or a panic.
 """
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -458,6 +459,20 @@ def docroot(workdir):
 
 
 _servers = []
+
+
+@contextlib.contextmanager
+def registered(h):
+    """Starts `h` as a test module's server: its error log is checked after
+    every test, and when it stops."""
+    h.start()
+    _servers.append(h)
+    try:
+        yield h
+    finally:
+        _servers.remove(h)
+        h.stop()
+        h.check_log()
 
 
 @pytest.fixture(scope="module")

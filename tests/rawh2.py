@@ -145,6 +145,29 @@ def request_fields(path="/index.html", method="GET", scheme="http", authority="1
     return fields + list(extra)
 
 
+# ---- h2c Upgrade (HTTP/1.1) ---------------------------------------------------------
+
+def upgrade_request(port, path="/1k.bin", settings="AAMAAABkAAQAAP__", extra=b"", method=b"GET", body=b""):
+    """Sends an HTTP/1.1 request asking for h2c; returns the socket."""
+    settings = settings.encode() if isinstance(settings, str) else settings
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(method + b" " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+              b"HTTP2-Settings: " + settings + b"\r\n" + extra + b"\r\n" + body)
+    return s
+
+
+def read_http1_head(s):
+    """Reads until the end of a response head (or EOF)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    return buf
+
+
 # ---- received frames -------------------------------------------------------------
 
 class Frame:

@@ -34,13 +34,8 @@ SERVER_WINDOW = 8192
 @pytest.fixture(scope="module")
 def srv(workdir, docroot, certs):
     h = Httpd(workdir, docroot, name="conformance", h2_conf=f"H2WindowSize {SERVER_WINDOW}")
-    h.tls_config(certs, free_port())
-    h.start()
-    conftest._servers.append(h)
-    yield h
-    conftest._servers.remove(h)
-    h.stop()
-    h.check_log()
+    with conftest.registered(h.tls_config(certs, free_port())):
+        yield h
 
 
 @pytest.fixture(params=["h2c", "tls"])

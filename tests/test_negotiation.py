@@ -12,6 +12,7 @@ import pytest
 
 from conftest import (MODULE, PREFORK_MPM, SSL_MODULES, free_port, curl, h2load, sha256, tls_vhost)
 from h2client import H2Client, tls_socket
+from rawh2 import read_http1_head, upgrade_request
 
 
 @pytest.fixture(scope="module")
@@ -97,24 +98,6 @@ def test_h2c_upgrade_with_curl(server, docroot, workdir):
     r = curl("--http2", "-o", str(out), "-w", "%{http_version} %{http_code}", server.url("/1m.bin"))
     assert r.stdout == b"2 200"
     assert sha256(out.read_bytes()) == docroot.sha("1m.bin")
-
-
-def upgrade_request(port, path="/1k.bin", settings="AAMAAABkAAQAAP__", extra=b"", method=b"GET", body=b""):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(method + b" " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-              b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-              b"HTTP2-Settings: " + settings.encode() + b"\r\n" + extra + b"\r\n" + body)
-    return s
-
-
-def read_http1_head(s):
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        d = s.recv(65536)
-        if not d:
-            break
-        buf += d
-    return buf
 
 
 def test_upgrade_then_more_streams_on_the_connection(server, docroot):
