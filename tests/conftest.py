@@ -277,9 +277,33 @@ Protocols {self.protocols}
     def graceful(self):
         self.signal("graceful")
 
-    def stop(self, timeout=20):
+    def open_connections(self):
+        """Server-side TCP connections on this server's ports (any state but
+        LISTEN), from /proc/net/tcp{,6}."""
+        ports = {p for p in (self.port, getattr(self, "tls_port", None)) if p}
+        n = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = open(table).read().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                f = line.split()
+                if len(f) > 3 and f[3] != "0A" and int(f[1].rsplit(":", 1)[1], 16) in ports:
+                    n += 1
+        return n
+
+    def stop(self, timeout=20, settle=3.0):
+        """SIGTERM (a hard stop), after up to `settle` seconds for the
+        connections the tests closed to finish closing: the event MPM's hard
+        stop races with workers finishing lingering closes
+        (close_worker_sockets() may touch a socket whose pool is gone, a
+        SIGSEGV in apr_os_sock_get, reproduced with the stock module too)."""
         if self.pid is None:
             return
+        deadline = time.time() + settle
+        while time.time() < deadline and self.open_connections():
+            time.sleep(0.05)
         try:
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
