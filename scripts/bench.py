@@ -26,18 +26,9 @@ import tempfile
 import threading
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-APXS = os.environ.get("APXS", "apxs")
-
-
-def apxs(var):
-    return subprocess.check_output([APXS, "-q", var], text=True).strip()
-
-
-HTTPD = os.path.join(apxs("SBINDIR"), apxs("TARGET"))
-MODDIR = apxs("LIBEXECDIR")
-OURS = ROOT / "build" / "mod_h2rs.so"
-STOCK = pathlib.Path(MODDIR) / "mod_http2.so"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+from httpd_env import HTTPD, MODDIR, ROOT, free_port  # noqa: E402
+from httpd_env import MODULE as OURS, STOCK_MODULE as STOCK  # noqa: E402
 
 MPM = f"""LoadModule mpm_event_module {MODDIR}/mod_mpm_event.so
 ServerLimit 2
@@ -52,12 +43,6 @@ MaxSpareThreads 128
 # it near 190, and the idle workload would measure that cap).
 AsyncRequestWorkerFactor 40
 MaxConnectionsPerChild 0"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -158,8 +143,7 @@ class ContainerServer(Server):
     measured is httpd in the container, not Docker's userland proxy)."""
 
     def __init__(self, base, name, docroot, image, h2=True):
-        sys.path.insert(0, str(ROOT / "tests"))
-        import container
+        import container  # tests/, on the path since the start
         self.docker = container.docker
         layout = container.image_layout(image)
         module_line = f"LoadModule http2_module {layout['module']}\nH2Direct on" if h2 else ""

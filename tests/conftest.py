@@ -18,18 +18,7 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-APXS = os.environ.get("APXS", "apxs")
-
-
-def apxs(var):
-    return subprocess.check_output([APXS, "-q", var], text=True).strip()
-
-
-HTTPD = os.path.join(apxs("SBINDIR"), apxs("TARGET"))
-MODDIR = apxs("LIBEXECDIR")
-MODULE = ROOT / "build" / "mod_h2rs.so"
-STOCK_MODULE = pathlib.Path(MODDIR) / "mod_http2.so"
+from httpd_env import APXS, HTTPD, MODDIR, MODULE, ROOT, STOCK_MODULE, apxs, free_port  # noqa: F401
 
 CRASH_RE = re.compile(
     r"AH00052|segmentation fault|exit signal (Seg|Abort|Bus)|panick|AH00051|double free",
@@ -54,12 +43,6 @@ WORKER_MPM = threaded_mpm("worker")
 PREFORK_MPM = """LoadModule mpm_prefork_module {moddir}/mod_mpm_prefork.so
 StartServers 2
 MaxRequestWorkers 10"""
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sha256(data):
@@ -320,6 +303,19 @@ Protocols {self.protocols}
             os.kill(self.pid, signal.SIGKILL)
             raise AssertionError("httpd did not stop in time")
         self.pid = None
+
+    def rss_kib(self):
+        """VmRSS of the httpd parent and its children, KiB (from /proc)."""
+        total = 0
+        for pid in [self.pid] + self.children():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
 
     def children(self):
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True).stdout
