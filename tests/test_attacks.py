@@ -64,20 +64,6 @@ def srv(workdir, docroot, certs):
             print(r)
 
 
-def rss_kib(h):
-    """VmRSS of the httpd parent and its children, KiB."""
-    total = 0
-    for pid in [h.pid] + h.children():
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
 class Legit:
     """A well-behaved client: one request at a time on its own connection,
     a pause between requests. Records latencies and failures."""
@@ -133,7 +119,7 @@ class Attack:
 
     def _sample(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_kib(self.h))
+            self.peak = max(self.peak, self.h.rss_kib())
             self._stop.wait(0.05)
 
     def __enter__(self):
@@ -145,7 +131,7 @@ class Attack:
             c.expect_ok("/1k.bin")
         c.close()
         time.sleep(0.2)
-        self.base = rss_kib(h)
+        self.base = h.rss_kib()
         self.peak = self.base
         self.access_before = len(h.read_access_log())
         self.errlog_before = len(h.read_error_log())
@@ -167,7 +153,7 @@ class Attack:
         # Back near the baseline once the attack is over.
         deadline = time.time() + 10
         while True:
-            self.after = rss_kib(self.h)
+            self.after = self.h.rss_kib()
             if self.after - self.base < self.settle * MIB or time.time() > deadline:
                 break
             time.sleep(0.25)

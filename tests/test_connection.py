@@ -29,12 +29,6 @@ AsyncRequestWorkerFactor 40
 MaxConnectionsPerChild 0"""
 
 
-def rss_kib(srv):
-    out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(srv.pid), "-p", str(srv.pid)],
-                         capture_output=True, text=True).stdout
-    return sum(int(x) for x in out.split())
-
-
 def status_field(srv, name):
     r = curl("--http1.1", srv.url("/server-status?auto"))
     m = re.search(name.encode() + rb": (\d+)", r.stdout)
@@ -165,22 +159,34 @@ def test_hard_stop_says_goaway_and_exits_promptly(make_server):
     assert c.goaway is None or c.goaway[0] == h2.errors.ErrorCodes.NO_ERROR
 
 
-def test_vanished_client_aborts_the_handler(make_server, workdir, test_module):
+def watched_stream(make_server, workdir, test_module, name):
+    """A server whose /watch handler streams until it sees its connection
+    aborted, then writes `marks/<name>`; a client with that stream running.
+    Returns (server, client, stream id, marker path)."""
     marks = workdir / "marks"
     marks.mkdir(exist_ok=True)
     os.chmod(marks, 0o777)
     srv = make_server(extra=f"{test_module}\n<Location /watch>\n  SetHandler h2rs-abortwatch\n</Location>").start()
-    marker = marks / "abort1"
+    marker = marks / name
     c = H2Client(srv.port)
-    c.request(f"/watch?{marker}")
-    c.wait(lambda: len(c.streams[1].data) > 20)
+    sid = c.request(f"/watch?{marker}")
+    c.wait(lambda: len(c.streams[sid].data) > 20)
+    return srv, c, sid, marker
+
+
+def wait_for_file(path, timeout=10):
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return path.exists()
+
+
+def test_vanished_client_aborts_the_handler(make_server, workdir, test_module):
+    srv, c, _, marker = watched_stream(make_server, workdir, test_module, "abort1")
     # The socket goes away without a word (RST).
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     c.sock.close()
-    deadline = time.time() + 10
-    while not marker.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), "the handler never noticed the client was gone"
+    assert wait_for_file(marker), "the handler never noticed the client was gone"
     assert "c->aborted=1" in marker.read_text()
     # Nothing stays stuck: the server serves on, workers back to the minimum.
     r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
@@ -188,20 +194,10 @@ def test_vanished_client_aborts_the_handler(make_server, workdir, test_module):
 
 
 def test_client_reset_aborts_the_handler(make_server, workdir, test_module):
-    marks = workdir / "marks"
-    marks.mkdir(exist_ok=True)
-    os.chmod(marks, 0o777)
-    srv = make_server(extra=f"{test_module}\n<Location /watch>\n  SetHandler h2rs-abortwatch\n</Location>").start()
-    marker = marks / "abort2"
-    c = H2Client(srv.port)
-    sid = c.request(f"/watch?{marker}")
-    c.wait(lambda: len(c.streams[sid].data) > 20)
+    _, c, sid, marker = watched_stream(make_server, workdir, test_module, "abort2")
     c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
     c.flush()
-    deadline = time.time() + 10
-    while not marker.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    assert marker.exists()
+    assert wait_for_file(marker)
     assert c.wait_stream(c.request("/1k.bin")).status == 200
     c.close()
 
@@ -227,12 +223,12 @@ def test_slow_reader_costs_a_bounded_buffer(make_server, docroot):
     file. Then it reads everything, byte-exact."""
     srv = make_server(h2_conf="H2StreamMaxMemSize 65536").start()
     curl("--http2-prior-knowledge", "-o", "/dev/null", srv.url("/1m.bin"))
-    base = rss_kib(srv)
+    base = srv.rss_kib()
     c = H2Client(srv.port, auto_ack_data=False)
     sid = c.request("/100m.bin")
     time.sleep(2)
     c.read_some(timeout=0.5)
-    grown = rss_kib(srv) - base
+    grown = srv.rss_kib() - base
     assert grown < 16 * 1024, f"RSS grew by {grown} KiB while the client did not read"
     c.auto_ack_data = True
     c.conn.increment_flow_control_window(1 << 30)

@@ -392,19 +392,7 @@ def test_slow_clients_hold_no_worker_and_no_memory(proxy):
     exhausted) with H2MaxWorkers 5: the workers stay free (other requests
     are served at once) and the backend is slowed through flow control
     instead of the proxy buffering the responses."""
-    def rss():
-        total = 0
-        for pid in [proxy.pid] + proxy.children():
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
-            except OSError:
-                pass
-        return total
-
-    before = rss()
+    before = proxy.rss_kib()
     stalled = []
     for _ in range(6):
         c = H2Client(proxy.port, auto_ack_data=False)
@@ -416,7 +404,7 @@ def test_slow_clients_hold_no_worker_and_no_memory(proxy):
     res = h2load("-n", "20", "-c", "2", "-m", "10", proxy.url("/api/delay?s=0"), timeout=30)
     assert res.get("s2xx") == 20, res["output"]
     assert time.time() - t0 < 5
-    grown_mib = (rss() - before) / 1024
+    grown_mib = (proxy.rss_kib() - before) / 1024
     assert grown_mib < 40, f"httpd grew by {grown_mib:.0f} MiB"
     for c in stalled:
         c.close()
