@@ -140,11 +140,26 @@ impl ByteQueue {
     /// Moves up to `buf.len()` bytes into `buf`; returns how many.
     pub fn take_into(&mut self, buf: &mut [u8]) -> usize {
         let mut n = 0;
-        while n < buf.len() {
+        self.drain_front(buf.len(), |piece| {
+            buf[n..n + piece.len()].copy_from_slice(piece);
+            n += piece.len();
+        })
+    }
+
+    /// Moves up to `max` bytes to the end of `out`; returns how many.
+    pub fn take_append(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
+        self.drain_front(max, |piece| out.extend_from_slice(piece))
+    }
+
+    /// Hands up to `max` bytes from the front to `sink`, in pieces, and
+    /// removes them; returns how many.
+    fn drain_front(&mut self, max: usize, mut sink: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while n < max {
             let Some(front) = self.chunks.front() else { break };
             let avail = &front[self.front_taken..];
-            let k = avail.len().min(buf.len() - n);
-            buf[n..n + k].copy_from_slice(&avail[..k]);
+            let k = avail.len().min(max - n);
+            sink(&avail[..k]);
             n += k;
             self.front_taken += k;
             if self.front_taken == front.len() {
@@ -250,10 +265,7 @@ impl OutputQueue {
             };
             let took = match front {
                 Segment::Bytes(q) => {
-                    let k = left.min(q.len());
-                    let start = out.len();
-                    out.resize(start + k, 0);
-                    q.take_into(&mut out[start..]);
+                    let k = q.take_append(out, left);
                     self.mem -= k;
                     k
                 }
@@ -729,8 +741,9 @@ impl Stream {
     pub fn take_output(&self, out: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
         let mut io = self.io.lock();
         let result = io.output.take_into_vec(out, n);
-        let wake_worker = io.worker_wants_room && io.output.len() <= self.out_limit / 2;
-        let watch = if io.output.len() <= self.out_limit / 2 { io.output_watch.take() } else { None };
+        let drained_to_half = io.output.len() <= self.out_limit / 2;
+        let wake_worker = io.worker_wants_room && drained_to_half;
+        let watch = if drained_to_half { io.output_watch.take() } else { None };
         drop(io);
         if wake_worker {
             self.worker_cond.notify_all();
