@@ -46,6 +46,18 @@ const READ_BUDGET: usize = crate::limits::READ_BUDGET;
 /// Bytes collected from nghttp2 per socket write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
+/// How long an idle session waits for its client's next request before it
+/// goes back to the MPM.
+const IDLE_LINGER: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// The frames of one socket write. Per thread, not per connection: it
+    /// is filled and written out (FLUSH) within one `write_output` call, so
+    /// the connections a thread serves share one buffer instead of holding
+    /// 80 KiB each while they are active.
+    static FRAME_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 // ---- process-wide state ------------------------------------------------------
 
 /// Tests only (env H2RS_FAULT_INJECTION=1 at child start): lets requests
@@ -111,6 +123,7 @@ impl Drop for C1Dispatch {
 
 impl Dispatch for C1Dispatch {
     fn dispatch(&mut self, stream: Arc<Stream>) {
+        self.cache.keep_at_most(self.fair_share());
         let c2 = match self.cache.take() {
             Some(c2) => c2,
             // SAFETY: runs on the c1 thread; c1 and the session pool are live.
@@ -180,7 +193,6 @@ pub struct C1 {
     sock_fd: RawFd,
     in_bb: BrigadeRef,
     out_bb: BrigadeRef,
-    out_buf: Vec<u8>,
     /// `Timeout` of the connection's server.
     timeout: Duration,
     /// `KeepAliveTimeout`.
@@ -189,6 +201,10 @@ pub struct C1 {
     /// The MPM can wait for readability on its own (CONN_STATE_ASYNC_WAITIO).
     can_waitio: bool,
     client_gone: bool,
+    /// The client socket may have bytes to read (it polled readable, or the
+    /// last read stopped at its budget). A wake-up by a worker alone then
+    /// costs no read that would only say EAGAIN.
+    input_ready: bool,
     torn_down: bool,
     tls: TlsWarmup,
     /// Exclusive use of the session while it is parked in the MPM.
@@ -217,7 +233,6 @@ impl Parked for C1 {
     fn trim(&mut self) {
         clog!(self.c, Level::Debug, "h2rs: idle for {:?}, releasing cached stream connections", park::TRIM_AFTER);
         self.session.dispatcher().cache.clear();
-        self.out_buf = Vec::new();
     }
 }
 
@@ -514,7 +529,6 @@ impl C1 {
                 sock_fd: fd,
                 in_bb: BrigadeRef::create((*c).pool, (*c).bucket_alloc),
                 out_bb: BrigadeRef::create((*c).pool, (*c).bucket_alloc),
-                out_buf: Vec::with_capacity(WRITE_CHUNK + 16 * 1024),
                 timeout: interval((*s).timeout, Duration::from_secs(60)),
                 keepalive_timeout,
                 // An upgraded connection must stay in our loop: httpd closes
@@ -522,6 +536,7 @@ impl C1 {
                 async_mpm: async_mpm != 0 && !(*c).cs.is_null() && !upgraded,
                 can_waitio: can_waitio != 0,
                 client_gone: false,
+                input_ready: true,
                 torn_down: false,
                 tls: {
                     let cfg = server_config(s);
@@ -561,9 +576,11 @@ impl C1 {
             }
         }
         self.parking.activate();
+        // Resumed by the MPM: the socket is readable.
+        self.input_ready = true;
         self.update_status();
         loop {
-            if !self.client_gone && self.read_input().is_err() {
+            if !self.client_gone && self.input_ready && self.read_input().is_err() {
                 self.client_gone = true;
             }
             self.session.process_signals();
@@ -590,6 +607,14 @@ impl C1 {
                     break;
                 }
                 if self.async_mpm {
+                    // A busy client's next request is usually on its way:
+                    // wait a moment for it before the round trip through
+                    // the MPM (poller registration, wake-up of a listener
+                    // and a worker thread), which costs more than the
+                    // request itself.
+                    if matches!(self.wait(IDLE_LINGER, false), Wait::Ready) {
+                        continue;
+                    }
                     return self.keep_alive();
                 }
                 // Threaded MPM without async support: wait here, with the
@@ -719,6 +744,7 @@ impl C1 {
                 )
             };
             if status::is_eagain(rv) {
+                self.input_ready = false;
                 return Ok(());
             }
             if rv != status::SUCCESS {
@@ -731,6 +757,7 @@ impl C1 {
                 return Err(());
             }
             if self.in_bb.is_empty() {
+                self.input_ready = false;
                 return Ok(());
             }
             while let Some(b) = self.in_bb.first() {
@@ -776,10 +803,18 @@ impl C1 {
 
     /// Writes everything nghttp2 has to send (blocking, with `Timeout`).
     fn write_output(&mut self) -> Result<(), ()> {
+        FRAME_BUF.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut buf) => self.write_output_with(&mut buf),
+            // Not reentrant; if it ever were, a buffer of its own.
+            Err(_) => self.write_output_with(&mut Vec::new()),
+        })
+    }
+
+    fn write_output_with(&mut self, out_buf: &mut Vec<u8>) -> Result<(), ()> {
         let c = self.c;
         loop {
-            self.out_buf.clear();
-            match self.session.collect_output(&mut self.out_buf, WRITE_CHUNK) {
+            out_buf.clear();
+            match self.session.collect_output(out_buf, WRITE_CHUNK) {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => {
@@ -788,19 +823,19 @@ impl C1 {
                 }
             }
             let record = self.tls_record_size();
-            if record >= self.out_buf.len() {
-                self.out_bb.push_transient(&self.out_buf);
+            if record >= out_buf.len() {
+                self.out_bb.push_transient(out_buf);
             } else {
                 // TLS warm-up: small records (one per bucket in mod_ssl) so
                 // the first bytes of a connection arrive without waiting
                 // for a full 16 KiB record.
                 // FLUSH after each piece: mod_ssl coalesces small buckets.
-                for piece in self.out_buf.chunks(record) {
+                for piece in out_buf.chunks(record) {
                     self.out_bb.push_transient(piece);
                     self.out_bb.push_flush();
                 }
             }
-            self.tls.written += self.out_buf.len() as u64;
+            self.tls.written += out_buf.len() as u64;
             self.tls.last_write = std::time::Instant::now();
             self.out_bb.push_flush();
             // SAFETY: c1's output filters on the c1 thread; with FLUSH the
@@ -845,6 +880,8 @@ impl C1 {
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         // SAFETY: `fds` holds `n` valid pollfd entries.
         let rv = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, ms) };
+        // Interrupted: look at the socket anyway.
+        self.input_ready |= rv < 0 || fds[0].revents != 0;
         if rv == 0 {
             Wait::Timeout
         } else {

@@ -244,9 +244,15 @@ pub struct C2 {
 unsafe impl Send for C2 {}
 
 /// The free c2s of one client connection, for reuse.
+///
+/// It keeps at most as many as the connection may run at once now (its
+/// fair share of the workers, set by c1): a connection that ran many
+/// streams while the server was quiet does not go on holding a c2 (its
+/// pools, ~40 KiB) for each once many connections share the workers.
 #[derive(Default)]
 pub struct C2Cache {
     free: Mutex<Vec<C2>>,
+    keep: std::sync::atomic::AtomicUsize,
 }
 
 impl C2Cache {
@@ -254,8 +260,19 @@ impl C2Cache {
         self.free.lock().pop()
     }
 
-    fn put(&self, c2: C2) {
-        self.free.lock().push(c2);
+    /// How many free c2s to keep at most.
+    pub fn keep_at_most(&self, n: usize) {
+        self.keep.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Keeps `c2` for reuse, or gives it back when the cache is full.
+    fn put(&self, c2: C2) -> Result<(), C2> {
+        let mut free = self.free.lock();
+        if free.len() >= self.keep.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(c2);
+        }
+        free.push(c2);
+        Ok(())
     }
 
     /// Destroys every cached c2 (session end, on c1).
@@ -431,8 +448,8 @@ impl Retire for C2Release {
         }
         if broken || c2.uses >= MAX_USES {
             c2.destroy();
-        } else {
-            cache.put(c2);
+        } else if let Err(c2) = cache.put(c2) {
+            c2.destroy();
         }
     }
 }

@@ -107,8 +107,12 @@ impl Signal {
         // wake-up. A worker could post between the two; the drain would eat
         // its post while `pending` stayed true, and every later `wake` would
         // skip posting: c1 would sleep in poll with streams ready.
-        self.fd.drain();
-        self.pending.store(false, Ordering::SeqCst);
+        // Nothing was posted unless `pending` is set (a post follows only a
+        // false -> true swap): skip the read then.
+        if self.pending.load(Ordering::SeqCst) {
+            self.fd.drain();
+            self.pending.store(false, Ordering::SeqCst);
+        }
         std::mem::take(&mut *self.ready.lock())
     }
 
