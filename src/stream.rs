@@ -199,6 +199,43 @@ pub struct FileRegion {
     pub len: u64,
 }
 
+/// Appends `len` bytes of `file` from `offset` to `out`, read straight
+/// into its spare capacity (no zero-fill of up to 64 KiB per write first).
+/// On error nothing is appended.
+fn read_exact_at_append(file: &std::fs::File, offset: u64, len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    out.reserve(len);
+    let start = out.len();
+    let mut got = 0;
+    while got < len {
+        let spare = &mut out.spare_capacity_mut()[got..len];
+        // SAFETY: pread writes at most `spare.len()` bytes into `spare`,
+        // reserved capacity of `out`; the descriptor is open (`file`).
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr() as *mut libc::c_void,
+                spare.len(),
+                (offset + got as u64) as libc::off_t,
+            )
+        };
+        if n > 0 {
+            got += n as usize;
+            continue;
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    // SAFETY: the `len` bytes after `start` were written by pread above.
+    unsafe { out.set_len(start + len) };
+    Ok(())
+}
+
 #[derive(Debug)]
 enum Segment {
     Bytes(ByteQueue),
@@ -271,13 +308,7 @@ impl OutputQueue {
                 }
                 Segment::File(region) => {
                     let k = (left as u64).min(region.len) as usize;
-                    let start = out.len();
-                    out.resize(start + k, 0);
-                    let r = std::os::unix::fs::FileExt::read_exact_at(&region.file, &mut out[start..], region.offset);
-                    if let Err(e) = r {
-                        out.truncate(start);
-                        return Err(e);
-                    }
+                    read_exact_at_append(&region.file, region.offset, k, out)?;
                     region.offset += k as u64;
                     region.len -= k as u64;
                     k
