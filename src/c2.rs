@@ -31,7 +31,7 @@ use crate::stream::{Headers, Input, Outcome, ResponseHead, Retire, Stream, Strea
 use crate::websocket::{self, Verdict};
 use crate::workers::WorkerCtx;
 use parking_lot::Mutex;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
@@ -1022,6 +1022,16 @@ fn add_request_trailers(r: *mut ffi::request_rec, trailers: &Headers) {
     }
 }
 
+/// Formats into `buf` (cut at its end); returns the bytes written.
+fn format_into<'a>(buf: &'a mut [u8], args: std::fmt::Arguments<'_>) -> &'a [u8] {
+    use std::io::Write;
+    let mut rest = &mut buf[..];
+    let _ = rest.write_fmt(args);
+    let left = rest.len();
+    let n = buf.len() - left;
+    &buf[..n]
+}
+
 /// Environment for handlers on a stream request (fixups hook).
 ///
 /// # Safety
@@ -1038,11 +1048,12 @@ pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
         env.setn(c"H2_PUSH".as_ptr(), c"off".as_ptr());
         env.setn(c"H2_PUSHED".as_ptr(), c"".as_ptr());
         env.setn(c"H2_PUSHED_ON".as_ptr(), c"".as_ptr());
-        let id = CString::new(stream.id.to_string()).unwrap_or_default();
-        env.setn(c"H2_STREAM_ID".as_ptr(), pool.strdup(id.as_bytes()));
+        // Formatted on the stack: no heap allocation per request.
+        let mut buf = [0u8; 48];
+        env.setn(c"H2_STREAM_ID".as_ptr(), pool.strdup(format_into(&mut buf, format_args!("{}", stream.id))));
         let c1_id = if ctx.c1.is_null() { 0 } else { (*ctx.c1).id };
-        let tag = format!("{}-{}", c1_id, stream.id);
-        env.setn(c"H2_STREAM_TAG".as_ptr(), pool.strdup(tag.as_bytes()));
+        let tag = format_into(&mut buf, format_args!("{}-{}", c1_id, stream.id));
+        env.setn(c"H2_STREAM_TAG".as_ptr(), pool.strdup(tag));
         if stream.request.is_tunnel() {
             // mod_proxy's tunnel cannot see when the backend has closed on a
             // stream (it polls only our input), so with half-close it would

@@ -170,16 +170,81 @@ pub struct Stats {
     pub streams_reset_by_peer: u64,
 }
 
+/// Requests waiting for a worker, in arrival order, with the running
+/// totals the session checks on every new stream (no scan of the queue).
+#[derive(Default)]
+struct PendingStreams {
+    queue: VecDeque<Arc<Stream>>,
+    /// Decoded header bytes of the queued requests (bounded by
+    /// `limits::MAX_PENDING_HEAD_BYTES`).
+    head_bytes: usize,
+    /// Queued tunnels (they start at once, without a slot).
+    tunnels: usize,
+}
+
+impl PendingStreams {
+    fn push_back(&mut self, stream: Arc<Stream>) {
+        self.head_bytes += stream.request.decoded_size();
+        self.tunnels += stream.request.is_tunnel() as usize;
+        self.queue.push_back(stream);
+    }
+
+    fn pop_front(&mut self) -> Option<Arc<Stream>> {
+        let stream = self.queue.pop_front()?;
+        self.forget(&stream);
+        Some(stream)
+    }
+
+    fn forget(&mut self, stream: &Stream) {
+        self.head_bytes -= stream.request.decoded_size();
+        self.tunnels -= stream.request.is_tunnel() as usize;
+    }
+
+    /// Removes and returns the queued tunnels.
+    fn take_tunnels(&mut self) -> Vec<Arc<Stream>> {
+        if self.tunnels == 0 {
+            return Vec::new();
+        }
+        let (tunnels, rest): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.queue).into_iter().partition(|s| s.request.is_tunnel());
+        self.queue = rest;
+        for t in &tunnels {
+            self.forget(t);
+        }
+        tunnels.into()
+    }
+
+    /// Drops the streams that were reset while they waited.
+    fn drop_aborted(&mut self) {
+        let (aborted, kept): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.queue).into_iter().partition(|s| s.is_aborted());
+        self.queue = kept;
+        for s in &aborted {
+            self.forget(s);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
 /// The nghttp2 handler: all per-session protocol state.
 pub struct Core<D: Dispatch> {
     settings: Settings,
     signal: Arc<Signal>,
+    /// The ids of the last wake-up (kept for its buffer).
+    signalled: Vec<i32>,
     dispatcher: D,
     entries: HashMap<i32, Entry>,
     to_retire: Vec<(Box<dyn Retire>, Outcome)>,
     /// Complete requests waiting for a slot (at most `max_active_streams`
     /// run at once).
-    pending: VecDeque<Arc<Stream>>,
+    pending: PendingStreams,
     /// Streams handed to workers whose worker has not finished.
     running: HashSet<i32>,
     /// How many streams may run at once now: starts low (6, like the
@@ -274,8 +339,7 @@ impl<D: Dispatch> Core<D> {
         ));
         // Heads waiting for a worker are bounded per connection (HPACK
         // amplification held in memory: limits::MAX_PENDING_HEAD_BYTES).
-        let waiting: usize = self.pending.iter().map(|s| s.request.decoded_size()).sum();
-        if waiting + stream.request.decoded_size() > limits::MAX_PENDING_HEAD_BYTES {
+        if self.pending.head_bytes + stream.request.decoded_size() > limits::MAX_PENDING_HEAD_BYTES {
             return Flow::ResetStream(error_code::REFUSED_STREAM);
         }
         entry.stream = Some(stream.clone());
@@ -292,15 +356,8 @@ impl<D: Dispatch> Core<D> {
         // Tunnels go at once and take no slot: they live as long as the
         // client wants, and ordinary requests must not wait behind them
         // (the number of open streams, H2MaxSessionStreams, bounds them).
-        let mut i = 0;
-        while i < self.pending.len() {
-            if self.pending[i].request.is_tunnel() {
-                if let Some(stream) = self.pending.remove(i) {
-                    self.start(stream, false);
-                }
-            } else {
-                i += 1;
-            }
+        for stream in self.pending.take_tunnels() {
+            self.start(stream, false);
         }
         let mut limit = self.active_limit.min(self.dispatcher.fair_share());
         if self.peer_window_closed {
@@ -499,7 +556,7 @@ impl<D: Dispatch> Core<D> {
             }
             self.entries.remove(&id);
             if self.pending.len() > 2 * self.settings.max_active_streams.max(1) {
-                self.pending.retain(|s| !s.is_aborted());
+                self.pending.drop_aborted();
             }
             return;
         }
@@ -782,10 +839,11 @@ impl<D: Dispatch> Session<D> {
         let core = Core {
             settings,
             signal,
+            signalled: Vec::new(),
             dispatcher,
             entries: HashMap::new(),
             to_retire: Vec::new(),
-            pending: VecDeque::new(),
+            pending: PendingStreams::default(),
             running: HashSet::new(),
             active_limit: 0,
             happy: 0,
@@ -871,9 +929,12 @@ impl<D: Dispatch> Session<D> {
     /// Acts on everything workers signalled since the last call.
     pub fn process_signals(&mut self) {
         let (core, mut ops) = self.ng.split();
-        for id in core.signal.take() {
+        let mut ids = std::mem::take(&mut core.signalled);
+        core.signal.take_into(&mut ids);
+        for &id in &ids {
             core.update(&mut ops, id);
         }
+        core.signalled = ids;
         // Woken because a worker became free (`Dispatch::wait_for_room`).
         core.fill_slots();
     }

@@ -103,6 +103,14 @@ impl Signal {
     /// clear each entry's flag (see [`Signal::unlist`]) before reading its
     /// state, so that later changes list it again.
     pub fn take(&self) -> Vec<i32> {
+        let mut ids = Vec::new();
+        self.take_into(&mut ids);
+        ids
+    }
+
+    /// `take` into `ids` (replacing its contents); the two lists swap, so
+    /// their buffers are reused instead of allocated per wake-up.
+    pub fn take_into(&self, ids: &mut Vec<i32>) {
         // Drain first, then clear `pending`: the other order loses a
         // wake-up. A worker could post between the two; the drain would eat
         // its post while `pending` stayed true, and every later `wake` would
@@ -113,7 +121,8 @@ impl Signal {
             self.fd.drain();
             self.pending.store(false, Ordering::SeqCst);
         }
-        std::mem::take(&mut *self.ready.lock())
+        ids.clear();
+        std::mem::swap(&mut *self.ready.lock(), ids);
     }
 
     /// c1: marks `entry` as taken from the list.
