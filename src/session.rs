@@ -201,27 +201,28 @@ impl PendingStreams {
     }
 
     /// Removes and returns the queued tunnels.
-    fn take_tunnels(&mut self) -> Vec<Arc<Stream>> {
+    fn take_tunnels(&mut self) -> VecDeque<Arc<Stream>> {
         if self.tunnels == 0 {
-            return Vec::new();
+            return VecDeque::new();
         }
-        let (tunnels, rest): (VecDeque<_>, VecDeque<_>) =
-            std::mem::take(&mut self.queue).into_iter().partition(|s| s.request.is_tunnel());
-        self.queue = rest;
-        for t in &tunnels {
-            self.forget(t);
-        }
-        tunnels.into()
+        self.take_where(|s| s.request.is_tunnel())
     }
 
     /// Drops the streams that were reset while they waited.
     fn drop_aborted(&mut self) {
-        let (aborted, kept): (VecDeque<_>, VecDeque<_>) =
-            std::mem::take(&mut self.queue).into_iter().partition(|s| s.is_aborted());
+        self.take_where(|s| s.is_aborted());
+    }
+
+    /// Removes and returns the queued streams `pred` selects, keeping the
+    /// others in order.
+    fn take_where(&mut self, pred: impl Fn(&Stream) -> bool) -> VecDeque<Arc<Stream>> {
+        let (taken, kept): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.queue).into_iter().partition(|s| pred(s));
         self.queue = kept;
-        for s in &aborted {
+        for s in &taken {
             self.forget(s);
         }
+        taken
     }
 
     fn len(&self) -> usize {

@@ -99,17 +99,19 @@ impl Signal {
         }
     }
 
-    /// c1: consumes the wake-up and returns the listed ids. Callers must
-    /// clear each entry's flag (see [`Signal::unlist`]) before reading its
-    /// state, so that later changes list it again.
+    /// `take_into` a new list (tests).
+    #[cfg(test)]
     pub fn take(&self) -> Vec<i32> {
         let mut ids = Vec::new();
         self.take_into(&mut ids);
         ids
     }
 
-    /// `take` into `ids` (replacing its contents); the two lists swap, so
-    /// their buffers are reused instead of allocated per wake-up.
+    /// c1: consumes the wake-up and puts the listed ids in `ids` (replacing
+    /// its contents; the two lists swap, so their buffers are reused instead
+    /// of allocated per wake-up). Callers must clear each entry's flag (see
+    /// [`Signal::unlist`]) before reading its state, so that later changes
+    /// list it again.
     pub fn take_into(&self, ids: &mut Vec<i32>) {
         // Drain first, then clear `pending`: the other order loses a
         // wake-up. A worker could post between the two; the drain would eat
