@@ -24,6 +24,7 @@
 //! worker queue and the stream's mutex.
 
 use crate::apr::{self, status, BrigadeRef, BucketRef, PoolRef, TableRef};
+use crate::fastpath::{self, Outcome as RunOutcome};
 use crate::ffi;
 use crate::response::{self, InterimParser, Parsed};
 use crate::signal::EventFd;
@@ -343,13 +344,16 @@ impl C2 {
 
     /// Runs `stream`'s request on this c2 (worker thread), then hands the
     /// c2 back through the stream's retire action.
-    pub fn run(mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx, cache: Arc<C2Cache>) {
+    /// Runs the stream's request. `learn`: the request could run inline
+    /// (`fastpath`) next time; record how it went under this URL key.
+    pub fn run(mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx, cache: Arc<C2Cache>, learn: Option<u64>) {
         stream.worker_started();
         if stream.is_aborted() {
             // Reset while it waited for a worker: nothing to do.
             stream.worker_done(Some(Box::new(C2Release { c2: self, eor: ptr::null_mut(), cache, broken: false })));
             return;
         }
+        let started = std::time::Instant::now();
         let outcome = crate::ffi::panic::catch(|| {
             // SAFETY: this worker owns the c2 for the duration of the call.
             unsafe { self.process(stream.clone(), c1_id, worker) }
@@ -361,7 +365,16 @@ impl C2 {
                     // and the stream holds no worker while it waits.
                     stream.release_slot();
                     resume.park(Parked { c2: self, stream, cache });
+                    if let Some(key) = learn {
+                        fastpath::urls().record(key, RunOutcome { static_file: false, body_bytes: 0, elapsed: started.elapsed() });
+                    }
                     return;
+                }
+                if let Some(key) = learn {
+                    // SAFETY: the request (if one was made) lives until its
+                    // EOR is destroyed at retire; this thread owns the c2.
+                    let outcome = unsafe { self.fastpath_outcome(started.elapsed()) };
+                    fastpath::urls().record(key, outcome);
                 }
                 false
             }
@@ -387,6 +400,31 @@ impl C2 {
 
     /// # Safety
     /// The caller (a worker) owns the c2.
+    /// How the request just processed went, for `fastpath`: a regular file
+    /// served by the default handler, without an internal redirect.
+    ///
+    /// # Safety
+    /// The c2 is owned by this thread and its request (if any) not yet
+    /// released.
+    unsafe fn fastpath_outcome(&self, elapsed: std::time::Duration) -> RunOutcome {
+        let r = self.ctx.request;
+        let mut outcome = RunOutcome { static_file: false, body_bytes: 0, elapsed };
+        if r.is_null() {
+            return outcome;
+        }
+        // SAFETY: caller contract: r is live.
+        unsafe {
+            let handler = (*r).handler;
+            let default_handler = handler.is_null() || CStr::from_ptr(handler) == c"default-handler";
+            outcome.static_file = default_handler
+                && (*r).next.is_null()
+                && (*r).finfo.filetype == ffi::APR_REG
+                && matches!((*r).status, 200 | 304);
+            outcome.body_bytes = (*r).finfo.size.max(0) as u64;
+        }
+        outcome
+    }
+
     unsafe fn process(&mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx) {
         let c = self.conn;
         self.uses += 1;

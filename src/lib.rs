@@ -25,6 +25,7 @@ pub mod request;
 pub mod websocket;
 pub mod negotiation;
 pub mod stream;
+pub mod fastpath;
 pub mod session;
 pub mod signal;
 pub mod workers;

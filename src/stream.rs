@@ -15,6 +15,8 @@
 //!   worker that would exceed it waits (backpressure) until c1 has sent
 //!   half of it, or the stream is aborted, or the stream timeout passes.
 //!   File regions (static files) are queued as references, not bytes.
+//!   Exception: a stream run on c1's own thread (`run_inline`) never
+//!   waits, since c1 could not drain the queue while it runs the stream.
 //! - The in queue holds at most what the client's flow-control window let
 //!   it send; c1 reopens the window only for bytes the worker consumed.
 //! - Only the worker produces output; only c1 consumes it. The worker is
@@ -28,7 +30,6 @@
 use crate::request::RequestHead;
 use crate::signal::{Listed, Signal};
 use parking_lot::{Condvar, Mutex};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,10 +101,57 @@ pub struct ResponseHead {
     pub headers: Headers,
 }
 
+/// A FIFO that holds its first element inline: most body queues only ever
+/// hold one chunk (a small response, one DATA frame), and a `VecDeque`
+/// would allocate its ring for it, once per stream and queue.
+#[derive(Debug)]
+struct Fifo<T> {
+    /// The front element; `None` only while `rest` is empty too.
+    head: Option<T>,
+    rest: std::collections::VecDeque<T>,
+}
+
+impl<T> Default for Fifo<T> {
+    fn default() -> Fifo<T> {
+        Fifo { head: None, rest: std::collections::VecDeque::new() }
+    }
+}
+
+impl<T> Fifo<T> {
+    fn push_back(&mut self, item: T) {
+        if self.head.is_none() {
+            self.head = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let front = self.head.take();
+        self.head = self.rest.pop_front();
+        front
+    }
+
+    fn front(&self) -> Option<&T> {
+        self.head.as_ref()
+    }
+
+    fn front_mut(&mut self) -> Option<&mut T> {
+        self.head.as_mut()
+    }
+
+    fn back_mut(&mut self) -> Option<&mut T> {
+        match self.rest.back_mut() {
+            Some(back) => Some(back),
+            None => self.head.as_mut(),
+        }
+    }
+}
+
 /// A FIFO of bytes stored in chunks, for the body queues.
 #[derive(Debug, Default)]
 pub struct ByteQueue {
-    chunks: VecDeque<Vec<u8>>,
+    chunks: Fifo<Vec<u8>>,
     /// Bytes of the front chunk already taken.
     front_taken: usize,
     len: usize,
@@ -111,6 +159,9 @@ pub struct ByteQueue {
 
 /// Writes smaller than this are appended to the last chunk.
 const CHUNK: usize = 16 * 1024;
+/// The smallest chunk allocated; a chunk grows (doubling) up to `CHUNK`
+/// as writes are appended.
+const MIN_CHUNK: usize = 256;
 
 impl ByteQueue {
     pub fn len(&self) -> usize {
@@ -132,7 +183,10 @@ impl ByteQueue {
                 return;
             }
         }
-        let mut chunk = Vec::with_capacity(data.len().max(CHUNK));
+        // Sized to the write, not to CHUNK: a 1 KiB response would hold
+        // 16 KiB, and a malloc that large misses glibc's per-thread cache
+        // (chunks are freed on c1, allocated on the worker).
+        let mut chunk = Vec::with_capacity(data.len().next_power_of_two().clamp(MIN_CHUNK, CHUNK).max(data.len()));
         chunk.extend_from_slice(data);
         self.chunks.push_back(chunk);
     }
@@ -246,7 +300,7 @@ enum Segment {
 /// in order. Only the bytes count against the memory limit.
 #[derive(Debug, Default)]
 pub struct OutputQueue {
-    segments: VecDeque<Segment>,
+    segments: Fifo<Segment>,
     /// Bytes held in memory.
     mem: usize,
     /// Bytes pending in all (memory and files).
@@ -426,6 +480,9 @@ pub struct Stream {
     signal: Arc<Signal>,
     listed: AtomicBool,
     aborted: AtomicBool,
+    /// Run on c1's own thread (see `fastpath`): its output queue must not
+    /// make it wait, since only c1 drains the queue.
+    inline: AtomicBool,
 }
 
 impl Listed for Stream {
@@ -487,6 +544,7 @@ impl Stream {
             signal,
             listed: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
+            inline: AtomicBool::new(false),
         }
     }
 
@@ -500,6 +558,14 @@ impl Stream {
     }
 
     // ---- worker side ----------------------------------------------------
+
+    /// The stream is about to run on c1's thread: from now on its output
+    /// queue grows past `out_limit` instead of waiting for c1 (which would
+    /// wait for itself). `fastpath` runs only requests that were answered
+    /// small before.
+    pub fn run_inline(&self) {
+        self.inline.store(true, Ordering::Relaxed);
+    }
 
     pub fn worker_started(&self) {
         self.io.lock().worker = Some(WorkerState::Running);
@@ -584,7 +650,8 @@ impl Stream {
             let mut io = self.io.lock();
             let mut deadline: Option<Instant> = None;
             let mut told_c1 = false;
-            while io.output.len() >= self.out_limit && io.closed.is_none() {
+            let limit = if self.inline.load(Ordering::Relaxed) { usize::MAX } else { self.out_limit };
+            while io.output.len() >= limit && io.closed.is_none() {
                 // Full: make sure c1 knows (once), then wait for it to drain.
                 if !told_c1 {
                     told_c1 = true;
@@ -605,7 +672,7 @@ impl Stream {
             if io.closed.is_some() {
                 return Err(StreamError::Aborted);
             }
-            let room = self.out_limit - io.output.len();
+            let room = limit - io.output.len();
             let k = room.min(data.len());
             io.output.push(&data[..k]);
             data = &data[k..];
@@ -911,6 +978,42 @@ mod tests {
         assert!(all.ends_with(b"xend"));
     }
 
+
+    #[test]
+    fn fifo_keeps_order_across_its_inline_head() {
+        let mut f = Fifo::default();
+        assert!(f.front().is_none() && f.back_mut().is_none() && f.pop_front().is_none());
+        f.push_back(1);
+        assert_eq!(f.back_mut().copied(), Some(1));
+        f.push_back(2);
+        f.push_back(3);
+        *f.back_mut().unwrap() += 10;
+        assert_eq!(f.pop_front(), Some(1));
+        f.push_back(4);
+        assert_eq!(f.front().copied(), Some(2));
+        let drained: Vec<_> = std::iter::from_fn(|| f.pop_front()).collect();
+        assert_eq!(drained, [2, 13, 4]);
+        f.push_back(5);
+        assert_eq!((f.front().copied(), f.rest.len()), (Some(5), 0));
+    }
+
+    #[test]
+    fn small_writes_get_small_chunks_that_grow() {
+        let mut q = ByteQueue::default();
+        q.push(&[1u8; 1024]);
+        // A 1 KiB response holds about 1 KiB, not a 16 KiB chunk.
+        assert_eq!(q.chunks.front().map(|c| c.capacity()), Some(1024));
+        for _ in 0..15 {
+            q.push(&[2u8; 1024]);
+        }
+        // Appended writes fill one chunk up to CHUNK before a new one starts.
+        assert_eq!((q.chunks.rest.len(), q.len()), (0, 16 * 1024));
+        q.push(&[3u8; 10]);
+        assert_eq!(q.chunks.rest.len(), 1);
+        let all = q.take_vec(usize::MAX);
+        assert_eq!(all.len(), 16 * 1024);
+        assert_eq!(q.take_vec(usize::MAX), [3u8; 10]);
+    }
     #[test]
     fn headers_compact_list() {
         let mut h = Headers::new();

@@ -43,6 +43,11 @@ pub struct WorkerCtx {
 
 pub type Job = Box<dyn FnOnce(&WorkerCtx) + Send>;
 
+/// The slot of a stream run on c1's own thread (`fastpath`): one at a time
+/// per connection, so its secondary connection's id stays unique as long
+/// as the pool has fewer live workers.
+pub const C1_SLOT: u32 = 254;
+
 /// Per-thread set-up and tear-down (httpd registration), swappable in tests.
 pub trait ThreadHooks: Send + Sync + 'static {
     fn start(&self) -> *mut crate::ffi::apr_thread_t;
