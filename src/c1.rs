@@ -129,6 +129,15 @@ impl Drop for C1Dispatch {
     }
 }
 
+impl C1Dispatch {
+    /// The `fastpath` key of a stream that could run inline.
+    fn fastpath_key(&self, stream: &Stream) -> Option<u64> {
+        // SAFETY: c1's base server, read on its own thread.
+        let vhost = unsafe { (*self.c1).base_server } as usize;
+        fastpath::candidate(&stream.request).then(|| fastpath::url_key(vhost, &stream.request))
+    }
+}
+
 impl Dispatch for C1Dispatch {
     fn dispatch(&mut self, stream: Arc<Stream>) {
         self.cache.keep_at_most(self.fair_share());
@@ -149,9 +158,7 @@ impl Dispatch for C1Dispatch {
         let cache = self.cache.clone();
         let handle = stream.clone();
         let tunnel = stream.request.is_tunnel();
-        // SAFETY: c1's base server, read on its own thread.
-        let learn = fastpath::candidate(&stream.request)
-            .then(|| fastpath::url_key(unsafe { (*self.c1).base_server } as usize, &stream.request));
+        let learn = self.fastpath_key(&stream);
         if let Some(key) = learn.filter(|&k| fastpath::urls().predicts_fast(k)) {
             // A small static file last time: run it here, without the two
             // thread hand-offs (see fastpath.rs).
@@ -173,6 +180,10 @@ impl Dispatch for C1Dispatch {
             clog!(self.c1, Level::Warn, "h2rs: no worker pool to run stream {}", handle.id);
             handle.worker_done(None);
         }
+    }
+
+    fn runs_here(&self, stream: &Stream) -> bool {
+        self.fastpath_key(stream).is_some_and(|k| fastpath::urls().predicts_fast(k))
     }
 
     fn retire(&mut self, retire: Box<dyn Retire>, outcome: Outcome) {

@@ -401,7 +401,8 @@ impl C2 {
     /// # Safety
     /// The caller (a worker) owns the c2.
     /// How the request just processed went, for `fastpath`: a regular file
-    /// served by the default handler, without an internal redirect.
+    /// served by the default handler, without an internal redirect, through
+    /// output filters that only pass bytes on or set headers.
     ///
     /// # Safety
     /// The c2 is owned by this thread and its request (if any) not yet
@@ -421,6 +422,17 @@ impl C2 {
                 && (*r).finfo.filetype == ffi::APR_REG
                 && matches!((*r).status, 200 | 304);
             outcome.body_bytes = (*r).finfo.size.max(0) as u64;
+            // Filters that could wait or grow the body (rate limits,
+            // includes running subrequests, compression) keep the URL on
+            // workers.
+            let mut f = (*r).output_filters;
+            while outcome.static_file && !f.is_null() {
+                let frec = (*f).frec;
+                outcome.static_file = !frec.is_null()
+                    && !(*frec).name.is_null()
+                    && fastpath::harmless_output_filter(CStr::from_ptr((*frec).name).to_bytes());
+                f = (*f).next;
+            }
         }
         outcome
     }

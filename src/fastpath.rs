@@ -95,6 +95,25 @@ pub fn candidate(head: &RequestHead) -> bool {
         && matches!(head.method.as_slice(), b"GET" | b"HEAD")
 }
 
+/// Output filters a request may run inline with: they pass the body on,
+/// count it, or set headers (names as httpd registers them, lower case).
+/// Anything else (`ratelimit` sleeps, `includes` runs subrequests,
+/// `deflate` grows work with the size) keeps a URL on workers.
+pub fn harmless_output_filter(name: &[u8]) -> bool {
+    const HARMLESS: [&[u8]; 9] = [
+        b"h2rs_c2_response",
+        b"h2rs_c2_net_out",
+        b"content_length",
+        b"http_outerror",
+        b"byterange",
+        b"log_input_output",
+        b"fixup_headers_out",
+        b"fixup_headers_err",
+        b"mod_expires",
+    ];
+    HARMLESS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// The key of a request's URL: a hash of the connection's virtual host
 /// (its `server_rec` address: name-based hosts differ by authority),
 /// `:authority` and `:path`. A collision only mispredicts speed.
@@ -194,6 +213,15 @@ mod tests {
         assert!(!candidate(&RequestHead { end_stream: false, ..get.clone() }));
         assert!(!candidate(&RequestHead { error_status: Some(431), ..get.clone() }));
         assert!(!candidate(&RequestHead { websocket_accept: Some(b"x".to_vec()), ..get.clone() }));
+    }
+
+    #[test]
+    fn only_pass_through_filters_are_harmless() {
+        assert!(harmless_output_filter(b"content_length"));
+        assert!(harmless_output_filter(b"H2RS_C2_NET_OUT"));
+        for name in ["ratelimit", "includes", "deflate", "substitute", "old_write"] {
+            assert!(!harmless_output_filter(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

@@ -91,6 +91,13 @@ pub trait Dispatch {
     /// carries the head, the body queue and the response queue.
     fn dispatch(&mut self, stream: Arc<Stream>);
 
+    /// Whether `dispatch` would run this stream on the calling thread
+    /// (`fastpath`): it then takes no worker, so it needs no slot and does
+    /// not wait behind streams that do.
+    fn runs_here(&self, _stream: &Stream) -> bool {
+        false
+    }
+
     /// A finished stream's resources, to release on this (c1) thread.
     fn retire(&mut self, retire: Box<dyn Retire>, outcome: Outcome) {
         retire.retire(outcome)
@@ -344,6 +351,12 @@ impl<D: Dispatch> Core<D> {
             return Flow::ResetStream(error_code::REFUSED_STREAM);
         }
         entry.stream = Some(stream.clone());
+        // Not while the client lets nothing out (ZERO_WINDOW_ACTIVE_STREAMS):
+        // the responses would pile up in memory.
+        if !self.hold_until_settings && !self.peer_window_closed && self.dispatcher.runs_here(&stream) {
+            self.start(stream, false);
+            return Flow::Continue;
+        }
         self.pending.push_back(stream);
         self.fill_slots();
         Flow::Continue
@@ -1114,11 +1127,28 @@ pub(crate) mod tests {
     pub struct ThreadDispatch {
         pub handler: fn(Arc<Stream>),
         pub threads: Vec<thread::JoinHandle<()>>,
+        /// Streams run on the calling thread, as c1 runs fast static files.
+        pub here: fn(&Stream) -> bool,
+    }
+
+    fn nowhere(_: &Stream) -> bool {
+        false
     }
 
     impl Dispatch for ThreadDispatch {
+        fn runs_here(&self, stream: &Stream) -> bool {
+            (self.here)(stream)
+        }
+
         fn dispatch(&mut self, stream: Arc<Stream>) {
             let h = self.handler;
+            if (self.here)(&stream) {
+                stream.run_inline();
+                stream.worker_started();
+                h(stream.clone());
+                stream.worker_done(None);
+                return;
+            }
             self.threads.push(thread::spawn(move || {
                 stream.worker_started();
                 h(stream.clone());
@@ -1229,7 +1259,7 @@ pub(crate) mod tests {
     impl Pair {
         pub fn new(settings: Settings, handler: fn(Arc<Stream>)) -> Pair {
             let signal = Arc::new(Signal::new().unwrap());
-            let server = Session::new(settings, signal, ThreadDispatch { handler, threads: vec![] }).unwrap();
+            let server = Session::new(settings, signal, ThreadDispatch { handler, threads: vec![], here: nowhere }).unwrap();
             let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
             client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)]).unwrap();
             client.ops().set_local_window_size(0, 1 << 30).unwrap();
@@ -1422,6 +1452,36 @@ pub(crate) mod tests {
         assert_eq!(p.server.stats().streams_dispatched, 20);
     }
 
+    static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// `/slow` waits until GATE_OPEN, anything else echoes.
+    fn gated(stream: Arc<Stream>) {
+        if stream.request.path.as_deref() == Some(b"/slow") {
+            while !GATE_OPEN.load(std::sync::atomic::Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        echo(stream)
+    }
+
+    #[test]
+    fn streams_run_here_take_no_slot() {
+        let mut settings = Settings::default();
+        settings.max_active_streams = 1;
+        let mut p = Pair::new(settings, gated);
+        p.server.dispatcher().here = |s| s.request.path.as_deref() == Some(b"/here?n=5000");
+        let slow: Vec<i32> = (0..2).map(|_| p.get("/slow")).collect();
+        let here = p.get("/here?n=5000");
+        // The one slot is taken by a blocked stream, the second waits for
+        // it; the stream run here goes past both.
+        p.pump(closed(vec![here]));
+        assert_eq!(p.client.handler_ref().streams[&here].body.len(), 5000);
+        assert!(slow.iter().all(|id| p.client.handler_ref().streams.get(id).is_none_or(|s| s.closed.is_none())));
+        assert_eq!(p.server.ng.handler_ref().running.len(), 1);
+        GATE_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+        p.pump(closed(slow));
+    }
+
     #[test]
     fn active_limit_grows_for_good_clients_and_shrinks_on_resets() {
         let mut settings = Settings::default();
@@ -1490,7 +1550,7 @@ pub(crate) mod tests {
         let server = Session::new_upgraded(
             Settings::default(),
             signal,
-            ThreadDispatch { handler: echo, threads: vec![] },
+            ThreadDispatch { handler: echo, threads: vec![], here: nowhere },
             &[0, 3, 0, 0, 0, 100],
             head,
         )

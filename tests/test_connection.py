@@ -308,26 +308,39 @@ def test_max_session_streams_is_advertised_and_enforced(make_server):
 def test_learned_static_file_is_served_while_every_worker_is_busy(make_server, docroot):
     """A small static file, once served, runs on the connection's own
     thread (fastpath.rs): it does not wait for the one worker, which a slow
-    CGI holds. A file too large for that (100 KiB), or one not yet seen,
-    still waits for a worker."""
-    srv = make_server(h2_conf="H2MinWorkers 1\nH2MaxWorkers 1").start()
+    CGI holds. A file too large for that (100 KiB) still waits for a
+    worker, and so does a small file under a filter that may wait."""
+    # The same file under an output filter that may wait (mod_ratelimit,
+    # fast enough here): never run inline.
+    srv = make_server(h2_conf="H2MinWorkers 1\nH2MaxWorkers 1", extra=f"""
+LoadModule ratelimit_module {MODDIR}/mod_ratelimit.so
+LoadModule env_module {MODDIR}/mod_env.so
+Alias /limited "{docroot.path}"
+<Location /limited>
+  SetOutputFilter RATE_LIMIT
+  SetEnv rate-limit 100000
+</Location>
+""").start()
     small = (docroot.path / "1k.bin").read_bytes()
     c = H2Client(srv.port)
     for _ in range(3):
-        st = c.wait_stream(c.request("/1k.bin"), timeout=30)
-        assert (st.status, bytes(st.data)) == (200, small)
+        for path in ("/1k.bin", "/limited/1k.bin"):
+            st = c.wait_stream(c.request(path), timeout=30)
+            assert (st.status, bytes(st.data)) == (200, small)
     busy = H2Client(srv.port)
     cgi = busy.request("/cgi/slow.cgi?3")
     time.sleep(0.5)
     t0 = time.time()
+    waiting = {path: c.request(path) for path in ("/100k.bin", "/limited/1k.bin")}
     st = c.wait_stream(c.request("/1k.bin"), timeout=30)
     learned_after = time.time() - t0
     assert (st.status, bytes(st.data)) == (200, small)
-    st = c.wait_stream(c.request("/100k.bin"), timeout=30)
-    large_after = time.time() - t0
-    assert (st.status, bytes(st.data)) == (200, (docroot.path / "100k.bin").read_bytes())
     assert learned_after < 1.5, f"the learned file waited {learned_after:.1f}s for the busy worker"
-    assert large_after > 1.5, f"the 100 KiB file did not wait for the worker ({large_after:.1f}s)"
+    for path, sid in waiting.items():
+        st = c.wait_stream(sid, timeout=30)
+        after = time.time() - t0
+        assert (st.status, bytes(st.data)) == (200, (docroot.path / path.split("/")[-1]).read_bytes())
+        assert after > 1.5, f"{path} did not wait for the worker ({after:.1f}s)"
     busy_st = busy.wait_stream(cgi, timeout=30)
     assert busy_st.status == 200 and bytes(busy_st.data) == b"slow done\n"
     c.close()
