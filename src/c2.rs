@@ -366,7 +366,7 @@ impl C2 {
                     stream.release_slot();
                     resume.park(Parked { c2: self, stream, cache });
                     if let Some(key) = learn {
-                        fastpath::urls().record(key, RunOutcome { static_file: false, body_bytes: 0, elapsed: started.elapsed() });
+                        fastpath::urls().record(key, RunOutcome { static_file: false, elapsed: started.elapsed() });
                     }
                     return;
                 }
@@ -409,7 +409,7 @@ impl C2 {
     /// released.
     unsafe fn fastpath_outcome(&self, elapsed: std::time::Duration) -> RunOutcome {
         let r = self.ctx.request;
-        let mut outcome = RunOutcome { static_file: false, body_bytes: 0, elapsed };
+        let mut outcome = RunOutcome { static_file: false, elapsed };
         if r.is_null() {
             return outcome;
         }
@@ -420,8 +420,7 @@ impl C2 {
             outcome.static_file = default_handler
                 && (*r).next.is_null()
                 && (*r).finfo.filetype == ffi::APR_REG
-                && matches!((*r).status, 200 | 304);
-            outcome.body_bytes = (*r).finfo.size.max(0) as u64;
+                && matches!((*r).status, 200 | 206 | 304);
             // Filters that could wait or grow the body (rate limits,
             // includes running subrequests, compression) keep the URL on
             // workers.

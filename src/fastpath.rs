@@ -8,14 +8,17 @@
 //!
 //! A request may run inline only when it can neither block nor take long:
 //! a GET or HEAD without a body whose URL was, the last time it ran, a
-//! regular file served by httpd's default handler, with a small body, and
-//! quickly. Which handler and filters a request gets is known only once
-//! httpd has processed it, so this module remembers those outcomes per
-//! (virtual host, authority, path) and predicts from them. An inline run
-//! that turns out otherwise (slow, large, another handler) unlearns the
-//! URL: at most one request per URL stalls its connection before the URL
-//! goes back to workers. The table is per child process (a graceful
-//! restart, with a new configuration, starts empty) and bounded.
+//! regular file served by httpd's default handler through pass-through
+//! output filters, quickly. Its size does not matter: a body of 16 KiB or
+//! more is queued as a file reference that c1 reads when it sends, as it
+//! would after a worker; a smaller one is copied. Which handler and
+//! filters a request gets is known only once httpd has processed it, so
+//! this module remembers those outcomes per (virtual host, authority,
+//! path) and predicts from them. An inline run that turns out otherwise
+//! (slow, another handler) unlearns the URL: at most one request per URL
+//! stalls its connection before the URL goes back to workers. The table
+//! is per child process (a graceful restart, with a new configuration,
+//! starts empty) and bounded.
 
 use crate::request::RequestHead;
 use parking_lot::Mutex;
@@ -23,9 +26,6 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::Duration;
 
-/// A response body larger than this is not worth a stalled connection
-/// (it is copied to the output queue on c1's thread).
-pub const MAX_BODY: u64 = 64 * 1024;
 /// A run longer than this (wall clock, so a handler waiting on anything
 /// counts) is not "fast". Generous: on a loaded machine a 10 µs request
 /// can be preempted for a few milliseconds.
@@ -38,15 +38,13 @@ const CAPACITY: usize = 8192;
 pub struct Outcome {
     /// httpd's default handler served a regular file.
     pub static_file: bool,
-    /// Response body bytes.
-    pub body_bytes: u64,
     /// Wall-clock time from the start of processing to the handler's end.
     pub elapsed: Duration,
 }
 
 impl Outcome {
     pub fn is_fast(&self) -> bool {
-        self.static_file && self.body_bytes <= MAX_BODY && self.elapsed <= MAX_RUN
+        self.static_file && self.elapsed <= MAX_RUN
     }
 }
 
@@ -172,7 +170,7 @@ mod tests {
         url_key(vhost, &head)
     }
 
-    const FAST: Outcome = Outcome { static_file: true, body_bytes: 1024, elapsed: Duration::from_micros(50) };
+    const FAST: Outcome = Outcome { static_file: true, elapsed: Duration::from_micros(50) };
 
     #[test]
     fn learns_fast_static_urls_and_unlearns_them() {
@@ -189,10 +187,7 @@ mod tests {
         urls.record(k, Outcome { elapsed: MAX_RUN + Duration::from_millis(1), ..FAST });
         assert!(!urls.predicts_fast(k));
         urls.record(k, FAST);
-        // Large, or not the default handler on a file: back to workers.
-        urls.record(k, Outcome { body_bytes: MAX_BODY + 1, ..FAST });
-        assert!(!urls.predicts_fast(k));
-        urls.record(k, FAST);
+        // Not the default handler on a file: back to workers.
         urls.record(k, Outcome { static_file: false, ..FAST });
         assert!(!urls.predicts_fast(k));
     }

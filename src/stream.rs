@@ -16,7 +16,8 @@
 //!   half of it, or the stream is aborted, or the stream timeout passes.
 //!   File regions (static files) are queued as references, not bytes.
 //!   Exception: a stream run on c1's own thread (`run_inline`) never
-//!   waits, since c1 could not drain the queue while it runs the stream.
+//!   waits, since c1 could not drain the queue while it runs the stream;
+//!   its bound is `INLINE_MEM_CAP`, beyond which writes fail.
 //! - The in queue holds at most what the client's flow-control window let
 //!   it send; c1 reopens the window only for bytes the worker consumed.
 //! - Only the worker produces output; only c1 consumes it. The worker is
@@ -100,6 +101,13 @@ pub struct ResponseHead {
     /// Lower-case names, no connection-specific fields.
     pub headers: Headers,
 }
+
+/// Bytes a stream run on c1's thread may hold in its output queue, which
+/// then has no `out_limit` (c1 cannot drain it while it runs the stream).
+/// Such streams are static files: below 16 KiB copied, above queued by
+/// file reference; only a file copied because no descriptor was left
+/// comes near this.
+const INLINE_MEM_CAP: usize = 1 << 20;
 
 /// A FIFO that holds its first element inline: most body queues only ever
 /// hold one chunk (a small response, one DATA frame), and a `VecDeque`
@@ -561,8 +569,7 @@ impl Stream {
 
     /// The stream is about to run on c1's thread: from now on its output
     /// queue grows past `out_limit` instead of waiting for c1 (which would
-    /// wait for itself). `fastpath` runs only requests that were answered
-    /// small before.
+    /// wait for itself), up to `INLINE_MEM_CAP`, where writes fail.
     pub fn run_inline(&self) {
         self.inline.store(true, Ordering::Relaxed);
     }
@@ -650,7 +657,14 @@ impl Stream {
             let mut io = self.io.lock();
             let mut deadline: Option<Instant> = None;
             let mut told_c1 = false;
-            let limit = if self.inline.load(Ordering::Relaxed) { usize::MAX } else { self.out_limit };
+            let inline = self.inline.load(Ordering::Relaxed);
+            if inline && io.output.len() + data.len() > INLINE_MEM_CAP {
+                // Not the small static file it was predicted to be (files
+                // of 16 KiB and more go by reference): end the stream
+                // rather than hold an unbounded body in memory.
+                return Err(StreamError::Aborted);
+            }
+            let limit = if inline { usize::MAX } else { self.out_limit };
             while io.output.len() >= limit && io.closed.is_none() {
                 // Full: make sure c1 knows (once), then wait for it to drain.
                 if !told_c1 {
@@ -1055,6 +1069,17 @@ mod tests {
         writer.join().unwrap();
         let want: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn inline_stream_never_waits_for_itself_but_is_capped() {
+        let (s, _sig) = stream(4096);
+        s.run_inline();
+        // Past out_limit without a reader: no wait (it would be forever).
+        s.write_output(&vec![7u8; 100_000]).unwrap();
+        assert_eq!(s.output_queued(), 100_000);
+        assert_eq!(s.write_output(&vec![7u8; INLINE_MEM_CAP]), Err(StreamError::Aborted));
+        assert_eq!(s.output_queued(), 100_000);
     }
 
     #[test]

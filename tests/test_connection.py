@@ -308,8 +308,9 @@ def test_max_session_streams_is_advertised_and_enforced(make_server):
 def test_learned_static_file_is_served_while_every_worker_is_busy(make_server, docroot):
     """A small static file, once served, runs on the connection's own
     thread (fastpath.rs): it does not wait for the one worker, which a slow
-    CGI holds. A file too large for that (100 KiB) still waits for a
-    worker, and so does a small file under a filter that may wait."""
+    CGI holds. A file not served before still waits for a worker, and so
+    does a small file under a filter that may wait, however often it was
+    served."""
     # The same file under an output filter that may wait (mod_ratelimit,
     # fast enough here): never run inline.
     srv = make_server(h2_conf="H2MinWorkers 1\nH2MaxWorkers 1", extra=f"""
