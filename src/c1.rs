@@ -160,8 +160,8 @@ impl Dispatch for C1Dispatch {
         let tunnel = stream.request.is_tunnel();
         let learn = self.fastpath_key(&stream);
         if let Some(key) = learn.filter(|&k| fastpath::urls().predicts_fast(k)) {
-            // A small static file last time: run it here, without the two
-            // thread hand-offs (see fastpath.rs).
+            // A static file last time: run it here, without the two thread
+            // hand-offs (see fastpath.rs).
             stream.run_inline();
             self.ran_inline = true;
             // SAFETY: c1's own APR thread handle, read on its thread.

@@ -342,10 +342,10 @@ impl C2 {
         unsafe { ffi::apr_pool_destroy(self.pool) }
     }
 
-    /// Runs `stream`'s request on this c2 (worker thread), then hands the
-    /// c2 back through the stream's retire action.
-    /// Runs the stream's request. `learn`: the request could run inline
-    /// (`fastpath`) next time; record how it went under this URL key.
+    /// Runs `stream`'s request on this c2 (on a worker, or on c1's thread
+    /// for `fastpath`), then hands the c2 back through the stream's retire
+    /// action. `learn`: the request could run on c1's thread; record how
+    /// it went under this URL key.
     pub fn run(mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx, cache: Arc<C2Cache>, learn: Option<u64>) {
         stream.worker_started();
         if stream.is_aborted() {
@@ -398,8 +398,6 @@ impl C2 {
         stream.worker_done(Some(Box::new(C2Release { c2: self, eor, cache, broken })));
     }
 
-    /// # Safety
-    /// The caller (a worker) owns the c2.
     /// How the request just processed went, for `fastpath`: a regular file
     /// served by the default handler, without an internal redirect, through
     /// output filters that only pass bytes on or set headers.
@@ -436,6 +434,8 @@ impl C2 {
         outcome
     }
 
+    /// # Safety
+    /// The caller (a worker, or c1 for `fastpath`) owns the c2.
     unsafe fn process(&mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx) {
         let c = self.conn;
         self.uses += 1;
