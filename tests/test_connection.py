@@ -346,3 +346,41 @@ Alias /limited "{docroot.path}"
     assert busy_st.status == 200 and bytes(busy_st.data) == b"slow done\n"
     c.close()
     busy.close()
+
+
+def test_url_that_stops_being_a_static_file_goes_back_to_workers(make_server, docroot):
+    """A learned URL whose next run is not a static file any more (here the
+    file became a directory: mod_dir redirects) is answered correctly on
+    c1's thread, and from then on waits for a worker again."""
+    srv = make_server(h2_conf="H2MinWorkers 1\nH2MaxWorkers 1").start()
+    flip = docroot.path / "flip-static"
+    flip.write_bytes(b"static\n")
+    flip.chmod(0o644)
+    c = H2Client(srv.port)
+    try:
+        for _ in range(3):
+            st = c.wait_stream(c.request("/flip-static"), timeout=30)
+            assert (st.status, bytes(st.data)) == (200, b"static\n")
+        flip.unlink()
+        flip.mkdir()
+        flip.chmod(0o755)
+        busy = H2Client(srv.port)
+        cgi = busy.request("/cgi/slow.cgi?3")
+        time.sleep(0.5)
+        t0 = time.time()
+        st = c.wait_stream(c.request("/flip-static"), timeout=30)
+        first = time.time() - t0
+        assert st.status == 301 and (st.header("location") or "").endswith("/flip-static/")
+        st = c.wait_stream(c.request("/flip-static"), timeout=30)
+        second = time.time() - t0
+        assert st.status == 301
+        assert first < 1.5, f"the learned URL waited {first:.1f}s for the busy worker"
+        assert second > 1.5, f"the unlearned URL did not wait for the worker ({second:.1f}s)"
+        assert busy.wait_stream(cgi, timeout=30).status == 200
+        busy.close()
+    finally:
+        c.close()
+        if flip.is_dir():
+            flip.rmdir()
+        else:
+            flip.unlink(missing_ok=True)
