@@ -46,6 +46,12 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// socket bucket: APR_BUCKET_BUFF_SIZE).
 const SOCKET_READ_SIZE: usize = 8000;
 
+/// Streams c1 runs itself (`fastpath`) between two writes. Fewer saves
+/// memory, more saves writes: 1 KiB -c 100 -m 10 measured 2 per batch
+/// at 39.5 MiB peak RSS and 0.87x the req/s of 4 per batch (44.1 MiB);
+/// unbounded, 55 MiB.
+const RUN_HERE_BATCH: usize = 4;
+
 /// Bytes read per loop turn before writing (fairness between directions).
 const READ_BUDGET: usize = crate::limits::READ_BUDGET;
 /// Bytes collected from nghttp2 per socket write.
@@ -622,6 +628,16 @@ impl C1 {
         loop {
             if !self.client_gone && self.input_ready && self.read_input().is_err() {
                 self.client_gone = true;
+            }
+            // Streams c1 runs itself go a few at a time, their responses
+            // written in between: each batch's secondary connections are
+            // back in the cache for the next, so a connection holds a few
+            // instead of one per stream of the client's burst.
+            while !self.client_gone && self.session.run_here(RUN_HERE_BATCH) > 0 {
+                self.session.process_signals();
+                if self.write_output().is_err() {
+                    self.client_gone = true;
+                }
             }
             self.session.process_signals();
             self.session.retire_finished();

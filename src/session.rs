@@ -253,6 +253,11 @@ pub struct Core<D: Dispatch> {
     /// Complete requests waiting for a slot (at most `max_active_streams`
     /// run at once).
     pending: PendingStreams,
+    /// Streams the dispatcher runs on this thread (`Dispatch::runs_here`),
+    /// waiting for `Session::run_here`: c1 runs them a few at a time and
+    /// writes their responses in between, so their secondary connections
+    /// are recycled within one batch of requests.
+    run_here: std::collections::VecDeque<Arc<Stream>>,
     /// Streams handed to workers whose worker has not finished.
     running: HashSet<i32>,
     /// How many streams may run at once now: starts low (6, like the
@@ -354,7 +359,7 @@ impl<D: Dispatch> Core<D> {
         // Not while the client lets nothing out (ZERO_WINDOW_ACTIVE_STREAMS):
         // the responses would pile up in memory.
         if !self.hold_until_settings && !self.peer_window_closed && self.dispatcher.runs_here(&stream) {
-            self.start(stream, false);
+            self.run_here.push_back(stream);
             return Flow::Continue;
         }
         self.pending.push_back(stream);
@@ -858,6 +863,7 @@ impl<D: Dispatch> Session<D> {
             entries: HashMap::new(),
             to_retire: Vec::new(),
             pending: PendingStreams::default(),
+            run_here: Default::default(),
             running: HashSet::new(),
             active_limit: 0,
             happy: 0,
@@ -1068,8 +1074,22 @@ impl<D: Dispatch> Session<D> {
     }
 
     /// The connection is gone: every stream is closed and its worker told.
+    /// Runs up to `max` of the streams the dispatcher runs on this thread
+    /// (`Dispatch::runs_here`), in arrival order; returns how many it took.
+    pub fn run_here(&mut self, max: usize) -> usize {
+        let core = self.ng.handler();
+        let mut taken = 0;
+        while taken < max {
+            let Some(stream) = core.run_here.pop_front() else { break };
+            core.start(stream, false);
+            taken += 1;
+        }
+        taken
+    }
+
     pub fn abort_all(&mut self) {
         let (core, mut ops) = self.ng.split();
+        core.run_here.clear();
         let ids: Vec<i32> = core.entries.keys().copied().collect();
         for id in ids {
             core.close_entry(&mut ops, id, error_code::CANCEL);
@@ -1304,6 +1324,7 @@ pub(crate) mod tests {
             if !c2s.is_empty() {
                 self.server.recv(&c2s).unwrap();
             }
+            self.server.run_here(usize::MAX);
             self.server.process_signals();
             self.server.retire_finished();
             let mut s2c = Vec::new();
