@@ -1504,6 +1504,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn streams_run_here_go_in_batches() {
+        let mut p = Pair::new(Settings::default(), echo);
+        p.server.dispatcher().here = |s| s.request.path.as_deref().is_some_and(|p| p.starts_with(b"/here"));
+        let ids: Vec<i32> = (0..5).map(|i| p.get(&format!("/here{i}?n=100"))).collect();
+        let mut c2s = Vec::new();
+        p.client.mem_send(&mut c2s, usize::MAX).unwrap();
+        p.server.recv(&c2s).unwrap();
+        // Nothing runs while reading; then at most `max` per call.
+        assert_eq!(p.server.stats().streams_dispatched, 0);
+        assert_eq!(p.server.run_here(2), 2);
+        assert_eq!(p.server.stats().streams_dispatched, 2);
+        assert_eq!(p.server.run_here(2), 2);
+        assert_eq!(p.server.run_here(2), 1);
+        assert_eq!(p.server.run_here(2), 0);
+        p.pump(closed(ids.clone()));
+        for id in ids {
+            assert_eq!(p.client.handler_ref().streams[&id].body.len(), 100);
+        }
+    }
+
+    #[test]
     fn active_limit_grows_for_good_clients_and_shrinks_on_resets() {
         let mut settings = Settings::default();
         settings.max_active_streams = 40;
