@@ -1006,25 +1006,13 @@ impl C1 {
 
 /// Whether c1's input chain is only filters that read the socket straight
 /// and hold nothing back: the core's and mod_logio's counter.
+///
+/// # Safety
+/// `c` must be the live client connection owned by this thread.
 unsafe fn input_chain_is_plain(c: *mut ffi::conn_rec) -> bool {
-    const PLAIN: [&CStr; 2] = [c"core_in", c"log_input_output"];
-    // SAFETY: caller contract: c is live; its filter chain and filter
-    // records (names registered for the process's life) are valid.
-    unsafe {
-        let mut f = (*c).input_filters;
-        while !f.is_null() {
-            let frec = (*f).frec;
-            if frec.is_null() || (*frec).name.is_null() {
-                return false;
-            }
-            let name = CStr::from_ptr((*frec).name);
-            if !PLAIN.iter().any(|p| name.to_bytes().eq_ignore_ascii_case(p.to_bytes())) {
-                return false;
-            }
-            f = (*f).next;
-        }
-    }
-    true
+    const PLAIN: [&[u8]; 2] = [b"core_in", b"log_input_output"];
+    // SAFETY: caller contract: c and its filter chain are live.
+    unsafe { apr::filter_chain_all((*c).input_filters, |name| PLAIN.iter().any(|p| name.eq_ignore_ascii_case(p))) }
 }
 
 /// Gives memory freed by ended sessions back to the system, at most once

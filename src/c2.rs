@@ -422,14 +422,8 @@ impl C2 {
             // Filters that could wait or grow the body (rate limits,
             // includes running subrequests, compression) keep the URL on
             // workers.
-            let mut f = (*r).output_filters;
-            while outcome.static_file && !f.is_null() {
-                let frec = (*f).frec;
-                outcome.static_file = !frec.is_null()
-                    && !(*frec).name.is_null()
-                    && fastpath::harmless_output_filter(CStr::from_ptr((*frec).name).to_bytes());
-                f = (*f).next;
-            }
+            outcome.static_file = outcome.static_file
+                && apr::filter_chain_all((*r).output_filters, fastpath::harmless_output_filter);
         }
         outcome
     }

@@ -257,7 +257,7 @@ pub struct Core<D: Dispatch> {
     /// waiting for `Session::run_here`: c1 runs them a few at a time and
     /// writes their responses in between, so their secondary connections
     /// are recycled within one batch of requests.
-    run_here: std::collections::VecDeque<Arc<Stream>>,
+    run_here: VecDeque<Arc<Stream>>,
     /// Streams handed to workers whose worker has not finished.
     running: HashSet<i32>,
     /// How many streams may run at once now: starts low (6, like the
@@ -1073,7 +1073,6 @@ impl<D: Dispatch> Session<D> {
         let _ = self.ng.ops().terminate(code);
     }
 
-    /// The connection is gone: every stream is closed and its worker told.
     /// Runs up to `max` of the streams the dispatcher runs on this thread
     /// (`Dispatch::runs_here`), in arrival order; returns how many it took.
     pub fn run_here(&mut self, max: usize) -> usize {
@@ -1087,6 +1086,7 @@ impl<D: Dispatch> Session<D> {
         taken
     }
 
+    /// The connection is gone: every stream is closed and its worker told.
     pub fn abort_all(&mut self) {
         let (core, mut ops) = self.ng.split();
         core.run_here.clear();

@@ -31,6 +31,7 @@
 use crate::request::RequestHead;
 use crate::signal::{Listed, Signal};
 use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,12 +117,12 @@ const INLINE_MEM_CAP: usize = 1 << 20;
 struct Fifo<T> {
     /// The front element; `None` only while `rest` is empty too.
     head: Option<T>,
-    rest: std::collections::VecDeque<T>,
+    rest: VecDeque<T>,
 }
 
 impl<T> Default for Fifo<T> {
     fn default() -> Fifo<T> {
-        Fifo { head: None, rest: std::collections::VecDeque::new() }
+        Fifo { head: None, rest: VecDeque::new() }
     }
 }
 
@@ -992,7 +993,6 @@ mod tests {
         assert!(all.ends_with(b"xend"));
     }
 
-
     #[test]
     fn fifo_keeps_order_across_its_inline_head() {
         let mut f = Fifo::default();
@@ -1028,6 +1028,7 @@ mod tests {
         assert_eq!(all.len(), 16 * 1024);
         assert_eq!(q.take_vec(usize::MAX), [3u8; 10]);
     }
+
     #[test]
     fn headers_compact_list() {
         let mut h = Headers::new();

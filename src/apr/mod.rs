@@ -39,6 +39,27 @@ pub mod status {
     }
 }
 
+/// Whether every filter of the chain from `f` on has a name (as httpd
+/// registered it, lower case) that `allowed` accepts.
+///
+/// # Safety
+/// `f` must be NULL or the head of a live filter chain owned by the
+/// calling thread (filter records live for the process).
+pub unsafe fn filter_chain_all(mut f: *mut ffi::ap_filter_t, allowed: impl Fn(&[u8]) -> bool) -> bool {
+    // SAFETY: caller contract; each filter's `frec` and name are checked
+    // for NULL before use.
+    unsafe {
+        while !f.is_null() {
+            let frec = (*f).frec;
+            if frec.is_null() || (*frec).name.is_null() || !allowed(std::ffi::CStr::from_ptr((*frec).name).to_bytes()) {
+                return false;
+            }
+            f = (*f).next;
+        }
+    }
+    true
+}
+
 /// Current time in APR's microseconds.
 pub fn now() -> ffi::apr_time_t {
     // SAFETY: apr_time_now has no preconditions.
