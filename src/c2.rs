@@ -27,7 +27,7 @@ use crate::apr::{self, status, BrigadeRef, BucketRef, PoolRef, TableRef};
 use crate::fastpath::{self, Outcome as RunOutcome};
 use crate::ffi;
 use crate::response::{self, InterimParser, Parsed};
-use crate::signal::EventFd;
+use crate::signal::SocketSignal;
 use crate::stream::{Headers, Input, Outcome, ResponseHead, Retire, Stream, StreamError};
 use crate::websocket::{self, Verdict};
 use crate::workers::WorkerCtx;
@@ -109,7 +109,7 @@ pub struct C2Ctx {
     file_buf: Vec<u8>,
     /// A tunnel's input descriptor, polled by the handler (mod_proxy's
     /// tunnel) through `get_pollfd_from_conn`; readable while input waits.
-    input_watch: Option<Arc<EventFd>>,
+    input_watch: Option<Arc<SocketSignal>>,
     /// A tunnel ran on this connection: handlers changed its filters (mod_proxy
     /// removes some for tunnelling), so it is not reused.
     tunneled: bool,
@@ -1108,9 +1108,15 @@ pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
     }
 }
 
-/// `get_pollfd_from_conn` for a secondary connection: a descriptor that is
+/// `get_pollfd_from_conn` for a secondary connection: a socket that is
 /// readable while the stream has input (or ended, or was reset), so that
-/// mod_proxy's tunnel polls the stream as it would a socket.
+/// mod_proxy's tunnel polls the stream as it would a client socket.
+///
+/// It is a socket, not an eventfd given as a file, because httpd 2.4's
+/// tunnel treats the two differently: only a socket client is first polled
+/// for writability, and only that first "writable" makes the tunnel read
+/// what the backend sent together with its 101 (see `SocketSignal`). The
+/// tunnel never reads or writes this socket; our filters carry the bytes.
 ///
 /// # Safety
 /// `c` must be a live connection used by the calling thread; `pfd` a valid
@@ -1122,7 +1128,7 @@ pub unsafe fn pollfd(c: *mut ffi::conn_rec, pfd: *mut ffi::apr_pollfd_t, timeout
     let Some(stream) = ctx.stream.clone() else { return status::ENOTIMPL };
     let watch = match &ctx.input_watch {
         Some(w) => w.clone(),
-        None => match EventFd::new() {
+        None => match SocketSignal::new() {
             Ok(w) => {
                 let w = Arc::new(w);
                 stream.watch_input(w.clone());
@@ -1130,23 +1136,24 @@ pub unsafe fn pollfd(c: *mut ffi::conn_rec, pfd: *mut ffi::apr_pollfd_t, timeout
                 w
             }
             Err(e) => {
-                crate::clog!(ctx.c1, crate::log::Level::Error, "h2rs: stream {}: no eventfd for polling: {e}", stream.id);
+                crate::clog!(ctx.c1, crate::log::Level::Error, "h2rs: stream {}: no socket pair for polling: {e}", stream.id);
                 return status::EGENERAL;
             }
         },
     };
-    // SAFETY: the file lives in the connection's pool (it does not own the
-    // descriptor: apr_os_file_put registers no cleanup); the descriptor
-    // lives as long as `input_watch`, i.e. until this stream's worker ends.
+    // SAFETY: the apr_socket_t lives in the connection's pool and does not
+    // own the descriptor (apr_os_sock_put registers no cleanup); the
+    // descriptor lives as long as `input_watch`, i.e. until this stream's
+    // worker ends.
     unsafe {
         let mut fd = watch.fd();
-        let mut file: *mut ffi::apr_file_t = ptr::null_mut();
-        let rv = ffi::apr_os_file_put(&mut file, &mut fd, ffi::APR_FOPEN_READ as i32, (*c).pool);
+        let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
+        let rv = ffi::apr_os_sock_put(&mut sock, &mut fd, (*c).pool);
         if rv != status::SUCCESS {
             return rv;
         }
-        (*pfd).desc_type = ffi::APR_POLL_FILE;
-        (*pfd).desc.f = file;
+        (*pfd).desc_type = ffi::APR_POLL_SOCKET;
+        (*pfd).desc.s = sock;
         if !timeout.is_null() {
             // No timeout of our own: the stream lives as long as the client
             // keeps it; the handler's (the proxy's) timeout applies.

@@ -68,6 +68,80 @@ impl crate::stream::Wake for EventFd {
     }
 }
 
+/// A connected pair of nonblocking local sockets whose reading end is
+/// readable from `post` until `drain`: an [`EventFd`] that pollers may take
+/// for a socket.
+///
+/// mod_proxy's tunnel (httpd 2.4) moves bytes that already wait in the
+/// backend connection's filters (read together with its 101) only when the
+/// client side first polls *writable*, and it polls a client for writability
+/// only when that client is a socket. An eventfd given as a file would leave
+/// such bytes stuck until the backend sent more.
+pub struct SocketSignal {
+    read_end: OwnedFd,
+    write_end: OwnedFd,
+}
+
+impl SocketSignal {
+    pub fn new() -> std::io::Result<SocketSignal> {
+        let mut fds = [-1 as RawFd; 2];
+        // SAFETY: socketpair writes two descriptors into a valid 2-array;
+        // the result is checked.
+        let rv = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        if rv != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both are fresh descriptors we own.
+        let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(SocketSignal { read_end, write_end })
+    }
+
+    /// The end a poller watches.
+    pub fn fd(&self) -> RawFd {
+        self.read_end.as_raw_fd()
+    }
+
+    /// Makes the watched end readable.
+    pub fn post(&self) {
+        let one = 1u8;
+        // SAFETY: sending one byte from a valid u8 on our nonblocking socket.
+        // A full buffer (EAGAIN) still leaves the other end readable; a
+        // poller that shut its end down does not want more (EPIPE, and
+        // MSG_NOSIGNAL keeps that from raising SIGPIPE).
+        unsafe {
+            libc::send(self.write_end.as_raw_fd(), &one as *const u8 as *const libc::c_void, 1, libc::MSG_NOSIGNAL);
+        }
+    }
+
+    /// Makes the watched end unreadable again (until the next `post`).
+    pub fn drain(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: receiving into a valid buffer of its stated length from
+            // our nonblocking socket.
+            let n = unsafe {
+                libc::recv(self.read_end.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0)
+            };
+            if n < buf.len() as isize {
+                break; // drained (short read, EAGAIN or an error)
+            }
+        }
+    }
+}
+
+impl crate::stream::Wake for SocketSignal {
+    fn wake(&self) {
+        self.post();
+    }
+}
+
 pub struct Signal {
     fd: EventFd,
     pending: AtomicBool,
@@ -238,5 +312,20 @@ mod tests {
         assert!(readable(e.fd()));
         e.drain();
         assert!(!readable(e.fd()));
+    }
+
+    #[test]
+    fn socket_signal_post_and_drain() {
+        let s = SocketSignal::new().unwrap();
+        assert!(!readable(s.fd()));
+        // More posts than one drain read takes.
+        for _ in 0..200 {
+            s.post();
+        }
+        assert!(readable(s.fd()));
+        s.drain();
+        assert!(!readable(s.fd()));
+        s.post();
+        assert!(readable(s.fd()));
     }
 }

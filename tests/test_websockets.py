@@ -2,11 +2,15 @@
 mod_proxy_http's `upgrade=websocket` to a real WebSocket backend
 (tests/wsbackend.py, Python `websockets`), checked with a frame-level client
 and with headless Chromium."""
+import base64
+import hashlib
 import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 
@@ -32,16 +36,67 @@ def ws_backend(tmp_path_factory):
     proc.wait()
 
 
-def proxy_conf(port):
+@pytest.fixture(scope="module")
+def eager_backend():
+    """A WebSocket backend that sends its 101 and its first message in one
+    write, so the proxy reads both at once (as it may whenever the backend
+    is quick): the message then waits in the backend connection's input
+    filters, not in its socket. It echoes a close frame, then closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve(conn):
+        with conn:
+            conn.settimeout(20)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                         + frame(TEXT, b"first, with the 101", masked=False))
+            got = b""
+            while len(got) < 2 or len(got) < 2 + (got[1] & 0x7F) + 4:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                got += chunk
+            conn.sendall(frame(CLOSE, b"\x03\xe8", masked=False))
+
+    def accept_loop():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def proxy_conf(port, eager_port=None):
+    eager = f"\nProxyPass /eager/ http://127.0.0.1:{eager_port}/ upgrade=websocket timeout=10" if eager_port else ""
     return f"""LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
 LoadModule proxy_http_module /usr/lib/apache2/modules/mod_proxy_http.so
 ProxyPass /ws/ http://127.0.0.1:{port}/ upgrade=websocket timeout=10
-ProxyPass /down/ http://127.0.0.1:{free_port()}/ upgrade=websocket timeout=5"""
+ProxyPass /down/ http://127.0.0.1:{free_port()}/ upgrade=websocket timeout=5{eager}"""
 
 
 @pytest.fixture(scope="module")
-def ws_server(workdir, docroot, ws_backend):
-    h = Httpd(workdir, docroot, name="ws-on", h2_conf="H2WebSockets on", extra=proxy_conf(ws_backend[0]))
+def ws_server(workdir, docroot, ws_backend, eager_backend):
+    h = Httpd(workdir, docroot, name="ws-on", h2_conf="H2WebSockets on",
+              extra=proxy_conf(ws_backend[0], eager_backend))
     h.start()
     yield h
     h.stop()
@@ -94,6 +149,20 @@ def test_upgrade_request_seen_by_the_backend(ws_server):
     assert len(seen["sec-websocket-key"]) == 24  # base64 of 16 random bytes
     assert seen["sec-websocket-version"] == "13"
     assert seen["x-forwarded-host"] == f"127.0.0.1:{ws_server.port}"  # :authority became Host
+    t.send(CLOSE, b"\x03\xe8")
+    assert t.recv()[0] == CLOSE
+    c.close()
+
+
+def test_message_read_with_the_101_reaches_the_client(ws_server):
+    # mod_proxy's tunnel polls the backend socket for input, but this message
+    # was read together with the 101 and waits in the backend connection's
+    # filters: only a transfer from the backend at the tunnel's start (which
+    # httpd 2.4 makes when the client side first polls writable) moves it.
+    c = client_for(ws_server)
+    t = Tunnel(c, "/eager/")
+    assert t.wait_open() == 200
+    assert t.recv(timeout=5) == (TEXT, b"first, with the 101")
     t.send(CLOSE, b"\x03\xe8")
     assert t.recv()[0] == CLOSE
     c.close()
