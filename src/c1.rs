@@ -49,7 +49,7 @@ const SOCKET_READ_SIZE: usize = 8000;
 /// Streams c1 runs itself (`fastpath`) between two writes. Fewer saves
 /// memory, more saves writes: 1 KiB -c 100 -m 10 measured 2 per batch
 /// at 39.5 MiB peak RSS and 0.87x the req/s of 4 per batch (44.1 MiB);
-/// unbounded, 55 MiB.
+/// unbounded, 55 MiB. It also bounds the free c2s a connection keeps.
 const RUN_HERE_BATCH: usize = 4;
 
 /// Bytes read per loop turn before writing (fairness between directions).
@@ -146,7 +146,9 @@ impl C1Dispatch {
 
 impl Dispatch for C1Dispatch {
     fn dispatch(&mut self, stream: Arc<Stream>) {
-        self.cache.keep_at_most(self.fair_share());
+        // Free c2s beyond what runs at once now are pools held for nothing
+        // (see `FreeCache`).
+        self.cache.keep_at_most(self.fair_share().min(RUN_HERE_BATCH));
         let c2 = match self.cache.take() {
             Some(c2) => c2,
             // SAFETY: runs on the c1 thread; c1 and the session pool are live.
