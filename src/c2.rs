@@ -24,7 +24,7 @@
 //! worker queue and the stream's mutex.
 
 use crate::apr::{self, status, BrigadeRef, BucketRef, PoolRef, TableRef};
-use crate::fastpath::{self, Outcome as RunOutcome};
+use crate::fastpath::{self, Cost as RunCost, Outcome as RunOutcome};
 use crate::ffi;
 use crate::response::{self, InterimParser, Parsed};
 use crate::signal::SocketSignal;
@@ -385,7 +385,7 @@ impl C2 {
             stream.worker_done(Some(Box::new(C2Release { c2: self, eor: ptr::null_mut(), cache, broken: false })));
             return;
         }
-        let started = std::time::Instant::now();
+        let clock = RunClock::start(learn.is_some());
         let outcome = crate::ffi::panic::catch(|| {
             // SAFETY: this worker owns the c2 for the duration of the call.
             unsafe { self.process(stream.clone(), c1_id, worker) }
@@ -398,14 +398,14 @@ impl C2 {
                     stream.release_slot();
                     resume.park(Parked { c2: self, stream, cache });
                     if let Some(key) = learn {
-                        fastpath::urls().record(key, RunOutcome { static_file: false, elapsed: started.elapsed() });
+                        fastpath::urls().record(key, RunOutcome { static_file: false, cost: clock.cost() });
                     }
                     return;
                 }
                 if let Some(key) = learn {
                     // SAFETY: the request (if one was made) lives until its
                     // EOR is destroyed at retire; this thread owns the c2.
-                    let outcome = unsafe { self.fastpath_outcome(started.elapsed()) };
+                    let outcome = unsafe { self.fastpath_outcome(clock.cost()) };
                     fastpath::urls().record(key, outcome);
                 }
                 false
@@ -437,9 +437,9 @@ impl C2 {
     /// # Safety
     /// The c2 is owned by this thread and its request (if any) not yet
     /// released.
-    unsafe fn fastpath_outcome(&self, elapsed: std::time::Duration) -> RunOutcome {
+    unsafe fn fastpath_outcome(&self, cost: RunCost) -> RunOutcome {
         let r = self.ctx.request;
-        let mut outcome = RunOutcome { static_file: false, elapsed };
+        let mut outcome = RunOutcome { static_file: false, cost };
         if r.is_null() {
             return outcome;
         }
@@ -485,6 +485,61 @@ impl C2 {
                 ffi::ap_run_pre_connection(c, DUMMY_SOCKET.load(Ordering::Acquire) as *mut c_void);
             }
             ffi::ap_run_process_connection(c);
+        }
+    }
+}
+
+/// Measures a run for `fastpath`, on the thread that runs it.
+struct RunClock {
+    start: std::time::Instant,
+    /// The thread's usage at the start (None when not measuring, or when
+    /// getrusage failed).
+    usage: Option<ThreadUsage>,
+}
+
+#[derive(Clone, Copy)]
+struct ThreadUsage {
+    voluntary_switches: i64,
+    cpu: std::time::Duration,
+}
+
+impl ThreadUsage {
+    fn now() -> Option<ThreadUsage> {
+        // SAFETY: getrusage fills the zeroed struct we pass; the result is
+        // checked.
+        let ru = unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            if libc::getrusage(libc::RUSAGE_THREAD, &mut ru) != 0 {
+                return None;
+            }
+            ru
+        };
+        let tv = |t: libc::timeval| std::time::Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.clamp(0, 999_999) * 1000) as u32);
+        Some(ThreadUsage { voluntary_switches: ru.ru_nvcsw, cpu: tv(ru.ru_utime) + tv(ru.ru_stime) })
+    }
+}
+
+impl RunClock {
+    /// `measure`: the run's cost will be recorded (one getrusage now).
+    fn start(measure: bool) -> RunClock {
+        RunClock { start: std::time::Instant::now(), usage: if measure { ThreadUsage::now() } else { None } }
+    }
+
+    /// The run's cost so far. Only a run longer than `fastpath::MAX_RUN`
+    /// asks the kernel whether it slept and how much CPU it used; without
+    /// a usage reading it counts as having slept.
+    fn cost(&self) -> RunCost {
+        let elapsed = self.start.elapsed();
+        if elapsed <= fastpath::MAX_RUN {
+            return RunCost::busy(elapsed);
+        }
+        match (self.usage, ThreadUsage::now()) {
+            (Some(before), Some(after)) => RunCost {
+                elapsed,
+                slept: after.voluntary_switches > before.voluntary_switches,
+                cpu: after.cpu.saturating_sub(before.cpu),
+            },
+            _ => RunCost { elapsed, slept: true, cpu: elapsed },
         }
     }
 }

@@ -15,42 +15,72 @@
 //! filters a request gets is known only once httpd has processed it, so
 //! this module remembers those outcomes per (virtual host, authority,
 //! path) and predicts from them. An inline run that turns out otherwise
-//! (slow, another handler) unlearns the URL: at most one request per URL
-//! stalls its connection before the URL goes back to workers. The table
+//! unlearns the URL: another handler at once, slowness when two runs in a
+//! row were slow, so at most two requests per URL stall their connections
+//! before the URL goes back to workers. The table
 //! is per child process (a graceful restart, with a new configuration,
 //! starts empty) and bounded.
 
 use crate::request::RequestHead;
 use parking_lot::Mutex;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::Duration;
 
-/// A run longer than this (wall clock, so a handler waiting on anything
-/// counts) is not "fast". Generous: on a loaded machine a 10 µs request
-/// can be preempted for a few milliseconds.
+/// A run longer than this is not "fast" if the thread slept during it or
+/// computed that long: a handler waiting on anything (I/O, a lock, a timer)
+/// sleeps. A run that was only preempted stays fast: on a saturated
+/// machine a 20 µs request is often kept off the CPU for longer (measured
+/// with wall clock alone: ~800 URLs unlearned in 6 s at `h2load -c 100
+/// -m 30`, each sending a connection's next burst back to workers, one
+/// secondary connection per stream).
 pub const MAX_RUN: Duration = Duration::from_millis(10);
 /// URLs remembered per process; the table starts over when full.
 const CAPACITY: usize = 8192;
+/// Slow runs in a row that unlearn a URL. One can be bad luck on a
+/// saturated machine (the thread slept on a lock whose holder was
+/// preempted): ~150 single slow runs per 300,000 requests at `h2load
+/// -c 100 -m 10`, each of which sent the next burst of every connection
+/// of the child to workers.
+const SLOW_RUNS_TO_UNLEARN: u8 = 2;
+
+/// What a run cost, as the thread that ran it saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    /// Wall-clock time from the start of processing to the handler's end.
+    pub elapsed: Duration,
+    /// The thread slept (a voluntary context switch) during the run.
+    pub slept: bool,
+    /// CPU time the thread used during the run.
+    pub cpu: Duration,
+}
+
+impl Cost {
+    /// The cost of a run that took `elapsed` on the CPU, without sleeping.
+    pub fn busy(elapsed: Duration) -> Cost {
+        Cost { elapsed, slept: false, cpu: elapsed }
+    }
+}
 
 /// How a request that could have run inline went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
     /// httpd's default handler served a regular file.
     pub static_file: bool,
-    /// Wall-clock time from the start of processing to the handler's end.
-    pub elapsed: Duration,
+    pub cost: Cost,
 }
 
 impl Outcome {
     pub fn is_fast(&self) -> bool {
-        self.static_file && self.elapsed <= MAX_RUN
+        let c = &self.cost;
+        self.static_file && (c.elapsed <= MAX_RUN || (!c.slept && c.cpu <= MAX_RUN))
     }
 }
 
-/// The URLs known to be fast static files.
+/// The URLs known to be fast static files, each with its count of slow
+/// runs since its last fast one.
 pub struct FastUrls {
-    known: Mutex<HashSet<u64, Seed>>,
+    known: Mutex<HashMap<u64, u8, Seed>>,
 }
 
 /// Builds `IdentityHasher`s.
@@ -125,25 +155,31 @@ pub fn url_key(vhost: usize, head: &RequestHead) -> u64 {
 
 impl Default for FastUrls {
     fn default() -> FastUrls {
-        FastUrls { known: Mutex::new(HashSet::with_hasher(Seed)) }
+        FastUrls { known: Mutex::new(HashMap::with_hasher(Seed)) }
     }
 }
 
 impl FastUrls {
     pub fn predicts_fast(&self, key: u64) -> bool {
-        self.known.lock().contains(&key)
+        self.known.lock().contains_key(&key)
     }
 
-    /// Learns (or unlearns) a URL from how a request for it went.
+    /// Learns (or unlearns) a URL from how a request for it went: another
+    /// handler unlearns it at once, slowness only when it repeats.
     pub fn record(&self, key: u64, outcome: Outcome) {
         let mut known = self.known.lock();
         if outcome.is_fast() {
-            if known.len() >= CAPACITY && !known.contains(&key) {
+            if known.len() >= CAPACITY && !known.contains_key(&key) {
                 known.clear();
             }
-            known.insert(key);
-        } else {
+            known.insert(key, 0);
+        } else if !outcome.static_file {
             known.remove(&key);
+        } else if let Some(slow_runs) = known.get_mut(&key) {
+            *slow_runs += 1;
+            if *slow_runs >= SLOW_RUNS_TO_UNLEARN {
+                known.remove(&key);
+            }
         }
     }
 }
@@ -170,7 +206,10 @@ mod tests {
         url_key(vhost, &head)
     }
 
-    const FAST: Outcome = Outcome { static_file: true, elapsed: Duration::from_micros(50) };
+    const FAST: Outcome = Outcome {
+        static_file: true,
+        cost: Cost { elapsed: Duration::from_micros(50), slept: false, cpu: Duration::from_micros(50) },
+    };
 
     #[test]
     fn learns_fast_static_urls_and_unlearns_them() {
@@ -183,10 +222,31 @@ mod tests {
         assert!(!urls.predicts_fast(key(2, "example.org", "/a.css")));
         assert!(!urls.predicts_fast(key(1, "example.org", "/a.css?x")));
         assert!(!urls.predicts_fast(key(1, "example.net", "/a.css")));
-        // Slow (a handler waited on something): back to workers.
-        urls.record(k, Outcome { elapsed: MAX_RUN + Duration::from_millis(1), ..FAST });
+        let long = MAX_RUN + Duration::from_millis(1);
+        // Long, but only kept off the CPU (preempted): still fast.
+        urls.record(k, Outcome { cost: Cost { elapsed: long, ..FAST.cost }, ..FAST });
+        assert!(urls.predicts_fast(k));
+        // Long, and the handler slept (waited on something): once may be
+        // bad luck, twice in a row sends the URL back to workers.
+        let slept = Outcome { cost: Cost { elapsed: long, slept: true, ..FAST.cost }, ..FAST };
+        urls.record(k, slept);
+        assert!(urls.predicts_fast(k));
+        urls.record(k, FAST); // a fast run in between starts the count over
+        urls.record(k, slept);
+        assert!(urls.predicts_fast(k));
+        urls.record(k, slept);
+        assert!(!urls.predicts_fast(k));
+        // A slow run does not teach an unknown URL.
+        urls.record(k, slept);
         assert!(!urls.predicts_fast(k));
         urls.record(k, FAST);
+        // Long, and that long on the CPU: back to workers too.
+        urls.record(k, Outcome { cost: Cost::busy(long), ..FAST });
+        urls.record(k, Outcome { cost: Cost::busy(long), ..FAST });
+        assert!(!urls.predicts_fast(k));
+        // A short run that slept (a page fault, a lock) is fast.
+        urls.record(k, Outcome { cost: Cost { slept: true, ..FAST.cost }, ..FAST });
+        assert!(urls.predicts_fast(k));
         // Not the default handler on a file: back to workers.
         urls.record(k, Outcome { static_file: false, ..FAST });
         assert!(!urls.predicts_fast(k));
