@@ -20,9 +20,9 @@ SO      := $(BUILD)/mod_h2rs.so
 RUSTLIB := target/release/libmod_h2rs.a
 SHIM_SRC := c_shim/mod_h2rs.c c_shim/helpers.c c_shim/proxy.c
 SHIM_OBJ := $(patsubst c_shim/%.c,$(BUILD)/%.o,$(SHIM_SRC))
-# What rustc reports as native-static-libs for a staticlib on Linux, and
-# OpenSSL (TLS to h2:// proxy backends; the libssl httpd's mod_ssl uses).
-NATIVE_LIBS := -lssl -lcrypto -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+# What rustc reports as native-static-libs for a staticlib on Linux.
+# OpenSSL (TLS to h2:// backends) is loaded with dlopen when first used.
+NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 EXPORTS := c_shim/h2rs.map
 
 .PHONY: all install test clean check-exports FORCE
