@@ -375,11 +375,14 @@ impl Pool {
 }
 
 fn worker_main(shared: Arc<Shared>, slot: u32) {
-    let thread = shared.hooks.start();
-    let ctx = WorkerCtx { slot, thread };
+    // Registered with httpd (an APR thread with its own pool) only once it
+    // has a job: with static files run on c1's thread most pool threads
+    // never run one, and each registration holds an 8 KiB node.
+    let mut ctx: Option<WorkerCtx> = None;
     let me = Arc::new(IdleThread { handoff: Mutex::new(Handoff::Nothing), cv: Condvar::new() });
     while let Some(job) = next_job(&shared, &me) {
-        crate::ffi::panic::guard("worker job", (), || job(&ctx));
+        let ctx = ctx.get_or_insert_with(|| WorkerCtx { slot, thread: shared.hooks.start() });
+        crate::ffi::panic::guard("worker job", (), || job(ctx));
         // A thread is free: sessions waiting for room may go on.
         let waiters = std::mem::take(&mut *shared.room_waiters.lock());
         for w in waiters {
@@ -388,7 +391,9 @@ fn worker_main(shared: Arc<Shared>, slot: u32) {
             }
         }
     }
-    shared.hooks.stop(thread);
+    if let Some(ctx) = ctx {
+        shared.hooks.stop(ctx.thread);
+    }
 }
 
 /// The next job for a worker thread: a queued one, or one handed to it
