@@ -263,11 +263,11 @@ pub type C2Cache = FreeCache<C2>;
 /// For c2s, c1 sets `keep` before each dispatch to what the connection may
 /// run at once now (its fair share of the workers, and no more than one
 /// batch of streams run on c1), and the cache destroys at once the ones
-/// beyond it. Each free c2 holds its pools (~40 KiB): without the trim, the
-/// c2s of a connection's first burst (all on workers, before its URLs were
-/// learned as static) stayed cached for the connection's life, and a
-/// connection whose streams ran on c1 counted as idle, so its fair share
-/// was the whole pool. That was 9 free c2s per connection at 1 KiB
+/// beyond it. Each free c2 holds its pools (~32 KiB of APR nodes). Without
+/// the trim, the c2s of a connection's first burst (all on workers, before
+/// its URLs were learned as static) stayed cached for the connection's
+/// life, and a connection whose streams ran on c1 counted as idle, so its
+/// fair share was the whole pool: 9 free c2s per connection at 1 KiB
 /// `-c 100 -m 10`, and 8 MiB of peak RSS.
 pub struct FreeCache<T: Destroy> {
     free: Mutex<Vec<T>>,
@@ -347,6 +347,10 @@ impl C2 {
             c.output_filters = ptr::null_mut();
             c.keepalives = 0;
             c.bucket_alloc = ffi::apr_bucket_alloc_create(pool);
+            // A state of its own: httpd sets `c->cs->state` after each
+            // request (ap_process_request_after_handler), and with c1's a
+            // worker wrote c1's state while c1's thread used it.
+            c.cs = p.calloc::<ffi::conn_state_t>();
             c.data_in_input_filters = 0;
             c.data_in_output_filters = 0;
             // Keeps the event MPM from using this connection's socket.
