@@ -20,6 +20,7 @@ import pytest
 
 from conftest import Httpd, free_port, spawn_backend
 from h2client import H2Client
+from rawh2 import read_http1_head
 from wsclient import BINARY, CLOSE, PING, PONG, TEXT, Tunnel, frame
 
 ENABLE_CONNECT_PROTOCOL = 0x8
@@ -49,12 +50,9 @@ def eager_backend():
     def serve(conn):
         with conn:
             conn.settimeout(20)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                head += chunk
+            head = read_http1_head(conn)
+            if b"\r\n\r\n" not in head:
+                return
             key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
                        if line.lower().startswith(b"sec-websocket-key:"))
             accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
