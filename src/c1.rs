@@ -37,7 +37,7 @@ use std::os::fd::RawFd;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The client connection preface (RFC 9113 3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -51,6 +51,9 @@ const SOCKET_READ_SIZE: usize = 8000;
 /// at 39.5 MiB peak RSS and 0.87x the req/s of 4 per batch (44.1 MiB);
 /// unbounded, 55 MiB. It also bounds the free c2s a connection keeps.
 const RUN_HERE_BATCH: usize = 4;
+
+/// How often a connection that ended says it still waits for its workers.
+const TEARDOWN_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Bytes read per loop turn before writing (fairness between directions).
 const READ_BUDGET: usize = crate::limits::READ_BUDGET;
@@ -957,6 +960,9 @@ impl C1 {
         let rv = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, ms) };
         // Interrupted: look at the socket anyway.
         self.input_ready |= rv < 0 || fds[0].revents != 0;
+        if fds[1].revents != 0 {
+            self.signal.poll_found_readable();
+        }
         if rv == 0 {
             Wait::Timeout
         } else {
@@ -974,7 +980,8 @@ impl C1 {
         self.parking.kill();
         SESSIONS.lock().remove(&self.session_id);
         self.session.abort_all();
-        let mut waited = Duration::ZERO;
+        let started = Instant::now();
+        let mut last_warning = started;
         loop {
             self.session.process_signals();
             self.session.reap_aborted();
@@ -982,14 +989,15 @@ impl C1 {
             if self.session.streams_in_progress() == 0 && self.session.open_streams() == 0 {
                 break;
             }
-            let step = Duration::from_millis(200);
             let mut fd = libc::pollfd { fd: self.signal.fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut fd, 1, step.as_millis() as i32) };
-            waited += step;
-            if waited.as_secs() > 0 && waited.as_millis() % 10_000 < 200 {
-                clog!(self.c, Level::Warn, "h2rs: still waiting for {} stream(s) to finish on their workers",
-                    self.session.streams_in_progress());
+            if unsafe { libc::poll(&mut fd, 1, 200) } > 0 {
+                self.signal.poll_found_readable();
+            }
+            if last_warning.elapsed() >= TEARDOWN_WARN_INTERVAL {
+                last_warning = Instant::now();
+                clog!(self.c, Level::Warn, "h2rs: still waiting after {} s for {} stream(s) to finish on their workers: {}",
+                    started.elapsed().as_secs(), self.session.streams_in_progress(), self.session.describe_streams());
             }
         }
         let dispatch = self.session.dispatcher();

@@ -201,6 +201,21 @@ impl Signal {
         std::mem::swap(&mut *self.ready.lock(), ids);
     }
 
+    /// c1: its poll found the descriptor readable. A waker sets `pending`
+    /// before it posts, so c1 can take the wake-up and clear `pending` in
+    /// between; the post then lands after the drain, and `take_into`, which
+    /// reads only while `pending` is set, leaves it there. Every later poll
+    /// would return at once until the next wake-up: c1 would spin, and a
+    /// connection waiting for a slow worker would burn a core. This drains
+    /// such a stale post. A post whose wake-up is still pending is
+    /// `take_into`'s (draining it here too would only cost a read; c1 takes
+    /// its wake-ups after every poll, so none is lost either way).
+    pub fn poll_found_readable(&self) {
+        if !self.pending.load(Ordering::SeqCst) {
+            self.fd.drain();
+        }
+    }
+
     /// c1: marks `entry` as taken from the list.
     pub fn unlist<T: Listed + ?Sized>(entry: &T) {
         entry.listed_flag().store(false, Ordering::SeqCst);
@@ -301,6 +316,37 @@ mod tests {
             }
         }
         producer.join().unwrap();
+    }
+
+    /// The post of a wake-up c1 already took (the waker was between
+    /// setting `pending` and posting) leaves the descriptor readable with
+    /// nothing pending; `poll_found_readable` drains it, and later wake-ups
+    /// still post.
+    #[test]
+    fn a_post_after_its_wake_up_was_taken_is_drained() {
+        let s = Signal::new().unwrap();
+        let a = E(5, AtomicBool::new(false));
+        // The waker's first half: listed, pending set, not posted yet.
+        s.ready.lock().push(a.list_id());
+        a.listed_flag().store(true, Ordering::SeqCst);
+        s.pending.store(true, Ordering::SeqCst);
+        // c1 takes it meanwhile.
+        assert_eq!(s.take(), vec![5]);
+        Signal::unlist(&a);
+        // The waker's second half.
+        s.fd.post();
+        assert!(readable(s.fd()), "the stale post");
+        assert!(s.take().is_empty());
+        assert!(readable(s.fd()), "take_into leaves a post it was not pending for");
+        s.poll_found_readable();
+        assert!(!readable(s.fd()));
+        s.notify(&a);
+        assert!(readable(s.fd()));
+        // While a wake-up is pending its post stays for take_into.
+        s.poll_found_readable();
+        assert!(readable(s.fd()));
+        assert_eq!(s.take(), vec![5]);
+        assert!(!readable(s.fd()));
     }
 
     #[test]

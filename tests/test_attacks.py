@@ -184,9 +184,9 @@ class Attack:
         assert logged >= len(lat), f"access log has {logged} legit lines, {len(lat)} answered"
         self.access_lines = lines
         # No stuck worker: c1 warns when a stream's worker does not finish
-        # after its connection ended ("still waiting for N stream(s)").
+        # after its connection ended ("still waiting after N s for M stream(s)").
         errors = self.h.read_error_log()[self.errlog_before:]
-        stuck = [l for l in errors.splitlines() if "still waiting for" in l]
+        stuck = [l for l in errors.splitlines() if "h2rs: still waiting after" in l]
         assert not stuck, f"{self.name}: stuck workers: {stuck[:3]}"
         self.h.check_log()
         return False
