@@ -348,6 +348,35 @@ Alias /limited "{docroot.path}"
     busy.close()
 
 
+def test_a_burst_of_learned_static_files_shares_one_secondary_connection(make_server, docroot):
+    """Streams run on c1's thread go one at a time, each one's frames
+    serialized before the next starts: its request ends and its secondary
+    connection serves the next. Twenty requests for a learned static file,
+    sent in one write, so read together, are answered by the one c2 the
+    connection already has, instead of a few held at once."""
+    srv = make_server(loglevel="warn http2:debug").start()
+    small = (docroot.path / "1k.bin").read_bytes()
+    c = H2Client(srv.port)
+    try:
+        for _ in range(3):
+            st = c.wait_stream(c.request("/1k.bin"), timeout=30)
+            assert (st.status, bytes(st.data)) == (200, small)
+        before = srv.read_error_log().count("new secondary connection")
+        assert before >= 1
+        send_now = c.flush
+        c.flush = lambda: None  # queue the HEADERS frames, then send them at once
+        sids = [c.request("/1k.bin") for _ in range(20)]
+        c.flush = send_now
+        c.flush()
+        for sid in sids:
+            st = c.wait_stream(sid, timeout=30)
+            assert (st.status, bytes(st.data)) == (200, small)
+    finally:
+        c.close()
+    made = srv.read_error_log().count("new secondary connection") - before
+    assert made == 0, f"the burst made {made} more secondary connections"
+
+
 def test_url_that_stops_being_a_static_file_goes_back_to_workers(make_server, docroot):
     """A learned URL whose next run is not a static file any more (here the
     file became a directory: mod_dir redirects) is answered correctly on
