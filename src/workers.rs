@@ -402,10 +402,8 @@ fn worker_main(shared: Arc<Shared>, slot: u32) {
 fn next_job(shared: &Shared, me: &Arc<IdleThread>) -> Option<Job> {
     loop {
         let mut q = shared.queue.lock();
-        match from_queue(shared, &mut q) {
-            FromQueue::Run(job) => return Some(job),
-            FromQueue::Exit => return None,
-            FromQueue::Nothing => {}
+        if let Some(answer) = from_queue(shared, &mut q).answer() {
+            return answer;
         }
         if !q.spinning {
             q.spinning = true;
@@ -413,10 +411,8 @@ fn next_job(shared: &Shared, me: &Arc<IdleThread>) -> Option<Job> {
             spin_for_job(shared);
             q = shared.queue.lock();
             q.spinning = false;
-            match from_queue(shared, &mut q) {
-                FromQueue::Run(job) => return Some(job),
-                FromQueue::Exit => return None,
-                FromQueue::Nothing => {}
+            if let Some(answer) = from_queue(shared, &mut q).answer() {
+                return answer;
             }
         }
         q.idle.push(me.clone());
@@ -464,6 +460,17 @@ enum FromQueue {
     /// longer counts as live).
     Exit,
     Nothing,
+}
+
+impl FromQueue {
+    /// As `next_job`'s result, when the queue decided it.
+    fn answer(self) -> Option<Option<Job>> {
+        match self {
+            FromQueue::Run(job) => Some(Some(job)),
+            FromQueue::Exit => Some(None),
+            FromQueue::Nothing => None,
+        }
+    }
 }
 
 fn from_queue(shared: &Shared, q: &mut Queue) -> FromQueue {
