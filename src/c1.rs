@@ -192,14 +192,13 @@ impl Dispatch for C1Dispatch {
         let handle = stream.clone();
         let tunnel = stream.request.is_tunnel();
         let learn = self.fastpath_key(&stream);
-        if let Some(key) = learn.filter(|&k| fastpath::urls().predicts_fast(k)) {
-            // A static file last time: run it here, without the two thread
-            // hand-offs (see fastpath.rs).
-            stream.run_inline();
+        if stream.runs_inline() {
+            // A static file last time (`runs_here`): run it here, without
+            // the two thread hand-offs (see fastpath.rs).
             self.ran_inline = true;
             // SAFETY: c1's own APR thread handle, read on its thread.
             let ctx = workers::WorkerCtx { slot: workers::C1_SLOT, thread: unsafe { (*self.c1).current_thread } };
-            c2.run(stream, c1_id, &ctx, cache, Some(key));
+            c2.run(stream, c1_id, &ctx, cache, learn);
             return;
         }
         let submitted = match workers::current() {

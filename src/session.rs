@@ -87,8 +87,10 @@ impl Default for Settings {
 
 /// Hands streams to whatever processes their requests.
 pub trait Dispatch {
-    /// A request head is complete: process it (on a worker). The stream
-    /// carries the head, the body queue and the response queue.
+    /// A request head is complete: process it, on a worker, or on the
+    /// calling thread when the session marked it so (`Stream::runs_inline`,
+    /// after `runs_here` said yes). The stream carries the head, the body
+    /// queue and the response queue.
     fn dispatch(&mut self, stream: Arc<Stream>);
 
     /// Whether `dispatch` would run this stream on the calling thread
@@ -363,6 +365,9 @@ impl<D: Dispatch> Core<D> {
         // Not while the client lets nothing out (ZERO_WINDOW_ACTIVE_STREAMS):
         // the responses would pile up in memory.
         if !self.hold_until_settings && !self.peer_window_closed && self.dispatcher.runs_here(&stream) {
+            // Marked now, so `dispatch` runs it here on the session's word
+            // (and does not ask the dispatcher's tables a second time).
+            stream.run_inline();
             self.run_here.push_back(stream);
             return Flow::Continue;
         }
@@ -1174,8 +1179,7 @@ pub(crate) mod tests {
 
         fn dispatch(&mut self, stream: Arc<Stream>) {
             let h = self.handler;
-            if (self.here)(&stream) {
-                stream.run_inline();
+            if stream.runs_inline() {
                 stream.worker_started();
                 h(stream.clone());
                 stream.worker_done(None);
@@ -1723,6 +1727,39 @@ pub(crate) mod tests {
             p.pump(|_| true);
         }
         assert_eq!(p.server.stats().streams_dispatched, limits::ZERO_WINDOW_ACTIVE_STREAMS as u64);
+    }
+
+    /// Streams the dispatcher would run here go to workers while the client
+    /// lets nothing out (their responses would pile up, unbounded, on c1),
+    /// and run here again once it opens its window.
+    #[test]
+    fn a_zero_window_client_gets_no_streams_run_here() {
+        static INLINE_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        fn counting(stream: Arc<Stream>) {
+            if stream.runs_inline() {
+                INLINE_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            echo(stream)
+        }
+        let mut p = Pair::new(Settings::default(), counting);
+        p.server.dispatcher().here = |_| true;
+        p.client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 0)]).unwrap();
+        p.pump(|_| true);
+        let shut = p.get("/f?n=10");
+        for _ in 0..5 {
+            p.pump(|_| true);
+            p.server.run_here(usize::MAX);
+        }
+        assert_eq!(p.server.stats().streams_dispatched, 1);
+        assert_eq!(INLINE_RUNS.load(std::sync::atomic::Ordering::SeqCst), 0);
+        p.client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)]).unwrap();
+        let open = p.get("/g?n=10");
+        p.pump(|_| true);
+        p.server.run_here(usize::MAX);
+        p.pump(closed(vec![shut, open]));
+        assert_eq!(INLINE_RUNS.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(p.client.handler_ref().streams[&open].body.len(), 10);
+        assert_eq!(p.client.handler_ref().streams[&shut].body.len(), 10);
     }
 
     #[test]

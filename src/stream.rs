@@ -568,11 +568,16 @@ impl Stream {
 
     // ---- worker side ----------------------------------------------------
 
-    /// The stream is about to run on c1's thread: from now on its output
-    /// queue grows past `out_limit` instead of waiting for c1 (which would
-    /// wait for itself), up to `INLINE_MEM_CAP`, where writes fail.
+    /// The stream is to run on c1's thread (the session queued it so): its
+    /// output queue grows past `out_limit` instead of waiting for c1 (which
+    /// would wait for itself), up to `INLINE_MEM_CAP`, where writes fail.
     pub fn run_inline(&self) {
         self.inline.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the stream is to run on c1's thread (`run_inline`).
+    pub fn runs_inline(&self) -> bool {
+        self.inline.load(Ordering::Relaxed)
     }
 
     pub fn worker_started(&self) {
