@@ -261,8 +261,8 @@ pub type C2Cache = FreeCache<C2>;
 /// Free objects kept for reuse, at most `keep` of them.
 ///
 /// For c2s, c1 sets `keep` before each dispatch to what the connection may
-/// run at once now (its fair share of the workers, and no more than one
-/// batch of streams run on c1), and the cache destroys at once the ones
+/// run at once now (its fair share of the workers, and no more than
+/// `RUN_HERE_BATCH`, 4), and the cache destroys at once the ones
 /// beyond it. Each free c2 holds its pools (~32 KiB of APR nodes). Without
 /// the trim, the c2s of a connection's first burst (all on workers, before
 /// its URLs were learned as static) stayed cached for the connection's

@@ -93,9 +93,11 @@ pub trait Dispatch {
     /// queue and the response queue.
     fn dispatch(&mut self, stream: Arc<Stream>);
 
-    /// Whether `dispatch` would run this stream on the calling thread
-    /// (`fastpath`): it then takes no worker, so it needs no slot and does
-    /// not wait behind streams that do.
+    /// Whether this stream may run on the calling thread (`fastpath`). If
+    /// the session lets it (the client's window is open), it marks the
+    /// stream (`Stream::run_inline`) and queues it in `run_here`, and
+    /// `dispatch` runs it there: it takes no worker, so it needs no slot
+    /// and does not wait behind streams that do.
     fn runs_here(&self, _stream: &Stream) -> bool {
         false
     }
