@@ -57,8 +57,11 @@ const TEARDOWN_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Bytes read per loop turn before writing (fairness between directions).
 const READ_BUDGET: usize = crate::limits::READ_BUDGET;
-/// Bytes collected from nghttp2 per socket write.
-const WRITE_CHUNK: usize = 64 * 1024;
+/// Bytes collected from nghttp2 per socket write. Each write is a syscall
+/// and a wake-up of the client; 128 KiB against 64 served 100 KiB files
+/// `-c 50 -m 10` 7-13% faster (fewer writes per response), with no change
+/// at 1 KiB or 10 MiB and none at 256 KiB beyond it.
+const WRITE_CHUNK: usize = 128 * 1024;
 
 /// How long an idle session waits for its client's next request before it
 /// goes back to the MPM.
@@ -76,7 +79,7 @@ static FRAME_BUFS: Mutex<Vec<Vec<u8>>> = parking_lot::const_mutex(Vec::new());
 const FRAME_BUFS_KEPT: usize = 8;
 /// `WRITE_CHUNK` plus the DATA frame that crosses it (nghttp2's default
 /// payload of 16 KiB, a frame header, padding): allocated once at this
-/// size, a buffer never doubles to 128 KiB.
+/// size, a buffer never doubles to 256 KiB.
 const FRAME_BUF_CAPACITY: usize = WRITE_CHUNK + 16 * 1024 + 9 + 256;
 
 /// Runs `f` with an empty frame buffer from `FRAME_BUFS`.
@@ -316,6 +319,30 @@ struct TlsWarmup {
     cooldown: Option<Duration>,
     written: u64,
     last_write: std::time::Instant,
+}
+
+impl TlsWarmup {
+    /// How many of the first bytes of a write of `len` bytes at `now` go
+    /// in warm-up records: what is left of H2TLSWarmUpSize, counted again
+    /// from 0 after H2TLSCoolDownSecs without a write. Warm-up ends inside
+    /// a write, not after it: a write may be 128 KiB.
+    fn warmup_bytes(&mut self, len: usize, now: std::time::Instant) -> usize {
+        if !self.enabled {
+            return 0;
+        }
+        if let Some(cooldown) = self.cooldown {
+            if self.written > 0 && now.saturating_duration_since(self.last_write) >= cooldown {
+                self.written = 0;
+            }
+        }
+        let left = self.warmup.saturating_sub(self.written);
+        usize::try_from(left).map_or(len, |left| left.min(len))
+    }
+
+    fn wrote(&mut self, len: usize, now: std::time::Instant) {
+        self.written = self.written.saturating_add(len as u64);
+        self.last_write = now;
+    }
 }
 
 enum Wait {
@@ -960,21 +987,20 @@ impl C1 {
     /// Writes `frames` to the client (blocking, with `Timeout`).
     fn send_frames(&mut self, frames: &[u8]) -> Result<(), ()> {
         let c = self.c;
-        let record = self.tls_record_size();
-        if record >= frames.len() {
-            self.out_bb.push_transient(frames);
-        } else {
-            // TLS warm-up: small records (one per bucket in mod_ssl) so
-            // the first bytes of a connection arrive without waiting
-            // for a full 16 KiB record.
-            // FLUSH after each piece: mod_ssl coalesces small buckets.
-            for piece in frames.chunks(record) {
-                self.out_bb.push_transient(piece);
-                self.out_bb.push_flush();
-            }
+        let now = std::time::Instant::now();
+        let (small, full) = frames.split_at(self.tls.warmup_bytes(frames.len(), now));
+        // TLS warm-up: small records (one per bucket in mod_ssl) so the
+        // first bytes of a connection arrive without waiting for a full
+        // 16 KiB record. FLUSH after each piece: mod_ssl coalesces small
+        // buckets.
+        for piece in small.chunks(TLS_WARMUP_RECORD) {
+            self.out_bb.push_transient(piece);
+            self.out_bb.push_flush();
         }
-        self.tls.written += frames.len() as u64;
-        self.tls.last_write = std::time::Instant::now();
+        if !full.is_empty() {
+            self.out_bb.push_transient(full);
+        }
+        self.tls.wrote(frames.len(), now);
         self.out_bb.push_flush();
         // SAFETY: c1's output filters on the c1 thread; with FLUSH the
         // core writes everything before returning, so the transient
@@ -986,25 +1012,6 @@ impl C1 {
             return Err(());
         }
         Ok(())
-    }
-
-    /// Bytes per TLS record to write now (H2TLSWarmUpSize,
-    /// H2TLSCoolDownSecs); `usize::MAX` when records may be full size.
-    fn tls_record_size(&mut self) -> usize {
-        let t = &mut self.tls;
-        if !t.enabled {
-            return usize::MAX;
-        }
-        if let Some(cooldown) = t.cooldown {
-            if t.written > 0 && t.last_write.elapsed() >= cooldown {
-                t.written = 0;
-            }
-        }
-        if t.written < t.warmup {
-            TLS_WARMUP_RECORD
-        } else {
-            usize::MAX
-        }
     }
 
     /// Waits for the client socket (and worker wake-ups when `signals`).
@@ -1151,5 +1158,42 @@ pub unsafe fn peek_preface(c: *mut ffi::conn_rec) -> bool {
         bb.cleanup();
         ffi::apr_brigade_destroy(bb.as_ptr());
         got.as_slice() == PREFACE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn warmup(size: u64, cooldown: Option<Duration>) -> TlsWarmup {
+        TlsWarmup { enabled: true, warmup: size, cooldown, written: 0, last_write: Instant::now() }
+    }
+
+    #[test]
+    fn warm_up_ends_inside_the_write_that_crosses_it() {
+        let now = Instant::now();
+        let mut t = warmup(20_000, None);
+        assert_eq!(t.warmup_bytes(8_000, now), 8_000);
+        t.wrote(8_000, now);
+        assert_eq!(t.warmup_bytes(128 * 1024, now), 12_000);
+        t.wrote(128 * 1024, now);
+        assert_eq!(t.warmup_bytes(128 * 1024, now), 0);
+    }
+
+    #[test]
+    fn warm_up_starts_again_after_the_cool_down_only() {
+        let start = Instant::now();
+        let mut t = warmup(1_000, Some(Duration::from_secs(1)));
+        t.wrote(5_000, start);
+        assert_eq!(t.warmup_bytes(5_000, start + Duration::from_millis(999)), 0);
+        assert_eq!(t.warmup_bytes(5_000, start + Duration::from_secs(1)), 1_000);
+    }
+
+    #[test]
+    fn no_warm_up_without_tls() {
+        let mut t = warmup(1 << 20, None);
+        t.enabled = false;
+        assert_eq!(t.warmup_bytes(4_096, Instant::now()), 0);
     }
 }
