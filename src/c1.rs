@@ -48,9 +48,18 @@ const SOCKET_READ_SIZE: usize = 8000;
 
 /// Streams c1 runs itself (`fastpath`) between two socket writes (each is
 /// retired as soon as its frames are serialized, see `run_streams_here`).
-/// More saves writes, fewer gets the first response out sooner. It also
-/// bounds the free c2s a connection keeps.
-const RUN_HERE_BATCH: usize = 4;
+/// More saves writes and client wake-ups, fewer gets the first response
+/// out sooner: 16 against 4 served 1 KiB files 15-20% faster (`-c 100
+/// -m 10` and `-c 1 -m 100`, CPU per request 10-15% lower) and delays a
+/// burst's first response by at most 15 small requests' work (~20 µs of
+/// CPU each here); 32 gained little more. A response that fills the frame buffer
+/// is written at once whatever the count.
+const RUN_HERE_BATCH: usize = 16;
+
+/// Free c2s a connection keeps at most (`FreeCache`), when its fair share
+/// of workers is larger: each holds ~32 KiB of APR nodes, and c1 needs
+/// only one for the streams it runs itself.
+const FREE_C2S_KEPT: usize = 4;
 
 /// How often a connection that ended says it still waits for its workers.
 const TEARDOWN_WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -173,7 +182,7 @@ impl Dispatch for C1Dispatch {
     fn dispatch(&mut self, stream: Arc<Stream>) {
         // Free c2s beyond what runs at once now are pools held for nothing
         // (see `FreeCache`).
-        self.cache.keep_at_most(self.fair_share().min(RUN_HERE_BATCH));
+        self.cache.keep_at_most(self.fair_share().min(FREE_C2S_KEPT));
         let c2 = match self.cache.take() {
             Some(c2) => c2,
             // SAFETY: runs on the c1 thread; c1 and the session pool are live.

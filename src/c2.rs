@@ -262,7 +262,7 @@ pub type C2Cache = FreeCache<C2>;
 ///
 /// For c2s, c1 sets `keep` before each dispatch to what the connection may
 /// run at once now (its fair share of the workers, and no more than
-/// `RUN_HERE_BATCH`, 4), and the cache destroys at once the ones
+/// `FREE_C2S_KEPT`, 4), and the cache destroys at once the ones
 /// beyond it. Each free c2 holds its pools (~32 KiB of APR nodes). Without
 /// the trim, the c2s of a connection's first burst (all on workers, before
 /// its URLs were learned as static) stayed cached for the connection's
