@@ -14,6 +14,9 @@ pub mod defaults {
     pub const MAX_SESSION_STREAMS: u32 = directive::MAX_SESSION_STREAMS.1;
     pub const WINDOW_SIZE: u32 = directive::WINDOW_SIZE.1;
     pub const MAX_WORKER_IDLE_SECS: u32 = 600;
+    /// Workers a child starts when H2MinWorkers is not set; the rest start
+    /// as the load needs them.
+    pub const WORKERS_AT_START: u32 = 1;
     pub const STREAM_MAX_MEM_SIZE: usize = directive::STREAM_MAX_MEM_SIZE.1;
     pub const TLS_WARMUP_SIZE: u64 = 1024 * 1024;
     pub const PUSH_DIARY_SIZE: u32 = 256;
@@ -184,6 +187,16 @@ impl ServerConfig {
         let min = self.min_workers.unwrap_or(threads_per_child.max(1));
         let max = self.max_workers.unwrap_or((3 * min / 2).max(4));
         (min, max.max(min))
+    }
+
+    /// Workers a child starts with. An admin who sets H2MinWorkers gets
+    /// them ready, as with the stock module. By default only
+    /// `WORKERS_AT_START`: most small requests run on the connection's own
+    /// thread, each started worker holds pages of its stack, and the pool
+    /// grows within microseconds once jobs wait (up to the same minimum it
+    /// then keeps).
+    pub fn workers_at_start(&self) -> u32 {
+        self.min_workers.unwrap_or(defaults::WORKERS_AT_START)
     }
 }
 
@@ -506,5 +519,9 @@ mod tests {
         let s = ServerConfig::default();
         assert_eq!(s.workers(25), (25, 37));
         assert_eq!(s.workers(1), (1, 4));
+        assert_eq!(s.workers_at_start(), defaults::WORKERS_AT_START);
+        let set = ServerConfig { min_workers: Some(8), ..ServerConfig::default() };
+        assert_eq!(set.workers(25), (8, 12));
+        assert_eq!(set.workers_at_start(), 8);
     }
 }

@@ -254,8 +254,9 @@ pub unsafe extern "C" fn h2rs_child_init(pchild: *mut ffi::apr_pool_t, s: *mut f
             c2::child_init(pchild);
             let (min, max) = worker_limits(s);
             let default = ServerConfig::default();
-            let idle = c1::server_config(s).unwrap_or(&default).max_worker_idle();
-            workers::install(workers::Pool::new(min, max, idle, Box::new(HttpdThreads)));
+            let cfg = c1::server_config(s).unwrap_or(&default);
+            let (idle, start) = (cfg.max_worker_idle(), cfg.workers_at_start());
+            workers::install(workers::Pool::new(min, max, start, idle, Box::new(HttpdThreads)));
             crate::park::start_clock();
             if let Some(pool) = PoolRef::from_raw(pchild) {
                 pool.pre_cleanup(ptr::null(), child_pre_cleanup);

@@ -13,9 +13,9 @@
 //! threads run as the load needs, and the rest stay cold: their stacks,
 //! malloc caches and arenas are never touched (with a shared FIFO channel
 //! every thread took turns, and each cost ~100 KiB of RSS once it had run
-//! requests). The pool starts `min` threads, grows to `max` while every
-//! thread is busy and jobs wait, and lets threads above `min` exit after
-//! `idle_timeout`.
+//! requests). The pool starts `start` threads (at most `min`), grows to
+//! `max` while every thread is busy and jobs wait, and lets threads above
+//! `min` exit after `idle_timeout`.
 //! Tunnels (WebSockets) get a dedicated thread each instead (`run_dedicated`):
 //! mod_proxy's tunnel holds its thread for the tunnel's whole life, so
 //! tunnels must neither wait for pool threads nor take them from ordinary
@@ -145,7 +145,9 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(min: u32, max: u32, idle_timeout: Duration, hooks: Box<dyn ThreadHooks>) -> Arc<Pool> {
+    /// A pool of `min` to `max` threads, `start` of them started now (the
+    /// others when jobs wait for a thread).
+    pub fn new(min: u32, max: u32, start: u32, idle_timeout: Duration, hooks: Box<dyn ThreadHooks>) -> Arc<Pool> {
         let min = min.max(1);
         let pool = Arc::new(Pool {
             shared: Arc::new(Shared {
@@ -165,7 +167,7 @@ impl Pool {
                 hooks,
             }),
         });
-        for _ in 0..min {
+        for _ in 0..start.min(min) {
             pool.spawn();
         }
         pool
@@ -532,7 +534,7 @@ mod tests {
 
     #[test]
     fn runs_jobs_grows_and_shuts_down() {
-        let pool = Pool::new(1, 4, Duration::from_millis(50), Box::new(PlainThreads));
+        let pool = Pool::new(1, 4, 1, Duration::from_millis(50), Box::new(PlainThreads));
         let done = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = std::sync::mpsc::channel::<u32>();
         for _ in 0..4 {
@@ -560,8 +562,27 @@ mod tests {
     }
 
     #[test]
+    fn a_lazy_pool_starts_threads_for_jobs_and_keeps_its_minimum() {
+        let pool = Pool::new(4, 8, 0, Duration::from_millis(50), Box::new(PlainThreads));
+        assert_eq!(pool.load().0, 0);
+        let (tx, rx) = std::sync::mpsc::channel::<u32>();
+        for _ in 0..2 {
+            let tx = tx.clone();
+            pool.submit(Box::new(move |ctx| tx.send(ctx.slot).unwrap())).ok().unwrap();
+            rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        let live = pool.load().0;
+        assert!((1..=2).contains(&live), "{live} threads for two jobs in turn");
+        // Below the minimum, idle threads stay.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(pool.load().0, live);
+        pool.shutdown();
+        assert_eq!(pool.load().0, 0);
+    }
+
+    #[test]
     fn dedicated_jobs_do_not_wait_for_pool_threads() {
-        let pool = Pool::new(1, 1, Duration::from_secs(1), Box::new(PlainThreads));
+        let pool = Pool::new(1, 1, 1, Duration::from_secs(1), Box::new(PlainThreads));
         // The only pool thread is busy until released.
         let (release_tx, release_rx) = std::sync::mpsc::sync_channel::<()>(1);
         pool.submit(Box::new(move |_| {
@@ -584,7 +605,7 @@ mod tests {
 
     #[test]
     fn the_thread_idle_last_gets_the_next_job() {
-        let pool = Pool::new(3, 3, Duration::from_secs(10), Box::new(PlainThreads));
+        let pool = Pool::new(3, 3, 3, Duration::from_secs(10), Box::new(PlainThreads));
         let (tx, rx) = std::sync::mpsc::channel::<u32>();
         let mut slots = Vec::new();
         for _ in 0..5 {
@@ -604,7 +625,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_spread_over_threads_and_all_of_it_runs() {
-        let pool = Pool::new(2, 8, Duration::from_secs(10), Box::new(PlainThreads));
+        let pool = Pool::new(2, 8, 2, Duration::from_secs(10), Box::new(PlainThreads));
         let done = Arc::new(AtomicUsize::new(0));
         for _ in 0..200 {
             let d = done.clone();
@@ -626,7 +647,7 @@ mod tests {
 
     #[test]
     fn a_panicking_job_does_not_kill_the_worker() {
-        let pool = Pool::new(1, 1, Duration::from_secs(1), Box::new(PlainThreads));
+        let pool = Pool::new(1, 1, 1, Duration::from_secs(1), Box::new(PlainThreads));
         pool.submit(Box::new(|_| panic!("job panic (expected in this test)"))).ok().unwrap();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         pool.submit(Box::new(move |_| tx.send(1).unwrap())).ok().unwrap();

@@ -230,6 +230,28 @@ def test_worker_pool_honours_min_and_max(make_server):
     assert all(len(srv.worker_threads(p)) == 2 for p in pids)
 
 
+def test_default_pool_starts_one_worker_and_grows_with_the_load(make_server):
+    # H2MinWorkers unset: a child starts one worker, not ThreadsPerChild
+    # (32 here); the pool grows as jobs wait and keeps what it grew to,
+    # being below that minimum.
+    srv = make_server().start()
+    pids = [p for p in srv.children() if srv.worker_threads(p)]
+    assert pids, "no child with mod_h2rs workers"
+    assert all(len(srv.worker_threads(p)) == 1 for p in pids), [srv.worker_threads(p) for p in pids]
+    c = H2Client(srv.port)
+    sids = [c.request("/cgi/slow.cgi?1") for _ in range(8)]
+    peak = 0
+    deadline = time.time() + 30
+    while not all(c.streams[s].done for s in sids) and time.time() < deadline:
+        c.read_some(timeout=0.1)
+        peak = max([peak] + [len(srv.worker_threads(p)) for p in pids])
+    assert all(c.streams[s].status == 200 for s in sids)
+    c.close()
+    assert peak >= 4, peak
+    time.sleep(1.5)
+    assert max(len(srv.worker_threads(p)) for p in pids) == peak
+
+
 def test_panic_resets_the_stream_and_the_child_lives(make_server):
     srv = make_server(env={"H2RS_FAULT_INJECTION": "1"}).start()
     srv.allow_panic = True
