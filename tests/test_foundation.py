@@ -206,6 +206,21 @@ def test_malformed_request_resets_only_that_stream(server):
     c.close()
 
 
+def slow_burst_peak_workers(srv, pids, n):
+    """Sends n slow CGI requests on one connection; returns the most
+    worker threads any of the children `pids` had meanwhile."""
+    c = H2Client(srv.port)
+    sids = [c.request("/cgi/slow.cgi?1") for _ in range(n)]
+    peak = 0
+    deadline = time.time() + 30
+    while not all(c.streams[s].done for s in sids) and time.time() < deadline:
+        c.read_some(timeout=0.1)
+        peak = max([peak] + [len(srv.worker_threads(p)) for p in pids])
+    assert all(c.streams[s].status == 200 for s in sids)
+    c.close()
+    return peak
+
+
 def test_worker_pool_honours_min_and_max(make_server):
     srv = make_server(h2_conf="H2MinWorkers 2\nH2MaxWorkers 4\nH2MaxWorkerIdleSeconds 1").start()
     kids = srv.children()
@@ -213,16 +228,8 @@ def test_worker_pool_honours_min_and_max(make_server):
     assert pids, "no child with mod_h2rs workers"
     assert all(len(srv.worker_threads(p)) == 2 for p in pids)
     # Eight slow requests on one connection: the pool grows, never past 4.
-    c = H2Client(srv.port)
-    sids = [c.request("/cgi/slow.cgi?1") for _ in range(8)]
-    peak = 0
-    deadline = time.time() + 30
-    while not all(c.streams[s].done for s in sids) and time.time() < deadline:
-        c.read_some(timeout=0.1)
-        peak = max([peak] + [len(srv.worker_threads(p)) for p in pids])
-    assert all(c.streams[s].status == 200 for s in sids)
+    peak = slow_burst_peak_workers(srv, pids, 8)
     assert 2 < peak <= 4, peak
-    c.close()
     # Idle workers above the minimum leave again.
     deadline = time.time() + 10
     while time.time() < deadline and any(len(srv.worker_threads(p)) > 2 for p in pids):
@@ -238,15 +245,7 @@ def test_default_pool_starts_one_worker_and_grows_with_the_load(make_server):
     pids = [p for p in srv.children() if srv.worker_threads(p)]
     assert pids, "no child with mod_h2rs workers"
     assert all(len(srv.worker_threads(p)) == 1 for p in pids), [srv.worker_threads(p) for p in pids]
-    c = H2Client(srv.port)
-    sids = [c.request("/cgi/slow.cgi?1") for _ in range(8)]
-    peak = 0
-    deadline = time.time() + 30
-    while not all(c.streams[s].done for s in sids) and time.time() < deadline:
-        c.read_some(timeout=0.1)
-        peak = max([peak] + [len(srv.worker_threads(p)) for p in pids])
-    assert all(c.streams[s].status == 200 for s in sids)
-    c.close()
+    peak = slow_burst_peak_workers(srv, pids, 8)
     assert peak >= 4, peak
     time.sleep(1.5)
     assert max(len(srv.worker_threads(p)) for p in pids) == peak
