@@ -684,6 +684,8 @@ impl C1 {
             }
         }
         self.parking.activate();
+        // Wake-ups need no post until we sleep or leave (`wait`).
+        self.signal.set_awake(true);
         // Resumed by the MPM: the socket is readable.
         self.input_ready = true;
         self.update_status();
@@ -800,6 +802,7 @@ impl C1 {
     /// GOAWAY. Older MPMs get the plain keep-alive state.
     fn keep_alive(&mut self) -> i32 {
         clog!(self.c, Level::Trace1, "h2rs: idle, back to the MPM (waitio: {})", self.can_waitio);
+        self.signal.set_awake(false);
         // SAFETY: the connection (and its state, from the MPM) is ours.
         unsafe {
             (*self.c).keepalive = ffi::AP_CONN_KEEPALIVE;
@@ -1025,6 +1028,10 @@ impl C1 {
 
     /// Waits for the client socket (and worker wake-ups when `signals`).
     fn wait(&mut self, timeout: Duration, signals: bool) -> Wait {
+        if !self.signal.before_sleep() {
+            // A worker's wake-up came while we were awake: take it first.
+            return Wait::Ready;
+        }
         let mut fds = [
             libc::pollfd { fd: self.sock_fd, events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: self.signal.fd(), events: libc::POLLIN, revents: 0 },
@@ -1033,6 +1040,7 @@ impl C1 {
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         // SAFETY: `fds` holds `n` valid pollfd entries.
         let rv = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, ms) };
+        self.signal.set_awake(true);
         // Interrupted: look at the socket anyway.
         self.input_ready |= rv < 0 || fds[0].revents != 0;
         if fds[1].revents != 0 {
@@ -1053,6 +1061,8 @@ impl C1 {
         }
         self.torn_down = true;
         self.parking.kill();
+        // From here on the eventfd is polled for every wake-up.
+        self.signal.set_awake(false);
         SESSIONS.lock().remove(&self.session_id);
         self.session.abort_all();
         let started = Instant::now();

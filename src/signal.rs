@@ -7,6 +7,10 @@
 //!
 //! Wake-ups are batched: the eventfd is written only when no wake-up is
 //! pending yet, and a stream is listed at most once until c1 takes the list.
+//! While c1 is awake (it said so with `set_awake`), a wake-up only sets the
+//! pending flag: c1 takes it before it sleeps (`before_sleep`), so the
+//! eventfd write and c1's read of it are saved (two syscalls per stream c1
+//! runs itself).
 
 use parking_lot::Mutex;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -145,12 +149,22 @@ impl crate::stream::Wake for SocketSignal {
 pub struct Signal {
     fd: EventFd,
     pending: AtomicBool,
+    /// c1 runs and checks `pending` before it sleeps: no post needed.
+    awake: AtomicBool,
+    /// A wake-up posted to the eventfd (it is to be drained).
+    posted: AtomicBool,
     ready: Mutex<Vec<i32>>,
 }
 
 impl Signal {
     pub fn new() -> std::io::Result<Signal> {
-        Ok(Signal { fd: EventFd::new()?, pending: AtomicBool::new(false), ready: Mutex::new(Vec::new()) })
+        Ok(Signal {
+            fd: EventFd::new()?,
+            pending: AtomicBool::new(false),
+            awake: AtomicBool::new(false),
+            posted: AtomicBool::new(false),
+            ready: Mutex::new(Vec::new()),
+        })
     }
 
     /// The descriptor c1 polls for readability.
@@ -168,9 +182,34 @@ impl Signal {
 
     /// Wakes c1 without listing anything (shutdown, timers).
     pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::SeqCst) {
+        // With `before_sleep` this is Dekker's pattern: pending is set
+        // before awake is read here, and awake cleared before pending is
+        // read there (all SeqCst), so either this sees c1 asleep and posts,
+        // or c1 sees the wake-up pending and does not sleep.
+        if !self.pending.swap(true, Ordering::SeqCst) && !self.awake.load(Ordering::SeqCst) {
+            self.posted.store(true, Ordering::SeqCst);
             self.fd.post();
         }
+    }
+
+    /// c1: it runs, and takes wake-ups (`take_into`) before it sleeps or
+    /// leaves (`awake` true); or it is about to leave without polling the
+    /// eventfd (false: parked in the MPM, torn down).
+    pub fn set_awake(&self, awake: bool) {
+        self.awake.store(awake, Ordering::SeqCst);
+    }
+
+    /// c1: it is about to sleep in a poll over the eventfd. From now on
+    /// wake-ups post; false (and c1 stays awake) if one is pending already:
+    /// take it instead of sleeping. After the poll c1 calls
+    /// `set_awake(true)`.
+    pub fn before_sleep(&self) -> bool {
+        self.awake.store(false, Ordering::SeqCst);
+        if self.pending.load(Ordering::SeqCst) {
+            self.awake.store(true, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// `take_into` a new list (tests).
@@ -194,7 +233,11 @@ impl Signal {
         // Nothing was posted unless `pending` is set (a post follows only a
         // false -> true swap): skip the read then.
         if self.pending.load(Ordering::SeqCst) {
-            self.fd.drain();
+            // Only a posted wake-up made the eventfd readable (one posted
+            // after this check is drained as stale, `poll_found_readable`).
+            if self.posted.swap(false, Ordering::SeqCst) {
+                self.fd.drain();
+            }
             self.pending.store(false, Ordering::SeqCst);
         }
         ids.clear();
@@ -271,6 +314,17 @@ mod tests {
     /// a notification pending (the race `take` orders its steps against).
     #[test]
     fn no_wake_up_is_lost_while_c1_takes() {
+        race_notify_against_take(false);
+    }
+
+    /// The same with c1 saying when it is awake (no posts then) and
+    /// checking before it sleeps, as c1 does.
+    #[test]
+    fn no_wake_up_is_lost_while_c1_is_awake() {
+        race_notify_against_take(true);
+    }
+
+    fn race_notify_against_take(awake_protocol: bool) {
         use std::sync::atomic::AtomicU64;
         use std::sync::Arc;
         let signal = Arc::new(Signal::new().unwrap());
@@ -291,11 +345,19 @@ mod tests {
             })
         };
         let mut seen = 0;
+        signal.set_awake(awake_protocol);
         loop {
             let finished = done.load(Ordering::SeqCst);
+            if awake_protocol && !signal.before_sleep() {
+                // Pending: take it without sleeping.
+                take_and_unlist(&signal, &entry);
+                seen = sent.load(Ordering::SeqCst);
+                continue;
+            }
             let mut p = libc::pollfd { fd: signal.fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             let ready = unsafe { libc::poll(&mut p, 1, 500) };
+            signal.set_awake(awake_protocol);
             if ready == 0 {
                 // Asleep: only fine if nothing was sent since the last look.
                 assert_eq!(sent.load(Ordering::SeqCst), seen, "lost wake-up");
@@ -304,18 +366,41 @@ mod tests {
                 }
                 continue;
             }
-            let ids = signal.take();
-            if !ids.is_empty() {
-                Signal::unlist(&*entry);
-            }
+            signal.poll_found_readable();
+            take_and_unlist(&signal, &entry);
             // What c1 reads after unlisting is at least what was sent
             // before the notify it was woken for.
             seen = sent.load(Ordering::SeqCst);
-            if finished && seen == 2_000_000 && !readable(signal.fd()) {
+            if finished && seen == 2_000_000 && !readable(signal.fd()) && !signal.is_pending() {
                 break;
             }
         }
         producer.join().unwrap();
+    }
+
+    fn take_and_unlist(signal: &Signal, entry: &E) {
+        if !signal.take().is_empty() {
+            Signal::unlist(entry);
+        }
+    }
+
+    #[test]
+    fn an_awake_c1_is_not_posted_to_but_sees_the_wake_up_before_it_sleeps() {
+        let s = Signal::new().unwrap();
+        let a = E(9, AtomicBool::new(false));
+        s.set_awake(true);
+        s.notify(&a);
+        assert!(!readable(s.fd()), "posted to an awake c1");
+        assert!(!s.before_sleep(), "slept with a wake-up pending");
+        assert_eq!(s.take(), vec![9]);
+        Signal::unlist(&a);
+        assert!(s.before_sleep());
+        // Asleep now: wake-ups post.
+        s.notify(&a);
+        assert!(readable(s.fd()));
+        s.set_awake(true);
+        assert_eq!(s.take(), vec![9]);
+        assert!(!readable(s.fd()));
     }
 
     /// The post of a wake-up c1 already took (the waker was between
