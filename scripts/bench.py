@@ -304,6 +304,9 @@ WORKLOADS = [
     # name, path, h2 args, h1 args, timeout
     ("1 KiB, c100 m10", "/1k.bin", ["-n", "100000", "-c", "100", "-m", "10"], ["-n", "100000", "-c", "100"], 120),
     ("1 KiB, c1 m100", "/1k.bin", ["-n", "30000", "-c", "1", "-m", "100"], ["-n", "30000", "-c", "1"], 120),
+    # One request at a time per connection (clients that do not multiplex):
+    # what HTTP/2's framing costs when nothing amortizes it.
+    ("1 KiB, c100 m1", "/1k.bin", ["-n", "100000", "-c", "100", "-m", "1"], ["-n", "100000", "-c", "100"], 120),
     ("100 KiB, c50 m10", "/100k.bin", ["-n", "20000", "-c", "50", "-m", "10"], ["-n", "20000", "-c", "50"], 120),
     ("10 MiB, c4 m4", "/10m.bin", ["-n", "200", "-c", "4", "-m", "4"], ["-n", "200", "-c", "4"], 180),
     ("CGI, c10 m4", "/cgi/hello.cgi", ["-n", "2000", "-c", "10", "-m", "4"], ["-n", "2000", "-c", "10"], 180),
