@@ -1,7 +1,7 @@
 //! The secondary connection (c2): one per running stream, on a worker.
 //!
 //! A c2 is a copy of the client connection's `conn_rec` (`master` = c1)
-//! with its own pool (own allocator, with a mutex) and bucket allocator,
+//! with its own pool (on the shared, mutex-guarded allocator) and bucket allocator,
 //! its own filters and config vector. httpd processes the stream's request
 //! on it exactly as it processes an HTTP/1.1 request, so every handler
 //! works unchanged:
@@ -240,8 +240,8 @@ pub struct C2 {
 
 // SAFETY: a C2 is only ever used by one thread at a time: it is created on
 // c1, moved into a worker job (the channel synchronises), and moved back in
-// the stream's retire action (the stream mutex synchronises). Its pool has
-// its own mutex-guarded allocator.
+// the stream's retire action (the stream mutex synchronises). Its pool's
+// allocator is the shared one, guarded by its mutex.
 unsafe impl Send for C2 {}
 
 /// What a [`FreeCache`] needs of what it keeps.

@@ -1,8 +1,8 @@
 //! APR pools.
 //!
 //! Pools are not thread-safe. A pool that another thread will create
-//! sub-pools of (or free into) gets its own allocator guarded by a mutex:
-//! [`create_threadsafe`]. Rust values whose lifetime follows a pool are tied
+//! sub-pools of (or free into) takes its memory from the process's shared
+//! allocator, guarded by a mutex: [`create_threadsafe`]. Rust values whose lifetime follows a pool are tied
 //! to it with [`PoolRef::attach`], which drops them in the pool's cleanup.
 
 use crate::ffi;
@@ -88,8 +88,60 @@ impl PoolRef {
     }
 }
 
-/// Creates a sub-pool of `parent` with its own allocator, guarded by its own
-/// mutex, so that it (and pools made from it) may be handed between threads.
+/// Most free memory the shared allocator keeps for reuse; blocks freed
+/// beyond it go back to the system.
+const SHARED_MAX_FREE: usize = 1024 * 1024;
+
+/// The allocator of every pool [`create_threadsafe`] makes: one per
+/// process, guarded by a mutex, never destroyed.
+///
+/// Not one allocator per pool: Debian's APR maps each 8 KiB block with its
+/// own `mmap`, and destroying an allocator unmaps its blocks, so a session
+/// or c2 pool with an allocator of its own cost about 4 mmaps to make and
+/// 4 munmaps to destroy. A munmap in a process with threads on other CPUs
+/// flushes their TLBs by IPI: a burst of new connections spent half its
+/// CPU there. Freed into one allocator, the blocks are reused by the next
+/// pool, as httpd's own per-thread allocators reuse theirs.
+fn shared_allocator() -> Result<*mut ffi::apr_allocator_t, ffi::apr_status_t> {
+    static SHARED: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
+    SHARED
+        .get_or_try_init(|| {
+            let mut allocator: *mut ffi::apr_allocator_t = ptr::null_mut();
+            // SAFETY: out-pointer is valid.
+            let rv = unsafe { ffi::apr_allocator_create(&mut allocator) };
+            if rv != 0 {
+                return Err(rv);
+            }
+            // A pool of the allocator's own holds its mutex; it owns the
+            // allocator and, like it, lives as long as the process.
+            let mut home: *mut ffi::apr_pool_t = ptr::null_mut();
+            let mut mutex: *mut ffi::apr_thread_mutex_t = ptr::null_mut();
+            // SAFETY: the allocator was just created and is ours; `home` is
+            // made from it and owns it; the mutex lives in `home`.
+            unsafe {
+                let rv = ffi::apr_pool_create_unmanaged_ex(&mut home, None, allocator);
+                if rv != 0 {
+                    ffi::apr_allocator_destroy(allocator);
+                    return Err(rv);
+                }
+                ffi::apr_allocator_owner_set(allocator, home);
+                let rv = ffi::apr_thread_mutex_create(&mut mutex, ffi::APR_THREAD_MUTEX_DEFAULT, home);
+                if rv != 0 {
+                    ffi::apr_pool_destroy(home);
+                    return Err(rv);
+                }
+                ffi::apr_allocator_mutex_set(allocator, mutex);
+                ffi::apr_allocator_max_free_set(allocator, SHARED_MAX_FREE as ffi::apr_size_t);
+                ffi::apr_pool_tag(home, pool_tag("h2rs_shared_allocator"));
+            }
+            Ok(allocator as usize)
+        })
+        .map(|&a| a as *mut ffi::apr_allocator_t)
+}
+
+/// Creates a sub-pool of `parent` on the process's shared, mutex-guarded
+/// allocator (`shared_allocator`), so that it (and pools made from it)
+/// may be handed between threads.
 ///
 /// # Safety
 /// `parent` must be a live pool owned by the calling thread for the call.
@@ -97,36 +149,16 @@ pub unsafe fn create_threadsafe(
     parent: *mut ffi::apr_pool_t,
     tag: &'static str,
 ) -> Result<*mut ffi::apr_pool_t, ffi::apr_status_t> {
-    let mut allocator: *mut ffi::apr_allocator_t = ptr::null_mut();
-    // SAFETY: out-pointer is valid.
-    let rv = unsafe { ffi::apr_allocator_create(&mut allocator) };
-    if rv != 0 {
-        return Err(rv);
-    }
+    let allocator = shared_allocator()?;
     let mut pool: *mut ffi::apr_pool_t = ptr::null_mut();
-    // SAFETY: parent is live (caller), allocator was just created.
+    // SAFETY: parent is live (caller); the allocator lives as long as the
+    // process and its mutex makes it safe to use from any thread.
     let rv = unsafe { ffi::apr_pool_create_ex(&mut pool, parent, None, allocator) };
     if rv != 0 {
-        // SAFETY: the allocator is ours and unused.
-        unsafe { ffi::apr_allocator_destroy(allocator) };
         return Err(rv);
     }
-    let mut mutex: *mut ffi::apr_thread_mutex_t = ptr::null_mut();
-    // SAFETY: pool and allocator are ours; the pool owns the allocator from
-    // now on (destroyed with it), and the mutex lives in the pool.
-    unsafe {
-        ffi::apr_allocator_owner_set(allocator, pool);
-        let rv = ffi::apr_thread_mutex_create(&mut mutex, ffi::APR_THREAD_MUTEX_DEFAULT, pool);
-        if rv != 0 {
-            ffi::apr_pool_destroy(pool);
-            return Err(rv);
-        }
-        ffi::apr_allocator_mutex_set(allocator, mutex);
-        // Keep at most 1 MiB of freed blocks for reuse per allocator.
-        ffi::apr_allocator_max_free_set(allocator, 1024 * 1024);
-        let tag = pool_tag(tag);
-        ffi::apr_pool_tag(pool, tag);
-    }
+    // SAFETY: the pool was just created; tags are static strings.
+    unsafe { ffi::apr_pool_tag(pool, pool_tag(tag)) };
     Ok(pool)
 }
 
@@ -154,6 +186,48 @@ mod tests {
         fn drop(&mut self) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn threadsafe_pools_share_one_allocator_across_threads() {
+        let root = root_pool();
+        // SAFETY: root is live and ours.
+        let first = unsafe { create_threadsafe(root, "test") }.expect("pool");
+        // SAFETY: both pools are live.
+        let shared = unsafe { ffi::apr_pool_allocator_get(first) } as usize;
+        assert_ne!(shared, 0);
+        // SAFETY: destroying a pool we created.
+        unsafe { ffi::apr_pool_destroy(first) };
+        // Pools made, filled and destroyed on several threads at once, each
+        // one's blocks going back to the shared allocator for the others.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let root = root_pool();
+                    for i in 0..500 {
+                        // SAFETY: root is this thread's; the sub-pool is
+                        // used and destroyed here.
+                        unsafe {
+                            let p = create_threadsafe(root, "test").expect("pool");
+                            assert_eq!(ffi::apr_pool_allocator_get(p) as usize, shared);
+                            // More than one 8 KiB block, so blocks are taken
+                            // and given back.
+                            let mem = ffi::apr_palloc(p, 20_000) as *mut u8;
+                            std::ptr::write_bytes(mem, (t * 31 + i) as u8, 20_000);
+                            assert_eq!(*mem.add(19_999), (t * 31 + i) as u8);
+                            ffi::apr_pool_destroy(p);
+                        }
+                    }
+                    // SAFETY: this thread's root pool, no sub-pools left.
+                    unsafe { ffi::apr_pool_destroy(root) };
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        // SAFETY: ours, no sub-pools left.
+        unsafe { ffi::apr_pool_destroy(root) };
     }
 
     #[test]
