@@ -72,10 +72,6 @@ const READ_BUDGET: usize = crate::limits::READ_BUDGET;
 /// at 1 KiB or 10 MiB and none at 256 KiB beyond it.
 const WRITE_CHUNK: usize = 128 * 1024;
 
-/// How long an idle session waits for its client's next request before it
-/// goes back to the MPM.
-const IDLE_LINGER: Duration = Duration::from_millis(1);
-
 /// Buffers for the frames of one socket write, shared by the child's c1
 /// threads: a write takes one and gives it back when it is done (the core
 /// wrote everything, FLUSH). Shared, not one per thread: a buffer grows to
@@ -290,6 +286,8 @@ pub struct C1 {
     tls: TlsWarmup,
     /// Exclusive use of the session while it is parked in the MPM.
     parking: Arc<Parking>,
+    /// Whether to wait a moment for the next request before parking.
+    linger: park::Linger,
 }
 
 impl Parked for C1 {
@@ -659,6 +657,7 @@ impl C1 {
                     }
                 },
                 parking,
+                linger: park::Linger::default(),
             };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
@@ -684,6 +683,7 @@ impl C1 {
             }
         }
         self.parking.activate();
+        self.linger.resumed(Instant::now());
         // Wake-ups need no post until we sleep or leave (`wait`).
         self.signal.set_awake(true);
         // Resumed by the MPM: the socket is readable.
@@ -732,12 +732,10 @@ impl C1 {
                     break;
                 }
                 if self.async_mpm {
-                    // A busy client's next request is usually on its way:
-                    // wait a moment for it before the round trip through
-                    // the MPM (poller registration, wake-up of a listener
-                    // and a worker thread), which costs more than the
-                    // request itself.
-                    if matches!(self.wait(IDLE_LINGER, false), Wait::Ready) {
+                    // A quick client's next request is usually on its way:
+                    // wait a moment for it rather than go through the MPM
+                    // (see `park::Linger`).
+                    if self.linger.waits(self.session.last_stream_id() == 0) && matches!(self.wait(park::IDLE_LINGER, false), Wait::Ready) {
                         continue;
                     }
                     return self.keep_alive();
@@ -816,6 +814,7 @@ impl C1 {
                 }
             }
         }
+        self.linger.parked(Instant::now());
         // Last: from here on a timer or a stop notice may use the session.
         // In the MPM's I/O queue the timeout is `Timeout`; our timer sends
         // the GOAWAY of `KeepAliveTimeout` (the keep-alive queue, used

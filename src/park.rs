@@ -44,6 +44,51 @@ pub trait Parked {
 /// keep them: releasing at every park made such requests 60% dearer.
 pub const TRIM_AFTER: Duration = Duration::from_secs(2);
 
+/// How long an idle session waits for its client's next request before it
+/// goes back to the MPM, when it waits at all (`Linger`).
+pub const IDLE_LINGER: Duration = Duration::from_millis(1);
+
+/// A client that came back within this time of its session's park asks
+/// quickly enough that waiting `IDLE_LINGER` for it pays.
+pub const QUICK_RETURN: Duration = Duration::from_millis(5);
+
+/// Whether an idle session waits `IDLE_LINGER` for its client's next
+/// request before it goes back to the MPM. A busy client's next request is
+/// usually on its way, and the round trip through the MPM (poller
+/// registration, wake-up of a listener and a worker) costs more than the
+/// request. But the wait holds an MPM thread, and a client that does not
+/// come back soon (a new connection, a browser between pages) only keeps
+/// it from the next connection: the event MPM stops accepting while too
+/// few of its threads are idle (`AsyncRequestWorkerFactor`), and 1,000
+/// connections opened at once each holding a thread for 1 ms left the
+/// last of them unaccepted for seconds. So a session waits only for a
+/// client that has shown it asks quickly (it came back within
+/// `QUICK_RETURN` of the last park), and for a new connection's first
+/// request, which clients send right behind their preface.
+#[derive(Debug, Default)]
+pub struct Linger {
+    parked_at: Option<Instant>,
+    quick_client: bool,
+}
+
+impl Linger {
+    /// Wait for the next request before parking? `first_request`: the
+    /// connection has not had one yet.
+    pub fn waits(&self, first_request: bool) -> bool {
+        first_request || self.quick_client
+    }
+
+    /// The session went back to the MPM, idle.
+    pub fn parked(&mut self, now: Instant) {
+        self.parked_at = Some(now);
+    }
+
+    /// The MPM handed the connection back (the client sent something).
+    pub fn resumed(&mut self, now: Instant) {
+        self.quick_client = self.parked_at.take().is_some_and(|at| now.saturating_duration_since(at) <= QUICK_RETURN);
+    }
+}
+
 pub struct Parking {
     state: AtomicU8,
     parked_at: Mutex<Instant>,
@@ -285,6 +330,26 @@ mod tests {
         fn trim(&mut self) {
             self.1 += 1;
         }
+    }
+
+    #[test]
+    fn linger_only_for_a_client_that_came_back_quickly() {
+        let t0 = Instant::now();
+        let mut l = Linger::default();
+        assert!(l.waits(true), "a new connection's first request follows its preface");
+        assert!(!l.waits(false), "after that, a new connection has shown nothing yet");
+        l.resumed(t0);
+        assert!(!l.waits(false), "a first call is no return");
+        l.parked(t0);
+        l.resumed(t0 + QUICK_RETURN / 2);
+        assert!(l.waits(false), "back within QUICK_RETURN");
+        // Lingering failed (the client paused): parked again, came back late.
+        l.parked(t0 + QUICK_RETURN);
+        l.resumed(t0 + QUICK_RETURN * 3);
+        assert!(!l.waits(false), "back after more than QUICK_RETURN");
+        l.parked(t0 + QUICK_RETURN * 4);
+        l.resumed(t0 + QUICK_RETURN * 5);
+        assert!(l.waits(false), "exactly QUICK_RETURN counts as quick");
     }
 
     #[test]
