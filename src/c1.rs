@@ -707,7 +707,7 @@ impl C1 {
             if !self.client_gone && self.write_output().is_err() {
                 self.client_gone = true;
             }
-            if std::mem::take(&mut self.session.dispatcher().ran_inline) {
+            if std::mem::take(&mut self.session.dispatcher().ran_inline) && !self.parks_now() {
                 // A thread that runs its streams itself is never waiting for
                 // a worker, so it stays runnable while its client keeps
                 // asking: on a saturated machine the scheduler then lets
@@ -715,7 +715,8 @@ impl C1 {
                 // (1 KiB -c 100 -m 10 without the yield: a third of the
                 // req/s and four times the p99, see INTERNALS). Give the
                 // CPU up once per turn, as a hand-off would; on an idle CPU
-                // this returns at once.
+                // this returns at once. Not when the connection goes back
+                // to the MPM right after: nothing here waits for the client.
                 // SAFETY: sched_yield has no preconditions.
                 unsafe { libc::sched_yield() };
             }
@@ -735,7 +736,7 @@ impl C1 {
                     // A quick client's next request is usually on its way:
                     // wait a moment for it rather than go through the MPM
                     // (see `park::Linger`).
-                    if self.linger.waits(self.session.last_stream_id() == 0) && matches!(self.wait(park::IDLE_LINGER, false), Wait::Ready) {
+                    if !self.parks_now() && matches!(self.wait(park::IDLE_LINGER, false), Wait::Ready) {
                         continue;
                     }
                     return self.keep_alive();
@@ -788,6 +789,12 @@ impl C1 {
                 descr.as_ptr() as *const std::ffi::c_char,
             );
         }
+    }
+
+    /// The session is idle and goes back to the event MPM without waiting
+    /// for its client's next request (`park::Linger`).
+    fn parks_now(&mut self) -> bool {
+        self.async_mpm && self.session.is_idle() && !self.linger.waits(self.session.last_stream_id() == 0)
     }
 
     /// Hands an idle connection back to the event MPM.
