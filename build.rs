@@ -54,9 +54,7 @@ fn main() {
         .expect("bindgen failed on the httpd/APR headers");
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    bindings
-        .write_to_file(out.join("bindings.rs"))
-        .expect("cannot write bindings.rs");
+    bindings.write_to_file(out.join("bindings.rs")).expect("cannot write bindings.rs");
 
     // Unit tests (`cargo test`) link a test executable, not a module: the APR
     // libraries are real shared libraries, so the pool and table wrappers run

@@ -23,9 +23,9 @@ use crate::fastpath;
 use crate::ffi;
 use crate::log::Level;
 use crate::nghttp2::error_code;
+use crate::park::{self, Parked, Parking};
 use crate::request::Limits;
 use crate::session::{Dispatch, Session, Settings};
-use crate::park::{self, Parked, Parking};
 use crate::signal::Signal;
 use crate::stream::{Outcome, Retire, Stream};
 use crate::{clog, workers};
@@ -666,8 +666,13 @@ impl C1 {
                 clog!(c, Level::Info, "h2rs: TLS version or cipher not acceptable for HTTP/2 (H2ModernTLSOnly), closing with INADEQUATE_SECURITY");
                 c1.session.terminate(error_code::INADEQUATE_SECURITY);
             }
-            clog!(c, Level::Debug, "h2rs: {} session started{}", protocol.to_string_lossy(),
-                if upgraded { " (Upgrade)" } else { "" });
+            clog!(
+                c,
+                Level::Debug,
+                "h2rs: {} session started{}",
+                protocol.to_string_lossy(),
+                if upgraded { " (Upgrade)" } else { "" }
+            );
             Some(c1)
         }
     }
@@ -724,8 +729,14 @@ impl C1 {
             // (GOAWAY exchanged, or a connection error). Streams still on
             // workers are aborted by close().
             if self.client_gone || (!self.session.want_read() && !self.session.want_write()) {
-                clog!(c, Level::Debug, "h2rs: session ends (client gone: {}, want read: {}, write: {})",
-                    self.client_gone, self.session.want_read(), self.session.want_write());
+                clog!(
+                    c,
+                    Level::Debug,
+                    "h2rs: session ends (client gone: {}, want read: {}, write: {})",
+                    self.client_gone,
+                    self.session.want_read(),
+                    self.session.want_write()
+                );
                 break;
             }
             if self.session.is_idle() {
@@ -757,8 +768,12 @@ impl C1 {
                     if self.session.streams_in_progress() == 0 {
                         // Every open stream waits for the client, which sent
                         // nothing for `Timeout`.
-                        clog!(c, Level::Debug, "h2rs: client idle for Timeout with open streams, closing: {}",
-                            self.session.describe_streams());
+                        clog!(
+                            c,
+                            Level::Debug,
+                            "h2rs: client idle for Timeout with open streams, closing: {}",
+                            self.session.describe_streams()
+                        );
                         self.session.goaway(error_code::NO_ERROR, b"timeout");
                         break;
                     }
@@ -777,7 +792,11 @@ impl C1 {
             if (*c).sbh.is_null() {
                 return;
             }
-            ffi::ap_update_child_status_from_conn((*c).sbh as *mut ffi::ap_sb_handle_t, ffi::SERVER_BUSY_READ as i32, c);
+            ffi::ap_update_child_status_from_conn(
+                (*c).sbh as *mut ffi::ap_sb_handle_t,
+                ffi::SERVER_BUSY_READ as i32,
+                c,
+            );
             let descr = format!(
                 "h2 session: {} stream(s) open, {} on workers\0",
                 self.session.open_streams(),
@@ -1087,8 +1106,14 @@ impl C1 {
             }
             if last_warning.elapsed() >= TEARDOWN_WARN_INTERVAL {
                 last_warning = Instant::now();
-                clog!(self.c, Level::Warn, "h2rs: still waiting after {} s for {} stream(s) to finish on their workers: {}",
-                    started.elapsed().as_secs(), self.session.streams_in_progress(), self.session.describe_streams());
+                clog!(
+                    self.c,
+                    Level::Warn,
+                    "h2rs: still waiting after {} s for {} stream(s) to finish on their workers: {}",
+                    started.elapsed().as_secs(),
+                    self.session.streams_in_progress(),
+                    self.session.describe_streams()
+                );
             }
         }
         let dispatch = self.session.dispatcher();
@@ -1124,10 +1149,7 @@ unsafe fn input_chain_is_plain(c: *mut ffi::conn_rec) -> bool {
 /// attack's peak, times the number of arenas touched.
 fn release_freed_memory() {
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let last = LAST.load(Ordering::Relaxed);
     if now < last + crate::limits::TRIM_INTERVAL_SECS
         || LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
@@ -1163,7 +1185,8 @@ pub unsafe fn peek_preface(c: *mut ffi::conn_rec) -> bool {
     // SAFETY: a speculative read leaves the bytes for whoever reads next.
     unsafe {
         let bb = BrigadeRef::create((*c).pool, (*c).bucket_alloc);
-        let rv = ffi::ap_get_brigade((*c).input_filters, bb.as_ptr(), ffi::AP_MODE_SPECULATIVE, ffi::APR_BLOCK_READ, 24);
+        let rv =
+            ffi::ap_get_brigade((*c).input_filters, bb.as_ptr(), ffi::AP_MODE_SPECULATIVE, ffi::APR_BLOCK_READ, 24);
         let mut got: Vec<u8> = Vec::with_capacity(24);
         if rv == status::SUCCESS {
             let mut cur = bb.first();

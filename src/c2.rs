@@ -75,9 +75,7 @@ pub unsafe fn child_init(pchild: *mut ffi::apr_pool_t) {
     }
     let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
     // SAFETY: creates an unconnected socket in the child pool.
-    let rv = unsafe {
-        ffi::apr_socket_create(&mut sock, libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP, pchild)
-    };
+    let rv = unsafe { ffi::apr_socket_create(&mut sock, libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP, pchild) };
     if rv == 0 {
         DUMMY_SOCKET.store(sock, Ordering::Release);
     }
@@ -458,8 +456,8 @@ impl C2 {
             // Filters that could wait or grow the body (rate limits,
             // includes running subrequests, compression) keep the URL on
             // workers.
-            outcome.static_file = outcome.static_file
-                && apr::filter_chain_all((*r).output_filters, fastpath::harmless_output_filter);
+            outcome.static_file =
+                outcome.static_file && apr::filter_chain_all((*r).output_filters, fastpath::harmless_output_filter);
         }
         outcome
     }
@@ -518,7 +516,9 @@ impl ThreadUsage {
             }
             ru
         };
-        let tv = |t: libc::timeval| std::time::Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.clamp(0, 999_999) * 1000) as u32);
+        let tv = |t: libc::timeval| {
+            std::time::Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.clamp(0, 999_999) * 1000) as u32)
+        };
         Some(ThreadUsage { voluntary_switches: ru.ru_nvcsw, cpu: tv(ru.ru_utime) + tv(ru.ru_stime) })
     }
 }
@@ -828,11 +828,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
                 return rv;
             }
         };
-        let result = if ctx.response_set {
-            stream.write_output(data)
-        } else {
-            interim_text(ctx, &stream, data)
-        };
+        let result = if ctx.response_set { stream.write_output(data) } else { interim_text(ctx, &stream, data) };
         b.delete();
         if let Err(e) = result {
             // SAFETY: the c2 is ours.
@@ -875,7 +871,11 @@ fn copy_file_region(
         // SAFETY: reads at most n bytes into a buffer of n bytes.
         let got = unsafe { libc::pread(fd, buf.as_mut_ptr() as *mut libc::c_void, n, offset as libc::off_t) };
         if got <= 0 {
-            return Err(if got == 0 { status::EOF } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) });
+            return Err(if got == 0 {
+                status::EOF
+            } else {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+            });
         }
         let got = got as usize;
         stream.write_output(&buf[..got]).map_err(stream_error_status)?;
@@ -914,8 +914,12 @@ fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), Str
                 stream.write_output(&rest)?;
             }
             Parsed::Invalid => {
-                crate::clog!(ctx.c1, crate::log::Level::Error,
-                    "h2rs: stream {}: the handler wrote bytes that are not an HTTP response head", stream.id);
+                crate::clog!(
+                    ctx.c1,
+                    crate::log::Level::Error,
+                    "h2rs: stream {}: the handler wrote bytes that are not an HTTP response head",
+                    stream.id
+                );
                 return Err(StreamError::Aborted);
             }
         }
@@ -927,8 +931,13 @@ fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), Str
 /// (see `websocket::judge`): the refusal ends the stream, the handler's
 /// body is dropped.
 fn refuse_tunnel(ctx: &mut C2Ctx, stream: &Stream, refusal: ResponseHead) -> Result<(), StreamError> {
-    crate::clog!(ctx.c1, crate::log::Level::Info,
-        "h2rs: stream {}: the handler did not open a WebSocket, answering {}", stream.id, refusal.status);
+    crate::clog!(
+        ctx.c1,
+        crate::log::Level::Info,
+        "h2rs: stream {}: the handler did not open a WebSocket, answering {}",
+        stream.id,
+        refusal.status
+    );
     stream.set_response(refusal)?;
     stream.end_output(None);
     ctx.response_set = true;
@@ -1001,8 +1010,11 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
                     }
                 }
                 None => {
-                    crate::log::request(r, crate::log::Level::Error,
-                        "h2rs: a response header field contains invalid characters, answering 500");
+                    crate::log::request(
+                        r,
+                        crate::log::Level::Error,
+                        "h2rs: a response header field contains invalid characters, answering 500",
+                    );
                     brigade.cleanup();
                     if (*r).status != 500 {
                         TableRef::from_raw((*r).headers_out).map(|t| t.clear());
@@ -1212,8 +1224,11 @@ pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
 /// # Safety
 /// `c` must be a live connection used by the calling thread; `pfd` a valid
 /// apr_pollfd_t.
-pub unsafe fn pollfd(c: *mut ffi::conn_rec, pfd: *mut ffi::apr_pollfd_t, timeout: *mut ffi::apr_interval_time_t)
-    -> ffi::apr_status_t {
+pub unsafe fn pollfd(
+    c: *mut ffi::conn_rec,
+    pfd: *mut ffi::apr_pollfd_t,
+    timeout: *mut ffi::apr_interval_time_t,
+) -> ffi::apr_status_t {
     // SAFETY: caller contract.
     let Some(ctx) = (unsafe { ctx_of(c) }) else { return status::ENOTIMPL };
     let Some(stream) = ctx.stream.clone() else { return status::ENOTIMPL };
@@ -1227,7 +1242,12 @@ pub unsafe fn pollfd(c: *mut ffi::conn_rec, pfd: *mut ffi::apr_pollfd_t, timeout
                 w
             }
             Err(e) => {
-                crate::clog!(ctx.c1, crate::log::Level::Error, "h2rs: stream {}: no socket pair for polling: {e}", stream.id);
+                crate::clog!(
+                    ctx.c1,
+                    crate::log::Level::Error,
+                    "h2rs: stream {}: no socket pair for polling: {e}",
+                    stream.id
+                );
                 return status::EGENERAL;
             }
         },

@@ -229,9 +229,8 @@ fn parse_flag(directive: &str, arg: &str) -> Result<bool, String> {
 }
 
 fn parse_num(directive: &str, arg: &str, min: u64, max: u64) -> Result<u64, String> {
-    let value: u64 = arg.trim().parse().map_err(|_| {
-        format!("{directive}: '{arg}' is not a number (allowed: {min} to {max})")
-    })?;
+    let value: u64 =
+        arg.trim().parse().map_err(|_| format!("{directive}: '{arg}' is not a number (allowed: {min} to {max})"))?;
     if value < min || value > max {
         return Err(format!("{directive}: {value} is out of range (allowed: {min} to {max})"));
     }
@@ -372,10 +371,7 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             expect_args(d, args, 2, 3)?;
             let dependency = args[1].to_ascii_lowercase();
             if !matches!(dependency.as_str(), "after" | "before" | "interleaved") {
-                return Err(format!(
-                    "{d}: dependency '{}' is not one of After, Before, Interleaved",
-                    args[1]
-                ));
+                return Err(format!("{d}: dependency '{}' is not one of After, Before, Interleaved", args[1]));
             }
             let weight = match args.get(2) {
                 Some(w) => Some(parse_num(d, w, 1, 256)? as u32),

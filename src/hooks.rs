@@ -71,7 +71,11 @@ pub unsafe extern "C" fn h2rs_create_dir_config(p: *mut ffi::apr_pool_t, _dir: *
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn h2rs_merge_dir_config(p: *mut ffi::apr_pool_t, base: *mut c_void, add: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn h2rs_merge_dir_config(
+    p: *mut ffi::apr_pool_t,
+    base: *mut c_void,
+    add: *mut c_void,
+) -> *mut c_void {
     guard("merge_dir_config", ptr::null_mut(), || merge_config(p, base, add, DirConfig::merge))
 }
 
@@ -143,8 +147,8 @@ pub unsafe extern "C" fn h2rs_post_config(
         ffi::panic::install_hook();
         // httpd runs post_config twice at start; speak only on the real run.
         // SAFETY: ap_state_query has no preconditions.
-        let dry_run = unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) }
-            == ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int;
+        let dry_run =
+            unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) } == ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int;
         let mpm = mpm_name();
         let supported = mpm != "prefork.c";
         MPM_SUPPORTED.store(supported, Ordering::Release);
@@ -162,7 +166,9 @@ pub unsafe extern "C" fn h2rs_post_config(
             let mut warned_obsolete = false;
             while !srv.is_null() {
                 if let Some(cfg) = c1::server_config(srv) {
-                    if !warned_push && (cfg.push == Some(true) || !cfg.push_resources.is_empty() || !cfg.push_priorities.is_empty()) {
+                    if !warned_push
+                        && (cfg.push == Some(true) || !cfg.push_resources.is_empty() || !cfg.push_priorities.is_empty())
+                    {
                         warned_push = true;
                         slog!(srv, Level::Warn,
                             "mod_h2rs: HTTP/2 server push is not provided (browsers removed it); H2Push, H2PushResource and H2PushPriority have no effect");
@@ -173,7 +179,11 @@ pub unsafe extern "C" fn h2rs_post_config(
                     }
                     if let (Some(min), Some(max)) = (cfg.min_workers, cfg.max_workers) {
                         if min > max {
-                            slog!(srv, Level::Warn, "mod_h2rs: H2MinWorkers {min} is above H2MaxWorkers {max}; using {min} for both");
+                            slog!(
+                                srv,
+                                Level::Warn,
+                                "mod_h2rs: H2MinWorkers {min} is above H2MaxWorkers {max}; using {min} for both"
+                            );
                         }
                     }
                 }
@@ -463,7 +473,11 @@ unsafe fn negotiation_server(
 ///
 /// # Safety
 /// `r` must be a live request on `c`.
-unsafe fn upgrade_settings(c: *mut ffi::conn_rec, r: *mut ffi::request_rec, s: *mut ffi::server_rec) -> Option<Vec<u8>> {
+unsafe fn upgrade_settings(
+    c: *mut ffi::conn_rec,
+    r: *mut ffi::request_rec,
+    s: *mut ffi::server_rec,
+) -> Option<Vec<u8>> {
     // SAFETY: caller contract; tables belong to the request.
     unsafe {
         if (*c).keepalives > 0 || ffi::ap_ssl_conn_is_ssl(c) != 0 {
@@ -478,9 +492,7 @@ unsafe fn upgrade_settings(c: *mut ffi::conn_rec, r: *mut ffi::request_rec, s: *
         let headers = crate::apr::TableRef::from_raw((*r).headers_in)?;
         let settings = headers.get(c"HTTP2-Settings")?;
         let connection = headers.get(c"Connection").unwrap_or(b"");
-        let named = connection
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"http2-settings"));
+        let named = connection.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"http2-settings"));
         if !named {
             return None;
         }
@@ -663,7 +675,10 @@ pub unsafe extern "C" fn h2rs_c2_net_in(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn h2rs_c2_net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade) -> ffi::apr_status_t {
+pub unsafe extern "C" fn h2rs_c2_net_out(
+    f: *mut ffi::ap_filter_t,
+    bb: *mut ffi::apr_bucket_brigade,
+) -> ffi::apr_status_t {
     // SAFETY: httpd's filter call contract.
     guard("c2 output filter", crate::apr::status::EGENERAL, || unsafe { c2::net_out(f, bb) })
 }

@@ -15,23 +15,23 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod ffi;
 pub mod apr;
-pub mod log;
-pub mod limits;
-pub mod config;
-pub mod nghttp2;
-pub mod request;
-pub mod websocket;
-pub mod negotiation;
-pub mod stream;
-pub mod fastpath;
-pub mod session;
-pub mod signal;
-pub mod workers;
-pub mod park;
 pub mod c1;
 pub mod c2;
-pub mod response;
+pub mod config;
+pub mod fastpath;
+pub mod ffi;
 pub mod hooks;
+pub mod limits;
+pub mod log;
+pub mod negotiation;
+pub mod nghttp2;
+pub mod park;
 pub mod proxy;
+pub mod request;
+pub mod response;
+pub mod session;
+pub mod signal;
+pub mod stream;
+pub mod websocket;
+pub mod workers;

@@ -51,7 +51,10 @@ pub fn decode_http2_settings(value: &[u8]) -> Option<Vec<u8>> {
     if bits >= 6 || out.len() % 6 != 0 || out.len() > 6 * crate::limits::MAX_SETTINGS {
         return None;
     }
-    if !out.chunks_exact(6).all(|e| setting_valid(u16::from_be_bytes([e[0], e[1]]), u32::from_be_bytes([e[2], e[3], e[4], e[5]]))) {
+    if !out
+        .chunks_exact(6)
+        .all(|e| setting_valid(u16::from_be_bytes([e[0], e[1]]), u32::from_be_bytes([e[2], e[3], e[4], e[5]])))
+    {
         return None;
     }
     Some(out)
@@ -112,13 +115,28 @@ mod tests {
     fn tls_rules() {
         assert!(tls_version_acceptable("TLSv1.2") && tls_version_acceptable("TLSv1.3"));
         assert!(!tls_version_acceptable("TLSv1.1") && !tls_version_acceptable("SSLv3"));
-        for ok in ["TLS_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305",
-                   "DHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-CCM", "DHE-PSK-AES128-GCM-SHA256"] {
+        for ok in [
+            "TLS_AES_128_GCM_SHA256",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            "DHE-RSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-AES128-CCM",
+            "DHE-PSK-AES128-GCM-SHA256",
+        ] {
             assert!(cipher_acceptable(ok), "{ok}");
         }
-        for bad in ["AES128-SHA", "AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES128-SHA256",
-                    "DES-CBC3-SHA", "RC4-SHA", "PSK-AES128-GCM-SHA256", "RSA-PSK-AES128-GCM-SHA256",
-                    "EDH-RSA-DES-CBC3-SHA", "NULL-SHA"] {
+        for bad in [
+            "AES128-SHA",
+            "AES128-GCM-SHA256",
+            "ECDHE-RSA-AES128-SHA",
+            "ECDHE-RSA-AES128-SHA256",
+            "DES-CBC3-SHA",
+            "RC4-SHA",
+            "PSK-AES128-GCM-SHA256",
+            "RSA-PSK-AES128-GCM-SHA256",
+            "EDH-RSA-DES-CBC3-SHA",
+            "NULL-SHA",
+        ] {
             assert!(!cipher_acceptable(bad), "{bad}");
         }
     }

@@ -186,9 +186,7 @@ pub struct NgError(pub i32);
 impl NgError {
     pub fn message(&self) -> String {
         // SAFETY: nghttp2_strerror returns a static NUL-terminated string.
-        unsafe { std::ffi::CStr::from_ptr(ng::nghttp2_strerror(self.0)) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { std::ffi::CStr::from_ptr(ng::nghttp2_strerror(self.0)) }.to_string_lossy().into_owned()
     }
 
     /// The peer flooded us with frames that need answers (nghttp2's
@@ -325,9 +323,7 @@ impl<'a> Ops<'a> {
         let iv: Vec<ng::nghttp2_settings_entry> =
             entries.iter().map(|&(id, value)| ng::nghttp2_settings_entry { settings_id: id, value }).collect();
         // SAFETY: iv is a valid array of iv.len() entries; nghttp2 copies it.
-        check(unsafe {
-            ng::nghttp2_submit_settings(self.raw, ng::NGHTTP2_FLAG_NONE as u8, iv.as_ptr(), iv.len())
-        })
+        check(unsafe { ng::nghttp2_submit_settings(self.raw, ng::NGHTTP2_FLAG_NONE as u8, iv.as_ptr(), iv.len()) })
     }
 
     /// Sets our receive window for the connection (stream 0) or a stream.
@@ -443,9 +439,8 @@ impl<'a> Ops<'a> {
         };
         let dp = if body { &provider as *const _ } else { ptr::null() };
         // SAFETY: as for submit_response.
-        let id = unsafe {
-            ng::nghttp2_submit_request2(self.raw, ptr::null(), nva.as_ptr(), nva.len(), dp, ptr::null_mut())
-        };
+        let id =
+            unsafe { ng::nghttp2_submit_request2(self.raw, ptr::null(), nva.as_ptr(), nva.len(), dp, ptr::null_mut()) };
         check(id)?;
         Ok(id)
     }
@@ -469,9 +464,7 @@ impl<'a> Ops<'a> {
     /// until the peer's first SETTINGS frame arrives).
     pub fn remote_max_concurrent(&self) -> u32 {
         // SAFETY: live session; reads one setting.
-        unsafe {
-            ng::nghttp2_session_get_remote_settings(self.raw, ng::NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
-        }
+        unsafe { ng::nghttp2_session_get_remote_settings(self.raw, ng::NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS) }
     }
 
     /// Whether the stream is still known to nghttp2 (open or half-closed).
@@ -560,7 +553,11 @@ impl<H: Handler> Session<H> {
             ng::nghttp2_option_set_no_auto_window_update(opt, options.manual_window_update as c_int);
             ng::nghttp2_option_set_max_send_header_block_length(opt, options.max_send_header_block);
             ng::nghttp2_option_set_max_deflate_dynamic_table_size(opt, options.max_deflate_table);
-            ng::nghttp2_option_set_stream_reset_rate_limit(opt, options.stream_reset_rate.0, options.stream_reset_rate.1);
+            ng::nghttp2_option_set_stream_reset_rate_limit(
+                opt,
+                options.stream_reset_rate.0,
+                options.stream_reset_rate.1,
+            );
             ng::nghttp2_option_set_max_continuations(opt, options.max_continuations);
             ng::nghttp2_option_set_max_settings(opt, options.max_settings);
             ng::nghttp2_option_set_max_outbound_ack(opt, options.max_outbound_ack);
@@ -870,31 +867,35 @@ unsafe extern "C" fn read_data_cb<H: Handler>(
     _source: *mut ng::nghttp2_data_source,
     user_data: *mut c_void,
 ) -> ng::nghttp2_ssize {
-    crate::ffi::panic::guard("nghttp2 read_data", ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE as ng::nghttp2_ssize, || {
-        // SAFETY: nghttp2 gives a writable buffer of `length` bytes.
-        let (h, b) = unsafe { (handler::<H>(user_data), std::slice::from_raw_parts_mut(buf, length)) };
-        let mut o = ops(session);
-        let (n, eof, trailers, no_copy) = match h.read_data(&mut o, stream_id, b) {
-            DataRead::Data { n, eof, trailers } => (n, eof, trailers, false),
-            DataRead::NoCopy { n, eof, trailers } => (n, eof, trailers, true),
-            DataRead::Deferred => return ng::NGHTTP2_ERR_DEFERRED as ng::nghttp2_ssize,
-            DataRead::Error => return ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE as ng::nghttp2_ssize,
-        };
-        let mut f = if no_copy { ng::NGHTTP2_DATA_FLAG_NO_COPY } else { 0u32 };
-        if eof {
-            f |= ng::NGHTTP2_DATA_FLAG_EOF;
-            if let Some(t) = trailers {
-                f |= ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
-                if o.submit_trailer(stream_id, &t).is_err() {
-                    // Without its trailer the stream would never end.
-                    f &= !ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    crate::ffi::panic::guard(
+        "nghttp2 read_data",
+        ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE as ng::nghttp2_ssize,
+        || {
+            // SAFETY: nghttp2 gives a writable buffer of `length` bytes.
+            let (h, b) = unsafe { (handler::<H>(user_data), std::slice::from_raw_parts_mut(buf, length)) };
+            let mut o = ops(session);
+            let (n, eof, trailers, no_copy) = match h.read_data(&mut o, stream_id, b) {
+                DataRead::Data { n, eof, trailers } => (n, eof, trailers, false),
+                DataRead::NoCopy { n, eof, trailers } => (n, eof, trailers, true),
+                DataRead::Deferred => return ng::NGHTTP2_ERR_DEFERRED as ng::nghttp2_ssize,
+                DataRead::Error => return ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE as ng::nghttp2_ssize,
+            };
+            let mut f = if no_copy { ng::NGHTTP2_DATA_FLAG_NO_COPY } else { 0u32 };
+            if eof {
+                f |= ng::NGHTTP2_DATA_FLAG_EOF;
+                if let Some(t) = trailers {
+                    f |= ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                    if o.submit_trailer(stream_id, &t).is_err() {
+                        // Without its trailer the stream would never end.
+                        f &= !ng::NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                    }
                 }
             }
-        }
-        // SAFETY: data_flags is a valid out-pointer from nghttp2.
-        unsafe { *data_flags = f };
-        n.min(length) as ng::nghttp2_ssize
-    })
+            // SAFETY: data_flags is a valid out-pointer from nghttp2.
+            unsafe { *data_flags = f };
+            n.min(length) as ng::nghttp2_ssize
+        },
+    )
 }
 
 /// Writes a no-copy DATA frame into the buffer `mem_send` is filling:

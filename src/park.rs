@@ -149,9 +149,7 @@ impl Parking {
             if s == DEAD {
                 return;
             }
-            if s != CLOSING
-                && self.state.compare_exchange(s, DEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
-            {
+            if s != CLOSING && self.state.compare_exchange(s, DEAD, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 break;
             }
             std::thread::yield_now();
@@ -256,10 +254,7 @@ pub fn start_clock() {
         return;
     }
     CLOCK.queue.lock().stop = false;
-    *t = std::thread::Builder::new()
-        .name("h2rs-idle-clock".into())
-        .spawn(clock_main)
-        .ok();
+    *t = std::thread::Builder::new().name("h2rs-idle-clock".into()).spawn(clock_main).ok();
 }
 
 /// Stops and joins the clock thread (child exit).

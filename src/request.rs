@@ -288,7 +288,12 @@ impl RequestBuilder {
     /// Completes a trailer block (no pseudo headers allowed).
     pub fn finish_trailers(self) -> Result<Headers, HeaderError> {
         let h = &self.head;
-        if self.method.is_some() || h.scheme.is_some() || h.authority.is_some() || h.path.is_some() || h.protocol.is_some() {
+        if self.method.is_some()
+            || h.scheme.is_some()
+            || h.authority.is_some()
+            || h.path.is_some()
+            || h.protocol.is_some()
+        {
             return Err(HeaderError::Malformed("pseudo header in trailers"));
         }
         let mut headers = self.head.headers;
@@ -298,7 +303,6 @@ impl RequestBuilder {
         Ok(headers)
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -312,7 +316,8 @@ mod tests {
         b.finish(true)
     }
 
-    const GET: [(&str, &str); 4] = [(":method", "GET"), (":scheme", "http"), (":authority", "example.org"), (":path", "/a?b")];
+    const GET: [(&str, &str); 4] =
+        [(":method", "GET"), (":scheme", "http"), (":authority", "example.org"), (":path", "/a?b")];
 
     #[test]
     fn plain_get() {
@@ -357,7 +362,13 @@ mod tests {
     fn connect_forms() {
         let h = build(&[(":method", "CONNECT"), (":authority", "x:443")], Limits::default()).unwrap();
         assert_eq!(h.method, b"CONNECT");
-        let extended = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":path", "/ws"), (":authority", "x")];
+        let extended = [
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "https"),
+            (":path", "/ws"),
+            (":authority", "x"),
+        ];
         let allowed = Limits { extended_connect: true, ..Limits::default() };
         let h = build(&extended, allowed).unwrap();
         assert_eq!(h.protocol.as_deref(), Some(&b"websocket"[..]));

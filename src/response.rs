@@ -303,7 +303,8 @@ pub unsafe fn build_response(r: *mut ffi::request_rec) -> Option<ResponseHead> {
                 out.setn(c"Server".as_ptr(), banner);
             }
         }
-        let mut head = ResponseHead { status: (*r).status.clamp(100, 999) as u16, headers: Headers::with_capacity(12, 512) };
+        let mut head =
+            ResponseHead { status: (*r).status.clamp(100, 999) as u16, headers: Headers::with_capacity(12, 512) };
         let mut ok = true;
         out.for_each(|k, v| {
             if !add_response_field(&mut head.headers, k, v) {

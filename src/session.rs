@@ -17,8 +17,8 @@
 //!  worker done && closed -> Retire (request logged, c2 released), entry gone
 //! ```
 
-use crate::nghttp2::{self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, NgError, Ops};
 use crate::limits::{self, RateLimit};
+use crate::nghttp2::{self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, NgError, Ops};
 use crate::request::{HeaderError, Limits, RequestBuilder};
 use crate::signal::Signal;
 use crate::stream::{Outcome, Output, Retire, Stream};
@@ -1019,10 +1019,7 @@ impl<D: Dispatch> Session<D> {
             .entries
             .values()
             .filter(|e| {
-                e.stream
-                    .as_ref()
-                    .map(|s| s.worker_state() != Some(crate::stream::WorkerState::Done))
-                    .unwrap_or(false)
+                e.stream.as_ref().map(|s| s.worker_state() != Some(crate::stream::WorkerState::Done)).unwrap_or(false)
             })
             .count()
     }
@@ -1038,7 +1035,9 @@ impl<D: Dispatch> Session<D> {
                 let (stream_window, conn_window) = ops.send_windows(*id);
                 format!(
                     "[stream {id}: submitted {}, deferred {}, closed {}, windows {stream_window}/{conn_window}, {}]",
-                    e.submitted, e.deferred, e.closed,
+                    e.submitted,
+                    e.deferred,
+                    e.closed,
                     e.stream.as_ref().map(|s| s.describe()).unwrap_or_else(|| "no request yet".into())
                 )
             })
@@ -1113,7 +1112,9 @@ impl<D: Dispatch> Session<D> {
         let done: Vec<i32> = core
             .entries
             .iter()
-            .filter(|(_, e)| e.stream.as_ref().map(|s| s.worker_state() == Some(crate::stream::WorkerState::Done)).unwrap_or(true))
+            .filter(|(_, e)| {
+                e.stream.as_ref().map(|s| s.worker_state() == Some(crate::stream::WorkerState::Done)).unwrap_or(true)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in done {
@@ -1255,7 +1256,10 @@ pub(crate) mod tests {
             let s = self.streams.entry(f.stream_id).or_default();
             if n == b":status" {
                 s.status = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
-            } else if s.status.is_some() && f.headers_category == headers_category::HEADERS && s.status.unwrap_or(0) >= 200 {
+            } else if s.status.is_some()
+                && f.headers_category == headers_category::HEADERS
+                && s.status.unwrap_or(0) >= 200
+            {
                 s.trailers.push((n.to_vec(), v.to_vec()));
             } else {
                 s.headers.push((n.to_vec(), v.to_vec()));
@@ -1297,7 +1301,8 @@ pub(crate) mod tests {
     impl Pair {
         pub fn new(settings: Settings, handler: fn(Arc<Stream>)) -> Pair {
             let signal = Arc::new(Signal::new().unwrap());
-            let server = Session::new(settings, signal, ThreadDispatch { handler, threads: vec![], here: nowhere }).unwrap();
+            let server =
+                Session::new(settings, signal, ThreadDispatch { handler, threads: vec![], here: nowhere }).unwrap();
             let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
             client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)]).unwrap();
             client.ops().set_local_window_size(0, 1 << 30).unwrap();
@@ -1360,8 +1365,12 @@ pub(crate) mod tests {
                 if until(self.client.handler_ref()) {
                     return;
                 }
-                assert!(std::time::Instant::now() < deadline, "pump timed out: {:?} {:?}",
-                    self.client.handler_ref().streams, self.client.handler_ref().rst_received);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "pump timed out: {:?} {:?}",
+                    self.client.handler_ref().streams,
+                    self.client.handler_ref().rst_received
+                );
                 if sent > 0 || received > 0 {
                     continue;
                 }
@@ -1385,10 +1394,12 @@ pub(crate) mod tests {
     fn many_concurrent_streams_byte_exact() {
         let mut p = Pair::new(Settings::default(), echo);
         let sizes = [0usize, 1, 1000, 16384, 16385, 100_000, 300_000];
-        let ids: Vec<(i32, usize)> = (0..40).map(|i| {
-            let n = sizes[i % sizes.len()];
-            (p.get(&format!("/f?n={n}")), n)
-        }).collect();
+        let ids: Vec<(i32, usize)> = (0..40)
+            .map(|i| {
+                let n = sizes[i % sizes.len()];
+                (p.get(&format!("/f?n={n}")), n)
+            })
+            .collect();
         p.pump(closed(ids.iter().map(|x| x.0).collect()));
         for (id, n) in ids {
             let s = &p.client.handler_ref().streams[&id];
@@ -1639,7 +1650,15 @@ pub(crate) mod tests {
         settings.limits.max_fields = 2;
         let mut p = Pair::new(settings, echo);
         let mut h = Headers::new();
-        for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "t"), (":path", "/"), ("a", "1"), ("b", "2"), ("c", "3")] {
+        for (n, v) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "t"),
+            (":path", "/"),
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "3"),
+        ] {
             h.push(n.as_bytes(), v.as_bytes());
         }
         let id = p.client.ops().submit_request::<Client>(&h, false).unwrap();
@@ -1686,7 +1705,9 @@ pub(crate) mod tests {
     fn content_length_mismatch_is_reset() {
         let mut p = Pair::new(Settings::default(), echo);
         let mut h = Headers::new();
-        for (n, v) in [(":method", "POST"), (":scheme", "http"), (":authority", "t"), (":path", "/"), ("content-length", "3")] {
+        for (n, v) in
+            [(":method", "POST"), (":scheme", "http"), (":authority", "t"), (":path", "/"), ("content-length", "3")]
+        {
             h.push(n.as_bytes(), v.as_bytes());
         }
         let id = p.client.ops().submit_request::<Client>(&h, true).unwrap();

@@ -130,9 +130,8 @@ impl SocketSignal {
         loop {
             // SAFETY: receiving into a valid buffer of its stated length from
             // our nonblocking socket.
-            let n = unsafe {
-                libc::recv(self.read_end.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.read_end.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n < buf.len() as isize {
                 break; // drained (short read, EAGAIN or an error)
             }

@@ -733,8 +733,7 @@ impl Stream {
     pub fn flush(&self) {
         let wake = {
             let mut io = self.io.lock();
-            let wake = (io.c1_waiting && !io.output.is_empty())
-                || (io.response.is_some() && !io.response_taken);
+            let wake = (io.c1_waiting && !io.output.is_empty()) || (io.response.is_some() && !io.response_taken);
             if wake {
                 io.c1_waiting = false;
             }

@@ -233,8 +233,14 @@ mod tests {
     #[test]
     fn verdicts() {
         let accept = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-        let ok = response(101, &[("upgrade", "websocket"), ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
-            ("sec-websocket-protocol", "chat")]);
+        let ok = response(
+            101,
+            &[
+                ("upgrade", "websocket"),
+                ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+                ("sec-websocket-protocol", "chat"),
+            ],
+        );
         match judge(&ok, accept) {
             Verdict::Open(head) => {
                 assert_eq!(head.status, 200);

@@ -25,10 +25,10 @@
 //! it runs httpd code, and has a slot number that keeps secondary connection
 //! ids unique (`(c1->id << 8) ^ slot`).
 
+use crate::signal::Signal;
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use crate::signal::Signal;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -215,10 +215,8 @@ impl Pool {
             }
         };
         let s = self.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("{name}-{slot}"))
-            .stack_size(8 * 1024 * 1024)
-            .spawn(move || {
+        let spawned =
+            std::thread::Builder::new().name(format!("{name}-{slot}")).stack_size(8 * 1024 * 1024).spawn(move || {
                 body(slot);
                 s.slots.lock()[slot as usize] = false;
             });

@@ -57,10 +57,7 @@ impl BrigadeRef {
     ///
     /// # Safety
     /// `pool` and `alloc` must be live and owned by the calling thread.
-    pub unsafe fn create(
-        pool: *mut ffi::apr_pool_t,
-        alloc: *mut ffi::apr_bucket_alloc_t,
-    ) -> BrigadeRef {
+    pub unsafe fn create(pool: *mut ffi::apr_pool_t, alloc: *mut ffi::apr_bucket_alloc_t) -> BrigadeRef {
         // SAFETY: caller contract; apr_brigade_create never returns NULL.
         let bb = unsafe { ffi::apr_brigade_create(pool, alloc) };
         BrigadeRef(NonNull::new(bb).expect("apr_brigade_create returned NULL"))

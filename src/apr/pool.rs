@@ -43,9 +43,7 @@ impl PoolRef {
     pub fn strdup(self, bytes: &[u8]) -> *mut c_char {
         // SAFETY: apr_pstrmemdup copies `len` bytes from a valid slice and
         // appends a NUL; the pool is live.
-        unsafe {
-            ffi::apr_pstrmemdup(self.as_ptr(), bytes.as_ptr() as *const c_char, bytes.len() as _)
-        }
+        unsafe { ffi::apr_pstrmemdup(self.as_ptr(), bytes.as_ptr() as *const c_char, bytes.len() as _) }
     }
 
     /// Ties `value` to the pool: it is dropped when the pool is cleared or
@@ -78,11 +76,7 @@ impl PoolRef {
     ///
     /// # Safety
     /// `data` must stay valid until the cleanup has run.
-    pub unsafe fn pre_cleanup(
-        self,
-        data: *const c_void,
-        f: unsafe extern "C" fn(*mut c_void) -> ffi::apr_status_t,
-    ) {
+    pub unsafe fn pre_cleanup(self, data: *const c_void, f: unsafe extern "C" fn(*mut c_void) -> ffi::apr_status_t) {
         // SAFETY: caller guarantees `data`; the pool is live.
         unsafe { ffi::apr_pool_pre_cleanup_register(self.as_ptr(), data, Some(f)) }
     }

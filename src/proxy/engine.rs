@@ -21,7 +21,9 @@
 use super::task::Task;
 use super::tls::{self, Handshake, Ssl};
 use crate::log::Level;
-use crate::nghttp2::{self, error_code, flags, frame_type, settings_id, DataRead, Flow, FrameInfo, Handler, Ops, Session};
+use crate::nghttp2::{
+    self, error_code, flags, frame_type, settings_id, DataRead, Flow, FrameInfo, Handler, Ops, Session,
+};
 use crate::signal::EventFd;
 use crate::slog;
 use crate::stream::{Headers, ResponseHead};
@@ -67,7 +69,11 @@ impl Engine {
     pub fn start(threads: usize, start: Option<ThreadStart>) -> std::io::Result<Arc<Engine>> {
         let mut loops = Vec::new();
         for _ in 0..threads.max(1) {
-            loops.push(Arc::new(Loop { queue: Mutex::new(Vec::new()), wake: EventFd::new()?, stopping: AtomicBool::new(false) }));
+            loops.push(Arc::new(Loop {
+                queue: Mutex::new(Vec::new()),
+                wake: EventFd::new()?,
+                stopping: AtomicBool::new(false),
+            }));
         }
         let engine = Arc::new(Engine { loops, threads: Mutex::new(Vec::new()) });
         for (i, lp) in engine.loops.iter().enumerate() {
@@ -201,9 +207,14 @@ impl Handler for Backend {
             frame_type::SETTINGS if frame.stream_id == 0 && !frame.has(flags::ACK) => self.settings_seen = true,
             frame_type::GOAWAY => {
                 self.goaway = Some(frame.last_stream_id);
-                slog!(std::ptr::null::<crate::ffi::server_rec>(), Level::Info,
+                slog!(
+                    std::ptr::null::<crate::ffi::server_rec>(),
+                    Level::Info,
                     "h2rs proxy: backend {} sent GOAWAY (last stream {}, code {}): draining the connection",
-                    self.backend, frame.last_stream_id, frame.error_code);
+                    self.backend,
+                    frame.last_stream_id,
+                    frame.error_code
+                );
             }
             frame_type::HEADERS => {
                 let Some(bs) = self.touch(frame.stream_id) else { return Flow::Continue };
@@ -265,9 +276,14 @@ impl Handler for Backend {
             self.retry.push(task);
             return Flow::Continue;
         }
-        slog!(std::ptr::null::<crate::ffi::server_rec>(), Level::Error,
-            "h2rs proxy: backend {} reset stream {} (error code {code}){}", self.backend, stream_id,
-            if task.response_started() { " in the middle of the response" } else { ", answering 502" });
+        slog!(
+            std::ptr::null::<crate::ffi::server_rec>(),
+            Level::Error,
+            "h2rs proxy: backend {} reset stream {} (error code {code}){}",
+            self.backend,
+            stream_id,
+            if task.response_started() { " in the middle of the response" } else { ", answering 502" }
+        );
         task.fail(502);
         Flow::Continue
     }
@@ -571,8 +587,13 @@ impl Conn {
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: SO_ERROR writes one int into `err`.
         let rv = unsafe {
-            libc::getsockopt(self.sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR,
-                &mut err as *mut libc::c_int as *mut libc::c_void, &mut len)
+            libc::getsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
         };
         if rv < 0 || err != 0 {
             let e = if rv < 0 { std::io::Error::last_os_error() } else { std::io::Error::from_raw_os_error(err) };
@@ -776,8 +797,10 @@ impl LoopState {
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);
                 } else if now > bs.deadline {
-                    log_error(&format!("backend {backend}: no answer on stream {id} within {:?}, answering 504",
-                        bs.task.spec.timeout));
+                    log_error(&format!(
+                        "backend {backend}: no answer on stream {id} within {:?}, answering 504",
+                        bs.task.spec.timeout
+                    ));
                     bs.task.fail(504);
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);
@@ -839,8 +862,11 @@ impl LoopState {
                     retry.push(task);
                     continue;
                 }
-                log_error(&format!("backend {}: {reason} (stream {id}){}", h.backend,
-                    if task.response_started() { ", response aborted" } else { ", answering 502" }));
+                log_error(&format!(
+                    "backend {}: {reason} (stream {id}){}",
+                    h.backend,
+                    if task.response_started() { ", response aborted" } else { ", answering 502" }
+                ));
                 task.fail(502);
             }
             retry.append(&mut h.retry);

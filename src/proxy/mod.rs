@@ -132,8 +132,11 @@ unsafe fn canon(r: *mut ffi::request_rec, url: *mut c_char) -> c_int {
         let err = ffi::h2rs_shim_proxy_canon_netloc(pool.as_ptr(), &mut rest, &mut host, &mut port);
         if !err.is_null() || host.is_null() {
             let why = if err.is_null() { "no host".into() } else { CStr::from_ptr(err).to_string_lossy() };
-            crate::log::request(r, Level::Error, &format!("h2rs proxy: cannot parse the URL {}: {why}",
-                CStr::from_ptr(url).to_string_lossy()));
+            crate::log::request(
+                r,
+                Level::Error,
+                &format!("h2rs proxy: cannot parse the URL {}: {why}", CStr::from_ptr(url).to_string_lossy()),
+            );
             return ffi::HTTP_BAD_REQUEST as c_int;
         }
         let mut search: Option<&[u8]> = None;
@@ -404,7 +407,8 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         let timeout_us = if params.timeout >= 0 { params.timeout } else { (*(*r).server).timeout };
         let timeout = Duration::from_micros(timeout_us.max(1_000_000) as u64);
 
-        let (Some(hin), Some(env)) = (TableRef::from_raw((*r).headers_in), TableRef::from_raw((*r).subprocess_env)) else {
+        let (Some(hin), Some(env)) = (TableRef::from_raw((*r).headers_in), TableRef::from_raw((*r).subprocess_env))
+        else {
             return ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
         };
         let fields = hin.entries();
@@ -496,8 +500,13 @@ unsafe fn send_body(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine)
         let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
         let wait = task.spec.timeout;
         loop {
-            let rv = ffi::ap_get_brigade((*r).input_filters, bb.as_ptr(), ffi::AP_MODE_READBYTES,
-                ffi::APR_BLOCK_READ, 64 * 1024);
+            let rv = ffi::ap_get_brigade(
+                (*r).input_filters,
+                bb.as_ptr(),
+                ffi::AP_MODE_READBYTES,
+                ffi::APR_BLOCK_READ,
+                64 * 1024,
+            );
             if rv != 0 {
                 bb.cleanup();
                 crate::log::request(r, Level::Info, "h2rs proxy: reading the request body failed");
@@ -611,7 +620,8 @@ enum Pumped {
 }
 
 /// Response fields that are connection-specific.
-const RESPONSE_HOP_BY_HOP: &[&[u8]] = &[b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
+const RESPONSE_HOP_BY_HOP: &[&[u8]] =
+    &[b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
 
 /// Passes what the engine has for the request (at most `max_data` body
 /// bytes) through its output filters.
@@ -749,7 +759,9 @@ unsafe fn finish_request(r: *mut ffi::request_rec, end: End) {
 
 enum Slot {
     /// A thread runs the request; `dirty`: the engine had news meanwhile.
-    Running { dirty: bool },
+    Running {
+        dirty: bool,
+    },
     Parked(Parked),
     /// A resume job is queued.
     Scheduled,
@@ -934,10 +946,8 @@ mod tests {
             chain_auth: false,
         };
         let out = backend_fields(&h);
-        let got: Vec<(String, String)> = out
-            .iter()
-            .map(|(n, v)| (String::from_utf8_lossy(n).into(), String::from_utf8_lossy(v).into()))
-            .collect();
+        let got: Vec<(String, String)> =
+            out.iter().map(|(n, v)| (String::from_utf8_lossy(n).into(), String::from_utf8_lossy(v).into())).collect();
         let get = |n: &str| got.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         assert_eq!(got[0], (":method".into(), "GET".into()));
         assert_eq!(get(":authority"), Some("127.0.0.1:9"));

@@ -79,11 +79,7 @@ pub struct Taken {
 
 impl Taken {
     pub fn is_empty(&self) -> bool {
-        self.interims.is_empty()
-            && self.head.is_none()
-            && self.data.is_empty()
-            && !self.end
-            && self.failure.is_none()
+        self.interims.is_empty() && self.head.is_none() && self.data.is_empty() && !self.end && self.failure.is_none()
     }
 }
 
@@ -327,7 +323,9 @@ impl Task {
     /// Waits (blocking front) until there is news or `timeout` passes.
     pub fn wait_news(&self, timeout: Duration) {
         let mut s = self.state.lock();
-        let news = |s: &State| !s.interims.is_empty() || s.head.is_some() || !s.data.is_empty() || s.end || s.failure.is_some();
+        let news = |s: &State| {
+            !s.interims.is_empty() || s.head.is_some() || !s.data.is_empty() || s.end || s.failure.is_some()
+        };
         if !news(&s) {
             self.cond.wait_for(&mut s, timeout);
         }

@@ -118,8 +118,12 @@ impl Context {
         // owned by the returned value. The ALPN list is copied by OpenSSL.
         unsafe {
             let ctx = NonNull::new((api.SSL_CTX_new)((api.TLS_client_method)())).ok_or("SSL_CTX_new failed")?;
-            (api.SSL_CTX_ctrl)(ctx.as_ptr(), SSL_CTRL_MODE,
-                SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, std::ptr::null_mut());
+            (api.SSL_CTX_ctrl)(
+                ctx.as_ptr(),
+                SSL_CTRL_MODE,
+                SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER,
+                std::ptr::null_mut(),
+            );
             let alpn = b"\x02h2";
             if (api.SSL_CTX_set_alpn_protos)(ctx.as_ptr(), alpn.as_ptr(), alpn.len() as c_uint) != 0 {
                 (api.SSL_CTX_free)(ctx.as_ptr());
@@ -169,8 +173,12 @@ impl Ssl {
             }
             if let Some(name) = sni {
                 let name = CString::new(name).map_err(|_| "bad server name")?;
-                (api.SSL_ctrl)(ssl.as_ptr(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_HOST_NAME,
-                    name.as_ptr() as *mut c_char as *mut c_void);
+                (api.SSL_ctrl)(
+                    ssl.as_ptr(),
+                    SSL_CTRL_SET_TLSEXT_HOSTNAME,
+                    TLSEXT_NAMETYPE_HOST_NAME,
+                    name.as_ptr() as *mut c_char as *mut c_void,
+                );
             }
             (api.SSL_set_connect_state)(ssl.as_ptr());
             Ok(me)
