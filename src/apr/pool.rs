@@ -2,8 +2,9 @@
 //!
 //! Pools are not thread-safe. A pool that another thread will create
 //! sub-pools of (or free into) takes its memory from the process's shared
-//! allocator, guarded by a mutex: [`create_threadsafe`]. Rust values whose lifetime follows a pool are tied
-//! to it with [`PoolRef::attach`], which drops them in the pool's cleanup.
+//! allocator, guarded by a mutex: [`create_threadsafe`]. Rust values whose
+//! lifetime follows a pool are tied to it with [`PoolRef::attach`], which
+//! drops them in the pool's cleanup.
 
 use crate::ffi;
 use std::ffi::{c_char, c_void, CString};
