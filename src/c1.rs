@@ -132,15 +132,6 @@ fn stopping() -> u8 {
     STOPPING.load(Ordering::SeqCst)
 }
 
-/// Whether the MPM is stopping this child (covers a stop signalled before
-/// our child_stopping hook ran).
-fn mpm_stopping() -> bool {
-    let mut state: i32 = 0;
-    // SAFETY: ap_mpm_query with a valid out-pointer.
-    let rv = unsafe { ffi::ap_mpm_query(ffi::AP_MPMQ_MPM_STATE as i32, &mut state) };
-    rv == 0 && state == ffi::AP_MPMQ_STOPPING as i32
-}
-
 // ---- dispatch to workers -------------------------------------------------------
 
 /// Hands streams of one connection to the worker pool, each on a c2.
@@ -703,7 +694,14 @@ impl C1 {
             }
             self.session.process_signals();
             self.session.retire_finished();
-            if (stopping() > 0 || mpm_stopping()) && !self.session.goaway_sent() {
+            // Only our child_stopping hook starts the GOAWAY, not the MPM's
+            // state: the MPMs set AP_MPMQ_STOPPING before a hard stop's
+            // close_worker_sockets() walks every worker's socket, and a
+            // session that ends in that window has its connection pool (and
+            // socket) destroyed while the walk still reads it, a SIGSEGV in
+            // apr_os_sock_get (1 stop in 8 under load). The hook runs right
+            // after the walk, in all three MPMs.
+            if stopping() > 0 && !self.session.goaway_sent() {
                 self.session.goaway(error_code::NO_ERROR, b"server shutting down");
             }
             if stopping() == 2 {
