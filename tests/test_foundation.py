@@ -292,17 +292,25 @@ def test_graceful_restart_under_load(make_server):
     assert "AH00045" not in srv.read_error_log()  # "child still did not exit"
 
 
-@pytest.mark.parametrize("round_no", range(3))
-def test_stop_under_load_is_prompt_and_clean(make_server, round_no):
+@pytest.mark.parametrize("case", ["h2c-1", "h2c-2", "h2c-3", "tls", "worker-mpm", "cgi"])
+def test_stop_under_load_is_prompt_and_clean(make_server, certs, case):
     """A hard stop while 8 connections are busy. Sessions that ended on the
     MPM's STOPPING state, before close_worker_sockets() had walked the
-    workers' sockets, crashed the child in about 1 stop in 8; three rounds
-    make such a race likelier to show."""
-    srv = make_server().start()
-    proc = subprocess.Popen(["h2load", "-n", "1000000", "-c", "8", "-m", "10", srv.url("/16k1.bin")],
+    workers' sockets, crashed the child in about 1 stop in 8; three h2c
+    rounds make such a race likelier to show, the others cover mod_ssl,
+    the worker MPM and CGI streams on workers."""
+    from conftest import WORKER_MPM, free_port
+    srv = make_server(**({"mpm": WORKER_MPM} if case == "worker-mpm" else {}))
+    path = "/cgi/env.cgi" if case == "cgi" else "/16k1.bin"
+    if case == "tls":
+        srv.tls_config(certs, free_port())
+    srv.start()
+    url = f"https://127.0.0.1:{srv.tls_port}{path}" if case == "tls" else srv.url(path)
+    proc = subprocess.Popen(["h2load", "-n", "1000000", "-c", "8", "-m", "10", url],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)
+        assert proc.poll() is None, "the load ended before the stop"
         t0 = time.time()
         srv.stop(timeout=20)
         assert time.time() - t0 < 15
