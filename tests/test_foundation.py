@@ -13,7 +13,7 @@ import h2.events
 import pytest
 from hyperframe import frame as hf
 
-from conftest import MODULE, curl, h2load, run, sha256
+from conftest import MODULE, WORKER_MPM, curl, free_port, h2load, run, sha256
 from h2client import H2Client
 
 
@@ -299,7 +299,6 @@ def test_stop_under_load_is_prompt_and_clean(make_server, certs, case):
     workers' sockets, crashed the child in about 1 stop in 8; three h2c
     rounds make such a race likelier to show, the others cover mod_ssl,
     the worker MPM and CGI streams on workers."""
-    from conftest import WORKER_MPM, free_port
     srv = make_server(**({"mpm": WORKER_MPM} if case == "worker-mpm" else {}))
     path = "/cgi/env.cgi" if case == "cgi" else "/16k1.bin"
     if case == "tls":
@@ -330,7 +329,6 @@ def test_bad_directive_value_fails_the_config_test(make_server):
 
 
 def test_worker_mpm_serves_h2c(make_server, docroot):
-    from conftest import WORKER_MPM
     srv = make_server(mpm=WORKER_MPM).start()
     r = h2load("-n", "2000", "-c", "4", "-m", "10", srv.url("/1k.bin"))
     assert r.get("succeeded") == 2000, r["output"]
