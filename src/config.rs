@@ -306,7 +306,7 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
         "h2earlyhint" => {
             expect_args(d, args, 2, 2)?;
             let name = args[0];
-            if name.is_empty() || !name.bytes().all(crate::request::is_token_char) {
+            if !crate::request::is_token(name.as_bytes()) {
                 return Err(format!("{d}: '{name}' is not a valid header name"));
             }
             if args[1].bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {

@@ -146,7 +146,7 @@ pub fn harmless_output_filter(name: &[u8]) -> bool {
 /// (its `server_rec` address: name-based hosts differ by authority),
 /// `:authority` and `:path`. A collision only mispredicts speed.
 pub fn url_key(vhost: usize, head: &RequestHead) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = crate::hash::WordHasher::default();
     vhost.hash(&mut h);
     head.authority.hash(&mut h);
     head.path.hash(&mut h);

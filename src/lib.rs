@@ -21,6 +21,7 @@ pub mod c2;
 pub mod config;
 pub mod fastpath;
 pub mod ffi;
+pub mod hash;
 pub mod hooks;
 pub mod limits;
 pub mod log;

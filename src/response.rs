@@ -27,9 +27,7 @@ fn is_dropped_response_field(name: &[u8]) -> bool {
 /// A response field name must be a token; a value must have no CR, LF or
 /// NUL (obs-fold is unfolded by the caller).
 pub fn valid_response_field(name: &[u8], value: &[u8]) -> bool {
-    !name.is_empty()
-        && name.iter().all(|&b| crate::request::is_token_char(b))
-        && !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+    crate::request::is_token(name) && !crate::request::has_forbidden_value_byte(value)
 }
 
 /// Adds one field to an HTTP/2 response head (lower-cased name, trimmed

@@ -62,9 +62,13 @@ impl Headers {
 
     /// Appends `name` lower-cased (HTTP/2 field names are lower case).
     pub fn push_lowercase_name(&mut self, name: &[u8], value: &[u8]) {
-        let start = self.buf.len() as u32;
-        self.buf.extend(name.iter().map(|b| b.to_ascii_lowercase()));
+        let start = self.buf.len();
+        self.buf.reserve(name.len() + value.len());
+        self.buf.extend_from_slice(name);
+        // In place over the copy: vectorized, where a per-byte map is not.
+        self.buf[start..].make_ascii_lowercase();
         self.buf.extend_from_slice(value);
+        let start = start as u32;
         self.fields.push((start, name.len() as u32, value.len() as u32));
     }
 
