@@ -675,9 +675,11 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
         // counts the body as the handler reads it).
         logio(&LOGIO_IN, c, head.raw_bytes as u64);
 
-        let method = String::from_utf8_lossy(&head.method);
-        let target: Vec<u8> = if is_connect {
-            head.authority.clone().unwrap_or_default()
+        // The request line, straight into the request pool. The method is
+        // a token (checked when the head was built): ASCII.
+        let authority = head.authority.as_deref().unwrap_or(b"");
+        let target: [&[u8]; 4] = if is_connect {
+            [authority, b"", b"", b""]
         } else {
             let scheme = head.scheme.as_deref().unwrap_or(b"http");
             let path = head.path.as_deref().unwrap_or(b"/");
@@ -685,23 +687,15 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
             if forward_proxy || (!scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https")) {
                 // H2ProxyRequests (forward proxy), or another scheme than
                 // the connection's: an absolute URI.
-                let mut t = scheme.to_vec();
-                t.extend_from_slice(b"://");
-                t.extend_from_slice(head.authority.as_deref().unwrap_or(b""));
-                t.extend_from_slice(path);
-                t
+                [scheme, b"://", authority, path]
             } else if path.is_empty() {
-                b"/".to_vec()
+                [b"/", b"", b"", b""]
             } else {
-                path.to_vec()
+                [path, b"", b"", b""]
             }
         };
-        let mut line = Vec::with_capacity(method.len() + target.len() + 10);
-        line.extend_from_slice(method.as_bytes());
-        line.push(b' ');
-        line.extend_from_slice(&target);
-        line.extend_from_slice(b" HTTP/2.0");
-        (*r).the_request = c_string(pool, &line);
+        let [t0, t1, t2, t3] = target;
+        (*r).the_request = pool.concat(&[&head.method, b" ", t0, t1, t2, t3, b" HTTP/2.0"]);
         (*r).hostname = ptr::null();
 
         let mut access_status: i32 = 0;

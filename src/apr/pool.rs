@@ -47,6 +47,25 @@ impl PoolRef {
         unsafe { ffi::apr_pstrmemdup(self.as_ptr(), bytes.as_ptr() as *const c_char, bytes.len() as _) }
     }
 
+    /// A NUL-terminated concatenation of `parts` in the pool, built in
+    /// place (no intermediate buffer on the heap).
+    pub fn concat(self, parts: &[&[u8]]) -> *mut c_char {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        // SAFETY: the pool is live; apr_palloc returns at least `len + 1`
+        // writable bytes (it aborts rather than returning NULL), and the
+        // copies fill exactly the first `len` of them from valid slices.
+        unsafe {
+            let mem = ffi::apr_palloc(self.as_ptr(), (len + 1) as ffi::apr_size_t) as *mut u8;
+            let mut at = 0;
+            for part in parts {
+                ptr::copy_nonoverlapping(part.as_ptr(), mem.add(at), part.len());
+                at += part.len();
+            }
+            *mem.add(len) = 0;
+            mem as *mut c_char
+        }
+    }
+
     /// Ties `value` to the pool: it is dropped when the pool is cleared or
     /// destroyed. Returns a pointer valid until then.
     pub fn attach<T>(self, value: T) -> *mut T {
@@ -181,6 +200,20 @@ mod tests {
         fn drop(&mut self) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn concat_joins_parts_with_a_nul() {
+        let root = root_pool();
+        // SAFETY: root is live and ours.
+        let pool = unsafe { PoolRef::from_raw(root) }.expect("pool");
+        let joined = pool.concat(&[b"GET", b" ", b"", b"/a?b", b" HTTP/2.0"]);
+        // SAFETY: concat returns a NUL-terminated string in the live pool.
+        assert_eq!(unsafe { std::ffi::CStr::from_ptr(joined) }.to_bytes(), b"GET /a?b HTTP/2.0");
+        // SAFETY: as above.
+        assert_eq!(unsafe { std::ffi::CStr::from_ptr(pool.concat(&[])) }.to_bytes(), b"");
+        // SAFETY: destroying the pool we created.
+        unsafe { ffi::apr_pool_destroy(root) };
     }
 
     #[test]
