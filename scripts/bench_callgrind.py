@@ -2,8 +2,9 @@
 """User-space instructions per request, counted by callgrind: mod_h2rs, the
 stock mod_http2 and HTTP/1.1 in the same httpd, one process (`httpd -X`).
 
-A count does not depend on what else the machine does, so it shows a
-change of a few percent that req/s and CPU time hide in their noise. Each
+A count does not depend on what else the machine does (repeated runs
+differ by about 1%, from timers and wake-ups), so it shows a change of a
+few percent that req/s and CPU time hide in their noise. Each
 server runs twice under callgrind with paced 1 KiB GETs (h2load, 20
 clients, one request at a time, 10/s each: every request wakes the
 connection, as on a real site), once with --small and once with --large
