@@ -28,6 +28,7 @@ use crate::request::Limits;
 use crate::session::{Dispatch, Session, Settings};
 use crate::signal::Signal;
 use crate::stream::{Outcome, Retire, Stream};
+use crate::text::decimal;
 use crate::{clog, workers};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -795,10 +796,19 @@ impl C1 {
                 ffi::SERVER_BUSY_READ as i32,
                 c,
             );
-            let descr = format!(
-                "h2 session: {} stream(s) open, {} on workers\0",
-                self.session.open_streams(),
-                self.session.streams_in_progress()
+            // At most 12 + 20 + 17 + 20 + 12 = 81 bytes: never cut, so
+            // the NUL at the end is always there (on the stack: a
+            // `format!` here was a heap allocation on every resume).
+            let mut buf = [0u8; 96];
+            let descr = crate::text::join_into(
+                &mut buf,
+                &[
+                    b"h2 session: ",
+                    decimal(self.session.open_streams() as u64, &mut [0u8; 20]),
+                    b" stream(s) open, ",
+                    decimal(self.session.streams_in_progress() as u64, &mut [0u8; 20]),
+                    b" on workers\0",
+                ],
             );
             ffi::ap_update_child_status_descr(
                 (*c).sbh as *mut ffi::ap_sb_handle_t,

@@ -29,6 +29,7 @@ use crate::ffi;
 use crate::response::{self, InterimParser, Parsed};
 use crate::signal::SocketSignal;
 use crate::stream::{Headers, Input, Outcome, ResponseHead, Retire, Stream, StreamError};
+use crate::text::decimal;
 use crate::websocket::{self, Verdict};
 use crate::workers::WorkerCtx;
 use parking_lot::Mutex;
@@ -1162,23 +1163,6 @@ fn add_request_trailers(r: *mut ffi::request_rec, trailers: &Headers) {
     }
 }
 
-/// Formats into `buf` (cut at its end); returns the bytes written.
-/// `n` in decimal, written at the end of `buf`: the formatting machinery
-/// cost ~600 instructions a number here (callgrind), for two numbers on
-/// every request.
-fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut n = n;
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[start..];
-        }
-    }
-}
-
 /// Environment for handlers on a stream request (fixups hook).
 ///
 /// # Safety
@@ -1195,18 +1179,12 @@ pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
         env.setn(c"H2_PUSH".as_ptr(), c"off".as_ptr());
         env.setn(c"H2_PUSHED".as_ptr(), c"".as_ptr());
         env.setn(c"H2_PUSHED_ON".as_ptr(), c"".as_ptr());
-        // Formatted on the stack: no heap allocation per request.
         let mut digits = [0u8; 20];
         let stream_id = decimal(stream.id as u64, &mut digits);
         env.setn(c"H2_STREAM_ID".as_ptr(), pool.strdup(stream_id));
         let c1_id = if ctx.c1.is_null() { 0 } else { (*ctx.c1).id };
-        let mut tag = [0u8; 41];
-        let mut tag_len = 0;
-        for part in [decimal(c1_id as u64, &mut [0u8; 20]), b"-", decimal(stream.id as u64, &mut digits)] {
-            tag[tag_len..tag_len + part.len()].copy_from_slice(part);
-            tag_len += part.len();
-        }
-        env.setn(c"H2_STREAM_TAG".as_ptr(), pool.strdup(&tag[..tag_len]));
+        let tag = pool.concat(&[decimal(c1_id as u64, &mut [0u8; 20]), b"-", stream_id]);
+        env.setn(c"H2_STREAM_TAG".as_ptr(), tag);
         if stream.request.is_tunnel() {
             // mod_proxy's tunnel cannot see when the backend has closed on a
             // stream (it polls only our input), so with half-close it would
@@ -1329,14 +1307,7 @@ pub fn request_of(ctx: &C2Ctx) -> *mut ffi::request_rec {
 
 #[cfg(test)]
 mod tests {
-    use super::{decimal, Destroy, FreeCache};
-
-    #[test]
-    fn decimal_writes_every_number_as_display_does() {
-        for n in [0u64, 1, 9, 10, 99, 100, 2_147_483_647, 1 << 40, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0u8; 20]), n.to_string().as_bytes());
-        }
-    }
+    use super::{Destroy, FreeCache};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 

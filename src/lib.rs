@@ -10,6 +10,8 @@
 //! - `c1` (client connection loop), `c2` (secondary connection per stream),
 //!   `response` (the c2 response filter), `workers` (the thread pool),
 //!   `config` (the H2* directives), `hooks` (httpd's entry points).
+//! - `hash`, `text`: an unkeyed hasher and stack formatting for the
+//!   per-request paths (callgrind counted SipHash and `format!` there).
 //! - `proxy`: proxy_http2_module, the multiplexing reverse proxy to h2c
 //!   backends (scheme handler, event-loop engine).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -34,5 +36,6 @@ pub mod response;
 pub mod session;
 pub mod signal;
 pub mod stream;
+pub mod text;
 pub mod websocket;
 pub mod workers;
