@@ -21,8 +21,8 @@ impl BuildHasher for WordHash {
     }
 }
 
-/// Mixes each word in with a multiply by an odd constant (the same
-/// multiplicative step as rustc's FxHasher), eight bytes at a time.
+/// Mixes each word in with a rotate, an XOR and a multiply by an odd
+/// constant (the step of rustc's FxHasher), eight bytes at a time.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WordHasher(u64);
 
