@@ -323,7 +323,10 @@ class ContainerHttpd(conftest.Httpd):
         r = self.exec(self.layout["httpd"], "-f", str(self.conf), "-k", how)
         assert r.returncode == 0, r.stderr
 
-    def stop(self, timeout=20):
+    def stop(self, timeout=20, settle=0.0):
+        """SIGTERM to httpd in the container. `settle` (the host server's
+        wait for closed connections before a hard stop) is accepted for the
+        same signature; containers are stopped at once."""
         if self.container is None:
             self.pid = None
             return
