@@ -42,10 +42,11 @@ def count(base, doc, key, module_line, h1, requests):
     out_dir.mkdir(exist_ok=True)
     os.chmod(out_dir, 0o777)  # the child writes as httpd's User
     out = out_dir / f"{key}-{requests}.out"
-    errlog = open(base / f"{key}-{requests}.valgrind.log", "w")
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                             HTTPD, "-X", "-f", str(srv.dir / "httpd.conf")],
-                            stdout=subprocess.DEVNULL, stderr=errlog)
+    errlog = base / f"{key}-{requests}.valgrind.log"
+    with open(errlog, "w") as err:  # the child keeps its own descriptor
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                 HTTPD, "-X", "-f", str(srv.dir / "httpd.conf")],
+                                stdout=subprocess.DEVNULL, stderr=err)
     try:
         for _ in range(900):
             try:
@@ -53,7 +54,7 @@ def count(base, doc, key, module_line, h1, requests):
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"httpd under valgrind exited: see {errlog.name}")
+                    raise RuntimeError(f"httpd under valgrind exited: see {errlog}")
                 time.sleep(0.2)
         # valgrind creates its output file before httpd switches user.
         if out.exists() and os.geteuid() == 0:

@@ -309,7 +309,7 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             if !crate::request::is_token(name.as_bytes()) {
                 return Err(format!("{d}: '{name}' is not a valid header name"));
             }
-            if args[1].bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            if crate::request::has_forbidden_value_byte(args[1].as_bytes()) {
                 return Err(format!("{d}: the header value must not contain line breaks"));
             }
             let pair = (name.to_string(), args[1].to_string());
