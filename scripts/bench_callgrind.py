@@ -18,6 +18,7 @@ docs/bench-callgrind.md.
 """
 import argparse
 import collections
+import contextlib
 import datetime
 import os
 import pathlib
@@ -34,18 +35,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench import OURS, STOCK, HTTPD, ROOT, Server, h2load, make_docroot, versions  # noqa: E402
 
 
-def count(base, doc, key, module_line, h1, requests):
-    """Runs one server under callgrind for `requests` paced requests;
-    returns (requests done, {function: instructions})."""
-    srv = Server(base, f"{key}-{requests}", module_line, doc)
-    out_dir = base / "callgrind"
-    out_dir.mkdir(exist_ok=True)
-    os.chmod(out_dir, 0o777)  # the child writes as httpd's User
-    out = out_dir / f"{key}-{requests}.out"
-    errlog = base / f"{key}-{requests}.valgrind.log"
+@contextlib.contextmanager
+def under_callgrind(srv, callgrind_args, errlog, httpd_args=("-X",)):
+    """Runs `srv`'s httpd under callgrind until the block ends (then SIGTERM);
+    yields the process once the server accepts connections."""
     with open(errlog, "w") as err:  # the child keeps its own descriptor
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                                 HTTPD, "-X", "-f", str(srv.dir / "httpd.conf")],
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", *callgrind_args,
+                                 HTTPD, *httpd_args, "-f", str(srv.dir / "httpd.conf")],
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
         for _ in range(900):
@@ -56,11 +52,7 @@ def count(base, doc, key, module_line, h1, requests):
                 if proc.poll() is not None:
                     raise RuntimeError(f"httpd under valgrind exited: see {errlog}")
                 time.sleep(0.2)
-        # valgrind creates its output file before httpd switches user.
-        if out.exists() and os.geteuid() == 0:
-            shutil.chown(out, user="www-data")
-        url = f"http://127.0.0.1:{srv.port}/1k.bin"
-        r = h2load(srv, ["-n", str(requests), "-c", "20", "-m", "1", "--rps", "10", url], h1, 600)
+        yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -69,7 +61,23 @@ def count(base, doc, key, module_line, h1, requests):
             proc.kill()
             proc.wait()
     if srv.crashed():
-        raise RuntimeError(f"{key}: the error log shows a crash ({srv.dir / 'error.log'})")
+        raise RuntimeError(f"{srv.name}: the error log shows a crash ({srv.dir / 'error.log'})")
+
+
+def count(base, doc, key, module_line, h1, requests):
+    """Runs one server under callgrind for `requests` paced requests;
+    returns (requests done, {function: instructions})."""
+    srv = Server(base, f"{key}-{requests}", module_line, doc)
+    out_dir = base / "callgrind"
+    out_dir.mkdir(exist_ok=True)
+    os.chmod(out_dir, 0o777)  # the child writes as httpd's User
+    out = out_dir / f"{key}-{requests}.out"
+    with under_callgrind(srv, [f"--callgrind-out-file={out}"], base / f"{key}-{requests}.valgrind.log"):
+        # valgrind creates its output file before httpd switches user.
+        if out.exists() and os.geteuid() == 0:
+            shutil.chown(out, user="www-data")
+        url = f"http://127.0.0.1:{srv.port}/1k.bin"
+        r = h2load(srv, ["-n", str(requests), "-c", "20", "-m", "1", "--rps", "10", url], h1, 600)
     return r["done"], self_costs(out)
 
 
