@@ -51,7 +51,7 @@ $(BUILD)/%.o: c_shim/%.c c_shim/shim.h
 # (whose record has the same name).
 $(LINK_SCRIPT): $(HOT_CODE)
 	@mkdir -p $(BUILD)
-	$(CC) -shared -Wl,--verbose 2>/dev/null | sed -n '/^=====/,/^=====/{/^=====/!p}' \
+	$(CC) -shared -o /dev/null -Wl,--verbose 2>/dev/null | sed -n '/^=====/,/^=====/{/^=====/!p}' \
 	    | awk -v hot="$(CURDIR)/$(HOT_CODE)" '{ print } \
 	        /^ *\.text *:/ { text = 1; next } \
 	        text && /^ *\{/ { print "    INCLUDE " hot; text = 0 }' > $@.tmp
