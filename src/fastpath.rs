@@ -196,9 +196,9 @@ mod tests {
 
     fn key(vhost: usize, authority: &str, path: &str) -> u64 {
         let head = RequestHead {
-            method: b"GET".to_vec(),
-            authority: Some(authority.into()),
-            path: Some(path.into()),
+            method: b"GET".into(),
+            authority: Some(authority.as_bytes().into()),
+            path: Some(path.as_bytes().into()),
             end_stream: true,
             ..Default::default()
         };
@@ -255,15 +255,15 @@ mod tests {
     #[test]
     fn only_bodiless_gets_and_heads_are_candidates() {
         let get = RequestHead {
-            method: b"GET".to_vec(),
-            scheme: Some(b"https".to_vec()),
-            path: Some(b"/".to_vec()),
+            method: b"GET".into(),
+            scheme: Some(b"https".into()),
+            path: Some(b"/".into()),
             end_stream: true,
             ..Default::default()
         };
         assert!(candidate(&get));
-        assert!(candidate(&RequestHead { method: b"HEAD".to_vec(), ..get.clone() }));
-        assert!(!candidate(&RequestHead { method: b"POST".to_vec(), ..get.clone() }));
+        assert!(candidate(&RequestHead { method: b"HEAD".into(), ..get.clone() }));
+        assert!(!candidate(&RequestHead { method: b"POST".into(), ..get.clone() }));
         // A body on its way: the handler could wait for the client.
         assert!(!candidate(&RequestHead { end_stream: false, ..get.clone() }));
         assert!(!candidate(&RequestHead { error_status: Some(431), ..get.clone() }));

@@ -14,6 +14,7 @@
 //!   its memory stays bounded.
 
 use crate::stream::Headers;
+use crate::text::ShortBytes;
 
 /// The httpd limits that apply to request heads.
 #[derive(Clone, Copy, Debug)]
@@ -48,12 +49,12 @@ impl Default for Limits {
 /// A complete request head, ready for a worker.
 #[derive(Clone, Debug, Default)]
 pub struct RequestHead {
-    pub method: Vec<u8>,
-    pub scheme: Option<Vec<u8>>,
-    pub authority: Option<Vec<u8>>,
-    pub path: Option<Vec<u8>>,
+    pub method: ShortBytes,
+    pub scheme: Option<ShortBytes>,
+    pub authority: Option<ShortBytes>,
+    pub path: Option<ShortBytes>,
     /// `:protocol` of an extended CONNECT (RFC 8441).
-    pub protocol: Option<Vec<u8>>,
+    pub protocol: Option<ShortBytes>,
     /// Regular fields in arrival order, cookie crumbs joined into one.
     pub headers: Headers,
     /// Answer with this status instead of processing (431, 414).
@@ -170,7 +171,7 @@ pub fn is_connection_specific(name: &[u8]) -> bool {
 pub struct RequestBuilder {
     limits: Limits,
     head: RequestHead,
-    method: Option<Vec<u8>>,
+    method: Option<ShortBytes>,
     cookies: Vec<u8>,
     fields_seen: u32,
     regular_seen: bool,
@@ -231,11 +232,11 @@ impl RequestBuilder {
                 return Err(HeaderError::Malformed("duplicate pseudo header"));
             }
             if value.len() > self.limits.max_line as usize {
-                *slot = Some(Vec::new());
+                *slot = Some(ShortBytes::default());
                 self.fail(414);
                 return Ok(());
             }
-            *slot = Some(value.to_vec());
+            *slot = Some(ShortBytes::new(value));
             return Ok(());
         }
         self.regular_seen = true;

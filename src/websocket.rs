@@ -16,6 +16,7 @@
 
 use crate::request::RequestHead;
 use crate::stream::{Headers, ResponseHead};
+use crate::text::ShortBytes;
 
 /// RFC 6455 1.3: appended to the key before hashing.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -30,7 +31,7 @@ pub fn is_websocket(protocol: &[u8]) -> bool {
 /// Returns the `Sec-WebSocket-Accept` value a real WebSocket answer carries.
 pub fn to_upgrade_request(head: &mut RequestHead, nonce: [u8; 16]) -> Vec<u8> {
     let key = base64(&nonce);
-    head.method = b"GET".to_vec();
+    head.method = ShortBytes::new(b"GET");
     let mut headers = Headers::with_capacity(head.headers.len() + 3, head.headers.byte_len() + 64);
     headers.push(b"upgrade", b"websocket");
     headers.push(b"connection", b"Upgrade");
@@ -198,11 +199,11 @@ mod tests {
         headers.push(b"sec-websocket-key", b"client-sent");
         headers.push(b"sec-websocket-protocol", b"chat");
         RequestHead {
-            method: b"CONNECT".to_vec(),
-            scheme: Some(b"https".to_vec()),
-            authority: Some(b"example.org".to_vec()),
-            path: Some(b"/ws".to_vec()),
-            protocol: Some(b"websocket".to_vec()),
+            method: b"CONNECT".into(),
+            scheme: Some(b"https".into()),
+            authority: Some(b"example.org".into()),
+            path: Some(b"/ws".into()),
+            protocol: Some(b"websocket".into()),
             headers,
             ..Default::default()
         }
