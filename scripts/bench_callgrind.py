@@ -81,15 +81,22 @@ def count(base, doc, key, module_line, h1, requests):
     return r["done"], self_costs(out)
 
 
-def self_costs(path):
-    """{function: exclusive instructions} from a callgrind output file."""
+def annotated(path):
+    """(exclusive instructions, `file:function [object]`) for every function
+    in a callgrind output file."""
     text = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", str(path)],
                           capture_output=True, text=True, check=True).stdout
-    costs = collections.Counter()
     for line in text.splitlines():
         m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*)", line)
         if m and ":" in m[2] and "PROGRAM TOTALS" not in m[2]:
-            costs[short_name(m[2])] += int(m[1].replace(",", ""))
+            yield int(m[1].replace(",", "")), m[2]
+
+
+def self_costs(path):
+    """{function: exclusive instructions} from a callgrind output file."""
+    costs = collections.Counter()
+    for instructions, fn in annotated(path):
+        costs[short_name(fn)] += instructions
     return costs
 
 

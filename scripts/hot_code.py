@@ -37,7 +37,7 @@ import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench import OURS, ROOT, Server, h2load, make_docroot  # noqa: E402
-from bench_callgrind import under_callgrind  # noqa: E402
+from bench_callgrind import annotated, under_callgrind  # noqa: E402
 
 SCRIPT = ROOT / "link" / "hot-code.ld"
 
@@ -74,13 +74,11 @@ def profile(base, doc):
 
 def module_costs(path):
     """{mangled function of mod_h2rs.so: exclusive instructions}."""
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", str(path)],
-                          capture_output=True, text=True, check=True).stdout
     costs = collections.Counter()
-    for line in text.splitlines():
-        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(?:.*?:)?(\S+) \[(.*)\]$", line)
-        if m and m[3].endswith("mod_h2rs.so") and not m[2].startswith("0x"):
-            costs[re.sub(r"'\d+$", "", m[2])] += int(m[1].replace(",", ""))
+    for instructions, fn in annotated(path):
+        m = re.match(r"(?:.*?:)?(\S+) \[(.*)\]$", fn)
+        if m and m[2].endswith("mod_h2rs.so") and not m[1].startswith("0x"):
+            costs[re.sub(r"'\d+$", "", m[1])] += instructions
     return costs
 
 
