@@ -10,8 +10,9 @@
 //! - `c1` (client connection loop), `c2` (secondary connection per stream),
 //!   `response` (the c2 response filter), `workers` (the thread pool),
 //!   `config` (the H2* directives), `hooks` (httpd's entry points).
-//! - `hash`, `text`: an unkeyed hasher and stack formatting for the
-//!   per-request paths (callgrind counted SipHash and `format!` there).
+//! - `hash`, `text`: an unkeyed hasher, stack formatting and inline short
+//!   byte strings for the per-request paths (callgrind counted SipHash,
+//!   `format!` and small heap copies there).
 //! - `proxy`: proxy_http2_module, the multiplexing reverse proxy to h2c
 //!   backends (scheme handler, event-loop engine).
 #![deny(unsafe_op_in_unsafe_fn)]
