@@ -112,6 +112,20 @@ const TOKEN_CHARS: [bool; 256] = {
     table
 };
 
+/// Each byte lower-cased if it is a token character, 0 if it is not: a
+/// field name is checked and lower-cased in one pass (`Headers::push_token_lowercase`).
+pub const TOKEN_LOWER: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        if TOKEN_CHARS[b] {
+            table[b] = (b as u8).to_ascii_lowercase();
+        }
+        b += 1;
+    }
+    table
+};
+
 /// RFC 9110 token characters (field names).
 pub fn is_token_char(b: u8) -> bool {
     TOKEN_CHARS[b as usize]
@@ -368,6 +382,7 @@ mod tests {
         for b in 0..=255u8 {
             let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
             assert_eq!(is_token_char(b), tchar, "byte {b}");
+            assert_eq!(TOKEN_LOWER[b as usize], if tchar { b.to_ascii_lowercase() } else { 0 }, "byte {b}");
         }
         assert!(is_token(b"X-Custom_1"));
         assert!(!is_token(b""));

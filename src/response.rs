@@ -24,25 +24,16 @@ fn is_dropped_response_field(name: &[u8]) -> bool {
     is_connection_specific(name) || name.eq_ignore_ascii_case(b"te") || name.eq_ignore_ascii_case(b"http2-settings")
 }
 
-/// A response field name must be a token; a value must have no CR, LF or
-/// NUL (obs-fold is unfolded by the caller).
-pub fn valid_response_field(name: &[u8], value: &[u8]) -> bool {
-    crate::request::is_token(name) && !crate::request::has_forbidden_value_byte(value)
-}
-
 /// Adds one field to an HTTP/2 response head (lower-cased name, trimmed
 /// value), skipping the fields HTTP/2 forbids. Returns false for a field
-/// that cannot be sent at all.
+/// that cannot be sent at all: a name that is not a token, a value with a
+/// CR, LF or NUL (obs-fold is unfolded by the caller).
 pub fn add_response_field(head: &mut Headers, name: &[u8], value: &[u8]) -> bool {
     if is_dropped_response_field(name) {
         return true;
     }
     let value = trim_ows(value);
-    if !valid_response_field(name, value) {
-        return false;
-    }
-    head.push_lowercase_name(name, value);
-    true
+    !crate::request::has_forbidden_value_byte(value) && head.push_token_lowercase(name, value)
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
