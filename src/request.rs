@@ -138,7 +138,7 @@ pub fn is_token(name: &[u8]) -> bool {
 
 /// An HTTP/2 field name: lower-case token characters only.
 pub fn valid_h2_name(name: &[u8]) -> bool {
-    is_token(name) && !name.iter().any(|b| b.is_ascii_uppercase())
+    !name.is_empty() && name.iter().all(|&b| is_token_char(b) && !b.is_ascii_uppercase())
 }
 
 /// Whether a field value holds a NUL, CR or LF. Eight bytes at a time
