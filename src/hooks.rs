@@ -254,6 +254,9 @@ pub unsafe extern "C" fn h2rs_child_init(pchild: *mut ffi::apr_pool_t, s: *mut f
         if !MPM_SUPPORTED.load(Ordering::Acquire) {
             return;
         }
+        if !crate::alloc::enable_in_child() {
+            slog!(s, Level::Warn, "mod_h2rs: could not reserve address space for its allocator; using malloc");
+        }
         PCHILD.store(pchild, Ordering::Release);
         if std::env::var_os("H2RS_FAULT_INJECTION").is_some_and(|v| v == "1") {
             c1::FAULT_INJECTION.store(true, Ordering::Relaxed);

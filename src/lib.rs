@@ -18,6 +18,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod alloc;
 pub mod apr;
 pub mod c1;
 pub mod c2;
@@ -40,3 +41,9 @@ pub mod stream;
 pub mod text;
 pub mod websocket;
 pub mod workers;
+
+/// Small allocations of the module's Rust code come from shared size-class
+/// slabs in the children (`alloc`): glibc's per-thread caches made RSS grow
+/// with uptime.
+#[global_allocator]
+static ALLOCATOR: alloc::ModuleAlloc = alloc::ModuleAlloc;

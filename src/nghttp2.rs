@@ -513,6 +513,19 @@ struct Ctx<H> {
     sink_limit: usize,
 }
 
+/// nghttp2 allocates through the module's slabs (`alloc::nghttp2_mem`).
+/// nghttp2 copies the struct into each session.
+struct Mem(ng::nghttp2_mem);
+// SAFETY: the struct is read-only: function pointers and a null user data.
+unsafe impl Sync for Mem {}
+static MEM: Mem = Mem(ng::nghttp2_mem {
+    mem_user_data: ptr::null_mut(),
+    malloc: Some(crate::alloc::nghttp2_mem::alloc),
+    free: Some(crate::alloc::nghttp2_mem::free),
+    calloc: Some(crate::alloc::nghttp2_mem::calloc),
+    realloc: Some(crate::alloc::nghttp2_mem::realloc),
+});
+
 impl<H: Handler> Session<H> {
     pub fn new_server(handler: H, options: &Options) -> Result<Session<H>, NgError> {
         Session::new(handler, options, true)
@@ -569,9 +582,9 @@ impl<H: Handler> Session<H> {
             }
             let user_data = &mut *ctx as *mut Ctx<H> as *mut c_void;
             let rv = if server {
-                ng::nghttp2_session_server_new2(&mut raw, callbacks, user_data, opt)
+                ng::nghttp2_session_server_new3(&mut raw, callbacks, user_data, opt, &MEM.0 as *const _ as *mut _)
             } else {
-                ng::nghttp2_session_client_new2(&mut raw, callbacks, user_data, opt)
+                ng::nghttp2_session_client_new3(&mut raw, callbacks, user_data, opt, &MEM.0 as *const _ as *mut _)
             };
             ng::nghttp2_session_callbacks_del(callbacks);
             ng::nghttp2_option_del(opt);

@@ -1,0 +1,619 @@
+//! The allocator of the module's own Rust code in a child process: its
+//! small objects (up to `MAX_SMALL` bytes) come from size-class slabs
+//! shared by all threads; everything else, and everything before
+//! `enable_in_child`, goes to glibc's malloc (`System`). nghttp2, APR and
+//! httpd keep their allocators.
+//!
+//! Why: a session moves between the MPM's threads from one event to the
+//! next, and its objects are freed on whichever thread ends them. glibc
+//! keeps freed small chunks in per-thread caches and per-thread arenas,
+//! so with 64 threads per child the heap fragmented and RSS grew with
+//! uptime (28 MiB after 100,000 requests, 33-34 after two million, still
+//! rising; HTTP/1.1 flat, see docs/INTERNALS.md "Heap: growth with
+//! uptime"). Here a freed chunk goes back to the slab it came from, under
+//! its size class's lock, and is reused by whichever thread asks next; a
+//! slab whose chunks are all free gives its pages back to the kernel
+//! (`MADV_DONTNEED`), so memory an attack made the sessions hold is
+//! returned when they end.
+//!
+//! Layout: one region of address space reserved at child start
+//! (`REGION_BYTES`, no memory committed until touched), cut into slabs of
+//! `SLAB_BYTES`. A slab serves one size class at a time; its header (the
+//! first `HEADER_BYTES`) holds the class, the count of live chunks, its
+//! own free list and links in the class's list of slabs with room. A slab
+//! emptied while its class has another slab with room is released to a
+//! shared stack of free slabs, which any class may take again.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Largest size served from slabs. glibc's per-thread cache takes chunks
+/// up to 1,032 bytes; larger ones go to its shared bins anyway.
+pub const MAX_SMALL: usize = 1024;
+const SLAB_BYTES: usize = 64 * 1024;
+const HEADER_BYTES: usize = 64;
+const PAGE: usize = 4096;
+/// Address space reserved per child: 4,096 slabs. Only touched pages
+/// cost memory; past the end, allocations fall back to malloc.
+const REGION_BYTES: usize = 256 << 20;
+const NONE: usize = usize::MAX;
+
+/// Chunk sizes: 16-byte steps to 128, then four classes per doubling (at
+/// most a fifth of a chunk unused).
+const CLASS_SIZES: [usize; 20] =
+    [16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024];
+const CLASSES: usize = CLASS_SIZES.len();
+
+/// Class index for a size, by `(size + 15) / 16` (1..=64).
+const CLASS_OF: [u8; MAX_SMALL / 16 + 1] = {
+    let mut table = [0u8; MAX_SMALL / 16 + 1];
+    let mut units = 1;
+    while units <= MAX_SMALL / 16 {
+        let mut c = 0;
+        while CLASS_SIZES[c] < units * 16 {
+            c += 1;
+        }
+        table[units] = c as u8;
+        units += 1;
+    }
+    table
+};
+
+#[repr(C)]
+struct SlabHeader {
+    class: usize,
+    live: usize,
+    /// Freed chunks of this slab (each holds the next one's address).
+    free: *mut u8,
+    /// Offset of the first chunk never handed out.
+    bump: usize,
+    /// Links in the class's list of slabs with room, or in the stack of
+    /// free slabs (slab indexes; `NONE` ends a list).
+    next: usize,
+    prev: usize,
+}
+
+const _: () = assert!(std::mem::size_of::<SlabHeader>() <= HEADER_BYTES);
+
+struct ClassState {
+    /// Slabs of this class with at least one free chunk.
+    with_room: usize,
+}
+
+struct FreeSlabs {
+    /// Released slabs, reusable by any class.
+    stack: usize,
+    /// Slabs never used yet: `fresh..count`.
+    fresh: usize,
+}
+
+/// Size-class slabs over one region of address space.
+pub struct Slabs {
+    base: AtomicUsize,
+    count: AtomicUsize,
+    classes: [Mutex<ClassState>; CLASSES],
+    free_slabs: Mutex<FreeSlabs>,
+}
+
+impl Slabs {
+    pub const fn new() -> Slabs {
+        Slabs {
+            base: AtomicUsize::new(0),
+            count: AtomicUsize::new(0),
+            classes: [const { Mutex::new(ClassState { with_room: NONE }) }; CLASSES],
+            free_slabs: Mutex::new(FreeSlabs { stack: NONE, fresh: 0 }),
+        }
+    }
+
+    /// Takes `bytes` of address space for the slabs (reserved, not
+    /// committed). Once only; false if the mapping failed.
+    fn reserve(&self, bytes: usize) -> bool {
+        if self.base.load(Ordering::Acquire) != 0 {
+            return true;
+        }
+        let len = bytes + SLAB_BYTES;
+        // SAFETY: an anonymous private mapping at an address of the
+        // kernel's choice; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return false;
+        }
+        // Slabs start at a multiple of their size, so a chunk finds its
+        // slab by rounding down. The slack before and after is never used.
+        let base = (p as usize).next_multiple_of(SLAB_BYTES);
+        self.count.store(bytes / SLAB_BYTES, Ordering::Relaxed);
+        self.base.store(base, Ordering::Release);
+        true
+    }
+
+    fn owns(&self, p: *mut u8) -> bool {
+        let base = self.base.load(Ordering::Acquire);
+        let addr = p as usize;
+        base != 0 && addr >= base && addr < base + self.count.load(Ordering::Relaxed) * SLAB_BYTES
+    }
+
+    fn header(&self, slab: usize) -> *mut SlabHeader {
+        (self.base.load(Ordering::Relaxed) + slab * SLAB_BYTES) as *mut SlabHeader
+    }
+
+    fn lock_class(&self, class: usize) -> std::sync::MutexGuard<'_, ClassState> {
+        // Nothing panics while a lock is held; a poisoned lock is usable.
+        self.classes[class].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A chunk of at least `size` (1..=MAX_SMALL) bytes, 16-aligned; None
+    /// when the region is not reserved or is used up.
+    fn alloc(&self, size: usize) -> Option<*mut u8> {
+        if self.base.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let class = CLASS_OF[size.div_ceil(16)] as usize;
+        let chunk = CLASS_SIZES[class];
+        let mut state = self.lock_class(class);
+        if state.with_room == NONE {
+            let slab = self.take_slab()?;
+            // SAFETY: a slab just taken belongs to no class and no list;
+            // its header is ours to initialize (under the class lock).
+            unsafe {
+                self.header(slab).write(SlabHeader {
+                    class,
+                    live: 0,
+                    free: ptr::null_mut(),
+                    bump: HEADER_BYTES,
+                    next: NONE,
+                    prev: NONE,
+                });
+            }
+            state.with_room = slab;
+        }
+        let slab = state.with_room;
+        let h = self.header(slab);
+        // SAFETY: the slab is in this class's list, whose headers and free
+        // chunks only this class's lock holder touches.
+        unsafe {
+            let p = if !(*h).free.is_null() {
+                let p = (*h).free;
+                (*h).free = *(p as *mut *mut u8);
+                p
+            } else {
+                let p = (h as *mut u8).add((*h).bump);
+                (*h).bump += chunk;
+                p
+            };
+            (*h).live += 1;
+            if (*h).free.is_null() && (*h).bump + chunk > SLAB_BYTES {
+                self.unlink(&mut state, slab);
+            }
+            Some(p)
+        }
+    }
+
+    /// Gives back a chunk `alloc` returned.
+    ///
+    /// # Safety
+    /// `p` came from this instance's `alloc` and is not used afterwards.
+    unsafe fn dealloc(&self, p: *mut u8) {
+        let slab = (p as usize - self.base.load(Ordering::Relaxed)) / SLAB_BYTES;
+        let h = self.header(slab);
+        // SAFETY: `p` is live, so its slab is assigned to a class that
+        // stays fixed until the chunk is freed; the write that set it
+        // happened before the allocation handed `p` out.
+        let class = unsafe { (*h).class };
+        let chunk = CLASS_SIZES[class];
+        let mut state = self.lock_class(class);
+        // SAFETY: under the class lock, as in `alloc`.
+        unsafe {
+            let was_full = (*h).free.is_null() && (*h).bump + chunk > SLAB_BYTES;
+            *(p as *mut *mut u8) = (*h).free;
+            (*h).free = p;
+            (*h).live -= 1;
+            if was_full {
+                self.push_front(&mut state, slab);
+            }
+            // An empty slab goes back to the shared stack unless it is its
+            // class's only slab with room (which would be taken again at
+            // the class's next allocation).
+            if (*h).live == 0 && !(state.with_room == slab && (*h).next == NONE) {
+                self.unlink(&mut state, slab);
+                self.release_slab(slab);
+            }
+        }
+    }
+
+    fn push_front(&self, state: &mut ClassState, slab: usize) {
+        let h = self.header(slab);
+        // SAFETY: caller holds the class lock; the headers are this class's.
+        unsafe {
+            (*h).prev = NONE;
+            (*h).next = state.with_room;
+            if state.with_room != NONE {
+                (*self.header(state.with_room)).prev = slab;
+            }
+        }
+        state.with_room = slab;
+    }
+
+    fn unlink(&self, state: &mut ClassState, slab: usize) {
+        let h = self.header(slab);
+        // SAFETY: as in push_front; `slab` is in the class's list.
+        unsafe {
+            let (prev, next) = ((*h).prev, (*h).next);
+            if prev == NONE {
+                state.with_room = next;
+            } else {
+                (*self.header(prev)).next = next;
+            }
+            if next != NONE {
+                (*self.header(next)).prev = prev;
+            }
+            (*h).prev = NONE;
+            (*h).next = NONE;
+        }
+    }
+
+    fn take_slab(&self) -> Option<usize> {
+        let mut free = self.free_slabs.lock().unwrap_or_else(|e| e.into_inner());
+        if free.stack != NONE {
+            let slab = free.stack;
+            // SAFETY: slabs on the stack are only touched under its lock.
+            free.stack = unsafe { (*self.header(slab)).next };
+            return Some(slab);
+        }
+        if free.fresh < self.count.load(Ordering::Relaxed) {
+            free.fresh += 1;
+            return Some(free.fresh - 1);
+        }
+        None
+    }
+
+    /// Returns an empty slab's pages (all but the header's) to the kernel
+    /// and puts it on the shared stack.
+    fn release_slab(&self, slab: usize) {
+        let h = self.header(slab);
+        // SAFETY: the slab has no live chunk and is in no class's list; the
+        // range lies inside our mapping. MADV_DONTNEED on private anonymous
+        // memory leaves zero pages behind, which the next use faults in.
+        unsafe {
+            libc::madvise((h as *mut u8).add(PAGE) as *mut libc::c_void, SLAB_BYTES - PAGE, libc::MADV_DONTNEED);
+        }
+        let mut free = self.free_slabs.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the slab is ours alone until it is on the stack.
+        unsafe { (*h).next = free.stack };
+        free.stack = slab;
+    }
+
+    /// The chunk size of a chunk this instance handed out.
+    ///
+    /// # Safety
+    /// As for `dealloc`: `p` is a live chunk of this instance.
+    unsafe fn chunk_size(&self, p: *mut u8) -> usize {
+        let slab = (p as usize - self.base.load(Ordering::Relaxed)) / SLAB_BYTES;
+        // SAFETY: as in `dealloc`.
+        CLASS_SIZES[unsafe { (*self.header(slab)).class }]
+    }
+}
+
+impl Default for Slabs {
+    fn default() -> Self {
+        Slabs::new()
+    }
+}
+
+static SLABS: Slabs = Slabs::new();
+
+/// Switches the module's small allocations to slabs. Called once in
+/// `child_init`, before the child's threads start: the parent never uses
+/// the slabs, so nothing of them is left behind when httpd unloads the
+/// module on a restart. Objects allocated before keep going back to malloc.
+pub fn enable_in_child() -> bool {
+    SLABS.reserve(REGION_BYTES)
+}
+
+/// The module's global allocator (see the module doc).
+pub struct ModuleAlloc;
+
+fn small(layout: &Layout) -> bool {
+    layout.size() <= MAX_SMALL && layout.align() <= 16
+}
+
+// SAFETY: every pointer handed out is either a slab chunk of at least the
+// layout's size and 16-aligned (layouts needing more alignment never go to
+// slabs) or comes from `System` with the same layout; `owns` tells them
+// apart by address, so each goes back where it came from.
+unsafe impl GlobalAlloc for ModuleAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if small(&layout) {
+            if let Some(p) = SLABS.alloc(layout.size()) {
+                return p;
+            }
+        }
+        // SAFETY: caller's contract (non-zero size) passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if small(&layout) {
+            if let Some(p) = SLABS.alloc(layout.size()) {
+                // SAFETY: the chunk has at least layout.size() bytes.
+                unsafe { ptr::write_bytes(p, 0, layout.size()) };
+                return p;
+            }
+        }
+        // SAFETY: as in alloc.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        if SLABS.owns(p) {
+            // SAFETY: caller's contract: p is live and ours.
+            unsafe { SLABS.dealloc(p) }
+        } else {
+            // SAFETY: not a slab chunk, so System handed it out with this layout.
+            unsafe { System.dealloc(p, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !SLABS.owns(p) {
+            // SAFETY: caller's contract; System's pointer with its layout.
+            return unsafe { System.realloc(p, layout, new_size) };
+        }
+        // SAFETY: p is a live slab chunk.
+        if new_size <= unsafe { SLABS.chunk_size(p) } {
+            return p;
+        }
+        // SAFETY: the new layout is valid (the caller guarantees new_size
+        // does not overflow isize with this alignment); both blocks are
+        // live for the copy of the old contents.
+        unsafe {
+            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
+            let q = self.alloc(new_layout);
+            if !q.is_null() {
+                ptr::copy_nonoverlapping(p, q, layout.size());
+                SLABS.dealloc(p);
+            }
+            q
+        }
+    }
+}
+
+/// nghttp2's allocator (`nghttp2_mem`): its small objects (streams,
+/// queued frames, HPACK table entries) come from the same slabs as the
+/// Rust code's; larger ones (the session, its frame buffer) from malloc.
+pub mod nghttp2_mem {
+    use super::{ptr, MAX_SMALL, SLABS};
+    use crate::ffi::panic::guard;
+    use libc::{c_void, size_t};
+
+    /// nghttp2 frees without a size, so each entry point tells a slab chunk
+    /// from malloc's by its address, as the global allocator does.
+    fn malloc(size: size_t) -> *mut c_void {
+        if size <= MAX_SMALL {
+            if let Some(p) = SLABS.alloc(size.max(1)) {
+                return p as *mut c_void;
+            }
+        }
+        // SAFETY: plain malloc.
+        unsafe { libc::malloc(size) }
+    }
+
+    /// # Safety
+    /// nghttp2 calls these with pointers they returned, as malloc's API.
+    pub unsafe extern "C" fn alloc(size: size_t, _user: *mut c_void) -> *mut c_void {
+        guard("nghttp2 malloc", ptr::null_mut(), || malloc(size))
+    }
+
+    /// # Safety
+    /// As for `alloc`.
+    pub unsafe extern "C" fn free(p: *mut c_void, _user: *mut c_void) {
+        guard("nghttp2 free", (), || {
+            if SLABS.owns(p as *mut u8) {
+                // SAFETY: a live slab chunk nghttp2 got from `alloc`.
+                unsafe { SLABS.dealloc(p as *mut u8) }
+            } else {
+                // SAFETY: null or malloc's pointer.
+                unsafe { libc::free(p) }
+            }
+        })
+    }
+
+    /// # Safety
+    /// As for `alloc`.
+    pub unsafe extern "C" fn calloc(n: size_t, size: size_t, _user: *mut c_void) -> *mut c_void {
+        guard("nghttp2 calloc", ptr::null_mut(), || {
+            let Some(bytes) = n.checked_mul(size) else { return ptr::null_mut() };
+            if bytes <= MAX_SMALL {
+                if let Some(p) = SLABS.alloc(bytes.max(1)) {
+                    // SAFETY: the chunk holds at least `bytes`.
+                    unsafe { ptr::write_bytes(p, 0, bytes) };
+                    return p as *mut c_void;
+                }
+            }
+            // SAFETY: plain calloc.
+            unsafe { libc::calloc(n, size) }
+        })
+    }
+
+    /// # Safety
+    /// As for `alloc`.
+    pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t, _user: *mut c_void) -> *mut c_void {
+        guard("nghttp2 realloc", ptr::null_mut(), || {
+            if !SLABS.owns(p as *mut u8) {
+                // SAFETY: null or malloc's pointer.
+                return unsafe { libc::realloc(p, size) };
+            }
+            // SAFETY: a live slab chunk.
+            let have = unsafe { SLABS.chunk_size(p as *mut u8) };
+            if size <= have {
+                return p;
+            }
+            let q = malloc(size);
+            if !q.is_null() {
+                // SAFETY: both live; the old chunk holds `have` < `size` bytes.
+                unsafe {
+                    ptr::copy_nonoverlapping(p as *const u8, q as *mut u8, have);
+                    SLABS.dealloc(p as *mut u8);
+                }
+            }
+            q
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slabs(bytes: usize) -> Slabs {
+        let s = Slabs::new();
+        assert!(s.reserve(bytes));
+        s
+    }
+
+    #[test]
+    fn sizes_map_to_the_smallest_class_that_fits() {
+        for size in 1..=MAX_SMALL {
+            let c = CLASS_OF[size.div_ceil(16)] as usize;
+            assert!(CLASS_SIZES[c] >= size, "{size}");
+            assert!(c == 0 || CLASS_SIZES[c - 1] < size, "{size}");
+        }
+    }
+
+    #[test]
+    fn chunks_are_aligned_distinct_and_reused() {
+        let s = slabs(4 * SLAB_BYTES);
+        let a: Vec<*mut u8> = (0..100).map(|_| s.alloc(40).unwrap()).collect();
+        for (i, &p) in a.iter().enumerate() {
+            assert_eq!(p as usize % 16, 0);
+            // SAFETY: each chunk has 48 bytes.
+            unsafe { ptr::write_bytes(p, i as u8, 40) };
+        }
+        let mut sorted = a.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 100);
+        for (i, &p) in a.iter().enumerate() {
+            // SAFETY: written above.
+            assert_eq!(unsafe { *p.add(39) }, i as u8);
+        }
+        // SAFETY: live chunks of `s`.
+        unsafe { s.dealloc(a[7]) };
+        assert_eq!(s.alloc(33), Some(a[7]), "a freed chunk is handed out again first");
+        for &p in &a {
+            // SAFETY: as above.
+            unsafe { s.dealloc(p) };
+        }
+    }
+
+    #[test]
+    fn an_emptied_slab_goes_to_another_class_and_its_pages_are_given_back() {
+        let s = slabs(2 * SLAB_BYTES);
+        let per_slab = (SLAB_BYTES - HEADER_BYTES) / 1024;
+        // Fill both slabs with 1 KiB chunks: the region is used up.
+        let big: Vec<*mut u8> = (0..2 * per_slab).map(|_| s.alloc(1000).unwrap()).collect();
+        assert_eq!(s.alloc(16), None, "no slab left for another class");
+        for &p in &big {
+            // SAFETY: live chunks; touch them so that there are pages to give back.
+            unsafe { ptr::write_bytes(p, 0xab, 1000) };
+        }
+        for &p in &big {
+            // SAFETY: as above.
+            unsafe { s.dealloc(p) };
+        }
+        // One slab was released, the class keeps the other with room.
+        let small = s.alloc(16).expect("the released slab serves another class");
+        // SAFETY: a live chunk of `s`.
+        unsafe { s.dealloc(small) };
+        let again = s.alloc(1000).unwrap();
+        assert!(big.contains(&again));
+        // SAFETY: as above.
+        unsafe { s.dealloc(again) };
+    }
+
+    #[test]
+    fn a_released_slab_reads_back_as_zero_pages() {
+        let s = slabs(2 * SLAB_BYTES);
+        let per_slab = (SLAB_BYTES - HEADER_BYTES) / 1024;
+        let first: Vec<*mut u8> = (0..per_slab).map(|_| s.alloc(1024).unwrap()).collect();
+        let second: Vec<*mut u8> = (0..per_slab).map(|_| s.alloc(1024).unwrap()).collect();
+        for &p in first.iter().chain(&second) {
+            // SAFETY: live chunks.
+            unsafe { ptr::write_bytes(p, 0xcd, 1024) };
+        }
+        for &p in &first {
+            // SAFETY: as above.
+            unsafe { s.dealloc(p) };
+        }
+        // The first slab emptied while the second (full) was not in the
+        // list: it is the class's only slab with room, so it stays.
+        let p = s.alloc(1024).unwrap();
+        assert!(first.contains(&p));
+        // SAFETY: as above.
+        unsafe { s.dealloc(p) };
+        for &p in &second {
+            // SAFETY: as above.
+            unsafe { s.dealloc(p) };
+        }
+        // The second slab emptied while the first still had room: it went
+        // back to the stack, its pages beyond the header's given back
+        // (zero when read again); the first kept its bytes.
+        let beyond_header = |p: &&*mut u8| (**p as usize) % SLAB_BYTES + 100 >= PAGE;
+        for &p in second.iter().filter(beyond_header) {
+            // SAFETY: the mapping stays ours; a read of released memory.
+            assert_eq!(unsafe { *p.add(100) }, 0);
+        }
+        for &p in &first {
+            // SAFETY: as above; this slab was kept.
+            assert_eq!(unsafe { *p.add(100) }, 0xcd);
+        }
+    }
+
+    #[test]
+    fn threads_allocating_and_freeing_each_others_chunks_agree() {
+        let s = std::sync::Arc::new(slabs(64 * SLAB_BYTES));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, usize, u8)>(256);
+        let producer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000usize {
+                    let size = 1 + (i * 37) % MAX_SMALL;
+                    let p = s.alloc(size).unwrap();
+                    // SAFETY: the chunk has at least `size` bytes.
+                    unsafe { ptr::write_bytes(p, i as u8, size) };
+                    tx.send((p as usize, size, i as u8)).unwrap();
+                }
+            })
+        };
+        let mut n = 0;
+        for (p, size, byte) in rx {
+            let p = p as *mut u8;
+            // SAFETY: the producer wrote `size` bytes and handed the chunk over.
+            unsafe {
+                assert_eq!(*p, byte);
+                assert_eq!(*p.add(size - 1), byte);
+                s.dealloc(p);
+            }
+            n += 1;
+        }
+        producer.join().unwrap();
+        assert_eq!(n, 20_000);
+    }
+
+    #[test]
+    fn nothing_is_served_before_the_region_is_reserved() {
+        let s = Slabs::new();
+        assert_eq!(s.alloc(16), None);
+        assert!(!s.owns(16 as *mut u8));
+    }
+}
