@@ -365,6 +365,8 @@ def main():
     ap.add_argument("--only", help="run only workloads whose name contains this")
     ap.add_argument("--container", nargs="?", const="mod_h2rs:latest", metavar="IMAGE",
                     help="also run mod_h2rs in a container of IMAGE (default mod_h2rs:latest, make docker-image)")
+    ap.add_argument("--uptime", type=int, metavar="RUNS",
+                    help="only RSS with uptime: RUNS back-to-back runs of 100,000 1 KiB requests per server")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
@@ -383,6 +385,14 @@ def main():
         servers["HTTP/1.1 (container)"] = ContainerServer(base, "container-h1", doc, args.container, h2=False)
     for s in servers.values():
         s.start()
+    if args.uptime:
+        try:
+            uptime(servers, args.uptime, pathlib.Path(args.out))
+        finally:
+            for s in servers.values():
+                s.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        return
     results = {}  # workload -> server -> [round results]
     try:
         workloads = [w for w in WORKLOADS if not args.only or args.only in w[0]]
@@ -424,6 +434,40 @@ def main():
         crashed = [k for k, s in servers.items() if s.crashed()]
     report(results, servers, rounds, pathlib.Path(args.out), crashed)
     shutil.rmtree(base, ignore_errors=True)
+
+
+def uptime(servers, runs, out):
+    """RSS of each server after back-to-back runs of 1 KiB `-c 100 -m 10`
+    (HTTP/1.1: `-c 100`), interleaved across the servers: memory that
+    grows with the requests served shows here, not in a single run."""
+    marks = sorted({1, 2, 5, runs} | set(range(10, runs + 1, 10)))
+    rss = {k: {} for k in servers}
+    rps = {k: [] for k in servers}
+    for run in range(1, runs + 1):
+        for key, srv in servers.items():
+            h1 = key.startswith("HTTP/1.1")
+            url = f"http://127.0.0.1:{srv.port}/1k.bin"
+            r = h2load(srv, ["-n", "100000", "-c", "100", *([] if h1 else ["-m", "10"]), url], h1, 120)
+            rps[key].append(r["rps"])
+            if run in marks:
+                time.sleep(0.5)  # let the last connections close
+                rss[key][run] = srv.rss_kib() / 1024
+                print(f"run {run:3d} {key:9} RSS {rss[key][run]:6.1f} MiB  {r['rps']:9.0f} req/s", flush=True)
+    v = versions()
+    lines = [f"# RSS with uptime ({datetime.datetime.now():%Y-%m-%d %H:%M})", "",
+             f"Machine: {v['cpus']} CPUs, Linux {v['kernel']}; {v['httpd']}; {v['h2load']}; mod_h2rs {v['mod_h2rs']}.",
+             f"One server each, {runs} back-to-back runs of 100,000 1 KiB requests (`-c 100 -m 10`, HTTP/1.1 "
+             "`-c 100`), interleaved across the servers; RSS of all httpd processes after the run. "
+             "`scripts/bench --uptime RUNS` writes this file.", "",
+             "| server | " + " | ".join(f"after {m}" for m in marks) + " | median req/s |",
+             "|---|" + "---:|" * (len(marks) + 1)]
+    for key in servers:
+        lines.append(f"| {key} | " + " | ".join(f"{rss[key].get(m, 0):.1f}" for m in marks)
+                     + f" | {med(rps[key]):.0f} |")
+    crashed = [k for k, s in servers.items() if s.crashed()]
+    if crashed:
+        lines += ["", f"**Crash or panic in the error log of: {', '.join(crashed)}**"]
+    write_report(lines, out, "bench-uptime.md")
 
 
 def med(xs):
