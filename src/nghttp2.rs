@@ -274,18 +274,64 @@ pub struct Ops<'a> {
     _life: PhantomData<&'a mut ()>,
 }
 
-/// Builds nghttp2 name/value pairs pointing into `fields` (nghttp2 copies
-/// them on submit; NO_INDEX for fields that must not enter the HPACK table).
-fn nv_list<'h>(status: Option<&'h [u8]>, fields: &'h Headers) -> Vec<ng::nghttp2_nv> {
-    let mut nva = Vec::with_capacity(fields.len() + 1);
+/// Pairs a response of up to this many fields passes to nghttp2 from the
+/// stack (a `Vec` per response was a malloc and a free per request).
+const INLINE_NV: usize = 24;
+
+/// nghttp2 name/value pairs pointing into a `Headers` (nghttp2 copies
+/// them on submit; NO_INDEX for fields that must not enter the HPACK
+/// table).
+struct NvList<'h> {
+    inline: [ng::nghttp2_nv; INLINE_NV],
+    len: usize,
+    /// Used instead of `inline` beyond INLINE_NV pairs.
+    heap: Vec<ng::nghttp2_nv>,
+    _fields: PhantomData<&'h Headers>,
+}
+
+impl NvList<'_> {
+    fn as_slice(&self) -> &[ng::nghttp2_nv] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
+fn nv_list<'h>(status: Option<&'h [u8]>, fields: &'h Headers) -> NvList<'h> {
+    let empty = ng::nghttp2_nv { name: ptr::null_mut(), value: ptr::null_mut(), namelen: 0, valuelen: 0, flags: 0 };
+    let n = fields.len() + status.is_some() as usize;
+    let mut list = NvList {
+        inline: [empty; INLINE_NV],
+        len: 0,
+        heap: if n > INLINE_NV { Vec::with_capacity(n) } else { Vec::new() },
+        _fields: PhantomData,
+    };
     let mut push = |name: &[u8], value: &[u8], sensitive: bool| {
-        nva.push(ng::nghttp2_nv {
+        let mut flags = if sensitive { ng::NGHTTP2_NV_FLAG_NO_INDEX } else { ng::NGHTTP2_NV_FLAG_NONE };
+        // A common name is passed as a static string nghttp2 need not copy
+        // nor lower-case (it does both for every other name).
+        let name = match static_name(name) {
+            Some(stat) => {
+                flags |= ng::NGHTTP2_NV_FLAG_NO_COPY_NAME;
+                stat
+            }
+            None => name,
+        };
+        let nv = ng::nghttp2_nv {
             name: name.as_ptr() as *mut u8,
             value: value.as_ptr() as *mut u8,
             namelen: name.len(),
             valuelen: value.len(),
-            flags: if sensitive { ng::NGHTTP2_NV_FLAG_NO_INDEX as u8 } else { ng::NGHTTP2_NV_FLAG_NONE as u8 },
-        });
+            flags: flags as u8,
+        };
+        if n > INLINE_NV {
+            list.heap.push(nv);
+        } else {
+            list.inline[list.len] = nv;
+            list.len += 1;
+        }
     };
     if let Some(s) = status {
         push(b":status", s, false);
@@ -294,7 +340,39 @@ fn nv_list<'h>(status: Option<&'h [u8]>, fields: &'h Headers) -> Vec<ng::nghttp2
         let sensitive = n == b"set-cookie" || n == b"authorization";
         push(n, v, sensitive);
     }
-    nva
+    list
+}
+
+/// The same lower-case name as a `'static` string, for the names most
+/// responses carry. nghttp2 reads a name given with NO_COPY_NAME until the
+/// frame is sent; a static string outlives every frame.
+fn static_name(name: &[u8]) -> Option<&'static [u8]> {
+    Some(match name {
+        b":status" => b":status",
+        b"date" => b"date",
+        b"server" => b"server",
+        b"content-type" => b"content-type",
+        b"content-length" => b"content-length",
+        b"last-modified" => b"last-modified",
+        b"etag" => b"etag",
+        b"accept-ranges" => b"accept-ranges",
+        b"cache-control" => b"cache-control",
+        b"expires" => b"expires",
+        b"vary" => b"vary",
+        b"content-encoding" => b"content-encoding",
+        b"content-language" => b"content-language",
+        b"content-range" => b"content-range",
+        b"location" => b"location",
+        b"set-cookie" => b"set-cookie",
+        b"age" => b"age",
+        b"link" => b"link",
+        b"allow" => b"allow",
+        b"access-control-allow-origin" => b"access-control-allow-origin",
+        b"strict-transport-security" => b"strict-transport-security",
+        b"x-content-type-options" => b"x-content-type-options",
+        b"x-frame-options" => b"x-frame-options",
+        _ => return None,
+    })
 }
 
 fn status_bytes(status: u16) -> [u8; 3] {
@@ -345,6 +423,7 @@ impl<'a> Ops<'a> {
     ) -> Result<(), NgError> {
         let status = status_bytes(status);
         let nva = nv_list(Some(&status), fields);
+        let nva = nva.as_slice();
         let provider = ng::nghttp2_data_provider2 {
             source: ng::nghttp2_data_source { ptr: ptr::null_mut() },
             read_callback: Some(read_data_cb::<H>),
@@ -359,6 +438,7 @@ impl<'a> Ops<'a> {
     pub fn submit_interim(&mut self, stream_id: i32, status: u16, fields: &Headers) -> Result<(), NgError> {
         let status = status_bytes(status);
         let nva = nv_list(Some(&status), fields);
+        let nva = nva.as_slice();
         // SAFETY: as for submit_response; no priority spec, no user data.
         check(unsafe {
             ng::nghttp2_submit_headers(
@@ -376,6 +456,7 @@ impl<'a> Ops<'a> {
     /// Submits trailers (a HEADERS frame with END_STREAM).
     pub fn submit_trailer(&mut self, stream_id: i32, fields: &Headers) -> Result<(), NgError> {
         let nva = nv_list(None, fields);
+        let nva = nva.as_slice();
         // SAFETY: as for submit_response.
         check(unsafe { ng::nghttp2_submit_trailer(self.raw, stream_id, nva.as_ptr(), nva.len()) })
     }
@@ -433,6 +514,7 @@ impl<'a> Ops<'a> {
     /// from `read_data`. Returns the new stream id.
     pub fn submit_request<H: Handler>(&mut self, fields: &Headers, body: bool) -> Result<i32, NgError> {
         let nva = nv_list(None, fields);
+        let nva = nva.as_slice();
         let provider = ng::nghttp2_data_provider2 {
             source: ng::nghttp2_data_source { ptr: ptr::null_mut() },
             read_callback: Some(read_data_cb::<H>),
@@ -952,4 +1034,40 @@ unsafe extern "C" fn send_data_cb<H: Handler>(
         }
         0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_names_are_the_same_bytes_and_lower_case() {
+        for name in [&b"date"[..], b"content-type", b"x-frame-options", b":status", b"set-cookie"] {
+            assert_eq!(static_name(name), Some(name));
+        }
+        for name in [&b"Date"[..], b"x-custom", b"", b"content-typ"] {
+            assert_eq!(static_name(name), None);
+        }
+    }
+
+    #[test]
+    fn nv_lists_beyond_the_inline_pairs_spill_to_the_heap_in_order() {
+        for n in [0, 1, INLINE_NV - 1, INLINE_NV, INLINE_NV + 5] {
+            let mut h = Headers::new();
+            for i in 0..n {
+                h.push(format!("x-f{i}").as_bytes(), b"v");
+            }
+            let list = nv_list(Some(b"200"), &h);
+            let nva = list.as_slice();
+            assert_eq!(nva.len(), n + 1);
+            // SAFETY: the pairs point into `h` and the status, both alive.
+            let name = |nv: &ng::nghttp2_nv| unsafe { std::slice::from_raw_parts(nv.name, nv.namelen) }.to_vec();
+            assert_eq!(name(&nva[0]), b":status");
+            assert_ne!(nva[0].flags as u32 & ng::NGHTTP2_NV_FLAG_NO_COPY_NAME, 0);
+            for (i, nv) in nva[1..].iter().enumerate() {
+                assert_eq!(name(nv), format!("x-f{i}").as_bytes());
+                assert_eq!(nv.flags as u32 & ng::NGHTTP2_NV_FLAG_NO_COPY_NAME, 0);
+            }
+        }
+    }
 }

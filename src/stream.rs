@@ -36,6 +36,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Room a `Headers` takes at its first field (pushed, not built with
+/// a capacity): fields and bytes.
+const FIRST_FIELDS: usize = 8;
+const FIRST_BYTES: usize = 256;
+
 /// A compact list of header fields: all bytes in one buffer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
@@ -54,6 +59,12 @@ impl Headers {
     }
 
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        if self.fields.capacity() == 0 {
+            // Room for a typical request's fields at once: grown from
+            // empty, the first few fields cost five allocations.
+            self.fields.reserve(FIRST_FIELDS);
+            self.buf.reserve(FIRST_BYTES.max(name.len() + value.len()));
+        }
         let start = self.buf.len() as u32;
         self.buf.extend_from_slice(name);
         self.buf.extend_from_slice(value);
