@@ -82,6 +82,11 @@ struct ClassState {
     with_room: usize,
 }
 
+/// A class's lock on a cache line of its own: the two CPUs' allocations
+/// of different sizes do not contend for one line.
+#[repr(align(64))]
+struct ClassLock(Mutex<ClassState>);
+
 struct FreeSlabs {
     /// Released slabs, reusable by any class.
     stack: usize,
@@ -93,7 +98,7 @@ struct FreeSlabs {
 pub struct Slabs {
     base: AtomicUsize,
     count: AtomicUsize,
-    classes: [Mutex<ClassState>; CLASSES],
+    classes: [ClassLock; CLASSES],
     free_slabs: Mutex<FreeSlabs>,
 }
 
@@ -102,7 +107,7 @@ impl Slabs {
         Slabs {
             base: AtomicUsize::new(0),
             count: AtomicUsize::new(0),
-            classes: [const { Mutex::new(ClassState { with_room: NONE }) }; CLASSES],
+            classes: [const { ClassLock(Mutex::new(ClassState { with_room: NONE })) }; CLASSES],
             free_slabs: Mutex::new(FreeSlabs { stack: NONE, fresh: 0 }),
         }
     }
@@ -149,7 +154,7 @@ impl Slabs {
 
     fn lock_class(&self, class: usize) -> std::sync::MutexGuard<'_, ClassState> {
         // Nothing panics while a lock is held; a poisoned lock is usable.
-        self.classes[class].lock().unwrap_or_else(|e| e.into_inner())
+        self.classes[class].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A chunk of at least `size` (1..=MAX_SMALL) bytes, 16-aligned; None
