@@ -26,7 +26,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Largest size served from slabs. glibc's per-thread cache takes chunks
@@ -34,10 +34,10 @@ use std::sync::Mutex;
 pub const MAX_SMALL: usize = 1024;
 const SLAB_BYTES: usize = 64 * 1024;
 const HEADER_BYTES: usize = 64;
-const PAGE: usize = 4096;
 /// Address space reserved per child: 4,096 slabs. Only touched pages
 /// cost memory; past the end, allocations fall back to malloc.
 const REGION_BYTES: usize = 256 << 20;
+const MAX_SLABS: usize = REGION_BYTES / SLAB_BYTES;
 const NONE: usize = usize::MAX;
 
 /// Chunk sizes: 16-byte steps to 128, then four classes per doubling (at
@@ -69,8 +69,8 @@ struct SlabHeader {
     free: *mut u8,
     /// Offset of the first chunk never handed out.
     bump: usize,
-    /// Links in the class's list of slabs with room, or in the stack of
-    /// free slabs (slab indexes; `NONE` ends a list).
+    /// Links in the class's list of slabs with room (slab indexes;
+    /// `NONE` ends the list).
     next: usize,
     prev: usize,
 }
@@ -88,7 +88,8 @@ struct ClassState {
 struct ClassLock(Mutex<ClassState>);
 
 struct FreeSlabs {
-    /// Released slabs, reusable by any class.
+    /// Released slabs, reusable by any class; linked through `free_next`
+    /// so that a released slab keeps no page.
     stack: usize,
     /// Slabs never used yet: `fresh..count`.
     fresh: usize,
@@ -100,6 +101,8 @@ pub struct Slabs {
     count: AtomicUsize,
     classes: [ClassLock; CLASSES],
     free_slabs: Mutex<FreeSlabs>,
+    /// The next slab on the free stack, per slab (under `free_slabs`).
+    free_next: [AtomicU32; MAX_SLABS],
 }
 
 impl Slabs {
@@ -109,6 +112,7 @@ impl Slabs {
             count: AtomicUsize::new(0),
             classes: [const { ClassLock(Mutex::new(ClassState { with_room: NONE })) }; CLASSES],
             free_slabs: Mutex::new(FreeSlabs { stack: NONE, fresh: 0 }),
+            free_next: [const { AtomicU32::new(0) }; MAX_SLABS],
         }
     }
 
@@ -137,7 +141,7 @@ impl Slabs {
         // Slabs start at a multiple of their size, so a chunk finds its
         // slab by rounding down. The slack before and after is never used.
         let base = (p as usize).next_multiple_of(SLAB_BYTES);
-        self.count.store(bytes / SLAB_BYTES, Ordering::Relaxed);
+        self.count.store((bytes / SLAB_BYTES).min(MAX_SLABS), Ordering::Relaxed);
         self.base.store(base, Ordering::Release);
         true
     }
@@ -271,8 +275,8 @@ impl Slabs {
         let mut free = self.free_slabs.lock().unwrap_or_else(|e| e.into_inner());
         if free.stack != NONE {
             let slab = free.stack;
-            // SAFETY: slabs on the stack are only touched under its lock.
-            free.stack = unsafe { (*self.header(slab)).next };
+            let next = self.free_next[slab].load(Ordering::Relaxed);
+            free.stack = if next == u32::MAX { NONE } else { next as usize };
             return Some(slab);
         }
         if free.fresh < self.count.load(Ordering::Relaxed) {
@@ -282,19 +286,18 @@ impl Slabs {
         None
     }
 
-    /// Returns an empty slab's pages (all but the header's) to the kernel
-    /// and puts it on the shared stack.
+    /// Returns an empty slab's pages to the kernel and puts it on the
+    /// shared stack.
     fn release_slab(&self, slab: usize) {
-        let h = self.header(slab);
         // SAFETY: the slab has no live chunk and is in no class's list; the
         // range lies inside our mapping. MADV_DONTNEED on private anonymous
         // memory leaves zero pages behind, which the next use faults in.
         unsafe {
-            libc::madvise((h as *mut u8).add(PAGE) as *mut libc::c_void, SLAB_BYTES - PAGE, libc::MADV_DONTNEED);
+            libc::madvise(self.header(slab) as *mut libc::c_void, SLAB_BYTES, libc::MADV_DONTNEED);
         }
         let mut free = self.free_slabs.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the slab is ours alone until it is on the stack.
-        unsafe { (*h).next = free.stack };
+        let next = if free.stack == NONE { u32::MAX } else { free.stack as u32 };
+        self.free_next[slab].store(next, Ordering::Relaxed);
         free.stack = slab;
     }
 
@@ -571,10 +574,9 @@ mod tests {
             unsafe { s.dealloc(p) };
         }
         // The second slab emptied while the first still had room: it went
-        // back to the stack, its pages beyond the header's given back
-        // (zero when read again); the first kept its bytes.
-        let beyond_header = |p: &&*mut u8| (**p as usize) % SLAB_BYTES + 100 >= PAGE;
-        for &p in second.iter().filter(beyond_header) {
+        // back to the stack with all its pages given back (zero when read
+        // again); the first kept its bytes.
+        for &p in &second {
             // SAFETY: the mapping stays ours; a read of released memory.
             assert_eq!(unsafe { *p.add(100) }, 0);
         }
