@@ -138,6 +138,19 @@ impl Slabs {
         if p == libc::MAP_FAILED {
             return false;
         }
+        // Named in /proc/PID/maps as "[anon:mod_h2rs slabs]" where the
+        // kernel can (5.17+ with CONFIG_ANON_VMA_NAME); a name also keeps
+        // the kernel from merging the mapping with a neighbour.
+        // SAFETY: names our own mapping; the name is a static C string.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_VMA,
+                libc::PR_SET_VMA_ANON_NAME as libc::c_ulong,
+                p as libc::c_ulong,
+                len as libc::c_ulong,
+                c"mod_h2rs slabs".as_ptr() as libc::c_ulong,
+            );
+        }
         // Slabs start at a multiple of their size, so a chunk finds its
         // slab by rounding down. The slack before and after is never used.
         let base = (p as usize).next_multiple_of(SLAB_BYTES);

@@ -413,3 +413,34 @@ def test_url_that_stops_being_a_static_file_goes_back_to_workers(make_server, do
             flip.rmdir()
         else:
             flip.unlink(missing_ok=True)
+
+
+def slab_region_rss_kib(pid):
+    """RSS of the module's slab region in a process (src/alloc.rs: an
+    anonymous mapping of 256 MiB and one 64 KiB slab; nothing else in an
+    httpd process maps that much at once, and should the kernel merge it
+    with a neighbour it only grows), None when absent."""
+    size = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) rw-p \S+ \S+ 0\s*(\[anon:mod_h2rs slabs\])?\s*$", line)
+            if m:
+                size = int(m[2], 16) - int(m[1], 16)
+            elif re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                size = None
+            elif line.startswith("Rss:") and size is not None and size >= (256 << 20):
+                return int(line.split()[1])
+    return None
+
+
+def test_children_allocate_from_the_module_slabs_and_the_parent_does_not(server):
+    """The module's small objects come from its own slabs in the children
+    (so RSS does not climb with the requests served, see INTERNALS), never
+    in the parent, which unloads the module on a restart."""
+    for _ in range(3):
+        r = curl("--http2-prior-knowledge", server.url("/index.html"))
+        assert r.returncode == 0
+    in_children = [slab_region_rss_kib(pid) for pid in server.mpm_children()]
+    assert in_children and all(kib is not None for kib in in_children), in_children
+    assert any(kib > 0 for kib in in_children), in_children
+    assert slab_region_rss_kib(server.pid) is None
