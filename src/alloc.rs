@@ -1,8 +1,8 @@
-//! The allocator of the module's own Rust code in a child process: its
-//! small objects (up to `MAX_SMALL` bytes) come from size-class slabs
-//! shared by all threads; everything else, and everything before
-//! `enable_in_child`, goes to glibc's malloc (`System`). nghttp2, APR and
-//! httpd keep their allocators.
+//! The allocator of the module's own Rust code (its `#[global_allocator]`)
+//! and of its nghttp2 sessions (`nghttp2_mem`) in a child process: small
+//! objects (up to `MAX_SMALL` bytes) come from size-class slabs shared by
+//! all threads; everything else, and everything before `enable_in_child`,
+//! goes to glibc's malloc. APR and httpd keep their allocators.
 //!
 //! Why: a session moves between the MPM's threads from one event to the
 //! next, and its objects are freed on whichever thread ends them. glibc
@@ -96,7 +96,7 @@ struct FreeSlabs {
 }
 
 /// Size-class slabs over one region of address space.
-pub struct Slabs {
+struct Slabs {
     base: AtomicUsize,
     count: AtomicUsize,
     classes: [ClassLock; CLASSES],
@@ -106,7 +106,7 @@ pub struct Slabs {
 }
 
 impl Slabs {
-    pub const fn new() -> Slabs {
+    const fn new() -> Slabs {
         Slabs {
             base: AtomicUsize::new(0),
             count: AtomicUsize::new(0),
@@ -322,12 +322,6 @@ impl Slabs {
         let slab = (p as usize - self.base.load(Ordering::Relaxed)) / SLAB_BYTES;
         // SAFETY: as in `dealloc`.
         CLASS_SIZES[unsafe { (*self.header(slab)).class }]
-    }
-}
-
-impl Default for Slabs {
-    fn default() -> Self {
-        Slabs::new()
     }
 }
 

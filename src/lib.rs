@@ -42,8 +42,8 @@ pub mod text;
 pub mod websocket;
 pub mod workers;
 
-/// Small allocations of the module's Rust code come from shared size-class
-/// slabs in the children (`alloc`): glibc's per-thread caches made RSS grow
-/// with uptime.
+/// Small allocations of the module's Rust code (and of nghttp2) come from
+/// shared size-class slabs in the children (`alloc`): with glibc's malloc
+/// on the MPM's 64 threads, RSS grew with uptime.
 #[global_allocator]
 static ALLOCATOR: alloc::ModuleAlloc = alloc::ModuleAlloc;

@@ -279,8 +279,9 @@ pub struct Ops<'a> {
 const INLINE_NV: usize = 24;
 
 /// nghttp2 name/value pairs pointing into a `Headers` (nghttp2 copies
-/// them on submit; NO_INDEX for fields that must not enter the HPACK
-/// table).
+/// them on submit) or, for common names, at static strings it does not
+/// copy (`static_name`); NO_INDEX for fields that must not enter the HPACK
+/// table.
 struct NvList<'h> {
     inline: [ng::nghttp2_nv; INLINE_NV],
     len: usize,
