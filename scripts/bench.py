@@ -386,11 +386,16 @@ def main():
     for s in servers.values():
         s.start()
     if args.uptime:
+        hosts = {k: s for k, s in servers.items() if not isinstance(s, ContainerServer)}
         try:
-            uptime(servers, args.uptime, pathlib.Path(args.out))
+            lines = uptime(hosts, args.uptime)
         finally:
             for s in servers.values():
                 s.stop()
+        crashed = [k for k, s in hosts.items() if s.crashed()]
+        if crashed:
+            lines += ["", f"**Crash or panic in the error log of: {', '.join(crashed)}**"]
+        write_report(lines, pathlib.Path(args.out), "bench-uptime.md")
         shutil.rmtree(base, ignore_errors=True)
         return
     results = {}  # workload -> server -> [round results]
@@ -436,11 +441,12 @@ def main():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def uptime(servers, runs, out):
+def uptime(servers, runs):
     """RSS of each server after back-to-back runs of 1 KiB `-c 100 -m 10`
     (HTTP/1.1: `-c 100`), interleaved across the servers: memory that
-    grows with the requests served shows here, not in a single run."""
-    marks = sorted({1, 2, 5, runs} | set(range(10, runs + 1, 10)))
+    grows with the requests served shows here, not in a single run.
+    Returns the report's lines."""
+    marks = sorted(m for m in {1, 2, 5, runs} | set(range(10, runs + 1, 10)) if m <= runs)
     rss = {k: {} for k in servers}
     rps = {k: [] for k in servers}
     for run in range(1, runs + 1):
@@ -464,10 +470,7 @@ def uptime(servers, runs, out):
     for key in servers:
         lines.append(f"| {key} | " + " | ".join(f"{rss[key].get(m, 0):.1f}" for m in marks)
                      + f" | {med(rps[key]):.0f} |")
-    crashed = [k for k, s in servers.items() if s.crashed()]
-    if crashed:
-        lines += ["", f"**Crash or panic in the error log of: {', '.join(crashed)}**"]
-    write_report(lines, out, "bench-uptime.md")
+    return lines
 
 
 def med(xs):
