@@ -38,6 +38,7 @@ const HEADER_BYTES: usize = 64;
 /// cost memory; past the end, allocations fall back to malloc.
 const REGION_BYTES: usize = 256 << 20;
 const MAX_SLABS: usize = REGION_BYTES / SLAB_BYTES;
+const _: () = assert!(MAX_SLABS * 4 <= SLAB_BYTES);
 const NONE: usize = usize::MAX;
 
 /// Chunk sizes: 16-byte steps to 128, then four classes per doubling (at
@@ -88,8 +89,9 @@ struct ClassState {
 struct ClassLock(Mutex<ClassState>);
 
 struct FreeSlabs {
-    /// Released slabs, reusable by any class; linked through `free_next`
-    /// so that a released slab keeps no page.
+    /// Released slabs, reusable by any class; linked through the array
+    /// of next indexes in the region's first slab (`free_next`), so that a
+    /// released slab keeps no page.
     stack: usize,
     /// Slabs never used yet: `fresh..count`.
     fresh: usize,
@@ -101,8 +103,6 @@ struct Slabs {
     count: AtomicUsize,
     classes: [ClassLock; CLASSES],
     free_slabs: Mutex<FreeSlabs>,
-    /// The next slab on the free stack, per slab (under `free_slabs`).
-    free_next: [AtomicU32; MAX_SLABS],
 }
 
 impl Slabs {
@@ -112,7 +112,6 @@ impl Slabs {
             count: AtomicUsize::new(0),
             classes: [const { ClassLock(Mutex::new(ClassState { with_room: NONE })) }; CLASSES],
             free_slabs: Mutex::new(FreeSlabs { stack: NONE, fresh: 0 }),
-            free_next: [const { AtomicU32::new(0) }; MAX_SLABS],
         }
     }
 
@@ -122,7 +121,9 @@ impl Slabs {
         if self.base.load(Ordering::Acquire) != 0 {
             return true;
         }
-        let len = bytes + SLAB_BYTES;
+        // One slab more for the free stack's links (`free_next`), one for
+        // the alignment.
+        let len = bytes + 2 * SLAB_BYTES;
         // SAFETY: an anonymous private mapping at an address of the
         // kernel's choice; nothing else refers to it.
         let p = unsafe {
@@ -152,8 +153,9 @@ impl Slabs {
             );
         }
         // Slabs start at a multiple of their size, so a chunk finds its
-        // slab by rounding down. The slack before and after is never used.
-        let base = (p as usize).next_multiple_of(SLAB_BYTES);
+        // slab by rounding down. The slack before and after is never used;
+        // the slab before `base` holds `free_next`.
+        let base = (p as usize).next_multiple_of(SLAB_BYTES) + SLAB_BYTES;
         self.count.store((bytes / SLAB_BYTES).min(MAX_SLABS), Ordering::Relaxed);
         self.base.store(base, Ordering::Release);
         true
@@ -167,6 +169,16 @@ impl Slabs {
 
     fn header(&self, slab: usize) -> *mut SlabHeader {
         (self.base.load(Ordering::Relaxed) + slab * SLAB_BYTES) as *mut SlabHeader
+    }
+
+    /// The free stack's link of `slab`: an array in the slab before the
+    /// first (zero pages until written, in no process's data segment).
+    fn free_next(&self, slab: usize) -> &AtomicU32 {
+        let links = (self.base.load(Ordering::Relaxed) - SLAB_BYTES) as *const AtomicU32;
+        // SAFETY: `slab` < MAX_SLABS, and MAX_SLABS links fit in the slab
+        // reserved for them inside our mapping, which lives as long as the
+        // process; AtomicU32 has u32's layout and any bits are valid.
+        unsafe { &*links.add(slab) }
     }
 
     fn lock_class(&self, class: usize) -> std::sync::MutexGuard<'_, ClassState> {
@@ -288,7 +300,7 @@ impl Slabs {
         let mut free = self.free_slabs.lock().unwrap_or_else(|e| e.into_inner());
         if free.stack != NONE {
             let slab = free.stack;
-            let next = self.free_next[slab].load(Ordering::Relaxed);
+            let next = self.free_next(slab).load(Ordering::Relaxed);
             free.stack = if next == u32::MAX { NONE } else { next as usize };
             return Some(slab);
         }
@@ -310,7 +322,7 @@ impl Slabs {
         }
         let mut free = self.free_slabs.lock().unwrap_or_else(|e| e.into_inner());
         let next = if free.stack == NONE { u32::MAX } else { free.stack as u32 };
-        self.free_next[slab].store(next, Ordering::Relaxed);
+        self.free_next(slab).store(next, Ordering::Relaxed);
         free.stack = slab;
     }
 

@@ -417,7 +417,7 @@ def test_url_that_stops_being_a_static_file_goes_back_to_workers(make_server, do
 
 def slab_region_rss_kib(pid):
     """RSS of the module's slab region in a process (src/alloc.rs: an
-    anonymous mapping of 256 MiB and one 64 KiB slab; nothing else in an
+    anonymous mapping of 256 MiB and two 64 KiB slabs; nothing else in an
     httpd process maps that much at once, and should the kernel merge it
     with a neighbour it only grows), None when absent."""
     size = None
