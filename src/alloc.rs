@@ -31,7 +31,7 @@ use std::sync::Mutex;
 
 /// Largest size served from slabs. glibc's per-thread cache takes chunks
 /// up to 1,032 bytes; larger ones go to its shared bins anyway.
-pub const MAX_SMALL: usize = 1024;
+const MAX_SMALL: usize = 1024;
 const SLAB_BYTES: usize = 64 * 1024;
 const HEADER_BYTES: usize = 64;
 /// Address space reserved per child: 4,096 slabs. Only touched pages
@@ -167,6 +167,11 @@ impl Slabs {
         base != 0 && addr >= base && addr < base + self.count.load(Ordering::Relaxed) * SLAB_BYTES
     }
 
+    /// The slab a chunk of this instance lies in.
+    fn slab_of(&self, p: *mut u8) -> usize {
+        (p as usize - self.base.load(Ordering::Relaxed)) / SLAB_BYTES
+    }
+
     fn header(&self, slab: usize) -> *mut SlabHeader {
         (self.base.load(Ordering::Relaxed) + slab * SLAB_BYTES) as *mut SlabHeader
     }
@@ -186,10 +191,11 @@ impl Slabs {
         self.classes[class].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A chunk of at least `size` (1..=MAX_SMALL) bytes, 16-aligned; None
-    /// when the region is not reserved or is used up.
+    /// A chunk of at least `size` bytes (16 for 0), 16-aligned; None for
+    /// more than MAX_SMALL bytes, or when the region is not reserved or is
+    /// used up.
     fn alloc(&self, size: usize) -> Option<*mut u8> {
-        if self.base.load(Ordering::Acquire) == 0 {
+        if size > MAX_SMALL || self.base.load(Ordering::Acquire) == 0 {
             return None;
         }
         let class = CLASS_OF[size.div_ceil(16)] as usize;
@@ -238,7 +244,7 @@ impl Slabs {
     /// # Safety
     /// `p` came from this instance's `alloc` and is not used afterwards.
     unsafe fn dealloc(&self, p: *mut u8) {
-        let slab = (p as usize - self.base.load(Ordering::Relaxed)) / SLAB_BYTES;
+        let slab = self.slab_of(p);
         let h = self.header(slab);
         // SAFETY: `p` is live, so its slab is assigned to a class that
         // stays fixed until the chunk is freed; the write that set it
@@ -331,7 +337,7 @@ impl Slabs {
     /// # Safety
     /// As for `dealloc`: `p` is a live chunk of this instance.
     unsafe fn chunk_size(&self, p: *mut u8) -> usize {
-        let slab = (p as usize - self.base.load(Ordering::Relaxed)) / SLAB_BYTES;
+        let slab = self.slab_of(p);
         // SAFETY: as in `dealloc`.
         CLASS_SIZES[unsafe { (*self.header(slab)).class }]
     }
@@ -350,8 +356,9 @@ pub fn enable_in_child() -> bool {
 /// The module's global allocator (see the module doc).
 pub struct ModuleAlloc;
 
+/// Slab chunks are 16-aligned: a layout that needs more goes to malloc.
 fn small(layout: &Layout) -> bool {
-    layout.size() <= MAX_SMALL && layout.align() <= 16
+    layout.align() <= 16
 }
 
 // SAFETY: every pointer handed out is either a slab chunk of at least the
@@ -419,20 +426,18 @@ unsafe impl GlobalAlloc for ModuleAlloc {
 /// queued frames, HPACK table entries) come from the same slabs as the
 /// Rust code's; larger ones (the session, its frame buffer) from malloc.
 pub mod nghttp2_mem {
-    use super::{ptr, MAX_SMALL, SLABS};
+    use super::{ptr, SLABS};
     use crate::ffi::panic::guard;
     use libc::{c_void, size_t};
 
     /// nghttp2 frees without a size, so each entry point tells a slab chunk
     /// from malloc's by its address, as the global allocator does.
     fn malloc(size: size_t) -> *mut c_void {
-        if size <= MAX_SMALL {
-            if let Some(p) = SLABS.alloc(size.max(1)) {
-                return p as *mut c_void;
-            }
+        match SLABS.alloc(size) {
+            Some(p) => p as *mut c_void,
+            // SAFETY: plain malloc.
+            None => unsafe { libc::malloc(size) },
         }
-        // SAFETY: plain malloc.
-        unsafe { libc::malloc(size) }
     }
 
     /// # Safety
@@ -460,12 +465,10 @@ pub mod nghttp2_mem {
     pub unsafe extern "C" fn calloc(n: size_t, size: size_t, _user: *mut c_void) -> *mut c_void {
         guard("nghttp2 calloc", ptr::null_mut(), || {
             let Some(bytes) = n.checked_mul(size) else { return ptr::null_mut() };
-            if bytes <= MAX_SMALL {
-                if let Some(p) = SLABS.alloc(bytes.max(1)) {
-                    // SAFETY: the chunk holds at least `bytes`.
-                    unsafe { ptr::write_bytes(p, 0, bytes) };
-                    return p as *mut c_void;
-                }
+            if let Some(p) = SLABS.alloc(bytes) {
+                // SAFETY: the chunk holds at least `bytes`.
+                unsafe { ptr::write_bytes(p, 0, bytes) };
+                return p as *mut c_void;
             }
             // SAFETY: plain calloc.
             unsafe { libc::calloc(n, size) }
@@ -520,6 +523,10 @@ mod tests {
     #[test]
     fn chunks_are_aligned_distinct_and_reused() {
         let s = slabs(4 * SLAB_BYTES);
+        assert_eq!(s.alloc(MAX_SMALL + 1), None, "larger blocks are malloc's");
+        let zero = s.alloc(0).expect("a zero-byte block is a 16-byte chunk");
+        // SAFETY: a live chunk of `s`.
+        unsafe { s.dealloc(zero) };
         let a: Vec<*mut u8> = (0..100).map(|_| s.alloc(40).unwrap()).collect();
         for (i, &p) in a.iter().enumerate() {
             assert_eq!(p as usize % 16, 0);
