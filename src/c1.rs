@@ -500,26 +500,34 @@ impl C1Ctx {
     /// # Safety
     /// `c` must be this context's live connection, run by the calling thread.
     pub unsafe fn run(&mut self, c: *mut ffi::conn_rec, upgrade: Option<Upgrade>) -> i32 {
-        if self.session.is_none() {
-            // SAFETY: caller contract.
-            match unsafe { C1::start(c, self.protocol, self.server, upgrade) } {
-                Some(s) => {
-                    let session = self.session.insert(s);
-                    // The context is boxed: the session's address is stable.
-                    let ptr = session as *mut C1 as *mut dyn Parked;
-                    session.parking.set_session(ptr);
-                }
-                None => {
-                    // SAFETY: the connection is ours.
-                    unsafe { (*c).keepalive = ffi::AP_CONN_CLOSE };
-                    return ffi::HOOK_DONE;
-                }
-            }
+        // SAFETY: caller contract.
+        if self.session.is_none() && !unsafe { self.start(c, upgrade) } {
+            // SAFETY: the connection is ours.
+            unsafe { (*c).keepalive = ffi::AP_CONN_CLOSE };
+            return ffi::HOOK_DONE;
         }
         match self.session.as_mut() {
             Some(s) => s.run(),
             None => ffi::HOOK_DONE,
         }
+    }
+
+    /// Starts the session; false if it cannot be. Not inlined: the `C1`
+    /// it builds takes ~2 KiB of stack, which `run` would otherwise keep
+    /// reserved under every stream it runs inline (an extra stack page
+    /// touched on each MPM thread).
+    ///
+    /// # Safety
+    /// As `run`.
+    #[inline(never)]
+    unsafe fn start(&mut self, c: *mut ffi::conn_rec, upgrade: Option<Upgrade>) -> bool {
+        // SAFETY: caller contract.
+        let Some(s) = (unsafe { C1::start(c, self.protocol, self.server, upgrade) }) else { return false };
+        let session = self.session.insert(s);
+        // The context is boxed: the session's address is stable.
+        let ptr = session as *mut C1 as *mut dyn Parked;
+        session.parking.set_session(ptr);
+        true
     }
 }
 

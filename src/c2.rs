@@ -457,8 +457,11 @@ impl C2 {
             // Filters that could wait or grow the body (rate limits,
             // includes running subrequests, compression) keep the URL on
             // workers.
-            outcome.static_file =
-                outcome.static_file && apr::filter_chain_all((*r).output_filters, fastpath::harmless_output_filter);
+            if outcome.static_file {
+                let harmless = harmless_filter_recs();
+                outcome.static_file =
+                    apr::filter_chain_all_recs((*r).output_filters, |rec| harmless.contains(&(rec as usize)));
+            }
         }
         outcome
     }
@@ -835,6 +838,27 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
     status::SUCCESS
 }
 
+/// The records of the registered `fastpath::HARMLESS_OUTPUT_FILTERS`,
+/// looked up once per process (filters register at start-up; one
+/// registered later is only not recognized, which keeps its URLs on the
+/// workers). A request's chain is checked by record address: by name,
+/// the ~6 filters of a static file cost ~1,500 instructions a request.
+fn harmless_filter_recs() -> &'static [usize] {
+    static RECS: once_cell::sync::OnceCell<Vec<usize>> = once_cell::sync::OnceCell::new();
+    RECS.get_or_init(|| {
+        fastpath::HARMLESS_OUTPUT_FILTERS
+            .iter()
+            .filter_map(|name| {
+                let name = std::ffi::CString::new(*name).ok()?;
+                // SAFETY: a lookup in httpd's filter registry, which is
+                // only read once the server runs.
+                let rec = unsafe { ffi::ap_get_output_filter_handle(name.as_ptr()) };
+                (!rec.is_null()).then_some(rec as usize)
+            })
+            .collect()
+    })
+}
+
 /// File regions at least this long are queued by reference (a duplicate
 /// descriptor) for c1 to read when it sends; smaller ones are copied (a
 /// dup and a close cost more than copying a few KiB).
@@ -1174,17 +1198,27 @@ pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
             return;
         };
         let Some(stream) = &ctx.stream else { return };
-        env.setn(c"HTTP2".as_ptr(), c"on".as_ptr());
-        env.setn(c"H2PUSH".as_ptr(), c"off".as_ptr());
-        env.setn(c"H2_PUSH".as_ptr(), c"off".as_ptr());
-        env.setn(c"H2_PUSHED".as_ptr(), c"".as_ptr());
-        env.setn(c"H2_PUSHED_ON".as_ptr(), c"".as_ptr());
+        // Usually nothing is set yet: adding skips the search for an
+        // existing entry (the names differ from each other).
+        let fresh = env.is_empty();
+        let set = |key: &CStr, val: *const c_char| {
+            if fresh {
+                env.addn(key.as_ptr(), val)
+            } else {
+                env.setn(key.as_ptr(), val)
+            }
+        };
+        set(c"HTTP2", c"on".as_ptr());
+        set(c"H2PUSH", c"off".as_ptr());
+        set(c"H2_PUSH", c"off".as_ptr());
+        set(c"H2_PUSHED", c"".as_ptr());
+        set(c"H2_PUSHED_ON", c"".as_ptr());
         let mut digits = [0u8; 20];
         let stream_id = decimal(stream.id as u64, &mut digits);
-        env.setn(c"H2_STREAM_ID".as_ptr(), pool.strdup(stream_id));
+        set(c"H2_STREAM_ID", pool.strdup(stream_id));
         let c1_id = if ctx.c1.is_null() { 0 } else { (*ctx.c1).id };
         let tag = pool.concat(&[decimal(c1_id as u64, &mut [0u8; 20]), b"-", stream_id]);
-        env.setn(c"H2_STREAM_TAG".as_ptr(), tag);
+        set(c"H2_STREAM_TAG", tag);
         if stream.request.is_tunnel() {
             // mod_proxy's tunnel cannot see when the backend has closed on a
             // stream (it polls only our input), so with half-close it would

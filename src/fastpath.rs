@@ -128,19 +128,21 @@ pub fn candidate(head: &RequestHead) -> bool {
 /// Anything else (`ratelimit` sleeps, `includes` runs subrequests,
 /// `deflate` grows work with the size) keeps a URL on workers.
 pub fn harmless_output_filter(name: &[u8]) -> bool {
-    const HARMLESS: [&[u8]; 9] = [
-        b"h2rs_c2_response",
-        b"h2rs_c2_net_out",
-        b"content_length",
-        b"http_outerror",
-        b"byterange",
-        b"log_input_output",
-        b"fixup_headers_out",
-        b"fixup_headers_err",
-        b"mod_expires",
-    ];
-    HARMLESS.iter().any(|h| h.eq_ignore_ascii_case(name))
+    HARMLESS_OUTPUT_FILTERS.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
+
+/// The filters `harmless_output_filter` accepts.
+pub const HARMLESS_OUTPUT_FILTERS: [&str; 9] = [
+    "h2rs_c2_response",
+    "h2rs_c2_net_out",
+    "content_length",
+    "http_outerror",
+    "byterange",
+    "log_input_output",
+    "fixup_headers_out",
+    "fixup_headers_err",
+    "mod_expires",
+];
 
 /// The key of a request's URL: a hash of the connection's virtual host
 /// (its `server_rec` address: name-based hosts differ by authority),

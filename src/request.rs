@@ -175,9 +175,18 @@ pub fn valid_h2_value(value: &[u8]) -> bool {
 }
 
 /// Connection-specific fields that HTTP/2 forbids (RFC 9113 8.2.2).
+/// Every field of every request and response passes here: the length
+/// picks the one name to compare.
 pub fn is_connection_specific(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 5] = [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+    let candidate: &[u8] = match name.len() {
+        7 => b"upgrade",
+        10 if name[0].eq_ignore_ascii_case(&b'c') => b"connection",
+        10 => b"keep-alive",
+        16 => b"proxy-connection",
+        17 => b"transfer-encoding",
+        _ => return false,
+    };
+    candidate.eq_ignore_ascii_case(name)
 }
 
 /// Collects the fields of one request head (or of its trailers).
@@ -388,6 +397,17 @@ mod tests {
         assert!(!is_token(b""));
         assert!(!is_token(b"a b"));
         assert!(!is_token(b"a:b"));
+    }
+
+    #[test]
+    fn connection_specific_fields_are_known_in_any_case_and_nothing_else() {
+        for name in ["connection", "Keep-Alive", "PROXY-CONNECTION", "transfer-encoding", "Upgrade"] {
+            assert!(is_connection_specific(name.as_bytes()), "{name}");
+        }
+        for name in ["", "te", "upgrades", "connectiox", "keep-alivf", "konnection", "cache-control", "proxy-connectio"]
+        {
+            assert!(!is_connection_specific(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

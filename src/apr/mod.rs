@@ -60,6 +60,28 @@ pub unsafe fn filter_chain_all(mut f: *mut ffi::ap_filter_t, allowed: impl Fn(&[
     true
 }
 
+/// Whether every filter of the chain from `f` on has a record (its
+/// `ap_filter_rec_t`, one per registered filter for the process) that
+/// `allowed` accepts: comparing records is cheaper than names.
+///
+/// # Safety
+/// As `filter_chain_all`.
+pub unsafe fn filter_chain_all_recs(
+    mut f: *mut ffi::ap_filter_t,
+    allowed: impl Fn(*const ffi::ap_filter_rec_t) -> bool,
+) -> bool {
+    // SAFETY: caller contract.
+    unsafe {
+        while !f.is_null() {
+            if !allowed((*f).frec) {
+                return false;
+            }
+            f = (*f).next;
+        }
+    }
+    true
+}
+
 /// Current time in APR's microseconds.
 pub fn now() -> ffi::apr_time_t {
     // SAFETY: apr_time_now has no preconditions.
