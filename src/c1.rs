@@ -111,7 +111,9 @@ static STOPPING: AtomicU8 = AtomicU8::new(0);
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// Live sessions: their wake-up signal (for running ones) and parking (for
 /// idle ones), to reach them when the child stops.
-static SESSIONS: Lazy<Mutex<HashMap<u64, (Weak<Signal>, Weak<Parking>)>>> = Lazy::new(Default::default);
+static SESSIONS: Lazy<Mutex<HashMap<u64, SessionHandles>>> = Lazy::new(Default::default);
+/// A live session's wake-up signal (running) and parking (idle).
+type SessionHandles = (Weak<Signal>, Weak<Parking>);
 
 /// child_stopping: every session sends GOAWAY and finishes (graceful) or
 /// aborts (hard) its streams. Running sessions are woken; idle ones, parked
@@ -187,7 +189,7 @@ impl Dispatch for C1Dispatch {
             },
         };
         // SAFETY: reading c1's id on its own thread; the worker gets a copy.
-        let c1_id = unsafe { (*self.c1).id } as i64;
+        let c1_id = unsafe { (*self.c1).id };
         let cache = self.cache.clone();
         let handle = stream.clone();
         let tunnel = stream.request.is_tunnel();
@@ -423,7 +425,6 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
             ..Default::default()
         },
         fault_injection: FAULT_INJECTION.load(Ordering::Relaxed),
-        ..Settings::default()
     }
 }
 
@@ -476,11 +477,11 @@ impl C1Ctx {
     ///
     /// # Safety
     /// `c` must be a live client connection run by the calling thread.
-    pub unsafe fn attach(
+    pub unsafe fn attach<'a>(
         c: *mut ffi::conn_rec,
         protocol: &'static CStr,
         server: *mut ffi::server_rec,
-    ) -> Option<&'static mut C1Ctx> {
+    ) -> Option<&'a mut C1Ctx> {
         // SAFETY: caller contract. The context lives until the connection
         // pool's pre-cleanup.
         unsafe {

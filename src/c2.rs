@@ -1036,7 +1036,9 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
                     );
                     brigade.cleanup();
                     if (*r).status != 500 {
-                        TableRef::from_raw((*r).headers_out).map(|t| t.clear());
+                        if let Some(headers) = TableRef::from_raw((*r).headers_out) {
+                            headers.clear();
+                        }
                         ffi::ap_die(500, r);
                         return ffi::AP_FILTER_ERROR as ffi::apr_status_t;
                     }

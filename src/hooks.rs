@@ -2,6 +2,12 @@
 //! its body behind the panic boundary and returns a safe fallback if the
 //! body panics: a hook declines, a filter fails its stream, a directive
 //! reports an error.
+//!
+//! Every `extern "C"` function here has the same safety contract, stated
+//! once rather than on each: httpd (through the C shim, which registers
+//! them) calls it with the arguments its hook, filter or directive passes,
+//! live for the call, on the thread that owns them.
+#![allow(clippy::missing_safety_doc)]
 
 use crate::apr::PoolRef;
 use crate::c1;

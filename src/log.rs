@@ -33,7 +33,7 @@ fn c_message(msg: &str) -> CString {
 mod sink {
     use super::*;
 
-    pub fn conn_enabled(c: *const ffi::conn_rec, level: Level) -> bool {
+    pub(crate) fn conn_enabled(c: *const ffi::conn_rec, level: Level) -> bool {
         // SAFETY: `c` is a live conn_rec handed to us by httpd (callers only
         // log about connections they are currently processing).
         !c.is_null() && unsafe { ffi::h2rs_shim_log_c_enabled(c, level as i32) } != 0
@@ -51,7 +51,7 @@ mod sink {
         unsafe { ffi::h2rs_shim_log_r(r, level as i32, 0, m.as_ptr()) }
     }
 
-    pub fn server_enabled(s: *const ffi::server_rec, level: Level) -> bool {
+    pub(crate) fn server_enabled(s: *const ffi::server_rec, level: Level) -> bool {
         // SAFETY: a NULL server means "main server" to httpd's logger; a
         // non-NULL one is a server_rec from the config, alive for the
         // whole generation.
@@ -70,7 +70,7 @@ mod sink {
 #[cfg(any(test, fuzzing))]
 mod sink {
     use super::*;
-    pub fn conn_enabled(_c: *const ffi::conn_rec, _level: Level) -> bool {
+    pub(crate) fn conn_enabled(_c: *const ffi::conn_rec, _level: Level) -> bool {
         true
     }
     pub fn conn(_c: *const ffi::conn_rec, level: Level, msg: &str) {
@@ -79,7 +79,7 @@ mod sink {
     pub fn request(_r: *const ffi::request_rec, level: Level, msg: &str) {
         eprintln!("[{level:?}] {msg}");
     }
-    pub fn server_enabled(_s: *const ffi::server_rec, _level: Level) -> bool {
+    pub(crate) fn server_enabled(_s: *const ffi::server_rec, _level: Level) -> bool {
         true
     }
     pub fn server(_s: *const ffi::server_rec, level: Level, msg: &str) {
@@ -87,7 +87,7 @@ mod sink {
     }
 }
 
-pub use sink::{conn_enabled, server_enabled};
+pub(crate) use sink::{conn_enabled, server_enabled};
 
 pub fn conn(c: *const ffi::conn_rec, level: Level, msg: &str) {
     if conn_enabled(c, level) {

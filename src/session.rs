@@ -1444,8 +1444,7 @@ pub(crate) mod tests {
     #[test]
     fn large_bodies_through_a_small_queue_never_stall() {
         for round in 0..40 {
-            let mut settings = Settings::default();
-            settings.stream_out_limit = 65536;
+            let settings = Settings { stream_out_limit: 65536, ..Settings::default() };
             let mut p = Pair::new(settings, pieces);
             let n = 4 << 20;
             let id = p.get(&format!("/f?n={n}"));
@@ -1497,8 +1496,7 @@ pub(crate) mod tests {
 
     #[test]
     fn active_streams_are_limited_and_the_rest_wait() {
-        let mut settings = Settings::default();
-        settings.max_active_streams = 3;
+        let settings = Settings { max_active_streams: 3, ..Settings::default() };
         let mut p = Pair::new(settings, echo);
         let ids: Vec<i32> = (0..20).map(|_| p.get("/f?n=70000")).collect();
         p.pump(|_| true);
@@ -1525,8 +1523,7 @@ pub(crate) mod tests {
 
     #[test]
     fn streams_run_here_take_no_slot() {
-        let mut settings = Settings::default();
-        settings.max_active_streams = 1;
+        let settings = Settings { max_active_streams: 1, ..Settings::default() };
         let mut p = Pair::new(settings, gated);
         p.server.dispatcher().here = |s| s.request.path.as_deref() == Some(b"/here?n=5000");
         let slow: Vec<i32> = (0..2).map(|_| p.get("/slow")).collect();
@@ -1564,8 +1561,7 @@ pub(crate) mod tests {
 
     #[test]
     fn active_limit_grows_for_good_clients_and_shrinks_on_resets() {
-        let mut settings = Settings::default();
-        settings.max_active_streams = 40;
+        let settings = Settings { max_active_streams: 40, ..Settings::default() };
         let mut p = Pair::new(settings, echo);
         assert_eq!(p.server.ng.handler_ref().active_limit, 6);
         let ids: Vec<i32> = (0..60).map(|_| p.get("/f?n=10")).collect();
@@ -1581,8 +1577,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reset_before_dispatch_never_reaches_a_worker() {
-        let mut settings = Settings::default();
-        settings.max_active_streams = 1;
+        let settings = Settings { max_active_streams: 1, ..Settings::default() };
         let mut p = Pair::new(settings, stall);
         let first = p.get("/stall");
         let queued: Vec<i32> = (0..10).map(|_| p.get("/queued")).collect();
@@ -1603,8 +1598,7 @@ pub(crate) mod tests {
 
     #[test]
     fn upload_is_echoed_with_flow_control() {
-        let mut settings = Settings::default();
-        settings.initial_window_size = 16384;
+        let settings = Settings { initial_window_size: 16384, ..Settings::default() };
         let mut p = Pair::new(settings, echo);
         let body: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
         let id = p.post("/upload", body.clone());
