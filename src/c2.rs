@@ -842,7 +842,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
 /// looked up once per process (filters register at start-up; one
 /// registered later is only not recognized, which keeps its URLs on the
 /// workers). A request's chain is checked by record address: by name,
-/// the ~6 filters of a static file cost ~1,500 instructions a request.
+/// the ~6 filters of a static file cost ~500 instructions a request.
 fn harmless_filter_recs() -> &'static [usize] {
     static RECS: once_cell::sync::OnceCell<Vec<usize>> = once_cell::sync::OnceCell::new();
     RECS.get_or_init(|| {

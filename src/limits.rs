@@ -41,9 +41,10 @@ pub mod directive {
 
 /// Decoded bytes of one request head (each field counted as its name and
 /// value plus 32, as HPACK does): beyond it the request is answered 431
-/// and nothing more of it is kept. HPACK lets a 1-byte reference stand for a 4 KiB
-/// field, so LimitRequestFields x LimitRequestFieldSize (800 KiB) is no
-/// bound worth having against it (nginx allows 32 KiB by default).
+/// and nothing more of it is kept. HPACK lets a 1-byte reference stand
+/// for a 4 KiB field, so LimitRequestFields x LimitRequestFieldSize
+/// (800 KiB) is no bound worth having against it (nginx allows 32 KiB by
+/// default).
 pub const MAX_REQUEST_HEAD_BYTES: u32 = 64 * 1024;
 
 /// Decoded bytes of the request heads one connection may have waiting for
