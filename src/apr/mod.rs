@@ -45,19 +45,14 @@ pub mod status {
 /// # Safety
 /// `f` must be NULL or the head of a live filter chain owned by the
 /// calling thread (filter records live for the process).
-pub unsafe fn filter_chain_all(mut f: *mut ffi::ap_filter_t, allowed: impl Fn(&[u8]) -> bool) -> bool {
-    // SAFETY: caller contract; each filter's `frec` and name are checked
-    // for NULL before use.
+pub unsafe fn filter_chain_all(f: *mut ffi::ap_filter_t, allowed: impl Fn(&[u8]) -> bool) -> bool {
+    // SAFETY: caller contract; each record and its name are checked for
+    // NULL before use (records live for the process).
     unsafe {
-        while !f.is_null() {
-            let frec = (*f).frec;
-            if frec.is_null() || (*frec).name.is_null() || !allowed(std::ffi::CStr::from_ptr((*frec).name).to_bytes()) {
-                return false;
-            }
-            f = (*f).next;
-        }
+        filter_chain_all_recs(f, |rec| {
+            !rec.is_null() && !(*rec).name.is_null() && allowed(std::ffi::CStr::from_ptr((*rec).name).to_bytes())
+        })
     }
-    true
 }
 
 /// Whether every filter of the chain from `f` on has a record (its
