@@ -124,15 +124,16 @@ apr_size_t h2rs_shim_bucket_length(apr_bucket *b)
 
 int h2rs_shim_bucket_kind(const apr_bucket *b)
 {
-    int kind = 0;
-    if (APR_BUCKET_IS_METADATA(b)) kind |= H2RS_BUCKET_METADATA;
-    if (APR_BUCKET_IS_EOS(b))      kind |= H2RS_BUCKET_EOS;
-    if (APR_BUCKET_IS_FLUSH(b))    kind |= H2RS_BUCKET_FLUSH;
-    if (AP_BUCKET_IS_EOR(b))       kind |= H2RS_BUCKET_EOR;
-    if (AP_BUCKET_IS_ERROR(b))     kind |= H2RS_BUCKET_ERROR;
-    if (APR_BUCKET_IS_FILE(b))     kind |= H2RS_BUCKET_FILE;
-    if (AP_BUCKET_IS_EOC(b))       kind |= H2RS_BUCKET_EOC;
-    return kind;
+    /* Most buckets carry data; of those only FILE is told apart. The
+     * metadata types are distinct: the first match is the only one. */
+    if (!APR_BUCKET_IS_METADATA(b))
+        return APR_BUCKET_IS_FILE(b) ? H2RS_BUCKET_FILE : 0;
+    if (APR_BUCKET_IS_EOS(b))   return H2RS_BUCKET_METADATA | H2RS_BUCKET_EOS;
+    if (AP_BUCKET_IS_EOR(b))    return H2RS_BUCKET_METADATA | H2RS_BUCKET_EOR;
+    if (APR_BUCKET_IS_FLUSH(b)) return H2RS_BUCKET_METADATA | H2RS_BUCKET_FLUSH;
+    if (AP_BUCKET_IS_ERROR(b))  return H2RS_BUCKET_METADATA | H2RS_BUCKET_ERROR;
+    if (AP_BUCKET_IS_EOC(b))    return H2RS_BUCKET_METADATA | H2RS_BUCKET_EOC;
+    return H2RS_BUCKET_METADATA;
 }
 
 void h2rs_shim_file_bucket(const apr_bucket *b, apr_file_t **file,

@@ -625,7 +625,7 @@ pub unsafe fn install_response_filter(r: *mut ffi::request_rec, ctx: &mut C2Ctx)
     ctx.response_filter_installed = true;
     // SAFETY: standard filter chain manipulation on the caller's request.
     unsafe {
-        ffi::ap_remove_output_filter_byhandle((*r).output_filters, c"HTTP_HEADER".as_ptr());
+        apr::remove_output_filter_rec((*r).output_filters, ffi::ap_http_header_filter_handle);
         ffi::ap_add_output_filter_handle(ffi::h2rs_shim_c2_response_handle, ptr::null_mut(), r, (*r).connection);
     }
 }

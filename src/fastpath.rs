@@ -167,7 +167,12 @@ impl FastUrls {
     pub fn record(&self, key: u64, outcome: Outcome) {
         let mut known = self.known.lock();
         if outcome.is_fast() {
-            if known.len() >= CAPACITY && !known.contains_key(&key) {
+            // Known already (nearly always): one lookup, no insert.
+            if let Some(slow_runs) = known.get_mut(&key) {
+                *slow_runs = 0;
+                return;
+            }
+            if known.len() >= CAPACITY {
                 known.clear();
             }
             known.insert(key, 0);

@@ -77,6 +77,25 @@ pub unsafe fn filter_chain_all_recs(
     true
 }
 
+/// Removes the first filter of the chain from `f` on whose record is
+/// `rec` (what `ap_remove_output_filter_byhandle` does by name, without
+/// looking the name up in httpd's registry on every call).
+///
+/// # Safety
+/// As `filter_chain_all`; the chain is an output chain.
+pub unsafe fn remove_output_filter_rec(mut f: *mut ffi::ap_filter_t, rec: *const ffi::ap_filter_rec_t) {
+    // SAFETY: caller contract; the filter found is live in its chain.
+    unsafe {
+        while !f.is_null() {
+            if std::ptr::eq((*f).frec, rec) {
+                ffi::ap_remove_output_filter(f);
+                return;
+            }
+            f = (*f).next;
+        }
+    }
+}
+
 /// Current time in APR's microseconds.
 pub fn now() -> ffi::apr_time_t {
     // SAFETY: apr_time_now has no preconditions.
