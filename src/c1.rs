@@ -17,7 +17,7 @@
 //! that streams use are destroyed.
 
 use crate::apr::{self, status, BrigadeRef, PoolRef};
-use crate::c2::{C2Cache, C2};
+use crate::c2::{self, C2Cache, C2};
 use crate::config::ServerConfig;
 use crate::fastpath;
 use crate::ffi;
@@ -46,6 +46,20 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What the core input filter asks of the socket per read (httpd's
 /// socket bucket: APR_BUCKET_BUFF_SIZE).
 const SOCKET_READ_SIZE: usize = 8000;
+
+/// What c1 asks of its input filters per read.
+const CORE_READ_ASK: usize = 64 * 1024;
+
+/// Bytes c1 asks of the socket per read when it reads it itself
+/// (`read_direct`): two of the core's reads (the socket is drained when a
+/// read returns less).
+const DIRECT_READ_SIZE: usize = 2 * SOCKET_READ_SIZE;
+
+thread_local! {
+    /// The buffer of `read_socket`, one per MPM thread that reads for a
+    /// session (not one per connection: idle connections hold none).
+    static DIRECT_READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Streams c1 runs itself (`fastpath`) between two socket writes (each is
 /// retired as soon as its frames are serialized, see `run_streams_here`).
@@ -276,6 +290,19 @@ pub struct C1 {
     /// the next read would only say EAGAIN (about one syscall per request).
     /// Not with TLS or other filters, which may hold bytes poll cannot see.
     short_read_drains: bool,
+    /// The input chain is the core's filter and at most mod_logio's
+    /// counter (whose count c1 can add to itself): once the core's filter
+    /// holds no bytes of its own, c1 reads the socket itself
+    /// (`read_socket`). The core's filter reads on after a short read to
+    /// fill the 64 KiB asked for (one more read that says EAGAIN, each
+    /// time a client's request wakes the connection); a read of our own
+    /// stops at the short read.
+    may_read_direct: bool,
+    /// `may_read_direct`, and the core's filter returned less than asked
+    /// for (so holds nothing any more): reads go to the socket.
+    read_direct: bool,
+    /// mod_logio's filter is in the chain: `read_socket` counts for it.
+    direct_read_counts: bool,
     torn_down: bool,
     tls: TlsWarmup,
     /// Exclusive use of the session while it is parked in the MPM.
@@ -643,6 +670,9 @@ impl C1 {
                 client_gone: false,
                 input_ready: true,
                 short_read_drains: false,
+                may_read_direct: false,
+                read_direct: false,
+                direct_read_counts: false,
                 torn_down: false,
                 tls: {
                     let cfg = server_config(s);
@@ -663,6 +693,8 @@ impl C1 {
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
             c1.short_read_drains = input_chain_is_plain(c);
+            c1.direct_read_counts = !input_chain_is_core_only(c);
+            c1.may_read_direct = c1.short_read_drains && (!c1.direct_read_counts || c2::can_count_bytes_in());
             if (*c).master.is_null() && ffi::ap_ssl_conn_is_ssl(c) != 0 && !tls_acceptable(c, s, true) {
                 clog!(c, Level::Info, "h2rs: TLS version or cipher not acceptable for HTTP/2 (H2ModernTLSOnly), closing with INADEQUATE_SECURITY");
                 c1.session.terminate(error_code::INADEQUATE_SECURITY);
@@ -897,6 +929,9 @@ impl C1 {
 
     /// Reads what the client sent, without blocking, into the session.
     fn read_input(&mut self) -> Result<(), ()> {
+        if self.read_direct {
+            return self.read_socket();
+        }
         let c = self.c;
         let mut total = 0usize;
         while total < READ_BUDGET {
@@ -908,11 +943,12 @@ impl C1 {
                     self.in_bb.as_ptr(),
                     ffi::AP_MODE_READBYTES,
                     ffi::APR_NONBLOCK_READ,
-                    64 * 1024,
+                    CORE_READ_ASK as ffi::apr_off_t,
                 )
             };
             if status::is_eagain(rv) {
                 self.input_ready = false;
+                self.read_direct = self.may_read_direct;
                 return Ok(());
             }
             if rv != status::SUCCESS {
@@ -926,6 +962,7 @@ impl C1 {
             }
             if self.in_bb.is_empty() {
                 self.input_ready = false;
+                self.read_direct = self.may_read_direct;
                 return Ok(());
             }
             let before = total;
@@ -946,32 +983,102 @@ impl C1 {
                     }
                 };
                 total += data.len();
-                if let Err(e) = self.session.recv(data) {
-                    if e.is_abuse() {
-                        clog!(c, Level::Info, "h2rs: client flooded the connection, closing: {e}");
-                    } else if e.is_bad_preface() {
-                        clog!(c, Level::Debug, "h2rs: not an HTTP/2 client preface: {e}");
-                    } else {
-                        clog!(c, Level::Debug, "h2rs: session error: {e}");
-                    }
-                    // A flood (nghttp2's queue of unanswered ACKs is full, or a
-                    // CONTINUATION flood) is abuse, anything else a protocol error.
-                    let code = if e.is_abuse() { error_code::ENHANCE_YOUR_CALM } else { error_code::PROTOCOL_ERROR };
-                    self.session.terminate(code);
+                let fed = self.feed_session(data);
+                b.delete();
+                if fed.is_err() {
                     self.in_bb.cleanup();
-                    // Let the GOAWAY go out, then close.
-                    let _ = self.write_output();
                     return Err(());
                 }
-                b.delete();
             }
+            // Less than asked for: the core's filter gave all it held.
+            self.read_direct = self.may_read_direct && total - before < CORE_READ_ASK;
             if self.short_read_drains && total - before < SOCKET_READ_SIZE {
                 self.input_ready = false;
                 return Ok(());
             }
+            if self.read_direct {
+                return self.read_socket();
+            }
         }
         self.in_bb.cleanup();
         Ok(())
+    }
+
+    /// Reads the client socket itself (`read_direct`) until it is drained
+    /// (a short read) or `READ_BUDGET` is reached.
+    fn read_socket(&mut self) -> Result<(), ()> {
+        let c = self.c;
+        DIRECT_READ_BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.reserve(DIRECT_READ_SIZE);
+            let mut total = 0usize;
+            while total < READ_BUDGET {
+                let spare = buf.spare_capacity_mut();
+                let want = spare.len().min(DIRECT_READ_SIZE);
+                // SAFETY: recv writes at most `want` bytes into the spare
+                // capacity of `buf`; MSG_DONTWAIT never blocks; the socket
+                // is this connection's, open while the session runs.
+                let n = unsafe {
+                    libc::recv(self.sock_fd, spare.as_mut_ptr() as *mut libc::c_void, want, libc::MSG_DONTWAIT)
+                };
+                if n > 0 {
+                    let n = n as usize;
+                    total += n;
+                    // SAFETY: recv initialized the first `n` bytes of the
+                    // spare capacity.
+                    let data = unsafe { std::slice::from_raw_parts(spare.as_ptr() as *const u8, n) };
+                    // %I, as mod_logio's filter would have counted it.
+                    if self.direct_read_counts {
+                        c2::count_c1_bytes_in(c, n as u64);
+                    }
+                    self.feed_session(data)?;
+                    if n < want {
+                        self.input_ready = false;
+                        return Ok(());
+                    }
+                    continue;
+                }
+                if n == 0 {
+                    clog!(c, Level::Debug, "h2rs: client closed the connection");
+                    return Err(());
+                }
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => {
+                        self.input_ready = false;
+                        return Ok(());
+                    }
+                    _ => {
+                        clog!(c, Level::Debug, "h2rs: read from client failed ({e})");
+                        return Err(());
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Hands bytes from the client to nghttp2. On a protocol error the
+    /// session is ended with GOAWAY (written out) and the connection is
+    /// to close.
+    fn feed_session(&mut self, data: &[u8]) -> Result<(), ()> {
+        let c = self.c;
+        let Err(e) = self.session.recv(data) else { return Ok(()) };
+        if e.is_abuse() {
+            clog!(c, Level::Info, "h2rs: client flooded the connection, closing: {e}");
+        } else if e.is_bad_preface() {
+            clog!(c, Level::Debug, "h2rs: not an HTTP/2 client preface: {e}");
+        } else {
+            clog!(c, Level::Debug, "h2rs: session error: {e}");
+        }
+        // A flood (nghttp2's queue of unanswered ACKs is full, or a
+        // CONTINUATION flood) is abuse, anything else a protocol error.
+        let code = if e.is_abuse() { error_code::ENHANCE_YOUR_CALM } else { error_code::PROTOCOL_ERROR };
+        self.session.terminate(code);
+        // Let the GOAWAY go out, then close.
+        let _ = self.write_output();
+        Err(())
     }
 
     /// Runs the streams queued to run on this thread (`fastpath`), one at a
@@ -1145,6 +1252,15 @@ impl C1 {
     pub fn conn(&self) -> *mut ffi::conn_rec {
         self.c
     }
+}
+
+/// Whether the connection's input chain is the core's filter alone.
+///
+/// # Safety
+/// As `input_chain_is_plain`.
+unsafe fn input_chain_is_core_only(c: *mut ffi::conn_rec) -> bool {
+    // SAFETY: caller contract.
+    unsafe { apr::filter_chain_all((*c).input_filters, |name| name.eq_ignore_ascii_case(b"core_in")) }
 }
 
 /// Whether c1's input chain is only filters that read the socket straight

@@ -55,13 +55,25 @@ fn logio(counter: &AtomicPtr<c_void>, c: *mut ffi::conn_rec, bytes: u64) {
     let f = counter.load(Ordering::Acquire);
     if !f.is_null() && bytes > 0 {
         // SAFETY: the pointer is mod_logio's ap_logio_add_bytes_{in,out},
-        // whose signature is (conn_rec *, apr_off_t); `c` is a live c2
-        // owned by the caller.
+        // whose signature is (conn_rec *, apr_off_t); `c` is a live c1 or
+        // c2 owned by the caller.
         unsafe {
             let f: LogioFn = std::mem::transmute::<*mut c_void, LogioFn>(f);
             f(c, bytes as ffi::apr_off_t);
         }
     }
+}
+
+/// Counts bytes c1 read from its client itself (not through the input
+/// filters, where mod_logio's own filter would count them). Whether it
+/// can: mod_logio is not loaded, or its counter was found.
+pub fn count_c1_bytes_in(c1: *mut ffi::conn_rec, bytes: u64) {
+    logio(&LOGIO_IN, c1, bytes);
+}
+
+/// Whether `count_c1_bytes_in` reaches mod_logio's counter.
+pub fn can_count_bytes_in() -> bool {
+    !LOGIO_IN.load(Ordering::Acquire).is_null()
 }
 
 /// Creates the dummy socket and finds mod_logio's counters (child_init).
