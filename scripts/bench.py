@@ -2,7 +2,8 @@
 """Side-by-side benchmark: one httpd binary three ways (mod_h2rs, the stock
 mod_http2, HTTP/1.1 only), same MPM settings, docroot and logging, h2load
 workloads interleaved A B C A B C ... for several rounds. Prints medians
-(req/s, mean and p99 latency, peak RSS of the httpd processes) and the
+(req/s, mean and p99 latency, CPU per request of the server and of the
+client, peak RSS of the httpd processes) and the
 ratios mod_h2rs/stock and mod_h2rs/HTTP/1.1 computed within each round;
 writes docs/bench.md and docs/bench.png.
 
@@ -201,11 +202,27 @@ def h2load(server, args, h1, timeout):
     with tempfile.NamedTemporaryFile(prefix="h2load-", suffix=".log", delete=False) as f:
         log = f.name
     cmd = ["h2load", *(["--h1"] if h1 else []), "--log-file", log, *args]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        out = r.stdout
-    except subprocess.TimeoutExpired:
-        out = ""
+    # Reaped with wait4 for h2load's own CPU time: the client shares the
+    # machine's CPUs with the server, so its cost per request is part of
+    # every throughput figure (RUSAGE_CHILDREN would also count the `ps`
+    # runs of RssSampler).
+    with tempfile.TemporaryFile() as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, _, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = 0  # reaped here; Popen must not wait again
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                _, _, usage = os.wait4(proc.pid, 0)
+                proc.returncode = -9
+                break
+            time.sleep(0.02)
+        stdout.seek(0)
+        out = stdout.read().decode(errors="replace") if proc.returncode == 0 else ""
+    client_cpu = usage.ru_utime + usage.ru_stime
     lat = []
     try:
         with open(log) as fh:
@@ -224,6 +241,7 @@ def h2load(server, args, h1, timeout):
         "p99_ms": lat[int(len(lat) * 0.99) - 1] if lat else 0.0,
         "done": int(fails[1]) if fails else 0,
         "failed": int(fails[2]) if fails else -1,
+        "client_cpu_us_per_req": client_cpu * 1e6 / max(1, int(fails[1]) if fails else 0),
     }
 
 
@@ -422,6 +440,7 @@ def main():
                     results[name][key].append(r)
                     print(f"{name:18} round {rnd + 1} {key:9} {r['rps']:9.0f} req/s  mean {r['mean_ms']:7.2f} ms  "
                           f"p99 {r['p99_ms']:7.2f} ms  CPU {r['cpu_us_per_req']:6.0f} us/req  "
+                          f"client {r['client_cpu_us_per_req']:6.0f} us/req  "
                           f"peak RSS {r['peak_rss_mib']:6.1f} MiB  failed {r['failed']}", flush=True)
         if not args.only or "idle" in args.only:
             name = f"{args.idle} idle conns"
@@ -485,11 +504,11 @@ def report(results, servers, rounds, out, crashed):
              f"Machine: {v['cpus']} CPUs, Linux {v['kernel']}; {v['httpd']}; {v['h2load']}; mod_h2rs {v['mod_h2rs']}.",
              f"Event MPM, 2 children x 64 threads, access log on, loopback; {rounds} interleaved round(s), medians.",
              ""]
-    lines += ["| workload | server | req/s | mean ms | p99 ms | CPU µs/req | peak RSS MiB | failed |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| workload | server | req/s | mean ms | p99 ms | CPU µs/req | client CPU µs/req | peak RSS MiB | failed |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     ratios = ["", "| workload | mod_h2rs / stock (req/s) | mod_h2rs / HTTP/1.1 (req/s) | p99 mod_h2rs / stock "
-              "| CPU per request mod_h2rs / HTTP/1.1 |",
-              "|---|---:|---:|---:|---:|"]
+              "| CPU per request mod_h2rs / HTTP/1.1 | client CPU per request h2 / h1 |",
+              "|---|---:|---:|---:|---:|---:|"]
     chart = {}
     container_notes = []
     for name, per in results.items():
@@ -498,6 +517,7 @@ def report(results, servers, rounds, out, crashed):
         for key, rs in per.items():
             lines.append(f"| {name} | {key} | {med([r['rps'] for r in rs]):.0f} | {med([r['mean_ms'] for r in rs]):.2f} | "
                          f"{med([r['p99_ms'] for r in rs]):.2f} | {med([r['cpu_us_per_req'] for r in rs]):.0f} | "
+                         f"{med([r['client_cpu_us_per_req'] for r in rs]):.0f} | "
                          f"{med([r['peak_rss_mib'] for r in rs]):.1f} | "
                          f"{sum(r['failed'] for r in rs)} |")
         ours = per["mod_h2rs"]
@@ -505,7 +525,10 @@ def report(results, servers, rounds, out, crashed):
         vs_h1 = [o["rps"] / h["rps"] for o, h in zip(ours, per["HTTP/1.1"]) if h["rps"]]
         p99 = [o["p99_ms"] / s["p99_ms"] for o, s in zip(ours, per.get("stock", [])) if s["p99_ms"]]
         cpu = [o["cpu_us_per_req"] / h["cpu_us_per_req"] for o, h in zip(ours, per["HTTP/1.1"]) if h["cpu_us_per_req"]]
-        ratios.append(f"| {name} | {med(vs_stock):.2f} | {med(vs_h1):.2f} | {med(p99):.2f} | {med(cpu):.2f} |")
+        client = [o["client_cpu_us_per_req"] / h["client_cpu_us_per_req"]
+                  for o, h in zip(ours, per["HTTP/1.1"]) if h["client_cpu_us_per_req"]]
+        ratios.append(f"| {name} | {med(vs_stock):.2f} | {med(vs_h1):.2f} | {med(p99):.2f} | {med(cpu):.2f} "
+                      f"| {med(client):.2f} |")
         if "mod_h2rs (container)" in per:
             cont, cont_h1 = per["mod_h2rs (container)"], per["HTTP/1.1 (container)"]
             in_container = [c["rps"] / o["rps"] for c, o in zip(cont, ours) if o["rps"]]

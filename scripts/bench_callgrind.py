@@ -71,8 +71,12 @@ def count(base, doc, key, module_line, h1, requests):
     out_dir = base / "callgrind"
     out_dir.mkdir(exist_ok=True)
     os.chmod(out_dir, 0o777)  # the child writes as httpd's User
-    out = out_dir / f"{key}-{requests}.out"
-    with under_callgrind(srv, [f"--callgrind-out-file={out}"], base / f"{key}-{requests}.valgrind.log"):
+    # One file per process (%p): mod_cgid's daemon, forked from httpd,
+    # runs under callgrind too, and with one name for both whichever
+    # process ended last overwrote the other's counts.
+    pattern = out_dir / f"{key}-{requests}.%p.out"
+    with under_callgrind(srv, [f"--callgrind-out-file={pattern}"], base / f"{key}-{requests}.valgrind.log") as proc:
+        out = out_dir / f"{key}-{requests}.{proc.pid}.out"
         # valgrind creates its output file before httpd switches user.
         if out.exists() and os.geteuid() == 0:
             shutil.chown(out, user="www-data")
