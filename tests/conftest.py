@@ -133,6 +133,10 @@ class Httpd:
         self.dir = pathlib.Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
+        # Writable by the children's user (www-data): where they dump core.
+        self.core_dir = self.dir / "cores"
+        self.core_dir.mkdir(exist_ok=True)
+        os.chmod(self.core_dir, 0o1777)
         self.docroot = docroot
         self.port = free_port()
         self.module = module
@@ -173,6 +177,7 @@ class Httpd:
         text = f"""ServerRoot "{self.dir}"
 DefaultRuntimeDir "{self.dir}"
 PidFile "{self.dir}/httpd.pid"
+CoreDumpDirectory "{self.core_dir}"
 ErrorLog "{self.error_log}"
 LogLevel {self.loglevel}
 ServerName 127.0.0.1
@@ -235,7 +240,8 @@ Protocols {self.protocols}
         r = self.configtest()
         assert r.returncode == 0, f"config test failed: {r.stderr}"
         env = dict(os.environ, **self.env)
-        r = subprocess.run([HTTPD, "-f", str(self.conf), "-k", "start"], capture_output=True, text=True, env=env)
+        r = subprocess.run([HTTPD, "-f", str(self.conf), "-k", "start"], capture_output=True, text=True, env=env,
+                           preexec_fn=allow_core_dumps)
         assert r.returncode == 0, f"httpd did not start: {r.stderr}"
         deadline = time.time() + 15
         while time.time() < deadline:
@@ -368,7 +374,34 @@ Protocols {self.protocols}
         if self.allow_panic:
             return
         bad = [l for l in text.splitlines() if CRASH_RE.search(l)]
-        assert not bad, "crash or panic in the error log:\n" + "\n".join(bad[:5])
+        assert not bad, "crash or panic in the error log:\n" + "\n".join(bad[:5]) + self.kept_cores()
+
+    def kept_cores(self):
+        """Moves the core files of crashed children out of the test's
+        directory (which is removed) and says where they are, with each
+        one's backtrace when gdb is installed."""
+        cores = sorted(self.core_dir.glob("core*"))
+        if not cores:
+            return ""
+        keep = pathlib.Path(tempfile.gettempdir()) / "h2rs-cores" / self.dir.name
+        keep.mkdir(parents=True, exist_ok=True)
+        report = [f"\ncore files kept in {keep} (httpd: {HTTPD}, module: {MODULE})"]
+        for core in cores:
+            kept = keep / core.name
+            shutil.move(str(core), kept)
+            if shutil.which("gdb"):
+                bt = subprocess.run(["gdb", "-batch", "-ex", "bt 30", HTTPD, str(kept)],
+                                    capture_output=True, text=True, timeout=120).stdout
+                report.append(f"{kept}:\n" + "\n".join(l for l in bt.splitlines() if l.startswith("#")))
+        return "\n".join(report)
+
+
+def allow_core_dumps():
+    """httpd (started with this as preexec_fn) may dump core: with
+    CoreDumpDirectory set it makes its children dumpable again after they
+    change user, and a crash then leaves a core to debug."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
 # ---- fixtures -----------------------------------------------------------------
