@@ -51,15 +51,9 @@ const SOCKET_READ_SIZE: usize = 8000;
 const CORE_READ_ASK: usize = 64 * 1024;
 
 /// Bytes c1 asks of the socket per read when it reads it itself
-/// (`read_direct`): two of the core's reads (the socket is drained when a
-/// read returns less).
+/// (`read_direct`, into a frame buffer from `FRAME_BUFS`): two of the
+/// core's reads (the socket is drained when a read returns less).
 const DIRECT_READ_SIZE: usize = 2 * SOCKET_READ_SIZE;
-
-thread_local! {
-    /// The buffer of `read_socket`, one per MPM thread that reads for a
-    /// session (not one per connection: idle connections hold none).
-    static DIRECT_READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// Streams c1 runs itself (`fastpath`) between two socket writes (each is
 /// retired as soon as its frames are serialized, see `run_streams_here`).
@@ -87,9 +81,9 @@ const READ_BUDGET: usize = crate::limits::READ_BUDGET;
 /// at 1 KiB or 10 MiB and none at 256 KiB beyond it.
 const WRITE_CHUNK: usize = 128 * 1024;
 
-/// Buffers for the frames of one socket write, shared by the child's c1
-/// threads: a write takes one and gives it back when it is done (the core
-/// wrote everything, FLUSH). Shared, not one per thread: a buffer grows to
+/// Buffers for the frames of one socket write (and for the bytes of one
+/// `read_socket`), shared by the child's c1 threads: a write takes one and
+/// gives it back when it is done (the core wrote everything, FLUSH). Shared, not one per thread: a buffer grows to
 /// `FRAME_BUF_CAPACITY`, and one per MPM thread that ever served h2 held
 /// up to 8 MiB of heap at 100 KiB `-c 50 -m 10`, while only the threads
 /// writing at the moment need one.
@@ -1008,8 +1002,9 @@ impl C1 {
     /// (a short read) or `READ_BUDGET` is reached.
     fn read_socket(&mut self) -> Result<(), ()> {
         let c = self.c;
-        DIRECT_READ_BUF.with_borrow_mut(|buf| {
-            buf.clear();
+        // A frame buffer, not one of its own per thread or connection
+        // (see FRAME_BUFS): only the pages a read writes are touched.
+        with_frame_buf(|buf| {
             buf.reserve(DIRECT_READ_SIZE);
             let mut total = 0usize;
             while total < READ_BUDGET {
