@@ -1306,16 +1306,58 @@ pub unsafe fn direct_allowed(c: *mut ffi::conn_rec, is_tls: bool) -> bool {
 }
 
 /// Peeks at the first bytes of a new connection for the client preface.
+/// A client may write the preface in pieces: while what came is the start
+/// of it, this waits (up to the server's `Timeout`) for the rest.
 ///
 /// # Safety
 /// `c` must be a new live client connection run by the calling thread.
 pub unsafe fn peek_preface(c: *mut ffi::conn_rec) -> bool {
-    // SAFETY: a speculative read leaves the bytes for whoever reads next.
+    // Each turn that does not decide waits for the socket; at most one turn
+    // per preface byte (a peer that closed keeps the socket readable).
+    for _ in 0..PREFACE.len() {
+        // SAFETY: caller contract.
+        let got = unsafe { peek_bytes(c, PREFACE.len()) };
+        match preface_verdict(&got) {
+            Some(verdict) => return verdict,
+            // SAFETY: caller contract.
+            None if unsafe { wait_readable(c) } => continue,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// Whether `got` (the first bytes of a connection) is the client preface:
+/// None while it is a proper, non-empty start of it.
+fn preface_verdict(got: &[u8]) -> Option<bool> {
+    if got.len() >= PREFACE.len() {
+        return Some(got[..PREFACE.len()] == PREFACE[..]);
+    }
+    if got.is_empty() || !PREFACE.starts_with(got) {
+        return Some(false);
+    }
+    None
+}
+
+/// Up to `n` bytes from the start of the connection's input, left there
+/// for whoever reads next (a speculative read; it blocks only while
+/// nothing at all has come).
+///
+/// # Safety
+/// As `peek_preface`.
+unsafe fn peek_bytes(c: *mut ffi::conn_rec, n: usize) -> Vec<u8> {
+    let mut got: Vec<u8> = Vec::with_capacity(n);
+    // SAFETY: a speculative read on the caller's connection, into a brigade
+    // of its pool that is emptied and destroyed before returning.
     unsafe {
         let bb = BrigadeRef::create((*c).pool, (*c).bucket_alloc);
-        let rv =
-            ffi::ap_get_brigade((*c).input_filters, bb.as_ptr(), ffi::AP_MODE_SPECULATIVE, ffi::APR_BLOCK_READ, 24);
-        let mut got: Vec<u8> = Vec::with_capacity(24);
+        let rv = ffi::ap_get_brigade(
+            (*c).input_filters,
+            bb.as_ptr(),
+            ffi::AP_MODE_SPECULATIVE,
+            ffi::APR_BLOCK_READ,
+            n as ffi::apr_off_t,
+        );
         if rv == status::SUCCESS {
             let mut cur = bb.first();
             while let Some(b) = cur {
@@ -1324,22 +1366,60 @@ pub unsafe fn peek_preface(c: *mut ffi::conn_rec) -> bool {
                     continue;
                 }
                 if let Ok(d) = b.read(true) {
-                    got.extend_from_slice(&d[..d.len().min(24 - got.len())]);
+                    got.extend_from_slice(&d[..d.len().min(n - got.len())]);
                 }
-                if got.len() >= 24 {
+                if got.len() >= n {
                     break;
                 }
             }
         }
         bb.cleanup();
         ffi::apr_brigade_destroy(bb.as_ptr());
-        got.as_slice() == PREFACE
+    }
+    got
+}
+
+/// Waits until the connection's socket is readable, up to the server's
+/// `Timeout`; false on timeout or error.
+///
+/// # Safety
+/// As `peek_preface`.
+unsafe fn wait_readable(c: *mut ffi::conn_rec) -> bool {
+    // SAFETY: the connection, its socket and its server are live (caller).
+    unsafe {
+        let mut fd: ffi::apr_os_sock_t = -1;
+        let sock = ffi::ap_get_conn_socket(c);
+        if sock.is_null() || ffi::apr_os_sock_get(&mut fd, sock) != 0 {
+            return false;
+        }
+        let timeout = interval((*(*c).base_server).timeout, Duration::from_secs(60));
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        libc::poll(&mut pfd, 1, ms) == 1
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_preface_in_pieces_waits_for_the_rest_and_anything_else_decides() {
+        for n in 1..PREFACE.len() {
+            assert_eq!(preface_verdict(&PREFACE[..n]), None, "{n} bytes of the preface");
+        }
+        assert_eq!(preface_verdict(PREFACE), Some(true));
+        let mut more = PREFACE.to_vec();
+        more.extend_from_slice(b"\0\0\0\x04");
+        assert_eq!(preface_verdict(&more), Some(true));
+        assert_eq!(preface_verdict(b""), Some(false));
+        assert_eq!(preface_verdict(b"GET / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(preface_verdict(b"PUT"), Some(false));
+        assert_eq!(preface_verdict(b"PRI * HTTP/1.1"), Some(false));
+        let mut wrong_end = PREFACE.to_vec();
+        wrong_end[23] = b'X';
+        assert_eq!(preface_verdict(&wrong_end), Some(false));
+    }
     use std::time::Instant;
 
     fn warmup(size: u64, cooldown: Option<Duration>) -> TlsWarmup {

@@ -127,6 +127,34 @@ def test_server_preface_and_settings_ack(connect):
     c.expect_ok()
 
 
+def test_frames_split_at_any_byte_are_read_whole(connect, docroot):
+    """A client whose bytes arrive a few at a time (every frame header and
+    field block split across reads, the preface too) is served like any
+    other: each read that comes short is all there is, never the end of
+    the frame. Then requests in one write, and one split in two writes."""
+    c = connect(handshake=False)
+    sid = c.new_sid()
+    c.resp(sid)
+    stream = PREFACE + settings() + headers(sid, encode(c.fields("/1k.bin")))
+    for i in range(0, len(stream), 5):
+        c.send(stream[i:i + 5])
+        time.sleep(0.002)
+    r = c.response(sid)
+    assert r.status == 200 and sha(r.body) == docroot.sha("1k.bin"), c.log()
+    sids = [c.request("/16k1.bin") for _ in range(3)]
+    for sid in sids:
+        r = c.response(sid)
+        assert r.status == 200 and sha(r.body) == docroot.sha("16k1.bin"), c.log()
+    sid = c.new_sid()
+    c.resp(sid)
+    frame_bytes = headers(sid, encode(c.fields("/1k.bin")))
+    c.send(frame_bytes[:4])
+    time.sleep(0.05)
+    c.send(frame_bytes[4:])
+    r = c.response(sid)
+    assert r.status == 200 and sha(r.body) == docroot.sha("1k.bin"), c.log()
+
+
 def test_settings_on_a_stream(connect):
     """RFC 9113 6.5: SETTINGS with a stream id other than 0: connection
     error PROTOCOL_ERROR."""

@@ -159,6 +159,20 @@ def test_upgrade_on_tls_is_ignored(tls_server):
     assert r.stdout == b"1.1 200"
 
 
+def test_http11_request_that_starts_like_the_preface_is_still_http11(server):
+    """With H2Direct a new connection's first bytes are checked for the
+    HTTP/2 preface, and a start of it ("P") makes the check wait for more:
+    an HTTP/1.1 request written in pieces from there is served as one."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"P")
+        time.sleep(0.2)
+        s.sendall(b"OST /1k.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 "), reply[:100]
+
+
 def test_h2upgrade_off_and_h2direct_off(make_server):
     srv = make_server(h2_conf="H2Upgrade off\nH2Direct off").start()
     r = curl("--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", srv.url("/1k.bin"))
