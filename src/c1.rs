@@ -83,7 +83,8 @@ const WRITE_CHUNK: usize = 128 * 1024;
 
 /// Buffers for the frames of one socket write (and for the bytes of one
 /// `read_socket`), shared by the child's c1 threads: a write takes one and
-/// gives it back when it is done (the core wrote everything, FLUSH). Shared, not one per thread: a buffer grows to
+/// gives it back when it is done (the core wrote everything, FLUSH).
+/// Shared, not one per thread: a buffer grows to
 /// `FRAME_BUF_CAPACITY`, and one per MPM thread that ever served h2 held
 /// up to 8 MiB of heap at 100 KiB `-c 50 -m 10`, while only the threads
 /// writing at the moment need one.
@@ -632,11 +633,7 @@ impl C1 {
                     return None;
                 }
             };
-            let mut fd: ffi::apr_os_sock_t = -1;
-            let sock = ffi::ap_get_conn_socket(c);
-            if sock.is_null() || ffi::apr_os_sock_get(&mut fd, sock) != 0 {
-                return None;
-            }
+            let fd = conn_socket_fd(c)?;
             let mut async_mpm: i32 = 0;
             ffi::ap_mpm_query(ffi::AP_MPMQ_IS_ASYNC as i32, &mut async_mpm);
             let mut can_waitio: i32 = 0;
@@ -686,9 +683,14 @@ impl C1 {
             };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
-            c1.short_read_drains = input_chain_is_plain(c);
-            c1.direct_read_counts = !input_chain_is_core_only(c);
-            c1.may_read_direct = c1.short_read_drains && (!c1.direct_read_counts || c2::can_count_bytes_in());
+            let plain = plain_input_chain(c);
+            c1.short_read_drains = plain.is_some();
+            c1.direct_read_counts = plain == Some(PlainInput::WithLogio);
+            c1.may_read_direct = match plain {
+                Some(PlainInput::CoreOnly) => true,
+                Some(PlainInput::WithLogio) => c2::can_count_bytes_in(),
+                None => false,
+            };
             if (*c).master.is_null() && ffi::ap_ssl_conn_is_ssl(c) != 0 && !tls_acceptable(c, s, true) {
                 clog!(c, Level::Info, "h2rs: TLS version or cipher not acceptable for HTTP/2 (H2ModernTLSOnly), closing with INADEQUATE_SECURITY");
                 c1.session.terminate(error_code::INADEQUATE_SECURITY);
@@ -1249,24 +1251,31 @@ impl C1 {
     }
 }
 
-/// Whether the connection's input chain is the core's filter alone.
-///
-/// # Safety
-/// As `input_chain_is_plain`.
-unsafe fn input_chain_is_core_only(c: *mut ffi::conn_rec) -> bool {
-    // SAFETY: caller contract.
-    unsafe { apr::filter_chain_all((*c).input_filters, |name| name.eq_ignore_ascii_case(b"core_in")) }
+/// A c1 input chain of filters that read the socket straight and hold
+/// nothing back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PlainInput {
+    /// The core's filter alone.
+    CoreOnly,
+    /// The core's and mod_logio's counter.
+    WithLogio,
 }
 
-/// Whether c1's input chain is only filters that read the socket straight
-/// and hold nothing back: the core's and mod_logio's counter.
+/// What c1's input chain is, if plain (one walk of the chain).
 ///
 /// # Safety
 /// `c` must be the live client connection owned by this thread.
-unsafe fn input_chain_is_plain(c: *mut ffi::conn_rec) -> bool {
-    const PLAIN: [&[u8]; 2] = [b"core_in", b"log_input_output"];
+unsafe fn plain_input_chain(c: *mut ffi::conn_rec) -> Option<PlainInput> {
+    let logio = std::cell::Cell::new(false);
     // SAFETY: caller contract: c and its filter chain are live.
-    unsafe { apr::filter_chain_all((*c).input_filters, |name| PLAIN.iter().any(|p| name.eq_ignore_ascii_case(p))) }
+    let plain = unsafe {
+        apr::filter_chain_all((*c).input_filters, |name| {
+            let is_logio = name.eq_ignore_ascii_case(b"log_input_output");
+            logio.set(logio.get() || is_logio);
+            is_logio || name.eq_ignore_ascii_case(b"core_in")
+        })
+    };
+    plain.then(|| if logio.get() { PlainInput::WithLogio } else { PlainInput::CoreOnly })
 }
 
 /// Gives memory freed by ended sessions back to the system, at most once
@@ -1379,6 +1388,22 @@ unsafe fn peek_bytes(c: *mut ffi::conn_rec, n: usize) -> Vec<u8> {
     got
 }
 
+/// The descriptor of the connection's socket.
+///
+/// # Safety
+/// `c` must be a live client connection run by the calling thread.
+unsafe fn conn_socket_fd(c: *mut ffi::conn_rec) -> Option<RawFd> {
+    let mut fd: ffi::apr_os_sock_t = -1;
+    // SAFETY: caller contract; the socket, if any, lives with `c`.
+    unsafe {
+        let sock = ffi::ap_get_conn_socket(c);
+        if sock.is_null() || ffi::apr_os_sock_get(&mut fd, sock) != 0 {
+            return None;
+        }
+    }
+    Some(fd)
+}
+
 /// Waits until the connection's socket is readable, up to the server's
 /// `Timeout`; false on timeout or error.
 ///
@@ -1387,11 +1412,7 @@ unsafe fn peek_bytes(c: *mut ffi::conn_rec, n: usize) -> Vec<u8> {
 unsafe fn wait_readable(c: *mut ffi::conn_rec) -> bool {
     // SAFETY: the connection, its socket and its server are live (caller).
     unsafe {
-        let mut fd: ffi::apr_os_sock_t = -1;
-        let sock = ffi::ap_get_conn_socket(c);
-        if sock.is_null() || ffi::apr_os_sock_get(&mut fd, sock) != 0 {
-            return false;
-        }
+        let Some(fd) = conn_socket_fd(c) else { return false };
         let timeout = interval((*(*c).base_server).timeout, Duration::from_secs(60));
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };

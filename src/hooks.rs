@@ -9,7 +9,7 @@
 //! live for the call, on the thread that owns them.
 #![allow(clippy::missing_safety_doc)]
 
-use crate::apr::PoolRef;
+use crate::apr::{self, PoolRef};
 use crate::c1;
 use crate::c2;
 use crate::config::{self, DirConfig, ServerConfig, Target};
@@ -594,7 +594,7 @@ pub unsafe extern "C" fn h2rs_protocol_switch(
             let Some(settings_payload) = upgrade_settings(c, r, server) else { return HOOK_DECLINED };
             let Some(head) = upgrade_head(r) else { return HOOK_DECLINED };
             ffi::ap_remove_input_filter_byhandle((*r).input_filters, c"http_in".as_ptr());
-            ffi::ap_remove_output_filter_byhandle((*r).output_filters, c"HTTP_HEADER".as_ptr());
+            apr::remove_output_filter_rec((*r).output_filters, ffi::ap_http_header_filter_handle);
             match c1::C1Ctx::attach(c, proto, server) {
                 Some(ctx) => {
                     ctx.run(c, Some(c1::Upgrade { settings_payload, head }));

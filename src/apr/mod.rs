@@ -62,19 +62,11 @@ pub unsafe fn filter_chain_all(f: *mut ffi::ap_filter_t, allowed: impl Fn(&[u8])
 /// # Safety
 /// As `filter_chain_all`.
 pub unsafe fn filter_chain_all_recs(
-    mut f: *mut ffi::ap_filter_t,
+    f: *mut ffi::ap_filter_t,
     allowed: impl Fn(*const ffi::ap_filter_rec_t) -> bool,
 ) -> bool {
     // SAFETY: caller contract.
-    unsafe {
-        while !f.is_null() {
-            if !allowed((*f).frec) {
-                return false;
-            }
-            f = (*f).next;
-        }
-    }
-    true
+    unsafe { find_filter(f, |rec| !allowed(rec)).is_null() }
 }
 
 /// Removes the first filter of the chain from `f` on whose record is
@@ -83,17 +75,32 @@ pub unsafe fn filter_chain_all_recs(
 ///
 /// # Safety
 /// As `filter_chain_all`; the chain is an output chain.
-pub unsafe fn remove_output_filter_rec(mut f: *mut ffi::ap_filter_t, rec: *const ffi::ap_filter_rec_t) {
+pub unsafe fn remove_output_filter_rec(f: *mut ffi::ap_filter_t, rec: *const ffi::ap_filter_rec_t) {
     // SAFETY: caller contract; the filter found is live in its chain.
     unsafe {
-        while !f.is_null() {
-            if std::ptr::eq((*f).frec, rec) {
-                ffi::ap_remove_output_filter(f);
-                return;
-            }
+        let found = find_filter(f, |r| std::ptr::eq(r, rec));
+        if !found.is_null() {
+            ffi::ap_remove_output_filter(found);
+        }
+    }
+}
+
+/// The first filter of the chain from `f` on whose record `pred` accepts,
+/// or NULL.
+///
+/// # Safety
+/// As `filter_chain_all`.
+unsafe fn find_filter(
+    mut f: *mut ffi::ap_filter_t,
+    pred: impl Fn(*const ffi::ap_filter_rec_t) -> bool,
+) -> *mut ffi::ap_filter_t {
+    // SAFETY: caller contract: every filter of the chain is live.
+    unsafe {
+        while !f.is_null() && !pred((*f).frec) {
             f = (*f).next;
         }
     }
+    f
 }
 
 /// Current time in APR's microseconds.
