@@ -52,7 +52,7 @@ def profile(base, doc):
     callgrind_args = ["--demangle=no", f"--callgrind-out-file={out_dir}/out.%p",
                       # a child inherits the parent's counts with the fork:
                       # out.PID.1 holds those, out.PID the child's own
-                      "--dump-before=h2rs_child_init"]
+                      "--dump-before=h2rs_child_init", "--fair-sched=yes"]
     with under_callgrind(srv, callgrind_args, base / "valgrind.log", ("-DFOREGROUND",)) as proc:
         url = f"http://127.0.0.1:{srv.port}"
         for args in (["-n", "300", "-c", "20", "-m", "1", "--rps", "10", url + "/1k.bin"],
@@ -83,9 +83,13 @@ def module_costs(path):
 
 
 def pattern(symbol):
-    """A symbol as a pattern that survives a rebuild: legacy-mangled Rust
-    names lose their hash. std's (v0-mangled, precompiled) names stay
-    exact: they change only with the toolchain."""
+    """A symbol as a pattern that survives a rebuild and another toolchain:
+    legacy-mangled Rust names lose their hash; std's (v0-mangled,
+    precompiled) names lose their crates' disambiguators (`Cs<hash>_`,
+    which change with every Rust release) and the back-references into
+    the name (`B<offset>_`, which move when a hash changes length)."""
+    if symbol.startswith("_R"):
+        return re.sub(r"B[0-9A-Za-z]*_", "B*_", re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", symbol))
     return re.sub(r"17h[0-9a-f]{16}E(\.llvm\.\d+)?$", "17h*", symbol)
 
 

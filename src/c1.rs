@@ -124,6 +124,16 @@ static SESSIONS: Lazy<Mutex<HashMap<u64, SessionHandles>>> = Lazy::new(Default::
 /// A live session's wake-up signal (running) and parking (idle).
 type SessionHandles = (Weak<Signal>, Weak<Parking>);
 
+/// Makes the process-wide tables of the connections before the first
+/// one: made on first use, the first connections, starting at once, raced
+/// to make them and the losers waited on the cell, a path that ran
+/// nowhere else and mapped 64 KiB of cold code in every child
+/// (`tests/test_build.py`).
+pub fn child_init() {
+    Lazy::force(&SESSIONS);
+    fastpath::urls();
+}
+
 /// child_stopping: every session sends GOAWAY and finishes (graceful) or
 /// aborts (hard) its streams. Running sessions are woken; idle ones, parked
 /// in the MPM, send their GOAWAY right here.

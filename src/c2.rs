@@ -92,6 +92,9 @@ pub unsafe fn child_init(pchild: *mut ffi::apr_pool_t) {
     if rv == 0 {
         DUMMY_SOCKET.store(sock, Ordering::Release);
     }
+    // Filters registered at start-up; looked up now rather than by the
+    // first requests at once (see `c1::child_init`).
+    harmless_filter_recs();
 }
 
 /// What the c2 filters and hooks know about the stream being processed.

@@ -264,6 +264,14 @@ pub unsafe extern "C" fn h2rs_child_init(pchild: *mut ffi::apr_pool_t, s: *mut f
             slog!(s, Level::Warn, "mod_h2rs: could not reserve address space for its allocator; using malloc");
         }
         PCHILD.store(pchild, Ordering::Release);
+        c1::child_init();
+        if let Err(rv) = crate::apr::pool::init_shared_allocator() {
+            slog!(
+                s,
+                Level::Warn,
+                "mod_h2rs: could not create the shared APR allocator (status {rv}); retried per connection"
+            );
+        }
         if std::env::var_os("H2RS_FAULT_INJECTION").is_some_and(|v| v == "1") {
             c1::FAULT_INJECTION.store(true, Ordering::Relaxed);
             slog!(s, Level::Warn, "mod_h2rs: fault injection enabled (H2RS_FAULT_INJECTION=1): for tests only");

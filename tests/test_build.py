@@ -1,10 +1,19 @@
 """The built module's layout: the functions httpd runs (link/hot-code.ld,
 written by scripts/hot-code) sit together at the front of .text."""
 import fnmatch
+import os
 import re
+import struct
 import subprocess
 
+import pytest
+
+from conftest import h2load
 from httpd_env import MODULE, ROOT
+
+# The kernel maps a file's cached pages around each page fault, in windows
+# of this size (fault-around), so a process shows the whole window.
+FAULT_AROUND = 64 * 1024
 
 
 def text_section():
@@ -27,16 +36,23 @@ def listed_functions():
     return re.findall(r"\*\(\.text\.(\S+) \.text\.unlikely\.\S+\)", (ROOT / "link" / "hot-code.ld").read_text())
 
 
+def hot_region():
+    """(functions of the list found in the module, end of the last one)."""
+    start, _ = text_section()
+    symbols = code_symbols()
+    found, hot_end = 0, start
+    for p in listed_functions():
+        matches = [(addr, length) for name, addr, length in symbols if fnmatch.fnmatchcase(name, p)]
+        found += bool(matches)
+        hot_end = max([hot_end] + [addr + length for addr, length in matches])
+    return found, hot_end
+
+
 def test_listed_functions_sit_together_at_the_front_of_text():
     start, size = text_section()
     patterns = listed_functions()
     assert len(patterns) > 200, "link/hot-code.ld lists too few functions"
-    symbols = code_symbols()
-    found, hot_end = 0, start
-    for p in patterns:
-        matches = [(addr, length) for name, addr, length in symbols if fnmatch.fnmatchcase(name, p)]
-        found += bool(matches)
-        hot_end = max([hot_end] + [addr + length for addr, length in matches])
+    found, hot_end = hot_region()
     # Functions renamed or inlined since the list was made fall back to the
     # rest of .text; once many have, the list needs making again.
     assert found >= 0.85 * len(patterns), (
@@ -46,3 +62,43 @@ def test_listed_functions_sit_together_at_the_front_of_text():
     assert hot_end - start < 0.5 * size, (
         f"the listed functions span {hot_end - start} of {size} bytes of .text: "
         "was the module linked with build/module.ld?")
+
+
+def resident_code_offsets(pid):
+    """Offsets in the module's file of the code pages resident in `pid`."""
+    offsets = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for line in maps:
+            fields = line.split()
+            if len(fields) < 6 or fields[5] != str(MODULE) or "x" not in fields[1]:
+                continue
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            for addr in range(lo, hi, 4096):
+                pagemap.seek(addr // 4096 * 8)
+                if struct.unpack("<Q", pagemap.read(8))[0] >> 63:
+                    offsets.append(int(fields[2], 16) + addr - lo)
+    return offsets
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading the children's page maps needs root")
+def test_a_child_serving_http2_maps_no_code_past_the_listed_functions(server):
+    """A function on the request path that is missing from the list (added
+    after the list was made) lands in the cold rest of .text, and every
+    child that runs it maps the 64 KiB around it: ~200 KiB per child once."""
+    for args in (["-n", "200", "-c", "10", "-m", "1", "--rps", "50"], ["-n", "3000", "-c", "20", "-m", "10"]):
+        r = h2load(*args, server.url("/1k.bin"))
+        assert r.get("succeeded") == int(args[1]), r["output"]
+    r = h2load("-n", "40", "-c", "4", "-m", "4", server.url("/100k.bin"))
+    assert r.get("succeeded") == 40, r["output"]
+    _, hot_end = hot_region()
+    # Section addresses are file offsets in this module (its first segment
+    # starts at 0), so the two compare directly.
+    limit = hot_end + FAULT_AROUND
+    children = server.mpm_children()
+    assert children
+    for pid in children:
+        past = [o for o in resident_code_offsets(pid) if o >= limit]
+        assert not past, (
+            f"child {pid} maps {len(past)} code pages past the listed functions (from {hex(min(past))}; "
+            f"the list ends at {hex(hot_end)}): a function httpd now runs is missing from "
+            "link/hot-code.ld; run scripts/hot-code")

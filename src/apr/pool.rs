@@ -153,6 +153,13 @@ fn shared_allocator() -> Result<*mut ffi::apr_allocator_t, ffi::apr_status_t> {
         .map(|&a| a as *mut ffi::apr_allocator_t)
 }
 
+/// Makes the process's shared allocator now (`child_init`), so that the
+/// first connections do not race to make it (see `c1::child_init`). A
+/// failure here is tried again at first use.
+pub fn init_shared_allocator() -> Result<(), ffi::apr_status_t> {
+    shared_allocator().map(|_| ())
+}
+
 /// Creates a sub-pool of `parent` on the process's shared, mutex-guarded
 /// allocator (`shared_allocator`), so that it (and pools made from it)
 /// may be handed between threads.
