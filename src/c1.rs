@@ -290,24 +290,11 @@ pub struct C1 {
     /// last read stopped at its budget). A wake-up by a worker alone then
     /// costs no read that would only say EAGAIN.
     input_ready: bool,
-    /// The input chain reads the socket straight (core, logio): a read that
-    /// returned less than one socket read's buffer drained the socket, and
-    /// the next read would only say EAGAIN (about one syscall per request).
-    /// Not with TLS or other filters, which may hold bytes poll cannot see.
-    short_read_drains: bool,
-    /// The input chain is the core's filter and at most mod_logio's
-    /// counter (whose count c1 can add to itself): once the core's filter
-    /// holds no bytes of its own, c1 reads the socket itself
-    /// (`read_socket`). The core's filter reads on after a short read to
-    /// fill the 64 KiB asked for (one more read that says EAGAIN, each
-    /// time a client's request wakes the connection); a read of our own
-    /// stops at the short read.
-    may_read_direct: bool,
-    /// `may_read_direct`, and the core's filter returned less than asked
-    /// for (so holds nothing any more): reads go to the socket.
+    /// How this connection's input is read (from its input chain).
+    input_path: InputPath,
+    /// `InputPath::Socket`, and the core's filter returned less than
+    /// asked for (so holds nothing any more): reads go to the socket.
     read_direct: bool,
-    /// mod_logio's filter is in the chain: `read_socket` counts for it.
-    direct_read_counts: bool,
     torn_down: bool,
     tls: TlsWarmup,
     /// Exclusive use of the session while it is parked in the MPM.
@@ -670,10 +657,8 @@ impl C1 {
                 can_waitio: can_waitio != 0,
                 client_gone: false,
                 input_ready: true,
-                short_read_drains: false,
-                may_read_direct: false,
+                input_path: InputPath::Filters,
                 read_direct: false,
-                direct_read_counts: false,
                 torn_down: false,
                 tls: {
                     let cfg = server_config(s);
@@ -693,14 +678,7 @@ impl C1 {
             };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
-            let plain = plain_input_chain(c);
-            c1.short_read_drains = plain.is_some();
-            c1.direct_read_counts = plain == Some(PlainInput::WithLogio);
-            c1.may_read_direct = match plain {
-                Some(PlainInput::CoreOnly) => true,
-                Some(PlainInput::WithLogio) => c2::can_count_bytes_in(),
-                None => false,
-            };
+            c1.input_path = InputPath::of(plain_input_chain(c));
             if (*c).master.is_null() && ffi::ap_ssl_conn_is_ssl(c) != 0 && !tls_acceptable(c, s, true) {
                 clog!(c, Level::Info, "h2rs: TLS version or cipher not acceptable for HTTP/2 (H2ModernTLSOnly), closing with INADEQUATE_SECURITY");
                 c1.session.terminate(error_code::INADEQUATE_SECURITY);
@@ -954,7 +932,7 @@ impl C1 {
             };
             if status::is_eagain(rv) {
                 self.input_ready = false;
-                self.read_direct = self.may_read_direct;
+                self.read_direct = self.input_path.reads_socket();
                 return Ok(());
             }
             if rv != status::SUCCESS {
@@ -968,7 +946,7 @@ impl C1 {
             }
             if self.in_bb.is_empty() {
                 self.input_ready = false;
-                self.read_direct = self.may_read_direct;
+                self.read_direct = self.input_path.reads_socket();
                 return Ok(());
             }
             let before = total;
@@ -997,8 +975,8 @@ impl C1 {
                 }
             }
             // Less than asked for: the core's filter gave all it held.
-            self.read_direct = self.may_read_direct && total - before < CORE_READ_ASK;
-            if self.short_read_drains && total - before < SOCKET_READ_SIZE {
+            self.read_direct = self.input_path.reads_socket() && total - before < CORE_READ_ASK;
+            if self.input_path.short_read_drains() && total - before < SOCKET_READ_SIZE {
                 self.input_ready = false;
                 return Ok(());
             }
@@ -1035,7 +1013,7 @@ impl C1 {
                     // spare capacity.
                     let data = unsafe { std::slice::from_raw_parts(spare.as_ptr() as *const u8, n) };
                     // %I, as mod_logio's filter would have counted it.
-                    if self.direct_read_counts {
+                    if self.input_path == (InputPath::Socket { counts_for_logio: true }) {
                         c2::count_c1_bytes_in(c, n as u64);
                     }
                     self.feed_session(data)?;
@@ -1258,6 +1236,47 @@ impl C1 {
 
     pub fn conn(&self) -> *mut ffi::conn_rec {
         self.c
+    }
+}
+
+/// How c1 reads its client, decided at session start from its input
+/// chain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InputPath {
+    /// TLS or other connection filters: through the chain, until it says
+    /// EAGAIN (the filters may hold bytes that poll cannot see).
+    Filters,
+    /// The core's filter and mod_logio's counter, without mod_logio's
+    /// optional function to count for it: through the chain, and a read
+    /// that returned less than one socket read's buffer drained the socket
+    /// (the next read would only say EAGAIN, about one syscall a request).
+    PlainFilters,
+    /// The core's filter, and at most mod_logio's counter (whose count c1
+    /// adds to itself): through the chain until the core's filter holds
+    /// no bytes of its own, then c1 reads the socket itself
+    /// (`read_socket`). The core's filter reads on after a short read to
+    /// fill the 64 KiB asked for (one more read that says EAGAIN, each
+    /// time a client's request wakes the connection); a read of our own
+    /// stops at the short read.
+    Socket { counts_for_logio: bool },
+}
+
+impl InputPath {
+    fn of(plain: Option<PlainInput>) -> InputPath {
+        match plain {
+            None => InputPath::Filters,
+            Some(PlainInput::CoreOnly) => InputPath::Socket { counts_for_logio: false },
+            Some(PlainInput::WithLogio) if c2::can_count_bytes_in() => InputPath::Socket { counts_for_logio: true },
+            Some(PlainInput::WithLogio) => InputPath::PlainFilters,
+        }
+    }
+
+    fn short_read_drains(self) -> bool {
+        self != InputPath::Filters
+    }
+
+    fn reads_socket(self) -> bool {
+        matches!(self, InputPath::Socket { .. })
     }
 }
 
