@@ -16,12 +16,15 @@ from httpd_env import MODULE, ROOT
 FAULT_AROUND = 64 * 1024
 
 
-def text_section():
+def text_section(with_offset=False):
+    """(address, size) of the module's .text; with its file offset too
+    (address, offset, size) when asked."""
     out = subprocess.run(["readelf", "-SW", str(MODULE)], capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
         fields = line.replace("[ ", "[").split()
         if len(fields) > 5 and fields[1] == ".text":
-            return int(fields[3], 16), int(fields[5], 16)
+            addr, offset, size = int(fields[3], 16), int(fields[4], 16), int(fields[5], 16)
+            return (addr, offset, size) if with_offset else (addr, size)
     raise AssertionError(f"{MODULE} has no .text")
 
 
@@ -91,14 +94,14 @@ def test_a_child_serving_http2_maps_no_code_past_the_listed_functions(server):
     r = h2load("-n", "40", "-c", "4", "-m", "4", server.url("/100k.bin"))
     assert r.get("succeeded") == 40, r["output"]
     _, hot_end = hot_region()
-    # Section addresses are file offsets in this module (its first segment
-    # starts at 0), so the two compare directly.
-    limit = hot_end + FAULT_AROUND
+    # The page map gives file offsets; the list's end is an address.
+    text_addr, text_offset, _ = text_section(with_offset=True)
+    limit = hot_end - text_addr + text_offset + FAULT_AROUND
     children = server.mpm_children()
     assert children
     for pid in children:
         past = [o for o in resident_code_offsets(pid) if o >= limit]
         assert not past, (
-            f"child {pid} maps {len(past)} code pages past the listed functions (from {hex(min(past))}; "
-            f"the list ends at {hex(hot_end)}): a function httpd now runs is missing from "
+            f"child {pid} maps {len(past)} code pages past the listed functions (from file offset "
+            f"{hex(min(past))}; the list ends at address {hex(hot_end)}): a function httpd now runs is missing from "
             "link/hot-code.ld; run scripts/hot-code")
