@@ -1,8 +1,9 @@
 //! The allocator of the module's own Rust code (its `#[global_allocator]`)
 //! and of its nghttp2 sessions (`nghttp2_mem`) in a child process: small
-//! objects (up to `MAX_SMALL` bytes) come from size-class slabs shared by
-//! all threads; everything else, and everything before `enable_in_child`,
-//! goes to glibc's malloc. APR and httpd keep their allocators.
+//! objects (up to `MAX_SMALL` bytes), and nghttp2's 16 KiB frame buffers,
+//! come from size-class slabs shared by all threads; everything else, and
+//! everything before `enable_in_child`, goes to glibc's malloc. APR and
+//! httpd keep their allocators.
 //!
 //! Why: a session moves between the MPM's threads from one event to the
 //! next, and its objects are freed on whichever thread ends them. glibc
@@ -42,10 +43,26 @@ const _: () = assert!(MAX_SLABS * 4 <= SLAB_BYTES);
 const NONE: usize = usize::MAX;
 
 /// Chunk sizes: 16-byte steps to 128, then four classes per doubling (at
-/// most a fifth of a chunk unused).
-const CLASS_SIZES: [usize; 20] =
-    [16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024];
+/// most a fifth of a chunk unused); the last class is nghttp2's frame
+/// buffers' alone (`FRAME_BUF_CLASS`).
+const CLASS_SIZES: [usize; 21] =
+    [16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 16_400];
 const CLASSES: usize = CLASS_SIZES.len();
+
+/// The class of the buffer every nghttp2 session allocates for the frames
+/// it serializes: 16,394 bytes (a frame header, a padding length and the
+/// largest payload), for the life of the connection. nghttp2 writes only
+/// what each frame needs, mostly small HEADERS frames, so only the first
+/// page of it is ever touched. From malloc it cost two resident pages per
+/// connection (glibc's headers before and after it; measured: 202 of its
+/// 500 pages resident over 100 busy connections), here one: 4 KiB per
+/// connection, busy or idle. Three fit in a slab; the rest of the slab is
+/// address space that is never touched.
+const FRAME_BUF_CLASS: usize = CLASSES - 1;
+/// The sizes that go to `FRAME_BUF_CLASS` (only nghttp2's frame buffers
+/// have them; nothing else in the module allocates just over 16 KiB).
+const FRAME_BUF_SIZES: std::ops::RangeInclusive<usize> = 16 * 1024 + 1..=CLASS_SIZES[FRAME_BUF_CLASS];
+const _: () = assert!(HEADER_BYTES + 3 * CLASS_SIZES[FRAME_BUF_CLASS] <= SLAB_BYTES);
 
 /// Class index for a size, by `(size + 15) / 16` (1..=64).
 const CLASS_OF: [u8; MAX_SMALL / 16 + 1] = {
@@ -195,10 +212,18 @@ impl Slabs {
     /// more than MAX_SMALL bytes, or when the region is not reserved or is
     /// used up.
     fn alloc(&self, size: usize) -> Option<*mut u8> {
-        if size > MAX_SMALL || self.base.load(Ordering::Acquire) == 0 {
+        if size > MAX_SMALL {
             return None;
         }
-        let class = CLASS_OF[size.div_ceil(16)] as usize;
+        self.alloc_class(CLASS_OF[size.div_ceil(16)] as usize)
+    }
+
+    /// A chunk of `class`; None when the region is not reserved or is used
+    /// up.
+    fn alloc_class(&self, class: usize) -> Option<*mut u8> {
+        if self.base.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let chunk = CLASS_SIZES[class];
         let mut state = self.lock_class(class);
         if state.with_room == NONE {
@@ -424,16 +449,19 @@ unsafe impl GlobalAlloc for ModuleAlloc {
 
 /// nghttp2's allocator (`nghttp2_mem`): its small objects (streams,
 /// queued frames, HPACK table entries) come from the same slabs as the
-/// Rust code's; larger ones (the session, its frame buffer) from malloc.
+/// Rust code's, its frame buffer from a class of its own
+/// (`FRAME_BUF_CLASS`); larger ones (the session) from malloc.
 pub mod nghttp2_mem {
-    use super::{ptr, SLABS};
+    use super::{ptr, FRAME_BUF_CLASS, FRAME_BUF_SIZES, SLABS};
     use crate::ffi::panic::guard;
     use libc::{c_void, size_t};
 
     /// nghttp2 frees without a size, so each entry point tells a slab chunk
     /// from malloc's by its address, as the global allocator does.
     fn malloc(size: size_t) -> *mut c_void {
-        match SLABS.alloc(size) {
+        let chunk =
+            if FRAME_BUF_SIZES.contains(&size) { SLABS.alloc_class(FRAME_BUF_CLASS) } else { SLABS.alloc(size) };
+        match chunk {
             Some(p) => p as *mut c_void,
             // SAFETY: plain malloc.
             None => unsafe { libc::malloc(size) },
@@ -479,6 +507,10 @@ pub mod nghttp2_mem {
     /// As for `alloc`.
     pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t, _user: *mut c_void) -> *mut c_void {
         guard("nghttp2 realloc", ptr::null_mut(), || {
+            if p.is_null() {
+                // How nghttp2 allocates its frame buffer.
+                return malloc(size);
+            }
             if !SLABS.owns(p as *mut u8) {
                 // SAFETY: null or malloc's pointer.
                 return unsafe { libc::realloc(p, size) };
@@ -548,6 +580,40 @@ mod tests {
             // SAFETY: as above.
             unsafe { s.dealloc(p) };
         }
+    }
+
+    #[test]
+    fn nghttp2_frame_buffers_have_a_class_of_their_own_three_to_a_slab() {
+        // nghttp2's NGHTTP2_FRAMEBUF_CHUNKLEN: frame header, pad length,
+        // largest payload.
+        let framebuf = 9 + 1 + 16_384;
+        assert!(FRAME_BUF_SIZES.contains(&framebuf));
+        assert!(!FRAME_BUF_SIZES.contains(&(16 * 1024)));
+        let s = slabs(2 * SLAB_BYTES);
+        let bufs: Vec<*mut u8> = (0..3).map(|_| s.alloc_class(FRAME_BUF_CLASS).unwrap()).collect();
+        for (i, &p) in bufs.iter().enumerate() {
+            assert_eq!(p as usize % 16, 0);
+            assert_eq!(s.slab_of(p), s.slab_of(bufs[0]), "three to a slab");
+            // SAFETY: live chunks of `s`, CLASS_SIZES[FRAME_BUF_CLASS] bytes each.
+            unsafe {
+                assert_eq!(s.chunk_size(p), CLASS_SIZES[FRAME_BUF_CLASS]);
+                ptr::write_bytes(p, i as u8, framebuf);
+            }
+        }
+        let fourth = s.alloc_class(FRAME_BUF_CLASS).unwrap();
+        assert_ne!(s.slab_of(fourth), s.slab_of(bufs[0]));
+        assert_eq!(s.alloc(16), None, "both slabs taken");
+        // SAFETY: live chunks of `s`.
+        unsafe {
+            assert_eq!(*bufs[2].add(framebuf - 1), 2, "chunks do not overlap");
+            s.dealloc(bufs[1]);
+        }
+        assert_eq!(s.alloc_class(FRAME_BUF_CLASS), Some(bufs[1]), "a freed buffer is reused first");
+        for p in bufs.into_iter().chain([fourth]) {
+            // SAFETY: live chunks of `s`.
+            unsafe { s.dealloc(p) };
+        }
+        assert!(s.alloc(16).is_some(), "emptied slabs serve other classes");
     }
 
     #[test]
