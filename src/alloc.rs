@@ -54,13 +54,14 @@ const CLASSES: usize = CLASS_SIZES.len();
 /// largest payload), for the life of the connection. nghttp2 writes only
 /// what each frame needs, mostly small HEADERS frames, so only the first
 /// page of it is ever touched. From malloc it cost two resident pages per
-/// connection (glibc's headers before and after it; measured: 202 of its
-/// 500 pages resident over 100 busy connections), here one: 4 KiB per
-/// connection, busy or idle. Three fit in a slab; the rest of the slab is
-/// address space that is never touched.
+/// busy connection (glibc's headers before and after it; measured: 202 of
+/// the 500 pages of 100 busy connections' buffers resident), here one.
+/// Three fit in a slab; the rest of the slab is address space that is
+/// never touched.
 const FRAME_BUF_CLASS: usize = CLASSES - 1;
-/// The sizes that go to `FRAME_BUF_CLASS` (only nghttp2's frame buffers
-/// have them; nothing else in the module allocates just over 16 KiB).
+/// The sizes of nghttp2's allocations that go to `FRAME_BUF_CLASS` (of
+/// nghttp2's, only its frame buffers have them; the Rust code's
+/// allocations never come here).
 const FRAME_BUF_SIZES: std::ops::RangeInclusive<usize> = 16 * 1024 + 1..=CLASS_SIZES[FRAME_BUF_CLASS];
 const _: () = assert!(HEADER_BYTES + 3 * CLASS_SIZES[FRAME_BUF_CLASS] <= SLAB_BYTES);
 
