@@ -678,7 +678,7 @@ impl C1 {
             };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
-            c1.input_path = InputPath::of(plain_input_chain(c));
+            c1.input_path = InputPath::of(plain_input_chain(c), c2::can_count_bytes_in());
             if (*c).master.is_null() && ffi::ap_ssl_conn_is_ssl(c) != 0 && !tls_acceptable(c, s, true) {
                 clog!(c, Level::Info, "h2rs: TLS version or cipher not acceptable for HTTP/2 (H2ModernTLSOnly), closing with INADEQUATE_SECURITY");
                 c1.session.terminate(error_code::INADEQUATE_SECURITY);
@@ -1241,7 +1241,7 @@ impl C1 {
 
 /// How c1 reads its client, decided at session start from its input
 /// chain.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InputPath {
     /// TLS or other connection filters: through the chain, until it says
     /// EAGAIN (the filters may hold bytes that poll cannot see).
@@ -1262,11 +1262,14 @@ enum InputPath {
 }
 
 impl InputPath {
-    fn of(plain: Option<PlainInput>) -> InputPath {
+    /// The path for an input chain (`plain_input_chain`); `logio_countable`:
+    /// mod_logio's function to add to its count is there
+    /// (`c2::can_count_bytes_in`).
+    fn of(plain: Option<PlainInput>, logio_countable: bool) -> InputPath {
         match plain {
             None => InputPath::Filters,
             Some(PlainInput::CoreOnly) => InputPath::Socket { counts_for_logio: false },
-            Some(PlainInput::WithLogio) if c2::can_count_bytes_in() => InputPath::Socket { counts_for_logio: true },
+            Some(PlainInput::WithLogio) if logio_countable => InputPath::Socket { counts_for_logio: true },
             Some(PlainInput::WithLogio) => InputPath::PlainFilters,
         }
     }
@@ -1452,6 +1455,22 @@ unsafe fn wait_readable(c: *mut ffi::conn_rec) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_input_path_reads_the_socket_only_behind_the_core_filter_alone_or_a_countable_logio() {
+        let cases = [
+            (None, true, InputPath::Filters, false, false),
+            (Some(PlainInput::CoreOnly), false, InputPath::Socket { counts_for_logio: false }, true, true),
+            (Some(PlainInput::WithLogio), true, InputPath::Socket { counts_for_logio: true }, true, true),
+            (Some(PlainInput::WithLogio), false, InputPath::PlainFilters, true, false),
+        ];
+        for (plain, countable, path, drains, socket) in cases {
+            let got = InputPath::of(plain, countable);
+            assert_eq!(got, path);
+            assert_eq!(got.short_read_drains(), drains, "{path:?}");
+            assert_eq!(got.reads_socket(), socket, "{path:?}");
+        }
+    }
 
     #[test]
     fn a_preface_in_pieces_waits_for_the_rest_and_anything_else_decides() {
