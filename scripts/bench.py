@@ -238,13 +238,14 @@ def h2load(server, args, h1, timeout):
     m = re.search(r"finished in [0-9.]+\w+, ([0-9.]+) req/s", out)
     fails = re.search(r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed", out)
     lat.sort()
+    done = int(fails[1]) if fails else 0
     return {
         "rps": float(m[1]) if m else 0.0,
         "mean_ms": statistics.fmean(lat) if lat else 0.0,
         "p99_ms": lat[int(len(lat) * 0.99) - 1] if lat else 0.0,
-        "done": int(fails[1]) if fails else 0,
+        "done": done,
         "failed": int(fails[2]) if fails else -1,
-        "client_cpu_us_per_req": client_cpu * 1e6 / max(1, int(fails[1]) if fails else 0),
+        "client_cpu_us_per_req": client_cpu * 1e6 / max(1, done),
     }
 
 

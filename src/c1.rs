@@ -1455,6 +1455,7 @@ unsafe fn wait_readable(c: *mut ffi::conn_rec) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn the_input_path_reads_the_socket_only_behind_the_core_filter_alone_or_a_countable_logio() {
@@ -1489,7 +1490,6 @@ mod tests {
         wrong_end[23] = b'X';
         assert_eq!(preface_verdict(&wrong_end), Some(false));
     }
-    use std::time::Instant;
 
     fn warmup(size: u64, cooldown: Option<Duration>) -> TlsWarmup {
         TlsWarmup { enabled: true, warmup: size, cooldown, written: 0, last_write: Instant::now() }

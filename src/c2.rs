@@ -65,8 +65,8 @@ fn logio(counter: &AtomicPtr<c_void>, c: *mut ffi::conn_rec, bytes: u64) {
 }
 
 /// Counts bytes c1 read from its client itself (not through the input
-/// filters, where mod_logio's own filter would count them). Whether it
-/// can: mod_logio is not loaded, or its counter was found.
+/// filters, where mod_logio's own filter would count them); nothing when
+/// mod_logio's counter was not found (`can_count_bytes_in`).
 pub fn count_c1_bytes_in(c1: *mut ffi::conn_rec, bytes: u64) {
     logio(&LOGIO_IN, c1, bytes);
 }

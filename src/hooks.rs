@@ -265,7 +265,7 @@ pub unsafe extern "C" fn h2rs_child_init(pchild: *mut ffi::apr_pool_t, s: *mut f
         }
         PCHILD.store(pchild, Ordering::Release);
         c1::child_init();
-        if let Err(rv) = crate::apr::pool::init_shared_allocator() {
+        if let Err(rv) = apr::pool::init_shared_allocator() {
             slog!(
                 s,
                 Level::Warn,
