@@ -270,7 +270,7 @@ mod tests {
         // A body on its way: the handler could wait for the client.
         assert!(!candidate(&RequestHead { end_stream: false, ..get.clone() }));
         assert!(!candidate(&RequestHead { error_status: Some(431), ..get.clone() }));
-        assert!(!candidate(&RequestHead { websocket_accept: Some(b"x".to_vec()), ..get.clone() }));
+        assert!(!candidate(&RequestHead { websocket_accept: Some(Box::from(&b"x"[..])), ..get.clone() }));
     }
 
     #[test]

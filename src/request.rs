@@ -65,7 +65,7 @@ pub struct RequestHead {
     pub raw_bytes: usize,
     /// A WebSocket tunnel (extended CONNECT turned into an upgrade GET, see
     /// `websocket.rs`): the `Sec-WebSocket-Accept` its 101 must carry.
-    pub websocket_accept: Option<Vec<u8>>,
+    pub websocket_accept: Option<Box<[u8]>>,
 }
 
 impl RequestHead {
@@ -189,6 +189,11 @@ pub fn is_connection_specific(name: &[u8]) -> bool {
     candidate.eq_ignore_ascii_case(name)
 }
 
+/// At most what `RequestBuilder::with_room` reserves up front (a larger
+/// head grows as it comes; the slab allocator serves up to 1 KiB).
+const MAX_FIELDS_ROOM: usize = 32;
+const MAX_BYTES_ROOM: usize = 1024;
+
 /// Collects the fields of one request head (or of its trailers).
 #[derive(Debug)]
 pub struct RequestBuilder {
@@ -203,9 +208,24 @@ pub struct RequestBuilder {
 
 impl RequestBuilder {
     pub fn new(limits: Limits) -> RequestBuilder {
+        RequestBuilder::with_room(limits, 0, 0)
+    }
+
+    /// A builder whose regular fields have room for about `fields` fields
+    /// of `bytes` bytes in all (the size of a previous head; 0 for a
+    /// default first reservation at the first field).
+    pub fn with_room(limits: Limits, fields: usize, bytes: usize) -> RequestBuilder {
+        let headers = if fields == 0 {
+            Headers::default()
+        } else {
+            // A little slack: the next request may carry a field more
+            // (a cookie set meanwhile, a conditional header). Capped: one
+            // huge head must not make every later one reserve as much.
+            Headers::with_capacity((fields + 1).min(MAX_FIELDS_ROOM), (bytes + bytes / 4 + 16).min(MAX_BYTES_ROOM))
+        };
         RequestBuilder {
             limits,
-            head: RequestHead::default(),
+            head: RequestHead { headers, ..RequestHead::default() },
             method: None,
             cookies: Vec::new(),
             fields_seen: 0,
@@ -385,6 +405,26 @@ mod tests {
 
     const GET: [(&str, &str); 4] =
         [(":method", "GET"), (":scheme", "http"), (":authority", "example.org"), (":path", "/a?b")];
+
+    #[test]
+    fn a_builder_with_room_holds_a_head_of_that_size_without_growing_and_caps_the_room() {
+        let empty = RequestBuilder::with_room(Limits::default(), 0, 0);
+        assert_eq!(empty.head.headers.capacity(), (0, 0), "no room before the first field");
+
+        let fields = [("user-agent", "h2load nghttp2/1.52.0"), ("accept", "*/*")];
+        let bytes: usize = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let mut b = RequestBuilder::with_room(Limits::default(), fields.len(), bytes);
+        let room = b.head.headers.capacity();
+        for (n, v) in GET.iter().chain(&fields) {
+            b.add(n.as_bytes(), v.as_bytes()).unwrap();
+        }
+        assert_eq!(b.head.headers.capacity(), room, "the head fit in the room reserved");
+        let head = b.finish(true).unwrap();
+        assert_eq!((head.headers.len(), head.headers.byte_len()), (fields.len(), bytes));
+
+        let huge = RequestBuilder::with_room(Limits::default(), 10_000, 1 << 20);
+        assert_eq!(huge.head.headers.capacity(), (MAX_FIELDS_ROOM, MAX_BYTES_ROOM));
+    }
 
     #[test]
     fn token_table_is_rfc_9110_tchar() {
