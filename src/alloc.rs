@@ -19,11 +19,14 @@
 //!
 //! Layout: one region of address space reserved at child start
 //! (`REGION_BYTES`, no memory committed until touched), cut into slabs of
-//! `SLAB_BYTES`. A slab serves one size class at a time; its header (the
-//! first `HEADER_BYTES`) holds the class, the count of live chunks, its
-//! own free list and links in the class's list of slabs with room. A slab
-//! emptied while its class has another slab with room is released to a
-//! shared stack of free slabs, which any class may take again.
+//! `SLAB_BYTES`. A slab serves one size class at a time; its header holds
+//! the class, the count of live chunks, its own free list and links in the
+//! class's list of slabs with room. The headers sit in a table of their own
+//! before the first slab (64 to a page), so chunks start at a slab's first
+//! byte: the frame buffers' class has page-aligned chunks that own their
+//! pages (see `discard_frame_buffer`). A slab emptied while its class has
+//! another slab with room is released to a shared stack of free slabs,
+//! which any class may take again.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
@@ -34,36 +37,43 @@ use std::sync::Mutex;
 /// up to 1,032 bytes; larger ones go to its shared bins anyway.
 const MAX_SMALL: usize = 1024;
 const SLAB_BYTES: usize = 64 * 1024;
+const PAGE_BYTES: usize = 4096;
+/// A slab's header in the header table (one cache line).
 const HEADER_BYTES: usize = 64;
 /// Address space reserved per child: 4,096 slabs. Only touched pages
 /// cost memory; past the end, allocations fall back to malloc.
 const REGION_BYTES: usize = 256 << 20;
 const MAX_SLABS: usize = REGION_BYTES / SLAB_BYTES;
-const _: () = assert!(MAX_SLABS * 4 <= SLAB_BYTES);
+/// Before the first slab: the slab headers, then the free stack's links
+/// (`free_next`), in whole slabs so that `base` stays slab-aligned.
+const HEADER_TABLE_BYTES: usize = MAX_SLABS * HEADER_BYTES;
+const META_BYTES: usize = (HEADER_TABLE_BYTES + MAX_SLABS * 4).next_multiple_of(SLAB_BYTES);
 const NONE: usize = usize::MAX;
 
 /// Chunk sizes: 16-byte steps to 128, then four classes per doubling (at
 /// most a fifth of a chunk unused); the last class is nghttp2's frame
-/// buffers' alone (`FRAME_BUF_CLASS`).
+/// buffers' alone (`FRAME_BUF_CLASS`), five pages each.
 const CLASS_SIZES: [usize; 21] =
-    [16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 16_400];
+    [16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 5 * PAGE_BYTES];
 const CLASSES: usize = CLASS_SIZES.len();
 
 /// The class of the buffer every nghttp2 session allocates for the frames
 /// it serializes: 16,394 bytes (a frame header, a padding length and the
 /// largest payload), for the life of the connection. nghttp2 writes only
 /// what each frame needs, mostly small HEADERS frames, so only the first
-/// page of it is ever touched. From malloc it cost two resident pages per
-/// busy connection (glibc's headers before and after it; measured: 202 of
-/// the 500 pages of 100 busy connections' buffers resident), here one.
-/// Three fit in a slab; the rest of the slab is address space that is
-/// never touched.
+/// page of it is touched. From malloc it cost two resident pages per busy
+/// connection (glibc's headers before and after it; measured: 202 of the
+/// 500 pages of 100 busy connections' buffers resident), here one. Each
+/// chunk is five whole pages that hold nothing else, so a session idle
+/// for a while gives its page back (`discard_frame_buffer`); three fit in
+/// a slab, and the rest of each chunk is address space never touched.
 const FRAME_BUF_CLASS: usize = CLASSES - 1;
 /// The sizes of nghttp2's allocations that go to `FRAME_BUF_CLASS` (of
 /// nghttp2's, only its frame buffers have them; the Rust code's
 /// allocations never come here).
-const FRAME_BUF_SIZES: std::ops::RangeInclusive<usize> = 16 * 1024 + 1..=CLASS_SIZES[FRAME_BUF_CLASS];
-const _: () = assert!(HEADER_BYTES + 3 * CLASS_SIZES[FRAME_BUF_CLASS] <= SLAB_BYTES);
+pub const FRAME_BUF_SIZES: std::ops::RangeInclusive<usize> = 16 * 1024 + 1..=16_400;
+const _: () = assert!(3 * CLASS_SIZES[FRAME_BUF_CLASS] <= SLAB_BYTES);
+const _: () = assert!(*FRAME_BUF_SIZES.end() <= CLASS_SIZES[FRAME_BUF_CLASS]);
 
 /// Class index for a size, by `(size + 15) / 16` (1..=64).
 const CLASS_OF: [u8; MAX_SMALL / 16 + 1] = {
@@ -139,9 +149,9 @@ impl Slabs {
         if self.base.load(Ordering::Acquire) != 0 {
             return true;
         }
-        // One slab more for the free stack's links (`free_next`), one for
+        // The header table and the free stack's links, and one slab for
         // the alignment.
-        let len = bytes + 2 * SLAB_BYTES;
+        let len = bytes + META_BYTES + SLAB_BYTES;
         // SAFETY: an anonymous private mapping at an address of the
         // kernel's choice; nothing else refers to it.
         let p = unsafe {
@@ -172,8 +182,8 @@ impl Slabs {
         }
         // Slabs start at a multiple of their size, so a chunk finds its
         // slab by rounding down. The slack before and after is never used;
-        // the slab before `base` holds `free_next`.
-        let base = (p as usize).next_multiple_of(SLAB_BYTES) + SLAB_BYTES;
+        // the META_BYTES before `base` hold the headers and `free_next`.
+        let base = (p as usize).next_multiple_of(SLAB_BYTES) + META_BYTES;
         self.count.store((bytes / SLAB_BYTES).min(MAX_SLABS), Ordering::Relaxed);
         self.base.store(base, Ordering::Release);
         true
@@ -190,17 +200,24 @@ impl Slabs {
         (p as usize - self.base.load(Ordering::Relaxed)) / SLAB_BYTES
     }
 
-    fn header(&self, slab: usize) -> *mut SlabHeader {
-        (self.base.load(Ordering::Relaxed) + slab * SLAB_BYTES) as *mut SlabHeader
+    /// The first byte of a slab (its first chunk).
+    fn start(&self, slab: usize) -> *mut u8 {
+        (self.base.load(Ordering::Relaxed) + slab * SLAB_BYTES) as *mut u8
     }
 
-    /// The free stack's link of `slab`: an array in the slab before the
-    /// first (zero pages until written, in no process's data segment).
+    /// A slab's header, in the table before the first slab.
+    fn header(&self, slab: usize) -> *mut SlabHeader {
+        (self.base.load(Ordering::Relaxed) - META_BYTES + slab * HEADER_BYTES) as *mut SlabHeader
+    }
+
+    /// The free stack's link of `slab`: an array after the header table
+    /// (zero pages until written, in no process's data segment).
     fn free_next(&self, slab: usize) -> &AtomicU32 {
-        let links = (self.base.load(Ordering::Relaxed) - SLAB_BYTES) as *const AtomicU32;
-        // SAFETY: `slab` < MAX_SLABS, and MAX_SLABS links fit in the slab
-        // reserved for them inside our mapping, which lives as long as the
-        // process; AtomicU32 has u32's layout and any bits are valid.
+        let links = (self.base.load(Ordering::Relaxed) - META_BYTES + HEADER_TABLE_BYTES) as *const AtomicU32;
+        // SAFETY: `slab` < MAX_SLABS, and MAX_SLABS links fit in the
+        // META_BYTES reserved before `base` inside our mapping, which lives
+        // as long as the process; AtomicU32 has u32's layout and any bits
+        // are valid.
         unsafe { &*links.add(slab) }
     }
 
@@ -236,7 +253,7 @@ impl Slabs {
                     class,
                     live: 0,
                     free: ptr::null_mut(),
-                    bump: HEADER_BYTES,
+                    bump: 0,
                     next: NONE,
                     prev: NONE,
                 });
@@ -253,7 +270,7 @@ impl Slabs {
                 (*h).free = *(p as *mut *mut u8);
                 p
             } else {
-                let p = (h as *mut u8).add((*h).bump);
+                let p = self.start(slab).add((*h).bump);
                 (*h).bump += chunk;
                 p
             };
@@ -350,12 +367,36 @@ impl Slabs {
         // range lies inside our mapping. MADV_DONTNEED on private anonymous
         // memory leaves zero pages behind, which the next use faults in.
         unsafe {
-            libc::madvise(self.header(slab) as *mut libc::c_void, SLAB_BYTES, libc::MADV_DONTNEED);
+            libc::madvise(self.start(slab) as *mut libc::c_void, SLAB_BYTES, libc::MADV_DONTNEED);
         }
         let mut free = self.free_slabs.lock().unwrap_or_else(|e| e.into_inner());
         let next = if free.stack == NONE { u32::MAX } else { free.stack as u32 };
         self.free_next(slab).store(next, Ordering::Relaxed);
         free.stack = slab;
+    }
+
+    /// Gives the pages of a live frame buffer back to the kernel; they read
+    /// as zeros when touched again. False (and nothing done) for a pointer
+    /// that is not a chunk of `FRAME_BUF_CLASS`.
+    ///
+    /// # Safety
+    /// `p` is a live chunk of this instance whose contents nobody needs.
+    unsafe fn discard(&self, p: *mut u8) -> bool {
+        if !self.owns(p) {
+            return false;
+        }
+        // SAFETY: as in `dealloc` (caller: `p` is live).
+        if unsafe { (*self.header(self.slab_of(p))).class } != FRAME_BUF_CLASS {
+            return false;
+        }
+        debug_assert_eq!(p as usize % PAGE_BYTES, 0);
+        // SAFETY: the chunk's whole pages are its own (page-aligned, five
+        // pages, nothing else in them) and inside our mapping; MADV_DONTNEED
+        // on private anonymous memory leaves zero pages behind.
+        unsafe {
+            libc::madvise(p as *mut libc::c_void, CLASS_SIZES[FRAME_BUF_CLASS], libc::MADV_DONTNEED);
+        }
+        true
     }
 
     /// The chunk size of a chunk this instance handed out.
@@ -456,6 +497,68 @@ pub mod nghttp2_mem {
     use super::{ptr, FRAME_BUF_CLASS, FRAME_BUF_SIZES, SLABS};
     use crate::ffi::panic::guard;
     use libc::{c_void, size_t};
+    use std::cell::Cell;
+
+    /// A session's frame buffer as its allocator hooks see it: the user
+    /// data of the session's `nghttp2_mem`, so that the session can give
+    /// the buffer's pages back while it is idle (`discard_frame_buffer`).
+    #[derive(Debug, Default)]
+    pub struct FrameBufWatch {
+        /// The frame buffer nghttp2 allocated while the session was made,
+        /// as long as it lives (0 once nghttp2 freed or moved it).
+        buf: Cell<usize>,
+        /// The session is being made: its first allocation of a frame
+        /// buffer's size is the frame buffer.
+        capturing: Cell<bool>,
+    }
+
+    impl FrameBufWatch {
+        /// Brackets the making of the session.
+        pub fn capture(&self, on: bool) {
+            self.capturing.set(on);
+        }
+
+        fn allocated(&self, p: *mut c_void, size: size_t) {
+            if self.capturing.get() && self.buf.get() == 0 && FRAME_BUF_SIZES.contains(&size) {
+                self.buf.set(p as usize);
+            }
+        }
+
+        fn released(&self, p: *mut c_void) {
+            if self.buf.get() == p as usize {
+                self.buf.set(0);
+            }
+        }
+
+        pub fn is_set(&self) -> bool {
+            self.buf.get() != 0
+        }
+    }
+
+    /// The watch a hook's user data points at, if any.
+    ///
+    /// # Safety
+    /// `user` is null or the `FrameBufWatch` of the calling session, which
+    /// outlives the session.
+    unsafe fn watch<'a>(user: *mut c_void) -> Option<&'a FrameBufWatch> {
+        // SAFETY: caller's contract.
+        unsafe { (user as *const FrameBufWatch).as_ref() }
+    }
+
+    /// Gives the pages of the session's frame buffer back to the kernel
+    /// (they are faulted in again, zeroed, by the next frame). True if
+    /// there was a slab buffer to discard.
+    ///
+    /// # Safety
+    /// Nothing of the buffer is needed: the session has no frame in flight
+    /// (nghttp2 resets the buffer before it serializes the next one), and
+    /// no other thread uses the session meanwhile.
+    pub unsafe fn discard_frame_buffer(watch: &FrameBufWatch) -> bool {
+        let p = watch.buf.get() as *mut u8;
+        // SAFETY: a live chunk (the watch forgets it when nghttp2 frees or
+        // moves it) whose contents are not needed (caller).
+        !p.is_null() && unsafe { SLABS.discard(p) }
+    }
 
     /// nghttp2 frees without a size, so each entry point tells a slab chunk
     /// from malloc's by its address, as the global allocator does.
@@ -470,15 +573,27 @@ pub mod nghttp2_mem {
     }
 
     /// # Safety
-    /// nghttp2 calls these with pointers they returned, as malloc's API.
-    pub unsafe extern "C" fn alloc(size: size_t, _user: *mut c_void) -> *mut c_void {
-        guard("nghttp2 malloc", ptr::null_mut(), || malloc(size))
+    /// nghttp2 calls these with pointers they returned, as malloc's API,
+    /// and with its session's user data (see `watch`).
+    pub unsafe extern "C" fn alloc(size: size_t, user: *mut c_void) -> *mut c_void {
+        guard("nghttp2 malloc", ptr::null_mut(), || {
+            let p = malloc(size);
+            // SAFETY: nghttp2 passes its session's user data.
+            if let Some(w) = unsafe { watch(user) } {
+                w.allocated(p, size);
+            }
+            p
+        })
     }
 
     /// # Safety
     /// As for `alloc`.
-    pub unsafe extern "C" fn free(p: *mut c_void, _user: *mut c_void) {
+    pub unsafe extern "C" fn free(p: *mut c_void, user: *mut c_void) {
         guard("nghttp2 free", (), || {
+            // SAFETY: nghttp2 passes its session's user data.
+            if let Some(w) = unsafe { watch(user) } {
+                w.released(p);
+            }
             if SLABS.owns(p as *mut u8) {
                 // SAFETY: a live slab chunk nghttp2 got from `alloc`.
                 unsafe { SLABS.dealloc(p as *mut u8) }
@@ -506,11 +621,20 @@ pub mod nghttp2_mem {
 
     /// # Safety
     /// As for `alloc`.
-    pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t, _user: *mut c_void) -> *mut c_void {
+    pub unsafe extern "C" fn realloc(p: *mut c_void, size: size_t, user: *mut c_void) -> *mut c_void {
         guard("nghttp2 realloc", ptr::null_mut(), || {
+            // SAFETY: nghttp2 passes its session's user data.
+            let w = unsafe { watch(user) };
             if p.is_null() {
                 // How nghttp2 allocates its frame buffer.
-                return malloc(size);
+                let q = malloc(size);
+                if let Some(w) = w {
+                    w.allocated(q, size);
+                }
+                return q;
+            }
+            if let Some(w) = w {
+                w.released(p);
             }
             if !SLABS.owns(p as *mut u8) {
                 // SAFETY: null or malloc's pointer.
@@ -531,6 +655,32 @@ pub mod nghttp2_mem {
             }
             q
         })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_sessions_watch_keeps_the_frame_buffer_made_with_the_session_until_it_is_freed() {
+            let w = FrameBufWatch::default();
+            let (a, b) = (0x1000 as *mut libc::c_void, 0x2000 as *mut libc::c_void);
+            w.allocated(a, 16_394);
+            assert!(!w.is_set(), "only while the session is made");
+            w.capture(true);
+            w.allocated(b, 1024);
+            assert!(!w.is_set(), "only a frame buffer's size");
+            w.allocated(a, 16_394);
+            w.allocated(b, 16_394);
+            w.capture(false);
+            assert_eq!(w.buf.get(), a as usize, "the first one");
+            w.released(b);
+            assert!(w.is_set());
+            w.released(a);
+            assert!(!w.is_set(), "forgotten once freed or moved");
+            // SAFETY: nothing to discard: the watch holds no buffer.
+            assert!(!unsafe { discard_frame_buffer(&w) });
+        }
     }
 }
 
@@ -584,7 +734,7 @@ mod tests {
     }
 
     #[test]
-    fn nghttp2_frame_buffers_have_a_class_of_their_own_three_to_a_slab() {
+    fn nghttp2_frame_buffers_have_a_class_of_their_own_three_to_a_slab_on_pages_of_their_own() {
         // nghttp2's NGHTTP2_FRAMEBUF_CHUNKLEN: frame header, pad length,
         // largest payload.
         let framebuf = 9 + 1 + 16_384;
@@ -593,7 +743,7 @@ mod tests {
         let s = slabs(2 * SLAB_BYTES);
         let bufs: Vec<*mut u8> = (0..3).map(|_| s.alloc_class(FRAME_BUF_CLASS).unwrap()).collect();
         for (i, &p) in bufs.iter().enumerate() {
-            assert_eq!(p as usize % 16, 0);
+            assert_eq!(p as usize % PAGE_BYTES, 0, "page-aligned");
             assert_eq!(s.slab_of(p), s.slab_of(bufs[0]), "three to a slab");
             // SAFETY: live chunks of `s`, CLASS_SIZES[FRAME_BUF_CLASS] bytes each.
             unsafe {
@@ -618,9 +768,40 @@ mod tests {
     }
 
     #[test]
+    fn a_discarded_frame_buffer_reads_as_zeros_and_its_neighbours_keep_their_bytes() {
+        let s = slabs(2 * SLAB_BYTES);
+        let bufs: Vec<*mut u8> = (0..3).map(|_| s.alloc_class(FRAME_BUF_CLASS).unwrap()).collect();
+        let small = s.alloc(64).unwrap();
+        for (i, &p) in bufs.iter().enumerate() {
+            // SAFETY: live chunks of CLASS_SIZES[FRAME_BUF_CLASS] bytes.
+            unsafe { ptr::write_bytes(p, 0x10 + i as u8, CLASS_SIZES[FRAME_BUF_CLASS]) };
+        }
+        // SAFETY: live chunks whose contents this test no longer needs.
+        unsafe {
+            assert!(s.discard(bufs[1]));
+            assert!(!s.discard(small), "only frame buffers are discarded");
+            assert!(!s.discard(ptr::null_mut::<u8>().wrapping_add(4096)), "nor anything not ours");
+        }
+        // SAFETY: reads and writes of live chunks.
+        unsafe {
+            assert_eq!(*bufs[1], 0);
+            assert_eq!(*bufs[1].add(CLASS_SIZES[FRAME_BUF_CLASS] - 1), 0);
+            assert_eq!(*bufs[0].add(CLASS_SIZES[FRAME_BUF_CLASS] - 1), 0x10);
+            assert_eq!(*bufs[2], 0x12);
+            // Usable again: the next frame faults a fresh page in.
+            ptr::write_bytes(bufs[1], 0x77, 100);
+            assert_eq!(*bufs[1].add(99), 0x77);
+            s.dealloc(small);
+            for p in bufs {
+                s.dealloc(p);
+            }
+        }
+    }
+
+    #[test]
     fn an_emptied_slab_goes_to_another_class_and_its_pages_are_given_back() {
         let s = slabs(2 * SLAB_BYTES);
-        let per_slab = (SLAB_BYTES - HEADER_BYTES) / 1024;
+        let per_slab = SLAB_BYTES / 1024;
         // Fill both slabs with 1 KiB chunks: the region is used up.
         let big: Vec<*mut u8> = (0..2 * per_slab).map(|_| s.alloc(1000).unwrap()).collect();
         assert_eq!(s.alloc(16), None, "no slab left for another class");
@@ -645,7 +826,7 @@ mod tests {
     #[test]
     fn a_released_slab_reads_back_as_zero_pages() {
         let s = slabs(2 * SLAB_BYTES);
-        let per_slab = (SLAB_BYTES - HEADER_BYTES) / 1024;
+        let per_slab = SLAB_BYTES / 1024;
         let first: Vec<*mut u8> = (0..per_slab).map(|_| s.alloc(1024).unwrap()).collect();
         let second: Vec<*mut u8> = (0..per_slab).map(|_| s.alloc(1024).unwrap()).collect();
         for &p in first.iter().chain(&second) {

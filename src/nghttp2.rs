@@ -11,6 +11,7 @@
 //! nghttp2 is not thread-safe: a session is used by one thread at a time
 //! (the thread that drives the client connection).
 
+use crate::alloc::nghttp2_mem::FrameBufWatch;
 use crate::limits;
 use crate::stream::Headers;
 use libnghttp2_sys as ng;
@@ -594,20 +595,10 @@ struct Ctx<H> {
     /// (which would otherwise write every frame the windows allow in one
     /// call, a whole large file into memory).
     sink_limit: usize,
+    /// The session's frame buffer, as its allocator hooks saw it made (the
+    /// user data of the session's `nghttp2_mem`).
+    frame_buf: FrameBufWatch,
 }
-
-/// nghttp2 allocates through the module's slabs (`alloc::nghttp2_mem`).
-/// nghttp2 copies the struct into each session.
-struct Mem(ng::nghttp2_mem);
-// SAFETY: the struct is read-only: function pointers and a null user data.
-unsafe impl Sync for Mem {}
-static MEM: Mem = Mem(ng::nghttp2_mem {
-    mem_user_data: ptr::null_mut(),
-    malloc: Some(crate::alloc::nghttp2_mem::alloc),
-    free: Some(crate::alloc::nghttp2_mem::free),
-    calloc: Some(crate::alloc::nghttp2_mem::calloc),
-    realloc: Some(crate::alloc::nghttp2_mem::realloc),
-});
 
 impl<H: Handler> Session<H> {
     pub fn new_server(handler: H, options: &Options) -> Result<Session<H>, NgError> {
@@ -619,7 +610,18 @@ impl<H: Handler> Session<H> {
     }
 
     fn new(handler: H, options: &Options, server: bool) -> Result<Session<H>, NgError> {
-        let mut ctx = Box::new(Ctx { handler, sink: ptr::null_mut(), sink_limit: 0 });
+        let mut ctx =
+            Box::new(Ctx { handler, sink: ptr::null_mut(), sink_limit: 0, frame_buf: FrameBufWatch::default() });
+        // nghttp2 allocates through the module's slabs; it copies the struct
+        // into the session. The user data is the boxed context's watch,
+        // which outlives the session (see Drop).
+        let mut mem = ng::nghttp2_mem {
+            mem_user_data: &ctx.frame_buf as *const FrameBufWatch as *mut c_void,
+            malloc: Some(crate::alloc::nghttp2_mem::alloc),
+            free: Some(crate::alloc::nghttp2_mem::free),
+            calloc: Some(crate::alloc::nghttp2_mem::calloc),
+            realloc: Some(crate::alloc::nghttp2_mem::realloc),
+        };
         let mut callbacks: *mut ng::nghttp2_session_callbacks = ptr::null_mut();
         let mut opt: *mut ng::nghttp2_option = ptr::null_mut();
         let mut raw: *mut ng::nghttp2_session = ptr::null_mut();
@@ -664,11 +666,13 @@ impl<H: Handler> Session<H> {
                 ng::nghttp2_option_set_builtin_recv_extension_type(opt, ng::NGHTTP2_PRIORITY_UPDATE as u8);
             }
             let user_data = &mut *ctx as *mut Ctx<H> as *mut c_void;
+            ctx.frame_buf.capture(true);
             let rv = if server {
-                ng::nghttp2_session_server_new3(&mut raw, callbacks, user_data, opt, &MEM.0 as *const _ as *mut _)
+                ng::nghttp2_session_server_new3(&mut raw, callbacks, user_data, opt, &mut mem)
             } else {
-                ng::nghttp2_session_client_new3(&mut raw, callbacks, user_data, opt, &MEM.0 as *const _ as *mut _)
+                ng::nghttp2_session_client_new3(&mut raw, callbacks, user_data, opt, &mut mem)
             };
+            ctx.frame_buf.capture(false);
             ng::nghttp2_session_callbacks_del(callbacks);
             ng::nghttp2_option_del(opt);
             check(rv)?;
@@ -678,6 +682,27 @@ impl<H: Handler> Session<H> {
 
     pub fn handler(&mut self) -> &mut H {
         &mut self.ctx.handler
+    }
+
+    /// Gives the pages of the session's frame buffer back to the kernel,
+    /// for a session that has been idle a while: nghttp2 keeps the buffer
+    /// (16 KiB, one page of it touched) for the connection's life. Nothing
+    /// is done while the session has something to send. True if pages were
+    /// given back.
+    pub fn discard_frame_buffer(&mut self) -> bool {
+        if self.ops().want_write() {
+            return false;
+        }
+        // SAFETY: nothing to send, so no frame is in flight in the buffer
+        // (nghttp2 resets it before serializing the next frame); we hold
+        // the session exclusively (&mut self).
+        unsafe { crate::alloc::nghttp2_mem::discard_frame_buffer(&self.ctx.frame_buf) }
+    }
+
+    /// Whether the allocator hooks know the session's frame buffer.
+    #[cfg(test)]
+    pub fn frame_buffer_known(&self) -> bool {
+        self.ctx.frame_buf.is_set()
     }
 
     pub fn handler_ref(&self) -> &H {
@@ -752,7 +777,8 @@ impl<H: Handler> Session<H> {
 
 impl<H: Handler> Drop for Session<H> {
     fn drop(&mut self) {
-        // SAFETY: `raw` came from nghttp2_session_*_new2 and is freed once.
+        // SAFETY: `raw` came from nghttp2_session_*_new2 and is freed once,
+        // before `ctx` (whose frame-buffer watch its frees still reach).
         unsafe { ng::nghttp2_session_del(self.raw) }
     }
 }

@@ -1156,6 +1156,12 @@ impl<D: Dispatch> Session<D> {
         &mut self.ng.handler().dispatcher
     }
 
+    /// An idle session gives back the pages of nghttp2's frame buffer (see
+    /// `nghttp2::Session::discard_frame_buffer`).
+    pub fn discard_frame_buffer(&mut self) -> bool {
+        self.ng.discard_frame_buffer()
+    }
+
     pub fn signal(&self) -> &Arc<Signal> {
         &self.ng.handler_ref().signal
     }
@@ -1568,6 +1574,17 @@ pub(crate) mod tests {
         for id in ids {
             assert_eq!(p.client.handler_ref().streams[&id].body.len(), 100);
         }
+    }
+
+    #[test]
+    fn a_session_knows_its_frame_buffer() {
+        // nghttp2 makes its frame buffer with the session, through our
+        // hooks: what lets an idle session give its pages back (c1's trim).
+        let mut p = Pair::new(Settings::default(), echo);
+        assert!(p.server.ng.frame_buffer_known());
+        let id = p.get("/f?n=100");
+        p.pump(closed(vec![id]));
+        assert!(p.server.ng.frame_buffer_known(), "kept for the session's life");
     }
 
     #[test]

@@ -96,19 +96,26 @@ def test_idle_timeout_sends_goaway_with_last_stream(make_server):
     c.close()
 
 
-def test_a_long_idle_connection_releases_its_caches_and_serves_again(make_server):
-    """After 2 s parked, a session drops its cached stream connections
-    (memory of idle clients); the next streams get fresh ones."""
+def test_a_long_idle_connection_releases_its_caches_and_serves_again(make_server, docroot):
+    """After 2 s parked, a session drops its cached stream connections and
+    gives back the page of nghttp2's frame buffer (memory of idle clients);
+    the next streams get fresh connections, and their frames are written
+    into a fresh page. Four sessions: their frame buffers sit at each of
+    the three places a slab has for them."""
     srv = make_server(extra="KeepAliveTimeout 30", loglevel="warn http2:debug").start()
-    c = H2Client(srv.port)
-    for _ in range(3):
-        assert c.wait_stream(c.request("/1k.bin")).status == 200
+    clients = [H2Client(srv.port) for _ in range(4)]
+    for c in clients:
+        for _ in range(3):
+            assert c.wait_stream(c.request("/1k.bin")).status == 200
     time.sleep(2.8)
-    assert "releasing cached stream connections" in srv.read_error_log()
-    sts = [c.wait_stream(c.request(f"/1k.bin?{i}")) for i in range(5)]
-    assert [st.status for st in sts] == [200] * 5 and c.goaway is None
-    assert all(len(st.data) == 1024 for st in sts)
-    c.close()
+    log = srv.read_error_log()
+    assert log.count("released cached stream connections and the frame buffer's pages") >= 4, log[-2000:]
+    for c in clients:
+        sts = [c.wait_stream(c.request(f"/1k.bin?{i}")) for i in range(5)]
+        assert [st.status for st in sts] == [200] * 5 and c.goaway is None
+        assert all(sha256(bytes(st.data)) == docroot.sha("1k.bin") for st in sts)
+        assert all(st.header("content-length") == "1024" for st in sts)
+        c.close()
 
 
 def test_busy_connection_is_not_cut_by_keepalive_timeout(make_server):
