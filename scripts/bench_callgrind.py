@@ -137,7 +137,12 @@ def main():
             sys.exit(f"{key}: {n_small}/{args.small} and {n_large}/{args.large} requests answered")
         n = n_large - n_small
         per_request[key] = {f: (large[f] - small[f]) / n for f in set(small) | set(large)}
-        print(f"{key:9} {sum(per_request[key].values()):9.0f} instructions per request", flush=True)
+        total = sum(per_request[key].values())
+        if total <= 0:
+            # Seen once on a loaded host: one run's profile was cut short.
+            sys.exit(f"{key}: the {args.large}-request run counted fewer instructions than the "
+                     f"{args.small}-request one ({total:.0f} per request); run again")
+        print(f"{key:9} {total:9.0f} instructions per request", flush=True)
     lines = [f"# User-space instructions per request ({datetime.datetime.now():%Y-%m-%d %H:%M})", "",
              "; ".join(f"{k}: {v}" for k, v in versions().items()), "",
              "callgrind on `httpd -X` (event MPM), paced 1 KiB GETs (h2load, 20 clients x 10 req/s, one "
