@@ -71,7 +71,7 @@ const FRAME_BUF_CLASS: usize = CLASSES - 1;
 /// The sizes of nghttp2's allocations that go to `FRAME_BUF_CLASS` (of
 /// nghttp2's, only its frame buffers have them; the Rust code's
 /// allocations never come here).
-pub const FRAME_BUF_SIZES: std::ops::RangeInclusive<usize> = 16 * 1024 + 1..=16_400;
+const FRAME_BUF_SIZES: std::ops::RangeInclusive<usize> = 16 * 1024 + 1..=16_400;
 const _: () = assert!(3 * CLASS_SIZES[FRAME_BUF_CLASS] <= SLAB_BYTES);
 const _: () = assert!(*FRAME_BUF_SIZES.end() <= CLASS_SIZES[FRAME_BUF_CLASS]);
 

@@ -612,11 +612,15 @@ impl<H: Handler> Session<H> {
     fn new(handler: H, options: &Options, server: bool) -> Result<Session<H>, NgError> {
         let mut ctx =
             Box::new(Ctx { handler, sink: ptr::null_mut(), sink_limit: 0, frame_buf: FrameBufWatch::default() });
+        // Both user data pointers (the callbacks' and the allocator's) come
+        // from this one pointer to the boxed context.
+        let ctx_ptr = &mut *ctx as *mut Ctx<H>;
         // nghttp2 allocates through the module's slabs; it copies the struct
-        // into the session. The user data is the boxed context's watch,
-        // which outlives the session (see Drop).
+        // into the session. The allocator's user data is the context's
+        // watch, which outlives the session (see Drop).
         let mut mem = ng::nghttp2_mem {
-            mem_user_data: &ctx.frame_buf as *const FrameBufWatch as *mut c_void,
+            // SAFETY: a field address of the live context (no reference made).
+            mem_user_data: unsafe { ptr::addr_of_mut!((*ctx_ptr).frame_buf) } as *mut c_void,
             malloc: Some(crate::alloc::nghttp2_mem::alloc),
             free: Some(crate::alloc::nghttp2_mem::free),
             calloc: Some(crate::alloc::nghttp2_mem::calloc),
@@ -665,14 +669,14 @@ impl<H: Handler> Session<H> {
                 ng::nghttp2_option_set_server_fallback_rfc7540_priorities(opt, 1);
                 ng::nghttp2_option_set_builtin_recv_extension_type(opt, ng::NGHTTP2_PRIORITY_UPDATE as u8);
             }
-            let user_data = &mut *ctx as *mut Ctx<H> as *mut c_void;
-            ctx.frame_buf.capture(true);
+            let user_data = ctx_ptr as *mut c_void;
+            (*ctx_ptr).frame_buf.capture(true);
             let rv = if server {
                 ng::nghttp2_session_server_new3(&mut raw, callbacks, user_data, opt, &mut mem)
             } else {
                 ng::nghttp2_session_client_new3(&mut raw, callbacks, user_data, opt, &mut mem)
             };
-            ctx.frame_buf.capture(false);
+            (*ctx_ptr).frame_buf.capture(false);
             ng::nghttp2_session_callbacks_del(callbacks);
             ng::nghttp2_option_del(opt);
             check(rv)?;

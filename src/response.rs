@@ -49,8 +49,8 @@ pub fn add_response_field(head: &mut Headers, name: &[u8], value: &[u8]) -> bool
 /// The HTTP/2 name of a field as httpd and its modules spell it, for the
 /// fields of nearly every response: picked by length and compared whole,
 /// such a name skips the forbidden-field checks and the lower-casing pass
-/// (~150 instructions a field, seven a static file; callgrind). Any other
-/// spelling takes the general path.
+/// (a static file's seven fields: ~250 instructions fewer per request,
+/// callgrind). Any other spelling takes the general path.
 fn known_field_name(name: &[u8]) -> Option<&'static [u8]> {
     let (spelled, lower): (&[u8], &'static [u8]) = match name.len() {
         4 => match name[0] {
