@@ -530,6 +530,7 @@ pub mod nghttp2_mem {
             }
         }
 
+        #[cfg(test)]
         pub fn is_set(&self) -> bool {
             self.buf.get() != 0
         }

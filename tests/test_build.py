@@ -16,15 +16,13 @@ from httpd_env import MODULE, ROOT
 FAULT_AROUND = 64 * 1024
 
 
-def text_section(with_offset=False):
-    """(address, size) of the module's .text; with its file offset too
-    (address, offset, size) when asked."""
+def text_section():
+    """(address, file offset, size) of the module's .text."""
     out = subprocess.run(["readelf", "-SW", str(MODULE)], capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
         fields = line.replace("[ ", "[").split()
         if len(fields) > 5 and fields[1] == ".text":
-            addr, offset, size = int(fields[3], 16), int(fields[4], 16), int(fields[5], 16)
-            return (addr, offset, size) if with_offset else (addr, size)
+            return int(fields[3], 16), int(fields[4], 16), int(fields[5], 16)
     raise AssertionError(f"{MODULE} has no .text")
 
 
@@ -41,7 +39,7 @@ def listed_functions():
 
 def hot_region():
     """(functions of the list found in the module, end of the last one)."""
-    start, _ = text_section()
+    start, _, _ = text_section()
     symbols = code_symbols()
     found, hot_end = 0, start
     for p in listed_functions():
@@ -52,7 +50,7 @@ def hot_region():
 
 
 def test_listed_functions_sit_together_at_the_front_of_text():
-    start, size = text_section()
+    start, _, size = text_section()
     patterns = listed_functions()
     assert len(patterns) > 200, "link/hot-code.ld lists too few functions"
     found, hot_end = hot_region()
@@ -95,7 +93,7 @@ def test_a_child_serving_http2_maps_no_code_past_the_listed_functions(server):
     assert r.get("succeeded") == 40, r["output"]
     _, hot_end = hot_region()
     # The page map gives file offsets; the list's end is an address.
-    text_addr, text_offset, _ = text_section(with_offset=True)
+    text_addr, text_offset, _ = text_section()
     limit = hot_end - text_addr + text_offset + FAULT_AROUND
     children = server.mpm_children()
     assert children
