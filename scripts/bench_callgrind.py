@@ -159,6 +159,7 @@ def main():
         for fn, c in sorted(costs.items(), key=lambda x: -x[1])[:args.top]:
             lines.append(f"| {c:,.0f} | `{fn}` |")
     out = pathlib.Path(args.out) / "bench-callgrind.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
     shutil.rmtree(base, ignore_errors=True)
