@@ -41,12 +41,19 @@ use std::time::{Duration, Instant};
 const FIRST_FIELDS: usize = 8;
 const FIRST_BYTES: usize = 256;
 
-/// A compact list of header fields: all bytes in one buffer.
+/// Bytes a field's record holds besides its name and value: the two
+/// lengths.
+const RECORD_HEAD: usize = 8;
+
+/// A compact list of header fields in one buffer: per field, the name's
+/// and the value's length (u32 each), then the name, then the value. One
+/// allocation per list, not one for the bytes and one for an index (two
+/// lists per request, ~270 instructions a request: callgrind, paced 1 KiB
+/// GETs). Fields are only ever walked in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
-    buf: Vec<u8>,
-    /// (name_start, name_len, value_len); value follows name in `buf`.
-    fields: Vec<(u32, u32, u32)>,
+    records: Vec<u8>,
+    count: u32,
 }
 
 impl Headers {
@@ -54,21 +61,29 @@ impl Headers {
         Headers::default()
     }
 
+    /// Room for `fields` fields of `bytes` bytes of names and values.
     pub fn with_capacity(fields: usize, bytes: usize) -> Headers {
-        Headers { buf: Vec::with_capacity(bytes), fields: Vec::with_capacity(fields) }
+        Headers { records: Vec::with_capacity(bytes + fields * RECORD_HEAD), count: 0 }
+    }
+
+    fn push_lengths(&mut self, name_len: usize, value_len: usize) {
+        self.records.extend_from_slice(&(name_len as u32).to_ne_bytes());
+        self.records.extend_from_slice(&(value_len as u32).to_ne_bytes());
     }
 
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        if self.fields.capacity() == 0 {
+        let need = RECORD_HEAD + name.len() + value.len();
+        if self.records.capacity() == 0 {
             // Room for a typical request's fields at once: grown from
-            // empty, the first few fields cost five allocations.
-            self.fields.reserve(FIRST_FIELDS);
-            self.buf.reserve(FIRST_BYTES.max(name.len() + value.len()));
+            // empty, the first few fields cost several allocations.
+            self.records.reserve((FIRST_BYTES + FIRST_FIELDS * RECORD_HEAD).max(need));
+        } else {
+            self.records.reserve(need);
         }
-        let start = self.buf.len() as u32;
-        self.buf.extend_from_slice(name);
-        self.buf.extend_from_slice(value);
-        self.fields.push((start, name.len() as u32, value.len() as u32));
+        self.push_lengths(name.len(), value.len());
+        self.records.extend_from_slice(name);
+        self.records.extend_from_slice(value);
+        self.count += 1;
     }
 
     /// Appends `name` lower-cased (HTTP/2 field names are lower case) when
@@ -79,53 +94,70 @@ impl Headers {
         if name.is_empty() {
             return false;
         }
-        let start = self.buf.len();
-        self.buf.reserve(name.len() + value.len());
+        let start = self.records.len();
+        self.records.reserve(RECORD_HEAD + name.len() + value.len());
+        self.push_lengths(name.len(), value.len());
         let mut all_token = true;
-        self.buf.extend(name.iter().map(|&b| {
+        self.records.extend(name.iter().map(|&b| {
             let lower = crate::request::TOKEN_LOWER[b as usize];
             all_token &= lower != 0;
             lower
         }));
         if !all_token {
-            self.buf.truncate(start);
+            self.records.truncate(start);
             return false;
         }
-        self.buf.extend_from_slice(value);
-        self.fields.push((start as u32, name.len() as u32, value.len() as u32));
+        self.records.extend_from_slice(value);
+        self.count += 1;
         true
     }
 
     pub fn len(&self) -> usize {
-        self.fields.len()
+        self.count as usize
     }
 
-    /// Room reserved: (fields, bytes).
+    /// Bytes reserved for records.
     #[cfg(test)]
-    pub fn capacity(&self) -> (usize, usize) {
-        (self.fields.capacity(), self.buf.capacity())
+    pub fn capacity(&self) -> usize {
+        self.records.capacity()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        self.count == 0
     }
 
     /// Total bytes of names and values.
     pub fn byte_len(&self) -> usize {
-        self.buf.len()
+        self.records.len() - self.len() * RECORD_HEAD
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.fields.iter().map(move |&(s, n, v)| {
-            let s = s as usize;
-            let n = n as usize;
-            (&self.buf[s..s + n], &self.buf[s + n..s + n + v as usize])
-        })
+    pub fn iter(&self) -> HeaderIter<'_> {
+        HeaderIter { rest: &self.records }
     }
 
     /// The first value of `name` (ASCII case-insensitive).
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
         self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+}
+
+/// The fields of a [`Headers`], in order: (name, value).
+pub struct HeaderIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (lengths, rest) = self.rest.split_first_chunk::<RECORD_HEAD>()?;
+        let (name_len, value_len) = lengths.split_at(4);
+        let name_len = u32::from_ne_bytes(name_len.try_into().ok()?) as usize;
+        let value_len = u32::from_ne_bytes(value_len.try_into().ok()?) as usize;
+        let (name, rest) = rest.split_at_checked(name_len)?;
+        let (value, rest) = rest.split_at_checked(value_len)?;
+        self.rest = rest;
+        Some((name, value))
     }
 }
 
@@ -1089,6 +1121,27 @@ mod tests {
         assert_eq!(v, vec![(&b"a"[..], &b"1"[..]), (&b"content-type"[..], &b"text/plain"[..])]);
         assert_eq!(h.byte_len(), 2 + 22);
         assert_eq!(h.get(b"CONTENT-TYPE"), Some(&b"text/plain"[..]));
+    }
+
+    #[test]
+    fn headers_keep_empty_values_and_order_in_one_allocation() {
+        let fields: [(&[u8], &[u8]); 4] =
+            [(b"x-empty", b""), (b"a", b"1"), (b"x-empty", b"2"), (b"long", &[b'v'; 300])];
+        let mut h = Headers::with_capacity(4, 400);
+        let room = h.capacity();
+        for (n, v) in fields {
+            h.push(n, v);
+        }
+        assert_eq!(h.capacity(), room, "four fields of 400 bytes fit the room reserved");
+        assert_eq!(h.iter().collect::<Vec<_>>(), fields.to_vec());
+        assert_eq!((h.len(), h.byte_len()), (4, 7 + 1 + 1 + 7 + 1 + 4 + 300));
+        assert_eq!(h.get(b"x-empty"), Some(&b""[..]), "the first one");
+        let mut grown = Headers::new();
+        for i in 0..100 {
+            grown.push(format!("f{i}").as_bytes(), b"v");
+        }
+        assert_eq!(grown.iter().count(), 100);
+        assert_eq!(grown.iter().last(), Some((&b"f99"[..], &b"v"[..])));
     }
 
     #[test]
