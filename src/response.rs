@@ -15,7 +15,7 @@
 use crate::apr::{BrigadeRef, TableRef};
 use crate::ffi;
 use crate::request::is_connection_specific;
-use crate::stream::{Headers, ResponseHead};
+use crate::stream::{Headers, ResponseHead, KNOWN_COUNT};
 use std::ffi::{c_char, CStr};
 
 /// Fields a response must not carry on HTTP/2 (RFC 9113 8.2.2), besides the
@@ -38,44 +38,63 @@ pub fn add_response_field(head: &mut Headers, name: &[u8], value: &[u8]) -> bool
         return false;
     }
     match known {
-        Some(lower) => {
-            head.push(lower, value);
+        Some(index) => {
+            head.push_known(index, value);
             true
         }
         None => head.push_token_lowercase(name, value),
     }
 }
 
+/// `KNOWN_NAMES` as httpd and its modules spell them.
+const KNOWN_SPELLED: [&[u8]; KNOWN_COUNT] = [
+    b"Date",
+    b"ETag",
+    b"Vary",
+    b"Server",
+    b"Expires",
+    b"Location",
+    b"Set-Cookie",
+    b"Content-Type",
+    b"Accept-Ranges",
+    b"Last-Modified",
+    b"Cache-Control",
+    b"Content-Length",
+    b"Content-Encoding",
+    b"Content-Language",
+];
+
 /// The HTTP/2 name of a field as httpd and its modules spell it, for the
 /// fields of nearly every response: picked by length and compared whole,
 /// such a name skips the forbidden-field checks and the lower-casing pass
 /// (a static file's seven fields: ~250 instructions fewer per request,
 /// callgrind). Any other spelling takes the general path.
-fn known_field_name(name: &[u8]) -> Option<&'static [u8]> {
-    let (spelled, lower): (&[u8], &'static [u8]) = match name.len() {
+fn known_field_name(name: &[u8]) -> Option<usize> {
+    // The index in KNOWN_NAMES (and KNOWN_SPELLED) of the one candidate.
+    let index = match name.len() {
         4 => match name[0] {
-            b'D' => (b"Date", b"date"),
-            b'E' => (b"ETag", b"etag"),
-            _ => (b"Vary", b"vary"),
+            b'D' => 0,
+            b'E' => 1,
+            _ => 2,
         },
-        6 => (b"Server", b"server"),
-        7 => (b"Expires", b"expires"),
-        8 => (b"Location", b"location"),
-        10 => (b"Set-Cookie", b"set-cookie"),
-        12 => (b"Content-Type", b"content-type"),
+        6 => 3,
+        7 => 4,
+        8 => 5,
+        10 => 6,
+        12 => 7,
         13 => match name[0] {
-            b'A' => (b"Accept-Ranges", b"accept-ranges"),
-            b'L' => (b"Last-Modified", b"last-modified"),
-            _ => (b"Cache-Control", b"cache-control"),
+            b'A' => 8,
+            b'L' => 9,
+            _ => 10,
         },
-        14 => (b"Content-Length", b"content-length"),
+        14 => 11,
         16 => match name.get(8) {
-            Some(b'E') => (b"Content-Encoding", b"content-encoding"),
-            _ => (b"Content-Language", b"content-language"),
+            Some(b'E') => 12,
+            _ => 13,
         },
         _ => return None,
     };
-    (name == spelled).then_some(lower)
+    (name == KNOWN_SPELLED[index]).then_some(index)
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
@@ -378,6 +397,7 @@ pub fn drop_body(bb: BrigadeRef) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::KNOWN_NAMES;
 
     #[test]
     fn interim_then_final() {
@@ -399,24 +419,10 @@ mod tests {
 
     #[test]
     fn httpds_spellings_of_common_fields_map_to_their_lower_case_names() {
-        let spelled: [&[u8]; 14] = [
-            b"Date",
-            b"ETag",
-            b"Vary",
-            b"Server",
-            b"Expires",
-            b"Location",
-            b"Set-Cookie",
-            b"Content-Type",
-            b"Accept-Ranges",
-            b"Last-Modified",
-            b"Cache-Control",
-            b"Content-Length",
-            b"Content-Encoding",
-            b"Content-Language",
-        ];
-        for name in spelled {
-            assert_eq!(known_field_name(name), Some(&name.to_ascii_lowercase()[..]), "{name:?}");
+        // Each spelling is found by its length (and a letter) alone.
+        for name in KNOWN_SPELLED {
+            let known = known_field_name(name);
+            assert_eq!(known.map(|i| KNOWN_NAMES[i]), Some(&name.to_ascii_lowercase()[..]), "{name:?}");
         }
         // Other spellings, and forbidden fields of a known length, take the
         // general path (where Connection is dropped).
@@ -428,6 +434,9 @@ mod tests {
         assert!(add_response_field(&mut h, b"ETag", b"\"1\""));
         assert!(add_response_field(&mut h, b"CONTENT-type", b"text/plain"));
         assert_eq!(h.iter().collect::<Vec<_>>(), [(&b"etag"[..], &b"\"1\""[..]), (b"content-type", b"text/plain")]);
+        // httpd's own spelling is recorded by number, another one by name.
+        let known: Vec<_> = h.known_iter().map(|(k, _, _)| k).collect();
+        assert_eq!(known, [Some(1), None]);
     }
 
     #[test]

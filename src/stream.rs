@@ -41,15 +41,42 @@ use std::time::{Duration, Instant};
 const FIRST_FIELDS: usize = 8;
 const FIRST_BYTES: usize = 256;
 
-/// Bytes a field's record holds besides its name and value: the two
-/// lengths.
-const RECORD_HEAD: usize = 8;
+/// Bytes a field's record holds besides its name and value: its known
+/// name's number and the two lengths.
+const RECORD_HEAD: usize = 9;
 
-/// A compact list of header fields in one buffer: per field, the name's
-/// and the value's length (u32 each), then the name, then the value. One
-/// allocation per list, not one for the bytes and one for an index (two
-/// lists per request, ~430 instructions a request: callgrind, paced 1 KiB
-/// GETs). Fields are only ever walked in order.
+/// How many names `KNOWN_NAMES` holds.
+pub const KNOWN_COUNT: usize = 14;
+
+/// Names common enough in responses that a `Headers` records them by
+/// number (`push_known`): nghttp2 then gets the name as a static string it
+/// neither copies nor lower-cases, without comparing names again.
+pub static KNOWN_NAMES: [&[u8]; KNOWN_COUNT] = [
+    b"date",
+    b"etag",
+    b"vary",
+    b"server",
+    b"expires",
+    b"location",
+    b"set-cookie",
+    b"content-type",
+    b"accept-ranges",
+    b"last-modified",
+    b"cache-control",
+    b"content-length",
+    b"content-encoding",
+    b"content-language",
+];
+
+/// The index of `set-cookie` in `KNOWN_NAMES` (never HPACK-indexed).
+pub const KNOWN_SET_COOKIE: usize = 6;
+
+/// A compact list of header fields in one buffer: per field, its known
+/// name's number (index + 1 in `KNOWN_NAMES`, 0 for any other name), the
+/// name's and the value's length (u32 each), then the name, then the
+/// value. One allocation per list, not one for the bytes and one for an
+/// index (two lists per request, ~430 instructions a request: callgrind,
+/// paced 1 KiB GETs). Fields are only ever walked in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Headers {
     records: Vec<u8>,
@@ -66,12 +93,22 @@ impl Headers {
         Headers { records: Vec::with_capacity(bytes + fields * RECORD_HEAD), count: 0 }
     }
 
-    fn push_lengths(&mut self, name_len: usize, value_len: usize) {
+    fn push_record_head(&mut self, known: u8, name_len: usize, value_len: usize) {
+        self.records.push(known);
         self.records.extend_from_slice(&(name_len as u32).to_ne_bytes());
         self.records.extend_from_slice(&(value_len as u32).to_ne_bytes());
     }
 
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.push_record(0, name, value);
+    }
+
+    /// Appends a field named `KNOWN_NAMES[known]`.
+    pub fn push_known(&mut self, known: usize, value: &[u8]) {
+        self.push_record(known as u8 + 1, KNOWN_NAMES[known], value);
+    }
+
+    fn push_record(&mut self, known: u8, name: &[u8], value: &[u8]) {
         let need = RECORD_HEAD + name.len() + value.len();
         if self.records.capacity() == 0 {
             // Room for a typical request's fields at once: grown from
@@ -80,7 +117,7 @@ impl Headers {
         } else {
             self.records.reserve(need);
         }
-        self.push_lengths(name.len(), value.len());
+        self.push_record_head(known, name.len(), value.len());
         self.records.extend_from_slice(name);
         self.records.extend_from_slice(value);
         self.count += 1;
@@ -96,7 +133,7 @@ impl Headers {
         }
         let start = self.records.len();
         self.records.reserve(RECORD_HEAD + name.len() + value.len());
-        self.push_lengths(name.len(), value.len());
+        self.push_record_head(0, name.len(), value.len());
         let mut all_token = true;
         self.records.extend(name.iter().map(|&b| {
             let lower = crate::request::TOKEN_LOWER[b as usize];
@@ -131,7 +168,13 @@ impl Headers {
         self.records.len() - self.len() * RECORD_HEAD
     }
 
-    pub fn iter(&self) -> HeaderIter<'_> {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.known_iter().map(|(_, name, value)| (name, value))
+    }
+
+    /// The fields with the index of their name in `KNOWN_NAMES`, if known
+    /// by number: (known, name, value).
+    pub fn known_iter(&self) -> HeaderIter<'_> {
         HeaderIter { rest: &self.records }
     }
 
@@ -141,23 +184,24 @@ impl Headers {
     }
 }
 
-/// The fields of a [`Headers`], in order: (name, value).
+/// The fields of a [`Headers`], in order: (index in `KNOWN_NAMES` if the
+/// name was pushed by number, name, value).
 pub struct HeaderIter<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Iterator for HeaderIter<'a> {
-    type Item = (&'a [u8], &'a [u8]);
+    type Item = (Option<usize>, &'a [u8], &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (lengths, rest) = self.rest.split_first_chunk::<RECORD_HEAD>()?;
-        let (name_len, value_len) = lengths.split_at(4);
-        let name_len = u32::from_ne_bytes(name_len.try_into().ok()?) as usize;
-        let value_len = u32::from_ne_bytes(value_len.try_into().ok()?) as usize;
+        let (head, rest) = self.rest.split_first_chunk::<RECORD_HEAD>()?;
+        let known = (head[0] as usize).checked_sub(1);
+        let name_len = u32::from_ne_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let value_len = u32::from_ne_bytes([head[5], head[6], head[7], head[8]]) as usize;
         let (name, rest) = rest.split_at_checked(name_len)?;
         let (value, rest) = rest.split_at_checked(value_len)?;
         self.rest = rest;
-        Some((name, value))
+        Some((known, name, value))
     }
 }
 
@@ -1121,6 +1165,22 @@ mod tests {
         assert_eq!(v, vec![(&b"a"[..], &b"1"[..]), (&b"content-type"[..], &b"text/plain"[..])]);
         assert_eq!(h.byte_len(), 2 + 22);
         assert_eq!(h.get(b"CONTENT-TYPE"), Some(&b"text/plain"[..]));
+    }
+
+    #[test]
+    fn known_names_are_lower_case_and_numbered_as_pushed() {
+        assert_eq!(KNOWN_NAMES[KNOWN_SET_COOKIE], b"set-cookie");
+        let mut h = Headers::new();
+        for (i, name) in KNOWN_NAMES.iter().enumerate() {
+            assert_eq!(name.to_ascii_lowercase(), *name);
+            h.push_known(i, b"v");
+            h.push(name, b"w");
+        }
+        let fields: Vec<_> = h.known_iter().collect();
+        for (i, name) in KNOWN_NAMES.iter().enumerate() {
+            assert_eq!(fields[2 * i], (Some(i), *name, &b"v"[..]));
+            assert_eq!(fields[2 * i + 1], (None, *name, &b"w"[..]), "pushed by name: not numbered");
+        }
     }
 
     #[test]
