@@ -610,25 +610,22 @@ impl<D: Dispatch> Core<D> {
             }
             return;
         }
-        let complete = code == error_code::NO_ERROR && stream.output_complete();
         let entry_bytes_out = entry.bytes_out;
-        let worker_busy = stream.worker_state() != Some(crate::stream::WorkerState::Done);
-        let unread = stream.input_buffered();
-        let retire = stream.close(code);
-        let consumed = stream.progress().consumed;
-        if unread + consumed > 0 {
-            let _ = ops.consume_connection(unread + consumed);
+        let closing = stream.close_for_c1(code);
+        let complete = code == error_code::NO_ERROR && closing.output_complete;
+        if closing.unacknowledged > 0 {
+            let _ = ops.consume_connection(closing.unacknowledged);
         }
         if complete {
             self.be_happy();
-        } else if code != error_code::NO_ERROR && worker_busy {
+        } else if code != error_code::NO_ERROR && !closing.worker_done {
             self.be_annoyed();
         }
-        if let Some(r) = retire {
+        if let Some(r) = closing.retire {
             self.to_retire.push((r, Outcome { complete, bytes_sent: entry_bytes_out }));
             self.entries.remove(&id);
             self.worker_finished(id);
-        } else if stream.worker_state() == Some(crate::stream::WorkerState::Done) {
+        } else if closing.worker_done {
             // Done without anything to release.
             self.entries.remove(&id);
             self.worker_finished(id);
