@@ -154,16 +154,17 @@ pub fn has_forbidden_value_byte(value: &[u8]) -> bool {
     fn has_zero_byte(w: u64) -> bool {
         w.wrapping_sub(ONES) & !w & HIGHS != 0
     }
-    let mut words = value.chunks_exact(8);
-    for chunk in &mut words {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        let w = u64::from_ne_bytes(bytes);
-        if has_zero_byte(w) | has_zero_byte(w ^ CRS) | has_zero_byte(w ^ LFS) {
-            return true;
-        }
+    fn word_has_forbidden(chunk: &[u8; 8]) -> bool {
+        let w = u64::from_ne_bytes(*chunk);
+        has_zero_byte(w) | has_zero_byte(w ^ CRS) | has_zero_byte(w ^ LFS)
     }
-    words.remainder().iter().any(|&b| b == 0 || b == b'\r' || b == b'\n')
+    let Some(last) = value.last_chunk::<8>() else {
+        return value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n');
+    };
+    let (words, _) = value.as_chunks::<8>();
+    // The bytes after the last whole word are checked as part of the last
+    // eight bytes (a word overlapping the one before): no byte loop.
+    words.iter().any(word_has_forbidden) || word_has_forbidden(last)
 }
 
 /// RFC 9113 8.2.1: no NUL, CR, LF; no leading or trailing SP/HTAB.

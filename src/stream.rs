@@ -94,9 +94,10 @@ impl Headers {
     }
 
     fn push_record_head(&mut self, known: u8, name_len: usize, value_len: usize) {
-        self.records.push(known);
-        self.records.extend_from_slice(&(name_len as u32).to_ne_bytes());
-        self.records.extend_from_slice(&(value_len as u32).to_ne_bytes());
+        let [n0, n1, n2, n3] = (name_len as u32).to_ne_bytes();
+        let [v0, v1, v2, v3] = (value_len as u32).to_ne_bytes();
+        // One append, not three (each checks the capacity).
+        self.records.extend_from_slice(&[known, n0, n1, n2, n3, v0, v1, v2, v3]);
     }
 
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
