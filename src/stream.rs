@@ -588,6 +588,14 @@ struct StreamIo {
     output_watch: Option<Arc<dyn Wake>>,
 }
 
+impl StreamIo {
+    /// The response ended and every byte of it (and its trailers) was
+    /// taken by c1 for nghttp2.
+    fn output_done(&self) -> bool {
+        self.output_end && self.output.is_empty() && self.trailers.is_none()
+    }
+}
+
 pub struct Stream {
     pub id: i32,
     pub request: RequestHead,
@@ -960,8 +968,7 @@ impl Stream {
     /// Whether the response is complete with no body at all (HEADERS can
     /// carry END_STREAM).
     pub fn body_is_empty_and_done(&self) -> bool {
-        let io = self.io.lock();
-        io.output_end && io.output.is_empty() && io.trailers.is_none()
+        self.io.lock().output_done()
     }
 
     /// c1 prepares a DATA frame of at most `max` bytes: how many are
@@ -1027,7 +1034,7 @@ impl Stream {
     pub fn close_for_c1(&self, error_code: u32) -> Closing {
         Signal::unlist(self);
         let mut io = self.io.lock();
-        let output_complete = io.output_end && io.output.is_empty() && io.trailers.is_none();
+        let output_complete = io.output_done();
         let worker_done = io.worker == Some(WorkerState::Done);
         let unacknowledged = io.input.len() + std::mem::take(&mut io.consumed);
         let retire = self.close_locked(io, error_code);
