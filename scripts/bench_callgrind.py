@@ -88,7 +88,7 @@ def count(base, doc, key, module_line, h1, requests):
 def annotated(path):
     """(exclusive instructions, `file:function [object]`) for every function
     in a callgrind output file."""
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", str(path)],
+    text = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", "--auto=no", str(path)],
                           capture_output=True, text=True, check=True).stdout
     for line in text.splitlines():
         m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*)", line)
