@@ -99,17 +99,23 @@ def annotated(path):
 def self_costs(path):
     """{function: exclusive instructions} from a callgrind output file."""
     costs = collections.Counter()
+    objects = {}
     for instructions, fn in annotated(path):
-        costs[short_name(fn)] += instructions
-    return costs
+        name, obj = split_name(fn)
+        costs[name] += instructions
+        objects[name] = obj or objects.get(name)
+    # callgrind_annotate names the object on some lines of a function and
+    # not on others: one entry per function, with its object where known.
+    return collections.Counter({f"{name} ({objects[name]})" if objects[name] else name: c
+                                for name, c in costs.items()})
 
 
-def short_name(fn):
-    """`file:function [object]` -> `function (object)`."""
+def split_name(fn):
+    """`file:function [object]` -> (`function`, object file name or None)."""
     m = re.match(r"(?:.*?:)?(.+?)(?: \[(.*)\])?$", fn.strip())
     name, obj = (m[1], m[2]) if m else (fn, None)
     name = re.sub(r"::h[0-9a-f]{16}$", "", name)
-    return f"{name} ({os.path.basename(obj)})" if obj else name
+    return name, os.path.basename(obj) if obj else None
 
 
 def main():
