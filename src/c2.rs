@@ -985,6 +985,21 @@ fn flush_interim(ctx: &mut C2Ctx, _stream: &Stream) {
     ctx.interim = InterimParser::default();
 }
 
+/// Why mod_ssl refused the request for want of a TLS renegotiation, which
+/// HTTP/2 forbids: its note on a 403.
+///
+/// # Safety
+/// `r` is the live request.
+unsafe fn renegotiation_refused<'a>(r: *mut ffi::request_rec) -> Option<&'a [u8]> {
+    // SAFETY: caller's contract; the notes table lives in the request pool.
+    unsafe {
+        if (*r).status != 403 {
+            return None;
+        }
+        TableRef::from_raw((*r).notes)?.get(c"ssl-renegotiate-forbidden")
+    }
+}
+
 /// `H2RS_C2_RESPONSE`: replaces HTTP_HEADER (see `response.rs`).
 ///
 /// # Safety
@@ -1022,6 +1037,31 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
                 brigade.cleanup();
                 ffi::ap_die(st, r);
                 return ffi::AP_FILTER_ERROR as ffi::apr_status_t;
+            }
+            if let Some(cause) = renegotiation_refused(r) {
+                // mod_ssl cannot renegotiate TLS on a secondary connection
+                // (a per-directory SSLVerifyClient or cipher suite) and
+                // answered 403: the client is told to retry over HTTP/1.1
+                // instead (RFC 9113 8.1.1), as the stock module does.
+                crate::log::request(
+                    r,
+                    crate::log::Level::Debug,
+                    &format!(
+                        "h2rs: stream {}: TLS renegotiation needed ({}), resetting with HTTP_1_1_REQUIRED",
+                        stream.id,
+                        String::from_utf8_lossy(cause)
+                    ),
+                );
+                brigade.cleanup();
+                ctx.response_set = true;
+                ctx.discard_output = true;
+                (*r).sent_bodyct = 1;
+                if let Err(e) = stream.refuse(crate::nghttp2::error_code::HTTP_1_1_REQUIRED) {
+                    (*c).aborted = 1;
+                    return stream_error_status(e);
+                }
+                stream.end_output(None);
+                return status::SUCCESS;
             }
             let built = response::build_response(r);
             if let (Some(head), Some(accept)) = (&built, stream.request.websocket_accept.as_deref()) {

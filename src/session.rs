@@ -556,6 +556,11 @@ impl<D: Dispatch> Core<D> {
         for interim in &p.interims {
             let _ = ops.submit_interim(id, interim.status, &interim.headers);
         }
+        if let Some(code) = p.refused {
+            // As `reset` (which would borrow all of self while `entry` is).
+            self.stats.streams_reset_by_us += 1;
+            let _ = ops.submit_rst_stream(id, code);
+        }
         if let Some(resp) = p.response {
             let body = !stream.body_is_empty_and_done();
             if ops.submit_response::<Core<D>>(id, resp.status, &resp.headers, body).is_ok() {
@@ -1771,6 +1776,38 @@ pub(crate) mod tests {
         p.pump(closed(vec![id]));
         assert_eq!(p.client.handler_ref().streams[&id].closed, Some(error_code::PROTOCOL_ERROR));
         assert_eq!(parse_content_length(&h), Ok(Some(3)));
+    }
+
+    /// A worker that refuses (mod_ssl wanting a renegotiation): the
+    /// stream is reset with its code, nothing of what it wrote is sent,
+    /// and the stream is released.
+    #[test]
+    fn a_refusal_resets_the_stream_with_its_code() {
+        fn refusing(stream: Arc<Stream>) {
+            if stream.request.path.as_deref() != Some(b"/needs-renegotiation") {
+                return echo(stream);
+            }
+            stream.refuse(error_code::HTTP_1_1_REQUIRED).unwrap();
+            let _ = stream.write_output(b"not for the client");
+            stream.end_output(None);
+        }
+        let mut p = Pair::new(Settings::default(), refusing);
+        let id = p.get("/needs-renegotiation");
+        p.pump(closed(vec![id]));
+        let client = p.client.handler_ref();
+        assert_eq!(client.streams[&id].closed, Some(error_code::HTTP_1_1_REQUIRED));
+        assert!(client.streams[&id].status.is_none() && client.streams[&id].body.is_empty());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while p.server.open_streams() > 0 {
+            p.pump(|_| true);
+            assert!(std::time::Instant::now() < deadline, "refused stream not released");
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(p.server.stats().streams_reset_by_us, 1);
+        // The connection goes on.
+        let next = p.get("/after");
+        p.pump(closed(vec![next]));
+        assert_eq!(p.client.handler_ref().streams[&next].closed, Some(error_code::NO_ERROR));
     }
 
     #[test]

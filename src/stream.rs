@@ -564,7 +564,11 @@ struct StreamIo {
 
     interims: Vec<ResponseHead>,
     response: Option<ResponseHead>,
+    /// c1 took the final answer: the response head, or the refusal.
     response_taken: bool,
+    /// The worker answers with a stream reset of this code instead of a
+    /// response (`refuse`).
+    refusal: Option<u32>,
     output: OutputQueue,
     output_end: bool,
     trailers: Option<Box<Headers>>,
@@ -642,6 +646,9 @@ pub struct Progress {
     pub slot_released: bool,
     /// The worker ended without completing its response (failure): reset.
     pub failed: bool,
+    /// The worker refused to answer (`Stream::refuse`): reset with this
+    /// code. Handed over once.
+    pub refused: Option<u32>,
 }
 
 /// What c1 learns as it closes a stream (`Stream::close_for_c1`).
@@ -771,6 +778,21 @@ impl Stream {
             return Err(StreamError::Aborted);
         }
         io.response = Some(head);
+        Ok(())
+    }
+
+    /// Answers with a stream reset of `error_code` instead of a response
+    /// (HTTP_1_1_REQUIRED for a request only HTTP/1.1 can serve) and wakes
+    /// c1 to send it. Whatever the worker writes after is not sent.
+    pub fn refuse(&self, error_code: u32) -> Result<(), StreamError> {
+        {
+            let mut io = self.io.lock();
+            if io.closed.is_some() {
+                return Err(StreamError::Aborted);
+            }
+            io.refusal = Some(error_code);
+        }
+        self.notify_c1();
         Ok(())
     }
 
@@ -956,12 +978,16 @@ impl Stream {
             if let Some(r) = io.response.take() {
                 io.response_taken = true;
                 p.response = Some(r);
+            } else if io.refusal.is_some() {
+                io.response_taken = true;
+                p.refused = io.refusal;
             }
         }
-        p.data_ready = io.response_taken && (!io.output.is_empty() || io.output_end);
+        p.data_ready = io.response_taken && io.refusal.is_none() && (!io.output.is_empty() || io.output_end);
         // The worker ended without finishing the response (it failed or
         // panicked): c1 must reset the stream or it would wait forever.
-        p.failed = p.worker_done && !(io.response_taken && io.output_end) && io.closed.is_none();
+        p.failed =
+            p.worker_done && !(io.response_taken && io.output_end) && io.closed.is_none() && io.refusal.is_none();
         p
     }
 

@@ -82,6 +82,28 @@ def test_tls12_with_a_blacklisted_cipher_gets_inadequate_security(make_server, c
     c.close()
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_location_that_needs_a_client_certificate_gets_http_1_1_required(make_server, certs, version):
+    """HTTP/2 forbids TLS renegotiation: mod_ssl answers 403 on a secondary
+    connection where a per-directory SSLVerifyClient would need one, with
+    a note; the stream is reset with HTTP_1_1_REQUIRED instead, so that the
+    client retries over HTTP/1.1 (as the stock module does)."""
+    tls_port = free_port()
+    srv = make_server(loglevel="warn http2:debug")
+    srv.tls_config(certs, tls_port, extra=f"""SSLCACertificateFile {certs.main[0]}
+  <Location "/index.html">
+    SSLVerifyClient require
+  </Location>""")
+    srv.start()
+    c = H2Client(tls_port, sock=tls_socket(tls_port, max_version=version))
+    st = c.wait_stream(c.request("/index.html"))
+    assert st.reset == h2.errors.ErrorCodes.HTTP_1_1_REQUIRED and st.status is None, (st.reset, st.status)
+    # The rest of the connection is served as usual.
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+    assert "resetting with HTTP_1_1_REQUIRED" in srv.read_error_log()
+
+
 def test_h2_modern_tls_only_off_allows_old_ciphers(make_server, certs):
     tls_port = free_port()
     srv = make_server(h2_conf="H2ModernTLSOnly off")
