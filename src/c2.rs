@@ -986,17 +986,26 @@ fn flush_interim(ctx: &mut C2Ctx, _stream: &Stream) {
 }
 
 /// Why mod_ssl refused the request for want of a TLS renegotiation, which
-/// HTTP/2 forbids: its note on a 403.
+/// HTTP/2 forbids: its note on a 403, on the request or, where an
+/// ErrorDocument answers the 403, on the request redirected from.
 ///
 /// # Safety
 /// `r` is the live request.
 unsafe fn renegotiation_refused<'a>(r: *mut ffi::request_rec) -> Option<&'a [u8]> {
-    // SAFETY: caller's contract; the notes table lives in the request pool.
+    // SAFETY: caller's contract; `prev` links requests of the same
+    // connection whose pools outlive this one, and so do their notes.
     unsafe {
         if (*r).status != 403 {
             return None;
         }
-        TableRef::from_raw((*r).notes)?.get(c"ssl-renegotiate-forbidden")
+        let mut q = r;
+        while !q.is_null() {
+            if let Some(cause) = TableRef::from_raw((*q).notes).and_then(|n| n.get(c"ssl-renegotiate-forbidden")) {
+                return Some(cause);
+            }
+            q = (*q).prev;
+        }
+        None
     }
 }
 

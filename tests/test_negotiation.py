@@ -82,15 +82,20 @@ def test_tls12_with_a_blacklisted_cipher_gets_inadequate_security(make_server, c
     c.close()
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-def test_a_location_that_needs_a_client_certificate_gets_http_1_1_required(make_server, certs, version):
+@pytest.mark.parametrize("version,error_document", [(ssl.TLSVersion.TLSv1_2, False), (ssl.TLSVersion.TLSv1_3, False),
+                                                    (ssl.TLSVersion.TLSv1_3, True)])
+def test_a_location_that_needs_a_client_certificate_gets_http_1_1_required(make_server, certs, version,
+                                                                            error_document):
     """HTTP/2 forbids TLS renegotiation: mod_ssl answers 403 on a secondary
     connection where a per-directory SSLVerifyClient would need one, with
     a note; the stream is reset with HTTP_1_1_REQUIRED instead, so that the
-    client retries over HTTP/1.1 (as the stock module does)."""
+    client retries over HTTP/1.1 (as the stock module does), also where an
+    ErrorDocument answers the 403 (the note is on the first request)."""
     tls_port = free_port()
     srv = make_server(loglevel="warn http2:debug")
+    document = "ErrorDocument 403 /1k.bin" if error_document else ""
     srv.tls_config(certs, tls_port, extra=f"""SSLCACertificateFile {certs.main[0]}
+  {document}
   <Location "/index.html">
     SSLVerifyClient require
   </Location>""")
