@@ -378,6 +378,16 @@ enum Wait {
     Timeout,
 }
 
+/// How long a parked session waits for the client's first request: as
+/// HTTP/1.1 and the stock module do, about `Timeout` (a browser may open a
+/// connection before it knows its first request), not `KeepAliveTimeout`,
+/// which is for the wait between requests. A second less than `Timeout`,
+/// so that the GOAWAY goes out before the MPM, whose I/O queue holds a
+/// parked connection `Timeout` long, closes it without a word.
+fn first_request_timeout(timeout: Duration, keepalive_timeout: Duration) -> Duration {
+    timeout.saturating_sub(Duration::from_secs(1)).max(keepalive_timeout)
+}
+
 fn interval(t: ffi::apr_interval_time_t, fallback: Duration) -> Duration {
     if t > 0 {
         Duration::from_micros(t as u64)
@@ -647,7 +657,8 @@ impl C1 {
             }
             let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
             let keepalive_timeout = interval((*s).keep_alive_timeout, Duration::from_secs(5));
-            let parking = Parking::new(keepalive_timeout);
+            let timeout = interval((*s).timeout, Duration::from_secs(60));
+            let parking = Parking::new(keepalive_timeout, first_request_timeout(timeout, keepalive_timeout));
             SESSIONS.lock().insert(session_id, (Arc::downgrade(&signal), Arc::downgrade(&parking)));
             let mut c1 = C1 {
                 c,
@@ -657,7 +668,7 @@ impl C1 {
                 sock_fd: fd,
                 in_bb: BrigadeRef::create((*c).pool, (*c).bucket_alloc),
                 out_bb: BrigadeRef::create((*c).pool, (*c).bucket_alloc),
-                timeout: interval((*s).timeout, Duration::from_secs(60)),
+                timeout,
                 keepalive_timeout,
                 // An upgraded connection must stay in our loop: httpd closes
                 // it once the upgrading HTTP/1.1 request returns.
@@ -903,9 +914,10 @@ impl C1 {
         self.linger.parked(Instant::now());
         // Last: from here on a timer or a stop notice may use the session.
         // In the MPM's I/O queue the timeout is `Timeout`; our timer sends
-        // the GOAWAY of `KeepAliveTimeout` (the keep-alive queue, used
-        // without WAITIO, has its own).
-        if self.can_waitio && self.parking.park() {
+        // the GOAWAY of `KeepAliveTimeout`, or before the first request of
+        // `first_request_timeout` (the keep-alive queue, used without
+        // WAITIO, has its own).
+        if self.can_waitio && self.parking.park(self.session.last_stream_id() > 0) {
             park::arm_timer(&self.parking, self.parking.first_timer());
         }
         ffi::HOOK_OK

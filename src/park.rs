@@ -4,9 +4,11 @@
 //! in CONN_STATE_ASYNC_WAITIO, so no thread waits for an idle client. Two
 //! things can still need the session while it is parked, on a thread that
 //! is not running the connection:
-//! - its idle timeout (`KeepAliveTimeout`): the child's idle clock (one
-//!   thread) sends GOAWAY(NO_ERROR, last stream) once the session has been
-//!   idle that long (the client then closes; the MPM's own `Timeout` is the
+//! - its idle timeout (`KeepAliveTimeout`, or before the client's first
+//!   request about `Timeout`, as HTTP/1.1 and the stock module wait for a
+//!   first request): the child's idle clock (one thread) sends
+//!   GOAWAY(NO_ERROR, last stream) once the session has been idle that
+//!   long (the client then closes; the MPM's own `Timeout` is the
 //!   backstop);
 //! - a graceful stop or restart: GOAWAY at once, from `child_stopping`;
 //! - after `TRIM_AFTER` of idleness, releasing what only a busy session
@@ -97,6 +99,10 @@ pub struct Parking {
     /// The caches were released since the session was last parked.
     trimmed: AtomicBool,
     idle_timeout: Duration,
+    /// The idle timeout until the client's first request.
+    first_request_timeout: Duration,
+    /// The session has had a request (`park` says).
+    served: AtomicBool,
     /// The session; valid while the state is not DEAD.
     session: Mutex<Option<SessionPtr>>,
 }
@@ -107,15 +113,26 @@ struct SessionPtr(*mut dyn Parked);
 unsafe impl Send for SessionPtr {}
 
 impl Parking {
-    pub fn new(idle_timeout: Duration) -> Arc<Parking> {
+    pub fn new(idle_timeout: Duration, first_request_timeout: Duration) -> Arc<Parking> {
         Arc::new(Parking {
             state: AtomicU8::new(ACTIVE),
             parked_at: Mutex::new(Instant::now()),
             timer_pending: AtomicBool::new(false),
             trimmed: AtomicBool::new(false),
             idle_timeout,
+            first_request_timeout,
+            served: AtomicBool::new(false),
             session: Mutex::new(None),
         })
+    }
+
+    /// How long the session may stay idle now.
+    fn limit(&self) -> Duration {
+        if self.served.load(Ordering::Acquire) {
+            self.idle_timeout
+        } else {
+            self.first_request_timeout
+        }
     }
 
     /// Registers the session (its address must stay stable until `kill`).
@@ -134,10 +151,12 @@ impl Parking {
         }
     }
 
-    /// The session goes back to the MPM, idle. Returns whether a timer
-    /// must be registered (none is pending yet).
-    pub fn park(&self) -> bool {
+    /// The session goes back to the MPM, idle; `served`: it has had a
+    /// request. Returns whether a timer must be registered (none is
+    /// pending yet).
+    pub fn park(&self, served: bool) -> bool {
         *self.parked_at.lock() = Instant::now();
+        self.served.store(served, Ordering::Release);
         self.trimmed.store(false, Ordering::Release);
         self.state.store(PARKED, Ordering::Release);
         !self.timer_pending.swap(true, Ordering::AcqRel)
@@ -174,7 +193,7 @@ impl Parking {
 
     /// The first timer after parking: when to call `on_timer`.
     pub fn first_timer(&self) -> Duration {
-        TRIM_AFTER.min(self.idle_timeout)
+        TRIM_AFTER.min(self.limit())
     }
 
     /// Timer decision: Some(delay) to re-arm, None when done.
@@ -184,7 +203,8 @@ impl Parking {
             return None;
         }
         let idle = self.parked_at.lock().elapsed();
-        if idle >= self.idle_timeout {
+        let limit = self.limit();
+        if idle >= limit {
             self.timer_pending.store(false, Ordering::Release);
             self.with_parked(|s| s.goaway_now(b"idle timeout"));
             return None;
@@ -194,9 +214,9 @@ impl Parking {
             self.trimmed.store(true, Ordering::Release);
         }
         if idle < TRIM_AFTER && !trimmed {
-            return Some((TRIM_AFTER - idle).min(self.idle_timeout - idle));
+            return Some((TRIM_AFTER - idle).min(limit - idle));
         }
-        Some(self.idle_timeout - idle)
+        Some(limit - idle)
     }
 
     /// Graceful stop: a parked session says goodbye now.
@@ -351,10 +371,10 @@ mod tests {
     #[test]
     fn states_and_timer_decisions() {
         let mut fake = Box::new(Fake(0, 0));
-        let p = Parking::new(Duration::from_millis(50));
+        let p = Parking::new(Duration::from_millis(50), Duration::from_millis(50));
         p.set_session(&mut *fake as *mut dyn Parked);
-        assert!(p.park());
-        assert!(!p.park(), "one timer at a time");
+        assert!(p.park(true));
+        assert!(!p.park(true), "one timer at a time");
         // Not idle long enough: re-arm for the rest.
         assert!(p.on_timer().is_some());
         std::thread::sleep(Duration::from_millis(60));
@@ -364,7 +384,7 @@ mod tests {
         p.activate();
         p.stop_notice();
         assert_eq!(fake.0, 1);
-        assert!(p.park());
+        assert!(p.park(true));
         p.stop_notice();
         assert_eq!(fake.0, 2);
         p.kill();
@@ -373,12 +393,35 @@ mod tests {
         assert_eq!(fake.1, 0, "idle timeout below TRIM_AFTER: nothing to trim first");
     }
 
+    /// Before its first request a session waits `first_request_timeout`,
+    /// after it the (shorter) idle timeout.
+    #[test]
+    fn the_first_request_is_waited_for_longer() {
+        let mut fake = Box::new(Fake(0, 0));
+        let p = Parking::new(Duration::from_millis(40), Duration::from_millis(400));
+        p.set_session(&mut *fake as *mut dyn Parked);
+        assert!(p.park(false));
+        assert_eq!(p.first_timer(), Duration::from_millis(400));
+        *p.parked_at.lock() -= Duration::from_millis(100);
+        let rest = p.on_timer().expect("still waiting for the first request");
+        assert!(rest <= Duration::from_millis(300), "{rest:?}");
+        assert_eq!(fake.0, 0);
+        // A request came; idle again: the idle timeout applies.
+        p.activate();
+        assert!(!p.park(true), "the timer is still pending");
+        assert_eq!(p.first_timer(), Duration::from_millis(40));
+        *p.parked_at.lock() -= Duration::from_millis(50);
+        assert!(p.on_timer().is_none());
+        assert_eq!(fake.0, 1);
+        p.kill();
+    }
+
     #[test]
     fn a_long_idle_session_is_trimmed_once_before_its_goaway() {
         let mut fake = Box::new(Fake(0, 0));
-        let p = Parking::new(TRIM_AFTER + Duration::from_millis(100));
+        let p = Parking::new(TRIM_AFTER + Duration::from_millis(100), TRIM_AFTER + Duration::from_millis(100));
         p.set_session(&mut *fake as *mut dyn Parked);
-        assert!(p.park());
+        assert!(p.park(true));
         assert_eq!(p.first_timer(), TRIM_AFTER);
         // Early: wait for the trim.
         let rest = p.on_timer().expect("re-armed");
@@ -393,7 +436,7 @@ mod tests {
         assert_eq!((fake.0, fake.1), (1, 1));
         // Parked again after a request: trimmed again later.
         p.activate();
-        assert!(p.park());
+        assert!(p.park(true));
         *p.parked_at.lock() -= TRIM_AFTER;
         assert!(p.on_timer().is_some());
         assert_eq!(fake.1, 2);

@@ -96,6 +96,31 @@ def test_idle_timeout_sends_goaway_with_last_stream(make_server):
     c.close()
 
 
+def test_a_new_connection_waits_for_its_first_request_about_timeout(make_server):
+    """Before its first request a connection waits about `Timeout` (a
+    browser opens connections before it knows its requests), as HTTP/1.1
+    and the stock module do; after it, `KeepAliveTimeout` applies."""
+    srv = make_server(extra="Timeout 4\nKeepAliveTimeout 1").start()
+    early, silent = H2Client(srv.port), H2Client(srv.port)
+    t0 = time.time()
+    time.sleep(2.2)
+    with pytest.raises(TimeoutError):  # reads what came: no GOAWAY
+        early.wait(lambda: early.goaway is not None, timeout=0.3)
+    assert early.goaway is None, "a connection without a request was cut at KeepAliveTimeout"
+    assert early.wait_stream(early.request("/1k.bin")).status == 200
+    t1 = time.time()
+    early.wait(lambda: early.goaway is not None, timeout=10)
+    assert early.goaway == (h2.errors.ErrorCodes.NO_ERROR, 1), early.goaway
+    assert time.time() - t1 < 2.5, "after a request, KeepAliveTimeout applies"
+    # The one that never asks: GOAWAY (last stream 0) a second before
+    # Timeout, before the MPM closes it silently.
+    silent.wait(lambda: silent.goaway is not None, timeout=10)
+    assert silent.goaway == (h2.errors.ErrorCodes.NO_ERROR, 0), silent.goaway
+    assert 2.5 < time.time() - t0 < 4.5, time.time() - t0
+    early.close()
+    silent.close()
+
+
 def test_a_long_idle_connection_releases_its_caches_and_serves_again(make_server, docroot):
     """After 2 s parked, a session drops its cached stream connections and
     gives back the page of nghttp2's frame buffer (memory of idle clients);
