@@ -82,9 +82,12 @@ impl RequestHead {
         self.method.len() + pseudo + self.headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>()
     }
 
-    /// Whether the stream becomes a tunnel once the handler agrees.
+    /// Whether the stream becomes a tunnel once the handler agrees: a
+    /// WebSocket, or a plain CONNECT (RFC 9113 8.5, mod_proxy_connect).
+    /// Its bytes are not buffered, it does not wait for a worker slot and
+    /// it gets a worker of its own (it lives as long as the client wants).
     pub fn is_tunnel(&self) -> bool {
-        self.websocket_accept.is_some()
+        self.websocket_accept.is_some() || (self.method == b"CONNECT" && self.protocol.is_none())
     }
 }
 
@@ -514,6 +517,7 @@ mod tests {
     fn connect_forms() {
         let h = build(&[(":method", "CONNECT"), (":authority", "x:443")], Limits::default()).unwrap();
         assert_eq!(h.method, b"CONNECT");
+        assert!(h.is_tunnel(), "a plain CONNECT is a tunnel (mod_proxy_connect)");
         let extended = [
             (":method", "CONNECT"),
             (":protocol", "websocket"),
@@ -524,6 +528,8 @@ mod tests {
         let allowed = Limits { extended_connect: true, ..Limits::default() };
         let h = build(&extended, allowed).unwrap();
         assert_eq!(h.protocol.as_deref(), Some(&b"websocket"[..]));
+        // A tunnel only once the session made it a WebSocket upgrade.
+        assert!(!h.is_tunnel());
         // Not advertised (H2WebSockets off): malformed.
         assert!(matches!(build(&extended, Limits::default()), Err(HeaderError::Malformed(_))));
         // RFC 8441 4: :scheme, :path and :authority are all required.

@@ -87,6 +87,15 @@ class H2Client:
     def send_frame(self, frame):
         self.sock.sendall(frame.serialize())
 
+    def connect(self, authority):
+        """A plain CONNECT (RFC 9113 8.5: :method and :authority only); the
+        stream stays open for the tunnel's bytes."""
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", authority.encode())])
+        self.streams[sid] = Stream(sid)
+        self.flush()
+        return sid
+
     def request(self, path, method="GET", headers=None, body=None, end_stream=None, authority=None):
         sid = self.conn.get_next_available_stream_id()
         hdrs = [

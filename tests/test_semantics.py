@@ -460,3 +460,72 @@ def test_ssl_variables_on_tls_streams(make_server, certs, docroot):
     st = c.wait_stream(c.request("/cgi/ssl.cgi"))
     assert re.match(r"HTTPS=on SSL_PROTOCOL=TLSv1\.[23] HTTP2=on", st.data.decode()), st.data
     c.close()
+
+
+@pytest.fixture
+def tcp_echo():
+    """A TCP echo server (a thread per connection): returns its port."""
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def serve(conn):
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def accept():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+def test_connect_tunnels_through_mod_proxy_connect(make_server, tcp_echo, docroot):
+    """A plain CONNECT (RFC 9113 8.5) on a forward proxy (mod_proxy_connect):
+    the stream becomes a tunnel, bytes go through unbuffered and byte-exact
+    both ways, several tunnels at once beside ordinary requests, and the
+    client's END_STREAM ends its tunnel."""
+    srv = make_server(extra=f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_connect_module {MODDIR}/mod_proxy_connect.so
+ProxyRequests On
+AllowCONNECT {tcp_echo}
+<Proxy "*">
+  Require all granted
+</Proxy>""").start()
+    c = H2Client(srv.port)
+    tunnels = [c.connect(f"127.0.0.1:{tcp_echo}") for _ in range(3)]
+    c.wait(lambda: all(c.streams[t].status is not None for t in tunnels), timeout=10)
+    assert [c.streams[t].status for t in tunnels] == [200] * 3
+    # A small message comes back at once (nothing waits for a buffer to fill).
+    c.send_body(tunnels[0], b"ping", end_stream=False)
+    c.wait(lambda: bytes(c.streams[tunnels[0]].data) == b"ping", timeout=5)
+    payload = os.urandom(200_000)
+    for t in tunnels[1:]:
+        for i in range(0, len(payload), 20_000):
+            c.send_body(t, payload[i:i + 20_000], end_stream=False)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.wait(lambda: all(len(c.streams[t].data) >= len(payload) for t in tunnels[1:]), timeout=20)
+    assert all(sha256(bytes(c.streams[t].data)) == sha256(payload) for t in tunnels[1:])
+    for t in tunnels:
+        c.send_body(t, b"", end_stream=True)
+    c.wait(lambda: all(c.streams[t].done for t in tunnels), timeout=10)
+    c.close()
+
+
+def test_connect_without_a_forward_proxy_is_refused(server):
+    """A CONNECT that no handler tunnels gets an error response and the
+    connection goes on."""
+    c = H2Client(server.port)
+    sid = c.connect("127.0.0.1:9")
+    st = c.wait_stream(sid, timeout=10)
+    assert st.status is not None and st.status >= 400, st.status
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
