@@ -339,17 +339,19 @@ Protocols {self.protocols}
                 pass
         return kids
 
-    def worker_threads(self, pid):
-        """Names of the mod_h2rs worker threads of a child process."""
+    def thread_names(self, pid):
+        """Names of the threads of a process."""
         names = []
         for t in pathlib.Path(f"/proc/{pid}/task").iterdir():
             try:
-                name = (t / "comm").read_text().strip()
+                names.append((t / "comm").read_text().strip())
             except OSError:
                 continue
-            if name.startswith("h2rs-worker"):
-                names.append(name)
         return names
+
+    def worker_threads(self, pid):
+        """Names of the mod_h2rs worker threads of a child process."""
+        return [name for name in self.thread_names(pid) if name.startswith("h2rs-worker")]
 
     def read_error_log(self):
         try:

@@ -308,6 +308,31 @@ def test_rapid_reset(srv):
         c.close()
 
 
+def test_connect_flood_without_a_forward_proxy(srv):
+    """Plain CONNECT streams (RFC 9113 8.5) are tunnels, each on a thread
+    of its own. Where no handler tunnels them (no mod_proxy_connect here)
+    each is refused at once and its thread ends: 1,000 of them, 100 at a
+    time on a connection, are all answered and leave no thread behind."""
+    from h2client import H2Client
+    for _ in range(10):
+        c = H2Client(srv.port)
+        sids = [c.connect("127.0.0.1:9") for _ in range(100)]
+        for sid in sids:
+            st = c.wait_stream(sid, timeout=20)
+            assert st.status is not None and st.status >= 400, (st.status, st.reset)
+        c.close()
+    deadline = time.time() + 5
+    while True:
+        left = [t for pid in srv.mpm_children() for t in srv.thread_names(pid) if t.startswith("h2rs-tunnel")]
+        if not left or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, f"{len(left)} tunnel threads left"
+    c = H2Client(srv.port)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+
+
 def test_rapid_reset_across_connections(srv):
     """The same, slower than the rate limit, on 20 connections one after
     another (1,000 reset streams each): no worker stays busy, memory flat."""
