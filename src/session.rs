@@ -556,11 +556,6 @@ impl<D: Dispatch> Core<D> {
         for interim in &p.interims {
             let _ = ops.submit_interim(id, interim.status, &interim.headers);
         }
-        if let Some(code) = p.refused {
-            // As `reset` (which would borrow all of self while `entry` is).
-            self.stats.streams_reset_by_us += 1;
-            let _ = ops.submit_rst_stream(id, code);
-        }
         if let Some(resp) = p.response {
             let body = !stream.body_is_empty_and_done();
             if ops.submit_response::<Core<D>>(id, resp.status, &resp.headers, body).is_ok() {
@@ -572,6 +567,11 @@ impl<D: Dispatch> Core<D> {
         } else if entry.submitted && entry.deferred && p.data_ready {
             entry.deferred = false;
             let _ = ops.resume_data(id);
+        }
+        if let Some(code) = p.refused {
+            // The worker answered with a reset instead of a response (it
+            // never has both, so nothing above was submitted for it).
+            self.reset(ops, id, code);
         }
         if p.failed {
             // The worker ended without a response (it failed or panicked).
