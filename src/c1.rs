@@ -179,6 +179,45 @@ impl Drop for C1Dispatch {
 }
 
 impl C1Dispatch {
+    /// A cached c2, or a new one. Not inlined (as `submit`): `dispatch`
+    /// calls the request of a stream run here, and its frame stays small
+    /// under it (see "Thread stacks" in docs/INTERNALS.md).
+    #[inline(never)]
+    fn take_c2(&mut self, stream: &Stream) -> Option<C2> {
+        if let Some(c2) = self.cache.take() {
+            return Some(c2);
+        }
+        // SAFETY: runs on the c1 thread; c1 and the session pool are live.
+        match unsafe { C2::create(self.c1, self.session_pool, self.protocol) } {
+            Ok(c2) => {
+                clog!(self.c1, Level::Debug, "h2rs: stream {}: new secondary connection", stream.id);
+                Some(c2)
+            }
+            Err(rv) => {
+                clog!(self.c1, Level::Error, "h2rs: cannot create a secondary connection (status {rv})");
+                None
+            }
+        }
+    }
+
+    /// Hands the stream to a worker (a tunnel to a thread of its own).
+    #[inline(never)]
+    fn submit(&mut self, c2: C2, stream: Arc<Stream>, c1_id: i64, cache: Arc<C2Cache>, learn: Option<u64>) {
+        let handle = stream.clone();
+        let tunnel = stream.request.is_tunnel();
+        let submitted = match workers::current() {
+            Some(pool) => {
+                let job: workers::Job = Box::new(move |w| c2.run(stream, c1_id, w, cache, learn));
+                if tunnel { pool.run_dedicated(job) } else { pool.submit(job) }.is_ok()
+            }
+            None => false,
+        };
+        if !submitted {
+            clog!(self.c1, Level::Warn, "h2rs: no worker pool to run stream {}", handle.id);
+            handle.worker_done(None);
+        }
+    }
+
     /// The `fastpath` key of a stream that could run inline.
     fn fastpath_key(&self, stream: &Stream) -> Option<u64> {
         // SAFETY: c1's base server, read on its own thread.
@@ -192,26 +231,13 @@ impl Dispatch for C1Dispatch {
         // Free c2s beyond what runs at once now are pools held for nothing
         // (see `FreeCache`).
         self.cache.keep_at_most(self.fair_share().min(FREE_C2S_KEPT));
-        let c2 = match self.cache.take() {
-            Some(c2) => c2,
-            // SAFETY: runs on the c1 thread; c1 and the session pool are live.
-            None => match unsafe { C2::create(self.c1, self.session_pool, self.protocol) } {
-                Ok(c2) => {
-                    clog!(self.c1, Level::Debug, "h2rs: stream {}: new secondary connection", stream.id);
-                    c2
-                }
-                Err(rv) => {
-                    clog!(self.c1, Level::Error, "h2rs: cannot create a secondary connection (status {rv})");
-                    stream.worker_done(None);
-                    return;
-                }
-            },
+        let Some(c2) = self.take_c2(&stream) else {
+            stream.worker_done(None);
+            return;
         };
         // SAFETY: reading c1's id on its own thread; the worker gets a copy.
         let c1_id = unsafe { (*self.c1).id };
         let cache = self.cache.clone();
-        let handle = stream.clone();
-        let tunnel = stream.request.is_tunnel();
         let learn = self.fastpath_key(&stream);
         if stream.runs_inline() {
             // A static file last time (`runs_here`): run it here, without
@@ -222,17 +248,7 @@ impl Dispatch for C1Dispatch {
             c2.run(stream, c1_id, &ctx, cache, learn);
             return;
         }
-        let submitted = match workers::current() {
-            Some(pool) => {
-                let job: workers::Job = Box::new(move |w| c2.run(stream, c1_id, w, cache, learn));
-                if tunnel { pool.run_dedicated(job) } else { pool.submit(job) }.is_ok()
-            }
-            None => false,
-        };
-        if !submitted {
-            clog!(self.c1, Level::Warn, "h2rs: no worker pool to run stream {}", handle.id);
-            handle.worker_done(None);
-        }
+        self.submit(c2, stream, c1_id, cache, learn);
     }
 
     fn runs_here(&self, stream: &Stream) -> bool {
@@ -537,7 +553,7 @@ impl C1Ctx {
     ///
     /// # Safety
     /// `c` must be this context's live connection, run by the calling thread.
-    pub unsafe fn run(&mut self, c: *mut ffi::conn_rec, upgrade: Option<Upgrade>) -> i32 {
+    pub unsafe fn run(&mut self, c: *mut ffi::conn_rec, upgrade: Option<Box<Upgrade>>) -> i32 {
         // SAFETY: caller contract.
         if self.session.is_none() && !unsafe { self.start(c, upgrade) } {
             // SAFETY: the connection is ours.
@@ -558,7 +574,7 @@ impl C1Ctx {
     /// # Safety
     /// As `run`.
     #[inline(never)]
-    unsafe fn start(&mut self, c: *mut ffi::conn_rec, upgrade: Option<Upgrade>) -> bool {
+    unsafe fn start(&mut self, c: *mut ffi::conn_rec, upgrade: Option<Box<Upgrade>>) -> bool {
         // SAFETY: caller contract.
         let Some(s) = (unsafe { C1::start(c, self.protocol, self.server, upgrade) }) else { return false };
         let session = self.session.insert(s);
@@ -573,7 +589,7 @@ impl C1Ctx {
 /// stream 1.
 pub struct Upgrade {
     pub settings_payload: Vec<u8>,
-    pub head: crate::request::RequestHead,
+    pub head: Box<crate::request::RequestHead>,
 }
 
 /// Whether the TLS of `c` is good enough for HTTP/2 (H2ModernTLSOnly).
@@ -618,7 +634,7 @@ impl C1 {
         c: *mut ffi::conn_rec,
         protocol: &'static CStr,
         s: *mut ffi::server_rec,
-        upgrade: Option<Upgrade>,
+        upgrade: Option<Box<Upgrade>>,
     ) -> Option<C1> {
         // SAFETY: caller contract; every object created lives in c's pool or
         // in the session pool made here.

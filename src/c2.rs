@@ -408,6 +408,21 @@ impl C2 {
             // SAFETY: this worker owns the c2 for the duration of the call.
             unsafe { self.process(stream.clone(), c1_id, worker) }
         });
+        self.after_run(stream, cache, learn, clock, outcome);
+    }
+
+    /// The request returned (or panicked): the c2 is handed back, or
+    /// parked with the request when the handler suspended it. Not inlined:
+    /// its locals would sit in the frame of `run`, under the request.
+    #[inline(never)]
+    fn after_run(
+        mut self,
+        stream: Arc<Stream>,
+        cache: Arc<C2Cache>,
+        learn: Option<u64>,
+        clock: RunClock,
+        outcome: Result<(), String>,
+    ) {
         let broken = match outcome {
             Ok(()) => {
                 if let Some(resume) = self.ctx.suspended.take() {
@@ -429,7 +444,7 @@ impl C2 {
                 false
             }
             Err(msg) => {
-                crate::clog!(self.conn, crate::log::Level::Crit, "h2rs: stream {} panicked: {msg}", stream.id);
+                log_panic(self.conn, stream.id, &msg);
                 true
             }
         };
@@ -510,6 +525,14 @@ impl C2 {
     }
 }
 
+/// Logs a panic caught in a stream's request. Apart from `C2::run`: the
+/// formatting would sit in its frame, under the whole request.
+#[cold]
+#[inline(never)]
+fn log_panic(c: *mut ffi::conn_rec, stream_id: i32, msg: &str) {
+    crate::clog!(c, crate::log::Level::Crit, "h2rs: stream {stream_id} panicked: {msg}");
+}
+
 /// Measures a run for `fastpath`, on the thread that runs it.
 struct RunClock {
     start: std::time::Instant,
@@ -525,6 +548,9 @@ struct ThreadUsage {
 }
 
 impl ThreadUsage {
+    // Not inlined: its rusage would sit in the frame of `C2::run`, under
+    // the whole request (see "Thread stacks" in docs/INTERNALS.md).
+    #[inline(never)]
     fn now() -> Option<ThreadUsage> {
         // SAFETY: getrusage fills the zeroed struct we pass; the result is
         // checked.
@@ -920,7 +946,9 @@ fn copy_file_region(
 }
 
 /// Bytes written to the connection before the final response: HTTP/1 text
-/// of interim responses (or of a final one).
+/// of interim responses (or of a final one). Not inlined: its heads would
+/// sit in the frame of `net_out`, under every write of a body.
+#[inline(never)]
 fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), StreamError> {
     for parsed in ctx.interim.push(data) {
         match parsed {
@@ -1009,6 +1037,100 @@ unsafe fn renegotiation_refused<'a>(r: *mut ffi::request_rec) -> Option<&'a [u8]
     }
 }
 
+/// The first output of a request: its response head, built from the
+/// request's status and headers and set on the stream (or the error that
+/// replaces it). Returns the filter's status when the brigade goes no
+/// further. Apart from `response_out`, which then passes the brigade on
+/// with a small frame under the handler's further output.
+///
+/// # Safety
+/// `r` is the live request of the c2 owned by this thread.
+#[inline(never)]
+unsafe fn start_response(
+    r: *mut ffi::request_rec,
+    ctx: &mut C2Ctx,
+    stream: &Stream,
+    brigade: BrigadeRef,
+    error_status: Option<i32>,
+) -> Option<ffi::apr_status_t> {
+    // SAFETY: caller contract.
+    unsafe {
+        if let Some(st) = error_status {
+            brigade.cleanup();
+            ffi::ap_die(st, r);
+            return Some(ffi::AP_FILTER_ERROR as ffi::apr_status_t);
+        }
+        if let Some(cause) = renegotiation_refused(r) {
+            // mod_ssl cannot renegotiate TLS on a secondary connection (a
+            // per-directory SSLVerifyClient or cipher suite) and answered
+            // 403: the client is told to retry over HTTP/1.1 instead
+            // (RFC 9113 8.1.1), as the stock module does.
+            crate::log::request(
+                r,
+                crate::log::Level::Debug,
+                &format!(
+                    "h2rs: stream {}: TLS renegotiation needed ({}), resetting with HTTP_1_1_REQUIRED",
+                    stream.id,
+                    String::from_utf8_lossy(cause)
+                ),
+            );
+            brigade.cleanup();
+            ctx.response_set = true;
+            ctx.discard_output = true;
+            (*r).sent_bodyct = 1;
+            if let Err(e) = stream.refuse(crate::nghttp2::error_code::HTTP_1_1_REQUIRED) {
+                (*(*r).connection).aborted = 1;
+                return Some(stream_error_status(e));
+            }
+            stream.end_output(None);
+            return Some(status::SUCCESS);
+        }
+        let built = response::build_response(r);
+        if let (Some(head), Some(accept)) = (&built, stream.request.websocket_accept.as_deref()) {
+            if let Verdict::Refuse(refusal) = websocket::judge(head, accept) {
+                brigade.cleanup();
+                if let Err(e) = refuse_tunnel(ctx, stream, refusal) {
+                    (*(*r).connection).aborted = 1;
+                    return Some(stream_error_status(e));
+                }
+                (*r).sent_bodyct = 1;
+                return Some(status::SUCCESS);
+            }
+        }
+        match built {
+            Some(head) => {
+                if let Err(e) = stream.set_response(head) {
+                    brigade.cleanup();
+                    (*(*r).connection).aborted = 1;
+                    return Some(stream_error_status(e));
+                }
+            }
+            None => {
+                crate::log::request(
+                    r,
+                    crate::log::Level::Error,
+                    "h2rs: a response header field contains invalid characters, answering 500",
+                );
+                brigade.cleanup();
+                if (*r).status != 500 {
+                    if let Some(headers) = TableRef::from_raw((*r).headers_out) {
+                        headers.clear();
+                    }
+                    ffi::ap_die(500, r);
+                    return Some(ffi::AP_FILTER_ERROR as ffi::apr_status_t);
+                }
+                let mut h = Headers::new();
+                h.push(b"content-length", b"0");
+                let _ = stream.set_response(crate::stream::ResponseHead { status: 500, headers: h });
+                (*r).header_only = 1;
+            }
+        }
+        ctx.response_set = true;
+        (*r).sent_bodyct = 1;
+        None
+    }
+}
+
 /// `H2RS_C2_RESPONSE`: replaces HTTP_HEADER (see `response.rs`).
 ///
 /// # Safety
@@ -1042,78 +1164,9 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
         }
 
         if !ctx.response_set {
-            if let Some(st) = error_status {
-                brigade.cleanup();
-                ffi::ap_die(st, r);
-                return ffi::AP_FILTER_ERROR as ffi::apr_status_t;
+            if let Some(rv) = start_response(r, ctx, &stream, brigade, error_status) {
+                return rv;
             }
-            if let Some(cause) = renegotiation_refused(r) {
-                // mod_ssl cannot renegotiate TLS on a secondary connection
-                // (a per-directory SSLVerifyClient or cipher suite) and
-                // answered 403: the client is told to retry over HTTP/1.1
-                // instead (RFC 9113 8.1.1), as the stock module does.
-                crate::log::request(
-                    r,
-                    crate::log::Level::Debug,
-                    &format!(
-                        "h2rs: stream {}: TLS renegotiation needed ({}), resetting with HTTP_1_1_REQUIRED",
-                        stream.id,
-                        String::from_utf8_lossy(cause)
-                    ),
-                );
-                brigade.cleanup();
-                ctx.response_set = true;
-                ctx.discard_output = true;
-                (*r).sent_bodyct = 1;
-                if let Err(e) = stream.refuse(crate::nghttp2::error_code::HTTP_1_1_REQUIRED) {
-                    (*c).aborted = 1;
-                    return stream_error_status(e);
-                }
-                stream.end_output(None);
-                return status::SUCCESS;
-            }
-            let built = response::build_response(r);
-            if let (Some(head), Some(accept)) = (&built, stream.request.websocket_accept.as_deref()) {
-                if let Verdict::Refuse(refusal) = websocket::judge(head, accept) {
-                    brigade.cleanup();
-                    if let Err(e) = refuse_tunnel(ctx, &stream, refusal) {
-                        (*c).aborted = 1;
-                        return stream_error_status(e);
-                    }
-                    (*r).sent_bodyct = 1;
-                    return status::SUCCESS;
-                }
-            }
-            match built {
-                Some(head) => {
-                    if let Err(e) = stream.set_response(head) {
-                        brigade.cleanup();
-                        (*c).aborted = 1;
-                        return stream_error_status(e);
-                    }
-                }
-                None => {
-                    crate::log::request(
-                        r,
-                        crate::log::Level::Error,
-                        "h2rs: a response header field contains invalid characters, answering 500",
-                    );
-                    brigade.cleanup();
-                    if (*r).status != 500 {
-                        if let Some(headers) = TableRef::from_raw((*r).headers_out) {
-                            headers.clear();
-                        }
-                        ffi::ap_die(500, r);
-                        return ffi::AP_FILTER_ERROR as ffi::apr_status_t;
-                    }
-                    let mut h = Headers::new();
-                    h.push(b"content-length", b"0");
-                    let _ = stream.set_response(crate::stream::ResponseHead { status: 500, headers: h });
-                    (*r).header_only = 1;
-                }
-            }
-            ctx.response_set = true;
-            (*r).sent_bodyct = 1;
         }
         if (*r).header_only != 0 || response::status_is_header_only((*r).status) {
             response::drop_body(brigade);

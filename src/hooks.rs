@@ -605,7 +605,7 @@ pub unsafe extern "C" fn h2rs_protocol_switch(
             apr::remove_output_filter_rec((*r).output_filters, ffi::ap_http_header_filter_handle);
             match c1::C1Ctx::attach(c, proto, server) {
                 Some(ctx) => {
-                    ctx.run(c, Some(c1::Upgrade { settings_payload, head }));
+                    ctx.run(c, Some(Box::new(c1::Upgrade { settings_payload, head })));
                     HOOK_OK
                 }
                 None => HOOK_DECLINED,
@@ -618,7 +618,7 @@ pub unsafe extern "C" fn h2rs_protocol_switch(
 ///
 /// # Safety
 /// `r` must be a live request.
-unsafe fn upgrade_head(r: *mut ffi::request_rec) -> Option<crate::request::RequestHead> {
+unsafe fn upgrade_head(r: *mut ffi::request_rec) -> Option<Box<crate::request::RequestHead>> {
     // SAFETY: caller contract; strings and tables belong to the request.
     unsafe {
         let cstr = |p: *const c_char| if p.is_null() { &b""[..] } else { CStr::from_ptr(p).to_bytes() };

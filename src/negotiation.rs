@@ -90,7 +90,7 @@ pub fn upgraded_request<'a>(
     authority: &[u8],
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     limits: Limits,
-) -> Result<RequestHead, HeaderError> {
+) -> Result<Box<RequestHead>, HeaderError> {
     let mut b = RequestBuilder::new(limits);
     b.add(b":method", method)?;
     b.add(b":scheme", b"http")?;

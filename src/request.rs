@@ -202,7 +202,11 @@ const MAX_BYTES_ROOM: usize = 1024;
 #[derive(Debug)]
 pub struct RequestBuilder {
     limits: Limits,
-    head: RequestHead,
+    /// Boxed from the start: the finished head moves into its stream as
+    /// this pointer, not as ~300 bytes copied through the frames of the
+    /// nghttp2 callback that completes it (see "Thread stacks" in
+    /// docs/INTERNALS.md).
+    head: Box<RequestHead>,
     method: Option<ShortBytes>,
     cookies: Vec<u8>,
     fields_seen: u32,
@@ -229,7 +233,7 @@ impl RequestBuilder {
         };
         RequestBuilder {
             limits,
-            head: RequestHead { headers, ..RequestHead::default() },
+            head: Box::new(RequestHead { headers, ..RequestHead::default() }),
             method: None,
             cookies: Vec::new(),
             fields_seen: 0,
@@ -329,7 +333,7 @@ impl RequestBuilder {
     }
 
     /// Completes the head. Checks the pseudo headers RFC 9113 8.3 requires.
-    pub fn finish(mut self, end_stream: bool) -> Result<RequestHead, HeaderError> {
+    pub fn finish(mut self, end_stream: bool) -> Result<Box<RequestHead>, HeaderError> {
         let Some(method) = self.method.take() else {
             return Err(HeaderError::Malformed("missing :method"));
         };
@@ -399,7 +403,7 @@ impl RequestBuilder {
 mod tests {
     use super::*;
 
-    fn build(fields: &[(&str, &str)], limits: Limits) -> Result<RequestHead, HeaderError> {
+    fn build(fields: &[(&str, &str)], limits: Limits) -> Result<Box<RequestHead>, HeaderError> {
         let mut b = RequestBuilder::new(limits);
         for (n, v) in fields {
             b.add(n.as_bytes(), v.as_bytes())?;

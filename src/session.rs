@@ -944,7 +944,7 @@ impl<D: Dispatch> Session<D> {
         signal: Arc<Signal>,
         dispatcher: D,
         settings_payload: &[u8],
-        head: crate::request::RequestHead,
+        head: Box<crate::request::RequestHead>,
     ) -> Result<Session<D>, NgError> {
         let mut session = Session::new(settings, signal, dispatcher)?;
         let head_request = head.method == b"HEAD";

@@ -602,7 +602,7 @@ impl StreamIo {
 
 pub struct Stream {
     pub id: i32,
-    pub request: RequestHead,
+    pub request: Box<RequestHead>,
     /// Maximum bytes queued for output (H2StreamMaxMemSize).
     pub out_limit: usize,
     /// How long a worker waits on a stalled queue (H2StreamTimeout).
@@ -676,7 +676,7 @@ pub enum Output {
 impl Stream {
     pub fn new(
         id: i32,
-        request: RequestHead,
+        request: Box<RequestHead>,
         signal: Arc<Signal>,
         out_limit: usize,
         timeout: Duration,
@@ -1114,7 +1114,7 @@ mod tests {
 
     fn stream(limit: usize) -> (Arc<Stream>, Arc<Signal>) {
         let signal = Arc::new(Signal::new().unwrap());
-        let req = RequestHead { end_stream: false, ..Default::default() };
+        let req = Box::new(RequestHead { end_stream: false, ..Default::default() });
         let s = Arc::new(Stream::new(1, req, signal.clone(), limit, Duration::from_secs(5), true));
         (s, signal)
     }

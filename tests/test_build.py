@@ -103,3 +103,59 @@ def test_a_child_serving_http2_maps_no_code_past_the_listed_functions(server):
             f"child {pid} maps {len(past)} code pages past the listed functions (from file offset "
             f"{hex(min(past))}; the list ends at address {hex(hot_end)}): a function httpd now runs is missing from "
             "link/hot-code.ld; run scripts/hot-code")
+
+
+def thread_stack_top_pages(pid):
+    """For each thread stack of `pid` (an anonymous mapping right above its
+    guard page), how many pages from its top down are resident without a
+    gap: the thread's descriptor and TLS, then the deepest its calls went.
+    (A stack also has lone resident pages further down, the same with or
+    without HTTP/2; they are not counted.)"""
+    counts = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        rows = [line.split() for line in maps]
+        for below, row in zip(rows, rows[1:]):
+            if len(row) != 5 or row[1] != "rw-p" or len(below) != 5 or below[1] != "---p":
+                continue
+            guard_lo, guard_hi = (int(x, 16) for x in below[0].split("-"))
+            lo, hi = (int(x, 16) for x in row[0].split("-"))
+            if guard_hi != lo or guard_hi - guard_lo != 4096 or hi - lo < 256 * 1024:
+                continue
+            pages = 0
+            for addr in range(hi - 4096, lo, -4096):
+                pagemap.seek(addr // 4096 * 8)
+                if not struct.unpack("<Q", pagemap.read(8))[0] >> 63:
+                    break
+                pages += 1
+            counts.append(pages)
+    return counts
+
+
+def median_stack_top_pages(server):
+    counts = [n for pid in server.mpm_children() for n in thread_stack_top_pages(pid)]
+    assert len(counts) >= 16, counts
+    return sorted(counts)[len(counts) // 2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading the children's page maps needs root")
+def test_http2_requests_leave_thread_stacks_as_shallow_as_http1(make_server):
+    """Each MPM thread keeps every stack page its deepest call touched. A
+    request runs under c1's session loop and the dispatch to its c2, so
+    frames on that path count for every thread that ever serves HTTP/2:
+    with a 0.8 KiB frame under `h2rs_process_connection` and 2 KiB under
+    nghttp2's header callback, most threads kept a page more than under
+    HTTP/1.1 (0.4 MiB over two children; docs/INTERNALS.md "Thread
+    stacks")."""
+    h2 = make_server()
+    h2.start()
+    h1 = make_server(module="", protocols="http/1.1")
+    h1.start()
+    # Multiplexed, one request at a time, paced (each request finds its
+    # connection parked in the MPM); HTTP/1.1 the same without -m.
+    loads = (["-n", "3000", "-c", "16"], ["-n", "400", "-c", "16"], ["-n", "200", "-c", "16", "--rps", "50"])
+    for srv, extra in ((h2, [["-m", "10"], ["-m", "1"], ["-m", "1"]]), (h1, [["--h1"]] * 3)):
+        for args, more in zip(loads, extra):
+            r = h2load(*args, *more, srv.url("/1k.bin"))
+            assert r.get("succeeded") == int(args[1]), r["output"]
+    ours, http1 = median_stack_top_pages(h2), median_stack_top_pages(h1)
+    assert ours <= http1, f"median resident stack top: {ours} pages per thread, HTTP/1.1 {http1}"
