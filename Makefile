@@ -31,6 +31,14 @@ EXPORTS := c_shim/h2rs.map
 # .text; a linker that prints no such script links without it.
 HOT_CODE := link/hot-code.ld
 LINK_SCRIPT := $(BUILD)/module.ld
+# Relative relocations packed (DT_RELR) where linker and glibc (2.36+,
+# which then marks the .so as needing it) support it: .rela.dyn shrinks
+# from 41 to 4 KiB, and with it the first segment, which every process
+# that looks up a symbol maps whole (fault-around): 52 -> 16 KiB in each
+# child and in mod_cgid's daemon.
+PACK_RELOCS := $(shell d=$$(mktemp -d) && printf 'static int x; int *p = &x; void abort(void); void f(void) { abort(); }\n' \
+    | $(CC) -shared -fPIC -x c - -o $$d/probe.so -Wl,-z,pack-relative-relocs 2>/dev/null \
+    && readelf -V $$d/probe.so | grep -q GLIBC_ABI_DT_RELR && echo -Wl,-z,pack-relative-relocs; rm -rf $$d)
 
 .PHONY: all install test clean check-exports FORCE
 
@@ -62,7 +70,7 @@ $(LINK_SCRIPT): $(HOT_CODE)
 $(SO): $(SHIM_OBJ) $(RUSTLIB) $(EXPORTS) $(LINK_SCRIPT)
 	$(CC) -shared -o $@.tmp $(SHIM_OBJ) $(RUSTLIB) $$(test -s $(LINK_SCRIPT) && echo -Wl,-T,$(LINK_SCRIPT)) \
 	    -Wl,-u,http2_module -Wl,-u,proxy_http2_module -Wl,--version-script=$(EXPORTS) -Wl,-Bsymbolic \
-	    -Wl,--gc-sections $(NATIVE_LIBS)
+	    -Wl,--gc-sections $(PACK_RELOCS) $(NATIVE_LIBS)
 	mv -f $@.tmp $@
 
 # The .so must export its two module records and nothing else.
