@@ -1044,10 +1044,11 @@ unsafe fn renegotiation_refused<'a>(r: *mut ffi::request_rec) -> Option<&'a [u8]
 /// with a small frame under the handler's further output.
 ///
 /// # Safety
-/// `r` is the live request of the c2 owned by this thread.
+/// `r` is the live request of `c`, the c2 owned by this thread.
 #[inline(never)]
 unsafe fn start_response(
     r: *mut ffi::request_rec,
+    c: *mut ffi::conn_rec,
     ctx: &mut C2Ctx,
     stream: &Stream,
     brigade: BrigadeRef,
@@ -1079,7 +1080,7 @@ unsafe fn start_response(
             ctx.discard_output = true;
             (*r).sent_bodyct = 1;
             if let Err(e) = stream.refuse(crate::nghttp2::error_code::HTTP_1_1_REQUIRED) {
-                (*(*r).connection).aborted = 1;
+                (*c).aborted = 1;
                 return Some(stream_error_status(e));
             }
             stream.end_output(None);
@@ -1090,7 +1091,7 @@ unsafe fn start_response(
             if let Verdict::Refuse(refusal) = websocket::judge(head, accept) {
                 brigade.cleanup();
                 if let Err(e) = refuse_tunnel(ctx, stream, refusal) {
-                    (*(*r).connection).aborted = 1;
+                    (*c).aborted = 1;
                     return Some(stream_error_status(e));
                 }
                 (*r).sent_bodyct = 1;
@@ -1101,7 +1102,7 @@ unsafe fn start_response(
             Some(head) => {
                 if let Err(e) = stream.set_response(head) {
                     brigade.cleanup();
-                    (*(*r).connection).aborted = 1;
+                    (*c).aborted = 1;
                     return Some(stream_error_status(e));
                 }
             }
@@ -1164,7 +1165,7 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
         }
 
         if !ctx.response_set {
-            if let Some(rv) = start_response(r, ctx, &stream, brigade, error_status) {
+            if let Some(rv) = start_response(r, c, ctx, &stream, brigade, error_status) {
                 return rv;
             }
         }
