@@ -83,6 +83,12 @@ def test_relative_relocations_are_packed():
     assert int(first_load[4], 16) <= 24 * 1024, first_load
 
 
+def is_resident(pagemap, addr):
+    """Whether the page at `addr` is present, by the process's page map."""
+    pagemap.seek(addr // 4096 * 8)
+    return bool(struct.unpack("<Q", pagemap.read(8))[0] >> 63)
+
+
 def resident_code_offsets(pid):
     """Offsets in the module's file of the code pages resident in `pid`."""
     offsets = []
@@ -93,8 +99,7 @@ def resident_code_offsets(pid):
                 continue
             lo, hi = (int(x, 16) for x in fields[0].split("-"))
             for addr in range(lo, hi, 4096):
-                pagemap.seek(addr // 4096 * 8)
-                if struct.unpack("<Q", pagemap.read(8))[0] >> 63:
+                if is_resident(pagemap, addr):
                     offsets.append(int(fields[2], 16) + addr - lo)
     return offsets
 
@@ -141,8 +146,7 @@ def thread_stack_top_pages(pid):
                 continue
             pages = 0
             for addr in range(hi - 4096, lo, -4096):
-                pagemap.seek(addr // 4096 * 8)
-                if not struct.unpack("<Q", pagemap.read(8))[0] >> 63:
+                if not is_resident(pagemap, addr):
                     break
                 pages += 1
             counts.append(pages)
