@@ -462,6 +462,31 @@ def test_ssl_variables_on_tls_streams(make_server, certs, docroot):
     c.close()
 
 
+def test_h2_variables_replace_ones_set_before_them(make_server, certs):
+    """The stream's variables replace any of the same name set earlier in
+    the request (here by mod_rewrite), on h2c and under TLS (where mod_ssl
+    has set its own variables first): one entry each, ours. A static file,
+    not a CGI script: CGI's environment keeps the last of duplicate names,
+    the access log (%{H2_STREAM_ID}e) the first."""
+    from conftest import free_port
+    from h2client import tls_socket
+    port = free_port()
+    rewrite = "RewriteEngine on\nRewriteRule ^/index\\.html$ - [E=H2_STREAM_ID:bogus,E=HTTP2:bogus,E=OTHER:kept]"
+    srv = make_server(extra=rewrite)
+    srv.tls_config(certs, port, extra=rewrite)
+    srv.start()
+    for c in (H2Client(srv.port), H2Client(port, sock=tls_socket(port))):
+        assert c.wait_stream(c.request("/index.html")).status == 200
+        c.close()
+    deadline = time.monotonic() + 5
+    while True:
+        logged = [line for line in srv.access_log.read_text().splitlines() if "/index.html" in line]
+        if len(logged) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(logged) == 2 and all(line.endswith(" HTTP/2.0 1") for line in logged), logged
+
+
 @pytest.fixture
 def tcp_echo():
     """A TCP echo server (a thread per connection): returns its port."""

@@ -51,6 +51,23 @@ impl TableRef {
         }
     }
 
+    /// Whether some entry's key satisfies `pred` (stops at the first).
+    pub fn any_key(self, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
+        // SAFETY: as in for_each; only the keys are read.
+        unsafe {
+            let arr = ffi::apr_table_elts(self.as_ptr());
+            if arr.is_null() {
+                return false;
+            }
+            let n = (*arr).nelts.max(0) as usize;
+            let elts = (*arr).elts as *const ffi::apr_table_entry_t;
+            (0..n).any(|i| {
+                let e = &*elts.add(i);
+                !e.key.is_null() && pred(CStr::from_ptr(e.key).to_bytes())
+            })
+        }
+    }
+
     pub fn is_empty(self) -> bool {
         // SAFETY: live table.
         unsafe { ffi::apr_is_empty_table(self.as_ptr()) != 0 }
