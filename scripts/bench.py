@@ -47,8 +47,11 @@ MaxConnectionsPerChild 0"""
 
 
 class Server:
-    def __init__(self, base, name, module_line, docroot):
+    def __init__(self, base, name, module_line, docroot, tls=None):
+        """`tls`: (certificate, key) files for a TLS virtual host on a
+        second port (`tls_port`), with the same protocols as the server."""
         self.name = name
+        self.module_line = module_line
         self.dir = base / name
         self.dir.mkdir(parents=True)
         os.chmod(self.dir, 0o755)
@@ -87,6 +90,22 @@ DocumentRoot "{docroot}"
   Require all granted
 </Directory>
 Protocols {protocols}
+""")
+        self.tls_port = None
+        if tls:
+            self.tls_port = free_port()
+            cert, key = tls
+            with open(self.dir / "httpd.conf", "a") as conf:
+                conf.write(f"""LoadModule ssl_module {MODDIR}/mod_ssl.so
+LoadModule socache_shmcb_module {MODDIR}/mod_socache_shmcb.so
+SSLSessionCache "shmcb:{self.dir}/ssl_scache(512000)"
+Listen 127.0.0.1:{self.tls_port}
+<VirtualHost 127.0.0.1:{self.tls_port}>
+  SSLEngine on
+  SSLCertificateFile "{cert}"
+  SSLCertificateKeyFile "{key}"
+  Protocols {protocols.replace("h2c", "h2")}
+</VirtualHost>
 """)
 
     def start(self):
@@ -323,21 +342,45 @@ def idle_workload(server, n, h1):
 
 
 WORKLOADS = [
-    # name, path, h2 args, h1 args, timeout
-    ("1 KiB, c100 m10", "/1k.bin", ["-n", "100000", "-c", "100", "-m", "10"], ["-n", "100000", "-c", "100"], 120),
-    ("1 KiB, c1 m100", "/1k.bin", ["-n", "30000", "-c", "1", "-m", "100"], ["-n", "30000", "-c", "1"], 120),
+    # name, path, h2 args, h1 args, timeout, over TLS
+    ("1 KiB, c100 m10", "/1k.bin", ["-n", "100000", "-c", "100", "-m", "10"], ["-n", "100000", "-c", "100"], 120, False),
+    ("1 KiB, c1 m100", "/1k.bin", ["-n", "30000", "-c", "1", "-m", "100"], ["-n", "30000", "-c", "1"], 120, False),
     # One request at a time per connection (clients that do not multiplex):
     # what HTTP/2's framing costs when nothing amortizes it.
-    ("1 KiB, c100 m1", "/1k.bin", ["-n", "100000", "-c", "100", "-m", "1"], ["-n", "100000", "-c", "100"], 120),
+    ("1 KiB, c100 m1", "/1k.bin", ["-n", "100000", "-c", "100", "-m", "1"], ["-n", "100000", "-c", "100"], 120, False),
     # Clients that pause between requests, as browsers do (h2load paces
     # each at 20 req/s): the rate is fixed, so the CPU column is the
     # figure. Each request finds its connection parked in the MPM.
     ("1 KiB, c200 m1 20/s", "/1k.bin", ["-n", "20000", "-c", "200", "-m", "1", "--rps", "20"],
-     ["-n", "20000", "-c", "200", "--rps", "20"], 120),
-    ("100 KiB, c50 m10", "/100k.bin", ["-n", "20000", "-c", "50", "-m", "10"], ["-n", "20000", "-c", "50"], 120),
-    ("10 MiB, c4 m4", "/10m.bin", ["-n", "200", "-c", "4", "-m", "4"], ["-n", "200", "-c", "4"], 180),
-    ("CGI, c10 m4", "/cgi/hello.cgi", ["-n", "2000", "-c", "10", "-m", "4"], ["-n", "2000", "-c", "10"], 180),
+     ["-n", "20000", "-c", "200", "--rps", "20"], 120, False),
+    ("100 KiB, c50 m10", "/100k.bin", ["-n", "20000", "-c", "50", "-m", "10"], ["-n", "20000", "-c", "50"], 120, False),
+    ("10 MiB, c4 m4", "/10m.bin", ["-n", "200", "-c", "4", "-m", "4"], ["-n", "200", "-c", "4"], 180, False),
+    ("CGI, c10 m4", "/cgi/hello.cgi", ["-n", "2000", "-c", "10", "-m", "4"], ["-n", "2000", "-c", "10"], 180, False),
+    # The same httpd over TLS (mod_ssl, TLS 1.3, an ECDSA P-256 certificate;
+    # h2 negotiated by ALPN, HTTP/1.1 on a vhost without h2), which is how
+    # browsers reach HTTP/2. Each client connects once, and 50 of them, so
+    # that no child gets more busy connections than its 64 threads: beyond
+    # that the event MPM closes HTTP/1.1's keep-alive connections, and
+    # every reconnect is a handshake counted in the CPU per request.
+    ("TLS 1 KiB, c50 m10", "/1k.bin", ["-n", "100000", "-c", "50", "-m", "10"], ["-n", "100000", "-c", "50"], 120,
+     True),
+    ("TLS 1 KiB, c50 m1", "/1k.bin", ["-n", "30000", "-c", "50", "-m", "1"], ["-n", "30000", "-c", "50"], 120, True),
+    ("TLS 100 KiB, c50 m10", "/100k.bin", ["-n", "20000", "-c", "50", "-m", "10"], ["-n", "20000", "-c", "50"], 120,
+     True),
 ]
+
+
+def make_tls_cert(base):
+    """A self-signed ECDSA certificate for the TLS workloads: (cert, key),
+    or None where mod_ssl or the openssl tool is missing."""
+    if not (pathlib.Path(MODDIR) / "mod_ssl.so").exists() or not shutil.which("openssl"):
+        return None
+    cert, key = base / "tls-cert.pem", base / "tls-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    os.chmod(key, 0o644)  # read by httpd, which starts as root here but may not
+    return cert, key
 
 
 def make_docroot(base):
@@ -421,17 +464,37 @@ def main():
         shutil.rmtree(base, ignore_errors=True)
         return
     results = {}  # workload -> server -> [round results]
+    workloads = [w for w in WORKLOADS if not args.only or args.only in w[0]]
+    # The TLS rows get servers of their own, started when they come: mod_ssl
+    # and OpenSSL loaded in the cleartext rows' servers would change those
+    # rows' figures (RSS above all). Host servers only: the container rows
+    # compare the runtime's cost, which TLS does not change.
+    tls_servers = {}
+    tls = make_tls_cert(base) if any(w[5] for w in workloads) else None
+    if tls:
+        for key, srv in servers.items():
+            if not isinstance(srv, ContainerServer):
+                tls_servers[key] = Server(base, f"{srv.dir.name}-tls", srv.module_line, doc, tls)
+    tls_started = False
     try:
-        workloads = [w for w in WORKLOADS if not args.only or args.only in w[0]]
-        for name, path, h2args, h1args, timeout in workloads:
+        for name, path, h2args, h1args, timeout, over_tls in workloads:
+            if over_tls and not tls:
+                print(f"{name}: skipped (no mod_ssl.so or openssl)", flush=True)
+                continue
+            if over_tls and not tls_started:
+                tls_started = True
+                for s in tls_servers.values():
+                    s.start()
+            tested = tls_servers if over_tls else servers
             if args.quick:
                 h2args = [a if a not in ("100000", "30000", "20000") else str(int(a) // 4) for a in h2args]
                 h1args = [a if a not in ("100000", "30000", "20000") else str(int(a) // 4) for a in h1args]
-            results[name] = {k: [] for k in servers}
+            results[name] = {k: [] for k in tested}
             for rnd in range(rounds):
-                for key, srv in servers.items():
+                for key, srv in tested.items():
                     h1 = key.startswith("HTTP/1.1")
-                    url = f"http://127.0.0.1:{srv.port}{path}"
+                    scheme, port = ("https", srv.tls_port) if over_tls else ("http", srv.port)
+                    url = f"{scheme}://127.0.0.1:{port}{path}"
                     # warm-up
                     h2load(srv, (h1args if h1 else h2args)[:0] + ["-n", "500", "-c", "10"] + ([] if h1 else ["-m", "4"]) + [url], h1, 60)
                     cpu0 = srv.cpu_seconds()
@@ -446,6 +509,9 @@ def main():
                           f"p99 {r['p99_ms']:7.2f} ms  CPU {r['cpu_us_per_req']:6.0f} us/req  "
                           f"client {r['client_cpu_us_per_req']:6.0f} us/req  "
                           f"peak RSS {r['peak_rss_mib']:6.1f} MiB  failed {r['failed']}", flush=True)
+        if tls_started:
+            for s in tls_servers.values():
+                s.stop()
         if not args.only or "idle" in args.only:
             name = f"{args.idle} idle conns"
             results[name] = {k: [] for k in servers}
@@ -457,9 +523,10 @@ def main():
                 print(f"{name:18} {key:9} {r['kib_per_idle_conn']:6.1f} KiB/conn, first {r['first_answered']}, "
                       f"second {r['second_answered']}", flush=True)
     finally:
-        for s in servers.values():
+        started = {**servers, **({f"{k} (TLS)": s for k, s in tls_servers.items()} if tls_started else {})}
+        for s in started.values():
             s.stop()
-        crashed = [k for k, s in servers.items() if s.crashed()]
+        crashed = [k for k, s in started.items() if s.crashed()]
     report(results, servers, rounds, pathlib.Path(args.out), crashed)
     shutil.rmtree(base, ignore_errors=True)
 
@@ -501,12 +568,14 @@ def med(xs):
     return statistics.median(xs) if xs else 0.0
 
 
-def report(results, servers, rounds, out, crashed):
+def report(results, servers, rounds, out, crashed, date=None):
     v = versions()
-    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    date = date or datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [f"# Benchmark ({date})", "",
              f"Machine: {v['cpus']} CPUs, Linux {v['kernel']}; {v['httpd']}; {v['h2load']}; mod_h2rs {v['mod_h2rs']}.",
              f"Event MPM, 2 children x 64 threads, access log on, loopback; {rounds} interleaved round(s), medians.",
+             "TLS rows: mod_ssl, TLS 1.3 (h2load negotiates TLS_AES_128_GCM_SHA256), an ECDSA P-256 certificate; "
+             "h2 by ALPN, HTTP/1.1 on a virtual host without h2.",
              ""]
     lines += ["| workload | server | req/s | mean ms | p99 ms | CPU µs/req | client CPU µs/req | peak RSS MiB | failed |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -568,9 +637,13 @@ def report(results, servers, rounds, out, crashed):
         import matplotlib.pyplot as plt
         names = list(chart)
         keys = list(servers)
-        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6))
-        if len(names) == 1:
-            axes = [axes]
+        # At most five workloads per row: the TLS rows go under the others.
+        cols = min(5, len(names))
+        rows = (len(names) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False)
+        axes = list(axes.flat)
+        for ax in axes[len(names):]:
+            ax.set_visible(False)
         colors = {"mod_h2rs": "#2a7ab0", "stock": "#c0504d", "HTTP/1.1": "#7f7f7f", "mod_h2rs (container)": "#5b9bd5",
                   "HTTP/1.1 (container)": "#bfbfbf"}
         for ax, name in zip(axes, names):
