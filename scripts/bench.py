@@ -379,7 +379,7 @@ def make_tls_cert(base):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    os.chmod(key, 0o644)  # read by httpd, which starts as root here but may not
+    os.chmod(key, 0o644)  # httpd reads it, and need not run as root
     return cert, key
 
 
@@ -568,9 +568,9 @@ def med(xs):
     return statistics.median(xs) if xs else 0.0
 
 
-def report(results, servers, rounds, out, crashed, date=None):
+def report(results, servers, rounds, out, crashed):
     v = versions()
-    date = date or datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [f"# Benchmark ({date})", "",
              f"Machine: {v['cpus']} CPUs, Linux {v['kernel']}; {v['httpd']}; {v['h2load']}; mod_h2rs {v['mod_h2rs']}.",
              f"Event MPM, 2 children x 64 threads, access log on, loopback; {rounds} interleaved round(s), medians.",
