@@ -268,18 +268,24 @@ def h2load(server, args, h1, timeout):
     }
 
 
-def idle_workload(server, n, h1):
+def idle_workload(server, n, h1, over_tls=False):
     """n connections, one request each, idle 3 s: KiB of RSS per idle
     connection; then a second request on each: how many answered."""
     import h2.config
     import h2.connection
     import h2.events
     import h2.exceptions
+    import ssl
+    tls = ssl.create_default_context()
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    tls.set_alpn_protocols(["http/1.1" if h1 else "h2"])
     base = server.rss_kib()
     conns, ok2 = [], 0
     for _ in range(n):
         try:
-            s = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+            s = socket.create_connection(("127.0.0.1", server.tls_port if over_tls else server.port), timeout=15)
+            if over_tls:
+                s = tls.wrap_socket(s, server_hostname="127.0.0.1")
         except OSError:
             continue  # counted as not answered
         if h1:
@@ -368,6 +374,13 @@ WORKLOADS = [
     ("TLS 100 KiB, c50 m10", "/100k.bin", ["-n", "20000", "-c", "50", "-m", "10"], ["-n", "20000", "-c", "50"], 120,
      True),
 ]
+
+
+def start_all(servers):
+    """Starts every server of a {name: server}; True (for a started flag)."""
+    for srv in servers.values():
+        srv.start()
+    return True
 
 
 def make_tls_cert(base):
@@ -470,7 +483,8 @@ def main():
     # rows' figures (RSS above all). Host servers only: the container rows
     # compare the runtime's cost, which TLS does not change.
     tls_servers = {}
-    tls = make_tls_cert(base) if any(w[5] for w in workloads) else None
+    with_idle = not args.only or "idle" in args.only
+    tls = make_tls_cert(base) if with_idle or any(w[5] for w in workloads) else None
     if tls:
         for key, srv in servers.items():
             if not isinstance(srv, ContainerServer):
@@ -482,9 +496,7 @@ def main():
                 print(f"{name}: skipped (no mod_ssl.so or openssl)", flush=True)
                 continue
             if over_tls and not tls_started:
-                tls_started = True
-                for s in tls_servers.values():
-                    s.start()
+                tls_started = start_all(tls_servers)
             tested = tls_servers if over_tls else servers
             if args.quick:
                 h2args = [a if a not in ("100000", "30000", "20000") else str(int(a) // 4) for a in h2args]
@@ -509,19 +521,21 @@ def main():
                           f"p99 {r['p99_ms']:7.2f} ms  CPU {r['cpu_us_per_req']:6.0f} us/req  "
                           f"client {r['client_cpu_us_per_req']:6.0f} us/req  "
                           f"peak RSS {r['peak_rss_mib']:6.1f} MiB  failed {r['failed']}", flush=True)
-        if tls_started:
-            for s in tls_servers.values():
-                s.stop()
         if not args.only or "idle" in args.only:
-            name = f"{args.idle} idle conns"
-            results[name] = {k: [] for k in servers}
-            for key, srv in servers.items():
-                if isinstance(srv, ContainerServer):
-                    continue  # the container rows compare throughput only
-                r = idle_workload(srv, args.idle, key.startswith("HTTP/1.1"))
-                results[name][key].append(r)
-                print(f"{name:18} {key:9} {r['kib_per_idle_conn']:6.1f} KiB/conn, first {r['first_answered']}, "
-                      f"second {r['second_answered']}", flush=True)
+            idle_runs = [(f"{args.idle} idle conns", servers, False)]
+            if tls_servers:
+                idle_runs.append((f"{args.idle} idle conns over TLS", tls_servers, True))
+            for name, idle_servers, over_tls in idle_runs:
+                if over_tls and not tls_started:
+                    tls_started = start_all(tls_servers)
+                results[name] = {k: [] for k in idle_servers}
+                for key, srv in idle_servers.items():
+                    if isinstance(srv, ContainerServer):
+                        continue  # the container rows compare throughput only
+                    r = idle_workload(srv, args.idle, key.startswith("HTTP/1.1"), over_tls)
+                    results[name][key].append(r)
+                    print(f"{name:18} {key:9} {r['kib_per_idle_conn']:6.1f} KiB/conn, first {r['first_answered']}, "
+                          f"second {r['second_answered']}", flush=True)
     finally:
         started = {**servers, **({f"{k} (TLS)": s for k, s in tls_servers.items()} if tls_started else {})}
         for s in started.values():
