@@ -52,6 +52,7 @@ class Server:
         second port (`tls_port`), with the same protocols as the server."""
         self.name = name
         self.module_line = module_line
+        self.pid = None  # set by start()
         self.dir = base / name
         self.dir.mkdir(parents=True)
         os.chmod(self.dir, 0o755)
@@ -275,10 +276,11 @@ def idle_workload(server, n, h1, over_tls=False):
     import h2.connection
     import h2.events
     import h2.exceptions
-    import ssl
-    tls = ssl.create_default_context()
-    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
-    tls.set_alpn_protocols(["http/1.1" if h1 else "h2"])
+    if over_tls:
+        import ssl
+        tls = ssl.create_default_context()
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+        tls.set_alpn_protocols(["http/1.1" if h1 else "h2"])
     base = server.rss_kib()
     conns, ok2 = [], 0
     for _ in range(n):
@@ -376,11 +378,11 @@ WORKLOADS = [
 ]
 
 
-def start_all(servers):
-    """Starts every server of a {name: server}; True (for a started flag)."""
+def start_pending(servers):
+    """Starts the servers of a {name: server} not started yet."""
     for srv in servers.values():
-        srv.start()
-    return True
+        if srv.pid is None:
+            srv.start()
 
 
 def make_tls_cert(base):
@@ -461,8 +463,7 @@ def main():
         # cost (seccomp, cgroups) shows in both, so compare them to each other.
         servers["mod_h2rs (container)"] = ContainerServer(base, "container", doc, args.container)
         servers["HTTP/1.1 (container)"] = ContainerServer(base, "container-h1", doc, args.container, h2=False)
-    for s in servers.values():
-        s.start()
+    start_pending(servers)
     if args.uptime:
         hosts = {k: s for k, s in servers.items() if not isinstance(s, ContainerServer)}
         try:
@@ -489,14 +490,13 @@ def main():
         for key, srv in servers.items():
             if not isinstance(srv, ContainerServer):
                 tls_servers[key] = Server(base, f"{srv.dir.name}-tls", srv.module_line, doc, tls)
-    tls_started = False
     try:
         for name, path, h2args, h1args, timeout, over_tls in workloads:
             if over_tls and not tls:
                 print(f"{name}: skipped (no mod_ssl.so or openssl)", flush=True)
                 continue
-            if over_tls and not tls_started:
-                tls_started = start_all(tls_servers)
+            if over_tls:
+                start_pending(tls_servers)
             tested = tls_servers if over_tls else servers
             if args.quick:
                 h2args = [a if a not in ("100000", "30000", "20000") else str(int(a) // 4) for a in h2args]
@@ -526,8 +526,7 @@ def main():
             if tls_servers:
                 idle_runs.append((f"{args.idle} idle conns over TLS", tls_servers, True))
             for name, idle_servers, over_tls in idle_runs:
-                if over_tls and not tls_started:
-                    tls_started = start_all(tls_servers)
+                start_pending(idle_servers)
                 results[name] = {k: [] for k in idle_servers}
                 for key, srv in idle_servers.items():
                     if isinstance(srv, ContainerServer):
@@ -537,7 +536,7 @@ def main():
                     print(f"{name:18} {key:9} {r['kib_per_idle_conn']:6.1f} KiB/conn, first {r['first_answered']}, "
                           f"second {r['second_answered']}", flush=True)
     finally:
-        started = {**servers, **({f"{k} (TLS)": s for k, s in tls_servers.items()} if tls_started else {})}
+        started = {**servers, **{f"{k} (TLS)": s for k, s in tls_servers.items() if s.pid is not None}}
         for s in started.values():
             s.stop()
         crashed = [k for k, s in started.items() if s.crashed()]

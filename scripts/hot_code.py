@@ -61,20 +61,19 @@ def profile(base, doc):
                       "--dump-before=h2rs_child_init", "--fair-sched=yes"]
     with under_callgrind(srv, callgrind_args, base / "valgrind.log", ("-DFOREGROUND",)) as proc:
         url = f"http://127.0.0.1:{srv.port}"
-        for args in (["-n", "300", "-c", "20", "-m", "1", "--rps", "10", url + "/1k.bin"],
-                     ["-n", "3000", "-c", "100", "-m", "10", url + "/1k.bin"],
-                     ["-n", "200", "-c", "4", "-m", "4", url + "/100k.bin"],
-                     ["-n", "20", "-c", "2", "-m", "2", url + "/cgi/hello.cgi"]):
+        loads = [["-n", "300", "-c", "20", "-m", "1", "--rps", "10", url + "/1k.bin"],
+                 ["-n", "3000", "-c", "100", "-m", "10", url + "/1k.bin"],
+                 ["-n", "200", "-c", "4", "-m", "4", url + "/100k.bin"],
+                 ["-n", "20", "-c", "2", "-m", "2", url + "/cgi/hello.cgi"]]
+        if tls:
+            tls_url = f"https://127.0.0.1:{srv.tls_port}"
+            loads += [["-n", "300", "-c", "20", "-m", "1", "--rps", "10", tls_url + "/1k.bin"],
+                      ["-n", "3000", "-c", "50", "-m", "10", tls_url + "/1k.bin"],
+                      ["-n", "200", "-c", "4", "-m", "4", tls_url + "/100k.bin"]]
+        for args in loads:
             r = h2load(srv, args, False, 600)
             if r["done"] == 0:
                 raise RuntimeError(f"h2load {' '.join(args)} answered nothing")
-        if tls:
-            tls_url = f"https://127.0.0.1:{srv.tls_port}"
-            for args in (["-n", "300", "-c", "20", "-m", "1", "--rps", "10", tls_url + "/1k.bin"],
-                         ["-n", "3000", "-c", "50", "-m", "10", tls_url + "/1k.bin"],
-                         ["-n", "200", "-c", "4", "-m", "4", tls_url + "/100k.bin"]):
-                if h2load(srv, args, False, 600)["done"] == 0:
-                    raise RuntimeError(f"h2load {' '.join(args)} answered nothing")
         for flag, path in (("--http2", "/nonexistent"), ("--http2-prior-knowledge", "/")):
             subprocess.run(["curl", "-s", "-o", "/dev/null", flag, url + path], check=True)
     parent, children = collections.Counter(), collections.Counter()

@@ -29,25 +29,14 @@ impl TableRef {
 
     /// Calls `f` for every (key, value) entry in order.
     pub fn for_each<'a>(self, mut f: impl FnMut(&'a [u8], &'a [u8])) {
-        // SAFETY: apr_table_elts returns the table's entry array; entries
-        // with a NULL key are deleted slots and skipped. Strings are
-        // NUL-terminated and allocated in the table's pool.
-        unsafe {
-            let arr = ffi::apr_table_elts(self.as_ptr());
-            if arr.is_null() {
-                return;
-            }
-            let n = (*arr).nelts.max(0) as usize;
-            let elts = (*arr).elts as *const ffi::apr_table_entry_t;
-            for i in 0..n {
-                let e = &*elts.add(i);
-                if e.key.is_null() {
-                    continue;
-                }
-                let k = CStr::from_ptr(e.key).to_bytes();
+        for e in self.raw_entries() {
+            // SAFETY: keys and values are NUL-terminated strings in the
+            // table's pool (see raw_entries).
+            let (k, v) = unsafe {
                 let v = if e.val.is_null() { &[][..] } else { CStr::from_ptr(e.val).to_bytes() };
-                f(k, v);
-            }
+                (CStr::from_ptr(e.key).to_bytes(), v)
+            };
+            f(k, v);
         }
     }
 
@@ -57,19 +46,27 @@ impl TableRef {
     /// with its caller among the functions `link/hot-code.ld` lists.
     #[inline]
     pub fn any_key(self, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
-        // SAFETY: as in for_each; only the keys are read.
-        unsafe {
+        // SAFETY: keys are NUL-terminated strings in the table's pool (see
+        // raw_entries); only the keys are read.
+        self.raw_entries().any(|e| pred(unsafe { CStr::from_ptr(e.key) }.to_bytes()))
+    }
+
+    /// The table's live entries in order (deleted slots, whose key is
+    /// NULL, skipped), borrowed for as long as the table's pool lives.
+    #[inline]
+    fn raw_entries<'a>(self) -> impl Iterator<Item = &'a ffi::apr_table_entry_t> {
+        // SAFETY: apr_table_elts returns the table's entry array (`nelts`
+        // entries), which lives in the table's pool; the handle's contract
+        // (from_raw) keeps the table unchanged by others while it is used.
+        let entries: &'a [ffi::apr_table_entry_t] = unsafe {
             let arr = ffi::apr_table_elts(self.as_ptr());
-            if arr.is_null() {
-                return false;
+            if arr.is_null() || (*arr).elts.is_null() {
+                &[]
+            } else {
+                std::slice::from_raw_parts((*arr).elts as *const ffi::apr_table_entry_t, (*arr).nelts.max(0) as usize)
             }
-            let n = (*arr).nelts.max(0) as usize;
-            let elts = (*arr).elts as *const ffi::apr_table_entry_t;
-            (0..n).any(|i| {
-                let e = &*elts.add(i);
-                !e.key.is_null() && pred(CStr::from_ptr(e.key).to_bytes())
-            })
-        }
+        };
+        entries.iter().filter(|e| !e.key.is_null())
     }
 
     pub fn is_empty(self) -> bool {
