@@ -64,6 +64,15 @@ const DIRECT_READ_SIZE: usize = 2 * SOCKET_READ_SIZE;
 /// CPU each here); 32 gained little more. A response that fills the frame
 /// buffer is written at once whatever the count.
 const RUN_HERE_BATCH: usize = 16;
+/// Frames of streams c1 runs itself are written once they reach this many
+/// bytes, rather than kept while the next stream runs. A buffer so held
+/// has few pages touched, and one that took a large response goes back to
+/// `FRAME_BUFS` at once: under load most MPM threads that serve h2 are in
+/// `run_streams_here` at any moment, runnable or running a stream, and
+/// when each kept a buffer that had taken 100 KiB files across stream runs,
+/// 30-47 buffers of 144 KiB were in use at once in a child (100 KiB
+/// `-c 50 -m 10`), nearly all of them outside the socket write.
+const RUN_HERE_WRITE_AT: usize = 32 * 1024;
 
 /// Free c2s a connection keeps at most (`FreeCache`), when its fair share
 /// of workers is larger: each holds ~32 KiB of APR nodes, and c1 needs
@@ -87,7 +96,8 @@ const WRITE_CHUNK: usize = 128 * 1024;
 /// Shared, not one per thread: a buffer grows to
 /// `FRAME_BUF_CAPACITY`, and one per MPM thread that ever served h2 held
 /// up to 8 MiB of heap at 100 KiB `-c 50 -m 10`, while only the threads
-/// writing at the moment need one.
+/// writing at the moment need one. At `FRAME_BUF_CAPACITY` a buffer is a
+/// mapping of its own (`alloc::MAPPED_MIN`), unmapped when freed.
 static FRAME_BUFS: Mutex<Vec<Vec<u8>>> = parking_lot::const_mutex(Vec::new());
 /// Free frame buffers kept: about the writes in flight at once on a small
 /// machine; more are made when needed and freed after.
@@ -97,16 +107,43 @@ const FRAME_BUFS_KEPT: usize = 8;
 /// size, a buffer never doubles to 256 KiB.
 const FRAME_BUF_CAPACITY: usize = WRITE_CHUNK + 16 * 1024 + 9 + 256;
 
-/// Runs `f` with an empty frame buffer from `FRAME_BUFS`.
-fn with_frame_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    let mut buf = FRAME_BUFS.lock().pop().unwrap_or_else(|| Vec::with_capacity(FRAME_BUF_CAPACITY));
-    let result = f(&mut buf);
-    buf.clear();
-    let mut free = FRAME_BUFS.lock();
-    if free.len() < FRAME_BUFS_KEPT {
-        free.push(buf);
+/// A frame buffer from `FRAME_BUFS`, empty when taken; dropping it gives
+/// it back.
+struct FrameBuf(Vec<u8>);
+
+impl FrameBuf {
+    fn take() -> FrameBuf {
+        let kept = FRAME_BUFS.lock().pop();
+        FrameBuf(kept.unwrap_or_else(|| Vec::with_capacity(FRAME_BUF_CAPACITY)))
     }
-    result
+}
+
+impl Drop for FrameBuf {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        let mut free = FRAME_BUFS.lock();
+        if free.len() < FRAME_BUFS_KEPT {
+            free.push(buf);
+            return;
+        }
+        drop(free);
+        // One too many: freed outside the lock.
+        drop(buf);
+    }
+}
+
+impl std::ops::Deref for FrameBuf {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for FrameBuf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
 }
 
 // ---- process-wide state ------------------------------------------------------
@@ -1049,54 +1086,52 @@ impl C1 {
         let c = self.c;
         // A frame buffer, not one of its own per thread or connection
         // (see FRAME_BUFS): only the pages a read writes are touched.
-        with_frame_buf(|buf| {
-            buf.reserve(DIRECT_READ_SIZE);
-            let mut total = 0usize;
-            while total < READ_BUDGET {
-                let spare = buf.spare_capacity_mut();
-                let want = spare.len().min(DIRECT_READ_SIZE);
-                // SAFETY: recv writes at most `want` bytes into the spare
-                // capacity of `buf`; MSG_DONTWAIT never blocks; the socket
-                // is this connection's, open while the session runs.
-                let n = unsafe {
-                    libc::recv(self.sock_fd, spare.as_mut_ptr() as *mut libc::c_void, want, libc::MSG_DONTWAIT)
-                };
-                if n > 0 {
-                    let n = n as usize;
-                    total += n;
-                    // SAFETY: recv initialized the first `n` bytes of the
-                    // spare capacity.
-                    let data = unsafe { std::slice::from_raw_parts(spare.as_ptr() as *const u8, n) };
-                    // %I, as mod_logio's filter would have counted it.
-                    if self.input_path == (InputPath::Socket { counts_for_logio: true }) {
-                        c2::count_c1_bytes_in(c, n as u64);
-                    }
-                    self.feed_session(data)?;
-                    if n < want {
-                        self.input_ready = false;
-                        return Ok(());
-                    }
-                    continue;
+        let mut buf = FrameBuf::take();
+        buf.reserve(DIRECT_READ_SIZE);
+        let mut total = 0usize;
+        while total < READ_BUDGET {
+            let spare = buf.spare_capacity_mut();
+            let want = spare.len().min(DIRECT_READ_SIZE);
+            // SAFETY: recv writes at most `want` bytes into the spare
+            // capacity of `buf`; MSG_DONTWAIT never blocks; the socket
+            // is this connection's, open while the session runs.
+            let n =
+                unsafe { libc::recv(self.sock_fd, spare.as_mut_ptr() as *mut libc::c_void, want, libc::MSG_DONTWAIT) };
+            if n > 0 {
+                let n = n as usize;
+                total += n;
+                // SAFETY: recv initialized the first `n` bytes of the
+                // spare capacity.
+                let data = unsafe { std::slice::from_raw_parts(spare.as_ptr() as *const u8, n) };
+                // %I, as mod_logio's filter would have counted it.
+                if self.input_path == (InputPath::Socket { counts_for_logio: true }) {
+                    c2::count_c1_bytes_in(c, n as u64);
                 }
-                if n == 0 {
-                    clog!(c, Level::Debug, "h2rs: client closed the connection");
+                self.feed_session(data)?;
+                if n < want {
+                    self.input_ready = false;
+                    return Ok(());
+                }
+                continue;
+            }
+            if n == 0 {
+                clog!(c, Level::Debug, "h2rs: client closed the connection");
+                return Err(());
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => {
+                    self.input_ready = false;
+                    return Ok(());
+                }
+                _ => {
+                    clog!(c, Level::Debug, "h2rs: read from client failed ({e})");
                     return Err(());
                 }
-                let e = std::io::Error::last_os_error();
-                match e.kind() {
-                    std::io::ErrorKind::Interrupted => continue,
-                    std::io::ErrorKind::WouldBlock => {
-                        self.input_ready = false;
-                        return Ok(());
-                    }
-                    _ => {
-                        clog!(c, Level::Debug, "h2rs: read from client failed ({e})");
-                        return Err(());
-                    }
-                }
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     /// Hands bytes from the client to nghttp2. On a protocol error the
@@ -1128,38 +1163,42 @@ impl C1 {
     /// connection so holds one c2 for a burst of small requests, not one
     /// per stream run between two writes (~32 KiB of APR nodes each: 4 of
     /// them per connection cost 8 MiB of peak RSS at 1 KiB `-c 100 -m 10`).
-    /// The socket is written every `RUN_HERE_BATCH` streams, and at the end.
-    /// A response larger than the buffer is written whole before the next
-    /// stream starts: left half sent, its c2 would still be in use, and the
-    /// next streams would each make a new one (and the cache destroy them
+    /// The socket is written every `RUN_HERE_BATCH` streams, once the
+    /// frames reach `RUN_HERE_WRITE_AT` bytes, and at the end. A response
+    /// larger than the buffer is written whole before the next stream
+    /// starts: left half sent, its c2 would still be in use, and the next
+    /// streams would each make a new one (and the cache destroy them
     /// again: at 100 KiB, 0.8x the req/s, the time in mmap/munmap).
+    /// A frame buffer is held only while frames wait in it, not while a
+    /// stream runs after a write (see `RUN_HERE_WRITE_AT`).
     fn run_streams_here(&mut self) -> Result<(), ()> {
-        with_frame_buf(|frames| {
-            let mut since_write = 0;
-            while self.session.run_here(1) > 0 {
-                self.session.process_signals();
-                self.collect_frames(frames)?;
-                self.session.retire_finished();
-                since_write += 1;
-                if frames.len() >= WRITE_CHUNK {
-                    self.write_frames_and_the_rest(frames)?;
-                    since_write = 0;
-                } else if since_write >= RUN_HERE_BATCH {
-                    self.send_frames(frames)?;
-                    frames.clear();
-                    since_write = 0;
-                }
-            }
-            if !frames.is_empty() {
+        let mut pending: Option<FrameBuf> = None;
+        let mut since_write = 0;
+        while self.session.run_here(1) > 0 {
+            self.session.process_signals();
+            let frames = pending.get_or_insert_with(FrameBuf::take);
+            self.collect_frames(frames)?;
+            self.session.retire_finished();
+            since_write += 1;
+            if frames.len() >= RUN_HERE_WRITE_AT {
+                self.write_frames_and_the_rest(frames)?;
+            } else if since_write >= RUN_HERE_BATCH {
                 self.send_frames(frames)?;
+            } else {
+                continue;
             }
-            Ok(())
-        })
+            pending = None;
+            since_write = 0;
+        }
+        match pending {
+            Some(frames) if !frames.is_empty() => self.send_frames(&frames),
+            _ => Ok(()),
+        }
     }
 
     /// Writes everything nghttp2 has to send (blocking, with `Timeout`).
     fn write_output(&mut self) -> Result<(), ()> {
-        with_frame_buf(|frames| self.write_frames_and_the_rest(frames))
+        self.write_frames_and_the_rest(&mut FrameBuf::take())
     }
 
     /// Writes `frames`, then everything nghttp2 has to send, retiring the
