@@ -1,9 +1,10 @@
 //! The allocator of the module's own Rust code (its `#[global_allocator]`)
 //! and of its nghttp2 sessions (`nghttp2_mem`) in a child process: small
 //! objects (up to `MAX_SMALL` bytes), and nghttp2's 16 KiB frame buffers,
-//! come from size-class slabs shared by all threads; everything else, and
-//! everything before `enable_in_child`, goes to glibc's malloc. APR and
-//! httpd keep their allocators.
+//! come from size-class slabs shared by all threads; blocks of the Rust
+//! code of 128 KiB or more are mappings of their own (`MAPPED_MIN`);
+//! everything else, and small objects before `enable_in_child`, goes to
+//! glibc's malloc. APR and httpd keep their allocators.
 //!
 //! Why: a session moves between the MPM's threads from one event to the
 //! next, and its objects are freed on whichever thread ends them. glibc
