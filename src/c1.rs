@@ -61,8 +61,8 @@ const DIRECT_READ_SIZE: usize = 2 * SOCKET_READ_SIZE;
 /// out sooner: 16 against 4 served 1 KiB files 15-20% faster (`-c 100
 /// -m 10` and `-c 1 -m 100`, CPU per request 10-15% lower) and delays a
 /// burst's first response by at most 15 small requests' work (~20 µs of
-/// CPU each here); 32 gained little more. A response that fills the frame
-/// buffer is written at once whatever the count.
+/// CPU each here); 32 gained little more. Frames that reach
+/// `RUN_HERE_WRITE_AT` bytes are written at once whatever the count.
 const RUN_HERE_BATCH: usize = 16;
 /// Frames of streams c1 runs itself are written once they reach this many
 /// bytes, rather than kept while the next stream runs. A buffer so held
