@@ -98,7 +98,10 @@ const WRITE_CHUNK: usize = 128 * 1024;
 /// up to 8 MiB of heap at 100 KiB `-c 50 -m 10`, while only the threads
 /// writing at the moment need one. At `FRAME_BUF_CAPACITY` a buffer is a
 /// mapping of its own (`alloc::MAPPED_MIN`), unmapped when freed.
-static FRAME_BUFS: Mutex<Vec<Vec<u8>>> = parking_lot::const_mutex(Vec::new());
+static FRAME_BUFS: Mutex<FrameBufPool> =
+    parking_lot::const_mutex(FrameBufPool { free: Vec::new(), in_use: 0, no_wait_until: None });
+/// Signalled when a buffer comes back while `in_use_limit` are out.
+static FRAME_BUF_BACK: parking_lot::Condvar = parking_lot::Condvar::new();
 /// Free frame buffers kept: about the writes in flight at once on a small
 /// machine; more are made when needed and freed after.
 const FRAME_BUFS_KEPT: usize = 8;
@@ -106,6 +109,46 @@ const FRAME_BUFS_KEPT: usize = 8;
 /// payload of 16 KiB, a frame header, padding): allocated once at this
 /// size, a buffer never doubles to 256 KiB.
 const FRAME_BUF_CAPACITY: usize = WRITE_CHUNK + 16 * 1024 + 9 + 256;
+/// How long a thread that holds no frame buffer waits for one to come back
+/// when `in_use_limit` are out, before it makes another.
+/// (Unit tests: long enough never to run out on a loaded machine.)
+const FRAME_BUF_WAIT: Duration = if cfg!(test) { Duration::from_secs(30) } else { Duration::from_millis(20) };
+/// After such a wait ran out (the holders are stuck, e.g. in writes to
+/// slow clients), how long takers do not wait at all: a few stuck writes
+/// must not add a wait to every other connection's turn.
+const FRAME_BUF_NO_WAIT_FOR: Duration = Duration::from_millis(100);
+
+struct FrameBufPool {
+    free: Vec<Vec<u8>>,
+    /// Buffers taken and not given back.
+    in_use: usize,
+    /// Until then takers do not wait (`FRAME_BUF_NO_WAIT_FOR`).
+    no_wait_until: Option<Instant>,
+}
+
+thread_local! {
+    /// Frame buffers this thread holds: one that holds one never waits for
+    /// another (it would wait for itself). No destructor (see "Threads" in
+    /// docs/INTERNALS.md: none on MPM threads).
+    static FRAME_BUFS_HELD: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Frame buffers in use at once in a child beyond which a taker waits for
+/// one to come back. Under load every MPM thread serving h2 is in a turn,
+/// and with the CPUs saturated most of them are preempted there, each
+/// holding a buffer with up to `FRAME_BUF_CAPACITY` written (17-19 in a
+/// child at 100 KiB `-c 50 -m 10`); only those on a CPU use theirs. A
+/// thread that waits here instead of being preempted with a buffer costs
+/// no memory: at 100 KiB `-c 50 -m 10` peak RSS 27.7 -> 25.3-26.0 MiB
+/// with 6-12 (on 2 CPUs), req/s the same (docs/INTERNALS.md "Frame
+/// buffers").
+fn in_use_limit() -> usize {
+    static LIMIT: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
+    *LIMIT.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        (3 * cpus).max(4)
+    })
+}
 
 /// A frame buffer from `FRAME_BUFS`, empty when taken; dropping it gives
 /// it back.
@@ -113,8 +156,49 @@ struct FrameBuf(Vec<u8>);
 
 impl FrameBuf {
     fn take() -> FrameBuf {
-        let kept = FRAME_BUFS.lock().pop();
+        let limit = in_use_limit();
+        let held = FRAME_BUFS_HELD.get();
+        let mut pool = FRAME_BUFS.lock();
+        if pool.in_use >= limit && held == 0 {
+            let now = Instant::now();
+            if pool.no_wait_until.is_none_or(|t| now >= t) {
+                let deadline = now + FRAME_BUF_WAIT;
+                while pool.in_use >= limit {
+                    if FRAME_BUF_BACK.wait_until(&mut pool, deadline).timed_out() {
+                        pool.no_wait_until = Some(Instant::now() + FRAME_BUF_NO_WAIT_FOR);
+                        break;
+                    }
+                }
+            }
+        }
+        pool.in_use += 1;
+        let kept = pool.free.pop();
+        drop(pool);
+        FRAME_BUFS_HELD.set(held + 1);
         FrameBuf(kept.unwrap_or_else(|| Vec::with_capacity(FRAME_BUF_CAPACITY)))
+    }
+}
+
+/// A socket write in progress: its buffer does not count against
+/// `in_use_limit` meanwhile. A write blocks as long as its client reads
+/// slowly (up to `Timeout`), and takers must not wait on such writes; the
+/// limit is for buffers whose threads only wait for a CPU.
+struct FrameBufWriting;
+
+impl FrameBufWriting {
+    fn start() -> FrameBufWriting {
+        let mut pool = FRAME_BUFS.lock();
+        pool.in_use = pool.in_use.saturating_sub(1);
+        if pool.in_use < in_use_limit() {
+            FRAME_BUF_BACK.notify_one();
+        }
+        FrameBufWriting
+    }
+}
+
+impl Drop for FrameBufWriting {
+    fn drop(&mut self) {
+        FRAME_BUFS.lock().in_use += 1;
     }
 }
 
@@ -122,12 +206,18 @@ impl Drop for FrameBuf {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.0);
         buf.clear();
-        let mut free = FRAME_BUFS.lock();
-        if free.len() < FRAME_BUFS_KEPT {
-            free.push(buf);
+        FRAME_BUFS_HELD.set(FRAME_BUFS_HELD.get().saturating_sub(1));
+        let mut pool = FRAME_BUFS.lock();
+        pool.in_use = pool.in_use.saturating_sub(1);
+        if pool.in_use < in_use_limit() {
+            // For a taker that waits (without one, an atomic load).
+            FRAME_BUF_BACK.notify_one();
+        }
+        if pool.free.len() < FRAME_BUFS_KEPT {
+            pool.free.push(buf);
             return;
         }
-        drop(free);
+        drop(pool);
         // One too many: freed outside the lock.
         drop(buf);
     }
@@ -1210,7 +1300,7 @@ impl C1 {
 
     /// Writes `frames`, then everything nghttp2 has to send, retiring the
     /// streams that end on the way. Leaves `frames` empty.
-    fn write_frames_and_the_rest(&mut self, frames: &mut Vec<u8>) -> Result<(), ()> {
+    fn write_frames_and_the_rest(&mut self, frames: &mut FrameBuf) -> Result<(), ()> {
         loop {
             if !frames.is_empty() {
                 self.send_frames(frames)?;
@@ -1232,7 +1322,7 @@ impl C1 {
     }
 
     /// Writes `frames` to the client (blocking, with `Timeout`).
-    fn send_frames(&mut self, frames: &[u8]) -> Result<(), ()> {
+    fn send_frames(&mut self, frames: &FrameBuf) -> Result<(), ()> {
         let c = self.c;
         let now = std::time::Instant::now();
         let (small, full) = frames.split_at(self.tls.warmup_bytes(frames.len(), now));
@@ -1249,10 +1339,12 @@ impl C1 {
         }
         self.tls.wrote(frames.len(), now);
         self.out_bb.push_flush();
+        let writing = FrameBufWriting::start();
         // SAFETY: c1's output filters on the c1 thread; with FLUSH the
         // core writes everything before returning, so the transient
         // bucket's bytes (frames) are not referenced afterwards.
         let rv = unsafe { ffi::ap_pass_brigade((*c).output_filters, self.out_bb.as_ptr()) };
+        drop(writing);
         self.out_bb.cleanup();
         if rv != status::SUCCESS {
             clog!(c, Level::Debug, "h2rs: write to client failed (status {rv})");
@@ -1557,6 +1649,66 @@ unsafe fn wait_readable(c: *mut ffi::conn_rec) -> bool {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn frame_buffer_takers_wait_at_the_limit_except_holders_and_during_writes() {
+        let limit = in_use_limit();
+        let in_use = || FRAME_BUFS.lock().in_use;
+        let (order, orders) = std::sync::mpsc::channel::<&str>();
+        let (done, dones) = std::sync::mpsc::channel::<()>();
+        // One thread holds buffers; it takes all but its first while
+        // holding one, so it never waits.
+        let holder = std::thread::spawn(move || {
+            let mut held: Vec<FrameBuf> = Vec::new();
+            let mut writing = None;
+            for o in orders {
+                match o {
+                    "take" => held.push(FrameBuf::take()),
+                    "give back" => drop(held.pop()),
+                    "write" => writing = Some(FrameBufWriting::start()),
+                    "written" => writing = None,
+                    _ => break,
+                }
+                done.send(()).unwrap();
+            }
+            drop(writing);
+        });
+        let ask = |o: &'static str| {
+            order.send(o).unwrap();
+            dones.recv().unwrap();
+        };
+        for _ in 0..=limit {
+            ask("take");
+        }
+        assert_eq!(in_use(), limit + 1, "a holder takes more without waiting");
+        ask("give back");
+        // A taker that holds none waits at the limit until one comes back.
+        let returned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = returned.clone();
+        let taker = std::thread::spawn(move || {
+            let buf = FrameBuf::take();
+            assert!(seen.load(Ordering::SeqCst), "took a buffer before one came back");
+            drop(buf);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!taker.is_finished(), "the taker did not wait");
+        returned.store(true, Ordering::SeqCst);
+        ask("give back");
+        taker.join().unwrap();
+        assert!(FRAME_BUFS.lock().no_wait_until.is_none(), "the wait ran out");
+        // At the limit again, but one of them is in a socket write: it
+        // does not count, a taker goes on.
+        ask("take");
+        assert_eq!(in_use(), limit);
+        ask("write");
+        std::thread::spawn(|| drop(FrameBuf::take())).join().unwrap();
+        assert!(FRAME_BUFS.lock().no_wait_until.is_none(), "waited for a buffer in a write");
+        ask("written");
+        assert_eq!(in_use(), limit);
+        drop(order);
+        holder.join().unwrap();
+        assert_eq!(in_use(), 0);
+    }
 
     #[test]
     fn the_input_path_reads_the_socket_only_behind_the_core_filter_alone_or_a_countable_logio() {
