@@ -110,13 +110,17 @@ const FRAME_BUFS_KEPT: usize = 8;
 /// size, a buffer never doubles to 256 KiB.
 const FRAME_BUF_CAPACITY: usize = WRITE_CHUNK + 16 * 1024 + 9 + 256;
 /// How long a thread that holds no frame buffer waits for one to come back
-/// when `in_use_limit` are out, before it makes another.
+/// when `in_use_limit` are out, before it makes another. The holders are
+/// threads preempted mid-turn, and with a hundred runnable threads on two
+/// CPUs one waits that long for its next slice: with 20 ms most waits ran
+/// out (41 buffers in use at once in a child, 97-222 made in a run at
+/// 100 KiB `-c 50 -m 10`), with 200 ms none did (6 in use, 26 made).
 /// (Unit tests: long enough never to run out on a loaded machine.)
-const FRAME_BUF_WAIT: Duration = if cfg!(test) { Duration::from_secs(30) } else { Duration::from_millis(20) };
-/// After such a wait ran out (the holders are stuck, e.g. in writes to
-/// slow clients), how long takers do not wait at all: a few stuck writes
-/// must not add a wait to every other connection's turn.
-const FRAME_BUF_NO_WAIT_FOR: Duration = Duration::from_millis(100);
+const FRAME_BUF_WAIT: Duration = if cfg!(test) { Duration::from_secs(30) } else { Duration::from_millis(200) };
+/// After such a wait ran out (the holders are stuck, e.g. on a slow disk
+/// in a stream run here), how long takers do not wait at all: a few stuck
+/// turns must not add a wait to every other connection's turn.
+const FRAME_BUF_NO_WAIT_FOR: Duration = Duration::from_secs(1);
 
 struct FrameBufPool {
     free: Vec<Vec<u8>>,
@@ -139,9 +143,8 @@ thread_local! {
 /// holding a buffer with up to `FRAME_BUF_CAPACITY` written (17-19 in a
 /// child at 100 KiB `-c 50 -m 10`); only those on a CPU use theirs. A
 /// thread that waits here instead of being preempted with a buffer costs
-/// no memory: at 100 KiB `-c 50 -m 10` peak RSS 27.7 -> 25.3-26.0 MiB
-/// with 6-12 (on 2 CPUs), req/s the same (docs/INTERNALS.md "Frame
-/// buffers").
+/// no memory: at 100 KiB `-c 50 -m 10` on 2 CPUs (6) peak RSS 27.2 ->
+/// 25.2 MiB, req/s and CPU no worse (docs/INTERNALS.md "Frame buffers").
 fn in_use_limit() -> usize {
     static LIMIT: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
     *LIMIT.get_or_init(|| {
