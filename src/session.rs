@@ -1079,11 +1079,6 @@ impl<D: Dispatch> Session<D> {
             .join(" ")
     }
 
-    /// Whether there is nothing left to do: no stream, nothing to send.
-    pub fn is_idle(&mut self) -> bool {
-        self.open_streams() == 0 && !self.want_write()
-    }
-
     /// Whether the session has ended (GOAWAY exchanged or fatal error) and
     /// everything is sent.
     pub fn is_finished(&mut self) -> bool {
