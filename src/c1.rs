@@ -130,6 +130,18 @@ struct FrameBufPool {
     no_wait_until: Option<Instant>,
 }
 
+impl FrameBufPool {
+    /// One buffer less counts against `in_use_limit` (given back, or in a
+    /// socket write): wakes a taker that waits for room.
+    fn count_one_less(&mut self) {
+        self.in_use = self.in_use.saturating_sub(1);
+        if self.in_use < in_use_limit() {
+            // Without a waiter, an atomic load.
+            FRAME_BUF_BACK.notify_one();
+        }
+    }
+}
+
 thread_local! {
     /// Frame buffers this thread holds: one that holds one never waits for
     /// another (it would wait for itself). No destructor (see "Threads" in
@@ -190,11 +202,7 @@ struct FrameBufWriting;
 
 impl FrameBufWriting {
     fn start() -> FrameBufWriting {
-        let mut pool = FRAME_BUFS.lock();
-        pool.in_use = pool.in_use.saturating_sub(1);
-        if pool.in_use < in_use_limit() {
-            FRAME_BUF_BACK.notify_one();
-        }
+        FRAME_BUFS.lock().count_one_less();
         FrameBufWriting
     }
 }
@@ -211,11 +219,7 @@ impl Drop for FrameBuf {
         buf.clear();
         FRAME_BUFS_HELD.set(FRAME_BUFS_HELD.get().saturating_sub(1));
         let mut pool = FRAME_BUFS.lock();
-        pool.in_use = pool.in_use.saturating_sub(1);
-        if pool.in_use < in_use_limit() {
-            // For a taker that waits (without one, an atomic load).
-            FRAME_BUF_BACK.notify_one();
-        }
+        pool.count_one_less();
         if pool.free.len() < FRAME_BUFS_KEPT {
             pool.free.push(buf);
             return;
