@@ -104,28 +104,55 @@ def resident_code_offsets(pid):
     return offsets
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="reading the children's page maps needs root")
-def test_a_child_serving_http2_maps_no_code_past_the_listed_functions(server):
-    """A function on the request path that is missing from the list (added
-    after the list was made) lands in the cold rest of .text, and every
-    child that runs it maps the 64 KiB around it: ~200 KiB per child once."""
+def code_pages_past_the_list(srv):
+    """Runs the load the list was made for against a fresh `srv`; returns
+    {file offset of each code page a child maps past the listed functions
+    (and the fault-around window after them)}."""
+    srv.start()
     for args in (["-n", "200", "-c", "10", "-m", "1", "--rps", "50"], ["-n", "3000", "-c", "20", "-m", "10"]):
-        r = h2load(*args, server.url("/1k.bin"))
+        r = h2load(*args, srv.url("/1k.bin"))
         assert r.get("succeeded") == int(args[1]), r["output"]
-    r = h2load("-n", "40", "-c", "4", "-m", "4", server.url("/100k.bin"))
+    r = h2load("-n", "40", "-c", "4", "-m", "4", srv.url("/100k.bin"))
     assert r.get("succeeded") == 40, r["output"]
     _, hot_end = hot_region()
     # The page map gives file offsets; the list's end is an address.
     text_addr, text_offset, _ = text_section()
     limit = hot_end - text_addr + text_offset + FAULT_AROUND
-    children = server.mpm_children()
+    children = srv.mpm_children()
     assert children
-    for pid in children:
-        past = [o for o in resident_code_offsets(pid) if o >= limit]
-        assert not past, (
-            f"child {pid} maps {len(past)} code pages past the listed functions (from file offset "
-            f"{hex(min(past))}; the list ends at address {hex(hot_end)}): a function httpd now runs is missing from "
-            "link/hot-code.ld; run scripts/hot-code")
+    past = {o for pid in children for o in resident_code_offsets(pid) if o >= limit}
+    srv.stop()
+    return past
+
+
+def functions_on_pages(offsets):
+    """Names of the module's functions on the code pages at these file
+    offsets, biggest first: where to look when the list misses one."""
+    text_addr, text_offset, _ = text_section()
+    pages = {o // 4096 for o in offsets}
+    found = [(length, name) for name, addr, length in code_symbols()
+             if (addr - text_addr + text_offset) // 4096 in pages]
+    return [name for _, name in sorted(found, reverse=True)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading the children's page maps needs root")
+def test_a_child_serving_http2_maps_no_code_past_the_listed_functions(make_server):
+    """A function on the request path that is missing from the list (added
+    after the list was made) lands in the cold rest of .text, and every
+    child that runs it maps the 64 KiB around it (or the whole large folio
+    of the page cache that holds it): ~200 KiB per child once.
+    A rare path that timing alone decides (a wait at a limit, a slow
+    client) can map a folio in one run too; what a missing function maps,
+    it maps again with fresh children, so only pages mapped in two runs
+    fail the test."""
+    first = code_pages_past_the_list(make_server())
+    if not first:
+        return
+    again = first & code_pages_past_the_list(make_server())
+    assert not again, (
+        f"children of two servers map {len(again)} code pages past the listed functions (from file offset "
+        f"{hex(min(again))}), with {functions_on_pages(again)[:12]}: a function httpd now runs is missing "
+        "from link/hot-code.ld; run scripts/hot-code")
 
 
 def thread_stack_top_pages(pid):
