@@ -403,7 +403,7 @@ impl C2 {
             stream.worker_done(Some(Box::new(C2Release { c2: self, eor: ptr::null_mut(), cache, broken: false })));
             return;
         }
-        let clock = RunClock::start(learn.is_some());
+        let clock = RunClock::start(learn.is_some_and(|key| fastpath::urls().measures_next_run(key)));
         let outcome = crate::ffi::panic::catch(|| {
             // SAFETY: this worker owns the c2 for the duration of the call.
             unsafe { self.process(stream.clone(), c1_id, worker) }
@@ -533,7 +533,9 @@ fn log_panic(c: *mut ffi::conn_rec, stream_id: i32, msg: &str) {
     crate::clog!(c, crate::log::Level::Crit, "h2rs: stream {stream_id} panicked: {msg}");
 }
 
-/// Measures a run for `fastpath`, on the thread that runs it.
+/// Measures a run for `fastpath`, on the thread that runs it: by the wall
+/// clock, and by the thread's usage when `fastpath` asks for it
+/// (`fastpath::MAX_RUN`).
 struct RunClock {
     start: std::time::Instant,
     /// The thread's usage at the start (None when not measuring, or when
@@ -574,21 +576,22 @@ impl RunClock {
         RunClock { start: std::time::Instant::now(), usage: if measure { ThreadUsage::now() } else { None } }
     }
 
-    /// The run's cost so far. Only a run longer than `fastpath::MAX_RUN`
-    /// asks the kernel whether it slept and how much CPU it used; without
-    /// a usage reading it counts as having slept.
+    /// The run's cost so far. Only a measured run longer than
+    /// `fastpath::MAX_RUN` asks the kernel whether it slept and how much
+    /// CPU it used.
     fn cost(&self) -> RunCost {
         let elapsed = self.start.elapsed();
         if elapsed <= fastpath::MAX_RUN {
             return RunCost::busy(elapsed);
         }
-        match (self.usage, ThreadUsage::now()) {
+        match (self.usage, self.usage.and_then(|_| ThreadUsage::now())) {
             (Some(before), Some(after)) => RunCost {
                 elapsed,
                 slept: after.voluntary_switches > before.voluntary_switches,
                 cpu: after.cpu.saturating_sub(before.cpu),
+                measured: true,
             },
-            _ => RunCost { elapsed, slept: true, cpu: elapsed },
+            _ => RunCost::unmeasured(elapsed),
         }
     }
 }

@@ -34,14 +34,20 @@ use std::time::Duration;
 /// with wall clock alone: ~800 URLs unlearned in 6 s at `h2load -c 100
 /// -m 30`, each sending a connection's next burst back to workers, one
 /// secondary connection per stream).
+///
+/// Only the wall clock is read around most runs: asking the kernel how
+/// long the thread slept and computed (`getrusage`) is a system call, one
+/// in ten of a 1 KiB request's. A run slow by the wall clock makes its
+/// URL a suspect (`measures_next_run`), and the next run of a suspect is
+/// measured; only a measured slow run counts towards unlearning it.
 pub const MAX_RUN: Duration = Duration::from_millis(10);
 /// URLs remembered per process; the table starts over when full.
 const CAPACITY: usize = 8192;
-/// Slow runs in a row that unlearn a URL. One can be bad luck on a
-/// saturated machine (the thread slept on a lock whose holder was
-/// preempted): ~150 single slow runs per 300,000 requests at `h2load
-/// -c 100 -m 10`, each of which sent the next burst of every connection
-/// of the child to workers.
+/// Slow runs in a row that unlearn a URL, the last of them measured. One
+/// can be bad luck on a saturated machine (the thread slept on a lock
+/// whose holder was preempted): ~150 single slow runs per 300,000 requests
+/// at `h2load -c 100 -m 10`, each of which sent the next burst of every
+/// connection of the child to workers.
 const SLOW_RUNS_TO_UNLEARN: u8 = 2;
 
 /// What a run cost, as the thread that ran it saw it.
@@ -53,12 +59,22 @@ pub struct Cost {
     pub slept: bool,
     /// CPU time the thread used during the run.
     pub cpu: Duration,
+    /// `slept` and `cpu` are known: the kernel's figures, or those of a
+    /// run within `MAX_RUN` (fast whatever they were). Otherwise the run
+    /// took `elapsed` by the wall clock, and counts as slow (as if it
+    /// slept) without being proof of it.
+    pub measured: bool,
 }
 
 impl Cost {
     /// The cost of a run that took `elapsed` on the CPU, without sleeping.
     pub fn busy(elapsed: Duration) -> Cost {
-        Cost { elapsed, slept: false, cpu: elapsed }
+        Cost { elapsed, slept: false, cpu: elapsed, measured: true }
+    }
+
+    /// A run known only by its wall-clock time.
+    pub fn unmeasured(elapsed: Duration) -> Cost {
+        Cost { elapsed, slept: true, cpu: elapsed, measured: false }
     }
 }
 
@@ -162,6 +178,12 @@ impl FastUrls {
         self.known.lock().contains_key(&key)
     }
 
+    /// Whether the next run of this URL is to be measured (`MAX_RUN`): a
+    /// run since its last fast one was slow.
+    pub fn measures_next_run(&self, key: u64) -> bool {
+        self.known.lock().get(&key).is_some_and(|&slow_runs| slow_runs > 0)
+    }
+
     /// Learns (or unlearns) a URL from how a request for it went: another
     /// handler unlearns it at once, slowness only when it repeats.
     pub fn record(&self, key: u64, outcome: Outcome) {
@@ -179,6 +201,13 @@ impl FastUrls {
         } else if !outcome.static_file {
             known.remove(&key);
         } else if let Some(slow_runs) = known.get_mut(&key) {
+            if !outcome.cost.measured {
+                // Slow by the wall clock only (maybe just preempted): a
+                // suspect, whose next run is measured. Runs that started
+                // before it was one are not, and must not unlearn it.
+                *slow_runs = (*slow_runs).max(1);
+                return;
+            }
             *slow_runs += 1;
             if *slow_runs >= SLOW_RUNS_TO_UNLEARN {
                 known.remove(&key);
@@ -211,7 +240,7 @@ mod tests {
 
     const FAST: Outcome = Outcome {
         static_file: true,
-        cost: Cost { elapsed: Duration::from_micros(50), slept: false, cpu: Duration::from_micros(50) },
+        cost: Cost { elapsed: Duration::from_micros(50), slept: false, cpu: Duration::from_micros(50), measured: true },
     };
 
     #[test]
@@ -253,6 +282,35 @@ mod tests {
         // Not the default handler on a file: back to workers.
         urls.record(k, Outcome { static_file: false, ..FAST });
         assert!(!urls.predicts_fast(k));
+    }
+
+    #[test]
+    fn a_run_slow_by_the_wall_clock_only_makes_a_suspect_whose_next_run_is_measured() {
+        let urls = FastUrls::default();
+        let k = key(1, "example.org", "/b.css");
+        urls.record(k, FAST);
+        assert!(!urls.measures_next_run(k), "a fast URL's runs read the wall clock only");
+        let long = MAX_RUN + Duration::from_millis(1);
+        let wall_slow = Outcome { cost: Cost::unmeasured(long), ..FAST };
+        // However many unmeasured runs were slow (all started before the
+        // first of them ended, say): a suspect, not unlearned.
+        for _ in 0..3 {
+            urls.record(k, wall_slow);
+            assert!(urls.predicts_fast(k));
+            assert!(urls.measures_next_run(k));
+        }
+        // Measured, and only preempted: fast again, not measured next.
+        urls.record(k, Outcome { cost: Cost { elapsed: long, ..FAST.cost }, ..FAST });
+        assert!(urls.predicts_fast(k));
+        assert!(!urls.measures_next_run(k));
+        // Slow by the clock, then measured slow: back to workers.
+        urls.record(k, wall_slow);
+        urls.record(k, Outcome { cost: Cost { elapsed: long, slept: true, ..FAST.cost }, ..FAST });
+        assert!(!urls.predicts_fast(k));
+        assert!(!urls.measures_next_run(k), "an unknown URL is not measured");
+        // An unmeasured run within MAX_RUN is fast.
+        urls.record(k, Outcome { cost: Cost::unmeasured(Duration::from_micros(30)), ..FAST });
+        assert!(urls.predicts_fast(k));
     }
 
     #[test]
