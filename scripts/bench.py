@@ -269,6 +269,21 @@ def h2load(server, args, h1, timeout):
     }
 
 
+def measured_run(server, args, h1, timeout):
+    """A warm-up, then one h2load run (`args` end with the URL) with the
+    server's peak RSS (`peak_rss_mib`) and CPU per request
+    (`cpu_us_per_req`) added to h2load's figures."""
+    h2load(server, ["-n", "500", "-c", "10"] + ([] if h1 else ["-m", "4"]) + args[-1:], h1, 60)
+    cpu0 = server.cpu_seconds()
+    with RssSampler(server) as rss:
+        r = h2load(server, args, h1, timeout)
+    r["peak_rss_mib"] = rss.peak / 1024
+    # CPU the server spent per request: steadier than req/s on a machine
+    # that also runs other work.
+    r["cpu_us_per_req"] = (server.cpu_seconds() - cpu0) * 1e6 / max(1, r["done"])
+    return r
+
+
 def idle_workload(server, n, h1, over_tls=False):
     """n connections, one request each, idle 3 s: KiB of RSS per idle
     connection; then a second request on each: how many answered."""
@@ -507,15 +522,7 @@ def main():
                     h1 = key.startswith("HTTP/1.1")
                     scheme, port = ("https", srv.tls_port) if over_tls else ("http", srv.port)
                     url = f"{scheme}://127.0.0.1:{port}{path}"
-                    # warm-up
-                    h2load(srv, (h1args if h1 else h2args)[:0] + ["-n", "500", "-c", "10"] + ([] if h1 else ["-m", "4"]) + [url], h1, 60)
-                    cpu0 = srv.cpu_seconds()
-                    with RssSampler(srv) as rss:
-                        r = h2load(srv, (h1args if h1 else h2args) + [url], h1, timeout)
-                    r["peak_rss_mib"] = rss.peak / 1024
-                    # CPU the server spent per request: steadier than req/s
-                    # on a machine that also runs other work.
-                    r["cpu_us_per_req"] = (srv.cpu_seconds() - cpu0) * 1e6 / max(1, r["done"])
+                    r = measured_run(srv, (h1args if h1 else h2args) + [url], h1, timeout)
                     results[name][key].append(r)
                     print(f"{name:18} round {rnd + 1} {key:9} {r['rps']:9.0f} req/s  mean {r['mean_ms']:7.2f} ms  "
                           f"p99 {r['p99_ms']:7.2f} ms  CPU {r['cpu_us_per_req']:6.0f} us/req  "

@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench import WORKLOADS, RssSampler, Server, h2load, make_docroot  # noqa: E402
+from bench import WORKLOADS, Server, make_docroot, measured_run  # noqa: E402
 
 
 def main():
@@ -54,16 +54,11 @@ def main():
         for rnd in range(args.rounds):
             for name, path, h2args, _, timeout, _ in workloads:
                 for label, srv in servers.items():
-                    url = f"http://127.0.0.1:{srv.port}{path}"
-                    h2load(srv, ["-n", "500", "-c", "10", "-m", "4", url], False, 60)  # warm-up
-                    cpu0 = srv.cpu_seconds()
-                    with RssSampler(srv) as rss:
-                        r = h2load(srv, h2args + [url], False, timeout)
-                    cpu = (srv.cpu_seconds() - cpu0) * 1e6 / max(1, r["done"])
-                    results[(name, label)].append((r["rps"], cpu, rss.peak / 1024, r["p99_ms"]))
-                    print(f"round {rnd + 1} {name:18} {label:24} {r['rps']:9.0f} req/s  CPU {cpu:6.1f} us/req  "
-                          f"peak RSS {rss.peak / 1024:5.1f} MiB  p99 {r['p99_ms']:7.1f} ms  failed {r['failed']}",
-                          flush=True)
+                    r = measured_run(srv, h2args + [f"http://127.0.0.1:{srv.port}{path}"], False, timeout)
+                    results[(name, label)].append((r["rps"], r["cpu_us_per_req"], r["peak_rss_mib"], r["p99_ms"]))
+                    print(f"round {rnd + 1} {name:18} {label:24} {r['rps']:9.0f} req/s  "
+                          f"CPU {r['cpu_us_per_req']:6.1f} us/req  peak RSS {r['peak_rss_mib']:5.1f} MiB  "
+                          f"p99 {r['p99_ms']:7.1f} ms  failed {r['failed']}", flush=True)
     finally:
         for srv in servers.values():
             srv.stop()

@@ -130,8 +130,11 @@ def functions_on_pages(offsets):
     offsets, biggest first: where to look when the list misses one."""
     text_addr, text_offset, _ = text_section()
     pages = {o // 4096 for o in offsets}
-    found = [(length, name) for name, addr, length in code_symbols()
-             if (addr - text_addr + text_offset) // 4096 in pages]
+    found = []
+    for name, addr, length in code_symbols():
+        start = addr - text_addr + text_offset
+        if any(page in pages for page in range(start // 4096, (start + max(length, 1) - 1) // 4096 + 1)):
+            found.append((length, name))
     return [name for _, name in sorted(found, reverse=True)]
 
 
