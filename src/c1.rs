@@ -251,6 +251,9 @@ pub static FAULT_INJECTION: std::sync::atomic::AtomicBool = std::sync::atomic::A
 
 /// 0: running, 1: graceful stop/restart, 2: hard stop.
 static STOPPING: AtomicU8 = AtomicU8::new(0);
+/// Graceful stop: how long the final GOAWAY waits for the client to answer
+/// the PING behind the shutdown notice (a round trip, usually far less).
+const STOP_NOTICE_GRACE: Duration = Duration::from_secs(1);
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// Live sessions: their wake-up signal (for running ones) and parking (for
 /// idle ones), to reach them when the child stops.
@@ -451,6 +454,9 @@ pub struct C1 {
     parking: Arc<Parking>,
     /// Whether to wait a moment for the next request before parking.
     linger: park::Linger,
+    /// Graceful stop: when the shutdown notice went out (the final GOAWAY
+    /// follows its PING's ACK, or `STOP_NOTICE_GRACE`).
+    stop_notice_at: Option<Instant>,
 }
 
 impl Parked for C1 {
@@ -844,6 +850,7 @@ impl C1 {
                 },
                 parking,
                 linger: park::Linger::default(),
+                stop_notice_at: None,
             };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
@@ -896,11 +903,13 @@ impl C1 {
             // socket) destroyed while the walk still reads it, a SIGSEGV in
             // apr_os_sock_get (1 stop in 8 under load). The hook runs right
             // after the walk, in all three MPMs.
-            if stopping() > 0 && !self.session.goaway_sent() {
-                self.session.goaway(error_code::NO_ERROR, b"server shutting down");
-            }
-            if stopping() == 2 {
-                self.session.abort_all();
+            match stopping() {
+                0 => {}
+                1 => self.graceful_stop_step(),
+                _ => {
+                    self.session.goaway(error_code::NO_ERROR, b"server shutting down");
+                    self.session.abort_all();
+                }
             }
             // Nothing from here to the wait touches the session but the
             // write, so nghttp2's want_write (it walks its queues, ~350
@@ -946,6 +955,15 @@ impl C1 {
                 if self.session.goaway_sent() || self.session.peer_sent_goaway() {
                     break;
                 }
+                if let Some(left) = self.stop_notice_left() {
+                    // Stopping: not back to the MPM (it would close the
+                    // connection without our final GOAWAY); wait here for
+                    // the PING's ACK or requests sent before the notice.
+                    if matches!(self.wait(left, false), Wait::Timeout) {
+                        self.session.goaway(error_code::NO_ERROR, b"server shutting down");
+                    }
+                    continue;
+                }
                 if self.async_mpm {
                     // A quick client's next request is usually on its way:
                     // wait a moment for it rather than go through the MPM
@@ -956,8 +974,9 @@ impl C1 {
                     return self.keep_alive();
                 }
                 // Threaded MPM without async support: wait here, with the
-                // keep-alive timeout, for the next request.
-                match self.wait(self.keepalive_timeout, false) {
+                // keep-alive timeout, for the next request, or for the
+                // wake-up of child_stopping (a graceful restart).
+                match self.wait(self.keepalive_timeout, true) {
                     Wait::Ready => continue,
                     Wait::Timeout => {
                         self.session.goaway(error_code::NO_ERROR, b"idle timeout");
@@ -966,8 +985,10 @@ impl C1 {
                 }
             }
             self.describe_streams_in_status();
-            match self.wait(self.timeout, true) {
+            let limit = self.stop_notice_left().map_or(self.timeout, |left| left.min(self.timeout));
+            match self.wait(limit, true) {
                 Wait::Ready => {}
+                Wait::Timeout if self.stop_notice_left().is_some() => {}
                 Wait::Timeout => {
                     if self.session.streams_in_progress() == 0 {
                         // Every open stream waits for the client, which sent
@@ -1040,6 +1061,35 @@ impl C1 {
     /// The session is idle and goes back to the event MPM without waiting
     /// for its client's next request (`park::Linger`).
     /// `idle`: `Session::is_idle` now.
+    /// Graceful stop (RFC 9113 6.8): first GOAWAY with the highest stream
+    /// id and a PING; the final GOAWAY, with the last stream processed,
+    /// once the client has answered the PING (so every stream it opened
+    /// before it knew is in) or `STOP_NOTICE_GRACE` has passed. A single
+    /// GOAWAY right away refused the requests a busy client had on the
+    /// wire (h2load `-m 10`: 10 per connection at each graceful restart).
+    fn graceful_stop_step(&mut self) {
+        if self.session.goaway_sent() {
+            return;
+        }
+        match self.stop_notice_at {
+            None if !self.session.peer_sent_goaway() && self.session.shutdown_notice() => {
+                self.stop_notice_at = Some(Instant::now());
+            }
+            Some(at) if !self.session.shutdown_notice_acked() && at.elapsed() < STOP_NOTICE_GRACE => {}
+            _ => self.session.goaway(error_code::NO_ERROR, b"server shutting down"),
+        }
+    }
+
+    /// Time left before the final GOAWAY while a shutdown notice waits for
+    /// its PING's ACK; None when no notice waits.
+    fn stop_notice_left(&self) -> Option<Duration> {
+        let at = self.stop_notice_at?;
+        if self.session.goaway_sent() {
+            return None;
+        }
+        Some(STOP_NOTICE_GRACE.saturating_sub(at.elapsed()).max(Duration::from_millis(1)))
+    }
+
     fn parks_now(&mut self, idle: bool) -> bool {
         self.async_mpm && idle && !self.linger.waits(self.session.last_stream_id() == 0)
     }

@@ -88,6 +88,8 @@ pub struct FrameInfo {
     pub error_code: u32,
     /// GOAWAY only.
     pub last_stream_id: i32,
+    /// PING only: its 8 bytes of opaque data.
+    pub ping_opaque: [u8; 8],
 }
 
 impl FrameInfo {
@@ -116,6 +118,7 @@ impl FrameInfo {
                     info.error_code = (*frame).goaway.error_code;
                     info.last_stream_id = (*frame).goaway.last_stream_id;
                 }
+                frame_type::PING => info.ping_opaque = (*frame).ping.opaque_data,
                 _ => {}
             }
             info
@@ -497,6 +500,13 @@ impl<'a> Ops<'a> {
     pub fn terminate(&mut self, error_code: u32) -> Result<(), NgError> {
         // SAFETY: live session.
         check(unsafe { ng::nghttp2_session_terminate_session(self.raw, error_code) })
+    }
+
+    /// Server side: GOAWAY with the highest stream id (RFC 9113 6.8), the
+    /// first of a graceful shutdown's two; nghttp2 keeps accepting streams.
+    pub fn submit_shutdown_notice(&mut self) -> Result<(), NgError> {
+        // SAFETY: live session.
+        check(unsafe { ng::nghttp2_submit_shutdown_notice(self.raw) })
     }
 
     pub fn submit_ping(&mut self, opaque: [u8; 8]) -> Result<(), NgError> {

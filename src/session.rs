@@ -30,6 +30,9 @@ use std::time::Duration;
 /// Entries the list of streams to retire keeps room for between turns.
 const RETIRE_ROOM_KEPT: usize = 16;
 
+/// The opaque data of the PING behind a graceful shutdown's first GOAWAY.
+const SHUTDOWN_PING: [u8; 8] = *b"h2rs-bye";
+
 /// Maps keyed by stream id, with a cheap hasher: std's default (SipHash,
 /// keyed against flooding) cost about 110 instructions a lookup, and a
 /// request makes about 18 (callgrind, 1 KiB GETs). Flooding is no threat
@@ -293,6 +296,9 @@ pub struct Core<D: Dispatch> {
     stats: Stats,
     /// GOAWAY received from the peer.
     peer_goaway: bool,
+    /// Graceful shutdown: the client answered the PING sent behind our
+    /// shutdown notice (`Session::shutdown_notice`).
+    shutdown_ping_acked: bool,
     /// RST_STREAM(FLOW_CONTROL_ERROR) frames we sent (H2MaxStreamErrors).
     stream_errors: u32,
     /// Highest stream id the client opened.
@@ -746,6 +752,10 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 self.peer_goaway = true;
                 Flow::Continue
             }
+            frame_type::PING if frame.has(ng::flags::ACK) && frame.ping_opaque == SHUTDOWN_PING => {
+                self.shutdown_ping_acked = true;
+                Flow::Continue
+            }
             frame_type::SETTINGS if !frame.has(ng::flags::ACK) && self.hold_until_settings => {
                 self.hold_until_settings = false;
                 self.fill_slots();
@@ -905,6 +915,7 @@ impl<D: Dispatch> Session<D> {
             hold_until_settings: false,
             stats: Stats::default(),
             peer_goaway: false,
+            shutdown_ping_acked: false,
             stream_errors: 0,
             max_client_stream: 0,
             head_size_hint: (0, 0),
@@ -1094,6 +1105,25 @@ impl<D: Dispatch> Session<D> {
         self.goaway_sent
     }
 
+    /// First step of a graceful shutdown (RFC 9113 6.8): GOAWAY with the
+    /// highest stream id, so the client opens no more streams, and a PING
+    /// behind it. Streams the client opened before it saw the GOAWAY reach
+    /// us before the PING's ACK (`shutdown_notice_acked`); the final GOAWAY
+    /// (`goaway`) sent after that refuses none of them. Returns false when
+    /// the notice cannot be sent (a GOAWAY went out already).
+    pub fn shutdown_notice(&mut self) -> bool {
+        if self.goaway_sent {
+            return false;
+        }
+        let mut ops = self.ng.ops();
+        ops.submit_shutdown_notice().is_ok() && ops.submit_ping(SHUTDOWN_PING).is_ok()
+    }
+
+    /// The client answered the PING `shutdown_notice` sent.
+    pub fn shutdown_notice_acked(&self) -> bool {
+        self.ng.handler_ref().shutdown_ping_acked
+    }
+
     /// Sends GOAWAY with the last stream we processed: streams up to it
     /// complete, later ones are refused.
     pub fn goaway(&mut self, code: u32, debug: &[u8]) {
@@ -1280,6 +1310,8 @@ pub(crate) mod tests {
         pub streams: HashMap<i32, ClientStream>,
         pub upload: HashMap<i32, (Vec<u8>, usize)>,
         pub goaway: Option<u32>,
+        /// Every GOAWAY received: (last stream id, error code).
+        pub goaways: Vec<(i32, u32)>,
         pub rst_received: Vec<(i32, u32)>,
     }
 
@@ -1304,6 +1336,7 @@ pub(crate) mod tests {
         fn frame_recv(&mut self, _: &mut Ops<'_>, f: &FrameInfo) -> Flow {
             if f.kind == frame_type::GOAWAY {
                 self.goaway = Some(f.error_code);
+                self.goaways.push((f.last_stream_id, f.error_code));
             }
             if f.kind == frame_type::RST_STREAM {
                 self.rst_received.push((f.stream_id, f.error_code));
@@ -1755,6 +1788,30 @@ pub(crate) mod tests {
         p.pump(closed(vec![id]));
         assert_eq!(p.client.handler_ref().goaway, Some(0));
         assert_eq!(p.client.handler_ref().streams[&id].body.len(), 200_000);
+    }
+
+    /// Graceful shutdown in two steps: a request the client sent before it
+    /// saw the notice is served; the final GOAWAY names it.
+    #[test]
+    fn shutdown_notice_then_goaway_refuses_nothing_in_flight() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let first = p.get("/f?n=100");
+        p.pump(closed(vec![first]));
+        assert!(p.server.shutdown_notice());
+        // On the wire before the client reads the notice.
+        let second = p.get("/f?n=300");
+        p.pump(|c| c.goaways.len() == 1);
+        assert_eq!(p.client.handler_ref().goaways, vec![(i32::MAX, error_code::NO_ERROR)]);
+        // nghttp2's client answered the PING; the server sees the ACK.
+        while !p.server.shutdown_notice_acked() {
+            p.step(usize::MAX);
+        }
+        p.server.goaway(error_code::NO_ERROR, b"");
+        p.pump(closed(vec![second]));
+        let client = p.client.handler_ref();
+        assert_eq!(client.goaways, vec![(i32::MAX, error_code::NO_ERROR), (second, error_code::NO_ERROR)]);
+        assert_eq!((client.streams[&second].closed, client.streams[&second].body.len()), (Some(0), 300));
+        assert!(!p.server.shutdown_notice(), "no second notice after the final GOAWAY");
     }
 
     #[test]

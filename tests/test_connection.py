@@ -14,7 +14,8 @@ import h2.events
 import h2.settings
 import pytest
 
-from conftest import MODDIR, curl, free_port, sha256
+import rawh2
+from conftest import MODDIR, WORKER_MPM, curl, free_port, sha256
 from h2client import H2Client
 
 ONE_CHILD = f"""LoadModule mpm_event_module {MODDIR}/mod_mpm_event.so
@@ -178,6 +179,82 @@ def test_graceful_restart_finishes_in_flight_streams(make_server, docroot, workd
     assert not (set(srv.mpm_children()) & old), "old children still running"
     r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
     assert r.stdout == b"200"
+
+
+def graceful_notice(srv, c):
+    """Restarts `srv` gracefully while `c` is busy; returns the payload of
+    the PING the server sent behind its first GOAWAY (RFC 9113 6.8: last
+    stream id 2^31-1, nothing refused yet)."""
+    srv.graceful()
+    c.wait(lambda: c.goaway is not None, timeout=10, what="the shutdown notice")
+    assert (c.goaway.last_sid, c.goaway.error_code) == (2**31 - 1, 0)
+    c.wait(lambda: any(f.type == rawh2.PING and not f.flags & rawh2.ACK for f in c.frames), what="the PING")
+    return next(f.payload for f in c.frames if f.type == rawh2.PING and not f.flags & rawh2.ACK)
+
+
+def goaways(c):
+    return [(f.last_sid, f.error_code) for f in c.frames if f.type == rawh2.GOAWAY]
+
+
+def test_graceful_restart_serves_a_request_sent_before_the_client_saw_goaway(make_server, docroot):
+    """A request on the wire when the restart comes is served, not refused:
+    the final GOAWAY waits for the client's answer to the PING."""
+    srv = make_server().start()
+    c = rawh2.Conn(srv.port)
+    c.send(rawh2.headers(1, rawh2.encode(rawh2.request_fields("/cgi/slow.cgi?1"))))
+    time.sleep(0.3)
+    opaque = graceful_notice(srv, c)
+    # Sent as if before the client read the notice, then the PING's ACK.
+    c.send(rawh2.headers(3, rawh2.encode(rawh2.request_fields("/1k.bin"))), rawh2.ping(opaque, ack=True))
+    c.wait(lambda: len(goaways(c)) == 2, what="the final GOAWAY")
+    assert goaways(c) == [(2**31 - 1, 0), (3, 0)]
+    c.wait(lambda: c.resp(1).ended and c.resp(3).ended, timeout=10, what="both responses")
+    assert (c.resp(1).status, bytes(c.resp(1).body)) == (200, b"slow done\n")
+    assert c.resp(3).status == 200 and sha256(bytes(c.resp(3).body)) == docroot.sha("1k.bin")
+    c.drain(5)
+    assert c.closed
+
+
+def test_graceful_restart_goes_on_without_the_pings_answer(make_server):
+    """A client that never answers the PING gets the final GOAWAY anyway
+    (after STOP_NOTICE_GRACE), here once its only stream has finished and
+    the session would otherwise wait idle; then the connection closes."""
+    srv = make_server().start()
+    c = rawh2.Conn(srv.port)
+    c.send(rawh2.headers(1, rawh2.encode(rawh2.request_fields("/cgi/slow.cgi?1"))))
+    time.sleep(0.3)
+    graceful_notice(srv, c)
+    c.wait(lambda: len(goaways(c)) == 2, timeout=10, what="the final GOAWAY")
+    assert goaways(c) == [(2**31 - 1, 0), (1, 0)]
+    c.wait(lambda: c.resp(1).ended, timeout=10, what="the response")
+    assert (c.resp(1).status, bytes(c.resp(1).body)) == (200, b"slow done\n")
+    c.drain(5)
+    assert c.closed
+
+
+def test_graceful_restart_on_the_worker_mpm_ends_idle_and_busy_sessions(make_server):
+    """The worker MPM: a session waits in its own thread between requests
+    (no parking), and must hear the restart there too, not only at its
+    KeepAliveTimeout."""
+    srv = make_server(mpm=WORKER_MPM, extra="KeepAliveTimeout 30").start()
+    idle = rawh2.Conn(srv.port)
+    idle.send(rawh2.headers(1, rawh2.encode(rawh2.request_fields("/1k.bin"))))
+    idle.wait(lambda: idle.resp(1).ended, what="the response")
+    busy = rawh2.Conn(srv.port)
+    busy.send(rawh2.headers(1, rawh2.encode(rawh2.request_fields("/cgi/slow.cgi?2"))))
+    time.sleep(0.3)
+    old = set(srv.mpm_children())
+    opaque = graceful_notice(srv, busy)
+    busy.send(rawh2.ping(opaque, ack=True))
+    idle.wait(lambda: idle.goaway is not None and idle.goaway.last_sid == 1, timeout=5, what="the final GOAWAY")
+    idle.drain(5)
+    assert idle.closed
+    busy.wait(lambda: busy.resp(1).ended, timeout=10, what="the slow response")
+    assert goaways(busy) == [(2**31 - 1, 0), (1, 0)] and bytes(busy.resp(1).body) == b"slow done\n"
+    deadline = time.time() + 10
+    while time.time() < deadline and set(srv.mpm_children()) & old:
+        time.sleep(0.2)
+    assert not (set(srv.mpm_children()) & old), "old children still running"
 
 
 def test_hard_stop_says_goaway_and_exits_promptly(make_server):
