@@ -251,9 +251,6 @@ pub static FAULT_INJECTION: std::sync::atomic::AtomicBool = std::sync::atomic::A
 
 /// 0: running, 1: graceful stop/restart, 2: hard stop.
 static STOPPING: AtomicU8 = AtomicU8::new(0);
-/// Graceful stop: how long the final GOAWAY waits for the client to answer
-/// the PING behind the shutdown notice (a round trip, usually far less).
-const STOP_NOTICE_GRACE: Duration = Duration::from_secs(1);
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// Live sessions: their wake-up signal (for running ones) and parking (for
 /// idle ones), to reach them when the child stops.
@@ -455,7 +452,7 @@ pub struct C1 {
     /// Whether to wait a moment for the next request before parking.
     linger: park::Linger,
     /// Graceful stop: when the shutdown notice went out (the final GOAWAY
-    /// follows its PING's ACK, or `STOP_NOTICE_GRACE`).
+    /// follows its PING's ACK, or `park::STOP_NOTICE_GRACE`).
     stop_notice_at: Option<Instant>,
 }
 
@@ -473,6 +470,21 @@ impl Parked for C1 {
             // only polls it (and then sees it readable).
             unsafe { libc::shutdown(self.sock_fd, libc::SHUT_RDWR) };
         }
+    }
+
+    fn shutdown_notice_now(&mut self) -> bool {
+        if self.client_gone || self.session.goaway_sent() || self.stop_notice_at.is_some() {
+            return false;
+        }
+        if self.session.peer_sent_goaway() || !self.session.shutdown_notice() {
+            return false;
+        }
+        clog!(self.c, Level::Debug, "h2rs: shutdown notice to a parked session");
+        self.stop_notice_at = Some(Instant::now());
+        if self.write_output().is_err() {
+            self.client_gone = true;
+        }
+        true
     }
 
     /// Idle for a while: the cached secondary connections (their pools
@@ -1064,7 +1076,7 @@ impl C1 {
     /// Graceful stop (RFC 9113 6.8): first GOAWAY with the highest stream
     /// id and a PING; the final GOAWAY, with the last stream processed,
     /// once the client has answered the PING (so every stream it opened
-    /// before it knew is in) or `STOP_NOTICE_GRACE` has passed. A single
+    /// before it knew is in) or `park::STOP_NOTICE_GRACE` has passed. A single
     /// GOAWAY right away refused the requests a busy client had on the
     /// wire (h2load `-m 10`: 10 per connection at each graceful restart).
     fn graceful_stop_step(&mut self) {
@@ -1075,7 +1087,7 @@ impl C1 {
             None if !self.session.peer_sent_goaway() && self.session.shutdown_notice() => {
                 self.stop_notice_at = Some(Instant::now());
             }
-            Some(at) if !self.session.shutdown_notice_acked() && at.elapsed() < STOP_NOTICE_GRACE => {}
+            Some(at) if !self.session.shutdown_notice_acked() && at.elapsed() < park::STOP_NOTICE_GRACE => {}
             _ => self.session.goaway(error_code::NO_ERROR, b"server shutting down"),
         }
     }
@@ -1087,7 +1099,7 @@ impl C1 {
         if self.session.goaway_sent() {
             return None;
         }
-        Some(STOP_NOTICE_GRACE.saturating_sub(at.elapsed()).max(Duration::from_millis(1)))
+        Some(park::STOP_NOTICE_GRACE.saturating_sub(at.elapsed()).max(Duration::from_millis(1)))
     }
 
     fn parks_now(&mut self, idle: bool) -> bool {

@@ -10,7 +10,11 @@
 //!   GOAWAY(NO_ERROR, last stream) once the session has been idle that
 //!   long (the client then closes; the MPM's own `Timeout` is the
 //!   backstop);
-//! - a graceful stop or restart: GOAWAY at once, from `child_stopping`;
+//! - a graceful stop or restart: from `child_stopping`, the shutdown
+//!   notice (GOAWAY with the highest stream id, and a PING); the client's
+//!   answer brings the session back to a thread, which sends the final
+//!   GOAWAY; a client that stays silent gets it from the idle clock after
+//!   `STOP_NOTICE_GRACE`;
 //! - after `TRIM_AFTER` of idleness, releasing what only a busy session
 //!   needs (cached secondary connections, buffers), so an idle connection
 //!   costs little memory without paying for that on every short pause.
@@ -37,6 +41,9 @@ const DEAD: u8 = 3;
 pub trait Parked {
     /// Send GOAWAY(NO_ERROR) with this debug text and flush it.
     fn goaway_now(&mut self, debug: &[u8]);
+    /// Send the shutdown notice (GOAWAY with the highest stream id, and a
+    /// PING) and flush it; false when it cannot be sent.
+    fn shutdown_notice_now(&mut self) -> bool;
     /// Release memory kept for the next streams (the session stays).
     fn trim(&mut self);
 }
@@ -49,6 +56,10 @@ pub const TRIM_AFTER: Duration = Duration::from_secs(2);
 /// How long an idle session waits for its client's next request before it
 /// goes back to the MPM, when it waits at all (`Linger`).
 pub const IDLE_LINGER: Duration = Duration::from_millis(1);
+
+/// Graceful stop: how long the final GOAWAY waits for the client to answer
+/// the PING behind the shutdown notice (a round trip, usually far less).
+pub const STOP_NOTICE_GRACE: Duration = Duration::from_secs(1);
 
 /// A client that came back within this time of its session's park asks
 /// quickly enough that waiting `IDLE_LINGER` for it pays.
@@ -219,8 +230,21 @@ impl Parking {
         Some(limit - idle)
     }
 
-    /// Graceful stop: a parked session says goodbye now.
-    pub fn stop_notice(&self) {
+    /// Graceful stop: a parked session sends its shutdown notice; the
+    /// final GOAWAY follows when the client answers (the session runs
+    /// again) or, from the idle clock, after `STOP_NOTICE_GRACE`. A final
+    /// GOAWAY at once would refuse requests already on the wire.
+    pub fn stop_notice(self: &Arc<Self>) {
+        let mut noticed = false;
+        self.with_parked(|s| noticed = s.shutdown_notice_now());
+        if !noticed || !arm_stop_deadline(self, STOP_NOTICE_GRACE) {
+            self.stop_deadline();
+        }
+    }
+
+    /// The shutdown notice's grace has passed: a session still parked
+    /// (its client did not answer) gets the final GOAWAY.
+    fn stop_deadline(&self) {
         self.with_parked(|s| s.goaway_now(b"server shutting down"));
     }
 }
@@ -242,7 +266,10 @@ struct ClockQueue {
     stop: bool,
 }
 
-struct Due(Instant, std::sync::Weak<Parking>);
+/// A timer: when, whose, and whether it is the graceful stop's deadline
+/// (`Parking::stop_deadline`, once) rather than the idle timer
+/// (`Parking::on_timer`, one chain per parked session).
+struct Due(Instant, std::sync::Weak<Parking>, bool);
 
 impl PartialEq for Due {
     fn eq(&self, other: &Self) -> bool {
@@ -289,14 +316,26 @@ pub fn stop_clock() {
 
 /// Calls `parking` back after `after`. False when no clock runs.
 pub fn arm_timer(parking: &Arc<Parking>, after: Duration) -> bool {
-    if CLOCK_THREAD.lock().is_none() {
+    if !schedule(parking, after, false) {
         parking.timer_pending.store(false, Ordering::Release);
+        return false;
+    }
+    true
+}
+
+/// Calls `parking.stop_deadline` after `after`. False when no clock runs.
+fn arm_stop_deadline(parking: &Arc<Parking>, after: Duration) -> bool {
+    schedule(parking, after, true)
+}
+
+fn schedule(parking: &Arc<Parking>, after: Duration, stop: bool) -> bool {
+    if CLOCK_THREAD.lock().is_none() {
         return false;
     }
     let mut q = CLOCK.queue.lock();
     let due = Instant::now() + after;
     let earliest = q.entries.peek().map(|d| d.0 > due).unwrap_or(true);
-    q.entries.push(Due(due, Arc::downgrade(parking)));
+    q.entries.push(Due(due, Arc::downgrade(parking), stop));
     drop(q);
     if earliest {
         CLOCK.wake.notify_all();
@@ -313,11 +352,13 @@ fn clock_main() {
         let now = Instant::now();
         match q.entries.peek().map(|d| d.0) {
             Some(due) if due <= now => {
-                let Some(Due(_, weak)) = q.entries.pop() else { continue };
+                let Some(Due(_, weak, stop)) = q.entries.pop() else { continue };
                 drop(q);
                 if let Some(parking) = weak.upgrade() {
                     crate::ffi::panic::guard("idle clock", (), || {
-                        if let Some(rest) = parking.on_timer() {
+                        if stop {
+                            parking.stop_deadline();
+                        } else if let Some(rest) = parking.on_timer() {
                             arm_timer(&parking, rest);
                         }
                     });
@@ -342,6 +383,9 @@ mod tests {
     impl Parked for Fake {
         fn goaway_now(&mut self, _debug: &[u8]) {
             self.0 += 1;
+        }
+        fn shutdown_notice_now(&mut self) -> bool {
+            false
         }
         fn trim(&mut self) {
             self.1 += 1;
@@ -391,6 +435,43 @@ mod tests {
         p.stop_notice();
         assert_eq!(fake.0, 2);
         assert_eq!(fake.1, 0, "idle timeout below TRIM_AFTER: nothing to trim first");
+    }
+
+    /// Graceful stop: a parked session sends the shutdown notice, and the
+    /// idle clock sends the final GOAWAY once the grace has passed without
+    /// the session running again (its client did not answer).
+    #[test]
+    fn a_parked_session_gets_the_notice_then_after_the_grace_the_final_goaway() {
+        use std::sync::atomic::AtomicU32;
+        struct Noticing {
+            goaways: Arc<AtomicU32>,
+            notices: u32,
+        }
+        impl Parked for Noticing {
+            fn goaway_now(&mut self, _debug: &[u8]) {
+                self.goaways.fetch_add(1, Ordering::SeqCst);
+            }
+            fn shutdown_notice_now(&mut self) -> bool {
+                self.notices += 1;
+                true
+            }
+            fn trim(&mut self) {}
+        }
+        start_clock();
+        let goaways = Arc::new(AtomicU32::new(0));
+        let mut fake = Box::new(Noticing { goaways: goaways.clone(), notices: 0 });
+        let p = Parking::new(Duration::from_secs(60), Duration::from_secs(60));
+        p.set_session(&mut *fake as *mut dyn Parked);
+        assert!(p.park(true));
+        p.stop_notice();
+        assert_eq!(goaways.load(Ordering::SeqCst), 0, "the final GOAWAY waits for the client's answer");
+        let deadline = Instant::now() + STOP_NOTICE_GRACE + Duration::from_secs(5);
+        while goaways.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no final GOAWAY from the idle clock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p.kill();
+        assert_eq!((goaways.load(Ordering::SeqCst), fake.notices), (1, 1));
     }
 
     /// Before its first request a session waits `first_request_timeout`,
