@@ -276,7 +276,7 @@ pub fn child_stopping(graceful: bool) {
     let live: Vec<(Weak<Signal>, Weak<Parking>)> = SESSIONS.lock().values().cloned().collect();
     for (signal, parking) in live {
         if let Some(p) = parking.upgrade() {
-            p.stop_notice();
+            p.stop(graceful);
         }
         if let Some(s) = signal.upgrade() {
             s.wake();

@@ -230,13 +230,16 @@ impl Parking {
         Some(limit - idle)
     }
 
-    /// Graceful stop: a parked session sends its shutdown notice; the
-    /// final GOAWAY follows when the client answers (the session runs
-    /// again) or, from the idle clock, after `STOP_NOTICE_GRACE`. A final
-    /// GOAWAY at once would refuse requests already on the wire.
-    pub fn stop_notice(self: &Arc<Self>) {
+    /// The child stops. Graceful: a parked session sends its shutdown
+    /// notice; the final GOAWAY follows when the client answers (the
+    /// session runs again) or, from the idle clock, after
+    /// `STOP_NOTICE_GRACE` (a final GOAWAY at once would refuse requests
+    /// already on the wire). Hard: the final GOAWAY at once.
+    pub fn stop(self: &Arc<Self>, graceful: bool) {
         let mut noticed = false;
-        self.with_parked(|s| noticed = s.shutdown_notice_now());
+        if graceful {
+            self.with_parked(|s| noticed = s.shutdown_notice_now());
+        }
         if !noticed || !arm_stop_deadline(self, STOP_NOTICE_GRACE) {
             self.stop_deadline();
         }
@@ -426,13 +429,13 @@ mod tests {
         assert_eq!(fake.0, 1);
         // Busy sessions are left alone.
         p.activate();
-        p.stop_notice();
+        p.stop(true);
         assert_eq!(fake.0, 1);
         assert!(p.park(true));
-        p.stop_notice();
+        p.stop(true);
         assert_eq!(fake.0, 2);
         p.kill();
-        p.stop_notice();
+        p.stop(true);
         assert_eq!(fake.0, 2);
         assert_eq!(fake.1, 0, "idle timeout below TRIM_AFTER: nothing to trim first");
     }
@@ -463,7 +466,7 @@ mod tests {
         let p = Parking::new(Duration::from_secs(60), Duration::from_secs(60));
         p.set_session(&mut *fake as *mut dyn Parked);
         assert!(p.park(true));
-        p.stop_notice();
+        p.stop(true);
         assert_eq!(goaways.load(Ordering::SeqCst), 0, "the final GOAWAY waits for the client's answer");
         let deadline = Instant::now() + STOP_NOTICE_GRACE + Duration::from_secs(5);
         while goaways.load(Ordering::SeqCst) == 0 {
@@ -472,6 +475,13 @@ mod tests {
         }
         p.kill();
         assert_eq!((goaways.load(Ordering::SeqCst), fake.notices), (1, 1));
+        // A hard stop: the final GOAWAY at once, no notice.
+        let p = Parking::new(Duration::from_secs(60), Duration::from_secs(60));
+        p.set_session(&mut *fake as *mut dyn Parked);
+        assert!(p.park(true));
+        p.stop(false);
+        p.kill();
+        assert_eq!((goaways.load(Ordering::SeqCst), fake.notices), (2, 1));
     }
 
     /// Before its first request a session waits `first_request_timeout`,
