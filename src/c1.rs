@@ -1085,10 +1085,25 @@ impl C1 {
         }
         match self.stop_notice_at {
             None if !self.session.peer_sent_goaway() && self.session.shutdown_notice() => {
+                clog!(self.c, Level::Debug, "h2rs: stopping, shutdown notice sent");
                 self.stop_notice_at = Some(Instant::now());
             }
             Some(at) if !self.session.shutdown_notice_acked() && at.elapsed() < park::STOP_NOTICE_GRACE => {}
-            _ => self.session.goaway(error_code::NO_ERROR, b"server shutting down"),
+            at => {
+                clog!(
+                    self.c,
+                    Level::Debug,
+                    "h2rs: stopping, final GOAWAY (last stream {}, {})",
+                    self.session.last_stream_id(),
+                    match at {
+                        None => "no notice".to_string(),
+                        Some(at) if self.session.shutdown_notice_acked() =>
+                            format!("PING answered after {:.1} ms", at.elapsed().as_secs_f64() * 1e3),
+                        Some(_) => "PING not answered".to_string(),
+                    }
+                );
+                self.session.goaway(error_code::NO_ERROR, b"server shutting down");
+            }
         }
     }
 
