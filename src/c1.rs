@@ -1070,9 +1070,6 @@ impl C1 {
         }
     }
 
-    /// The session is idle and goes back to the event MPM without waiting
-    /// for its client's next request (`park::Linger`).
-    /// `idle`: `Session::is_idle` now.
     /// Graceful stop (RFC 9113 6.8): first GOAWAY with the highest stream
     /// id and a PING; the final GOAWAY, with the last stream processed,
     /// once the client has answered the PING (so every stream it opened
@@ -1117,6 +1114,9 @@ impl C1 {
         Some(park::STOP_NOTICE_GRACE.saturating_sub(at.elapsed()).max(Duration::from_millis(1)))
     }
 
+    /// The session is idle and goes back to the event MPM without waiting
+    /// for its client's next request (`park::Linger`).
+    /// `idle`: `Session::is_idle` now.
     fn parks_now(&mut self, idle: bool) -> bool {
         self.async_mpm && idle && !self.linger.waits(self.session.last_stream_id() == 0)
     }

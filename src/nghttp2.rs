@@ -88,8 +88,6 @@ pub struct FrameInfo {
     pub error_code: u32,
     /// GOAWAY only.
     pub last_stream_id: i32,
-    /// PING only: its 8 bytes of opaque data.
-    pub ping_opaque: [u8; 8],
 }
 
 impl FrameInfo {
@@ -118,7 +116,6 @@ impl FrameInfo {
                     info.error_code = (*frame).goaway.error_code;
                     info.last_stream_id = (*frame).goaway.last_stream_id;
                 }
-                frame_type::PING => info.ping_opaque = (*frame).ping.opaque_data,
                 _ => {}
             }
             info
