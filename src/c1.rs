@@ -473,14 +473,9 @@ impl Parked for C1 {
     }
 
     fn shutdown_notice_now(&mut self) -> bool {
-        if self.client_gone || self.session.goaway_sent() || self.stop_notice_at.is_some() {
+        if self.client_gone || self.stop_notice_at.is_some() || !self.send_shutdown_notice() {
             return false;
         }
-        if self.session.peer_sent_goaway() || !self.session.shutdown_notice() {
-            return false;
-        }
-        clog!(self.c, Level::Debug, "h2rs: shutdown notice to a parked session");
-        self.stop_notice_at = Some(Instant::now());
         if self.write_output().is_err() {
             self.client_gone = true;
         }
@@ -971,9 +966,9 @@ impl C1 {
                     // Stopping: not back to the MPM (it would close the
                     // connection without our final GOAWAY); wait here for
                     // the PING's ACK or requests sent before the notice.
-                    if matches!(self.wait(left, false), Wait::Timeout) {
-                        self.session.goaway(error_code::NO_ERROR, b"server shutting down");
-                    }
+                    // At the grace's end the next turn's graceful_stop_step
+                    // sends the final GOAWAY.
+                    self.wait(left, false);
                     continue;
                 }
                 if self.async_mpm {
@@ -1080,11 +1075,10 @@ impl C1 {
         if self.session.goaway_sent() {
             return;
         }
+        if self.stop_notice_at.is_none() && self.send_shutdown_notice() {
+            return;
+        }
         match self.stop_notice_at {
-            None if !self.session.peer_sent_goaway() && self.session.shutdown_notice() => {
-                clog!(self.c, Level::Debug, "h2rs: stopping, shutdown notice sent");
-                self.stop_notice_at = Some(Instant::now());
-            }
             Some(at) if !self.session.shutdown_notice_acked() && at.elapsed() < park::STOP_NOTICE_GRACE => {}
             at => {
                 clog!(
@@ -1102,6 +1096,17 @@ impl C1 {
                 self.session.goaway(error_code::NO_ERROR, b"server shutting down");
             }
         }
+    }
+
+    /// The graceful stop's first step (`Session::shutdown_notice`), unless
+    /// a GOAWAY went either way already; notes when it went out.
+    fn send_shutdown_notice(&mut self) -> bool {
+        if self.session.peer_sent_goaway() || !self.session.shutdown_notice() {
+            return false;
+        }
+        clog!(self.c, Level::Debug, "h2rs: stopping, shutdown notice sent");
+        self.stop_notice_at = Some(Instant::now());
+        true
     }
 
     /// Time left before the final GOAWAY while a shutdown notice waits for
