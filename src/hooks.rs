@@ -248,7 +248,7 @@ unsafe extern "C" fn child_pre_cleanup(_data: *mut c_void) -> ffi::apr_status_t 
     guard("child cleanup", 0, || {
         c1::child_stopping(false);
         workers::shutdown();
-        crate::park::stop_clock();
+        crate::clock::stop();
         0
     })
 }
@@ -284,7 +284,7 @@ pub unsafe extern "C" fn h2rs_child_init(pchild: *mut ffi::apr_pool_t, s: *mut f
             let cfg = c1::server_config(s).unwrap_or(&default);
             let (idle, start) = (cfg.max_worker_idle(), cfg.workers_at_start());
             workers::install(workers::Pool::new(min, max, start, idle, Box::new(HttpdThreads)));
-            crate::park::start_clock();
+            crate::clock::start();
             if let Some(pool) = PoolRef::from_raw(pchild) {
                 pool.pre_cleanup(ptr::null(), child_pre_cleanup);
             }

@@ -22,6 +22,7 @@ pub mod alloc;
 pub mod apr;
 pub mod c1;
 pub mod c2;
+pub mod clock;
 pub mod config;
 pub mod fastpath;
 pub mod ffi;

@@ -6,14 +6,14 @@
 //! is not running the connection:
 //! - its idle timeout (`KeepAliveTimeout`, or before the client's first
 //!   request about `Timeout`, as HTTP/1.1 and the stock module wait for a
-//!   first request): the child's idle clock (one thread) sends
+//!   first request): the child's clock (`clock.rs`) sends
 //!   GOAWAY(NO_ERROR, last stream) once the session has been idle that
 //!   long (the client then closes; the MPM's own `Timeout` is the
 //!   backstop);
 //! - a graceful stop or restart: from `child_stopping`, the shutdown
 //!   notice (GOAWAY with the highest stream id, and a PING); the client's
 //!   answer brings the session back to a thread, which sends the final
-//!   GOAWAY; a client that stays silent gets it from the idle clock after
+//!   GOAWAY; a client that stays silent gets it from the clock after
 //!   `STOP_NOTICE_GRACE`;
 //! - after `TRIM_AFTER` of idleness, releasing what only a busy session
 //!   needs (cached secondary connections, buffers), so an idle connection
@@ -232,7 +232,7 @@ impl Parking {
 
     /// The child stops. Graceful: a parked session sends its shutdown
     /// notice; the final GOAWAY follows when the client answers (the
-    /// session runs again) or, from the idle clock, after
+    /// session runs again) or, from the child's clock, after
     /// `STOP_NOTICE_GRACE` (a final GOAWAY at once would refuse requests
     /// already on the wire). Hard: the final GOAWAY at once.
     pub fn stop(self: &Arc<Self>, graceful: bool) {
@@ -252,74 +252,24 @@ impl Parking {
     }
 }
 
-/// The idle-timeout clock of a child process: one thread that sleeps until
-/// the earliest parked session's deadline.
-///
-/// (httpd's own timed callbacks are not used: the event MPM of 2.4.6x only
-/// runs a timer when its listener wakes up for another reason, seconds
-/// late on a quiet server.)
-struct Clock {
-    queue: Mutex<ClockQueue>,
-    wake: parking_lot::Condvar,
-}
+/// `Parking`'s alarms on the child's clock (`clock.rs`).
+const IDLE_TIMER: u8 = 0;
+const STOP_DEADLINE: u8 = 1;
 
-#[derive(Default)]
-struct ClockQueue {
-    entries: std::collections::BinaryHeap<Due>,
-    stop: bool,
-}
-
-/// A timer: when, whose, and whether it is the graceful stop's deadline
-/// (`Parking::stop_deadline`, once) rather than the idle timer
-/// (`Parking::on_timer`, one chain per parked session).
-struct Due(Instant, std::sync::Weak<Parking>, bool);
-
-impl PartialEq for Due {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-impl Eq for Due {}
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Due {
-    // Earliest first in the (max-)heap.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other.0.cmp(&self.0)
+impl crate::clock::Alarm for Parking {
+    fn ring(self: Arc<Self>, kind: u8) {
+        if kind == STOP_DEADLINE {
+            self.stop_deadline();
+        } else if let Some(rest) = self.on_timer() {
+            arm_timer(&self, rest);
+        }
     }
 }
 
-static CLOCK: once_cell::sync::Lazy<Clock> = once_cell::sync::Lazy::new(|| Clock {
-    queue: Mutex::new(ClockQueue::default()),
-    wake: parking_lot::Condvar::new(),
-});
-static CLOCK_THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
-
-/// Starts the clock thread (child_init).
-pub fn start_clock() {
-    let mut t = CLOCK_THREAD.lock();
-    if t.is_some() {
-        return;
-    }
-    CLOCK.queue.lock().stop = false;
-    *t = std::thread::Builder::new().name("h2rs-idle-clock".into()).spawn(clock_main).ok();
-}
-
-/// Stops and joins the clock thread (child exit).
-pub fn stop_clock() {
-    CLOCK.queue.lock().stop = true;
-    CLOCK.wake.notify_all();
-    if let Some(t) = CLOCK_THREAD.lock().take() {
-        let _ = t.join();
-    }
-}
-
-/// Calls `parking` back after `after`. False when no clock runs.
+/// Calls `parking` back (`Parking::on_timer`) after `after`. False when no
+/// clock runs.
 pub fn arm_timer(parking: &Arc<Parking>, after: Duration) -> bool {
-    if !schedule(parking, after, false) {
+    if !crate::clock::schedule(parking, after, IDLE_TIMER) {
         parking.timer_pending.store(false, Ordering::Release);
         return false;
     }
@@ -328,54 +278,7 @@ pub fn arm_timer(parking: &Arc<Parking>, after: Duration) -> bool {
 
 /// Calls `parking.stop_deadline` after `after`. False when no clock runs.
 fn arm_stop_deadline(parking: &Arc<Parking>, after: Duration) -> bool {
-    schedule(parking, after, true)
-}
-
-fn schedule(parking: &Arc<Parking>, after: Duration, stop: bool) -> bool {
-    if CLOCK_THREAD.lock().is_none() {
-        return false;
-    }
-    let mut q = CLOCK.queue.lock();
-    let due = Instant::now() + after;
-    let earliest = q.entries.peek().map(|d| d.0 > due).unwrap_or(true);
-    q.entries.push(Due(due, Arc::downgrade(parking), stop));
-    drop(q);
-    if earliest {
-        CLOCK.wake.notify_all();
-    }
-    true
-}
-
-fn clock_main() {
-    let mut q = CLOCK.queue.lock();
-    loop {
-        if q.stop {
-            return;
-        }
-        let now = Instant::now();
-        match q.entries.peek().map(|d| d.0) {
-            Some(due) if due <= now => {
-                let Some(Due(_, weak, stop)) = q.entries.pop() else { continue };
-                drop(q);
-                if let Some(parking) = weak.upgrade() {
-                    crate::ffi::panic::guard("idle clock", (), || {
-                        if stop {
-                            parking.stop_deadline();
-                        } else if let Some(rest) = parking.on_timer() {
-                            arm_timer(&parking, rest);
-                        }
-                    });
-                }
-                q = CLOCK.queue.lock();
-            }
-            Some(due) => {
-                CLOCK.wake.wait_for(&mut q, due - now);
-            }
-            None => {
-                CLOCK.wake.wait(&mut q);
-            }
-        }
-    }
+    crate::clock::schedule(parking, after, STOP_DEADLINE)
 }
 
 #[cfg(test)]
@@ -441,7 +344,7 @@ mod tests {
     }
 
     /// Graceful stop: a parked session sends the shutdown notice, and the
-    /// idle clock sends the final GOAWAY once the grace has passed without
+    /// clock sends the final GOAWAY once the grace has passed without
     /// the session running again (its client did not answer).
     #[test]
     fn a_parked_session_gets_the_notice_then_after_the_grace_the_final_goaway() {
@@ -460,7 +363,7 @@ mod tests {
             }
             fn trim(&mut self) {}
         }
-        start_clock();
+        crate::clock::start();
         let goaways = Arc::new(AtomicU32::new(0));
         let mut fake = Box::new(Noticing { goaways: goaways.clone(), notices: 0 });
         let p = Parking::new(Duration::from_secs(60), Duration::from_secs(60));
@@ -470,7 +373,7 @@ mod tests {
         assert_eq!(goaways.load(Ordering::SeqCst), 0, "the final GOAWAY waits for the client's answer");
         let deadline = Instant::now() + STOP_NOTICE_GRACE + Duration::from_secs(5);
         while goaways.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "no final GOAWAY from the idle clock");
+            assert!(Instant::now() < deadline, "no final GOAWAY from the clock");
             std::thread::sleep(Duration::from_millis(20));
         }
         p.kill();

@@ -230,7 +230,7 @@ def test_graceful_restart_serves_a_request_sent_before_the_client_saw_goaway(mak
 def test_graceful_restart_goes_on_without_the_pings_answer(make_server, state):
     """A client that never answers the PING gets the final GOAWAY anyway
     (after STOP_NOTICE_GRACE): from the session's own loop once its stream
-    has finished, or from the idle clock while it is parked; then the
+    has finished, or from the clock while it is parked; then the
     connection closes."""
     srv = make_server().start()
     c = rawh2.Conn(srv.port)
