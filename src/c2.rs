@@ -807,6 +807,8 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
         bb.cleanup();
         return status::SUCCESS;
     };
+    // Body bytes queued since the last FLUSH of this pass.
+    let mut unflushed = false;
     // Always take the first bucket: reading a bucket may split it (a file
     // read maps a part and leaves the rest as the next bucket).
     while let Some(b) = bb.first() {
@@ -826,11 +828,13 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
                 flush_interim(ctx, &stream);
             }
             stream.end_output(ctx.trailers.take());
+            unflushed = false;
             b.delete();
             continue;
         }
         if kind.is_flush() {
             stream.flush();
+            unflushed = false;
             b.delete();
             continue;
         }
@@ -851,6 +855,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
                     bb.cleanup();
                     return rv;
                 }
+                unflushed = true;
                 continue;
             }
         }
@@ -871,6 +876,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             }
         };
         let result = if ctx.response_set { stream.write_output(data) } else { interim_text(ctx, &stream, data) };
+        unflushed = true;
         b.delete();
         if let Err(e) = result {
             // SAFETY: the c2 is ours.
@@ -878,6 +884,11 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             bb.cleanup();
             return stream_error_status(e);
         }
+    }
+    if unflushed {
+        // The handler may now wait on something else before it writes
+        // again (or flushes): what it wrote goes out soon anyway.
+        stream.arm_late_flush();
     }
     status::SUCCESS
 }

@@ -221,6 +221,14 @@ pub struct ResponseHead {
 /// comes near this.
 const INLINE_MEM_CAP: usize = 1 << 20;
 
+/// How long output a handler passed on without a flush may wait for more
+/// before c1 sends it anyway (`Stream::arm_late_flush`): below a frame's
+/// worth, buffered output otherwise waits for the handler's flush or the
+/// end of the response. Short enough for streamed responses (the stock
+/// module sends each write at once), long enough that a handler writing
+/// steadily still fills whole frames.
+pub const LATE_FLUSH_AFTER: Duration = Duration::from_millis(20);
+
 /// A FIFO that holds its first element inline: most body queues only ever
 /// hold one chunk (a small response, one DATA frame), and a `VecDeque`
 /// would allocate its ring for it, once per stream and queue.
@@ -578,6 +586,8 @@ struct StreamIo {
     worker_wants_room: bool,
     /// c1 found no data and deferred the stream: tell it when data comes.
     c1_waiting: bool,
+    /// A late flush is scheduled on the child's clock (`arm_late_flush`).
+    late_flush_armed: bool,
 
     closed: Option<u32>,
     worker: Option<WorkerState>,
@@ -617,6 +627,14 @@ pub struct Stream {
     /// Run on c1's own thread (see `fastpath`): its output queue must not
     /// make it wait, since only c1 drains the queue.
     inline: AtomicBool,
+}
+
+impl crate::clock::Alarm for Stream {
+    /// A late flush is due (`arm_late_flush`).
+    fn ring(self: Arc<Self>, _kind: u8) {
+        self.io.lock().late_flush_armed = false;
+        self.flush();
+    }
 }
 
 impl Listed for Stream {
@@ -852,9 +870,13 @@ impl Stream {
             let k = room.min(data.len());
             io.output.push(&data[..k]);
             data = &data[k..];
-            // Wake c1 if it waits for data and enough is there to be worth a
-            // frame (or the admin asked for no buffering).
-            let wake = io.c1_waiting && (!self.buffered || io.output.len() >= (16 * 1024).min(self.out_limit));
+            // Wake c1 if it waits for data (or has yet to see the response
+            // head) and enough is there to be worth a frame, or at every
+            // write when the admin asked for no buffering. Buffered output
+            // that stays below a frame goes out at the handler's flush, at
+            // the end, or from the clock (`arm_late_flush`).
+            let c1_wants = io.c1_waiting || (io.response.is_some() && !io.response_taken);
+            let wake = c1_wants && (!self.buffered || io.output.len() >= (16 * 1024).min(self.out_limit));
             if wake {
                 io.c1_waiting = false;
                 drop(io);
@@ -897,6 +919,32 @@ impl Stream {
         };
         if wake {
             self.notify_c1();
+        }
+    }
+
+    /// The handler passed output on without a flush and may now wait for
+    /// something else (mod_proxy_fcgi waits on its backend that way, where
+    /// HTTP/1.1 would hold the bytes until the response ends): unless the
+    /// output goes to c1 anyway, schedule a flush `LATE_FLUSH_AFTER` from
+    /// now. One per stream at a time; none for a stream c1 runs itself (it
+    /// drains the queue when the run ends) or whose output is unbuffered
+    /// (every write wakes c1).
+    pub fn arm_late_flush(self: &Arc<Self>) {
+        if !self.buffered || self.runs_inline() {
+            return;
+        }
+        {
+            let mut io = self.io.lock();
+            let waiting_bytes = !io.output.is_empty() || (io.response.is_some() && !io.response_taken);
+            if io.late_flush_armed || io.output_end || io.closed.is_some() || !waiting_bytes {
+                return;
+            }
+            io.late_flush_armed = true;
+        }
+        if !crate::clock::schedule(self, LATE_FLUSH_AFTER, 0) {
+            // No clock (unit tests without one): flush at once instead.
+            self.io.lock().late_flush_armed = false;
+            self.flush();
         }
     }
 
@@ -1294,6 +1342,58 @@ mod tests {
         writer.join().unwrap();
         let want: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         assert_eq!(got, want);
+    }
+
+    /// Buffered output below a frame waits for a flush, the end or the
+    /// clock: a write does not wake c1, the late flush does, and once.
+    #[test]
+    fn unflushed_output_goes_to_c1_from_the_clock() {
+        crate::clock::start();
+        let (s, sig) = stream(64 * 1024);
+        s.set_response(ResponseHead { status: 200, headers: Headers::new() }).unwrap();
+        s.write_output(b"event: one\n\n").unwrap();
+        assert!(sig.take().is_empty(), "a small buffered write woke c1");
+        s.arm_late_flush();
+        s.arm_late_flush();
+        assert!(s.io.lock().late_flush_armed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sig.take().is_empty() {
+            assert!(Instant::now() < deadline, "the late flush never woke c1");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(s.progress().response.is_some());
+        assert_eq!(s.peek_output(1000), Output::Data { n: 12, end: false, trailers: None });
+        assert!(!s.io.lock().late_flush_armed, "armed twice, rang once: the flag is clear again");
+        // Nothing to flush after the end of the body, nor for a stream c1
+        // runs itself.
+        s.end_output(None);
+        s.arm_late_flush();
+        assert!(!s.io.lock().late_flush_armed);
+        let (inline, _sig) = stream(64 * 1024);
+        inline.run_inline();
+        inline.write_output(b"x").unwrap();
+        inline.arm_late_flush();
+        assert!(!inline.io.lock().late_flush_armed);
+    }
+
+    /// H2OutputBuffering off: every write wakes c1, also before c1 has seen
+    /// the response head (it has not deferred the stream yet).
+    #[test]
+    fn unbuffered_writes_wake_c1_at_once() {
+        let signal = Arc::new(Signal::new().unwrap());
+        let req = Box::new(RequestHead { end_stream: false, ..Default::default() });
+        let s = Arc::new(Stream::new(3, req, signal.clone(), 64 * 1024, Duration::from_secs(5), false));
+        s.set_response(ResponseHead { status: 200, headers: Headers::new() }).unwrap();
+        s.write_output(b"a").unwrap();
+        assert_eq!(signal.take(), [3]);
+        assert!(s.progress().response.is_some());
+        assert_eq!(s.peek_output(10), Output::Data { n: 1, end: false, trailers: None });
+        s.take_output(&mut Vec::new(), 1).unwrap();
+        assert_eq!(s.peek_output(10), Output::Deferred);
+        s.write_output(b"b").unwrap();
+        assert_eq!(signal.take(), [3]);
+        s.arm_late_flush();
+        assert!(!s.io.lock().late_flush_armed, "unbuffered output needs no late flush");
     }
 
     #[test]
