@@ -951,10 +951,11 @@ impl C1 {
                 clog!(
                     c,
                     Level::Debug,
-                    "h2rs: session ends (client gone: {}, want read: {}, write: {})",
+                    "h2rs: session ends (client gone: {}, want read: {}, write: {}): {}",
                     self.client_gone,
                     self.session.want_read(),
-                    self.session.want_write()
+                    self.session.want_write(),
+                    self.session.goaways()
                 );
                 break;
             }

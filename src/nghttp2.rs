@@ -35,6 +35,74 @@ pub mod error_code {
     pub const HTTP_1_1_REQUIRED: u32 = 0xd;
 }
 
+/// The name RFC 9113 gives an error code (7), for the log.
+pub fn error_code_name(code: u32) -> std::borrow::Cow<'static, str> {
+    use error_code::*;
+    std::borrow::Cow::Borrowed(match code {
+        NO_ERROR => "NO_ERROR",
+        PROTOCOL_ERROR => "PROTOCOL_ERROR",
+        INTERNAL_ERROR => "INTERNAL_ERROR",
+        FLOW_CONTROL_ERROR => "FLOW_CONTROL_ERROR",
+        0x4 => "SETTINGS_TIMEOUT",
+        STREAM_CLOSED => "STREAM_CLOSED",
+        FRAME_SIZE_ERROR => "FRAME_SIZE_ERROR",
+        REFUSED_STREAM => "REFUSED_STREAM",
+        CANCEL => "CANCEL",
+        COMPRESSION_ERROR => "COMPRESSION_ERROR",
+        0xa => "CONNECT_ERROR",
+        ENHANCE_YOUR_CALM => "ENHANCE_YOUR_CALM",
+        INADEQUATE_SECURITY => "INADEQUATE_SECURITY",
+        HTTP_1_1_REQUIRED => "HTTP_1_1_REQUIRED",
+        other => return std::borrow::Cow::Owned(format!("error 0x{other:x}")),
+    })
+}
+
+/// The last GOAWAY each side sent on a connection.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Goaways {
+    /// Ours: error code, last stream id, debug text (nghttp2 names the
+    /// protocol error there).
+    pub sent: Option<(u32, i32, String)>,
+    /// The client's: error code, last stream id.
+    pub received: Option<(u32, i32)>,
+}
+
+impl Goaways {
+    // Not generic, unlike the session's callbacks that call them: kept
+    // out of the code generated for each session type.
+    #[cold]
+    #[inline(never)]
+    pub fn note_received(slot: &mut Option<Box<Goaways>>, frame: &FrameInfo) {
+        slot.get_or_insert_with(Default::default).received = Some((frame.error_code, frame.last_stream_id));
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub fn note_sent(slot: &mut Option<Box<Goaways>>, frame: &FrameInfo, debug: &[u8]) {
+        // Bounded: nghttp2's texts are short; ours are ours.
+        let debug = String::from_utf8_lossy(&debug[..debug.len().min(200)]).into_owned();
+        slot.get_or_insert_with(Default::default).sent = Some((frame.error_code, frame.last_stream_id, debug));
+    }
+}
+
+impl std::fmt::Display for Goaways {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.sent {
+            Some((code, last, debug)) => {
+                write!(f, "GOAWAY sent: {}, last stream {last}", error_code_name(*code))?;
+                if !debug.is_empty() {
+                    write!(f, " ({debug:?})")?;
+                }
+            }
+            None => write!(f, "no GOAWAY sent")?,
+        }
+        match self.received {
+            Some((code, last)) => write!(f, "; GOAWAY received: {}, last stream {last}", error_code_name(code)),
+            None => write!(f, "; no GOAWAY received"),
+        }
+    }
+}
+
 /// Frame types (RFC 9113 section 6).
 pub mod frame_type {
     pub const DATA: u8 = 0x0;
@@ -169,6 +237,12 @@ pub trait Handler {
         false
     }
     fn frame_sent(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo) {}
+    /// The peer's GOAWAY arrived (before `frame_recv` sees it). Apart from
+    /// `frame_recv`, whose stack frame lies under every request.
+    fn goaway_received(&mut self, _frame: &FrameInfo) {}
+    /// A GOAWAY went out (after `frame_sent`), with its debug text: nghttp2
+    /// names there the protocol error it ended the connection for.
+    fn goaway_sent(&mut self, _frame: &FrameInfo, _debug: &[u8]) {}
     /// Total payload length (with padding) for a frame about to be sent,
     /// at most `max_payload` (only called with `Options::padding`).
     fn padded_length(&mut self, frame: &FrameInfo, _max_payload: usize) -> usize {
@@ -887,6 +961,9 @@ unsafe extern "C" fn frame_recv_cb<H: Handler>(
     crate::ffi::panic::guard("nghttp2 frame_recv", ng::NGHTTP2_ERR_CALLBACK_FAILURE, || {
         // SAFETY: as above.
         let (h, info) = unsafe { (handler::<H>(user_data), FrameInfo::from_raw(frame)) };
+        if info.kind == frame_type::GOAWAY {
+            h.goaway_received(&info);
+        }
         let mut o = ops(session);
         let flow = h.frame_recv(&mut o, &info);
         flow_result(&mut o, info.stream_id, flow, false)
@@ -937,6 +1014,19 @@ unsafe extern "C" fn frame_send_cb<H: Handler>(
         // SAFETY: as above.
         let (h, info) = unsafe { (handler::<H>(user_data), FrameInfo::from_raw(frame)) };
         h.frame_sent(&mut ops(session), &info);
+        if info.kind == frame_type::GOAWAY {
+            // SAFETY: a GOAWAY frame's opaque data is `opaque_data_len`
+            // bytes nghttp2 owns until the callback returns (or none).
+            let debug = unsafe {
+                let g = &(*frame).goaway;
+                if g.opaque_data.is_null() {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(g.opaque_data, g.opaque_data_len)
+                }
+            };
+            h.goaway_sent(&info, debug);
+        }
         0
     })
 }

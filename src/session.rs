@@ -18,7 +18,9 @@
 //! ```
 
 use crate::limits::{self, RateLimit};
-use crate::nghttp2::{self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, NgError, Ops};
+use crate::nghttp2::{
+    self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, Goaways, NgError, Ops,
+};
 use crate::request::{HeaderError, Limits, RequestBuilder};
 use crate::signal::Signal;
 use crate::stream::{Outcome, Output, Retire, Stream};
@@ -347,6 +349,9 @@ pub struct Core<D: Dispatch> {
     recently_closed: VecDeque<i32>,
     /// State of the padding random generator (xorshift64).
     rng: u64,
+    /// The GOAWAY frames sent and received, for the log when the
+    /// connection ends; boxed, since most connections never have one.
+    goaways: Option<Box<Goaways>>,
 }
 
 impl<D: Dispatch> Core<D> {
@@ -844,6 +849,14 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         }
     }
 
+    fn goaway_received(&mut self, frame: &FrameInfo) {
+        Goaways::note_received(&mut self.goaways, frame);
+    }
+
+    fn goaway_sent(&mut self, frame: &FrameInfo, debug: &[u8]) {
+        Goaways::note_sent(&mut self.goaways, frame, debug);
+    }
+
     fn frame_not_sent(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo, _lib_error: i32) {
         // A response HEADERS frame that cannot go out (larger than
         // H2MaxHeaderBlockLen): the stream cannot be answered, reset it.
@@ -950,6 +963,7 @@ impl<D: Dispatch> Session<D> {
             hold_until_settings: false,
             stats: Stats::default(),
             peer_goaway: false,
+            goaways: None,
             shutdown_ping: ShutdownPing::NotSent,
             stream_errors: 0,
             max_client_stream: 0,
@@ -1134,6 +1148,11 @@ impl<D: Dispatch> Session<D> {
 
     pub fn peer_sent_goaway(&self) -> bool {
         self.ng.handler_ref().peer_goaway
+    }
+
+    /// The GOAWAY frames sent and received so far (for the log).
+    pub fn goaways(&self) -> Goaways {
+        self.ng.handler_ref().goaways.as_deref().cloned().unwrap_or_default()
     }
 
     pub fn goaway_sent(&self) -> bool {
@@ -1816,6 +1835,36 @@ pub(crate) mod tests {
             thread::sleep(Duration::from_millis(2));
         }
         assert_eq!(p.server.stats().streams_reset_by_peer, 1);
+    }
+
+    /// What the log says when a connection ends: the GOAWAY we sent, with
+    /// nghttp2's reason for a protocol error, and the client's.
+    #[test]
+    fn goaways_of_both_sides_are_noted_for_the_log() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let id = p.get("/f?n=10");
+        p.pump(closed(vec![id]));
+        assert_eq!(p.server.goaways(), Goaways::default());
+        // DATA on stream 0 is a connection error (RFC 9113 6.1).
+        let _ = p.server.recv(&[0, 0, 1, 0, 0, 0, 0, 0, 0, b'x']);
+        let _ = p.server.collect_output(&mut Vec::new(), 1 << 20);
+        let g = p.server.goaways();
+        let (code, last, debug) = g.sent.clone().expect("no GOAWAY sent");
+        assert_eq!((code, last), (error_code::PROTOCOL_ERROR, id));
+        assert!(debug.contains("DATA"), "{debug:?}");
+        assert!(g.to_string().starts_with("GOAWAY sent: PROTOCOL_ERROR, last stream 1 (\""), "{g}");
+        assert!(g.to_string().ends_with("; no GOAWAY received"), "{g}");
+
+        let mut p = Pair::new(Settings::default(), echo);
+        let id = p.get("/f?n=10");
+        p.pump(closed(vec![id]));
+        p.client.ops().terminate(error_code::ENHANCE_YOUR_CALM).unwrap();
+        for _ in 0..10 {
+            p.step(usize::MAX);
+        }
+        let g = p.server.goaways();
+        assert_eq!(g.received, Some((error_code::ENHANCE_YOUR_CALM, 0)));
+        assert!(g.to_string().ends_with("; GOAWAY received: ENHANCE_YOUR_CALM, last stream 0"), "{g}");
     }
 
     #[test]

@@ -982,3 +982,24 @@ def test_goaway_from_the_client(connect, docroot):
     assert r.reset is None and sha(r.body) == docroot.sha("16k1.bin"), c.log()
     assert c.wait_closed(), f"connection still open after our GOAWAY; {c.log()}"
     assert c.goaway is None or c.goaway.error_code == E.NO_ERROR, c.log()
+
+
+def test_the_log_says_why_a_connection_ended(make_server):
+    """At LogLevel http2:debug, the end of a session names the GOAWAY sent
+    and its reason (for a protocol error, nghttp2's), and the client's: an
+    admin can tell a misbehaving client from a server problem, as with the
+    stock module's log."""
+    srv = make_server(loglevel="warn http2:debug").start()
+    c = rawh2.Conn(srv.port)
+    c.send(data(0, b"x"))  # DATA on stream 0: RFC 9113 6.1
+    c.expect_connection_error(E.PROTOCOL_ERROR)
+    c.close()
+    c = rawh2.Conn(srv.port)
+    c.send(goaway(0, E.ENHANCE_YOUR_CALM))
+    time.sleep(0.3)
+    c.close()
+    deadline = time.time() + 10
+    want = ['GOAWAY sent: PROTOCOL_ERROR, last stream 0 ("', "GOAWAY received: ENHANCE_YOUR_CALM, last stream 0"]
+    while not all(w in srv.read_error_log() for w in want):
+        assert time.time() < deadline, srv.read_error_log()[-2000:]
+        time.sleep(0.1)
