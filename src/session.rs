@@ -317,8 +317,6 @@ pub struct Core<D: Dispatch> {
     /// Upgrade: see `Session::new_upgraded`).
     hold_until_settings: bool,
     stats: Stats,
-    /// GOAWAY received from the peer.
-    peer_goaway: bool,
     /// Graceful shutdown: the PING behind our shutdown notice
     /// (`Session::shutdown_notice`) is out, and whether it was answered.
     shutdown_ping: ShutdownPing,
@@ -349,8 +347,9 @@ pub struct Core<D: Dispatch> {
     recently_closed: VecDeque<i32>,
     /// State of the padding random generator (xorshift64).
     rng: u64,
-    /// The GOAWAY frames sent and received, for the log when the
-    /// connection ends; boxed, since most connections never have one.
+    /// The GOAWAY frames sent and received (whether the peer sent one; the
+    /// log when the connection ends); boxed, since most connections never
+    /// have one.
     goaways: Option<Box<Goaways>>,
 }
 
@@ -792,10 +791,6 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 }
                 Flow::Continue
             }
-            frame_type::GOAWAY => {
-                self.peer_goaway = true;
-                Flow::Continue
-            }
             frame_type::SETTINGS if !frame.has(ng::flags::ACK) && self.hold_until_settings => {
                 self.hold_until_settings = false;
                 self.fill_slots();
@@ -962,7 +957,6 @@ impl<D: Dispatch> Session<D> {
             happy: 0,
             hold_until_settings: false,
             stats: Stats::default(),
-            peer_goaway: false,
             goaways: None,
             shutdown_ping: ShutdownPing::NotSent,
             stream_errors: 0,
@@ -1147,7 +1141,7 @@ impl<D: Dispatch> Session<D> {
     }
 
     pub fn peer_sent_goaway(&self) -> bool {
-        self.ng.handler_ref().peer_goaway
+        self.ng.handler_ref().goaways.as_ref().is_some_and(|g| g.received.is_some())
     }
 
     /// The GOAWAY frames sent and received so far (for the log).
