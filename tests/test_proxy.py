@@ -35,6 +35,7 @@ LoadModule proxy_http2_module {MODULE}
 LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
 LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
 LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
+LoadModule lbmethod_bybusyness_module {MODDIR}/mod_lbmethod_bybusyness.so
 ProxyTimeout 30
 ProxyVia On
 ProxyPass /api/ h2c://127.0.0.1:{b1}/
@@ -57,6 +58,12 @@ ProxyPass /bal/ balancer://pair/
   BalancerMember h2c://127.0.0.1:{b2}
 </Proxy>
 ProxyPass /half/ balancer://half/
+<Proxy balancer://busy>
+  BalancerMember h2c://127.0.0.1:{b1}
+  BalancerMember h2c://127.0.0.1:{b2}
+  ProxySet lbmethod=bybusyness
+</Proxy>
+ProxyPass /busy/ balancer://busy/
 ProxyPass /eo/ h2c://127.0.0.1:{b1}/
 <Location /eo/>
   ProxyErrorOverride On
@@ -314,12 +321,16 @@ def test_unreachable_backend_is_503(proxy):
     assert code == 503
 
 
+def port_of(body):
+    return int(body.split(b"port=")[1].split()[0])
+
+
 def test_balancer_with_two_h2c_members(proxy, backends):
     ports = set()
     for _ in range(10):
         code, body = split(get(proxy, "/bal/delay?s=0"))
         assert code == 200
-        ports.add(int(body.split(b"port=")[1].split()[0]))
+        ports.add(port_of(body))
     assert ports == {backends[0], backends[1]}
 
 
@@ -328,6 +339,35 @@ def test_balancer_fails_over_from_a_dead_member(proxy, backends):
         code, body = split(get(proxy, "/half/delay?s=0"))
         assert code == 200
         assert f"port={backends[1]} ".encode() in body
+
+
+def test_bybusyness_counts_suspended_requests_until_they_end(proxy, backends):
+    """A suspended request keeps counting as busy on its balancer member
+    until it ends, and stops counting then: mod_proxy_balancer takes its
+    count back in a cleanup of the request pool, which a suspended request
+    keeps until its last resume ends it (not when the handler returns)."""
+    c = H2Client(proxy.port)
+    slow = c.request("/busy/delay?s=2")
+    time.sleep(0.5)  # suspended by now: its worker is free
+    while_busy = []
+    for _ in range(6):
+        code, body = split(get(proxy, "/busy/delay?s=0"))
+        assert code == 200
+        while_busy.append(port_of(body))
+    s = c.wait_stream(slow)
+    assert s.status == 200
+    busy_port = port_of(bytes(s.data))
+    c.close()
+    # Every request went to the member that was not busy.
+    assert busy_port not in while_busy, (busy_port, while_busy)
+    # Ended, it no longer counts: bybusyness picks the slow member again
+    # (it is due, having been passed over six times).
+    after = []
+    for _ in range(6):
+        code, body = split(get(proxy, "/busy/delay?s=0"))
+        assert code == 200
+        after.append(port_of(body))
+    assert busy_port in after, (busy_port, after)
 
 
 def test_response_via_and_error_override(proxy):
