@@ -270,9 +270,9 @@ impl Slabs {
         self.alloc_uncommon(&mut state, class)
     }
 
-    /// `alloc_class` when the class has no slab with room, or its first
-    /// slab with room has no freed chunk (a chunk never handed out is
-    /// taken from its end).
+    /// `alloc_class` when the class has no slab with room (a slab is
+    /// taken for it), or its first slab with room has no freed chunk: a
+    /// chunk never handed out is cut from the slab's end.
     #[cold]
     #[inline(never)]
     fn alloc_uncommon(&self, state: &mut ClassState, class: usize) -> Option<*mut u8> {
@@ -296,19 +296,15 @@ impl Slabs {
         let slab = state.with_room;
         let h = self.header(slab);
         // SAFETY: the slab is in this class's list, whose headers and free
-        // chunks only this class's lock holder touches.
+        // chunks only this class's lock holder touches. It has no freed
+        // chunk (`alloc_class` looked), so being on the list it has room
+        // at its end.
         unsafe {
-            let p = if !(*h).free.is_null() {
-                let p = (*h).free;
-                (*h).free = *(p as *mut *mut u8);
-                p
-            } else {
-                let p = self.start(slab).add((*h).bump);
-                (*h).bump += chunk;
-                p
-            };
+            debug_assert!((*h).free.is_null() && (*h).bump + chunk <= SLAB_BYTES);
+            let p = self.start(slab).add((*h).bump);
+            (*h).bump += chunk;
             (*h).live += 1;
-            if (*h).free.is_null() && (*h).bump + chunk > SLAB_BYTES {
+            if (*h).bump + chunk > SLAB_BYTES {
                 self.unlink(state, slab);
             }
             Some(p)
