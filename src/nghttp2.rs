@@ -35,26 +35,16 @@ pub mod error_code {
     pub const HTTP_1_1_REQUIRED: u32 = 0xd;
 }
 
-/// The name RFC 9113 gives an error code (7), for the log.
+/// The name RFC 9113 gives an error code (7), for the log; nghttp2's table
+/// (`nghttp2_http2_strerror`), with the number for a code it does not know.
 pub fn error_code_name(code: u32) -> std::borrow::Cow<'static, str> {
-    use error_code::*;
-    std::borrow::Cow::Borrowed(match code {
-        NO_ERROR => "NO_ERROR",
-        PROTOCOL_ERROR => "PROTOCOL_ERROR",
-        INTERNAL_ERROR => "INTERNAL_ERROR",
-        FLOW_CONTROL_ERROR => "FLOW_CONTROL_ERROR",
-        0x4 => "SETTINGS_TIMEOUT",
-        STREAM_CLOSED => "STREAM_CLOSED",
-        FRAME_SIZE_ERROR => "FRAME_SIZE_ERROR",
-        REFUSED_STREAM => "REFUSED_STREAM",
-        CANCEL => "CANCEL",
-        COMPRESSION_ERROR => "COMPRESSION_ERROR",
-        0xa => "CONNECT_ERROR",
-        ENHANCE_YOUR_CALM => "ENHANCE_YOUR_CALM",
-        INADEQUATE_SECURITY => "INADEQUATE_SECURITY",
-        HTTP_1_1_REQUIRED => "HTTP_1_1_REQUIRED",
-        other => return std::borrow::Cow::Owned(format!("error 0x{other:x}")),
-    })
+    // SAFETY: nghttp2_http2_strerror returns a static NUL-terminated string
+    // for any code.
+    let name = unsafe { std::ffi::CStr::from_ptr(ng::nghttp2_http2_strerror(code)) };
+    match name.to_str() {
+        Ok(known) if known != "unknown" => std::borrow::Cow::Borrowed(known),
+        _ => std::borrow::Cow::Owned(format!("error 0x{code:x}")),
+    }
 }
 
 /// The last GOAWAY each side sent on a connection.
@@ -1158,6 +1148,14 @@ unsafe extern "C" fn send_data_cb<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_are_named_as_rfc_9113_names_them() {
+        assert_eq!(error_code_name(error_code::PROTOCOL_ERROR), "PROTOCOL_ERROR");
+        assert_eq!(error_code_name(0x4), "SETTINGS_TIMEOUT");
+        assert_eq!(error_code_name(error_code::HTTP_1_1_REQUIRED), "HTTP_1_1_REQUIRED");
+        assert_eq!(error_code_name(0xff), "error 0xff");
+    }
 
     #[test]
     fn static_names_are_the_same_bytes_and_lower_case() {
