@@ -107,6 +107,14 @@ struct SlabHeader {
 
 const _: () = assert!(std::mem::size_of::<SlabHeader>() <= HEADER_BYTES);
 
+impl SlabHeader {
+    /// No freed chunk, and no room at the end for another of `chunk` bytes:
+    /// such a slab is off its class's list of slabs with room.
+    fn is_full(&self, chunk: usize) -> bool {
+        self.free.is_null() && self.bump + chunk > SLAB_BYTES
+    }
+}
+
 struct ClassState {
     /// Slabs of this class with at least one free chunk.
     with_room: usize,
@@ -260,7 +268,7 @@ impl Slabs {
                     let next = *(p as *mut *mut u8);
                     (*h).free = next;
                     (*h).live += 1;
-                    if next.is_null() && (*h).bump + CLASS_SIZES[class] > SLAB_BYTES {
+                    if (*h).is_full(CLASS_SIZES[class]) {
                         self.unlink(&mut state, slab);
                     }
                     return Some(p);
@@ -300,11 +308,11 @@ impl Slabs {
         // chunk (`alloc_class` looked), so being on the list it has room
         // at its end.
         unsafe {
-            debug_assert!((*h).free.is_null() && (*h).bump + chunk <= SLAB_BYTES);
+            debug_assert!((*h).free.is_null() && !(*h).is_full(chunk));
             let p = self.start(slab).add((*h).bump);
             (*h).bump += chunk;
             (*h).live += 1;
-            if (*h).bump + chunk > SLAB_BYTES {
+            if (*h).is_full(chunk) {
                 self.unlink(state, slab);
             }
             Some(p)
@@ -326,7 +334,7 @@ impl Slabs {
         let mut state = self.lock_class(class);
         // SAFETY: under the class lock, as in `alloc`.
         unsafe {
-            let was_full = (*h).free.is_null() && (*h).bump + chunk > SLAB_BYTES;
+            let was_full = (*h).is_full(chunk);
             *(p as *mut *mut u8) = (*h).free;
             (*h).free = p;
             (*h).live -= 1;
