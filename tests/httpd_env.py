@@ -19,7 +19,17 @@ MODULE = ROOT / "build" / "mod_h2rs.so"
 STOCK_MODULE = pathlib.Path(MODDIR) / "mod_http2.so"
 
 
+# Ports this process handed out: the kernel may give the same free port
+# again at the next bind, and a server with two listeners (cleartext and
+# TLS) then fails to start ("Cannot define multiple Listeners").
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
