@@ -137,11 +137,18 @@ int h2rs_shim_bucket_kind(const apr_bucket *b)
 }
 
 void h2rs_shim_file_bucket(const apr_bucket *b, apr_file_t **file,
-                           apr_off_t *offset, apr_size_t *length)
+                           apr_off_t *offset, apr_size_t *length,
+                           int *can_mmap)
 {
-    *file = ((const apr_bucket_file *)b->data)->fd;
+    const apr_bucket_file *f = b->data;
+    *file = f->fd;
     *offset = b->start;
     *length = b->length;
+#if APR_HAS_MMAP
+    *can_mmap = f->can_mmap;
+#else
+    *can_mmap = 0;
+#endif
 }
 
 int h2rs_shim_error_bucket_status(const apr_bucket *b)

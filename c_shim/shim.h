@@ -111,9 +111,11 @@ apr_size_t h2rs_shim_bucket_length(apr_bucket *b);
 #define H2RS_BUCKET_FILE     0x20
 #define H2RS_BUCKET_EOC      0x40
 int h2rs_shim_bucket_kind(const apr_bucket *b);
-/* The file, offset and length of a FILE bucket. */
+/* The file, offset and length of a FILE bucket, and whether it may be
+ * mapped (EnableMMAP). */
 void h2rs_shim_file_bucket(const apr_bucket *b, apr_file_t **file,
-                           apr_off_t *offset, apr_size_t *length);
+                           apr_off_t *offset, apr_size_t *length,
+                           int *can_mmap);
 /* Status of an ap_bucket_error (only for H2RS_BUCKET_ERROR). */
 int h2rs_shim_error_bucket_status(const apr_bucket *b);
 

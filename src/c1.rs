@@ -20,6 +20,7 @@ use crate::apr::{self, status, BrigadeRef, PoolRef};
 use crate::c2::{self, C2Cache, C2};
 use crate::config::ServerConfig;
 use crate::fastpath;
+use crate::frames::Frames;
 use crate::ffi;
 use crate::log::Level;
 use crate::nghttp2::error_code;
@@ -123,7 +124,7 @@ const FRAME_BUF_WAIT: Duration = if cfg!(test) { Duration::from_secs(30) } else 
 const FRAME_BUF_NO_WAIT_FOR: Duration = Duration::from_secs(1);
 
 struct FrameBufPool {
-    free: Vec<Vec<u8>>,
+    free: Vec<Frames>,
     /// Buffers taken and not given back.
     in_use: usize,
     /// Until then takers do not wait (`FRAME_BUF_NO_WAIT_FOR`).
@@ -167,7 +168,7 @@ fn in_use_limit() -> usize {
 
 /// A frame buffer from `FRAME_BUFS`, empty when taken; dropping it gives
 /// it back.
-struct FrameBuf(Vec<u8>);
+struct FrameBuf(Frames);
 
 impl FrameBuf {
     fn take() -> FrameBuf {
@@ -190,7 +191,7 @@ impl FrameBuf {
         let kept = pool.free.pop();
         drop(pool);
         FRAME_BUFS_HELD.set(held + 1);
-        FrameBuf(kept.unwrap_or_else(|| Vec::with_capacity(FRAME_BUF_CAPACITY)))
+        FrameBuf(kept.unwrap_or_else(|| Frames::with_capacity(FRAME_BUF_CAPACITY)))
     }
 }
 
@@ -231,14 +232,14 @@ impl Drop for FrameBuf {
 }
 
 impl std::ops::Deref for FrameBuf {
-    type Target = Vec<u8>;
-    fn deref(&self) -> &Vec<u8> {
+    type Target = Frames;
+    fn deref(&self) -> &Frames {
         &self.0
     }
 }
 
 impl std::ops::DerefMut for FrameBuf {
-    fn deref_mut(&mut self) -> &mut Vec<u8> {
+    fn deref_mut(&mut self) -> &mut Frames {
         &mut self.0
     }
 }
@@ -445,6 +446,10 @@ pub struct C1 {
     /// `InputPath::Socket`, and the core's filter returned less than
     /// asked for (so holds nothing any more): reads go to the socket.
     read_direct: bool,
+    /// The connection's output goes straight to the core's socket writer
+    /// (no TLS or other connection filter): DATA payloads of large files
+    /// are written from file mappings (`Frames::by_reference`).
+    send_by_reference: bool,
     torn_down: bool,
     tls: TlsWarmup,
     /// Exclusive use of the session while it is parked in the MPM.
@@ -841,6 +846,8 @@ impl C1 {
                 input_ready: true,
                 input_path: InputPath::Filters,
                 read_direct: false,
+                send_by_reference: !(*c).output_filters.is_null()
+                    && (*(*c).output_filters).frec == ffi::ap_core_output_filter_handle,
                 torn_down: false,
                 tls: {
                     let cfg = server_config(s);
@@ -1273,7 +1280,8 @@ impl C1 {
         let c = self.c;
         // A frame buffer, not one of its own per thread or connection
         // (see FRAME_BUFS): only the pages a read writes are touched.
-        let mut buf = FrameBuf::take();
+        let mut held = FrameBuf::take();
+        let buf = held.buffer();
         buf.reserve(DIRECT_READ_SIZE);
         let mut total = 0usize;
         while total < READ_BUDGET {
@@ -1405,7 +1413,8 @@ impl C1 {
 
     /// Appends the frames nghttp2 has to send to `frames`, up to about
     /// `WRITE_CHUNK` bytes in all; returns how many bytes it added.
-    fn collect_frames(&mut self, frames: &mut Vec<u8>) -> Result<usize, ()> {
+    fn collect_frames(&mut self, frames: &mut Frames) -> Result<usize, ()> {
+        frames.set_by_reference(self.send_by_reference);
         self.session.collect_output(frames, WRITE_CHUNK).map_err(|e| {
             clog!(self.c, Level::Debug, "h2rs: cannot serialize frames: {e}");
         })
@@ -1415,24 +1424,33 @@ impl C1 {
     fn send_frames(&mut self, frames: &FrameBuf) -> Result<(), ()> {
         let c = self.c;
         let now = std::time::Instant::now();
-        let (small, full) = frames.split_at(self.tls.warmup_bytes(frames.len(), now));
-        // TLS warm-up: small records (one per bucket in mod_ssl) so the
-        // first bytes of a connection arrive without waiting for a full
-        // 16 KiB record. FLUSH after each piece: mod_ssl coalesces small
-        // buckets.
-        for piece in small.chunks(TLS_WARMUP_RECORD) {
-            self.out_bb.push_transient(piece);
-            self.out_bb.push_flush();
-        }
-        if !full.is_empty() {
-            self.out_bb.push_transient(full);
+        if let Some(all) = frames.contiguous() {
+            let (small, full) = all.split_at(self.tls.warmup_bytes(all.len(), now));
+            // TLS warm-up: small records (one per bucket in mod_ssl) so the
+            // first bytes of a connection arrive without waiting for a full
+            // 16 KiB record. FLUSH after each piece: mod_ssl coalesces small
+            // buckets.
+            for piece in small.chunks(TLS_WARMUP_RECORD) {
+                self.out_bb.push_transient(piece);
+                self.out_bb.push_flush();
+            }
+            if !full.is_empty() {
+                self.out_bb.push_transient(full);
+            }
+        } else {
+            // Payloads by reference (`send_by_reference`: no TLS): the
+            // core writes them from the mappings, many frames a writev.
+            for piece in frames.pieces() {
+                self.out_bb.push_transient(piece);
+            }
         }
         self.tls.wrote(frames.len(), now);
         self.out_bb.push_flush();
         let writing = FrameBufWriting::start();
         // SAFETY: c1's output filters on the c1 thread; with FLUSH the
         // core writes everything before returning, so the transient
-        // bucket's bytes (frames) are not referenced afterwards.
+        // buckets' bytes (frames, and the mappings they hold) are not
+        // referenced afterwards.
         let rv = unsafe { ffi::ap_pass_brigade((*c).output_filters, self.out_bb.as_ptr()) };
         drop(writing);
         self.out_bb.cleanup();

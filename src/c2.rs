@@ -842,12 +842,13 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             b.delete();
             continue;
         }
-        // File data (static files): read it straight from the descriptor.
-        // apr_bucket_read would mmap the file and munmap it when done,
-        // costing TLB shootdowns on every response.
+        // File data (static files): queued as a region of the file, which
+        // c1 copies into its frames or, when large, sends from a mapping
+        // (`FileRegion`). apr_bucket_read would mmap every file and
+        // munmap it when done, costing TLB shootdowns on every response.
         if ctx.response_set {
-            if let Some((fd, offset, len)) = b.file_region() {
-                let result = copy_file_region(&stream, &mut ctx.file_buf, fd, offset, len);
+            if let Some(region) = b.file_region() {
+                let result = copy_file_region(&stream, &mut ctx.file_buf, region);
                 b.delete();
                 if let Err(rv) = result {
                     // SAFETY: the c2 is ours.
@@ -919,21 +920,16 @@ fn harmless_filter_recs() -> &'static [usize] {
 /// dup and a close cost more than copying a few KiB).
 const FILE_BY_REFERENCE: usize = 16 * 1024;
 
-/// Puts `len` bytes of `fd` from `offset` into the stream's output: by
-/// reference when large, else copied.
-fn copy_file_region(
-    stream: &Stream,
-    buf: &mut Vec<u8>,
-    fd: std::os::fd::RawFd,
-    mut offset: u64,
-    mut len: usize,
-) -> Result<(), ffi::apr_status_t> {
+/// Puts a FILE bucket's region into the stream's output: by reference
+/// when large, else copied.
+fn copy_file_region(stream: &Stream, buf: &mut Vec<u8>, region: apr::FileBucket) -> Result<(), ffi::apr_status_t> {
+    let apr::FileBucket { fd, mut offset, mut len, may_map } = region;
     if len >= FILE_BY_REFERENCE {
         // SAFETY: fd is the open descriptor of a live FILE bucket; it is
         // only borrowed to duplicate it (the duplicate is ours to close).
         let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
         if let Ok(owned) = dup {
-            let region = crate::stream::FileRegion { file: std::fs::File::from(owned), offset, len: len as u64 };
+            let region = crate::stream::FileRegion::new(std::fs::File::from(owned), offset, len as u64, may_map);
             return stream.write_file(region).map_err(stream_error_status);
         }
         // Out of descriptors: copy instead.

@@ -25,6 +25,8 @@ pub mod c2;
 pub mod clock;
 pub mod config;
 pub mod fastpath;
+pub mod filemap;
+pub mod frames;
 pub mod ffi;
 pub mod hash;
 pub mod hooks;

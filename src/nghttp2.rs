@@ -11,8 +11,9 @@
 //! nghttp2 is not thread-safe: a session is used by one thread at a time
 //! (the thread that drives the client connection).
 
-use crate::alloc::nghttp2_mem::FrameBufWatch;
 use crate::limits;
+use crate::alloc::nghttp2_mem::FrameBufWatch;
+use crate::frames::Frames;
 use crate::stream::{Headers, KNOWN_NAMES, KNOWN_SET_COOKIE};
 use libnghttp2_sys as ng;
 use std::ffi::{c_int, c_void};
@@ -223,7 +224,7 @@ pub trait Handler {
     /// `DataRead::NoCopy` to `out` (the frame header and padding are
     /// written around them). False: the bytes are not there (the stream is
     /// reset).
-    fn send_data(&mut self, _stream_id: i32, _length: usize, _out: &mut Vec<u8>) -> bool {
+    fn send_data(&mut self, _stream_id: i32, _length: usize, _out: &mut Frames) -> bool {
         false
     }
     fn frame_sent(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo) {}
@@ -652,7 +653,7 @@ pub struct Session<H: Handler> {
 /// written into it by `send_data_cb`, in order with the other frames).
 struct Ctx<H> {
     handler: H,
-    sink: *mut Vec<u8>,
+    sink: *mut Frames,
     /// `mem_send`'s limit: a no-copy frame that reaches it pauses nghttp2
     /// (which would otherwise write every frame the windows allow in one
     /// call, a whole large file into memory).
@@ -799,14 +800,14 @@ impl<H: Handler> Session<H> {
 
     /// Serializes pending frames into `out` until nothing is left or `out`
     /// holds at least `limit` bytes. Returns the bytes added.
-    pub fn mem_send(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<usize, NgError> {
+    pub fn mem_send(&mut self, out: &mut Frames, limit: usize) -> Result<usize, NgError> {
         let start = out.len();
         while out.len() < limit {
             let mut data: *const u8 = ptr::null();
             // No-copy DATA payloads go into `out` from send_data_cb during
             // the call; the pointer is re-derived for each call and cleared
             // before `out` is used again here.
-            self.ctx.sink = out as *mut Vec<u8>;
+            self.ctx.sink = out as *mut Frames;
             self.ctx.sink_limit = limit;
             // SAFETY: on success `data` points at `n` bytes owned by nghttp2,
             // valid until the next call on the session; we copy them now.
@@ -819,7 +820,7 @@ impl<H: Handler> Session<H> {
                 break;
             }
             // SAFETY: see above.
-            out.extend_from_slice(unsafe { std::slice::from_raw_parts(data, n as usize) });
+            out.buffer().extend_from_slice(unsafe { std::slice::from_raw_parts(data, n as usize) });
         }
         Ok(out.len() - start)
     }
@@ -1125,17 +1126,18 @@ unsafe extern "C" fn send_data_cb<H: Handler>(
         let Some(out) = (unsafe { ctx.sink.as_mut() }) else {
             return ng::NGHTTP2_ERR_CALLBACK_FAILURE;
         };
-        let start = out.len();
-        out.extend_from_slice(header);
+        let start = out.mark();
+        out.buffer().extend_from_slice(header);
         if padlen > 0 {
-            out.push((padlen - 1) as u8);
+            out.buffer().push((padlen - 1) as u8);
         }
         if !ctx.handler.send_data(stream_id, length, out) {
-            out.truncate(start);
+            out.rollback(start);
             return ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
         if padlen > 1 {
-            out.resize(out.len() + padlen - 1, 0);
+            let buf = out.buffer();
+            buf.resize(buf.len() + padlen - 1, 0);
         }
         if out.len() >= ctx.sink_limit {
             // The frame is written; mem_send2 returns so the buffer goes out.

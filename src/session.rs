@@ -17,6 +17,7 @@
 //!  worker done && closed -> Retire (request logged, c2 released), entry gone
 //! ```
 
+use crate::frames::Frames;
 use crate::limits::{self, RateLimit};
 use crate::nghttp2::{
     self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, Goaways, NgError, Ops,
@@ -889,7 +890,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         }
     }
 
-    fn send_data(&mut self, stream_id: i32, length: usize, out: &mut Vec<u8>) -> bool {
+    fn send_data(&mut self, stream_id: i32, length: usize, out: &mut Frames) -> bool {
         let Some(stream) = self.entries.get(&stream_id).and_then(|e| e.stream.as_ref()) else { return false };
         stream.take_output(out, length).is_ok()
     }
@@ -1051,7 +1052,7 @@ impl<D: Dispatch> Session<D> {
     }
 
     /// Serializes pending frames into `out` (up to about `limit` bytes).
-    pub fn collect_output(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<usize, NgError> {
+    pub fn collect_output(&mut self, out: &mut Frames, limit: usize) -> Result<usize, NgError> {
         let mut total = 0;
         // nghttp2 may stop early when a frame could not be prepared (and a
         // callback queued a replacement, e.g. an RST_STREAM): go on while
@@ -1414,6 +1415,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// Everything the client has to send.
+    pub fn client_bytes(client: &mut ng::Session<Client>) -> Vec<u8> {
+        let mut out = Frames::default();
+        client.mem_send(&mut out, usize::MAX).unwrap();
+        out.contiguous().unwrap_or_default().to_vec()
+    }
+
     pub struct Pair {
         pub server: Session<ThreadDispatch>,
         pub client: ng::Session<Client>,
@@ -1463,16 +1471,19 @@ pub(crate) mod tests {
         /// most `out_limit` (plus a frame) server bytes out. Returns the
         /// bytes moved each way.
         pub fn step(&mut self, out_limit: usize) -> (usize, usize) {
-            let mut c2s = Vec::new();
-            self.client.mem_send(&mut c2s, usize::MAX).unwrap();
+            let c2s = client_bytes(&mut self.client);
             if !c2s.is_empty() {
                 self.server.recv(&c2s).unwrap();
             }
             self.server.run_here(usize::MAX);
             self.server.process_signals();
             self.server.retire_finished();
-            let mut s2c = Vec::new();
-            self.server.collect_output(&mut s2c, out_limit).unwrap();
+            // As c1 on a cleartext connection: large file regions go by
+            // reference to a mapping.
+            let mut frames = Frames::default();
+            frames.set_by_reference(true);
+            self.server.collect_output(&mut frames, out_limit).unwrap();
+            let s2c: Vec<u8> = frames.pieces().flat_map(|p| p.iter().copied()).collect();
             if !s2c.is_empty() {
                 self.client.mem_recv(&s2c).unwrap();
             }
@@ -1576,7 +1587,7 @@ pub(crate) mod tests {
         std::fs::remove_file(&path).unwrap();
         stream.set_response(ResponseHead { status: 200, headers: Headers::new() }).unwrap();
         stream.write_output(b"<").unwrap();
-        stream.write_file(crate::stream::FileRegion { file, offset: 0, len: 1 << 20 }).unwrap();
+        stream.write_file(crate::stream::FileRegion::new(file, 0, 1 << 20, true)).unwrap();
         stream.write_output(b">").unwrap();
         stream.end_output(None);
     }
@@ -1655,8 +1666,7 @@ pub(crate) mod tests {
         let mut p = Pair::new(Settings::default(), echo);
         p.server.dispatcher().here = |s| s.request.path.as_deref().is_some_and(|p| p.starts_with(b"/here"));
         let ids: Vec<i32> = (0..5).map(|i| p.get(&format!("/here{i}?n=100"))).collect();
-        let mut c2s = Vec::new();
-        p.client.mem_send(&mut c2s, usize::MAX).unwrap();
+        let c2s = client_bytes(&mut p.client);
         p.server.recv(&c2s).unwrap();
         // Nothing runs while reading; then at most `max` per call.
         assert_eq!(p.server.stats().streams_dispatched, 0);
@@ -1842,7 +1852,7 @@ pub(crate) mod tests {
         assert_eq!(p.server.goaways(), Goaways::default());
         // DATA on stream 0 is a connection error (RFC 9113 6.1).
         let _ = p.server.recv(&[0, 0, 1, 0, 0, 0, 0, 0, 0, b'x']);
-        let _ = p.server.collect_output(&mut Vec::new(), 1 << 20);
+        let _ = p.server.collect_output(&mut Frames::default(), 1 << 20);
         let g = p.server.goaways();
         let (code, last, debug) = g.sent.clone().expect("no GOAWAY sent");
         assert_eq!((code, last), (error_code::PROTOCOL_ERROR, id));
@@ -1956,12 +1966,11 @@ pub(crate) mod tests {
             // HEADERS out first (nghttp2 sends no RST for a stream it never
             // opened), then the resets.
             let ids: Vec<i32> = (0..50).map(|_| p.get("/stall")).collect();
-            let mut c2s = Vec::new();
-            p.client.mem_send(&mut c2s, usize::MAX).unwrap();
+            let mut c2s = client_bytes(&mut p.client);
             for id in ids {
                 p.client.ops().submit_rst_stream(id, error_code::CANCEL).unwrap();
             }
-            p.client.mem_send(&mut c2s, usize::MAX).unwrap();
+            c2s.extend_from_slice(&client_bytes(&mut p.client));
             let _ = p.server.recv(&c2s);
             p.pump(|_| true);
             if p.client.handler_ref().goaway.is_some() {

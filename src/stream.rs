@@ -28,6 +28,8 @@
 //! Nothing here knows httpd: the retire action (release the request and its
 //! secondary connection) is an opaque [`Retire`] object.
 
+use crate::filemap::{self, FileMap};
+use crate::frames::Frames;
 use crate::request::RequestHead;
 use crate::signal::{Listed, Signal};
 use parking_lot::{Condvar, Mutex};
@@ -379,6 +381,48 @@ pub struct FileRegion {
     pub file: std::fs::File,
     pub offset: u64,
     pub len: u64,
+    /// The file may be mapped (`EnableMMAP`, as the FILE bucket says).
+    pub may_map: bool,
+    /// The window of it mapped last (`FileRegion::mapped`).
+    pub map: Option<Arc<FileMap>>,
+}
+
+/// File regions at least this long are sent from a mapping where the
+/// connection allows (`Frames::by_reference`), not copied into frames: a
+/// mapping and its unmapping cost less than copying this much (and the
+/// unmapping's TLB shootdown is paid once per `filemap::WINDOW`).
+const MAP_AT_LEAST: u64 = 256 * 1024;
+
+impl FileRegion {
+    pub fn new(file: std::fs::File, offset: u64, len: u64, may_map: bool) -> FileRegion {
+        FileRegion { file, offset, len, may_map, map: None }
+    }
+
+    /// A mapping that covers the next `k` bytes: the last one, or a new
+    /// window. None if mapping is not for this region, or failed (then it
+    /// is copied from here on).
+    fn mapped(&mut self, k: usize) -> Option<Arc<FileMap>> {
+        if let Some(map) = &self.map {
+            if map.covers(self.offset, k) {
+                return Some(map.clone());
+            }
+        } else if !self.may_map || self.len < MAP_AT_LEAST {
+            return None;
+        }
+        let window = (self.len.min(filemap::WINDOW as u64) as usize).max(k);
+        match FileMap::new(&self.file, self.offset, window) {
+            Ok(map) => {
+                let map = Arc::new(map);
+                self.map = Some(map.clone());
+                Some(map)
+            }
+            Err(_) => {
+                self.may_map = false;
+                self.map = None;
+                None
+            }
+        }
+    }
 }
 
 /// Appends `len` bytes of `file` from `offset` to `out`, read straight
@@ -473,10 +517,11 @@ impl OutputQueue {
         self.segments.push_back(Segment::File(region));
     }
 
-    /// Appends exactly `n` pending bytes to `out` (n <= pending). Fails if
-    /// a file region can no longer be read whole (the file shrank or an I/O
-    /// error): the frame cannot be completed then.
-    pub fn take_into_vec(&mut self, out: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
+    /// Appends exactly `n` pending bytes to `out` (n <= pending): file
+    /// regions by reference to a mapping where `out` takes that, else
+    /// copied. Fails if a file region can no longer be read whole (the
+    /// file shrank or an I/O error): the frame cannot be completed then.
+    pub fn take_into(&mut self, out: &mut Frames, n: usize) -> std::io::Result<()> {
         let mut left = n;
         while left > 0 {
             let Some(front) = self.segments.front_mut() else {
@@ -484,13 +529,16 @@ impl OutputQueue {
             };
             let took = match front {
                 Segment::Bytes(q) => {
-                    let k = q.take_append(out, left);
+                    let k = q.take_append(out.buffer(), left);
                     self.mem -= k;
                     k
                 }
                 Segment::File(region) => {
                     let k = (left as u64).min(region.len) as usize;
-                    read_exact_at_append(&region.file, region.offset, k, out)?;
+                    match out.by_reference().then(|| region.mapped(k)).flatten() {
+                        Some(map) => out.push_mapped(map, region.offset, k),
+                        None => read_exact_at_append(&region.file, region.offset, k, out.buffer())?,
+                    }
                     region.offset += k as u64;
                     region.len -= k as u64;
                     k
@@ -1062,9 +1110,9 @@ impl Stream {
 
     /// c1 writes a DATA frame's payload: appends exactly `n` queued bytes
     /// (announced by `peek_output`) to `out`.
-    pub fn take_output(&self, out: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
+    pub fn take_output(&self, out: &mut Frames, n: usize) -> std::io::Result<()> {
         let mut io = self.io.lock();
-        let result = io.output.take_into_vec(out, n);
+        let result = io.output.take_into(out, n);
         let drained_to_half = io.output.len() <= self.out_limit / 2;
         let wake_worker = io.worker_wants_room && drained_to_half;
         let watch = if drained_to_half { io.output_watch.take() } else { None };
@@ -1177,6 +1225,18 @@ mod tests {
         assert!(std::mem::size_of::<Stream>() + 2 * std::mem::size_of::<usize>() <= 448);
     }
 
+    fn joined(frames: &Frames) -> Vec<u8> {
+        frames.pieces().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    /// Drains `q` in frames of at most 16 KiB into `out`.
+    fn drain(q: &mut OutputQueue, out: &mut Frames) {
+        while !q.is_empty() {
+            let n = q.pending().min(16_384) as usize;
+            q.take_into(out, n).unwrap();
+        }
+    }
+
     #[test]
     fn file_regions_are_read_in_order_with_bytes() {
         let path = std::env::temp_dir().join(format!("h2rs-region-{}", std::process::id()));
@@ -1184,24 +1244,51 @@ mod tests {
         std::fs::write(&path, &content).unwrap();
         let mut q = OutputQueue::default();
         q.push(b"head:");
-        q.push_file(FileRegion { file: std::fs::File::open(&path).unwrap(), offset: 100, len: 40_000 });
+        q.push_file(FileRegion::new(std::fs::File::open(&path).unwrap(), 100, 40_000, true));
         q.push(b":tail");
         assert_eq!(q.len(), 10);
         assert_eq!(q.pending(), 40_010);
-        let mut out = Vec::new();
-        while !q.is_empty() {
-            let n = q.pending().min(16_384) as usize;
-            q.take_into_vec(&mut out, n).unwrap();
-        }
+        let mut out = Frames::default();
+        drain(&mut q, &mut out);
         let mut want = b"head:".to_vec();
         want.extend_from_slice(&content[100..40_100]);
         want.extend_from_slice(b":tail");
-        assert_eq!(out, want);
+        assert_eq!(out.contiguous(), Some(&want[..]));
         // A region past the end of the file cannot be read whole.
-        q.push_file(FileRegion { file: std::fs::File::open(&path).unwrap(), offset: 49_000, len: 2_000 });
+        q.push_file(FileRegion::new(std::fs::File::open(&path).unwrap(), 49_000, 2_000, true));
         let before = out.len();
-        assert!(q.take_into_vec(&mut out, 2_000).is_err());
+        assert!(q.take_into(&mut out, 2_000).is_err());
         assert_eq!(out.len(), before);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn large_file_regions_go_by_reference_where_the_connection_takes_it() {
+        let path = std::env::temp_dir().join(format!("h2rs-mapped-{}", std::process::id()));
+        let size = filemap::WINDOW + 3 * MAP_AT_LEAST as usize;
+        let content: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let region = |may_map| FileRegion::new(std::fs::File::open(&path).unwrap(), 7, size as u64 - 7, may_map);
+        let mut want = b"head:".to_vec();
+        want.extend_from_slice(&content[7..]);
+        for (by_reference, may_map, mapped) in [(true, true, true), (true, false, false), (false, true, false)] {
+            let mut q = OutputQueue::default();
+            q.push(b"head:");
+            q.push_file(region(may_map));
+            let mut out = Frames::default();
+            out.set_by_reference(by_reference);
+            drain(&mut q, &mut out);
+            assert_eq!(out.contiguous().is_none(), mapped, "by_reference {by_reference}, may_map {may_map}");
+            assert_eq!(out.len(), want.len());
+            assert_eq!(joined(&out), want);
+        }
+        // Small regions are copied (a mapping costs more than the copy).
+        let mut q = OutputQueue::default();
+        q.push_file(FileRegion::new(std::fs::File::open(&path).unwrap(), 0, MAP_AT_LEAST - 1, true));
+        let mut out = Frames::default();
+        out.set_by_reference(true);
+        drain(&mut q, &mut out);
+        assert_eq!(out.contiguous(), Some(&content[..MAP_AT_LEAST as usize - 1]));
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -1326,7 +1413,7 @@ mod tests {
         };
         let p = s.progress();
         assert!(p.response.is_some());
-        let mut got = Vec::new();
+        let mut got = Frames::default();
         loop {
             match s.peek_output(3000) {
                 Output::Data { n, end, .. } => {
@@ -1341,7 +1428,7 @@ mod tests {
         }
         writer.join().unwrap();
         let want: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        assert_eq!(got, want);
+        assert_eq!(got.contiguous(), Some(&want[..]));
     }
 
     /// Buffered output below a frame waits for a flush, the end or the
@@ -1388,7 +1475,7 @@ mod tests {
         assert_eq!(signal.take(), [3]);
         assert!(s.progress().response.is_some());
         assert_eq!(s.peek_output(10), Output::Data { n: 1, end: false, trailers: None });
-        s.take_output(&mut Vec::new(), 1).unwrap();
+        s.take_output(&mut Frames::default(), 1).unwrap();
         assert_eq!(s.peek_output(10), Output::Deferred);
         s.write_output(b"b").unwrap();
         assert_eq!(signal.take(), [3]);
@@ -1499,7 +1586,7 @@ mod tests {
         s.end_output(None);
         let hit = Arc::new(AtomicBool::new(false));
         s.worker_done(Some(Box::new(Flag(hit.clone()))));
-        let mut out = Vec::new();
+        let mut out = Frames::default();
         s.take_output(&mut out, 4).unwrap();
         let c = s.close_for_c1(0);
         assert_eq!((c.output_complete, c.worker_done, c.unacknowledged), (true, true, 0));

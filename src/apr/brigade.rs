@@ -8,6 +8,17 @@ use crate::ffi;
 use std::ffi::c_char;
 use std::ptr::NonNull;
 
+/// The region of a file a FILE bucket holds.
+#[derive(Clone, Copy, Debug)]
+pub struct FileBucket {
+    /// Open as long as the bucket.
+    pub fd: std::os::fd::RawFd,
+    pub offset: u64,
+    pub len: usize,
+    /// The file may be mapped (`EnableMMAP` for its request).
+    pub may_map: bool,
+}
+
 /// A borrowed brigade.
 #[derive(Clone, Copy, Debug)]
 pub struct BrigadeRef(NonNull<ffi::apr_bucket_brigade>);
@@ -222,24 +233,25 @@ impl BucketRef {
         Ok(unsafe { std::slice::from_raw_parts(data as *const u8, len as usize) })
     }
 
-    /// A FILE bucket's file descriptor, offset and length.
-    pub fn file_region(&self) -> Option<(std::os::fd::RawFd, u64, usize)> {
+    /// A FILE bucket's region of its file.
+    pub fn file_region(&self) -> Option<FileBucket> {
         if !self.kind().is_file() {
             return None;
         }
         let mut file: *mut ffi::apr_file_t = std::ptr::null_mut();
         let mut offset: ffi::apr_off_t = 0;
         let mut len: ffi::apr_size_t = 0;
+        let mut can_mmap: std::ffi::c_int = 0;
         let mut fd: ffi::apr_os_file_t = -1;
         // SAFETY: a FILE bucket (kind checked) holds an apr_file_t; the
         // descriptor stays open as long as the bucket.
         unsafe {
-            ffi::h2rs_shim_file_bucket(self.as_ptr(), &mut file, &mut offset, &mut len);
+            ffi::h2rs_shim_file_bucket(self.as_ptr(), &mut file, &mut offset, &mut len, &mut can_mmap);
             if file.is_null() || ffi::apr_os_file_get(&mut fd, file) != 0 {
                 return None;
             }
         }
-        Some((fd, offset.max(0) as u64, len as usize))
+        Some(FileBucket { fd, offset: offset.max(0) as u64, len: len as usize, may_map: can_mmap != 0 })
     }
 
     /// Splits the bucket so that it holds the first `at` bytes.

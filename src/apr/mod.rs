@@ -7,7 +7,7 @@ pub mod brigade;
 pub mod pool;
 pub mod table;
 
-pub use brigade::{BrigadeRef, BucketKind, BucketRef};
+pub use brigade::{BrigadeRef, BucketKind, BucketRef, FileBucket};
 pub use pool::PoolRef;
 pub use table::TableRef;
 

@@ -20,6 +20,7 @@
 
 use super::task::Task;
 use super::tls::{self, Handshake, Ssl};
+use crate::frames::Frames;
 use crate::log::Level;
 use crate::nghttp2::{
     self, error_code, flags, frame_type, settings_id, DataRead, Flow, FrameInfo, Handler, Ops, Session,
@@ -322,7 +323,8 @@ struct Conn {
     hs_write: bool,
     connecting: Option<Instant>,
     session: Session<Backend>,
-    out: Vec<u8>,
+    /// Frames to write (all buffered: a client sends no file mappings).
+    out: Frames,
     out_off: usize,
     dead: Option<String>,
     idle_since: Instant,
@@ -420,7 +422,7 @@ impl Conn {
             hs_write: false,
             connecting: Some(Instant::now()),
             session,
-            out: Vec::new(),
+            out: Frames::default(),
             out_off: 0,
             dead: None,
             idle_since: Instant::now(),
@@ -500,9 +502,10 @@ impl Conn {
     }
 
     fn sock_write(&mut self, from: usize) -> std::io::Result<usize> {
+        let pending = self.out.contiguous().and_then(|bytes| bytes.get(from..)).unwrap_or_default();
         match &mut self.tls {
-            Some(ssl) => ssl.write(&self.out[from..]),
-            None => self.sock.write(&self.out[from..]),
+            Some(ssl) => ssl.write(pending),
+            None => self.sock.write(pending),
         }
     }
 
