@@ -11,9 +11,9 @@
 //! nghttp2 is not thread-safe: a session is used by one thread at a time
 //! (the thread that drives the client connection).
 
-use crate::limits;
 use crate::alloc::nghttp2_mem::FrameBufWatch;
 use crate::frames::Frames;
+use crate::limits;
 use crate::stream::{Headers, KNOWN_NAMES, KNOWN_SET_COOKIE};
 use libnghttp2_sys as ng;
 use std::ffi::{c_int, c_void};

@@ -13,8 +13,10 @@ import h2.events
 import pytest
 from hyperframe import frame as hf
 
-from conftest import MODULE, WORKER_MPM, curl, free_port, h2load, run, sha256
+import conftest
+from conftest import MODULE, WORKER_MPM, Httpd, curl, free_port, h2load, run, sha256
 from h2client import H2Client
+import rawh2
 
 
 def test_module_exports_only_its_module_records():
@@ -40,6 +42,91 @@ def test_static_file_byte_exact_with_nghttp(server, docroot, workdir, name):
     assert r.returncode == 0, r.stderr
     assert hashlib.sha256(out.read_bytes()).hexdigest() == docroot.sha(name)
     out.unlink()
+
+
+def child_maps(srv):
+    """The file mappings of the server's children, from /proc."""
+    kids = run(["ps", "-o", "pid=", "--ppid", str(srv.pid)], text=True).stdout.split()
+    maps = ""
+    for pid in kids:
+        try:
+            maps += open(f"/proc/{pid}/maps").read()
+        except OSError:
+            pass
+    return maps
+
+
+def stalled_download(port, path, tls=False):
+    """A connection whose client stopped taking DATA (no WINDOW_UPDATE)
+    after the first 65,535 bytes of `path`; returns (conn, stream id)."""
+    c = rawh2.Conn(port, tls=tls, auto_window=False)
+    sid = c.request(path)
+    c.wait(lambda: len(c.resp(sid).body) == 65535, what="the first window of DATA")
+    return c, sid
+
+
+@pytest.fixture(scope="module")
+def mmap_servers(workdir, docroot, certs):
+    """h2c, and h2 over TLS, with httpd's default EnableMMAP on; and h2c
+    with EnableMMAP off."""
+    on = Httpd(workdir, docroot, name="mmap-on").tls_config(certs, free_port())
+    off = Httpd(workdir, docroot, name="mmap-off", extra="EnableMMAP off")
+    with conftest.registered(on), conftest.registered(off):
+        yield on, off
+
+
+def test_large_files_are_sent_from_mappings_on_cleartext_connections_only(mmap_servers, docroot):
+    on, off = mmap_servers
+    path = str(docroot.path / "20m.bin")
+    cases = [(on, on.port, False, True), (on, on.tls_port, True, False), (off, off.port, False, False)]
+    for srv, port, tls, mapped in cases:
+        assert path not in child_maps(srv)
+        c, sid = stalled_download(port, "/20m.bin", tls)
+        # The stream waits for window with its file's current window mapped
+        # (cleartext, EnableMMAP on), or read by pread (TLS: mod_ssl
+        # encrypts a copy anyway; EnableMMAP off: as httpd's own core).
+        assert (path in child_maps(srv)) == mapped, (port, tls)
+        c.send(rawh2.window_update(0, 30 << 20), rawh2.window_update(sid, 30 << 20))
+        c.auto_window = True
+        c.wait(lambda: c.resp(sid).ended, timeout=60, what="the whole file")
+        assert sha256(bytes(c.resp(sid).body)) == docroot.sha("20m.bin")
+        c.close()
+        # Unmapped once the stream ended.
+        deadline = time.time() + 5
+        while path in child_maps(srv) and time.time() < deadline:
+            time.sleep(0.05)
+        assert path not in child_maps(srv)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
+def test_a_file_that_shrinks_while_sent_ends_its_stream_without_harm(mmap_servers, docroot, tls):
+    on, _ = mmap_servers
+    name = f"shrinking-{'tls' if tls else 'clear'}.bin"
+    original = os.urandom(4 << 20)
+    (docroot.path / name).write_bytes(original)
+    try:
+        c, sid = stalled_download(on.tls_port if tls else on.port, "/" + name, tls)
+        os.truncate(docroot.path / name, 128 << 10)
+        c.send(rawh2.window_update(0, 8 << 20), rawh2.window_update(sid, 8 << 20))
+        c.auto_window = True
+        r = c.resp(sid)
+        # Read from a mapping, the socket write fails (EFAULT: the kernel
+        # touched a page past the new end) and the connection ends; read
+        # by pread, the frame cannot be filled and the stream is reset.
+        c.wait(lambda: c.closed or r.reset is not None or r.ended, timeout=20, what="the end of the stream")
+        assert not r.ended and len(r.body) < len(original)
+        if tls:
+            assert r.reset == h2.errors.ErrorCodes.INTERNAL_ERROR, c.log()
+        else:
+            c.wait_closed()
+        assert bytes(r.body) == original[:len(r.body)], "bytes that are not the file's"
+        c.close()
+        # The child lives on and serves.
+        fresh = rawh2.Conn(on.port)
+        fresh.expect_ok("/1k.bin")
+        fresh.close()
+    finally:
+        (docroot.path / name).unlink()
 
 
 def test_head_has_headers_and_no_data(server):
