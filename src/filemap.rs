@@ -10,8 +10,10 @@
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 
-/// How much of a file one mapping covers at most (APR maps files in
-/// pieces of the same size, APR_MMAP_LIMIT).
+/// How much of a file one mapping covers at most. A window's pages count
+/// in the child's RSS until it is unmapped: at 10 MiB `-c 4 -m 4`, 1 MiB
+/// windows peaked 3 MiB above copying, 4 MiB ones (APR's APR_MMAP_LIMIT)
+/// 13 MiB, for a few % less CPU (fewer unmappings).
 pub const WINDOW: usize = 1 << 20;
 
 /// A mapped region of a file, unmapped on drop.

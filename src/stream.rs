@@ -387,11 +387,14 @@ pub struct FileRegion {
     pub map: Option<Arc<FileMap>>,
 }
 
-/// File regions at least this long are sent from a mapping where the
-/// connection allows (`Frames::by_reference`), not copied into frames: a
-/// mapping and its unmapping cost less than copying this much (and the
-/// unmapping's TLB shootdown is paid once per `filemap::WINDOW`).
-const MAP_AT_LEAST: u64 = 256 * 1024;
+/// File regions with at least this much left are sent from a mapping
+/// where the connection allows (`Frames::by_reference`), not copied into
+/// frames. Below it the copy is cheaper: mapping, faulting in and
+/// unmapping (a TLB shootdown) cost about what copying a few hundred KiB
+/// does (100 KiB `-c 50 -m 10` from mappings: 0.53x HTTP/1.1's req/s;
+/// 512 KiB: 1.29x its CPU against 1.09x copying; see docs/INTERNALS.md
+/// "Large files from mappings").
+const MAP_AT_LEAST: u64 = 1 << 20;
 
 impl FileRegion {
     pub fn new(file: std::fs::File, offset: u64, len: u64, may_map: bool) -> FileRegion {
