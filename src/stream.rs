@@ -382,9 +382,9 @@ pub struct FileRegion {
     pub offset: u64,
     pub len: u64,
     /// The file may be mapped (`EnableMMAP`, as the FILE bucket says).
-    pub may_map: bool,
+    may_map: bool,
     /// The window of it mapped last (`FileRegion::mapped`).
-    pub map: Option<Arc<FileMap>>,
+    map: Option<Arc<FileMap>>,
 }
 
 /// File regions with at least this much left are sent from a mapping
@@ -402,18 +402,27 @@ impl FileRegion {
     }
 
     /// A mapping that covers the next `k` bytes: the last one, or a new
-    /// window. None if mapping is not for this region, or failed (then it
-    /// is copied from here on).
+    /// window while at least `MAP_AT_LEAST` is left. None if mapping is
+    /// not for this region (or its rest), or failed (then it is copied
+    /// from here on).
     fn mapped(&mut self, k: usize) -> Option<Arc<FileMap>> {
-        if let Some(map) = &self.map {
-            if map.covers(self.offset, k) {
-                return Some(map.clone());
-            }
-        } else if !self.may_map || self.len < MAP_AT_LEAST {
+        if let Some(map) = self.map.as_ref().filter(|map| map.covers(self.offset, k)) {
+            return Some(map.clone());
+        }
+        if !self.may_map || self.len < MAP_AT_LEAST {
             return None;
         }
         let window = (self.len.min(filemap::WINDOW as u64) as usize).max(k);
-        match FileMap::new(&self.file, self.offset, window) {
+        // A file that already shrank is copied, which fails its frame and
+        // resets only its stream; a write from a mapping past the end
+        // would fail the connection's write.
+        let end = self.offset + window as u64;
+        let mapping = match self.file.metadata() {
+            Ok(meta) if meta.len() >= end => FileMap::new(&self.file, self.offset, window),
+            Ok(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Err(e) => Err(e),
+        };
+        match mapping {
             Ok(map) => {
                 let map = Arc::new(map);
                 self.map = Some(map.clone());
@@ -1285,6 +1294,17 @@ mod tests {
             assert_eq!(out.len(), want.len());
             assert_eq!(joined(&out), want);
         }
+        // A window past the end of a file shorter than its region is not
+        // mapped: copied, its frame fails at the end (a stream reset, not
+        // a failed connection write).
+        // (Mapped, the test would die of SIGBUS reading the pieces.)
+        let mut q = OutputQueue::default();
+        q.push_file(FileRegion::new(std::fs::File::open(&path).unwrap(), 0, size as u64 + MAP_AT_LEAST, true));
+        let mut out = Frames::default();
+        out.set_by_reference(true);
+        while q.pending() > 0 && q.take_into(&mut out, q.pending().min(16_384) as usize).is_ok() {}
+        assert_eq!(q.pending(), MAP_AT_LEAST);
+        assert_eq!(joined(&out), content);
         // Small regions are copied (a mapping costs more than the copy).
         let mut q = OutputQueue::default();
         q.push_file(FileRegion::new(std::fs::File::open(&path).unwrap(), 0, MAP_AT_LEAST - 1, true));
