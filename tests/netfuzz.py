@@ -15,7 +15,7 @@ counted and printed.
     python tests/netfuzz.py --port 8080 --seconds 60 # against a running server on 127.0.0.1
     scripts/netfuzz 600                              # the same as the first, from the repo root
 
-tests/test_netfuzz.py runs a short fixed-seed round in the test suite."""
+tests/test_attacks.py runs a short fixed-seed round in the test suite."""
 import argparse
 import collections
 import os
