@@ -43,6 +43,15 @@ impl Frames {
         self.bytes.len() + self.mapped_len
     }
 
+    /// How much of a write's budget (`WRITE_CHUNK` in c1) the frames use:
+    /// bytes held by reference count a quarter. They take no buffer
+    /// memory, and writes of 512 KiB of them rather than 128 cost 17%
+    /// less CPU per 10 MiB response (A/B, 5 rounds: 3,800 against 4,600
+    /// µs; req/s 244 against 179); 1 MiB writes gained nothing clear.
+    pub fn budget_used(&self) -> usize {
+        self.bytes.len() + self.mapped_len / 4
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -133,6 +142,7 @@ mod tests {
         f.buffer().extend_from_slice(b"!");
         assert_eq!(joined(&f), b"<h1>234ab<h2>0!");
         assert_eq!(f.len(), 15);
+        assert_eq!(f.budget_used(), 15 - 6 + 6 / 4);
         assert!(f.contiguous().is_none());
         f.rollback(mark);
         assert_eq!(joined(&f), b"<h1>234ab<h2>");

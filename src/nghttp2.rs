@@ -802,7 +802,7 @@ impl<H: Handler> Session<H> {
     /// holds at least `limit` bytes. Returns the bytes added.
     pub fn mem_send(&mut self, out: &mut Frames, limit: usize) -> Result<usize, NgError> {
         let start = out.len();
-        while out.len() < limit {
+        while out.budget_used() < limit {
             let mut data: *const u8 = ptr::null();
             // No-copy DATA payloads go into `out` from send_data_cb during
             // the call; the pointer is re-derived for each call and cleared
@@ -1139,7 +1139,7 @@ unsafe extern "C" fn send_data_cb<H: Handler>(
             let buf = out.buffer();
             buf.resize(buf.len() + padlen - 1, 0);
         }
-        if out.len() >= ctx.sink_limit {
+        if out.budget_used() >= ctx.sink_limit {
             // The frame is written; mem_send2 returns so the buffer goes out.
             return ng::NGHTTP2_ERR_PAUSE;
         }

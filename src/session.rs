@@ -1060,7 +1060,7 @@ impl<D: Dispatch> Session<D> {
         for _ in 0..4 {
             let n = self.ng.mem_send(out, limit)?;
             total += n;
-            if out.len() >= limit || !self.ng.ops().want_write() {
+            if out.budget_used() >= limit || !self.ng.ops().want_write() {
                 break;
             }
             if n == 0 && total > 0 {
@@ -1425,6 +1425,9 @@ pub(crate) mod tests {
     pub struct Pair {
         pub server: Session<ThreadDispatch>,
         pub client: ng::Session<Client>,
+        /// Large file regions go by reference to a mapping, as c1 sends
+        /// them on a cleartext connection (else copied, as under TLS).
+        pub by_reference: bool,
     }
 
     impl Pair {
@@ -1435,7 +1438,7 @@ pub(crate) mod tests {
             let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
             client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)]).unwrap();
             client.ops().set_local_window_size(0, 1 << 30).unwrap();
-            Pair { server, client }
+            Pair { server, client, by_reference: true }
         }
 
         pub fn get(&mut self, path: &str) -> i32 {
@@ -1478,10 +1481,8 @@ pub(crate) mod tests {
             self.server.run_here(usize::MAX);
             self.server.process_signals();
             self.server.retire_finished();
-            // As c1 on a cleartext connection: large file regions go by
-            // reference to a mapping.
             let mut frames = Frames::default();
-            frames.set_by_reference(true);
+            frames.set_by_reference(self.by_reference);
             self.server.collect_output(&mut frames, out_limit).unwrap();
             let s2c: Vec<u8> = frames.pieces().flat_map(|p| p.iter().copied()).collect();
             if !s2c.is_empty() {
@@ -1594,27 +1595,32 @@ pub(crate) mod tests {
 
     #[test]
     fn file_regions_go_out_in_bounded_writes() {
-        let mut p = Pair::new(Settings::default(), file_region);
-        let id = p.get("/file");
-        let limit = 64 * 1024;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut largest = 0;
-        while !closed(vec![id])(p.client.handler_ref()) {
-            assert!(std::time::Instant::now() < deadline, "stalled");
-            let (_, received) = p.step(limit);
-            largest = largest.max(received);
-            if received == 0 {
-                thread::sleep(Duration::from_millis(1));
+        // Copied, a write holds the limit in memory (plus one frame);
+        // from mappings, four times as much, none of it in memory.
+        for (by_reference, bound) in [(false, 64 * 1024), (true, 4 * 64 * 1024)] {
+            let mut p = Pair::new(Settings::default(), file_region);
+            p.by_reference = by_reference;
+            let id = p.get("/file");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut largest = 0;
+            while !closed(vec![id])(p.client.handler_ref()) {
+                assert!(std::time::Instant::now() < deadline, "stalled");
+                let (_, received) = p.step(64 * 1024);
+                largest = largest.max(received);
+                if received == 0 {
+                    thread::sleep(Duration::from_millis(1));
+                }
             }
+            // One frame may cross the limit, never the whole file.
+            assert!(largest <= bound + 16 * 1024 + 9, "wrote {largest} bytes at once (by reference {by_reference})");
+            assert!(largest > bound / 2, "wrote at most {largest} bytes at once (by reference {by_reference})");
+            let s = &p.client.handler_ref().streams[&id];
+            let mut want = b"<".to_vec();
+            want.extend((0..(1u32 << 20)).map(|i| (i % 241) as u8));
+            want.push(b'>');
+            assert_eq!(s.closed, Some(0));
+            assert!(s.body == want, "body differs ({} bytes)", s.body.len());
         }
-        // One frame may cross the limit, never the whole file.
-        assert!(largest <= limit + 16 * 1024 + 9, "wrote {largest} bytes at once");
-        let s = &p.client.handler_ref().streams[&id];
-        let mut want = b"<".to_vec();
-        want.extend((0..(1u32 << 20)).map(|i| (i % 241) as u8));
-        want.push(b'>');
-        assert_eq!(s.closed, Some(0));
-        assert!(s.body == want, "body differs ({} bytes)", s.body.len());
     }
 
     #[test]
@@ -1780,7 +1786,7 @@ pub(crate) mod tests {
         .unwrap();
         let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
         client.upgrade(&[0, 3, 0, 0, 0, 100], false).unwrap();
-        let mut p = Pair { server, client };
+        let mut p = Pair { server, client, by_reference: true };
         p.pump(closed(vec![1]));
         let s = &p.client.handler_ref().streams[&1];
         assert_eq!((s.status, s.body.len()), (Some(200), 3000));
