@@ -4,6 +4,7 @@
 //! them at once. The output is drained so flow control moves.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use mod_h2rs::frames::Frames;
 use mod_h2rs::session::{Dispatch, Session, Settings};
 use mod_h2rs::signal::Signal;
 use mod_h2rs::stream::Stream;
@@ -25,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     settings.max_concurrent_streams = 8;
     settings.limits.max_fields = 20;
     let Ok(mut s) = Session::new(settings, Arc::new(signal), Done) else { return };
-    let mut out = Vec::new();
+    let mut out = Frames::default();
     if s.recv(PREFACE).is_err() {
         return;
     }
