@@ -1412,7 +1412,8 @@ impl C1 {
     }
 
     /// Appends the frames nghttp2 has to send to `frames`, up to about
-    /// `WRITE_CHUNK` bytes in all; returns how many bytes it added.
+    /// `WRITE_CHUNK` of write budget (`Frames::budget_used`); returns how
+    /// many bytes it added.
     fn collect_frames(&mut self, frames: &mut Frames) -> Result<usize, ()> {
         frames.set_by_reference(self.send_by_reference);
         self.session.collect_output(frames, WRITE_CHUNK).map_err(|e| {

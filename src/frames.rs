@@ -104,26 +104,29 @@ impl Frames {
 
     /// The bytes in order, as slices of the buffer and of mappings.
     pub fn pieces(&self) -> impl Iterator<Item = &[u8]> {
-        let mut from = 0;
+        let tail = &self.bytes[self.mapped.last().map_or(0, |m| m.at)..];
         self.mapped
             .iter()
-            .flat_map(move |m| {
-                let before = &self.bytes[from..m.at];
-                from = m.at;
-                [before, m.map.bytes(m.offset, m.len)]
+            .scan(0, |from, m| {
+                let before = &self.bytes[*from..m.at];
+                *from = m.at;
+                Some([before, m.map.bytes(m.offset, m.len)])
             })
-            .chain(std::iter::once(()).map(move |_| &self.bytes[self.mapped.last().map_or(0, |m| m.at)..]))
+            .flatten()
+            .chain(std::iter::once(tail))
             .filter(|piece| !piece.is_empty())
+    }
+
+    /// All bytes in one vector (tests: what the client receives).
+    #[cfg(test)]
+    pub fn joined(&self) -> Vec<u8> {
+        self.pieces().flatten().copied().collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn joined(frames: &Frames) -> Vec<u8> {
-        frames.pieces().flat_map(|p| p.iter().copied()).collect()
-    }
 
     #[test]
     fn pieces_keep_the_order_of_bytes_and_mappings() {
@@ -140,17 +143,17 @@ mod tests {
         let mark = f.mark();
         f.push_mapped(map.clone(), 0, 1);
         f.buffer().extend_from_slice(b"!");
-        assert_eq!(joined(&f), b"<h1>234ab<h2>0!");
+        assert_eq!(f.joined(), b"<h1>234ab<h2>0!");
         assert_eq!(f.len(), 15);
         assert_eq!(f.budget_used(), 15 - 6 + 6 / 4);
         assert!(f.contiguous().is_none());
         f.rollback(mark);
-        assert_eq!(joined(&f), b"<h1>234ab<h2>");
+        assert_eq!(f.joined(), b"<h1>234ab<h2>");
         assert_eq!(f.pieces().count(), 4);
         f.clear();
         f.buffer().extend_from_slice(b"x");
         assert_eq!(f.contiguous(), Some(&b"x"[..]));
-        assert_eq!(joined(&f), b"x");
+        assert_eq!(f.joined(), b"x");
         std::fs::remove_file(&path).unwrap();
     }
 }

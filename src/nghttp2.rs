@@ -799,7 +799,8 @@ impl<H: Handler> Session<H> {
     }
 
     /// Serializes pending frames into `out` until nothing is left or `out`
-    /// holds at least `limit` bytes. Returns the bytes added.
+    /// used `limit` of its write budget (`Frames::budget_used`). Returns
+    /// the bytes added.
     pub fn mem_send(&mut self, out: &mut Frames, limit: usize) -> Result<usize, NgError> {
         let start = out.len();
         while out.budget_used() < limit {

@@ -1051,7 +1051,8 @@ impl<D: Dispatch> Session<D> {
         core.fill_slots();
     }
 
-    /// Serializes pending frames into `out` (up to about `limit` bytes).
+    /// Serializes pending frames into `out` (up to about `limit` of its
+    /// write budget, `Frames::budget_used`).
     pub fn collect_output(&mut self, out: &mut Frames, limit: usize) -> Result<usize, NgError> {
         let mut total = 0;
         // nghttp2 may stop early when a frame could not be prepared (and a
@@ -1484,7 +1485,7 @@ pub(crate) mod tests {
             let mut frames = Frames::default();
             frames.set_by_reference(self.by_reference);
             self.server.collect_output(&mut frames, out_limit).unwrap();
-            let s2c: Vec<u8> = frames.pieces().flat_map(|p| p.iter().copied()).collect();
+            let s2c = frames.joined();
             if !s2c.is_empty() {
                 self.client.mem_recv(&s2c).unwrap();
             }

@@ -1237,10 +1237,6 @@ mod tests {
         assert!(std::mem::size_of::<Stream>() + 2 * std::mem::size_of::<usize>() <= 448);
     }
 
-    fn joined(frames: &Frames) -> Vec<u8> {
-        frames.pieces().flat_map(|p| p.iter().copied()).collect()
-    }
-
     /// Drains `q` in frames of at most 16 KiB into `out`.
     fn drain(q: &mut OutputQueue, out: &mut Frames) {
         while !q.is_empty() {
@@ -1292,7 +1288,7 @@ mod tests {
             drain(&mut q, &mut out);
             assert_eq!(out.contiguous().is_none(), mapped, "by_reference {by_reference}, may_map {may_map}");
             assert_eq!(out.len(), want.len());
-            assert_eq!(joined(&out), want);
+            assert_eq!(out.joined(), want);
         }
         // A window past the end of a file shorter than its region is not
         // mapped: copied, its frame fails at the end (a stream reset, not
@@ -1304,7 +1300,7 @@ mod tests {
         out.set_by_reference(true);
         while q.pending() > 0 && q.take_into(&mut out, q.pending().min(16_384) as usize).is_ok() {}
         assert_eq!(q.pending(), MAP_AT_LEAST);
-        assert_eq!(joined(&out), content);
+        assert_eq!(out.joined(), content);
         // Small regions are copied (a mapping costs more than the copy).
         let mut q = OutputQueue::default();
         q.push_file(FileRegion::new(std::fs::File::open(&path).unwrap(), 0, MAP_AT_LEAST - 1, true));

@@ -46,9 +46,8 @@ def test_static_file_byte_exact_with_nghttp(server, docroot, workdir, name):
 
 def child_maps(srv):
     """The file mappings of the server's children, from /proc."""
-    kids = run(["ps", "-o", "pid=", "--ppid", str(srv.pid)], text=True).stdout.split()
     maps = ""
-    for pid in kids:
+    for pid in srv.children():
         try:
             maps += open(f"/proc/{pid}/maps").read()
         except OSError:
