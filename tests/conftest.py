@@ -287,9 +287,11 @@ Protocols {self.protocols}
         connections the tests closed to finish closing: the event MPM's hard
         stop races with workers finishing lingering closes
         (close_worker_sockets() may touch a socket whose pool is gone, a
-        SIGSEGV in apr_os_sock_get, reproduced with the stock module too)."""
+        SIGSEGV in apr_os_sock_get, reproduced with the stock module too).
+        Returns the seconds from the SIGTERM until httpd had exited (None if
+        it was not running)."""
         if self.pid is None:
-            return
+            return None
         deadline = time.time() + settle
         while time.time() < deadline and self.open_connections():
             time.sleep(0.05)
@@ -297,8 +299,9 @@ Protocols {self.protocols}
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             self.pid = None
-            return
-        deadline = time.time() + timeout
+            return None
+        signalled = time.time()
+        deadline = signalled + timeout
         while time.time() < deadline:
             try:
                 os.kill(self.pid, 0)
@@ -309,6 +312,7 @@ Protocols {self.protocols}
             os.kill(self.pid, signal.SIGKILL)
             raise AssertionError("httpd did not stop in time")
         self.pid = None
+        return time.time() - signalled
 
     def rss_kib(self):
         """VmRSS of the httpd parent and its children, KiB (from /proc)."""

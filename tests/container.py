@@ -326,21 +326,28 @@ class ContainerHttpd(conftest.Httpd):
     def stop(self, timeout=20, settle=0.0):
         """SIGTERM to httpd in the container. `settle` (the host server's
         wait for closed connections before a hard stop) is accepted for the
-        same signature; containers are stopped at once."""
+        same signature; containers are stopped at once. Returns the seconds
+        from the SIGTERM until httpd had exited, as the host server's stop
+        does: the container's removal afterwards (its logs copied out, `docker
+        rm`) took seconds on a busy host and is not part of httpd's stop."""
+        stopped_after = None
         if self.container is None:
             self.pid = None
-            return
+            return None
         try:
             if self.running():
+                signalled = time.time()
                 docker("kill", "-s", "TERM", self.container, check=False)
                 try:
                     docker("wait", self.container, timeout=timeout)
                 except subprocess.TimeoutExpired:
                     docker("kill", self.container, check=False)
                     raise AssertionError("httpd in the container did not stop in time")
+                stopped_after = time.time() - signalled
         finally:
             self._remove()
             self.pid = None
+        return stopped_after
 
     def _remove(self):
         if self.container is None:
