@@ -607,6 +607,16 @@ impl<'a> Ops<'a> {
         }
     }
 
+    /// Client side: whether a new request may start on this session. Not
+    /// once the peer sent GOAWAY, nor once nghttp2 ended the session itself
+    /// (it answers a peer's connection error with GOAWAY and from then on
+    /// refuses every new stream locally with REFUSED_STREAM), nor once the
+    /// stream ids are used up.
+    pub fn request_allowed(&self) -> bool {
+        // SAFETY: live session; reads its state.
+        unsafe { ng::nghttp2_session_check_request_allowed(self.raw) != 0 }
+    }
+
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (nghttp2 assumes 100
     /// until the peer's first SETTINGS frame arrives).
     pub fn remote_max_concurrent(&self) -> u32 {

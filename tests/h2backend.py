@@ -140,6 +140,15 @@ class Conn:
                     self.writer.close()
                     return
                 await self.respond(sid, 200, f"retried conn={self.number}\n".encode())
+            elif route == "/protocol-error":
+                token = q.get("t", "")
+                if token not in SEEN_TOKENS:
+                    SEEN_TOKENS.add(token)
+                    # DATA on stream 0, a connection error (RFC 9113 6.1);
+                    # the connection stays open, as a broken backend's may.
+                    self.writer.write(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")
+                    return
+                await self.respond(sid, 200, f"retried conn={self.number}\n".encode())
             elif route == "/goaway-after":
                 await self.respond(sid, 200, f"bye conn={self.number}\n".encode())
                 self.h2.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=sid)

@@ -297,6 +297,22 @@ def test_goaway_unprocessed_request_is_retried(proxy):
     assert body.startswith(b"retried")
 
 
+def test_a_backend_protocol_error_ends_that_connection_only(proxy):
+    """A backend that breaks the protocol (DATA on stream 0) and keeps its
+    socket open: nghttp2 answers with GOAWAY and ends the session, so the
+    connection takes no further request. The GET caught on it (no response
+    begun) is retried on a new connection, and the requests after it are
+    answered there. Before, the request waited for its timeout (504), and
+    every later one was given to the ended session, which refused it: 502
+    for as long as requests kept the connection from going idle."""
+    code, body = split(get(proxy, f"/api/protocol-error?t={uuid.uuid4().hex}", "--max-time", "10"))
+    assert code == 200 and body.startswith(b"retried"), (code, body)
+    for _ in range(3):
+        code, body = split(get(proxy, "/api/delay?s=0", "--max-time", "10"))
+        assert code == 200, (code, body)
+    assert "broke the HTTP/2 protocol (PROTOCOL_ERROR" in proxy.read_error_log()
+
+
 def test_goaway_drains_and_replaces_the_connection(proxy):
     code, body = split(get(proxy, "/api/goaway-after"))
     assert code == 200 and body.startswith(b"bye conn=")
@@ -486,3 +502,4 @@ def test_behind_a_tls_h2_front(workdir, docroot, backends, certs):
     finally:
         h.stop()
         h.check_log()
+

@@ -49,6 +49,9 @@ const CONN_WINDOW: i32 = 1 << 30;
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// The loop looks at deadlines and abandoned requests this often.
 const TICK: Duration = Duration::from_millis(200);
+/// Why a connection whose session nghttp2 ended (after the backend's
+/// protocol error) is dropped, in the log of each request it fails.
+const SESSION_ENDED: &str = "the HTTP/2 session ended after a protocol error";
 
 /// A command queue and wake-up for one loop thread.
 struct Loop {
@@ -201,6 +204,23 @@ impl Handler for Backend {
             bs.fields.push(name, value);
         }
         Flow::Continue
+    }
+
+    /// nghttp2 ended the session for a connection error of the backend's
+    /// (its GOAWAY names the error): said once per connection, whatever
+    /// then happens to the requests on it (retried, or answered 502).
+    /// The engine's own goodbye to a connection it closes is NO_ERROR.
+    fn goaway_sent(&mut self, frame: &FrameInfo, debug: &[u8]) {
+        if frame.error_code != error_code::NO_ERROR {
+            slog!(
+                std::ptr::null::<crate::ffi::server_rec>(),
+                Level::Error,
+                "h2rs proxy: backend {} broke the HTTP/2 protocol ({}: {}): its connection ends, the requests on it are retried or answered 502",
+                self.backend,
+                nghttp2::error_code_name(frame.error_code),
+                String::from_utf8_lossy(&debug[..debug.len().min(200)])
+            );
+        }
     }
 
     fn frame_recv(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
@@ -449,9 +469,12 @@ impl Conn {
         }
     }
 
-    /// Open for new streams (not dying, no GOAWAY).
-    fn open_for(&self, key: &str) -> bool {
-        self.key == key && self.dead.is_none() && self.session.handler_ref().goaway.is_none()
+    /// Open for new streams: not dying, and nghttp2 would start one (no
+    /// GOAWAY either way: a session nghttp2 ended after the backend broke
+    /// the protocol refuses every new stream, and requests given to it
+    /// failed with 502 for as long as the load kept it from going idle).
+    fn open_for(&mut self, key: &str) -> bool {
+        self.key == key && self.dead.is_none() && self.session.ops().request_allowed()
     }
 
     /// Has room for another stream within the backend's limit. Before the
@@ -721,7 +744,7 @@ impl LoopState {
                 if task.is_cancelled() || task.is_finished() {
                     continue;
                 }
-                if conn.session.handler_ref().goaway.is_none() && conn.has_room() {
+                if conn.session.ops().request_allowed() && conn.has_room() {
                     if let Err(e) = conn.submit(&task) {
                         log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
                         task.fail(502);
@@ -811,7 +834,13 @@ impl LoopState {
             }
             if conn.dead.is_none() {
                 let done = !ops.want_read() && !ops.want_write();
-                if h.streams.is_empty() && conn.waiting.is_empty() {
+                if done && !h.streams.is_empty() {
+                    // nghttp2 ended the session (the backend broke the
+                    // protocol: it sent GOAWAY and reads no more), so these
+                    // streams will never end: retried or failed now, not
+                    // at their deadlines.
+                    conn.dead = Some(SESSION_ENDED.into());
+                } else if h.streams.is_empty() && conn.waiting.is_empty() {
                     if done || h.goaway.is_some() || now.duration_since(conn.idle_since) > IDLE_CLOSE {
                         conn.dead = Some(String::new());
                     }
