@@ -149,6 +149,12 @@ class Conn:
                     self.writer.write(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")
                     return
                 await self.respond(sid, 200, f"retried conn={self.number}\n".encode())
+            elif route == "/head-then-protocol-error":
+                # A response head, then DATA on stream 0 in the same write:
+                # the connection error comes before the front could pass the
+                # head on.
+                self.h2.send_headers(sid, [(":status", "200"), ("content-type", "text/plain")])
+                self.writer.write(self.h2.data_to_send() + b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")
             elif route == "/goaway-after":
                 await self.respond(sid, 200, f"bye conn={self.number}\n".encode())
                 self.h2.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=sid)

@@ -313,6 +313,16 @@ def test_a_backend_protocol_error_ends_that_connection_only(proxy):
     assert "broke the HTTP/2 protocol (PROTOCOL_ERROR" in proxy.read_error_log()
 
 
+@pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
+def test_a_response_head_followed_by_a_protocol_error_is_a_502(proxy, h1):
+    """The backend's head and its connection error arrive together: the
+    client gets 502, not a head and then a broken-off response (the head
+    had not reached the client; the request is not retried, the backend
+    answered it)."""
+    code, body = split(get(proxy, "/api/head-then-protocol-error", "--max-time", "10", h1=h1))
+    assert code == 502, (code, body)
+
+
 def test_goaway_drains_and_replaces_the_connection(proxy):
     code, body = split(get(proxy, "/api/goaway-after"))
     assert code == 200 and body.startswith(b"bye conn=")

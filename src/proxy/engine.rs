@@ -574,11 +574,19 @@ impl Conn {
                 }
                 Ok(n) => {
                     let rv = self.session.mem_recv(&buf[..n]);
-                    self.session.handler().publish();
                     if let Err(e) = rv {
                         self.dead = Some(format!("HTTP/2 error from the backend: {e}"));
+                    } else if self.session_ended() {
+                        self.dead = Some(SESSION_ENDED.into());
+                    }
+                    if self.dead.is_some() {
+                        // `reap` settles the streams and then publishes: a
+                        // front must not take a head whose stream is about
+                        // to fail (it would pass on a response that breaks
+                        // off, where a 502 is still possible).
                         return;
                     }
+                    self.session.handler().publish();
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -588,6 +596,22 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Whether nghttp2 ended the session (the backend broke the protocol)
+    /// while streams are open: they will never end. nghttp2 answers a
+    /// connection error with GOAWAY and stops reading once that is
+    /// written, so the GOAWAY is sent first (what the socket takes now;
+    /// otherwise `tick` finds the session over later).
+    fn session_ended(&mut self) -> bool {
+        if self.session.handler_ref().streams.is_empty() {
+            return false;
+        }
+        if !self.session.ops().request_allowed() && self.session.handler_ref().goaway.is_none() {
+            self.flush();
+        }
+        let ops = self.session.ops();
+        !ops.want_read() && !ops.want_write()
     }
 
     /// Runs the TLS handshake as far as it goes.
@@ -838,7 +862,8 @@ impl LoopState {
                     // nghttp2 ended the session (the backend broke the
                     // protocol: it sent GOAWAY and reads no more), so these
                     // streams will never end: retried or failed now, not
-                    // at their deadlines.
+                    // at their deadlines (`read` finds most such cases at
+                    // once).
                     conn.dead = Some(SESSION_ENDED.into());
                 } else if h.streams.is_empty() && conn.waiting.is_empty() {
                     if done || h.goaway.is_some() || now.duration_since(conn.idle_since) > IDLE_CLOSE {
@@ -902,6 +927,8 @@ impl LoopState {
                 task.fail(502);
             }
             retry.append(&mut h.retry);
+            // What `read` held back: tasks whose streams ended well.
+            h.publish();
         }
         for task in retry {
             if task.is_cancelled() {

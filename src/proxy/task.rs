@@ -213,15 +213,26 @@ impl Task {
         self.wake_front();
     }
 
-    /// Fails the request: a status while no response head was seen, an
-    /// abort after. Ignored once the response ended or failed.
+    /// Fails the request: a status while the front has not taken a
+    /// response head, an abort after (the front passes a head on as soon
+    /// as it takes it). A head and body the front has not taken yet are
+    /// dropped: a backend that broke off right after its head leaves the
+    /// client a 502, not a connection closed without a word. Ignored once
+    /// the response ended or failed.
     pub fn fail(&self, status: u16) -> Failure {
         let f = {
             let mut s = self.state.lock();
             if s.end || s.failure.is_some() {
                 return s.failure.unwrap_or(Failure::Abort);
             }
-            let f = if s.head_seen || s.cancelled { Failure::Abort } else { Failure::Status(status) };
+            let head_taken = s.head_seen && s.head.is_none();
+            let f = if head_taken || s.cancelled {
+                Failure::Abort
+            } else {
+                s.head = None;
+                s.data = ByteQueue::default();
+                Failure::Status(status)
+            };
             s.failure = Some(f);
             f
         };
@@ -446,6 +457,30 @@ mod tests {
         assert_eq!(t.fail(504), Failure::Status(504));
         let (taken, _) = t.take(10);
         assert_eq!(taken.failure, Some(Failure::Status(504)));
+    }
+
+    #[test]
+    fn failure_after_a_head_the_front_has_not_taken_is_a_status() {
+        let t = Task::new(spec());
+        t.on_interim(ResponseHead { status: 103, headers: Headers::new() });
+        t.on_head(ResponseHead { status: 200, headers: Headers::new() });
+        t.on_data(b"partial");
+        assert!(t.response_started(), "not retried elsewhere: the backend answered");
+        assert_eq!(t.fail(502), Failure::Status(502));
+        let (taken, _) = t.take(100);
+        assert!(taken.head.is_none() && taken.data.is_empty(), "nothing of the broken response");
+        assert_eq!(taken.interims.len(), 1, "an interim may precede the status");
+        assert_eq!(taken.failure, Some(Failure::Status(502)));
+    }
+
+    #[test]
+    fn failure_after_the_front_took_the_head_is_an_abort() {
+        let t = Task::new(spec());
+        t.on_head(ResponseHead { status: 200, headers: Headers::new() });
+        let (taken, _) = t.take(100);
+        assert!(taken.head.is_some());
+        assert_eq!(t.fail(502), Failure::Abort);
+        assert_eq!(t.take(100).0.failure, Some(Failure::Abort));
     }
 
     #[test]
