@@ -513,3 +513,109 @@ def test_behind_a_tls_h2_front(workdir, docroot, backends, certs):
         h.stop()
         h.check_log()
 
+
+# Response fields HTTP/2 forbids, or that no response may carry: none of
+# them may reach a client, whatever the backend sent.
+FORBIDDEN_RESPONSE_FIELDS = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"proxy-connection",
+                             b":path", b":method", b":scheme", b":authority"}
+
+
+def fuzz_client(port, rng, deadline, outcomes, problems):
+    """Requests through the front until `deadline`, a few at a time on one
+    connection (GETs and small POSTs); each must end (a status and
+    END_STREAM, a reset, or the connection closed) within the backend
+    timeout plus slack."""
+    import rawh2
+    while time.time() < deadline:
+        try:
+            c = rawh2.Conn(port, timeout=15)
+        except OSError as e:
+            problems.append(f"front refused a connection: {e}")
+            return
+        try:
+            sids = []
+            for n in range(rng.randint(1, 8)):
+                if rng.random() < 0.3:
+                    sids.append(c.request(f"/f/post{n}", method="POST", body=b"hello"))
+                else:
+                    sids.append(c.request(f"/f/get{n}"))
+            bound = time.time() + 15  # ProxyTimeout 3, the slowest path a few of it
+            while not all(c.resp(s).done for s in sids) and not c.closed and time.time() < bound:
+                try:
+                    c.read_frame(max(0.01, bound - time.time()))
+                except TimeoutError:
+                    break
+                except Exception as e:  # the front sent something our client cannot decode
+                    problems.append(f"undecodable frames from the front: {e!r}; {c.log()}")
+                    break
+            for s in sids:
+                r = c.resp(s)
+                if r.status is not None:
+                    outcomes[f"status {r.status}"] += 1
+                    names = {n.lower() for n, _ in r.headers}
+                    bad = [n for n in names if n in FORBIDDEN_RESPONSE_FIELDS]
+                    bad += [n for n, v in r.headers if n != n.lower() or any(x in v for x in (b"\r", b"\n", b"\0"))]
+                    if bad or not 100 <= r.status <= 999:
+                        problems.append(f"stream {s}: status {r.status}, fields {r.headers!r}")
+                if r.done:
+                    outcomes["reset" if r.reset is not None and r.status is None else "ended"] += 1
+                elif c.closed:
+                    outcomes["connection closed"] += 1
+                else:
+                    problems.append(f"stream {s} still open after 15 s; {c.log()}")
+        finally:
+            c.sock.close()
+
+
+def test_a_hostile_backend_cannot_hang_or_crash_the_front(workdir, docroot, backends):
+    """tests/backendfuzz.py (a backend whose answers are valid pieces,
+    mutated) behind the front for 20 s, fixed seed, with 4 h2 clients and an
+    HTTP/1.1 one: every request ends within bounds, no forbidden field
+    reaches a client, nothing crashes, and the front then proxies to a
+    good backend and serves files as before. For a longer run:
+    H2RS_BACKENDFUZZ_SECONDS=600 H2RS_BACKENDFUZZ_SEED=N pytest -k hostile."""
+    import random
+    import threading
+    from collections import Counter
+    seconds = float(os.environ.get("H2RS_BACKENDFUZZ_SECONDS", "20"))
+    seed = int(os.environ.get("H2RS_BACKENDFUZZ_SEED", "20261203"))
+    fuzz_port, fuzz = spawn_backend("backendfuzz.py", seed)
+    h = Httpd(workdir, docroot, name="proxy-fuzz", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5", extra=f"""
+LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_http2_module {MODULE}
+ProxyTimeout 3
+ProxyPass /f/ h2c://127.0.0.1:{fuzz_port}/
+ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
+""")
+    h.start()
+    outcomes, problems = Counter(), []
+    try:
+        deadline = time.time() + seconds
+        threads = [threading.Thread(target=fuzz_client, args=(h.port, random.Random(seed + i), deadline, outcomes,
+                                                              problems))
+                   for i in range(4)]
+        for t in threads:
+            t.start()
+        h1_codes = Counter()
+        while time.time() < deadline:
+            r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--http1.1", "--max-time", "15",
+                                h.url("/f/h1")], capture_output=True, text=True)
+            if r.returncode == 28:
+                problems.append("an HTTP/1.1 request through the proxy took more than 15 s")
+            h1_codes[r.stdout or f"curl {r.returncode}"] += 1
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads), "a client hung"
+    finally:
+        fuzz.kill()
+        fuzz.wait()
+    print(f"backendfuzz seed {seed}, {seconds:.0f} s: h2", dict(outcomes), "HTTP/1.1", dict(h1_codes))
+    assert not problems, "\n".join(problems[:10])
+    assert sum(outcomes.values()) > 50, outcomes
+    assert outcomes["status 502"] > 0 and outcomes["status 200"] > 0, outcomes
+    code, body = split(get(h, "/api/headers"))
+    assert code == 200 and json.loads(body)[":path"] == "/headers"
+    r = curl("--http2-prior-knowledge", h.url("/1k.bin"))
+    assert r.returncode == 0 and len(r.stdout) == 1024
+    h.stop()
+    h.check_log()
