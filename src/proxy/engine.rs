@@ -604,10 +604,12 @@ impl Conn {
     /// written, so the GOAWAY is sent first (what the socket takes now;
     /// otherwise `tick` finds the session over later).
     fn session_ended(&mut self) -> bool {
-        if self.session.handler_ref().streams.is_empty() {
+        // A session that would still start a request is not closing: the
+        // common case, without asking nghttp2 about its queues.
+        if self.session.handler_ref().streams.is_empty() || self.session.ops().request_allowed() {
             return false;
         }
-        if !self.session.ops().request_allowed() && self.session.handler_ref().goaway.is_none() {
+        if self.session.handler_ref().goaway.is_none() {
             self.flush();
         }
         let ops = self.session.ops();
