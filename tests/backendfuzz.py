@@ -18,6 +18,7 @@ bytes written in random cuts; or no answer at all; or the connection
 closed at once.
 
     python tests/backendfuzz.py PORT [SEED]   # serves until killed
+    BACKENDFUZZ_LOG=1 ...                     # prints each stream's frames to stderr
 
 tests/test_proxy.py runs it behind a front for a fixed time and seed."""
 import os
