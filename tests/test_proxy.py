@@ -323,6 +323,50 @@ def test_a_response_head_followed_by_a_protocol_error_is_a_502(proxy, h1):
     assert code == 502, (code, body)
 
 
+def test_a_backend_that_does_not_speak_http2_is_503_at_once(workdir, docroot):
+    """`h2c://` to a backend that speaks HTTP/1.1 only (a common slip in a
+    ProxyPass line): it answers the HTTP/2 preface with an HTTP/1.1 400 and
+    keeps the connection open. The request gets 503 at once, with
+    nghttp2's reason in the log, not after ProxyTimeout (30 s here)."""
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held = []
+
+    def http1_only():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)  # open until the test ends
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=http1_only, daemon=True).start()
+    h = Httpd(workdir, docroot, name="proxy-h1only", extra=f"""
+LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_http2_module {MODULE}
+ProxyTimeout 30
+ProxyPass /h1only/ h2c://127.0.0.1:{listener.getsockname()[1]}/
+""")
+    h.start()
+    try:
+        t0 = time.time()
+        code, _ = split(get(h, "/h1only/x", "--max-time", "20"))
+        elapsed = time.time() - t0
+    finally:
+        h.stop()
+        listener.close()
+        for c in held:
+            c.close()
+    assert code == 503 and elapsed < 5, (code, elapsed)
+    assert "broke the HTTP/2 protocol (PROTOCOL_ERROR: SETTINGS expected)" in h.read_error_log()
+    h.check_log()
+
+
 def test_goaway_drains_and_replaces_the_connection(proxy):
     code, body = split(get(proxy, "/api/goaway-after"))
     assert code == 200 and body.startswith(b"bye conn=")

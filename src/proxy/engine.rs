@@ -599,14 +599,18 @@ impl Conn {
     }
 
     /// Whether nghttp2 ended the session (the backend broke the protocol)
-    /// while streams are open: they will never end. nghttp2 answers a
+    /// while streams are open, or requests wait for the backend's SETTINGS
+    /// (a backend that does not speak HTTP/2 answers the preface with
+    /// something else): they will never end. nghttp2 answers a
     /// connection error with GOAWAY and stops reading once that is
     /// written, so the GOAWAY is sent first (what the socket takes now;
     /// otherwise `tick` finds the session over later).
     fn session_ended(&mut self) -> bool {
         // A session that would still start a request is not closing: the
         // common case, without asking nghttp2 about its queues.
-        if self.session.handler_ref().streams.is_empty() || self.session.ops().request_allowed() {
+        if self.session.handler_ref().streams.is_empty() && self.waiting.is_empty()
+            || self.session.ops().request_allowed()
+        {
             return false;
         }
         if self.session.handler_ref().goaway.is_none() {
@@ -860,12 +864,12 @@ impl LoopState {
             }
             if conn.dead.is_none() {
                 let done = !ops.want_read() && !ops.want_write();
-                if done && !h.streams.is_empty() {
+                if done && !(h.streams.is_empty() && conn.waiting.is_empty()) {
                     // nghttp2 ended the session (the backend broke the
                     // protocol: it sent GOAWAY and reads no more), so these
-                    // streams will never end: retried or failed now, not
-                    // at their deadlines (`read` finds most such cases at
-                    // once).
+                    // streams, or the requests waiting for its SETTINGS,
+                    // will never end: retried or failed now, not at their
+                    // deadlines (`read` finds most such cases at once).
                     conn.dead = Some(SESSION_ENDED.into());
                 } else if h.streams.is_empty() && conn.waiting.is_empty() {
                     if done || h.goaway.is_some() || now.duration_since(conn.idle_since) > IDLE_CLOSE {
