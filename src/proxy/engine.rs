@@ -218,7 +218,7 @@ impl Handler for Backend {
                 "h2rs proxy: backend {} broke the HTTP/2 protocol ({}: {}): its connection ends, the requests on it are retried or answered 502",
                 self.backend,
                 nghttp2::error_code_name(frame.error_code),
-                String::from_utf8_lossy(&debug[..debug.len().min(200)])
+                nghttp2::goaway_debug_text(debug)
             );
         }
     }
@@ -604,7 +604,7 @@ impl Conn {
     /// something else): they will never end. nghttp2 answers a
     /// connection error with GOAWAY and stops reading once that is
     /// written, so the GOAWAY is sent first (what the socket takes now;
-    /// otherwise `tick` finds the session over later).
+    /// otherwise `tick` asks again later).
     fn session_ended(&mut self) -> bool {
         // A session that would still start a request is not closing: the
         // common case, without asking nghttp2 about its queues.
@@ -863,21 +863,20 @@ impl LoopState {
                 }
             }
             if conn.dead.is_none() {
-                let done = !ops.want_read() && !ops.want_write();
-                if done && !(h.streams.is_empty() && conn.waiting.is_empty()) {
-                    // nghttp2 ended the session (the backend broke the
-                    // protocol: it sent GOAWAY and reads no more), so these
-                    // streams, or the requests waiting for its SETTINGS,
-                    // will never end: retried or failed now, not at their
-                    // deadlines (`read` finds most such cases at once).
-                    conn.dead = Some(SESSION_ENDED.into());
-                } else if h.streams.is_empty() && conn.waiting.is_empty() {
+                if h.streams.is_empty() && conn.waiting.is_empty() {
+                    let done = !ops.want_read() && !ops.want_write();
                     if done || h.goaway.is_some() || now.duration_since(conn.idle_since) > IDLE_CLOSE {
                         conn.dead = Some(String::new());
                     }
                 } else {
                     conn.idle_since = now;
                 }
+            }
+            // What `read` could not tell at once (the GOAWAY went out later):
+            // the session ended with streams or requests on it, which are
+            // retried or failed now, not at their deadlines.
+            if conn.dead.is_none() && conn.session_ended() {
+                conn.dead = Some(SESSION_ENDED.into());
             }
         }
     }
