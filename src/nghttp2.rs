@@ -48,6 +48,12 @@ pub fn error_code_name(code: u32) -> std::borrow::Cow<'static, str> {
     }
 }
 
+/// A sent GOAWAY's debug text, for the log: at most 200 bytes (nghttp2's
+/// texts are short, ours are ours), lossy UTF-8.
+pub fn goaway_debug_text(debug: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(&debug[..debug.len().min(200)])
+}
+
 /// The last GOAWAY each side sent on a connection.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Goaways {
@@ -70,8 +76,7 @@ impl Goaways {
     #[cold]
     #[inline(never)]
     pub fn note_sent(slot: &mut Option<Box<Goaways>>, frame: &FrameInfo, debug: &[u8]) {
-        // Bounded: nghttp2's texts are short; ours are ours.
-        let debug = String::from_utf8_lossy(&debug[..debug.len().min(200)]).into_owned();
+        let debug = goaway_debug_text(debug).into_owned();
         slot.get_or_insert_with(Default::default).sent = Some((frame.error_code, frame.last_stream_id, debug));
     }
 }
