@@ -29,9 +29,13 @@ def backends(certs):
         proc.wait()
 
 
+# mod_proxy and ours as its HTTP/2 scheme handler.
+PROXY_MODULES = f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_http2_module {MODULE}"""
+
+
 def proxy_conf(b1, b2, b3, b4):
-    return f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
-LoadModule proxy_http2_module {MODULE}
+    return f"""{PROXY_MODULES}
 LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
 LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
 LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
@@ -347,8 +351,7 @@ def test_a_backend_that_does_not_speak_http2_is_503_at_once(workdir, docroot):
 
     threading.Thread(target=http1_only, daemon=True).start()
     h = Httpd(workdir, docroot, name="proxy-h1only", extra=f"""
-LoadModule proxy_module {MODDIR}/mod_proxy.so
-LoadModule proxy_http2_module {MODULE}
+{PROXY_MODULES}
 ProxyTimeout 30
 ProxyPass /h1only/ h2c://127.0.0.1:{listener.getsockname()[1]}/
 """)
@@ -608,7 +611,7 @@ def fuzz_client(port, rng, deadline, outcomes, problems):
                 else:
                     problems.append(f"stream {s} still open after 15 s; {c.log()}")
         finally:
-            c.sock.close()
+            c.close()
 
 
 def test_a_hostile_backend_cannot_hang_or_crash_the_front(workdir, docroot, backends):
@@ -625,8 +628,7 @@ def test_a_hostile_backend_cannot_hang_or_crash_the_front(workdir, docroot, back
     seed = int(os.environ.get("H2RS_BACKENDFUZZ_SEED", "20261203"))
     fuzz_port, fuzz = spawn_backend("backendfuzz.py", seed)
     h = Httpd(workdir, docroot, name="proxy-fuzz", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5", extra=f"""
-LoadModule proxy_module {MODDIR}/mod_proxy.so
-LoadModule proxy_http2_module {MODULE}
+{PROXY_MODULES}
 ProxyTimeout 3
 ProxyPass /f/ h2c://127.0.0.1:{fuzz_port}/
 ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
