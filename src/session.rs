@@ -187,6 +187,11 @@ struct Entry {
     deferred: bool,
     /// nghttp2 closed the stream; the entry waits for the worker.
     closed: bool,
+    /// It closed with NO_ERROR after the whole response went out: the
+    /// request is logged complete when its worker finishes later (a
+    /// handler's last steps after its response, the log hooks among them,
+    /// often come after the client has the response).
+    delivered: bool,
     /// The request's content-length, checked against the DATA received
     /// (RFC 9113 8.1.1).
     content_length: Option<u64>,
@@ -207,6 +212,7 @@ impl Entry {
             submitted: false,
             deferred: false,
             closed: false,
+            delivered: false,
             content_length: None,
             received: 0,
             dispatched: false,
@@ -573,9 +579,9 @@ impl<D: Dispatch> Core<D> {
                 let _ = ops.consume_connection(p.consumed);
             }
             if p.worker_done {
-                let bytes_sent = entry.bytes_out;
+                let outcome = Outcome { complete: entry.delivered, bytes_sent: entry.bytes_out };
                 if let Some(r) = stream.take_retire() {
-                    self.to_retire.push((r, Outcome { complete: false, bytes_sent }));
+                    self.to_retire.push((r, outcome));
                 }
                 self.entries.remove(&id);
                 self.worker_finished(id);
@@ -629,7 +635,10 @@ impl<D: Dispatch> Core<D> {
         }
         self.recently_closed.push_back(id);
         let Some(entry) = self.entries.get_mut(&id) else { return };
-        entry.closed = true;
+        // Closed again (the connection ends, `abort_all`, while the worker
+        // of a stream nghttp2 closed still runs): the first close said how
+        // the response went.
+        let closed_before = std::mem::replace(&mut entry.closed, true);
         let Some(stream) = entry.stream.clone() else {
             self.entries.remove(&id);
             return;
@@ -649,7 +658,9 @@ impl<D: Dispatch> Core<D> {
         }
         let entry_bytes_out = entry.bytes_out;
         let closing = stream.close_for_c1(code);
-        let complete = code == error_code::NO_ERROR && closing.output_complete;
+        let complete =
+            if closed_before { entry.delivered } else { code == error_code::NO_ERROR && closing.output_complete };
+        entry.delivered = complete;
         if closing.unacknowledged > 0 {
             let _ = ops.consume_connection(closing.unacknowledged);
         }
@@ -1233,9 +1244,9 @@ impl<D: Dispatch> Session<D> {
             .collect();
         for id in done {
             if let Some(e) = core.entries.remove(&id) {
-                let bytes_sent = e.bytes_out;
+                let outcome = Outcome { complete: e.delivered, bytes_sent: e.bytes_out };
                 if let Some(r) = e.stream.and_then(|s| s.take_retire()) {
-                    core.to_retire.push((r, Outcome { complete: false, bytes_sent }));
+                    core.to_retire.push((r, outcome));
                 }
             }
             core.worker_finished(id);
@@ -1273,6 +1284,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::stream::{Headers, Input, ResponseHead};
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::thread;
 
     /// The map of a connection's streams keeps its peak capacity: its
@@ -1289,6 +1301,18 @@ pub(crate) mod tests {
         pub threads: Vec<thread::JoinHandle<()>>,
         /// Streams run on the calling thread, as c1 runs fast static files.
         pub here: fn(&Stream) -> bool,
+        /// Where finished streams report how they were retired (stream id,
+        /// complete); without it a worker leaves nothing to retire.
+        pub outcomes: Option<std::sync::mpsc::Sender<(i32, bool)>>,
+    }
+
+    /// A worker's retire action that reports the outcome c1 gave it.
+    struct ReportOutcome(std::sync::mpsc::Sender<(i32, bool)>, i32);
+
+    impl Retire for ReportOutcome {
+        fn retire(self: Box<Self>, outcome: Outcome) {
+            let _ = self.0.send((self.1, outcome.complete));
+        }
     }
 
     fn nowhere(_: &Stream) -> bool {
@@ -1302,16 +1326,18 @@ pub(crate) mod tests {
 
         fn dispatch(&mut self, stream: Arc<Stream>) {
             let h = self.handler;
+            let retire =
+                self.outcomes.as_ref().map(|tx| Box::new(ReportOutcome(tx.clone(), stream.id)) as Box<dyn Retire>);
             if stream.runs_inline() {
                 stream.worker_started();
                 h(stream.clone());
-                stream.worker_done(None);
+                stream.worker_done(retire);
                 return;
             }
             self.threads.push(thread::spawn(move || {
                 stream.worker_started();
                 h(stream.clone());
-                stream.worker_done(None);
+                stream.worker_done(retire);
             }));
         }
     }
@@ -1434,8 +1460,12 @@ pub(crate) mod tests {
     impl Pair {
         pub fn new(settings: Settings, handler: fn(Arc<Stream>)) -> Pair {
             let signal = Arc::new(Signal::new().unwrap());
-            let server =
-                Session::new(settings, signal, ThreadDispatch { handler, threads: vec![], here: nowhere }).unwrap();
+            let server = Session::new(
+                settings,
+                signal,
+                ThreadDispatch { handler, threads: vec![], here: nowhere, outcomes: None },
+            )
+            .unwrap();
             let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
             client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)]).unwrap();
             client.ops().set_local_window_size(0, 1 << 30).unwrap();
@@ -1545,6 +1575,81 @@ pub(crate) mod tests {
         assert_eq!(p.server.stats().streams_dispatched, 40);
         p.pump(|_| true);
         assert_eq!(p.server.open_streams(), 0);
+    }
+
+    /// `answer_then_linger` answers once the test says so, and tells when
+    /// it has: the test keeps c1 away meanwhile, so c1 finds the whole
+    /// response at once.
+    static LINGER_GO: AtomicBool = AtomicBool::new(false);
+    static LINGER_ANSWERED: AtomicBool = AtomicBool::new(false);
+    static LINGER_RELEASE: AtomicBool = AtomicBool::new(false);
+
+    fn wait_for(flag: &AtomicBool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !flag.load(Ordering::Acquire) {
+            assert!(std::time::Instant::now() < deadline, "waited 10 s");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Answers, then lingers until the test releases it, as a c2 runs
+    /// httpd's log hooks and pool cleanups after its response went out;
+    /// `/hang` never answers and ends when its stream is aborted.
+    fn answer_then_linger(stream: Arc<Stream>) {
+        if stream.request.path.as_deref() == Some(&b"/hang"[..]) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !stream.is_aborted() && std::time::Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            return;
+        }
+        wait_for(&LINGER_GO);
+        if stream.set_response(ResponseHead { status: 200, headers: Headers::new() }).is_err()
+            || stream.write_output(b"done").is_err()
+        {
+            return;
+        }
+        stream.end_output(None);
+        // httpd's FLUSH after the request's EOR (ap_process_request).
+        stream.flush();
+        LINGER_ANSWERED.store(true, Ordering::Release);
+        wait_for(&LINGER_RELEASE);
+    }
+
+    /// A response the client had in full before its worker finished is
+    /// retired complete (httpd logs it as such, %X "-"), also when the
+    /// connection ends before the worker does; one the client reset is not
+    /// (%X "X"). Such late workers were all retired incomplete.
+    #[test]
+    fn a_response_delivered_before_its_worker_finished_is_retired_complete() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut p = Pair::new(Settings::default(), answer_then_linger);
+        p.server.dispatcher().outcomes = Some(tx);
+        let delivered = p.get("/a");
+        let hung = p.get("/hang");
+        p.step(usize::MAX);
+        LINGER_GO.store(true, Ordering::Release);
+        wait_for(&LINGER_ANSWERED);
+        p.pump(closed(vec![delivered]));
+        p.client.ops().submit_rst_stream(hung, error_code::CANCEL).unwrap();
+        p.pump(closed(vec![hung]));
+        let outcome = |p: &mut Pair| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                assert!(std::time::Instant::now() < deadline, "nothing retired");
+                p.step(usize::MAX);
+                p.server.reap_aborted();
+                p.server.retire_finished();
+                if let Ok(o) = rx.recv_timeout(Duration::from_millis(5)) {
+                    return o;
+                }
+            }
+        };
+        assert_eq!(outcome(&mut p), (hung, false));
+        // The connection ends while the delivered stream's worker lingers.
+        p.server.abort_all();
+        LINGER_RELEASE.store(true, Ordering::Release);
+        assert_eq!(outcome(&mut p), (delivered, true));
     }
 
     /// Writes `?n=` bytes in 64 KiB pieces, as the static file path does.
@@ -1780,7 +1885,7 @@ pub(crate) mod tests {
         let server = Session::new_upgraded(
             Settings::default(),
             signal,
-            ThreadDispatch { handler: echo, threads: vec![], here: nowhere },
+            ThreadDispatch { handler: echo, threads: vec![], here: nowhere, outcomes: None },
             &[0, 3, 0, 0, 0, 100],
             head,
         )

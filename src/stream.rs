@@ -809,8 +809,20 @@ impl Stream {
         let deadline = Instant::now() + self.timeout;
         let mut io = self.io.lock();
         loop {
-            if io.closed.is_some() {
-                return Err(StreamError::Aborted);
+            if let Some(code) = io.closed {
+                // A stream that closed normally (NO_ERROR) after the client
+                // ended its request had the whole body: a handler may still
+                // read what is left once its response went out (httpd's
+                // ap_discard_request_body at the end of a request); c1 gave
+                // the window for it back at the close. Anything else cut the
+                // body short.
+                if code != crate::nghttp2::error_code::NO_ERROR || !io.input_end {
+                    return Err(StreamError::Aborted);
+                }
+                if !io.input.is_empty() {
+                    return Ok(Input::Data(io.input.take_vec(max.max(1))));
+                }
+                return Ok(Input::End(io.input_trailers.take().map(|t| *t)));
             }
             if !io.input.is_empty() {
                 let data = io.input.take_vec(max.max(1));
@@ -1572,6 +1584,31 @@ mod tests {
         assert_eq!(woken(&count), 3);
         s.close(0);
         assert_eq!(woken(&count), 4);
+    }
+
+    #[test]
+    fn input_after_a_normal_close_is_the_rest_of_a_complete_body() {
+        // The client ended its body and the stream closed normally (the
+        // response went out before the handler read everything).
+        let (s, _sig) = stream(1024);
+        s.push_input(b"rest");
+        s.end_input(None);
+        s.close_for_c1(0);
+        let Ok(Input::Data(d)) = s.read_input(100, true) else { panic!("no data") };
+        assert_eq!(d, b"rest");
+        assert!(matches!(s.read_input(100, true), Ok(Input::End(None))));
+        // Nothing more to give back to the window: c1 did at the close.
+        assert_eq!(s.progress().consumed, 0);
+
+        // A reset, or a close before the client ended its body, cuts it.
+        let (s, _sig) = stream(1024);
+        s.end_input(None);
+        s.close(8);
+        assert!(matches!(s.read_input(100, true), Err(StreamError::Aborted)));
+        let (s, _sig) = stream(1024);
+        s.push_input(b"part");
+        s.close(0);
+        assert!(matches!(s.read_input(100, true), Err(StreamError::Aborted)));
     }
 
     #[test]
