@@ -241,6 +241,26 @@ def test_error_log_lines_carry_the_module_tag(make_server):
     assert re.search(r"\[http2:debug\].*h2c session started", srv.read_error_log())
 
 
+@pytest.mark.parametrize("client_format", [False, True], ids=["default-format", "format-with-client-a"])
+def test_error_log_names_the_client_of_a_stream(make_server, client_format):
+    """httpd's default format says [remote ...] for a stream (its secondary
+    connection has no scoreboard handle, as with the stock module); the
+    README's ErrorLogFormat with %a names it [client ...] as for HTTP/1.1."""
+    extra = ""
+    if client_format:
+        extra = ('ErrorLogFormat "[%{u}t] [%-m:%l] [pid %P:tid %{g}T] %7F: %E: [client\\ %a] %M% ,'
+                 '\\ referer\\ %{Referer}i"')
+    srv = make_server(name="errorlog-" + ("client" if client_format else "default"), extra=extra).start()
+    for proto in ("--http2-prior-knowledge", "--http1.1"):
+        curl(proto, srv.url("/denied/secret.txt"))
+    time.sleep(0.2)
+    denied = [line for line in srv.read_error_log().splitlines() if "AH01630" in line]
+    assert len(denied) == 2, denied
+    h2_line, h1_line = denied
+    assert "[client 127.0.0.1:" in h1_line
+    assert ("[client 127.0.0.1:" if client_format else "[remote 127.0.0.1:") in h2_line
+
+
 def test_settings_and_ping_are_acknowledged(server):
     c = H2Client(server.port)
     c.wait(lambda: c.events_of(h2.events.SettingsAcknowledged))
