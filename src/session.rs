@@ -220,6 +220,11 @@ impl Entry {
             bytes_out: 0,
         }
     }
+
+    /// What the retire of its stream is told, whichever path retires it.
+    fn outcome(&self) -> Outcome {
+        Outcome { complete: self.delivered, bytes_sent: self.bytes_out }
+    }
 }
 
 /// Counters for logs, status and tests.
@@ -579,7 +584,7 @@ impl<D: Dispatch> Core<D> {
                 let _ = ops.consume_connection(p.consumed);
             }
             if p.worker_done {
-                let outcome = Outcome { complete: entry.delivered, bytes_sent: entry.bytes_out };
+                let outcome = entry.outcome();
                 if let Some(r) = stream.take_retire() {
                     self.to_retire.push((r, outcome));
                 }
@@ -656,11 +661,11 @@ impl<D: Dispatch> Core<D> {
             }
             return;
         }
-        let entry_bytes_out = entry.bytes_out;
         let closing = stream.close_for_c1(code);
         let complete =
             if closed_before { entry.delivered } else { code == error_code::NO_ERROR && closing.output_complete };
         entry.delivered = complete;
+        let outcome = entry.outcome();
         if closing.unacknowledged > 0 {
             let _ = ops.consume_connection(closing.unacknowledged);
         }
@@ -670,7 +675,7 @@ impl<D: Dispatch> Core<D> {
             self.be_annoyed();
         }
         if let Some(r) = closing.retire {
-            self.to_retire.push((r, Outcome { complete, bytes_sent: entry_bytes_out }));
+            self.to_retire.push((r, outcome));
             self.entries.remove(&id);
             self.worker_finished(id);
         } else if closing.worker_done {
@@ -1244,7 +1249,7 @@ impl<D: Dispatch> Session<D> {
             .collect();
         for id in done {
             if let Some(e) = core.entries.remove(&id) {
-                let outcome = Outcome { complete: e.delivered, bytes_sent: e.bytes_out };
+                let outcome = e.outcome();
                 if let Some(r) = e.stream.and_then(|s| s.take_retire()) {
                     core.to_retire.push((r, outcome));
                 }
