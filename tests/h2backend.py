@@ -41,7 +41,7 @@ if len(sys.argv) > 4:
     TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     TLS.load_cert_chain(sys.argv[3], sys.argv[4])
     TLS.set_alpn_protocols(["h2"])
-STATS = {"connections": 0, "max_streams": 0}
+STATS = {"connections": 0, "max_streams": 0, "resets_received": 0}
 SEEN_TOKENS = set()
 
 
@@ -175,6 +175,16 @@ class Conn:
                     await self.send_body(sid, f"event {i}\n".encode(), end=False)
                 self.h2.end_stream(sid)
                 self.flush()
+            elif route == "/bodiless":
+                # A head that has no content by its status (204, 304) or
+                # the method (HEAD), without END_STREAM; the stream ends
+                # `hold` seconds later.
+                self.h2.send_headers(sid, [(":status", q.get("status", "204")), ("x-backend-conn", str(self.number))])
+                self.flush()
+                await self.writer.drain()
+                await asyncio.sleep(float(q.get("hold", "1")))
+                self.h2.end_stream(sid)
+                self.flush()
             elif route == "/redirect":
                 await self.respond(sid, 302, b"", [("location", f"http://127.0.0.1:{PORT}/elsewhere")])
             elif route == "/stats":
@@ -220,6 +230,7 @@ class Conn:
                         asyncio.ensure_future(self.handle(ev.stream_id))
                 elif isinstance(ev, h2.events.StreamReset):
                     self.open.discard(ev.stream_id)
+                    STATS["resets_received"] += 1
                 elif isinstance(ev, h2.events.WindowUpdated):
                     self.window.set()
             for sid in list(self.open):

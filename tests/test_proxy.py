@@ -665,3 +665,31 @@ ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
     assert r.returncode == 0 and len(r.stdout) == 1024
     h.stop()
     h.check_log()
+
+
+
+@pytest.mark.parametrize("status,method", [(204, "GET"), (304, "GET"), (200, "HEAD")], ids=["204", "304", "HEAD"])
+@pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
+def test_a_head_without_content_is_the_whole_response(proxy, backends, status, method, h1):
+    """A backend's head that has no content (RFC 9110 6.4.1) without
+    END_STREAM: the client has the whole response at once, and the
+    backend's stream is left to end on its own (no reset: what is left of
+    a request body still goes out). Held open past the proxy's timeout
+    (1 s for /short/), the client still gets the whole response, not an
+    empty reply or a reset; the backend's stream is reset then."""
+    how = ["-I"] if method == "HEAD" else []
+    resets = stats(backends[0])["resets_received"]
+    r = get(proxy, f"/api/bodiless?status={status}&hold=0.5", *how, h1=h1)
+    assert (r.returncode, split(r)[0]) == (0, status), r.stderr
+    time.sleep(1)
+    assert stats(backends[0])["resets_received"] == resets
+
+    r = get(proxy, f"/short/bodiless?status={status}&hold=3", *how, "-m", "10", h1=h1)
+    code, body = split(r)
+    assert (r.returncode, code) == (0, status), r.stderr
+    assert not body.strip(b"\r\n") or method == "HEAD"
+    deadline = time.time() + 10
+    while stats(backends[0])["resets_received"] == resets and time.time() < deadline:
+        time.sleep(0.1)
+    assert stats(backends[0])["resets_received"] == resets + 1
+    assert "still open" in proxy.read_error_log()

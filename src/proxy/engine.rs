@@ -853,10 +853,17 @@ impl LoopState {
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);
                 } else if now > bs.deadline {
-                    log_error(&format!(
-                        "backend {backend}: no answer on stream {id} within {:?}, answering 504",
-                        bs.task.spec.timeout
-                    ));
+                    if bs.task.front_detached() {
+                        log_error(&format!(
+                            "backend {backend}: stream {id} still open {:?} after its response, which had no content and went to the client, reset",
+                            bs.task.spec.timeout
+                        ));
+                    } else {
+                        log_error(&format!(
+                            "backend {backend}: no answer on stream {id} within {:?}, answering 504",
+                            bs.task.spec.timeout
+                        ));
+                    }
                     bs.task.fail(504);
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);

@@ -648,6 +648,16 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
                 return Pumped::Done(End::Status(head.status));
             }
             apply_head(r, head, task.spec.via.as_deref());
+            if !t.end && has_no_content(r, head.status) {
+                // The client's response is complete with its head. Ending
+                // it now sends the head: HTTP/1.1's header filter drops
+                // the flush below with a bodiless response's body, so the
+                // head waited for the backend's END_STREAM, and a backend
+                // that never sent it left the client an empty reply at the
+                // timeout.
+                task.detach_front();
+                return Pumped::Done(End::Complete);
+            }
         }
         // A head without body yet (a stream of events, a long poll) goes
         // out at once: a flush makes the response filters send it.
@@ -684,6 +694,13 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
         }
         Pumped::More
     }
+}
+
+/// The response has no content by its status or the request's method
+/// (RFC 9110 6.4.1): its head is all of it.
+unsafe fn has_no_content(r: *mut ffi::request_rec, status: u16) -> bool {
+    // SAFETY: caller contract: `r` is live.
+    status == 204 || status == 304 || unsafe { (*r).header_only } != 0
 }
 
 /// Sets the request's response status and fields from the backend's head.

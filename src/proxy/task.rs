@@ -104,6 +104,8 @@ struct State {
     dispatched: bool,
     /// The engine has been told to look at the task and has not yet.
     engine_posted: bool,
+    /// See `detach_front`.
+    front_detached: bool,
 }
 
 /// A proxied request. Shared (Arc) by the front and the engine.
@@ -154,6 +156,20 @@ impl Task {
         if let Some(f) = front {
             f.wake();
         }
+    }
+
+    /// The front is done with a response that is complete for its
+    /// client while the backend's stream is still open (a head that has no
+    /// content: 204, 304, a HEAD's answer, without END_STREAM): the engine
+    /// lets the stream end on its own, as if the client were still there,
+    /// so that the backend gets the rest of the request body and no reset.
+    pub fn detach_front(&self) {
+        *self.front.lock() = None;
+        self.state.lock().front_detached = true;
+    }
+
+    pub fn front_detached(&self) -> bool {
+        self.state.lock().front_detached
     }
 
     pub fn front_gone(&self) -> bool {
@@ -481,6 +497,27 @@ mod tests {
         assert!(taken.head.is_some());
         assert_eq!(t.fail(502), Failure::Abort);
         assert_eq!(t.take(100).0.failure, Some(Failure::Abort));
+    }
+
+    struct GoneFront;
+    impl Front for GoneFront {
+        fn wake(&self) {}
+        fn gone(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_detached_front_is_not_taken_for_a_client_gone() {
+        let t = Task::new(spec());
+        t.set_front(Arc::new(GoneFront));
+        assert!(t.front_gone() && !t.front_detached());
+        // The front finished a 204 whose stream the backend keeps open: the
+        // engine must not cancel that stream for it (its client stream
+        // closes, which a front reports as gone).
+        t.detach_front();
+        assert!(!t.front_gone() && t.front_detached());
+        assert!(!t.is_cancelled());
     }
 
     #[test]
