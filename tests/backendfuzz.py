@@ -15,15 +15,19 @@ GOAWAY, PING, WINDOW_UPDATE of 0 or 2^31-1, PUSH_PROMISE, PRIORITY,
 SETTINGS with invalid values, frames on streams never opened, unknown
 types), each frame mutated with some chance (`netfuzz.mutate_frame`), the
 bytes written in random cuts; or no answer at all; or the connection
-closed at once.
+closed at once. Over TLS the cuts are TLS records, and some connections
+end in bytes that are no TLS record (written past the TLS layer), or in a
+close without close_notify.
 
     python tests/backendfuzz.py PORT [SEED]   # serves until killed
+    python tests/backendfuzz.py PORT SEED CERT KEY   # over TLS (ALPN h2)
     BACKENDFUZZ_LOG=1 ...                     # prints each stream's frames to stderr
 
 tests/test_proxy.py runs it behind a front for a fixed time and seed."""
 import os
 import random
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -122,6 +126,12 @@ def answer(rng, sock, sid):
     connection was closed on purpose."""
     how = rng.random()
     if how < 0.04:
+        sock.close()  # over TLS: no close_notify
+        return False
+    if how < 0.05 and isinstance(sock, ssl.SSLSocket):
+        # A record the front's TLS layer cannot decrypt (a broken or
+        # hijacked connection): written to the socket under TLS.
+        os.write(sock.fileno(), b"\x17\x03\x03\x00\x20" + rng.randbytes(32))
         sock.close()
         return False
     if how < 0.08:
@@ -163,10 +173,14 @@ def describe(payload):
     return " ".join(out) + (f" +{len(payload) - i} bytes" if i != len(payload) else "")
 
 
-def serve(sock, seed):
+def serve(sock, seed, tls=None):
     rng = random.Random(seed)
     buf = bytearray()
     try:
+        if tls is not None:
+            sock.settimeout(10)
+            sock = tls.wrap_socket(sock, server_side=True)
+            sock.settimeout(None)
         while len(buf) < len(PREFACE):
             d = sock.recv(65536)
             if not d:
@@ -196,7 +210,7 @@ def serve(sock, seed):
             if not d:
                 return
             buf += d
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a socket closed on purpose
         pass
     finally:
         try:
@@ -208,6 +222,11 @@ def serve(sock, seed):
 def main():
     port = int(sys.argv[1])
     seed = int(sys.argv[2]) if len(sys.argv) > 2 else random.randrange(1 << 30)
+    tls = None
+    if len(sys.argv) > 4:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(sys.argv[3], sys.argv[4])
+        tls.set_alpn_protocols(["h2"])
     rng = random.Random(seed)
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -215,7 +234,7 @@ def main():
     lsock.listen(128)
     while True:
         sock, _ = lsock.accept()
-        threading.Thread(target=serve, args=(sock, rng.randrange(1 << 30)), daemon=True).start()
+        threading.Thread(target=serve, args=(sock, rng.randrange(1 << 30), tls), daemon=True).start()
 
 
 if __name__ == "__main__":
