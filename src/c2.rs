@@ -26,6 +26,7 @@
 use crate::apr::{self, status, BrigadeRef, BucketRef, PoolRef, TableRef};
 use crate::fastpath::{self, Cost as RunCost, Outcome as RunOutcome};
 use crate::ffi;
+use crate::reqtimeout::BodyClock;
 use crate::response::{self, InterimParser, Parsed};
 use crate::signal::SocketSignal;
 use crate::stream::{Headers, Input, Outcome, ResponseHead, Retire, Stream, StreamError};
@@ -37,6 +38,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// A c2 is recycled for this many streams, then destroyed: modules may
 /// allocate from `c->pool` per request, so its pool must not grow forever.
@@ -135,6 +137,10 @@ pub struct C2Ctx {
     /// The handler returned SUSPENDED and handed the request to this (the
     /// proxy engine): the worker leaves, the request stays (see `Parked`).
     suspended: Option<Arc<dyn Resume>>,
+    /// RequestReadTimeout's body stage for this request (`reqtimeout`):
+    /// None until the first body read, then Some(None) where no limit
+    /// applies.
+    body_clock: Option<Option<BodyClock>>,
 }
 
 impl C2Ctx {
@@ -160,6 +166,7 @@ impl C2Ctx {
             discard_output: false,
             protocol,
             suspended: None,
+            body_clock: None,
         }
     }
 
@@ -179,6 +186,25 @@ impl C2Ctx {
         self.input_watch = None;
         self.discard_output = false;
         self.suspended = None;
+        self.body_clock = None;
+    }
+
+    /// When a blocking body read must give up (RequestReadTimeout's body
+    /// stage), starting the clock at the request's first body read. Requests
+    /// without a body and tunnels (WebSockets, CONNECT) have no limit.
+    fn body_deadline(&mut self, stream: &Stream) -> Option<Instant> {
+        let request = self.request;
+        let clock = self.body_clock.get_or_insert_with(|| {
+            if stream.request.end_stream || stream.request.is_tunnel() || request.is_null() {
+                return None;
+            }
+            // SAFETY: the request is live while its handler reads its body;
+            // its server's config was completed at post_config.
+            let limit = unsafe { crate::c1::server_config((*request).server) }
+                .and_then(|cfg| cfg.request_body_limit.get().copied().flatten());
+            limit.map(|l| BodyClock::start(l, Instant::now()))
+        });
+        clock.as_ref().map(BodyClock::deadline)
     }
 }
 
@@ -784,7 +810,7 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
 fn stream_error_status(e: StreamError) -> ffi::apr_status_t {
     match e {
         StreamError::Aborted => status::ECONNABORTED,
-        StreamError::Timeout => status::TIMEUP,
+        StreamError::Timeout | StreamError::BodyTooSlow => status::TIMEUP,
     }
 }
 
@@ -1228,8 +1254,12 @@ pub unsafe fn net_in(
 
     // Fetch from the stream while nothing is pending.
     while ctx.input_off >= ctx.input.len() && !ctx.input_ended {
-        match stream.read_input(want.max(8192), blocking) {
+        let body_deadline = if blocking { ctx.body_deadline(&stream) } else { None };
+        match stream.read_input(want.max(8192), blocking, body_deadline) {
             Ok(Input::Data(data)) => {
+                if let Some(Some(clock)) = &mut ctx.body_clock {
+                    clock.received(data.len());
+                }
                 ctx.input.clear();
                 ctx.input_off = 0;
                 if ctx.input_chunked {
@@ -1262,6 +1292,24 @@ pub unsafe fn net_in(
                 }
             }
             Ok(Input::WouldBlock) => return status::EAGAIN,
+            Err(StreamError::BodyTooSlow) => {
+                // As mod_reqtimeout over HTTP/1.1: the handler's read fails
+                // with TIMEUP (most answer 408); the stream is not broken.
+                if let (Some(Some(clock)), false) = (&ctx.body_clock, ctx.request.is_null()) {
+                    let l = clock.limit();
+                    crate::log::request(
+                        ctx.request,
+                        crate::log::Level::Info,
+                        &format!(
+                            "h2rs: request body read timeout (RequestReadTimeout body={}{},MinRate={})",
+                            l.timeout.as_secs(),
+                            l.max.map(|m| format!("-{}", m.as_secs())).unwrap_or_default(),
+                            l.min_rate
+                        ),
+                    );
+                }
+                return status::TIMEUP;
+            }
             Err(e) => {
                 // SAFETY: the c2 is ours.
                 unsafe { (*c).aborted = 1 };

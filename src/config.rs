@@ -57,6 +57,10 @@ pub struct ServerConfig {
     pub early_hint_headers: Vec<(String, String)>,
     /// Deprecated directives seen (for one warning at startup).
     pub obsolete_seen: Vec<&'static str>,
+    /// mod_reqtimeout's body stage for this server (None: off, or the
+    /// module is not loaded), read from the configuration tree once the
+    /// configuration is complete (post_config; `reqtimeout`).
+    pub request_body_limit: std::sync::OnceLock<Option<crate::reqtimeout::BodyLimit>>,
 }
 
 /// Per-directory configuration: the directives allowed in <Directory>,
@@ -127,6 +131,7 @@ impl ServerConfig {
             push_resources: pick_list(&add.push_resources, &base.push_resources),
             early_hint_headers: pick_list(&add.early_hint_headers, &base.early_hint_headers),
             obsolete_seen: pick_list(&add.obsolete_seen, &base.obsolete_seen),
+            request_body_limit: std::sync::OnceLock::new(),
         }
     }
 

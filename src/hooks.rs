@@ -196,9 +196,85 @@ pub unsafe extern "C" fn h2rs_post_config(
                 srv = (*srv).next;
             }
         }
+        // SAFETY: the configuration tree and the server list are complete
+        // and not changing (post_config, in the parent).
+        unsafe { set_request_body_limits(s) };
         slog!(s, Level::Info, "mod_h2rs {} loaded (MPM {mpm})", env!("CARGO_PKG_VERSION"));
         HOOK_OK
     })
+}
+
+/// Gives every server its RequestReadTimeout body stage (`reqtimeout`), read
+/// from the configuration tree: mod_reqtimeout keeps its own settings
+/// private. Its directive may stand in the main server and in
+/// `<VirtualHost>` sections, which are matched to their server_rec by the
+/// file and line that defined them. Nothing is set where mod_reqtimeout
+/// is not loaded.
+///
+/// # Safety
+/// `s` is the main server; the configuration tree is complete.
+unsafe fn set_request_body_limits(s: *mut ffi::server_rec) {
+    use crate::reqtimeout::BodyStage;
+    use std::collections::HashMap;
+    type VhostKey = (Vec<u8>, u32);
+
+    /// Walks `node` and its siblings; `owner` is the `<VirtualHost>` they
+    /// are in, if any.
+    ///
+    /// # Safety
+    /// `node` is NULL or a node of the live configuration tree.
+    unsafe fn walk(
+        mut node: *const ffi::ap_directive_t,
+        owner: Option<&VhostKey>,
+        main: &mut BodyStage,
+        vhosts: &mut HashMap<VhostKey, BodyStage>,
+    ) {
+        // SAFETY: caller contract; the tree's strings are NUL-terminated
+        // and live in the configuration pool.
+        unsafe {
+            while !node.is_null() {
+                let n = &*node;
+                let name = if n.directive.is_null() { &b""[..] } else { CStr::from_ptr(n.directive).to_bytes() };
+                if name.eq_ignore_ascii_case(b"RequestReadTimeout") && !n.args.is_null() {
+                    let args = CStr::from_ptr(n.args).to_string_lossy();
+                    let stage = match owner {
+                        Some(key) => vhosts.entry(key.clone()).or_default(),
+                        None => &mut *main,
+                    };
+                    *stage = stage.apply(&args);
+                } else if name.eq_ignore_ascii_case(b"<VirtualHost") && !n.filename.is_null() {
+                    let key = (CStr::from_ptr(n.filename).to_bytes().to_vec(), n.line_num.max(0) as u32);
+                    walk(n.first_child, Some(&key), main, vhosts);
+                } else if !n.first_child.is_null() {
+                    walk(n.first_child, owner, main, vhosts);
+                }
+                node = n.next;
+            }
+        }
+    }
+
+    // SAFETY: caller contract (see above).
+    unsafe {
+        let loaded = !ffi::ap_find_linked_module(c"mod_reqtimeout.c".as_ptr()).is_null();
+        let (mut main, mut vhosts) = (BodyStage::Unset, HashMap::new());
+        if loaded {
+            walk(ffi::ap_conftree, None, &mut main, &mut vhosts);
+        }
+        let mut srv = s;
+        while !srv.is_null() {
+            if let Some(cfg) = c1::server_config(srv) {
+                let own = if (*srv).is_virtual != 0 && !(*srv).defn_name.is_null() {
+                    let key = (CStr::from_ptr((*srv).defn_name).to_bytes().to_vec(), (*srv).defn_line_number);
+                    vhosts.get(&key).copied().unwrap_or_default()
+                } else {
+                    main
+                };
+                let limit = if loaded { BodyStage::effective(own, main) } else { None };
+                let _ = cfg.request_body_limit.set(limit);
+            }
+            srv = (*srv).next;
+        }
+    }
 }
 
 /// Records the child process pool (for per-thread APR registration).

@@ -36,6 +36,7 @@ pub mod negotiation;
 pub mod nghttp2;
 pub mod park;
 pub mod proxy;
+pub mod reqtimeout;
 pub mod request;
 pub mod response;
 pub mod session;

@@ -1352,7 +1352,7 @@ pub(crate) mod tests {
     pub fn echo(stream: Arc<Stream>) {
         let mut body = Vec::new();
         loop {
-            match stream.read_input(8192, true) {
+            match stream.read_input(8192, true, None) {
                 Ok(Input::Data(d)) => body.extend(d),
                 Ok(Input::End(_)) => break,
                 Ok(Input::WouldBlock) => continue,
@@ -1938,7 +1938,7 @@ pub(crate) mod tests {
     fn stall(stream: Arc<Stream>) {
         // Never answers; ends when the stream is aborted.
         while !stream.is_aborted() {
-            let _ = stream.read_input(10, true);
+            let _ = stream.read_input(10, true, None);
             thread::sleep(Duration::from_millis(1));
         }
     }

@@ -577,6 +577,9 @@ pub enum StreamError {
     Aborted,
     /// Nothing moved for the stream timeout.
     Timeout,
+    /// The request body came slower than RequestReadTimeout's body stage
+    /// allows (`reqtimeout`): the stream itself is fine.
+    BodyTooSlow,
 }
 
 /// What a worker's read of the request body returned.
@@ -804,9 +807,14 @@ impl Stream {
     }
 
     /// Reads request-body bytes (at most `max`). Blocking reads wait for the
-    /// client up to the stream timeout.
-    pub fn read_input(&self, max: usize, block: bool) -> Result<Input, StreamError> {
-        let deadline = Instant::now() + self.timeout;
+    /// client up to the stream timeout, or up to `body_deadline` if that
+    /// comes first (then `BodyTooSlow`).
+    pub fn read_input(&self, max: usize, block: bool, body_deadline: Option<Instant>) -> Result<Input, StreamError> {
+        let stream_deadline = Instant::now() + self.timeout;
+        let (deadline, expired) = match body_deadline {
+            Some(b) if b < stream_deadline => (b, StreamError::BodyTooSlow),
+            _ => (stream_deadline, StreamError::Timeout),
+        };
         let mut io = self.io.lock();
         loop {
             if let Some(code) = io.closed {
@@ -843,7 +851,7 @@ impl Stream {
                 return Ok(Input::WouldBlock);
             }
             if self.worker_cond.wait_until(&mut io, deadline).timed_out() {
-                return Err(StreamError::Timeout);
+                return Err(expired);
             }
         }
     }
@@ -1534,7 +1542,7 @@ mod tests {
         };
         let r = {
             let s = s.clone();
-            thread::spawn(move || s.read_input(100, true))
+            thread::spawn(move || s.read_input(100, true, None))
         };
         thread::sleep(Duration::from_millis(50));
         assert!(s.close(8).is_none());
@@ -1544,14 +1552,30 @@ mod tests {
     }
 
     #[test]
+    fn a_body_deadline_ends_a_read_before_the_stream_timeout() {
+        let (s, _sig) = stream(1024);
+        let soon = Instant::now() + Duration::from_millis(30);
+        assert_eq!(s.read_input(100, true, Some(soon)), Err(StreamError::BodyTooSlow));
+        assert!(!s.is_aborted(), "the stream itself is fine");
+        // Data there is read whatever the deadline; a deadline past the
+        // stream timeout leaves the stream timeout in charge.
+        s.push_input(b"late");
+        assert_eq!(s.read_input(100, true, Some(soon)).unwrap(), Input::Data(b"late".to_vec()));
+        let req = Box::new(RequestHead { end_stream: false, ..Default::default() });
+        let quick = Stream::new(3, req, Arc::new(Signal::new().unwrap()), 1024, Duration::from_millis(30), true);
+        let later = Instant::now() + Duration::from_secs(60);
+        assert_eq!(quick.read_input(100, true, Some(later)), Err(StreamError::Timeout));
+    }
+
+    #[test]
     fn input_consumption_is_reported() {
         let (s, sig) = stream(1024);
         s.push_input(b"abcdef");
         s.end_input(None);
-        assert_eq!(s.read_input(100, true).unwrap(), Input::Data(b"abcdef".to_vec()));
+        assert_eq!(s.read_input(100, true, None).unwrap(), Input::Data(b"abcdef".to_vec()));
         assert_eq!(sig.take(), vec![1]);
         assert_eq!(s.progress().consumed, 6);
-        assert_eq!(s.read_input(4, true).unwrap(), Input::End(None));
+        assert_eq!(s.read_input(4, true, None).unwrap(), Input::End(None));
     }
 
     struct Flag(Arc<AtomicBool>);
@@ -1576,8 +1600,8 @@ mod tests {
         // Data already there: woken at once.
         s.watch_input(count.clone());
         assert_eq!(woken(&count), 1);
-        assert!(matches!(s.read_input(100, false), Ok(Input::Data(d)) if d == b"early"));
-        assert!(matches!(s.read_input(100, false), Ok(Input::WouldBlock)));
+        assert!(matches!(s.read_input(100, false, None), Ok(Input::Data(d)) if d == b"early"));
+        assert!(matches!(s.read_input(100, false, None), Ok(Input::WouldBlock)));
         s.push_input(b"x");
         assert_eq!(woken(&count), 2);
         s.end_input(None);
@@ -1594,9 +1618,9 @@ mod tests {
         s.push_input(b"rest");
         s.end_input(None);
         s.close_for_c1(0);
-        let Ok(Input::Data(d)) = s.read_input(100, true) else { panic!("no data") };
+        let Ok(Input::Data(d)) = s.read_input(100, true, None) else { panic!("no data") };
         assert_eq!(d, b"rest");
-        assert!(matches!(s.read_input(100, true), Ok(Input::End(None))));
+        assert!(matches!(s.read_input(100, true, None), Ok(Input::End(None))));
         // Nothing more to give back to the window: c1 did at the close.
         assert_eq!(s.progress().consumed, 0);
 
@@ -1604,11 +1628,11 @@ mod tests {
         let (s, _sig) = stream(1024);
         s.end_input(None);
         s.close(8);
-        assert!(matches!(s.read_input(100, true), Err(StreamError::Aborted)));
+        assert!(matches!(s.read_input(100, true, None), Err(StreamError::Aborted)));
         let (s, _sig) = stream(1024);
         s.push_input(b"part");
         s.close(0);
-        assert!(matches!(s.read_input(100, true), Err(StreamError::Aborted)));
+        assert!(matches!(s.read_input(100, true, None), Err(StreamError::Aborted)));
     }
 
     #[test]
@@ -1628,7 +1652,7 @@ mod tests {
         // A worker read 3 of 10 request bytes and is still running.
         let (s, _sig) = stream(1024);
         s.push_input(b"0123456789");
-        let Ok(Input::Data(d)) = s.read_input(3, false) else { panic!("no input") };
+        let Ok(Input::Data(d)) = s.read_input(3, false, None) else { panic!("no input") };
         assert_eq!(d.len(), 3);
         let c = s.close_for_c1(8);
         assert_eq!((c.output_complete, c.worker_done, c.unacknowledged), (false, false, 10));

@@ -712,6 +712,89 @@ def _held_bodies(a, srv):
         c.close()
 
 
+# ---- slow request bodies (R.U.D.Y.) ---------------------------------------------------------
+
+def _trickle(c, sids, seconds, interval=0.5):
+    """Sends one body byte every `interval` on each stream of `sids` still
+    open, for `seconds` or until all are done; returns {sid: seconds until
+    it was done}."""
+    import h2.exceptions
+    t0 = time.time()
+    done = {}
+    while time.time() - t0 < seconds and len(done) < len(sids):
+        for sid in sids:
+            if c.streams[sid].done:
+                done.setdefault(sid, time.time() - t0)
+                continue
+            try:
+                c.conn.send_data(sid, b"x")
+            except h2.exceptions.StreamClosedError:
+                done.setdefault(sid, time.time() - t0)
+        c.flush()
+        until = time.time() + interval
+        while time.time() < until and not c.closed:
+            c.read_some(timeout=max(0.01, until - time.time()))
+    return done
+
+
+def test_slow_request_bodies_end_at_the_request_read_timeout(make_server):
+    """R.U.D.Y.: streams that send their request body a byte every half
+    second, each holding a worker in a CGI that reads it. mod_reqtimeout's
+    `RequestReadTimeout body=3,MinRate=500` holds for HTTP/2 bodies as for
+    HTTP/1.1 ones (mod_reqtimeout cannot see a stream; the module reads
+    its directives): every stream is answered 408 after about 3 s, the
+    workers are free again, and the connection goes on. A steady upload
+    (20 KiB/s) passes the first 3 s, extended by its rate; a virtual host
+    that turns the stage off (`body=0`) lets a trickle finish."""
+    from h2client import H2Client
+    import hashlib
+    off_port = free_port()
+    srv = make_server(name="rudy", h2_conf="H2MaxWorkers 8", loglevel="warn http2:info", extra=f"""
+LoadModule reqtimeout_module {conftest.MODDIR}/mod_reqtimeout.so
+RequestReadTimeout header=20-40,MinRate=500 body=3,MinRate=500
+Listen 127.0.0.1:{off_port}
+<VirtualHost 127.0.0.1:{off_port}>
+  RequestReadTimeout body=0
+</VirtualHost>
+""")
+    srv.start()
+    c = H2Client(srv.port)
+    slow = [c.request("/cgi/sum.cgi", method="POST", headers=[("content-length", "1000")], end_stream=False)
+            for _ in range(10)]
+    done = _trickle(c, slow, 12)
+    print("408 after", sorted(round(v, 1) for v in done.values()))
+    assert len(done) == 10, f"{10 - len(done)} streams still open after 12 s"
+    assert all(c.streams[s].status == 408 for s in slow), [c.streams[s].status for s in slow]
+    # 3 s after each one's handler began to read: a connection runs at
+    # most 6 of the 8 workers (its fair share), the last 4 streams after
+    # the first 6 ended.
+    assert 2.5 <= min(done.values()) and max(done.values()) < 9, done
+    # The connection and the workers serve on.
+    st = c.wait_stream(c.request("/cgi/env.cgi"))
+    assert st.status == 200 and b"HTTP2=on" in st.data
+    assert srv.read_error_log().count("request body read timeout (RequestReadTimeout body=3,MinRate=500)") == 10
+
+    # A steady upload: 100 KiB at ~20 KiB/s, 5 s, past the first 3.
+    body = bytes(range(256)) * 400
+    sid = c.request("/cgi/sum.cgi", method="POST", headers=[("content-length", str(len(body)))], end_stream=False)
+    for i in range(0, len(body), 4096):
+        c.send_body(sid, body[i:i + 4096], end_stream=i + 4096 >= len(body))
+        time.sleep(0.2)
+    st = c.wait_stream(sid)
+    assert st.status == 200 and st.data.strip() == hashlib.sha256(body).hexdigest().encode(), (st.status, st.data)
+    c.close()
+
+    # Off in a virtual host: a trickle of 10 bytes over 5 s finishes.
+    c = H2Client(off_port)
+    sid = c.request("/cgi/sum.cgi", method="POST", headers=[("content-length", "10")], end_stream=False)
+    for i in range(10):
+        c.send_body(sid, b"x", end_stream=i == 9)
+        time.sleep(0.5)
+    st = c.wait_stream(sid)
+    assert st.status == 200 and st.data.strip() == hashlib.sha256(b"x" * 10).hexdigest().encode()
+    c.close()
+
+
 # ---- stream concurrency abuse ---------------------------------------------------------------
 
 def test_more_streams_than_max_session_streams(srv):
