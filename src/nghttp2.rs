@@ -635,6 +635,14 @@ impl<'a> Ops<'a> {
         unsafe { !ng::nghttp2_session_find_stream(self.raw, stream_id).is_null() }
     }
 
+    /// Whether the peer ended its side of the stream (END_STREAM received),
+    /// or the stream is gone.
+    pub fn remote_closed(&self, stream_id: i32) -> bool {
+        // SAFETY: live session; nghttp2 looks the stream up by id and
+        // returns -1 for an unknown one.
+        unsafe { ng::nghttp2_session_get_stream_remote_close(self.raw, stream_id) != 0 }
+    }
+
     /// Whether the peer gives us no flow-control window to send with:
     /// SETTINGS_INITIAL_WINDOW_SIZE 0, or an exhausted connection window.
     pub fn peer_window_closed(&self) -> bool {

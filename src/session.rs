@@ -198,6 +198,9 @@ struct Entry {
     received: u64,
     /// Handed to a worker (else waiting in `pending`).
     dispatched: bool,
+    /// The response's END_STREAM went out while the client still sends
+    /// its request body.
+    answered_early: bool,
     /// Frame bytes received / sent on the stream (mod_logio).
     bytes_in: u64,
     bytes_out: u64,
@@ -216,6 +219,7 @@ impl Entry {
             content_length: None,
             received: 0,
             dispatched: false,
+            answered_early: false,
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -627,8 +631,26 @@ impl<D: Dispatch> Core<D> {
                 self.calm_down(ops);
             }
         }
+        if p.worker_done {
+            self.end_unread_body(ops, id);
+        }
         if p.worker_done || p.slot_released {
             self.worker_finished(id);
+        }
+    }
+
+    /// RFC 9113 8.1: a complete response went out before the request body
+    /// ended (413, a RequestReadTimeout 408, a handler that does not read)
+    /// and the worker is done, so nothing will read the rest: RST_STREAM
+    /// NO_ERROR asks the client to stop sending. Without it the stream
+    /// stayed open with its window spent, holding the connection's window
+    /// too, until the client gave up or the connection timed out. Only
+    /// after END_STREAM was sent: a reset submitted earlier would go out
+    /// ahead of the response's last DATA frames.
+    fn end_unread_body(&mut self, ops: &mut Ops<'_>, id: i32) {
+        let Some(entry) = self.entries.get(&id) else { return };
+        if entry.answered_early && !entry.closed && !ops.remote_closed(id) {
+            self.reset(ops, id, error_code::NO_ERROR);
         }
     }
 
@@ -850,6 +872,12 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         if frame.stream_id > 0 {
             if let Some(e) = self.entries.get_mut(&frame.stream_id) {
                 e.bytes_out += frame.length as u64 + 9;
+                if frame.has(ng::flags::END_STREAM) && !ops.remote_closed(frame.stream_id) {
+                    e.answered_early = true;
+                    if e.stream.as_ref().is_some_and(|s| s.worker_is_done()) {
+                        self.end_unread_body(ops, frame.stream_id);
+                    }
+                }
             }
         }
         if frame.kind == frame_type::RST_STREAM && frame.error_code == error_code::FLOW_CONTROL_ERROR {
@@ -1873,6 +1901,40 @@ pub(crate) mod tests {
         assert_eq!(s.status, Some(200));
         assert_eq!(s.body.len(), body.len());
         assert!(s.body == body);
+    }
+
+    /// Answers 413 without reading the body under `/early`, else `echo`.
+    fn answer_early(stream: Arc<Stream>) {
+        if stream.request.path.as_deref() != Some(b"/early".as_slice()) {
+            return echo(stream);
+        }
+        if stream.set_response(ResponseHead { status: 413, headers: Headers::new() }).is_ok() {
+            let _ = stream.write_output(b"too large");
+            stream.end_output(None);
+        }
+    }
+
+    /// A response that ends before the request body (RFC 9113 8.1): the
+    /// stream is reset with NO_ERROR once the response is out and its
+    /// worker done, and what the client sent on it is given back to the
+    /// connection's window, so the next upload on it goes through.
+    #[test]
+    fn a_response_before_the_whole_body_ends_the_upload() {
+        let settings = Settings { initial_window_size: 16384, connection_window: 65535, ..Settings::default() };
+        let mut p = Pair::new(settings, answer_early);
+        let early = p.post("/early", vec![1; 200_000]);
+        p.pump(closed(vec![early]));
+        let s = &p.client.handler_ref().streams[&early];
+        assert_eq!((s.status, s.body.as_slice(), s.closed), (Some(413), b"too large".as_slice(), Some(0)));
+        assert_eq!(p.client.handler_ref().rst_received, vec![(early, error_code::NO_ERROR)]);
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let next = p.post("/upload", body.clone());
+        p.pump(closed(vec![next]));
+        let s = &p.client.handler_ref().streams[&next];
+        assert_eq!((s.status, s.closed), (Some(200), Some(0)));
+        assert!(s.body == body);
+        p.pump(|_| true);
+        assert_eq!(p.server.open_streams(), 0);
     }
 
     #[test]

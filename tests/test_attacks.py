@@ -772,6 +772,8 @@ Listen 127.0.0.1:{off_port}
     # The connection and the workers serve on.
     st = c.wait_stream(c.request("/cgi/env.cgi"))
     assert st.status == 200 and b"HTTP2=on" in st.data
+    # Answered, so the clients are asked to stop sending (RFC 9113 8.1).
+    assert all(c.streams[s].reset == 0 for s in slow), [c.streams[s].reset for s in slow]
     assert srv.read_error_log().count("request body read timeout (RequestReadTimeout body=3,MinRate=500)") == 10
 
     # A steady upload: 100 KiB at ~20 KiB/s, 5 s, past the first 3.

@@ -202,6 +202,26 @@ def test_upload_flow_follows_consumption(make_server, docroot):
     c.close()
 
 
+def test_a_response_before_the_whole_body_stops_the_upload(srv):
+    """A 413 (LimitRequestBody) answers before the client has sent its
+    body: once the response is out, RST_STREAM NO_ERROR asks the client to
+    stop (RFC 9113 8.1), and the bytes it sent meanwhile go back to the
+    connection's window, so the next upload on the connection passes.
+    Before, the stream stayed open with its window spent until the
+    connection timed out."""
+    c = H2Client(srv.port)  # the default 64 KiB windows: spent quickly
+    sid = c.request("/limited", method="POST", end_stream=False)
+    c.conn.send_data(sid, b"x" * 2000)
+    c.flush()
+    c.wait(lambda: c.streams[sid].reset is not None, timeout=10)
+    st = c.streams[sid]
+    assert (st.status, st.ended, st.reset) == (413, True, h2.errors.ErrorCodes.NO_ERROR)
+    body = os.urandom(400_000)
+    st = c.wait_stream(c.request("/echo", method="POST", body=body), timeout=20)
+    assert st.status == 200 and st.data.startswith(f"length={len(body)} fnv={fnv(body)} ".encode()), st.data
+    c.close()
+
+
 def test_expect_100_continue(srv):
     c = h2c(srv)
     sid = c.request("/echo", method="POST", headers=[("expect", "100-continue")], end_stream=False)
