@@ -208,6 +208,18 @@ impl C2Ctx {
     }
 }
 
+/// When the request body stage of RequestReadTimeout ends a wait for the
+/// body of the request on `c` (starting its clock), if it applies.
+///
+/// # Safety
+/// `c` must be a live connection used by the calling thread.
+pub unsafe fn body_deadline(c: *mut ffi::conn_rec) -> Option<Instant> {
+    // SAFETY: caller contract.
+    let ctx = unsafe { ctx_of(c) }?;
+    let stream = ctx.stream.clone()?;
+    ctx.body_deadline(&stream)
+}
+
 /// Whoever continues a request whose handler returned SUSPENDED.
 pub trait Resume: Send + Sync {
     /// The worker left the request: keep `parked` and continue it on a

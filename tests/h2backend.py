@@ -54,6 +54,7 @@ class Conn:
         self.bodies = {}
         self.heads = {}
         self.trailers = {}
+        self.duplex = set()
         self.open = set()
         self.window = asyncio.Event()
         self.closed = False
@@ -219,6 +220,22 @@ class Conn:
                     self.heads[ev.stream_id] = {k.decode(): v.decode() for k, v in ev.headers}
                     self.open.add(ev.stream_id)
                     STATS["max_streams"] = max(STATS["max_streams"], len(self.open))
+                    if self.heads[ev.stream_id].get(":path") == "/too-large" and not ev.stream_ended:
+                        # Answers before the request body and asks the
+                        # client to stop sending it (RFC 9113 8.1).
+                        self.h2.send_headers(ev.stream_id, [(":status", "413"), ("content-length", "10")])
+                        self.h2.send_data(ev.stream_id, b"too large\n", end_stream=True)
+                        self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                        del self.heads[ev.stream_id]
+                    elif self.heads[ev.stream_id].get(":path") == "/duplex" and not ev.stream_ended:
+                        # Full duplex: answers at once and echoes each
+                        # piece of the request body as it comes.
+                        self.h2.send_headers(ev.stream_id, [(":status", "200")])
+                        self.duplex.add(ev.stream_id)
+                        del self.heads[ev.stream_id]
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id in self.duplex:
+                    self.h2.send_data(ev.stream_id, ev.data)
+                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 elif isinstance(ev, h2.events.DataReceived):
                     self.bodies.setdefault(ev.stream_id, bytearray()).extend(ev.data)
                     if ev.flow_controlled_length:
@@ -226,7 +243,10 @@ class Conn:
                 elif isinstance(ev, h2.events.TrailersReceived):
                     self.trailers[ev.stream_id] = {k.decode(): v.decode() for k, v in ev.headers}
                 elif isinstance(ev, h2.events.StreamEnded):
-                    if ev.stream_id in self.heads:
+                    if ev.stream_id in self.duplex:
+                        self.duplex.discard(ev.stream_id)
+                        self.h2.end_stream(ev.stream_id)
+                    elif ev.stream_id in self.heads:
                         asyncio.ensure_future(self.handle(ev.stream_id))
                 elif isinstance(ev, h2.events.StreamReset):
                     self.open.discard(ev.stream_id)

@@ -211,6 +211,84 @@ def test_upload_chunked_h1_front(proxy, tmp_path):
     assert body.decode() == f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
 
 
+def test_full_duplex_through_an_h2_front(proxy):
+    """A bidirectional stream (as gRPC's): the backend answers at once and
+    echoes each piece of the body as it comes, and the client sends the
+    next piece only after it has the echo of the last. The front passes the
+    response on while it still forwards the body; before, it read the whole
+    body first, and this exchange hung until the timeout."""
+    c = H2Client(proxy.port)
+    sid = c.request("/api/duplex", method="POST", end_stream=False)
+    c.wait(lambda: c.streams[sid].status is not None, timeout=5)
+    assert c.streams[sid].status == 200
+    sent = b""
+    for i in range(20):
+        piece = f"ping {i};".encode()
+        sent += piece
+        c.conn.send_data(sid, piece)
+        c.flush()
+        c.wait(lambda: bytes(c.streams[sid].data) == sent, timeout=5)
+    c.conn.end_stream(sid)
+    c.flush()
+    st = c.wait_stream(sid, timeout=5)
+    assert st.ended and st.reset is None and bytes(st.data) == sent
+    c.close()
+
+
+def test_100_continue_through_an_h2_front(proxy):
+    """The front reads the body without blocking (full duplex), and HTTP_IN
+    sends the 100 only on a blocking read: the front sends it, or a client
+    that waits for it would wait for ever."""
+    c = H2Client(proxy.port)
+    sid = c.request("/api/echo", method="POST", headers=[("expect", "100-continue")], end_stream=False)
+    c.wait(lambda: c.streams[sid].interim or c.streams[sid].done, timeout=5)
+    assert [dict(h)[b":status"] for h in c.streams[sid].interim] == [b"100"]
+    c.send_body(sid, b"after continue")
+    st = c.wait_stream(sid)
+    assert st.status == 200 and bytes(st.data).decode() == f"length=14 sha256={hashlib.sha256(b'after continue').hexdigest()}"
+    c.close()
+
+
+def test_a_trickled_body_through_an_h2_front_ends_at_the_request_read_timeout(make_server, backends):
+    """RequestReadTimeout's body stage holds for a proxied body as for one
+    a local handler reads: 408 with mod_reqtimeout's log line."""
+    srv = make_server(name="proxy-rudy", loglevel="warn http2:info", extra=f"""{PROXY_MODULES}
+LoadModule reqtimeout_module {MODDIR}/mod_reqtimeout.so
+RequestReadTimeout body=2,MinRate=500
+ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
+""").start()
+    c = H2Client(srv.port)
+    sid = c.request("/api/echo", method="POST", end_stream=False)
+    t0 = time.time()
+    while not c.streams[sid].done and time.time() - t0 < 10:
+        c.conn.send_data(sid, b"x")
+        c.flush()
+        c.read_some(timeout=0.5)
+    assert c.streams[sid].status == 408, (c.streams[sid].status, time.time() - t0)
+    assert 1.5 < time.time() - t0 < 5
+    assert "request body read timeout (RequestReadTimeout body=2,MinRate=500)" in srv.read_error_log()
+    c.close()
+
+
+def test_an_early_answer_ends_the_upload(proxy):
+    """The backend answers 413 before the body and resets its stream with
+    NO_ERROR (RFC 9113 8.1): the client has the answer at once, with its
+    own stream reset NO_ERROR, instead of after sending a body nobody reads;
+    the connection and the backend connection go on (an upload after it
+    passes)."""
+    c = H2Client(proxy.port)
+    sid = c.request("/api/too-large", method="POST", end_stream=False)
+    c.conn.send_data(sid, b"x" * 2000)
+    c.flush()
+    st = c.wait_stream(sid, timeout=5)
+    c.wait(lambda: st.reset is not None, timeout=5)
+    assert (st.status, bytes(st.data), st.ended, st.reset) == (413, b"too large\n", True, 0)
+    data = os.urandom(400_000)
+    st = c.wait_stream(c.request("/api/echo", method="POST", body=data), timeout=20)
+    assert st.status == 200 and bytes(st.data).decode() == f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
+    c.close()
+
+
 def test_request_trailers_pass_through(proxy):
     c = H2Client(proxy.port)
     sid = c.request("/api/echo", method="POST", end_stream=False)

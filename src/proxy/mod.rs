@@ -26,7 +26,7 @@ pub mod engine;
 pub mod task;
 pub mod tls;
 
-use crate::apr::{BrigadeRef, PoolRef, TableRef};
+use crate::apr::{status, BrigadeRef, PoolRef, TableRef};
 use crate::c2::{self, Parked, Resume};
 use crate::ffi::{self, panic::guard, HOOK_DECLINED, HOOK_OK};
 use crate::log::Level;
@@ -471,11 +471,27 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             if let Some(Failure::Status(s)) = task.wait_dispatched(task.spec.timeout) {
                 return s as c_int;
             }
-            if let Err(status) = send_body(r, &task, &engine) {
-                if task.cancel() {
-                    engine.post(&task);
+            let sent = match &front {
+                Some(f) => send_body_duplex(r, &task, &engine, &f.stream),
+                None => send_body(r, &task, &engine).map(|()| None),
+            };
+            match sent {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    // The response ended before the request body: the
+                    // backend's stream, if still open for the rest of it,
+                    // is reset (the client's is, by c1, once this returns).
+                    if task.cancel() {
+                        engine.post(&task);
+                    }
+                    return status;
                 }
-                return status;
+                Err(status) => {
+                    if task.cancel() {
+                        engine.post(&task);
+                    }
+                    return status;
+                }
             }
         }
         if let Some(front) = front {
@@ -492,73 +508,186 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
     }
 }
 
-/// Streams the request body from the client to the engine.
+/// Streams the request body from the client to the engine (an HTTP/1.1
+/// front: the response follows the whole body, as with mod_proxy_http).
 unsafe fn send_body(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine) -> Result<(), c_int> {
     // SAFETY: caller contract; the brigade lives in the request pool.
     unsafe {
         let c = (*r).connection;
         let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
-        let wait = task.spec.timeout;
+        while read_and_forward(r, bb, task, engine, ffi::APR_BLOCK_READ, Some(task.spec.timeout))? != BodyRead::Ended {}
+        Ok(())
+    }
+}
+
+/// What one read of the request body brought.
+#[derive(PartialEq, Eq)]
+enum BodyRead {
+    Nothing,
+    Some,
+    /// The end of the body (maybe with some before it).
+    Ended,
+}
+
+/// One read of the request body, passed to the engine.
+unsafe fn read_and_forward(
+    r: *mut ffi::request_rec,
+    bb: BrigadeRef,
+    task: &Arc<Task>,
+    engine: &Engine,
+    block: ffi::apr_read_type_e,
+    limit_wait: Option<Duration>,
+) -> Result<BodyRead, c_int> {
+    // SAFETY: caller contract: `r` is live and ours, `bb` in its pool.
+    let rv = unsafe { ffi::ap_get_brigade((*r).input_filters, bb.as_ptr(), ffi::AP_MODE_READBYTES, block, BODY_READ) };
+    if rv != 0 && !(rv == status::EAGAIN && block == ffi::APR_NONBLOCK_READ) {
+        // SAFETY: as above.
+        return Err(unsafe { body_read_failed(r, bb, rv) });
+    }
+    if bb.is_empty() {
+        return Ok(BodyRead::Nothing);
+    }
+    // SAFETY: as above.
+    Ok(if unsafe { forward_body(r, bb, task, engine, limit_wait) }? { BodyRead::Ended } else { BodyRead::Some })
+}
+
+/// Streams the request body from an HTTP/2 client stream to the engine
+/// while passing the response on as it comes (full duplex: a gRPC
+/// bidirectional call, an answer before the upload ended). Reads the client
+/// without blocking and waits for whichever side has news. Ok(None): the
+/// body is complete, the response goes on; Ok(Some(status)): the response
+/// ended (or failed) first, the handler returns `status`.
+unsafe fn send_body_duplex(
+    r: *mut ffi::request_rec,
+    task: &Arc<Task>,
+    engine: &Engine,
+    stream: &Arc<Stream>,
+) -> Result<Option<c_int>, c_int> {
+    // SAFETY: caller contract; the brigade lives in the request pool.
+    unsafe {
+        let c = (*r).connection;
+        let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
+        let poke: Arc<dyn Wake> = Arc::new(PokeFront(task.clone()));
+        stream.watch_input(poke.clone());
+        if (*r).expecting_100 != 0 {
+            // HTTP_IN sends the 100 only on a blocking read; a client that
+            // waits for it would never send the body we wait for.
+            send_interim(r, &ResponseHead { status: 100, headers: Headers::new() });
+        }
         loop {
-            let rv = ffi::ap_get_brigade(
-                (*r).input_filters,
-                bb.as_ptr(),
-                ffi::AP_MODE_READBYTES,
-                ffi::APR_BLOCK_READ,
-                64 * 1024,
-            );
-            if rv != 0 {
-                bb.cleanup();
-                crate::log::request(r, Level::Info, "h2rs proxy: reading the request body failed");
-                return Err(ffi::HTTP_BAD_REQUEST as c_int);
-            }
-            let mut eos = false;
-            let mut cur = bb.first();
-            while let Some(b) = cur {
-                cur = bb.next(&b);
-                if b.kind().is_eos() {
-                    eos = true;
-                    break;
-                }
-                if b.kind().is_metadata() {
-                    continue;
-                }
-                let data = match b.read(true) {
-                    Ok(d) => d,
-                    Err(_) => {
-                        bb.cleanup();
-                        return Err(ffi::HTTP_BAD_REQUEST as c_int);
-                    }
-                };
-                let (ok, post) = task.push_body(data, wait);
-                if post {
-                    engine.post(task);
-                }
-                if !ok {
-                    bb.cleanup();
-                    return Err(ffi::HTTP_BAD_GATEWAY as c_int);
+            task.clear_poke();
+            let room_for_body = task.body_room();
+            // A read that brought something may have left more: read again
+            // before waiting (its news came before `clear_poke`).
+            let mut read_some = false;
+            if room_for_body {
+                match read_and_forward(r, bb, task, engine, ffi::APR_NONBLOCK_READ, None)? {
+                    BodyRead::Ended => return Ok(None),
+                    BodyRead::Some => read_some = true,
+                    BodyRead::Nothing => {}
                 }
             }
-            bb.cleanup();
-            if eos {
-                // Request trailers (HTTP_IN or our stream input put them in
-                // r->trailers_in) follow the body to the backend.
-                let mut trailers = Headers::new();
-                if let Some(t) = TableRef::from_raw((*r).trailers_in) {
-                    t.for_each(|n, v| {
-                        let lower = n.to_ascii_lowercase();
-                        if !HOP_BY_HOP.contains(&lower.as_slice()) && !lower.is_empty() {
-                            trailers.push(&lower, v);
-                        }
-                    });
+            let room_for_response = stream.output_room(&poke).min(PUMP_MAX);
+            if room_for_response > 0 {
+                if let Pumped::Done(end) = pump(r, task, engine, room_for_response) {
+                    return Ok(Some(handler_status(r, end)));
                 }
-                if task.end_body(Some(trailers)) {
-                    engine.post(task);
+            }
+            if read_some {
+                continue;
+            }
+            // The body stage of RequestReadTimeout holds until the backend
+            // answers; from then on the exchange is a conversation, which
+            // the backend's timeout bounds (the engine ends it).
+            let body_deadline = if task.response_started() { None } else { c2::body_deadline(c) };
+            let until = body_deadline.unwrap_or_else(|| Instant::now() + DUPLEX_RECHECK);
+            if !task.wait_duplex(room_for_response > 0, !room_for_body, until) && body_deadline.is_some() {
+                // Too slow: a blocking read past the deadline returns what
+                // came meanwhile, or TIMEUP with mod_reqtimeout's log line.
+                if read_and_forward(r, bb, task, engine, ffi::APR_BLOCK_READ, None)? == BodyRead::Ended {
+                    return Ok(None);
                 }
-                return Ok(());
             }
         }
     }
+}
+
+/// Wakes a duplex front (`send_body_duplex`) for its client stream.
+struct PokeFront(Arc<Task>);
+
+impl Wake for PokeFront {
+    fn wake(&self) {
+        self.0.poke_front();
+    }
+}
+
+/// How much request body one read takes.
+const BODY_READ: ffi::apr_off_t = 64 * 1024;
+/// A duplex front looks again at least this often (the engine ends a
+/// request whose backend went quiet; the client's stream wakes it).
+const DUPLEX_RECHECK: Duration = Duration::from_secs(1);
+
+/// A read of the request body failed: the status to answer (408 for a
+/// timeout, 413 past LimitRequestBody, else 400), as mod_proxy_http maps it.
+unsafe fn body_read_failed(r: *mut ffi::request_rec, bb: BrigadeRef, rv: ffi::apr_status_t) -> c_int {
+    bb.cleanup();
+    crate::log::request(r, Level::Info, "h2rs proxy: reading the request body failed");
+    // SAFETY: a plain mapping of a status code.
+    unsafe { ffi::ap_map_http_request_error(rv, ffi::HTTP_BAD_REQUEST as c_int) }
+}
+
+/// Passes a brigade of request body to the engine, emptying it. Returns
+/// whether it held the end of the body (then with the request's trailers).
+unsafe fn forward_body(
+    r: *mut ffi::request_rec,
+    bb: BrigadeRef,
+    task: &Arc<Task>,
+    engine: &Engine,
+    limit_wait: Option<Duration>,
+) -> Result<bool, c_int> {
+    let mut eos = false;
+    let mut cur = bb.first();
+    while let Some(b) = cur {
+        cur = bb.next(&b);
+        if b.kind().is_eos() {
+            eos = true;
+            break;
+        }
+        if b.kind().is_metadata() {
+            continue;
+        }
+        let Ok(data) = b.read(true) else {
+            bb.cleanup();
+            return Err(ffi::HTTP_BAD_REQUEST as c_int);
+        };
+        let (ok, post) = task.push_body(data, limit_wait);
+        if post {
+            engine.post(task);
+        }
+        if !ok {
+            bb.cleanup();
+            return Err(ffi::HTTP_BAD_GATEWAY as c_int);
+        }
+    }
+    bb.cleanup();
+    if eos {
+        // Request trailers (HTTP_IN or our stream input put them in
+        // r->trailers_in) follow the body to the backend.
+        let mut trailers = Headers::new();
+        // SAFETY: caller contract: `r` is live.
+        if let Some(t) = unsafe { TableRef::from_raw((*r).trailers_in) } {
+            t.for_each(|n, v| {
+                let lower = n.to_ascii_lowercase();
+                if !HOP_BY_HOP.contains(&lower.as_slice()) && !lower.is_empty() {
+                    trailers.push(&lower, v);
+                }
+            });
+        }
+        if task.end_body(Some(trailers)) {
+            engine.post(task);
+        }
+    }
+    Ok(eos)
 }
 
 /// Runs the response on this thread: until it is done (HTTP/1.1 fronts
@@ -592,13 +721,21 @@ unsafe fn run_until(
         match unsafe { pump(r, task, engine, max) } {
             Pumped::More if max == 0 && inline => return None,
             Pumped::More => {}
-            Pumped::Done(End::Complete) => return Some(HOOK_OK),
-            Pumped::Done(End::Status(s)) => return Some(s as c_int),
-            Pumped::Done(End::Abort) => {
-                // SAFETY: as above.
-                unsafe { (*(*r).connection).aborted = 1 };
-                return Some(ffi::HOOK_DONE);
-            }
+            // SAFETY: as above.
+            Pumped::Done(end) => return Some(unsafe { handler_status(r, end) }),
+        }
+    }
+}
+
+/// What the handler returns for a response that ended this way.
+unsafe fn handler_status(r: *mut ffi::request_rec, end: End) -> c_int {
+    match end {
+        End::Complete => HOOK_OK,
+        End::Status(s) => s as c_int,
+        End::Abort => {
+            // SAFETY: caller contract: the request is live and ours.
+            unsafe { (*(*r).connection).aborted = 1 };
+            ffi::HOOK_DONE
         }
     }
 }

@@ -106,6 +106,9 @@ struct State {
     engine_posted: bool,
     /// See `detach_front`.
     front_detached: bool,
+    /// The client stream has news for a front in `wait_duplex` (request
+    /// body, or room for the response): set by `poke_front`.
+    front_poked: bool,
 }
 
 /// A proxied request. Shared (Arc) by the front and the engine.
@@ -375,12 +378,16 @@ impl Task {
     /// Queues request body bytes, waiting while the queue is full. Returns
     /// false when the request failed or was cancelled (stop reading), and
     /// whether the engine must be woken.
-    pub fn push_body(&self, data: &[u8], limit_wait: Duration) -> (bool, bool) {
+    /// With `limit_wait` None the queue takes the bytes beyond its limit
+    /// (a duplex front reads only when `body_room` said there was room).
+    pub fn push_body(&self, data: &[u8], limit_wait: Option<Duration>) -> (bool, bool) {
         let mut s = self.state.lock();
-        let deadline = Instant::now() + limit_wait;
-        while s.body.len() >= BODY_QUEUE_LIMIT && s.failure.is_none() && !s.cancelled && !s.end {
-            if self.cond.wait_until(&mut s, deadline).timed_out() {
-                return (false, false);
+        if let Some(wait) = limit_wait {
+            let deadline = Instant::now() + wait;
+            while s.body.len() >= BODY_QUEUE_LIMIT && s.failure.is_none() && !s.cancelled && !s.end {
+                if self.cond.wait_until(&mut s, deadline).timed_out() {
+                    return (false, false);
+                }
             }
         }
         if s.failure.is_some() || s.cancelled {
@@ -402,6 +409,42 @@ impl Task {
         s.body_end = true;
         s.body_trailers = trailers.filter(|t| !t.is_empty());
         Task::mark_posted(&mut s)
+    }
+
+    /// Whether the request body queue has room for more of the client's.
+    pub fn body_room(&self) -> bool {
+        self.state.lock().body.len() < BODY_QUEUE_LIMIT
+    }
+
+    /// The client stream has news for a duplex front (see `wait_duplex`).
+    pub fn poke_front(&self) {
+        self.state.lock().front_poked = true;
+        self.cond.notify_all();
+    }
+
+    /// Starts a duplex front's round: news of the client stream that came
+    /// before this point is seen by the reads that follow.
+    pub fn clear_poke(&self) {
+        self.state.lock().front_poked = false;
+    }
+
+    /// A front that forwards the request body while the response comes
+    /// back waits here for whichever comes first: the client stream's news
+    /// (`poke_front`), a response part (with `take_news`: the front has
+    /// room to pass it on), room in the body queue (with `want_room`), or
+    /// `until`. Returns false at `until`.
+    pub fn wait_duplex(&self, take_news: bool, want_room: bool, until: Instant) -> bool {
+        let mut s = self.state.lock();
+        loop {
+            let response_news =
+                !s.interims.is_empty() || s.head.is_some() || !s.data.is_empty() || s.end || s.failure.is_some();
+            if s.front_poked || (take_news && response_news) || (want_room && s.body.len() < BODY_QUEUE_LIMIT) {
+                return true;
+            }
+            if self.cond.wait_until(&mut s, until).timed_out() {
+                return false;
+            }
+        }
     }
 
     /// The front gives up (client gone, output failed). Returns whether to
@@ -467,6 +510,36 @@ mod tests {
         assert_eq!(t.take_consumed(), 5);
     }
 
+    /// A duplex front wakes for whichever side has news, and not for a
+    /// response part it has no room to pass on.
+    #[test]
+    fn a_duplex_front_wakes_for_either_side() {
+        let t = Task::new(spec());
+        let soon = || Instant::now() + Duration::from_millis(20);
+        assert!(!t.wait_duplex(true, false, soon()), "nothing to wake for");
+        t.poke_front();
+        assert!(t.wait_duplex(true, false, soon()), "a poke before the wait is not lost");
+        t.clear_poke();
+        t.on_data(b"x");
+        assert!(!t.wait_duplex(false, false, soon()), "response data, but no room for it");
+        assert!(t.wait_duplex(true, false, soon()));
+        let _ = t.take(10);
+        assert!(t.push_body(&vec![0; BODY_QUEUE_LIMIT], None).0, "taken beyond the limit without waiting");
+        assert!(!t.body_room());
+        assert!(!t.wait_duplex(true, true, soon()));
+        let mut buf = vec![0; 1024];
+        assert_eq!(t.read_body(&mut buf).map(|(n, eof, _)| (n, eof)), Some((1024, false)));
+        assert!(t.body_room() && t.wait_duplex(false, true, soon()), "room again in the body queue");
+        // A poke from another thread ends a wait in progress.
+        let t2 = t.clone();
+        let poker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            t2.poke_front();
+        });
+        assert!(t.wait_duplex(false, false, Instant::now() + Duration::from_secs(5)));
+        poker.join().unwrap();
+    }
+
     #[test]
     fn failure_before_head_is_a_status() {
         let t = Task::new(spec());
@@ -527,12 +600,12 @@ mod tests {
         assert_eq!(t.read_body(&mut buf), None);
         let mut trailers = Headers::new();
         trailers.push(b"x-sum", b"1");
-        assert!(t.push_body(b"abcdef", Duration::from_secs(1)).0);
+        assert!(t.push_body(b"abcdef", Some(Duration::from_secs(1))).0);
         assert_eq!(t.read_body(&mut buf), Some((4, false, None)));
         assert!(!t.body_untouched());
         t.end_body(Some(trailers.clone()));
         assert_eq!(t.read_body(&mut buf), Some((2, true, Some(trailers))));
         t.cancel();
-        assert!(!t.push_body(b"x", Duration::from_secs(1)).0);
+        assert!(!t.push_body(b"x", Some(Duration::from_secs(1))).0);
     }
 }
