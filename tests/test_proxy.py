@@ -235,6 +235,28 @@ def test_full_duplex_through_an_h2_front(proxy):
     c.close()
 
 
+def test_a_client_reset_mid_duplex_cancels_the_backend_stream(proxy, backends):
+    """The client resets a duplex stream while its handler still forwards
+    the body: the backend's stream is reset at once, and the connection
+    goes on."""
+    import h2.errors
+    before = stats(backends[0])["resets_received"]
+    c = H2Client(proxy.port)
+    sid = c.request("/api/duplex", method="POST", end_stream=False)
+    c.conn.send_data(sid, b"ping")
+    c.flush()
+    c.wait(lambda: bytes(c.streams[sid].data) == b"ping", timeout=5)
+    c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    c.flush()
+    deadline = time.time() + 5
+    while stats(backends[0])["resets_received"] == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert stats(backends[0])["resets_received"] >= before + 1
+    st = c.wait_stream(c.request("/api/delay?s=0"))
+    assert st.status == 200
+    c.close()
+
+
 def test_100_continue_through_an_h2_front(proxy):
     """The front reads the body without blocking (full duplex), and HTTP_IN
     sends the 100 only on a blocking read: the front sends it, or a client
