@@ -475,23 +475,14 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
                 Some(f) => send_body_duplex(r, &task, &engine, &f.stream),
                 None => send_body(r, &task, &engine).map(|()| None),
             };
-            match sent {
-                Ok(None) => {}
-                Ok(Some(status)) => {
-                    // The response ended before the request body: the
-                    // backend's stream, if still open for the rest of it,
-                    // is reset (the client's is, by c1, once this returns).
-                    if task.cancel() {
-                        engine.post(&task);
-                    }
-                    return status;
+            if let Ok(Some(status)) | Err(status) = sent {
+                // The body failed, or the response ended before it: the
+                // backend's stream, if still open, is reset (the client's
+                // is, by c1, once this returns).
+                if task.cancel() {
+                    engine.post(&task);
                 }
-                Err(status) => {
-                    if task.cancel() {
-                        engine.post(&task);
-                    }
-                    return status;
-                }
+                return status;
             }
         }
         if let Some(front) = front {
@@ -567,6 +558,9 @@ unsafe fn send_body_duplex(
     unsafe {
         let c = (*r).connection;
         let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
+        // Stays registered after the body: a poke then changes nothing, and
+        // the stream drops it when it closes (which also ends the cycle
+        // stream -> poke -> task -> front -> stream).
         let poke: Arc<dyn Wake> = Arc::new(PokeFront(task.clone()));
         stream.watch_input(poke.clone());
         if (*r).expecting_100 != 0 {
