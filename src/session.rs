@@ -2085,7 +2085,14 @@ pub(crate) mod tests {
         p.server.goaway(error_code::NO_ERROR, b"");
         p.pump(closed(vec![second]));
         let client = p.client.handler_ref();
-        assert_eq!(client.goaways, vec![(i32::MAX, error_code::NO_ERROR), (second, error_code::NO_ERROR)]);
+        // Seen failing twice in ~200 runs of the whole suite, never alone:
+        // the message says how, for the next time.
+        assert_eq!(
+            client.goaways,
+            vec![(i32::MAX, error_code::NO_ERROR), (second, error_code::NO_ERROR)],
+            "second {second}: {:?}",
+            client.streams
+        );
         assert_eq!((client.streams[&second].closed, client.streams[&second].body.len()), (Some(0), 300));
         assert!(!p.server.shutdown_notice(), "no second notice after the final GOAWAY");
     }
