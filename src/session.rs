@@ -2085,7 +2085,7 @@ pub(crate) mod tests {
         p.server.goaway(error_code::NO_ERROR, b"");
         p.pump(closed(vec![second]));
         let client = p.client.handler_ref();
-        // Seen failing twice in ~200 runs of the whole suite, never alone:
+        // Seen failing twice in ~85 runs of the whole unit suite, never alone:
         // the message says how, for the next time.
         assert_eq!(
             client.goaways,
