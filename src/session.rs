@@ -874,7 +874,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 e.bytes_out += frame.length as u64 + 9;
                 if frame.has(ng::flags::END_STREAM) && !ops.remote_closed(frame.stream_id) {
                     e.answered_early = true;
-                    if e.stream.as_ref().is_some_and(|s| s.worker_is_done()) {
+                    if e.stream.as_ref().is_some_and(|s| s.worker_state() == Some(crate::stream::WorkerState::Done)) {
                         self.end_unread_body(ops, frame.stream_id);
                     }
                 }

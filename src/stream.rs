@@ -1086,11 +1086,6 @@ impl Stream {
         }
     }
 
-    /// Whether the worker has finished with the stream.
-    pub fn worker_is_done(&self) -> bool {
-        self.io.lock().worker == Some(WorkerState::Done)
-    }
-
     /// Bytes of request body buffered but not yet read by the worker.
     pub fn input_buffered(&self) -> usize {
         self.io.lock().input.len()
