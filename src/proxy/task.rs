@@ -111,6 +111,18 @@ struct State {
     front_poked: bool,
 }
 
+impl State {
+    /// Response parts the front has not taken yet (or the end, or a failure).
+    fn response_news(&self) -> bool {
+        !self.interims.is_empty() || self.head.is_some() || !self.data.is_empty() || self.end || self.failure.is_some()
+    }
+
+    /// The request body queue is at its limit: the front reads no more.
+    fn body_full(&self) -> bool {
+        self.body.len() >= BODY_QUEUE_LIMIT
+    }
+}
+
 /// A proxied request. Shared (Arc) by the front and the engine.
 pub struct Task {
     pub id: u64,
@@ -346,17 +358,13 @@ impl Task {
 
     /// Something for `take` to return.
     pub fn has_news(&self) -> bool {
-        let s = self.state.lock();
-        !s.interims.is_empty() || s.head.is_some() || !s.data.is_empty() || s.end || s.failure.is_some()
+        self.state.lock().response_news()
     }
 
     /// Waits (blocking front) until there is news or `timeout` passes.
     pub fn wait_news(&self, timeout: Duration) {
         let mut s = self.state.lock();
-        let news = |s: &State| {
-            !s.interims.is_empty() || s.head.is_some() || !s.data.is_empty() || s.end || s.failure.is_some()
-        };
-        if !news(&s) {
+        if !s.response_news() {
             self.cond.wait_for(&mut s, timeout);
         }
     }
@@ -384,7 +392,7 @@ impl Task {
         let mut s = self.state.lock();
         if let Some(wait) = limit_wait {
             let deadline = Instant::now() + wait;
-            while s.body.len() >= BODY_QUEUE_LIMIT && s.failure.is_none() && !s.cancelled && !s.end {
+            while s.body_full() && s.failure.is_none() && !s.cancelled && !s.end {
                 if self.cond.wait_until(&mut s, deadline).timed_out() {
                     return (false, false);
                 }
@@ -413,7 +421,7 @@ impl Task {
 
     /// Whether the request body queue has room for more of the client's.
     pub fn body_room(&self) -> bool {
-        self.state.lock().body.len() < BODY_QUEUE_LIMIT
+        !self.state.lock().body_full()
     }
 
     /// The client stream has news for a duplex front (see `wait_duplex`).
@@ -436,9 +444,7 @@ impl Task {
     pub fn wait_duplex(&self, take_news: bool, want_room: bool, until: Instant) -> bool {
         let mut s = self.state.lock();
         loop {
-            let response_news =
-                !s.interims.is_empty() || s.head.is_some() || !s.data.is_empty() || s.end || s.failure.is_some();
-            if s.front_poked || (take_news && response_news) || (want_room && s.body.len() < BODY_QUEUE_LIMIT) {
+            if s.front_poked || (take_news && s.response_news()) || (want_room && !s.body_full()) {
                 return true;
             }
             if self.cond.wait_until(&mut s, until).timed_out() {
