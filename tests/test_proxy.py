@@ -211,6 +211,85 @@ def test_upload_chunked_h1_front(proxy, tmp_path):
     assert body.decode() == f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
 
 
+def trickle_h1_chunked(port, path, chunks, pause):
+    """POSTs `chunks` over HTTP/1.1 with chunked encoding, `pause` seconds
+    apart; returns (status, body)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                  f"Connection: close\r\n\r\n".encode())
+        for chunk in chunks:
+            time.sleep(pause)
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        s.sendall(b"0\r\n\r\n")
+        raw = b""
+        while data := s.recv(65536):
+            raw += data
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
+def test_a_slow_upload_outlasts_the_proxy_timeout(proxy, h1):
+    """ProxyTimeout bounds the wait on the backend, not the client's upload:
+    a body that takes 3 s to arrive reaches a backend whose timeout is 1 s
+    (/short/) whole, and its answer comes back, as with mod_proxy_http."""
+    chunks = [os.urandom(1000) for _ in range(10)]
+    data = b"".join(chunks)
+    want = f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
+    if h1:
+        status, body = trickle_h1_chunked(proxy.port, "/short/echo", chunks, 0.3)
+        assert (status, body.decode()) == (200, want)
+        return
+    c = H2Client(proxy.port)
+    sid = c.request("/short/echo", method="POST", end_stream=False)
+    for i, chunk in enumerate(chunks):
+        c.read_some(timeout=0.3)
+        c.conn.send_data(sid, chunk, end_stream=i == len(chunks) - 1)
+        c.flush()
+    st = c.wait_stream(sid, timeout=5)
+    assert (st.status, bytes(st.data).decode()) == (200, want)
+    c.close()
+
+
+@pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
+def test_a_client_that_stops_sending_its_body_gets_408(make_server, backends, h1):
+    """The client's silence mid-body is bounded by the front's timeout
+    (H2StreamTimeout on an HTTP/2 front, Timeout on HTTP/1.1), not by the
+    backend's, which is not waiting on anyone: 408, the backend's stream
+    reset, and the HTTP/2 connection goes on."""
+    srv = make_server(name=f"proxy-silent-{h1}", loglevel="warn http2:info proxy:info", h2_conf="H2StreamTimeout 2",
+                      extra=f"""{PROXY_MODULES}
+ProxyTimeout 30
+ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
+""" + ("Timeout 2\n" if h1 else "")).start()
+    before = stats(backends[0])["resets_received"]
+    t0 = time.time()
+    if h1:
+        import socket
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+            s.sendall(b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+            raw = s.recv(65536)
+        assert raw.startswith(b"HTTP/1.1 408"), raw[:100]
+    else:
+        c = H2Client(srv.port)
+        sid = c.request("/api/echo", method="POST", end_stream=False)
+        c.conn.send_data(sid, b"x" * 10)
+        c.flush()
+        st = c.wait_stream(sid, timeout=10)
+        assert st.status == 408
+        assert "no request body from the client within 2s (H2StreamTimeout)" in srv.read_error_log()
+    assert 1.5 < time.time() - t0 < 6
+    deadline = time.time() + 5
+    while stats(backends[0])["resets_received"] == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert stats(backends[0])["resets_received"] >= before + 1
+    if not h1:
+        st = c.wait_stream(c.request("/api/delay?s=0"))
+        assert st.status == 200
+        c.close()
+
+
 def test_full_duplex_through_an_h2_front(proxy):
     """A bidirectional stream (as gRPC's): the backend answers at once and
     echoes each piece of the body as it comes, and the client sends the

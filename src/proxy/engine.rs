@@ -310,10 +310,17 @@ impl Handler for Backend {
     }
 
     fn read_data(&mut self, _ops: &mut Ops<'_>, stream_id: i32, buf: &mut [u8]) -> DataRead {
-        let Some(bs) = self.streams.get(&stream_id) else { return DataRead::Error };
+        let Some(bs) = self.streams.get_mut(&stream_id) else { return DataRead::Error };
         match bs.task.read_body(buf) {
             None => DataRead::Deferred,
-            Some((n, eof, trailers)) => DataRead::Data { n, eof, trailers },
+            Some((n, eof, trailers)) => {
+                // The backend's window took the bytes: it reads, so its
+                // timeout starts again (as mod_proxy_http's per write).
+                if n > 0 {
+                    bs.deadline = Instant::now() + bs.task.spec.timeout;
+                }
+                DataRead::Data { n, eof, trailers }
+            }
         }
     }
 }
@@ -848,6 +855,11 @@ impl LoopState {
                 }
                 if bs.task.front_gone() {
                     bs.task.cancel();
+                }
+                if bs.task.awaits_client_body() {
+                    // ProxyTimeout bounds the backend's silence, not a slow
+                    // upload.
+                    bs.deadline = now + bs.task.spec.timeout;
                 }
                 if bs.task.is_cancelled() {
                     bs.reset_sent = true;

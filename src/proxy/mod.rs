@@ -568,16 +568,26 @@ unsafe fn send_body_duplex(
             // waits for it would never send the body we wait for.
             send_interim(r, &ResponseHead { status: 100, headers: Headers::new() });
         }
+        // When the client last sent body, or the wait was not on it (the
+        // queue to the backend full): the stream timeout bounds its silence
+        // until the backend answers, as it bounds a local handler's read.
+        let mut client_clock = Instant::now();
         loop {
             task.clear_poke();
             let room_for_body = task.body_room();
+            if !room_for_body {
+                client_clock = Instant::now();
+            }
             // A read that brought something may have left more: read again
             // before waiting (its news came before `clear_poke`).
             let mut read_some = false;
             if room_for_body {
                 match read_and_forward(r, bb, task, engine, ffi::APR_NONBLOCK_READ, None)? {
                     BodyRead::Ended => return Ok(None),
-                    BodyRead::Some => read_some = true,
+                    BodyRead::Some => {
+                        read_some = true;
+                        client_clock = Instant::now();
+                    }
                     BodyRead::Nothing => {}
                 }
             }
@@ -590,12 +600,31 @@ unsafe fn send_body_duplex(
             if read_some {
                 continue;
             }
-            // The body stage of RequestReadTimeout holds until the backend
-            // answers; from then on the exchange is a conversation, which
-            // the backend's timeout bounds (the engine ends it).
-            let body_deadline = if task.response_started() { None } else { c2::body_deadline(c) };
-            let until = body_deadline.unwrap_or_else(|| Instant::now() + DUPLEX_RECHECK);
-            if !task.wait_duplex(room_for_response > 0, !room_for_body, until) && body_deadline.is_some() {
+            // The body stage of RequestReadTimeout, and H2StreamTimeout for
+            // a client that sends nothing, hold until the backend answers;
+            // from then on the exchange is a conversation, which the
+            // backend's timeout bounds (the engine ends it).
+            let answered = task.response_started();
+            let body_deadline = if answered { None } else { c2::body_deadline(c) };
+            let client_deadline = (room_for_body && !answered).then(|| client_clock + stream.timeout);
+            if client_deadline.is_some_and(|d| Instant::now() >= d) {
+                crate::log::request(
+                    r,
+                    Level::Info,
+                    &format!(
+                        "h2rs proxy: no request body from the client within {:?} (H2StreamTimeout)",
+                        stream.timeout
+                    ),
+                );
+                return Err(ffi::HTTP_REQUEST_TIME_OUT as c_int);
+            }
+            let until = [body_deadline, client_deadline]
+                .into_iter()
+                .flatten()
+                .fold(Instant::now() + DUPLEX_RECHECK, Instant::min);
+            if !task.wait_duplex(room_for_response > 0, !room_for_body, until)
+                && body_deadline.is_some_and(|d| Instant::now() >= d)
+            {
                 // Too slow: a blocking read past the deadline returns what
                 // came meanwhile, or TIMEUP with mod_reqtimeout's log line.
                 if read_and_forward(r, bb, task, engine, ffi::APR_BLOCK_READ, None)? == BodyRead::Ended {

@@ -293,6 +293,17 @@ impl Task {
         self.state.lock().body_taken == 0
     }
 
+    /// The backend has not answered, and the request body is still coming
+    /// from the client with none of it waiting for the backend: time that
+    /// passes now is the client's, not the backend's, and does not count
+    /// against ProxyTimeout (the front's own timeouts bound the client).
+    /// Once the backend answered, the exchange is a conversation that the
+    /// backend's silence ends.
+    pub fn awaits_client_body(&self) -> bool {
+        let s = self.state.lock();
+        self.spec.has_body && !s.body_end && s.body.is_empty() && !s.cancelled && !s.head_seen && !s.end
+    }
+
     pub fn is_finished(&self) -> bool {
         let s = self.state.lock();
         s.end || s.failure.is_some()
@@ -613,5 +624,26 @@ mod tests {
         assert_eq!(t.read_body(&mut buf), Some((2, true, Some(trailers))));
         t.cancel();
         assert!(!t.push_body(b"x", Some(Duration::from_secs(1))).0);
+    }
+
+    /// ProxyTimeout stops for a wait on the client's body, and only then:
+    /// not while body waits for the backend, and not once it answered.
+    #[test]
+    fn only_a_wait_on_the_clients_body_before_the_answer_is_the_clients() {
+        let t = Task::new(spec());
+        assert!(t.awaits_client_body());
+        assert!(t.push_body(b"abc", None).0);
+        assert!(!t.awaits_client_body(), "body waits for the backend");
+        let mut buf = [0u8; 8];
+        let _ = t.read_body(&mut buf);
+        assert!(t.awaits_client_body());
+        t.on_head(ResponseHead { status: 200, headers: Headers::new() });
+        assert!(!t.awaits_client_body(), "the backend answered: a conversation");
+
+        let ended = Task::new(spec());
+        ended.end_body(None);
+        assert!(!ended.awaits_client_body());
+        let bodiless = Task::new(RequestSpec { has_body: false, ..spec() });
+        assert!(!bodiless.awaits_client_body());
     }
 }
