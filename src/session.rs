@@ -2084,15 +2084,15 @@ pub(crate) mod tests {
         assert!(p.server.shutdown_notice_acked(), "the client's PING ACK did not arrive");
         p.server.goaway(error_code::NO_ERROR, b"");
         p.pump(closed(vec![second]));
+        // What went out, not what the client parsed: when the worker was
+        // quick and the second stream was done before the final GOAWAY,
+        // nghttp2's client, which then has no stream and has seen a GOAWAY,
+        // discards every frame that follows (it "closes"), so its list held
+        // the notice only (1 in ~40 runs of the unit suite under load).
+        let sent = p.server.goaways().sent.map(|(code, last, _)| (code, last));
+        assert_eq!(sent, Some((error_code::NO_ERROR, second)));
         let client = p.client.handler_ref();
-        // Seen failing twice in ~85 runs of the whole unit suite, never alone:
-        // the message says how, for the next time.
-        assert_eq!(
-            client.goaways,
-            vec![(i32::MAX, error_code::NO_ERROR), (second, error_code::NO_ERROR)],
-            "second {second}: {:?}",
-            client.streams
-        );
+        assert_eq!(client.goaways[0], (i32::MAX, error_code::NO_ERROR));
         assert_eq!((client.streams[&second].closed, client.streams[&second].body.len()), (Some(0), 300));
         assert!(!p.server.shutdown_notice(), "no second notice after the final GOAWAY");
     }
