@@ -702,6 +702,37 @@ def test_slow_clients_hold_no_worker_and_no_memory(proxy):
         c.close()
 
 
+def test_uploads_in_progress_hold_no_worker(proxy):
+    """Twenty uploads on ten connections whose clients pause mid-body, with
+    H2MaxWorkers 5: they wait parked, not on workers, so a request on
+    another connection is served at once; then each upload completes
+    byte-exact. (With the handler reading the body on its worker, the
+    first five held every worker until their clients went on.)"""
+    uploads = []
+    for _ in range(10):
+        c = H2Client(proxy.port)
+        for _ in range(2):
+            first = os.urandom(5000)
+            sid = c.request("/api/echo", method="POST", end_stream=False)
+            c.conn.send_data(sid, first)
+            c.flush()
+            uploads.append((c, sid, first))
+    time.sleep(0.5)
+    other = H2Client(proxy.port)
+    st = other.wait_stream(other.request("/api/delay?s=0"), timeout=5)
+    assert st.status == 200
+    other.close()
+    for c, sid, first in uploads:
+        rest = os.urandom(3000)
+        c.conn.send_data(sid, rest, end_stream=True)
+        c.flush()
+        data = first + rest
+        st = c.wait_stream(sid, timeout=10)
+        assert (st.status, bytes(st.data).decode()) == (200, f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}")
+    for c in {id(c): c for c, _, _ in uploads}.values():
+        c.close()
+
+
 @pytest.mark.parametrize("front", ["none", "stock"])
 def test_proxy_module_without_our_http2_module(workdir, docroot, backends, front):
     """proxy_http2_module alone (HTTP/1.1 front), or next to the stock

@@ -6,21 +6,23 @@
 //! - `task`: one proxied request as the front and the engine share it.
 //! - this file: the httpd side. The scheme handler (on the thread running
 //!   the request) builds the backend request (header rules, Host or
-//!   ProxyPreserveHost, Via, X-Forwarded-*), hands it to the engine,
-//!   streams the request body to it, and then:
-//!   * on one of our HTTP/2 stream connections (c2): returns SUSPENDED. The
-//!     worker is free; the c2 and its request stay alive, parked
-//!     (`c2::Parked`). When the engine has news (head, data, end, failure) a
-//!     short job on a worker resumes the request, passes what arrived
-//!     through the request's output filters, and parks it again; the last
-//!     one finishes the request (`ap_finalize_request_protocol`,
+//!   ProxyPreserveHost, Via, X-Forwarded-*), hands it to the engine, and
+//!   then:
+//!   * on one of our HTTP/2 stream connections (c2): moves the request body
+//!     and the response in turns (`C2Front::turn`, full duplex) and returns
+//!     SUSPENDED when neither has news. The worker is free; the c2 and its
+//!     request stay alive, parked (`c2::Parked`). When the engine has news
+//!     (head, data, end, failure, room for body) or the client's stream
+//!     does (body, room for the response), a short job on a worker resumes
+//!     the request, runs a turn, and parks it again; the last one finishes
+//!     the request (`ap_finalize_request_protocol`,
 //!     `ap_process_request_after_handler`) and hands the stream back to c1.
 //!     httpd's filters thus only ever run on the one thread that owns the
 //!     request at that moment.
-//!   * elsewhere (HTTP/1.1 front connections): the handler's thread waits
-//!     for the engine and writes the response itself (it is held for the
-//!     request's life, as with mod_proxy_http; the backend connection is
-//!     still shared).
+//!   * elsewhere (HTTP/1.1 front connections): the handler's thread streams
+//!     the whole body, then waits for the engine and writes the response
+//!     itself (it is held for the request's life, as with mod_proxy_http;
+//!     the backend connection is still shared).
 
 pub mod engine;
 pub mod task;
@@ -457,7 +459,8 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         } else {
             None
         };
-        let front = stream.map(|s| C2Front::new(task.clone(), s));
+        // SAFETY: on this thread, in the request's pool.
+        let front = stream.map(|s| C2Front::new(task.clone(), s, r));
         if let Some(f) = &front {
             task.set_front(f.clone());
         }
@@ -471,31 +474,46 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             if let Some(Failure::Status(s)) = task.wait_dispatched(task.spec.timeout) {
                 return s as c_int;
             }
-            let sent = match &front {
-                Some(f) => send_body_duplex(r, &task, &engine, &f.stream),
-                None => send_body(r, &task, &engine).map(|()| None),
-            };
-            if let Ok(Some(status)) | Err(status) = sent {
-                // The body failed, or the response ended before it: the
-                // backend's stream, if still open, is reset (the client's
-                // is, by c1, once this returns).
-                if task.cancel() {
-                    engine.post(&task);
+            if front.is_none() {
+                if let Err(status) = send_body(r, &task, &engine) {
+                    // The backend's stream, if still open, is reset.
+                    if task.cancel() {
+                        engine.post(&task);
+                    }
+                    return status;
                 }
-                return status;
             }
         }
         if let Some(front) = front {
+            // Full duplex: body and response move in turns, here until
+            // neither side has anything, then parked like the response.
+            if has_body {
+                if let Some(status) = front.start_body(r, &engine) {
+                    return status;
+                }
+            }
             // A fast backend answers within moments: finish here rather
             // than pay for parking and resuming; a slow one frees the worker.
-            if let Some(status) = run_until(r, &task, &engine, true, Some(&front.stream)) {
-                return status;
+            if !front.body_pending() {
+                if let Some(status) = run_until(r, &task, &engine, true, Some(&front.stream), front.response_brigade())
+                {
+                    return status;
+                }
             }
-            if c2::suspend(c, front) {
+            if c2::suspend(c, front.clone()) {
                 return ffi::SUSPENDED;
             }
+            if front.body_pending() {
+                // Not reached: a front exists only on a stream connection.
+                crate::log::request(r, Level::Error, "h2rs proxy: cannot suspend the request, giving up");
+                if task.cancel() {
+                    engine.post(&task);
+                }
+                return ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
+            }
         }
-        run_until(r, &task, &engine, false, None).unwrap_or(ffi::HTTP_INTERNAL_SERVER_ERROR as c_int)
+        let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
+        run_until(r, &task, &engine, false, None, bb).unwrap_or(ffi::HTTP_INTERNAL_SERVER_ERROR as c_int)
     }
 }
 
@@ -542,113 +560,8 @@ unsafe fn read_and_forward(
     Ok(if unsafe { forward_body(r, bb, task, engine, limit_wait) }? { BodyRead::Ended } else { BodyRead::Some })
 }
 
-/// Streams the request body from an HTTP/2 client stream to the engine
-/// while passing the response on as it comes (full duplex: a gRPC
-/// bidirectional call, an answer before the upload ended). Reads the client
-/// without blocking and waits for whichever side has news. Ok(None): the
-/// body is complete, the response goes on; Ok(Some(status)): the response
-/// ended (or failed) first, the handler returns `status`.
-unsafe fn send_body_duplex(
-    r: *mut ffi::request_rec,
-    task: &Arc<Task>,
-    engine: &Engine,
-    stream: &Arc<Stream>,
-) -> Result<Option<c_int>, c_int> {
-    // SAFETY: caller contract; the brigade lives in the request pool.
-    unsafe {
-        let c = (*r).connection;
-        let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
-        // Stays registered after the body: a poke then changes nothing, and
-        // the stream drops it when it closes (which also ends the cycle
-        // stream -> poke -> task -> front -> stream).
-        let poke: Arc<dyn Wake> = Arc::new(PokeFront(task.clone()));
-        stream.watch_input(poke.clone());
-        if (*r).expecting_100 != 0 {
-            // HTTP_IN sends the 100 only on a blocking read; a client that
-            // waits for it would never send the body we wait for.
-            send_interim(r, &ResponseHead { status: 100, headers: Headers::new() });
-        }
-        // When the client last sent body, or the wait was not on it (the
-        // queue to the backend full): the stream timeout bounds its silence
-        // until the backend answers, as it bounds a local handler's read.
-        let mut client_clock = Instant::now();
-        loop {
-            task.clear_poke();
-            let room_for_body = task.body_room();
-            if !room_for_body {
-                client_clock = Instant::now();
-            }
-            // A read that brought something may have left more: read again
-            // before waiting (its news came before `clear_poke`).
-            let mut read_some = false;
-            if room_for_body {
-                match read_and_forward(r, bb, task, engine, ffi::APR_NONBLOCK_READ, None)? {
-                    BodyRead::Ended => return Ok(None),
-                    BodyRead::Some => {
-                        read_some = true;
-                        client_clock = Instant::now();
-                    }
-                    BodyRead::Nothing => {}
-                }
-            }
-            let room_for_response = stream.output_room(&poke).min(PUMP_MAX);
-            if room_for_response > 0 {
-                if let Pumped::Done(end) = pump(r, task, engine, room_for_response) {
-                    return Ok(Some(handler_status(r, end)));
-                }
-            }
-            if read_some {
-                continue;
-            }
-            // The body stage of RequestReadTimeout, and H2StreamTimeout for
-            // a client that sends nothing, hold until the backend answers;
-            // from then on the exchange is a conversation, which the
-            // backend's timeout bounds (the engine ends it).
-            let answered = task.response_started();
-            let body_deadline = if answered { None } else { c2::body_deadline(c) };
-            let client_deadline = (room_for_body && !answered).then(|| client_clock + stream.timeout);
-            if client_deadline.is_some_and(|d| Instant::now() >= d) {
-                crate::log::request(
-                    r,
-                    Level::Info,
-                    &format!(
-                        "h2rs proxy: no request body from the client within {:?} (H2StreamTimeout)",
-                        stream.timeout
-                    ),
-                );
-                return Err(ffi::HTTP_REQUEST_TIME_OUT as c_int);
-            }
-            let until = [body_deadline, client_deadline]
-                .into_iter()
-                .flatten()
-                .fold(Instant::now() + DUPLEX_RECHECK, Instant::min);
-            if !task.wait_duplex(room_for_response > 0, !room_for_body, until)
-                && body_deadline.is_some_and(|d| Instant::now() >= d)
-            {
-                // Too slow: a blocking read past the deadline returns what
-                // came meanwhile, or TIMEUP with mod_reqtimeout's log line.
-                if read_and_forward(r, bb, task, engine, ffi::APR_BLOCK_READ, None)? == BodyRead::Ended {
-                    return Ok(None);
-                }
-            }
-        }
-    }
-}
-
-/// Wakes a duplex front (`send_body_duplex`) for its client stream.
-struct PokeFront(Arc<Task>);
-
-impl Wake for PokeFront {
-    fn wake(&self) {
-        self.0.poke_front();
-    }
-}
-
 /// How much request body one read takes.
 const BODY_READ: ffi::apr_off_t = 64 * 1024;
-/// A duplex front looks again at least this often (the engine ends a
-/// request whose backend went quiet; the client's stream wakes it).
-const DUPLEX_RECHECK: Duration = Duration::from_secs(1);
 
 /// A read of the request body failed: the status to answer (408 for a
 /// timeout, 413 past LimitRequestBody, else 400), as mod_proxy_http maps it.
@@ -718,13 +631,15 @@ unsafe fn forward_body(
 /// `INLINE_WAIT` after the request went out to the backend (then None: the
 /// caller suspends the request; a failure to reach the backend still comes
 /// back here, for mod_proxy's failover). With `stream`, only what the
-/// client stream has room for is passed on.
+/// client stream has room for is passed on. `bb`: the request's response
+/// brigade.
 unsafe fn run_until(
     r: *mut ffi::request_rec,
     task: &Arc<Task>,
     engine: &Engine,
     inline: bool,
     stream: Option<&Arc<Stream>>,
+    bb: BrigadeRef,
 ) -> Option<c_int> {
     let mut deadline: Option<Instant> = None;
     loop {
@@ -741,7 +656,7 @@ unsafe fn run_until(
             None => PUMP_MAX,
         };
         // SAFETY: the request is live and ours (we are its handler).
-        match unsafe { pump(r, task, engine, max) } {
+        match unsafe { pump(r, task, engine, max, bb) } {
             Pumped::More if max == 0 && inline => return None,
             Pumped::More => {}
             // SAFETY: as above.
@@ -784,8 +699,10 @@ const RESPONSE_HOP_BY_HOP: &[&[u8]] =
     &[b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
 
 /// Passes what the engine has for the request (at most `max_data` body
-/// bytes) through its output filters.
-unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_data: usize) -> Pumped {
+/// bytes) through its output filters, in `bb` (the request's response
+/// brigade, made once: a brigade per pass would grow the request's pool for
+/// as long as the response lasts).
+unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_data: usize, bb: BrigadeRef) -> Pumped {
     let (t, post) = task.take(max_data);
     if post {
         engine.post(task);
@@ -823,7 +740,6 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
         // out at once: a flush makes the response filters send it.
         if !t.data.is_empty() || t.end || t.head.is_some() {
             let c = (*r).connection;
-            let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
             bb.push_copy(&t.data);
             if t.end {
                 if let (Some(tr), Some(pool), Some(out)) =
@@ -838,7 +754,6 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
             }
             let rv = ffi::ap_pass_brigade((*r).output_filters, bb.as_ptr());
             bb.cleanup();
-            ffi::apr_brigade_destroy(bb.as_ptr());
             if rv != 0 || (*c).aborted != 0 {
                 if task.cancel() {
                     engine.post(task);
@@ -935,7 +850,8 @@ unsafe fn finish_request(r: *mut ffi::request_rec, end: End) {
 // ---- the c2 front: resumed on workers --------------------------------------
 
 enum Slot {
-    /// A thread runs the request; `dirty`: the engine had news meanwhile.
+    /// A thread runs the request; `dirty`: it had news meanwhile (from the
+    /// engine, the client's stream, or the clock).
     Running {
         dirty: bool,
     },
@@ -945,16 +861,220 @@ enum Slot {
     Done,
 }
 
+/// What a proxied request on an HTTP/2 front keeps between its turns. Only
+/// the thread that runs the request touches it.
+struct Leg {
+    /// The response's brigade, in the request's pool.
+    response: BrigadeRef,
+    /// The request body, while the client is still sending it.
+    body: Option<BodyLeg>,
+    /// When the clock will wake the request (at most one alarm pending
+    /// that is not past).
+    alarm: Option<Instant>,
+}
+
+struct BodyLeg {
+    /// The body's brigade, in the request's pool.
+    bb: BrigadeRef,
+    /// When the client last sent body, or the wait was not on it (the queue
+    /// to the backend was full): until the backend answers, the client's
+    /// silence is bounded by the stream timeout, as a local handler's read
+    /// is.
+    client_clock: Instant,
+}
+
+// SAFETY: the brigades live in the request's pool and are used only by the
+// thread that runs the request, one at a time: the handler, then resume
+// jobs, handed over through the front's slot (a mutex).
+unsafe impl Send for Leg {}
+
+/// What one turn of a request did.
+enum Turn {
+    /// The request is finished this way (`finish_request`).
+    Done(End),
+    /// Something moved: another turn may move more.
+    Again,
+    /// Nothing to do until news, or until the clock at `until`; `had_room`:
+    /// the client's stream had room for response bytes.
+    Idle { until: Option<Instant>, had_room: bool },
+}
+
 struct C2Front {
     task: Arc<Task>,
     stream: Arc<Stream>,
     slot: Mutex<Slot>,
+    leg: Mutex<Leg>,
     me: Weak<C2Front>,
 }
 
 impl C2Front {
-    fn new(task: Arc<Task>, stream: Arc<Stream>) -> Arc<C2Front> {
-        Arc::new_cyclic(|me| C2Front { task, stream, slot: Mutex::new(Slot::Running { dirty: false }), me: me.clone() })
+    /// # Safety
+    /// `r` is the live request on the calling thread.
+    unsafe fn new(task: Arc<Task>, stream: Arc<Stream>, r: *mut ffi::request_rec) -> Arc<C2Front> {
+        // SAFETY: caller contract.
+        let response = unsafe { BrigadeRef::create((*r).pool, (*(*r).connection).bucket_alloc) };
+        Arc::new_cyclic(|me| C2Front {
+            task,
+            stream,
+            slot: Mutex::new(Slot::Running { dirty: false }),
+            leg: Mutex::new(Leg { response, body: None, alarm: None }),
+            me: me.clone(),
+        })
+    }
+
+    fn response_brigade(&self) -> BrigadeRef {
+        self.leg.lock().response
+    }
+
+    fn body_pending(&self) -> bool {
+        self.leg.lock().body.is_some()
+    }
+
+    fn waker(&self) -> Option<Arc<dyn Wake>> {
+        self.me.upgrade().map(|me| me as Arc<dyn Wake>)
+    }
+
+    /// Starts sending the request body (the request was dispatched) and
+    /// runs turns on the handler's thread while they move something.
+    /// Some(status): the handler returns it; None: the request waits for
+    /// news (the caller parks it).
+    ///
+    /// # Safety
+    /// `r` is the live request on the calling thread.
+    unsafe fn start_body(&self, r: *mut ffi::request_rec, engine: &Engine) -> Option<c_int> {
+        let waker = self.waker()?;
+        // SAFETY: caller contract.
+        unsafe {
+            if (*r).expecting_100 != 0 {
+                // HTTP_IN sends the 100 only on a blocking read; a client
+                // that waits for it would never send the body we wait for.
+                send_interim(r, &ResponseHead { status: 100, headers: Headers::new() });
+            }
+            let bb = BrigadeRef::create((*r).pool, (*(*r).connection).bucket_alloc);
+            self.leg.lock().body = Some(BodyLeg { bb, client_clock: Instant::now() });
+        }
+        // Stays registered after the body: a wake then costs a turn that
+        // finds nothing, and the stream drops it when it closes (which
+        // also ends the cycle stream -> front -> stream).
+        self.stream.watch_input(waker.clone());
+        loop {
+            let mut leg = self.leg.lock();
+            // SAFETY: caller contract.
+            match unsafe { self.turn(r, engine, &mut leg, &waker) } {
+                // SAFETY: as above.
+                Turn::Done(end) => return Some(unsafe { handler_status(r, end) }),
+                Turn::Again => {}
+                Turn::Idle { until, .. } => {
+                    self.arm(&mut leg, until);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// One turn: forwards what the client sent of the body (without
+    /// blocking), passes on what the response has (as far as the client's
+    /// stream has room), and minds the client's deadlines while the body is
+    /// coming and the backend has not answered (RequestReadTimeout's body
+    /// stage, and H2StreamTimeout for a client that sends nothing; once the
+    /// backend answered, the exchange is a conversation that the backend's
+    /// timeout bounds). A response that ends before the body cancels the
+    /// backend's stream (c1 resets the client's once the response is out).
+    ///
+    /// # Safety
+    /// `r` is the live request on the calling thread.
+    unsafe fn turn(&self, r: *mut ffi::request_rec, engine: &Engine, leg: &mut Leg, waker: &Arc<dyn Wake>) -> Turn {
+        let task = &self.task;
+        let give_up = |status: c_int| {
+            if task.cancel() {
+                engine.post(task);
+            }
+            Turn::Done(End::Status(status as u16))
+        };
+        let mut moved = false;
+        if let Some(body) = &mut leg.body {
+            if !task.body_room() {
+                body.client_clock = Instant::now();
+            } else {
+                // SAFETY: caller contract; the brigade is in the request pool.
+                match unsafe { read_and_forward(r, body.bb, task, engine, ffi::APR_NONBLOCK_READ, None) } {
+                    Err(status) => return give_up(status),
+                    Ok(BodyRead::Ended) => {
+                        leg.body = None;
+                        moved = true;
+                    }
+                    Ok(BodyRead::Some) => {
+                        body.client_clock = Instant::now();
+                        moved = true;
+                    }
+                    Ok(BodyRead::Nothing) => {}
+                }
+            }
+        }
+        let room = self.stream.output_room(waker).min(PUMP_MAX);
+        if room > 0 {
+            // SAFETY: caller contract.
+            if let Pumped::Done(end) = unsafe { pump(r, task, engine, room, leg.response) } {
+                if leg.body.is_some() && task.cancel() {
+                    engine.post(task);
+                }
+                return Turn::Done(end);
+            }
+        }
+        if moved {
+            return Turn::Again;
+        }
+        let idle = |until| Turn::Idle { until, had_room: room > 0 };
+        let Some(body) = &mut leg.body else { return idle(None) };
+        if task.response_started() {
+            return idle(None);
+        }
+        // SAFETY: caller contract.
+        let body_deadline = unsafe { c2::body_deadline((*r).connection) };
+        let client_deadline = task.body_room().then(|| body.client_clock + self.stream.timeout);
+        let now = Instant::now();
+        if client_deadline.is_some_and(|d| now >= d) {
+            crate::log::request(
+                r,
+                Level::Info,
+                &format!(
+                    "h2rs proxy: no request body from the client within {:?} (H2StreamTimeout)",
+                    self.stream.timeout
+                ),
+            );
+            return give_up(ffi::HTTP_REQUEST_TIME_OUT as c_int);
+        }
+        if body_deadline.is_some_and(|d| now >= d) {
+            // Too slow: a blocking read past the deadline returns what came
+            // meanwhile, or TIMEUP with mod_reqtimeout's log line.
+            // SAFETY: as above.
+            return match unsafe { read_and_forward(r, body.bb, task, engine, ffi::APR_BLOCK_READ, None) } {
+                Err(status) => give_up(status),
+                Ok(BodyRead::Nothing) => give_up(ffi::HTTP_REQUEST_TIME_OUT as c_int),
+                Ok(BodyRead::Ended) => {
+                    leg.body = None;
+                    Turn::Again
+                }
+                Ok(BodyRead::Some) => Turn::Again,
+            };
+        }
+        idle([body_deadline, client_deadline].into_iter().flatten().min())
+    }
+
+    /// Has the clock wake the request at `until`, unless an alarm that is
+    /// not past rings before it (each later turn sets the next one).
+    fn arm(&self, leg: &mut Leg, until: Option<Instant>) {
+        let Some(at) = until else { return };
+        let now = Instant::now();
+        if leg.alarm.is_some_and(|a| a > now && a <= at) {
+            return;
+        }
+        leg.alarm = Some(at);
+        if let Some(me) = self.me.upgrade() {
+            if !crate::clock::schedule(&me, at.saturating_duration_since(now), 0) {
+                crate::log::server_crit("h2rs proxy: no clock to time a request body");
+            }
+        }
     }
 
     /// Queues a resume job for the parked request.
@@ -987,35 +1107,39 @@ impl C2Front {
             *self.slot.lock() = Slot::Done;
             return;
         };
-        let Some(me) = self.me.upgrade() else { return };
-        let waker: Arc<dyn Wake> = me;
+        let Some(waker) = self.waker() else { return };
         loop {
             *self.slot.lock() = Slot::Running { dirty: false };
-            let task = self.task.clone();
-            // Only what the client's stream has room for: a slow client
-            // leaves the rest with the engine (and the backend's window
-            // closed) instead of blocking this worker.
-            let room = self.stream.output_room(&waker).min(PUMP_MAX);
-            let again = parked.resume(w, |r| {
+            let mut again = false;
+            let mut had_room = false;
+            let more = parked.resume(w, |r| {
+                let mut leg = self.leg.lock();
                 // SAFETY: the resumed request is ours on this thread.
-                unsafe {
-                    match pump(r, &task, &engine, room) {
-                        Pumped::More => false,
-                        Pumped::Done(end) => {
-                            finish_request(r, end);
-                            true
-                        }
+                match unsafe { self.turn(r, &engine, &mut leg, &waker) } {
+                    Turn::Done(end) => {
+                        // SAFETY: as above.
+                        unsafe { finish_request(r, end) };
+                        true
+                    }
+                    Turn::Again => {
+                        again = true;
+                        false
+                    }
+                    Turn::Idle { until, had_room: room } => {
+                        had_room = room;
+                        self.arm(&mut leg, until);
+                        false
                     }
                 }
             });
-            let Some(p) = again else {
+            let Some(p) = more else {
                 *self.slot.lock() = Slot::Done;
                 return;
             };
             let mut slot = self.slot.lock();
             // Without room, the stream's output watch resumes us (news from
             // the engine is data that must wait anyway, or sets `dirty`).
-            let news = if room == 0 { false } else { self.task.has_news() };
+            let news = again || (had_room && self.task.has_news());
             if matches!(*slot, Slot::Running { dirty: true }) || news {
                 drop(slot);
                 parked = p;
@@ -1024,6 +1148,13 @@ impl C2Front {
             *slot = Slot::Parked(p);
             return;
         }
+    }
+}
+
+impl crate::clock::Alarm for C2Front {
+    /// A deadline of the request body is due (`arm`).
+    fn ring(self: Arc<Self>, _kind: u8) {
+        Front::wake(&*self);
     }
 }
 

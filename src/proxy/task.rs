@@ -106,9 +106,6 @@ struct State {
     engine_posted: bool,
     /// See `detach_front`.
     front_detached: bool,
-    /// The client stream has news for a front in `wait_duplex` (request
-    /// body, or room for the response): set by `poke_front`.
-    front_poked: bool,
 }
 
 impl State {
@@ -321,19 +318,26 @@ impl Task {
     /// Request body for a DATA frame: `Some((n, eof, trailers))`, or None
     /// when the engine must wait for the front (deferred).
     pub fn read_body(&self, buf: &mut [u8]) -> Option<(usize, bool, Option<Headers>)> {
-        let r = {
+        let (r, room_again) = {
             let mut s = self.state.lock();
+            let was_full = s.body_full();
             let n = s.body.take_into(buf);
             s.body_taken += n as u64;
-            if n == 0 && !s.body_end && !s.cancelled {
+            let r = if n == 0 && !s.body_end && !s.cancelled {
                 None
             } else {
                 let eof = s.body_end && s.body.is_empty() || s.cancelled;
                 let trailers = if eof && !s.cancelled { s.body_trailers.take() } else { None };
                 Some((n, eof, trailers))
-            }
+            };
+            (r, was_full && !s.body_full())
         };
-        self.cond.notify_all();
+        if room_again {
+            // A parked front reads the client again.
+            self.wake_front();
+        } else {
+            self.cond.notify_all();
+        }
         r
     }
 
@@ -435,35 +439,6 @@ impl Task {
         !self.state.lock().body_full()
     }
 
-    /// The client stream has news for a duplex front (see `wait_duplex`).
-    pub fn poke_front(&self) {
-        self.state.lock().front_poked = true;
-        self.cond.notify_all();
-    }
-
-    /// Starts a duplex front's round: news of the client stream that came
-    /// before this point is seen by the reads that follow.
-    pub fn clear_poke(&self) {
-        self.state.lock().front_poked = false;
-    }
-
-    /// A front that forwards the request body while the response comes
-    /// back waits here for whichever comes first: the client stream's news
-    /// (`poke_front`), a response part (with `take_news`: the front has
-    /// room to pass it on), room in the body queue (with `want_room`), or
-    /// `until`. Returns false at `until`.
-    pub fn wait_duplex(&self, take_news: bool, want_room: bool, until: Instant) -> bool {
-        let mut s = self.state.lock();
-        loop {
-            if s.front_poked || (take_news && s.response_news()) || (want_room && !s.body_full()) {
-                return true;
-            }
-            if self.cond.wait_until(&mut s, until).timed_out() {
-                return false;
-            }
-        }
-    }
-
     /// The front gives up (client gone, output failed). Returns whether to
     /// wake the engine.
     pub fn cancel(&self) -> bool {
@@ -527,34 +502,34 @@ mod tests {
         assert_eq!(t.take_consumed(), 5);
     }
 
-    /// A duplex front wakes for whichever side has news, and not for a
-    /// response part it has no room to pass on.
+    struct CountingFront(AtomicU64);
+    impl Front for CountingFront {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn gone(&self) -> bool {
+            false
+        }
+    }
+
+    /// A parked front that stopped reading the client because the body
+    /// queue was full is woken when the engine makes room, and only then.
     #[test]
-    fn a_duplex_front_wakes_for_either_side() {
+    fn a_full_body_queue_wakes_its_front_when_it_has_room_again() {
         let t = Task::new(spec());
-        let soon = || Instant::now() + Duration::from_millis(20);
-        assert!(!t.wait_duplex(true, false, soon()), "nothing to wake for");
-        t.poke_front();
-        assert!(t.wait_duplex(true, false, soon()), "a poke before the wait is not lost");
-        t.clear_poke();
-        t.on_data(b"x");
-        assert!(!t.wait_duplex(false, false, soon()), "response data, but no room for it");
-        assert!(t.wait_duplex(true, false, soon()));
-        let _ = t.take(10);
+        let front = Arc::new(CountingFront(AtomicU64::new(0)));
+        t.set_front(front.clone());
+        let mut buf = vec![0; 1024];
+        assert!(t.push_body(b"abc", None).0);
+        let _ = t.read_body(&mut buf);
+        assert_eq!(front.0.load(Ordering::SeqCst), 0, "the queue was not full");
         assert!(t.push_body(&vec![0; BODY_QUEUE_LIMIT], None).0, "taken beyond the limit without waiting");
         assert!(!t.body_room());
-        assert!(!t.wait_duplex(true, true, soon()));
-        let mut buf = vec![0; 1024];
         assert_eq!(t.read_body(&mut buf).map(|(n, eof, _)| (n, eof)), Some((1024, false)));
-        assert!(t.body_room() && t.wait_duplex(false, true, soon()), "room again in the body queue");
-        // A poke from another thread ends a wait in progress.
-        let t2 = t.clone();
-        let poker = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(30));
-            t2.poke_front();
-        });
-        assert!(t.wait_duplex(false, false, Instant::now() + Duration::from_secs(5)));
-        poker.join().unwrap();
+        assert!(t.body_room());
+        assert_eq!(front.0.load(Ordering::SeqCst), 1);
+        let _ = t.read_body(&mut buf);
+        assert_eq!(front.0.load(Ordering::SeqCst), 1, "room already known");
     }
 
     #[test]
