@@ -702,6 +702,27 @@ def test_slow_clients_hold_no_worker_and_no_memory(proxy):
         c.close()
 
 
+@pytest.mark.parametrize("body", [False, True], ids=["get", "post"])
+def test_finished_requests_leave_no_memory(proxy, tmp_path, body):
+    """Each proxied request's task and front (which hold each other) are
+    freed when it ends: 20,000 more requests leave the server's RSS where
+    it was. Until 2026-12-04 the cycle kept ~2.3 KiB per request on an
+    HTTP/2 front (46 MiB here)."""
+    args = ["-c", "10", "-m", "10"]
+    if body:
+        f = tmp_path / "small.bin"
+        f.write_bytes(os.urandom(200))
+        args += ["-d", str(f)]
+    url = proxy.url("/api/echo" if body else "/api/delay?s=0")
+    res = h2load("-n", "5000", *args, url, timeout=120)
+    assert res.get("s2xx") == 5000, res["output"]
+    before = proxy.rss_kib()
+    res = h2load("-n", "20000", *args, url, timeout=300)
+    assert res.get("s2xx") == 20000, res["output"]
+    grown_mib = (proxy.rss_kib() - before) / 1024
+    assert grown_mib < 12, f"httpd grew by {grown_mib:.1f} MiB over 20,000 requests"
+
+
 def test_uploads_in_progress_hold_no_worker(proxy):
     """Twenty uploads on ten connections whose clients pause mid-body, with
     H2MaxWorkers 5: they wait parked, not on workers, so a request on

@@ -453,6 +453,21 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
         };
         let task = Task::new(spec);
+        let status = run_request(r, &task, &engine, has_body);
+        if status != ffi::SUSPENDED {
+            // The front and the task hold each other: the cycle ends with
+            // the request (a resume job ends it for a suspended one).
+            task.drop_front();
+        }
+        status
+    }
+}
+
+/// Runs a proxied request once its task is built: hands it to the engine,
+/// sends the body, passes the response on or suspends the request.
+unsafe fn run_request(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Arc<Engine>, has_body: bool) -> c_int {
+    // SAFETY: caller contract: `r` is the live request on this thread.
+    unsafe {
         let c = (*r).connection;
         let stream = if ffi::h2rs_shim_http2_loaded() != 0 && workers::current().is_some() {
             c2::ctx_of(c).and_then(|ctx| ctx.stream.clone())
@@ -475,10 +490,10 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
                 return s as c_int;
             }
             if front.is_none() {
-                if let Err(status) = send_body(r, &task, &engine) {
+                if let Err(status) = send_body(r, task, engine) {
                     // The backend's stream, if still open, is reset.
                     if task.cancel() {
-                        engine.post(&task);
+                        engine.post(task);
                     }
                     return status;
                 }
@@ -488,15 +503,14 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             // Full duplex: body and response move in turns, here until
             // neither side has anything, then parked like the response.
             if has_body {
-                if let Some(status) = front.start_body(r, &engine) {
+                if let Some(status) = front.start_body(r, engine) {
                     return status;
                 }
             }
             // A fast backend answers within moments: finish here rather
             // than pay for parking and resuming; a slow one frees the worker.
             if !front.body_pending() {
-                if let Some(status) = run_until(r, &task, &engine, true, Some(&front.stream), front.response_brigade())
-                {
+                if let Some(status) = run_until(r, task, engine, true, Some(&front.stream), front.response_brigade()) {
                     return status;
                 }
             }
@@ -507,13 +521,13 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
                 // Not reached: a front exists only on a stream connection.
                 crate::log::request(r, Level::Error, "h2rs proxy: cannot suspend the request, giving up");
                 if task.cancel() {
-                    engine.post(&task);
+                    engine.post(task);
                 }
                 return ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
             }
         }
         let bb = BrigadeRef::create((*r).pool, (*c).bucket_alloc);
-        run_until(r, &task, &engine, false, None, bb).unwrap_or(ffi::HTTP_INTERNAL_SERVER_ERROR as c_int)
+        run_until(r, task, engine, false, None, bb).unwrap_or(ffi::HTTP_INTERNAL_SERVER_ERROR as c_int)
     }
 }
 
@@ -1077,6 +1091,13 @@ impl C2Front {
         }
     }
 
+    /// The request is finished: the task, which the engine may still hold
+    /// for a while, lets go of this front (they hold each other).
+    fn finished(&self) {
+        *self.slot.lock() = Slot::Done;
+        self.task.drop_front();
+    }
+
     /// Queues a resume job for the parked request.
     fn schedule(&self, parked: Parked) {
         let Some(me) = self.me.upgrade() else { return };
@@ -1104,7 +1125,7 @@ impl C2Front {
                 unsafe { finish_request(r, End::Abort) };
                 true
             });
-            *self.slot.lock() = Slot::Done;
+            self.finished();
             return;
         };
         let Some(waker) = self.waker() else { return };
@@ -1133,7 +1154,7 @@ impl C2Front {
                 }
             });
             let Some(p) = more else {
-                *self.slot.lock() = Slot::Done;
+                self.finished();
                 return;
             };
             let mut slot = self.slot.lock();

@@ -170,13 +170,19 @@ impl Task {
         }
     }
 
+    /// The request is over for the front: it no longer hears from the
+    /// engine (and the front, which holds the task, is freed with it).
+    pub fn drop_front(&self) {
+        *self.front.lock() = None;
+    }
+
     /// The front is done with a response that is complete for its
     /// client while the backend's stream is still open (a head that has no
     /// content: 204, 304, a HEAD's answer, without END_STREAM): the engine
     /// lets the stream end on its own, as if the client were still there,
     /// so that the backend gets the rest of the request body and no reset.
     pub fn detach_front(&self) {
-        *self.front.lock() = None;
+        self.drop_front();
         self.state.lock().front_detached = true;
     }
 
