@@ -92,6 +92,17 @@ const _: () = assert!(RST_RATE.burst < NGHTTP2_RST_RATE.burst && RST_RATE.per_se
 /// nghttp2 sends GOAWAY ENHANCE_YOUR_CALM (CVE-2019-9518 and friends).
 pub const GLITCH_RATE: Rate = Rate { burst: 1000, per_sec: 33 };
 
+/// The same budget on the proxy's backend connections. Each stream the
+/// proxy cancels (its client reset it or went away) may still receive what
+/// the backend sent before our RST_STREAM arrived (RFC 9113 5.4.2): up to a
+/// stream window of DATA (256 KiB, 16 frames) and a head, each of which
+/// nghttp2 counts as a glitch. With the client budget, 600 downloads
+/// cancelled by one client in a few seconds ended the shared backend
+/// connection with ENHANCE_YOUR_CALM, and other clients' requests on it
+/// with 502. This one allows ~5,000 cancels at once and ~500 a second for
+/// good; a backend that floods junk beyond it still loses its connection.
+pub const BACKEND_GLITCH_RATE: Rate = Rate { burst: 100_000, per_sec: 10_000 };
+
 /// Control frames that must be answered (PING, SETTINGS) a client may send,
 /// read or not: beyond it GOAWAY ENHANCE_YOUR_CALM.
 pub const CONTROL_RATE: Rate = Rate { burst: 1000, per_sec: 100 };

@@ -723,6 +723,33 @@ def test_finished_requests_leave_no_memory(proxy, tmp_path, body):
     assert grown_mib < 12, f"httpd grew by {grown_mib:.1f} MiB over 20,000 requests"
 
 
+def test_clients_cancelling_many_requests_do_not_break_the_backend_connection(proxy, backends):
+    """600 proxied downloads cancelled by their client (browsers
+    navigating away, gRPC deadlines): the backend's frames for them that
+    were in flight when our RST_STREAM went out (RFC 9113 5.4.2) are
+    expected, not a flood (up to a stream window each). A POST in flight
+    on the same backend connection
+    is answered, and the connection is not ended. (nghttp2's default
+    "glitch" budget, 1,000 such frames, ended it with ENHANCE_YOUR_CALM.)"""
+    import h2.errors
+    log_before = len(proxy.read_error_log())
+    slow = H2Client(proxy.port)
+    body = os.urandom(1000)
+    post = slow.request("/api/delay?s=2", method="POST", body=body)
+    c = H2Client(proxy.port)
+    for _ in range(600):
+        sid = c.request(f"/api/big?n={1024 * 1024}")
+        c.read_some(timeout=0.002)
+        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        c.flush()
+    st = slow.wait_stream(post, timeout=15)
+    assert st.status == 200, (st.status, bytes(st.data)[:200])
+    time.sleep(0.5)
+    assert "broke the HTTP/2 protocol" not in proxy.read_error_log()[log_before:]
+    c.close()
+    slow.close()
+
+
 def test_uploads_in_progress_hold_no_worker(proxy):
     """Twenty uploads on ten connections whose clients pause mid-body, with
     H2MaxWorkers 5: they wait parked, not on workers, so a request on

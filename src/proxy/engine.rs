@@ -21,6 +21,7 @@
 use super::task::Task;
 use super::tls::{self, Handshake, Ssl};
 use crate::frames::Frames;
+use crate::limits;
 use crate::log::Level;
 use crate::nghttp2::{
     self, error_code, flags, frame_type, settings_id, DataRead, Flow, FrameInfo, Handler, Ops, Session,
@@ -432,7 +433,11 @@ impl Conn {
             retry: Vec::new(),
             news: Vec::new(),
         };
-        let options = nghttp2::Options { no_http_messaging: false, ..Default::default() };
+        let options = nghttp2::Options {
+            no_http_messaging: false,
+            glitch_rate: (limits::BACKEND_GLITCH_RATE.burst, limits::BACKEND_GLITCH_RATE.per_sec),
+            ..Default::default()
+        };
         let mut session = Session::new_client(handler, &options).map_err(|e| format!("nghttp2: {e}"))?;
         let mut ops = session.ops();
         ops.submit_settings(&[(settings_id::ENABLE_PUSH, 0), (settings_id::INITIAL_WINDOW_SIZE, STREAM_WINDOW)])
