@@ -41,7 +41,7 @@ if len(sys.argv) > 4:
     TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     TLS.load_cert_chain(sys.argv[3], sys.argv[4])
     TLS.set_alpn_protocols(["h2"])
-STATS = {"connections": 0, "max_streams": 0, "resets_received": 0}
+STATS = {"connections": 0, "max_streams": 0, "resets_received": 0, "bodies_ended": 0}
 SEEN_TOKENS = set()
 
 
@@ -243,6 +243,8 @@ class Conn:
                 elif isinstance(ev, h2.events.TrailersReceived):
                     self.trailers[ev.stream_id] = {k.decode(): v.decode() for k, v in ev.headers}
                 elif isinstance(ev, h2.events.StreamEnded):
+                    if ev.stream_id in self.bodies:
+                        STATS["bodies_ended"] += 1
                     if ev.stream_id in self.duplex:
                         self.duplex.discard(ev.stream_id)
                         self.h2.end_stream(ev.stream_id)

@@ -723,6 +723,33 @@ def test_finished_requests_leave_no_memory(proxy, tmp_path, body):
     assert grown_mib < 12, f"httpd grew by {grown_mib:.1f} MiB over 20,000 requests"
 
 
+def test_a_cancelled_upload_is_not_ended_at_the_backend(proxy, backends):
+    """A client that resets its upload midway: the backend's stream is
+    reset, never ended, so the backend cannot take the part it got for the
+    whole body (a truncated PUT stored as complete). Before 2026-12-04 the
+    engine could send an empty DATA with END_STREAM ahead of its RST."""
+    import h2.errors
+    before = stats(backends[0])
+    c = H2Client(proxy.port)
+    sids = []
+    for _ in range(30):
+        sids.append(c.request("/api/echo", method="POST", end_stream=False))
+        c.conn.send_data(sids[-1], b"x" * 100)
+    c.flush()
+    time.sleep(0.5)
+    for sid in sids:
+        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    c.flush()
+    st = c.wait_stream(c.request("/api/delay?s=0"))
+    assert st.status == 200
+    deadline = time.time() + 5
+    while stats(backends[0])["resets_received"] < before["resets_received"] + 30 and time.time() < deadline:
+        time.sleep(0.05)
+    after = stats(backends[0])
+    assert (after["bodies_ended"] - before["bodies_ended"], after["resets_received"] - before["resets_received"]) == (0, 30)
+    c.close()
+
+
 def test_clients_cancelling_many_requests_do_not_break_the_backend_connection(proxy, backends):
     """600 proxied downloads cancelled by their client (browsers
     navigating away, gRPC deadlines): the backend's frames for them that

@@ -322,18 +322,22 @@ impl Task {
     }
 
     /// Request body for a DATA frame: `Some((n, eof, trailers))`, or None
-    /// when the engine must wait for the front (deferred).
+    /// when the engine must wait for the front (deferred) or the request
+    /// was cancelled (the engine resets the stream).
     pub fn read_body(&self, buf: &mut [u8]) -> Option<(usize, bool, Option<Headers>)> {
         let (r, room_again) = {
             let mut s = self.state.lock();
             let was_full = s.body_full();
             let n = s.body.take_into(buf);
             s.body_taken += n as u64;
-            let r = if n == 0 && !s.body_end && !s.cancelled {
+            let r = if s.cancelled || (n == 0 && !s.body_end) {
+                // Cancelled: never an END_STREAM (the backend would take what
+                // it got for the whole body, a truncated upload for a
+                // complete one); the engine resets the stream instead.
                 None
             } else {
-                let eof = s.body_end && s.body.is_empty() || s.cancelled;
-                let trailers = if eof && !s.cancelled { s.body_trailers.take() } else { None };
+                let eof = s.body_end && s.body.is_empty();
+                let trailers = if eof { s.body_trailers.take() } else { None };
                 Some((n, eof, trailers))
             };
             (r, was_full && !s.body_full())
@@ -605,6 +609,13 @@ mod tests {
         assert_eq!(t.read_body(&mut buf), Some((2, true, Some(trailers))));
         t.cancel();
         assert!(!t.push_body(b"x", Some(Duration::from_secs(1))).0);
+
+        // A cancelled body never ends: no END_STREAM for a truncated upload.
+        let t = Task::new(spec());
+        assert!(t.push_body(b"abcdef", None).0);
+        t.end_body(None);
+        t.cancel();
+        assert_eq!(t.read_body(&mut buf), None);
     }
 
     /// ProxyTimeout stops for a wait on the client's body, and only then:
