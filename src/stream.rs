@@ -858,11 +858,14 @@ impl Stream {
 
     /// Registers `watch` to be woken whenever a nonblocking read could now
     /// return something (data, end, or an error). Wakes it at once if that
-    /// is already so.
+    /// is already so. A closed stream keeps no watch: the close, which
+    /// drops the watches (a watch often holds the stream), is past.
     pub fn watch_input(&self, watch: Arc<dyn Wake>) {
         let mut io = self.io.lock();
         let ready = !io.input.is_empty() || io.input_end || io.closed.is_some();
-        io.input_watch = Some(watch.clone());
+        if io.closed.is_none() {
+            io.input_watch = Some(watch.clone());
+        }
         drop(io);
         if ready {
             watch.wake();
@@ -1608,6 +1611,13 @@ mod tests {
         assert_eq!(woken(&count), 3);
         s.close(0);
         assert_eq!(woken(&count), 4);
+        assert_eq!(Arc::strong_count(&count), 1, "the close dropped the watch");
+        // Watching a closed stream wakes at once and keeps nothing (a
+        // proxy front that watched a stream its client had already reset
+        // was kept alive with the stream, in a cycle).
+        s.watch_input(count.clone());
+        assert_eq!(woken(&count), 5);
+        assert_eq!(Arc::strong_count(&count), 1);
     }
 
     #[test]

@@ -777,6 +777,37 @@ def test_clients_cancelling_many_requests_do_not_break_the_backend_connection(pr
     slow.close()
 
 
+def test_uploads_reset_by_their_clients_leave_no_memory(proxy):
+    """Uploads whose clients reset them right after the first bytes: the
+    proxy front may start watching the stream after it closed, and must not
+    keep it (and itself) alive through that watch. 9,000 of them leave the
+    RSS where it was (before 2026-12-04: +0.5 KiB each, ~4 MiB here)."""
+    import h2.errors
+
+    def uploads(n):
+        c = None
+        for i in range(n):
+            if i % 500 == 0:  # under the client RST_STREAM budget
+                if c:
+                    c.close()
+                c = H2Client(proxy.port)
+            sid = c.request("/api/echo", method="POST", end_stream=False)
+            c.conn.send_data(sid, b"x" * 100)
+            c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            c.flush()
+            if i % 100 == 99:
+                assert c.wait_stream(c.request("/api/delay?s=0"), timeout=10).status == 200
+        c.close()
+
+    uploads(1500)
+    time.sleep(0.5)
+    before = proxy.rss_kib()
+    uploads(9000)
+    time.sleep(0.5)
+    grown_mib = (proxy.rss_kib() - before) / 1024
+    assert grown_mib < 2, f"httpd grew by {grown_mib:.1f} MiB"
+
+
 def test_uploads_in_progress_hold_no_worker(proxy):
     """Twenty uploads on ten connections whose clients pause mid-body, with
     H2MaxWorkers 5: they wait parked, not on workers, so a request on
