@@ -543,7 +543,13 @@ impl<'a> Ops<'a> {
         check(unsafe { ng::nghttp2_session_consume(self.raw, stream_id, n) })
     }
 
-    /// Only the connection window (for DATA of streams already gone).
+    /// Only the stream's window.
+    pub fn consume_stream(&mut self, stream_id: i32, n: usize) -> Result<(), NgError> {
+        // SAFETY: live session; nghttp2 checks the stream id.
+        check(unsafe { ng::nghttp2_session_consume_stream(self.raw, stream_id, n) })
+    }
+
+    /// Only the connection window.
     pub fn consume_connection(&mut self, n: usize) -> Result<(), NgError> {
         // SAFETY: live session.
         check(unsafe { ng::nghttp2_session_consume_connection(self.raw, n) })

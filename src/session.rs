@@ -584,9 +584,6 @@ impl<D: Dispatch> Core<D> {
         let Some(stream) = entry.stream.clone() else { return };
         let p = stream.progress();
         if entry.closed {
-            if p.consumed > 0 {
-                let _ = ops.consume_connection(p.consumed);
-            }
             if p.worker_done {
                 let outcome = entry.outcome();
                 if let Some(r) = stream.take_retire() {
@@ -598,7 +595,7 @@ impl<D: Dispatch> Core<D> {
             return;
         }
         if p.consumed > 0 {
-            let _ = ops.consume(id, p.consumed);
+            let _ = ops.consume_stream(id, p.consumed);
         }
         for interim in &p.interims {
             let _ = ops.submit_interim(id, interim.status, &interim.headers);
@@ -643,8 +640,8 @@ impl<D: Dispatch> Core<D> {
     /// ended (413, a RequestReadTimeout 408, a handler that does not read)
     /// and the worker is done, so nothing will read the rest: RST_STREAM
     /// NO_ERROR asks the client to stop sending. Without it the stream
-    /// stayed open with its window spent, holding the connection's window
-    /// too, until the client gave up or the connection timed out. Only
+    /// stayed open with its window spent until the client gave up or the
+    /// connection timed out. Only
     /// after END_STREAM was sent: a reset submitted earlier would go out
     /// ahead of the response's last DATA frames.
     fn end_unread_body(&mut self, ops: &mut Ops<'_>, id: i32) {
@@ -654,9 +651,9 @@ impl<D: Dispatch> Core<D> {
         }
     }
 
-    /// The stream is gone from nghttp2: abort its worker, release what the
-    /// flow control still counts, retire it if the worker is done.
-    fn close_entry(&mut self, ops: &mut Ops<'_>, id: i32, code: u32) {
+    /// The stream is gone from nghttp2: abort its worker, retire it if the
+    /// worker is done.
+    fn close_entry(&mut self, id: i32, code: u32) {
         if self.recently_closed.len() >= 256 {
             self.recently_closed.pop_front();
         }
@@ -672,11 +669,7 @@ impl<D: Dispatch> Core<D> {
         };
         if !entry.dispatched {
             // Never reached a worker: forget it.
-            let unread = stream.input_buffered();
             stream.close(code);
-            if unread > 0 {
-                let _ = ops.consume_connection(unread);
-            }
             self.entries.remove(&id);
             if self.pending.len() > 2 * self.settings.max_active_streams.max(1) {
                 self.pending.drop_aborted();
@@ -688,9 +681,6 @@ impl<D: Dispatch> Core<D> {
             if closed_before { entry.delivered } else { code == error_code::NO_ERROR && closing.output_complete };
         entry.delivered = complete;
         let outcome = entry.outcome();
-        if closing.unacknowledged > 0 {
-            let _ = ops.consume_connection(closing.unacknowledged);
-        }
         if complete {
             self.be_happy();
         } else if code != error_code::NO_ERROR && !closing.worker_done {
@@ -840,28 +830,35 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     }
 
     fn data_chunk(&mut self, ops: &mut Ops<'_>, stream_id: i32, data: &[u8]) -> Flow {
+        // The connection's window is given back as DATA arrives; only the
+        // stream's waits for its reader (it bounds what a stream buffers).
+        // Given back as streams consume, the connection's window deadlocked
+        // once the streams still waiting for a worker held half of it with
+        // their bodies: the running ones could not get the rest of theirs
+        // (100 uploads of 100 KiB on one connection: nothing moved until
+        // Timeout).
+        let _ = ops.consume_connection(data.len());
         if let Some(entry) = self.entries.get_mut(&stream_id) {
             entry.received += data.len() as u64;
             if entry.content_length.is_some_and(|cl| entry.received > cl) {
-                let _ = ops.consume(stream_id, data.len());
                 return Flow::ResetStream(error_code::PROTOCOL_ERROR);
             }
         }
         match self.entries.get(&stream_id).and_then(|e| e.stream.as_ref()) {
             Some(s) if !s.is_aborted() => s.push_input(data),
             _ => {
-                // Nobody will read it: give the window back right away.
-                let _ = ops.consume(stream_id, data.len());
+                // Nobody will read it: give the stream's window back too.
+                let _ = ops.consume_stream(stream_id, data.len());
             }
         }
         Flow::Continue
     }
 
-    fn stream_close(&mut self, ops: &mut Ops<'_>, stream_id: i32, error_code: u32) -> Flow {
+    fn stream_close(&mut self, _ops: &mut Ops<'_>, stream_id: i32, error_code: u32) -> Flow {
         if error_code != error_code::NO_ERROR {
             self.stats.streams_reset_by_peer += 1;
         }
-        self.close_entry(ops, stream_id, error_code);
+        self.close_entry(stream_id, error_code);
         Flow::Continue
     }
 
@@ -1256,11 +1253,11 @@ impl<D: Dispatch> Session<D> {
 
     /// The connection is gone: every stream is closed and its worker told.
     pub fn abort_all(&mut self) {
-        let (core, mut ops) = self.ng.split();
+        let core = self.ng.handler();
         core.run_here.clear();
         let ids: Vec<i32> = core.entries.keys().copied().collect();
         for id in ids {
-            core.close_entry(&mut ops, id, error_code::CANCEL);
+            core.close_entry(id, error_code::CANCEL);
         }
     }
 
@@ -1916,8 +1913,9 @@ pub(crate) mod tests {
 
     /// A response that ends before the request body (RFC 9113 8.1): the
     /// stream is reset with NO_ERROR once the response is out and its
-    /// worker done, and what the client sent on it is given back to the
-    /// connection's window, so the next upload on it goes through.
+    /// worker done, and the connection's window stays open (what the client
+    /// sent on it counted for the connection as it arrived), so the next
+    /// upload on it goes through.
     #[test]
     fn a_response_before_the_whole_body_ends_the_upload() {
         let settings = Settings { initial_window_size: 16384, connection_window: 65535, ..Settings::default() };
@@ -2095,6 +2093,27 @@ pub(crate) mod tests {
         assert_eq!(client.goaways[0], (i32::MAX, error_code::NO_ERROR));
         assert_eq!((client.streams[&second].closed, client.streams[&second].body.len()), (Some(0), 300));
         assert!(!p.server.shutdown_notice(), "no second notice after the final GOAWAY");
+    }
+
+    /// More uploads at once than run at once, each larger than its
+    /// stream's window, with c1's connection window (every stream's window
+    /// at once): the streams waiting for their turn hold nearly all of the
+    /// connection's window with their first bytes. It is given back as
+    /// DATA arrives, so the running ones get the rest of their bodies.
+    /// (Given back as streams consumed, nothing moved again: the running
+    /// streams could never consume the half of it that a WINDOW_UPDATE
+    /// for the connection waits for.)
+    #[test]
+    fn uploads_beyond_the_running_streams_never_stall_the_connection_window() {
+        let settings = Settings { initial_window_size: 65535, connection_window: 100 * 65535, ..Settings::default() };
+        let mut p = Pair::new(settings, echo);
+        let body: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let ids: Vec<i32> = (0..100).map(|_| p.post("/up", body.clone())).collect();
+        p.pump_like_c1(closed(ids.clone()));
+        for id in ids {
+            let s = &p.client.handler_ref().streams[&id];
+            assert_eq!((s.closed, s.body == body), (Some(0), true), "stream {id}");
+        }
     }
 
     #[test]

@@ -738,9 +738,6 @@ pub struct Closing {
     pub output_complete: bool,
     /// The worker had finished when the stream closed.
     pub worker_done: bool,
-    /// Request-body bytes the connection's window still counts: received
-    /// but not read, and read but not yet acknowledged.
-    pub unacknowledged: usize,
     /// The release of the request and its c2, if the worker is done.
     pub retire: Option<Box<dyn Retire>>,
 }
@@ -1089,11 +1086,6 @@ impl Stream {
         }
     }
 
-    /// Bytes of request body buffered but not yet read by the worker.
-    pub fn input_buffered(&self) -> usize {
-        self.io.lock().input.len()
-    }
-
     /// c1 looks at the stream after a wake-up. Takes what c1 must act on.
     pub fn progress(&self) -> Progress {
         Signal::unlist(self);
@@ -1190,12 +1182,11 @@ impl Stream {
     /// the same lock (it took it six times: ~170 instructions a request).
     pub fn close_for_c1(&self, error_code: u32) -> Closing {
         Signal::unlist(self);
-        let mut io = self.io.lock();
+        let io = self.io.lock();
         let output_complete = io.output_done();
         let worker_done = io.worker == Some(WorkerState::Done);
-        let unacknowledged = io.input.len() + std::mem::take(&mut io.consumed);
         let retire = self.close_locked(io, error_code);
-        Closing { output_complete, worker_done, unacknowledged, retire }
+        Closing { output_complete, worker_done, retire }
     }
 
     fn close_locked(&self, mut io: parking_lot::MutexGuard<'_, StreamIo>, error_code: u32) -> Option<Box<dyn Retire>> {
@@ -1658,14 +1649,14 @@ mod tests {
     }
 
     #[test]
-    fn closing_for_c1_reports_window_bytes_completion_and_the_retire() {
+    fn closing_for_c1_reports_completion_and_the_retire() {
         // A worker read 3 of 10 request bytes and is still running.
         let (s, _sig) = stream(1024);
         s.push_input(b"0123456789");
         let Ok(Input::Data(d)) = s.read_input(3, false, None) else { panic!("no input") };
         assert_eq!(d.len(), 3);
         let c = s.close_for_c1(8);
-        assert_eq!((c.output_complete, c.worker_done, c.unacknowledged), (false, false, 10));
+        assert_eq!((c.output_complete, c.worker_done), (false, false));
         assert!(c.retire.is_none());
         assert!(s.is_aborted());
 
@@ -1679,7 +1670,7 @@ mod tests {
         let mut out = Frames::default();
         s.take_output(&mut out, 4).unwrap();
         let c = s.close_for_c1(0);
-        assert_eq!((c.output_complete, c.worker_done, c.unacknowledged), (true, true, 0));
+        assert_eq!((c.output_complete, c.worker_done), (true, true));
         c.retire.expect("the finished worker's retire").retire(Outcome { complete: true, bytes_sent: 4 });
         assert!(hit.load(Ordering::SeqCst));
     }

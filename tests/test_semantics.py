@@ -202,6 +202,19 @@ def test_upload_flow_follows_consumption(make_server, docroot):
     c.close()
 
 
+def test_uploads_beyond_the_running_streams_all_complete(srv, tmp_path):
+    """100 uploads of 100 KiB at once on one connection (h2load -c 1 -m
+    100): more streams than run at once, each body beyond its stream
+    window. All are answered. Before 2026-12-04 the streams waiting for a
+    worker held the connection's window with their first 64 KiB and the
+    running ones stalled until Timeout: 408s, 22 req/s (the stock module:
+    2,200 req/s)."""
+    f = tmp_path / "body"
+    f.write_bytes(os.urandom(100 * 1024))
+    res = h2load("-n", "1000", "-c", "1", "-m", "100", "-d", str(f), srv.url("/echo"), timeout=60)
+    assert res.get("s2xx") == 1000, res["output"]
+
+
 def test_a_response_before_the_whole_body_stops_the_upload(srv):
     """A 413 (LimitRequestBody) answers before the client has sent its
     body: once the response is out, RST_STREAM NO_ERROR asks the client to
