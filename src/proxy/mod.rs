@@ -944,10 +944,6 @@ impl C2Front {
         self.leg.lock().body.is_some()
     }
 
-    fn waker(&self) -> Option<Arc<dyn Wake>> {
-        self.me.upgrade().map(|me| me as Arc<dyn Wake>)
-    }
-
     /// Starts sending the request body (the request was dispatched) and
     /// runs turns on the handler's thread while they move something.
     /// Some(status): the handler returns it; None: the request waits for
@@ -955,8 +951,8 @@ impl C2Front {
     ///
     /// # Safety
     /// `r` is the live request on the calling thread.
-    unsafe fn start_body(&self, r: *mut ffi::request_rec, engine: &Engine) -> Option<c_int> {
-        let waker = self.waker()?;
+    unsafe fn start_body(self: &Arc<Self>, r: *mut ffi::request_rec, engine: &Engine) -> Option<c_int> {
+        let waker: Arc<dyn Wake> = self.clone();
         // SAFETY: caller contract.
         unsafe {
             if (*r).expecting_100 != 0 {
@@ -1114,7 +1110,7 @@ impl C2Front {
         }
     }
 
-    fn run(&self, mut parked: Parked, w: &WorkerCtx) {
+    fn run(self: &Arc<Self>, mut parked: Parked, w: &WorkerCtx) {
         let Some(engine) = engine() else {
             // Stopping: finish what can be finished.
             *self.slot.lock() = Slot::Running { dirty: false };
@@ -1128,7 +1124,7 @@ impl C2Front {
             self.finished();
             return;
         };
-        let Some(waker) = self.waker() else { return };
+        let waker: Arc<dyn Wake> = self.clone();
         loop {
             *self.slot.lock() = Slot::Running { dirty: false };
             let mut again = false;
