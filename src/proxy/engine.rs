@@ -116,6 +116,14 @@ impl Engine {
         self.post_to(task.clone());
     }
 
+    /// The front gives up on `task` (client gone, body failed, response
+    /// over first): its loop resets the backend's stream if still open.
+    pub fn cancel(&self, task: &Arc<Task>) {
+        if task.cancel() {
+            self.post(task);
+        }
+    }
+
     fn post_to(&self, task: Arc<Task>) {
         let lp = self.loop_for(&task.spec.key);
         let first = {
@@ -155,6 +163,14 @@ struct BStream {
     deadline: Instant,
 }
 
+impl BStream {
+    /// The backend did something (or owes nothing yet): its timeout starts
+    /// again.
+    fn renew_deadline(&mut self, now: Instant) {
+        self.deadline = now + self.task.spec.timeout;
+    }
+}
+
 /// The nghttp2 handler of one backend connection.
 struct Backend {
     backend: String,
@@ -173,7 +189,7 @@ impl Backend {
     /// hear about the frame after the batch.
     fn touch(&mut self, stream_id: i32) -> Option<&mut BStream> {
         let bs = self.streams.get_mut(&stream_id)?;
-        bs.deadline = Instant::now() + bs.task.spec.timeout;
+        bs.renew_deadline(Instant::now());
         if bs.task.mark_news() {
             self.news.push(bs.task.clone());
         }
@@ -318,7 +334,7 @@ impl Handler for Backend {
                 // The backend's window took the bytes: it reads, so its
                 // timeout starts again (as mod_proxy_http's per write).
                 if n > 0 {
-                    bs.deadline = Instant::now() + bs.task.spec.timeout;
+                    bs.renew_deadline(Instant::now());
                 }
                 DataRead::Data { n, eof, trailers }
             }
@@ -864,7 +880,7 @@ impl LoopState {
                 if bs.task.awaits_client_body() {
                     // ProxyTimeout bounds the backend's silence, not a slow
                     // upload.
-                    bs.deadline = now + bs.task.spec.timeout;
+                    bs.renew_deadline(now);
                 }
                 if bs.task.is_cancelled() {
                     bs.reset_sent = true;

@@ -492,9 +492,7 @@ unsafe fn run_request(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Arc<E
             if front.is_none() {
                 if let Err(status) = send_body(r, task, engine) {
                     // The backend's stream, if still open, is reset.
-                    if task.cancel() {
-                        engine.post(task);
-                    }
+                    engine.cancel(task);
                     return status;
                 }
             }
@@ -520,9 +518,7 @@ unsafe fn run_request(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Arc<E
             if front.body_pending() {
                 // Not reached: a front exists only on a stream connection.
                 crate::log::request(r, Level::Error, "h2rs proxy: cannot suspend the request, giving up");
-                if task.cancel() {
-                    engine.post(task);
-                }
+                engine.cancel(task);
                 return ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
             }
         }
@@ -733,9 +729,7 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
             if ffi::h2rs_shim_proxy_should_override(r, head.status as c_int) != 0 {
                 // ProxyErrorOverride: a local error page instead of the
                 // backend's body.
-                if task.cancel() {
-                    engine.post(task);
-                }
+                engine.cancel(task);
                 return Pumped::Done(End::Status(head.status));
             }
             apply_head(r, head, task.spec.via.as_deref());
@@ -769,9 +763,7 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
             let rv = ffi::ap_pass_brigade((*r).output_filters, bb.as_ptr());
             bb.cleanup();
             if rv != 0 || (*c).aborted != 0 {
-                if task.cancel() {
-                    engine.post(task);
-                }
+                engine.cancel(task);
                 return Pumped::Done(End::Abort);
             }
         }
@@ -996,9 +988,7 @@ impl C2Front {
     unsafe fn turn(&self, r: *mut ffi::request_rec, engine: &Engine, leg: &mut Leg, waker: &Arc<dyn Wake>) -> Turn {
         let task = &self.task;
         let give_up = |status: c_int| {
-            if task.cancel() {
-                engine.post(task);
-            }
+            engine.cancel(task);
             Turn::Done(End::Status(status as u16))
         };
         let mut moved = false;
@@ -1025,8 +1015,8 @@ impl C2Front {
         if room > 0 {
             // SAFETY: caller contract.
             if let Pumped::Done(end) = unsafe { pump(r, task, engine, room, leg.response) } {
-                if leg.body.is_some() && task.cancel() {
-                    engine.post(task);
+                if leg.body.is_some() {
+                    engine.cancel(task);
                 }
                 return Turn::Done(end);
             }
@@ -1073,17 +1063,15 @@ impl C2Front {
 
     /// Has the clock wake the request at `until`, unless an alarm that is
     /// not past rings before it (each later turn sets the next one).
-    fn arm(&self, leg: &mut Leg, until: Option<Instant>) {
+    fn arm(self: &Arc<Self>, leg: &mut Leg, until: Option<Instant>) {
         let Some(at) = until else { return };
         let now = Instant::now();
         if leg.alarm.is_some_and(|a| a > now && a <= at) {
             return;
         }
         leg.alarm = Some(at);
-        if let Some(me) = self.me.upgrade() {
-            if !crate::clock::schedule(&me, at.saturating_duration_since(now), 0) {
-                crate::log::server_crit("h2rs proxy: no clock to time a request body");
-            }
+        if !crate::clock::schedule(self, at.saturating_duration_since(now), 0) {
+            crate::log::server_crit("h2rs proxy: no clock to time a request body");
         }
     }
 
