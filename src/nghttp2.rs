@@ -111,6 +111,8 @@ pub mod frame_type {
     pub const GOAWAY: u8 = 0x7;
     pub const WINDOW_UPDATE: u8 = 0x8;
     pub const CONTINUATION: u8 = 0x9;
+    /// RFC 9218 7.1.
+    pub const PRIORITY_UPDATE: u8 = 0x10;
 }
 
 pub mod flags {
@@ -316,8 +318,9 @@ pub struct Options {
     pub no_http_messaging: bool,
     /// Ask the handler for frame padding (H2Padding).
     pub padding: bool,
-    /// RFC 9218 extensible priorities (PRIORITY_UPDATE frames), with RFC
-    /// 7540 priorities for clients that do not turn them off.
+    /// RFC 9218 extensible priorities (PRIORITY_UPDATE frames). nghttp2
+    /// 1.68 schedules by these alone: RFC 7540's PRIORITY frames and
+    /// dependency tree are parsed and ignored.
     pub extensible_priorities: bool,
 }
 
@@ -604,18 +607,42 @@ impl<'a> Ops<'a> {
     }
 
     /// Applies a request's RFC 9218 `priority` field to the stream's
-    /// scheduling (urgency 0-7, incremental). Ignored where the client
-    /// uses RFC 7540 priorities instead.
+    /// scheduling: urgency 0-7, and incremental (shares bandwidth with its
+    /// urgency's other incremental streams) or not (sent whole, one after
+    /// another). A field that does not parse means the defaults (3, not
+    /// incremental).
     pub fn set_priority(&mut self, stream_id: i32, field: &[u8]) {
         let mut pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
         // SAFETY: parses `field` (valid slice) into `pri`; on a parse error
-        // `pri` keeps the defaults. The session is live.
+        // `pri` keeps the defaults.
+        if unsafe { ng::nghttp2_extpri_parse_priority(&mut pri, field.as_ptr(), field.len()) } != 0 {
+            pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
+        }
+        self.set_stream_priority(stream_id, pri.urgency as u8, pri.inc != 0);
+    }
+
+    /// Sets a stream's RFC 9218 urgency (0-7) and incremental flag.
+    pub fn set_stream_priority(&mut self, stream_id: i32, urgency: u8, incremental: bool) {
+        let pri = ng::nghttp2_extpri { urgency: urgency.min(7) as _, inc: incremental as _ };
+        // SAFETY: live session; an unknown stream id is an error nghttp2
+        // reports (ignored: the stream is gone, nothing to schedule).
         unsafe {
-            if ng::nghttp2_extpri_parse_priority(&mut pri, field.as_ptr(), field.len()) != 0 {
-                pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
-            }
             ng::nghttp2_session_change_extpri_stream_priority(self.raw, stream_id, &pri, 0);
         }
+    }
+
+    /// A stream's RFC 9218 (urgency, incremental), if nghttp2 knows it.
+    pub fn stream_priority(&self, stream_id: i32) -> Option<(u8, bool)> {
+        let mut pri = ng::nghttp2_extpri { urgency: 0, inc: 0 };
+        // SAFETY: live session; writes `pri` only.
+        let rv = unsafe { ng::nghttp2_session_get_extpri_stream_priority(self.raw, &mut pri, stream_id) };
+        (rv == 0).then_some((pri.urgency as u8, pri.inc != 0))
+    }
+
+    /// A setting the peer sent (its default where it sent none).
+    pub fn remote_setting(&self, id: i32) -> u32 {
+        // SAFETY: live session; reads one setting.
+        unsafe { ng::nghttp2_session_get_remote_settings(self.raw, id as _) }
     }
 
     /// Client side: whether a new request may start on this session. Not
@@ -631,8 +658,7 @@ impl<'a> Ops<'a> {
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (nghttp2 assumes 100
     /// until the peer's first SETTINGS frame arrives).
     pub fn remote_max_concurrent(&self) -> u32 {
-        // SAFETY: live session; reads one setting.
-        unsafe { ng::nghttp2_session_get_remote_settings(self.raw, ng::NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS) }
+        self.remote_setting(settings_id::MAX_CONCURRENT_STREAMS)
     }
 
     /// Whether the stream is still known to nghttp2 (open or half-closed).
@@ -758,7 +784,6 @@ impl<H: Handler> Session<H> {
             ng::nghttp2_option_set_glitch_rate_limit(opt, options.glitch_rate.0, options.glitch_rate.1);
             ng::nghttp2_option_set_no_http_messaging(opt, options.no_http_messaging as c_int);
             if options.extensible_priorities {
-                ng::nghttp2_option_set_server_fallback_rfc7540_priorities(opt, 1);
                 ng::nghttp2_option_set_builtin_recv_extension_type(opt, ng::NGHTTP2_PRIORITY_UPDATE as u8);
             }
             let user_data = ctx_ptr as *mut c_void;

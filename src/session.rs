@@ -33,6 +33,9 @@ use std::time::Duration;
 /// Entries the list of streams to retire keeps room for between turns.
 const RETIRE_ROOM_KEPT: usize = 16;
 
+/// RFC 9218 4.1: the urgency of a request that names none.
+const DEFAULT_URGENCY: u8 = 3;
+
 /// The opaque data of the PING behind a graceful shutdown's first GOAWAY.
 /// (Its ACK is not matched against it: the session sends no other PING,
 /// and a client that acknowledges early only hastens its own final GOAWAY.)
@@ -355,6 +358,15 @@ pub struct Core<D: Dispatch> {
     bad_request_budget: RateLimit,
     /// The session was ended for abuse (ENHANCE_YOUR_CALM sent).
     calmed: bool,
+    /// The client showed it knows RFC 9218 (a `priority` field, a
+    /// PRIORITY_UPDATE frame, or SETTINGS_NO_RFC7540_PRIORITIES): from
+    /// then on a request without a `priority` field gets RFC 9218's
+    /// default, not incremental (responses of equal urgency sent whole,
+    /// one after another). Before, it is incremental: responses of equal
+    /// urgency share the connection, as RFC 7540's default priorities had
+    /// them (and the stock module, with the nghttp2 of its day) for the
+    /// clients that send no priority signal at all, curl's among them.
+    rfc9218_client: bool,
     /// The client gives us no window to send with (zero-window slow read):
     /// `limits::ZERO_WINDOW_ACTIVE_STREAMS` streams run at most.
     peer_window_closed: bool,
@@ -390,7 +402,10 @@ impl<D: Dispatch> Core<D> {
             Err(e) => return self.refuse(ops, e),
         };
         if let Some(priority) = head.header(b"priority") {
+            self.rfc9218_client = true;
             ops.set_priority(id, priority);
+        } else if !self.rfc9218_client {
+            ops.set_stream_priority(id, DEFAULT_URGENCY, true);
         }
         match parse_content_length(&head.headers) {
             Ok(cl) => {
@@ -730,6 +745,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
             frame_type::PRIORITY if frame.stream_id == 0 => {
                 let _ = ops.terminate(error_code::PROTOCOL_ERROR);
             }
+            frame_type::PRIORITY_UPDATE => self.rfc9218_client = true,
             // RFC 9113 5.1.1: a new stream below the highest one used. A
             // stream we know, or closed lately, is a late frame instead.
             frame_type::HEADERS
@@ -820,9 +836,14 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 }
                 Flow::Continue
             }
-            frame_type::SETTINGS if !frame.has(ng::flags::ACK) && self.hold_until_settings => {
-                self.hold_until_settings = false;
-                self.fill_slots();
+            frame_type::SETTINGS if !frame.has(ng::flags::ACK) => {
+                if ops.remote_setting(ng::settings_id::NO_RFC7540_PRIORITIES) == 1 {
+                    self.rfc9218_client = true;
+                }
+                if self.hold_until_settings {
+                    self.hold_until_settings = false;
+                    self.fill_slots();
+                }
                 Flow::Continue
             }
             _ => Flow::Continue,
@@ -1008,6 +1029,7 @@ impl<D: Dispatch> Session<D> {
             control_budget: RateLimit::new(limits::CONTROL_RATE),
             bad_request_budget: RateLimit::new(limits::BAD_REQUEST_RATE),
             calmed: false,
+            rfc9218_client: false,
             peer_window_closed: false,
             recently_closed: VecDeque::new(),
             rng: seed(),
@@ -1489,6 +1511,15 @@ pub(crate) mod tests {
 
     impl Pair {
         pub fn new(settings: Settings, handler: fn(Arc<Stream>)) -> Pair {
+            Pair::with_client_settings(settings, handler, &[])
+        }
+
+        /// A pair whose client's first SETTINGS has `client_settings` too.
+        pub fn with_client_settings(
+            settings: Settings,
+            handler: fn(Arc<Stream>),
+            client_settings: &[(i32, u32)],
+        ) -> Pair {
             let signal = Arc::new(Signal::new().unwrap());
             let server = Session::new(
                 settings,
@@ -1497,17 +1528,39 @@ pub(crate) mod tests {
             )
             .unwrap();
             let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
-            client.ops().submit_settings(&[(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)]).unwrap();
+            let mut first = vec![(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)];
+            first.extend_from_slice(client_settings);
+            client.ops().submit_settings(&first).unwrap();
             client.ops().set_local_window_size(0, 1 << 30).unwrap();
             Pair { server, client, by_reference: true }
         }
 
         pub fn get(&mut self, path: &str) -> i32 {
+            self.get_with(path, &[])
+        }
+
+        /// A GET with more fields after the pseudo-header fields.
+        pub fn get_with(&mut self, path: &str, fields: &[(&str, &str)]) -> i32 {
             let mut h = Headers::new();
             for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "test"), (":path", path)] {
                 h.push(n.as_bytes(), v.as_bytes());
             }
+            for (n, v) in fields {
+                h.push(n.as_bytes(), v.as_bytes());
+            }
             self.client.ops().submit_request::<Client>(&h, false).unwrap()
+        }
+
+        /// What the client has to send, received by the server (no
+        /// worker runs, no answer goes out).
+        pub fn deliver(&mut self) {
+            let bytes = client_bytes(&mut self.client);
+            self.server.recv(&bytes).unwrap();
+        }
+
+        /// The (urgency, incremental) nghttp2 schedules a stream with.
+        pub fn priority(&mut self, id: i32) -> Option<(u8, bool)> {
+            self.server.ng.ops().stream_priority(id)
         }
 
         pub fn post(&mut self, path: &str, body: Vec<u8>) -> i32 {
@@ -1582,6 +1635,58 @@ pub(crate) mod tests {
 
     fn closed(ids: Vec<i32>) -> impl Fn(&Client) -> bool {
         move |c: &Client| ids.iter().all(|id| c.streams.get(id).map(|s| s.closed.is_some()).unwrap_or(false))
+    }
+
+    #[test]
+    fn responses_share_the_connection_until_the_client_signals_rfc9218_priorities() {
+        let mut p = Pair::new(Settings::default(), echo);
+        // No signal yet: incremental, as RFC 7540's default priorities
+        // shared the connection equally.
+        let plain = p.get("/a");
+        p.deliver();
+        assert_eq!(p.priority(plain), Some((DEFAULT_URGENCY, true)));
+        // A `priority` field is taken as it is (no `i`: not incremental)...
+        let asked = p.get_with("/b", &[("priority", "u=1")]);
+        let incremental = p.get_with("/c", &[("priority", "u=5, i")]);
+        // ...and from then on a request without one gets RFC 9218's default.
+        let later = p.get("/d");
+        p.deliver();
+        assert_eq!(p.priority(asked), Some((1, false)));
+        assert_eq!(p.priority(incremental), Some((5, true)));
+        assert_eq!(p.priority(later), Some((DEFAULT_URGENCY, false)));
+        assert_eq!(p.priority(plain), Some((DEFAULT_URGENCY, true)), "an earlier stream keeps its priority");
+        p.pump(closed(vec![plain, asked, incremental, later]));
+    }
+
+    #[test]
+    fn a_client_without_rfc7540_priorities_gets_the_rfc9218_default_at_once() {
+        let no_rfc7540 = [(ng::settings_id::NO_RFC7540_PRIORITIES, 1)];
+        let mut p = Pair::with_client_settings(Settings::default(), echo, &no_rfc7540);
+        let id = p.get("/a");
+        p.deliver();
+        assert_eq!(p.priority(id), Some((DEFAULT_URGENCY, false)));
+        p.pump(closed(vec![id]));
+    }
+
+    #[test]
+    fn a_priority_update_frame_signals_rfc9218_priorities() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let first = p.get("/a");
+        p.deliver();
+        // PRIORITY_UPDATE (RFC 9218 7.1) on stream 0 for the next request,
+        // before that request: nghttp2 keeps it for the idle stream.
+        let next = first + 2;
+        let field = b"u=6";
+        let mut frame = vec![0, 0, (4 + field.len()) as u8, frame_type::PRIORITY_UPDATE, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(&next.to_be_bytes());
+        frame.extend_from_slice(field);
+        p.server.recv(&frame).unwrap();
+        assert_eq!(p.get("/b"), next);
+        let last = p.get("/c");
+        p.deliver();
+        assert_eq!(p.priority(next), Some((6, false)), "the update, not our default");
+        assert_eq!(p.priority(last), Some((DEFAULT_URGENCY, false)));
+        p.pump(closed(vec![first, next, last]));
     }
 
     #[test]
