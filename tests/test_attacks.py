@@ -36,9 +36,9 @@ import conftest
 from conftest import Httpd, free_port
 import rawh2
 from rawh2 import (CONTINUATION, DATA, END_HEADERS, GOAWAY, HEADER_TABLE_SIZE, HEADERS, INITIAL_WINDOW_SIZE,
-                   MAX_FRAME_SIZE, PADDED, PING, PRIORITY_FLAG, SETTINGS, WINDOW_UPDATE, Conn, continuation, data,
-                   encode, frame, headers, hpack_int, hpack_str, literal, ping, priority, rst_stream, settings,
-                   window_update)
+                   MAX_FRAME_SIZE, PADDED, PING, PRIORITY, PRIORITY_FLAG, SETTINGS, WINDOW_UPDATE, Conn,
+                   continuation, data, encode, frame, headers, hpack_int, hpack_str, literal, ping, priority,
+                   rst_stream, settings, window_update)
 
 MIB = 1024
 # Worker pool of the attacked server: small, so pinning it is cheap to try.
@@ -305,6 +305,41 @@ def test_rapid_reset(srv):
                                    for sid in range(1 + 2000 * i, 2001 + 2000 * i, 2)))
         Sender(c).blast(chunks, 15)
         expect_goaway(a, c, E.ENHANCE_YOUR_CALM, 15)
+        c.close()
+
+
+# ---- MadeYouReset (CVE-2025-8671) -------------------------------------------------------------
+
+# A frame that makes the server reset a stream whose request it has whole
+# and may be running: the server's own RST_STREAM spends no client budget
+# and frees the stream's slot in SETTINGS_MAX_CONCURRENT_STREAMS, so a
+# server that kept the handlers running could be made to run any number.
+MADE_YOU_RESET = {
+    # name: (frame after the request's HEADERS, expected GOAWAY code)
+    "data-after-end-stream": (lambda sid: data(sid, b"x"), E.STREAM_CLOSED),
+    "trailers-after-end-stream": (lambda sid: headers(sid, encode([(b"x-t", b"1")])), E.STREAM_CLOSED),
+    "window-update-zero": (lambda sid: window_update(sid, 0), E.PROTOCOL_ERROR),
+    "window-overflow": (lambda sid: window_update(sid, 0x7FFFFFFF) + window_update(sid, 0x7FFFFFFF),
+                        E.FLOW_CONTROL_ERROR),
+    "priority-too-short": (lambda sid: frame(PRIORITY, 0, sid, b"\0\0\0"), E.FRAME_SIZE_ERROR),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MADE_YOU_RESET))
+def test_made_you_reset(srv, case):
+    """2,000 requests for a slow CGI, each followed by a frame that is a
+    stream error on its stream (RFC 9113 5.1, 6.9, 6.3): nghttp2 1.68
+    makes each one a connection error, so the first ends the connection
+    and no second handler starts."""
+    bad, code = MADE_YOU_RESET[case]
+    with Attack(srv, f"MadeYouReset {case}", bound_mib=16) as a:
+        c = Conn(srv.port)
+        block = req_block(c, "/cgi/slow.cgi?1")
+        chunks = [b"".join(headers(sid, block) + bad(sid) for sid in range(1 + 400 * i, 401 + 400 * i, 2))
+                  for i in range(10)]
+        Sender(c).blast(chunks, 10)
+        expect_goaway(a, c, code, 10)
+        assert c.goaway.last_sid <= 1, f"the server took {c.goaway.last_sid} streams"
         c.close()
 
 
