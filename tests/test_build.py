@@ -83,25 +83,53 @@ def test_relative_relocations_are_packed():
     assert int(first_load[4], 16) <= 24 * 1024, first_load
 
 
+def page_entry(pagemap, addr):
+    """The process's page map entry for the page at `addr`."""
+    pagemap.seek(addr // 4096 * 8)
+    return struct.unpack("<Q", pagemap.read(8))[0]
+
+
 def is_resident(pagemap, addr):
     """Whether the page at `addr` is present, by the process's page map."""
-    pagemap.seek(addr // 4096 * 8)
-    return bool(struct.unpack("<Q", pagemap.read(8))[0] >> 63)
+    return bool(page_entry(pagemap, addr) >> 63)
 
 
-def resident_code_offsets(pid):
-    """Offsets in the module's file of the code pages resident in `pid`."""
-    offsets = []
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+KPF_COMPOUND_TAIL = 16
+# Pages in the largest folio the page cache makes (PMD size).
+MAX_FOLIO_PAGES = 512
+
+
+def pages_before_in_folio(kpageflags, pfn):
+    """How many pages of its folio come before the page at `pfn` (0 for a
+    small folio or a head): a large folio's tail pages follow its head in
+    physical memory, as they follow it in the file."""
+    back = 0
+    while back < MAX_FOLIO_PAGES and pfn > back:
+        kpageflags.seek((pfn - back) * 8)
+        if not struct.unpack("<Q", kpageflags.read(8))[0] >> KPF_COMPOUND_TAIL & 1:
+            break
+        back += 1
+    return back
+
+
+def resident_code_pages(pid):
+    """(offset in the module's file, offset of its page cache folio's first
+    page) of each code page resident in `pid`."""
+    pages = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap, \
+            open("/proc/kpageflags", "rb") as kpageflags:
         for line in maps:
             fields = line.split()
             if len(fields) < 6 or fields[5] != str(MODULE) or "x" not in fields[1]:
                 continue
             lo, hi = (int(x, 16) for x in fields[0].split("-"))
             for addr in range(lo, hi, 4096):
-                if is_resident(pagemap, addr):
-                    offsets.append(int(fields[2], 16) + addr - lo)
-    return offsets
+                entry = page_entry(pagemap, addr)
+                if entry >> 63:
+                    offset = int(fields[2], 16) + addr - lo
+                    pfn = entry & ((1 << 55) - 1)
+                    pages.append((offset, offset - 4096 * pages_before_in_folio(kpageflags, pfn)))
+    return pages
 
 
 def code_pages_past_the_list(srv):
@@ -120,7 +148,11 @@ def code_pages_past_the_list(srv):
     limit = hot_end - text_addr + text_offset + FAULT_AROUND
     children = srv.mpm_children()
     assert children
-    past = {o for pid in children for o in resident_code_offsets(pid) if o >= limit}
+    # A large folio of the page cache is mapped whole when any of its pages
+    # faults: one that begins within the tolerance and reaches past it was
+    # mapped for listed code (seen in CI: a 32 KiB folio from 0x68000, the
+    # limit at 0x6ac37, five pages past it in every child of two servers).
+    past = {o for pid in children for o, folio in resident_code_pages(pid) if o >= limit and folio >= limit}
     srv.stop()
     return past
 
