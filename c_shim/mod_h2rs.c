@@ -115,6 +115,10 @@ static void h2rs_register_hooks(apr_pool_t *p)
                                  APR_HOOK_MIDDLE);
 #endif
 
+    /* Before the MPM's: stream requests get no MPM timers. */
+    ap_hook_mpm_register_timed_callback(h2rs_mpm_register_timed_callback,
+                                        NULL, NULL, APR_HOOK_REALLY_FIRST);
+
     ap_hook_post_config(h2rs_post_config, mod_ssl, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(h2rs_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_stopping(h2rs_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);

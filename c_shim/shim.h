@@ -16,6 +16,7 @@
 #include <http_config.h>
 #include <util_filter.h>
 #include <apr_buckets.h>
+#include <ap_mpm.h>
 
 /* ---- implemented in Rust ------------------------------------------------ */
 
@@ -47,6 +48,9 @@ int h2rs_is_h2(conn_rec *c);
 void h2rs_get_num_workers(server_rec *s, int *minw, int *maxw);
 apr_status_t h2rs_get_pollfd_from_conn(conn_rec *c, struct apr_pollfd_t *pfd,
                                        apr_interval_time_t *ptimeout);
+apr_status_t h2rs_mpm_register_timed_callback(apr_time_t t,
+                                              ap_mpm_callback_fn_t *cbfn,
+                                              void *baton);
 
 apr_status_t h2rs_c2_net_in(ap_filter_t *f, apr_bucket_brigade *bb,
                             ap_input_mode_t mode, apr_read_type_e block,

@@ -141,6 +141,9 @@ pub struct C2Ctx {
     /// None until the first body read, then Some(None) where no limit
     /// applies.
     body_clock: Option<Option<BodyClock>>,
+    /// A handler of this request asked for an MPM timer callback and was
+    /// refused (see `refuse_mpm_timer`).
+    timer_refused: bool,
 }
 
 impl C2Ctx {
@@ -167,6 +170,7 @@ impl C2Ctx {
             protocol,
             suspended: None,
             body_clock: None,
+            timer_refused: false,
         }
     }
 
@@ -187,6 +191,7 @@ impl C2Ctx {
         self.discard_output = false;
         self.suspended = None;
         self.body_clock = None;
+        self.timer_refused = false;
     }
 
     /// When a blocking body read must give up (RequestReadTimeout's body
@@ -262,6 +267,56 @@ impl Parked {
             }
         }
     }
+}
+
+thread_local! {
+    /// The stream connection whose request this thread is processing (set
+    /// by `process_request` for the length of httpd's request processing),
+    /// for the MPM hooks that httpd calls without a connection.
+    static PROCESSING: std::cell::Cell<*mut ffi::conn_rec> = const { std::cell::Cell::new(ptr::null_mut()) };
+}
+
+/// While alive: this thread processes the request on a stream connection.
+struct Processing;
+
+impl Processing {
+    fn enter(c: *mut ffi::conn_rec) -> Processing {
+        PROCESSING.set(c);
+        Processing
+    }
+}
+
+impl Drop for Processing {
+    fn drop(&mut self) {
+        PROCESSING.set(ptr::null_mut());
+    }
+}
+
+/// `mpm_register_timed_callback` on this thread: true if the caller is the
+/// request of a stream, whose timer is then refused.
+///
+/// The MPM would run the callback on one of its own threads after the
+/// handler returned SUSPENDED (mod_dialup does this), with the request and
+/// its stream connection, which by then may be reused for another stream or
+/// freed. Continuing a foreign suspended request on a stream is not
+/// supported (HTTP/1.1 on the event MPM does not finish such a request
+/// either: nothing resumes its connection), so the timer is refused and
+/// `process_request` ends a request suspended regardless.
+pub fn refuse_mpm_timer() -> bool {
+    let c = PROCESSING.get();
+    // SAFETY: PROCESSING is set only while this thread processes the
+    // request on `c`, so `c` is live and used by this thread.
+    let Some(ctx) = (unsafe { ctx_of(c) }) else { return false };
+    if !ctx.timer_refused {
+        ctx.timer_refused = true;
+        let id = ctx.stream.as_ref().map_or(0, |s| s.id);
+        crate::clog!(
+            c,
+            crate::log::Level::Error,
+            "h2rs: stream {id}: a handler asked for an MPM timer callback (as mod_dialup does); requests on HTTP/2 streams cannot be continued by the MPM, so the timer is refused and the request ends"
+        );
+    }
+    true
 }
 
 /// Marks the request on `c` as suspended by its handler, continued by
@@ -729,6 +784,7 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
         }
         let r = ffi::ap_create_request(c);
         ctx.request = r;
+        let _processing = Processing::enter(c);
         let Some(pool) = PoolRef::from_raw((*r).pool) else { return };
         let Some(hin) = TableRef::from_raw((*r).headers_in) else { return };
         let is_connect = head.method == b"CONNECT";
@@ -814,6 +870,16 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
             return;
         }
         ffi::ap_process_request(r);
+        if let Some(ctx) = ctx_of(c) {
+            if ctx.timer_refused && ctx.eor.is_null() && ctx.suspended.is_none() {
+                // The handler returned SUSPENDED although its timer was
+                // refused: nothing continues the request, so it ends here
+                // as its callback would have ended it, cut short (the
+                // stream is reset).
+                (*c).aborted = 1;
+                ffi::ap_process_request_after_handler(r);
+            }
+        }
     }
 }
 

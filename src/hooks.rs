@@ -430,6 +430,24 @@ pub unsafe extern "C" fn h2rs_get_pollfd_from_conn(
     })
 }
 
+/// `mpm_register_timed_callback`, before the MPM's: refused (APR_EGENERAL)
+/// for the request of a stream (see `c2::refuse_mpm_timer`); declined
+/// (APR_ENOTIMPL, the MPM registers it) everywhere else.
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_mpm_register_timed_callback(
+    _t: ffi::apr_time_t,
+    _cbfn: *mut ffi::ap_mpm_callback_fn_t,
+    _baton: *mut c_void,
+) -> ffi::apr_status_t {
+    guard("mpm_register_timed_callback", crate::apr::status::ENOTIMPL, || {
+        if c2::refuse_mpm_timer() {
+            crate::apr::status::EGENERAL
+        } else {
+            crate::apr::status::ENOTIMPL
+        }
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_child_stopping(_pchild: *mut ffi::apr_pool_t, graceful: c_int) {
     guard("child_stopping", (), || c1::child_stopping(graceful != 0))

@@ -621,3 +621,38 @@ def test_connect_without_a_forward_proxy_is_refused(server):
     assert st.status is not None and st.status >= 400, st.status
     assert c.wait_stream(c.request("/1k.bin")).status == 200
     c.close()
+
+
+def test_a_handler_that_suspends_on_an_mpm_timer_is_ended_cleanly(make_server, docroot):
+    """mod_dialup sends a file in pulses: it asks the MPM for a timer, returns
+    SUSPENDED, and continues the request from the timer's callback. The MPM
+    would run that callback on its own thread with a stream connection that
+    may be serving another stream by then, or freed. The timer is refused on
+    streams: the request ends at once (cut short: the stream is reset), is
+    logged, the error log says why, and the connection's later streams,
+    which reuse its stream connections past the moment the timer would have
+    fired, are served whole."""
+    srv = make_server(extra=f"""LoadModule dialup_module {MODDIR}/mod_dialup.so
+Alias /dial "{docroot.path}"
+<Location /dial>
+  ModemStandard V.92
+</Location>""").start()
+    c = H2Client(srv.port)
+    for _ in range(3):
+        st = c.wait_stream(c.request("/dial/100k.bin"), timeout=10)
+        assert st.reset == h2.errors.ErrorCodes.INTERNAL_ERROR
+        assert len(st.data) < 100 * 1024
+        # Past the second after which mod_dialup's callback would run.
+        started = time.time()
+        sids = [c.request("/cgi/big.cgi?30000"), c.request("/cgi/slow.cgi?1.3"), c.request("/100k.bin")]
+        done = [c.wait_stream(s, timeout=20) for s in sids]
+        assert time.time() - started >= 1.2
+        assert [s.status for s in done] == [200, 200, 200]
+        assert bytes(done[0].data) == bytes(30000)
+        assert bytes(done[1].data) == b"slow done\n"
+        assert sha256(bytes(done[2].data)) == docroot.sha("100k.bin")
+    c.close()
+    time.sleep(0.3)
+    assert len([l for l in srv.read_access_log() if '"GET /dial/100k.bin HTTP/2.0" 200' in l]) == 3
+    refused = [l for l in srv.read_error_log().splitlines() if "MPM timer callback" in l]
+    assert len(refused) == 3 and all("[http2:error]" in l for l in refused), refused
