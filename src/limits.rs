@@ -78,14 +78,24 @@ pub const MAX_OUTBOUND_ACK: usize = 1000;
 /// the client announces.
 pub const MAX_DEFLATE_TABLE: usize = 4096;
 
-/// Client RST_STREAM frames: burst and refill per second (rapid reset,
-/// CVE-2023-44487). Beyond: GOAWAY ENHANCE_YOUR_CALM. nghttp2 has its own
-/// limit (`NGHTTP2_RST_RATE`, which sends INTERNAL_ERROR) as a backstop
-/// just above it.
+/// Client RST_STREAM frames that cancel an open stream: burst and refill
+/// per second (rapid reset, CVE-2023-44487). Beyond: GOAWAY
+/// ENHANCE_YOUR_CALM.
 pub const RST_RATE: Rate = Rate { burst: 800, per_sec: 33 };
-pub const NGHTTP2_RST_RATE: Rate = Rate { burst: 1000, per_sec: 33 };
-// Ours fires first (checked when the module is compiled).
-const _: () = assert!(RST_RATE.burst < NGHTTP2_RST_RATE.burst && RST_RATE.per_sec <= NGHTTP2_RST_RATE.per_sec);
+/// Client RST_STREAM frames for streams already closed. They cancel no work,
+/// and some clients send them in numbers: python-h2 (httpx) answers every
+/// DATA frame that arrives after its own RST_STREAM (RFC 9113 5.4.2) with
+/// another, up to a stream window of frames per cancelled download. Beyond
+/// this (a flood): GOAWAY ENHANCE_YOUR_CALM.
+pub const CLOSED_RST_RATE: Rate = Rate { burst: 10_000, per_sec: 1_000 };
+/// nghttp2's own limit counts every client RST_STREAM and sends
+/// INTERNAL_ERROR; a backstop just above the two of ours together.
+pub const NGHTTP2_RST_RATE: Rate = Rate { burst: 11_000, per_sec: 1_100 };
+// Ours fire first (checked when the module is compiled).
+const _: () = assert!(
+    RST_RATE.burst + CLOSED_RST_RATE.burst < NGHTTP2_RST_RATE.burst
+        && RST_RATE.per_sec + CLOSED_RST_RATE.per_sec <= NGHTTP2_RST_RATE.per_sec
+);
 
 /// nghttp2's "glitch" budget: frames that do nothing useful (empty DATA,
 /// PRIORITY, unknown types, WINDOW_UPDATE on closed streams...). Beyond it

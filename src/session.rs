@@ -354,6 +354,7 @@ pub struct Core<D: Dispatch> {
     /// answer (PING, SETTINGS) and requests reset as malformed or abusive:
     /// beyond their budgets the connection ends with ENHANCE_YOUR_CALM.
     rst_budget: RateLimit,
+    closed_rst_budget: RateLimit,
     control_budget: RateLimit,
     bad_request_budget: RateLimit,
     /// The session was ended for abuse (ENHANCE_YOUR_CALM sent).
@@ -718,7 +719,10 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     fn begin_frame(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) {
         // Flood budgets (limits.rs): rapid reset, PING/SETTINGS floods.
         let within = match frame.kind {
-            frame_type::RST_STREAM => self.rst_budget.take(),
+            // Only a reset of an open stream cancels work; resets of
+            // closed ones have a larger budget of their own (limits.rs).
+            frame_type::RST_STREAM if ops.stream_exists(frame.stream_id) => self.rst_budget.take(),
+            frame_type::RST_STREAM => self.closed_rst_budget.take(),
             frame_type::PING | frame_type::SETTINGS if !frame.has(ng::flags::ACK) => self.control_budget.take(),
             // Here rather than in frame_recv, which then no longer inlined
             // into its callback: a deeper stack on every request's path
@@ -1026,6 +1030,7 @@ impl<D: Dispatch> Session<D> {
             max_client_stream: 0,
             head_size_hint: (0, 0),
             rst_budget: RateLimit::new(limits::RST_RATE),
+            closed_rst_budget: RateLimit::new(limits::CLOSED_RST_RATE),
             control_budget: RateLimit::new(limits::CONTROL_RATE),
             bad_request_budget: RateLimit::new(limits::BAD_REQUEST_RATE),
             calmed: false,
@@ -2289,6 +2294,35 @@ pub(crate) mod tests {
         }
         p.pump(|c| c.goaway.is_some());
         assert_eq!(p.client.handler_ref().goaway, Some(error_code::ENHANCE_YOUR_CALM));
+    }
+
+    #[test]
+    fn resets_of_closed_streams_do_not_spend_the_rapid_reset_budget() {
+        fn stall_or_echo(stream: Arc<Stream>) {
+            if stream.request.path.as_deref() == Some(b"/stall") {
+                stall(stream)
+            } else {
+                echo(stream)
+            }
+        }
+        let mut p = Pair::new(Settings::default(), stall_or_echo);
+        let id = p.get("/stall");
+        p.pump(|_| true);
+        p.client.ops().submit_rst_stream(id, error_code::CANCEL).unwrap();
+        p.pump(|_| true);
+        // What a client sends for each late DATA frame of the stream it reset.
+        let mut late = Vec::new();
+        for _ in 0..(limits::RST_RATE.burst as usize + 200) {
+            late.extend_from_slice(&[0, 0, 4, frame_type::RST_STREAM, 0]);
+            late.extend_from_slice(&(id as u32).to_be_bytes());
+            late.extend_from_slice(&error_code::STREAM_CLOSED.to_be_bytes());
+        }
+        let _ = p.server.recv(&late);
+        p.pump(|_| true);
+        assert_eq!(p.client.handler_ref().goaway, None);
+        let next = p.get("/after");
+        p.pump(closed(vec![next]));
+        assert_eq!(p.client.handler_ref().streams[&next].closed, Some(error_code::NO_ERROR));
     }
 
     #[test]

@@ -293,8 +293,9 @@ def req_block(c, path="/1k.bin", extra=()):
 
 def test_rapid_reset(srv):
     """HEADERS followed at once by RST_STREAM, 30,000 streams on one
-    connection: nghttp2's RST_STREAM rate limit (burst 1000, 33/s) ends the
-    connection with ENHANCE_YOUR_CALM; the streams that reached workers
+    connection: the budget of resets that cancel open streams
+    (limits::RST_RATE, burst 800, 33/s) ends the connection with
+    ENHANCE_YOUR_CALM; the streams that reached workers
     shrink the connection's active-stream limit."""
     with Attack(srv, "rapid reset 30k streams", bound_mib=24) as a:
         c = Conn(srv.port)
@@ -594,6 +595,28 @@ def test_frame_flood(srv, kind):
         a.ended = ended(c, 12)
         assert a.ended in [f"GOAWAY {rawh2.code_name(e)}" for e in expect], f"{kind}: ended {a.ended}; {c.log()}"
         c.close()
+
+
+def test_resets_of_closed_streams_from_a_noisy_client_keep_the_connection(srv):
+    """A client that answers each DATA frame arriving after its own
+    RST_STREAM with another RST_STREAM (python-h2 does, RFC 9113 5.4.2 lets
+    such frames arrive): 100 downloads cancelled, then 3,000 resets of
+    streams already closed, more than the rapid-reset budget. They cancel
+    nothing, so the connection goes on (they have a budget of their own,
+    limits::CLOSED_RST_RATE; the flood above still ends)."""
+    from h2client import H2Client
+    c = H2Client(srv.port)
+    sids = [c.request("/1m.bin") for _ in range(100)]
+    for sid in sids:
+        c.conn.reset_stream(sid, E.CANCEL)
+    c.flush()
+    late = b"".join(rst_stream(sids[i % len(sids)], E.STREAM_CLOSED) for i in range(3000))
+    for i in range(0, len(late), 13 * 500):
+        c.send_raw(late[i:i + 13 * 500])
+    st = c.wait_stream(c.request("/1k.bin"), timeout=10)
+    assert st.status == 200 and len(st.data) == 1024
+    assert c.goaway is None
+    c.close()
 
 
 def test_malformed_request_flood(srv):
