@@ -144,6 +144,9 @@ pub struct C2Ctx {
     /// A handler of this request asked for an MPM timer callback and was
     /// refused (see `refuse_mpm_timer`).
     timer_refused: bool,
+    /// The handler's response head was refused (a field that cannot be
+    /// sent) and an error response replaces it.
+    head_refused: bool,
 }
 
 impl C2Ctx {
@@ -171,6 +174,7 @@ impl C2Ctx {
             suspended: None,
             body_clock: None,
             timer_refused: false,
+            head_refused: false,
         }
     }
 
@@ -192,6 +196,7 @@ impl C2Ctx {
         self.suspended = None;
         self.body_clock = None;
         self.timer_refused = false;
+        self.head_refused = false;
     }
 
     /// When a blocking body read must give up (RequestReadTimeout's body
@@ -1200,6 +1205,16 @@ unsafe fn start_response(
             stream.end_output(None);
             return Some(status::SUCCESS);
         }
+        if ctx.head_refused {
+            // The error response that replaces a refused head: httpd's
+            // CONTENT_LENGTH filter had already counted the body bytes the
+            // handler passed with that head, and counts them into this
+            // response's length (HTTP/1.1 sends the same wrong length, then
+            // closes the connection). END_STREAM ends the body; no length.
+            if let Some(headers) = TableRef::from_raw((*r).headers_out) {
+                headers.unset(c"Content-Length");
+            }
+        }
         let built = response::build_response(r);
         if let (Some(head), Some(accept)) = (&built, stream.request.websocket_accept.as_deref()) {
             if let Verdict::Refuse(refusal) = websocket::judge(head, accept) {
@@ -1228,9 +1243,21 @@ unsafe fn start_response(
                 );
                 brigade.cleanup();
                 if (*r).status != 500 {
-                    if let Some(headers) = TableRef::from_raw((*r).headers_out) {
-                        headers.clear();
+                    // As HTTP/1.1's header filter does (check_headers): none
+                    // of the refused head goes into the error response.
+                    for table in [(*r).headers_out, (*r).err_headers_out] {
+                        if let Some(headers) = TableRef::from_raw(table) {
+                            headers.clear();
+                        }
                     }
+                    (*r).content_type = ptr::null();
+                    (*r).content_encoding = ptr::null();
+                    (*r).content_languages = ptr::null_mut();
+                    // Read by this filter again within ap_die (the error
+                    // response), through another reference: a volatile
+                    // write is not moved past the call.
+                    // SAFETY: a plain bool field of the live context.
+                    ptr::write_volatile(&mut ctx.head_refused, true);
                     ffi::ap_die(500, r);
                     return Some(ffi::AP_FILTER_ERROR as ffi::apr_status_t);
                 }

@@ -170,6 +170,34 @@ pub fn has_forbidden_value_byte(value: &[u8]) -> bool {
     words.iter().any(word_has_forbidden) || word_has_forbidden(last)
 }
 
+/// Whether a field value holds a control character other than HTAB (any
+/// byte below 0x20, or DEL), which httpd's HTTP/1.1 header filter refuses
+/// in a response (check_headers: 500, with or without `HttpProtocolOptions
+/// Unsafe`) and HTTP/2 clients refuse as a malformed response. Eight bytes
+/// at a time, as `has_forbidden_value_byte`: `(w - 0x20..20) & !w & 0x80..80`
+/// is not zero exactly when a byte of the word is below 0x20; a word that
+/// has one is checked byte by byte, since HTAB is allowed.
+pub fn has_control_byte(value: &[u8]) -> bool {
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const DELS: u64 = u64::from_ne_bytes([0x7f; 8]);
+    fn is_control(b: u8) -> bool {
+        (b < 0x20 && b != b'\t') || b == 0x7f
+    }
+    fn word_may_have_control(chunk: &[u8; 8]) -> bool {
+        let w = u64::from_ne_bytes(*chunk);
+        let del = w ^ DELS;
+        (w.wrapping_sub(SPACES) & !w & HIGHS) | (del.wrapping_sub(ONES) & !del & HIGHS) != 0
+    }
+    let Some(last) = value.last_chunk::<8>() else {
+        return value.iter().any(|&b| is_control(b));
+    };
+    let (words, _) = value.as_chunks::<8>();
+    let suspect = words.iter().any(word_may_have_control) || word_may_have_control(last);
+    suspect && value.iter().any(|&b| is_control(b))
+}
+
 /// RFC 9113 8.2.1: no NUL, CR, LF; no leading or trailing SP/HTAB.
 pub fn valid_h2_value(value: &[u8]) -> bool {
     if has_forbidden_value_byte(value) {
@@ -472,6 +500,25 @@ mod tests {
                         let mut v = clean.clone();
                         v[pos] = bad;
                         assert!(has_forbidden_value_byte(&v), "len {len} pos {pos} bad {bad}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn control_bytes_are_found_at_every_position() {
+        // As above, with every control byte, DEL, and the bytes around
+        // them that are allowed (HTAB, SP, '~', 0x80, 0xff).
+        for len in 0..40 {
+            for fill in [b'a', b'\t', b' ', b'~', 0x80, 0xff] {
+                let clean = vec![fill; len];
+                assert!(!has_control_byte(&clean), "len {len} fill {fill}");
+                for pos in 0..len {
+                    for bad in (0u8..0x20).filter(|&b| b != b'\t').chain([0x7f]) {
+                        let mut v = clean.clone();
+                        v[pos] = bad;
+                        assert!(has_control_byte(&v), "len {len} pos {pos} bad {bad}");
                     }
                 }
             }

@@ -27,14 +27,15 @@ fn is_dropped_response_field(name: &[u8]) -> bool {
 /// Adds one field to an HTTP/2 response head (lower-cased name, trimmed
 /// value), skipping the fields HTTP/2 forbids. Returns false for a field
 /// that cannot be sent at all: a name that is not a token, a value with a
-/// CR, LF or NUL (obs-fold is unfolded by the caller).
+/// control character other than HTAB (obs-fold is unfolded by the caller),
+/// as HTTP/1.1's header filter refuses them.
 pub fn add_response_field(head: &mut Headers, name: &[u8], value: &[u8]) -> bool {
     let known = known_field_name(name);
     if known.is_none() && is_dropped_response_field(name) {
         return true;
     }
     let value = trim_ows(value);
-    if crate::request::has_forbidden_value_byte(value) {
+    if crate::request::has_control_byte(value) {
         return false;
     }
     match known {

@@ -656,3 +656,45 @@ Alias /dial "{docroot.path}"
     assert len([l for l in srv.read_access_log() if '"GET /dial/100k.bin HTTP/2.0" 200' in l]) == 3
     refused = [l for l in srv.read_error_log().splitlines() if "MPM timer callback" in l]
     assert len(refused) == 3 and all("[http2:error]" in l for l in refused), refused
+
+
+@pytest.mark.parametrize("field, expect", [
+    (b"X Space: v", 500),           # a name that is not a token
+    (b"X-Ctl: a\x01b", 500),        # a control character in the value
+    (b"X-Del: a\x7fb", 500),
+    (b"X-Tab: a\tb", 200),          # HTAB is allowed
+    (b"X-Obs: caf\xc3\xa9", 200),   # so are bytes above 0x7f (obs-text)
+    (b"Connection: close\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n"
+     b"Upgrade: foo\r\nProxy-Connection: x", 200),  # dropped on HTTP/2
+])
+def test_response_fields_a_cgi_sends_are_checked_as_http1_checks_them(srv, docroot, field, expect):
+    """A response field that HTTP/1.1's header filter refuses (check_headers:
+    a name that is not a token, a control character in a value) gets the
+    same 500 on HTTP/2, instead of a field HTTP/2 clients refuse as
+    malformed; the error page's length is right (httpd's own length counts
+    the body bytes the handler had sent with the refused head: HTTP/1.1
+    sends it wrong, then closes). Connection-specific fields are dropped."""
+    name = f"hdr-{abs(hash(field))}.cgi"
+    script = docroot.path / "cgi" / name
+    printf = "".join(f"\\{b:03o}" for b in field + b"\r\nContent-Type: text/plain\r\n\r\nbody\n")
+    script.write_text(f"#!/bin/sh\nprintf '{printf}'\n")
+    script.chmod(0o755)
+    h1 = curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", srv.url(f"/cgi/{name}"))
+    assert int(h1.stdout) == expect
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request(f"/cgi/{name}"))
+    c.close()
+    assert st.status == expect and st.reset is None
+    length = st.header("content-length")
+    assert length is None or int(length) == len(st.data)
+    if expect == 200:
+        assert bytes(st.data) == b"body\n"
+        sent = dict(st.headers)
+        for n in (b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"proxy-connection"):
+            assert n not in sent
+        first = field.split(b"\r\n")[0]
+        if not first.startswith(b"Connection"):
+            n, v = first.split(b": ", 1)
+            assert sent[n.lower()] == v
+    else:
+        assert b"500 Internal Server Error" in bytes(st.data)
