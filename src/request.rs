@@ -144,57 +144,61 @@ pub fn valid_h2_name(name: &[u8]) -> bool {
     !name.is_empty() && name.iter().all(|&b| is_token_char(b) && !b.is_ascii_uppercase())
 }
 
-/// Whether a field value holds a NUL, CR or LF. Eight bytes at a time
-/// (every field of every message passes here, and a byte loop cost ten
-/// instructions a byte): a word has a zero byte exactly when
-/// `(w - 0x01..01) & !w & 0x80..80` is not zero, and XOR with a repeated
-/// byte turns that byte into zero.
-pub fn has_forbidden_value_byte(value: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const CRS: u64 = u64::from_ne_bytes([b'\r'; 8]);
-    const LFS: u64 = u64::from_ne_bytes([b'\n'; 8]);
-    fn has_zero_byte(w: u64) -> bool {
-        w.wrapping_sub(ONES) & !w & HIGHS != 0
-    }
-    fn word_has_forbidden(chunk: &[u8; 8]) -> bool {
-        let w = u64::from_ne_bytes(*chunk);
-        has_zero_byte(w) | has_zero_byte(w ^ CRS) | has_zero_byte(w ^ LFS)
-    }
+/// A word of eight copies of `b`.
+const fn repeated(b: u8) -> u64 {
+    u64::from_ne_bytes([b; 8])
+}
+
+/// Whether a byte of `w` is below the byte repeated in `below` (at most
+/// 0x80): `(w - below) & !w & 0x80..80` is not zero exactly then (a borrow
+/// only starts at such a byte). With `below` 0x01..01: a zero byte; XOR
+/// with a repeated byte first turns that byte into zero.
+fn has_byte_below(w: u64, below: u64) -> bool {
+    w.wrapping_sub(below) & !w & repeated(0x80) != 0
+}
+
+/// Whether `word` holds for a word of `value`, eight bytes at a time (every
+/// field of every message passes here, and a byte loop cost ten
+/// instructions a byte); the bytes after the last whole word are checked
+/// as part of the last eight bytes (a word overlapping the one before). A
+/// value shorter than a word: whether `byte` holds for one of its bytes.
+#[inline(always)]
+fn any_word(value: &[u8], word: impl Fn(u64) -> bool, byte: impl Fn(u8) -> bool) -> bool {
     let Some(last) = value.last_chunk::<8>() else {
-        return value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n');
+        return value.iter().any(|&b| byte(b));
     };
     let (words, _) = value.as_chunks::<8>();
-    // The bytes after the last whole word are checked as part of the last
-    // eight bytes (a word overlapping the one before): no byte loop.
-    words.iter().any(word_has_forbidden) || word_has_forbidden(last)
+    words.iter().any(|w| word(u64::from_ne_bytes(*w))) || word(u64::from_ne_bytes(*last))
+}
+
+/// Whether a field value holds a NUL, CR or LF.
+pub fn has_forbidden_value_byte(value: &[u8]) -> bool {
+    let ones = repeated(0x01);
+    any_word(
+        value,
+        |w| {
+            has_byte_below(w, ones)
+                | has_byte_below(w ^ repeated(b'\r'), ones)
+                | has_byte_below(w ^ repeated(b'\n'), ones)
+        },
+        |b| b == 0 || b == b'\r' || b == b'\n',
+    )
 }
 
 /// Whether a field value holds a control character other than HTAB (any
 /// byte below 0x20, or DEL), which httpd's HTTP/1.1 header filter refuses
 /// in a response (check_headers: 500, with or without `HttpProtocolOptions
-/// Unsafe`) and HTTP/2 clients refuse as a malformed response. Eight bytes
-/// at a time, as `has_forbidden_value_byte`: `(w - 0x20..20) & !w & 0x80..80`
-/// is not zero exactly when a byte of the word is below 0x20; a word that
-/// has one is checked byte by byte, since HTAB is allowed.
+/// Unsafe`) and HTTP/2 clients refuse as a malformed response. A word with
+/// a byte below 0x20 is confirmed byte by byte, since HTAB is allowed.
 pub fn has_control_byte(value: &[u8]) -> bool {
-    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const DELS: u64 = u64::from_ne_bytes([0x7f; 8]);
     fn is_control(b: u8) -> bool {
         (b < 0x20 && b != b'\t') || b == 0x7f
     }
-    fn word_may_have_control(chunk: &[u8; 8]) -> bool {
-        let w = u64::from_ne_bytes(*chunk);
-        let del = w ^ DELS;
-        (w.wrapping_sub(SPACES) & !w & HIGHS) | (del.wrapping_sub(ONES) & !del & HIGHS) != 0
-    }
-    let Some(last) = value.last_chunk::<8>() else {
-        return value.iter().any(|&b| is_control(b));
-    };
-    let (words, _) = value.as_chunks::<8>();
-    let suspect = words.iter().any(word_may_have_control) || word_may_have_control(last);
+    let suspect = any_word(
+        value,
+        |w| has_byte_below(w, repeated(0x20)) | has_byte_below(w ^ repeated(0x7f), repeated(0x01)),
+        is_control,
+    );
     suspect && value.iter().any(|&b| is_control(b))
 }
 
