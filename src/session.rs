@@ -1750,7 +1750,7 @@ pub(crate) mod tests {
             return;
         }
         stream.end_output(None);
-        // httpd's FLUSH after the request's EOR (ap_process_request).
+        // A FLUSH after the request's EOR (as ap_process_request passes one).
         stream.flush();
         LINGER_ANSWERED.store(true, Ordering::Release);
         wait_for(&LINGER_RELEASE);
