@@ -874,11 +874,11 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
             }
             return;
         }
-        // Not ap_process_request: after this it looks up a brigade in the
-        // c2 pool's user data and passes a FLUSH behind the EOR (~650
-        // instructions a request, callgrind), which only woke c1 a moment
-        // before `worker_done` does; a request suspended by its handler
-        // was not given one either way before it is resumed.
+        // Not ap_process_request: its tail looks up a brigade in the c2
+        // pool's user data and passes a FLUSH behind the EOR (~650
+        // instructions a request, callgrind). That FLUSH only woke c1 a
+        // moment before `worker_done` (or, for a request its handler
+        // suspended, `release_slot`) wakes it anyway.
         ffi::ap_process_async_request(r);
         if let Some(ctx) = ctx_of(c) {
             if ctx.timer_refused && ctx.eor.is_null() && ctx.suspended.is_none() {
