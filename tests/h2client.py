@@ -2,6 +2,7 @@
 need control over frames: SETTINGS/PING acks, resets, malformed requests,
 many concurrent streams with checksums."""
 import socket
+import struct
 import time
 
 import h2.config
@@ -52,7 +53,7 @@ def tls_socket(port, host="127.0.0.1", server_name=None, alpn=("h2",), max_versi
 
 class H2Client:
     def __init__(self, port, validate=True, settings=None, auto_ack_data=True, host="127.0.0.1", sock=None,
-                 authority=None):
+                 authority=None, survive_goaway=False):
         self.sock = sock or socket.create_connection((host, port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.default_authority = authority
@@ -72,6 +73,13 @@ class H2Client:
         self.streams = {}
         self.events = []
         self.goaway = None  # (error_code, last_stream_id)
+        # python-h2 closes its connection at any GOAWAY and then refuses
+        # the frames of streams still in flight, which RFC 9113 6.8 lets
+        # the server finish: with `survive_goaway` GOAWAY frames are taken
+        # out of the bytes before python-h2 sees them (`self.goaway` still
+        # records the last one).
+        self.survive_goaway = survive_goaway
+        self._unsplit = b""
         self.closed = False
         self.auto_ack_data = auto_ack_data
         self.remote_settings = {}
@@ -147,10 +155,29 @@ class H2Client:
         if not data:
             self.closed = True
             return False
+        if self.survive_goaway:
+            data = self._without_goaway(data)
         for ev in self.conn.receive_data(data):
             self.handle(ev)
         self.flush()
         return True
+
+    def _without_goaway(self, data):
+        """`data` without its GOAWAY frames (whole frames only; a partial
+        one waits for the rest)."""
+        self._unsplit += data
+        kept = bytearray()
+        while len(self._unsplit) >= 9:
+            end = 9 + int.from_bytes(self._unsplit[:3], "big")
+            if len(self._unsplit) < end:
+                break
+            frame, self._unsplit = self._unsplit[:end], self._unsplit[end:]
+            if frame[3] == hf.GoAwayFrame.type:
+                last_sid, code = struct.unpack(">II", frame[9:17])
+                self.goaway = (code, last_sid & 0x7FFFFFFF)
+            else:
+                kept += frame
+        return bytes(kept)
 
     def handle(self, ev):
         self.events.append(ev)

@@ -256,6 +256,41 @@ def test_close_from_the_backend(ws_server, ws_backend):
     assert backend_events(ws_backend[1], "/close") == ["closed /close 4000"]
 
 
+def test_a_tunnel_outlives_a_graceful_restart(make_server, ws_backend):
+    """A graceful restart leaves an open tunnel to the old generation: its
+    connection gets the GOAWAY notice, the tunnel goes on echoing, new
+    connections go to the new generation, and the old child exits once the
+    tunnel has closed (the server ends the connection itself)."""
+    srv = make_server(h2_conf="H2WebSockets on", extra=proxy_conf(ws_backend[0])).start()
+    c = H2Client(srv.port, survive_goaway=True)
+    c.wait(lambda: c.remote_settings, timeout=10)
+    t = Tunnel(c, "/ws/echo?graceful")
+    assert t.wait_open() == 200
+    t.send(TEXT, b"before")
+    assert t.recv() == (TEXT, b"before")
+    old = set(srv.mpm_children())
+    srv.graceful()
+    c.wait(lambda: c.goaway is not None, timeout=10)
+    assert c.goaway[0] == h2.errors.ErrorCodes.NO_ERROR
+    assert wait_for(lambda: set(srv.mpm_children()) - old, timeout=20), "no new generation"
+    fresh = H2Client(srv.port)
+    assert fresh.wait_stream(fresh.request("/index.html")).status == 200
+    fresh.close()
+    for i in range(3):
+        message = f"after the restart {i}".encode()
+        t.send(TEXT, message)
+        assert t.recv() == (TEXT, message)
+    assert set(srv.mpm_children()) & old, "the old child left while its tunnel was open"
+    t.send(CLOSE, b"\x03\xe8")
+    assert t.recv() == (CLOSE, b"\x03\xe8")
+    s = t.wait_end(timeout=8)
+    assert s.ended or s.reset is not None
+    assert wait_for(lambda: not set(srv.mpm_children()) & old, timeout=20), "the old child stayed"
+    c.close()
+    assert wait_for(lambda: backend_events(ws_backend[1], "/echo?graceful"))
+    assert backend_events(ws_backend[1], "/echo?graceful") == ["closed /echo?graceful 1000"]
+
+
 def test_client_reset_mid_message_ends_the_backend_connection(ws_server, ws_backend):
     c = client_for(ws_server)
     t = Tunnel(c, "/ws/echo?reset")
