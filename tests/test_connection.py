@@ -181,6 +181,47 @@ def test_graceful_restart_finishes_in_flight_streams(make_server, docroot, workd
     assert r.stdout == b"200"
 
 
+def test_graceful_stop_finishes_in_flight_streams_then_exits(make_server, docroot, workdir):
+    """`-k graceful-stop`: the listener closes at once, an idle session gets
+    the GOAWAY notice at once and, once it has answered the PING, the final
+    GOAWAY and the close; a download and a slow CGI in flight are delivered
+    whole; then httpd exits."""
+    srv = make_server().start()
+    idle = H2Client(srv.port, survive_goaway=True)
+    idle.wait_stream(idle.request("/1k.bin"))
+    out = workdir / "graceful-stop-100m.bin"
+    dl = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", "--limit-rate", "30M", "-o", str(out),
+                           srv.url("/100m.bin")])
+    slow = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", srv.url("/cgi/slow.cgi?2")],
+                            stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    parent = srv.pid
+    srv.signal("graceful-stop")
+    idle.wait(lambda: idle.goaway is not None, timeout=5)
+    assert idle.goaway == (h2.errors.ErrorCodes.NO_ERROR, 2**31 - 1)
+    idle.wait(lambda: idle.closed, timeout=10)
+    assert idle.goaway == (h2.errors.ErrorCodes.NO_ERROR, 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+    assert slow.communicate(timeout=20)[0] == b"slow done\n"
+    assert dl.wait(timeout=60) == 0
+    assert sha256(out.read_bytes()) == docroot.sha("100m.bin")
+    out.unlink()
+
+    def running():
+        try:
+            os.kill(parent, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    deadline = time.time() + 20
+    while time.time() < deadline and running():
+        time.sleep(0.1)
+    assert not running(), "httpd still running after its streams ended"
+    srv.pid = None
+
+
 def graceful_notice(srv, c):
     """Restarts `srv` gracefully while `c` is busy; returns the payload of
     the PING the server sent behind its first GOAWAY (RFC 9113 6.8: last
