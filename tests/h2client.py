@@ -53,21 +53,25 @@ def tls_socket(port, host="127.0.0.1", server_name=None, alpn=("h2",), max_versi
 
 class H2Client:
     def __init__(self, port, validate=True, settings=None, auto_ack_data=True, host="127.0.0.1", sock=None,
-                 authority=None, survive_goaway=False):
+                 authority=None, survive_goaway=False, conn=None):
+        """`conn`: a python-h2 connection already under way on `sock` (one
+        that took over after an h2c Upgrade); else a new one is started."""
         self.sock = sock or socket.create_connection((host, port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.default_authority = authority
-        cfg = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_outbound_headers=validate,
-            normalize_outbound_headers=validate,
-            validate_inbound_headers=True,
-        )
-        self.conn = h2.connection.H2Connection(config=cfg)
-        self.conn.initiate_connection()
-        if settings:
-            self.conn.update_settings(settings)
+        if conn is None:
+            cfg = h2.config.H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                validate_outbound_headers=validate,
+                normalize_outbound_headers=validate,
+                validate_inbound_headers=True,
+            )
+            conn = h2.connection.H2Connection(config=cfg)
+            conn.initiate_connection()
+            if settings:
+                conn.update_settings(settings)
+        self.conn = conn
         self.flush()
         self.port = port
         self.streams = {}

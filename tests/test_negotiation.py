@@ -137,10 +137,7 @@ def test_upgrade_then_more_streams_on_the_connection(server, docroot):
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
     conn.initiate_upgrade_connection()
     s.sendall(conn.data_to_send())
-    client = H2Client.__new__(H2Client)
-    client.sock, client.conn, client.port = s, conn, server.port
-    client.streams, client.events, client.goaway, client.closed = {}, [], None, False
-    client.auto_ack_data, client.remote_settings, client.default_authority = True, {}, None
+    client = H2Client(server.port, sock=s, conn=conn)
     from h2client import Stream
     client.streams[1] = Stream(1)
     for ev in conn.receive_data(rest):
