@@ -152,26 +152,38 @@ def test_busy_connection_is_not_cut_by_keepalive_timeout(make_server):
     c.close()
 
 
+def start_in_flight(srv, workdir):
+    """A 100 MiB download (30 MB/s) and a 2 s CGI under way on `srv`, by curl
+    (python-h2 would end them at the first GOAWAY); returns what
+    `assert_delivered_whole` checks."""
+    out = workdir / "in-flight-100m.bin"
+    dl = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", "--limit-rate", "30M", "-o", str(out),
+                           srv.url("/100m.bin")])
+    slow = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", srv.url("/cgi/slow.cgi?2")],
+                            stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    return dl, out, slow
+
+
+def assert_delivered_whole(in_flight, docroot):
+    dl, out, slow = in_flight
+    assert slow.communicate(timeout=20)[0] == b"slow done\n"
+    assert dl.wait(timeout=60) == 0
+    assert sha256(out.read_bytes()) == docroot.sha("100m.bin")
+    out.unlink()
+
+
 def test_graceful_restart_finishes_in_flight_streams(make_server, docroot, workdir):
     srv = make_server().start()
     idle = H2Client(srv.port)
     idle.wait_stream(idle.request("/1k.bin"))
-    out = workdir / "graceful-100m.bin"
-    dl = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", "--limit-rate", "30M", "-o", str(out),
-                           srv.url("/100m.bin")])
-    # (curl: the Python h2 library treats any GOAWAY as the end.)
-    slow = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", srv.url("/cgi/slow.cgi?2")],
-                            stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    in_flight = start_in_flight(srv, workdir)
     old = set(srv.mpm_children())
     srv.graceful()
     # The idle connection hears GOAWAY at once.
     idle.wait(lambda: idle.goaway is not None, timeout=5)
     assert idle.goaway[0] == h2.errors.ErrorCodes.NO_ERROR
-    assert slow.communicate(timeout=20)[0] == b"slow done\n"
-    assert dl.wait(timeout=60) == 0
-    assert sha256(out.read_bytes()) == docroot.sha("100m.bin")
-    out.unlink()
+    assert_delivered_whole(in_flight, docroot)
     # New connections go to the new generation.
     deadline = time.time() + 20
     while time.time() < deadline and set(srv.mpm_children()) & old:
@@ -189,12 +201,7 @@ def test_graceful_stop_finishes_in_flight_streams_then_exits(make_server, docroo
     srv = make_server().start()
     idle = H2Client(srv.port, survive_goaway=True)
     idle.wait_stream(idle.request("/1k.bin"))
-    out = workdir / "graceful-stop-100m.bin"
-    dl = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", "--limit-rate", "30M", "-o", str(out),
-                           srv.url("/100m.bin")])
-    slow = subprocess.Popen(["curl", "-s", "--http2-prior-knowledge", srv.url("/cgi/slow.cgi?2")],
-                            stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    in_flight = start_in_flight(srv, workdir)
     parent = srv.pid
     srv.signal("graceful-stop")
     idle.wait(lambda: idle.goaway is not None, timeout=5)
@@ -203,10 +210,7 @@ def test_graceful_stop_finishes_in_flight_streams_then_exits(make_server, docroo
     assert idle.goaway == (h2.errors.ErrorCodes.NO_ERROR, 1)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
-    assert slow.communicate(timeout=20)[0] == b"slow done\n"
-    assert dl.wait(timeout=60) == 0
-    assert sha256(out.read_bytes()) == docroot.sha("100m.bin")
-    out.unlink()
+    assert_delivered_whole(in_flight, docroot)
 
     def running():
         try:
