@@ -169,18 +169,20 @@ class H2Client:
     def _without_goaway(self, data):
         """`data` without its GOAWAY frames (whole frames only; a partial
         one waits for the rest)."""
-        self._unsplit += data
+        buf = self._unsplit + data
         kept = bytearray()
-        while len(self._unsplit) >= 9:
-            end = 9 + int.from_bytes(self._unsplit[:3], "big")
-            if len(self._unsplit) < end:
+        at = 0
+        while len(buf) - at >= 9:
+            end = at + 9 + int.from_bytes(buf[at:at + 3], "big")
+            if len(buf) < end:
                 break
-            frame, self._unsplit = self._unsplit[:end], self._unsplit[end:]
-            if frame[3] == hf.GoAwayFrame.type:
-                last_sid, code = struct.unpack(">II", frame[9:17])
+            if buf[at + 3] == hf.GoAwayFrame.type:
+                last_sid, code = struct.unpack_from(">II", buf, at + 9)
                 self.goaway = (code, last_sid & 0x7FFFFFFF)
             else:
-                kept += frame
+                kept += buf[at:end]
+            at = end
+        self._unsplit = buf[at:]
         return bytes(kept)
 
     def handle(self, ev):
