@@ -301,18 +301,23 @@ Protocols {self.protocols}
             self.pid = None
             return None
         signalled = time.time()
-        deadline = signalled + timeout
+        if not self.wait_exited(timeout):
+            os.kill(self.pid, signal.SIGKILL)
+            raise AssertionError("httpd did not stop in time")
+        return time.time() - signalled
+
+    def wait_exited(self, timeout):
+        """Whether the httpd parent has exited within `timeout` seconds (its
+        pid is then forgotten)."""
+        deadline = time.time() + timeout
         while time.time() < deadline:
             try:
                 os.kill(self.pid, 0)
             except ProcessLookupError:
-                break
+                self.pid = None
+                return True
             time.sleep(0.05)
-        else:
-            os.kill(self.pid, signal.SIGKILL)
-            raise AssertionError("httpd did not stop in time")
-        self.pid = None
-        return time.time() - signalled
+        return False
 
     def rss_kib(self):
         """VmRSS of the httpd parent and its children, KiB (from /proc)."""

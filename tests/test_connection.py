@@ -202,7 +202,6 @@ def test_graceful_stop_finishes_in_flight_streams_then_exits(make_server, docroo
     idle = H2Client(srv.port, survive_goaway=True)
     idle.wait_stream(idle.request("/1k.bin"))
     in_flight = start_in_flight(srv, workdir)
-    parent = srv.pid
     srv.signal("graceful-stop")
     idle.wait(lambda: idle.goaway is not None, timeout=5)
     assert idle.goaway == (h2.errors.ErrorCodes.NO_ERROR, 2**31 - 1)
@@ -211,19 +210,7 @@ def test_graceful_stop_finishes_in_flight_streams_then_exits(make_server, docroo
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
     assert_delivered_whole(in_flight, docroot)
-
-    def running():
-        try:
-            os.kill(parent, 0)
-            return True
-        except ProcessLookupError:
-            return False
-
-    deadline = time.time() + 20
-    while time.time() < deadline and running():
-        time.sleep(0.1)
-    assert not running(), "httpd still running after its streams ended"
-    srv.pid = None
+    assert srv.wait_exited(20), "httpd still running after its streams ended"
 
 
 def graceful_notice(srv, c):
