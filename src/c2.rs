@@ -1589,8 +1589,11 @@ pub unsafe fn pollfd(
     status::SUCCESS
 }
 
-/// H2EarlyHints: sends the configured H2EarlyHint fields as a 103 Early
-/// Hints interim response (as the stock module does, in fixups).
+/// H2EarlyHints: sends a 103 Early Hints interim response (as the stock
+/// module does, in fixups) announcing each H2PushResource as a preload
+/// link, then the configured H2EarlyHint fields. Admins who replaced
+/// server push by Early Hints kept their H2PushResource lines: the stock
+/// module announces them whether or not H2Push is on.
 ///
 /// # Safety
 /// `r` must be a live request on a c2 owned by the caller.
@@ -1607,16 +1610,24 @@ pub unsafe fn send_early_hints(r: *mut ffi::request_rec) {
             Some(d) if !d.early_hint_headers.is_empty() => &d.early_hint_headers,
             _ => &cfg.early_hint_headers,
         };
+        let resources = match dir {
+            Some(d) if !d.push_resources.is_empty() => &d.push_resources,
+            _ => &cfg.push_resources,
+        };
         let (Some(pool), Some(out)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).headers_out)) else {
             return;
         };
-        if hints.is_empty() {
+        if hints.is_empty() && resources.is_empty() {
             return;
         }
         // ap_send_interim_response sends and then clears headers_out: keep
         // what is there for the final response.
         let saved = ffi::apr_table_copy((*r).pool, out.as_ptr());
         out.clear();
+        for res in resources {
+            let critical: &[u8] = if res.critical { b"; critical" } else { b"" };
+            out.addn(c"Link".as_ptr(), pool.concat(&[b"<", res.uri.as_bytes(), b">; rel=preload", critical]));
+        }
         for (name, value) in hints {
             out.addn(pool.strdup(name.as_bytes()), pool.strdup(value.as_bytes()));
         }

@@ -177,7 +177,7 @@ pub unsafe extern "C" fn h2rs_post_config(
                     {
                         warned_push = true;
                         slog!(srv, Level::Warn,
-                            "mod_h2rs: HTTP/2 server push is not provided (browsers removed it); H2Push, H2PushResource and H2PushPriority have no effect");
+                            "mod_h2rs: HTTP/2 server push is not provided (browsers removed it); H2Push and H2PushPriority have no effect, and H2PushResource only announces its resources in 103 Early Hints (with H2EarlyHints on)");
                     }
                     if !warned_obsolete && !cfg.obsolete_seen.is_empty() {
                         warned_obsolete = true;

@@ -436,6 +436,37 @@ def test_h2earlyhints_sends_103(make_server):
     c.close()
 
 
+def test_h2pushresource_is_announced_in_103_early_hints(make_server):
+    """The stock module announces every H2PushResource as a preload link in
+    a 103 when H2EarlyHints is on, with or without H2Push: configurations
+    that moved from push to Early Hints keep their hints."""
+    conf = """H2EarlyHints on
+H2Push off
+H2EarlyHint Link "</x.css>; rel=preload"
+<Location /index.html>
+  H2PushResource /style.css critical
+  H2PushResource /a.js
+</Location>"""
+    srv = make_server(h2_conf=conf).start()
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/index.html"))
+    assert st.status == 200 and len(st.interim) == 1, st.interim
+    hint = st.interim[0]
+    assert hint[0] == (b":status", b"103")
+    assert [v for n, v in hint if n == b"link"] == [
+        b"</style.css>; rel=preload; critical", b"</a.js>; rel=preload", b"</x.css>; rel=preload"]
+    assert st.header("link") is None
+    # Elsewhere only the server's H2EarlyHint applies.
+    st = c.wait_stream(c.request("/1k.bin"))
+    assert st.status == 200 and [v for n, v in st.interim[0] if n == b"link"] == [b"</x.css>; rel=preload"]
+    c.close()
+    srv2 = make_server(h2_conf="<Location /index.html>\n  H2PushResource /style.css\n</Location>").start()
+    c = H2Client(srv2.port)
+    st = c.wait_stream(c.request("/index.html"))
+    assert st.status == 200 and not st.interim, "a 103 without H2EarlyHints on"
+    c.close()
+
+
 def test_tls_warmup_uses_small_records_first(make_server, certs):
     """H2TLSWarmUpSize: the first bytes go in small TLS records."""
     import struct
