@@ -642,7 +642,11 @@ pub unsafe extern "C" fn h2rs_protocol_propose(
             if is_tls && !c1::tls_acceptable(c, server, false) {
                 return HOOK_DECLINED;
             }
-            if !r.is_null() && upgrade_settings(c, r, server).is_none() {
+            // An Upgrade is proposed only if stream 1 can carry the request:
+            // once httpd has sent the 101 there is no way back to HTTP/1.1.
+            // (Under `HttpProtocolOptions Unsafe` a head HTTP/2 refuses, such
+            // as a control byte in a value, is then answered over HTTP/1.1.)
+            if !r.is_null() && (upgrade_settings(c, r, server).is_none() || upgrade_head(r).is_none()) {
                 return HOOK_DECLINED;
             }
             let proto = our_protocol(is_tls);
@@ -717,18 +721,25 @@ unsafe fn upgrade_head(r: *mut ffi::request_rec) -> Option<Box<crate::request::R
     unsafe {
         let cstr = |p: *const c_char| if p.is_null() { &b""[..] } else { CStr::from_ptr(p).to_bytes() };
         let headers = crate::apr::TableRef::from_raw((*r).headers_in)?;
-        let authority = headers.get(c"Host").unwrap_or_else(|| cstr((*r).hostname)).to_vec();
+        let mut target = cstr((*r).unparsed_uri);
+        let mut authority = headers.get(c"Host").unwrap_or_else(|| cstr((*r).hostname));
+        if !(target.starts_with(b"/") || target == b"*") {
+            // An absolute-form request line (RFC 9112 3.2.2) upgrades as
+            // its origin form, as with the stock module: :path never holds
+            // a scheme and host (RFC 9113 8.3.1), and the URI's host and
+            // port are the authority, whatever Host says (not its userinfo,
+            // RFC 9113 8.3.1).
+            let uri = &(*r).parsed_uri;
+            target = cstr(ffi::apr_uri_unparse((*r).pool, uri, ffi::APR_URI_UNP_OMITSITEPART));
+            let hostinfo = cstr(uri.hostinfo);
+            if !hostinfo.is_empty() {
+                authority = hostinfo.rsplit(|&b| b == b'@').next().unwrap_or(hostinfo);
+            }
+        }
         // The upgrading request is a plain HTTP/1.1 request: no :protocol.
         let limits = crate::c1::request_limits(&*(*r).server, false);
         let fields = headers.entries();
-        crate::negotiation::upgraded_request(
-            cstr((*r).method),
-            cstr((*r).unparsed_uri),
-            &authority,
-            fields.into_iter(),
-            limits,
-        )
-        .ok()
+        crate::negotiation::upgraded_request(cstr((*r).method), target, authority, fields.into_iter(), limits).ok()
     }
 }
 

@@ -820,6 +820,11 @@ def _malformed(c, case):
         "value-nul": base + [("x-a", "a\0b")],
         "value-leading-space": base + [("x-a", " a")],
         "value-trailing-tab": base + [("x-a", "a\t")],
+        "value-control": base + [("x-a", "a\x01b")],
+        "value-del": base + [("x-a", "a\x7fb")],
+        "path-relative": [m, s, a, (":path", "index.html")],
+        "path-absolute-uri": [m, s, a, (":path", "http://other.example/index.html")],
+        "path-asterisk-get": [m, s, a, (":path", "*")],
         "pseudo-value-lf": [m, s, a, (":path", "/index.html\nx")],
         "connect-with-path": [(":method", "CONNECT"), s, a, p],
         "connect-without-authority": [(":method", "CONNECT")],
@@ -830,15 +835,18 @@ MALFORMED = ["missing-method", "missing-scheme", "missing-path", "empty-path", "
              "unknown-pseudo", "response-pseudo", "duplicate-path", "duplicate-method", "uppercase-name",
              "space-in-name", "colon-in-name", "connection", "keep-alive", "proxy-connection",
              "transfer-encoding", "upgrade", "te-gzip", "te-trailers-gzip", "value-cr", "value-lf", "value-nul",
-             "value-leading-space", "value-trailing-tab", "pseudo-value-lf", "connect-with-path",
+             "value-leading-space", "value-trailing-tab", "value-control", "value-del", "path-relative",
+             "path-absolute-uri", "path-asterisk-get", "pseudo-value-lf", "connect-with-path",
              "connect-without-authority"]
 
 
 @pytest.mark.parametrize("case", MALFORMED)
 def test_malformed_request_is_a_stream_error(connect, case):
     """RFC 9113 8.1.1, 8.2.1 (field name/value validation), 8.2.2
-    (connection-specific fields, TE), 8.3 (pseudo-header fields), 8.3.1
-    (:path not empty), 8.5 (CONNECT): a malformed request is a stream error
+    (connection-specific fields, TE; and no control byte but HTAB in a
+    value, RFC 9110 5.5, which httpd's HTTP/1.1 answers with 400), 8.3
+    (pseudo-header fields), 8.3.1 (:path an absolute path, or * for
+    OPTIONS), 8.5 (CONNECT): a malformed request is a stream error
     PROTOCOL_ERROR (RST_STREAM; a response MAY come first), and the next
     request on the connection is served."""
     c = connect()

@@ -127,6 +127,18 @@ def test_h2c_upgrade_with_curl(server, docroot, workdir):
     assert sha256(out.read_bytes()) == docroot.sha("1m.bin")
 
 
+def test_h2c_upgrade_of_an_absolute_form_request(server, docroot, workdir):
+    """A request line in absolute form (RFC 9112 3.2.2) upgrades as its
+    origin form: HTTP/2's :path holds no scheme and host (RFC 9113 8.3.1)."""
+    out = workdir / "upgrade-absolute.html"
+    url = server.url("/index.html?absolute-form")
+    r = curl("--http2", "--request-target", url, "-o", str(out), "-w", "%{http_version} %{http_code}", url)
+    assert r.stdout == b"2 200"
+    assert sha256(out.read_bytes()) == docroot.sha("index.html")
+    log = server.access_log.read_text()
+    assert '"GET /index.html?absolute-form HTTP/2.0" 200' in log, log
+
+
 def test_upgrade_then_more_streams_on_the_connection(server, docroot):
     s = upgrade_request(server.port)
     head = read_http1_head(s)
@@ -173,6 +185,17 @@ def test_upgrade_declined_stays_http11(server, case):
               b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
     second = read_http1_head(s)
     assert second.startswith(b"HTTP/1.1 200"), second[:100]
+    s.close()
+
+
+def test_upgrade_of_a_head_http2_refuses_stays_http11(make_server):
+    """Under `HttpProtocolOptions Unsafe` httpd accepts a control byte in a
+    field value, which HTTP/2 refuses: such a request is not upgraded (once
+    the 101 is out there is no way back) but answered over HTTP/1.1."""
+    srv = make_server(extra="HttpProtocolOptions Unsafe").start()
+    s = upgrade_request(srv.port, path="/index.html", extra=b"X-A: a\x01b\r\n")
+    head = read_http1_head(s)
+    assert head.startswith(b"HTTP/1.1 200"), head[:100]
     s.close()
 
 
