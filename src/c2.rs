@@ -1233,18 +1233,26 @@ unsafe fn start_response(
             }
         }
         match built {
-            Some(head) => {
+            Some(head) if head.status >= 200 => {
                 if let Err(e) = stream.set_response(head) {
                     brigade.cleanup();
                     (*c).aborted = 1;
                     return Some(stream_error_status(e));
                 }
             }
-            None => {
+            refused => {
+                // An interim status cannot end a stream (RFC 9113 8.1: DATA
+                // after a 1xx is a protocol error for the client); HTTP/1.1
+                // sends such a head as it is, and the client misreads what
+                // follows.
                 crate::log::request(
                     r,
                     crate::log::Level::Error,
-                    "h2rs: a response header field contains invalid characters, answering 500",
+                    if refused.is_some() {
+                        "h2rs: the final response has an interim (1xx) status, answering 500"
+                    } else {
+                        "h2rs: a response header field contains invalid characters, answering 500"
+                    },
                 );
                 brigade.cleanup();
                 if (*r).status != 500 {

@@ -253,6 +253,18 @@ fn cstr(p: *const c_char) -> Option<&'static [u8]> {
     }
 }
 
+/// The `:status` for httpd's `r->status`, as HTTP/1.1's status line gives
+/// it (`ap_get_status_line`): a value outside 100-999 (a CGI's `Status:
+/// 1000`, say) is sent as 500. An interim status stays one; the caller
+/// refuses it as a final status.
+pub fn wire_status(status: i32) -> u16 {
+    if (100..=999).contains(&status) {
+        status as u16
+    } else {
+        500
+    }
+}
+
 /// Builds the HTTP/2 response head from `r`, after doing to `r` what
 /// httpd's header filter does (merge_response_headers). Returns None when a
 /// field cannot be sent (httpd then answers 500, as HTTP/1 does).
@@ -354,8 +366,7 @@ pub unsafe fn build_response(r: *mut ffi::request_rec) -> Option<ResponseHead> {
                 out.setn(c"Server".as_ptr(), banner);
             }
         }
-        let mut head =
-            ResponseHead { status: (*r).status.clamp(100, 999) as u16, headers: Headers::with_capacity(12, 512) };
+        let mut head = ResponseHead { status: wire_status((*r).status), headers: Headers::with_capacity(12, 512) };
         let mut ok = true;
         out.for_each(|k, v| {
             if !add_response_field(&mut head.headers, k, v) {
@@ -399,6 +410,12 @@ pub fn drop_body(bb: BrigadeRef) {
 mod tests {
     use super::*;
     use crate::stream::KNOWN_NAMES;
+
+    #[test]
+    fn status_outside_100_to_999_is_sent_as_500() {
+        assert_eq!([99, 0, -5, 1000].map(wire_status), [500; 4]);
+        assert_eq!([100, 103, 200, 599, 600, 999].map(wire_status), [100, 103, 200, 599, 600, 999]);
+    }
 
     #[test]
     fn interim_then_final() {

@@ -658,6 +658,36 @@ Alias /dial "{docroot.path}"
     assert len(refused) == 3 and all("[http2:error]" in l for l in refused), refused
 
 
+@pytest.mark.parametrize("cgi_status, expect", [
+    ("99", 500), ("0", 500), ("1000", 500),       # outside 100-999: 500, as HTTP/1.1's status line
+    ("100", 500), ("101", 500), ("103", 500), ("199", 500),  # interim: cannot end a stream
+    ("299 Odd", 299), ("600", 600),               # sent as they are, as HTTP/1.1 sends them
+])
+def test_a_final_status_http2_cannot_send_is_answered_500(srv, docroot, cgi_status, expect):
+    """A CGI's `Status:` outside 100-999 goes out as 500, as HTTP/1.1's
+    status line gives it (before it was clamped: 99 went out as 100, 1000
+    as 999). An interim status as the final one (HTTP/1.1 sends that head
+    and the client misreads what follows) would make the body's DATA a
+    protocol error for the client: it is answered 500 with an error page,
+    and logged."""
+    name = f"status-{cgi_status.split()[0]}.cgi"
+    script = docroot.path / "cgi" / name
+    script.write_text(f"#!/bin/sh\nprintf 'Status: {cgi_status}\\r\\nContent-Type: text/plain\\r\\n\\r\\nbody'\n")
+    script.chmod(0o755)
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request(f"/cgi/{name}"))
+    assert (st.status, st.reset, st.interim) == (expect, None, [])
+    length = st.header("content-length")
+    assert length is None or int(length) == len(st.data)
+    if 100 <= int(cgi_status.split()[0]) <= 199:
+        assert b"500 Internal Server Error" in bytes(st.data)
+        assert "interim (1xx) status" in srv.read_error_log()
+    else:
+        assert bytes(st.data) == b"body"
+    assert c.wait_stream(c.request("/index.html")).status == 200
+    c.close()
+
+
 @pytest.mark.parametrize("field, expect", [
     (b"X Space: v", 500),           # a name that is not a token
     (b"X-Ctl: a\x01b", 500),        # a control character in the value
