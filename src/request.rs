@@ -419,6 +419,9 @@ impl RequestBuilder {
             let cookies = std::mem::take(&mut self.cookies);
             self.head.headers.push(b"cookie", &cookies);
         }
+        if let Some(merged) = self.head.headers.merged() {
+            self.head.headers = merged;
+        }
         self.head.end_stream = end_stream;
         self.head.raw_bytes = self.raw_bytes;
         Ok(self.head)
@@ -439,7 +442,7 @@ impl RequestBuilder {
         if !self.cookies.is_empty() {
             headers.push(b"cookie", &self.cookies);
         }
-        Ok(headers)
+        Ok(headers.merged().unwrap_or(headers))
     }
 }
 
@@ -584,6 +587,29 @@ mod tests {
         }
         let mut b = RequestBuilder::new(Limits::default());
         assert!(b.add(b"x", b"a\rb").is_err());
+    }
+
+    #[test]
+    fn repeated_fields_are_joined_as_http1_joins_them() {
+        let mut f = GET.to_vec();
+        f.extend([("x-forwarded-for", "198.51.100.7"), ("accept", "a/b"), ("x-forwarded-for", "203.0.113.9")]);
+        f.extend([("cookie", "a=1"), ("host", "a"), ("cookie", "b=2"), ("host", "b"), ("x-forwarded-for", "")]);
+        let h = build(&f, Limits::default()).unwrap();
+        let fields: Vec<_> = h.headers.iter().collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"x-forwarded-for"[..], &b"198.51.100.7, 203.0.113.9, "[..]),
+                (b"accept", b"a/b"),
+                (b"host", b"a, b"),
+                (b"cookie", b"a=1; b=2"),
+            ]
+        );
+        let mut b = RequestBuilder::new(Limits::default());
+        for (n, v) in [("x-t", "1"), ("x-t", "2")] {
+            b.add(n.as_bytes(), v.as_bytes()).unwrap();
+        }
+        assert_eq!(b.finish_trailers().unwrap().iter().collect::<Vec<_>>(), [(&b"x-t"[..], &b"1, 2"[..])]);
     }
 
     #[test]

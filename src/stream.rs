@@ -185,6 +185,35 @@ impl Headers {
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
         self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
+
+    /// The fields with every repeated name combined into one field (RFC
+    /// 9110 5.3), its values joined by ", " in order, at the place of the
+    /// first: what httpd's HTTP/1.1 parser makes of repeated request fields
+    /// (`apr_table_compress`, merging), and what handlers expect, as they
+    /// read a field with `apr_table_get`, which finds the first one only
+    /// (two Host fields were not refused as on HTTP/1.1, and mod_remoteip
+    /// saw only the first of two X-Forwarded-For fields). Names compare as
+    /// stored (a request's are lower case). None when no name repeats, the
+    /// common case, found comparing lengths first without allocating.
+    pub fn merged(&self) -> Option<Headers> {
+        let repeats = self.iter().enumerate().any(|(i, (n, _))| self.iter().skip(i + 1).any(|(m, _)| m == n));
+        if !repeats {
+            return None;
+        }
+        let mut out = Headers::with_capacity(self.len(), self.byte_len() + 2 * self.len());
+        for (i, (name, first)) in self.iter().enumerate() {
+            if self.iter().take(i).any(|(m, _)| m == name) {
+                continue; // joined into the field of its first occurrence
+            }
+            let mut value = first.to_vec();
+            for (_, more) in self.iter().skip(i + 1).filter(|(m, _)| *m == name) {
+                value.extend_from_slice(b", ");
+                value.extend_from_slice(more);
+            }
+            out.push(name, &value);
+        }
+        Some(out)
+    }
 }
 
 /// The fields of a [`Headers`], in order: (index in `KNOWN_NAMES` if the

@@ -16,7 +16,7 @@ import h2.settings
 import pytest
 
 from conftest import MODDIR, Httpd, curl, h2load, sha256
-from h2client import H2Client
+from h2client import H2Client, Stream
 
 MODULES = f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
 LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
@@ -287,6 +287,35 @@ def test_cookie_crumbs_are_joined_and_authority_is_host(make_server, docroot):
     st = c.wait_stream(c.request("/cgi/show.cgi", headers=[("cookie", "a=1"), ("cookie", "b=2")],
                                  authority="example.test"))
     assert st.data.decode().strip() == "cookie=a=1; b=2 host=example.test"
+    c.close()
+
+
+def test_repeated_request_fields_are_joined_as_on_http1(make_server, docroot):
+    """Repeated fields reach httpd as one, their values joined by ", ", as
+    httpd's HTTP/1.1 parser joins them: a handler reading a field (one
+    apr_table_get) sees every value, and two Host fields (no :authority) or
+    two Content-Length fields are refused with 400 as on HTTP/1.1."""
+    show = docroot.path / "cgi" / "show-xff.cgi"
+    show.write_text("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
+                    "echo \"xff=$HTTP_X_FORWARDED_FOR accept=$HTTP_ACCEPT\"\n")
+    show.chmod(0o755)
+    srv = make_server().start()
+    fields = [("x-forwarded-for", "198.51.100.7"), ("accept", "a/b"), ("x-forwarded-for", "203.0.113.9")]
+    h1 = curl("--http1.1", *[a for n, v in fields for a in ("-H", f"{n}: {v}")], srv.url("/cgi/show-xff.cgi"))
+    assert h1.stdout.decode().strip() == "xff=198.51.100.7, 203.0.113.9 accept=a/b"
+    c = H2Client(srv.port, validate=False)
+    st = c.wait_stream(c.request("/cgi/show-xff.cgi", headers=fields))
+    assert st.data.decode() == h1.stdout.decode()
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/index.html"),
+                              (b"host", b"a.example"), (b"host", b"b.example")], end_stream=True)
+    c.streams[sid] = Stream(sid)
+    c.flush()
+    assert c.wait_stream(sid).status == 400
+    st = c.wait_stream(c.request("/cgi/sum.cgi", method="POST", body=b"hello",
+                                 headers=[("content-length", "5"), ("content-length", "5")]))
+    assert st.status == 400
+    assert c.wait_stream(c.request("/index.html")).status == 200
     c.close()
 
 
