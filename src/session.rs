@@ -1173,14 +1173,23 @@ impl<D: Dispatch> Session<D> {
 
     /// Streams whose worker has not finished.
     pub fn streams_in_progress(&self) -> usize {
-        self.ng
-            .handler_ref()
-            .entries
-            .values()
-            .filter(|e| {
-                e.stream.as_ref().map(|s| s.worker_state() != Some(crate::stream::WorkerState::Done)).unwrap_or(false)
-            })
-            .count()
+        self.in_progress().count()
+    }
+
+    /// The request (method, and path or for CONNECT authority) of the
+    /// oldest stream whose worker has not finished: what mod_status shows
+    /// while c1 waits on its streams.
+    pub fn oldest_in_progress(&self) -> Option<(&[u8], &[u8])> {
+        self.in_progress().min_by_key(|(id, _)| *id).map(|(_, s)| {
+            let r = &s.request;
+            (&r.method[..], r.path.as_deref().or(r.authority.as_deref()).unwrap_or(b""))
+        })
+    }
+
+    fn in_progress(&self) -> impl Iterator<Item = (i32, &Arc<Stream>)> + '_ {
+        self.ng.handler_ref().entries.iter().filter_map(|(id, e)| {
+            e.stream.as_ref().filter(|s| s.worker_state() != Some(crate::stream::WorkerState::Done)).map(|s| (*id, s))
+        })
     }
 
     /// Every stream's state in a few words (for diagnostics in the log).
