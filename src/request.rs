@@ -594,14 +594,16 @@ mod tests {
         let mut f = GET.to_vec();
         f.extend([("x-forwarded-for", "198.51.100.7"), ("accept", "a/b"), ("x-forwarded-for", "203.0.113.9")]);
         f.extend([("cookie", "a=1"), ("host", "a"), ("cookie", "b=2"), ("host", "b"), ("x-forwarded-for", "")]);
+        f.extend([("x-empty", ""), ("x-empty", "")]);
         let h = build(&f, Limits::default()).unwrap();
         let fields: Vec<_> = h.headers.iter().collect();
         assert_eq!(
             fields,
             [
-                (&b"x-forwarded-for"[..], &b"198.51.100.7, 203.0.113.9, "[..]),
+                (&b"x-forwarded-for"[..], &b"198.51.100.7, 203.0.113.9"[..]),
                 (b"accept", b"a/b"),
                 (b"host", b"a, b"),
+                (b"x-empty", b""),
                 (b"cookie", b"a=1; b=2"),
             ]
         );

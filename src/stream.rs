@@ -192,7 +192,8 @@ impl Headers {
     /// (`apr_table_compress`, merging), and what handlers expect, as they
     /// read a field with `apr_table_get`, which finds the first one only
     /// (two Host fields were not refused as on HTTP/1.1, and mod_remoteip
-    /// saw only the first of two X-Forwarded-For fields). Names compare as
+    /// saw only the first of two X-Forwarded-For fields). Empty values are
+    /// left out of a join. Names compare as
     /// stored (a request's are lower case). None when no name repeats, the
     /// common case, found comparing lengths first without allocating.
     pub fn merged(&self) -> Option<Headers> {
@@ -205,9 +206,14 @@ impl Headers {
             if self.iter().take(i).any(|(m, _)| m == name) {
                 continue; // joined into the field of its first occurrence
             }
+            // Empty values add nothing to a list, and joined they would
+            // leave a value ending in a space, which HTTP/2 forbids (a
+            // backend the proxy forwards it to would refuse it).
             let mut value = first.to_vec();
-            for (_, more) in self.iter().skip(i + 1).filter(|(m, _)| *m == name) {
-                value.extend_from_slice(b", ");
+            for (_, more) in self.iter().skip(i + 1).filter(|(m, v)| *m == name && !v.is_empty()) {
+                if !value.is_empty() {
+                    value.extend_from_slice(b", ");
+                }
                 value.extend_from_slice(more);
             }
             out.push(name, &value);
