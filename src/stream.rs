@@ -193,9 +193,9 @@ impl Headers {
     /// read a field with `apr_table_get`, which finds the first one only
     /// (two Host fields were not refused as on HTTP/1.1, and mod_remoteip
     /// saw only the first of two X-Forwarded-For fields). Empty values are
-    /// left out of a join. Names compare as
-    /// stored (a request's are lower case). None when no name repeats, the
-    /// common case, found comparing lengths first without allocating.
+    /// left out of a join. Names compare as stored (a request's are lower
+    /// case). None when no name repeats, the common case, found comparing
+    /// lengths first without allocating.
     pub fn merged(&self) -> Option<Headers> {
         let repeats = self.iter().enumerate().any(|(i, (n, _))| self.iter().skip(i + 1).any(|(m, _)| m == n));
         if !repeats {
