@@ -319,6 +319,27 @@ def test_repeated_request_fields_are_joined_as_on_http1(make_server, docroot):
     c.close()
 
 
+def test_mod_remoteip_sees_every_x_forwarded_for_field(make_server):
+    """A trusted proxy in front that adds its own X-Forwarded-For field
+    after the client's: mod_remoteip must take the client address from the
+    last field, as on HTTP/1.1. When repeated fields reached httpd as
+    separate entries, it read only the first, the client's own, so a client
+    could claim any address (6.6.6.6 here)."""
+    srv = make_server(extra=f"""LoadModule remoteip_module {MODDIR}/mod_remoteip.so
+RemoteIPHeader X-Forwarded-For
+RemoteIPInternalProxy 127.0.0.1
+LogFormat "%a %r" remoteip
+CustomLog "remoteip.log" remoteip""").start()
+    fields = [("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.7")]
+    curl("--http1.1", "-o", "/dev/null", *[a for n, v in fields for a in ("-H", f"{n}: {v}")], srv.url("/index.html"))
+    c = H2Client(srv.port)
+    assert c.wait_stream(c.request("/index.html", headers=fields)).status == 200
+    c.close()
+    time.sleep(0.3)
+    lines = (srv.dir / "remoteip.log").read_text().splitlines()
+    assert lines[-2:] == ["198.51.100.7 GET /index.html HTTP/1.1", "198.51.100.7 GET /index.html HTTP/2.0"], lines
+
+
 def test_request_limits_answer_431_and_414(make_server):
     srv = make_server(extra="LimitRequestFields 10\nLimitRequestFieldSize 200\nLimitRequestLine 300").start()
     c = H2Client(srv.port)
