@@ -1046,7 +1046,10 @@ impl C1 {
     /// instructions a request (callgrind, paced 1 KiB GETs).
     fn describe_streams_in_status(&self) {
         let c = self.c;
-        // SAFETY: the connection and its scoreboard handle are ours.
+        // SAFETY: the connection and its scoreboard handle are ours; the
+        // handle's slot in the scoreboard is this thread's to write, as
+        // httpd's own updates write it (no lock); the server and address
+        // records live as long as the connection, and are checked for NULL.
         unsafe {
             if (*c).sbh.is_null() {
                 return;
@@ -1074,16 +1077,26 @@ impl C1 {
             )
             .len();
             buf[len] = 0;
-            // The virtual host column too (the connection's; `update_status`
-            // leaves it empty, as HTTP/1.1 does until a request is read;
-            // not there: the vhost's formatting cost ~300 instructions at
-            // every resume).
-            ffi::ap_update_child_status_from_server(
-                (*c).sbh as *mut ffi::ap_sb_handle_t,
-                ffi::SERVER_BUSY_READ as i32,
-                c,
-                (*c).base_server,
-            );
+            // The virtual host column too, the connection's, as httpd
+            // writes it ("name:port"; `update_status` leaves it empty, as
+            // HTTP/1.1 does until a request is read; not there: formatting
+            // it cost ~300 instructions at every resume). Written into our
+            // slot directly: ap_update_child_status_from_server would
+            // also empty the request column until the call below, and a
+            // status page read meanwhile showed the row without it.
+            let ws = ffi::ap_get_scoreboard_worker((*c).sbh as *mut ffi::ap_sb_handle_t);
+            let (server, local) = ((*c).base_server, (*c).local_addr);
+            if !ws.is_null() && !server.is_null() && !(*server).server_hostname.is_null() && !local.is_null() {
+                let mut vhost = [0u8; 32];
+                let name = std::ffi::CStr::from_ptr((*server).server_hostname).to_bytes();
+                let mut digits = [0u8; 20];
+                let port = decimal(u64::from((*local).port), &mut digits);
+                let n = crate::text::join_into(&mut vhost[..31], &[name, b":", port]).len();
+                vhost[n] = 0;
+                for (to, from) in (*ws).vhost.iter_mut().zip(vhost) {
+                    *to = from as std::ffi::c_char;
+                }
+            }
             ffi::ap_update_child_status_descr(
                 (*c).sbh as *mut ffi::ap_sb_handle_t,
                 ffi::SERVER_BUSY_READ as i32,
