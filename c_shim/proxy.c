@@ -21,6 +21,7 @@
 static __typeof__(ap_proxy_canonenc) *p_canonenc;
 static __typeof__(ap_proxy_canon_netloc) *p_canon_netloc;
 static __typeof__(ap_proxy_location_reverse_map) *p_reverse_map;
+static __typeof__(ap_proxy_cookie_reverse_map) *p_cookie_reverse_map;
 static __typeof__(ap_proxy_should_override) *p_should_override;
 static module *proxy_mod;
 
@@ -52,6 +53,7 @@ static void proxy_register_hooks(apr_pool_t *p)
     p_canonenc = dlsym(RTLD_DEFAULT, "ap_proxy_canonenc");
     p_canon_netloc = dlsym(RTLD_DEFAULT, "ap_proxy_canon_netloc");
     p_reverse_map = dlsym(RTLD_DEFAULT, "ap_proxy_location_reverse_map");
+    p_cookie_reverse_map = dlsym(RTLD_DEFAULT, "ap_proxy_cookie_reverse_map");
     p_should_override = dlsym(RTLD_DEFAULT, "ap_proxy_should_override");
     if (!hook_scheme || !hook_canon || !p_canonenc || !p_canon_netloc) {
         ap_log_perror(APLOG_MARK, APLOG_ERR, 0, p,
@@ -126,6 +128,22 @@ const char *h2rs_shim_proxy_reverse_map(request_rec *r, const char *url)
         return url;
     }
     return p_reverse_map(r, dconf, url);
+}
+
+const char *h2rs_shim_proxy_cookie_reverse_map(request_rec *r,
+                                               const char *cookie)
+{
+    proxy_dir_conf *dconf = proxy_mod
+        ? ap_get_module_config(r->per_dir_config, proxy_mod) : NULL;
+    if (!p_cookie_reverse_map || !dconf) {
+        return cookie;
+    }
+    return p_cookie_reverse_map(r, dconf, cookie);
+}
+
+const char *h2rs_shim_server_baseversion(void)
+{
+    return AP_SERVER_BASEVERSION;
 }
 
 int h2rs_shim_proxy_should_override(request_rec *r, int status)

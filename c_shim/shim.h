@@ -152,6 +152,11 @@ char *h2rs_shim_proxy_canonenc_path(apr_pool_t *p, const char *path,
                                     int proxyreq);
 /* ProxyPassReverse mapping of a response URL (Location...). */
 const char *h2rs_shim_proxy_reverse_map(request_rec *r, const char *url);
+/* ProxyPassReverseCookieDomain/-Path mapping of a Set-Cookie value. */
+const char *h2rs_shim_proxy_cookie_reverse_map(request_rec *r,
+                                               const char *cookie);
+/* AP_SERVER_BASEVERSION ("Apache/2.4.x"), what mod_proxy's Via names. */
+const char *h2rs_shim_server_baseversion(void);
 /* ProxyErrorOverride: answer this backend status with a local error page. */
 int h2rs_shim_proxy_should_override(request_rec *r, int status);
 

@@ -18,6 +18,8 @@ Paths (query parameters after ?):
   /big?n=BYTES        -> n bytes (pattern), flow-controlled
   /stream?n=3         -> 200 at once, then n events 0.5 s apart
   /redirect           -> 302 to http://127.0.0.1:PORT/elsewhere
+  /mapped             -> 201 with Location, Content-Location, Destination
+                         and two Set-Cookie fields naming this backend
   /stats              -> JSON {"connections": N, "max_streams": M} (the most
                          streams seen open at once on one connection)
 """
@@ -188,6 +190,12 @@ class Conn:
                 self.flush()
             elif route == "/redirect":
                 await self.respond(sid, 302, b"", [("location", f"http://127.0.0.1:{PORT}/elsewhere")])
+            elif route == "/mapped":
+                here = f"http://127.0.0.1:{PORT}"
+                await self.respond(sid, 201, b"", [
+                    ("location", f"{here}/new"), ("content-location", f"{here}/new.json"),
+                    ("destination", f"{here}/moved"),
+                    ("set-cookie", "a=1; Domain=127.0.0.1; Path=/"), ("set-cookie", "b=2; Path=/")])
             elif route == "/stats":
                 await self.respond(sid, 200, json.dumps(STATS).encode())
             else:

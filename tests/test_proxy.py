@@ -44,6 +44,8 @@ ProxyTimeout 30
 ProxyVia On
 ProxyPass /api/ h2c://127.0.0.1:{b1}/
 ProxyPassReverse /api/ http://127.0.0.1:{b1}/
+ProxyPassReverseCookieDomain 127.0.0.1 front.example
+ProxyPassReverseCookiePath / /api/
 ProxyPass /short/ h2c://localhost:{b1}/ timeout=1
 ProxyPass /narrow/ h2c://127.0.0.1:{b3}/
 ProxyPass /tls/ h2://localhost:{b4}/
@@ -167,7 +169,8 @@ def test_request_headers(proxy, backends):
     assert h["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
     assert h["x-forwarded-host"] == f"127.0.0.1:{proxy.port}"
     assert h["x-forwarded-server"] == "127.0.0.1"
-    assert h["via"].startswith("2.0 127.0.0.1")
+    # As mod_proxy_http writes it: the port, as it is not http's default.
+    assert h["via"] == f"2.0 127.0.0.1:{proxy.port}"
     assert h.get("te") == "trailers"
     assert "connection" not in h and "host" not in h
 
@@ -177,13 +180,29 @@ def test_request_headers_h1_front(proxy):
     assert code == 200
     h = json.loads(body)
     assert "x-hop" not in h
-    assert h["via"].startswith("1.1 127.0.0.1")
+    assert h["via"] == f"1.1 127.0.0.1:{proxy.port}"
 
 
 def test_proxy_pass_reverse(proxy):
     r = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", proxy.url("/api/redirect"))
     assert b"302" in r.stdout.split(b"\r\n")[0]
     assert f"location: http://127.0.0.1:{proxy.port}/api/elsewhere".encode() in r.stdout.lower()
+
+
+def test_reverse_mapping_of_response_fields(proxy):
+    """ProxyPassReverse and ProxyPassReverseCookieDomain/-Path apply to the
+    fields mod_proxy_http maps: Location, Content-Location, Destination and
+    each Set-Cookie (the module before passed Set-Cookie and Destination
+    unchanged, so cookies named the backend's host and path)."""
+    r = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", proxy.url("/api/mapped"))
+    head = r.stdout.decode().lower().split("\r\n")
+    assert head[0].startswith("http/2 201")
+    front = f"http://127.0.0.1:{proxy.port}/api"
+    assert f"location: {front}/new" in head
+    assert f"content-location: {front}/new.json" in head
+    assert f"destination: {front}/moved" in head
+    assert "set-cookie: a=1; domain=front.example; path=/api/" in head
+    assert "set-cookie: b=2; path=/api/" in head
 
 
 def test_preserve_host(proxy):
@@ -624,7 +643,8 @@ def test_bybusyness_counts_suspended_requests_until_they_end(proxy, backends):
 
 def test_response_via_and_error_override(proxy):
     r = curl("--http2-prior-knowledge", "-D", "-", proxy.url("/api/delay?s=0"))
-    assert b"\nvia: 2.0 127.0.0.1" in r.stdout.lower()
+    # ProxyVia On: "2.0 name:port", as mod_proxy_http and the stock module.
+    assert f"\nvia: 2.0 127.0.0.1:{proxy.port}\r\n".encode() in r.stdout.lower()
     code, body = split(get(proxy, "/api/nothing"))
     assert code == 404 and body == b"not here\n"
     code, body = split(get(proxy, "/eo/nothing"))

@@ -367,18 +367,31 @@ fn idempotent(method: &[u8]) -> bool {
     matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE")
 }
 
-/// The Via entry for this request ("2.0 host", "(Apache/x)" with Full).
+/// The Via entry for this request: "2.0 host[:port]", with Full
+/// " (Apache/2.4.x)" after it, as mod_proxy_http and the stock module write
+/// it (the port when it is not the scheme's default; the vhost's own name
+/// when the server name is only the client's Host).
 unsafe fn via_entry(r: *mut ffi::request_rec, via: c_int) -> Option<String> {
     if via != 1 && via != 3 {
         return None;
     }
-    // SAFETY: caller contract (live request); server strings are static.
+    // SAFETY: caller contract (live request); server strings are static or
+    // live in the request's pool.
     unsafe {
         let proto = (*r).proto_num;
-        let name = cstr_lossy((*(*r).server).server_hostname);
-        let mut v = format!("{}.{} {}", proto / 1000, proto % 1000, name);
+        let mut name = ffi::ap_get_server_name(r);
+        // Pointer equality, as httpd tests it: UseCanonicalName Off gives
+        // the client's Host, which names the origin, not this proxy.
+        if name == (*r).hostname {
+            name = (*(*r).server).server_hostname;
+        }
+        let mut v = format!("{}.{} {}", proto / 1000, proto % 1000, cstr_lossy(name));
+        let port = ffi::ap_get_server_port(r);
+        if port != ffi::ap_run_default_port(r) {
+            v.push_str(&format!(":{port}"));
+        }
         if via == 3 {
-            v.push_str(&format!(" ({})", cstr_lossy(ffi::ap_get_server_banner())));
+            v.push_str(&format!(" ({})", cstr_lossy(ffi::h2rs_shim_server_baseversion())));
         }
         Some(v)
     }
@@ -799,8 +812,14 @@ unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead, via: Option<
             let value = pool.strdup(v);
             match n {
                 b"content-type" => ffi::ap_set_content_type(r, value),
-                b"location" | b"content-location" | b"uri" => {
+                // ProxyPassReverse and its cookie rules, on the fields
+                // mod_proxy_http maps.
+                b"location" | b"content-location" | b"uri" | b"destination" => {
                     let mapped = ffi::h2rs_shim_proxy_reverse_map(r, value);
+                    ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), mapped);
+                }
+                b"set-cookie" => {
+                    let mapped = ffi::h2rs_shim_proxy_cookie_reverse_map(r, value);
                     ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), mapped);
                 }
                 _ => ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), value),
