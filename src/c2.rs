@@ -147,6 +147,10 @@ pub struct C2Ctx {
     /// The handler's response head was refused (a field that cannot be
     /// sent) and an error response replaces it.
     head_refused: bool,
+    /// The response broke off after its head went out: an error bucket
+    /// came after it (mod_proxy's backend failed mid-body). Its EOS does
+    /// not end the stream, so c1 resets it (see `net_out`).
+    response_cut: bool,
 }
 
 impl C2Ctx {
@@ -175,6 +179,7 @@ impl C2Ctx {
             body_clock: None,
             timer_refused: false,
             head_refused: false,
+            response_cut: false,
         }
     }
 
@@ -197,6 +202,7 @@ impl C2Ctx {
         self.body_clock = None;
         self.timer_refused = false;
         self.head_refused = false;
+        self.response_cut = false;
     }
 
     /// When a blocking body read must give up (RequestReadTimeout's body
@@ -937,11 +943,34 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             }
             continue;
         }
+        if kind.is_error() && ctx.response_set && !ctx.response_cut {
+            // An error after the head (mod_proxy's backend broke off
+            // mid-body: 502): HTTP/1.1 leaves out the last chunk or closes
+            // short of Content-Length so the client sees the cut. Here the
+            // stream is not ended: the worker finishes without END_STREAM
+            // and c1 resets the stream (INTERNAL_ERROR), as the stock module
+            // does. Ending it would hand the client a truncated body as
+            // complete, for caches to keep. (Before the head, an error
+            // bucket becomes its error response: `start_response`.)
+            crate::clog!(
+                ctx.c1,
+                crate::log::Level::Info,
+                "h2rs: stream {}: the response broke off after its head (error {}), resetting the stream",
+                stream.id,
+                b.error_status()
+            );
+            ctx.response_cut = true;
+            ctx.discard_output = true;
+            b.delete();
+            continue;
+        }
         if kind.is_eos() {
             if !ctx.response_set {
                 flush_interim(ctx, &stream);
             }
-            stream.end_output(ctx.trailers.take());
+            if !ctx.response_cut {
+                stream.end_output(ctx.trailers.take());
+            }
             unflushed = false;
             b.delete();
             continue;

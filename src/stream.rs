@@ -1143,7 +1143,8 @@ impl Stream {
         }
         p.data_ready = io.response_taken && io.refusal.is_none() && (!io.output.is_empty() || io.output_end);
         // The worker ended without finishing the response (it failed or
-        // panicked): c1 must reset the stream or it would wait forever.
+        // panicked, or the response broke off after its head): c1 must
+        // reset the stream or it would wait forever.
         p.failed =
             p.worker_done && !(io.response_taken && io.output_end) && io.closed.is_none() && io.refusal.is_none();
         p

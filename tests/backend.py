@@ -7,6 +7,8 @@ Paths:
   GET /trailers       -> chunked body "hello" with trailers grpc-status: 0
   GET /early          -> 103 Early Hints (Link) then 200
   GET /big?n=BYTES    -> n bytes
+  GET /broken?framing=length|chunked -> 200 announcing 100000 bytes (or
+                         chunked), 50000 sent, then the connection closes
 """
 import hashlib
 import socketserver
@@ -79,6 +81,15 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             time.sleep(0.2)
             self.send_plain(b"after the hints\n")
+        elif path == "/broken":
+            chunked = query == "framing=chunked"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header(*(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", "100000")))
+            self.end_headers()
+            self.wfile.write(b"c350\r\n" + b"b" * 50000 + b"\r\n" if chunked else b"a" * 50000)
+            self.wfile.flush()
+            self.close_connection = True
         elif path == "/big":
             n = int(query.split("=")[1]) if "=" in query else 100000
             self.send_plain(bytes(i % 251 for i in range(n)), ctype="application/octet-stream")

@@ -401,6 +401,24 @@ def test_output_buffering_off_sends_each_write(make_server):
     c.close()
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_response_its_backend_cut_short_is_reset_not_ended(srv, framing):
+    """mod_proxy_http's backend closes after half the body: its bytes go
+    out, then RST_STREAM INTERNAL_ERROR, never END_STREAM. HTTP/1.1 closes
+    short of the length or without the last chunk; the stock module resets.
+    (The module before ended the stream: the chunked case, with no length
+    to tell, reached the client as a complete response.)"""
+    c = h2c(srv)
+    sid = c.request(f"/proxy/broken?framing={framing}")
+    st = c.wait_stream(sid)
+    assert st.status == 200
+    assert st.reset == h2.errors.ErrorCodes.INTERNAL_ERROR and not st.ended, (st.reset, st.ended, len(st.data))
+    assert 0 < len(st.data) <= 50000
+    sid = c.request("/index.html")
+    assert c.wait_stream(sid).status == 200
+    c.close()
+
+
 def test_head_and_bodyless_statuses_carry_no_data(srv, docroot):
     c = h2c(srv)
     sid = c.request("/cgi/env.cgi", method="HEAD")
