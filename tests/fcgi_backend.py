@@ -5,6 +5,8 @@ Paths (the request's SCRIPT_NAME or REQUEST_URI):
   .../echo     -> "length=N sha256=HEX http2=ENV method=M" of the request body
   .../stream   -> three lines 300 ms apart, each in its own FCGI_STDOUT record
   .../big?n=N  -> N bytes (repeated "0123456789")
+  .../broken   -> a head announcing 100000 bytes, 50000 of them, then the
+                  connection closes without FCGI_END_REQUEST
 One request per connection or several (FCGI_KEEP_CONN), one at a time.
 """
 import hashlib
@@ -97,6 +99,11 @@ class Handler(socketserver.StreamRequestHandler):
                 w.write(record(STDOUT, rid, f"line {i}\n".encode()))
                 w.flush()
                 time.sleep(0.3)
+        elif "/broken" in path:
+            head = b"Status: 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+            w.write(stdout_records(rid, head + b"b" * 50000))
+            w.flush()
+            return False
         elif "/big" in path:
             n = int(path.split("n=")[1]) if "n=" in path else 1 << 20
             data = (b"0123456789" * (n // 10 + 1))[:n]

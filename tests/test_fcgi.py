@@ -100,3 +100,20 @@ def test_streamed_response_is_sent_as_written(make_server, fcgi_port, buffering)
 def test_many_requests_on_shared_backend_connections(fcgi_srv):
     r = h2load("-n", "1000", "-c", "10", "-m", "10", fcgi_srv.url("/app/echo"))
     assert r.get("succeeded") == 1000, r["output"] + fcgi_srv.read_error_log()[-3000:]
+
+
+def test_an_application_that_dies_mid_response_gets_its_stream_reset(fcgi_srv):
+    """The application closes after half the body it announced: the client
+    gets those bytes and RST_STREAM INTERNAL_ERROR at once, and the
+    connection serves the next request (HTTP/1.1 closes short of the
+    length)."""
+    import h2.errors
+    c = H2Client(fcgi_srv.port)
+    sid = c.request("/app/broken")
+    st = c.wait_stream(sid, timeout=10)
+    assert st.status == 200
+    assert st.reset == h2.errors.ErrorCodes.INTERNAL_ERROR and not st.ended, (st.reset, st.ended, len(st.data))
+    assert 0 < len(st.data) <= 50000
+    sid = c.request("/app/echo")
+    assert c.wait_stream(sid).status == 200
+    c.close()
