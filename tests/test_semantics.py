@@ -419,6 +419,30 @@ def test_a_response_its_backend_cut_short_is_reset_not_ended(srv, framing):
     c.close()
 
 
+def test_a_cgi_that_stalls_mid_response_past_timeout_gets_its_stream_reset(make_server, docroot):
+    """A CGI writes half its body and then nothing for longer than
+    `Timeout`: mod_cgid gives up, and the client gets the bytes and
+    RST_STREAM INTERNAL_ERROR soon after the timeout (HTTP/1.1 closes the
+    connection without the last chunk; the stock module left the stream
+    open until the client gave up)."""
+    script = docroot.path / "cgi" / "stall.cgi"
+    script.write_text("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n"
+                      "head -c 50000 /dev/zero\nsleep 10\necho late\n")
+    script.chmod(0o755)
+    srv = make_server(extra="Timeout 2").start()
+    c = H2Client(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    started = time.time()
+    sid = c.request("/cgi/stall.cgi")
+    st = c.wait_stream(sid, timeout=10)
+    assert st.status == 200
+    assert st.reset == h2.errors.ErrorCodes.INTERNAL_ERROR and not st.ended, (st.reset, st.ended, len(st.data))
+    assert len(st.data) == 50000, len(st.data)
+    took = time.time() - started
+    assert took < 8, f"reset after {took:.1f} s: when the CGI ended, not at the timeout"
+    assert c.wait_stream(c.request("/index.html")).status == 200
+    c.close()
+
+
 def test_head_and_bodyless_statuses_carry_no_data(srv, docroot):
     c = h2c(srv)
     sid = c.request("/cgi/env.cgi", method="HEAD")
