@@ -1061,8 +1061,8 @@ impl C1 {
             // line (the stock module shows one stream's request too).
             let mut buf = [0u8; 64];
             let (method, target) = self.session.oldest_in_progress().unwrap_or((b"", b""));
-            let len = crate::text::join_into(
-                &mut buf[..63],
+            crate::text::join_c_string(
+                &mut buf,
                 &[
                     b"h2: ",
                     decimal(self.session.open_streams() as u64, &mut [0u8; 20]),
@@ -1071,12 +1071,10 @@ impl C1 {
                     b" on workers",
                     if method.is_empty() { b"" } else { b"; " },
                     method,
-                    b" ",
+                    if method.is_empty() { b"" } else { b" " },
                     target,
                 ],
-            )
-            .len();
-            buf[len] = 0;
+            );
             // The virtual host column too, the connection's, as httpd
             // writes it ("name:port"; `update_status` leaves it empty, as
             // HTTP/1.1 does until a request is read; not there: formatting
@@ -1091,8 +1089,7 @@ impl C1 {
                 let name = std::ffi::CStr::from_ptr((*server).server_hostname).to_bytes();
                 let mut digits = [0u8; 20];
                 let port = decimal(u64::from((*local).port), &mut digits);
-                let n = crate::text::join_into(&mut vhost[..31], &[name, b":", port]).len();
-                vhost[n] = 0;
+                crate::text::join_c_string(&mut vhost, &[name, b":", port]);
                 for (to, from) in (*ws).vhost.iter_mut().zip(vhost) {
                     *to = from as std::ffi::c_char;
                 }

@@ -16,14 +16,18 @@ pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// Joins `parts` into `buf`, cut at its end; returns the bytes written.
-pub fn join_into<'a>(buf: &'a mut [u8], parts: &[&[u8]]) -> &'a [u8] {
+/// Joins `parts` into `buf` as a C string: cut to leave room for the NUL
+/// written after them (nothing at all in an empty `buf`). Returns the
+/// bytes before the NUL. For fixed C fields, such as the scoreboard's.
+pub fn join_c_string<'a>(buf: &'a mut [u8], parts: &[&[u8]]) -> &'a [u8] {
+    let Some(room) = buf.len().checked_sub(1) else { return &buf[..0] };
     let mut len = 0;
     for part in parts {
-        let n = part.len().min(buf.len() - len);
+        let n = part.len().min(room - len);
         buf[len..len + n].copy_from_slice(&part[..n]);
         len += n;
     }
+    buf[len] = 0;
     &buf[..len]
 }
 
@@ -171,10 +175,14 @@ mod tests {
     }
 
     #[test]
-    fn join_into_concatenates_and_cuts_at_the_end() {
-        let mut buf = [0u8; 8];
-        assert_eq!(join_into(&mut buf, &[b"ab", b"", b"cd"]), b"abcd");
-        assert_eq!(join_into(&mut buf, &[b"abcdef", b"ghij"]), b"abcdefgh");
-        assert_eq!(join_into(&mut buf, &[]), b"");
+    fn join_c_string_concatenates_cuts_and_ends_with_nul() {
+        let mut buf = [0xffu8; 9];
+        assert_eq!(join_c_string(&mut buf, &[b"ab", b"", b"cd"]), b"abcd");
+        assert_eq!(buf[4], 0);
+        assert_eq!(join_c_string(&mut buf, &[b"abcdef", b"ghij"]), b"abcdefgh");
+        assert_eq!(buf[8], 0);
+        assert_eq!(join_c_string(&mut buf, &[]), b"");
+        assert_eq!(buf[0], 0);
+        assert_eq!(join_c_string(&mut [], &[b"a"]), b"");
     }
 }
