@@ -7,7 +7,8 @@ The traffic (h2c and h2 over TLS): static files of every size (mapped and
 copied), ranges, a deflated file, error pages, mod_status, uploads of 3 MiB
 through mod_proxy_http and through proxy_http2_module (tests/backend.py,
 tests/h2backend.py), their downloads, trailers, 103s, backend resets
-mid-response and a backend that closes mid-body, h2load rounds, streams
+mid-response and a backend that closes mid-body, WebSocket tunnels
+(RFC 8441, through mod_proxy_http), h2load rounds, streams
 reset by the client mid-download and mid-upload, clients that vanish with
 streams in flight, a client GOAWAY, streams held by a zero window; then
 `tests/netfuzz.py` (mutated frame sequences) for `--fuzz` seconds.
@@ -39,6 +40,7 @@ import h2.settings  # noqa: E402
 from bench_callgrind import end_group  # noqa: E402
 from conftest import CRASH_RE, HTTPD, MODDIR, MODULE, Certs, Docroot, Httpd, free_port, wait_listening  # noqa: E402
 from h2client import H2Client  # noqa: E402
+from wsclient import BINARY, CLOSE, TEXT, Tunnel  # noqa: E402
 
 
 def start_under_memcheck(h, wd):
@@ -86,6 +88,25 @@ def requests(base, tls, wd):
         r = subprocess.run(["h2load", "-n", "1000", "-c", "4", "-m", "10", url], capture_output=True, text=True,
                            timeout=600)
         print("  h2load " + url + ": " + " ".join(l for l in r.stdout.splitlines() if "requests:" in l), flush=True)
+
+
+def websockets(port):
+    """RFC 8441 tunnels through mod_proxy_http: echoes, a close, and
+    tunnels reset or left behind by their client."""
+    c = H2Client(port)
+    tunnels = [Tunnel(c, "/ws/echo") for _ in range(5)]
+    for t in tunnels:
+        t.wait_open()
+        t.send(TEXT, b"hello")
+        t.send(BINARY, os.urandom(70000))
+    echoed = sum(1 for t in tunnels for _ in range(2) if t.recv()[0] in (TEXT, BINARY))
+    tunnels[0].send(CLOSE, b"\x03\xe8")
+    tunnels[0].wait_end()
+    c.conn.reset_stream(tunnels[1].sid, h2.errors.ErrorCodes.CANCEL)
+    c.flush()
+    time.sleep(1)
+    c.sock.close()  # the other three are left open
+    print(f"  websockets: {echoed} of 10 messages echoed", flush=True)
 
 
 def hostile_clients(port):
@@ -139,29 +160,28 @@ def main():
     doc = Docroot(wd)
     certs = Certs(wd)
     backends = []
-    for script in ("backend.py", "h2backend.py"):
-        port = free_port()
-        backends.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / script), str(port)],
+    ports = {}
+    for script in ("backend.py", "h2backend.py", "wsbackend.py"):
+        port = ports[script] = free_port()
+        extra_args = [str(wd / "ws-events.log")] if script == "wsbackend.py" else []
+        backends.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / script), str(port), *extra_args],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_listening(port)
-        if script == "backend.py":
-            http_port = port
-        else:
-            h2_port = port
     extra = f"""
 LoadModule proxy_module {MODDIR}/mod_proxy.so
 LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
 LoadModule proxy_http2_module {MODULE}
 LoadModule deflate_module {MODDIR}/mod_deflate.so
 LoadModule filter_module {MODDIR}/mod_filter.so
-ProxyPass /proxy/ http://127.0.0.1:{http_port}/
-ProxyPass /api/ h2c://127.0.0.1:{h2_port}/
+ProxyPass /proxy/ http://127.0.0.1:{ports["backend.py"]}/
+ProxyPass /api/ h2c://127.0.0.1:{ports["h2backend.py"]}/
+ProxyPass /ws/ http://127.0.0.1:{ports["wsbackend.py"]}/ upgrade=websocket timeout=10
 Alias /gz "{doc.path}"
 <Location /gz/>
   SetOutputFilter DEFLATE
 </Location>
 """
-    h = Httpd(wd, doc, name="srv", h2_conf="H2Direct on\nH2MinWorkers 2\nH2MaxWorkers 8", extra=extra)
+    h = Httpd(wd, doc, name="srv", h2_conf="H2Direct on\nH2MinWorkers 2\nH2MaxWorkers 8\nH2WebSockets on", extra=extra)
     tls_port = free_port()
     h.tls_config(certs, tls_port)
     h.write_config()
@@ -170,6 +190,8 @@ Alias /gz "{doc.path}"
     try:
         print("requests", flush=True)
         requests(f"http://127.0.0.1:{h.port}", f"https://127.0.0.1:{tls_port}", wd)
+        print("websockets", flush=True)
+        websockets(h.port)
         print("hostile clients", flush=True)
         hostile_clients(h.port)
         if args.fuzz > 0:
