@@ -722,13 +722,24 @@ impl Retire for C2Release {
             logio(&LOGIO_OUT, c2.conn, outcome.bytes_sent);
             // SAFETY: the EOR bucket was removed from its brigade by our
             // filter and is owned by us; destroying it logs the request and
-            // destroys the request pool (a sub-pool of the c2's).
+            // destroys the request pool (a sub-pool of the c2's). This runs
+            // on c1's thread (the session retires finished streams), with
+            // c1 alive: its scoreboard handle is this thread's.
             unsafe {
                 if !complete {
                     (*c2.conn).aborted = 1;
                 }
                 if let Some(b) = BucketRef::from_raw(eor) {
+                    // Destroying the EOR also counts the request in
+                    // mod_status (ap_increment_counts: Total Accesses and
+                    // kBytes, through the connection's scoreboard handle),
+                    // which a c2 has none of on a worker: c1's for that
+                    // moment, as the stock module does. Without it HTTP/2
+                    // requests were missing from server-status and the
+                    // monitoring that reads it.
+                    (*c2.conn).sbh = (*c2.ctx.c1).sbh;
                     b.destroy();
+                    (*c2.conn).sbh = ptr::null_mut();
                 }
             }
         }

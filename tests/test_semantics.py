@@ -592,6 +592,36 @@ def test_access_log_tells_delivered_responses_from_cut_ones(srv, workdir):
     assert [line.rsplit(" ", 1)[1] for line in lines("cut")] == ["X"]
 
 
+def test_status_counts_http2_requests_and_bytes(make_server):
+    """mod_status's Total Accesses and Total kBytes (what monitoring reads
+    from server-status?auto) count HTTP/2 requests as HTTP/1.1 ones: httpd
+    counts a request when its EOR bucket is destroyed, through the
+    connection's scoreboard handle, which a c2 gets from c1 for that
+    moment. (Before, 300 HTTP/2 requests counted 0.)"""
+    srv = make_server().start()
+
+    def totals():
+        r = curl("--http1.1", srv.url("/server-status?auto"))
+        found = dict(re.findall(r"^(Total Accesses|Total kBytes): (\d+)$", r.stdout.decode(), re.M))
+        return int(found["Total Accesses"]), int(found["Total kBytes"])
+
+    accesses, kbytes = totals()
+    r = h2load("-n", "300", "-c", "3", "-m", "10", srv.url("/100k.bin"))
+    assert r.get("done") == 300 and r.get("errored") == 0, r["output"][-800:]
+    polls = 0
+    deadline = time.time() + 10
+    while True:
+        polls += 1
+        now_accesses, now_kbytes = totals()
+        if now_accesses - accesses >= 300 + polls or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    # The 300 requests and the status pages read since (each counted once
+    # it is done).
+    assert 300 + polls <= now_accesses - accesses <= 300 + polls + 1, (accesses, now_accesses, polls)
+    assert now_kbytes - kbytes >= 300 * 100, (kbytes, now_kbytes)
+
+
 def test_status_page_shows_h2_sessions(srv):
     c = h2c(srv)
     slow = c.request("/cgi/slow.cgi?2")
