@@ -7,6 +7,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 from hyperframe import frame as hf
@@ -33,6 +34,15 @@ class Stream:
             if n == name:
                 return v.decode()
         return None
+
+
+def assert_cut_after_head(st, code=h2.errors.ErrorCodes.INTERNAL_ERROR):
+    """The response's head (200) came, then RST_STREAM `code` instead of
+    END_STREAM, so the client cannot take the body for complete. Returns
+    how many body bytes came before the reset."""
+    assert st.status == 200, st.status
+    assert st.reset == code and not st.ended, (st.reset, st.ended, len(st.data))
+    return len(st.data)
 
 
 def tls_socket(port, host="127.0.0.1", server_name=None, alpn=("h2",), max_version=None, ciphers=None):

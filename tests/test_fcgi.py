@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import MODDIR, curl, h2load, spawn_backend
-from h2client import H2Client
+from h2client import H2Client, assert_cut_after_head
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +107,9 @@ def test_an_application_that_dies_mid_response_gets_its_stream_reset(fcgi_srv):
     gets those bytes and RST_STREAM INTERNAL_ERROR at once, and the
     connection serves the next request (HTTP/1.1 closes short of the
     length)."""
-    import h2.errors
     c = H2Client(fcgi_srv.port)
     sid = c.request("/app/broken")
-    st = c.wait_stream(sid, timeout=10)
-    assert st.status == 200
-    assert st.reset == h2.errors.ErrorCodes.INTERNAL_ERROR and not st.ended, (st.reset, st.ended, len(st.data))
-    assert 0 < len(st.data) <= 50000
+    assert 0 < assert_cut_after_head(c.wait_stream(sid, timeout=10)) <= 50000
     sid = c.request("/app/echo")
     assert c.wait_stream(sid).status == 200
     c.close()
