@@ -6,6 +6,7 @@ behind HTTP/2 and HTTP/1.1 fronts."""
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -878,6 +879,21 @@ def test_proxy_module_without_our_http2_module(workdir, docroot, backends, front
     finally:
         h.stop()
         h.check_log()
+
+
+def test_via_full_names_the_httpd_version(make_server, backends):
+    """ProxyVia Full: "2.0 name:port (Apache/2.4.x)" to the backend and to
+    the client, as mod_proxy_http and the stock module write it
+    (AP_SERVER_BASEVERSION; the module before wrote the server banner and
+    no port)."""
+    srv = make_server(extra=f"{PROXY_MODULES}\nProxyVia Full\nProxyPass /api/ h2c://127.0.0.1:{backends[0]}/").start()
+    r = curl("--http2-prior-knowledge", "-D", "-", srv.url("/api/headers"))
+    head, _, body = r.stdout.partition(b"\r\n\r\n")
+    want = re.compile(rf"2\.0 127\.0\.0\.1:{srv.port} \(Apache/2\.4\.\d+\)")
+    sent = json.loads(body)["via"]
+    assert want.fullmatch(sent), sent
+    got = [line.split(":", 1)[1].strip() for line in head.decode().split("\r\n") if line.lower().startswith("via:")]
+    assert len(got) == 1 and want.fullmatch(got[0]), got
 
 
 def test_behind_a_tls_h2_front(workdir, docroot, backends, certs):
