@@ -78,6 +78,12 @@ AP_DECLARE_MODULE(proxy_http2) = {
 
 /* ---- helpers for the Rust side ----------------------------------------- */
 
+/* mod_proxy's per-directory config of `r`, or NULL without mod_proxy. */
+static proxy_dir_conf *dir_conf(request_rec *r)
+{
+    return proxy_mod ? ap_get_module_config(r->per_dir_config, proxy_mod) : NULL;
+}
+
 int h2rs_shim_http2_loaded(void)
 {
     return http2_module.module_index >= 0;
@@ -88,8 +94,7 @@ void h2rs_shim_proxy_params(request_rec *r, void *w, void *c,
 {
     proxy_worker *worker = w;
     proxy_server_conf *conf = c;
-    proxy_dir_conf *dconf = proxy_mod
-        ? ap_get_module_config(r->per_dir_config, proxy_mod) : NULL;
+    proxy_dir_conf *dconf = dir_conf(r);
     out->preserve_host = dconf ? dconf->preserve_host : 0;
     out->add_forwarded = dconf ? dconf->add_forwarded_headers : 1;
     out->via = conf ? (int)conf->viaopt : 0;
@@ -122,8 +127,7 @@ char *h2rs_shim_proxy_canonenc_path(apr_pool_t *p, const char *path,
 
 const char *h2rs_shim_proxy_reverse_map(request_rec *r, const char *url)
 {
-    proxy_dir_conf *dconf = proxy_mod
-        ? ap_get_module_config(r->per_dir_config, proxy_mod) : NULL;
+    proxy_dir_conf *dconf = dir_conf(r);
     if (!p_reverse_map || !dconf) {
         return url;
     }
@@ -133,8 +137,7 @@ const char *h2rs_shim_proxy_reverse_map(request_rec *r, const char *url)
 const char *h2rs_shim_proxy_cookie_reverse_map(request_rec *r,
                                                const char *cookie)
 {
-    proxy_dir_conf *dconf = proxy_mod
-        ? ap_get_module_config(r->per_dir_config, proxy_mod) : NULL;
+    proxy_dir_conf *dconf = dir_conf(r);
     if (!p_cookie_reverse_map || !dconf) {
         return cookie;
     }
@@ -148,8 +151,7 @@ const char *h2rs_shim_server_baseversion(void)
 
 int h2rs_shim_proxy_should_override(request_rec *r, int status)
 {
-    proxy_dir_conf *dconf = proxy_mod
-        ? ap_get_module_config(r->per_dir_config, proxy_mod) : NULL;
+    proxy_dir_conf *dconf = dir_conf(r);
     if (!dconf || !dconf->error_override) {
         return 0;
     }
