@@ -810,20 +810,20 @@ unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead, via: Option<
                 continue;
             }
             let value = pool.strdup(v);
-            match n {
-                b"content-type" => ffi::ap_set_content_type(r, value),
-                // ProxyPassReverse and its cookie rules, on the fields
-                // mod_proxy_http maps.
-                b"location" | b"content-location" | b"uri" | b"destination" => {
-                    let mapped = ffi::h2rs_shim_proxy_reverse_map(r, value);
-                    ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), mapped);
-                }
-                b"set-cookie" => {
-                    let mapped = ffi::h2rs_shim_proxy_cookie_reverse_map(r, value);
-                    ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), mapped);
-                }
-                _ => ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), value),
+            if n == b"content-type" {
+                ffi::ap_set_content_type(r, value);
+                continue;
             }
+            // ProxyPassReverse and its cookie rules, on the fields
+            // mod_proxy_http maps.
+            let value = match n {
+                b"location" | b"content-location" | b"uri" | b"destination" => {
+                    ffi::h2rs_shim_proxy_reverse_map(r, value)
+                }
+                b"set-cookie" => ffi::h2rs_shim_proxy_cookie_reverse_map(r, value),
+                _ => value,
+            };
+            ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), value);
         }
         if let Some(v) = via {
             ffi::apr_table_mergen(out.as_ptr(), c"Via".as_ptr(), pool.strdup(v.as_bytes()));
