@@ -58,33 +58,44 @@ def end_group(pgid, grace=10.0):
 
 
 @contextlib.contextmanager
-def under_callgrind(srv, callgrind_args, errlog, httpd_args=("-X",)):
-    """Runs `srv`'s httpd under callgrind until the block ends (then SIGTERM);
-    yields the process once the server accepts connections."""
+def under_valgrind(valgrind_args, conf, port, errlog, httpd_args=("-X",)):
+    """Runs httpd (config `conf`) under valgrind with `valgrind_args` (the
+    tool and its options) until the block ends (then SIGTERM); yields the
+    process once the server accepts connections on `port`."""
     with open(errlog, "w") as err:  # the child keeps its own descriptor
         # A process group of its own: what httpd forks runs under valgrind
         # too, and is ended with it below.
-        proc = subprocess.Popen(["valgrind", "--tool=callgrind", *callgrind_args,
-                                 HTTPD, *httpd_args, "-f", str(srv.dir / "httpd.conf")],
+        proc = subprocess.Popen(["valgrind", *valgrind_args, HTTPD, *httpd_args, "-f", str(conf)],
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     try:
         for _ in range(900):
             try:
-                socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 if proc.poll() is not None:
                     raise RuntimeError(f"httpd under valgrind exited: see {errlog}")
                 time.sleep(0.2)
+        else:
+            raise RuntimeError(f"httpd under valgrind did not answer: see {errlog}")
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=120)
+            proc.wait(timeout=180)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
         end_group(proc.pid)
+
+
+@contextlib.contextmanager
+def under_callgrind(srv, callgrind_args, errlog, httpd_args=("-X",)):
+    """Runs `srv`'s httpd under callgrind until the block ends (then SIGTERM);
+    yields the process once the server accepts connections."""
+    with under_valgrind(["--tool=callgrind", *callgrind_args], srv.dir / "httpd.conf", srv.port, errlog,
+                        httpd_args) as proc:
+        yield proc
     if srv.crashed():
         raise RuntimeError(f"{srv.name}: the error log shows a crash ({srv.dir / 'error.log'})")
 

@@ -24,8 +24,6 @@ import glob
 import os
 import pathlib
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,29 +35,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import h2.errors  # noqa: E402
 import h2.settings  # noqa: E402
 
-from bench_callgrind import end_group  # noqa: E402
-from conftest import CRASH_RE, HTTPD, MODDIR, MODULE, Certs, Docroot, Httpd, free_port, wait_listening  # noqa: E402
+from bench_callgrind import under_valgrind  # noqa: E402
+from conftest import CRASH_RE, MODDIR, MODULE, Certs, Docroot, Httpd, free_port, wait_listening  # noqa: E402
 from h2client import H2Client  # noqa: E402
 from wsclient import BINARY, CLOSE, TEXT, Tunnel  # noqa: E402
-
-
-def start_under_memcheck(h, wd):
-    """httpd -X under memcheck in a process group of its own; returns the
-    valgrind process once the server answers."""
-    with open(wd / "valgrind.err", "w") as err:
-        vg = subprocess.Popen(["valgrind", "--tool=memcheck", "--leak-check=no", "--num-callers=40",
-                               "--error-limit=no", f"--log-file={wd}/memcheck.%p.log",
-                               HTTPD, "-X", "-f", str(h.conf)],
-                              stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-    for _ in range(900):
-        try:
-            socket.create_connection(("127.0.0.1", h.port), timeout=1).close()
-            return vg
-        except OSError:
-            if vg.poll() is not None:
-                raise RuntimeError(f"httpd under valgrind exited: see {wd}/valgrind.err")
-            time.sleep(0.2)
-    raise RuntimeError("httpd under valgrind did not answer")
 
 
 def curl(*args):
@@ -185,31 +164,26 @@ Alias /gz "{doc.path}"
     tls_port = free_port()
     h.tls_config(certs, tls_port)
     h.write_config()
-    vg = start_under_memcheck(h, wd)
+    memcheck = ["--tool=memcheck", "--leak-check=no", "--num-callers=40", "--error-limit=no",
+                f"--log-file={wd}/memcheck.%p.log"]
     failed = False
     try:
-        print("requests", flush=True)
-        requests(f"http://127.0.0.1:{h.port}", f"https://127.0.0.1:{tls_port}", wd)
-        print("websockets", flush=True)
-        websockets(h.port)
-        print("hostile clients", flush=True)
-        hostile_clients(h.port)
-        if args.fuzz > 0:
-            print(f"netfuzz {args.fuzz:.0f} s", flush=True)
-            r = subprocess.run([sys.executable, str(ROOT / "tests" / "netfuzz.py"), "--port", str(h.port),
-                                "--seconds", str(args.fuzz)], capture_output=True, text=True,
-                               timeout=args.fuzz + 600)
-            print("  " + "\n  ".join(r.stdout.strip().splitlines()[-3:]), flush=True)
-            failed |= r.returncode != 0
+        with under_valgrind(memcheck, h.conf, h.port, wd / "valgrind.err"):
+            print("requests", flush=True)
+            requests(f"http://127.0.0.1:{h.port}", f"https://127.0.0.1:{tls_port}", wd)
+            print("websockets", flush=True)
+            websockets(h.port)
+            print("hostile clients", flush=True)
+            hostile_clients(h.port)
+            if args.fuzz > 0:
+                print(f"netfuzz {args.fuzz:.0f} s", flush=True)
+                r = subprocess.run([sys.executable, str(ROOT / "tests" / "netfuzz.py"), "--port", str(h.port),
+                                    "--seconds", str(args.fuzz)], capture_output=True, text=True,
+                                   timeout=args.fuzz + 600)
+                print("  " + "\n  ".join(r.stdout.strip().splitlines()[-3:]), flush=True)
+                failed |= r.returncode != 0
+            time.sleep(2)
     finally:
-        time.sleep(2)
-        vg.send_signal(signal.SIGTERM)
-        try:
-            vg.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            vg.kill()
-            vg.wait()
-        end_group(vg.pid)
         for b in backends:
             b.kill()
             b.wait()
