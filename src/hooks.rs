@@ -13,13 +13,16 @@ use crate::apr::{self, PoolRef};
 use crate::c1;
 use crate::c2;
 use crate::config::{self, DirConfig, ServerConfig, Target};
+use crate::conftree::{self, VhostKey};
 use crate::ffi::{self, panic::guard, HOOK_DECLINED, HOOK_OK};
 use crate::log::Level;
 use crate::slog;
 use crate::workers;
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Arc;
 
 /// False on MPMs that cannot multiplex (prefork): h2 is not offered.
 static MPM_SUPPORTED: AtomicBool = AtomicBool::new(true);
@@ -144,7 +147,7 @@ fn mpm_name() -> String {
 
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_post_config(
-    _pconf: *mut ffi::apr_pool_t,
+    pconf: *mut ffi::apr_pool_t,
     _plog: *mut ffi::apr_pool_t,
     _ptemp: *mut ffi::apr_pool_t,
     s: *mut ffi::server_rec,
@@ -198,79 +201,153 @@ pub unsafe extern "C" fn h2rs_post_config(
         }
         // SAFETY: the configuration tree and the server list are complete
         // and not changing (post_config, in the parent).
-        unsafe { set_request_body_limits(s) };
+        unsafe {
+            set_request_body_limits(s);
+            set_backend_tls(s, pconf);
+        }
         slog!(s, Level::Info, "mod_h2rs {} loaded (MPM {mpm})", env!("CARGO_PKG_VERSION"));
         HOOK_OK
     })
 }
 
 /// Gives every server its RequestReadTimeout body stage (`reqtimeout`), read
-/// from the configuration tree: mod_reqtimeout keeps its own settings
-/// private. Its directive may stand in the main server and in
-/// `<VirtualHost>` sections, which are matched to their server_rec by the
-/// file and line that defined them. Nothing is set where mod_reqtimeout
-/// is not loaded.
+/// from the configuration tree (`conftree`): mod_reqtimeout keeps its own
+/// settings private. Its directive may stand in the main server and in
+/// `<VirtualHost>` sections. Nothing is set where mod_reqtimeout is not
+/// loaded.
 ///
 /// # Safety
 /// `s` is the main server; the configuration tree is complete.
 unsafe fn set_request_body_limits(s: *mut ffi::server_rec) {
     use crate::reqtimeout::BodyStage;
-    use std::collections::HashMap;
-    type VhostKey = (Vec<u8>, u32);
 
-    /// Walks `node` and its siblings; `owner` is the `<VirtualHost>` they
-    /// are in, if any.
-    ///
-    /// # Safety
-    /// `node` is NULL or a node of the live configuration tree.
-    unsafe fn walk(
-        mut node: *const ffi::ap_directive_t,
-        owner: Option<&VhostKey>,
-        main: &mut BodyStage,
-        vhosts: &mut HashMap<VhostKey, BodyStage>,
-    ) {
-        // SAFETY: caller contract; the tree's strings are NUL-terminated
-        // and live in the configuration pool.
-        unsafe {
-            while !node.is_null() {
-                let n = &*node;
-                let name = if n.directive.is_null() { &b""[..] } else { CStr::from_ptr(n.directive).to_bytes() };
-                if name.eq_ignore_ascii_case(b"RequestReadTimeout") && !n.args.is_null() {
-                    let args = CStr::from_ptr(n.args).to_string_lossy();
-                    let stage = match owner {
-                        Some(key) => vhosts.entry(key.clone()).or_default(),
-                        None => &mut *main,
-                    };
-                    *stage = stage.apply(&args);
-                } else if name.eq_ignore_ascii_case(b"<VirtualHost") && !n.filename.is_null() {
-                    let key = (CStr::from_ptr(n.filename).to_bytes().to_vec(), n.line_num.max(0) as u32);
-                    walk(n.first_child, Some(&key), main, vhosts);
-                } else if !n.first_child.is_null() {
-                    walk(n.first_child, owner, main, vhosts);
-                }
-                node = n.next;
-            }
-        }
-    }
-
+    // SAFETY: looks a module up by its NUL-terminated source name.
+    let loaded = unsafe { !ffi::ap_find_linked_module(c"mod_reqtimeout.c".as_ptr()).is_null() };
+    let (mut main, mut vhosts) = (BodyStage::Unset, HashMap::<VhostKey, BodyStage>::new());
     // SAFETY: caller contract (see above).
     unsafe {
-        let loaded = !ffi::ap_find_linked_module(c"mod_reqtimeout.c".as_ptr()).is_null();
-        let (mut main, mut vhosts) = (BodyStage::Unset, HashMap::new());
         if loaded {
-            walk(ffi::ap_conftree, None, &mut main, &mut vhosts);
+            conftree::walk(&mut |d| {
+                if d.name.eq_ignore_ascii_case(b"RequestReadTimeout") {
+                    let stage = match d.vhost {
+                        Some(key) => vhosts.entry(key.clone()).or_default(),
+                        None => &mut main,
+                    };
+                    *stage = stage.apply(&d.args);
+                }
+            });
         }
-        let mut srv = s;
-        while !srv.is_null() {
+    }
+    let set = |srv: *mut ffi::server_rec, cfg: &ServerConfig| {
+        // SAFETY: a live server_rec of the list.
+        let own = match unsafe { conftree::vhost_of(srv) } {
+            Some(key) => vhosts.get(&key).copied().unwrap_or_default(),
+            None => main,
+        };
+        let limit = if loaded { BodyStage::effective(own, main) } else { None };
+        let _ = cfg.request_body_limit.set(limit);
+    };
+    // SAFETY: caller contract.
+    unsafe { for_each_server(s, set) };
+}
+
+/// Gives every server the `SSLProxy*` settings of mod_ssl for its `h2://`
+/// backends (`proxy::backend_tls`), read from the configuration tree: the
+/// main server's, a virtual host's merged over them, and the `<Proxy>`
+/// sections that set any (the main server's, then the virtual host's, as
+/// mod_proxy merges them). File names are made absolute against
+/// ServerRoot, section patterns compiled in `pconf`.
+///
+/// # Safety
+/// `s` is the main server; the configuration tree is complete; `pconf` is
+/// the configuration pool.
+unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) {
+    use crate::apr::regex::{Regex, Wildcard};
+    use crate::proxy::backend_tls::{BackendTls, ProxySection, SectionMatch, TlsPolicy, UrlPattern};
+    use conftree::SectionPattern;
+
+    // SAFETY: caller contract: the configuration pool.
+    let Some(pool) = (unsafe { PoolRef::from_raw(pconf) }) else { return };
+    let absolute = |path: &str| -> String {
+        let Ok(c) = std::ffi::CString::new(path) else { return path.to_string() };
+        // SAFETY: a live pool and a NUL-terminated name; the result is
+        // NULL or a string in the pool, copied at once.
+        let full = unsafe { ffi::ap_server_root_relative(pool.as_ptr(), c.as_ptr()) };
+        if full.is_null() {
+            path.to_string()
+        } else {
+            // SAFETY: as above.
+            unsafe { CStr::from_ptr(full) }.to_string_lossy().into_owned()
+        }
+    };
+    let mut main = TlsPolicy::default();
+    let mut vhosts: HashMap<VhostKey, TlsPolicy> = HashMap::new();
+    // (the section's virtual host, the section, its settings), in tree order.
+    let mut sections: Vec<(Option<VhostKey>, conftree::ProxySection, TlsPolicy)> = Vec::new();
+    // SAFETY: caller contract.
+    unsafe {
+        conftree::walk(&mut |d| {
+            let Ok(name) = std::str::from_utf8(d.name) else { return };
+            if let Some(section) = d.section {
+                match sections.iter_mut().find(|(_, s, _)| s.index == section.index) {
+                    Some((_, _, policy)) => {
+                        policy.apply(name, &d.args, absolute);
+                    }
+                    None => {
+                        let mut policy = TlsPolicy::default();
+                        if policy.apply(name, &d.args, absolute) {
+                            sections.push((d.vhost.cloned(), section.clone(), policy));
+                        }
+                    }
+                }
+                return;
+            }
+            let policy = match d.vhost {
+                Some(key) => vhosts.entry(key.clone()).or_default(),
+                None => &mut main,
+            };
+            policy.apply(name, &d.args, absolute);
+        });
+    }
+    let compile = |pattern: &SectionPattern| match pattern {
+        SectionPattern::Prefix(p) if Wildcard::is_wildcard(p) => {
+            Some(SectionMatch::Pattern(Box::new(Wildcard(p.clone()))))
+        }
+        SectionPattern::Prefix(p) => Some(SectionMatch::Prefix(p.clone())),
+        // mod_proxy refused a pattern that does not compile at start.
+        SectionPattern::Regex(re) => {
+            Regex::compile(pool, re).map(|re| SectionMatch::Pattern(Box::new(re) as Box<dyn UrlPattern>))
+        }
+    };
+    let set = |srv: *mut ffi::server_rec, cfg: &ServerConfig| {
+        // SAFETY: a live server_rec of the list.
+        let own = unsafe { conftree::vhost_of(srv) };
+        let server = match own.as_ref().and_then(|k| vhosts.get(k)) {
+            Some(v) => TlsPolicy::merge(&main, v),
+            None => main.clone(),
+        };
+        let sections = sections
+            .iter()
+            .filter(|(v, _, _)| v.is_none() || *v == own)
+            .filter_map(|(_, s, policy)| Some(ProxySection { matches: compile(&s.pattern)?, policy: policy.clone() }))
+            .collect();
+        let _ = cfg.backend_tls.set(Arc::new(BackendTls { server, sections }));
+    };
+    // SAFETY: caller contract.
+    unsafe { for_each_server(s, set) };
+}
+
+/// Calls `f` with every configured server and its configuration.
+///
+/// # Safety
+/// `s` is the main server of a complete configuration.
+unsafe fn for_each_server(s: *mut ffi::server_rec, mut f: impl FnMut(*mut ffi::server_rec, &ServerConfig)) {
+    let mut srv = s;
+    while !srv.is_null() {
+        // SAFETY: caller contract: a NULL-terminated list of live servers.
+        unsafe {
             if let Some(cfg) = c1::server_config(srv) {
-                let own = if (*srv).is_virtual != 0 && !(*srv).defn_name.is_null() {
-                    let key = (CStr::from_ptr((*srv).defn_name).to_bytes().to_vec(), (*srv).defn_line_number);
-                    vhosts.get(&key).copied().unwrap_or_default()
-                } else {
-                    main
-                };
-                let limit = if loaded { BodyStage::effective(own, main) } else { None };
-                let _ = cfg.request_body_limit.set(limit);
+                f(srv, cfg);
             }
             srv = (*srv).next;
         }

@@ -24,6 +24,7 @@ pub mod c1;
 pub mod c2;
 pub mod clock;
 pub mod config;
+pub mod conftree;
 pub mod fastpath;
 pub mod ffi;
 pub mod filemap;

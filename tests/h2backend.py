@@ -1,10 +1,12 @@
 """An HTTP/2 (h2c, prior knowledge) backend for the proxy tests, run as its
 own process:
-    python h2backend.py PORT [MAX_CONCURRENT_STREAMS [CERT KEY]]
-(with CERT and KEY: TLS with ALPN h2)
+    python h2backend.py PORT [MAX_CONCURRENT_STREAMS [CERT KEY [CLIENT_CA]]]
+(with CERT and KEY: TLS with ALPN h2; with CLIENT_CA: a client certificate
+issued by it is required)
 Paths (query parameters after ?):
   /delay?s=1          -> after s seconds, 200 "ok conn=N stream=M path=..."
-  /headers            -> 200, JSON of the request's fields (pseudo ones too)
+  /headers            -> 200, JSON of the request's fields (pseudo ones too);
+                         x-client-cn: the client certificate's CN, if any
   POST /echo          -> 200 "length=N sha256=HEX" of the request body, its
                          trailers as JSON in x-request-trailers
   /trailers           -> 200 "hello" + trailers grpc-status: 0, grpc-message: fine
@@ -43,6 +45,9 @@ if len(sys.argv) > 4:
     TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     TLS.load_cert_chain(sys.argv[3], sys.argv[4])
     TLS.set_alpn_protocols(["h2"])
+    if len(sys.argv) > 5:
+        TLS.verify_mode = ssl.CERT_REQUIRED
+        TLS.load_verify_locations(sys.argv[5])
 STATS = {"connections": 0, "max_streams": 0, "resets_received": 0, "bodies_ended": 0}
 SEEN_TOKENS = set()
 
@@ -109,7 +114,12 @@ class Conn:
                 await asyncio.sleep(float(q.get("s", "1")))
                 await self.respond(sid, 200, f"ok port={PORT} conn={self.number} stream={sid} path={path}\n".encode())
             elif route == "/headers":
-                await self.respond(sid, 200, json.dumps(head).encode(), [("x-backend-conn", str(self.number))])
+                fields = [("x-backend-conn", str(self.number))]
+                peer = self.writer.get_extra_info("peercert")
+                if peer:
+                    cn = [v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]
+                    fields.append(("x-client-cn", ",".join(cn)))
+                await self.respond(sid, 200, json.dumps(head).encode(), fields)
             elif route == "/echo":
                 trailers = json.dumps(self.trailers.get(sid, {}))
                 await self.respond(sid, 200, f"length={len(body)} sha256={hashlib.sha256(body).hexdigest()}".encode(),

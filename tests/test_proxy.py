@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import MODDIR, MODULE, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend
+from conftest import MODDIR, MODULE, SSL_MODULES, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend
 from h2client import H2Client
 
 
@@ -474,6 +474,187 @@ def test_tls_backend(proxy, backends):
     h = json.loads(body)
     assert h[":scheme"] == "https" and h[":authority"] == f"localhost:{backends[3]}"
     assert stats_tls(backends[3])["connections"] - before["connections"] <= 2
+
+
+@pytest.fixture(scope="module")
+def backend_pki(workdir):
+    """A CA and certificates for TLS backends (EC keys, quick to make):
+    `signed` (issued by the CA, for localhost), `expired` (the same, valid
+    in January 2020 only), `client` (issued by the CA, CN proxy-client,
+    certificate and key in one file, as SSLProxyMachineCertificateFile
+    takes them)."""
+    d = workdir / "backend-pki"
+    d.mkdir()
+
+    def run(cmd):
+        subprocess.run(cmd, shell=True, cwd=d, check=True, capture_output=True)
+
+    ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+    run(f"openssl req -x509 {ec} -subj /CN=Backend-Test-CA -days 2 -keyout ca.key -out ca.pem")
+    (d / "names.ext").write_text("subjectAltName=DNS:localhost\n")
+    (d / "ca.cnf").write_text("""[ca]
+default_ca = d
+[d]
+dir = .
+database = index.txt
+new_certs_dir = .
+serial = serial
+default_md = sha256
+policy = p
+[p]
+commonName = supplied
+""")
+    (d / "index.txt").write_text("")
+    (d / "serial").write_text("01\n")
+    for name, cn in [("signed", "signed.test"), ("expired", "expired.test"), ("client", "proxy-client")]:
+        run(f"openssl req -new {ec} -subj /CN={cn} -keyout {name}.key -out {name}.csr")
+    run("openssl x509 -req -in signed.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+        "-extfile names.ext -out signed.pem")
+    run("openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.crt")
+    run("openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr -out expired.pem "
+        "-startdate 20200101000000Z -enddate 20200201000000Z -extfile names.ext -notext")
+    (d / "client.pem").write_text((d / "client.crt").read_text() + (d / "client.key").read_text())
+    for f in d.iterdir():
+        os.chmod(f, 0o644)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tls_backends(certs, backend_pki):
+    """TLS backends by the certificate they present: `signed` and `expired`
+    (backend_pki), `self` (self-signed, for localhost and 127.0.0.1),
+    `other` (self-signed, for c.test only), `mtls` (`signed`, and it
+    requires a client certificate issued by the CA)."""
+    d = backend_pki
+    started = {
+        "signed": spawn_backend("h2backend.py", 100, d / "signed.pem", d / "signed.key"),
+        "expired": spawn_backend("h2backend.py", 100, d / "expired.pem", d / "expired.key"),
+        "self": spawn_backend("h2backend.py", 100, *certs.main),
+        "other": spawn_backend("h2backend.py", 100, *certs.other),
+        "mtls": spawn_backend("h2backend.py", 100, d / "signed.pem", d / "signed.key", d / "ca.pem"),
+    }
+    yield {name: port for name, (port, _) in started.items()}
+    for _, proc in started.values():
+        proc.kill()
+        proc.wait()
+
+
+def tls_check_server(workdir, docroot, tls_backends, directives, name):
+    routes = "\n".join(f"ProxyPass /{b}/ h2://localhost:{port}/" for b, port in tls_backends.items())
+    return Httpd(workdir, docroot, name=name, extra=f"""{PROXY_MODULES}
+{SSL_MODULES}
+ProxyTimeout 10
+{routes}
+{directives}""")
+
+
+# mod_ssl's SSLProxy* settings, what each backend gets (503: the backend
+# is refused, as mod_ssl refuses it under the stock module; the stock
+# module gave the same answers for each of these) and a reason logged.
+BACKEND_CHECKS = {
+    "mod_ssl's defaults check dates and names": (
+        "", {"signed": 200, "self": 200, "other": 503, "expired": 503},
+        "certificate does not name localhost (SSLProxyCheckPeerName)"),
+    "require verifies the chain against the CA": (
+        "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}", {"signed": 200, "self": 503, "other": 503},
+        "certificate is not trusted: self-signed certificate (SSLProxyVerify)"),
+    "require without CA certificates trusts none": (
+        "SSLProxyVerify require", {"signed": 503, "self": 503},
+        "certificate is not trusted: unable to get local issuer certificate (SSLProxyVerify)"),
+    "optional_no_ca accepts unknown issuers": (
+        "SSLProxyVerify optional_no_ca", {"signed": 200, "self": 200, "other": 503, "expired": 503},
+        "certificate has expired or is not valid yet (SSLProxyCheckPeerExpire)"),
+    "a chain longer than the depth is refused": (
+        "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}\nSSLProxyVerifyDepth 0", {"signed": 503},
+        "certificate chain has 2 certificates, more than SSLProxyVerifyDepth 0 allows"),
+    "names unchecked": (
+        "SSLProxyCheckPeerName off", {"other": 200, "expired": 503},
+        "certificate has expired or is not valid yet (SSLProxyCheckPeerExpire)"),
+    "the CN alone": (
+        "SSLProxyCheckPeerName off\nSSLProxyCheckPeerCN on", {"signed": 503, "self": 503},
+        "certificate does not name localhost (SSLProxyCheckPeerCN)"),
+    "dates unchecked": (
+        "SSLProxyCheckPeerExpire off", {"expired": 200, "other": 503},
+        "certificate does not name localhost (SSLProxyCheckPeerName)"),
+}
+
+
+@pytest.mark.parametrize("case", BACKEND_CHECKS)
+def test_tls_backend_certificates_are_checked_as_mod_ssl_checks_them(workdir, docroot, tls_backends,
+                                                                      backend_pki, case):
+    """proxy_http2_module makes its own TLS connections, so it applies
+    mod_ssl's SSLProxy* settings itself: before, SSLProxyVerify require
+    had no effect on h2:// backends and neither dates nor names were
+    checked."""
+    directives, expected, reason = BACKEND_CHECKS[case]
+    srv = tls_check_server(workdir, docroot, tls_backends, directives.format(ca=backend_pki / "ca.pem"),
+                           name="tls-check-" + uuid.uuid4().hex[:8]).start()
+    try:
+        got = {b: split(get(srv, f"/{b}/headers"))[0] for b in expected}
+        assert got == expected
+        assert f"the backend's {reason}, answering 503" in srv.read_error_log()
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
+def test_proxy_sections_and_virtual_hosts_set_their_own_backend_checks(workdir, docroot, tls_backends,
+                                                                       backend_pki):
+    """SSLProxy* in <Proxy>, <ProxyMatch> and wildcard sections apply to the
+    backend URLs they cover, over the server's; a virtual host's settings
+    over the main server's, with the main server's sections still in
+    force there."""
+    b = tls_backends
+    vport = free_port()
+    srv = tls_check_server(workdir, docroot, b, f"""
+<Proxy "h2://localhost:{b['other']}/">
+  SSLProxyCheckPeerName off
+</Proxy>
+<ProxyMatch "^h2://localhost:{b['expired']}/head">
+  SSLProxyCheckPeerExpire off
+</ProxyMatch>
+<Proxy "h2://localhost:{b['signed']}/*">
+  SSLProxyVerify require
+</Proxy>
+Listen 127.0.0.1:{vport}
+<VirtualHost 127.0.0.1:{vport}>
+  SSLProxyCACertificateFile {backend_pki / "ca.pem"}
+</VirtualHost>""", name="tls-sections").start()
+    try:
+        main = {p: split(get(srv, p))[0] for p in ["/other/headers", "/expired/headers", "/expired/delay?s=0",
+                                                   "/signed/headers", "/self/headers"]}
+        assert main == {"/other/headers": 200, "/expired/headers": 200, "/expired/delay?s=0": 503,
+                        "/signed/headers": 503, "/self/headers": 200}
+        vhost = {p: split(curl("--http2-prior-knowledge", "-w", "\n%{http_code}",
+                               f"http://127.0.0.1:{vport}{p}"))[0]
+                 for p in ["/signed/headers", "/other/headers", "/expired/delay?s=0"]}
+        assert vhost == {"/signed/headers": 200, "/other/headers": 200, "/expired/delay?s=0": 503}
+        assert "the backend's certificate is not trusted" in srv.read_error_log()
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
+def test_client_certificate_for_tls_backends(workdir, docroot, tls_backends, backend_pki):
+    """SSLProxyMachineCertificateFile: the backend that requires a client
+    certificate gets it (its CN reaches the backend); without it the
+    backend refuses the connection."""
+    srv = tls_check_server(workdir, docroot, tls_backends, f"""
+<Proxy "h2://localhost:{tls_backends['mtls']}/headers">
+  SSLProxyMachineCertificateFile {backend_pki / "client.pem"}
+</Proxy>
+ProxyPass /mtls-none/ h2://localhost:{tls_backends['mtls']}/none/""", name="tls-client-cert").start()
+    try:
+        r = get(srv, "/mtls/headers", "-D", "-")
+        code, body = split(r)
+        assert code == 200 and b"x-client-cn: proxy-client" in body
+        # The same backend, but a URL outside the section: no certificate,
+        # on a connection of its own.
+        assert split(get(srv, "/mtls-none/headers"))[0] == 503
+        assert re.search(r"backend h2://localhost:\d+: .*TLS", srv.read_error_log())
+    finally:
+        srv.stop()
+    srv.check_log()
 
 
 def test_backend_reset_before_response_is_502(proxy):

@@ -5,6 +5,7 @@
 
 pub mod brigade;
 pub mod pool;
+pub mod regex;
 pub mod table;
 
 pub use brigade::{BrigadeRef, BucketKind, BucketRef, FileBucket};

@@ -18,6 +18,7 @@
 //! connect) or 504 (timeout), logged with the backend's name; a response
 //! that began is aborted.
 
+use super::backend_tls::{TlsPolicy, TlsTarget};
 use super::task::Task;
 use super::tls::{self, Handshake, Ssl};
 use crate::frames::Frames;
@@ -359,9 +360,8 @@ struct Conn {
     sock: TcpStream,
     /// `h2://`: the TLS session (set once TCP is connected).
     tls: Option<Ssl>,
-    /// `h2://`: the server name to send, and whether TLS is wanted.
-    sni: Option<String>,
-    want_tls: bool,
+    /// `h2://`: the name the backend's certificate must carry, the checks.
+    tls_target: Option<Arc<TlsTarget>>,
     /// The TLS handshake runs; `hs_write`: it waits for POLLOUT.
     handshaking: bool,
     hs_write: bool,
@@ -464,8 +464,7 @@ impl Conn {
             key: key.to_string(),
             sock,
             tls: None,
-            sni: spec.sni.clone(),
-            want_tls: spec.tls,
+            tls_target: spec.tls.clone(),
             handshaking: false,
             hs_write: false,
             connecting: Some(Instant::now()),
@@ -653,10 +652,14 @@ impl Conn {
         let Some(ssl) = self.tls.as_mut() else { return };
         match ssl.handshake() {
             Ok(Handshake::Done) => {
-                if ssl.alpn_is_h2() {
-                    self.handshaking = false;
-                } else {
-                    self.dead = Some("the backend did not agree on h2 (ALPN)".into());
+                let checked = match &self.tls_target {
+                    Some(t) => ssl.check_peer(&t.policy, &t.host),
+                    None => Ok(()),
+                };
+                match checked {
+                    Ok(()) if ssl.alpn_is_h2() => self.handshaking = false,
+                    Ok(()) => self.dead = Some("the backend did not agree on h2 (ALPN)".into()),
+                    Err(e) => self.dead = Some(e),
                 }
             }
             Ok(Handshake::WantRead) => self.hs_write = false,
@@ -666,7 +669,7 @@ impl Conn {
     }
 
     /// The nonblocking connect finished (the socket became writable).
-    fn connected(&mut self, ctx: &mut Option<tls::Context>) {
+    fn connected(&mut self, contexts: &mut HashMap<TlsPolicy, tls::Context>) {
         let mut err: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: SO_ERROR writes one int into `err`.
@@ -685,18 +688,20 @@ impl Conn {
             return;
         }
         self.connecting = None;
-        if self.want_tls {
-            if ctx.is_none() {
-                match tls::Context::new() {
-                    Ok(c) => *ctx = Some(c),
+        if let Some(target) = &self.tls_target {
+            if !contexts.contains_key(&target.policy) {
+                match tls::Context::new(&target.policy) {
+                    Ok(c) => {
+                        contexts.insert(target.policy.clone(), c);
+                    }
                     Err(e) => {
                         self.dead = Some(e);
                         return;
                     }
                 }
             }
-            let Some(c) = ctx.as_ref() else { return };
-            match Ssl::new(c, self.sock.as_raw_fd(), self.sni.as_deref()) {
+            let Some(c) = contexts.get(&target.policy) else { return };
+            match Ssl::new(c, self.sock.as_raw_fd(), target.sni()) {
                 Ok(ssl) => {
                     self.tls = Some(ssl);
                     self.handshaking = true;
@@ -723,8 +728,9 @@ impl Conn {
 
 struct LoopState {
     conns: Vec<Conn>,
-    /// The TLS client context for `h2://` backends, made on first use.
-    tls: Option<tls::Context>,
+    /// The TLS client contexts for `h2://` backends, one per set of
+    /// `SSLProxy*` settings in use, each made on first use.
+    tls: HashMap<TlsPolicy, tls::Context>,
     next_conn: u64,
     buf: Vec<u8>,
 }
@@ -990,7 +996,7 @@ impl LoopState {
 }
 
 fn run(lp: &Loop) {
-    let mut st = LoopState { conns: Vec::new(), tls: None, next_conn: 0, buf: vec![0; 64 * 1024] };
+    let mut st = LoopState { conns: Vec::new(), tls: HashMap::new(), next_conn: 0, buf: vec![0; 64 * 1024] };
     let mut last_tick = Instant::now();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {

@@ -24,16 +24,19 @@
 //!     itself (it is held for the request's life, as with mod_proxy_http;
 //!     the backend connection is still shared).
 
+pub mod backend_tls;
 pub mod engine;
 pub mod task;
 pub mod tls;
 
 use crate::apr::{status, BrigadeRef, PoolRef, TableRef};
+use crate::c1;
 use crate::c2::{self, Parked, Resume};
 use crate::ffi::{self, panic::guard, HOOK_DECLINED, HOOK_OK};
 use crate::log::Level;
 use crate::stream::{Headers, ResponseHead, Stream, Wake};
 use crate::workers::{self, WorkerCtx};
+use backend_tls::TlsTarget;
 use engine::Engine;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -215,14 +218,12 @@ pub struct Target {
 }
 
 impl Target {
-    /// The TLS server name: the host, unless it is an IP literal.
-    pub fn sni(&self) -> Option<String> {
-        let host = match self.key.rfind(':') {
+    /// The host, without the port.
+    pub fn host(&self) -> &str {
+        match self.key.rfind(':') {
             Some(i) => &self.key[..i],
             None => &self.key,
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        (host.parse::<std::net::IpAddr>().is_err() && !host.is_empty()).then(|| host.to_string())
+        }
     }
 }
 
@@ -451,13 +452,16 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         };
         let has_body = hin.get(c"Transfer-Encoding").is_some()
             || hin.get(c"Content-Length").is_some_and(|v| v.trim_ascii() != b"0");
-        let scheme = if target.tls { "h2" } else { "h2c" };
+        let backend = format!("{}://{}", if target.tls { "h2" } else { "h2c" }, target.key);
+        let tls = target.tls.then(|| Arc::new(tls_target(r, &target, params.preserve_host != 0)));
         let spec = RequestSpec {
-            key: format!("{scheme}://{}", target.key),
-            backend: format!("{scheme}://{}", target.key),
+            key: match &tls {
+                Some(t) => format!("{backend}#{:016x}", t.fingerprint()),
+                None => backend.clone(),
+            },
+            backend,
             connect: target.key.clone(),
-            tls: target.tls,
-            sni: target.sni(),
+            tls,
             fields: backend_fields(&rules),
             has_body,
             idempotent: idempotent(method),
@@ -473,6 +477,32 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             task.drop_front();
         }
         status
+    }
+}
+
+/// How the request's `h2://` backend is checked: mod_proxy's name for it
+/// (the URL's host, or the request's with ProxyPreserveHost) and the
+/// `SSLProxy*` settings of the request's server and of the `<Proxy>`
+/// sections that cover its URL.
+///
+/// # Safety
+/// `r` is the live request on this thread.
+unsafe fn tls_target(r: *mut ffi::request_rec, target: &Target, preserve_host: bool) -> TlsTarget {
+    // SAFETY: caller contract; the strings are NUL-terminated or NULL.
+    unsafe {
+        let host = if preserve_host && !(*r).hostname.is_null() {
+            cstr_lossy((*r).hostname)
+        } else {
+            target.host().to_string()
+        };
+        // mod_proxy matches its sections against the `proxy:` file name.
+        let filename = cstr_lossy((*r).filename);
+        let url = filename.strip_prefix("proxy:").unwrap_or(&filename);
+        let policy = c1::server_config((*r).server)
+            .and_then(|c| c.backend_tls.get())
+            .map(|b| b.for_url(url))
+            .unwrap_or_default();
+        TlsTarget { host, policy }
     }
 }
 
@@ -1246,8 +1276,8 @@ mod tests {
         assert_eq!((t.key.as_str(), t.path.as_str()), ("backend:80", "/"));
         let t = parse_target("h2://[::1]/x").unwrap();
         assert_eq!(t.key, "[::1]:443");
-        assert_eq!(t.sni(), None);
-        assert_eq!(parse_target("h2://b.test:8443/").unwrap().sni().as_deref(), Some("b.test"));
+        assert_eq!(parse_target("h2://b.test:8443/").unwrap().host(), "b.test");
+        assert_eq!(parse_target("h2://[::1]/").unwrap().host(), "[::1]");
         assert!(parse_target("http://x/").is_none());
         assert!(parse_target("h2cé://x/").is_none());
         assert!(parse_target("h2c://").is_none());

@@ -15,6 +15,7 @@
 //! the engine reopens that window only for bytes the front has taken, so a
 //! slow client slows the backend stream instead of growing memory.
 
+use super::backend_tls::TlsTarget;
 use crate::stream::{ByteQueue, Headers, ResponseHead};
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,9 +43,8 @@ pub struct RequestSpec {
     pub backend: String,
     /// "host:port" to connect to.
     pub connect: String,
-    /// TLS (`h2://`), with this server name (none for an IP literal).
-    pub tls: bool,
-    pub sni: Option<String>,
+    /// `h2://`: the host its certificate must name and the checks.
+    pub tls: Option<Arc<TlsTarget>>,
     /// :method, :scheme, :authority, :path first, then the fields.
     pub fields: Headers,
     pub has_body: bool,
@@ -481,8 +481,7 @@ mod tests {
             key: "h2c://127.0.0.1:1".into(),
             backend: "h2c://127.0.0.1:1".into(),
             connect: "127.0.0.1:1".into(),
-            tls: false,
-            sni: None,
+            tls: None,
             fields: Headers::new(),
             has_body: true,
             idempotent: true,

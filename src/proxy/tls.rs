@@ -1,18 +1,22 @@
 //! TLS for `h2://` backends: OpenSSL (the libssl httpd's mod_ssl uses too)
 //! on the engine's nonblocking sockets, ALPN "h2", SNI.
 //!
-//! As with mod_ssl's default `SSLProxyVerify none`, the backend's
-//! certificate is not verified; mod_ssl's `SSLProxy*` directives do not
-//! apply to these connections.
+//! The backend's certificate is checked as mod_ssl checks a proxy
+//! backend's, by the server's `SSLProxy*` settings (`backend_tls.rs`): the
+//! chain (`SSLProxyVerify`, against `SSLProxyCACertificateFile`/`Path`,
+//! up to `SSLProxyVerifyDepth`), its dates and its names, and
+//! `SSLProxyMachineCertificateFile` as the client certificate.
 //!
 //! All `unsafe` for OpenSSL lives in this file. An `Ssl` is used by one
 //! engine thread only. libssl is loaded with dlopen when the first TLS
 //! backend connection is made, not linked (see `openssl_api!`).
 
-use std::ffi::{c_char, c_int, c_long, c_uchar, c_uint, c_void, CString};
+use std::ffi::{c_char, c_int, c_long, c_uchar, c_uint, c_ulong, c_void, CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
+
+use super::backend_tls::{common_name_matches, NameCheck, TlsPolicy, Verify};
 
 // OpenSSL's opaque types, by their C names.
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
@@ -21,6 +25,8 @@ type SSL_CTX = c_void;
 type SSL = c_void;
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 type SSL_METHOD = c_void;
+#[allow(clippy::upper_case_acronyms)]
+type X509 = c_void;
 
 /// Declares `Api`, OpenSSL's functions as pointers looked up in libssl
 /// (and, through its dependencies, libcrypto) when the first `h2://`
@@ -72,7 +78,27 @@ openssl_api! {
     SSL_write: fn(*mut SSL, *const c_void, c_int) -> c_int;
     SSL_get_error: fn(*const SSL, c_int) -> c_int;
     SSL_get0_alpn_selected: fn(*const SSL, *mut *const c_uchar, *mut c_uint);
+    SSL_get_verify_result: fn(*const SSL) -> c_long;
+    SSL_get0_verified_chain: fn(*const SSL) -> *mut c_void;
+    OPENSSL_sk_num: fn(*const c_void) -> c_int;
+    SSL_get1_peer_certificate: fn(*const SSL) -> *mut X509;
+    SSL_CTX_set_verify_depth: fn(*mut SSL_CTX, c_int);
+    SSL_CTX_load_verify_locations: fn(*mut SSL_CTX, *const c_char, *const c_char) -> c_int;
+    SSL_CTX_use_certificate_chain_file: fn(*mut SSL_CTX, *const c_char) -> c_int;
+    SSL_CTX_use_PrivateKey_file: fn(*mut SSL_CTX, *const c_char, c_int) -> c_int;
+    SSL_CTX_check_private_key: fn(*const SSL_CTX) -> c_int;
+    X509_verify_cert_error_string: fn(c_long) -> *const c_char;
+    X509_get0_notBefore: fn(*const X509) -> *const c_void;
+    X509_get0_notAfter: fn(*const X509) -> *const c_void;
+    X509_cmp_current_time: fn(*const c_void) -> c_int;
+    X509_check_host: fn(*mut X509, *const c_char, usize, c_uint, *mut *mut c_char) -> c_int;
+    X509_check_ip_asc: fn(*mut X509, *const c_char, c_uint) -> c_int;
+    X509_free: fn(*mut X509);
+    X509_get_subject_name: fn(*const X509) -> *mut c_void;
+    X509_NAME_get_text_by_NID: fn(*mut c_void, c_int, *mut c_char, c_int) -> c_int;
     ERR_clear_error: fn();
+    ERR_get_error: fn() -> c_ulong;
+    ERR_error_string_n: fn(c_ulong, *mut c_char, usize);
 }
 
 /// OpenSSL, loaded once per process on first use.
@@ -103,21 +129,34 @@ const SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER: c_long = 0x2;
 const SSL_ERROR_WANT_READ: c_int = 2;
 const SSL_ERROR_WANT_WRITE: c_int = 3;
 const SSL_ERROR_ZERO_RETURN: c_int = 6;
+const SSL_FILETYPE_PEM: c_int = 1;
+const NID_COMMON_NAME: c_int = 13;
+const X509_V_OK: c_long = 0;
+/// Chain errors `SSLProxyVerify optional_no_ca` accepts (mod_ssl's
+/// `ssl_verify_error_is_optional`): self-signed, unknown issuer, untrusted.
+const X509_V_ERRORS_NO_CA: [c_long; 5] = [18, 19, 20, 21, 27];
+/// X509_check_host: the subject's CN counts even where subjectAltName
+/// names exist (mod_ssl matches both), wildcards only as a whole label.
+const X509_CHECK_FLAG_ALWAYS_CHECK_SUBJECT: c_uint = 0x1;
+const X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS: c_uint = 0x4;
 
-/// A client context: ALPN "h2", partial writes (the engine's output buffer
-/// moves between attempts).
+/// A client context for one set of `SSLProxy*` settings: ALPN "h2",
+/// partial writes (the engine's output buffer moves between attempts), the
+/// CA certificates, the chain depth and the client certificate.
 pub struct Context {
     ctx: NonNull<SSL_CTX>,
     api: &'static Api,
 }
 
 impl Context {
-    pub fn new() -> Result<Context, String> {
+    pub fn new(policy: &TlsPolicy) -> Result<Context, String> {
         let api = api()?;
         // SAFETY: plain OpenSSL calls; the context is checked for NULL and
-        // owned by the returned value. The ALPN list is copied by OpenSSL.
+        // owned by `context`, which frees it on every early return. The
+        // ALPN list and the file names are copied or read at once.
         unsafe {
             let ctx = NonNull::new((api.SSL_CTX_new)((api.TLS_client_method)())).ok_or("SSL_CTX_new failed")?;
+            let context = Context { ctx, api };
             (api.SSL_CTX_ctrl)(
                 ctx.as_ptr(),
                 SSL_CTRL_MODE,
@@ -126,12 +165,49 @@ impl Context {
             );
             let alpn = b"\x02h2";
             if (api.SSL_CTX_set_alpn_protos)(ctx.as_ptr(), alpn.as_ptr(), alpn.len() as c_uint) != 0 {
-                (api.SSL_CTX_free)(ctx.as_ptr());
                 return Err("cannot set ALPN".into());
             }
-            Ok(Context { ctx, api })
+            // The handshake never stops on a bad chain (the mode stays
+            // SSL_VERIFY_NONE); `Ssl::check_peer` reads OpenSSL's verdict
+            // after it, as mod_ssl's own checks come after its handshake.
+            // mod_ssl counts the trust anchor as a level of the chain,
+            // OpenSSL does not.
+            (api.SSL_CTX_set_verify_depth)(
+                ctx.as_ptr(),
+                policy.verify_depth().saturating_sub(1).min(c_int::MAX as u32) as c_int,
+            );
+            let file = policy.ca_file.as_deref().map(c_path).transpose()?;
+            let dir = policy.ca_path.as_deref().map(c_path).transpose()?;
+            if (file.is_some() || dir.is_some())
+                && (api.SSL_CTX_load_verify_locations)(
+                    ctx.as_ptr(),
+                    file.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+                    dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+                ) != 1
+            {
+                return Err(format!(
+                    "cannot load the CA certificates of SSLProxyCACertificateFile/Path ({})",
+                    policy.ca_file.as_deref().or(policy.ca_path.as_deref()).unwrap_or("")
+                ));
+            }
+            if let Some(pem) = policy.client_cert.as_deref() {
+                let c = c_path(pem)?;
+                if (api.SSL_CTX_use_certificate_chain_file)(ctx.as_ptr(), c.as_ptr()) != 1
+                    || (api.SSL_CTX_use_PrivateKey_file)(ctx.as_ptr(), c.as_ptr(), SSL_FILETYPE_PEM) != 1
+                    || (api.SSL_CTX_check_private_key)(ctx.as_ptr()) != 1
+                {
+                    return Err(format!(
+                        "cannot use SSLProxyMachineCertificateFile {pem} (it needs the certificate and its key, in PEM)"
+                    ));
+                }
+            }
+            Ok(context)
         }
     }
+}
+
+fn c_path(path: &str) -> Result<CString, String> {
+    CString::new(path).map_err(|_| format!("bad file name {path:?}"))
 }
 
 impl Drop for Context {
@@ -185,6 +261,29 @@ impl Ssl {
         }
     }
 
+    /// An SSL_get_error code, with OpenSSL's reason for this thread's
+    /// last error if it has one (a backend's alert, say "certificate
+    /// required").
+    fn describe(&self, code: c_int) -> String {
+        // SAFETY: reads and clears this thread's error queue; the buffer is
+        // ours and OpenSSL NUL-terminates within its length.
+        let reason = unsafe {
+            let e = (self.api.ERR_get_error)();
+            if e == 0 {
+                String::new()
+            } else {
+                let mut buf = [0 as c_char; 256];
+                (self.api.ERR_error_string_n)(e, buf.as_mut_ptr(), buf.len());
+                CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+            }
+        };
+        if reason.is_empty() {
+            format!("SSL error {code}")
+        } else {
+            format!("SSL error {code}: {reason}")
+        }
+    }
+
     fn error(&self, ret: c_int) -> c_int {
         // SAFETY: our live SSL and the return value of the call just made.
         unsafe { (self.api.SSL_get_error)(self.ssl.as_ptr(), ret) }
@@ -203,7 +302,7 @@ impl Ssl {
         match self.error(rv) {
             SSL_ERROR_WANT_READ => Ok(Handshake::WantRead),
             SSL_ERROR_WANT_WRITE => Ok(Handshake::WantWrite),
-            e => Err(format!("TLS handshake failed (SSL error {e})")),
+            e => Err(format!("TLS handshake failed ({})", self.describe(e))),
         }
     }
 
@@ -219,6 +318,99 @@ impl Ssl {
         }
     }
 
+    /// mod_ssl's checks after a proxy handshake, by `policy`: OpenSSL's
+    /// verdict on the chain (unless `SSLProxyVerify none`), the
+    /// certificate's dates, its names against `host` (the backend's host,
+    /// or the request's with ProxyPreserveHost, as mod_proxy gives it).
+    pub fn check_peer(&self, policy: &TlsPolicy, host: &str) -> Result<(), String> {
+        let api = self.api;
+        let verify = policy.verify();
+        // SAFETY: our live SSL; OpenSSL's error string is static.
+        unsafe {
+            if verify != Verify::None {
+                let rv = (api.SSL_get_verify_result)(self.ssl.as_ptr());
+                let accepted = rv == X509_V_OK || (verify == Verify::OptionalNoCa && X509_V_ERRORS_NO_CA.contains(&rv));
+                if !accepted {
+                    let why = (api.X509_verify_cert_error_string)(rv);
+                    let why = if why.is_null() { "".into() } else { CStr::from_ptr(why).to_string_lossy() };
+                    return Err(format!("the backend's certificate is not trusted: {why} (SSLProxyVerify)"));
+                }
+                // OpenSSL cannot be told depth 0 (the certificate itself
+                // trusted, no issuer); mod_ssl's count is checked here.
+                let chain = (api.SSL_get0_verified_chain)(self.ssl.as_ptr());
+                let levels = if chain.is_null() { 0 } else { (api.OPENSSL_sk_num)(chain).max(0) as u32 };
+                if levels > policy.verify_depth().saturating_add(1) {
+                    return Err(format!(
+                        "the backend's certificate chain has {levels} certificates, more than SSLProxyVerifyDepth {} allows",
+                        policy.verify_depth()
+                    ));
+                }
+            }
+        }
+        let names = policy.name_check();
+        if !policy.check_expire() && names == NameCheck::Off {
+            return Ok(());
+        }
+        // SAFETY: our live SSL; the certificate it returns is ours to free,
+        // once, after the checks.
+        unsafe {
+            let cert = (api.SSL_get1_peer_certificate)(self.ssl.as_ptr());
+            if cert.is_null() {
+                return Err("the backend presented no certificate".into());
+            }
+            let checked = self.check_cert(cert, policy.check_expire(), names, host);
+            (api.X509_free)(cert);
+            checked
+        }
+    }
+
+    /// # Safety
+    /// `cert` is a live certificate.
+    unsafe fn check_cert(&self, cert: *mut X509, expire: bool, names: NameCheck, host: &str) -> Result<(), String> {
+        let api = self.api;
+        // SAFETY: caller contract; the time fields belong to `cert`, and
+        // the names are NUL-terminated copies or buffers of ours.
+        unsafe {
+            if expire
+                && ((api.X509_cmp_current_time)((api.X509_get0_notBefore)(cert)) >= 0
+                    || (api.X509_cmp_current_time)((api.X509_get0_notAfter)(cert)) <= 0)
+            {
+                return Err(
+                    "the backend's certificate has expired or is not valid yet (SSLProxyCheckPeerExpire)".into()
+                );
+            }
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let matched = match names {
+                NameCheck::Off => true,
+                NameCheck::Names => {
+                    let c = c_path(bare)?;
+                    if bare.parse::<std::net::IpAddr>().is_ok() {
+                        (api.X509_check_ip_asc)(cert, c.as_ptr(), 0) == 1
+                    } else {
+                        let flags = X509_CHECK_FLAG_ALWAYS_CHECK_SUBJECT | X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS;
+                        (api.X509_check_host)(cert, c.as_ptr(), bare.len(), flags, std::ptr::null_mut()) == 1
+                    }
+                }
+                NameCheck::CommonName => {
+                    let mut buf = [0 as c_char; 256];
+                    let subject = (api.X509_get_subject_name)(cert);
+                    let n = if subject.is_null() {
+                        -1
+                    } else {
+                        (api.X509_NAME_get_text_by_NID)(subject, NID_COMMON_NAME, buf.as_mut_ptr(), buf.len() as c_int)
+                    };
+                    n >= 0 && common_name_matches(&CStr::from_ptr(buf.as_ptr()).to_string_lossy(), bare)
+                }
+            };
+            if matched {
+                Ok(())
+            } else {
+                let directive = if names == NameCheck::Names { "SSLProxyCheckPeerName" } else { "SSLProxyCheckPeerCN" };
+                Err(format!("the backend's certificate does not name {bare} ({directive})"))
+            }
+        }
+    }
+
     fn io_result(&mut self, rv: c_int) -> io::Result<usize> {
         if rv > 0 {
             return Ok(rv as usize);
@@ -230,7 +422,7 @@ impl Ssl {
                 Err(io::ErrorKind::WouldBlock.into())
             }
             SSL_ERROR_ZERO_RETURN => Ok(0),
-            e => Err(io::Error::other(format!("TLS error (SSL error {e})"))),
+            e => Err(io::Error::other(format!("TLS error ({})", self.describe(e)))),
         }
     }
 

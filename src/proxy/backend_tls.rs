@@ -1,0 +1,400 @@
+//! How `h2://` backends are checked: mod_ssl's `SSLProxy*` directives,
+//! read from the configuration tree (`hooks::set_backend_tls`), merged as
+//! mod_ssl merges them, and the checks mod_ssl makes after its proxy
+//! handshake.
+//!
+//! Why here: proxy_http2_module runs its backend connections on its own
+//! engine thread with its own OpenSSL session (`tls.rs`), not through
+//! mod_ssl's connection filters, and mod_ssl keeps its settings private.
+//! Without this, `SSLProxyVerify require` and `SSLProxyCACertificateFile`
+//! had no effect on `h2://` backends, where the stock module (which goes
+//! through mod_ssl) verifies them, and mod_ssl's default checks (the
+//! certificate's dates and its names against the backend's host) were not
+//! made either.
+//!
+//! Pure: parsing, merging and the section matching are unit-tested; the
+//! OpenSSL side is `tls.rs`.
+
+/// `SSLProxyVerify`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verify {
+    None,
+    /// mod_ssl verifies a server's certificate alike for `optional` and
+    /// `require` (a server always presents one).
+    Require,
+    /// Verified, but an unknown or self-signed issuer is accepted.
+    OptionalNoCa,
+}
+
+/// The `SSLProxy*` settings of one context (server, virtual host or
+/// `<Proxy>` section). `None`: not set here, inherited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsPolicy {
+    pub verify: Option<Verify>,
+    pub verify_depth: Option<u32>,
+    pub ca_file: Option<String>,
+    pub ca_path: Option<String>,
+    pub check_expire: Option<bool>,
+    pub check_name: Option<bool>,
+    pub check_cn: Option<bool>,
+    /// `SSLProxyMachineCertificateFile`: the client certificate and its
+    /// key, in one PEM file.
+    pub client_cert: Option<String>,
+}
+
+/// How the backend's certificate names are checked against its host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameCheck {
+    Off,
+    /// The subjectAltName entries and the subject's CN (mod_ssl's
+    /// `SSLProxyCheckPeerName`).
+    Names,
+    /// The subject's CN only (`SSLProxyCheckPeerName off`,
+    /// `SSLProxyCheckPeerCN on`).
+    CommonName,
+}
+
+fn flag(arg: &str) -> Option<bool> {
+    match arg.to_ascii_lowercase().as_str() {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
+impl TlsPolicy {
+    /// Records one directive if it is one of ours; `path` makes a file
+    /// name absolute (relative to ServerRoot, as mod_ssl does). mod_ssl
+    /// itself refuses malformed values at start, so a value that does not
+    /// parse here changes nothing. Returns whether the directive is one of
+    /// these.
+    pub fn apply(&mut self, directive: &str, args: &str, path: impl Fn(&str) -> String) -> bool {
+        let arg = args.split_ascii_whitespace().next().unwrap_or("");
+        let arg = arg.trim_matches('"');
+        match directive.to_ascii_lowercase().as_str() {
+            "sslproxyverify" => {
+                let v = match arg.to_ascii_lowercase().as_str() {
+                    "none" => Some(Verify::None),
+                    "optional" | "require" => Some(Verify::Require),
+                    "optional_no_ca" => Some(Verify::OptionalNoCa),
+                    _ => None,
+                };
+                self.verify = v.or(self.verify);
+            }
+            "sslproxyverifydepth" => self.verify_depth = arg.parse().ok().or(self.verify_depth),
+            "sslproxycacertificatefile" => self.ca_file = Some(path(arg)),
+            "sslproxycacertificatepath" => self.ca_path = Some(path(arg)),
+            "sslproxycheckpeerexpire" => self.check_expire = flag(arg).or(self.check_expire),
+            "sslproxycheckpeername" => self.check_name = flag(arg).or(self.check_name),
+            "sslproxycheckpeercn" => self.check_cn = flag(arg).or(self.check_cn),
+            "sslproxymachinecertificatefile" => self.client_cert = Some(path(arg)),
+            _ => return false,
+        }
+        true
+    }
+
+    /// mod_ssl's merge: the inner context's settings where it has them.
+    pub fn merge(base: &TlsPolicy, over: &TlsPolicy) -> TlsPolicy {
+        TlsPolicy {
+            verify: over.verify.or(base.verify),
+            verify_depth: over.verify_depth.or(base.verify_depth),
+            ca_file: over.ca_file.clone().or_else(|| base.ca_file.clone()),
+            ca_path: over.ca_path.clone().or_else(|| base.ca_path.clone()),
+            check_expire: over.check_expire.or(base.check_expire),
+            check_name: over.check_name.or(base.check_name),
+            check_cn: over.check_cn.or(base.check_cn),
+            client_cert: over.client_cert.clone().or_else(|| base.client_cert.clone()),
+        }
+    }
+
+    pub fn verify(&self) -> Verify {
+        self.verify.unwrap_or(Verify::None)
+    }
+
+    /// The longest chain accepted, as mod_ssl counts it (0: the backend's
+    /// own certificate, 1: its issuer, ...). mod_ssl's default is 1.
+    pub fn verify_depth(&self) -> u32 {
+        self.verify_depth.unwrap_or(1)
+    }
+
+    /// mod_ssl checks the dates unless told not to, whatever
+    /// `SSLProxyVerify` says.
+    pub fn check_expire(&self) -> bool {
+        self.check_expire != Some(false)
+    }
+
+    /// As mod_ssl decides it: the names, unless `SSLProxyCheckPeerName off`,
+    /// or `SSLProxyCheckPeerCN off` without an explicit
+    /// `SSLProxyCheckPeerName on`; failing that the CN alone where
+    /// `SSLProxyCheckPeerCN on`.
+    pub fn name_check(&self) -> NameCheck {
+        if self.check_name != Some(false) && (self.check_cn != Some(false) || self.check_name == Some(true)) {
+            NameCheck::Names
+        } else if self.check_cn == Some(true) {
+            NameCheck::CommonName
+        } else {
+            NameCheck::Off
+        }
+    }
+}
+
+/// How one request's backend connection is made over TLS (`h2://`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TlsTarget {
+    /// The name the certificate must carry, as mod_proxy picks it: the
+    /// URL's host or, with ProxyPreserveHost, the request's.
+    pub host: String,
+    pub policy: TlsPolicy,
+}
+
+impl TlsTarget {
+    /// The server name to send (SNI): the host, unless an IP literal.
+    pub fn sni(&self) -> Option<&str> {
+        let bare = self.host.trim_start_matches('[').trim_end_matches(']');
+        (!bare.is_empty() && bare.parse::<std::net::IpAddr>().is_err()).then_some(bare)
+    }
+
+    /// Connections are shared by requests with the same target only: a
+    /// connection checked against one name or by one set of settings
+    /// never carries a request that asks for another.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// `SSLProxyCheckPeerCN`'s comparison: the CN equals the host (ASCII case
+/// ignored), or is `*.` and a domain that the host is one label under.
+pub fn common_name_matches(cn: &str, host: &str) -> bool {
+    if cn.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    match (cn.strip_prefix("*."), host.split_once('.')) {
+        (Some(domain), Some((label, rest))) => !label.is_empty() && domain.eq_ignore_ascii_case(rest),
+        _ => false,
+    }
+}
+
+/// A section pattern matched by code outside this module (httpd's regular
+/// expressions, shell wildcards: `apr::regex`).
+pub trait UrlPattern: std::fmt::Debug + Send + Sync {
+    fn is_match(&self, url: &str) -> bool;
+    /// The pattern as written.
+    fn source(&self) -> &str;
+}
+
+/// Which backend URLs a `<Proxy>` section covers.
+#[derive(Debug)]
+pub enum SectionMatch {
+    /// `<Proxy url>`: the URL starts with it.
+    Prefix(String),
+    /// `<ProxyMatch re>`, `<Proxy ~ re>`, `<Proxy>` with wildcards.
+    Pattern(Box<dyn UrlPattern>),
+}
+
+impl PartialEq for SectionMatch {
+    fn eq(&self, other: &SectionMatch) -> bool {
+        match (self, other) {
+            (SectionMatch::Prefix(a), SectionMatch::Prefix(b)) => a == b,
+            (SectionMatch::Pattern(a), SectionMatch::Pattern(b)) => a.source() == b.source(),
+            _ => false,
+        }
+    }
+}
+
+/// A `<Proxy>` section that sets `SSLProxy*` directives.
+#[derive(Debug, PartialEq)]
+pub struct ProxySection {
+    pub matches: SectionMatch,
+    pub policy: TlsPolicy,
+}
+
+impl ProxySection {
+    fn covers(&self, url: &str) -> bool {
+        match &self.matches {
+            SectionMatch::Prefix(p) => url.starts_with(p.as_str()),
+            SectionMatch::Pattern(p) => p.is_match(url),
+        }
+    }
+}
+
+/// One server's settings for its `h2://` backends.
+#[derive(Debug, Default, PartialEq)]
+pub struct BackendTls {
+    /// The server's own, merged over the main server's.
+    pub server: TlsPolicy,
+    /// The main server's `<Proxy>` sections, then the virtual host's, in
+    /// the order mod_proxy walks them.
+    pub sections: Vec<ProxySection>,
+}
+
+impl BackendTls {
+    /// The settings for the backend URL `url` (`h2://host/path`, mod_proxy's
+    /// `proxy:` filename without its prefix): the server's, with every
+    /// section that covers the URL merged over them in turn.
+    pub fn for_url(&self, url: &str) -> TlsPolicy {
+        let mut policy = self.server.clone();
+        for section in self.sections.iter().filter(|s| s.covers(url)) {
+            policy = TlsPolicy::merge(&policy, &section.policy);
+        }
+        policy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rooted(p: &str) -> String {
+        if p.starts_with('/') {
+            p.to_string()
+        } else {
+            format!("/srv/{p}")
+        }
+    }
+
+    fn policy(lines: &[(&str, &str)]) -> TlsPolicy {
+        let mut p = TlsPolicy::default();
+        for (d, a) in lines {
+            assert!(p.apply(d, a, rooted), "{d}");
+        }
+        p
+    }
+
+    #[test]
+    fn defaults_are_mod_ssl_s() {
+        let p = TlsPolicy::default();
+        assert_eq!(p.verify(), Verify::None);
+        assert_eq!(p.verify_depth(), 1);
+        assert!(p.check_expire());
+        assert_eq!(p.name_check(), NameCheck::Names);
+        assert_eq!(p.ca_file, None);
+    }
+
+    #[test]
+    fn parses_every_directive() {
+        let p = policy(&[
+            ("SSLProxyVerify", "require"),
+            ("sslproxyverifydepth", "3"),
+            ("SSLProxyCACertificateFile", "ca.pem"),
+            ("SSLProxyCACertificatePath", "\"/etc/ca\""),
+            ("SSLProxyCheckPeerExpire", "off"),
+            ("SSLProxyMachineCertificateFile", "/etc/client.pem"),
+        ]);
+        assert_eq!(p.verify(), Verify::Require);
+        assert_eq!(p.verify_depth(), 3);
+        assert_eq!(p.ca_file.as_deref(), Some("/srv/ca.pem"));
+        assert_eq!(p.ca_path.as_deref(), Some("/etc/ca"));
+        assert!(!p.check_expire());
+        assert_eq!(p.client_cert.as_deref(), Some("/etc/client.pem"));
+        assert_eq!(policy(&[("SSLProxyVerify", "optional")]).verify(), Verify::Require);
+        assert_eq!(policy(&[("SSLProxyVerify", "OPTIONAL_NO_CA")]).verify(), Verify::OptionalNoCa);
+        assert_eq!(policy(&[("SSLProxyVerify", "require"), ("SSLProxyVerify", "none")]).verify(), Verify::None);
+    }
+
+    #[test]
+    fn other_directives_and_bad_values_change_nothing() {
+        let mut p = policy(&[("SSLProxyVerify", "require"), ("SSLProxyVerifyDepth", "2")]);
+        assert!(!p.apply("SSLProxyEngine", "on", rooted));
+        assert!(!p.apply("SSLVerifyClient", "none", rooted));
+        assert!(p.apply("SSLProxyVerify", "sometimes", rooted));
+        assert!(p.apply("SSLProxyVerifyDepth", "-1", rooted));
+        assert!(p.apply("SSLProxyCheckPeerName", "maybe", rooted));
+        assert_eq!(p, policy(&[("SSLProxyVerify", "require"), ("SSLProxyVerifyDepth", "2")]));
+    }
+
+    #[test]
+    fn name_check_follows_mod_ssl() {
+        let check = |name: Option<&str>, cn: Option<&str>| {
+            let mut lines = Vec::new();
+            if let Some(v) = name {
+                lines.push(("SSLProxyCheckPeerName", v));
+            }
+            if let Some(v) = cn {
+                lines.push(("SSLProxyCheckPeerCN", v));
+            }
+            policy(&lines).name_check()
+        };
+        assert_eq!(check(None, None), NameCheck::Names);
+        assert_eq!(check(Some("on"), None), NameCheck::Names);
+        assert_eq!(check(Some("on"), Some("off")), NameCheck::Names);
+        assert_eq!(check(None, Some("off")), NameCheck::Off);
+        assert_eq!(check(Some("off"), None), NameCheck::Off);
+        assert_eq!(check(Some("off"), Some("on")), NameCheck::CommonName);
+        assert_eq!(check(Some("off"), Some("off")), NameCheck::Off);
+    }
+
+    #[test]
+    fn server_name_is_the_host_unless_an_address() {
+        let t = |h: &str| TlsTarget { host: h.into(), policy: TlsPolicy::default() };
+        assert_eq!(t("b.test").sni(), Some("b.test"));
+        assert_eq!(t("127.0.0.1").sni(), None);
+        assert_eq!(t("[::1]").sni(), None);
+        assert_eq!(t("").sni(), None);
+        assert_ne!(t("a.test").fingerprint(), t("b.test").fingerprint());
+        let strict = TlsTarget { host: "a.test".into(), policy: policy(&[("SSLProxyVerify", "require")]) };
+        assert_ne!(t("a.test").fingerprint(), strict.fingerprint());
+    }
+
+    #[test]
+    fn common_names_match_whole_labels() {
+        assert!(common_name_matches("b.test", "B.Test"));
+        assert!(common_name_matches("*.b.test", "x.b.test"));
+        assert!(!common_name_matches("*.b.test", "b.test"));
+        assert!(!common_name_matches("*.b.test", "y.x.b.test"));
+        assert!(!common_name_matches("b.test", "c.test"));
+        assert!(!common_name_matches("", "c.test"));
+    }
+
+    #[test]
+    fn inner_contexts_override_what_they_set() {
+        let main = policy(&[("SSLProxyVerify", "require"), ("SSLProxyCACertificateFile", "/ca/main.pem")]);
+        let vhost = policy(&[("SSLProxyCACertificateFile", "/ca/vhost.pem")]);
+        let merged = TlsPolicy::merge(&main, &vhost);
+        assert_eq!(merged.verify(), Verify::Require);
+        assert_eq!(merged.ca_file.as_deref(), Some("/ca/vhost.pem"));
+        assert_eq!(TlsPolicy::merge(&vhost, &TlsPolicy::default()), vhost);
+    }
+
+    #[test]
+    fn sections_apply_to_the_urls_they_cover_in_order() {
+        let tls = BackendTls {
+            server: policy(&[("SSLProxyVerify", "require")]),
+            sections: vec![
+                ProxySection {
+                    matches: SectionMatch::Prefix("h2://a.test".into()),
+                    policy: policy(&[("SSLProxyVerify", "none"), ("SSLProxyCheckPeerExpire", "off")]),
+                },
+                ProxySection {
+                    matches: SectionMatch::Prefix("h2://a.test/strict".into()),
+                    policy: policy(&[("SSLProxyVerify", "require")]),
+                },
+                ProxySection {
+                    matches: SectionMatch::Pattern(Box::new(Suffix(".test/lax"))),
+                    policy: policy(&[("SSLProxyCheckPeerName", "off")]),
+                },
+            ],
+        };
+        assert_eq!(tls.for_url("h2://b.test/").verify(), Verify::Require);
+        let a = tls.for_url("h2://a.test/x");
+        assert_eq!((a.verify(), a.check_expire()), (Verify::None, false));
+        let strict = tls.for_url("h2://a.test/strict/1");
+        assert_eq!((strict.verify(), strict.check_expire()), (Verify::Require, false));
+        assert_eq!(tls.for_url("h2://b.test/lax").name_check(), NameCheck::Off);
+        assert_eq!(tls.for_url("h2://b.test/lax/").name_check(), NameCheck::Names);
+    }
+
+    #[derive(Debug)]
+    struct Suffix(&'static str);
+
+    impl UrlPattern for Suffix {
+        fn is_match(&self, url: &str) -> bool {
+            url.ends_with(self.0)
+        }
+        fn source(&self) -> &str {
+            self.0
+        }
+    }
+}
