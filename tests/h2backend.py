@@ -6,7 +6,8 @@ issued by it is required)
 Paths (query parameters after ?):
   /delay?s=1          -> after s seconds, 200 "ok conn=N stream=M path=..."
   /headers            -> 200, JSON of the request's fields (pseudo ones too);
-                         x-client-cn: the client certificate's CN, if any
+                         x-client-cn: the client certificate's CN, if any;
+                         x-tls-version, x-tls-cipher: what TLS agreed on
   POST /echo          -> 200 "length=N sha256=HEX" of the request body, its
                          trailers as JSON in x-request-trailers
   /trailers           -> 200 "hello" + trailers grpc-status: 0, grpc-message: fine
@@ -115,6 +116,9 @@ class Conn:
                 await self.respond(sid, 200, f"ok port={PORT} conn={self.number} stream={sid} path={path}\n".encode())
             elif route == "/headers":
                 fields = [("x-backend-conn", str(self.number))]
+                tls = self.writer.get_extra_info("ssl_object")
+                if tls:
+                    fields += [("x-tls-version", tls.version()), ("x-tls-cipher", tls.cipher()[0])]
                 peer = self.writer.get_extra_info("peercert")
                 if peer:
                     cn = [v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"]

@@ -480,9 +480,9 @@ def test_tls_backend(proxy, backends):
 def backend_pki(workdir):
     """A CA and certificates for TLS backends (EC keys, quick to make):
     `signed` (issued by the CA, for localhost), `expired` (the same, valid
-    in January 2020 only), `client` (issued by the CA, CN proxy-client,
-    certificate and key in one file, as SSLProxyMachineCertificateFile
-    takes them)."""
+    in January 2020 only), `revoked` (the same, revoked in `crl.pem`),
+    `client` (issued by the CA, CN proxy-client, certificate and key in
+    one file, as SSLProxyMachineCertificateFile takes them)."""
     d = workdir / "backend-pki"
     d.mkdir()
 
@@ -506,13 +506,18 @@ commonName = supplied
 """)
     (d / "index.txt").write_text("")
     (d / "serial").write_text("01\n")
-    for name, cn in [("signed", "signed.test"), ("expired", "expired.test"), ("client", "proxy-client")]:
+    for name, cn in [("signed", "signed.test"), ("expired", "expired.test"), ("revoked", "revoked.test"),
+                     ("client", "proxy-client")]:
         run(f"openssl req -new {ec} -subj /CN={cn} -keyout {name}.key -out {name}.csr")
     run("openssl x509 -req -in signed.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
         "-extfile names.ext -out signed.pem")
     run("openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.crt")
     run("openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in expired.csr -out expired.pem "
         "-startdate 20200101000000Z -enddate 20200201000000Z -extfile names.ext -notext")
+    run("openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in revoked.csr -out revoked.pem "
+        "-days 2 -extfile names.ext -notext")
+    run("openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -revoke revoked.pem")
+    run("openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -gencrl -crldays 2 -out crl.pem")
     (d / "client.pem").write_text((d / "client.crt").read_text() + (d / "client.key").read_text())
     for f in d.iterdir():
         os.chmod(f, 0o644)
@@ -521,14 +526,15 @@ commonName = supplied
 
 @pytest.fixture(scope="module")
 def tls_backends(certs, backend_pki):
-    """TLS backends by the certificate they present: `signed` and `expired`
-    (backend_pki), `self` (self-signed, for localhost and 127.0.0.1),
+    """TLS backends by the certificate they present: `signed`, `expired` and
+    `revoked` (backend_pki), `self` (self-signed, for localhost and 127.0.0.1),
     `other` (self-signed, for c.test only), `mtls` (`signed`, and it
     requires a client certificate issued by the CA)."""
     d = backend_pki
     started = {
         "signed": spawn_backend("h2backend.py", 100, d / "signed.pem", d / "signed.key"),
         "expired": spawn_backend("h2backend.py", 100, d / "expired.pem", d / "expired.key"),
+        "revoked": spawn_backend("h2backend.py", 100, d / "revoked.pem", d / "revoked.key"),
         "self": spawn_backend("h2backend.py", 100, *certs.main),
         "other": spawn_backend("h2backend.py", 100, *certs.other),
         "mtls": spawn_backend("h2backend.py", 100, d / "signed.pem", d / "signed.key", d / "ca.pem"),
@@ -576,6 +582,16 @@ BACKEND_CHECKS = {
     "dates unchecked": (
         "SSLProxyCheckPeerExpire off", {"expired": 200, "other": 503},
         "certificate does not name localhost (SSLProxyCheckPeerName)"),
+    "a revoked certificate is refused": (
+        "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}\nSSLProxyCARevocationFile {pki}/crl.pem\n"
+        "SSLProxyCARevocationCheck leaf", {"signed": 200, "revoked": 503},
+        "certificate is not trusted: certificate revoked (SSLProxyVerify)"),
+    "revocation checks need a CRL": (
+        "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}\nSSLProxyCARevocationCheck chain",
+        {"signed": 503}, "certificate is not trusted: unable to get certificate CRL (SSLProxyVerify)"),
+    "unless told a missing CRL is fine": (
+        "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}\n"
+        "SSLProxyCARevocationCheck leaf no_crl_for_cert_ok", {"signed": 200, "revoked": 200}, None),
 }
 
 
@@ -587,12 +603,14 @@ def test_tls_backend_certificates_are_checked_as_mod_ssl_checks_them(workdir, do
     had no effect on h2:// backends and neither dates nor names were
     checked."""
     directives, expected, reason = BACKEND_CHECKS[case]
-    srv = tls_check_server(workdir, docroot, tls_backends, directives.format(ca=backend_pki / "ca.pem"),
+    srv = tls_check_server(workdir, docroot, tls_backends,
+                           directives.format(ca=backend_pki / "ca.pem", pki=backend_pki),
                            name="tls-check-" + uuid.uuid4().hex[:8]).start()
     try:
         got = {b: split(get(srv, f"/{b}/headers"))[0] for b in expected}
         assert got == expected
-        assert f"the backend's {reason}, answering 503" in srv.read_error_log()
+        if reason:
+            assert f"the backend's {reason}, answering 503" in srv.read_error_log()
     finally:
         srv.stop()
     srv.check_log()
@@ -630,6 +648,29 @@ Listen 127.0.0.1:{vport}
                  for p in ["/signed/headers", "/other/headers", "/expired/delay?s=0"]}
         assert vhost == {"/signed/headers": 200, "/other/headers": 200, "/expired/delay?s=0": 503}
         assert "the backend's certificate is not trusted" in srv.read_error_log()
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
+@pytest.mark.parametrize("directives, version, cipher", [
+    ("", "TLSv1.3", None),
+    ("SSLProxyProtocol -all +TLSv1.2", "TLSv1.2", None),
+    ("SSLProxyProtocol TLSv1.2\nSSLProxyCipherSuite ECDHE-ECDSA-CHACHA20-POLY1305",
+     "TLSv1.2", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+    ("SSLProxyCipherSuite TLSv1.3 TLS_CHACHA20_POLY1305_SHA256", "TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256"),
+], ids=["defaults", "protocol", "tls1.2-cipher", "tls1.3-suite"])
+def test_tls_backend_protocols_and_ciphers(workdir, docroot, tls_backends, directives, version, cipher):
+    """SSLProxyProtocol and SSLProxyCipherSuite choose what the backend
+    connection may agree on (the backend reports what it did)."""
+    srv = tls_check_server(workdir, docroot, tls_backends, directives,
+                           name="tls-proto-" + uuid.uuid4().hex[:8]).start()
+    try:
+        code, body = split(get(srv, "/signed/headers", "-D", "-"))
+        assert code == 200
+        assert f"x-tls-version: {version}".encode() in body
+        if cipher:
+            assert f"x-tls-cipher: {cipher}".encode() in body
     finally:
         srv.stop()
     srv.check_log()

@@ -40,6 +40,53 @@ pub struct TlsPolicy {
     /// `SSLProxyMachineCertificateFile`: the client certificate and its
     /// key, in one PEM file.
     pub client_cert: Option<String>,
+    /// `SSLProxyProtocol`: the protocol versions allowed (`PROTOCOLS` bits).
+    pub protocols: Option<u8>,
+    /// `SSLProxyCipherSuite`: the list for TLS 1.2 and below, and for 1.3.
+    pub ciphers: Option<String>,
+    pub ciphersuites: Option<String>,
+    /// `SSLProxyCARevocationFile`/`-Path`, `SSLProxyCARevocationCheck`.
+    pub crl_file: Option<String>,
+    pub crl_path: Option<String>,
+    pub crl_check: Option<CrlCheck>,
+}
+
+/// `SSLProxyCARevocationCheck`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CrlCheck {
+    /// The whole chain (`chain`), or the backend's certificate (`leaf`).
+    pub chain: bool,
+    /// `no_crl_for_cert_ok`: a certificate whose issuer has no CRL passes.
+    pub missing_ok: bool,
+}
+
+/// SSLProxyProtocol's names, as protocol versions (OpenSSL's numbers), in
+/// order; bit i of `TlsPolicy::protocols` is entry i.
+pub const PROTOCOLS: [(&str, u16); 5] =
+    [("SSLv3", 0x0300), ("TLSv1", 0x0301), ("TLSv1.1", 0x0302), ("TLSv1.2", 0x0303), ("TLSv1.3", 0x0304)];
+const ALL_PROTOCOLS: u8 = 0b1_1111;
+
+/// mod_ssl's reading of `SSLProxyProtocol [+-]name ...`: `+`/`-` add or
+/// remove from what the words before it left, a bare name replaces it.
+fn parse_protocols(args: &str) -> Option<u8> {
+    let mut set = 0u8;
+    for word in args.split_ascii_whitespace() {
+        let (action, name) = match word.as_bytes().first() {
+            Some(b'+') | Some(b'-') => (word.as_bytes()[0], &word[1..]),
+            _ => (b'=', word),
+        };
+        let bits = if name.eq_ignore_ascii_case("all") {
+            ALL_PROTOCOLS
+        } else {
+            1 << PROTOCOLS.iter().position(|(n, _)| n.eq_ignore_ascii_case(name))?
+        };
+        match action {
+            b'+' => set |= bits,
+            b'-' => set &= !bits,
+            _ => set = bits,
+        }
+    }
+    Some(set)
 }
 
 /// How the backend's certificate names are checked against its host.
@@ -88,6 +135,31 @@ impl TlsPolicy {
             "sslproxycheckpeername" => self.check_name = flag(arg).or(self.check_name),
             "sslproxycheckpeercn" => self.check_cn = flag(arg).or(self.check_cn),
             "sslproxymachinecertificatefile" => self.client_cert = Some(path(arg)),
+            "sslproxyprotocol" => self.protocols = parse_protocols(args).or(self.protocols),
+            "sslproxyciphersuite" => {
+                let words: Vec<&str> = args.split_ascii_whitespace().map(|w| w.trim_matches('"')).collect();
+                match words.as_slice() {
+                    [list] | [_, list] if words.len() == 1 || words[0].eq_ignore_ascii_case("SSL") => {
+                        self.ciphers = Some(list.to_string())
+                    }
+                    [protocol, list] if protocol.eq_ignore_ascii_case("TLSv1.3") => {
+                        self.ciphersuites = Some(list.to_string())
+                    }
+                    _ => {}
+                }
+            }
+            "sslproxycarevocationfile" => self.crl_file = Some(path(arg)),
+            "sslproxycarevocationpath" => self.crl_path = Some(path(arg)),
+            "sslproxycarevocationcheck" => {
+                let mode = arg.to_ascii_lowercase();
+                let missing_ok =
+                    args.split_ascii_whitespace().skip(1).any(|f| f.eq_ignore_ascii_case("no_crl_for_cert_ok"));
+                self.crl_check = match mode.as_str() {
+                    "none" => None,
+                    "chain" | "leaf" => Some(CrlCheck { chain: mode == "chain", missing_ok }),
+                    _ => self.crl_check,
+                };
+            }
             _ => return false,
         }
         true
@@ -104,6 +176,12 @@ impl TlsPolicy {
             check_name: over.check_name.or(base.check_name),
             check_cn: over.check_cn.or(base.check_cn),
             client_cert: over.client_cert.clone().or_else(|| base.client_cert.clone()),
+            protocols: over.protocols.or(base.protocols),
+            ciphers: over.ciphers.clone().or_else(|| base.ciphers.clone()),
+            ciphersuites: over.ciphersuites.clone().or_else(|| base.ciphersuites.clone()),
+            crl_file: over.crl_file.clone().or_else(|| base.crl_file.clone()),
+            crl_path: over.crl_path.clone().or_else(|| base.crl_path.clone()),
+            crl_check: over.crl_check.or(base.crl_check),
         }
     }
 
@@ -115,6 +193,19 @@ impl TlsPolicy {
     /// own certificate, 1: its issuer, ...). mod_ssl's default is 1.
     pub fn verify_depth(&self) -> u32 {
         self.verify_depth.unwrap_or(1)
+    }
+
+    /// The lowest and highest protocol version `SSLProxyProtocol` allows
+    /// (OpenSSL cannot leave a gap between them; nor does mod_ssl), None
+    /// where it is not set; Err where it allows none.
+    pub fn protocol_range(&self) -> Result<Option<(u16, u16)>, String> {
+        let Some(set) = self.protocols else { return Ok(None) };
+        let enabled: Vec<u16> =
+            PROTOCOLS.iter().enumerate().filter(|(i, _)| set & (1 << i) != 0).map(|(_, p)| p.1).collect();
+        match (enabled.first(), enabled.last()) {
+            (Some(&lo), Some(&hi)) => Ok(Some((lo, hi))),
+            _ => Err("SSLProxyProtocol allows no protocol".into()),
+        }
     }
 
     /// mod_ssl checks the dates unless told not to, whatever
@@ -292,6 +383,45 @@ mod tests {
         assert_eq!(policy(&[("SSLProxyVerify", "optional")]).verify(), Verify::Require);
         assert_eq!(policy(&[("SSLProxyVerify", "OPTIONAL_NO_CA")]).verify(), Verify::OptionalNoCa);
         assert_eq!(policy(&[("SSLProxyVerify", "require"), ("SSLProxyVerify", "none")]).verify(), Verify::None);
+    }
+
+    #[test]
+    fn protocols_as_mod_ssl_reads_them() {
+        let range = |args: &str| policy(&[("SSLProxyProtocol", args)]).protocol_range();
+        assert_eq!(TlsPolicy::default().protocol_range(), Ok(None));
+        assert_eq!(range("all -SSLv3"), Ok(Some((0x0301, 0x0304))));
+        assert_eq!(range("-all +TLSv1.2"), Ok(Some((0x0303, 0x0303))));
+        assert_eq!(range("TLSv1.2 +TLSv1.3"), Ok(Some((0x0303, 0x0304))));
+        assert_eq!(range("+tlsv1.3"), Ok(Some((0x0304, 0x0304))));
+        assert!(range("-all").is_err());
+        // A name mod_ssl does not know: mod_ssl refuses it; nothing changes.
+        assert_eq!(range("TLSv9"), Ok(None));
+    }
+
+    #[test]
+    fn cipher_suites_by_protocol_and_revocation_checks() {
+        let p = policy(&[
+            ("SSLProxyCipherSuite", "HIGH:!aNULL"),
+            ("SSLProxyCipherSuite", "TLSv1.3 TLS_CHACHA20_POLY1305_SHA256"),
+            ("SSLProxyCARevocationFile", "crl.pem"),
+            ("SSLProxyCARevocationCheck", "leaf no_crl_for_cert_ok"),
+        ]);
+        assert_eq!(p.ciphers.as_deref(), Some("HIGH:!aNULL"));
+        assert_eq!(p.ciphersuites.as_deref(), Some("TLS_CHACHA20_POLY1305_SHA256"));
+        assert_eq!(p.crl_file.as_deref(), Some("/srv/crl.pem"));
+        assert_eq!(p.crl_check, Some(CrlCheck { chain: false, missing_ok: true }));
+        assert_eq!(
+            policy(&[("SSLProxyCipherSuite", "SSL ECDHE-ECDSA-AES128-GCM-SHA256")]).ciphers.as_deref(),
+            Some("ECDHE-ECDSA-AES128-GCM-SHA256")
+        );
+        assert_eq!(
+            policy(&[("SSLProxyCARevocationCheck", "chain")]).crl_check,
+            Some(CrlCheck { chain: true, missing_ok: false })
+        );
+        assert_eq!(
+            policy(&[("SSLProxyCARevocationCheck", "chain"), ("SSLProxyCARevocationCheck", "none")]).crl_check,
+            None
+        );
     }
 
     #[test]

@@ -87,6 +87,11 @@ openssl_api! {
     SSL_CTX_use_certificate_chain_file: fn(*mut SSL_CTX, *const c_char) -> c_int;
     SSL_CTX_use_PrivateKey_file: fn(*mut SSL_CTX, *const c_char, c_int) -> c_int;
     SSL_CTX_check_private_key: fn(*const SSL_CTX) -> c_int;
+    SSL_CTX_set_cipher_list: fn(*mut SSL_CTX, *const c_char) -> c_int;
+    SSL_CTX_set_ciphersuites: fn(*mut SSL_CTX, *const c_char) -> c_int;
+    SSL_CTX_get_cert_store: fn(*const SSL_CTX) -> *mut c_void;
+    X509_STORE_load_locations: fn(*mut c_void, *const c_char, *const c_char) -> c_int;
+    X509_STORE_set_flags: fn(*mut c_void, c_ulong) -> c_int;
     X509_verify_cert_error_string: fn(c_long) -> *const c_char;
     X509_get0_notBefore: fn(*const X509) -> *const c_void;
     X509_get0_notAfter: fn(*const X509) -> *const c_void;
@@ -132,6 +137,11 @@ const SSL_ERROR_ZERO_RETURN: c_int = 6;
 const SSL_FILETYPE_PEM: c_int = 1;
 const NID_COMMON_NAME: c_int = 13;
 const X509_V_OK: c_long = 0;
+const X509_V_ERR_UNABLE_TO_GET_CRL: c_long = 3;
+const X509_V_FLAG_CRL_CHECK: c_ulong = 0x4;
+const X509_V_FLAG_CRL_CHECK_ALL: c_ulong = 0x8;
+const SSL_CTRL_SET_MIN_PROTO_VERSION: c_int = 123;
+const SSL_CTRL_SET_MAX_PROTO_VERSION: c_int = 124;
 /// Chain errors `SSLProxyVerify optional_no_ca` accepts (mod_ssl's
 /// `ssl_verify_error_is_optional`): self-signed, unknown issuer, untrusted.
 const X509_V_ERRORS_NO_CA: [c_long; 5] = [18, 19, 20, 21, 27];
@@ -189,6 +199,36 @@ impl Context {
                     "cannot load the CA certificates of SSLProxyCACertificateFile/Path ({})",
                     policy.ca_file.as_deref().or(policy.ca_path.as_deref()).unwrap_or("")
                 ));
+            }
+            if let Some((lowest, highest)) = policy.protocol_range()? {
+                (api.SSL_CTX_ctrl)(ctx.as_ptr(), SSL_CTRL_SET_MIN_PROTO_VERSION, lowest.into(), std::ptr::null_mut());
+                (api.SSL_CTX_ctrl)(ctx.as_ptr(), SSL_CTRL_SET_MAX_PROTO_VERSION, highest.into(), std::ptr::null_mut());
+            }
+            if let Some(list) = policy.ciphers.as_deref() {
+                if (api.SSL_CTX_set_cipher_list)(ctx.as_ptr(), c_path(list)?.as_ptr()) != 1 {
+                    return Err(format!("SSLProxyCipherSuite {list}: no cipher OpenSSL knows"));
+                }
+            }
+            if let Some(list) = policy.ciphersuites.as_deref() {
+                if (api.SSL_CTX_set_ciphersuites)(ctx.as_ptr(), c_path(list)?.as_ptr()) != 1 {
+                    return Err(format!("SSLProxyCipherSuite TLSv1.3 {list}: no cipher suite OpenSSL knows"));
+                }
+            }
+            if let Some(check) = policy.crl_check {
+                let store = (api.SSL_CTX_get_cert_store)(ctx.as_ptr());
+                let file = policy.crl_file.as_deref().map(c_path).transpose()?;
+                let dir = policy.crl_path.as_deref().map(c_path).transpose()?;
+                if (file.is_some() || dir.is_some())
+                    && (api.X509_STORE_load_locations)(
+                        store,
+                        file.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+                        dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+                    ) != 1
+                {
+                    return Err("cannot load the CRLs of SSLProxyCARevocationFile/Path".into());
+                }
+                let flags = X509_V_FLAG_CRL_CHECK | if check.chain { X509_V_FLAG_CRL_CHECK_ALL } else { 0 };
+                (api.X509_STORE_set_flags)(store, flags);
             }
             if let Some(pem) = policy.client_cert.as_deref() {
                 let c = c_path(pem)?;
@@ -329,7 +369,9 @@ impl Ssl {
         unsafe {
             if verify != Verify::None {
                 let rv = (api.SSL_get_verify_result)(self.ssl.as_ptr());
-                let accepted = rv == X509_V_OK || (verify == Verify::OptionalNoCa && X509_V_ERRORS_NO_CA.contains(&rv));
+                let accepted = rv == X509_V_OK
+                    || (verify == Verify::OptionalNoCa && X509_V_ERRORS_NO_CA.contains(&rv))
+                    || (rv == X509_V_ERR_UNABLE_TO_GET_CRL && policy.crl_check.is_some_and(|c| c.missing_ok));
                 if !accepted {
                     let why = (api.X509_verify_cert_error_string)(rv);
                     let why = if why.is_null() { "".into() } else { CStr::from_ptr(why).to_string_lossy() };
