@@ -63,6 +63,7 @@ static void proxy_register_hooks(apr_pool_t *p)
     }
     hook_scheme(scheme_handler, NULL, NULL, APR_HOOK_FIRST);
     hook_canon(canon_handler, NULL, NULL, APR_HOOK_FIRST);
+    ap_hook_fixups(h2rs_proxy_fixups, NULL, NULL, APR_HOOK_LAST);
     ap_hook_post_config(proxy_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(h2rs_proxy_child_init, NULL, NULL, APR_HOOK_MIDDLE);
 }

@@ -618,8 +618,8 @@ def test_tls_backend_certificates_are_checked_as_mod_ssl_checks_them(workdir, do
 
 def test_proxy_sections_and_virtual_hosts_set_their_own_backend_checks(workdir, docroot, tls_backends,
                                                                        backend_pki):
-    """SSLProxy* in <Proxy>, <ProxyMatch> and wildcard sections apply to the
-    backend URLs they cover, over the server's; a virtual host's settings
+    """SSLProxy* in <Proxy>, <ProxyMatch>, wildcard and balancer sections
+    apply to the backend URLs they cover, over the server's; a virtual host's settings
     over the main server's, with the main server's sections still in
     force there."""
     b = tls_backends
@@ -634,15 +634,23 @@ def test_proxy_sections_and_virtual_hosts_set_their_own_backend_checks(workdir, 
 <Proxy "h2://localhost:{b['signed']}/*">
   SSLProxyVerify require
 </Proxy>
+LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
+LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
+LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
+<Proxy balancer://lax>
+  BalancerMember h2://localhost:{b['expired']}
+  SSLProxyCheckPeerExpire off
+</Proxy>
+ProxyPass /lax/ balancer://lax/
 Listen 127.0.0.1:{vport}
 <VirtualHost 127.0.0.1:{vport}>
   SSLProxyCACertificateFile {backend_pki / "ca.pem"}
 </VirtualHost>""", name="tls-sections").start()
     try:
         main = {p: split(get(srv, p))[0] for p in ["/other/headers", "/expired/headers", "/expired/delay?s=0",
-                                                   "/signed/headers", "/self/headers"]}
+                                                   "/signed/headers", "/self/headers", "/lax/delay?s=0"]}
         assert main == {"/other/headers": 200, "/expired/headers": 200, "/expired/delay?s=0": 503,
-                        "/signed/headers": 503, "/self/headers": 200}
+                        "/signed/headers": 503, "/self/headers": 200, "/lax/delay?s=0": 200}
         vhost = {p: split(curl("--http2-prior-knowledge", "-w", "\n%{http_code}",
                                f"http://127.0.0.1:{vport}{p}"))[0]
                  for p in ["/signed/headers", "/other/headers", "/expired/delay?s=0"]}

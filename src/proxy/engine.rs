@@ -31,6 +31,7 @@ use crate::signal::EventFd;
 use crate::slog;
 use crate::stream::{Headers, ResponseHead};
 use parking_lot::Mutex;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -689,18 +690,16 @@ impl Conn {
         }
         self.connecting = None;
         if let Some(target) = &self.tls_target {
-            if !contexts.contains_key(&target.policy) {
-                match tls::Context::new(&target.policy) {
-                    Ok(c) => {
-                        contexts.insert(target.policy.clone(), c);
-                    }
+            let c = match contexts.entry(target.policy.clone()) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(slot) => match tls::Context::new(&target.policy) {
+                    Ok(c) => slot.insert(c),
                     Err(e) => {
                         self.dead = Some(e);
                         return;
                     }
-                }
-            }
-            let Some(c) = contexts.get(&target.policy) else { return };
+                },
+            };
             match Ssl::new(c, self.sock.as_raw_fd(), target.sni()) {
                 Ok(ssl) => {
                     self.tls = Some(ssl);

@@ -104,6 +104,38 @@ unsafe extern "C" fn child_pre_cleanup(_data: *mut c_void) -> ffi::apr_status_t 
     })
 }
 
+/// The note that keeps the URL mod_proxy matched its `<Proxy>` sections
+/// against (`tls_target`).
+const SECTION_URL_NOTE: &CStr = c"h2rs-proxy-section-url";
+
+/// Keeps a proxied request's `proxy:` file name as it is once mod_proxy
+/// has matched its `<Proxy>` sections and canonicalized it: a balancer
+/// replaces it with its member's URL before the scheme handler runs, and
+/// the `SSLProxy*` settings of a `<Proxy balancer://...>` section must
+/// still apply to the member's connection, as mod_ssl applies them.
+///
+/// # Safety
+/// Called by httpd with a live request.
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_proxy_fixups(r: *mut ffi::request_rec) -> c_int {
+    guard("proxy fixups", HOOK_DECLINED, || {
+        // SAFETY: httpd passes a live request; the file name is
+        // NUL-terminated and copied into the notes.
+        unsafe {
+            if r.is_null() || (*r).proxyreq == 0 || (*r).filename.is_null() {
+                return HOOK_DECLINED;
+            }
+            let filename = CStr::from_ptr((*r).filename);
+            if filename.to_bytes().starts_with(b"proxy:") {
+                if let Some(notes) = TableRef::from_raw((*r).notes) {
+                    notes.set(SECTION_URL_NOTE, filename);
+                }
+            }
+            HOOK_DECLINED
+        }
+    })
+}
+
 /// The canon handler: `proxy:h2c://host[:port]/path?args` in r->filename.
 ///
 /// # Safety
@@ -495,8 +527,13 @@ unsafe fn tls_target(r: *mut ffi::request_rec, target: &Target, preserve_host: b
         } else {
             target.host().to_string()
         };
-        // mod_proxy matches its sections against the `proxy:` file name.
-        let filename = cstr_lossy((*r).filename);
+        // mod_proxy matches its sections against the `proxy:` file name
+        // (as the fixups hook kept it, before a balancer changed it).
+        let kept = TableRef::from_raw((*r).notes).and_then(|n| n.get(SECTION_URL_NOTE));
+        let filename = match kept {
+            Some(f) => String::from_utf8_lossy(f).into_owned(),
+            None => cstr_lossy((*r).filename),
+        };
         let url = filename.strip_prefix("proxy:").unwrap_or(&filename);
         let policy = c1::server_config((*r).server)
             .and_then(|c| c.backend_tls.get())
