@@ -186,15 +186,8 @@ impl Context {
                 ctx.as_ptr(),
                 policy.verify_depth().saturating_sub(1).min(c_int::MAX as u32) as c_int,
             );
-            let file = policy.ca_file.as_deref().map(c_path).transpose()?;
-            let dir = policy.ca_path.as_deref().map(c_path).transpose()?;
-            if (file.is_some() || dir.is_some())
-                && (api.SSL_CTX_load_verify_locations)(
-                    ctx.as_ptr(),
-                    file.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
-                    dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
-                ) != 1
-            {
+            let (file, dir) = (policy.ca_file.as_deref(), policy.ca_path.as_deref());
+            if !load_locations(api.SSL_CTX_load_verify_locations, ctx.as_ptr(), file, dir)? {
                 return Err(format!(
                     "cannot load the CA certificates of SSLProxyCACertificateFile/Path ({})",
                     policy.ca_file.as_deref().or(policy.ca_path.as_deref()).unwrap_or("")
@@ -205,33 +198,26 @@ impl Context {
                 (api.SSL_CTX_ctrl)(ctx.as_ptr(), SSL_CTRL_SET_MAX_PROTO_VERSION, highest.into(), std::ptr::null_mut());
             }
             if let Some(list) = policy.ciphers.as_deref() {
-                if (api.SSL_CTX_set_cipher_list)(ctx.as_ptr(), c_path(list)?.as_ptr()) != 1 {
+                if (api.SSL_CTX_set_cipher_list)(ctx.as_ptr(), c_string(list)?.as_ptr()) != 1 {
                     return Err(format!("SSLProxyCipherSuite {list}: no cipher OpenSSL knows"));
                 }
             }
             if let Some(list) = policy.ciphersuites.as_deref() {
-                if (api.SSL_CTX_set_ciphersuites)(ctx.as_ptr(), c_path(list)?.as_ptr()) != 1 {
+                if (api.SSL_CTX_set_ciphersuites)(ctx.as_ptr(), c_string(list)?.as_ptr()) != 1 {
                     return Err(format!("SSLProxyCipherSuite TLSv1.3 {list}: no cipher suite OpenSSL knows"));
                 }
             }
             if let Some(check) = policy.crl_check {
                 let store = (api.SSL_CTX_get_cert_store)(ctx.as_ptr());
-                let file = policy.crl_file.as_deref().map(c_path).transpose()?;
-                let dir = policy.crl_path.as_deref().map(c_path).transpose()?;
-                if (file.is_some() || dir.is_some())
-                    && (api.X509_STORE_load_locations)(
-                        store,
-                        file.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
-                        dir.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
-                    ) != 1
-                {
+                let (file, dir) = (policy.crl_file.as_deref(), policy.crl_path.as_deref());
+                if !load_locations(api.X509_STORE_load_locations, store, file, dir)? {
                     return Err("cannot load the CRLs of SSLProxyCARevocationFile/Path".into());
                 }
                 let flags = X509_V_FLAG_CRL_CHECK | if check.chain { X509_V_FLAG_CRL_CHECK_ALL } else { 0 };
                 (api.X509_STORE_set_flags)(store, flags);
             }
             if let Some(pem) = policy.client_cert.as_deref() {
-                let c = c_path(pem)?;
+                let c = c_string(pem)?;
                 if (api.SSL_CTX_use_certificate_chain_file)(ctx.as_ptr(), c.as_ptr()) != 1
                     || (api.SSL_CTX_use_PrivateKey_file)(ctx.as_ptr(), c.as_ptr(), SSL_FILETYPE_PEM) != 1
                     || (api.SSL_CTX_check_private_key)(ctx.as_ptr()) != 1
@@ -246,8 +232,32 @@ impl Context {
     }
 }
 
-fn c_path(path: &str) -> Result<CString, String> {
-    CString::new(path).map_err(|_| format!("bad file name {path:?}"))
+fn c_string(text: &str) -> Result<CString, String> {
+    CString::new(text).map_err(|_| format!("{text:?} holds a NUL byte"))
+}
+
+/// The signature OpenSSL's `*_load_locations` share (an `SSL_CTX` or an
+/// `X509_STORE`, a file, a directory).
+type LoadLocations = unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> c_int;
+
+/// Loads certificates or CRLs from a file and/or a directory into `target`
+/// with `load`; true when there was nothing to load.
+///
+/// # Safety
+/// `target` is the live object `load` expects.
+unsafe fn load_locations(
+    load: LoadLocations,
+    target: *mut c_void,
+    file: Option<&str>,
+    dir: Option<&str>,
+) -> Result<bool, String> {
+    if file.is_none() && dir.is_none() {
+        return Ok(true);
+    }
+    let (file, dir) = (file.map(c_string).transpose()?, dir.map(c_string).transpose()?);
+    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: caller contract; the names are NUL-terminated or NULL.
+    Ok(unsafe { load(target, ptr(&file), ptr(&dir)) } == 1)
 }
 
 impl Drop for Context {
@@ -425,7 +435,7 @@ impl Ssl {
             let matched = match names {
                 NameCheck::Off => true,
                 NameCheck::Names => {
-                    let c = c_path(bare)?;
+                    let c = c_string(bare)?;
                     if bare.parse::<std::net::IpAddr>().is_ok() {
                         (api.X509_check_ip_asc)(cert, c.as_ptr(), 0) == 1
                     } else {
