@@ -319,6 +319,11 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
             Regex::compile(pool, re).map(|re| SectionMatch::Pattern(Box::new(re) as Box<dyn UrlPattern>))
         }
     };
+    // Each section compiled once; a virtual host shares the main server's.
+    let sections: Vec<(Option<VhostKey>, Arc<ProxySection>)> = sections
+        .into_iter()
+        .filter_map(|(v, s, policy)| Some((v, Arc::new(ProxySection { matches: compile(&s.pattern)?, policy }))))
+        .collect();
     let set = |srv: *mut ffi::server_rec, cfg: &ServerConfig| {
         // SAFETY: a live server_rec of the list.
         let own = unsafe { conftree::vhost_of(srv) };
@@ -326,11 +331,8 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
             Some(v) => TlsPolicy::merge(&main, v),
             None => main.clone(),
         };
-        let sections = sections
-            .iter()
-            .filter(|(v, _, _)| v.is_none() || *v == own)
-            .filter_map(|(_, s, policy)| Some(ProxySection { matches: compile(&s.pattern)?, policy: policy.clone() }))
-            .collect();
+        let sections =
+            sections.iter().filter(|(v, _)| v.is_none() || *v == own).map(|(_, section)| section.clone()).collect();
         let _ = cfg.backend_tls.set(Arc::new(BackendTls { server, sections }));
     };
     // SAFETY: caller contract.

@@ -318,7 +318,7 @@ pub struct BackendTls {
     pub server: TlsPolicy,
     /// The main server's `<Proxy>` sections, then the virtual host's, in
     /// the order mod_proxy walks them.
-    pub sections: Vec<ProxySection>,
+    pub sections: Vec<std::sync::Arc<ProxySection>>,
 }
 
 impl BackendTls {
@@ -490,21 +490,22 @@ mod tests {
 
     #[test]
     fn sections_apply_to_the_urls_they_cover_in_order() {
+        use std::sync::Arc;
         let tls = BackendTls {
             server: policy(&[("SSLProxyVerify", "require")]),
             sections: vec![
-                ProxySection {
+                Arc::new(ProxySection {
                     matches: SectionMatch::Prefix("h2://a.test".into()),
                     policy: policy(&[("SSLProxyVerify", "none"), ("SSLProxyCheckPeerExpire", "off")]),
-                },
-                ProxySection {
+                }),
+                Arc::new(ProxySection {
                     matches: SectionMatch::Prefix("h2://a.test/strict".into()),
                     policy: policy(&[("SSLProxyVerify", "require")]),
-                },
-                ProxySection {
+                }),
+                Arc::new(ProxySection {
                     matches: SectionMatch::Pattern(Box::new(Suffix(".test/lax"))),
                     policy: policy(&[("SSLProxyCheckPeerName", "off")]),
-                },
+                }),
             ],
         };
         assert_eq!(tls.for_url("h2://b.test/").verify(), Verify::Require);
