@@ -6,7 +6,8 @@ the module's paths, then every memcheck log must say "0 errors".
 The traffic (h2c and h2 over TLS): static files of every size (mapped and
 copied), ranges, a deflated file, error pages, mod_status, uploads of 3 MiB
 through mod_proxy_http and through proxy_http2_module (tests/backend.py,
-tests/h2backend.py), their downloads, trailers, 103s, backend resets
+tests/h2backend.py, over h2c and over TLS with the backend's certificate
+verified, and to a backend whose certificate is refused), their downloads, trailers, 103s, backend resets
 mid-response and a backend that closes mid-body, WebSocket tunnels
 (RFC 8441, through mod_proxy_http), h2load rounds, streams
 reset by the client mid-download and mid-upload, clients that vanish with
@@ -51,7 +52,8 @@ def requests(base, tls, wd):
     paths = ["/index.html", "/1k.bin", "/100k.bin", "/1m.bin", "/20m.bin", "/nope", "/dir/", "/old",
              "/gz/100k.bin", "/server-status", "/proxy/big?n=200000", "/proxy/sse?n=2", "/proxy/trailers",
              "/proxy/broken?framing=chunked", "/api/big?n=300000", "/api/headers", "/api/early",
-             "/api/trailers", "/api/reset", "/api/reset-mid"]
+             "/api/trailers", "/api/reset", "/api/reset-mid", "/tlsapi/headers", "/tlsapi/big?n=300000",
+             "/tlsbad/headers"]
     codes = []
     for p in paths:
         codes.append(f"{p} {curl('--http2-prior-knowledge', base + p)}")
@@ -59,11 +61,11 @@ def requests(base, tls, wd):
     codes.append("range " + curl("--http2-prior-knowledge", "-r", "0-99,200-299", base + "/100k.bin"))
     body = wd / "upload.bin"
     body.write_bytes(os.urandom(3 << 20))
-    for p in ("/proxy/echo", "/api/echo"):
+    for p in ("/proxy/echo", "/api/echo", "/tlsapi/echo"):
         codes.append(f"POST {p} {curl('--http2-prior-knowledge', '--data-binary', f'@{body}', base + p)}")
         codes.append(f"POST {p} (tls) {curl('--http2', '--data-binary', f'@{body}', tls + p)}")
     print("  " + ", ".join(codes), flush=True)
-    for url in (base + "/1k.bin", base + "/proxy/big?n=20000", base + "/api/headers"):
+    for url in (base + "/1k.bin", base + "/proxy/big?n=20000", base + "/api/headers", base + "/tlsapi/headers"):
         r = subprocess.run(["h2load", "-n", "1000", "-c", "4", "-m", "10", url], capture_output=True, text=True,
                            timeout=600)
         print("  h2load " + url + ": " + " ".join(l for l in r.stdout.splitlines() if "requests:" in l), flush=True)
@@ -146,6 +148,13 @@ def main():
         backends.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / script), str(port), *extra_args],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_listening(port)
+    # h2:// backends: one whose certificate passes SSLProxyVerify require
+    # (its own, as the CA), one whose names do not match (refused).
+    for name, cert in (("tls", certs.main), ("tlsbad", certs.other)):
+        port = ports[name] = free_port()
+        backends.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "h2backend.py"), str(port), "100",
+                                          *map(str, cert)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_listening(port)
     extra = f"""
 LoadModule proxy_module {MODDIR}/mod_proxy.so
 LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
@@ -163,6 +172,15 @@ Alias /gz "{doc.path}"
     h = Httpd(wd, doc, name="srv", h2_conf="H2Direct on\nH2MinWorkers 2\nH2MaxWorkers 8\nH2WebSockets on", extra=extra)
     tls_port = free_port()
     h.tls_config(certs, tls_port)
+    # After tls_config, which loads mod_ssl (the SSLProxy* directives are its).
+    h.extra += f"""
+ProxyPass /tlsapi/ h2://localhost:{ports["tls"]}/
+ProxyPass /tlsbad/ h2://localhost:{ports["tlsbad"]}/
+<Proxy "h2://localhost:{ports["tls"]}/">
+  SSLProxyVerify require
+  SSLProxyCACertificateFile {certs.main[0]}
+</Proxy>
+"""
     h.write_config()
     memcheck = ["--tool=memcheck", "--leak-check=no", "--num-callers=40", "--error-limit=no",
                 f"--log-file={wd}/memcheck.%p.log"]
