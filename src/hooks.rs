@@ -310,10 +310,10 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
         });
     }
     let compile = |pattern: &SectionPattern| match pattern {
-        SectionPattern::Prefix(p) if Wildcard::is_wildcard(p) => {
-            Some(SectionMatch::Pattern(Box::new(Wildcard(p.clone()))))
-        }
-        SectionPattern::Prefix(p) => Some(SectionMatch::Prefix(p.clone())),
+        SectionPattern::Prefix(p) => match Wildcard::new(p) {
+            Some(w) => Some(SectionMatch::Pattern(Box::new(w))),
+            None => Some(SectionMatch::Prefix(p.clone())),
+        },
         // mod_proxy refused a pattern that does not compile at start.
         SectionPattern::Regex(re) => {
             Regex::compile(pool, re).map(|re| SectionMatch::Pattern(Box::new(re) as Box<dyn UrlPattern>))

@@ -33,18 +33,14 @@ impl Regex {
         let re = unsafe { ffi::ap_pregcomp(pool.as_ptr(), c.as_ptr(), ffi::AP_REG_EXTENDED as i32) };
         Some(Regex { re: NonNull::new(re)?, pattern: pattern.to_string() })
     }
-
-    pub fn is_match(&self, text: &str) -> bool {
-        let Ok(c) = CString::new(text) else { return false };
-        // SAFETY: the compiled pattern is live (type contract); no match
-        // offsets are asked for.
-        unsafe { ffi::ap_regexec(self.re.as_ptr(), c.as_ptr(), 0, std::ptr::null_mut(), 0) == 0 }
-    }
 }
 
 impl UrlPattern for Regex {
     fn is_match(&self, url: &str) -> bool {
-        Regex::is_match(self, url)
+        let Ok(c) = CString::new(url) else { return false };
+        // SAFETY: the compiled pattern is live (type contract); no match
+        // offsets are asked for.
+        unsafe { ffi::ap_regexec(self.re.as_ptr(), c.as_ptr(), 0, std::ptr::null_mut(), 0) == 0 }
     }
     fn source(&self) -> &str {
         &self.pattern
@@ -55,23 +51,30 @@ impl UrlPattern for Regex {
 /// matches `<Proxy>` sections that hold one (apr_fnmatch without flags;
 /// glibc's fnmatch agrees).
 #[derive(Debug)]
-pub struct Wildcard(pub String);
+pub struct Wildcard {
+    pattern: CString,
+    source: String,
+}
 
 impl Wildcard {
-    /// mod_proxy's test of a section's argument (apr_fnmatch_test).
-    pub fn is_wildcard(pattern: &str) -> bool {
-        pattern.contains(['*', '?', '['])
+    /// None if `pattern` holds no wildcard (mod_proxy's apr_fnmatch_test)
+    /// or a NUL byte.
+    pub fn new(pattern: &str) -> Option<Wildcard> {
+        if !pattern.contains(['*', '?', '[']) {
+            return None;
+        }
+        Some(Wildcard { pattern: CString::new(pattern).ok()?, source: pattern.to_string() })
     }
 }
 
 impl UrlPattern for Wildcard {
     fn is_match(&self, url: &str) -> bool {
-        let (Ok(p), Ok(t)) = (CString::new(self.0.as_str()), CString::new(url)) else { return false };
+        let Ok(url) = CString::new(url) else { return false };
         // SAFETY: two NUL-terminated strings; fnmatch only reads them.
-        unsafe { libc::fnmatch(p.as_ptr(), t.as_ptr(), 0) == 0 }
+        unsafe { libc::fnmatch(self.pattern.as_ptr(), url.as_ptr(), 0) == 0 }
     }
     fn source(&self) -> &str {
-        &self.0
+        &self.source
     }
 }
 
