@@ -684,6 +684,25 @@ def test_tls_backend_protocols_and_ciphers(workdir, docroot, tls_backends, direc
     srv.check_log()
 
 
+def test_preserved_host_is_the_name_a_tls_backend_must_carry(workdir, docroot, tls_backends):
+    """With ProxyPreserveHost, mod_proxy hands mod_ssl the request's host
+    as the backend's name (and SNI): a.test is among the certificate's
+    names, x.test is not (the stock module answered the same)."""
+    srv = tls_check_server(workdir, docroot, tls_backends, f"""
+ProxyPass /pp/ h2://localhost:{tls_backends['self']}/
+<Location /pp/>
+  ProxyPreserveHost On
+</Location>""", name="tls-preserve-host").start()
+    try:
+        got = {host: split(get(srv, "/pp/headers", "-H", f"Host: {host}"))[0]
+               for host in ("localhost", "a.test", "x.test")}
+        assert got == {"localhost": 200, "a.test": 200, "x.test": 503}
+        assert "the backend's certificate does not name x.test (SSLProxyCheckPeerName)" in srv.read_error_log()
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
 def test_client_certificate_for_tls_backends(workdir, docroot, tls_backends, backend_pki):
     """SSLProxyMachineCertificateFile: the backend that requires a client
     certificate gets it (its CN reaches the backend); without it the
