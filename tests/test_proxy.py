@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -706,11 +707,20 @@ ProxyPass /pp/ h2://localhost:{tls_backends['self']}/
 def test_client_certificate_for_tls_backends(workdir, docroot, tls_backends, backend_pki):
     """SSLProxyMachineCertificateFile: the backend that requires a client
     certificate gets it (its CN reaches the backend); without it the
-    backend refuses the connection."""
+    backend refuses the connection. A file only root may read cannot be
+    used (the child processes read it, as httpd's User): 503, and the log
+    says which file and why."""
+    private = backend_pki / "client-root-only.pem"
+    shutil.copy(backend_pki / "client.pem", private)
+    os.chmod(private, 0o600)
     srv = tls_check_server(workdir, docroot, tls_backends, f"""
 <Proxy "h2://localhost:{tls_backends['mtls']}/headers">
   SSLProxyMachineCertificateFile {backend_pki / "client.pem"}
 </Proxy>
+<Proxy "h2://localhost:{tls_backends['mtls']}/private/">
+  SSLProxyMachineCertificateFile {private}
+</Proxy>
+ProxyPass /mtls-private/ h2://localhost:{tls_backends['mtls']}/private/
 ProxyPass /mtls-none/ h2://localhost:{tls_backends['mtls']}/none/""", name="tls-client-cert").start()
     try:
         r = get(srv, "/mtls/headers", "-D", "-")
@@ -720,6 +730,9 @@ ProxyPass /mtls-none/ h2://localhost:{tls_backends['mtls']}/none/""", name="tls-
         # on a connection of its own.
         assert split(get(srv, "/mtls-none/headers"))[0] == 503
         assert re.search(r"backend h2://localhost:\d+: .*TLS", srv.read_error_log())
+        if os.geteuid() == 0:
+            assert split(get(srv, "/mtls-private/headers"))[0] == 503
+            assert f"cannot read SSLProxyMachineCertificateFile {private}: Permission denied" in srv.read_error_log()
     finally:
         srv.stop()
     srv.check_log()

@@ -186,6 +186,9 @@ impl Context {
                 ctx.as_ptr(),
                 policy.verify_depth().saturating_sub(1).min(c_int::MAX as u32) as c_int,
             );
+            readable("SSLProxyCACertificateFile", policy.ca_file.as_deref())?;
+            readable("SSLProxyCARevocationFile", policy.crl_file.as_deref())?;
+            readable("SSLProxyMachineCertificateFile", policy.client_cert.as_deref())?;
             let (file, dir) = (policy.ca_file.as_deref(), policy.ca_path.as_deref());
             if !load_locations(api.SSL_CTX_load_verify_locations, ctx.as_ptr(), file, dir)? {
                 return Err(format!(
@@ -230,6 +233,19 @@ impl Context {
             Ok(context)
         }
     }
+}
+
+/// Says why a file a directive names cannot be read. The child processes
+/// read these files (as httpd's `User`), on the first connection to the
+/// backend; mod_ssl reads its own in the parent, as root, so a key only
+/// root may read works for mod_ssl's connections and not for these.
+fn readable(directive: &str, path: Option<&str>) -> Result<(), String> {
+    let Some(path) = path else { return Ok(()) };
+    std::fs::File::open(path).map(drop).map_err(|e| {
+        format!(
+            "cannot read {directive} {path}: {e} (read by the child processes, as httpd's User, for h2:// backends)"
+        )
+    })
 }
 
 fn c_string(text: &str) -> Result<CString, String> {
