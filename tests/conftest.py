@@ -374,6 +374,19 @@ Protocols {self.protocols}
         except FileNotFoundError:
             return []
 
+    def wait_access_log(self, wanted, count=1, timeout=5):
+        """The access log's lines that contain `wanted`, once there are at
+        least `count` of them or `timeout` seconds have passed. httpd logs a
+        request when its connection retires it, which may be just after the
+        client has the whole answer, so a test that reads the log at once
+        races with the server."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.read_access_log() if wanted in line]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
+
     def new_log_lines(self):
         text = self.read_error_log()
         new = text[self.log_offset:]

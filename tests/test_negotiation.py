@@ -135,8 +135,7 @@ def test_h2c_upgrade_of_an_absolute_form_request(server, docroot, workdir):
     r = curl("--http2", "--request-target", url, "-o", str(out), "-w", "%{http_version} %{http_code}", url)
     assert r.stdout == b"2 200"
     assert sha256(out.read_bytes()) == docroot.sha("index.html")
-    log = server.access_log.read_text()
-    assert '"GET /index.html?absolute-form HTTP/2.0" 200' in log, log
+    assert server.wait_access_log('"GET /index.html?absolute-form HTTP/2.0" 200'), server.read_access_log()
 
 
 def test_upgrade_then_more_streams_on_the_connection(server, docroot):
