@@ -173,12 +173,16 @@ Alias /gz "{doc.path}"
     tls_port = free_port()
     h.tls_config(certs, tls_port)
     # After tls_config, which loads mod_ssl (the SSLProxy* directives are its).
+    # A client certificate too (loaded, though this backend does not ask).
+    client_pem = wd / "client.pem"
+    client_pem.write_bytes(pathlib.Path(certs.main[0]).read_bytes() + pathlib.Path(certs.main[1]).read_bytes())
     h.extra += f"""
 ProxyPass /tlsapi/ h2://localhost:{ports["tls"]}/
 ProxyPass /tlsbad/ h2://localhost:{ports["tlsbad"]}/
 <Proxy "h2://localhost:{ports["tls"]}/">
   SSLProxyVerify require
   SSLProxyCACertificateFile {certs.main[0]}
+  SSLProxyMachineCertificateFile {client_pem}
 </Proxy>
 """
     h.write_config()

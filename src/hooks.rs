@@ -256,14 +256,14 @@ unsafe fn set_request_body_limits(s: *mut ffi::server_rec) {
 /// main server's, a virtual host's merged over them, and the `<Proxy>`
 /// sections that set any (the main server's, then the virtual host's, as
 /// mod_proxy merges them). File names are made absolute against
-/// ServerRoot, section patterns compiled in `pconf`.
+/// ServerRoot and the files read, section patterns compiled in `pconf`.
 ///
 /// # Safety
 /// `s` is the main server; the configuration tree is complete; `pconf` is
 /// the configuration pool.
 unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) {
     use crate::apr::regex::{Regex, Wildcard};
-    use crate::proxy::backend_tls::{BackendTls, ProxySection, SectionMatch, TlsPolicy, UrlPattern};
+    use crate::proxy::backend_tls::{BackendTls, PemFiles, ProxySection, SectionMatch, TlsPolicy, UrlPattern};
     use conftree::SectionPattern;
 
     // SAFETY: caller contract: the configuration pool.
@@ -319,6 +319,10 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
             Regex::compile(pool, re).map(|re| SectionMatch::Pattern(Box::new(re) as Box<dyn UrlPattern>))
         }
     };
+    // Read here, in the parent, as root, as mod_ssl reads its own files.
+    let files = Arc::new(PemFiles::read(
+        std::iter::once(&main).chain(vhosts.values()).chain(sections.iter().map(|(_, _, policy)| policy)),
+    ));
     // Each section compiled once; a virtual host shares the main server's.
     let sections: Vec<(Option<VhostKey>, Arc<ProxySection>)> = sections
         .into_iter()
@@ -333,7 +337,7 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
         };
         let sections =
             sections.iter().filter(|(v, _)| v.is_none() || *v == own).map(|(_, section)| section.clone()).collect();
-        let _ = cfg.backend_tls.set(Arc::new(BackendTls { server, sections }));
+        let _ = cfg.backend_tls.set(Arc::new(BackendTls { server, sections, files: files.clone() }));
     };
     // SAFETY: caller contract.
     unsafe { for_each_server(s, set) };

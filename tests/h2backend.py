@@ -5,7 +5,7 @@ own process:
 issued by it is required)
 Paths (query parameters after ?):
   /delay?s=1          -> after s seconds, 200 "ok conn=N stream=M path=..."
-  /headers            -> 200, JSON of the request's fields (pseudo ones too);
+  .../headers         -> 200, JSON of the request's fields (pseudo ones too);
                          x-client-cn: the client certificate's CN, if any;
                          x-tls-version, x-tls-cipher: what TLS agreed on
   POST /echo          -> 200 "length=N sha256=HEX" of the request body, its
@@ -114,7 +114,7 @@ class Conn:
             if route == "/delay":
                 await asyncio.sleep(float(q.get("s", "1")))
                 await self.respond(sid, 200, f"ok port={PORT} conn={self.number} stream={sid} path={path}\n".encode())
-            elif route == "/headers":
+            elif route.endswith("/headers"):
                 fields = [("x-backend-conn", str(self.number))]
                 tls = self.writer.get_extra_info("ssl_object")
                 if tls:

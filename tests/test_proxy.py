@@ -700,20 +700,31 @@ ProxyPass /pp/ h2://localhost:{tls_backends['self']}/
 def test_client_certificate_for_tls_backends(workdir, docroot, tls_backends, backend_pki):
     """SSLProxyMachineCertificateFile: the backend that requires a client
     certificate gets it (its CN reaches the backend); without it the
-    backend refuses the connection. A file only root may read cannot be
-    used (the child processes read it, as httpd's User): 503, and the log
-    says which file and why."""
-    private = backend_pki / "client-root-only.pem"
+    backend refuses the connection. The files are read at start, as root,
+    as mod_ssl reads its own: a key and a CA file only root may read serve
+    the child processes (httpd's User), and read again at a graceful
+    restart. A file without the key: 503, and the log says which file and
+    why."""
+    private, private_ca = backend_pki / "client-root-only.pem", backend_pki / "ca-root-only.pem"
     shutil.copy(backend_pki / "client.pem", private)
-    os.chmod(private, 0o600)
+    shutil.copy(backend_pki / "ca.pem", private_ca)
+    for f in (private, private_ca):
+        os.chmod(f, 0o600)
+    keyless = backend_pki / "ca.pem"
     srv = tls_check_server(workdir, docroot, tls_backends, f"""
 <Proxy "h2://localhost:{tls_backends['mtls']}/headers">
   SSLProxyMachineCertificateFile {backend_pki / "client.pem"}
 </Proxy>
 <Proxy "h2://localhost:{tls_backends['mtls']}/private/">
   SSLProxyMachineCertificateFile {private}
+  SSLProxyVerify require
+  SSLProxyCACertificateFile {private_ca}
+</Proxy>
+<Proxy "h2://localhost:{tls_backends['mtls']}/keyless/">
+  SSLProxyMachineCertificateFile {keyless}
 </Proxy>
 ProxyPass /mtls-private/ h2://localhost:{tls_backends['mtls']}/private/
+ProxyPass /mtls-keyless/ h2://localhost:{tls_backends['mtls']}/keyless/
 ProxyPass /mtls-none/ h2://localhost:{tls_backends['mtls']}/none/""", name="tls-client-cert").start()
     try:
         r = get(srv, "/mtls/headers", "-D", "-")
@@ -723,9 +734,19 @@ ProxyPass /mtls-none/ h2://localhost:{tls_backends['mtls']}/none/""", name="tls-
         # on a connection of its own.
         assert split(get(srv, "/mtls-none/headers"))[0] == 503
         assert re.search(r"backend h2://localhost:\d+: .*TLS", srv.read_error_log())
-        if os.geteuid() == 0:
-            assert split(get(srv, "/mtls-private/headers"))[0] == 503
-            assert f"cannot read SSLProxyMachineCertificateFile {private}: Permission denied" in srv.read_error_log()
+        code, body = split(get(srv, "/mtls-private/headers", "-D", "-"))
+        assert code == 200 and b"x-client-cn: proxy-client" in body, srv.read_error_log()[-2000:]
+        assert split(get(srv, "/mtls-keyless/headers"))[0] == 503
+        assert f"cannot use SSLProxyMachineCertificateFile {keyless} (it needs the certificate and its key" \
+            in srv.read_error_log()
+        # A graceful restart reads the files again: the new generation's
+        # children use what the file holds now.
+        shutil.copy(keyless, private)
+        srv.graceful()
+        deadline = time.monotonic() + 15
+        while split(get(srv, "/mtls-private/headers"))[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert f"cannot use SSLProxyMachineCertificateFile {private} (it needs" in srv.read_error_log()
     finally:
         srv.stop()
     srv.check_log()

@@ -15,6 +15,9 @@
 //! Pure: parsing, merging and the section matching are unit-tested; the
 //! OpenSSL side is `tls.rs`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 /// `SSLProxyVerify`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verify {
@@ -227,15 +230,60 @@ impl TlsPolicy {
             NameCheck::Off
         }
     }
+
+    /// The files these settings name that are read whole at start
+    /// (`PemFiles`), by directive. The `-Path` directories are not:
+    /// OpenSSL looks certificates up in them when it verifies a chain, in
+    /// the child processes, as it does for mod_ssl.
+    pub fn files(&self) -> [(&'static str, Option<&str>); 3] {
+        [
+            ("SSLProxyCACertificateFile", self.ca_file.as_deref()),
+            ("SSLProxyCARevocationFile", self.crl_file.as_deref()),
+            ("SSLProxyMachineCertificateFile", self.client_cert.as_deref()),
+        ]
+    }
+}
+
+/// The contents of the files the `SSLProxy*` directives name, read in the
+/// parent process at start (and at each restart), as mod_ssl reads its
+/// own: as root, so a key only root may read serves the children, which
+/// run as httpd's `User`. A file that cannot be read is kept as the reason.
+#[derive(Debug, Default, PartialEq)]
+pub struct PemFiles(HashMap<String, Result<Arc<[u8]>, String>>);
+
+impl PemFiles {
+    pub fn read<'a>(policies: impl IntoIterator<Item = &'a TlsPolicy>) -> PemFiles {
+        let mut files = HashMap::new();
+        for policy in policies {
+            for (_, path) in policy.files() {
+                let Some(path) = path else { continue };
+                files
+                    .entry(path.to_string())
+                    .or_insert_with(|| std::fs::read(path).map(Arc::from).map_err(|e| e.to_string()));
+            }
+        }
+        PemFiles(files)
+    }
+
+    /// The contents of the file `directive` names, or why there are none.
+    pub fn get(&self, directive: &str, path: &str) -> Result<&[u8], String> {
+        match self.0.get(path) {
+            Some(Ok(bytes)) => Ok(bytes),
+            Some(Err(e)) => Err(format!("cannot read {directive} {path}: {e} (read at start)")),
+            None => Err(format!("{directive} {path} was not read at start")),
+        }
+    }
 }
 
 /// How one request's backend connection is made over TLS (`h2://`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub struct TlsTarget {
     /// The name the certificate must carry, as mod_proxy picks it: the
     /// URL's host or, with ProxyPreserveHost, the request's.
     pub host: String,
     pub policy: TlsPolicy,
+    /// The files `policy` names, as read at start.
+    pub files: Arc<PemFiles>,
 }
 
 impl TlsTarget {
@@ -251,7 +299,7 @@ impl TlsTarget {
     pub fn fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut h);
+        (&self.host, &self.policy).hash(&mut h);
         h.finish()
     }
 }
@@ -318,7 +366,9 @@ pub struct BackendTls {
     pub server: TlsPolicy,
     /// The main server's `<Proxy>` sections, then the virtual host's, in
     /// the order mod_proxy walks them.
-    pub sections: Vec<std::sync::Arc<ProxySection>>,
+    pub sections: Vec<Arc<ProxySection>>,
+    /// The files of every server's settings (shared by all servers).
+    pub files: Arc<PemFiles>,
 }
 
 impl BackendTls {
@@ -458,14 +508,38 @@ mod tests {
 
     #[test]
     fn server_name_is_the_host_unless_an_address() {
-        let t = |h: &str| TlsTarget { host: h.into(), policy: TlsPolicy::default() };
+        let t = |h: &str| TlsTarget { host: h.into(), policy: TlsPolicy::default(), files: Arc::default() };
         assert_eq!(t("b.test").sni(), Some("b.test"));
         assert_eq!(t("127.0.0.1").sni(), None);
         assert_eq!(t("[::1]").sni(), None);
         assert_eq!(t("").sni(), None);
         assert_ne!(t("a.test").fingerprint(), t("b.test").fingerprint());
-        let strict = TlsTarget { host: "a.test".into(), policy: policy(&[("SSLProxyVerify", "require")]) };
+        let strict = TlsTarget {
+            host: "a.test".into(),
+            policy: policy(&[("SSLProxyVerify", "require")]),
+            files: Arc::default(),
+        };
         assert_ne!(t("a.test").fingerprint(), strict.fingerprint());
+    }
+
+    #[test]
+    fn files_are_read_once_and_unreadable_ones_say_why() {
+        let dir = std::env::temp_dir().join(format!("h2rs-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----").unwrap();
+        let ca = ca.to_str().unwrap();
+        let missing = dir.join("missing.pem");
+        let missing = missing.to_str().unwrap();
+        let main = policy(&[("SSLProxyCACertificateFile", ca), ("SSLProxyCACertificatePath", "/etc/ca")]);
+        let section = policy(&[("SSLProxyCACertificateFile", ca), ("SSLProxyMachineCertificateFile", missing)]);
+        let files = PemFiles::read([&main, &section]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(files.0.len(), 2, "{files:?}");
+        assert_eq!(files.get("SSLProxyCACertificateFile", ca), Ok(&b"-----BEGIN CERTIFICATE-----"[..]));
+        let e = files.get("SSLProxyMachineCertificateFile", missing).unwrap_err();
+        assert!(e.starts_with(&format!("cannot read SSLProxyMachineCertificateFile {missing}: No such file")), "{e}");
+        assert!(files.get("SSLProxyCARevocationFile", "/elsewhere.pem").is_err());
     }
 
     #[test]
@@ -490,7 +564,6 @@ mod tests {
 
     #[test]
     fn sections_apply_to_the_urls_they_cover_in_order() {
-        use std::sync::Arc;
         let tls = BackendTls {
             server: policy(&[("SSLProxyVerify", "require")]),
             sections: vec![
@@ -507,6 +580,7 @@ mod tests {
                     policy: policy(&[("SSLProxyCheckPeerName", "off")]),
                 }),
             ],
+            files: Arc::default(),
         };
         assert_eq!(tls.for_url("h2://b.test/").verify(), Verify::Require);
         let a = tls.for_url("h2://a.test/x");

@@ -692,7 +692,7 @@ impl Conn {
         if let Some(target) = &self.tls_target {
             let c = match contexts.entry(target.policy.clone()) {
                 Entry::Occupied(known) => known.into_mut(),
-                Entry::Vacant(slot) => match tls::Context::new(&target.policy) {
+                Entry::Vacant(slot) => match tls::Context::new(&target.policy, &target.files) {
                     Ok(c) => slot.insert(c),
                     Err(e) => {
                         self.dead = Some(e);

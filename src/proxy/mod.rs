@@ -535,11 +535,10 @@ unsafe fn tls_target(r: *mut ffi::request_rec, target: &Target, preserve_host: b
             None => cstr_lossy((*r).filename),
         };
         let url = filename.strip_prefix("proxy:").unwrap_or(&filename);
-        let policy = c1::server_config((*r).server)
-            .and_then(|c| c.backend_tls.get())
-            .map(|b| b.for_url(url))
-            .unwrap_or_default();
-        TlsTarget { host, policy }
+        match c1::server_config((*r).server).and_then(|c| c.backend_tls.get()) {
+            Some(b) => TlsTarget { host, policy: b.for_url(url), files: b.files.clone() },
+            None => TlsTarget { host, policy: Default::default(), files: Default::default() },
+        }
     }
 }
 

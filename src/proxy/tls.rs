@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
 
-use super::backend_tls::{common_name_matches, NameCheck, TlsPolicy, Verify};
+use super::backend_tls::{common_name_matches, NameCheck, PemFiles, TlsPolicy, Verify};
 
 // OpenSSL's opaque types, by their C names.
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
@@ -27,6 +27,20 @@ type SSL = c_void;
 type SSL_METHOD = c_void;
 #[allow(clippy::upper_case_acronyms)]
 type X509 = c_void;
+#[allow(clippy::upper_case_acronyms)]
+type BIO = c_void;
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+type EVP_PKEY = c_void;
+/// OpenSSL's `pem_password_cb`.
+type PasswordCallback = Option<unsafe extern "C" fn(*mut c_char, c_int, c_int, *mut c_void) -> c_int>;
+
+/// The head of OpenSSL's public `X509_INFO` (x509.h): what one PEM block
+/// of a file of certificates and CRLs held.
+#[repr(C)]
+struct X509InfoHead {
+    x509: *mut X509,
+    crl: *mut c_void,
+}
 
 /// Declares `Api`, OpenSSL's functions as pointers looked up in libssl
 /// (and, through its dependencies, libcrypto) when the first `h2://`
@@ -84,13 +98,24 @@ openssl_api! {
     SSL_get1_peer_certificate: fn(*const SSL) -> *mut X509;
     SSL_CTX_set_verify_depth: fn(*mut SSL_CTX, c_int);
     SSL_CTX_load_verify_locations: fn(*mut SSL_CTX, *const c_char, *const c_char) -> c_int;
-    SSL_CTX_use_certificate_chain_file: fn(*mut SSL_CTX, *const c_char) -> c_int;
-    SSL_CTX_use_PrivateKey_file: fn(*mut SSL_CTX, *const c_char, c_int) -> c_int;
+    SSL_CTX_use_certificate: fn(*mut SSL_CTX, *mut X509) -> c_int;
+    SSL_CTX_use_PrivateKey: fn(*mut SSL_CTX, *mut EVP_PKEY) -> c_int;
     SSL_CTX_check_private_key: fn(*const SSL_CTX) -> c_int;
     SSL_CTX_set_cipher_list: fn(*mut SSL_CTX, *const c_char) -> c_int;
     SSL_CTX_set_ciphersuites: fn(*mut SSL_CTX, *const c_char) -> c_int;
     SSL_CTX_get_cert_store: fn(*const SSL_CTX) -> *mut c_void;
     X509_STORE_load_locations: fn(*mut c_void, *const c_char, *const c_char) -> c_int;
+    X509_STORE_add_cert: fn(*mut c_void, *mut X509) -> c_int;
+    X509_STORE_add_crl: fn(*mut c_void, *mut c_void) -> c_int;
+    BIO_new_mem_buf: fn(*const c_void, c_int) -> *mut BIO;
+    BIO_free: fn(*mut BIO) -> c_int;
+    PEM_X509_INFO_read_bio: fn(*mut BIO, *mut c_void, PasswordCallback, *mut c_void) -> *mut c_void;
+    PEM_read_bio_X509: fn(*mut BIO, *mut c_void, PasswordCallback, *mut c_void) -> *mut X509;
+    PEM_read_bio_PrivateKey: fn(*mut BIO, *mut c_void, PasswordCallback, *mut c_void) -> *mut EVP_PKEY;
+    EVP_PKEY_free: fn(*mut EVP_PKEY);
+    OPENSSL_sk_value: fn(*const c_void, c_int) -> *mut c_void;
+    OPENSSL_sk_pop_free: fn(*mut c_void, unsafe extern "C" fn(*mut c_void));
+    X509_INFO_free: fn(*mut c_void);
     X509_STORE_set_flags: fn(*mut c_void, c_ulong) -> c_int;
     X509_verify_cert_error_string: fn(c_long) -> *const c_char;
     X509_get0_notBefore: fn(*const X509) -> *const c_void;
@@ -134,7 +159,7 @@ const SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER: c_long = 0x2;
 const SSL_ERROR_WANT_READ: c_int = 2;
 const SSL_ERROR_WANT_WRITE: c_int = 3;
 const SSL_ERROR_ZERO_RETURN: c_int = 6;
-const SSL_FILETYPE_PEM: c_int = 1;
+const SSL_CTRL_CHAIN_CERT: c_int = 89;
 const NID_COMMON_NAME: c_int = 13;
 const X509_V_OK: c_long = 0;
 const X509_V_ERR_UNABLE_TO_GET_CRL: c_long = 3;
@@ -159,7 +184,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(policy: &TlsPolicy) -> Result<Context, String> {
+    pub fn new(policy: &TlsPolicy, files: &PemFiles) -> Result<Context, String> {
         let api = api()?;
         // SAFETY: plain OpenSSL calls; the context is checked for NULL and
         // owned by `context`, which frees it on every early return. The
@@ -186,14 +211,17 @@ impl Context {
                 ctx.as_ptr(),
                 policy.verify_depth().saturating_sub(1).min(c_int::MAX as u32) as c_int,
             );
-            readable("SSLProxyCACertificateFile", policy.ca_file.as_deref())?;
-            readable("SSLProxyCARevocationFile", policy.crl_file.as_deref())?;
-            readable("SSLProxyMachineCertificateFile", policy.client_cert.as_deref())?;
-            let (file, dir) = (policy.ca_file.as_deref(), policy.ca_path.as_deref());
-            if !load_locations(api.SSL_CTX_load_verify_locations, ctx.as_ptr(), file, dir)? {
+            let store = (api.SSL_CTX_get_cert_store)(ctx.as_ptr());
+            if let Some(ca) = policy.ca_file.as_deref() {
+                let pem = files.get("SSLProxyCACertificateFile", ca)?;
+                if load_pem_into_store(api, store, pem)? == 0 {
+                    return Err(format!("SSLProxyCACertificateFile {ca} holds no certificate (in PEM)"));
+                }
+            }
+            if !load_dir(api.SSL_CTX_load_verify_locations, ctx.as_ptr(), policy.ca_path.as_deref())? {
                 return Err(format!(
-                    "cannot load the CA certificates of SSLProxyCACertificateFile/Path ({})",
-                    policy.ca_file.as_deref().or(policy.ca_path.as_deref()).unwrap_or("")
+                    "cannot use SSLProxyCACertificatePath {}",
+                    policy.ca_path.as_deref().unwrap_or("")
                 ));
             }
             if let Some((lowest, highest)) = policy.protocol_range()? {
@@ -211,22 +239,26 @@ impl Context {
                 }
             }
             if let Some(check) = policy.crl_check {
-                let store = (api.SSL_CTX_get_cert_store)(ctx.as_ptr());
-                let (file, dir) = (policy.crl_file.as_deref(), policy.crl_path.as_deref());
-                if !load_locations(api.X509_STORE_load_locations, store, file, dir)? {
-                    return Err("cannot load the CRLs of SSLProxyCARevocationFile/Path".into());
+                if let Some(crl) = policy.crl_file.as_deref() {
+                    let pem = files.get("SSLProxyCARevocationFile", crl)?;
+                    if load_pem_into_store(api, store, pem)? == 0 {
+                        return Err(format!("SSLProxyCARevocationFile {crl} holds no CRL (in PEM)"));
+                    }
+                }
+                if !load_dir(api.X509_STORE_load_locations, store, policy.crl_path.as_deref())? {
+                    return Err(format!(
+                        "cannot use SSLProxyCARevocationPath {}",
+                        policy.crl_path.as_deref().unwrap_or("")
+                    ));
                 }
                 let flags = X509_V_FLAG_CRL_CHECK | if check.chain { X509_V_FLAG_CRL_CHECK_ALL } else { 0 };
                 (api.X509_STORE_set_flags)(store, flags);
             }
-            if let Some(pem) = policy.client_cert.as_deref() {
-                let c = c_string(pem)?;
-                if (api.SSL_CTX_use_certificate_chain_file)(ctx.as_ptr(), c.as_ptr()) != 1
-                    || (api.SSL_CTX_use_PrivateKey_file)(ctx.as_ptr(), c.as_ptr(), SSL_FILETYPE_PEM) != 1
-                    || (api.SSL_CTX_check_private_key)(ctx.as_ptr()) != 1
-                {
+            if let Some(path) = policy.client_cert.as_deref() {
+                let pem = files.get("SSLProxyMachineCertificateFile", path)?;
+                if !use_client_certificate(api, ctx.as_ptr(), pem)? {
                     return Err(format!(
-                        "cannot use SSLProxyMachineCertificateFile {pem} (it needs the certificate and its key, in PEM)"
+                        "cannot use SSLProxyMachineCertificateFile {path} (it needs the certificate and its key, in PEM)"
                     ));
                 }
             }
@@ -235,45 +267,137 @@ impl Context {
     }
 }
 
-/// Says why a file a directive names cannot be read. The child processes
-/// read these files (as httpd's `User`), on the first connection to the
-/// backend; mod_ssl reads its own in the parent, as root, so a key only
-/// root may read works for mod_ssl's connections and not for these.
-fn readable(directive: &str, path: Option<&str>) -> Result<(), String> {
-    let Some(path) = path else { return Ok(()) };
-    std::fs::File::open(path).map(drop).map_err(|e| {
-        format!(
-            "cannot read {directive} {path}: {e} (read by the child processes, as httpd's User, for h2:// backends)"
-        )
-    })
-}
-
 fn c_string(text: &str) -> Result<CString, String> {
     CString::new(text).map_err(|_| format!("{text:?} holds a NUL byte"))
+}
+
+/// A key file that asks for a passphrase is refused rather than prompting
+/// on a terminal (mod_ssl, too, wants the proxy's client key unencrypted).
+unsafe extern "C" fn no_passphrase(_: *mut c_char, _: c_int, _: c_int, _: *mut c_void) -> c_int {
+    0
+}
+
+/// An OpenSSL memory BIO over bytes it reads in place.
+struct MemBio<'a> {
+    bio: NonNull<BIO>,
+    api: &'static Api,
+    _bytes: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> MemBio<'a> {
+    fn new(api: &'static Api, bytes: &'a [u8]) -> Result<MemBio<'a>, String> {
+        let len = c_int::try_from(bytes.len()).map_err(|_| "a PEM file over 2 GiB")?;
+        // SAFETY: a read-only BIO over `bytes`, which outlive it (`'a`).
+        let bio = unsafe { (api.BIO_new_mem_buf)(bytes.as_ptr() as *const c_void, len) };
+        Ok(MemBio { bio: NonNull::new(bio).ok_or("BIO_new_mem_buf failed")?, api, _bytes: Default::default() })
+    }
+}
+
+impl Drop for MemBio<'_> {
+    fn drop(&mut self) {
+        // SAFETY: our BIO, freed once.
+        unsafe { (self.api.BIO_free)(self.bio.as_ptr()) };
+    }
+}
+
+/// Adds the certificates and CRLs of a PEM file's contents to `store`, as
+/// OpenSSL's `X509_load_cert_crl_file` does from the file; returns how many.
+///
+/// # Safety
+/// `store` is a live `X509_STORE`.
+unsafe fn load_pem_into_store(api: &'static Api, store: *mut c_void, pem: &[u8]) -> Result<usize, String> {
+    let bio = MemBio::new(api, pem)?;
+    // SAFETY: a live BIO; the stack returned (or NULL) is ours and freed
+    // with its entries below. Each entry starts with X509_INFO's public
+    // head; the store takes its own references to what it adds.
+    unsafe {
+        let infos = (api.PEM_X509_INFO_read_bio)(
+            bio.bio.as_ptr(),
+            std::ptr::null_mut(),
+            Some(no_passphrase),
+            std::ptr::null_mut(),
+        );
+        if infos.is_null() {
+            (api.ERR_clear_error)();
+            return Ok(0);
+        }
+        let mut added = 0;
+        for i in 0..(api.OPENSSL_sk_num)(infos) {
+            let info = &*((api.OPENSSL_sk_value)(infos, i) as *const X509InfoHead);
+            if !info.x509.is_null() && (api.X509_STORE_add_cert)(store, info.x509) == 1 {
+                added += 1;
+            }
+            if !info.crl.is_null() && (api.X509_STORE_add_crl)(store, info.crl) == 1 {
+                added += 1;
+            }
+        }
+        (api.OPENSSL_sk_pop_free)(infos, api.X509_INFO_free);
+        (api.ERR_clear_error)();
+        Ok(added)
+    }
+}
+
+/// Makes the first certificate of a PEM file's contents the client
+/// certificate, the ones after it its chain, and the file's private key
+/// its key, as `SSL_CTX_use_certificate_chain_file` and
+/// `SSL_CTX_use_PrivateKey_file` do from the file. False where the file
+/// lacks either or they do not match.
+///
+/// # Safety
+/// `ctx` is a live `SSL_CTX`.
+unsafe fn use_client_certificate(api: &'static Api, ctx: *mut SSL_CTX, pem: &[u8]) -> Result<bool, String> {
+    let none = std::ptr::null_mut();
+    // SAFETY: live BIOs over `pem`. What PEM_read_bio_* return is ours:
+    // SSL_CTX_use_certificate and SSL_CTX_use_PrivateKey take their own
+    // references (ours are freed), SSL_CTRL_CHAIN_CERT with 0 takes ours
+    // when it succeeds.
+    unsafe {
+        let certs = MemBio::new(api, pem)?;
+        let leaf = (api.PEM_read_bio_X509)(certs.bio.as_ptr(), none, Some(no_passphrase), none);
+        if leaf.is_null() {
+            (api.ERR_clear_error)();
+            return Ok(false);
+        }
+        let mut ok = (api.SSL_CTX_use_certificate)(ctx, leaf) == 1;
+        (api.X509_free)(leaf);
+        while ok {
+            let issuer = (api.PEM_read_bio_X509)(certs.bio.as_ptr(), none, Some(no_passphrase), none);
+            if issuer.is_null() {
+                break;
+            }
+            if (api.SSL_CTX_ctrl)(ctx, SSL_CTRL_CHAIN_CERT, 0, issuer) != 1 {
+                (api.X509_free)(issuer);
+                ok = false;
+            }
+        }
+        let keys = MemBio::new(api, pem)?;
+        let key = (api.PEM_read_bio_PrivateKey)(keys.bio.as_ptr(), none, Some(no_passphrase), none);
+        if key.is_null() {
+            ok = false;
+        } else {
+            ok = ok && (api.SSL_CTX_use_PrivateKey)(ctx, key) == 1 && (api.SSL_CTX_check_private_key)(ctx) == 1;
+            (api.EVP_PKEY_free)(key);
+        }
+        // The end of the certificates leaves "no start line" queued.
+        (api.ERR_clear_error)();
+        Ok(ok)
+    }
 }
 
 /// The signature OpenSSL's `*_load_locations` share (an `SSL_CTX` or an
 /// `X509_STORE`, a file, a directory).
 type LoadLocations = unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> c_int;
 
-/// Loads certificates or CRLs from a file and/or a directory into `target`
-/// with `load`; true when there was nothing to load.
+/// Points `target` at a hashed directory of certificates or CRLs (read by
+/// OpenSSL when it verifies a chain) with `load`; true when there is none.
 ///
 /// # Safety
 /// `target` is the live object `load` expects.
-unsafe fn load_locations(
-    load: LoadLocations,
-    target: *mut c_void,
-    file: Option<&str>,
-    dir: Option<&str>,
-) -> Result<bool, String> {
-    if file.is_none() && dir.is_none() {
-        return Ok(true);
-    }
-    let (file, dir) = (file.map(c_string).transpose()?, dir.map(c_string).transpose()?);
-    let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
-    // SAFETY: caller contract; the names are NUL-terminated or NULL.
-    Ok(unsafe { load(target, ptr(&file), ptr(&dir)) } == 1)
+unsafe fn load_dir(load: LoadLocations, target: *mut c_void, dir: Option<&str>) -> Result<bool, String> {
+    let Some(dir) = dir else { return Ok(true) };
+    let dir = c_string(dir)?;
+    // SAFETY: caller contract; the name is NUL-terminated.
+    Ok(unsafe { load(target, std::ptr::null(), dir.as_ptr()) } == 1)
 }
 
 impl Drop for Context {
