@@ -106,6 +106,8 @@ void h2rs_shim_proxy_params(request_rec *r, void *w, void *c,
     else if (conf && conf->timeout_set) {
         out->timeout = conf->timeout;
     }
+    out->connect_timeout =
+        worker && worker->s->conn_timeout_set ? worker->s->conn_timeout : -1;
 }
 
 const char *h2rs_shim_proxy_canon_netloc(apr_pool_t *p, char **url,

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -887,6 +888,69 @@ def test_balancer_fails_over_from_a_dead_member(proxy, backends):
         code, body = split(get(proxy, "/half/delay?s=0"))
         assert code == 200
         assert f"port={backends[1]} ".encode() in body
+
+
+@pytest.fixture
+def black_hole():
+    """An address whose connects hang (SYNs dropped): a listener whose
+    accept queue is full, as a backend host that is down behind a firewall
+    looks. Yields its port; skips where the kernel answers such connects."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    port = hole.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    time.sleep(0.3)
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        pytest.skip("connects to a full accept queue are answered here")
+    except (socket.timeout, OSError):
+        pass
+    yield port
+    for f in fillers:
+        f.close()
+    hole.close()
+
+
+def test_connectiontimeout_bounds_the_connect_to_a_backend(workdir, docroot, backends, black_hole):
+    """mod_proxy's `connectiontimeout` (ms units too) bounds how long a new
+    backend connection may take to open: a backend host that drops SYNs
+    gets 503 after it, not after the request's `timeout`, and a balancer
+    fails over to its next member."""
+    srv = Httpd(workdir, docroot, name="proxy-connect", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5", extra=f"""
+{PROXY_MODULES}
+LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
+LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
+LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
+ProxyPass /hole/ h2c://127.0.0.1:{black_hole}/ connectiontimeout=1 timeout=30
+ProxyPass /hole-ms/ h2c://127.0.0.1:{black_hole}/ms/ connectiontimeout=700ms timeout=30
+ProxyPass /hole-plain/ h2c://127.0.0.1:{black_hole}/plain/ timeout=2
+<Proxy balancer://dark>
+  BalancerMember h2c://127.0.0.1:{black_hole}/bal connectiontimeout=1 timeout=30
+  BalancerMember h2c://127.0.0.1:{backends[1]}
+  ProxySet lbmethod=byrequests
+</Proxy>
+ProxyPass /dark/ balancer://dark/
+""").start()
+    try:
+        for path in ("/hole/x", "/hole-ms/x", "/hole-plain/x"):
+            t0 = time.monotonic()
+            code, _ = split(get(srv, path, "--max-time", "25"))
+            assert code == 503, path
+            # Well before the 30 s timeout (the plain one: its own 2 s).
+            assert time.monotonic() - t0 < 10, path
+        assert srv.read_error_log().count("connect timed out") >= 3, srv.read_error_log()[-2000:]
+        for _ in range(4):
+            code, body = split(get(srv, "/dark/delay?s=0", "--max-time", "25"))
+            assert code == 200 and f"port={backends[1]} ".encode() in body
+    finally:
+        srv.stop()
+    srv.check_log()
 
 
 def test_bybusyness_counts_suspended_requests_until_they_end(proxy, backends):

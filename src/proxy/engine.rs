@@ -861,7 +861,13 @@ impl LoopState {
         let now = Instant::now();
         for conn in &mut self.conns {
             if !conn.settings_seen() {
-                let limit = conn.waiting.iter().map(|t| t.spec.timeout).min().unwrap_or(Duration::from_secs(60));
+                let connecting = conn.connecting.is_some();
+                let limit = conn
+                    .waiting
+                    .iter()
+                    .map(|t| if connecting { t.spec.connect_timeout } else { t.spec.timeout })
+                    .min()
+                    .unwrap_or(Duration::from_secs(60));
                 if now.duration_since(conn.opened) > limit {
                     conn.dead = Some(if conn.connecting.is_some() {
                         "connect timed out".into()

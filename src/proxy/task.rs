@@ -51,6 +51,9 @@ pub struct RequestSpec {
     /// A retry is allowed after a connection loss (the method is idempotent).
     pub idempotent: bool,
     pub timeout: Duration,
+    /// How long a new connection for it may take to open (TCP): the
+    /// worker's `connectiontimeout`, else `timeout`.
+    pub connect_timeout: Duration,
     /// The Via entry the front adds to the response (ProxyVia).
     pub via: Option<String>,
 }
@@ -486,6 +489,7 @@ mod tests {
             has_body: true,
             idempotent: true,
             timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
             via: None,
         }
     }
