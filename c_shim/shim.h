@@ -143,6 +143,7 @@ typedef struct {
     int via;                      /* ProxyVia: 0 off, 1 on, 2 block, 3 full */
     apr_interval_time_t timeout;  /* worker/ProxyTimeout, -1 when unset */
     apr_interval_time_t connect_timeout; /* connectiontimeout, -1 when unset */
+    apr_interval_time_t ping;     /* the worker's ping, -1 when unset */
 } h2rs_proxy_params;
 void h2rs_shim_proxy_params(request_rec *r, void *worker, void *conf,
                             h2rs_proxy_params *out);

@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 
@@ -891,47 +892,51 @@ def test_balancer_fails_over_from_a_dead_member(proxy, backends):
 
 
 @pytest.fixture
-def black_hole():
-    """An address whose connects hang (SYNs dropped): a listener whose
-    accept queue is full, as a backend host that is down behind a firewall
-    looks. Yields its port; skips where the kernel answers such connects."""
-    hole = socket.socket()
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(0)
-    port = hole.getsockname()[1]
-    fillers = []
+def black_holes():
+    """Addresses whose connects hang (SYNs dropped): listeners whose accept
+    queues are full, as a backend host that is down behind a firewall
+    looks. Yields three ports (mod_proxy shares a worker among ProxyPass
+    URLs that start alike, so each worker needs an address of its own);
+    skips where the kernel answers such connects."""
+    holes, fillers = [], []
     for _ in range(3):
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(("127.0.0.1", port))
-        fillers.append(f)
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(0)
+        holes.append(hole)
+        for _ in range(3):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(hole.getsockname())
+            fillers.append(f)
     time.sleep(0.3)
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        socket.create_connection(holes[0].getsockname(), timeout=0.5).close()
         pytest.skip("connects to a full accept queue are answered here")
     except (socket.timeout, OSError):
         pass
-    yield port
-    for f in fillers:
-        f.close()
-    hole.close()
+    yield [h.getsockname()[1] for h in holes]
+    for sock in fillers + holes:
+        sock.close()
 
 
-def test_connectiontimeout_bounds_the_connect_to_a_backend(workdir, docroot, backends, black_hole):
+def test_connectiontimeout_bounds_the_connect_to_a_backend(workdir, docroot, backends, black_holes):
     """mod_proxy's `connectiontimeout` (ms units too) bounds how long a new
     backend connection may take to open: a backend host that drops SYNs
-    gets 503 after it, not after the request's `timeout`, and a balancer
-    fails over to its next member."""
+    gets 503 after it, not after the request's `timeout` (which bounds it
+    where connectiontimeout is not set), and a balancer fails over to its
+    next member."""
+    one, two, three = black_holes
     srv = Httpd(workdir, docroot, name="proxy-connect", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5", extra=f"""
 {PROXY_MODULES}
 LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
 LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
 LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
-ProxyPass /hole/ h2c://127.0.0.1:{black_hole}/ connectiontimeout=1 timeout=30
-ProxyPass /hole-ms/ h2c://127.0.0.1:{black_hole}/ms/ connectiontimeout=700ms timeout=30
-ProxyPass /hole-plain/ h2c://127.0.0.1:{black_hole}/plain/ timeout=2
+ProxyPass /hole/ h2c://127.0.0.1:{one}/ connectiontimeout=1 timeout=30
+ProxyPass /hole-ms/ h2c://127.0.0.1:{two}/ connectiontimeout=700ms timeout=30
+ProxyPass /hole-plain/ h2c://127.0.0.1:{three}/ timeout=2
 <Proxy balancer://dark>
-  BalancerMember h2c://127.0.0.1:{black_hole}/bal connectiontimeout=1 timeout=30
+  BalancerMember h2c://localhost:{one} connectiontimeout=1 timeout=30
   BalancerMember h2c://127.0.0.1:{backends[1]}
   ProxySet lbmethod=byrequests
 </Proxy>
@@ -950,6 +955,119 @@ ProxyPass /dark/ balancer://dark/
             assert code == 200 and f"port={backends[1]} ".encode() in body
     finally:
         srv.stop()
+    srv.check_log()
+
+
+class FreezableRelay:
+    """A TCP relay to a backend whose connections can be frozen: the bytes
+    stop both ways and the sockets stay open, as a connection looks that a
+    NAT or firewall dropped without a word. New connections flow."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.frozen = []  # one Event per connection
+        self.sockets = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                a, _ = self.listener.accept()
+            except OSError:
+                return
+            b = socket.create_connection(("127.0.0.1", self.target))
+            frozen = threading.Event()
+            self.frozen.append(frozen)
+            self.sockets += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self.pump, args=(src, dst, frozen), daemon=True).start()
+
+    @staticmethod
+    def pump(src, dst, frozen):
+        src.settimeout(0.05)
+        while True:
+            if frozen.is_set():
+                time.sleep(0.05)
+                continue
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data or frozen.is_set():
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def freeze(self):
+        for f in self.frozen:
+            f.set()
+
+    def close(self):
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_ping_checks_a_silent_backend_connection_before_using_it(workdir, docroot, backends):
+    """mod_proxy's `ping`: a connection the backend has been silent on for
+    longer than it is checked with a PING before a request goes on it; a
+    connection that died without a word is closed and the request goes on
+    a new one (200), where without `ping` it waits for its timeout (504).
+    A new connection must bring the backend's SETTINGS within `ping`: a
+    server that accepts and says nothing gets 503 then, not after the
+    timeout."""
+    relay = FreezableRelay(backends[0])
+    mute = socket.socket()  # accepts (the kernel does), never answers
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(16)
+    mute_port = mute.getsockname()[1]
+    srv = Httpd(workdir, docroot, name="proxy-ping", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5", extra=f"""
+{PROXY_MODULES}
+ProxyPass /pinged/ h2c://127.0.0.1:{relay.port}/ ping=300ms timeout=20
+ProxyPass /plain/ h2c://localhost:{relay.port}/ timeout=2
+ProxyPass /mute/ h2c://127.0.0.1:{mute_port}/ ping=500ms timeout=20
+""").start()
+    try:
+        code, first = split(get(srv, "/pinged/delay?s=0"))
+        assert code == 200
+        # Another worker (another name for the host), another connection.
+        assert split(get(srv, "/plain/delay?s=0"))[0] == 200
+        relay.freeze()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        code, body = split(get(srv, "/pinged/delay?s=0", "--max-time", "15"))
+        assert code == 200, srv.read_error_log()[-2000:]
+        assert time.monotonic() - t0 < 10
+        # On a new backend connection.
+        assert body.split(b"conn=")[1].split()[0] != first.split(b"conn=")[1].split()[0]
+        assert "no answer to a PING within 300ms (ping)" in srv.read_error_log()
+        # A live, busy connection is used without a check.
+        c = H2Client(srv.port)
+        sids = [c.request(f"/pinged/delay?s=0&n={i}") for i in range(20)]
+        c.wait(lambda: all(c.streams[s].done for s in sids))
+        assert all(c.streams[s].status == 200 for s in sids)
+        c.close()
+        # Without ping, a frozen connection holds the request until its
+        # timeout.
+        code, _ = split(get(srv, "/plain/delay?s=0", "--max-time", "15"))
+        assert code == 504, srv.read_error_log()[-3000:]
+        t0 = time.monotonic()
+        code, _ = split(get(srv, "/mute/x", "--max-time", "15"))
+        assert code == 503 and time.monotonic() - t0 < 10
+        assert "no HTTP/2 SETTINGS from the backend in time" in srv.read_error_log()
+    finally:
+        srv.stop()
+        relay.close()
+        mute.close()
     srv.check_log()
 
 

@@ -374,9 +374,17 @@ struct Conn {
     dead: Option<String>,
     idle_since: Instant,
     /// Requests for this connection held until the backend's SETTINGS
-    /// arrive (so its stream limit is known before anything is sent).
+    /// arrive (so its stream limit is known before anything is sent), or
+    /// until it answers a liveness check (`ping_sent`).
     waiting: Vec<Arc<Task>>,
-    opened: Instant,
+    /// When the current opening step began: the connect, then (from the
+    /// moment it completed) the TLS handshake and the backend's SETTINGS.
+    step_since: Instant,
+    /// When the backend last sent anything.
+    last_heard: Instant,
+    /// A PING sent to check the connection is alive before requests go on
+    /// it (the worker's `ping`), and how long the backend has to answer.
+    ping_sent: Option<(Instant, Duration)>,
 }
 
 /// Starts a nonblocking connect to `addr`.
@@ -475,7 +483,9 @@ impl Conn {
             dead: None,
             idle_since: Instant::now(),
             waiting: Vec::new(),
-            opened: Instant::now(),
+            step_since: Instant::now(),
+            last_heard: Instant::now(),
+            ping_sent: None,
         })
     }
 
@@ -487,14 +497,36 @@ impl Conn {
         self.session.handler_ref().settings_seen
     }
 
-    /// Sends `task` now, or once the backend's SETTINGS are known.
+    /// Sends `task` now, or once the backend's SETTINGS are known, or
+    /// once the backend has shown the connection is alive.
     fn enqueue(&mut self, task: &Arc<Task>) -> Result<(), String> {
-        if self.settings_seen() {
+        if self.settings_seen() && !self.check_alive(task) {
             self.submit(task)
         } else {
             self.waiting.push(task.clone());
             Ok(())
         }
+    }
+
+    /// Whether `task` must wait for a liveness check: the worker's `ping`
+    /// is set and the backend has been silent on this connection for
+    /// longer than it (a PING goes out), or a check is under way. A
+    /// connection that died without a word (a NAT or firewall that dropped
+    /// it, a backend host gone) would otherwise hold the request until its
+    /// timeout and answer 504; this way it goes to a new connection.
+    fn check_alive(&mut self, task: &Task) -> bool {
+        let Some(ping) = task.spec.ping else { return false };
+        if self.ping_sent.is_some() {
+            return true;
+        }
+        if self.last_heard.elapsed() < ping {
+            return false;
+        }
+        if self.session.ops().submit_ping(*b"h2rs-rtt").is_err() {
+            return false;
+        }
+        self.ping_sent = Some((Instant::now(), ping));
+        true
     }
 
     /// Open for new streams: not dying, and nghttp2 would start one (no
@@ -601,6 +633,9 @@ impl Conn {
                     return;
                 }
                 Ok(n) => {
+                    // Anything from the backend shows the connection lives.
+                    self.last_heard = Instant::now();
+                    self.ping_sent = None;
                     let rv = self.session.mem_recv(&buf[..n]);
                     if let Err(e) = rv {
                         self.dead = Some(format!("HTTP/2 error from the backend: {e}"));
@@ -689,6 +724,7 @@ impl Conn {
             return;
         }
         self.connecting = None;
+        self.step_since = Instant::now();
         if let Some(target) = &self.tls_target {
             let c = match contexts.entry(target.policy.clone()) {
                 Entry::Occupied(known) => known.into_mut(),
@@ -800,7 +836,7 @@ impl LoopState {
     fn promote(&mut self) {
         let mut overflow = Vec::new();
         for conn in &mut self.conns {
-            if conn.waiting.is_empty() || !conn.settings_seen() || conn.dead.is_some() {
+            if conn.waiting.is_empty() || !conn.settings_seen() || conn.ping_sent.is_some() || conn.dead.is_some() {
                 continue;
             }
             for task in std::mem::take(&mut conn.waiting) {
@@ -865,15 +901,24 @@ impl LoopState {
                 let limit = conn
                     .waiting
                     .iter()
-                    .map(|t| if connecting { t.spec.connect_timeout } else { t.spec.timeout })
+                    .map(|t| if connecting { t.spec.connect_timeout } else { t.spec.ping.unwrap_or(t.spec.timeout) })
                     .min()
                     .unwrap_or(Duration::from_secs(60));
-                if now.duration_since(conn.opened) > limit {
+                if now.duration_since(conn.step_since) > limit {
                     conn.dead = Some(if conn.connecting.is_some() {
                         "connect timed out".into()
                     } else {
                         "no HTTP/2 SETTINGS from the backend in time".into()
                     });
+                }
+            }
+            if let Some((sent, limit)) = conn.ping_sent {
+                if conn.dead.is_none() && now.duration_since(sent) > limit {
+                    let backend = &conn.session.handler_ref().backend;
+                    log_error(&format!(
+                        "backend {backend}: no answer to a PING within {limit:?} (ping), closing the connection; its waiting requests go to another"
+                    ));
+                    conn.dead = Some(format!("no answer to a PING within {limit:?}"));
                 }
             }
             if stopping && conn.dead.is_none() {

@@ -450,8 +450,14 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             crate::log::request(r, Level::Error, "h2rs proxy: the proxy engine is not running");
             return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
         };
-        let mut params =
-            ffi::h2rs_proxy_params { preserve_host: 0, add_forwarded: 1, via: 0, timeout: -1, connect_timeout: -1 };
+        let mut params = ffi::h2rs_proxy_params {
+            preserve_host: 0,
+            add_forwarded: 1,
+            via: 0,
+            timeout: -1,
+            connect_timeout: -1,
+            ping: -1,
+        };
         ffi::h2rs_shim_proxy_params(r, worker, conf, &mut params);
         let timeout_us = if params.timeout >= 0 { params.timeout } else { (*(*r).server).timeout };
         let timeout = Duration::from_micros(timeout_us.max(1_000_000) as u64);
@@ -461,6 +467,9 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             t if t > 0 => Duration::from_micros(t as u64).min(timeout),
             _ => timeout,
         };
+        // mod_proxy's `ping`: how long the backend may take to show a
+        // connection is alive (`Conn::check_alive`).
+        let ping = (params.ping > 0).then(|| Duration::from_micros(params.ping as u64).min(timeout));
 
         let (Some(hin), Some(env)) = (TableRef::from_raw((*r).headers_in), TableRef::from_raw((*r).subprocess_env))
         else {
@@ -506,6 +515,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             idempotent: idempotent(method),
             timeout,
             connect_timeout,
+            ping,
             // The response's Via names the backend's protocol, HTTP/2.
             via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
         };

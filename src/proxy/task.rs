@@ -54,6 +54,10 @@ pub struct RequestSpec {
     /// How long a new connection for it may take to open (TCP): the
     /// worker's `connectiontimeout`, else `timeout`.
     pub connect_timeout: Duration,
+    /// The worker's `ping`: a new connection must bring the backend's
+    /// SETTINGS within it, and a connection the backend has been silent on
+    /// for longer is checked with a PING before this request goes on it.
+    pub ping: Option<Duration>,
     /// The Via entry the front adds to the response (ProxyVia).
     pub via: Option<String>,
 }
@@ -490,6 +494,7 @@ mod tests {
             idempotent: true,
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
+            ping: None,
             via: None,
         }
     }
