@@ -958,6 +958,31 @@ ProxyPass /dark/ balancer://dark/
     srv.check_log()
 
 
+def test_ttl_closes_idle_backend_connections_sooner(workdir, docroot, backends):
+    """mod_proxy's `ttl`: a backend connection idle for longer is closed
+    (the next request opens a new one); without it, an idle connection
+    lasts 30 s and is used again."""
+    srv = Httpd(workdir, docroot, name="proxy-ttl", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5", extra=f"""
+{PROXY_MODULES}
+ProxyPass /ttl/ h2c://localhost:{backends[1]}/ ttl=1
+ProxyPass /kept/ h2c://127.0.0.1:{backends[1]}/
+""").start()
+
+    def conn(path):
+        code, body = split(get(srv, path))
+        assert code == 200, body
+        return body.split(b"conn=")[1].split()[0]
+
+    try:
+        ttl, kept = conn("/ttl/delay?s=0"), conn("/kept/delay?s=0")
+        time.sleep(2.5)
+        assert conn("/ttl/delay?s=0") != ttl
+        assert conn("/kept/delay?s=0") == kept
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
 class FreezableRelay:
     """A TCP relay to a backend whose connections can be frozen: the bytes
     stop both ways and the sockets stay open, as a connection looks that a

@@ -48,7 +48,8 @@ pub const MAX_CONNS_PER_BACKEND: usize = 16;
 pub const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection receive window (streams are bounded one by one).
 const CONN_WINDOW: i32 = 1 << 30;
-/// An idle backend connection is closed after this long.
+/// An idle backend connection is closed after this long, unless a worker
+/// that used it sets a shorter `ttl`.
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// The loop looks at deadlines and abandoned requests this often.
 const TICK: Duration = Duration::from_millis(200);
@@ -373,6 +374,9 @@ struct Conn {
     out_off: usize,
     dead: Option<String>,
     idle_since: Instant,
+    /// How long it may stay idle: the least `ttl` of the workers whose
+    /// requests it carried, else `IDLE_CLOSE`.
+    idle_limit: Duration,
     /// Requests for this connection held until the backend's SETTINGS
     /// arrive (so its stream limit is known before anything is sent), or
     /// until it answers a liveness check (`ping_sent`).
@@ -482,6 +486,7 @@ impl Conn {
             out_off: 0,
             dead: None,
             idle_since: Instant::now(),
+            idle_limit: IDLE_CLOSE,
             waiting: Vec::new(),
             step_since: Instant::now(),
             last_heard: Instant::now(),
@@ -500,6 +505,9 @@ impl Conn {
     /// Sends `task` now, or once the backend's SETTINGS are known, or
     /// once the backend has shown the connection is alive.
     fn enqueue(&mut self, task: &Arc<Task>) -> Result<(), String> {
+        if let Some(ttl) = task.spec.idle_ttl {
+            self.idle_limit = self.idle_limit.min(ttl);
+        }
         if self.settings_seen() && !self.check_alive(task) {
             self.submit(task)
         } else {
@@ -961,7 +969,7 @@ impl LoopState {
             if conn.dead.is_none() {
                 if h.streams.is_empty() && conn.waiting.is_empty() {
                     let done = !ops.want_read() && !ops.want_write();
-                    if done || h.goaway.is_some() || now.duration_since(conn.idle_since) > IDLE_CLOSE {
+                    if done || h.goaway.is_some() || now.duration_since(conn.idle_since) > conn.idle_limit {
                         conn.dead = Some(String::new());
                     }
                 } else {

@@ -457,6 +457,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             timeout: -1,
             connect_timeout: -1,
             ping: -1,
+            ttl: 0,
         };
         ffi::h2rs_shim_proxy_params(r, worker, conf, &mut params);
         let timeout_us = if params.timeout >= 0 { params.timeout } else { (*(*r).server).timeout };
@@ -516,6 +517,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             timeout,
             connect_timeout,
             ping,
+            idle_ttl: (params.ttl > 0).then(|| Duration::from_micros(params.ttl as u64)),
             // The response's Via names the backend's protocol, HTTP/2.
             via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
         };

@@ -58,6 +58,9 @@ pub struct RequestSpec {
     /// SETTINGS within it, and a connection the backend has been silent on
     /// for longer is checked with a PING before this request goes on it.
     pub ping: Option<Duration>,
+    /// The worker's `ttl`: how long a connection that carried this request
+    /// may stay idle before it is closed (else `engine::IDLE_CLOSE`).
+    pub idle_ttl: Option<Duration>,
     /// The Via entry the front adds to the response (ProxyVia).
     pub via: Option<String>,
 }
@@ -495,6 +498,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             ping: None,
+            idle_ttl: None,
             via: None,
         }
     }
