@@ -983,6 +983,41 @@ ProxyPass /kept/ h2c://127.0.0.1:{backends[1]}/
     srv.check_log()
 
 
+def tcp_timers_to(port):
+    """The kernel's timer kinds ("tr" in /proc/net/tcp: 0 none, 1
+    retransmit, 2 keep-alive) of the established IPv4 connections to
+    127.0.0.1:port, sorted."""
+    timers = []
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        f = line.split()
+        if f[2] == f"0100007F:{port:04X}" and f[3] == "01":
+            timers.append(int(f[5].split(":")[0], 16))
+    return sorted(timers)
+
+
+def test_keepalive_sets_tcp_keepalive_on_backend_connections(workdir, docroot):
+    """mod_proxy's `keepalive=On`: the backend connections a worker opens
+    send TCP keep-alive probes (SO_KEEPALIVE); others do not."""
+    port, backend = spawn_backend("h2backend.py", 100)
+    srv = Httpd(workdir, docroot, name="proxy-keepalive", h2_conf="", extra=f"""
+{PROXY_MODULES}
+ProxyPass /ka/ h2c://127.0.0.1:{port}/ keepalive=On
+ProxyPass /plain/ h2c://localhost:{port}/
+""").start()
+    try:
+        assert split(get(srv, "/ka/delay?s=0"))[0] == 200
+        assert split(get(srv, "/plain/delay?s=0"))[0] == 200
+        deadline = time.monotonic() + 5
+        while tcp_timers_to(port) != [0, 2] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tcp_timers_to(port) == [0, 2]
+    finally:
+        srv.stop()
+        backend.kill()
+        backend.wait()
+    srv.check_log()
+
+
 class FreezableRelay:
     """A TCP relay to a backend whose connections can be frozen: the bytes
     stop both ways and the sockets stay open, as a connection looks that a

@@ -414,6 +414,22 @@ fn connect_nonblocking(addr: &SocketAddr) -> std::io::Result<TcpStream> {
     Ok(sock)
 }
 
+/// SO_KEEPALIVE, as mod_proxy sets it for a worker's `keepalive=On`
+/// (the kernel's probe timings).
+fn set_keepalive(sock: &TcpStream) {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on our socket with an int option value.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_KEEPALIVE,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: an all-zero sockaddr_storage is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -454,6 +470,9 @@ impl Conn {
             .next()
             .ok_or_else(|| format!("no address for {connect}"))?;
         let sock = connect_nonblocking(&addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        if spec.keepalive {
+            set_keepalive(&sock);
+        }
         let handler = Backend {
             backend: backend.to_string(),
             streams: HashMap::new(),

@@ -61,6 +61,9 @@ pub struct RequestSpec {
     /// The worker's `ttl`: how long a connection that carried this request
     /// may stay idle before it is closed (else `engine::IDLE_CLOSE`).
     pub idle_ttl: Option<Duration>,
+    /// The worker's `keepalive`: TCP keep-alive probes on a connection
+    /// opened for it (so a firewall between keeps an idle one open).
+    pub keepalive: bool,
     /// The Via entry the front adds to the response (ProxyVia).
     pub via: Option<String>,
 }
@@ -499,6 +502,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             ping: None,
             idle_ttl: None,
+            keepalive: false,
             via: None,
         }
     }
