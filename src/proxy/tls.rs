@@ -158,6 +158,7 @@ const SSL_MODE_ENABLE_PARTIAL_WRITE: c_long = 0x1;
 const SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER: c_long = 0x2;
 const SSL_ERROR_WANT_READ: c_int = 2;
 const SSL_ERROR_WANT_WRITE: c_int = 3;
+const SSL_ERROR_SYSCALL: c_int = 5;
 const SSL_ERROR_ZERO_RETURN: c_int = 6;
 const SSL_CTRL_CHAIN_CERT: c_int = 89;
 const NID_COMMON_NAME: c_int = 13;
@@ -455,6 +456,8 @@ impl Ssl {
     /// last error if it has one (a backend's alert, say "certificate
     /// required").
     fn describe(&self, code: c_int) -> String {
+        // Taken first: SSL_ERROR_SYSCALL's cause, when there is one.
+        let os_error = io::Error::last_os_error();
         // SAFETY: reads and clears this thread's error queue; the buffer is
         // ours and OpenSSL NUL-terminates within its length.
         let reason = unsafe {
@@ -467,10 +470,27 @@ impl Ssl {
                 CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
             }
         };
-        if reason.is_empty() {
+        if reason.is_empty() && code == SSL_ERROR_SYSCALL {
+            // No TLS alert: the socket failed or the backend just closed
+            // it (as some do after refusing a client certificate).
+            match os_error.raw_os_error() {
+                Some(errno) if errno != 0 => format!("SSL error {code}: {os_error}"),
+                _ => format!("SSL error {code}: the backend closed the connection"),
+            }
+        } else if reason.is_empty() {
             format!("SSL error {code}")
         } else {
             format!("SSL error {code}: {reason}")
+        }
+    }
+
+    /// Clears this thread's OpenSSL error queue and errno, so that
+    /// SSL_get_error and `describe` see only the next call's result.
+    fn clear_errors(&self) {
+        // SAFETY: OpenSSL's per-thread queue and this thread's errno.
+        unsafe {
+            (self.api.ERR_clear_error)();
+            *libc::__errno_location() = 0;
         }
     }
 
@@ -480,12 +500,9 @@ impl Ssl {
     }
 
     pub fn handshake(&mut self) -> Result<Handshake, String> {
-        // SAFETY: our live SSL; the error queue is cleared first so that
-        // SSL_get_error sees this call's result.
-        let rv = unsafe {
-            (self.api.ERR_clear_error)();
-            (self.api.SSL_do_handshake)(self.ssl.as_ptr())
-        };
+        self.clear_errors();
+        // SAFETY: our live SSL.
+        let rv = unsafe { (self.api.SSL_do_handshake)(self.ssl.as_ptr()) };
         if rv == 1 {
             return Ok(Handshake::Done);
         }
@@ -621,9 +638,7 @@ impl Ssl {
     /// Runs one SSL_read/SSL_write on our SSL with a clean error queue.
     fn io(&mut self, op: impl FnOnce(&Api, *mut SSL) -> c_int) -> io::Result<usize> {
         self.want_write = false;
-        // SAFETY: clears this thread's error queue so that SSL_get_error
-        // sees this call's result; `op` gets our live SSL.
-        unsafe { (self.api.ERR_clear_error)() };
+        self.clear_errors();
         let rv = op(self.api, self.ssl.as_ptr());
         self.io_result(rv)
     }
