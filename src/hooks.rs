@@ -323,6 +323,8 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
     let files = Arc::new(PemFiles::read(
         std::iter::once(&main).chain(vhosts.values()).chain(sections.iter().map(|(_, _, policy)| policy)),
     ));
+    // SAFETY: caller contract: the main server.
+    unsafe { warn_unusable_backend_tls(s, &main, &vhosts, &sections, &files) };
     // Each section compiled once; a virtual host shares the main server's.
     let sections: Vec<(Option<VhostKey>, Arc<ProxySection>)> = sections
         .into_iter()
@@ -341,6 +343,57 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
     };
     // SAFETY: caller contract.
     unsafe { for_each_server(s, set) };
+}
+
+/// Says at start which `SSLProxy*` settings OpenSSL cannot use (a cipher
+/// list it does not know, a file without a certificate or key...): mod_ssl
+/// checks its proxy settings only where `SSLProxyEngine` is on, which
+/// `h2://` backends do not need, and otherwise the first word of it would
+/// be a request's 503. Each context is checked as its backends would see
+/// it: a virtual host's over the main server's, a section's over its
+/// server's. Settings left at mod_ssl's defaults need no check.
+///
+/// # Safety
+/// `s` is the main server.
+unsafe fn warn_unusable_backend_tls(
+    s: *mut ffi::server_rec,
+    main: &crate::proxy::backend_tls::TlsPolicy,
+    vhosts: &HashMap<VhostKey, crate::proxy::backend_tls::TlsPolicy>,
+    sections: &[(Option<VhostKey>, conftree::ProxySection, crate::proxy::backend_tls::TlsPolicy)],
+    files: &crate::proxy::backend_tls::PemFiles,
+) {
+    use crate::proxy::backend_tls::TlsPolicy;
+    let server_of = |vhost: Option<&VhostKey>| match vhost.and_then(|k| vhosts.get(k)) {
+        Some(v) => TlsPolicy::merge(main, v),
+        None => main.clone(),
+    };
+    let place = |vhost: Option<&VhostKey>| match vhost {
+        Some((file, line)) => format!("the <VirtualHost> at {}:{line}", String::from_utf8_lossy(file)),
+        None => "the main server".to_string(),
+    };
+    let mut contexts = vec![(place(None), main.clone())];
+    contexts.extend(vhosts.keys().map(|k| (place(Some(k)), server_of(Some(k)))));
+    contexts.extend(sections.iter().map(|(vhost, section, policy)| {
+        let pattern = match &section.pattern {
+            conftree::SectionPattern::Prefix(p) | conftree::SectionPattern::Regex(p) => p,
+        };
+        (
+            format!("<Proxy {pattern}> in {}", place(vhost.as_ref())),
+            TlsPolicy::merge(&server_of(vhost.as_ref()), policy),
+        )
+    }));
+    for (place, policy) in contexts {
+        if policy == TlsPolicy::default() {
+            continue;
+        }
+        if let Err(e) = crate::proxy::tls::Context::new(&policy, files) {
+            slog!(
+                s,
+                Level::Warn,
+                "mod_h2rs: the SSLProxy* settings of {place} cannot serve h2:// backends: {e}; such backends will be answered 503"
+            );
+        }
+    }
 }
 
 /// Calls `f` with every configured server and its configuration.

@@ -680,6 +680,32 @@ def test_tls_backend_protocols_and_ciphers(workdir, docroot, tls_backends, direc
     srv.check_log()
 
 
+def test_unusable_tls_backend_settings_are_reported_at_start(workdir, docroot, tls_backends, backend_pki):
+    """Settings OpenSSL cannot use are named in the error log at start
+    (mod_ssl checks its proxy settings only with SSLProxyEngine on, which
+    h2:// backends do not need), with the context they stand in; their
+    backends are answered 503."""
+    srv = tls_check_server(workdir, docroot, tls_backends, f"""
+<Proxy "h2://localhost:{tls_backends['signed']}/">
+  SSLProxyCipherSuite NO-SUCH-CIPHER
+</Proxy>
+<Proxy "h2://localhost:{tls_backends['self']}/">
+  SSLProxyMachineCertificateFile {backend_pki / "ca.pem"}
+</Proxy>""", name="tls-unusable").start()
+    try:
+        log = srv.read_error_log()
+        port = tls_backends["signed"]
+        assert (f"the SSLProxy* settings of <Proxy h2://localhost:{port}/> in the main server cannot serve "
+                "h2:// backends: SSLProxyCipherSuite NO-SUCH-CIPHER: no cipher OpenSSL knows") in log, log
+        assert f"cannot use SSLProxyMachineCertificateFile {backend_pki / 'ca.pem'}" in log
+        assert log.count("cannot serve h2:// backends") == 2, log
+        assert split(get(srv, "/signed/headers"))[0] == 503
+        assert split(get(srv, "/self/headers"))[0] == 503
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
 def test_preserved_host_is_the_name_a_tls_backend_must_carry(workdir, docroot, tls_backends):
     """With ProxyPreserveHost, mod_proxy hands mod_ssl the request's host
     as the backend's name (and SNI): a.test is among the certificate's
