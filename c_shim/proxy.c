@@ -90,6 +90,11 @@ int h2rs_shim_http2_loaded(void)
     return http2_module.module_index >= 0;
 }
 
+int h2rs_shim_proxy_http2_loaded(void)
+{
+    return proxy_http2_module.module_index >= 0;
+}
+
 void h2rs_shim_proxy_params(request_rec *r, void *w, void *c,
                             h2rs_proxy_params *out)
 {

@@ -135,6 +135,8 @@ module *h2rs_shim_mpm_module(void);
 
 /* True when http2_module (this .so) is loaded, not only proxy_http2_module. */
 int h2rs_shim_http2_loaded(void);
+/* True when proxy_http2_module is loaded, not only http2_module. */
+int h2rs_shim_proxy_http2_loaded(void);
 
 /* What the scheme handler needs from mod_proxy's configuration. */
 typedef struct {

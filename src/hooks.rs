@@ -323,8 +323,12 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
     let files = Arc::new(PemFiles::read(
         std::iter::once(&main).chain(vhosts.values()).chain(sections.iter().map(|(_, _, policy)| policy)),
     ));
-    // SAFETY: caller contract: the main server.
-    unsafe { warn_unusable_backend_tls(s, &main, &vhosts, &sections, &files) };
+    // SAFETY: caller contract: the main server; a flag of this .so.
+    unsafe {
+        if ffi::h2rs_shim_proxy_http2_loaded() != 0 {
+            warn_unusable_backend_tls(s, &main, &vhosts, &sections, &files);
+        }
+    }
     // Each section compiled once; a virtual host shares the main server's.
     let sections: Vec<(Option<VhostKey>, Arc<ProxySection>)> = sections
         .into_iter()
