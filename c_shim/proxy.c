@@ -95,6 +95,15 @@ int h2rs_shim_proxy_http2_loaded(void)
     return proxy_http2_module.module_index >= 0;
 }
 
+void h2rs_shim_proxy_count_traffic(void *w, apr_off_t sent, apr_off_t received)
+{
+    proxy_worker *worker = w;
+    if (worker && worker->s) {
+        worker->s->transferred += sent;
+        worker->s->read += received;
+    }
+}
+
 void h2rs_shim_proxy_params(request_rec *r, void *w, void *c,
                             h2rs_proxy_params *out)
 {

@@ -137,6 +137,10 @@ module *h2rs_shim_mpm_module(void);
 int h2rs_shim_http2_loaded(void);
 /* True when proxy_http2_module is loaded, not only http2_module. */
 int h2rs_shim_proxy_http2_loaded(void);
+/* Adds a request's bytes to its worker's traffic counts (shared memory, as
+ * mod_proxy_http adds them), which lbmethod=bytraffic and the balancer
+ * manager read. */
+void h2rs_shim_proxy_count_traffic(void *worker, apr_off_t sent, apr_off_t received);
 
 /* What the scheme handler needs from mod_proxy's configuration. */
 typedef struct {

@@ -1159,6 +1159,39 @@ ProxyPass /mute/ h2c://127.0.0.1:{mute_port}/ ping=500ms timeout=20
     srv.check_log()
 
 
+def test_bytraffic_balances_by_the_bytes_each_member_carried(workdir, docroot, backends):
+    """lbmethod=bytraffic picks the member that carried the fewest bytes:
+    each request's body bytes, both ways, count for its member when it
+    ends (before, every member stayed at 0 and the first took every
+    request). The balancer manager shows them."""
+    srv = Httpd(workdir, docroot, name="proxy-bytraffic", h2_conf="", extra=f"""
+{PROXY_MODULES}
+LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
+LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
+LoadModule lbmethod_bytraffic_module {MODDIR}/mod_lbmethod_bytraffic.so
+<Proxy balancer://traffic>
+  BalancerMember h2c://127.0.0.1:{backends[0]}
+  BalancerMember h2c://127.0.0.1:{backends[1]}
+  ProxySet lbmethod=bytraffic
+</Proxy>
+ProxyPass /traffic/ balancer://traffic/
+<Location /balancer-manager>
+  SetHandler balancer-manager
+</Location>
+""").start()
+    try:
+        # A big response on the first member (both at 0: the first wins),
+        # then the small ones go to the second, which carried less.
+        assert split(get(srv, "/traffic/big?n=200000"))[0] == 200
+        ports = [port_of(split(get(srv, "/traffic/delay?s=0"))[1]) for _ in range(6)]
+        assert ports == [backends[1]] * 6, ports
+        page = curl("--http1.1", srv.url("/balancer-manager")).stdout.decode()
+        assert re.search(r"<td>\d+(\.\d+)?K</td>", page), page
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
 def test_bybusyness_counts_suspended_requests_until_they_end(proxy, backends):
     """A suspended request keeps counting as busy on its balancer member
     until it ends, and stops counting then: mod_proxy_balancer takes its

@@ -524,6 +524,11 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
         };
         let task = Task::new(spec);
+        if !worker.is_null() {
+            if let Some(pool) = PoolRef::from_raw((*r).pool) {
+                pool.attach(WorkerTraffic { worker, task: task.clone() });
+            }
+        }
         let status = run_request(r, &task, &engine, has_body);
         if status != ffi::SUSPENDED {
             // The front and the task hold each other: the cycle ends with
@@ -531,6 +536,25 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             task.drop_front();
         }
         status
+    }
+}
+
+/// Adds a request's body bytes, both ways, to its mod_proxy worker's
+/// traffic counts when the request ends (its pool is destroyed, after the
+/// last resume of a suspended one). Without them `lbmethod=bytraffic` saw
+/// every member at 0 and sent every request to the first one.
+struct WorkerTraffic {
+    worker: *mut c_void,
+    task: Arc<Task>,
+}
+
+impl Drop for WorkerTraffic {
+    fn drop(&mut self) {
+        let (sent, received) = self.task.traffic();
+        let count = |n: u64| ffi::apr_off_t::try_from(n).unwrap_or(ffi::apr_off_t::MAX);
+        // SAFETY: the worker mod_proxy gave the handler; workers live as
+        // long as the configuration, which outlives every request.
+        unsafe { ffi::h2rs_shim_proxy_count_traffic(self.worker, count(sent), count(received)) }
     }
 }
 

@@ -112,6 +112,8 @@ struct State {
     body_trailers: Option<Headers>,
     body_taken: u64,
     consumed: usize,
+    /// Response body bytes the front took, in all.
+    response_taken: u64,
     cancelled: bool,
     /// The request went out on a backend connection.
     dispatched: bool,
@@ -330,6 +332,14 @@ impl Task {
     }
 
     /// Bytes the front took since the last call (to reopen the window).
+    /// The body bytes that went to the backend and came from it so far
+    /// (for the worker's traffic counts, which `lbmethod=bytraffic` and
+    /// the balancer manager read).
+    pub fn traffic(&self) -> (u64, u64) {
+        let s = self.state.lock();
+        (s.body_taken, s.response_taken)
+    }
+
     pub fn take_consumed(&self) -> usize {
         std::mem::take(&mut self.state.lock().consumed)
     }
@@ -375,6 +385,7 @@ impl Task {
         let mut post = false;
         if !data.is_empty() {
             s.consumed += data.len();
+            s.response_taken += data.len() as u64;
             // Once the backend ended the stream its window no longer
             // matters (the engine credits the connection at close).
             if !s.end {
@@ -526,6 +537,8 @@ mod tests {
         assert!(taken.end);
         assert!(!post, "no window to reopen once the backend ended the stream");
         assert_eq!(t.take_consumed(), 5);
+        assert_eq!(t.take_consumed(), 0);
+        assert_eq!(t.traffic(), (0, 5), "the traffic counts stay");
     }
 
     struct CountingFront(AtomicU64);
