@@ -125,6 +125,7 @@ void h2rs_shim_proxy_params(request_rec *r, void *w, void *c,
     out->ping = worker && worker->s->ping_timeout_set ? worker->s->ping_timeout : -1;
     out->ttl = worker ? worker->s->ttl : 0;
     out->keepalive = worker ? worker->s->keepalive : 0;
+    out->disablereuse = worker ? worker->s->disablereuse : 0;
 }
 
 const char *h2rs_shim_proxy_canon_netloc(apr_pool_t *p, char **url,

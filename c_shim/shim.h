@@ -152,6 +152,7 @@ typedef struct {
     apr_interval_time_t ping;     /* the worker's ping, -1 when unset */
     apr_interval_time_t ttl;      /* the worker's ttl, 0 when unset */
     int keepalive;                /* the worker's keepalive (SO_KEEPALIVE) */
+    int disablereuse;             /* the worker's disablereuse */
 } h2rs_proxy_params;
 void h2rs_shim_proxy_params(request_rec *r, void *worker, void *conf,
                             h2rs_proxy_params *out);

@@ -986,14 +986,17 @@ ProxyPass /dark/ balancer://dark/
     srv.check_log()
 
 
-def test_ttl_closes_idle_backend_connections_sooner(workdir, docroot, backends):
+def test_ttl_and_disablereuse_close_backend_connections_sooner(workdir, docroot, backends):
     """mod_proxy's `ttl`: a backend connection idle for longer is closed
-    (the next request opens a new one); without it, an idle connection
-    lasts 30 s and is used again."""
+    (the next request opens a new one); `disablereuse=On`: each request
+    has a connection of its own, closed after it; without either, an idle
+    connection lasts 30 s and is used again."""
+    once_port, once_backend = spawn_backend("h2backend.py", 100)
     srv = Httpd(workdir, docroot, name="proxy-ttl", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5", extra=f"""
 {PROXY_MODULES}
 ProxyPass /ttl/ h2c://localhost:{backends[1]}/ ttl=1
 ProxyPass /kept/ h2c://127.0.0.1:{backends[1]}/
+ProxyPass /once/ h2c://127.0.0.1:{once_port}/ disablereuse=On
 """).start()
 
     def conn(path):
@@ -1003,11 +1006,18 @@ ProxyPass /kept/ h2c://127.0.0.1:{backends[1]}/
 
     try:
         ttl, kept = conn("/ttl/delay?s=0"), conn("/kept/delay?s=0")
+        once = [conn("/once/delay?s=0") for _ in range(3)]
+        assert len(set(once)) == 3, once
         time.sleep(2.5)
         assert conn("/ttl/delay?s=0") != ttl
         assert conn("/kept/delay?s=0") == kept
+        # The single-use connections are closed: none is left open to
+        # their backend (which serves no one else).
+        assert tcp_timers_to(once_port) == [], tcp_timers_to(once_port)
     finally:
         srv.stop()
+        once_backend.kill()
+        once_backend.wait()
     srv.check_log()
 
 

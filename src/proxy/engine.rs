@@ -375,8 +375,11 @@ struct Conn {
     dead: Option<String>,
     idle_since: Instant,
     /// How long it may stay idle: the least `ttl` of the workers whose
-    /// requests it carried, else `IDLE_CLOSE`.
+    /// requests it carried, else `IDLE_CLOSE`; none for a single use.
     idle_limit: Duration,
+    /// Opened for one request of a worker with `disablereuse`: no other
+    /// request joins it.
+    single_use: bool,
     /// Requests for this connection held until the backend's SETTINGS
     /// arrive (so its stream limit is known before anything is sent), or
     /// until it answers a liveness check (`ping_sent`).
@@ -505,7 +508,8 @@ impl Conn {
             out_off: 0,
             dead: None,
             idle_since: Instant::now(),
-            idle_limit: IDLE_CLOSE,
+            idle_limit: if spec.single_use { Duration::ZERO } else { IDLE_CLOSE },
+            single_use: spec.single_use,
             waiting: Vec::new(),
             step_since: Instant::now(),
             last_heard: Instant::now(),
@@ -561,7 +565,7 @@ impl Conn {
     /// the protocol refuses every new stream, and requests given to it
     /// failed with 502 for as long as the load kept it from going idle).
     fn open_for(&mut self, key: &str) -> bool {
-        self.key == key && self.dead.is_none() && self.session.ops().request_allowed()
+        !self.single_use && self.key == key && self.dead.is_none() && self.session.ops().request_allowed()
     }
 
     /// Has room for another stream within the backend's limit. Before the
@@ -816,7 +820,7 @@ impl LoopState {
         let mut least: Option<(usize, usize)> = None;
         let mut count = 0;
         for (i, c) in self.conns.iter_mut().enumerate() {
-            if !c.open_for(key) {
+            if task.spec.single_use || !c.open_for(key) {
                 continue;
             }
             count += 1;

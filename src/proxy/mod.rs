@@ -459,6 +459,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             ping: -1,
             ttl: 0,
             keepalive: 0,
+            disablereuse: 0,
         };
         ffi::h2rs_shim_proxy_params(r, worker, conf, &mut params);
         let timeout_us = if params.timeout >= 0 { params.timeout } else { (*(*r).server).timeout };
@@ -520,6 +521,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             ping,
             idle_ttl: (params.ttl > 0).then(|| Duration::from_micros(params.ttl as u64)),
             keepalive: params.keepalive != 0,
+            single_use: params.disablereuse != 0,
             // The response's Via names the backend's protocol, HTTP/2.
             via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
         };

@@ -64,6 +64,9 @@ pub struct RequestSpec {
     /// The worker's `keepalive`: TCP keep-alive probes on a connection
     /// opened for it (so a firewall between keeps an idle one open).
     pub keepalive: bool,
+    /// The worker's `disablereuse`: the request gets a backend connection
+    /// of its own, closed once it is done.
+    pub single_use: bool,
     /// The Via entry the front adds to the response (ProxyVia).
     pub via: Option<String>,
 }
@@ -514,6 +517,7 @@ mod tests {
             ping: None,
             idle_ttl: None,
             keepalive: false,
+            single_use: false,
             via: None,
         }
     }
