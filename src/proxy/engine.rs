@@ -473,7 +473,7 @@ impl Conn {
             .next()
             .ok_or_else(|| format!("no address for {connect}"))?;
         let sock = connect_nonblocking(&addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        if spec.keepalive {
+        if spec.pool.keepalive {
             set_keepalive(&sock);
         }
         let handler = Backend {
@@ -508,8 +508,8 @@ impl Conn {
             out_off: 0,
             dead: None,
             idle_since: Instant::now(),
-            idle_limit: if spec.single_use { Duration::ZERO } else { IDLE_CLOSE },
-            single_use: spec.single_use,
+            idle_limit: if spec.pool.single_use { Duration::ZERO } else { IDLE_CLOSE },
+            single_use: spec.pool.single_use,
             waiting: Vec::new(),
             step_since: Instant::now(),
             last_heard: Instant::now(),
@@ -528,7 +528,7 @@ impl Conn {
     /// Sends `task` now, or once the backend's SETTINGS are known, or
     /// once the backend has shown the connection is alive.
     fn enqueue(&mut self, task: &Arc<Task>) -> Result<(), String> {
-        if let Some(ttl) = task.spec.idle_ttl {
+        if let Some(ttl) = task.spec.pool.idle_ttl {
             self.idle_limit = self.idle_limit.min(ttl);
         }
         if self.settings_seen() && !self.check_alive(task) {
@@ -546,7 +546,7 @@ impl Conn {
     /// it, a backend host gone) would otherwise hold the request until its
     /// timeout and answer 504; this way it goes to a new connection.
     fn check_alive(&mut self, task: &Task) -> bool {
-        let Some(ping) = task.spec.ping else { return false };
+        let Some(ping) = task.spec.pool.ping else { return false };
         if self.ping_sent.is_some() {
             return true;
         }
@@ -820,7 +820,7 @@ impl LoopState {
         let mut least: Option<(usize, usize)> = None;
         let mut count = 0;
         for (i, c) in self.conns.iter_mut().enumerate() {
-            if task.spec.single_use || !c.open_for(key) {
+            if task.spec.pool.single_use || !c.open_for(key) {
                 continue;
             }
             count += 1;
@@ -932,7 +932,10 @@ impl LoopState {
                 let limit = conn
                     .waiting
                     .iter()
-                    .map(|t| if connecting { t.spec.connect_timeout } else { t.spec.ping.unwrap_or(t.spec.timeout) })
+                    .map(|t| {
+                        if connecting { t.spec.pool.connect_timeout } else { t.spec.pool.ping }
+                            .unwrap_or(t.spec.timeout)
+                    })
                     .min()
                     .unwrap_or(Duration::from_secs(60));
                 if now.duration_since(conn.step_since) > limit {

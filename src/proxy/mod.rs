@@ -43,7 +43,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use task::{Failure, Front, RequestSpec, Task};
+use task::{Failure, Front, PoolParams, RequestSpec, Task};
 
 /// Event-loop threads per child.
 const LOOP_THREADS: usize = 2;
@@ -464,15 +464,15 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         ffi::h2rs_shim_proxy_params(r, worker, conf, &mut params);
         let timeout_us = if params.timeout >= 0 { params.timeout } else { (*(*r).server).timeout };
         let timeout = Duration::from_micros(timeout_us.max(1_000_000) as u64);
-        // mod_proxy's `connectiontimeout` (which takes "ms" units): how long
-        // a new backend connection may take to open; else the timeout.
-        let connect_timeout = match params.connect_timeout {
-            t if t > 0 => Duration::from_micros(t as u64).min(timeout),
-            _ => timeout,
+        // The worker's pool parameters (mod_proxy parses their units).
+        let set = |t: ffi::apr_interval_time_t| (t > 0).then(|| Duration::from_micros(t as u64));
+        let pool = PoolParams {
+            connect_timeout: set(params.connect_timeout).map(|t| t.min(timeout)),
+            ping: set(params.ping).map(|t| t.min(timeout)),
+            idle_ttl: set(params.ttl),
+            keepalive: params.keepalive != 0,
+            single_use: params.disablereuse != 0,
         };
-        // mod_proxy's `ping`: how long the backend may take to show a
-        // connection is alive (`Conn::check_alive`).
-        let ping = (params.ping > 0).then(|| Duration::from_micros(params.ping as u64).min(timeout));
 
         let (Some(hin), Some(env)) = (TableRef::from_raw((*r).headers_in), TableRef::from_raw((*r).subprocess_env))
         else {
@@ -517,11 +517,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             has_body,
             idempotent: idempotent(method),
             timeout,
-            connect_timeout,
-            ping,
-            idle_ttl: (params.ttl > 0).then(|| Duration::from_micros(params.ttl as u64)),
-            keepalive: params.keepalive != 0,
-            single_use: params.disablereuse != 0,
+            pool,
             // The response's Via names the backend's protocol, HTTP/2.
             via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
         };

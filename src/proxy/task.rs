@@ -51,24 +51,32 @@ pub struct RequestSpec {
     /// A retry is allowed after a connection loss (the method is idempotent).
     pub idempotent: bool,
     pub timeout: Duration,
-    /// How long a new connection for it may take to open (TCP): the
-    /// worker's `connectiontimeout`, else `timeout`.
-    pub connect_timeout: Duration,
-    /// The worker's `ping`: a new connection must bring the backend's
-    /// SETTINGS within it, and a connection the backend has been silent on
-    /// for longer is checked with a PING before this request goes on it.
-    pub ping: Option<Duration>,
-    /// The worker's `ttl`: how long a connection that carried this request
-    /// may stay idle before it is closed (else `engine::IDLE_CLOSE`).
-    pub idle_ttl: Option<Duration>,
-    /// The worker's `keepalive`: TCP keep-alive probes on a connection
-    /// opened for it (so a firewall between keeps an idle one open).
-    pub keepalive: bool,
-    /// The worker's `disablereuse`: the request gets a backend connection
-    /// of its own, closed once it is done.
-    pub single_use: bool,
+    /// How its backend connection is opened and kept.
+    pub pool: PoolParams,
     /// The Via entry the front adds to the response (ProxyVia).
     pub via: Option<String>,
+}
+
+/// The mod_proxy worker's connection pool parameters that apply to the
+/// engine's connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolParams {
+    /// `connectiontimeout`: how long a new connection may take to open
+    /// (TCP); None: the request's timeout.
+    pub connect_timeout: Option<Duration>,
+    /// `ping`: a new connection must bring the backend's SETTINGS within
+    /// it, and a connection the backend has been silent on for longer is
+    /// checked with a PING before the request goes on it.
+    pub ping: Option<Duration>,
+    /// `ttl`: how long a connection that carried the request may stay idle
+    /// before it is closed (else `engine::IDLE_CLOSE`).
+    pub idle_ttl: Option<Duration>,
+    /// `keepalive`: TCP keep-alive probes on a connection opened for it
+    /// (so a firewall between keeps an idle one open).
+    pub keepalive: bool,
+    /// `disablereuse`: the request gets a backend connection of its own,
+    /// closed once it is done.
+    pub single_use: bool,
 }
 
 /// How the engine reaches the front when there is news.
@@ -334,7 +342,6 @@ impl Task {
         self.state.lock().cancelled
     }
 
-    /// Bytes the front took since the last call (to reopen the window).
     /// The body bytes that went to the backend and came from it so far
     /// (for the worker's traffic counts, which `lbmethod=bytraffic` and
     /// the balancer manager read).
@@ -343,6 +350,7 @@ impl Task {
         (s.body_taken, s.response_taken)
     }
 
+    /// Bytes the front took since the last call (to reopen the window).
     pub fn take_consumed(&self) -> usize {
         std::mem::take(&mut self.state.lock().consumed)
     }
@@ -513,11 +521,7 @@ mod tests {
             has_body: true,
             idempotent: true,
             timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            ping: None,
-            idle_ttl: None,
-            keepalive: false,
-            single_use: false,
+            pool: PoolParams::default(),
             via: None,
         }
     }
