@@ -16,6 +16,7 @@ use crate::config::{self, DirConfig, ServerConfig, Target};
 use crate::conftree::{self, VhostKey};
 use crate::ffi::{self, panic::guard, HOOK_DECLINED, HOOK_OK};
 use crate::log::Level;
+use crate::proxy::backend_tls::{PemFiles, TlsPolicy};
 use crate::slog;
 use crate::workers;
 use std::collections::HashMap;
@@ -263,7 +264,7 @@ unsafe fn set_request_body_limits(s: *mut ffi::server_rec) {
 /// the configuration pool.
 unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) {
     use crate::apr::regex::{Regex, Wildcard};
-    use crate::proxy::backend_tls::{BackendTls, PemFiles, ProxySection, SectionMatch, TlsPolicy, UrlPattern};
+    use crate::proxy::backend_tls::{BackendTls, ProxySection, SectionMatch, UrlPattern};
     use conftree::SectionPattern;
 
     // SAFETY: caller contract: the configuration pool.
@@ -337,16 +338,22 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
     let set = |srv: *mut ffi::server_rec, cfg: &ServerConfig| {
         // SAFETY: a live server_rec of the list.
         let own = unsafe { conftree::vhost_of(srv) };
-        let server = match own.as_ref().and_then(|k| vhosts.get(k)) {
-            Some(v) => TlsPolicy::merge(&main, v),
-            None => main.clone(),
-        };
+        let server = server_policy(&main, &vhosts, own.as_ref());
         let sections =
             sections.iter().filter(|(v, _)| v.is_none() || *v == own).map(|(_, section)| section.clone()).collect();
         let _ = cfg.backend_tls.set(Arc::new(BackendTls { server, sections, files: files.clone() }));
     };
     // SAFETY: caller contract.
     unsafe { for_each_server(s, set) };
+}
+
+/// A server's own `SSLProxy*` settings: its virtual host's merged over the
+/// main server's, as mod_ssl merges them.
+fn server_policy(main: &TlsPolicy, vhosts: &HashMap<VhostKey, TlsPolicy>, vhost: Option<&VhostKey>) -> TlsPolicy {
+    match vhost.and_then(|k| vhosts.get(k)) {
+        Some(v) => TlsPolicy::merge(main, v),
+        None => main.clone(),
+    }
 }
 
 /// Says at start which `SSLProxy*` settings OpenSSL cannot use (a cipher
@@ -361,16 +368,12 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
 /// `s` is the main server.
 unsafe fn warn_unusable_backend_tls(
     s: *mut ffi::server_rec,
-    main: &crate::proxy::backend_tls::TlsPolicy,
-    vhosts: &HashMap<VhostKey, crate::proxy::backend_tls::TlsPolicy>,
-    sections: &[(Option<VhostKey>, conftree::ProxySection, crate::proxy::backend_tls::TlsPolicy)],
-    files: &crate::proxy::backend_tls::PemFiles,
+    main: &TlsPolicy,
+    vhosts: &HashMap<VhostKey, TlsPolicy>,
+    sections: &[(Option<VhostKey>, conftree::ProxySection, TlsPolicy)],
+    files: &PemFiles,
 ) {
-    use crate::proxy::backend_tls::TlsPolicy;
-    let server_of = |vhost: Option<&VhostKey>| match vhost.and_then(|k| vhosts.get(k)) {
-        Some(v) => TlsPolicy::merge(main, v),
-        None => main.clone(),
-    };
+    let server_of = |vhost: Option<&VhostKey>| server_policy(main, vhosts, vhost);
     let place = |vhost: Option<&VhostKey>| match vhost {
         Some((file, line)) => format!("the <VirtualHost> at {}:{line}", String::from_utf8_lossy(file)),
         None => "the main server".to_string(),
