@@ -468,6 +468,7 @@ unsafe extern "C" fn child_pre_cleanup(_data: *mut c_void) -> ffi::apr_status_t 
         c1::child_stopping(false);
         workers::shutdown();
         crate::clock::stop();
+        crate::filemap::clear_cache();
         0
     })
 }
@@ -484,6 +485,7 @@ pub unsafe extern "C" fn h2rs_child_init(pchild: *mut ffi::apr_pool_t, s: *mut f
         }
         PCHILD.store(pchild, Ordering::Release);
         c1::child_init();
+        crate::filemap::child_init();
         if let Err(rv) = apr::pool::init_shared_allocator() {
             slog!(
                 s,

@@ -422,13 +422,15 @@ pub struct FileRegion {
     map: Option<Arc<FileMap>>,
 }
 
-/// File regions with at least this much left are sent from a mapping
-/// where the connection allows (`Frames::by_reference`), not copied into
-/// frames. Below it the copy is cheaper: mapping, faulting in and
-/// unmapping (a TLB shootdown) cost about what copying a few hundred KiB
-/// does (100 KiB `-c 50 -m 10` from mappings: 0.53x HTTP/1.1's req/s;
-/// 512 KiB: 1.29x its CPU against 1.09x copying; see docs/INTERNALS.md
-/// "Large files from mappings").
+/// File regions with at least this much left are sent from windows mapped
+/// for them where the connection allows (`Frames::by_reference`), not
+/// copied into frames. A smaller region is sent from the child's kept
+/// mapping of its whole file (`filemap::cached`, files up to
+/// `filemap::CACHED_MAX`), else copied: a window of its own per response,
+/// mapped, faulted in and unmapped (a TLB shootdown), costs about what
+/// copying a few hundred KiB does (100 KiB `-c 50 -m 10` from mappings:
+/// 0.53x HTTP/1.1's req/s; 512 KiB: 1.29x its CPU against 1.09x copying;
+/// see docs/INTERNALS.md "Large files from mappings").
 const MAP_AT_LEAST: u64 = 1 << 20;
 
 impl FileRegion {
@@ -436,16 +438,21 @@ impl FileRegion {
         FileRegion { file, offset, len, may_map, map: None }
     }
 
-    /// A mapping that covers the next `k` bytes: the last one, or a new
-    /// window while at least `MAP_AT_LEAST` is left. None if mapping is
-    /// not for this region (or its rest), or failed (then it is copied
-    /// from here on).
+    /// A mapping that covers the next `k` bytes: the last one, a new
+    /// window while at least `MAP_AT_LEAST` is left, else the kept mapping
+    /// of the whole file. None if mapping is not for this region (or its
+    /// rest), or failed (then it is copied from here on).
     fn mapped(&mut self, k: usize) -> Option<Arc<FileMap>> {
         if let Some(map) = self.map.as_ref().filter(|map| map.covers(self.offset, k)) {
             return Some(map.clone());
         }
-        if !self.may_map || self.len < MAP_AT_LEAST {
+        if !self.may_map {
             return None;
+        }
+        if self.len < MAP_AT_LEAST {
+            self.map = filemap::cached(&self.file, self.offset + self.len);
+            self.may_map = self.map.is_some();
+            return self.map.clone();
         }
         let window = (self.len.min(filemap::WINDOW as u64) as usize).max(k);
         // A file that already shrank is copied, which fails its frame and
@@ -1351,13 +1358,24 @@ mod tests {
         while q.pending() > 0 && q.take_into(&mut out, q.pending().min(16_384) as usize).is_ok() {}
         assert_eq!(q.pending(), MAP_AT_LEAST);
         assert_eq!(out.joined(), content);
-        // Small regions are copied (a mapping costs more than the copy).
+        // A small region of a file too large to keep mapped is copied (a
+        // window of its own costs more than the copy).
         let mut q = OutputQueue::default();
         q.push_file(FileRegion::new(std::fs::File::open(&path).unwrap(), 0, MAP_AT_LEAST - 1, true));
         let mut out = Frames::default();
         out.set_by_reference(true);
         drain(&mut q, &mut out);
         assert_eq!(out.contiguous(), Some(&content[..MAP_AT_LEAST as usize - 1]));
+        // A small file goes by reference to the child's kept mapping.
+        std::fs::write(&path, &content[..100_000]).unwrap();
+        let mut q = OutputQueue::default();
+        q.push(b"head:");
+        q.push_file(FileRegion::new(std::fs::File::open(&path).unwrap(), 7, 99_993, true));
+        let mut out = Frames::default();
+        out.set_by_reference(true);
+        drain(&mut q, &mut out);
+        assert!(out.contiguous().is_none());
+        assert_eq!(out.joined(), [&b"head:"[..], &content[7..100_000]].concat());
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -97,6 +97,53 @@ def test_large_files_are_sent_from_mappings_on_cleartext_connections_only(mmap_s
         assert path not in child_maps(srv)
 
 
+def test_small_files_are_sent_from_a_kept_mapping_that_follows_the_file(mmap_servers, docroot):
+    """A file under 1 MiB is mapped whole once in a child and the mapping
+    kept for its next responses (cleartext, EnableMMAP on). Each response
+    is the file as it is at the request; a replaced file's old mapping is
+    let go of within seconds."""
+    on, off = mmap_servers
+    path = docroot.path / "kept.bin"
+
+    def get(srv):
+        r = curl("--http2-prior-knowledge", "-w", "%{http_version}", srv.url("/kept.bin"))
+        assert r.stdout.endswith(b"2"), r.stdout[-20:]
+        return r.stdout[:-1]
+
+    content = os.urandom(100 << 10)
+    path.write_bytes(content)
+    try:
+        assert get(off) == content
+        assert str(path) not in child_maps(off), "EnableMMAP off maps nothing"
+        assert get(on) == content
+        assert f"{path}\n" in child_maps(on), "kept mapped after the response"
+        # Changed in place (the same inode): the mapping shows the new bytes.
+        with open(path, "r+b") as f:
+            f.write(b"X" * 1000)
+        content = b"X" * 1000 + content[1000:]
+        assert get(on) == content
+        # Grown, then shrunk: every response has the file's size then.
+        with open(path, "ab") as f:
+            f.write(b"tail" * 2500)
+        content += b"tail" * 2500
+        assert get(on) == content
+        os.truncate(path, 50 << 10)
+        assert get(on) == content[:50 << 10]
+        # Replaced: the new file is sent; the old one's mapping goes once
+        # idle (the clock sweeps every 5 s), so its inode is not held.
+        fresh = os.urandom(60 << 10)
+        (docroot.path / "kept.new").write_bytes(fresh)
+        os.rename(docroot.path / "kept.new", path)
+        assert get(on) == fresh
+        assert f"{path} (deleted)" in child_maps(on)
+        deadline = time.time() + 15
+        while str(path) in child_maps(on) and time.time() < deadline:
+            time.sleep(0.2)
+        assert str(path) not in child_maps(on), "no mapping of the file left once idle"
+    finally:
+        path.unlink()
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
 def test_a_file_that_shrinks_while_sent_ends_its_stream_without_harm(mmap_servers, docroot, tls):
     on, _ = mmap_servers
