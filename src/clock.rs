@@ -1,7 +1,8 @@
 //! The child's clock: one thread that calls objects back at their
 //! deadlines. Parked sessions use it for their idle timeout and the
 //! graceful stop's grace (`park.rs`); streams for output a handler left
-//! unflushed (`Stream::arm_late_flush`).
+//! unflushed (`Stream::arm_late_flush`); the kept file mappings for their
+//! sweep (`filemap::MapCache`).
 //!
 //! httpd's own timed callbacks are not used: the event MPM of 2.4.6x only
 //! runs a timer when its listener wakes up for another reason, seconds late

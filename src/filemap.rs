@@ -110,7 +110,7 @@ const CACHED_FILES: usize = 64;
 const CACHED_BYTES: usize = 8 << 20;
 /// A kept mapping unused for this long is dropped, so that a file deleted
 /// or replaced on disk is let go of soon (a mapping holds its inode).
-pub const CACHED_IDLE: Duration = Duration::from_secs(5);
+const CACHED_IDLE: Duration = Duration::from_secs(5);
 
 struct Cached {
     dev: u64,
