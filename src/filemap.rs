@@ -144,8 +144,10 @@ pub fn child_init() {
 /// Lets go of every kept mapping (the child is stopping).
 pub fn clear_cache() {
     let mut entries = CACHE.entries.lock();
-    entries.files.clear();
+    let removed = std::mem::take(&mut entries.files);
     entries.bytes = 0;
+    drop(entries);
+    drop(removed);
 }
 
 /// A mapping of the whole of `file` (at most `CACHED_MAX`) that covers
@@ -176,48 +178,55 @@ impl MapCache {
         }
         drop(entries);
         let map = Arc::new(FileMap::new(file, 0, size as usize).ok()?);
+        // The entries removed here are dropped (unmapped, if nothing else
+        // holds them) after the lock is released: an unmapping waits for
+        // the other CPUs' TLB flushes, and lookups should not.
+        let mut removed = Vec::new();
         let mut entries = self.entries.lock();
-        entries.remove_where(|c| c.dev == dev && c.ino == ino);
+        entries.remove_where(|c| c.dev == dev && c.ino == ino, &mut removed);
         while !entries.files.is_empty()
             && (entries.files.len() >= CACHED_FILES || entries.bytes + map.len > CACHED_BYTES)
         {
-            entries.evict_least_recent();
+            entries.evict_least_recent(&mut removed);
         }
         entries.bytes += map.len;
         entries.files.push(Cached { dev, ino, map: map.clone(), used: now });
         if !entries.sweep_armed {
             entries.sweep_armed = crate::clock::schedule(self, CACHED_IDLE, 0);
         }
+        drop(entries);
+        drop(removed);
         Some(map)
     }
 
-    /// Drops the mappings unused since `CACHED_IDLE` before `now`; true
-    /// while some are left.
+    /// Drops the mappings unused since `CACHED_IDLE` before `now` (after
+    /// releasing the lock, as `get` does); true while some are left.
     fn sweep(&self, now: Instant) -> bool {
+        let mut removed = Vec::new();
         let mut entries = self.entries.lock();
-        entries.remove_where(|c| now.duration_since(c.used) >= CACHED_IDLE);
+        entries.remove_where(|c| now.duration_since(c.used) >= CACHED_IDLE, &mut removed);
         entries.sweep_armed = !entries.files.is_empty();
-        entries.sweep_armed
+        let left = entries.sweep_armed;
+        drop(entries);
+        drop(removed);
+        left
     }
 }
 
 impl CacheEntries {
-    fn remove_where(&mut self, mut gone: impl FnMut(&Cached) -> bool) {
-        let mut freed = 0;
-        self.files.retain(|c| {
-            let keep = !gone(c);
-            if !keep {
-                freed += c.map.len;
-            }
-            keep
-        });
-        self.bytes -= freed;
+    /// Moves the entries `gone` picks to `removed`.
+    fn remove_where(&mut self, mut gone: impl FnMut(&Cached) -> bool, removed: &mut Vec<Cached>) {
+        let from = removed.len();
+        removed.extend(self.files.extract_if(.., |c| gone(c)));
+        self.bytes -= removed[from..].iter().map(|c| c.map.len).sum::<usize>();
     }
 
-    fn evict_least_recent(&mut self) {
+    /// Moves the least recently used entry to `removed`.
+    fn evict_least_recent(&mut self, removed: &mut Vec<Cached>) {
         if let Some(i) = self.files.iter().enumerate().min_by_key(|(_, c)| c.used).map(|(i, _)| i) {
             let c = self.files.swap_remove(i);
             self.bytes -= c.map.len;
+            removed.push(c);
         }
     }
 }
