@@ -117,6 +117,10 @@ struct State {
     end: bool,
     trailers: Option<Headers>,
     failure: Option<Failure>,
+    /// The engine added parts (`on_*`) that it has not published yet: the
+    /// front sees none of them until `publish`, so a connection error
+    /// later in the same batch of frames can still turn a head into a 502.
+    unpublished: bool,
     // front -> engine
     body: ByteQueue,
     body_end: bool,
@@ -137,7 +141,12 @@ struct State {
 impl State {
     /// Response parts the front has not taken yet (or the end, or a failure).
     fn response_news(&self) -> bool {
-        !self.interims.is_empty() || self.head.is_some() || !self.data.is_empty() || self.end || self.failure.is_some()
+        !self.unpublished
+            && (!self.interims.is_empty()
+                || self.head.is_some()
+                || !self.data.is_empty()
+                || self.end
+                || self.failure.is_some())
     }
 
     /// The request body queue is at its limit: the front reads no more.
@@ -238,27 +247,29 @@ impl Task {
     /// Response parts from the engine (`on_*`) do not wake the front: the
     /// engine calls `publish` once per batch of frames it parsed.
     pub fn on_interim(&self, head: ResponseHead) {
-        self.state.lock().interims.push(head);
+        let mut s = self.state.lock();
+        s.interims.push(head);
+        s.unpublished = true;
     }
 
     pub fn on_head(&self, head: ResponseHead) {
-        {
-            let mut s = self.state.lock();
-            s.head = Some(head);
-            s.head_seen = true;
-        }
+        let mut s = self.state.lock();
+        s.head = Some(head);
+        s.head_seen = true;
+        s.unpublished = true;
     }
 
     pub fn on_data(&self, data: &[u8]) {
-        self.state.lock().data.push(data);
+        let mut s = self.state.lock();
+        s.data.push(data);
+        s.unpublished = true;
     }
 
     pub fn on_end(&self, trailers: Option<Headers>) {
-        {
-            let mut s = self.state.lock();
-            s.end = true;
-            s.trailers = trailers;
-        }
+        let mut s = self.state.lock();
+        s.end = true;
+        s.trailers = trailers;
+        s.unpublished = true;
     }
 
     /// Tells the front about the parts the engine added (`on_*`). Returns
@@ -269,6 +280,7 @@ impl Task {
 
     /// Wakes the front once for the parts of this batch.
     pub fn publish(&self) {
+        self.state.lock().unpublished = false;
         self.news_marked.store(false, Ordering::Release);
         self.wake_front();
     }
@@ -392,6 +404,9 @@ impl Task {
     /// engine must be woken (window to reopen).
     pub fn take(&self, max_data: usize) -> (Taken, bool) {
         let mut s = self.state.lock();
+        if s.unpublished {
+            return (Taken::default(), false);
+        }
         let data = s.data.take_vec(max_data);
         let mut post = false;
         if !data.is_empty() {
@@ -531,6 +546,7 @@ mod tests {
         let t = Task::new(spec());
         t.on_head(ResponseHead { status: 200, headers: Headers::new() });
         t.on_data(b"hello");
+        t.publish();
         let (taken, post) = t.take(3);
         assert_eq!(taken.head.map(|h| h.status), Some(200));
         assert_eq!(taken.data, b"hel");
@@ -540,6 +556,7 @@ mod tests {
         t.on_end(None);
         // Failure after the head is an abort, and the end wins anyway.
         assert_eq!(t.fail(502), Failure::Abort);
+        t.publish();
         let (taken, post) = t.take(100);
         assert_eq!(taken.data, b"lo");
         assert!(taken.end);
@@ -595,6 +612,7 @@ mod tests {
         t.on_data(b"partial");
         assert!(t.response_started(), "not retried elsewhere: the backend answered");
         assert_eq!(t.fail(502), Failure::Status(502));
+        t.publish();
         let (taken, _) = t.take(100);
         assert!(taken.head.is_none() && taken.data.is_empty(), "nothing of the broken response");
         assert_eq!(taken.interims.len(), 1, "an interim may precede the status");
@@ -605,10 +623,30 @@ mod tests {
     fn failure_after_the_front_took_the_head_is_an_abort() {
         let t = Task::new(spec());
         t.on_head(ResponseHead { status: 200, headers: Headers::new() });
+        t.publish();
         let (taken, _) = t.take(100);
         assert!(taken.head.is_some());
         assert_eq!(t.fail(502), Failure::Abort);
         assert_eq!(t.take(100).0.failure, Some(Failure::Abort));
+    }
+
+    /// A front that wakes for another reason (the request went out, a
+    /// timeout) while the engine is still parsing a batch of frames sees
+    /// none of the batch: a connection error later in the batch can still
+    /// make the response a 502.
+    #[test]
+    fn parts_are_hidden_from_the_front_until_published() {
+        let t = Task::new(spec());
+        t.on_head(ResponseHead { status: 200, headers: Headers::new() });
+        t.on_data(b"x");
+        assert!(!t.has_news());
+        assert!(t.take(100).0.is_empty(), "the head went to the front before its batch ended");
+        assert_eq!(t.fail(502), Failure::Status(502));
+        assert!(!t.has_news(), "the failure waits for the batch too");
+        t.publish();
+        let (taken, _) = t.take(100);
+        assert!(taken.head.is_none() && taken.data.is_empty());
+        assert_eq!(taken.failure, Some(Failure::Status(502)));
     }
 
     struct GoneFront;
