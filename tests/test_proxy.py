@@ -478,7 +478,9 @@ def backend_pki(workdir):
     `signed` (issued by the CA, for localhost), `expired` (the same, valid
     in January 2020 only), `revoked` (the same, revoked in `crl.pem`),
     `client` (issued by the CA, CN proxy-client, certificate and key in
-    one file, as SSLProxyMachineCertificateFile takes them)."""
+    one file, as SSLProxyMachineCertificateFile takes them), `client-int`
+    (the same, CN proxy-client-int, issued by `intermediate`, a CA the
+    root CA issued)."""
     d = workdir / "backend-pki"
     d.mkdir()
 
@@ -515,6 +517,15 @@ commonName = supplied
     run("openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -revoke revoked.pem")
     run("openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -gencrl -crldays 2 -out crl.pem")
     (d / "client.pem").write_text((d / "client.crt").read_text() + (d / "client.key").read_text())
+    (d / "ca.ext").write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+                              "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    run(f"openssl req -new {ec} -subj /CN=Backend-Test-Intermediate -keyout intermediate.key -out intermediate.csr")
+    run("openssl x509 -req -in intermediate.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+        "-extfile ca.ext -out intermediate.pem")
+    run(f"openssl req -new {ec} -subj /CN=proxy-client-int -keyout client-int.key -out client-int.csr")
+    run("openssl x509 -req -in client-int.csr -CA intermediate.pem -CAkey intermediate.key -CAcreateserial "
+        "-days 2 -out client-int.crt")
+    (d / "client-int.pem").write_text((d / "client-int.crt").read_text() + (d / "client-int.key").read_text())
     for f in d.iterdir():
         os.chmod(f, 0o644)
     return d
@@ -777,6 +788,44 @@ ProxyPass /mtls-none/ h2://localhost:{tls_backends['mtls']}/none/""", name="tls-
         while split(get(srv, "/mtls-private/headers"))[0] != 503 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert f"cannot use SSLProxyMachineCertificateFile {private} (it needs" in srv.read_error_log()
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
+def test_client_certificate_chain_for_tls_backends(workdir, docroot, tls_backends, backend_pki):
+    """SSLProxyMachineCertificateChainFile: a client certificate issued by
+    an intermediate CA reaches a backend that trusts only the root once the
+    chain file supplies the intermediate (the file also holds a certificate
+    that is no CA, first); without the chain file the backend refuses it.
+    A chain file that holds no certificate: 503, and the log names the
+    file."""
+    chain = backend_pki / "chain.pem"
+    chain.write_text((backend_pki / "signed.pem").read_text() + (backend_pki / "intermediate.pem").read_text()
+                     + (backend_pki / "ca.pem").read_text())
+    port = tls_backends["mtls"]
+    empty = backend_pki / "client-int.key"
+    srv = tls_check_server(workdir, docroot, tls_backends, f"""
+<Proxy "h2://localhost:{port}/chain/">
+  SSLProxyMachineCertificateFile {backend_pki / "client-int.pem"}
+  SSLProxyMachineCertificateChainFile {chain}
+</Proxy>
+<Proxy "h2://localhost:{port}/nochain/">
+  SSLProxyMachineCertificateFile {backend_pki / "client-int.pem"}
+</Proxy>
+<Proxy "h2://localhost:{port}/empty/">
+  SSLProxyMachineCertificateFile {backend_pki / "client-int.pem"}
+  SSLProxyMachineCertificateChainFile {empty}
+</Proxy>
+ProxyPass /mtls-chain/ h2://localhost:{port}/chain/
+ProxyPass /mtls-nochain/ h2://localhost:{port}/nochain/
+ProxyPass /mtls-empty/ h2://localhost:{port}/empty/""", name="tls-client-chain").start()
+    try:
+        code, body = split(get(srv, "/mtls-chain/headers", "-D", "-"))
+        assert code == 200 and b"x-client-cn: proxy-client-int" in body, srv.read_error_log()[-2000:]
+        assert split(get(srv, "/mtls-nochain/headers"))[0] == 503
+        assert split(get(srv, "/mtls-empty/headers"))[0] == 503
+        assert f"SSLProxyMachineCertificateChainFile {empty} holds no certificate (in PEM)" in srv.read_error_log()
     finally:
         srv.stop()
     srv.check_log()

@@ -43,6 +43,10 @@ pub struct TlsPolicy {
     /// `SSLProxyMachineCertificateFile`: the client certificate and its
     /// key, in one PEM file.
     pub client_cert: Option<String>,
+    /// `SSLProxyMachineCertificateChainFile`: CA certificates, of which
+    /// those that issued the client certificate (up to the root) are sent
+    /// with it.
+    pub client_chain: Option<String>,
     /// `SSLProxyProtocol`: the protocol versions allowed (`PROTOCOLS` bits).
     pub protocols: Option<u8>,
     /// `SSLProxyCipherSuite`: the list for TLS 1.2 and below, and for 1.3.
@@ -138,6 +142,7 @@ impl TlsPolicy {
             "sslproxycheckpeername" => self.check_name = flag(arg).or(self.check_name),
             "sslproxycheckpeercn" => self.check_cn = flag(arg).or(self.check_cn),
             "sslproxymachinecertificatefile" => self.client_cert = Some(path(arg)),
+            "sslproxymachinecertificatechainfile" => self.client_chain = Some(path(arg)),
             "sslproxyprotocol" => self.protocols = parse_protocols(args).or(self.protocols),
             "sslproxyciphersuite" => {
                 let words: Vec<&str> = args.split_ascii_whitespace().map(|w| w.trim_matches('"')).collect();
@@ -179,6 +184,7 @@ impl TlsPolicy {
             check_name: over.check_name.or(base.check_name),
             check_cn: over.check_cn.or(base.check_cn),
             client_cert: over.client_cert.clone().or_else(|| base.client_cert.clone()),
+            client_chain: over.client_chain.clone().or_else(|| base.client_chain.clone()),
             protocols: over.protocols.or(base.protocols),
             ciphers: over.ciphers.clone().or_else(|| base.ciphers.clone()),
             ciphersuites: over.ciphersuites.clone().or_else(|| base.ciphersuites.clone()),
@@ -235,11 +241,12 @@ impl TlsPolicy {
     /// (`PemFiles`), by directive. The `-Path` directories are not:
     /// OpenSSL looks certificates up in them when it verifies a chain, in
     /// the child processes, as it does for mod_ssl.
-    pub fn files(&self) -> [(&'static str, Option<&str>); 3] {
+    pub fn files(&self) -> [(&'static str, Option<&str>); 4] {
         [
             ("SSLProxyCACertificateFile", self.ca_file.as_deref()),
             ("SSLProxyCARevocationFile", self.crl_file.as_deref()),
             ("SSLProxyMachineCertificateFile", self.client_cert.as_deref()),
+            ("SSLProxyMachineCertificateChainFile", self.client_chain.as_deref()),
         ]
     }
 }
@@ -423,6 +430,7 @@ mod tests {
             ("SSLProxyCACertificatePath", "\"/etc/ca\""),
             ("SSLProxyCheckPeerExpire", "off"),
             ("SSLProxyMachineCertificateFile", "/etc/client.pem"),
+            ("SSLProxyMachineCertificateChainFile", "chain.pem"),
         ]);
         assert_eq!(p.verify(), Verify::Require);
         assert_eq!(p.verify_depth(), 3);
@@ -430,6 +438,8 @@ mod tests {
         assert_eq!(p.ca_path.as_deref(), Some("/etc/ca"));
         assert!(!p.check_expire());
         assert_eq!(p.client_cert.as_deref(), Some("/etc/client.pem"));
+        assert_eq!(p.client_chain.as_deref(), Some("/srv/chain.pem"));
+        assert!(p.files().contains(&("SSLProxyMachineCertificateChainFile", Some("/srv/chain.pem"))));
         assert_eq!(policy(&[("SSLProxyVerify", "optional")]).verify(), Verify::Require);
         assert_eq!(policy(&[("SSLProxyVerify", "OPTIONAL_NO_CA")]).verify(), Verify::OptionalNoCa);
         assert_eq!(policy(&[("SSLProxyVerify", "require"), ("SSLProxyVerify", "none")]).verify(), Verify::None);

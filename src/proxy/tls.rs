@@ -5,7 +5,8 @@
 //! backend's, by the server's `SSLProxy*` settings (`backend_tls.rs`): the
 //! chain (`SSLProxyVerify`, against `SSLProxyCACertificateFile`/`Path`,
 //! up to `SSLProxyVerifyDepth`), its dates and its names, and
-//! `SSLProxyMachineCertificateFile` as the client certificate.
+//! `SSLProxyMachineCertificateFile` as the client certificate, with its
+//! issuers from `SSLProxyMachineCertificateChainFile`.
 //!
 //! All `unsafe` for OpenSSL lives in this file. An `Ssl` is used by one
 //! engine thread only. libssl is loaded with dlopen when the first TLS
@@ -124,6 +125,8 @@ openssl_api! {
     X509_check_host: fn(*mut X509, *const c_char, usize, c_uint, *mut *mut c_char) -> c_int;
     X509_check_ip_asc: fn(*mut X509, *const c_char, c_uint) -> c_int;
     X509_free: fn(*mut X509);
+    X509_check_issued: fn(*mut X509, *mut X509) -> c_int;
+    SSL_CTX_get0_certificate: fn(*const SSL_CTX) -> *mut X509;
     X509_get_subject_name: fn(*const X509) -> *mut c_void;
     X509_NAME_get_text_by_NID: fn(*mut c_void, c_int, *mut c_char, c_int) -> c_int;
     ERR_clear_error: fn();
@@ -262,6 +265,14 @@ impl Context {
                         "cannot use SSLProxyMachineCertificateFile {path} (it needs the certificate and its key, in PEM)"
                     ));
                 }
+                if let Some(chain) = policy.client_chain.as_deref() {
+                    let pem = files.get("SSLProxyMachineCertificateChainFile", chain)?;
+                    if add_client_chain(api, ctx.as_ptr(), pem)?.is_none() {
+                        return Err(format!(
+                            "SSLProxyMachineCertificateChainFile {chain} holds no certificate (in PEM)"
+                        ));
+                    }
+                }
             }
             Ok(context)
         }
@@ -382,6 +393,59 @@ unsafe fn use_client_certificate(api: &'static Api, ctx: *mut SSL_CTX, pem: &[u8
         // The end of the certificates leaves "no start line" queued.
         (api.ERR_clear_error)();
         Ok(ok)
+    }
+}
+
+/// Sends with the client certificate those of the certificates in
+/// `pem` (`SSLProxyMachineCertificateChainFile`) that issued it, up to the
+/// root, as mod_ssl builds each client certificate's chain from that
+/// file: the issuer of the certificate, then the issuer's issuer, while
+/// the file has one. None where `pem` holds no certificate; else how many
+/// were added (0: none of them issued it).
+///
+/// # Safety
+/// `ctx` is a live `SSL_CTX` whose client certificate is set.
+unsafe fn add_client_chain(api: &'static Api, ctx: *mut SSL_CTX, pem: &[u8]) -> Result<Option<usize>, String> {
+    let none = std::ptr::null_mut();
+    // SAFETY: a live BIO over `pem`; the certificates read are ours until
+    // SSL_CTRL_CHAIN_CERT (with 0) takes one, and the rest are freed. The
+    // context's certificate is borrowed (get0) for the comparisons only.
+    unsafe {
+        let bio = MemBio::new(api, pem)?;
+        let mut certs = Vec::new();
+        loop {
+            let cert = (api.PEM_read_bio_X509)(bio.bio.as_ptr(), none, Some(no_passphrase), none);
+            if cert.is_null() {
+                break;
+            }
+            certs.push(cert);
+        }
+        (api.ERR_clear_error)();
+        if certs.is_empty() {
+            return Ok(None);
+        }
+        let issued =
+            |issuer: *mut X509, subject: *mut X509| c_long::from((api.X509_check_issued)(issuer, subject)) == X509_V_OK;
+        let mut added = 0;
+        let mut subject = (api.SSL_CTX_get0_certificate)(ctx);
+        while !subject.is_null() {
+            let Some(i) = certs.iter().position(|&c| issued(c, subject)) else {
+                break;
+            };
+            let issuer = certs.swap_remove(i);
+            let self_signed = issued(issuer, issuer);
+            if (api.SSL_CTX_ctrl)(ctx, SSL_CTRL_CHAIN_CERT, 0, issuer) != 1 {
+                (api.X509_free)(issuer);
+                break;
+            }
+            added += 1;
+            subject = if self_signed { std::ptr::null_mut() } else { issuer };
+        }
+        for cert in certs {
+            (api.X509_free)(cert);
+        }
+        (api.ERR_clear_error)();
+        Ok(Some(added))
     }
 }
 
