@@ -398,9 +398,9 @@ unsafe fn use_client_certificate(api: &'static Api, ctx: *mut SSL_CTX, pem: &[u8
 
 /// Sends with the client certificate those of the certificates in
 /// `pem` (`SSLProxyMachineCertificateChainFile`) that issued it, up to the
-/// root, as mod_ssl builds each client certificate's chain from that
-/// file: the issuer of the certificate, then the issuer's issuer, while
-/// the file has one. None where `pem` holds no certificate; else how many
+/// root: the issuer of the certificate, then the issuer's issuer, while
+/// the file has one. (mod_ssl builds the same chain from the file but
+/// uses it only to pick among several client certificates.) None where `pem` holds no certificate; else how many
 /// were added (0: none of them issued it).
 ///
 /// # Safety
