@@ -799,12 +799,16 @@ def test_client_certificate_chain_for_tls_backends(workdir, docroot, tls_backend
     chain file supplies the intermediate (the file also holds a certificate
     that is no CA, first); without the chain file the backend refuses it.
     A chain file that holds no certificate: 503, and the log names the
-    file."""
+    file. A file of two certificate and key pairs, the keys in the other
+    order: its first certificate goes with the key that matches it."""
     chain = backend_pki / "chain.pem"
     chain.write_text((backend_pki / "signed.pem").read_text() + (backend_pki / "intermediate.pem").read_text()
                      + (backend_pki / "ca.pem").read_text())
     port = tls_backends["mtls"]
     empty = backend_pki / "client-int.key"
+    pairs = backend_pki / "client-pairs.pem"
+    pairs.write_text("".join((backend_pki / f).read_text()
+                             for f in ("client-int.crt", "client.crt", "client.key", "client-int.key")))
     srv = tls_check_server(workdir, docroot, tls_backends, f"""
 <Proxy "h2://localhost:{port}/chain/">
   SSLProxyMachineCertificateFile {backend_pki / "client-int.pem"}
@@ -813,17 +817,24 @@ def test_client_certificate_chain_for_tls_backends(workdir, docroot, tls_backend
 <Proxy "h2://localhost:{port}/nochain/">
   SSLProxyMachineCertificateFile {backend_pki / "client-int.pem"}
 </Proxy>
+<Proxy "h2://localhost:{port}/pairs/">
+  SSLProxyMachineCertificateFile {pairs}
+  SSLProxyMachineCertificateChainFile {chain}
+</Proxy>
 <Proxy "h2://localhost:{port}/empty/">
   SSLProxyMachineCertificateFile {backend_pki / "client-int.pem"}
   SSLProxyMachineCertificateChainFile {empty}
 </Proxy>
 ProxyPass /mtls-chain/ h2://localhost:{port}/chain/
 ProxyPass /mtls-nochain/ h2://localhost:{port}/nochain/
+ProxyPass /mtls-pairs/ h2://localhost:{port}/pairs/
 ProxyPass /mtls-empty/ h2://localhost:{port}/empty/""", name="tls-client-chain").start()
     try:
         code, body = split(get(srv, "/mtls-chain/headers", "-D", "-"))
         assert code == 200 and b"x-client-cn: proxy-client-int" in body, srv.read_error_log()[-2000:]
         assert split(get(srv, "/mtls-nochain/headers"))[0] == 503
+        code, body = split(get(srv, "/mtls-pairs/headers", "-D", "-"))
+        assert code == 200 and b"x-client-cn: proxy-client-int" in body, srv.read_error_log()[-2000:]
         assert split(get(srv, "/mtls-empty/headers"))[0] == 503
         assert f"SSLProxyMachineCertificateChainFile {empty} holds no certificate (in PEM)" in srv.read_error_log()
     finally:

@@ -101,7 +101,6 @@ openssl_api! {
     SSL_CTX_load_verify_locations: fn(*mut SSL_CTX, *const c_char, *const c_char) -> c_int;
     SSL_CTX_use_certificate: fn(*mut SSL_CTX, *mut X509) -> c_int;
     SSL_CTX_use_PrivateKey: fn(*mut SSL_CTX, *mut EVP_PKEY) -> c_int;
-    SSL_CTX_check_private_key: fn(*const SSL_CTX) -> c_int;
     SSL_CTX_set_cipher_list: fn(*mut SSL_CTX, *const c_char) -> c_int;
     SSL_CTX_set_ciphersuites: fn(*mut SSL_CTX, *const c_char) -> c_int;
     SSL_CTX_get_cert_store: fn(*const SSL_CTX) -> *mut c_void;
@@ -126,7 +125,7 @@ openssl_api! {
     X509_check_ip_asc: fn(*mut X509, *const c_char, c_uint) -> c_int;
     X509_free: fn(*mut X509);
     X509_check_issued: fn(*mut X509, *mut X509) -> c_int;
-    SSL_CTX_get0_certificate: fn(*const SSL_CTX) -> *mut X509;
+    X509_check_private_key: fn(*const X509, *const EVP_PKEY) -> c_int;
     X509_get_subject_name: fn(*const X509) -> *mut c_void;
     X509_NAME_get_text_by_NID: fn(*mut c_void, c_int, *mut c_char, c_int) -> c_int;
     ERR_clear_error: fn();
@@ -260,18 +259,22 @@ impl Context {
             }
             if let Some(path) = policy.client_cert.as_deref() {
                 let pem = files.get("SSLProxyMachineCertificateFile", path)?;
-                if !use_client_certificate(api, ctx.as_ptr(), pem)? {
+                let issuers = match policy.client_chain.as_deref() {
+                    Some(chain) => {
+                        let list = CertList::read(api, files.get("SSLProxyMachineCertificateChainFile", chain)?)?;
+                        if list.certs.is_empty() {
+                            return Err(format!(
+                                "SSLProxyMachineCertificateChainFile {chain} holds no certificate (in PEM)"
+                            ));
+                        }
+                        list
+                    }
+                    None => CertList::empty(api),
+                };
+                if !use_client_certificate(api, ctx.as_ptr(), pem, issuers)? {
                     return Err(format!(
                         "cannot use SSLProxyMachineCertificateFile {path} (it needs the certificate and its key, in PEM)"
                     ));
-                }
-                if let Some(chain) = policy.client_chain.as_deref() {
-                    let pem = files.get("SSLProxyMachineCertificateChainFile", chain)?;
-                    if add_client_chain(api, ctx.as_ptr(), pem)?.is_none() {
-                        return Err(format!(
-                            "SSLProxyMachineCertificateChainFile {chain} holds no certificate (in PEM)"
-                        ));
-                    }
                 }
             }
             Ok(context)
@@ -349,103 +352,116 @@ unsafe fn load_pem_into_store(api: &'static Api, store: *mut c_void, pem: &[u8])
     }
 }
 
-/// Makes the first certificate of a PEM file's contents the client
-/// certificate, the ones after it its chain, and the file's private key
-/// its key, as `SSL_CTX_use_certificate_chain_file` and
-/// `SSL_CTX_use_PrivateKey_file` do from the file. False where the file
-/// lacks either or they do not match.
-///
-/// # Safety
-/// `ctx` is a live `SSL_CTX`.
-unsafe fn use_client_certificate(api: &'static Api, ctx: *mut SSL_CTX, pem: &[u8]) -> Result<bool, String> {
-    let none = std::ptr::null_mut();
-    // SAFETY: live BIOs over `pem`. What PEM_read_bio_* return is ours:
-    // SSL_CTX_use_certificate and SSL_CTX_use_PrivateKey take their own
-    // references (ours are freed), SSL_CTRL_CHAIN_CERT with 0 takes ours
-    // when it succeeds.
-    unsafe {
-        let certs = MemBio::new(api, pem)?;
-        let leaf = (api.PEM_read_bio_X509)(certs.bio.as_ptr(), none, Some(no_passphrase), none);
-        if leaf.is_null() {
+/// Certificates read from PEM bytes: ours until taken out, the rest freed
+/// with the list.
+struct CertList {
+    api: &'static Api,
+    certs: Vec<NonNull<X509>>,
+}
+
+impl CertList {
+    fn empty(api: &'static Api) -> CertList {
+        CertList { api, certs: Vec::new() }
+    }
+
+    /// Every certificate in `pem`, in order (keys and other blocks skipped).
+    fn read(api: &'static Api, pem: &[u8]) -> Result<CertList, String> {
+        let bio = MemBio::new(api, pem)?;
+        let mut list = CertList::empty(api);
+        let none = std::ptr::null_mut();
+        // SAFETY: a live BIO; each certificate returned is ours (the list
+        // frees it). The end of the certificates leaves "no start line"
+        // queued, which is cleared.
+        unsafe {
+            while let Some(cert) =
+                NonNull::new((api.PEM_read_bio_X509)(bio.bio.as_ptr(), none, Some(no_passphrase), none))
+            {
+                list.certs.push(cert);
+            }
             (api.ERR_clear_error)();
-            return Ok(false);
         }
-        let mut ok = (api.SSL_CTX_use_certificate)(ctx, leaf) == 1;
-        (api.X509_free)(leaf);
-        while ok {
-            let issuer = (api.PEM_read_bio_X509)(certs.bio.as_ptr(), none, Some(no_passphrase), none);
-            if issuer.is_null() {
-                break;
-            }
-            if (api.SSL_CTX_ctrl)(ctx, SSL_CTRL_CHAIN_CERT, 0, issuer) != 1 {
-                (api.X509_free)(issuer);
-                ok = false;
-            }
-        }
-        let keys = MemBio::new(api, pem)?;
-        let key = (api.PEM_read_bio_PrivateKey)(keys.bio.as_ptr(), none, Some(no_passphrase), none);
-        if key.is_null() {
-            ok = false;
-        } else {
-            ok = ok && (api.SSL_CTX_use_PrivateKey)(ctx, key) == 1 && (api.SSL_CTX_check_private_key)(ctx) == 1;
-            (api.EVP_PKEY_free)(key);
-        }
-        // The end of the certificates leaves "no start line" queued.
-        (api.ERR_clear_error)();
-        Ok(ok)
+        Ok(list)
     }
 }
 
-/// Sends with the client certificate those of the certificates in
-/// `pem` (`SSLProxyMachineCertificateChainFile`) that issued it, up to the
-/// root: the issuer of the certificate, then the issuer's issuer, while
-/// the file has one. (mod_ssl builds the same chain from the file but
-/// uses it only to pick among several client certificates.) None where `pem` holds no certificate; else how many
-/// were added (0: none of them issued it).
+impl Drop for CertList {
+    fn drop(&mut self) {
+        for cert in self.certs.drain(..) {
+            // SAFETY: ours, freed once (taken ones left the vector).
+            unsafe { (self.api.X509_free)(cert.as_ptr()) };
+        }
+    }
+}
+
+/// Makes the first certificate of a PEM file's contents the client
+/// certificate, with the file's private key that matches it; sends with it
+/// those of the file's other certificates and of `issuers`
+/// (`SSLProxyMachineCertificateChainFile`) that issued it, up to the root:
+/// its issuer, then the issuer's issuer, while there is one. (A file of
+/// several certificate and key pairs, as mod_ssl allows, thus gives its
+/// first pair, without the others' certificates posing as its chain.
+/// mod_ssl builds the same chain from the chain file but uses it only to
+/// pick among several client certificates.) False where the file lacks
+/// the certificate or its key.
 ///
 /// # Safety
-/// `ctx` is a live `SSL_CTX` whose client certificate is set.
-unsafe fn add_client_chain(api: &'static Api, ctx: *mut SSL_CTX, pem: &[u8]) -> Result<Option<usize>, String> {
+/// `ctx` is a live `SSL_CTX`.
+unsafe fn use_client_certificate(
+    api: &'static Api,
+    ctx: *mut SSL_CTX,
+    pem: &[u8],
+    mut issuers: CertList,
+) -> Result<bool, String> {
+    let mut candidates = CertList::read(api, pem)?;
+    if candidates.certs.is_empty() {
+        return Ok(false);
+    }
+    let keys = MemBio::new(api, pem)?;
+    let leaf = candidates.certs.remove(0);
+    candidates.certs.append(&mut issuers.certs);
     let none = std::ptr::null_mut();
-    // SAFETY: a live BIO over `pem`; the certificates read are ours until
-    // SSL_CTRL_CHAIN_CERT (with 0) takes one, and the rest are freed. The
-    // context's certificate is borrowed (get0) for the comparisons only.
+    // SAFETY: `leaf` is ours: SSL_CTX_use_certificate takes its own
+    // reference, and ours is freed below. The keys PEM_read_bio_PrivateKey
+    // returns are ours (SSL_CTX_use_PrivateKey takes its own reference).
+    // SSL_CTRL_CHAIN_CERT with 0 takes our reference to a candidate when it
+    // succeeds; the context then keeps it alive while it is the next
+    // subject.
     unsafe {
-        let bio = MemBio::new(api, pem)?;
-        let mut certs = Vec::new();
-        loop {
-            let cert = (api.PEM_read_bio_X509)(bio.bio.as_ptr(), none, Some(no_passphrase), none);
-            if cert.is_null() {
+        let mut ok = (api.SSL_CTX_use_certificate)(ctx, leaf.as_ptr()) == 1;
+        let mut matched = false;
+        while ok && !matched {
+            let key = (api.PEM_read_bio_PrivateKey)(keys.bio.as_ptr(), none, Some(no_passphrase), none);
+            if key.is_null() {
                 break;
             }
-            certs.push(cert);
+            if (api.X509_check_private_key)(leaf.as_ptr(), key) == 1 {
+                matched = true;
+                ok = (api.SSL_CTX_use_PrivateKey)(ctx, key) == 1;
+            }
+            (api.EVP_PKEY_free)(key);
         }
-        (api.ERR_clear_error)();
-        if certs.is_empty() {
-            return Ok(None);
-        }
-        let issued =
-            |issuer: *mut X509, subject: *mut X509| c_long::from((api.X509_check_issued)(issuer, subject)) == X509_V_OK;
-        let mut added = 0;
-        let mut subject = (api.SSL_CTX_get0_certificate)(ctx);
-        while !subject.is_null() {
-            let Some(i) = certs.iter().position(|&c| issued(c, subject)) else {
-                break;
-            };
-            let issuer = certs.swap_remove(i);
-            let self_signed = issued(issuer, issuer);
-            if (api.SSL_CTX_ctrl)(ctx, SSL_CTRL_CHAIN_CERT, 0, issuer) != 1 {
-                (api.X509_free)(issuer);
+        let issued = |issuer: NonNull<X509>, subject: NonNull<X509>| {
+            c_long::from((api.X509_check_issued)(issuer.as_ptr(), subject.as_ptr())) == X509_V_OK
+        };
+        let mut subject = leaf;
+        while ok && matched {
+            let Some(i) = candidates.certs.iter().position(|&c| issued(c, subject)) else { break };
+            let issuer = candidates.certs.swap_remove(i);
+            if (api.SSL_CTX_ctrl)(ctx, SSL_CTRL_CHAIN_CERT, 0, issuer.as_ptr().cast()) != 1 {
+                (api.X509_free)(issuer.as_ptr());
+                ok = false;
                 break;
             }
-            added += 1;
-            subject = if self_signed { std::ptr::null_mut() } else { issuer };
+            if issued(issuer, issuer) {
+                break; // the root
+            }
+            subject = issuer;
         }
-        for cert in certs {
-            (api.X509_free)(cert);
-        }
+        (api.X509_free)(leaf.as_ptr());
+        // A key that does not parse, or the end of the keys, leaves errors
+        // queued.
         (api.ERR_clear_error)();
-        Ok(Some(added))
+        Ok(ok && matched)
     }
 }
 
