@@ -842,6 +842,59 @@ ProxyPass /mtls-empty/ h2://localhost:{port}/empty/""", name="tls-client-chain")
     srv.check_log()
 
 
+def test_client_certificate_chosen_by_the_ca_names_the_backend_lists(workdir, docroot, tls_backends, backend_pki):
+    """SSLProxyMachineCertificatePath: every file of the directory (a
+    symbolic link to one of them read once) gives its pairs. Chosen as
+    mod_ssl chooses: a backend that lists no CA names (Python's ssl) gets
+    the first pair; one that lists the intermediate CA's name (OpenSSL's
+    s_server with that CA file) gets the pair it issued, though second."""
+    certdir = backend_pki / "client-dir"
+    certdir.mkdir()
+    shutil.copy(backend_pki / "client.pem", certdir / "a-by-root.pem")
+    shutil.copy(backend_pki / "client-int.pem", certdir / "b-by-intermediate.pem")
+    os.symlink("b-by-intermediate.pem", certdir / "c-link.pem")
+    named = free_port()
+    s_server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{named}", "-cert", str(backend_pki / "signed.pem"),
+         "-key", str(backend_pki / "signed.key"), "-CAfile", str(backend_pki / "intermediate.pem"),
+         "-Verify", "3", "-alpn", "h2", "-naccept", "1"],
+        # stdin open: s_server ends at the end of its input
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    mtls = tls_backends["mtls"]
+    srv = None
+    try:
+        # It accepts one connection (-naccept 1): wait for its word, not
+        # for a connection.
+        seen = ""
+        while "ACCEPT" not in seen:
+            line = s_server.stdout.readline()
+            assert line, f"s_server ended: {seen}"
+            seen += line
+        srv = tls_check_server(workdir, docroot, tls_backends, f"""
+<Proxy "h2://localhost:{mtls}/dir/">
+  SSLProxyMachineCertificatePath {certdir}
+</Proxy>
+<Proxy "h2://localhost:{named}/">
+  SSLProxyMachineCertificatePath {certdir}
+</Proxy>
+ProxyPass /mtls-dir/ h2://localhost:{mtls}/dir/
+ProxyPass /named/ h2://localhost:{named}/""", name="tls-client-dir").start()
+        code, body = split(get(srv, "/mtls-dir/headers", "-D", "-"))
+        assert code == 200 and b"x-client-cn: proxy-client\r\n" in body, srv.read_error_log()[-2000:]
+        # s_server does not speak HTTP/2: the answer is an error; what
+        # matters is the certificate it was given.
+        get(srv, "/named/x", "--max-time", "3")
+        out = seen + s_server.communicate(timeout=15)[0]
+        assert re.search(r"subject=.*CN ?= ?proxy-client-int", out), (out[-1500:], srv.read_error_log()[-1500:])
+    finally:
+        if s_server.poll() is None:
+            s_server.kill()
+            s_server.wait()
+        if srv:
+            srv.stop()
+    srv.check_log()
+
+
 def test_backend_reset_before_response_is_502(proxy):
     code, _ = split(get(proxy, "/api/reset"))
     assert code == 502

@@ -47,6 +47,9 @@ pub struct TlsPolicy {
     /// those that issued the client certificate (up to the root) are sent
     /// with it.
     pub client_chain: Option<String>,
+    /// `SSLProxyMachineCertificatePath`: a directory of files of client
+    /// certificates and their keys.
+    pub client_cert_path: Option<String>,
     /// `SSLProxyProtocol`: the protocol versions allowed (`PROTOCOLS` bits).
     pub protocols: Option<u8>,
     /// `SSLProxyCipherSuite`: the list for TLS 1.2 and below, and for 1.3.
@@ -143,6 +146,7 @@ impl TlsPolicy {
             "sslproxycheckpeercn" => self.check_cn = flag(arg).or(self.check_cn),
             "sslproxymachinecertificatefile" => self.client_cert = Some(path(arg)),
             "sslproxymachinecertificatechainfile" => self.client_chain = Some(path(arg)),
+            "sslproxymachinecertificatepath" => self.client_cert_path = Some(path(arg)),
             "sslproxyprotocol" => self.protocols = parse_protocols(args).or(self.protocols),
             "sslproxyciphersuite" => {
                 let words: Vec<&str> = args.split_ascii_whitespace().map(|w| w.trim_matches('"')).collect();
@@ -185,6 +189,7 @@ impl TlsPolicy {
             check_cn: over.check_cn.or(base.check_cn),
             client_cert: over.client_cert.clone().or_else(|| base.client_cert.clone()),
             client_chain: over.client_chain.clone().or_else(|| base.client_chain.clone()),
+            client_cert_path: over.client_cert_path.clone().or_else(|| base.client_cert_path.clone()),
             protocols: over.protocols.or(base.protocols),
             ciphers: over.ciphers.clone().or_else(|| base.ciphers.clone()),
             ciphersuites: over.ciphersuites.clone().or_else(|| base.ciphersuites.clone()),
@@ -241,15 +246,20 @@ impl TlsPolicy {
     /// (`PemFiles`), by directive. The `-Path` directories are not:
     /// OpenSSL looks certificates up in them when it verifies a chain, in
     /// the child processes, as it does for mod_ssl.
-    pub fn files(&self) -> [(&'static str, Option<&str>); 4] {
+    pub fn files(&self) -> [(&'static str, Option<&str>); 5] {
         [
             ("SSLProxyCACertificateFile", self.ca_file.as_deref()),
             ("SSLProxyCARevocationFile", self.crl_file.as_deref()),
             ("SSLProxyMachineCertificateFile", self.client_cert.as_deref()),
             ("SSLProxyMachineCertificateChainFile", self.client_chain.as_deref()),
+            (CLIENT_CERT_DIR, self.client_cert_path.as_deref()),
         ]
     }
 }
+
+/// The directive that names a directory of client certificate files, read
+/// whole at start as the files are (its files in name order).
+const CLIENT_CERT_DIR: &str = "SSLProxyMachineCertificatePath";
 
 /// The contents of the files the `SSLProxy*` directives name, read in the
 /// parent process at start (and at each restart), as mod_ssl reads its
@@ -262,11 +272,12 @@ impl PemFiles {
     pub fn read<'a>(policies: impl IntoIterator<Item = &'a TlsPolicy>) -> PemFiles {
         let mut files = HashMap::new();
         for policy in policies {
-            for (_, path) in policy.files() {
+            for (directive, path) in policy.files() {
                 let Some(path) = path else { continue };
-                files
-                    .entry(path.to_string())
-                    .or_insert_with(|| std::fs::read(path).map(Arc::from).map_err(|e| e.to_string()));
+                files.entry(path.to_string()).or_insert_with(|| {
+                    let bytes = if directive == CLIENT_CERT_DIR { read_dir_files(path) } else { std::fs::read(path) };
+                    bytes.map(Arc::from).map_err(|e| e.to_string())
+                });
             }
         }
         PemFiles(files)
@@ -280,6 +291,28 @@ impl PemFiles {
             None => Err(format!("{directive} {path} was not read at start")),
         }
     }
+}
+
+/// The files of a directory (symbolic links followed, each file once), in
+/// name order, one after another.
+fn read_dir_files(dir: &str) -> std::io::Result<Vec<u8>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    let mut seen = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    for path in paths {
+        if seen.insert(std::fs::canonicalize(&path)?) {
+            all.extend(std::fs::read(&path)?);
+            all.push(b'\n');
+        }
+    }
+    Ok(all)
 }
 
 /// How one request's backend connection is made over TLS (`h2://`).
@@ -431,6 +464,7 @@ mod tests {
             ("SSLProxyCheckPeerExpire", "off"),
             ("SSLProxyMachineCertificateFile", "/etc/client.pem"),
             ("SSLProxyMachineCertificateChainFile", "chain.pem"),
+            ("SSLProxyMachineCertificatePath", "clients"),
         ]);
         assert_eq!(p.verify(), Verify::Require);
         assert_eq!(p.verify_depth(), 3);
@@ -439,6 +473,7 @@ mod tests {
         assert!(!p.check_expire());
         assert_eq!(p.client_cert.as_deref(), Some("/etc/client.pem"));
         assert_eq!(p.client_chain.as_deref(), Some("/srv/chain.pem"));
+        assert_eq!(p.client_cert_path.as_deref(), Some("/srv/clients"));
         assert!(p.files().contains(&("SSLProxyMachineCertificateChainFile", Some("/srv/chain.pem"))));
         assert_eq!(policy(&[("SSLProxyVerify", "optional")]).verify(), Verify::Require);
         assert_eq!(policy(&[("SSLProxyVerify", "OPTIONAL_NO_CA")]).verify(), Verify::OptionalNoCa);
@@ -550,6 +585,23 @@ mod tests {
         let e = files.get("SSLProxyMachineCertificateFile", missing).unwrap_err();
         assert!(e.starts_with(&format!("cannot read SSLProxyMachineCertificateFile {missing}: No such file")), "{e}");
         assert!(files.get("SSLProxyCARevocationFile", "/elsewhere.pem").is_err());
+    }
+
+    /// `SSLProxyMachineCertificatePath`: its files in name order, each
+    /// once (a symbolic link to one of them is not read again), without
+    /// its subdirectories.
+    #[test]
+    fn a_client_certificate_directory_is_read_whole() {
+        let dir = std::env::temp_dir().join(format!("h2rs-pem-dir-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("b.pem"), b"B").unwrap();
+        std::fs::write(dir.join("a.pem"), b"A").unwrap();
+        std::fs::write(dir.join("sub").join("c.pem"), b"C").unwrap();
+        std::os::unix::fs::symlink("a.pem", dir.join("0123abcd.0")).unwrap();
+        let path = dir.to_str().unwrap();
+        let files = PemFiles::read([&policy(&[("SSLProxyMachineCertificatePath", path)])]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(files.get("SSLProxyMachineCertificatePath", path), Ok(&b"A\nB\n"[..]));
     }
 
     #[test]

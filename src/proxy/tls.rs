@@ -16,6 +16,7 @@ use std::ffi::{c_char, c_int, c_long, c_uchar, c_uint, c_ulong, c_void, CStr, CS
 use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
+use std::rc::Rc;
 
 use super::backend_tls::{common_name_matches, NameCheck, PemFiles, TlsPolicy, Verify};
 
@@ -126,6 +127,14 @@ openssl_api! {
     X509_free: fn(*mut X509);
     X509_check_issued: fn(*mut X509, *mut X509) -> c_int;
     X509_check_private_key: fn(*const X509, *const EVP_PKEY) -> c_int;
+    X509_up_ref: fn(*mut X509) -> c_int;
+    X509_get_issuer_name: fn(*const X509) -> *mut c_void;
+    X509_NAME_cmp: fn(*const c_void, *const c_void) -> c_int;
+    OPENSSL_sk_new_null: fn() -> *mut c_void;
+    OPENSSL_sk_push: fn(*mut c_void, *const c_void) -> c_int;
+    SSL_CTX_set_cert_cb: fn(*mut SSL_CTX, Option<unsafe extern "C" fn(*mut SSL, *mut c_void) -> c_int>, *mut c_void);
+    SSL_get_client_CA_list: fn(*const SSL) -> *mut c_void;
+    SSL_use_cert_and_key: fn(*mut SSL, *mut X509, *mut EVP_PKEY, *mut c_void, c_int) -> c_int;
     X509_get_subject_name: fn(*const X509) -> *mut c_void;
     X509_NAME_get_text_by_NID: fn(*mut c_void, c_int, *mut c_char, c_int) -> c_int;
     ERR_clear_error: fn();
@@ -184,6 +193,9 @@ const X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS: c_uint = 0x4;
 pub struct Context {
     ctx: NonNull<SSL_CTX>,
     api: &'static Api,
+    /// Several client certificates, chosen per handshake
+    /// (`choose_client_certificate`); each connection keeps them alive.
+    client_certs: Option<Rc<ClientCerts>>,
 }
 
 impl Context {
@@ -194,7 +206,7 @@ impl Context {
         // ALPN list and the file names are copied or read at once.
         unsafe {
             let ctx = NonNull::new((api.SSL_CTX_new)((api.TLS_client_method)())).ok_or("SSL_CTX_new failed")?;
-            let context = Context { ctx, api };
+            let mut context = Context { ctx, api, client_certs: None };
             (api.SSL_CTX_ctrl)(
                 ctx.as_ptr(),
                 SSL_CTRL_MODE,
@@ -257,24 +269,24 @@ impl Context {
                 let flags = X509_V_FLAG_CRL_CHECK | if check.chain { X509_V_FLAG_CRL_CHECK_ALL } else { 0 };
                 (api.X509_STORE_set_flags)(store, flags);
             }
-            if let Some(path) = policy.client_cert.as_deref() {
-                let pem = files.get("SSLProxyMachineCertificateFile", path)?;
-                let issuers = match policy.client_chain.as_deref() {
-                    Some(chain) => {
-                        let list = CertList::read(api, files.get("SSLProxyMachineCertificateChainFile", chain)?)?;
-                        if list.certs.is_empty() {
-                            return Err(format!(
-                                "SSLProxyMachineCertificateChainFile {chain} holds no certificate (in PEM)"
-                            ));
-                        }
-                        list
+            if policy.client_cert.is_some() || policy.client_cert_path.is_some() {
+                let certs = ClientCerts::load(api, policy, files)?;
+                if let [only] = certs.pairs.as_slice() {
+                    if !ClientCerts::install(only, api, ctx.as_ptr()) {
+                        let (directive, path) = match (&policy.client_cert, &policy.client_cert_path) {
+                            (Some(file), _) => ("SSLProxyMachineCertificateFile", file.as_str()),
+                            (None, path) => ("SSLProxyMachineCertificatePath", path.as_deref().unwrap_or("")),
+                        };
+                        return Err(format!("cannot use the client certificate of {directive} {path}"));
                     }
-                    None => CertList::empty(api),
-                };
-                if !use_client_certificate(api, ctx.as_ptr(), pem, issuers)? {
-                    return Err(format!(
-                        "cannot use SSLProxyMachineCertificateFile {path} (it needs the certificate and its key, in PEM)"
-                    ));
+                } else {
+                    let certs = Rc::new(certs);
+                    (api.SSL_CTX_set_cert_cb)(
+                        ctx.as_ptr(),
+                        Some(choose_client_certificate),
+                        Rc::as_ptr(&certs) as *mut c_void,
+                    );
+                    context.client_certs = Some(certs);
                 }
             }
             Ok(context)
@@ -393,76 +405,244 @@ impl Drop for CertList {
     }
 }
 
-/// Makes the first certificate of a PEM file's contents the client
-/// certificate, with the file's private key that matches it; sends with it
-/// those of the file's other certificates and of `issuers`
-/// (`SSLProxyMachineCertificateChainFile`) that issued it, up to the root:
-/// its issuer, then the issuer's issuer, while there is one. (A file of
-/// several certificate and key pairs, as mod_ssl allows, thus gives its
-/// first pair, without the others' certificates posing as its chain.
-/// mod_ssl builds the same chain from the chain file but uses it only to
-/// pick among several client certificates.) False where the file lacks
-/// the certificate or its key.
-///
-/// # Safety
-/// `ctx` is a live `SSL_CTX`.
-unsafe fn use_client_certificate(
+/// Private keys read from PEM bytes: ours until taken out, the rest freed
+/// with the list.
+struct KeyList {
     api: &'static Api,
-    ctx: *mut SSL_CTX,
-    pem: &[u8],
-    mut issuers: CertList,
-) -> Result<bool, String> {
-    let mut candidates = CertList::read(api, pem)?;
-    if candidates.certs.is_empty() {
-        return Ok(false);
-    }
-    let keys = MemBio::new(api, pem)?;
-    let leaf = candidates.certs.remove(0);
-    candidates.certs.append(&mut issuers.certs);
-    let none = std::ptr::null_mut();
-    // SAFETY: `leaf` is ours: SSL_CTX_use_certificate takes its own
-    // reference, and ours is freed below. The keys PEM_read_bio_PrivateKey
-    // returns are ours (SSL_CTX_use_PrivateKey takes its own reference).
-    // SSL_CTRL_CHAIN_CERT with 0 takes our reference to a candidate when it
-    // succeeds; the context then keeps it alive while it is the next
-    // subject.
-    unsafe {
-        let mut ok = (api.SSL_CTX_use_certificate)(ctx, leaf.as_ptr()) == 1;
-        let mut matched = false;
-        while ok && !matched {
-            let key = (api.PEM_read_bio_PrivateKey)(keys.bio.as_ptr(), none, Some(no_passphrase), none);
-            if key.is_null() {
-                break;
+    keys: Vec<NonNull<EVP_PKEY>>,
+}
+
+impl KeyList {
+    /// Every private key in `pem` (an encrypted one is skipped: it would
+    /// ask for a passphrase).
+    fn read(api: &'static Api, pem: &[u8]) -> Result<KeyList, String> {
+        let bio = MemBio::new(api, pem)?;
+        let mut list = KeyList { api, keys: Vec::new() };
+        let none = std::ptr::null_mut();
+        // SAFETY: a live BIO; each key returned is ours (the list frees it).
+        unsafe {
+            while let Some(key) =
+                NonNull::new((api.PEM_read_bio_PrivateKey)(bio.bio.as_ptr(), none, Some(no_passphrase), none))
+            {
+                list.keys.push(key);
             }
-            if (api.X509_check_private_key)(leaf.as_ptr(), key) == 1 {
-                matched = true;
-                ok = (api.SSL_CTX_use_PrivateKey)(ctx, key) == 1;
-            }
-            (api.EVP_PKEY_free)(key);
+            (api.ERR_clear_error)();
         }
-        let issued = |issuer: NonNull<X509>, subject: NonNull<X509>| {
-            c_long::from((api.X509_check_issued)(issuer.as_ptr(), subject.as_ptr())) == X509_V_OK
-        };
-        let mut subject = leaf;
-        while ok && matched {
-            let Some(i) = candidates.certs.iter().position(|&c| issued(c, subject)) else { break };
-            let issuer = candidates.certs.swap_remove(i);
-            if (api.SSL_CTX_ctrl)(ctx, SSL_CTRL_CHAIN_CERT, 0, issuer.as_ptr().cast()) != 1 {
-                (api.X509_free)(issuer.as_ptr());
-                ok = false;
-                break;
-            }
-            if issued(issuer, issuer) {
-                break; // the root
-            }
-            subject = issuer;
-        }
-        (api.X509_free)(leaf.as_ptr());
-        // A key that does not parse, or the end of the keys, leaves errors
-        // queued.
-        (api.ERR_clear_error)();
-        Ok(ok && matched)
+        Ok(list)
     }
+
+    /// Takes out the key of `cert`, if the list has it.
+    fn take_matching(&mut self, cert: NonNull<X509>) -> Option<NonNull<EVP_PKEY>> {
+        // SAFETY: a live certificate and live keys, compared only.
+        let i = self
+            .keys
+            .iter()
+            .position(|key| unsafe { (self.api.X509_check_private_key)(cert.as_ptr(), key.as_ptr()) } == 1)?;
+        Some(self.keys.swap_remove(i))
+    }
+}
+
+impl Drop for KeyList {
+    fn drop(&mut self) {
+        for key in self.keys.drain(..) {
+            // SAFETY: ours, freed once (taken ones left the vector).
+            unsafe { (self.api.EVP_PKEY_free)(key.as_ptr()) };
+        }
+        // SAFETY: clears this thread's error queue (a skipped key's).
+        unsafe { (self.api.ERR_clear_error)() };
+    }
+}
+
+/// A client certificate with its key and the certificates that issued it.
+struct ClientPair {
+    cert: NonNull<X509>,
+    key: NonNull<EVP_PKEY>,
+    /// Its issuers, nearest first, as an OpenSSL stack that holds its own
+    /// references (what `SSL_use_cert_and_key` takes).
+    chain: NonNull<c_void>,
+}
+
+/// The client certificates of one set of `SSLProxy*` settings:
+/// `SSLProxyMachineCertificateFile`'s, then those of the files in
+/// `SSLProxyMachineCertificatePath` (in name order).
+struct ClientCerts {
+    api: &'static Api,
+    pairs: Vec<ClientPair>,
+}
+
+impl ClientCerts {
+    /// Each certificate that has its key in the same file is a client
+    /// certificate (a pair may come in either order, as mod_ssl allows);
+    /// the other certificates, and those of
+    /// `SSLProxyMachineCertificateChainFile`, are candidates for their
+    /// chains: a certificate's issuer, then the issuer's issuer, while
+    /// there is one, up to the root (`issuers`). mod_ssl builds the same
+    /// chains but uses them only to choose a certificate, and sends what
+    /// OpenSSL's automatic chain building finds in the CA file; sending
+    /// them lets a backend that trusts only the root accept a certificate
+    /// an intermediate issued.
+    fn load(api: &'static Api, policy: &TlsPolicy, files: &PemFiles) -> Result<ClientCerts, String> {
+        let mut me = ClientCerts { api, pairs: Vec::new() };
+        let mut candidates = CertList::empty(api);
+        let sources = [
+            ("SSLProxyMachineCertificateFile", policy.client_cert.as_deref()),
+            ("SSLProxyMachineCertificatePath", policy.client_cert_path.as_deref()),
+        ];
+        for (directive, path) in sources {
+            let Some(path) = path else { continue };
+            let pem = files.get(directive, path)?;
+            let mut keys = KeyList::read(api, pem)?;
+            let mut certs = CertList::read(api, pem)?;
+            let before = me.pairs.len();
+            for cert in std::mem::take(&mut certs.certs) {
+                let Some(key) = keys.take_matching(cert) else {
+                    candidates.certs.push(cert);
+                    continue;
+                };
+                // SAFETY: a new, empty stack; the pair owns it.
+                match NonNull::new(unsafe { (api.OPENSSL_sk_new_null)() }) {
+                    Some(chain) => me.pairs.push(ClientPair { cert, key, chain }),
+                    None => {
+                        // SAFETY: ours, not kept.
+                        unsafe {
+                            (api.X509_free)(cert.as_ptr());
+                            (api.EVP_PKEY_free)(key.as_ptr());
+                        }
+                        return Err("OPENSSL_sk_new_null failed".into());
+                    }
+                }
+            }
+            if me.pairs.len() == before {
+                return Err(format!("cannot use {directive} {path} (it needs the certificate and its key, in PEM)"));
+            }
+        }
+        if let Some(chain) = policy.client_chain.as_deref() {
+            let mut list = CertList::read(api, files.get("SSLProxyMachineCertificateChainFile", chain)?)?;
+            if list.certs.is_empty() {
+                return Err(format!("SSLProxyMachineCertificateChainFile {chain} holds no certificate (in PEM)"));
+            }
+            candidates.certs.append(&mut list.certs);
+        }
+        for pair in &me.pairs {
+            for issuer in issuers(api, pair.cert, &candidates.certs) {
+                // SAFETY: the stack takes a reference of its own to a live
+                // certificate (given back if the push fails).
+                unsafe {
+                    (api.X509_up_ref)(issuer.as_ptr());
+                    if (api.OPENSSL_sk_push)(pair.chain.as_ptr(), issuer.as_ptr()) == 0 {
+                        (api.X509_free)(issuer.as_ptr());
+                        return Err("OPENSSL_sk_push failed".into());
+                    }
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    /// The one pair as the context's certificate, key and chain.
+    ///
+    /// # Safety
+    /// `ctx` is a live `SSL_CTX`.
+    unsafe fn install(pair: &ClientPair, api: &'static Api, ctx: *mut SSL_CTX) -> bool {
+        // SAFETY: live objects; OpenSSL takes references of its own
+        // (SSL_CTRL_CHAIN_CERT with 1: add1).
+        unsafe {
+            (api.SSL_CTX_use_certificate)(ctx, pair.cert.as_ptr()) == 1
+                && (api.SSL_CTX_use_PrivateKey)(ctx, pair.key.as_ptr()) == 1
+                && (0..(api.OPENSSL_sk_num)(pair.chain.as_ptr())).all(|i| {
+                    let issuer = (api.OPENSSL_sk_value)(pair.chain.as_ptr(), i);
+                    (api.SSL_CTX_ctrl)(ctx, SSL_CTRL_CHAIN_CERT, 1, issuer) == 1
+                })
+        }
+    }
+
+    /// As mod_ssl chooses: with no CA names from the backend, the first
+    /// pair; else, for each name in the backend's order, the first pair
+    /// whose certificate or one of whose issuers that CA issued; else none
+    /// (the backend then decides whether a missing certificate is fatal).
+    ///
+    /// # Safety
+    /// `ssl` is a live `SSL` in its handshake.
+    unsafe fn choose(&self, ssl: *mut SSL) -> Option<&ClientPair> {
+        let api = self.api;
+        // SAFETY: the list and its names are borrowed from the live SSL;
+        // the certificates are ours.
+        unsafe {
+            let names = (api.SSL_get_client_CA_list)(ssl);
+            let count = if names.is_null() { 0 } else { (api.OPENSSL_sk_num)(names) };
+            if count <= 0 {
+                return self.pairs.first();
+            }
+            (0..count).find_map(|i| {
+                let name = (api.OPENSSL_sk_value)(names, i);
+                let issued_by_name =
+                    |cert: *mut c_void| (api.X509_NAME_cmp)((api.X509_get_issuer_name)(cert), name) == 0;
+                self.pairs.iter().find(|pair| {
+                    issued_by_name(pair.cert.as_ptr())
+                        || (0..(api.OPENSSL_sk_num)(pair.chain.as_ptr()))
+                            .any(|j| issued_by_name((api.OPENSSL_sk_value)(pair.chain.as_ptr(), j)))
+                })
+            })
+        }
+    }
+}
+
+impl Drop for ClientCerts {
+    fn drop(&mut self) {
+        for pair in self.pairs.drain(..) {
+            // SAFETY: the pair's own references and stack, freed once.
+            unsafe {
+                (self.api.X509_free)(pair.cert.as_ptr());
+                (self.api.EVP_PKEY_free)(pair.key.as_ptr());
+                (self.api.OPENSSL_sk_pop_free)(pair.chain.as_ptr(), self.api.X509_free);
+            }
+        }
+    }
+}
+
+/// OpenSSL's certificate callback when there are several client
+/// certificates: gives the handshake the one `ClientCerts::choose` picks
+/// (or none). Returns 1 (go on) in either case, 0 (fail the handshake)
+/// only after a panic.
+unsafe extern "C" fn choose_client_certificate(ssl: *mut SSL, arg: *mut c_void) -> c_int {
+    crate::ffi::panic::guard("proxy client certificate", 0, || {
+        // SAFETY: `arg` is the context's `ClientCerts`, which every `Ssl`
+        // made from the context keeps alive (`Ssl::client_certs`); this
+        // runs during the handshake of one of them.
+        let certs = unsafe { &*(arg as *const ClientCerts) };
+        // SAFETY: the live SSL OpenSSL handed us.
+        if let Some(pair) = unsafe { certs.choose(ssl) } {
+            // SAFETY: as above; OpenSSL takes references of its own (1:
+            // replace what the context set).
+            unsafe {
+                (certs.api.SSL_use_cert_and_key)(ssl, pair.cert.as_ptr(), pair.key.as_ptr(), pair.chain.as_ptr(), 1)
+            };
+        }
+        1
+    })
+}
+
+/// The certificates of `candidates` that issued `cert`, nearest first: its
+/// issuer, the issuer's issuer, ... up to a self-signed root or the first
+/// certificate without an issuer among them (at most as many steps as
+/// there are candidates, so cross-signed pairs cannot loop).
+fn issuers(api: &'static Api, cert: NonNull<X509>, candidates: &[NonNull<X509>]) -> Vec<NonNull<X509>> {
+    let issued = |issuer: NonNull<X509>, subject: NonNull<X509>| {
+        // SAFETY: live certificates, compared only.
+        let verdict = unsafe { (api.X509_check_issued)(issuer.as_ptr(), subject.as_ptr()) };
+        c_long::from(verdict) == X509_V_OK
+    };
+    let mut chain = Vec::new();
+    let mut subject = cert;
+    while chain.len() < candidates.len() {
+        let Some(&issuer) = candidates.iter().find(|&&c| issued(c, subject)) else { break };
+        chain.push(issuer);
+        if issued(issuer, issuer) {
+            break; // the root
+        }
+        subject = issuer;
+    }
+    chain
 }
 
 /// The signature OpenSSL's `*_load_locations` share (an `SSL_CTX` or an
@@ -500,6 +680,10 @@ pub enum Handshake {
 pub struct Ssl {
     ssl: NonNull<SSL>,
     api: &'static Api,
+    /// The context's client certificates, which its certificate callback
+    /// reads during this connection's handshake: kept until the SSL is
+    /// freed (fields drop after `Drop::drop`).
+    _client_certs: Option<Rc<ClientCerts>>,
     /// The last read or write wants the socket writable (renegotiation,
     /// key update): poll for POLLOUT.
     pub want_write: bool,
@@ -514,7 +698,7 @@ impl Ssl {
         unsafe {
             let api = ctx.api;
             let ssl = NonNull::new((api.SSL_new)(ctx.ctx.as_ptr())).ok_or("SSL_new failed")?;
-            let me = Ssl { ssl, api, want_write: false };
+            let me = Ssl { ssl, api, _client_certs: ctx.client_certs.clone(), want_write: false };
             if (api.SSL_set_fd)(ssl.as_ptr(), fd) != 1 {
                 return Err("SSL_set_fd failed".into());
             }
