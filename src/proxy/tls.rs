@@ -364,92 +364,66 @@ unsafe fn load_pem_into_store(api: &'static Api, store: *mut c_void, pem: &[u8])
     }
 }
 
-/// Certificates read from PEM bytes: ours until taken out, the rest freed
-/// with the list.
-struct CertList {
+/// OpenSSL's reader of one kind of PEM block (`PEM_read_bio_X509`,
+/// `PEM_read_bio_PrivateKey`).
+type PemReader = unsafe extern "C" fn(*mut BIO, *mut c_void, PasswordCallback, *mut c_void) -> *mut c_void;
+
+/// Certificates or private keys read from PEM bytes: ours until taken
+/// out, the rest freed with the list.
+struct PemObjects {
     api: &'static Api,
-    certs: Vec<NonNull<X509>>,
+    items: Vec<NonNull<c_void>>,
+    free: unsafe extern "C" fn(*mut c_void),
 }
 
-impl CertList {
-    fn empty(api: &'static Api) -> CertList {
-        CertList { api, certs: Vec::new() }
+impl PemObjects {
+    fn no_certificates(api: &'static Api) -> PemObjects {
+        PemObjects { api, items: Vec::new(), free: api.X509_free }
     }
 
-    /// Every certificate in `pem`, in order (keys and other blocks skipped).
-    fn read(api: &'static Api, pem: &[u8]) -> Result<CertList, String> {
-        let bio = MemBio::new(api, pem)?;
-        let mut list = CertList::empty(api);
+    /// Every certificate in `pem`, in order.
+    fn certificates(api: &'static Api, pem: &[u8]) -> Result<PemObjects, String> {
+        PemObjects { api, items: Vec::new(), free: api.X509_free }.read(pem, api.PEM_read_bio_X509)
+    }
+
+    /// Every private key in `pem`, in order (an encrypted one is skipped:
+    /// it would ask for a passphrase).
+    fn keys(api: &'static Api, pem: &[u8]) -> Result<PemObjects, String> {
+        PemObjects { api, items: Vec::new(), free: api.EVP_PKEY_free }.read(pem, api.PEM_read_bio_PrivateKey)
+    }
+
+    fn read(mut self, pem: &[u8], reader: PemReader) -> Result<PemObjects, String> {
+        let bio = MemBio::new(self.api, pem)?;
         let none = std::ptr::null_mut();
-        // SAFETY: a live BIO; each certificate returned is ours (the list
-        // frees it). The end of the certificates leaves "no start line"
-        // queued, which is cleared.
+        // SAFETY: a live BIO; each object returned is ours (the list frees
+        // it). The end of the blocks, or one skipped, leaves errors queued,
+        // which are cleared.
         unsafe {
-            while let Some(cert) =
-                NonNull::new((api.PEM_read_bio_X509)(bio.bio.as_ptr(), none, Some(no_passphrase), none))
-            {
-                list.certs.push(cert);
+            while let Some(item) = NonNull::new(reader(bio.bio.as_ptr(), none, Some(no_passphrase), none)) {
+                self.items.push(item);
             }
-            (api.ERR_clear_error)();
+            (self.api.ERR_clear_error)();
         }
-        Ok(list)
-    }
-}
-
-impl Drop for CertList {
-    fn drop(&mut self) {
-        for cert in self.certs.drain(..) {
-            // SAFETY: ours, freed once (taken ones left the vector).
-            unsafe { (self.api.X509_free)(cert.as_ptr()) };
-        }
-    }
-}
-
-/// Private keys read from PEM bytes: ours until taken out, the rest freed
-/// with the list.
-struct KeyList {
-    api: &'static Api,
-    keys: Vec<NonNull<EVP_PKEY>>,
-}
-
-impl KeyList {
-    /// Every private key in `pem` (an encrypted one is skipped: it would
-    /// ask for a passphrase).
-    fn read(api: &'static Api, pem: &[u8]) -> Result<KeyList, String> {
-        let bio = MemBio::new(api, pem)?;
-        let mut list = KeyList { api, keys: Vec::new() };
-        let none = std::ptr::null_mut();
-        // SAFETY: a live BIO; each key returned is ours (the list frees it).
-        unsafe {
-            while let Some(key) =
-                NonNull::new((api.PEM_read_bio_PrivateKey)(bio.bio.as_ptr(), none, Some(no_passphrase), none))
-            {
-                list.keys.push(key);
-            }
-            (api.ERR_clear_error)();
-        }
-        Ok(list)
+        Ok(self)
     }
 
-    /// Takes out the key of `cert`, if the list has it.
-    fn take_matching(&mut self, cert: NonNull<X509>) -> Option<NonNull<EVP_PKEY>> {
+    /// Takes out the key of `cert`, if this list of keys has it.
+    fn take_key_of(&mut self, cert: NonNull<X509>) -> Option<NonNull<EVP_PKEY>> {
         // SAFETY: a live certificate and live keys, compared only.
         let i = self
-            .keys
+            .items
             .iter()
             .position(|key| unsafe { (self.api.X509_check_private_key)(cert.as_ptr(), key.as_ptr()) } == 1)?;
-        Some(self.keys.swap_remove(i))
+        Some(self.items.swap_remove(i))
     }
 }
 
-impl Drop for KeyList {
+impl Drop for PemObjects {
     fn drop(&mut self) {
-        for key in self.keys.drain(..) {
+        for item in self.items.drain(..) {
             // SAFETY: ours, freed once (taken ones left the vector).
-            unsafe { (self.api.EVP_PKEY_free)(key.as_ptr()) };
+            unsafe { (self.free)(item.as_ptr()) };
         }
-        // SAFETY: clears this thread's error queue (a skipped key's).
-        unsafe { (self.api.ERR_clear_error)() };
     }
 }
 
@@ -483,7 +457,7 @@ impl ClientCerts {
     /// an intermediate issued.
     fn load(api: &'static Api, policy: &TlsPolicy, files: &PemFiles) -> Result<ClientCerts, String> {
         let mut me = ClientCerts { api, pairs: Vec::new() };
-        let mut candidates = CertList::empty(api);
+        let mut candidates = PemObjects::no_certificates(api);
         let sources = [
             ("SSLProxyMachineCertificateFile", policy.client_cert.as_deref()),
             ("SSLProxyMachineCertificatePath", policy.client_cert_path.as_deref()),
@@ -491,12 +465,12 @@ impl ClientCerts {
         for (directive, path) in sources {
             let Some(path) = path else { continue };
             let pem = files.get(directive, path)?;
-            let mut keys = KeyList::read(api, pem)?;
-            let mut certs = CertList::read(api, pem)?;
+            let mut keys = PemObjects::keys(api, pem)?;
+            let mut certs = PemObjects::certificates(api, pem)?;
             let before = me.pairs.len();
-            for cert in std::mem::take(&mut certs.certs) {
-                let Some(key) = keys.take_matching(cert) else {
-                    candidates.certs.push(cert);
+            for cert in std::mem::take(&mut certs.items) {
+                let Some(key) = keys.take_key_of(cert) else {
+                    candidates.items.push(cert);
                     continue;
                 };
                 // SAFETY: a new, empty stack; the pair owns it.
@@ -517,14 +491,14 @@ impl ClientCerts {
             }
         }
         if let Some(chain) = policy.client_chain.as_deref() {
-            let mut list = CertList::read(api, files.get("SSLProxyMachineCertificateChainFile", chain)?)?;
-            if list.certs.is_empty() {
+            let mut list = PemObjects::certificates(api, files.get("SSLProxyMachineCertificateChainFile", chain)?)?;
+            if list.items.is_empty() {
                 return Err(format!("SSLProxyMachineCertificateChainFile {chain} holds no certificate (in PEM)"));
             }
-            candidates.certs.append(&mut list.certs);
+            candidates.items.append(&mut list.items);
         }
         for pair in &me.pairs {
-            for issuer in issuers(api, pair.cert, &candidates.certs) {
+            for issuer in issuers(api, pair.cert, &candidates.items) {
                 // SAFETY: the stack takes a reference of its own to a live
                 // certificate (given back if the push fails).
                 unsafe {
