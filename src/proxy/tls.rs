@@ -581,7 +581,7 @@ impl Drop for ClientCerts {
 unsafe extern "C" fn choose_client_certificate(ssl: *mut SSL, arg: *mut c_void) -> c_int {
     crate::ffi::panic::guard("proxy client certificate", 0, || {
         // SAFETY: `arg` is the context's `ClientCerts`, which every `Ssl`
-        // made from the context keeps alive (`Ssl::client_certs`); this
+        // made from the context keeps alive (`Ssl::_client_certs`); this
         // runs during the handshake of one of them.
         let certs = unsafe { &*(arg as *const ClientCerts) };
         // SAFETY: the live SSL OpenSSL handed us.
