@@ -243,9 +243,10 @@ impl TlsPolicy {
     }
 
     /// The files these settings name that are read whole at start
-    /// (`PemFiles`), by directive. The `-Path` directories are not:
-    /// OpenSSL looks certificates up in them when it verifies a chain, in
-    /// the child processes, as it does for mod_ssl.
+    /// (`PemFiles`), by directive, `SSLProxyMachineCertificatePath`'s
+    /// directory too (its files). The CA and CRL `-Path` directories are
+    /// not: OpenSSL looks certificates up in them when it verifies a
+    /// chain, in the child processes, as it does for mod_ssl.
     pub fn files(&self) -> [(&'static str, Option<&str>); 5] {
         [
             ("SSLProxyCACertificateFile", self.ca_file.as_deref()),
