@@ -383,7 +383,7 @@ impl PemObjects {
 
     /// Every certificate in `pem`, in order.
     fn certificates(api: &'static Api, pem: &[u8]) -> Result<PemObjects, String> {
-        PemObjects { api, items: Vec::new(), free: api.X509_free }.read(pem, api.PEM_read_bio_X509)
+        PemObjects::no_certificates(api).read(pem, api.PEM_read_bio_X509)
     }
 
     /// Every private key in `pem`, in order (an encrypted one is skipped:
@@ -468,24 +468,24 @@ impl ClientCerts {
             let mut keys = PemObjects::keys(api, pem)?;
             let mut certs = PemObjects::certificates(api, pem)?;
             let before = me.pairs.len();
-            for cert in std::mem::take(&mut certs.items) {
-                let Some(key) = keys.take_key_of(cert) else {
-                    candidates.items.push(cert);
+            // A certificate leaves `certs` only into a pair, so the list
+            // frees the rest on every early return.
+            let mut i = 0;
+            while i < certs.items.len() {
+                let Some(key) = keys.take_key_of(certs.items[i]) else {
+                    i += 1;
                     continue;
                 };
-                // SAFETY: a new, empty stack; the pair owns it.
-                match NonNull::new(unsafe { (api.OPENSSL_sk_new_null)() }) {
-                    Some(chain) => me.pairs.push(ClientPair { cert, key, chain }),
-                    None => {
-                        // SAFETY: ours, not kept.
-                        unsafe {
-                            (api.X509_free)(cert.as_ptr());
-                            (api.EVP_PKEY_free)(key.as_ptr());
-                        }
-                        return Err("OPENSSL_sk_new_null failed".into());
-                    }
-                }
+                // SAFETY: a new, empty stack, which the pair owns; else the
+                // key taken is ours to free.
+                let Some(chain) = NonNull::new(unsafe { (api.OPENSSL_sk_new_null)() }) else {
+                    // SAFETY: see above.
+                    unsafe { (api.EVP_PKEY_free)(key.as_ptr()) };
+                    return Err("OPENSSL_sk_new_null failed".into());
+                };
+                me.pairs.push(ClientPair { cert: certs.items.remove(i), key, chain });
             }
+            candidates.items.append(&mut certs.items);
             if me.pairs.len() == before {
                 return Err(format!("cannot use {directive} {path} (it needs the certificate and its key, in PEM)"));
             }
