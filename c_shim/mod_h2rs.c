@@ -143,6 +143,8 @@ static void h2rs_register_hooks(apr_pool_t *p)
     ap_hook_post_read_request(h2rs_post_read_request, NULL, NULL,
                               APR_HOOK_REALLY_FIRST);
     ap_hook_fixups(h2rs_fixups, NULL, NULL, APR_HOOK_LAST);
+    /* SetHandler http2-status, as the stock module's. */
+    ap_hook_handler(h2rs_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
 
     h2rs_shim_c2_net_in_handle =
         ap_register_input_filter("H2RS_C2_NET_IN", h2rs_c2_net_in, NULL,

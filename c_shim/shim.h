@@ -37,6 +37,7 @@ int h2rs_c2_process_connection(conn_rec *c);
 int h2rs_pre_close_connection(conn_rec *c);
 int h2rs_post_read_request(request_rec *r);
 int h2rs_fixups(request_rec *r);
+int h2rs_status_handler(request_rec *r);
 
 int h2rs_protocol_propose(conn_rec *c, request_rec *r, server_rec *s,
                           const apr_array_header_t *offers,

@@ -25,16 +25,16 @@
 
 use crate::apr::{self, status, BrigadeRef, BucketRef, PoolRef, TableRef};
 use crate::fastpath::{self, Cost as RunCost, Outcome as RunOutcome};
-use crate::ffi;
+use crate::ffi::{self, HOOK_DECLINED, HOOK_OK};
 use crate::reqtimeout::BodyClock;
 use crate::response::{self, InterimParser, Parsed};
 use crate::signal::SocketSignal;
 use crate::stream::{Headers, Input, Outcome, ResponseHead, Retire, Stream, StreamError};
-use crate::text::decimal;
+use crate::text::{decimal, signed_decimal};
 use crate::websocket::{self, Verdict};
 use crate::workers::WorkerCtx;
 use parking_lot::Mutex;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
@@ -1566,6 +1566,129 @@ pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
             env.setn(c"proxy-nohalfclose".as_ptr(), c"1".as_ptr());
         }
     }
+}
+
+/// The `http2-status` handler, as the stock module's (`SetHandler
+/// http2-status`): the HTTP/2 connection a request came on, as JSON
+/// (`h2status.rs`), with its connection windows in the response fields
+/// `conn-flow-in` and `conn-flow-out`, and the trailer `h2-trailers-in: 1`
+/// when the request had trailers. Declines other handlers, methods other
+/// than GET and POST, and requests not on an HTTP/2 stream.
+///
+/// # Safety
+/// `r` must be a live request owned by the calling thread.
+pub unsafe fn status_handler(r: *mut ffi::request_rec) -> c_int {
+    // SAFETY: caller contract; the strings set below are static or in
+    // the request pool.
+    unsafe {
+        if !c_str_is((*r).handler, c"http2-status")
+            || ((*r).method_number != ffi::M_GET as c_int && (*r).method_number != ffi::M_POST as c_int)
+        {
+            return HOOK_DECLINED;
+        }
+        let Some(stream) = ctx_of((*r).connection).and_then(|ctx| ctx.stream.clone()) else {
+            return HOOK_DECLINED;
+        };
+        let (Some(pool), Some(headers), Some(env)) = (
+            PoolRef::from_raw((*r).pool),
+            TableRef::from_raw((*r).headers_out),
+            TableRef::from_raw((*r).subprocess_env),
+        ) else {
+            return HOOK_DECLINED;
+        };
+        if let Err(status) = discard_some_body(r) {
+            return status;
+        }
+        let report = match stream.session_report() {
+            Ok(report) => report,
+            Err(e) => {
+                crate::clog!(
+                    (*r).connection,
+                    crate::log::Level::Info,
+                    "h2rs: stream {}: no report on the connection: {e:?}",
+                    stream.id
+                );
+                return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
+            }
+        };
+        (*r).status = 200;
+        headers.unset(c"Content-Length");
+        // A compressed report would be of no use to a person reading it.
+        headers.unset(c"Content-Encoding");
+        env.setn(c"no-gzip".as_ptr(), c"1".as_ptr());
+        env.setn(c"no-brotli".as_ptr(), c"1".as_ptr());
+        ffi::ap_set_content_type(r, c"application/json".as_ptr());
+        let mut digits = [0u8; 20];
+        headers.setn(c"conn-flow-in".as_ptr(), pool.strdup(signed_decimal(report.conn_flow_in.into(), &mut digits)));
+        headers.setn(c"conn-flow-out".as_ptr(), pool.strdup(signed_decimal(report.conn_flow_out.into(), &mut digits)));
+        if TableRef::from_raw((*r).trailers_in).is_some_and(|t| !t.is_empty()) {
+            if let Some(trailers) = TableRef::from_raw((*r).trailers_out) {
+                trailers.setn(c"h2-trailers-in".as_ptr(), c"1".as_ptr());
+            }
+        }
+        let json = report.to_json();
+        if ffi::ap_rwrite(json.as_ptr().cast(), json.len() as c_int, r) < 0 {
+            // The client went away; the request is logged as it ended.
+            return HOOK_OK;
+        }
+        HOOK_OK
+    }
+}
+
+/// Reads and drops the request body of the `http2-status` handler up to
+/// its end, or until 1 KiB of it came, as the stock handler does: the
+/// request's trailers come at the end, and the report answers them.
+/// (`ap_discard_request_body` reads nothing on a stream request: it leaves
+/// the body of a connection that is not kept alive unread.)
+///
+/// # Safety
+/// `r` must be a live request owned by the calling thread.
+unsafe fn discard_some_body(r: *mut ffi::request_rec) -> Result<(), c_int> {
+    // SAFETY: caller contract; the brigade lives in the request pool.
+    unsafe {
+        let bb = BrigadeRef::create((*r).pool, (*(*r).connection).bucket_alloc);
+        let mut left: usize = 1024;
+        loop {
+            let rv =
+                ffi::ap_get_brigade((*r).input_filters, bb.as_ptr(), ffi::AP_MODE_READBYTES, ffi::APR_BLOCK_READ, 8192);
+            if rv != ffi::APR_OK {
+                bb.cleanup();
+                return Err(ffi::ap_map_http_request_error(rv, ffi::HTTP_BAD_REQUEST as c_int));
+            }
+            let mut ended = false;
+            let mut cur = bb.first();
+            while let Some(b) = cur {
+                cur = bb.next(&b);
+                ended |= b.kind().is_eos();
+                let len = b.known_length().or_else(|| b.read(true).ok().map(<[u8]>::len)).unwrap_or(0);
+                left = left.saturating_sub(len);
+            }
+            bb.cleanup();
+            if ended || left == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Whether the C string `s` (NULL: none) is `expected`. Compared byte by
+/// byte up to the first difference: every request passes here with its
+/// handler, usually a content type.
+///
+/// # Safety
+/// `s` must be NULL or a NUL-terminated string.
+unsafe fn c_str_is(s: *const c_char, expected: &CStr) -> bool {
+    if s.is_null() {
+        return false;
+    }
+    for (i, &want) in expected.to_bytes_with_nul().iter().enumerate() {
+        // SAFETY: caller contract; bytes are read only up to the first
+        // that differs from `expected`, at the latest its NUL.
+        if unsafe { *s.add(i) } as u8 != want {
+            return false;
+        }
+    }
+    true
 }
 
 /// One of the names `set_env` sets (all are HTTP2 or begin with H2);

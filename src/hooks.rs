@@ -690,6 +690,12 @@ pub unsafe extern "C" fn h2rs_fixups(r: *mut ffi::request_rec) -> c_int {
     })
 }
 
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_status_handler(r: *mut ffi::request_rec) -> c_int {
+    // SAFETY: httpd passes the live request on this thread.
+    guard("handler", HOOK_DECLINED, || unsafe { c2::status_handler(r) })
+}
+
 // ---- protocol negotiation ----------------------------------------------------
 
 /// The protocol we offer on a connection: "h2" over TLS, "h2c" in clear.

@@ -29,6 +29,7 @@ pub mod fastpath;
 pub mod ffi;
 pub mod filemap;
 pub mod frames;
+pub mod h2status;
 pub mod hash;
 pub mod hooks;
 pub mod limits;

@@ -639,6 +639,13 @@ impl<'a> Ops<'a> {
         (rv == 0).then_some((pri.urgency as u8, pri.inc != 0))
     }
 
+    /// One of our settings as the peer acknowledged it (its default until
+    /// then).
+    pub fn local_setting(&self, id: i32) -> u32 {
+        // SAFETY: live session; reads one setting.
+        unsafe { ng::nghttp2_session_get_local_settings(self.raw, id as _) }
+    }
+
     /// A setting the peer sent (its default where it sent none).
     pub fn remote_setting(&self, id: i32) -> u32 {
         // SAFETY: live session; reads one setting.
@@ -693,6 +700,29 @@ impl<'a> Ops<'a> {
                 ng::nghttp2_session_get_stream_remote_window_size(self.raw, stream_id),
                 ng::nghttp2_session_get_remote_window_size(self.raw),
             )
+        }
+    }
+
+    /// (stream, connection) receive windows: what the peer may still send
+    /// (stream 0: the connection's alone).
+    pub fn receive_windows(&self, stream_id: i32) -> (i32, i32) {
+        // SAFETY: live session; nghttp2 checks the stream id (-1 for an
+        // unknown one).
+        unsafe {
+            (
+                ng::nghttp2_session_get_stream_effective_local_window_size(self.raw, stream_id),
+                ng::nghttp2_session_get_effective_local_window_size(self.raw),
+            )
+        }
+    }
+
+    /// nghttp2's state of a stream it still knows.
+    pub fn stream_state(&self, stream_id: i32) -> Option<ng::nghttp2_stream_proto_state> {
+        // SAFETY: live session; the stream nghttp2 returns is only read,
+        // at once, before anything could free it.
+        unsafe {
+            let stream = ng::nghttp2_session_find_stream(self.raw, stream_id);
+            (!stream.is_null()).then(|| ng::nghttp2_stream_get_state(stream))
         }
     }
 }

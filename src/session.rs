@@ -18,6 +18,7 @@
 //! ```
 
 use crate::frames::Frames;
+use crate::h2status::{self, SessionReport, StreamReport};
 use crate::limits::{self, RateLimit};
 use crate::nghttp2::{
     self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, Goaways, NgError, Ops,
@@ -240,6 +241,12 @@ pub struct Stats {
     pub streams_dispatched: u64,
     pub streams_reset_by_us: u64,
     pub streams_reset_by_peer: u64,
+    pub responses_submitted: u64,
+    pub frames_received: u64,
+    pub frames_sent: u64,
+    /// Connection bytes nghttp2 read and wrote.
+    pub octets_received: u64,
+    pub octets_sent: u64,
 }
 
 /// Requests waiting for a worker, in arrival order, with the running
@@ -620,6 +627,7 @@ impl<D: Dispatch> Core<D> {
             let body = !stream.body_is_empty_and_done();
             if ops.submit_response::<Core<D>>(id, resp.status, &resp.headers, body).is_ok() {
                 entry.submitted = true;
+                self.stats.responses_submitted += 1;
             } else {
                 self.reset(ops, id, error_code::INTERNAL_ERROR);
                 return;
@@ -649,6 +657,53 @@ impl<D: Dispatch> Core<D> {
         }
         if p.worker_done || p.slot_released {
             self.worker_finished(id);
+        }
+        if p.report_asked {
+            // The stream's handler is `http2-status`: only this thread may
+            // look at the session. (A stream closed above fails the wait.)
+            stream.give_report(self.report(ops));
+        }
+    }
+
+    /// The connection as the `http2-status` handler shows it.
+    fn report(&self, ops: &Ops<'_>) -> SessionReport {
+        let (_, conn_flow_in) = ops.receive_windows(0);
+        let (_, conn_flow_out) = ops.send_windows(0);
+        let mut ids: Vec<i32> = self.entries.keys().copied().collect();
+        ids.sort_unstable();
+        let streams = ids
+            .into_iter()
+            .filter_map(|id| {
+                let e = self.entries.get(&id)?;
+                let (flow_in, _) = ops.receive_windows(id);
+                let (flow_out, _) = ops.send_windows(id);
+                Some(StreamReport {
+                    id,
+                    state: h2status::state_name(ops.stream_state(id)),
+                    flow_in,
+                    flow_out,
+                    data_in: e.bytes_in,
+                    data_out: e.bytes_out,
+                })
+            })
+            .collect();
+        let stats = &self.stats;
+        SessionReport {
+            max_concurrent_streams: self.settings.max_concurrent_streams,
+            max_frame_size: ops.local_setting(ng::settings_id::MAX_FRAME_SIZE),
+            initial_window_size: self.settings.initial_window_size,
+            peer_settings: h2status::PEER_SETTINGS.map(|(id, _)| ops.remote_setting(id)),
+            conn_flow_in,
+            conn_flow_out,
+            sent_goaway: self.goaways.as_ref().is_some_and(|g| g.sent.is_some()),
+            streams,
+            requests: stats.streams_dispatched,
+            resets_received: stats.streams_reset_by_peer,
+            frames_received: stats.frames_received,
+            octets_received: stats.octets_received,
+            responses: stats.responses_submitted,
+            frames_sent: stats.frames_sent,
+            octets_sent: stats.octets_sent,
         }
     }
 
@@ -812,6 +867,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     // changes elsewhere).
     #[inline(always)]
     fn frame_recv(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
+        self.stats.frames_received += 1;
         if matches!(frame.kind, frame_type::SETTINGS | frame_type::WINDOW_UPDATE) {
             self.note_peer_window(ops);
         }
@@ -888,6 +944,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     }
 
     fn frame_sent(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) {
+        self.stats.frames_sent += 1;
         if frame.kind == frame_type::DATA {
             self.note_peer_window(ops);
         }
@@ -1095,6 +1152,7 @@ impl<D: Dispatch> Session<D> {
 
     /// Feeds bytes read from the client.
     pub fn recv(&mut self, data: &[u8]) -> Result<(), NgError> {
+        self.ng.handler().stats.octets_received += data.len() as u64;
         let mut rest = data;
         while !rest.is_empty() {
             let n = self.ng.mem_recv(rest)?;
@@ -1136,6 +1194,7 @@ impl<D: Dispatch> Session<D> {
                 break;
             }
         }
+        self.ng.handler().stats.octets_sent += total as u64;
         Ok(total)
     }
 

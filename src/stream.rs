@@ -30,6 +30,7 @@
 
 use crate::filemap::{self, FileMap};
 use crate::frames::Frames;
+use crate::h2status::SessionReport;
 use crate::request::RequestHead;
 use crate::signal::{Listed, Signal};
 use parking_lot::{Condvar, Mutex};
@@ -693,6 +694,10 @@ struct StreamIo {
     c1_waiting: bool,
     /// A late flush is scheduled on the child's clock (`arm_late_flush`).
     late_flush_armed: bool,
+    /// The worker waits for c1's report on the connection
+    /// (`session_report`); boxed, as it is rare.
+    report_asked: bool,
+    report: Option<Box<SessionReport>>,
 
     closed: Option<u32>,
     worker: Option<WorkerState>,
@@ -772,6 +777,9 @@ pub struct Progress {
     /// The worker refused to answer (`Stream::refuse`): reset with this
     /// code. Handed over once.
     pub refused: Option<u32>,
+    /// The worker waits for a report on the connection (`give_report`).
+    /// Handed over once.
+    pub report_asked: bool,
 }
 
 /// What c1 learns as it closes a stream (`Stream::close_for_c1`).
@@ -1096,7 +1104,40 @@ impl Stream {
         self.notify_c1();
     }
 
+    /// The `http2-status` handler: asks c1 for a report on the connection
+    /// and waits for it (at most the stream timeout). Not on c1's own
+    /// thread: c1 would wait for itself (the handler never runs there, as
+    /// only static files are run inline).
+    pub fn session_report(&self) -> Result<SessionReport, StreamError> {
+        if self.runs_inline() {
+            return Err(StreamError::Aborted);
+        }
+        let deadline = Instant::now() + self.timeout;
+        let mut io = self.io.lock();
+        io.report_asked = true;
+        drop(io);
+        self.notify_c1();
+        let mut io = self.io.lock();
+        loop {
+            if let Some(report) = io.report.take() {
+                return Ok(*report);
+            }
+            if io.closed.is_some() {
+                return Err(StreamError::Aborted);
+            }
+            if self.worker_cond.wait_until(&mut io, deadline).timed_out() {
+                return Err(StreamError::Timeout);
+            }
+        }
+    }
+
     // ---- c1 side ----------------------------------------------------------
+
+    /// c1 answers `session_report`.
+    pub fn give_report(&self, report: SessionReport) {
+        self.io.lock().report = Some(Box::new(report));
+        self.worker_cond.notify_all();
+    }
 
     /// Request-body bytes from a DATA frame.
     pub fn push_input(&self, data: &[u8]) {
@@ -1137,6 +1178,7 @@ impl Stream {
             consumed: std::mem::take(&mut io.consumed),
             worker_done: io.worker == Some(WorkerState::Done),
             slot_released: io.slot_released,
+            report_asked: std::mem::take(&mut io.report_asked),
             ..Default::default()
         };
         if !io.response_taken {
@@ -1579,6 +1621,46 @@ mod tests {
         assert_eq!(s.output_queued(), 100_000);
         assert_eq!(s.write_output(&vec![7u8; INLINE_MEM_CAP]), Err(StreamError::Aborted));
         assert_eq!(s.output_queued(), 100_000);
+    }
+
+    #[test]
+    fn a_worker_gets_the_report_c1_gives_once_it_asked() {
+        let (s, sig) = stream(1024);
+        assert!(!s.progress().report_asked);
+        let w = {
+            let s = s.clone();
+            thread::spawn(move || s.session_report())
+        };
+        // c1: woken for the stream, it sees the question once.
+        let mut asked = false;
+        for _ in 0..500 {
+            if sig.take().contains(&1) && s.progress().report_asked {
+                asked = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert!(asked, "c1 was not asked");
+        assert!(!s.progress().report_asked);
+        let report = SessionReport { requests: 7, ..Default::default() };
+        s.give_report(report.clone());
+        assert_eq!(w.join().unwrap(), Ok(report));
+    }
+
+    #[test]
+    fn a_closed_stream_ends_the_wait_for_a_report() {
+        let (s, _sig) = stream(1024);
+        let w = {
+            let s = s.clone();
+            thread::spawn(move || s.session_report())
+        };
+        thread::sleep(Duration::from_millis(50));
+        s.close(8);
+        assert_eq!(w.join().unwrap(), Err(StreamError::Aborted));
+        // Never on c1's own thread: c1 would wait for itself.
+        let (inline, _sig) = stream(1024);
+        inline.run_inline();
+        assert_eq!(inline.session_report(), Err(StreamError::Aborted));
     }
 
     #[test]

@@ -16,6 +16,18 @@ pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// `n` in decimal, written at the end of `buf`.
+pub fn signed_decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let len = decimal(n.unsigned_abs(), buf).len();
+    let mut start = buf.len() - len;
+    if n < 0 {
+        // At most 19 digits: room for the sign.
+        start -= 1;
+        buf[start] = b'-';
+    }
+    &buf[start..]
+}
+
 /// Joins `parts` into `buf` as a C string: cut to leave room for the NUL
 /// written after them (nothing at all in an empty `buf`). Returns the
 /// bytes before the NUL. For fixed C fields, such as the scoreboard's.
@@ -171,6 +183,13 @@ mod tests {
     fn decimal_writes_every_number_as_display_does() {
         for n in [0u64, 1, 9, 10, 99, 100, 2_147_483_647, 1 << 40, u64::MAX] {
             assert_eq!(decimal(n, &mut [0u8; 20]), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn signed_decimal_writes_every_number_as_display_does() {
+        for n in [0i64, 5, -1, -10, i32::MIN.into(), i64::MAX, i64::MIN] {
+            assert_eq!(signed_decimal(n, &mut [0u8; 20]), n.to_string().as_bytes());
         }
     }
 

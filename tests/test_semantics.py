@@ -4,6 +4,7 @@ interim responses, streaming, bodyless responses, conditional and range
 requests, compression, error responses, environment and logging."""
 import gzip
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -60,6 +61,9 @@ CustomLog "{workdir}/srv-sem/delivery.log" delivery
 </Location>
 <Location /drip>
   SetHandler h2rs-drip
+</Location>
+<Location /h2status>
+  SetHandler http2-status
 </Location>
 <Location /limited>
   SetHandler h2rs-echo
@@ -485,6 +489,78 @@ def test_response_trailers_from_a_handler_and_a_proxy(srv):
     st = c.wait_stream(c.request("/proxy/trailers"))
     assert st.data == b"hello"
     assert dict(st.trailers).get(b"grpc-status") == b"0", st.trailers
+    c.close()
+
+
+# ---- the http2-status handler -------------------------------------------------
+
+def test_http2_status_reports_the_connection_as_the_stock_module_does(srv):
+    c = h2c(srv)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    drip = c.request("/drip?5")  # in flight while the report is made
+    st = c.wait_stream(c.request("/h2status", headers=[("accept-encoding", "gzip")]))
+    assert st.status == 200 and st.header("content-type") == "application/json", st.headers
+    assert st.header("content-encoding") is None
+    report = json.loads(bytes(st.data))
+    assert report["version"] == "draft-01"
+    assert report["settings"] == {"SETTINGS_MAX_CONCURRENT_STREAMS": 100, "SETTINGS_MAX_FRAME_SIZE": 16384,
+                                  "SETTINGS_INITIAL_WINDOW_SIZE": 65535, "SETTINGS_ENABLE_PUSH": 0}
+    # The client's SETTINGS (h2c() asks for a 16 MiB stream window).
+    assert report["peerSettings"]["SETTINGS_INITIAL_WINDOW_SIZE"] == 1 << 24
+    assert report["peerSettings"]["SETTINGS_HEADER_TABLE_SIZE"] == 4096
+    assert set(report["peerSettings"]) == {"SETTINGS_MAX_CONCURRENT_STREAMS", "SETTINGS_MAX_FRAME_SIZE",
+                                           "SETTINGS_INITIAL_WINDOW_SIZE", "SETTINGS_ENABLE_PUSH",
+                                           "SETTINGS_HEADER_TABLE_SIZE", "SETTINGS_MAX_HEADER_LIST_SIZE"}
+    assert st.header("conn-flow-in") == str(report["connFlowIn"]) and report["connFlowIn"] > 0
+    assert st.header("conn-flow-out") == str(report["connFlowOut"]) and report["connFlowOut"] > 0
+    assert report["sentGoAway"] == 0
+    # The report's own stream and the drip in flight; the first request
+    # is gone.
+    streams = report["streams"]
+    assert str(drip) in streams and str(st.id) in streams and "1" not in streams, streams
+    assert streams[str(st.id)]["state"] == "HALF_CLOSED_REMOTE"
+    assert streams[str(st.id)]["dataIn"] > 0 and streams[str(st.id)]["dataOut"] == 0
+    stats = report["stats"]
+    assert stats["in"]["requests"] == 3 and stats["in"]["resets"] == 0
+    # Responses submitted: the 1 KiB file's and the drip's first head, at
+    # least; the report's own is not yet.
+    assert 1 <= stats["out"]["responses"] <= 2
+    assert stats["in"]["frames"] >= 4 and stats["in"]["octets"] > 0
+    assert stats["out"]["frames"] >= 3 and stats["out"]["octets"] > 1024
+    assert stats["push"] == {"promises": 0, "submits": 0, "resets": 0}
+    assert c.wait_stream(drip).status == 200
+    c.close()
+
+
+def test_http2_status_takes_a_body_and_answers_trailers_with_a_trailer(srv):
+    c = h2c(srv)
+    sid = c.request("/h2status", method="POST", end_stream=False)
+    c.conn.send_data(sid, b"x" * 500)
+    c.conn.send_headers(sid, [(b"x-checksum", b"abc")], end_stream=True)
+    c.flush()
+    st = c.wait_stream(sid)
+    assert st.status == 200
+    assert json.loads(bytes(st.data))["streams"][str(sid)]["dataIn"] > 500
+    assert dict(st.trailers) == {b"h2-trailers-in": b"1"}, st.trailers
+    # A longer body is read up to its first KiB, as by the stock handler:
+    # the report comes before the body has ended, and the connection goes
+    # on.
+    sid = c.request("/h2status", method="POST", end_stream=False)
+    c.conn.send_data(sid, b"y" * 5000)
+    c.flush()
+    st = c.wait_stream(sid)
+    assert st.status == 200 and json.loads(bytes(st.data))["version"] == "draft-01"
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+
+
+def test_http2_status_is_for_http2_requests_only(srv):
+    # HTTP/1.1, and methods other than GET (HEAD) and POST: the handler
+    # declines, as the stock module's, and the location has no file.
+    r = curl("--http1.1", "-s", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/h2status"))
+    assert r.stdout.decode() == "404"
+    c = h2c(srv)
+    assert c.wait_stream(c.request("/h2status", method="PUT", body=b"x")).status == 405
     c.close()
 
 
