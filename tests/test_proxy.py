@@ -895,6 +895,45 @@ ProxyPass /named/ h2://localhost:{named}/""", name="tls-client-dir").start()
     srv.check_log()
 
 
+def test_no_client_certificate_goes_to_a_backend_whose_ca_names_fit_none(workdir, docroot, tls_backends,
+                                                                         backend_pki):
+    """One pair, issued by the root CA, and a backend (s_server) that asks
+    for a certificate of the intermediate CA but accepts none: as mod_ssl,
+    the proxy sends none, and the handshake completes. (Sent anyway, the
+    certificate failed the backend's verification and the handshake.)"""
+    port = free_port()
+    s_server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(backend_pki / "signed.pem"),
+         "-key", str(backend_pki / "signed.key"), "-CAfile", str(backend_pki / "intermediate.pem"),
+         "-verify", "3", "-verify_return_error", "-alpn", "h2", "-naccept", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    srv = None
+    try:
+        seen = ""
+        while "ACCEPT" not in seen:
+            line = s_server.stdout.readline()
+            assert line, f"s_server ended: {seen}"
+            seen += line
+        srv = tls_check_server(workdir, docroot, tls_backends, f"""
+<Proxy "h2://localhost:{port}/">
+  SSLProxyMachineCertificateFile {backend_pki / "client.pem"}
+</Proxy>
+ProxyPass /optional/ h2://localhost:{port}/""", name="tls-client-unfit").start()
+        # s_server does not speak HTTP/2: what matters is the handshake.
+        get(srv, "/optional/x", "--max-time", "3")
+        out = seen + s_server.communicate(timeout=15)[0]
+        # The handshake completed (the client preface came after it),
+        # without a certificate.
+        assert "PRI * HTTP/2.0" in out, (out[-1500:], srv.read_error_log()[-1500:])
+        assert "proxy-client" not in out and "Client certificate" not in out, out[-1500:]
+    finally:
+        if s_server.poll() is None:
+            s_server.kill()
+            s_server.wait()
+        if srv:
+            srv.stop()
+
+
 def test_backend_reset_before_response_is_502(proxy):
     code, _ = split(get(proxy, "/api/reset"))
     assert code == 502

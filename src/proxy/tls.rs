@@ -100,8 +100,6 @@ openssl_api! {
     SSL_get1_peer_certificate: fn(*const SSL) -> *mut X509;
     SSL_CTX_set_verify_depth: fn(*mut SSL_CTX, c_int);
     SSL_CTX_load_verify_locations: fn(*mut SSL_CTX, *const c_char, *const c_char) -> c_int;
-    SSL_CTX_use_certificate: fn(*mut SSL_CTX, *mut X509) -> c_int;
-    SSL_CTX_use_PrivateKey: fn(*mut SSL_CTX, *mut EVP_PKEY) -> c_int;
     SSL_CTX_set_cipher_list: fn(*mut SSL_CTX, *const c_char) -> c_int;
     SSL_CTX_set_ciphersuites: fn(*mut SSL_CTX, *const c_char) -> c_int;
     SSL_CTX_get_cert_store: fn(*const SSL_CTX) -> *mut c_void;
@@ -171,7 +169,6 @@ const SSL_ERROR_WANT_READ: c_int = 2;
 const SSL_ERROR_WANT_WRITE: c_int = 3;
 const SSL_ERROR_SYSCALL: c_int = 5;
 const SSL_ERROR_ZERO_RETURN: c_int = 6;
-const SSL_CTRL_CHAIN_CERT: c_int = 89;
 const NID_COMMON_NAME: c_int = 13;
 const X509_V_OK: c_long = 0;
 const X509_V_ERR_UNABLE_TO_GET_CRL: c_long = 3;
@@ -270,24 +267,18 @@ impl Context {
                 (api.X509_STORE_set_flags)(store, flags);
             }
             if policy.client_cert.is_some() || policy.client_cert_path.is_some() {
-                let certs = ClientCerts::load(api, policy, files)?;
-                if let [only] = certs.pairs.as_slice() {
-                    if !ClientCerts::install(only, api, ctx.as_ptr()) {
-                        let (directive, path) = match (&policy.client_cert, &policy.client_cert_path) {
-                            (Some(file), _) => ("SSLProxyMachineCertificateFile", file.as_str()),
-                            (None, path) => ("SSLProxyMachineCertificatePath", path.as_deref().unwrap_or("")),
-                        };
-                        return Err(format!("cannot use the client certificate of {directive} {path}"));
-                    }
-                } else {
-                    let certs = Rc::new(certs);
-                    (api.SSL_CTX_set_cert_cb)(
-                        ctx.as_ptr(),
-                        Some(choose_client_certificate),
-                        Rc::as_ptr(&certs) as *mut c_void,
-                    );
-                    context.client_certs = Some(certs);
-                }
+                // Chosen per handshake even when there is one pair, as
+                // mod_ssl does: a backend whose CA names fit none gets no
+                // certificate, which it may accept (optional client
+                // verification), where one it cannot verify ends the
+                // handshake.
+                let certs = Rc::new(ClientCerts::load(api, policy, files)?);
+                (api.SSL_CTX_set_cert_cb)(
+                    ctx.as_ptr(),
+                    Some(choose_client_certificate),
+                    Rc::as_ptr(&certs) as *mut c_void,
+                );
+                context.client_certs = Some(certs);
             }
             Ok(context)
         }
@@ -513,23 +504,6 @@ impl ClientCerts {
         Ok(me)
     }
 
-    /// The one pair as the context's certificate, key and chain.
-    ///
-    /// # Safety
-    /// `ctx` is a live `SSL_CTX`.
-    unsafe fn install(pair: &ClientPair, api: &'static Api, ctx: *mut SSL_CTX) -> bool {
-        // SAFETY: live objects; OpenSSL takes references of its own
-        // (SSL_CTRL_CHAIN_CERT with 1: add1).
-        unsafe {
-            (api.SSL_CTX_use_certificate)(ctx, pair.cert.as_ptr()) == 1
-                && (api.SSL_CTX_use_PrivateKey)(ctx, pair.key.as_ptr()) == 1
-                && (0..(api.OPENSSL_sk_num)(pair.chain.as_ptr())).all(|i| {
-                    let issuer = (api.OPENSSL_sk_value)(pair.chain.as_ptr(), i);
-                    (api.SSL_CTX_ctrl)(ctx, SSL_CTRL_CHAIN_CERT, 1, issuer) == 1
-                })
-        }
-    }
-
     /// As mod_ssl chooses: with no CA names from the backend, the first
     /// pair; else, for each name in the backend's order, the first pair
     /// whose certificate or one of whose issuers that CA issued; else none
@@ -574,9 +548,8 @@ impl Drop for ClientCerts {
     }
 }
 
-/// OpenSSL's certificate callback when there are several client
-/// certificates: gives the handshake the one `ClientCerts::choose` picks
-/// (or none). Returns 1 (go on) in either case, 0 (fail the handshake)
+/// OpenSSL's certificate callback where there are client certificates:
+/// gives the handshake the one `ClientCerts::choose` picks (or none). Returns 1 (go on) in either case, 0 (fail the handshake)
 /// only after a panic.
 unsafe extern "C" fn choose_client_certificate(ssl: *mut SSL, arg: *mut c_void) -> c_int {
     crate::ffi::panic::guard("proxy client certificate", 0, || {
