@@ -37,7 +37,8 @@ import h2.errors  # noqa: E402
 import h2.settings  # noqa: E402
 
 from bench_callgrind import under_valgrind  # noqa: E402
-from conftest import CRASH_RE, MODDIR, MODULE, Certs, Docroot, Httpd, free_port, wait_listening  # noqa: E402
+from conftest import (CRASH_RE, H2STATUS_LOCATION, MODDIR, MODULE, Certs, Docroot, Httpd, free_port,  # noqa: E402
+                      wait_listening)
 from h2client import H2Client  # noqa: E402
 from wsclient import BINARY, CLOSE, TEXT, Tunnel  # noqa: E402
 
@@ -53,7 +54,7 @@ def requests(base, tls, wd):
              "/gz/100k.bin", "/server-status", "/proxy/big?n=200000", "/proxy/sse?n=2", "/proxy/trailers",
              "/proxy/broken?framing=chunked", "/api/big?n=300000", "/api/headers", "/api/early",
              "/api/trailers", "/api/reset", "/api/reset-mid", "/tlsapi/headers", "/tlsapi/big?n=300000",
-             "/tlsbad/headers"]
+             "/tlsbad/headers", "/h2status"]
     codes = []
     for p in paths:
         codes.append(f"{p} {curl('--http2-prior-knowledge', base + p)}")
@@ -168,7 +169,7 @@ Alias /gz "{doc.path}"
 <Location /gz/>
   SetOutputFilter DEFLATE
 </Location>
-"""
+""" + H2STATUS_LOCATION
     h = Httpd(wd, doc, name="srv", h2_conf="H2Direct on\nH2MinWorkers 2\nH2MaxWorkers 8\nH2WebSockets on", extra=extra)
     tls_port = free_port()
     h.tls_config(certs, tls_port)

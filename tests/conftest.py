@@ -25,6 +25,13 @@ CRASH_RE = re.compile(
     re.IGNORECASE,
 )
 
+# The stock module's status handler, for servers that fuzz or check memory.
+H2STATUS_LOCATION = """
+<Location /h2status>
+  SetHandler http2-status
+</Location>
+"""
+
 def threaded_mpm(name):
     """A small threaded MPM config: at most 2 children of 32 threads."""
     return f"""LoadModule mpm_{name}_module {{moddir}}/mod_mpm_{name}.so

@@ -37,7 +37,8 @@ def valid_pieces(rng, port):
     """Frames a well-behaved client could send, as a list of bytes."""
     auth = f"127.0.0.1:{port}"
     # /1m.bin: sent from file mappings on cleartext connections.
-    paths = ["/index.html", "/1k.bin", "/16k1.bin", "/1m.bin", "/cgi/env.cgi", "/cgi/sum.cgi", "/nope", "/dir/", "/old"]
+    paths = ["/index.html", "/1k.bin", "/16k1.bin", "/1m.bin", "/cgi/env.cgi", "/cgi/sum.cgi", "/nope", "/dir/", "/old",
+             "/h2status"]
     out = [settings(*rng.sample([(INITIAL_WINDOW_SIZE, rng.choice([0, 1, 65535, 1 << 20])),
                                  (MAX_FRAME_SIZE, rng.choice([16384, 1 << 20])), (1, rng.choice([0, 4096])),
                                  (3, rng.choice([0, 1, 100])), (8, 1), (9, 1)], rng.randint(0, 3)))]
@@ -224,7 +225,7 @@ def main():
     import conftest
     wd = pathlib.Path(tempfile.mkdtemp(prefix="h2rs-netfuzz-"))
     os.chmod(wd, 0o755)
-    h = conftest.Httpd(wd, conftest.Docroot(wd), name="netfuzz")
+    h = conftest.Httpd(wd, conftest.Docroot(wd), name="netfuzz", extra=conftest.H2STATUS_LOCATION)
     h.start()
     ok = False
     try:

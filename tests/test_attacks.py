@@ -54,7 +54,7 @@ def srv(workdir, docroot, certs):
     env = dict(e.split("=", 1) for e in os.environ.get("H2RS_HTTPD_ENV", "").split() if "=" in e)
     h = Httpd(workdir, docroot, name="attacks", loglevel=os.environ.get("H2RS_LOGLEVEL", "warn"), env=env,
               h2_conf=f"H2MinWorkers 4\nH2MaxWorkers {MAX_WORKERS}\nH2StreamTimeout 5\n",
-              extra="LimitRequestFields 100\nLimitRequestFieldSize 8190\nTimeout 10\n")
+              extra="LimitRequestFields 100\nLimitRequestFieldSize 8190\nTimeout 10\n" + conftest.H2STATUS_LOCATION)
     with conftest.registered(h.tls_config(certs, free_port())):
         yield h
     if RESULTS:

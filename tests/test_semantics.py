@@ -16,7 +16,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from conftest import MODDIR, Httpd, curl, h2load, sha256
+from conftest import H2STATUS_LOCATION, MODDIR, Httpd, curl, h2load, sha256
 from h2client import H2Client, Stream, assert_cut_after_head
 
 MODULES = f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
@@ -62,10 +62,7 @@ CustomLog "{workdir}/srv-sem/delivery.log" delivery
 <Location /drip>
   SetHandler h2rs-drip
 </Location>
-<Location /h2status>
-  SetHandler http2-status
-</Location>
-<Location /limited>
+{H2STATUS_LOCATION}<Location /limited>
   SetHandler h2rs-echo
   LimitRequestBody 1000
 </Location>
