@@ -87,9 +87,14 @@ ap_filter_rec_t *h2rs_shim_c2_net_out_handle;
 ap_filter_rec_t *h2rs_shim_c2_response_handle;
 
 /* Optional functions other modules look up by name (declared in httpd's
- * mod_http2.h): ap_expr's %{HTTP2}, mod_proxy's pool sizing and (before
- * httpd 2.4.58's hook) its tunnels. */
+ * mod_http2.h): ap_expr's %{HTTP2}, the HTTP2 variables, mod_proxy's pool
+ * sizing and (before httpd 2.4.58's hook) its tunnels. */
 static int http2_is_h2(conn_rec *c) { return h2rs_is_h2(c); }
+static char *http2_var_lookup(apr_pool_t *p, server_rec *s, conn_rec *c,
+                              request_rec *r, char *name)
+{
+    return h2rs_var_lookup(p, s, c, r, name);
+}
 static void http2_get_num_workers(server_rec *s, int *minw, int *maxw)
 {
     h2rs_get_num_workers(s, minw, maxw);
@@ -108,6 +113,7 @@ static void h2rs_register_hooks(apr_pool_t *p)
     (void)p;
 
     APR_REGISTER_OPTIONAL_FN(http2_is_h2);
+    APR_REGISTER_OPTIONAL_FN(http2_var_lookup);
     APR_REGISTER_OPTIONAL_FN(http2_get_num_workers);
     APR_REGISTER_OPTIONAL_FN(http2_get_pollfd_from_conn);
 #if AP_MODULE_MAGIC_AT_LEAST(20120211, 129)

@@ -46,6 +46,8 @@ int h2rs_protocol_switch(conn_rec *c, request_rec *r, server_rec *s,
                          const char *protocol);
 const char *h2rs_protocol_get(const conn_rec *c);
 int h2rs_is_h2(conn_rec *c);
+char *h2rs_var_lookup(apr_pool_t *p, server_rec *s, conn_rec *c, request_rec *r,
+                      const char *name);
 void h2rs_get_num_workers(server_rec *s, int *minw, int *maxw);
 apr_status_t h2rs_get_pollfd_from_conn(conn_rec *c, struct apr_pollfd_t *pfd,
                                        apr_interval_time_t *ptimeout);

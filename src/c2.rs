@@ -1551,11 +1551,8 @@ pub unsafe fn set_env(r: *mut ffi::request_rec, ctx: &C2Ctx) {
         set(c"H2_PUSH", c"off".as_ptr());
         set(c"H2_PUSHED", c"".as_ptr());
         set(c"H2_PUSHED_ON", c"".as_ptr());
-        let mut digits = [0u8; 20];
-        let stream_id = decimal(stream.id as u64, &mut digits);
-        set(c"H2_STREAM_ID", pool.strdup(stream_id));
-        let c1_id = if ctx.c1.is_null() { 0 } else { (*ctx.c1).id };
-        let tag = pool.concat(&[decimal(c1_id as u64, &mut [0u8; 20]), b"-", stream_id]);
+        let (stream_id, tag) = stream_names(pool, ctx, stream);
+        set(c"H2_STREAM_ID", stream_id);
         set(c"H2_STREAM_TAG", tag);
         if stream.request.is_tunnel() {
             // mod_proxy's tunnel cannot see when the backend has closed on a
@@ -1689,6 +1686,63 @@ unsafe fn c_str_is(s: *const c_char, expected: &CStr) -> bool {
         }
     }
     true
+}
+
+/// `H2_STREAM_ID` and `H2_STREAM_TAG` ("<c1's id>-<stream id>") of a
+/// stream request, in `pool`.
+///
+/// # Safety
+/// `ctx.c1` is NULL or the live client connection.
+#[inline]
+unsafe fn stream_names(pool: PoolRef, ctx: &C2Ctx, stream: &Stream) -> (*mut c_char, *mut c_char) {
+    let mut digits = [0u8; 20];
+    let stream_id = decimal(stream.id as u64, &mut digits);
+    // SAFETY: caller contract.
+    let c1_id = if ctx.c1.is_null() { 0 } else { unsafe { (*ctx.c1).id } };
+    let tag = pool.concat(&[decimal(c1_id as u64, &mut [0u8; 20]), b"-", stream_id]);
+    (pool.strdup(stream_id), tag)
+}
+
+/// The optional function `http2_var_lookup` (mod_http2.h), answered as the
+/// stock module answers: the variables `set_env` puts in a stream
+/// request's environment, for the connection `c` (else the request's);
+/// "" for a name it does not know. `HTTP2` is "on" on any HTTP/2
+/// connection, the client's too; `H2PUSH` is "off" (there is no push).
+///
+/// # Safety
+/// `name` is a C string; `c` and `r` are NULL or live and used by the
+/// calling thread; `p` is NULL or a live pool.
+pub unsafe fn var_lookup(
+    p: *mut ffi::apr_pool_t,
+    c: *mut ffi::conn_rec,
+    r: *mut ffi::request_rec,
+    name: *const c_char,
+) -> *mut c_char {
+    let text = |value: &'static CStr| value.as_ptr() as *mut c_char;
+    // SAFETY: caller contract.
+    unsafe {
+        let c = if c.is_null() && !r.is_null() { (*r).connection } else { c };
+        let name = CStr::from_ptr(name).to_bytes();
+        match name {
+            b"HTTP2" if crate::hooks::h2rs_is_h2(c) != 0 => text(c"on"),
+            b"HTTP2" | b"H2PUSH" | b"H2_PUSH" => text(c"off"),
+            b"H2_STREAM_ID" | b"H2_STREAM_TAG" => {
+                let on_stream = ctx_of(c).and_then(|ctx| Some((PoolRef::from_raw(p)?, ctx.stream.as_ref()?, &*ctx)));
+                match on_stream {
+                    Some((pool, stream, ctx)) => {
+                        let (stream_id, tag) = stream_names(pool, ctx, stream);
+                        if name == b"H2_STREAM_ID" {
+                            stream_id
+                        } else {
+                            tag
+                        }
+                    }
+                    None => text(c""),
+                }
+            }
+            _ => text(c""),
+        }
+    }
 }
 
 /// One of the names `set_env` sets (all are HTTP2 or begin with H2);

@@ -933,6 +933,20 @@ pub unsafe extern "C" fn h2rs_is_h2(c: *mut ffi::conn_rec) -> c_int {
     })
 }
 
+/// The optional function `http2_var_lookup` (mod_http2.h).
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_var_lookup(
+    p: *mut ffi::apr_pool_t,
+    _s: *mut ffi::server_rec,
+    c: *mut ffi::conn_rec,
+    r: *mut ffi::request_rec,
+    name: *const c_char,
+) -> *mut c_char {
+    // SAFETY: httpd's or a module's live objects, any of them NULL but
+    // the name; the value is static or in `p`.
+    guard("http2_var_lookup", c"".as_ptr() as *mut c_char, || unsafe { c2::var_lookup(p, c, r, name) })
+}
+
 // ---- filters ------------------------------------------------------------------
 
 #[no_mangle]

@@ -62,7 +62,10 @@ CustomLog "{workdir}/srv-sem/delivery.log" delivery
 <Location /drip>
   SetHandler h2rs-drip
 </Location>
-{H2STATUS_LOCATION}<Location /limited>
+{H2STATUS_LOCATION}<Location /h2vars>
+  SetHandler h2rs-h2vars
+</Location>
+<Location /limited>
   SetHandler h2rs-echo
   LimitRequestBody 1000
 </Location>
@@ -559,6 +562,23 @@ def test_http2_status_is_for_http2_requests_only(srv):
     c = h2c(srv)
     assert c.wait_stream(c.request("/h2status", method="PUT", body=b"x")).status == 405
     c.close()
+
+
+def test_other_modules_read_the_http2_variables_through_http2_var_lookup(srv):
+    """The optional function of mod_http2.h, as the stock module answers it
+    (a module of the tests calls it from its handler)."""
+    c = h2c(srv)
+    c.wait_stream(c.request("/1k.bin"))
+    st = c.wait_stream(c.request("/h2vars"))
+    got = dict(line.split("=", 1) for line in st.data.decode().splitlines() if "=" in line)
+    tag = got.pop("H2_STREAM_TAG")
+    assert re.fullmatch(rf"\d+-{st.id}", tag), tag
+    assert got == {"HTTP2": "on", "H2PUSH": "off", "H2_PUSH": "off", "H2_PUSHED": "", "H2_PUSHED_ON": "",
+                   "H2_STREAM_ID": str(st.id), "NOT_H2": "", "connection HTTP2": "on"}, got
+    c.close()
+    r = curl("--http1.1", "-s", srv.url("/h2vars"))
+    assert r.stdout.decode().splitlines() == ["HTTP2=off", "H2PUSH=off", "H2_PUSH=off", "H2_PUSHED=", "H2_PUSHED_ON=",
+                                              "H2_STREAM_ID=", "H2_STREAM_TAG=", "NOT_H2=", "connection HTTP2=off"]
 
 
 def test_interim_103_from_a_proxied_backend(srv):

@@ -8,6 +8,8 @@
 #include "http_request.h"
 #include "apr_strings.h"
 #include "apr_file_io.h"
+#include "apr_optional.h"
+#include "mod_http2.h"
 
 /* CRC-32 as zlib computes it (the tests check it with Python's zlib). */
 static apr_uint32_t crc_table[256];
@@ -119,6 +121,28 @@ static int abortwatch_handler(request_rec *r)
     return OK;
 }
 
+/* h2rs-h2vars: the HTTP/2 variables as the optional function
+ * http2_var_lookup (mod_http2.h) gives them, for the request and for its
+ * connection. */
+static int h2vars_handler(request_rec *r)
+{
+    static const char *const names[] = {
+        "HTTP2", "H2PUSH", "H2_PUSH", "H2_PUSHED", "H2_PUSHED_ON", "H2_STREAM_ID", "H2_STREAM_TAG", "NOT_H2", NULL
+    };
+    APR_OPTIONAL_FN_TYPE(http2_var_lookup) *lookup = APR_RETRIEVE_OPTIONAL_FN(http2_var_lookup);
+    int i;
+    ap_set_content_type(r, "text/plain");
+    if (!lookup) {
+        ap_rputs("no http2_var_lookup\n", r);
+        return OK;
+    }
+    for (i = 0; names[i]; ++i) {
+        ap_rprintf(r, "%s=%s\n", names[i], lookup(r->pool, r->server, r->connection, r, (char *)names[i]));
+    }
+    ap_rprintf(r, "connection HTTP2=%s\n", lookup(r->pool, r->server, r->connection, NULL, (char *)"HTTP2"));
+    return OK;
+}
+
 static int test_handler(request_rec *r)
 {
     if (!r->handler) {
@@ -132,6 +156,9 @@ static int test_handler(request_rec *r)
     }
     if (!strcmp(r->handler, "h2rs-abortwatch")) {
         return abortwatch_handler(r);
+    }
+    if (!strcmp(r->handler, "h2rs-h2vars")) {
+        return h2vars_handler(r);
     }
     return DECLINED;
 }
