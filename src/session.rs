@@ -669,22 +669,21 @@ impl<D: Dispatch> Core<D> {
     fn report(&self, ops: &Ops<'_>) -> SessionReport {
         let (_, conn_flow_in) = ops.receive_windows(0);
         let (_, conn_flow_out) = ops.send_windows(0);
-        let mut ids: Vec<i32> = self.entries.keys().copied().collect();
-        ids.sort_unstable();
-        let streams = ids
+        let mut entries: Vec<(&i32, &Entry)> = self.entries.iter().collect();
+        entries.sort_unstable_by_key(|&(&id, _)| id);
+        let streams = entries
             .into_iter()
-            .filter_map(|id| {
-                let e = self.entries.get(&id)?;
+            .map(|(&id, e)| {
                 let (flow_in, _) = ops.receive_windows(id);
                 let (flow_out, _) = ops.send_windows(id);
-                Some(StreamReport {
+                StreamReport {
                     id,
                     state: h2status::state_name(ops.stream_state(id)),
                     flow_in,
                     flow_out,
                     data_in: e.bytes_in,
                     data_out: e.bytes_out,
-                })
+                }
             })
             .collect();
         let stats = &self.stats;

@@ -549,8 +549,10 @@ impl Drop for ClientCerts {
 }
 
 /// OpenSSL's certificate callback where there are client certificates:
-/// gives the handshake the one `ClientCerts::choose` picks (or none). Returns 1 (go on) in either case, 0 (fail the handshake)
-/// only after a panic.
+/// gives the handshake the one `ClientCerts::choose` picks, or none.
+/// Returns 1 (go on), or 0 (fail the handshake, with OpenSSL's reason in
+/// the engine's log) when OpenSSL refuses the chosen pair, or after a
+/// panic.
 unsafe extern "C" fn choose_client_certificate(ssl: *mut SSL, arg: *mut c_void) -> c_int {
     crate::ffi::panic::guard("proxy client certificate", 0, || {
         // SAFETY: `arg` is the context's `ClientCerts`, which every `Ssl`
@@ -558,14 +560,13 @@ unsafe extern "C" fn choose_client_certificate(ssl: *mut SSL, arg: *mut c_void) 
         // runs during the handshake of one of them.
         let certs = unsafe { &*(arg as *const ClientCerts) };
         // SAFETY: the live SSL OpenSSL handed us.
-        if let Some(pair) = unsafe { certs.choose(ssl) } {
-            // SAFETY: as above; OpenSSL takes references of its own (1:
-            // replace what the context set).
-            unsafe {
-                (certs.api.SSL_use_cert_and_key)(ssl, pair.cert.as_ptr(), pair.key.as_ptr(), pair.chain.as_ptr(), 1)
-            };
-        }
-        1
+        let Some(pair) = (unsafe { certs.choose(ssl) }) else { return 1 };
+        // SAFETY: as above; OpenSSL takes references of its own (1:
+        // replace what the context set).
+        let used = unsafe {
+            (certs.api.SSL_use_cert_and_key)(ssl, pair.cert.as_ptr(), pair.key.as_ptr(), pair.chain.as_ptr(), 1)
+        };
+        c_int::from(used == 1)
     })
 }
 
