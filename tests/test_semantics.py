@@ -554,6 +554,20 @@ def test_http2_status_takes_a_body_and_answers_trailers_with_a_trailer(srv):
     c.close()
 
 
+def test_many_http2_status_requests_at_once_all_get_their_report(srv):
+    # Each worker waits for c1's answer: none may be lost when twenty ask
+    # in one read, beside a download that keeps c1 writing.
+    c = h2c(srv)
+    big = c.request("/1m.bin")
+    sids = [c.request("/h2status") for _ in range(20)]
+    for sid in sids:
+        st = c.wait_stream(sid)
+        assert st.status == 200, (sid, st.status, st.reset)
+        assert str(sid) in json.loads(bytes(st.data))["streams"]
+    assert len(c.wait_stream(big).data) == 1 << 20
+    c.close()
+
+
 def test_http2_status_is_for_http2_requests_only(srv):
     # HTTP/1.1, and methods other than GET (HEAD) and POST: the handler
     # declines, as the stock module's, and the location has no file.
