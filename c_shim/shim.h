@@ -156,6 +156,7 @@ typedef struct {
     apr_interval_time_t ttl;      /* the worker's ttl, 0 when unset */
     int keepalive;                /* the worker's keepalive (SO_KEEPALIVE) */
     int disablereuse;             /* the worker's disablereuse */
+    int hmax;                     /* the worker's max (connections per child) */
 } h2rs_proxy_params;
 void h2rs_shim_proxy_params(request_rec *r, void *worker, void *conf,
                             h2rs_proxy_params *out);

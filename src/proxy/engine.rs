@@ -41,7 +41,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Connections to one backend per loop thread, at most.
+/// Connections to one backend per loop thread (so per child: a backend's
+/// requests all go to one loop), at most; a worker's `max` may set fewer.
 pub const MAX_CONNS_PER_BACKEND: usize = 16;
 /// Our receive window per backend stream: what one proxied response may
 /// buffer before the client takes it.
@@ -832,7 +833,10 @@ impl LoopState {
                 best = Some((i, active));
             }
         }
-        if best.is_none() && count >= MAX_CONNS_PER_BACKEND {
+        // A backend's requests all go to one loop (`loop_for`), so this
+        // counts the child's connections to it.
+        let most = task.spec.pool.max_conns.map_or(MAX_CONNS_PER_BACKEND, |n| n.min(MAX_CONNS_PER_BACKEND));
+        if best.is_none() && count >= most {
             // Every connection is full: queue on the least busy one
             // (nghttp2 holds the stream until another ends).
             best = least;

@@ -77,6 +77,10 @@ pub struct PoolParams {
     /// `disablereuse`: the request gets a backend connection of its own,
     /// closed once it is done.
     pub single_use: bool,
+    /// `max`: connections to the backend per child, at most (mod_proxy
+    /// sets it to `ThreadsPerChild` where the worker does not); the engine
+    /// keeps at most `engine::MAX_CONNS_PER_BACKEND` anyway.
+    pub max_conns: Option<usize>,
 }
 
 /// How the engine reaches the front when there is news.
