@@ -3,6 +3,7 @@ real HTTP/2 backend (tests/h2backend.py) started by the tests: multiplexing
 on shared backend connections, few workers serving many slow requests,
 GOAWAY and reset handling, uploads, trailers, 103, header rules, balancer,
 behind HTTP/2 and HTTP/1.1 fronts."""
+import contextlib
 import hashlib
 import json
 import os
@@ -857,6 +858,36 @@ ProxyPass /mtls-empty/ h2://localhost:{port}/empty/""", name="tls-client-chain")
     srv.check_log()
 
 
+@contextlib.contextmanager
+def s_server(backend_pki, *verify):
+    """OpenSSL's s_server as a TLS backend for one connection (-naccept 1),
+    with the backend certificate and the intermediate CA's name as the CA
+    names it lists, checking client certificates as `verify` says. Yields
+    (port, output): output() waits for it to end and returns all it
+    printed (the client certificate it got, the bytes after the
+    handshake)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(backend_pki / "signed.pem"),
+         "-key", str(backend_pki / "signed.key"), "-CAfile", str(backend_pki / "intermediate.pem"),
+         *verify, "-alpn", "h2", "-naccept", "1"],
+        # stdin open: s_server ends at the end of its input
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    try:
+        # It accepts one connection: wait for its word, not for a
+        # connection.
+        seen = ""
+        while "ACCEPT" not in seen:
+            line = proc.stdout.readline()
+            assert line, f"s_server ended: {seen}"
+            seen += line
+        yield port, lambda: seen + proc.communicate(timeout=15)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_client_certificate_chosen_by_the_ca_names_the_backend_lists(workdir, docroot, tls_backends, backend_pki):
     """SSLProxyMachineCertificatePath: every file of the directory (a
     symbolic link to one of them read once) gives its pairs. Chosen as
@@ -868,23 +899,9 @@ def test_client_certificate_chosen_by_the_ca_names_the_backend_lists(workdir, do
     shutil.copy(backend_pki / "client.pem", certdir / "a-by-root.pem")
     shutil.copy(backend_pki / "client-int.pem", certdir / "b-by-intermediate.pem")
     os.symlink("b-by-intermediate.pem", certdir / "c-link.pem")
-    named = free_port()
-    s_server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", f"127.0.0.1:{named}", "-cert", str(backend_pki / "signed.pem"),
-         "-key", str(backend_pki / "signed.key"), "-CAfile", str(backend_pki / "intermediate.pem"),
-         "-Verify", "3", "-alpn", "h2", "-naccept", "1"],
-        # stdin open: s_server ends at the end of its input
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     mtls = tls_backends["mtls"]
-    srv = None
-    try:
-        # It accepts one connection (-naccept 1): wait for its word, not
-        # for a connection.
-        seen = ""
-        while "ACCEPT" not in seen:
-            line = s_server.stdout.readline()
-            assert line, f"s_server ended: {seen}"
-            seen += line
+    # -Verify: it asks for a certificate and needs one.
+    with s_server(backend_pki, "-Verify", "3") as (named, output):
         srv = tls_check_server(workdir, docroot, tls_backends, f"""
 <Proxy "h2://localhost:{mtls}/dir/">
   SSLProxyMachineCertificatePath {certdir}
@@ -894,18 +911,15 @@ def test_client_certificate_chosen_by_the_ca_names_the_backend_lists(workdir, do
 </Proxy>
 ProxyPass /mtls-dir/ h2://localhost:{mtls}/dir/
 ProxyPass /named/ h2://localhost:{named}/""", name="tls-client-dir").start()
-        code, body = split(get(srv, "/mtls-dir/headers", "-D", "-"))
-        assert code == 200 and b"x-client-cn: proxy-client\r\n" in body, srv.read_error_log()[-2000:]
-        # s_server does not speak HTTP/2: the answer is an error; what
-        # matters is the certificate it was given.
-        get(srv, "/named/x", "--max-time", "3")
-        out = seen + s_server.communicate(timeout=15)[0]
-        assert re.search(r"subject=.*CN ?= ?proxy-client-int", out), (out[-1500:], srv.read_error_log()[-1500:])
-    finally:
-        if s_server.poll() is None:
-            s_server.kill()
-            s_server.wait()
-        if srv:
+        try:
+            code, body = split(get(srv, "/mtls-dir/headers", "-D", "-"))
+            assert code == 200 and b"x-client-cn: proxy-client\r\n" in body, srv.read_error_log()[-2000:]
+            # s_server does not speak HTTP/2: the answer is an error; what
+            # matters is the certificate it was given.
+            get(srv, "/named/x", "--max-time", "3")
+            out = output()
+            assert re.search(r"subject=.*CN ?= ?proxy-client-int", out), (out[-1500:], srv.read_error_log()[-1500:])
+        finally:
             srv.stop()
     srv.check_log()
 
@@ -916,37 +930,25 @@ def test_no_client_certificate_goes_to_a_backend_whose_ca_names_fit_none(workdir
     for a certificate of the intermediate CA but accepts none: as mod_ssl,
     the proxy sends none, and the handshake completes. (Sent anyway, the
     certificate failed the backend's verification and the handshake.)"""
-    port = free_port()
-    s_server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(backend_pki / "signed.pem"),
-         "-key", str(backend_pki / "signed.key"), "-CAfile", str(backend_pki / "intermediate.pem"),
-         "-verify", "3", "-verify_return_error", "-alpn", "h2", "-naccept", "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    srv = None
-    try:
-        seen = ""
-        while "ACCEPT" not in seen:
-            line = s_server.stdout.readline()
-            assert line, f"s_server ended: {seen}"
-            seen += line
+    # -verify: it asks for a certificate but takes none; one it cannot
+    # verify fails the handshake (-verify_return_error).
+    with s_server(backend_pki, "-verify", "3", "-verify_return_error") as (port, output):
         srv = tls_check_server(workdir, docroot, tls_backends, f"""
 <Proxy "h2://localhost:{port}/">
   SSLProxyMachineCertificateFile {backend_pki / "client.pem"}
 </Proxy>
 ProxyPass /optional/ h2://localhost:{port}/""", name="tls-client-unfit").start()
-        # s_server does not speak HTTP/2: what matters is the handshake.
-        get(srv, "/optional/x", "--max-time", "3")
-        out = seen + s_server.communicate(timeout=15)[0]
-        # The handshake completed (the client preface came after it),
-        # without a certificate.
-        assert "PRI * HTTP/2.0" in out, (out[-1500:], srv.read_error_log()[-1500:])
-        assert "proxy-client" not in out and "Client certificate" not in out, out[-1500:]
-    finally:
-        if s_server.poll() is None:
-            s_server.kill()
-            s_server.wait()
-        if srv:
+        try:
+            # s_server does not speak HTTP/2: what matters is the handshake.
+            get(srv, "/optional/x", "--max-time", "3")
+            out = output()
+            # The handshake completed (the client preface came after it),
+            # without a certificate.
+            assert "PRI * HTTP/2.0" in out, (out[-1500:], srv.read_error_log()[-1500:])
+            assert "proxy-client" not in out and "Client certificate" not in out, out[-1500:]
+        finally:
             srv.stop()
+    srv.check_log()
 
 
 def test_backend_reset_before_response_is_502(proxy):
