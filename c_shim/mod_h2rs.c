@@ -145,10 +145,13 @@ static void h2rs_register_hooks(apr_pool_t *p)
     ap_hook_protocol_get(h2rs_protocol_get, NULL, NULL, APR_HOOK_MIDDLE);
 
     /* Replace the HTTP/1 response header filter on stream requests as early
-     * as possible; set the HTTP2 environment late, after other fixups. */
+     * as possible; set the HTTP2 environment where the stock module does
+     * (fixups that answer the request at APR_HOOK_LAST, such as mod_dir's
+     * redirect, see it); send 103 Early Hints after the other fixups. */
     ap_hook_post_read_request(h2rs_post_read_request, NULL, NULL,
                               APR_HOOK_REALLY_FIRST);
-    ap_hook_fixups(h2rs_fixups, NULL, NULL, APR_HOOK_LAST);
+    ap_hook_fixups(h2rs_fixups_env, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_fixups(h2rs_fixups_early_hints, NULL, NULL, APR_HOOK_LAST);
     /* SetHandler http2-status, as the stock module's. */
     ap_hook_handler(h2rs_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
 

@@ -36,7 +36,7 @@ use crate::workers::WorkerCtx;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,6 +52,9 @@ static DUMMY_SOCKET: AtomicPtr<ffi::apr_socket_t> = AtomicPtr::new(ptr::null_mut
 type LogioFn = unsafe extern "C" fn(*mut ffi::conn_rec, ffi::apr_off_t);
 static LOGIO_IN: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
 static LOGIO_OUT: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+/// This child's process id, for `H2_STREAM_TAG` (read once: glibc's
+/// `getpid` is a system call).
+static CHILD_PID: AtomicU32 = AtomicU32::new(0);
 
 fn logio(counter: &AtomicPtr<c_void>, c: *mut ffi::conn_rec, bytes: u64) {
     let f = counter.load(Ordering::Acquire);
@@ -88,6 +91,7 @@ pub unsafe fn child_init(pchild: *mut ffi::apr_pool_t) {
         let f = unsafe { ffi::apr_dynamic_fn_retrieve(name.as_ptr()) };
         slot.store(f.map(|f| f as *mut c_void).unwrap_or(ptr::null_mut()), Ordering::Release);
     }
+    CHILD_PID.store(std::process::id(), Ordering::Relaxed);
     let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
     // SAFETY: creates an unconnected socket in the child pool.
     let rv = unsafe { ffi::apr_socket_create(&mut sock, libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP, pchild) };
@@ -1687,8 +1691,10 @@ unsafe fn c_str_is(s: *const c_char, expected: &CStr) -> bool {
     true
 }
 
-/// `H2_STREAM_ID` and `H2_STREAM_TAG` ("<c1's id>-<stream id>") of a
-/// stream request, in `pool`.
+/// `H2_STREAM_ID` and `H2_STREAM_TAG` of a stream request, in `pool`. The
+/// tag is the stock module's "<process id>-<c1's id>-<stream id>": c1's id
+/// is its MPM thread slot, the same in every child, so the process id
+/// tells the children's connections apart in a log.
 ///
 /// # Safety
 /// `ctx.c1` is NULL or the live client connection.
@@ -1698,7 +1704,9 @@ unsafe fn stream_names(pool: PoolRef, ctx: &C2Ctx, stream: &Stream) -> (*mut c_c
     let stream_id = decimal(stream.id as u64, &mut digits);
     // SAFETY: caller contract.
     let c1_id = if ctx.c1.is_null() { 0 } else { unsafe { (*ctx.c1).id } };
-    let tag = pool.concat(&[decimal(c1_id as u64, &mut [0u8; 20]), b"-", stream_id]);
+    let (mut pid_digits, mut c1_digits) = ([0u8; 20], [0u8; 20]);
+    let pid = decimal(CHILD_PID.load(Ordering::Relaxed) as u64, &mut pid_digits);
+    let tag = pool.concat(&[pid, b"-", decimal(c1_id as u64, &mut c1_digits), b"-", stream_id]);
     (pool.strdup(stream_id), tag)
 }
 

@@ -674,16 +674,31 @@ pub unsafe extern "C" fn h2rs_post_read_request(r: *mut ffi::request_rec) -> c_i
     })
 }
 
+/// The HTTP2 and H2_* variables of a stream request, at the stock module's
+/// place among the fixups (`APR_HOOK_MIDDLE`): fixups that come later and
+/// answer the request themselves (mod_dir's and mod_speling's redirects,
+/// both `APR_HOOK_LAST`) leave them in its log line and response fields.
 #[no_mangle]
-pub unsafe extern "C" fn h2rs_fixups(r: *mut ffi::request_rec) -> c_int {
+pub unsafe extern "C" fn h2rs_fixups_env(r: *mut ffi::request_rec) -> c_int {
     guard("fixups", HOOK_DECLINED, || {
         // SAFETY: httpd passes the live request on this thread.
         unsafe {
             if let Some(ctx) = c2::ctx_of((*r).connection) {
                 c2::set_env(r, ctx);
-                if (*r).main.is_null() && (*r).prev.is_null() {
-                    c2::send_early_hints(r);
-                }
+            }
+        }
+        HOOK_DECLINED
+    })
+}
+
+/// 103 Early Hints, after the other fixups (the fields they set count).
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_fixups_early_hints(r: *mut ffi::request_rec) -> c_int {
+    guard("fixups", HOOK_DECLINED, || {
+        // SAFETY: httpd passes the live request on this thread.
+        unsafe {
+            if (*r).main.is_null() && (*r).prev.is_null() && c2::ctx_of((*r).connection).is_some() {
+                c2::send_early_hints(r);
             }
         }
         HOOK_DECLINED

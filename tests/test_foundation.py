@@ -201,7 +201,7 @@ def test_errors_and_redirects(server):
 def test_cgi_sees_http2_environment(server):
     r = curl("--http2-prior-knowledge", server.url("/cgi/env.cgi"))
     text = r.stdout.decode()
-    m = re.match(r"HTTP2=on SERVER_PROTOCOL=HTTP/2.0 H2_STREAM_ID=1 H2_STREAM_TAG=\d+-1", text)
+    m = re.match(r"HTTP2=on SERVER_PROTOCOL=HTTP/2.0 H2_STREAM_ID=1 H2_STREAM_TAG=\d+-\d+-1", text)
     assert m, text
 
 

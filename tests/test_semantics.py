@@ -585,8 +585,9 @@ def test_other_modules_read_the_http2_variables_through_http2_var_lookup(srv):
     c.wait_stream(c.request("/1k.bin"))
     st = c.wait_stream(c.request("/h2vars"))
     got = dict(line.split("=", 1) for line in st.data.decode().splitlines() if "=" in line)
-    tag = got.pop("H2_STREAM_TAG")
-    assert re.fullmatch(rf"\d+-{st.id}", tag), tag
+    # The stock module's tag: the child's process id, c1's id, the stream's.
+    pid, _, rest = got.pop("H2_STREAM_TAG").partition("-")
+    assert int(pid) in srv.children() and re.fullmatch(rf"\d+-{st.id}", rest), (pid, rest)
     assert got == {"HTTP2": "on", "H2PUSH": "off", "H2_PUSH": "off", "H2_PUSHED": "", "H2_PUSHED_ON": "",
                    "H2_STREAM_ID": str(st.id), "NOT_H2": "", "connection HTTP2": "on"}, got
     c.close()
@@ -777,6 +778,18 @@ def test_h2_variables_replace_ones_set_before_them(make_server, certs):
         c.close()
     logged = srv.wait_access_log("/index.html", count=2)
     assert len(logged) == 2 and all(line.endswith(" HTTP/2.0 1") for line in logged), logged
+
+
+def test_h2_variables_are_set_before_fixups_that_answer_the_request(srv):
+    """mod_dir's redirect of a directory named without its slash comes from
+    a fixup at APR_HOOK_LAST; the stream's variables are set before it (at
+    the stock module's place, APR_HOOK_MIDDLE), so its log line has them."""
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/dir"))
+    assert st.status == 301 and st.header("location").endswith("/dir/"), (st.status, st.headers)
+    c.close()
+    logged = srv.wait_access_log('"GET /dir HTTP/2.0" 301')
+    assert logged[-1].endswith(f" HTTP/2.0 {st.id}"), logged
 
 
 @pytest.fixture
