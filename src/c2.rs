@@ -815,7 +815,11 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
         let Some(hin) = TableRef::from_raw((*r).headers_in) else { return };
         let is_connect = head.method == b"CONNECT";
         for (n, v) in head.headers.iter() {
-            hin.addn(c_string(pool, n), c_string(pool, v));
+            let name = match crate::request::known_camel_case(n) {
+                Some(known) => known.as_ptr(),
+                None => pool.strdup_edited(n, crate::request::camel_case),
+            };
+            hin.addn(name, c_string(pool, v));
         }
         if let Some(auth) = head.authority.as_deref().filter(|a| !a.is_empty()) {
             if !is_connect {

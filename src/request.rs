@@ -229,6 +229,50 @@ pub fn is_connection_specific(name: &[u8]) -> bool {
     candidate.eq_ignore_ascii_case(name)
 }
 
+/// A request field's name as the stock module hands it to httpd: the
+/// first letter and each letter after a '-' upper-cased ("user-agent" ->
+/// "User-Agent"), as HTTP/1.1 clients spell most names. Lookups in httpd
+/// ignore case, but what iterates the fields keeps it: mod_proxy_http
+/// passes the names on to HTTP/1.1 backends as they are (some match them
+/// by case), TRACE echoes them, scripts of mod_lua see them.
+pub fn camel_case(name: &mut [u8]) {
+    let mut word_start = true;
+    for b in name.iter_mut() {
+        if word_start {
+            b.make_ascii_uppercase();
+        }
+        word_start = *b == b'-';
+    }
+}
+
+/// `camel_case` of the request field names browsers and other clients
+/// send most, spelled out: one comparison instead of a copy to change.
+pub fn known_camel_case(name: &[u8]) -> Option<&'static std::ffi::CStr> {
+    Some(match name {
+        b"accept" => c"Accept",
+        b"accept-encoding" => c"Accept-Encoding",
+        b"accept-language" => c"Accept-Language",
+        b"authorization" => c"Authorization",
+        b"cache-control" => c"Cache-Control",
+        b"content-length" => c"Content-Length",
+        b"content-type" => c"Content-Type",
+        b"cookie" => c"Cookie",
+        b"if-modified-since" => c"If-Modified-Since",
+        b"if-none-match" => c"If-None-Match",
+        b"origin" => c"Origin",
+        b"priority" => c"Priority",
+        b"range" => c"Range",
+        b"referer" => c"Referer",
+        b"sec-fetch-dest" => c"Sec-Fetch-Dest",
+        b"sec-fetch-mode" => c"Sec-Fetch-Mode",
+        b"sec-fetch-site" => c"Sec-Fetch-Site",
+        b"upgrade-insecure-requests" => c"Upgrade-Insecure-Requests",
+        b"user-agent" => c"User-Agent",
+        b"x-forwarded-for" => c"X-Forwarded-For",
+        _ => return None,
+    })
+}
+
 /// At most what `RequestBuilder::with_room` reserves up front (a larger
 /// head grows as it comes; the slab allocator serves up to 1 KiB).
 const MAX_FIELDS_ROOM: usize = 32;
@@ -449,6 +493,55 @@ impl RequestBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn camel(name: &str) -> String {
+        let mut b = name.as_bytes().to_vec();
+        camel_case(&mut b);
+        String::from_utf8(b).expect("ascii")
+    }
+
+    #[test]
+    fn request_field_names_are_camel_cased_as_the_stock_module_does() {
+        assert_eq!(camel("user-agent"), "User-Agent");
+        assert_eq!(camel("te"), "Te");
+        assert_eq!(camel("x-b3-traceid"), "X-B3-Traceid");
+        assert_eq!(camel("a--b-"), "A--B-");
+        assert_eq!(camel("-x"), "-X");
+        assert_eq!(camel("x_y-1z"), "X_y-1z");
+        assert_eq!(camel(""), "");
+    }
+
+    #[test]
+    fn known_names_are_spelled_as_camel_case_would() {
+        let known = [
+            "accept",
+            "accept-encoding",
+            "accept-language",
+            "authorization",
+            "cache-control",
+            "content-length",
+            "content-type",
+            "cookie",
+            "if-modified-since",
+            "if-none-match",
+            "origin",
+            "priority",
+            "range",
+            "referer",
+            "sec-fetch-dest",
+            "sec-fetch-mode",
+            "sec-fetch-site",
+            "upgrade-insecure-requests",
+            "user-agent",
+            "x-forwarded-for",
+        ];
+        for name in known {
+            let spelled = known_camel_case(name.as_bytes()).unwrap_or_else(|| panic!("{name} not known"));
+            assert_eq!(spelled.to_str().expect("ascii"), camel(name), "{name}");
+        }
+        assert_eq!(known_camel_case(b"x-custom"), None);
+        assert_eq!(known_camel_case(b"Accept"), None, "names arrive lower-cased; others are copied");
+    }
 
     fn build(fields: &[(&str, &str)], limits: Limits) -> Result<Box<RequestHead>, HeaderError> {
         let mut b = RequestBuilder::new(limits);

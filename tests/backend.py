@@ -7,6 +7,7 @@ Paths:
   GET /trailers       -> chunked body "hello" with trailers grpc-status: 0
   GET /early          -> 103 Early Hints (Link) then 200
   GET /big?n=BYTES    -> n bytes
+  GET /headers        -> the request's header lines, as received
   GET /broken?framing=length|chunked -> 200 announcing 100000 bytes (or
                          chunked), 50000 sent, then the connection closes
 """
@@ -90,6 +91,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"c350\r\n" + b"b" * 50000 + b"\r\n" if chunked else b"a" * 50000)
             self.wfile.flush()
             self.close_connection = True
+        elif path == "/headers":
+            self.send_plain("".join(f"{n}: {v}\n" for n, v in self.headers.items()).encode())
         elif path == "/big":
             n = int(query.split("=")[1]) if "=" in query else 100000
             self.send_plain(bytes(i % 251 for i in range(n)), ctype="application/octet-stream")

@@ -596,6 +596,20 @@ def test_other_modules_read_the_http2_variables_through_http2_var_lookup(srv):
                                               "H2_STREAM_ID=", "H2_STREAM_TAG=", "NOT_H2=", "connection HTTP2=off"]
 
 
+def test_request_field_names_reach_http11_backends_spelled_as_http11_clients_do(srv):
+    """HTTP/2 sends field names in lower case; httpd gets them as the stock
+    module gives them (first letters upper-cased), so mod_proxy_http passes
+    "User-Agent" on to an HTTP/1.1 backend, not "user-agent"."""
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/proxy/headers", headers=[("user-agent", "ua/1"), ("x-custom-thing", "v"),
+                                                            ("accept", "*/*"), ("cookie", "a=1"), ("cookie", "b=2")]))
+    assert st.status == 200, st.status
+    lines = st.data.decode().splitlines()
+    assert {"User-Agent: ua/1", "X-Custom-Thing: v", "Accept: */*", "Cookie: a=1; b=2"} <= set(lines), lines
+    assert not [line for line in lines if line[0].islower()], lines
+    c.close()
+
+
 def test_interim_103_from_a_proxied_backend(srv):
     c = h2c(srv)
     st = c.wait_stream(c.request("/proxy/early"))

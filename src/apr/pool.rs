@@ -47,6 +47,16 @@ impl PoolRef {
         unsafe { ffi::apr_pstrmemdup(self.as_ptr(), bytes.as_ptr() as *const c_char, bytes.len() as _) }
     }
 
+    /// A NUL-terminated copy of `bytes` in the pool, changed by `edit`
+    /// before anyone else sees it.
+    pub fn strdup_edited(self, bytes: &[u8], edit: impl FnOnce(&mut [u8])) -> *mut c_char {
+        let copy = self.strdup(bytes);
+        // SAFETY: `copy` holds `bytes.len()` bytes (and a NUL) in the live
+        // pool, written just now and not yet shared with anyone.
+        edit(unsafe { std::slice::from_raw_parts_mut(copy as *mut u8, bytes.len()) });
+        copy
+    }
+
     /// A NUL-terminated concatenation of `parts` in the pool, built in
     /// place (no intermediate buffer on the heap).
     pub fn concat(self, parts: &[&[u8]]) -> *mut c_char {
@@ -207,6 +217,20 @@ mod tests {
         fn drop(&mut self) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn strdup_edited_changes_the_copy_only() {
+        let root = root_pool();
+        // SAFETY: root is live and ours.
+        let pool = unsafe { PoolRef::from_raw(root) }.expect("pool");
+        let original = b"user-agent".to_vec();
+        let copy = pool.strdup_edited(&original, |b| b.make_ascii_uppercase());
+        // SAFETY: strdup_edited returns a NUL-terminated string in the live pool.
+        assert_eq!(unsafe { std::ffi::CStr::from_ptr(copy) }.to_bytes(), b"USER-AGENT");
+        assert_eq!(original, b"user-agent");
+        // SAFETY: destroying the pool we created.
+        unsafe { ffi::apr_pool_destroy(root) };
     }
 
     #[test]
