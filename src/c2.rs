@@ -777,6 +777,15 @@ fn c_string(pool: PoolRef, bytes: &[u8]) -> *mut c_char {
     pool.strdup(bytes)
 }
 
+/// A request field's name for httpd's tables, spelled as the stock module
+/// spells it (`request::camel_case`).
+fn field_name(pool: PoolRef, name: &[u8]) -> *const c_char {
+    match crate::request::known_camel_case(name) {
+        Some(known) => known.as_ptr(),
+        None => pool.strdup_edited(name, crate::request::camel_case),
+    }
+}
+
 /// Replaces HTTP_HEADER with our response filter on a stream request.
 ///
 /// # Safety
@@ -815,11 +824,7 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
         let Some(hin) = TableRef::from_raw((*r).headers_in) else { return };
         let is_connect = head.method == b"CONNECT";
         for (n, v) in head.headers.iter() {
-            let name = match crate::request::known_camel_case(n) {
-                Some(known) => known.as_ptr(),
-                None => pool.strdup_edited(n, crate::request::camel_case),
-            };
-            hin.addn(name, c_string(pool, v));
+            hin.addn(field_name(pool, n), c_string(pool, v));
         }
         if let Some(auth) = head.authority.as_deref().filter(|a| !a.is_empty()) {
             if !is_connect {
@@ -1446,7 +1451,9 @@ pub unsafe fn net_in(
                     ctx.input.extend_from_slice(b"0\r\n");
                     if let Some(t) = &trailers {
                         for (name, value) in t.iter() {
+                            let at = ctx.input.len();
                             ctx.input.extend_from_slice(name);
+                            crate::request::camel_case(&mut ctx.input[at..]);
                             ctx.input.extend_from_slice(b": ");
                             ctx.input.extend_from_slice(value);
                             ctx.input.extend_from_slice(b"\r\n");
@@ -1526,7 +1533,7 @@ fn add_request_trailers(r: *mut ffi::request_rec, trailers: &Headers) {
             return;
         };
         for (n, v) in trailers.iter() {
-            t.addn(pool.strdup(n), pool.strdup(v));
+            t.addn(field_name(pool, n), pool.strdup(v));
         }
     }
 }
