@@ -1439,6 +1439,16 @@ pub unsafe fn net_in(
                     ctx.input.extend_from_slice(b"\r\n");
                 } else {
                     ctx.input = data;
+                    // A body of known length: HTTP_IN stops reading at its
+                    // length, so trailers that came with the last data are
+                    // taken now or never (the stock module's handlers see
+                    // them too).
+                    if let Some(trailers) = stream.take_end_if_here() {
+                        ctx.input_ended = true;
+                        if let Some(t) = trailers {
+                            add_request_trailers(ctx.request, &t);
+                        }
+                    }
                 }
             }
             Ok(Input::End(trailers)) => {

@@ -235,13 +235,18 @@ pub fn is_connection_specific(name: &[u8]) -> bool {
 /// ignore case, but what iterates the fields keeps it: mod_proxy_http
 /// passes the names on to HTTP/1.1 backends as they are (some match them
 /// by case), TRACE echoes them, scripts of mod_lua see them.
+///
+/// The byte after a '-' is the next word's first even when it is another
+/// '-' ("a--b" -> "A--b"), as in the stock module.
 pub fn camel_case(name: &mut [u8]) {
     let mut word_start = true;
     for b in name.iter_mut() {
         if word_start {
             b.make_ascii_uppercase();
+            word_start = false;
+        } else {
+            word_start = *b == b'-';
         }
-        word_start = *b == b'-';
     }
 }
 
@@ -505,8 +510,8 @@ mod tests {
         assert_eq!(camel("user-agent"), "User-Agent");
         assert_eq!(camel("te"), "Te");
         assert_eq!(camel("x-b3-traceid"), "X-B3-Traceid");
-        assert_eq!(camel("a--b-"), "A--B-");
-        assert_eq!(camel("-x"), "-X");
+        assert_eq!(camel("a--b-"), "A--b-");
+        assert_eq!(camel("-x"), "-x");
         assert_eq!(camel("x_y-1z"), "X_y-1z");
         assert_eq!(camel(""), "");
     }

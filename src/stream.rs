@@ -903,6 +903,20 @@ impl Stream {
         }
     }
 
+    /// The end of the request body, if it is here with no data before it:
+    /// its trailers (taken) or `None` for none. For a body of known length,
+    /// whose reader (httpd's HTTP_IN) stops at the length and asks no
+    /// further, so trailers sent with the last data would go unseen.
+    pub fn take_end_if_here(&self) -> Option<Option<Headers>> {
+        let mut io = self.io.lock();
+        let clean = io.closed.is_none_or(|code| code == crate::nghttp2::error_code::NO_ERROR);
+        if clean && io.input_end && io.input.is_empty() {
+            Some(io.input_trailers.take().map(|t| *t))
+        } else {
+            None
+        }
+    }
+
     /// Registers `watch` to be woken whenever a nonblocking read could now
     /// return something (data, end, or an error). Wakes it at once if that
     /// is already so. A closed stream keeps no watch: the close, which
@@ -1706,6 +1720,27 @@ mod tests {
         assert_eq!(sig.take(), vec![1]);
         assert_eq!(s.progress().consumed, 6);
         assert_eq!(s.read_input(4, true, None).unwrap(), Input::End(None));
+    }
+
+    #[test]
+    fn the_end_is_taken_early_only_when_nothing_is_before_it() {
+        let (s, _sig) = stream(1024);
+        assert!(s.take_end_if_here().is_none(), "no end yet");
+        s.push_input(b"body");
+        let mut trailers = Headers::new();
+        trailers.push(b"x-checksum", b"1");
+        s.end_input(Some(trailers));
+        assert!(s.take_end_if_here().is_none(), "data before it");
+        assert_eq!(s.read_input(100, true, None).unwrap(), Input::Data(b"body".to_vec()));
+        let Some(Some(t)) = s.take_end_if_here() else { panic!("the end with its trailers") };
+        assert_eq!(t.iter().collect::<Vec<_>>(), vec![(&b"x-checksum"[..], &b"1"[..])]);
+        // Taken: the end that reads give next has none.
+        assert_eq!(s.read_input(100, true, None).unwrap(), Input::End(None));
+        // A reset stream's end is not a body's end.
+        let (s, _sig) = stream(1024);
+        s.end_input(None);
+        s.close(8);
+        assert!(s.take_end_if_here().is_none());
     }
 
     struct Flag(Arc<AtomicBool>);

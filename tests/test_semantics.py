@@ -251,10 +251,15 @@ def test_expect_100_continue(srv):
     c.close()
 
 
-def test_request_trailers_reach_the_handler(srv):
-    """Names spelled as the stock module spells them for httpd."""
+@pytest.mark.parametrize("length", [None, 7])
+def test_request_trailers_reach_the_handler(srv, length):
+    """With a body of unknown length (chunk-framed for HTTP_IN, which
+    parses the trailers) and of known length (HTTP_IN stops at the length:
+    trailers sent with the last data are taken with it, as the stock module
+    does); names spelled as the stock module spells them for httpd."""
     c = h2c(srv)
-    sid = c.request("/echo", method="POST", end_stream=False)
+    sid = c.request("/echo", method="POST", end_stream=False,
+                    headers=[("content-length", str(length))] if length else [])
     c.conn.send_data(sid, b"payload")
     c.conn.send_headers(sid, [(b"x-checksum", b"abc123"), (b"x-other", b"2")], end_stream=True)
     c.flush()
