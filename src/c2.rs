@@ -1141,8 +1141,9 @@ fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), Str
                     }
                 };
                 if head.status < 200 {
-                    // 101 has no meaning in HTTP/2 (RFC 9113 8.6).
-                    if head.status != 101 {
+                    // 101 has no meaning in HTTP/2 (RFC 9113 8.6); 103 goes
+                    // out only under H2EarlyHints on.
+                    if head.status != 101 && (head.status != 103 || early_hints_on(ctx.request)) {
                         stream.add_interim(head)?;
                     }
                     continue;
@@ -1164,6 +1165,18 @@ fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), Str
         }
     }
     Ok(())
+}
+
+/// `H2EarlyHints` of the request's server. Off (the default), 103
+/// responses are dropped, whoever sends them (a handler, a proxied
+/// backend), as the stock module drops them.
+fn early_hints_on(r: *mut ffi::request_rec) -> bool {
+    if r.is_null() {
+        return false;
+    }
+    // SAFETY: `r` is this c2's live request (set in process_request), used
+    // by the calling thread; its server's config outlives it.
+    unsafe { crate::c1::server_config((*r).server).is_some_and(|cfg| cfg.early_hints()) }
 }
 
 /// Answers a tunnel request that the handler did not turn into a tunnel

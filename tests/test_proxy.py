@@ -85,7 +85,8 @@ ProxyPass /eo/ h2c://127.0.0.1:{b1}/
 
 @pytest.fixture(scope="module")
 def proxy(workdir, docroot, backends):
-    h = Httpd(workdir, docroot, name="proxy", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5",
+    # H2EarlyHints on: backends' 103 responses pass through to clients.
+    h = Httpd(workdir, docroot, name="proxy", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5\nH2EarlyHints on",
               extra=proxy_conf(*backends))
     h.start()
     yield h

@@ -625,6 +625,18 @@ def test_interim_103_from_a_proxied_backend(srv):
     c.close()
 
 
+def test_interim_103_goes_out_only_under_h2_early_hints(make_server, backend):
+    """H2EarlyHints off (the default): a 103 from a proxied backend does not
+    reach the client, as with the stock module; the final response does."""
+    srv = make_server(extra=f"{MODULES}\nProxyPass /proxy/ http://127.0.0.1:{backend}/")
+    srv.start()
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/proxy/early"))
+    assert st.status == 200 and st.data == b"after the hints\n"
+    assert not st.interim, st.interim
+    c.close()
+
+
 def test_error_responses_from_every_phase(srv):
     c = h2c(srv)
     st = c.wait_stream(c.request("/private/"))
