@@ -127,6 +127,7 @@ void h2rs_shim_proxy_params(request_rec *r, void *w, void *c,
     out->keepalive = worker ? worker->s->keepalive : 0;
     out->disablereuse = worker ? worker->s->disablereuse : 0;
     out->hmax = worker ? worker->s->hmax : 0;
+    out->acquire = worker && worker->s->acquire_set ? worker->s->acquire : -1;
 }
 
 const char *h2rs_shim_proxy_canon_netloc(apr_pool_t *p, char **url,

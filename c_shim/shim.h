@@ -158,6 +158,7 @@ typedef struct {
     int keepalive;                /* the worker's keepalive (SO_KEEPALIVE) */
     int disablereuse;             /* the worker's disablereuse */
     int hmax;                     /* the worker's max (connections per child) */
+    apr_interval_time_t acquire;  /* the worker's acquire, -1 when unset */
 } h2rs_proxy_params;
 void h2rs_shim_proxy_params(request_rec *r, void *worker, void *conf,
                             h2rs_proxy_params *out);

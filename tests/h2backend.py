@@ -24,7 +24,9 @@ Paths (query parameters after ?):
   /mapped             -> 201 with Location, Content-Location, Destination
                          and two Set-Cookie fields naming this backend
   /stats              -> JSON {"connections": N, "max_streams": M} (the most
-                         streams seen open at once on one connection)
+                         streams seen open at once on one connection), and
+                         "max_delaying_conns": the most connections with a
+                         /delay in progress at once
 """
 import asyncio
 import hashlib
@@ -49,7 +51,9 @@ if len(sys.argv) > 4:
     if len(sys.argv) > 5:
         TLS.verify_mode = ssl.CERT_REQUIRED
         TLS.load_verify_locations(sys.argv[5])
-STATS = {"connections": 0, "max_streams": 0, "resets_received": 0, "bodies_ended": 0}
+STATS = {"connections": 0, "max_streams": 0, "resets_received": 0, "bodies_ended": 0, "max_delaying_conns": 0}
+# Connection number -> its /delay requests in progress.
+DELAYING = {}
 SEEN_TOKENS = set()
 
 
@@ -112,7 +116,14 @@ class Conn:
         route = url.path
         try:
             if route == "/delay":
-                await asyncio.sleep(float(q.get("s", "1")))
+                DELAYING[self.number] = DELAYING.get(self.number, 0) + 1
+                STATS["max_delaying_conns"] = max(STATS["max_delaying_conns"], len(DELAYING))
+                try:
+                    await asyncio.sleep(float(q.get("s", "1")))
+                finally:
+                    DELAYING[self.number] -= 1
+                    if not DELAYING[self.number]:
+                        del DELAYING[self.number]
                 await self.respond(sid, 200, f"ok port={PORT} conn={self.number} stream={sid} path={path}\n".encode())
             elif route.endswith("/headers"):
                 fields = [("x-backend-conn", str(self.number))]

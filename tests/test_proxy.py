@@ -1191,6 +1191,36 @@ ProxyPass /once/ h2c://127.0.0.1:{once_port}/ disablereuse=On
     srv.check_log()
 
 
+def test_disablereuse_connections_stay_within_max(workdir, docroot):
+    """`disablereuse=On` with `max=2`: each request has a connection of its
+    own, but at most two are open at once (as mod_proxy's pool allows); the
+    others wait for one to close and are all answered. With `acquire` a
+    request that waits longer is answered 503, as mod_proxy does when its
+    pool has no connection free in time."""
+    port, backend = spawn_backend("h2backend.py", 100)
+    srv = Httpd(workdir, docroot, name="proxy-single-max", h2_conf="", extra=f"""
+{PROXY_MODULES}
+ProxyPass /capped/ h2c://127.0.0.1:{port}/ disablereuse=On max=2
+ProxyPass /brief/ h2c://localhost:{port}/ disablereuse=On max=1 acquire=300
+""").start()
+    try:
+        before = stats(port)
+        res = h2load("-n", "6", "-c", "1", "-m", "6", srv.url("/capped/delay?s=0.5"))
+        assert res.get("s2xx") == 6, res["output"]
+        after = stats(port)
+        # Six single-use connections, then the one /stats came on.
+        assert after["connections"] - before["connections"] == 7, (before, after)
+        assert after["max_delaying_conns"] == 2, after
+        res = h2load("-n", "2", "-c", "1", "-m", "2", srv.url("/brief/delay?s=1.5"))
+        assert (res.get("s2xx"), res.get("s5xx")) == (1, 1), res["output"]
+        assert "no connection free within 300ms (max, disablereuse), answering 503" in srv.read_error_log()
+    finally:
+        srv.stop()
+        backend.kill()
+        backend.wait()
+    srv.check_log()
+
+
 def tcp_timers_to(port):
     """The kernel's timer kinds ("tr" in /proc/net/tcp: 0 none, 1
     retransmit, 2 keep-alive) of the established IPv4 connections to

@@ -32,7 +32,7 @@ use crate::slog;
 use crate::stream::{Headers, ResponseHead};
 use parking_lot::Mutex;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -800,6 +800,10 @@ struct LoopState {
     tls: HashMap<TlsPolicy, tls::Context>,
     next_conn: u64,
     buf: Vec<u8>,
+    /// Requests of `disablereuse` workers that found the worker's `max`
+    /// single-use connections open, oldest first, with when they began to
+    /// wait: each takes the next one to close (`release_held`).
+    held: VecDeque<(Instant, Arc<Task>)>,
 }
 
 fn log_error(msg: &str) {
@@ -815,6 +819,10 @@ impl LoopState {
     /// opening one if needed.
     fn assign(&mut self, task: &Arc<Task>) {
         let key = &task.spec.key;
+        if task.spec.pool.single_use && self.single_use_full(task) {
+            self.held.push_back((Instant::now(), task.clone()));
+            return;
+        }
         // Fill the busiest connection with room first, so that requests
         // share as few connections as the backend allows.
         let mut best: Option<(usize, usize)> = None;
@@ -863,6 +871,50 @@ impl LoopState {
         if let Err(e) = conn.enqueue(task) {
             log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
             task.fail(502);
+        }
+    }
+
+    /// Whether a `disablereuse` request must wait: its worker's `max`
+    /// single-use connections to the backend are open (mod_proxy's
+    /// connection pool bounds them so; each carries one request), or
+    /// earlier requests wait already (they go first).
+    fn single_use_full(&self, task: &Task) -> bool {
+        let key = &task.spec.key;
+        let Some(max) = task.spec.pool.max_conns else { return false };
+        self.held.iter().any(|(_, t)| t.spec.key == *key)
+            || self.conns.iter().filter(|c| c.single_use && c.key == *key).count() >= max
+    }
+
+    /// Gives the held `disablereuse` requests the connections that closed,
+    /// in the order they came; the rest wait on, up to their worker's
+    /// `acquire` (else the request's timeout), then get 503 as mod_proxy
+    /// answers when its pool has no connection free in time.
+    fn release_held(&mut self, stopping: bool) {
+        if self.held.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (since, task) in std::mem::take(&mut self.held) {
+            if task.front_gone() {
+                task.cancel();
+            }
+            if task.is_cancelled() || task.is_finished() {
+                continue;
+            }
+            let limit = task.spec.pool.acquire.unwrap_or(task.spec.timeout);
+            if stopping {
+                task.fail(503);
+            } else if !self.single_use_full(&task) {
+                self.assign(&task);
+            } else if now.duration_since(since) > limit {
+                log_error(&format!(
+                    "backend {}: no connection free within {limit:?} (max, disablereuse), answering 503",
+                    task.spec.backend
+                ));
+                task.fail(503);
+            } else {
+                self.held.push_back((since, task));
+            }
         }
     }
 
@@ -1084,7 +1136,13 @@ impl LoopState {
 }
 
 fn run(lp: &Loop) {
-    let mut st = LoopState { conns: Vec::new(), tls: HashMap::new(), next_conn: 0, buf: vec![0; 64 * 1024] };
+    let mut st = LoopState {
+        conns: Vec::new(),
+        tls: HashMap::new(),
+        next_conn: 0,
+        buf: vec![0; 64 * 1024],
+        held: VecDeque::new(),
+    };
     let mut last_tick = Instant::now();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     loop {
@@ -1108,12 +1166,13 @@ fn run(lp: &Loop) {
         }
         st.reap(stopping);
         st.promote();
+        st.release_held(stopping);
         for c in &mut st.conns {
             c.flush();
         }
         if stopping {
             // Drain what the fronts still post until every connection is gone.
-            if st.conns.is_empty() {
+            if st.conns.is_empty() && st.held.is_empty() {
                 let rest = std::mem::take(&mut *lp.queue.lock());
                 for t in rest {
                     t.fail(503);

@@ -461,6 +461,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             keepalive: 0,
             disablereuse: 0,
             hmax: 0,
+            acquire: -1,
         };
         ffi::h2rs_shim_proxy_params(r, worker, conf, &mut params);
         let timeout_us = if params.timeout >= 0 { params.timeout } else { (*(*r).server).timeout };
@@ -474,6 +475,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             keepalive: params.keepalive != 0,
             single_use: params.disablereuse != 0,
             max_conns: usize::try_from(params.hmax).ok().filter(|&n| n > 0),
+            acquire: set(params.acquire),
         };
 
         let (Some(hin), Some(env)) = (TableRef::from_raw((*r).headers_in), TableRef::from_raw((*r).subprocess_env))

@@ -79,8 +79,13 @@ pub struct PoolParams {
     pub single_use: bool,
     /// `max`: connections to the backend per child, at most (mod_proxy
     /// sets it to `ThreadsPerChild` where the worker does not); the engine
-    /// keeps at most `engine::MAX_CONNS_PER_BACKEND` anyway.
+    /// keeps at most `engine::MAX_CONNS_PER_BACKEND` anyway. With
+    /// `disablereuse` it bounds the single-use connections open at once,
+    /// and a request beyond it waits for one of them to close.
     pub max_conns: Option<usize>,
+    /// `acquire`: how long such a request waits before it is answered
+    /// with 503; None: the request's timeout.
+    pub acquire: Option<Duration>,
 }
 
 /// How the engine reaches the front when there is news.
