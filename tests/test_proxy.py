@@ -197,6 +197,23 @@ def test_request_headers_h1_front(proxy):
     assert h["via"] == f"1.1 127.0.0.1:{proxy.port}"
 
 
+def test_response_field_names_reach_http1_clients_camel_cased(proxy):
+    """The backend's field names (lower case in HTTP/2) reach an HTTP/1.1
+    client as the stock mod_proxy_http2 spells them ("X-Backend-Conn"):
+    some HTTP/1.1 clients match names by case. HTTP/2 clients get them in
+    lower case still."""
+    def names(proto, path):
+        r = curl(proto, "-i", proxy.url(path))
+        return [line.split(":")[0] for line in r.stdout.decode().split("\r\n\r\n")[0].split("\r\n")[1:]]
+
+    mapped, echoed = names("--http1.1", "/api/mapped"), names("--http1.1", "/api/x/headers")
+    for name in ("Location", "Content-Location", "Destination", "Set-Cookie"):
+        assert name in mapped, mapped
+    assert "X-Backend-Conn" in echoed, echoed
+    assert not [n for n in mapped + echoed if n != n.title()], (mapped, echoed)
+    assert "x-backend-conn" in names("--http2-prior-knowledge", "/api/x/headers")
+
+
 def test_proxy_pass_reverse(proxy):
     r = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", proxy.url("/api/redirect"))
     assert b"302" in r.stdout.split(b"\r\n")[0]

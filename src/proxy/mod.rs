@@ -881,7 +881,7 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
                     (&t.trailers, PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).trailers_out))
                 {
                     for (n, v) in tr.iter() {
-                        ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), pool.strdup(v));
+                        ffi::apr_table_addn(out.as_ptr(), c2::field_name(pool, n), pool.strdup(v));
                     }
                 }
             } else {
@@ -937,7 +937,7 @@ unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead, via: Option<
                 b"set-cookie" => ffi::h2rs_shim_proxy_cookie_reverse_map(r, value),
                 _ => value,
             };
-            ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), value);
+            ffi::apr_table_addn(out.as_ptr(), c2::field_name(pool, n), value);
         }
         if let Some(v) = via {
             ffi::apr_table_mergen(out.as_ptr(), c"Via".as_ptr(), pool.strdup(v.as_bytes()));
@@ -955,7 +955,7 @@ unsafe fn send_interim(r: *mut ffi::request_rec, head: &ResponseHead) {
         let saved = ffi::apr_table_copy((*r).pool, out.as_ptr());
         out.clear();
         for (n, v) in head.headers.iter() {
-            ffi::apr_table_addn(out.as_ptr(), pool.strdup(n), pool.strdup(v));
+            ffi::apr_table_addn(out.as_ptr(), c2::field_name(pool, n), pool.strdup(v));
         }
         let (status, line) = ((*r).status, (*r).status_line);
         (*r).status = head.status as c_int;
