@@ -779,7 +779,8 @@ fn c_string(pool: PoolRef, bytes: &[u8]) -> *mut c_char {
 
 /// An HTTP/2 field's name for httpd's tables, spelled as the stock module
 /// spells it (`request::camel_case`): request fields and trailers, and the
-/// response fields of `h2://` backends (HTTP/1.1 clients get them so).
+/// response fields and trailers of the proxy's HTTP/2 backends (HTTP/1.1
+/// clients get them so).
 pub fn field_name(pool: PoolRef, name: &[u8]) -> *const c_char {
     match crate::request::known_camel_case(name) {
         Some(known) => known.as_ptr(),
