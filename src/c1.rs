@@ -792,7 +792,7 @@ impl C1 {
         // in the session pool made here.
         unsafe {
             let signal = Arc::new(Signal::new().ok()?);
-            let session_pool = apr::pool::create_threadsafe((*c).pool, "h2rs_session").ok()?;
+            let session_pool = apr::pool::create_threadsafe((*c).pool, c"h2rs_session").ok()?;
             let settings = settings_for(s);
             let dispatch = C1Dispatch {
                 c1: c,

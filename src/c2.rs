@@ -52,6 +52,10 @@ static DUMMY_SOCKET: AtomicPtr<ffi::apr_socket_t> = AtomicPtr::new(ptr::null_mut
 type LogioFn = unsafe extern "C" fn(*mut ffi::conn_rec, ffi::apr_off_t);
 static LOGIO_IN: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
 static LOGIO_OUT: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
+/// The MPM's module record, whose connection config each c2 shares with
+/// c1. Found once per child: the search compares every loaded module's
+/// name (~1.1k instructions, per new connection before).
+static MPM_MODULE: AtomicPtr<ffi::module> = AtomicPtr::new(ptr::null_mut());
 /// This child's process id, for `H2_STREAM_TAG` (read once: glibc's
 /// `getpid` is a system call).
 static CHILD_PID: AtomicU32 = AtomicU32::new(0);
@@ -92,6 +96,9 @@ pub unsafe fn child_init(pchild: *mut ffi::apr_pool_t) {
         slot.store(f.map(|f| f as *mut c_void).unwrap_or(ptr::null_mut()), Ordering::Release);
     }
     CHILD_PID.store(std::process::id(), Ordering::Relaxed);
+    // SAFETY: reads the loaded modules' records, complete after the
+    // configuration phase.
+    MPM_MODULE.store(unsafe { ffi::h2rs_shim_mpm_module() }, Ordering::Release);
     let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
     // SAFETY: creates an unconnected socket in the child pool.
     let rv = unsafe { ffi::apr_socket_create(&mut sock, libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP, pchild) };
@@ -452,7 +459,7 @@ impl C2 {
         protocol: &'static CStr,
     ) -> Result<C2, ffi::apr_status_t> {
         // SAFETY: caller contract for `parent`.
-        let pool = unsafe { apr::pool::create_threadsafe(parent, "h2rs_c2") }?;
+        let pool = unsafe { apr::pool::create_threadsafe(parent, c"h2rs_c2") }?;
         // SAFETY: the new pool is ours; the conn_rec is a bitwise copy of
         // c1 (as the stock module does) whose per-connection parts are then
         // replaced with the c2's own.
@@ -481,7 +488,7 @@ impl C2 {
             c.aborted = 0;
             c.sbh = ptr::null_mut();
             ffi::h2rs_shim_set_core_socket(c2, DUMMY_SOCKET.load(Ordering::Acquire));
-            let mpm = ffi::h2rs_shim_mpm_module();
+            let mpm = MPM_MODULE.load(Ordering::Acquire);
             if !mpm.is_null() {
                 let cfg = ffi::ap_get_module_config((*c1).conn_config, mpm);
                 ffi::ap_set_module_config(c.conn_config, mpm, cfg);

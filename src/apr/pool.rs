@@ -7,7 +7,7 @@
 //! drops them in the pool's cleanup.
 
 use crate::ffi;
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void, CStr};
 use std::ptr::{self, NonNull};
 
 /// A borrowed handle to a pool httpd (or we) created elsewhere.
@@ -156,7 +156,7 @@ fn shared_allocator() -> Result<*mut ffi::apr_allocator_t, ffi::apr_status_t> {
                 }
                 ffi::apr_allocator_mutex_set(allocator, mutex);
                 ffi::apr_allocator_max_free_set(allocator, SHARED_MAX_FREE as ffi::apr_size_t);
-                ffi::apr_pool_tag(home, pool_tag("h2rs_shared_allocator"));
+                ffi::apr_pool_tag(home, c"h2rs_shared_allocator".as_ptr());
             }
             Ok(allocator as usize)
         })
@@ -178,7 +178,7 @@ pub fn init_shared_allocator() -> Result<(), ffi::apr_status_t> {
 /// `parent` must be a live pool owned by the calling thread for the call.
 pub unsafe fn create_threadsafe(
     parent: *mut ffi::apr_pool_t,
-    tag: &'static str,
+    tag: &'static CStr,
 ) -> Result<*mut ffi::apr_pool_t, ffi::apr_status_t> {
     let allocator = shared_allocator()?;
     let mut pool: *mut ffi::apr_pool_t = ptr::null_mut();
@@ -188,19 +188,10 @@ pub unsafe fn create_threadsafe(
     if rv != 0 {
         return Err(rv);
     }
-    // SAFETY: the pool was just created; tags are static strings.
-    unsafe { ffi::apr_pool_tag(pool, pool_tag(tag)) };
+    // SAFETY: the pool was just created; the tag is a static C string, as
+    // APR keeps the pointer.
+    unsafe { ffi::apr_pool_tag(pool, tag.as_ptr()) };
     Ok(pool)
-}
-
-/// Pool tags must outlive the pool: keep one static C string per tag.
-fn pool_tag(tag: &'static str) -> *const c_char {
-    use once_cell::sync::Lazy;
-    use parking_lot::Mutex;
-    use std::collections::HashMap;
-    static TAGS: Lazy<Mutex<HashMap<&'static str, CString>>> = Lazy::new(Default::default);
-    let mut tags = TAGS.lock();
-    tags.entry(tag).or_insert_with(|| CString::new(tag).unwrap_or_default()).as_ptr()
 }
 
 #[cfg(test)]
@@ -251,7 +242,7 @@ mod tests {
     fn threadsafe_pools_share_one_allocator_across_threads() {
         let root = root_pool();
         // SAFETY: root is live and ours.
-        let first = unsafe { create_threadsafe(root, "test") }.expect("pool");
+        let first = unsafe { create_threadsafe(root, c"test") }.expect("pool");
         // SAFETY: both pools are live.
         let shared = unsafe { ffi::apr_pool_allocator_get(first) } as usize;
         assert_ne!(shared, 0);
@@ -267,7 +258,7 @@ mod tests {
                         // SAFETY: root is this thread's; the sub-pool is
                         // used and destroyed here.
                         unsafe {
-                            let p = create_threadsafe(root, "test").expect("pool");
+                            let p = create_threadsafe(root, c"test").expect("pool");
                             assert_eq!(ffi::apr_pool_allocator_get(p) as usize, shared);
                             // More than one 8 KiB block, so blocks are taken
                             // and given back.
@@ -294,7 +285,7 @@ mod tests {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         let root = root_pool();
         // SAFETY: root is live and ours.
-        let sub = unsafe { create_threadsafe(root, "test") }.expect("pool");
+        let sub = unsafe { create_threadsafe(root, c"test") }.expect("pool");
         // SAFETY: sub is live.
         let pool = unsafe { PoolRef::from_raw(sub) }.expect("non-null");
         let v = pool.attach(CountDrop(&DROPS));
