@@ -301,6 +301,50 @@ def test_graceful_restart_on_the_worker_mpm_ends_idle_and_busy_sessions(make_ser
     assert not (set(srv.mpm_children()) & old), "old children still running"
 
 
+RECYCLING_CHILDREN = ONE_CHILD.replace("ServerLimit 1", "ServerLimit 2").replace(
+    "MaxConnectionsPerChild 0", "MaxConnectionsPerChild 3")
+
+
+@pytest.mark.parametrize("state", ["busy", "parked"])
+def test_a_child_at_max_connections_per_child_ends_its_sessions_gracefully(make_server, state):
+    """MaxConnectionsPerChild: the child that accepts its last connection
+    stops gracefully, as on a restart but for itself only. Its sessions get
+    the shutdown notice and then GOAWAY NO_ERROR naming their last stream,
+    the stream in flight is delivered, and new connections go to the next
+    child."""
+    srv = make_server(mpm=RECYCLING_CHILDREN, extra="KeepAliveTimeout 30").start()
+    old = set(srv.mpm_children())
+    c = rawh2.Conn(srv.port)
+    start_session(c, state)
+    codes = []
+    for _ in range(6):  # until the child has had its connections
+        r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+                 srv.url("/1k.bin"), timeout=20)
+        codes.append(r.stdout)
+        try:
+            c.wait(lambda: c.goaway is not None, timeout=0.5, what="the shutdown notice")
+            break
+        except rawh2.ProtocolFailure:
+            pass
+    assert c.goaway is not None, "no GOAWAY after the child's last connection"
+    c.wait(lambda: len(goaways(c)) == 2, timeout=10, what="the final GOAWAY")
+    assert goaways(c) == [(2**31 - 1, 0), (1, 0)]
+    c.wait(lambda: c.resp(1).ended, timeout=10, what="the response")
+    assert c.resp(1).status == 200
+    c.drain(5)
+    assert c.closed
+    # The next child serves; the old one exits once its sessions are done.
+    for _ in range(3):
+        r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+                 srv.url("/1k.bin"), timeout=20)
+        codes.append(r.stdout)
+    assert set(codes) == {b"200 2"}, codes
+    deadline = time.time() + 10
+    while time.time() < deadline and set(srv.mpm_children()) & old:
+        time.sleep(0.2)
+    assert not (set(srv.mpm_children()) & old), "the recycled child still runs"
+
+
 def test_hard_stop_says_goaway_and_exits_promptly(make_server):
     """A hard stop sends the final GOAWAY at once (no shutdown notice: the
     streams are aborted anyway), also to a parked session."""
