@@ -162,6 +162,9 @@ pub struct C2Ctx {
     /// came after it (mod_proxy's backend failed mid-body). Its EOS does
     /// not end the stream, so c1 resets it (see `net_out`).
     response_cut: bool,
+    /// The response's EOS went through `net_out`: anything after it is
+    /// dropped (see there).
+    output_ended: bool,
 }
 
 impl C2Ctx {
@@ -191,6 +194,7 @@ impl C2Ctx {
             timer_refused: false,
             head_refused: false,
             response_cut: false,
+            output_ended: false,
         }
     }
 
@@ -214,6 +218,7 @@ impl C2Ctx {
         self.timer_refused = false;
         self.head_refused = false;
         self.response_cut = false;
+        self.output_ended = false;
     }
 
     /// When a blocking body read must give up (RequestReadTimeout's body
@@ -976,6 +981,17 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             }
             continue;
         }
+        if ctx.output_ended {
+            // Output after the response's EOS: a second response to the
+            // same request, as when mod_security2 blocks a response body
+            // (its error document goes out, then the handler's write fails
+            // and httpd answers 500 as well). HTTP/1.1's Content-Length
+            // ends the body before it, so the client never sees it; here
+            // it would be appended to the body the EOS ended. The stock
+            // module drops it too.
+            b.delete();
+            continue;
+        }
         if kind.is_error() && ctx.response_set && !ctx.response_cut {
             // An error after the head (mod_proxy's backend broke off
             // mid-body: 502): HTTP/1.1 leaves out the last chunk or closes
@@ -1004,6 +1020,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             if !ctx.response_cut {
                 stream.end_output(ctx.trailers.take());
             }
+            ctx.output_ended = true;
             unflushed = false;
             b.delete();
             continue;

@@ -62,6 +62,9 @@ CustomLog "{workdir}/srv-sem/delivery.log" delivery
 <Location /drip>
   SetHandler h2rs-drip
 </Location>
+<Location /twice>
+  SetHandler h2rs-twice
+</Location>
 {H2STATUS_LOCATION}<Location /h2vars>
   SetHandler h2rs-h2vars
 </Location>
@@ -654,6 +657,25 @@ def test_error_responses_from_every_phase(srv):
     assert st.status == 404 and b"mod_h2rs test" in st.data  # ErrorDocument
     c.close()
     srv.new_log_lines()  # the failing CGI logs its error
+
+
+def test_output_after_the_response_ends_is_dropped(srv):
+    """A handler whose request is answered twice (mod_security2 blocking a
+    response body: its 502 goes out, then httpd's 500 after it) gives the
+    client the first response only, as HTTP/1.1 does (its chunked body
+    ends at the first EOS, and the connection closes after the 502): the
+    second document is not appended to the body."""
+    h1 = curl("--http1.1", "-w", "%{http_code}", srv.url("/twice"))
+    first, code = h1.stdout[:-3], h1.stdout[-3:]
+    assert code == b"502" and b"502 Bad Gateway" in first and b"500" not in first
+    c = h2c(srv)
+    st = c.wait_stream(c.request("/twice"))
+    assert st.status == 502
+    assert st.data == first, st.data
+    assert st.header("content-length") in (None, str(len(st.data)))
+    assert st.reset is None
+    c.close()
+    srv.new_log_lines()
 
 
 # ---- environment and logging ------------------------------------------------------

@@ -143,6 +143,21 @@ static int h2vars_handler(request_rec *r)
     return OK;
 }
 
+/* h2rs-twice: answers twice, as mod_security2 does when it blocks a
+ * response body: an error bucket (502) and EOS go down the chain, which
+ * sends the 502's error document, then the handler fails and httpd sends
+ * a 500's after it. */
+static int twice_handler(request_rec *r)
+{
+    apr_bucket_alloc_t *ba = r->connection->bucket_alloc;
+    apr_bucket_brigade *bb = apr_brigade_create(r->pool, ba);
+    ap_set_content_type(r, "text/plain");
+    APR_BRIGADE_INSERT_TAIL(bb, ap_bucket_error_create(HTTP_BAD_GATEWAY, NULL, r->pool, ba));
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(ba));
+    ap_pass_brigade(r->output_filters, bb);
+    return HTTP_INTERNAL_SERVER_ERROR;
+}
+
 static int test_handler(request_rec *r)
 {
     if (!r->handler) {
@@ -159,6 +174,9 @@ static int test_handler(request_rec *r)
     }
     if (!strcmp(r->handler, "h2rs-h2vars")) {
         return h2vars_handler(r);
+    }
+    if (!strcmp(r->handler, "h2rs-twice")) {
+        return twice_handler(r);
     }
     return DECLINED;
 }
