@@ -116,7 +116,10 @@ def module_symbols():
 def patterns_for(functions, symbols):
     """The patterns of `functions`, in order. A pattern that would also take
     in functions that did not run keeps the symbol's own name instead
-    (only LTO's `.llvm.<n>` suffix left open): the instances of a generic
+    (LTO's `.llvm.<n>` suffix left open where the function that ran had
+    one; where it had none, the name is exact, since another copy with the
+    same name and a suffix can come from another object and never run, and
+    the pattern then named it too): the instances of a generic
     function differ only in their hash, and one pattern for all of them
     put every instance, such as std's backtrace symbolizer behind
     `OnceCell::try_init`, among the hot code. With exact names for those
@@ -132,7 +135,7 @@ def patterns_for(functions, symbols):
     for f in functions:
         p = pattern(f)
         if any(other not in ran for other in by_pattern.get(p, ())):
-            p = re.sub(r"\.llvm\.\d+$", "", f) + "*"
+            p = re.sub(r"\.llvm\.\d+$", "", f) + "*" if re.search(r"\.llvm\.\d+$", f) else f
         out.append(p)
     return list(dict.fromkeys(out))
 
