@@ -167,6 +167,19 @@ def test_wsgi_gets_a_body_without_length(srv):
     assert b"CONTENT_LENGTH=None" in st.data
 
 
+def test_waf_reads_a_form_without_length(srv):
+    """mod_security2 reads a request body without content-length (chunked
+    for httpd) through the stream and applies its rules to it."""
+    c = h2c(srv)
+    blocked = c.request("/wsgi/env", method="POST", headers=FORM, body=b"name=joe&q=attack")
+    passed = c.request("/wsgi/env", method="POST", headers=FORM, body=b"name=joe&q=hello")
+    c.wait(lambda: c.streams[blocked].done and c.streams[passed].done)
+    c.close()
+    assert c.streams[blocked].status == 403
+    assert c.streams[passed].status == 200 and b"body=16 " in c.streams[passed].data
+    srv.new_log_lines()
+
+
 def test_waf_refuses_a_body_over_its_limit_before_reading_it(srv):
     """SecRequestBodyLimit: a content-length over it is answered 413 at
     once, then the stream is reset with NO_ERROR so that the client stops
