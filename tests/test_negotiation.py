@@ -10,7 +10,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from conftest import (MODULE, PREFORK_MPM, SSL_MODULES, free_port, curl, h2load, sha256, tls_vhost)
+from conftest import (MODDIR, MODULE, PREFORK_MPM, SSL_MODULES, free_port, curl, h2load, sha256, tls_vhost)
 from h2client import H2Client, tls_socket
 from rawh2 import read_http1_head, upgrade_request
 
@@ -217,6 +217,47 @@ def test_http11_request_that_starts_like_the_preface_is_still_http11(server):
         while chunk := s.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 "), reply[:100]
+
+
+def test_proxy_protocol_header_before_the_preface(make_server):
+    """Behind a load balancer that speaks the PROXY protocol (mod_remoteip's
+    RemoteIPProxyProtocol): the header, version 1 or 2, comes before the
+    HTTP/2 preface; the session starts after mod_remoteip has taken it, and
+    the requests carry the client address it named (access log %a)."""
+    lb_port = free_port()
+    srv = make_server()
+    srv.extra = f"""LoadModule remoteip_module {MODDIR}/mod_remoteip.so
+LogFormat "%a %H %>s %U" lb
+CustomLog "{srv.dir}/lb.log" lb
+Listen 127.0.0.1:{lb_port}
+<VirtualHost 127.0.0.1:{lb_port}>
+  RemoteIPProxyProtocol On
+</VirtualHost>
+"""
+    srv.start()
+    v2_signature = b"\r\n\r\n\x00\r\nQUIT\n"
+    headers = {
+        "1.2.3.4": b"PROXY TCP4 1.2.3.4 127.0.0.1 1111 80\r\n",
+        # Version 2, PROXY command, TCP over IPv4, 12 bytes of addresses.
+        "5.6.7.8": v2_signature + b"\x21\x11\x00\x0c" + bytes([5, 6, 7, 8, 127, 0, 0, 1])
+        + (2222).to_bytes(2, "big") + (80).to_bytes(2, "big"),
+    }
+    for client, header in headers.items():
+        sock = socket.create_connection(("127.0.0.1", lb_port), timeout=10)
+        sock.sendall(header)
+        c = H2Client(lb_port, sock=sock)
+        first = c.wait_stream(c.request("/index.html"))
+        second = c.wait_stream(c.request("/1k.bin"))
+        c.close()
+        assert (first.status, second.status, len(second.data)) == (200, 200, 1024)
+        lines = srv.dir.joinpath("lb.log").read_text().splitlines()
+        assert f"{client} HTTP/2.0 200 /1k.bin" in lines, lines
+    # Without the header the connection is refused, as for HTTP/1.1.
+    sock = socket.create_connection(("127.0.0.1", lb_port), timeout=10)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert sock.recv(100) == b""
+    sock.close()
+    srv.new_log_lines()  # mod_remoteip logs the refusal
 
 
 def test_h2upgrade_off_and_h2direct_off(make_server):
