@@ -185,10 +185,7 @@ def test_graceful_restart_finishes_in_flight_streams(make_server, docroot, workd
     assert idle.goaway[0] == h2.errors.ErrorCodes.NO_ERROR
     assert_delivered_whole(in_flight, docroot)
     # New connections go to the new generation.
-    deadline = time.time() + 20
-    while time.time() < deadline and set(srv.mpm_children()) & old:
-        time.sleep(0.2)
-    assert not (set(srv.mpm_children()) & old), "old children still running"
+    wait_children_gone(srv, old, 20)
     r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
     assert r.stdout == b"200"
 
@@ -226,6 +223,25 @@ def graceful_notice(srv, c):
 
 def goaways(c):
     return [(f.last_sid, f.error_code) for f in c.frames if f.type == rawh2.GOAWAY]
+
+
+def assert_final_goaway_then_close(c):
+    """After the shutdown notice on `c`: the final GOAWAY (NO_ERROR, last
+    stream 1), stream 1's response delivered, then the close."""
+    c.wait(lambda: len(goaways(c)) == 2, timeout=10, what="the final GOAWAY")
+    assert goaways(c) == [(2**31 - 1, 0), (1, 0)]
+    c.wait(lambda: c.resp(1).ended, timeout=10, what="the response")
+    assert c.resp(1).status == 200
+    c.drain(5)
+    assert c.closed
+
+
+def wait_children_gone(srv, old, timeout, what="old children still running"):
+    """Waits up to `timeout` seconds for the MPM children `old` to exit."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and set(srv.mpm_children()) & old:
+        time.sleep(0.2)
+    assert not (set(srv.mpm_children()) & old), what
 
 
 def start_session(c, state):
@@ -268,12 +284,7 @@ def test_graceful_restart_goes_on_without_the_pings_answer(make_server, state):
     c = rawh2.Conn(srv.port)
     start_session(c, state)
     graceful_notice(srv, c)
-    c.wait(lambda: len(goaways(c)) == 2, timeout=10, what="the final GOAWAY")
-    assert goaways(c) == [(2**31 - 1, 0), (1, 0)]
-    c.wait(lambda: c.resp(1).ended, timeout=10, what="the response")
-    assert c.resp(1).status == 200
-    c.drain(5)
-    assert c.closed
+    assert_final_goaway_then_close(c)
 
 
 def test_graceful_restart_on_the_worker_mpm_ends_idle_and_busy_sessions(make_server):
@@ -295,10 +306,7 @@ def test_graceful_restart_on_the_worker_mpm_ends_idle_and_busy_sessions(make_ser
     assert idle.closed
     busy.wait(lambda: busy.resp(1).ended, timeout=10, what="the slow response")
     assert goaways(busy) == [(2**31 - 1, 0), (1, 0)] and bytes(busy.resp(1).body) == b"slow done\n"
-    deadline = time.time() + 10
-    while time.time() < deadline and set(srv.mpm_children()) & old:
-        time.sleep(0.2)
-    assert not (set(srv.mpm_children()) & old), "old children still running"
+    wait_children_gone(srv, old, 10)
 
 
 RECYCLING_CHILDREN = ONE_CHILD.replace("ServerLimit 1", "ServerLimit 2").replace(
@@ -316,33 +324,26 @@ def test_a_child_at_max_connections_per_child_ends_its_sessions_gracefully(make_
     old = set(srv.mpm_children())
     c = rawh2.Conn(srv.port)
     start_session(c, state)
-    codes = []
-    for _ in range(6):  # until the child has had its connections
+
+    def get_on_a_new_connection():
         r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
                  srv.url("/1k.bin"), timeout=20)
-        codes.append(r.stdout)
+        return r.stdout
+
+    codes = []
+    for _ in range(6):  # until the child has had its connections
+        codes.append(get_on_a_new_connection())
         try:
             c.wait(lambda: c.goaway is not None, timeout=0.5, what="the shutdown notice")
             break
         except rawh2.ProtocolFailure:
             pass
     assert c.goaway is not None, "no GOAWAY after the child's last connection"
-    c.wait(lambda: len(goaways(c)) == 2, timeout=10, what="the final GOAWAY")
-    assert goaways(c) == [(2**31 - 1, 0), (1, 0)]
-    c.wait(lambda: c.resp(1).ended, timeout=10, what="the response")
-    assert c.resp(1).status == 200
-    c.drain(5)
-    assert c.closed
+    assert_final_goaway_then_close(c)
     # The next child serves; the old one exits once its sessions are done.
-    for _ in range(3):
-        r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
-                 srv.url("/1k.bin"), timeout=20)
-        codes.append(r.stdout)
+    codes += [get_on_a_new_connection() for _ in range(3)]
     assert set(codes) == {b"200 2"}, codes
-    deadline = time.time() + 10
-    while time.time() < deadline and set(srv.mpm_children()) & old:
-        time.sleep(0.2)
-    assert not (set(srv.mpm_children()) & old), "the recycled child still runs"
+    wait_children_gone(srv, old, 10, "the recycled child still runs")
 
 
 def test_hard_stop_says_goaway_and_exits_promptly(make_server):
