@@ -3,6 +3,7 @@ with a generated config in a temp dir, event MPM, free 127.0.0.1 ports, the
 freshly built build/mod_h2rs.so. Servers are stopped by pid. Every test
 fails if the error log shows a crash, an AH00052 or a panic.
 """
+import collections
 import contextlib
 import hashlib
 import os
@@ -16,8 +17,10 @@ import sys
 import tempfile
 import time
 
+import h2.settings
 import pytest
 
+from h2client import H2Client
 from httpd_env import APXS, HTTPD, MODDIR, MODULE, ROOT, STOCK_MODULE, apxs, free_port  # noqa: F401
 
 CRASH_RE = re.compile(
@@ -607,6 +610,49 @@ def run(cmd, timeout=120, **kw):
 
 def curl(*args, timeout=120):
     return run(["curl", "-s", "-S", *args], timeout=timeout)
+
+
+H1Response = collections.namedtuple("H1Response", "status body headers")
+
+
+def h1_request(srv, path, method="GET", headers=(), body=None):
+    """One request over HTTP/1.1 (curl), with a Content-Length unless a
+    header says chunked: its final status, body and header fields (names in
+    lower case)."""
+    args = ["curl", "-sS", "--http1.1", "-X", method, "-D", "-", "-o", "-"]
+    for n, v in headers:
+        args += ["-H", f"{n}: {v}"]
+    if body is not None:
+        args += ["--data-binary", "@-"]
+    out = run([*args, srv.url(path)], input=body).stdout
+    # With -D - and -o - the heads come first: the last one is the final
+    # response's, the rest of the output its body.
+    status, fields = None, {}
+    while out.startswith(b"HTTP/"):
+        head, _, out = out.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status, fields = int(lines[0].split()[1]), {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+    return H1Response(status, out, fields)
+
+
+def h2c(srv):
+    """A frame-level client on a new connection to `srv`, with stream
+    windows of 16 MiB (large responses need no WINDOW_UPDATE)."""
+    return H2Client(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+
+
+def h2_request(srv, path, method="GET", headers=(), body=None, length=True):
+    """The stream of one request on a new connection; a body goes with a
+    content-length (as curl sends over HTTP/1.1) unless `length` is false."""
+    if body is not None and length:
+        headers = list(headers) + [("content-length", str(len(body)))]
+    c = h2c(srv)
+    st = c.wait_stream(c.request(path, method=method, headers=headers, body=body))
+    c.close()
+    return st
 
 
 def h2load(*args, timeout=180):

@@ -9,11 +9,9 @@ import hashlib
 import os
 import re
 
-import h2.settings
 import pytest
 
-from conftest import MODDIR, Httpd, run
-from h2client import H2Client
+from conftest import MODDIR, Httpd, h1_request, h2_request, h2c
 
 APP = r'''
 import hashlib, time
@@ -85,33 +83,6 @@ WSGIChunkedRequest On
     h.check_log()
 
 
-def h2c(srv):
-    return H2Client(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
-
-
-def h2_request(srv, path, method="GET", headers=(), body=None):
-    """The stream of one request on a new connection, with a content-length
-    when it has a body (as curl sends over HTTP/1.1)."""
-    headers = list(headers) + ([("content-length", str(len(body)))] if body is not None else [])
-    c = h2c(srv)
-    st = c.wait_stream(c.request(path, method=method, headers=headers, body=body))
-    c.close()
-    return st
-
-
-def h1_request(srv, path, method="GET", headers=(), body=None):
-    """(status, body) over HTTP/1.1, with a Content-Length unless a header
-    says chunked."""
-    args = ["curl", "-sS", "--http1.1", "-X", method, "-w", "\n%{http_code}"]
-    for n, v in headers:
-        args += ["-H", f"{n}: {v}"]
-    if body is not None:
-        args += ["--data-binary", "@-"]
-    r = run([*args, srv.url(path)], input=body)
-    out, _, code = r.stdout.rpartition(b"\n")
-    return int(code), out
-
-
 FORM = [("content-type", "application/x-www-form-urlencoded")]
 CASES = {
     "get": ("/wsgi/env?x=1", "GET", [("x-a", "b")], None, 200),
@@ -140,9 +111,9 @@ def test_same_answer_as_http1(srv, case):
     daemon gets the body whole."""
     path, method, headers, body, status = CASES[case]
     st = h2_request(srv, path, method, headers, body)
-    code, h1_body = h1_request(srv, path, method, headers, body)
-    assert code == status
-    assert (st.status, bytes(st.data)) == (status, h1_body)
+    h1 = h1_request(srv, path, method, headers, body)
+    assert h1.status == status
+    assert (st.status, bytes(st.data)) == (status, h1.body)
     assert st.ended and st.reset is None
     if status == 200 and path.startswith("/wsgi/env"):
         assert st.header("x-protocol") == "HTTP/2.0"
