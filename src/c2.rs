@@ -621,6 +621,7 @@ impl C2 {
     unsafe fn process(&mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx) {
         let c = self.conn;
         self.uses += 1;
+        let number = stream.request.number;
         self.ctx.reset(stream);
         // SAFETY: the c2 is ours; hooks and filters run on this thread.
         unsafe {
@@ -631,13 +632,15 @@ impl C2 {
             (*c).keepalive = ffi::AP_CONN_CLOSE;
             (*c).data_in_input_filters = 0;
             (*c).data_in_output_filters = 0;
+            // The request's number on the client connection, which `%k`
+            // logs less one, as for HTTP/1.1's requests. Never 0: hooks
+            // treat that as "first request on the connection", which a
+            // stream is not to them.
+            (*c).keepalives = c_int::try_from(number.max(1)).unwrap_or(c_int::MAX);
             if !self.pre_connection_done {
                 self.pre_connection_done = true;
                 ffi::ap_add_input_filter_handle(ffi::h2rs_shim_c2_net_in_handle, ptr::null_mut(), ptr::null_mut(), c);
                 ffi::ap_add_output_filter_handle(ffi::h2rs_shim_c2_net_out_handle, ptr::null_mut(), ptr::null_mut(), c);
-                // Hooks treat keepalives == 0 as "first request on the
-                // connection"; a stream is never that.
-                (*c).keepalives = 1;
                 ffi::ap_run_pre_connection(c, DUMMY_SOCKET.load(Ordering::Acquire) as *mut c_void);
             }
             ffi::ap_run_process_connection(c);

@@ -66,6 +66,10 @@ pub struct RequestHead {
     /// A WebSocket tunnel (extended CONNECT turned into an upgrade GET, see
     /// `websocket.rs`): the `Sec-WebSocket-Accept` its 101 must carry.
     pub websocket_accept: Option<Box<[u8]>>,
+    /// The request's number on its connection, from 1 (0: not counted).
+    /// It becomes the c2's `keepalives`, which mod_log_config's `%k` logs
+    /// less one, as HTTP/1.1 counts the requests of a connection.
+    pub number: u32,
 }
 
 impl RequestHead {

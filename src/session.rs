@@ -238,6 +238,8 @@ impl Entry {
 /// Counters for logs, status and tests.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
+    /// Complete request heads received (the upgrading request included).
+    pub requests_received: u64,
     pub streams_dispatched: u64,
     pub streams_reset_by_us: u64,
     pub streams_reset_by_peer: u64,
@@ -404,6 +406,8 @@ impl<D: Dispatch> Core<D> {
             Ok(mut h) => {
                 // What the header block took on the wire (for %I).
                 h.raw_bytes = entry.bytes_in as usize;
+                self.stats.requests_received += 1;
+                h.number = u32::try_from(self.stats.requests_received).unwrap_or(u32::MAX);
                 self.head_size_hint = (h.headers.len(), h.headers.byte_len());
                 h
             }
@@ -1128,6 +1132,8 @@ impl<D: Dispatch> Session<D> {
     ) -> Result<Session<D>, NgError> {
         let mut session = Session::new(settings, signal, dispatcher)?;
         let head_request = head.method == b"HEAD";
+        let mut head = head;
+        head.number = 1;
         session.ng.upgrade(settings_payload, head_request)?;
         let core = session.ng.handler();
         let stream = Arc::new(Stream::new(
@@ -1138,6 +1144,7 @@ impl<D: Dispatch> Session<D> {
             core.settings.stream_timeout,
             core.settings.output_buffering,
         ));
+        core.stats.requests_received = 1;
         // The request came as HTTP/1.1: nothing to build.
         let mut entry = Entry::new(None);
         entry.stream = Some(stream.clone());
@@ -2009,6 +2016,35 @@ pub(crate) mod tests {
         let id = p.get("/f?n=100");
         p.pump(closed(vec![id]));
         assert!(p.server.ng.frame_buffer_known(), "kept for the session's life");
+    }
+
+    /// Answers with the request's number on its connection.
+    fn numbered(stream: Arc<Stream>) {
+        let body = stream.request.number.to_string();
+        if stream.set_response(ResponseHead { status: 200, headers: Headers::new() }).is_ok()
+            && stream.write_output(body.as_bytes()).is_ok()
+        {
+            stream.end_output(None);
+        }
+    }
+
+    #[test]
+    fn requests_are_numbered_as_they_arrive() {
+        let mut p = Pair::new(Settings::default(), numbered);
+        let first = p.get("/a");
+        let second = p.get("/b");
+        p.pump(closed(vec![first, second]));
+        // A malformed head (no :path) is refused and takes no number.
+        let mut bad = Headers::new();
+        for (n, v) in [(":method", "GET"), (":scheme", "http"), (":authority", "test")] {
+            bad.push(n.as_bytes(), v.as_bytes());
+        }
+        let refused = p.client.ops().submit_request::<Client>(&bad, false).unwrap();
+        let third = p.get("/c");
+        p.pump(closed(vec![refused, third]));
+        let body = |id: i32| String::from_utf8(p.client.handler_ref().streams[&id].body.clone()).unwrap();
+        assert_eq!((body(first), body(second), body(third)), ("1".into(), "2".into(), "3".into()));
+        assert_eq!(p.server.stats().requests_received, 3);
     }
 
     #[test]

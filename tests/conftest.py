@@ -638,10 +638,10 @@ def h1_request(srv, path, method="GET", headers=(), body=None):
     return H1Response(status, out, fields)
 
 
-def h2c(srv):
+def h2c(srv, **kw):
     """A frame-level client on a new connection to `srv`, with stream
     windows of 16 MiB (large responses need no WINDOW_UPDATE)."""
-    return H2Client(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+    return H2Client(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24}, **kw)
 
 
 def h2_request(srv, path, method="GET", headers=(), body=None, length=True):

@@ -16,7 +16,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from conftest import H2STATUS_LOCATION, MODDIR, Httpd, curl, h2load, sha256
+from conftest import H2STATUS_LOCATION, MODDIR, Httpd, curl, h2c, h2load, sha256
 from h2client import H2Client, Stream, assert_cut_after_head
 
 MODULES = f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
@@ -56,6 +56,8 @@ LogFormat "%h \\"%r\\" %>s %b %H %I %O %{{H2_STREAM_ID}}e" sem
 CustomLog "{workdir}/srv-sem/sem.log" sem
 LogFormat "%{{User-Agent}}i \\"%r\\" %>s %X" delivery
 CustomLog "{workdir}/srv-sem/delivery.log" delivery
+LogFormat "%{{User-Agent}}i %H %k" numbered
+CustomLog "{workdir}/srv-sem/numbered.log" numbered
 <Location /echo>
   SetHandler h2rs-echo
 </Location>
@@ -103,10 +105,6 @@ Alias /h2only "{docroot.path}"
     yield h
     h.stop()
     h.check_log()
-
-
-def h2c(srv, **kw):
-    return H2Client(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24}, **kw)
 
 
 # ---- request bodies ----------------------------------------------------------
@@ -744,6 +742,35 @@ def test_access_log_tells_delivered_responses_from_cut_ones(srv, workdir):
     assert len(delivered) == 2000
     assert [line for line in delivered if not line.endswith(" -")] == []
     assert [line.rsplit(" ", 1)[1] for line in lines("cut")] == ["X"]
+
+
+def test_access_log_numbers_the_requests_of_a_connection(srv, workdir):
+    """%k counts the requests of a connection before this one, as for
+    HTTP/1.1's keep-alive requests (every HTTP/2 request logged 0 before;
+    the stock module logs 1 for most). The request an h2c Upgrade turns
+    into stream 1 is its connection's first (the 101 of the HTTP/1.1
+    request before it is logged too, as HTTP/1.1)."""
+    log = workdir / "srv-sem" / "numbered.log"
+    for agent, count in (("h2-three", 3), ("h2-one", 1)):
+        c = h2c(srv)
+        for _ in range(count):
+            assert c.wait_stream(c.request("/index.html", headers=[("user-agent", agent)])).status == 200
+        c.close()
+    for agent, proto in (("h1-keepalive", "--http1.1"), ("h2c-upgrade", "--http2")):
+        r = curl(proto, "-A", agent, "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_version} ",
+                 srv.url("/index.html"), srv.url("/1k.bin"))
+        assert r.stdout.split() == ([b"1.1", b"1.1"] if proto == "--http1.1" else [b"2", b"2"])
+
+    def numbers(agent):
+        return [" ".join(line.split()[1:]) for line in log.read_text().splitlines() if line.startswith(agent + " ")]
+
+    expected = {"h2-three": ["HTTP/2.0 0", "HTTP/2.0 1", "HTTP/2.0 2"], "h2-one": ["HTTP/2.0 0"],
+                "h1-keepalive": ["HTTP/1.1 0", "HTTP/1.1 1"],
+                "h2c-upgrade": ["HTTP/2.0 0", "HTTP/2.0 1", "HTTP/1.1 0"]}
+    deadline = time.time() + 5
+    while {a: numbers(a) for a in expected} != expected and time.time() < deadline:
+        time.sleep(0.05)
+    assert {a: numbers(a) for a in expected} == expected
 
 
 def test_status_counts_http2_requests_and_bytes(make_server):
