@@ -625,16 +625,18 @@ def h1_request(srv, path, method="GET", headers=(), body=None):
     if body is not None:
         args += ["--data-binary", "@-"]
     out = run([*args, srv.url(path)], input=body).stdout
-    # With -D - and -o - the heads come first: the last one is the final
-    # response's, the rest of the output its body.
-    status, fields = None, {}
-    while out.startswith(b"HTTP/"):
+    # With -D - and -o - the heads come first (interim ones before the
+    # final one), then the body.
+    while True:
         head, _, out = out.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        status, fields = int(lines[0].split()[1]), {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip()
+        status = int(lines[0].split()[1])
+        if not 100 <= status < 200:
+            break
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
     return H1Response(status, out, fields)
 
 
