@@ -472,6 +472,53 @@ def test_trailers_pass_through(proxy):
     c.close()
 
 
+# httpd's output filters that keep state from one brigade to the next, on
+# proxied responses: each as `(configuration, what the backend's "hello"
+# becomes)`.
+STATEFUL_FILTERS = {
+    "substitute": ('AddOutputFilterByType SUBSTITUTE text/plain text/event-stream\n  Substitute "s/hello/HELLO/"',
+                   b"HELLO"),
+    "sed": ('SetOutputFilter Sed\n  OutputSed "s/hello/HeLLo/g"', b"HeLLo\n"),
+    "bucketeer": ("SetOutputFilter BUCKETEER", b"hello"),
+    "ext_filter": ("SetOutputFilter upper", b"HELLO"),
+    "buffer": ("SetOutputFilter BUFFER", b"hello"),
+}
+
+
+@pytest.fixture(scope="module")
+def filtered_proxy(workdir, docroot, backends):
+    # mod_filter for AddOutputFilterByType.
+    load = "\n".join(f"LoadModule {m}_module {MODDIR}/mod_{m}.so" for m in [*STATEFUL_FILTERS, "filter"])
+    locations = "".join(f"ProxyPass /{name}/ h2c://127.0.0.1:{backends[0]}/\n<Location /{name}/>\n  {conf}\n</Location>\n"
+                        for name, (conf, _) in STATEFUL_FILTERS.items())
+    extra = f"""{PROXY_MODULES}
+{load}
+ExtFilterDefine upper mode=output cmd="/usr/bin/tr a-z A-Z"
+{locations}"""
+    h = Httpd(workdir, docroot, name="proxy-filters", h2_conf="H2MinWorkers 1\nH2MaxWorkers 5", extra=extra)
+    h.start()
+    yield h
+    h.stop()
+    h.check_log()
+
+
+@pytest.mark.parametrize("path", ["trailers", "stream?n=2", "big?n=300000"])
+@pytest.mark.parametrize("name", list(STATEFUL_FILTERS))
+def test_stateful_filters_on_a_resumed_proxied_response(filtered_proxy, name, path):
+    """Over HTTP/2 the request waits for its backend suspended, and each
+    arrival is passed through its output filters by a short job on a
+    worker, often another thread than the last: mod_ext_filter's child
+    process and pipes, mod_sed's line buffer, mod_bucketeer's flushes and
+    mod_buffer's collected brigade must carry over. The body is the one
+    HTTP/1.1 gets, where one thread stays with the request."""
+    h2 = get(filtered_proxy, f"/{name}/{path}")
+    h1 = get(filtered_proxy, f"/{name}/{path}", h1=True)
+    assert h2.returncode == 0 and h2.stdout.endswith(b"\n200")
+    assert h2.stdout == h1.stdout
+    if path == "trailers":
+        assert h2.stdout == STATEFUL_FILTERS[name][1] + b"\n200"
+
+
 def test_early_hints_pass_through(proxy):
     c = H2Client(proxy.port)
     sid = c.request("/api/early")
