@@ -251,6 +251,15 @@ pub struct Stats {
     pub octets_sent: u64,
 }
 
+impl Stats {
+    /// Counts a complete request head and gives it its number on the
+    /// connection (`RequestHead::number`).
+    fn number_request(&mut self, head: &mut crate::request::RequestHead) {
+        self.requests_received += 1;
+        head.number = u32::try_from(self.requests_received).unwrap_or(u32::MAX);
+    }
+}
+
 /// Requests waiting for a worker, in arrival order, with the running
 /// totals the session checks on every new stream (no scan of the queue).
 #[derive(Default)]
@@ -406,8 +415,7 @@ impl<D: Dispatch> Core<D> {
             Ok(mut h) => {
                 // What the header block took on the wire (for %I).
                 h.raw_bytes = entry.bytes_in as usize;
-                self.stats.requests_received += 1;
-                h.number = u32::try_from(self.stats.requests_received).unwrap_or(u32::MAX);
+                self.stats.number_request(&mut h);
                 self.head_size_hint = (h.headers.len(), h.headers.byte_len());
                 h
             }
@@ -1128,14 +1136,13 @@ impl<D: Dispatch> Session<D> {
         signal: Arc<Signal>,
         dispatcher: D,
         settings_payload: &[u8],
-        head: Box<crate::request::RequestHead>,
+        mut head: Box<crate::request::RequestHead>,
     ) -> Result<Session<D>, NgError> {
         let mut session = Session::new(settings, signal, dispatcher)?;
         let head_request = head.method == b"HEAD";
-        let mut head = head;
-        head.number = 1;
         session.ng.upgrade(settings_payload, head_request)?;
         let core = session.ng.handler();
+        core.stats.number_request(&mut head);
         let stream = Arc::new(Stream::new(
             1,
             head,
@@ -1144,7 +1151,6 @@ impl<D: Dispatch> Session<D> {
             core.settings.stream_timeout,
             core.settings.output_buffering,
         ));
-        core.stats.requests_received = 1;
         // The request came as HTTP/1.1: nothing to build.
         let mut entry = Entry::new(None);
         entry.stream = Some(stream.clone());
