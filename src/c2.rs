@@ -38,11 +38,18 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A c2 is recycled for this many streams, then destroyed: modules may
 /// allocate from `c->pool` per request, so its pool must not grow forever.
 const MAX_USES: u32 = 1000;
+
+/// How long the last bytes of a body of declared length wait for the
+/// stream's end before the handler gets them anyway, without trailers that
+/// come later (see `C2Ctx::input_hold`). Clients end the stream with the
+/// last DATA frame or right after it; this bounds the wait for one that
+/// keeps its stream open instead.
+const BODY_END_GRACE: Duration = Duration::from_secs(1);
 
 /// The process-wide dummy socket every c2 carries as its core socket (the
 /// client socket must not be touched from a worker).
@@ -128,6 +135,15 @@ pub struct C2Ctx {
     input_off: usize,
     /// Frame the body as HTTP/1.1 chunks (length unknown).
     input_chunked: bool,
+    /// Bytes of a body of declared length not yet fetched from the stream.
+    input_left: Option<u64>,
+    /// The last bytes of a body of declared length are pending and the
+    /// stream's end (END_STREAM or trailers) is not yet known: they wait
+    /// for it until this instant. HTTP_IN stops reading at the length and
+    /// asks no further, so trailers are taken with the last bytes or never;
+    /// they often come in the frame after the last DATA, which c1 handles
+    /// a moment after it woke this worker for the data.
+    input_hold: Option<Instant>,
     input_ended: bool,
     eos_sent: bool,
     /// Scratch brigade for passing the EOR bucket of a failed request.
@@ -181,6 +197,8 @@ impl C2Ctx {
             input: Vec::new(),
             input_off: 0,
             input_chunked: false,
+            input_left: None,
+            input_hold: None,
             input_ended: false,
             eos_sent: false,
             scratch: ptr::null_mut(),
@@ -209,6 +227,8 @@ impl C2Ctx {
         self.input.clear();
         self.input_off = 0;
         self.input_chunked = false;
+        self.input_left = None;
+        self.input_hold = None;
         self.input_ended = false;
         self.eos_sent = false;
         self.input_watch = None;
@@ -859,6 +879,8 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
                 // chunk-framed from our network filter.
                 ffi::apr_table_mergen(hin.as_ptr(), c"Transfer-Encoding".as_ptr(), c"chunked".as_ptr());
                 ctx.input_chunked = true;
+            } else if !head.end_stream {
+                ctx.input_left = head.content_length();
             } else if head.end_stream && !has_cl && head.header(b"content-type").is_some() {
                 hin.setn(c"Content-Length".as_ptr(), c"0".as_ptr());
             }
@@ -1480,17 +1502,13 @@ pub unsafe fn net_in(
                     ctx.input.extend_from_slice(&data);
                     ctx.input.extend_from_slice(b"\r\n");
                 } else {
-                    ctx.input = data;
-                    // A body of known length: HTTP_IN stops reading at its
-                    // length, so trailers that came with the last data are
-                    // taken now or never (the stock module's handlers see
-                    // them too).
-                    if let Some(trailers) = stream.take_end_if_here() {
-                        ctx.input_ended = true;
-                        if let Some(t) = trailers {
-                            add_request_trailers(ctx.request, &t);
+                    if let Some(left) = &mut ctx.input_left {
+                        *left = left.saturating_sub(data.len() as u64);
+                        if *left == 0 {
+                            ctx.input_hold = Some(Instant::now() + BODY_END_GRACE);
                         }
                     }
+                    ctx.input = data;
                 }
             }
             Ok(Input::End(trailers)) => {
@@ -1539,6 +1557,20 @@ pub unsafe fn net_in(
                 // SAFETY: the c2 is ours.
                 unsafe { (*c).aborted = 1 };
                 return stream_error_status(e);
+            }
+        }
+    }
+    if let Some(until) = ctx.input_hold {
+        // The body's last bytes: hand them on with the stream's end.
+        let end = stream.take_end(blocking.then_some(until));
+        if end.is_none() && !blocking && Instant::now() < until {
+            return status::EAGAIN;
+        }
+        ctx.input_hold = None;
+        if let Some(trailers) = end {
+            ctx.input_ended = true;
+            if let Some(t) = trailers {
+                add_request_trailers(ctx.request, &t);
             }
         }
     }

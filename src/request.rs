@@ -77,6 +77,12 @@ impl RequestHead {
         self.headers.get(name)
     }
 
+    /// The declared length of the body (content-length). nghttp2 resets a
+    /// stream whose DATA do not add up to it, so it is the body's length.
+    pub fn content_length(&self) -> Option<u64> {
+        std::str::from_utf8(self.header(b"content-length")?).ok()?.parse().ok()
+    }
+
     /// Bytes the head holds, fields counted as HPACK does (+ 32 each).
     pub fn decoded_size(&self) -> usize {
         let pseudo = [&self.scheme, &self.authority, &self.path, &self.protocol]
@@ -507,6 +513,20 @@ mod tests {
         let mut b = name.as_bytes().to_vec();
         camel_case(&mut b);
         String::from_utf8(b).expect("ascii")
+    }
+
+    #[test]
+    fn the_declared_length_is_a_number_or_none() {
+        let with = |value: &[u8]| {
+            let mut head = RequestHead::default();
+            head.headers.push(b"content-length", value);
+            head.content_length()
+        };
+        assert_eq!(with(b"7"), Some(7));
+        assert_eq!(with(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(with(b"-1"), None);
+        assert_eq!(with(b"7 "), None);
+        assert_eq!(RequestHead::default().content_length(), None);
     }
 
     #[test]

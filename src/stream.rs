@@ -906,14 +906,20 @@ impl Stream {
     /// The end of the request body, if it is here with no data before it:
     /// its trailers (taken) or `None` for none. For a body of known length,
     /// whose reader (httpd's HTTP_IN) stops at the length and asks no
-    /// further, so trailers sent with the last data would go unseen.
-    pub fn take_end_if_here(&self) -> Option<Option<Headers>> {
+    /// further, so trailers sent with the last data would go unseen. With
+    /// `wait_until`, waits that long for an end not yet here while no data
+    /// is queued and the stream is open.
+    pub fn take_end(&self, mut wait_until: Option<Instant>) -> Option<Option<Headers>> {
         let mut io = self.io.lock();
-        let clean = io.closed.is_none_or(|code| code == crate::nghttp2::error_code::NO_ERROR);
-        if clean && io.input_end && io.input.is_empty() {
-            Some(io.input_trailers.take().map(|t| *t))
-        } else {
-            None
+        loop {
+            let clean = io.closed.is_none_or(|code| code == crate::nghttp2::error_code::NO_ERROR);
+            if clean && io.input_end && io.input.is_empty() {
+                return Some(io.input_trailers.take().map(|t| *t));
+            }
+            let until = wait_until.filter(|_| !io.input_end && io.closed.is_none() && io.input.is_empty())?;
+            if self.worker_cond.wait_until(&mut io, until).timed_out() {
+                wait_until = None;
+            }
         }
     }
 
@@ -1725,14 +1731,14 @@ mod tests {
     #[test]
     fn the_end_is_taken_early_only_when_nothing_is_before_it() {
         let (s, _sig) = stream(1024);
-        assert!(s.take_end_if_here().is_none(), "no end yet");
+        assert!(s.take_end(None).is_none(), "no end yet");
         s.push_input(b"body");
         let mut trailers = Headers::new();
         trailers.push(b"x-checksum", b"1");
         s.end_input(Some(trailers));
-        assert!(s.take_end_if_here().is_none(), "data before it");
+        assert!(s.take_end(None).is_none(), "data before it");
         assert_eq!(s.read_input(100, true, None).unwrap(), Input::Data(b"body".to_vec()));
-        let Some(Some(t)) = s.take_end_if_here() else { panic!("the end with its trailers") };
+        let Some(Some(t)) = s.take_end(None) else { panic!("the end with its trailers") };
         assert_eq!(t.iter().collect::<Vec<_>>(), vec![(&b"x-checksum"[..], &b"1"[..])]);
         // Taken: the end that reads give next has none.
         assert_eq!(s.read_input(100, true, None).unwrap(), Input::End(None));
@@ -1740,7 +1746,41 @@ mod tests {
         let (s, _sig) = stream(1024);
         s.end_input(None);
         s.close(8);
-        assert!(s.take_end_if_here().is_none());
+        assert!(s.take_end(None).is_none());
+    }
+
+    #[test]
+    fn a_reader_waits_for_the_end_only_while_the_stream_is_open_and_drained() {
+        let (s, _sig) = stream(1024);
+        // The end comes from c1 a moment after the reader started waiting.
+        let ender = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                let mut trailers = Headers::new();
+                trailers.push(b"x-checksum", b"2");
+                s.end_input(Some(trailers));
+            })
+        };
+        let Some(Some(t)) = s.take_end(Some(Instant::now() + Duration::from_secs(5))) else {
+            panic!("the end with its trailers")
+        };
+        assert_eq!(t.iter().collect::<Vec<_>>(), vec![(&b"x-checksum"[..], &b"2"[..])]);
+        ender.join().unwrap();
+
+        // No end within the wait.
+        let (s, _sig) = stream(1024);
+        let started = Instant::now();
+        assert!(s.take_end(Some(started + Duration::from_millis(40))).is_none());
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        // Data queued before any end, or a reset: nothing to wait for.
+        s.push_input(b"more");
+        let started = Instant::now();
+        assert!(s.take_end(Some(started + Duration::from_secs(5))).is_none());
+        let (s, _sig) = stream(1024);
+        s.close(8);
+        assert!(s.take_end(Some(started + Duration::from_secs(5))).is_none());
+        assert!(started.elapsed() < Duration::from_secs(1), "returned at once");
     }
 
     struct Flag(Arc<AtomicBool>);

@@ -271,6 +271,41 @@ def test_request_trailers_reach_the_handler(srv, length):
     c.close()
 
 
+def test_request_trailers_after_the_last_data_of_a_known_length_body(srv):
+    """HTTP_IN stops reading at the length: the last bytes wait (briefly)
+    for the stream's end, so trailers a moment after them still reach the
+    handler."""
+    c = h2c(srv)
+    sid = c.request("/echo", method="POST", end_stream=False, headers=[("content-length", "7")])
+    c.send_body(sid, b"payload", end_stream=False)
+    time.sleep(0.3)
+    c.conn.send_headers(sid, [(b"x-checksum", b"late")], end_stream=True)
+    c.flush()
+    lines = c.wait_stream(sid).data.decode().splitlines()
+    assert lines[0].startswith(f"length=7 fnv={fnv(b'payload')} ")
+    assert "trailer X-Checksum: late" in lines, lines
+    c.close()
+
+
+def test_a_known_length_body_whose_stream_stays_open_is_answered(srv):
+    """A client that sends all the declared bytes but keeps its stream
+    open gets its answer after a short wait, not after a timeout; the
+    server then closes the stream with NO_ERROR (RFC 9113 8.1) and the
+    connection goes on."""
+    c = h2c(srv)
+    sid = c.request("/echo", method="POST", end_stream=False, headers=[("content-length", "7")])
+    started = time.monotonic()
+    c.send_body(sid, b"payload", end_stream=False)
+    c.wait(lambda: c.streams[sid].data or c.streams[sid].done, timeout=10)
+    waited = time.monotonic() - started
+    assert c.streams[sid].data.startswith(f"length=7 fnv={fnv(b'payload')} ".encode())
+    assert waited < 5, waited
+    st = c.wait_stream(sid)
+    assert st.ended and st.reset in (None, 0), vars(st)
+    assert c.wait_stream(c.request("/index.html")).status == 200
+    c.close()
+
+
 # ---- validation and limits ---------------------------------------------------
 
 @pytest.mark.parametrize("headers", [
