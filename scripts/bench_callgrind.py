@@ -160,6 +160,8 @@ def main():
     ap.add_argument("--large", type=int, default=2400)
     ap.add_argument("--top", type=int, default=25, help="functions listed per server")
     ap.add_argument("--out", default=str(ROOT / "docs"))
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the callgrind files (for callgrind_annotate --tree=caller) and say where")
     args = ap.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_annotate"):
         sys.exit("valgrind is not installed (apt-get install valgrind)")
@@ -204,7 +206,10 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
-    shutil.rmtree(base, ignore_errors=True)
+    if args.keep:
+        print(f"callgrind files kept in {base / 'callgrind'}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
