@@ -881,7 +881,7 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
                 ctx.input_chunked = true;
             } else if !head.end_stream {
                 ctx.input_left = head.content_length();
-            } else if head.end_stream && !has_cl && head.header(b"content-type").is_some() {
+            } else if !has_cl && head.header(b"content-type").is_some() {
                 hin.setn(c"Content-Length".as_ptr(), c"0".as_ptr());
             }
         }
