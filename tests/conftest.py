@@ -604,6 +604,18 @@ def _check_logs_after_each_test():
 
 # ---- clients ------------------------------------------------------------------
 
+def wait_for(pred, timeout=10):
+    """Whether `pred()` becomes true within `timeout` seconds (polled): for
+    what the server does after the client has its answer, such as the
+    access log line, written once the response went out."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def run(cmd, timeout=120, **kw):
     return subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
 

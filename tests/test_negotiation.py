@@ -10,7 +10,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from conftest import (MODDIR, MODULE, PREFORK_MPM, SSL_MODULES, free_port, curl, h2load, sha256, tls_vhost)
+from conftest import (MODDIR, MODULE, PREFORK_MPM, SSL_MODULES, free_port, curl, h2load, sha256, tls_vhost, wait_for)
 from h2client import H2Client, tls_socket
 from rawh2 import read_http1_head, upgrade_request
 
@@ -250,8 +250,9 @@ Listen 127.0.0.1:{lb_port}
         second = c.wait_stream(c.request("/1k.bin"))
         c.close()
         assert (first.status, second.status, len(second.data)) == (200, 200, 1024)
-        lines = srv.dir.joinpath("lb.log").read_text().splitlines()
-        assert f"{client} HTTP/2.0 200 /1k.bin" in lines, lines
+        # The log line is written after the response went out.
+        log = srv.dir.joinpath("lb.log")
+        assert wait_for(lambda: f"{client} HTTP/2.0 200 /1k.bin" in log.read_text().splitlines()), log.read_text()
     # Without the header the connection is refused, as for HTTP/1.1.
     sock = socket.create_connection(("127.0.0.1", lb_port), timeout=10)
     sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")

@@ -18,7 +18,7 @@ import h2.errors
 import h2.events
 import pytest
 
-from conftest import Httpd, free_port, spawn_backend
+from conftest import Httpd, free_port, spawn_backend, wait_for
 from h2client import H2Client
 from rawh2 import read_http1_head
 from wsclient import BINARY, CLOSE, PING, PONG, TEXT, Tunnel, frame
@@ -383,12 +383,3 @@ def test_chromium_opens_a_websocket_over_h2(workdir, docroot, ws_backend, make_s
     assert all("HTTP/2.0" in line for line in ws_lines), ws_lines
     page = [line for line in lines if '"GET /ws.html' in line]
     assert page and "HTTP/2.0" in page[0], lines
-
-
-def wait_for(pred, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
