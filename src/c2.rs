@@ -880,7 +880,8 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
                 ffi::apr_table_mergen(hin.as_ptr(), c"Transfer-Encoding".as_ptr(), c"chunked".as_ptr());
                 ctx.input_chunked = true;
             } else if !head.end_stream {
-                ctx.input_left = head.content_length();
+                // The session refused a bad content-length.
+                ctx.input_left = head.content_length().ok().flatten();
             } else if !has_cl && head.header(b"content-type").is_some() {
                 hin.setn(c"Content-Length".as_ptr(), c"0".as_ptr());
             }

@@ -72,15 +72,38 @@ pub struct RequestHead {
     pub number: u32,
 }
 
+/// A content-length that is not one number (`RequestHead::content_length`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadContentLength;
+
 impl RequestHead {
     pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
         self.headers.get(name)
     }
 
-    /// The declared length of the body (content-length). nghttp2 resets a
-    /// stream whose DATA do not add up to it, so it is the body's length.
-    pub fn content_length(&self) -> Option<u64> {
-        std::str::from_utf8(self.header(b"content-length")?).ok()?.parse().ok()
+    /// The declared length of the body (content-length): None if absent,
+    /// Err if not a number or given twice with different values. The
+    /// session resets a stream whose value is bad or whose DATA do not add
+    /// up to it, so on a stream that runs it is the body's length.
+    pub fn content_length(&self) -> Result<Option<u64>, BadContentLength> {
+        let mut found: Option<u64> = None;
+        for (n, v) in self.headers.iter() {
+            if n != b"content-length" {
+                continue;
+            }
+            for part in v.split(|&b| b == b',') {
+                let t = std::str::from_utf8(part).map_err(|_| BadContentLength)?.trim();
+                if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(BadContentLength);
+                }
+                let n: u64 = t.parse().map_err(|_| BadContentLength)?;
+                match found {
+                    Some(prev) if prev != n => return Err(BadContentLength),
+                    _ => found = Some(n),
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Bytes the head holds, fields counted as HPACK does (+ 32 each).
@@ -516,17 +539,19 @@ mod tests {
     }
 
     #[test]
-    fn the_declared_length_is_a_number_or_none() {
+    fn the_declared_length_is_one_number_or_none() {
         let with = |value: &[u8]| {
             let mut head = RequestHead::default();
             head.headers.push(b"content-length", value);
             head.content_length()
         };
-        assert_eq!(with(b"7"), Some(7));
-        assert_eq!(with(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(with(b"-1"), None);
-        assert_eq!(with(b"7 "), None);
-        assert_eq!(RequestHead::default().content_length(), None);
+        assert_eq!(with(b"7"), Ok(Some(7)));
+        assert_eq!(with(b"18446744073709551615"), Ok(Some(u64::MAX)));
+        assert_eq!(with(b"7, 7"), Ok(Some(7)));
+        assert_eq!(with(b"7, 8"), Err(BadContentLength));
+        assert_eq!(with(b"-1"), Err(BadContentLength));
+        assert_eq!(with(b"18446744073709551616"), Err(BadContentLength));
+        assert_eq!(RequestHead::default().content_length(), Ok(None));
     }
 
     #[test]

@@ -427,14 +427,14 @@ impl<D: Dispatch> Core<D> {
         } else if !self.rfc9218_client {
             ops.set_stream_priority(id, DEFAULT_URGENCY, true);
         }
-        match parse_content_length(&head.headers) {
+        match head.content_length() {
             Ok(cl) => {
                 if end_stream && cl.unwrap_or(0) != 0 {
                     return Flow::ResetStream(error_code::PROTOCOL_ERROR);
                 }
                 entry.content_length = cl;
             }
-            Err(()) => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
+            Err(crate::request::BadContentLength) => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
         }
         let mut head = head;
         if let Some(protocol) = &head.protocol {
@@ -1043,29 +1043,6 @@ fn random_bytes(buf: &mut [u8]) {
     unsafe {
         libc::getrandom(buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
     }
-}
-
-/// The request's content-length: None if absent, Err if not a number or
-/// given twice with different values.
-fn parse_content_length(headers: &crate::stream::Headers) -> Result<Option<u64>, ()> {
-    let mut found: Option<u64> = None;
-    for (n, v) in headers.iter() {
-        if n != b"content-length" {
-            continue;
-        }
-        for part in v.split(|&b| b == b',') {
-            let t = std::str::from_utf8(part).map_err(|_| ())?.trim();
-            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(());
-            }
-            let n: u64 = t.parse().map_err(|_| ())?;
-            match found {
-                Some(prev) if prev != n => return Err(()),
-                _ => found = Some(n),
-            }
-        }
-    }
-    Ok(found)
 }
 
 /// An HTTP/2 server session.
@@ -2348,7 +2325,8 @@ pub(crate) mod tests {
         p.client.handler().upload.insert(id, (vec![7; 10], 0));
         p.pump(closed(vec![id]));
         assert_eq!(p.client.handler_ref().streams[&id].closed, Some(error_code::PROTOCOL_ERROR));
-        assert_eq!(parse_content_length(&h), Ok(Some(3)));
+        let head = crate::request::RequestHead { headers: h, ..Default::default() };
+        assert_eq!(head.content_length(), Ok(Some(3)));
     }
 
     /// A worker that refuses (mod_ssl wanting a renegotiation): the
