@@ -15,7 +15,7 @@ import h2.settings
 import pytest
 
 import rawh2
-from conftest import MODDIR, WORKER_MPM, curl, free_port, sha256
+from conftest import MODDIR, WORKER_MPM, curl, free_port, sha256, wait_for
 from h2client import H2Client
 
 ONE_CHILD = f"""LoadModule mpm_event_module {MODDIR}/mod_mpm_event.so
@@ -374,19 +374,12 @@ def watched_stream(make_server, workdir, test_module, name):
     return srv, c, sid, marker
 
 
-def wait_for_file(path, timeout=10):
-    deadline = time.time() + timeout
-    while not path.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    return path.exists()
-
-
 def test_vanished_client_aborts_the_handler(make_server, workdir, test_module):
     srv, c, _, marker = watched_stream(make_server, workdir, test_module, "abort1")
     # The socket goes away without a word (RST).
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     c.sock.close()
-    assert wait_for_file(marker), "the handler never noticed the client was gone"
+    assert wait_for(marker.exists), "the handler never noticed the client was gone"
     assert "c->aborted=1" in marker.read_text()
     # Nothing stays stuck: the server serves on, workers back to the minimum.
     r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
@@ -397,7 +390,7 @@ def test_client_reset_aborts_the_handler(make_server, workdir, test_module):
     _, c, sid, marker = watched_stream(make_server, workdir, test_module, "abort2")
     c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
     c.flush()
-    assert wait_for_file(marker)
+    assert wait_for(marker.exists)
     assert c.wait_stream(c.request("/1k.bin")).status == 200
     c.close()
 
