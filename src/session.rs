@@ -430,11 +430,11 @@ impl<D: Dispatch> Core<D> {
         match head.content_length() {
             Ok(cl) => {
                 if end_stream && cl.unwrap_or(0) != 0 {
-                    return Flow::ResetStream(error_code::PROTOCOL_ERROR);
+                    return self.malformed(ops);
                 }
                 entry.content_length = cl;
             }
-            Err(crate::request::BadContentLength) => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
+            Err(crate::request::BadContentLength) => return self.malformed(ops),
         }
         let mut head = head;
         if let Some(protocol) = &head.protocol {
@@ -576,13 +576,45 @@ impl<D: Dispatch> Core<D> {
     /// A request head we reset (malformed, or far beyond the limits): a
     /// client that keeps sending them is ended (limits::BAD_REQUEST_RATE).
     fn refuse(&mut self, ops: &mut Ops<'_>, e: HeaderError) -> Flow {
+        match e {
+            HeaderError::Calm => {
+                self.charge_bad_request(ops);
+                Flow::ResetStream(error_code::ENHANCE_YOUR_CALM)
+            }
+            HeaderError::Malformed(_) => self.malformed(ops),
+        }
+    }
+
+    /// Resets a stream whose request breaks RFC 9113 8.1.1 (a bad head, a
+    /// body that does not match its content-length, a trailer section that
+    /// does not end the stream). Every such reset is charged to the
+    /// bad-request budget: a client that has us reset its streams at will
+    /// (MadeYouReset, CVE-2025-8671) starts requests as fast as it can send
+    /// them, and is ended with ENHANCE_YOUR_CALM as for malformed heads.
+    fn malformed(&mut self, ops: &mut Ops<'_>) -> Flow {
+        self.charge_bad_request(ops);
+        Flow::ResetStream(error_code::PROTOCOL_ERROR)
+    }
+
+    /// At the end of a stream's body (END_STREAM on DATA or on trailers),
+    /// RFC 9113 8.1.1: a declared content-length must match what came. A
+    /// body that went over was reset, and charged, at the DATA that
+    /// crossed the length (`data_chunk`); nghttp2 may still pass frames
+    /// that were read before the reset went out.
+    fn length_at_end(&mut self, ops: &mut Ops<'_>, id: i32) -> Option<Flow> {
+        let entry = self.entries.get(&id)?;
+        let cl = entry.content_length?;
+        match entry.received.cmp(&cl) {
+            std::cmp::Ordering::Equal => None,
+            std::cmp::Ordering::Less => Some(self.malformed(ops)),
+            std::cmp::Ordering::Greater => Some(Flow::ResetStream(error_code::PROTOCOL_ERROR)),
+        }
+    }
+
+    fn charge_bad_request(&mut self, ops: &mut Ops<'_>) {
         self.stats.streams_reset_by_us += 1;
         if !self.bad_request_budget.take() {
             self.calm_down(ops);
-        }
-        match e {
-            HeaderError::Calm => Flow::ResetStream(error_code::ENHANCE_YOUR_CALM),
-            HeaderError::Malformed(_) => Flow::ResetStream(error_code::PROTOCOL_ERROR),
         }
     }
 
@@ -596,11 +628,17 @@ impl<D: Dispatch> Core<D> {
     }
 
     fn complete_trailers(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
-        let Some(entry) = self.entries.get_mut(&frame.stream_id) else { return Flow::Continue };
+        if !self.entries.contains_key(&frame.stream_id) {
+            return Flow::Continue;
+        }
         if !frame.has(ng::flags::END_STREAM) {
             // RFC 9113 8.1: a trailer section must end the stream.
-            return Flow::ResetStream(error_code::PROTOCOL_ERROR);
+            return self.malformed(ops);
         }
+        if let Some(flow) = self.length_at_end(ops, frame.stream_id) {
+            return flow;
+        }
+        let Some(entry) = self.entries.get_mut(&frame.stream_id) else { return Flow::Continue };
         let Some(builder) = entry.trailers.take() else { return Flow::Continue };
         match builder.finish_trailers() {
             Ok(t) => {
@@ -897,10 +935,10 @@ impl<D: Dispatch> ng::Handler for Core<D> {
             }
             frame_type::DATA => {
                 if frame.has(ng::flags::END_STREAM) {
-                    let Some(entry) = self.entries.get(&frame.stream_id) else { return Flow::Continue };
-                    if entry.content_length.is_some_and(|cl| cl != entry.received) {
-                        return Flow::ResetStream(error_code::PROTOCOL_ERROR);
+                    if let Some(flow) = self.length_at_end(ops, frame.stream_id) {
+                        return flow;
                     }
+                    let Some(entry) = self.entries.get(&frame.stream_id) else { return Flow::Continue };
                     if let Some(s) = entry.stream.as_ref() {
                         s.end_input(None);
                     }
@@ -931,8 +969,14 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         // Timeout).
         let _ = ops.consume_connection(data.len());
         if let Some(entry) = self.entries.get_mut(&stream_id) {
+            let before = entry.received;
             entry.received += data.len() as u64;
-            if entry.content_length.is_some_and(|cl| entry.received > cl) {
+            if let Some(cl) = entry.content_length.filter(|&cl| entry.received > cl) {
+                // Charged once, at the chunk that crossed the length: nghttp2
+                // may pass more of the frame before our reset goes out.
+                if before <= cl {
+                    return self.malformed(ops);
+                }
                 return Flow::ResetStream(error_code::PROTOCOL_ERROR);
             }
         }
@@ -1504,6 +1548,8 @@ pub(crate) mod tests {
     pub struct Client {
         pub streams: HashMap<i32, ClientStream>,
         pub upload: HashMap<i32, (Vec<u8>, usize)>,
+        /// Trailers sent after a stream's `upload`.
+        pub upload_trailers: HashMap<i32, Headers>,
         pub goaway: Option<u32>,
         /// Every GOAWAY received: (last stream id, error code).
         pub goaways: Vec<(i32, u32)>,
@@ -1552,7 +1598,9 @@ pub(crate) mod tests {
             let n = (data.len() - *off).min(buf.len());
             buf[..n].copy_from_slice(&data[*off..*off + n]);
             *off += n;
-            DataRead::Data { n, eof: *off == data.len(), trailers: None }
+            let eof = *off == data.len();
+            let trailers = if eof { self.upload_trailers.remove(&id) } else { None };
+            DataRead::Data { n, eof, trailers }
         }
     }
 
@@ -2312,21 +2360,69 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn content_length_mismatch_is_reset() {
-        let mut p = Pair::new(Settings::default(), echo);
+    /// Submits a POST declaring `content_length`, with `body` and, if given,
+    /// trailers after it.
+    fn post_declared(p: &mut Pair, content_length: &str, body: Vec<u8>, trailers: bool) -> i32 {
         let mut h = Headers::new();
-        for (n, v) in
-            [(":method", "POST"), (":scheme", "http"), (":authority", "t"), (":path", "/"), ("content-length", "3")]
-        {
+        for (n, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "t"),
+            (":path", "/"),
+            ("content-length", content_length),
+        ] {
             h.push(n.as_bytes(), v.as_bytes());
         }
         let id = p.client.ops().submit_request::<Client>(&h, true).unwrap();
-        p.client.handler().upload.insert(id, (vec![7; 10], 0));
+        p.client.handler().upload.insert(id, (body, 0));
+        if trailers {
+            let mut t = Headers::new();
+            t.push(b"x-checksum", b"1");
+            p.client.handler().upload_trailers.insert(id, t);
+        }
+        id
+    }
+
+    #[test]
+    fn content_length_mismatch_is_reset() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let id = post_declared(&mut p, "3", vec![7; 10], false);
         p.pump(closed(vec![id]));
         assert_eq!(p.client.handler_ref().streams[&id].closed, Some(error_code::PROTOCOL_ERROR));
-        let head = crate::request::RequestHead { headers: h, ..Default::default() };
-        assert_eq!(head.content_length(), Ok(Some(3)));
+    }
+
+    /// RFC 9113 8.1.1 holds whichever frame ends the body: trailers after
+    /// fewer bytes than declared reset the stream, as END_STREAM on DATA
+    /// does; after exactly the declared bytes they are a request.
+    #[test]
+    fn trailers_that_end_a_body_short_of_its_length_reset_the_stream() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let short = post_declared(&mut p, "10", vec![7; 4], true);
+        let exact = post_declared(&mut p, "4", vec![7; 4], true);
+        p.pump(closed(vec![short, exact]));
+        let client = p.client.handler_ref();
+        assert_eq!(client.streams[&short].closed, Some(error_code::PROTOCOL_ERROR));
+        assert_eq!((client.streams[&exact].closed, &client.streams[&exact].body[..]), (Some(0), &[7u8; 4][..]));
+    }
+
+    /// Streams reset for a body that breaks its content-length are charged
+    /// to the bad-request budget as malformed heads are (MadeYouReset): a
+    /// client making them at will is ended with ENHANCE_YOUR_CALM. Once per
+    /// stream: an overrun that goes on to END_STREAM counts once.
+    #[test]
+    fn length_mismatches_at_will_end_with_enhance_your_calm() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let mut sent = 0;
+        while sent < limits::BAD_REQUEST_RATE.burst as usize + 100 && p.client.handler_ref().goaway.is_none() {
+            let ids: Vec<i32> = (0..50).map(|i| post_declared(&mut p, "3", vec![7; 10], i % 2 == 0)).collect();
+            sent += ids.len();
+            p.pump(|c| {
+                c.goaway.is_some() || ids.iter().all(|id| c.streams.get(id).is_some_and(|s| s.closed.is_some()))
+            });
+        }
+        p.pump(|c| c.goaway.is_some());
+        assert_eq!(p.client.handler_ref().goaway, Some(error_code::ENHANCE_YOUR_CALM));
+        assert!(sent > limits::BAD_REQUEST_RATE.burst as usize, "calmed after {sent} streams");
     }
 
     /// A worker that refuses (mod_ssl wanting a renegotiation): the

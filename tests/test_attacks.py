@@ -641,6 +641,30 @@ def test_malformed_request_flood(srv):
         c.close()
 
 
+def test_content_length_overrun_flood(srv):
+    """Well-formed request heads whose DATA then overruns the declared
+    content-length (MadeYouReset's shape: the server resets a stream whose
+    request it had started), 50 at a time: each is reset PROTOCOL_ERROR,
+    and these resets spend the bad-request budget (limits::BAD_REQUEST_RATE,
+    200 burst) as malformed heads do: the connection ends with
+    ENHANCE_YOUR_CALM."""
+    with Attack(srv, "content-length overrun flood", bound_mib=16) as a:
+        c = Conn(srv.port)
+        block = encode(c.fields("/index.html", "POST", extra=[("content-length", "1")]))
+        sid = 1
+        while c.goaway is None and not c.closed and sid < 4000:
+            batch = list(range(sid, sid + 100, 2))
+            c.send(b"".join(headers(i, block, end_stream=False) + data(i, b"xy", end_stream=True) for i in batch))
+            sid += 100
+            c.wait(lambda: all(c.resp(i).done for i in batch) or c.goaway is not None or c.closed,
+                   timeout=5, what="the batch reset")
+        resets = sum(1 for r in c.responses.values() if r.reset == E.PROTOCOL_ERROR)
+        expect_goaway(a, c, E.ENHANCE_YOUR_CALM, 10)
+        a.ended += f" after {resets} resets"
+        assert 150 <= resets <= 300, resets
+        c.close()
+
+
 def test_priority_loops(srv):
     """RFC 7540 priority trees made of cycles (A on B, B on A, exclusive
     re-parenting of whole chains) on many streams: the server uses RFC 9218

@@ -857,16 +857,20 @@ def test_malformed_request_is_a_stream_error(connect, case):
     c.expect_ok()
 
 
-@pytest.mark.parametrize("case", ["fewer", "more", "none"])
+@pytest.mark.parametrize("case", ["fewer", "more", "none", "fewer-then-trailers"])
 def test_content_length_mismatch(connect, case):
     """RFC 9113 8.1.1: content-length not equal to the DATA payload sum
-    (fewer octets, more octets, or no DATA at all): stream error
-    PROTOCOL_ERROR; the connection goes on."""
+    (fewer octets, more octets, no DATA at all, or fewer octets and then
+    trailers that end the stream): stream error PROTOCOL_ERROR; the
+    connection goes on."""
     c = connect()
     sid = c.new_sid()
     c.resp(sid)
     if case == "none":
         c.send(headers(sid, encode(c.fields(method="GET", extra=[("content-length", "5")]))))
+    elif case == "fewer-then-trailers":
+        c.send(headers(sid, encode(c.fields("/nope", "POST", extra=[("content-length", "10")])), end_stream=False),
+               data(sid, b"hello"), headers(sid, encode([("x-trailer", "1")]), end_stream=True))
     else:
         cl = {"fewer": "10", "more": "3"}[case]
         c.send(headers(sid, encode(c.fields("/nope", "POST", extra=[("content-length", cl)])), end_stream=False),
