@@ -20,6 +20,10 @@ use std::ffi::{c_int, c_void};
 use std::marker::PhantomData;
 use std::ptr;
 
+/// `Handler::invalid_frame`'s reason for a new stream nghttp2 refused
+/// (beyond the SETTINGS_MAX_CONCURRENT_STREAMS not yet acknowledged).
+pub const LIB_ERR_REFUSED_STREAM: i32 = ng::NGHTTP2_ERR_REFUSED_STREAM;
+
 /// HTTP/2 error codes (RFC 9113 section 7).
 pub mod error_code {
     pub const NO_ERROR: u32 = 0x0;
@@ -246,6 +250,8 @@ pub trait Handler {
     fn padded_length(&mut self, frame: &FrameInfo, _max_payload: usize) -> usize {
         frame.length
     }
+    /// nghttp2 found a received frame invalid and answered it itself;
+    /// `lib_error` says why (`LIB_ERR_REFUSED_STREAM`, ...).
     fn invalid_frame(&mut self, _ops: &mut Ops<'_>, _frame: &FrameInfo, _lib_error: i32) {}
     /// A frame we submitted could not be sent (e.g. a header block over
     /// the limit).

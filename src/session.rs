@@ -771,13 +771,19 @@ impl<D: Dispatch> Core<D> {
         }
     }
 
-    /// The stream is gone from nghttp2: abort its worker, retire it if the
-    /// worker is done.
-    fn close_entry(&mut self, id: i32, code: u32) {
+    /// Late frames on `id` are frames on a closed stream, not a new stream
+    /// below the highest one (`begin_frame`).
+    fn remember_closed(&mut self, id: i32) {
         if self.recently_closed.len() >= 256 {
             self.recently_closed.pop_front();
         }
         self.recently_closed.push_back(id);
+    }
+
+    /// The stream is gone from nghttp2: abort its worker, retire it if the
+    /// worker is done.
+    fn close_entry(&mut self, id: i32, code: u32) {
+        self.remember_closed(id);
         let Some(entry) = self.entries.get_mut(&id) else { return };
         // Closed again (the connection ends, `abort_all`, while the worker
         // of a stream nghttp2 closed still runs): the first close said how
@@ -1020,6 +1026,16 @@ impl<D: Dispatch> ng::Handler for Core<D> {
             if max > 0 && self.stream_errors > max {
                 let _ = ops.terminate(error_code::PROTOCOL_ERROR);
             }
+        }
+    }
+
+    fn invalid_frame(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo, lib_error: i32) {
+        // A stream nghttp2 refused before it opened it (a first flight
+        // beyond our SETTINGS_MAX_CONCURRENT_STREAMS, before the client
+        // acknowledged it): no entry was made, yet the client may still
+        // send frames on it.
+        if frame.kind == frame_type::HEADERS && lib_error == ng::LIB_ERR_REFUSED_STREAM {
+            self.remember_closed(frame.stream_id);
         }
     }
 

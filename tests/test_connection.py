@@ -506,6 +506,31 @@ def test_max_session_streams_is_advertised_and_enforced(make_server):
     c.close()
 
 
+def test_late_frames_on_a_stream_refused_in_the_first_flight_are_ignored(make_server):
+    """A client's first flight, before it acknowledged our SETTINGS, opens
+    more streams than H2MaxSessionStreams: nghttp2 refuses the excess
+    (RST_STREAM REFUSED_STREAM). The client may still send frames on such
+    a stream, here its trailers after a later stream opened: RFC 9113
+    5.4.2 and 5.1 want them ignored, not taken for a new stream below
+    the highest one (a connection error)."""
+    srv = make_server(h2_conf="H2MaxSessionStreams 3").start()
+    c = rawh2.Conn(srv.port, handshake=False)
+    slow = rawh2.encode(c.fields("/cgi/slow.cgi?2", "POST"))
+    c.send(rawh2.PREFACE + rawh2.settings(),
+           rawh2.headers(1, rawh2.encode(c.fields())),
+           *(rawh2.headers(sid, slow, end_stream=False) for sid in (3, 5, 7)))
+    c.wait(lambda: c.resp(7).reset is not None and c.resp(1).done, what="stream 7 refused, stream 1 answered")
+    assert c.resp(7).reset == h2.errors.ErrorCodes.REFUSED_STREAM
+    assert c.resp(1).status == 200
+    c.send(rawh2.headers(9, rawh2.encode(c.fields())))
+    c.wait(lambda: c.resp(9).done, what="stream 9 answered")
+    c.send(rawh2.headers(7, rawh2.encode([("x-checksum", "1")])))
+    c.next_sid = 11
+    c.expect_ok()
+    assert c.goaway is None
+    c.close()
+
+
 def test_learned_static_file_is_served_while_every_worker_is_busy(make_server, docroot):
     """A small static file, once served, runs on the connection's own
     thread (fastpath.rs): it does not wait for the one worker, which a slow
