@@ -247,6 +247,30 @@ pub fn valid_h2_value(value: &[u8]) -> bool {
     !matches!(value.first(), Some(b' ' | b'\t')) && !matches!(value.last(), Some(b' ' | b'\t'))
 }
 
+/// RFC 9113 8.3.1: `:scheme` is a URI scheme (RFC 3986 3.1: ALPHA
+/// *( ALPHA / DIGIT / "+" / "-" / "." )), as nghttp2's HTTP checks in the
+/// stock module require. Any other scheme than the connection's becomes
+/// part of an absolute-form request line (c2), which a space would split.
+#[inline]
+pub fn is_scheme(value: &[u8]) -> bool {
+    match value.split_first() {
+        Some((first, rest)) => {
+            first.is_ascii_alphabetic()
+                && rest.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        }
+        None => false,
+    }
+}
+
+/// RFC 9113 8.3.1: `:path` is the target's path and query (RFC 9112's
+/// origin-form): no space, control byte or DEL, which would split or end
+/// the request line httpd parses; bytes from 0x80 up are let through as
+/// httpd's own request-line parser and nghttp2's checks let them.
+#[inline]
+pub fn is_request_target_text(value: &[u8]) -> bool {
+    value.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
 /// Connection-specific fields that HTTP/2 forbids (RFC 9113 8.2.2).
 /// Every field of every request and response passes here: the length
 /// picks the one name to compare.
@@ -386,7 +410,12 @@ impl RequestBuilder {
             if self.regular_seen {
                 return Err(HeaderError::Malformed("pseudo header after regular field"));
             }
-            if !valid_h2_value(value) {
+            let valid = match pseudo {
+                b"scheme" => is_scheme(value),
+                b"path" => is_request_target_text(value),
+                _ => valid_h2_value(value),
+            };
+            if !valid {
                 return Err(HeaderError::Malformed("invalid pseudo header value"));
             }
             let slot = match pseudo {
@@ -536,6 +565,26 @@ mod tests {
         let mut b = name.as_bytes().to_vec();
         camel_case(&mut b);
         String::from_utf8(b).expect("ascii")
+    }
+
+    #[test]
+    fn scheme_and_path_have_the_syntax_of_their_uri_parts() {
+        for ok in ["http", "https", "coap+tcp", "x-1.b"] {
+            assert!(is_scheme(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "1http", "ht tp", "http:", "+x", "h\ttp"] {
+            assert!(!is_scheme(bad.as_bytes()), "{bad:?}");
+        }
+        for ok in ["/", "/a?b=c&d", "/%20/~x", "*", "/\u{e9}"] {
+            assert!(is_request_target_text(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["/a b", "/a\tb", "/a\x7f", "/a\x01"] {
+            assert!(!is_request_target_text(bad.as_bytes()), "{bad:?}");
+        }
+        let mut b = RequestBuilder::new(Limits::default());
+        assert!(matches!(b.add(b":path", b"/a b"), Err(HeaderError::Malformed(_))));
+        let mut b = RequestBuilder::new(Limits::default());
+        assert!(matches!(b.add(b":scheme", b"http x"), Err(HeaderError::Malformed(_))));
     }
 
     #[test]

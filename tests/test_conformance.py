@@ -826,6 +826,10 @@ def _malformed(c, case):
         "path-absolute-uri": [m, s, a, (":path", "http://other.example/index.html")],
         "path-asterisk-get": [m, s, a, (":path", "*")],
         "pseudo-value-lf": [m, s, a, (":path", "/index.html\nx")],
+        "path-space": [m, s, a, (":path", "/index.html x")],
+        "path-tab": [m, s, a, (":path", "/index.html\tx")],
+        "scheme-space": [m, (":scheme", "http x"), a, p],
+        "scheme-leading-digit": [m, (":scheme", "1http"), a, p],
         "connect-with-path": [(":method", "CONNECT"), s, a, p],
         "connect-without-authority": [(":method", "CONNECT")],
     }[case]
@@ -836,8 +840,8 @@ MALFORMED = ["missing-method", "missing-scheme", "missing-path", "empty-path", "
              "space-in-name", "colon-in-name", "connection", "keep-alive", "proxy-connection",
              "transfer-encoding", "upgrade", "te-gzip", "te-trailers-gzip", "value-cr", "value-lf", "value-nul",
              "value-leading-space", "value-trailing-tab", "value-control", "value-del", "path-relative",
-             "path-absolute-uri", "path-asterisk-get", "pseudo-value-lf", "connect-with-path",
-             "connect-without-authority"]
+             "path-absolute-uri", "path-asterisk-get", "pseudo-value-lf", "path-space", "path-tab",
+             "scheme-space", "scheme-leading-digit", "connect-with-path", "connect-without-authority"]
 
 
 @pytest.mark.parametrize("case", MALFORMED)
@@ -846,7 +850,8 @@ def test_malformed_request_is_a_stream_error(connect, case):
     (connection-specific fields, TE; and no control byte but HTAB in a
     value, RFC 9110 5.5, which httpd's HTTP/1.1 answers with 400), 8.3
     (pseudo-header fields), 8.3.1 (:path an absolute path, or * for
-    OPTIONS), 8.5 (CONNECT): a malformed request is a stream error
+    OPTIONS, without spaces or control bytes; :scheme a URI scheme), 8.5
+    (CONNECT): a malformed request is a stream error
     PROTOCOL_ERROR (RST_STREAM; a response MAY come first), and the next
     request on the connection is served."""
     c = connect()
