@@ -272,6 +272,18 @@ pub unsafe fn body_deadline(c: *mut ffi::conn_rec) -> Option<Instant> {
     ctx.body_deadline(&stream)
 }
 
+/// When the last bytes of the request body on `c`, held for the stream's
+/// end (`C2Ctx::input_hold`), go to the reader without it. A nonblocking
+/// reader gets EAGAIN until then and nothing wakes it when the time comes:
+/// it must look again by itself.
+///
+/// # Safety
+/// `c` must be a live connection used by the calling thread.
+pub unsafe fn input_hold_until(c: *mut ffi::conn_rec) -> Option<Instant> {
+    // SAFETY: caller contract.
+    unsafe { ctx_of(c) }?.input_hold
+}
+
 /// Whoever continues a request whose handler returned SUSPENDED.
 pub trait Resume: Send + Sync {
     /// The worker left the request: keep `parked` and continue it on a

@@ -302,6 +302,33 @@ def test_a_slow_upload_outlasts_the_proxy_timeout(proxy, h1):
     c.close()
 
 
+@pytest.mark.parametrize("end", ["later", "never"])
+def test_a_known_length_upload_whose_stream_ends_late_or_never(make_server, backends, end):
+    """A body with content-length whose last DATA frame lacks END_STREAM:
+    its last bytes wait a moment for the stream's end (and any trailers).
+    When the end comes 0.3 s later, or not at all while the client waits
+    for the answer, the whole body reaches the backend and its answer
+    comes back within the client's 10 s wait: the held bytes are not left
+    until the client's H2StreamTimeout of 30 s (the proxy reads the body
+    without blocking, and nothing woke it when the wait ran out)."""
+    srv = make_server(name=f"proxy-late-end-{end}", h2_conf="H2StreamTimeout 30", extra=f"""{PROXY_MODULES}
+ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
+""").start()
+    body = os.urandom(5000)
+    c = H2Client(srv.port)
+    sid = c.request("/api/echo", method="POST", end_stream=False, headers=[("content-length", str(len(body)))])
+    c.send_body(sid, body, end_stream=False)
+    if end == "later":
+        c.read_some(timeout=0.3)
+        c.send_body(sid, b"", end_stream=True)
+    st = c.wait_stream(sid, timeout=10)
+    assert (st.status, bytes(st.data).decode().strip()) == (
+        200, f"length={len(body)} sha256={hashlib.sha256(body).hexdigest()}")
+    st = c.wait_stream(c.request("/api/delay?s=0"))
+    assert st.status == 200
+    c.close()
+
+
 @pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
 def test_a_client_that_stops_sending_its_body_gets_408(make_server, backends, h1):
     """The client's silence mid-body is bounded by the front's timeout

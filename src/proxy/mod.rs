@@ -1159,8 +1159,12 @@ impl C2Front {
         }
         let idle = |until| Turn::Idle { until, had_room: room > 0 };
         let Some(body) = &mut leg.body else { return idle(None) };
+        // The body's last bytes may wait for the client's END_STREAM (and
+        // trailers) for a moment; when that runs out, no wake-up comes.
+        // SAFETY: caller contract.
+        let held_until = unsafe { c2::input_hold_until((*r).connection) };
         if task.response_started() {
-            return idle(None);
+            return idle(held_until);
         }
         // SAFETY: caller contract.
         let body_deadline = unsafe { c2::body_deadline((*r).connection) };
@@ -1191,7 +1195,7 @@ impl C2Front {
                 Ok(BodyRead::Some) => Turn::Again,
             };
         }
-        idle([body_deadline, client_deadline].into_iter().flatten().min())
+        idle([body_deadline, client_deadline, held_until].into_iter().flatten().min())
     }
 
     /// Has the clock wake the request at `until`, unless an alarm that is
