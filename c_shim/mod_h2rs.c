@@ -75,7 +75,10 @@ static const command_rec h2rs_cmds[] = {
                    "maximum number of flow control errors tolerated"),
     H2RS_DIRECTIVE("H2EarlyHint", OR_FILEINFO|OR_AUTHCFG,
                    "add a a 'Link:' header for a 103 Early Hints response."),
-    H2RS_DIRECTIVE("H2ProxyRequests", OR_FILEINFO,
+    /* Directory sections set the server's value, as with the stock module
+     * (the connection's server decides); never .htaccess, where that would
+     * change a live server's configuration. */
+    H2RS_DIRECTIVE("H2ProxyRequests", RSRC_CONF|ACCESS_CONF,
                    "Enables forward proxy requests via HTTP/2"),
     H2RS_DIRECTIVE("H2WebSockets", RSRC_CONF,
                    "off to disable WebSockets over HTTP/2"),

@@ -73,7 +73,6 @@ pub struct DirConfig {
     pub upgrade: Flag,
     pub push: Flag,
     pub copy_files: Flag,
-    pub proxy_requests: Flag,
     pub push_resources: Vec<PushResource>,
     pub early_hint_headers: Vec<(String, String)>,
 }
@@ -101,6 +100,13 @@ fn pick_list<T: Clone>(add: &[T], base: &[T]) -> Vec<T> {
     } else {
         add.to_vec()
     }
+}
+
+/// The lists a section adds to its parent's, as the stock module merges
+/// them (H2PushResource: the parent's first; H2EarlyHint, an
+/// `apr_table_overlay`: the section's own first).
+fn joined<T: Clone>(first: &[T], then: &[T]) -> Vec<T> {
+    first.iter().chain(then).cloned().collect()
 }
 
 impl ServerConfig {
@@ -131,8 +137,8 @@ impl ServerConfig {
             websockets: pick(&add.websockets, &base.websockets),
             copy_files: pick(&add.copy_files, &base.copy_files),
             proxy_requests: pick(&add.proxy_requests, &base.proxy_requests),
-            push_resources: pick_list(&add.push_resources, &base.push_resources),
-            early_hint_headers: pick_list(&add.early_hint_headers, &base.early_hint_headers),
+            push_resources: joined(&base.push_resources, &add.push_resources),
+            early_hint_headers: joined(&add.early_hint_headers, &base.early_hint_headers),
             obsolete_seen: pick_list(&add.obsolete_seen, &base.obsolete_seen),
             request_body_limit: std::sync::OnceLock::new(),
             backend_tls: std::sync::OnceLock::new(),
@@ -215,9 +221,8 @@ impl DirConfig {
             upgrade: pick(&add.upgrade, &base.upgrade),
             push: pick(&add.push, &base.push),
             copy_files: pick(&add.copy_files, &base.copy_files),
-            proxy_requests: pick(&add.proxy_requests, &base.proxy_requests),
-            push_resources: pick_list(&add.push_resources, &base.push_resources),
-            early_hint_headers: pick_list(&add.early_hint_headers, &base.early_hint_headers),
+            push_resources: joined(&base.push_resources, &add.push_resources),
+            early_hint_headers: joined(&add.early_hint_headers, &base.early_hint_headers),
         }
     }
 }
@@ -266,7 +271,7 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
     // Directives that may appear per directory.
     let dir_capable = matches!(
         d.to_ascii_lowercase().as_str(),
-        "h2upgrade" | "h2push" | "h2copyfiles" | "h2proxyrequests" | "h2pushresource" | "h2earlyhint"
+        "h2upgrade" | "h2push" | "h2copyfiles" | "h2pushresource" | "h2earlyhint"
     );
     let (server, dir) = match target {
         Target::Server(s) => (Some(s), None),
@@ -293,18 +298,20 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
         "h2upgrade" => flag_both!(upgrade),
         "h2push" => flag_both!(push),
         "h2copyfiles" => flag_both!(copy_files),
-        "h2proxyrequests" => flag_both!(proxy_requests),
         "h2pushresource" => {
+            // The stock syntax: H2PushResource [add] path [critical].
             expect_args(d, args, 1, 3)?;
-            let mut critical = false;
-            for extra in &args[1..] {
-                if extra.eq_ignore_ascii_case("critical") {
-                    critical = true;
-                } else if !extra.eq_ignore_ascii_case("add") {
-                    return Err(format!("{d}: unknown option '{extra}', use 'critical'"));
-                }
-            }
-            let res = PushResource { uri: args[0].to_string(), critical };
+            let rest = match args {
+                [first, rest @ ..] if first.eq_ignore_ascii_case("add") && !rest.is_empty() => rest,
+                _ => args,
+            };
+            let critical = match &rest[1..] {
+                [] => false,
+                [option] if option.eq_ignore_ascii_case("critical") => true,
+                [option] => return Err(format!("{d}: unknown option '{option}', use 'critical'")),
+                _ => return Err(format!("{d}: use H2PushResource [add] path [critical]")),
+            };
+            let res = PushResource { uri: rest[0].to_string(), critical };
             match (server, dir) {
                 (Some(s), _) => s.push_resources.push(res),
                 (_, Some(dc)) => dc.push_resources.push(res),
@@ -353,8 +360,17 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             s.max_workers = Some(parse_num(d, args[0], 1, 4096)? as u32);
         }
         "h2maxworkeridleseconds" => {
+            // Seconds, or httpd's time syntax (as the stock module reads
+            // it); 0 is the default.
             expect_args(d, args, 1, 1)?;
-            s.max_worker_idle_secs = Some(parse_num(d, args[0], 1, 86400)? as u32);
+            let idle = parse_duration(d, args[0])?;
+            if idle > MAX_DURATION {
+                return Err(format!("{d}: '{}' is out of range (at most a year)", args[0]));
+            }
+            s.max_worker_idle_secs = match idle.as_secs() {
+                0 if idle.is_zero() => None,
+                secs => Some(secs.max(1) as u32),
+            };
         }
         "h2streammaxmemsize" => {
             expect_args(d, args, 1, 1)?;
@@ -377,12 +393,21 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             s.tls_cooldown_secs = Some(parse_num(d, args[0], 0, 86400)? as u32);
         }
         "h2pushpriority" => {
+            // H2PushPriority mime-type [After|Before|Interleaved] [weight]:
+            // with two arguments, a number is a weight for After.
             expect_args(d, args, 2, 3)?;
-            let dependency = args[1].to_ascii_lowercase();
+            let (dependency, weight) = if args.len() == 2 && args[1].starts_with(|c: char| c.is_ascii_digit()) {
+                ("after".to_string(), Some(args[1]))
+            } else {
+                (args[1].to_ascii_lowercase(), args.get(2).copied())
+            };
             if !matches!(dependency.as_str(), "after" | "before" | "interleaved") {
                 return Err(format!("{d}: dependency '{}' is not one of After, Before, Interleaved", args[1]));
             }
-            let weight = match args.get(2) {
+            if dependency == "before" && weight.is_some() {
+                return Err(format!("{d}: dependency 'Before' does not allow a weight"));
+            }
+            let weight = match weight {
                 Some(w) => Some(parse_num(d, w, 1, 256)? as u32),
                 None => None,
             };
@@ -405,8 +430,14 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             s.output_buffering = Some(parse_flag(d, args[0])?);
         }
         "h2streamtimeout" => {
+            // 0: Timeout applies, as with the stock module, which uses
+            // only a value above 0.
             expect_args(d, args, 1, 1)?;
-            s.stream_timeout = Some(parse_duration(d, args[0])?);
+            let timeout = parse_duration(d, args[0])?;
+            if timeout > MAX_DURATION {
+                return Err(format!("{d}: '{}' is out of range (at most a year)", args[0]));
+            }
+            s.stream_timeout = Some(timeout).filter(|t| !t.is_zero());
         }
         "h2maxdataframelen" => {
             expect_args(d, args, 1, 1)?;
@@ -424,6 +455,10 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             expect_args(d, args, 1, 1)?;
             s.websockets = Some(parse_flag(d, args[0])?);
         }
+        "h2proxyrequests" => {
+            expect_args(d, args, 1, 1)?;
+            s.proxy_requests = Some(parse_flag(d, args[0])?);
+        }
         "h2serializeheaders" => {
             expect_args(d, args, 1, 1)?;
             parse_flag(d, args[0])?;
@@ -438,6 +473,9 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
     }
     Ok(())
 }
+
+/// The longest time a directive takes: deadlines are computed from it.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// httpd's time syntax for timeouts: seconds, or a number with a unit
 /// suffix `ms`, `s`, `mi`, `h` (as ap_timeout_parameter_parse accepts).
@@ -508,6 +546,47 @@ mod tests {
         assert_eq!(m.max_session_streams(), 10);
         assert_eq!(m.window_size(), 100000);
         assert!(m.direct(false) && !m.direct(true));
+    }
+
+    /// The stock module's syntax and merges, so that its configurations
+    /// load unchanged and mean the same.
+    #[test]
+    fn stock_syntax_of_the_list_and_time_directives() {
+        let s = server("H2PushResource", &["add", "/a.css", "critical"]).unwrap();
+        assert_eq!(s.push_resources, vec![PushResource { uri: "/a.css".into(), critical: true }]);
+        let s = server("H2PushResource", &["/b.js"]).unwrap();
+        assert_eq!(s.push_resources, vec![PushResource { uri: "/b.js".into(), critical: false }]);
+        assert!(server("H2PushResource", &["/b.js", "soon"]).unwrap_err().contains("'soon'"));
+        assert!(server("H2PushResource", &["/b.js", "critical", "critical"]).is_err());
+
+        let p = &server("H2PushPriority", &["text/css", "32"]).unwrap().push_priorities[0];
+        assert_eq!((p.dependency.as_str(), p.weight), ("after", Some(32)));
+        assert!(server("H2PushPriority", &["text/css", "Before", "8"]).unwrap_err().contains("Before"));
+        assert!(server("H2PushPriority", &["*", "Interleaved", "256"]).is_ok());
+
+        assert_eq!(server("H2StreamTimeout", &["0"]).unwrap().stream_timeout, None);
+        assert_eq!(server("H2StreamTimeout", &["90s"]).unwrap().stream_timeout, Some(Duration::from_secs(90)));
+        assert!(server("H2StreamTimeout", &["9999999999999999"]).unwrap_err().contains("out of range"));
+        assert_eq!(server("H2MaxWorkerIdleSeconds", &["0"]).unwrap().max_worker_idle_secs, None);
+        assert_eq!(server("H2MaxWorkerIdleSeconds", &["5mi"]).unwrap().max_worker_idle_secs, Some(300));
+        assert_eq!(server("H2MaxWorkerIdleSeconds", &["100000"]).unwrap().max_worker_idle_secs, Some(100000));
+        assert_eq!(server("H2MaxWorkerIdleSeconds", &["500ms"]).unwrap().max_worker_idle_secs, Some(1));
+
+        // Lists add to the enclosing section's.
+        let mut outer = DirConfig::default();
+        apply(Target::Dir(&mut outer), "H2PushResource", &["/site.css"]).unwrap();
+        apply(Target::Dir(&mut outer), "H2EarlyHint", &["X-Outer", "1"]).unwrap();
+        let mut inner = DirConfig::default();
+        apply(Target::Dir(&mut inner), "H2PushResource", &["/shop.js"]).unwrap();
+        apply(Target::Dir(&mut inner), "H2EarlyHint", &["X-Inner", "1"]).unwrap();
+        let m = DirConfig::merge(&outer, &inner);
+        let uris: Vec<&str> = m.push_resources.iter().map(|r| r.uri.as_str()).collect();
+        assert_eq!(uris, ["/site.css", "/shop.js"]);
+        let names: Vec<&str> = m.early_hint_headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["X-Inner", "X-Outer"]);
+        let base = server("H2EarlyHint", &["X-Main", "1"]).unwrap();
+        let vhost = server("H2EarlyHint", &["X-Vhost", "1"]).unwrap();
+        assert_eq!(ServerConfig::merge(&base, &vhost).early_hint_headers.len(), 2);
     }
 
     #[test]

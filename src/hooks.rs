@@ -110,7 +110,11 @@ pub unsafe extern "C" fn h2rs_cmd(
                 args.push(CStr::from_ptr(*argv.add(i)).to_string_lossy().into_owned());
             }
             let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            let target = if cmd.path.is_null() {
+            // H2ProxyRequests in a directory section sets its server's
+            // value: requests are made absolute before any section is
+            // walked (the stock module does the same).
+            let server_wide = name.eq_ignore_ascii_case("H2ProxyRequests");
+            let target = if cmd.path.is_null() || server_wide {
                 match (ffi::h2rs_shim_server_conf(cmd.server) as *mut ServerConfig).as_mut() {
                     Some(s) => Target::Server(s),
                     None => return failed,

@@ -345,7 +345,8 @@ H2ProxyRequests off
 H2WebSockets off
 H2Push off
 H2PushPriority * after
-H2PushPriority text/css before 256
+H2PushPriority text/css before
+H2PushPriority image/png 32
 H2PushDiarySize 256
 H2TLSWarmUpSize 1048576
 H2TLSCoolDownSecs 1
@@ -356,6 +357,7 @@ H2MaxStreamErrors 8
 H2EarlyHint Link "</style.css>; rel=preload"
 <Location /pushed>
   H2PushResource /style.css critical
+  H2PushResource add /a.js
   H2Upgrade off
   H2Push off
   H2CopyFiles on
@@ -503,10 +505,14 @@ def test_h2earlyhints_sends_103(make_server):
 def test_h2pushresource_is_announced_in_103_early_hints(make_server):
     """The stock module announces every H2PushResource as a preload link in
     a 103 when H2EarlyHints is on, with or without H2Push: configurations
-    that moved from push to Early Hints keep their hints."""
+    that moved from push to Early Hints keep their hints. A section's
+    resources add to those of the sections around it."""
     conf = """H2EarlyHints on
 H2Push off
 H2EarlyHint Link "</x.css>; rel=preload"
+<Location />
+  H2PushResource add /site.css
+</Location>
 <Location /index.html>
   H2PushResource /style.css critical
   H2PushResource /a.js
@@ -518,11 +524,13 @@ H2EarlyHint Link "</x.css>; rel=preload"
     hint = st.interim[0]
     assert hint[0] == (b":status", b"103")
     assert [v for n, v in hint if n == b"link"] == [
-        b"</style.css>; rel=preload; critical", b"</a.js>; rel=preload", b"</x.css>; rel=preload"]
+        b"</site.css>; rel=preload", b"</style.css>; rel=preload; critical", b"</a.js>; rel=preload",
+        b"</x.css>; rel=preload"]
     assert st.header("link") is None
-    # Elsewhere only the server's H2EarlyHint applies.
+    # Elsewhere only the outer section's resource and the server's H2EarlyHint.
     st = c.wait_stream(c.request("/1k.bin"))
-    assert st.status == 200 and [v for n, v in st.interim[0] if n == b"link"] == [b"</x.css>; rel=preload"]
+    assert st.status == 200 and [v for n, v in st.interim[0] if n == b"link"] == [
+        b"</site.css>; rel=preload", b"</x.css>; rel=preload"]
     c.close()
     srv2 = make_server(h2_conf="<Location /index.html>\n  H2PushResource /style.css\n</Location>").start()
     c = H2Client(srv2.port)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -971,6 +972,71 @@ AllowCONNECT {tcp_echo}
         c.send_body(t, b"", end_stream=True)
     c.wait(lambda: all(c.streams[t].done for t in tunnels), timeout=10)
     c.close()
+
+
+@pytest.fixture(scope="module")
+def origin_server():
+    """A plain HTTP/1.1 origin on 127.0.0.1 that answers every GET with the
+    request target it got."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = f"origin saw {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+
+
+@pytest.mark.parametrize("where", ["server", "proxy-section", "off"])
+def test_h2proxyrequests_makes_a_forward_proxy(make_server, origin_server, where):
+    """H2ProxyRequests on (at the server level, or inside <Proxy "*">,
+    where it sets the server's value as with the stock module): a request
+    for another host is given to mod_proxy with its absolute URI and goes
+    to that origin. Off: the request is served here, as a local path."""
+    flag = "H2ProxyRequests on" if where == "server" else ""
+    section = "H2ProxyRequests on" if where == "proxy-section" else ""
+    srv = make_server(h2_conf=flag, extra=f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
+ProxyRequests On
+<Proxy "*">
+  Require all granted
+  {section}
+</Proxy>""").start()
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/1k.bin?x=1", authority=f"127.0.0.1:{origin_server}"))
+    if where == "off":
+        assert st.status == 200 and len(st.data) == 1024
+    else:
+        assert (st.status, bytes(st.data)) == (200, b"origin saw /1k.bin?x=1")
+    c.close()
+
+
+def test_h2proxyrequests_is_refused_in_htaccess(make_server, docroot):
+    """In .htaccess the directive would change a running server's setting:
+    httpd refuses it there (500, with the directive named in the log)."""
+    d = docroot.path / "fwd"
+    d.mkdir(exist_ok=True)
+    (d / "index.html").write_text("x")
+    (d / ".htaccess").write_text("H2ProxyRequests on\n")
+    try:
+        srv = make_server(extra=f"""<Directory "{d}">
+  AllowOverride FileInfo
+</Directory>""").start()
+        r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/fwd/index.html"))
+        assert r.stdout == b"500"
+        assert "H2ProxyRequests not allowed here" in srv.read_error_log()
+    finally:
+        shutil.rmtree(d)
 
 
 def test_connect_without_a_forward_proxy_is_refused(server):
