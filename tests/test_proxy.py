@@ -1603,6 +1603,28 @@ def test_slow_clients_hold_no_worker_and_no_memory(proxy):
         c.close()
 
 
+def test_a_reader_that_pauses_longer_than_the_proxy_timeout_gets_the_whole_response(proxy):
+    """ProxyTimeout (timeout=1 on /short/) bounds the backend's silence,
+    not a slow reader's: a client that stops reading a 2 MiB response for
+    2.5 s (the windows shut, so the backend cannot send) and then reads on
+    gets all of it. Before, the proxy took the backend's enforced silence
+    for a timeout: a 504 in the log and the response cut."""
+    n = 2 * 1024 * 1024
+    c = H2Client(proxy.port, auto_ack_data=False)
+    sid = c.request(f"/short/big?n={n}")
+    c.wait(lambda: len(c.streams[sid].data) > 0, timeout=10)
+    deadline = time.time() + 2.5
+    while time.time() < deadline:
+        c.read_some(timeout=deadline - time.time())
+    c.auto_ack_data = True
+    c.conn.acknowledge_received_data(len(c.streams[sid].data), sid)
+    c.flush()
+    st = c.wait_stream(sid, timeout=30)
+    assert (st.status, len(st.data), st.reset) == (200, n, None)
+    assert "answering 504" not in proxy.read_error_log()
+    c.close()
+
+
 @pytest.mark.parametrize("body", [False, True], ids=["get", "post"])
 def test_finished_requests_leave_no_memory(proxy, tmp_path, body):
     """Each proxied request's task and front (which hold each other) are

@@ -973,6 +973,8 @@ impl LoopState {
         if consumed > 0 {
             bs.consumed += consumed;
             let _ = ops.consume(stream_id, consumed);
+            // The window opens again: the backend's time starts now.
+            bs.renew_deadline(Instant::now());
         }
         if task.spec.has_body {
             let _ = ops.resume_data(stream_id);
@@ -1023,9 +1025,14 @@ impl LoopState {
                 if bs.task.front_gone() {
                     bs.task.cancel();
                 }
-                if bs.task.awaits_client_body() {
+                if bs.task.awaits_client_body() || bs.received > bs.consumed {
                     // ProxyTimeout bounds the backend's silence, not a slow
-                    // upload.
+                    // upload, nor a slow reader: while the client has not
+                    // taken what came, the backend's window stays shut and
+                    // its silence is ours (the client's own timeouts bound
+                    // that: H2StreamTimeout, Timeout), as mod_proxy_http
+                    // does not time the backend while it writes to the
+                    // client.
                     bs.renew_deadline(now);
                 }
                 if bs.task.is_cancelled() {
