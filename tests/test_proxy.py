@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import MODDIR, MODULE, SSL_MODULES, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend
+from conftest import MODDIR, MODULE, SSL_MODULES, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend, wait_for
 from h2client import H2Client
 
 
@@ -1622,6 +1622,27 @@ def test_a_reader_that_pauses_longer_than_the_proxy_timeout_gets_the_whole_respo
     st = c.wait_stream(sid, timeout=30)
     assert (st.status, len(st.data), st.reset) == (200, n, None)
     assert "answering 504" not in proxy.read_error_log()
+    c.close()
+
+
+def test_a_client_that_reads_nothing_is_ended_by_the_stream_timeout(make_server, backends):
+    """A client that never opens its window on a proxied response: the
+    backend's silence is then the proxy's doing and ProxyTimeout (1 s) does
+    not end it; the client's stall is bounded by H2StreamTimeout (here
+    `Timeout`, 3 s), as a local handler's blocked write is: the stream is
+    reset and the backend's stream cancelled, no 504 logged."""
+    import rawh2
+    srv = make_server(name="proxy-no-reader", loglevel="warn http2:info proxy:info", extra=f"""{PROXY_MODULES}
+Timeout 3
+ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/ timeout=1
+""").start()
+    before = stats(backends[0])["resets_received"]
+    c = rawh2.Conn(srv.port, settings_pairs=[(rawh2.INITIAL_WINDOW_SIZE, 0)], auto_window=False)
+    sid = c.request(f"/api/big?n={20 * 1024 * 1024}")
+    c.wait(lambda: c.resp(sid).reset is not None or c.closed, timeout=15, what="the stream's reset")
+    wait_for(lambda: stats(backends[0])["resets_received"] > before)
+    log = srv.read_error_log()
+    assert "answering 504" not in log and "took none of the response within 3s (H2StreamTimeout)" in log
     c.close()
 
 

@@ -1010,6 +1010,11 @@ struct Leg {
     /// When the clock will wake the request (at most one alarm pending
     /// that is not past).
     alarm: Option<Instant>,
+    /// When the client last had room for the response: one that takes
+    /// nothing (its window shut, the stream's queue full) is bounded by
+    /// the stream timeout, as a local handler's blocked write is; the
+    /// backend's timeout does not count while it waits on the client.
+    output_clock: Instant,
 }
 
 struct BodyLeg {
@@ -1056,7 +1061,7 @@ impl C2Front {
             task,
             stream,
             slot: Mutex::new(Slot::Running { dirty: false }),
-            leg: Mutex::new(Leg { response, body: None, alarm: None }),
+            leg: Mutex::new(Leg { response, body: None, alarm: None, output_clock: Instant::now() }),
             me: me.clone(),
         })
     }
@@ -1145,6 +1150,23 @@ impl C2Front {
             }
         }
         let room = self.stream.output_room(waker).min(PUMP_MAX);
+        let now = Instant::now();
+        if room > 0 {
+            leg.output_clock = now;
+        }
+        let output_deadline = (room == 0).then(|| leg.output_clock + self.stream.timeout);
+        if output_deadline.is_some_and(|d| now >= d) {
+            crate::log::request(
+                r,
+                Level::Info,
+                &format!(
+                    "h2rs proxy: the client took none of the response within {:?} (H2StreamTimeout)",
+                    self.stream.timeout
+                ),
+            );
+            engine.cancel(task);
+            return Turn::Done(End::Abort);
+        }
         if room > 0 {
             // SAFETY: caller contract.
             if let Pumped::Done(end) = unsafe { pump(r, task, engine, room, leg.response) } {
@@ -1157,7 +1179,10 @@ impl C2Front {
         if moved {
             return Turn::Again;
         }
-        let idle = |until| Turn::Idle { until, had_room: room > 0 };
+        let idle = |until: Option<Instant>| Turn::Idle {
+            until: [until, output_deadline].into_iter().flatten().min(),
+            had_room: room > 0,
+        };
         let Some(body) = &mut leg.body else { return idle(None) };
         // The body's last bytes may wait for the client's END_STREAM (and
         // trailers) for a moment; when that runs out, no wake-up comes.
@@ -1169,7 +1194,6 @@ impl C2Front {
         // SAFETY: caller contract.
         let body_deadline = unsafe { c2::body_deadline((*r).connection) };
         let client_deadline = task.body_room().then(|| body.client_clock + self.stream.timeout);
-        let now = Instant::now();
         if client_deadline.is_some_and(|d| now >= d) {
             crate::log::request(
                 r,
