@@ -274,6 +274,8 @@ pub fn child_init() {
 /// in the MPM, send their GOAWAY right here.
 pub fn child_stopping(graceful: bool) {
     STOPPING.store(if graceful { 1 } else { 2 }, Ordering::SeqCst);
+    // Pairs with the fence in `C1::keep_alive`.
+    std::sync::atomic::fence(Ordering::SeqCst);
     let live: Vec<(Weak<Signal>, Weak<Parking>)> = SESSIONS.lock().values().cloned().collect();
     for (signal, parking) in live {
         if let Some(p) = parking.upgrade() {
@@ -1193,8 +1195,21 @@ impl C1 {
         // the GOAWAY of `KeepAliveTimeout`, or before the first request of
         // `first_request_timeout` (the keep-alive queue, used without
         // WAITIO, has its own).
-        if self.can_waitio && self.parking.park(self.session.last_stream_id() > 0) {
-            park::arm_timer(&self.parking, self.parking.first_timer());
+        if self.can_waitio {
+            if let Some(after) = self.parking.park(self.session.last_stream_id() > 0) {
+                park::arm_timer(&self.parking, after);
+            }
+            // A stop that began after this turn looked (`run`) found the
+            // session still ACTIVE and had nothing parked to notify: act
+            // for it. The fences order our PARKED before this look, and
+            // child_stopping's flag before its own look at the state, so
+            // one of the two sees the other (`Parking::stop` acts once).
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let stop = stopping();
+            if stop != 0 {
+                let parking = self.parking.clone();
+                parking.stop(stop == 1);
+            }
         }
         ffi::HOOK_OK
     }
@@ -1220,6 +1235,10 @@ impl C1 {
     /// pre_close_connection: the MPM closes the connection (keep-alive
     /// timeout, shutdown). Say goodbye with GOAWAY if we have not.
     pub fn pre_close(&mut self) {
+        // The MPM closes a parked connection (its `Timeout` ran out) on one
+        // of its threads: take the session from the clock first, which may
+        // be writing its idle GOAWAY right now.
+        self.parking.activate();
         if !self.client_gone && !self.torn_down && !self.session.goaway_sent() {
             self.session.goaway(error_code::NO_ERROR, b"");
             let _ = self.write_output();

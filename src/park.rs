@@ -23,9 +23,14 @@
 //! connection: a session is ACTIVE (a thread runs it), PARKED (idle in the
 //! MPM), CLOSING (a callback is sending GOAWAY) or DEAD (torn down). Only
 //! the holder of ACTIVE or CLOSING touches the session; `activate` waits
-//! out a short CLOSING. At most one timer is pending per session: a timer
-//! that finds the session re-parked more recently re-arms itself for the
-//! rest of the timeout, one that finds it busy or dead just ends.
+//! out a short CLOSING. One timer chain per session: `Timer::due` is when
+//! the current timer rings. A timer that finds the session re-parked more
+//! recently re-arms itself for the rest of the timeout, one that finds it
+//! busy or dead just ends. A park whose timeout ends before the pending
+//! timer rings (the first request came, and `KeepAliveTimeout` replaces
+//! the longer wait for it) arms an earlier one, which becomes the
+//! current; the later one then rings into a `due` it does not match and
+//! ends.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -105,10 +110,12 @@ impl Linger {
 
 pub struct Parking {
     state: AtomicU8,
-    parked_at: Mutex<Instant>,
-    timer_pending: AtomicBool,
+    timer: Mutex<Timer>,
     /// The caches were released since the session was last parked.
     trimmed: AtomicBool,
+    /// A stop (notice or final GOAWAY) reached the parked session: another
+    /// `stop` for the same shutdown does nothing.
+    stopped: AtomicBool,
     idle_timeout: Duration,
     /// The idle timeout until the client's first request.
     first_request_timeout: Duration,
@@ -116,6 +123,13 @@ pub struct Parking {
     served: AtomicBool,
     /// The session; valid while the state is not DEAD.
     session: Mutex<Option<SessionPtr>>,
+}
+
+struct Timer {
+    /// When the session was last parked.
+    parked_at: Instant,
+    /// When the current timer rings; None when none is pending.
+    due: Option<Instant>,
 }
 
 struct SessionPtr(*mut dyn Parked);
@@ -127,9 +141,9 @@ impl Parking {
     pub fn new(idle_timeout: Duration, first_request_timeout: Duration) -> Arc<Parking> {
         Arc::new(Parking {
             state: AtomicU8::new(ACTIVE),
-            parked_at: Mutex::new(Instant::now()),
-            timer_pending: AtomicBool::new(false),
+            timer: Mutex::new(Timer { parked_at: Instant::now(), due: None }),
             trimmed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             idle_timeout,
             first_request_timeout,
             served: AtomicBool::new(false),
@@ -163,14 +177,26 @@ impl Parking {
     }
 
     /// The session goes back to the MPM, idle; `served`: it has had a
-    /// request. Returns whether a timer must be registered (none is
-    /// pending yet).
-    pub fn park(&self, served: bool) -> bool {
-        *self.parked_at.lock() = Instant::now();
+    /// request. Returns when a timer must be armed (`arm_timer`): none is
+    /// pending, or the pending one rings later than this park's first
+    /// look is due.
+    pub fn park(&self, served: bool) -> Option<Duration> {
+        // Under the timer's lock, so that a timer deciding the chain ends
+        // (the session was busy) and this park are ordered.
+        let mut timer = self.timer.lock();
+        let now = Instant::now();
+        timer.parked_at = now;
         self.served.store(served, Ordering::Release);
         self.trimmed.store(false, Ordering::Release);
         self.state.store(PARKED, Ordering::Release);
-        !self.timer_pending.swap(true, Ordering::AcqRel)
+        let first = self.first_timer();
+        match timer.due {
+            Some(due) if due <= now + first => None,
+            _ => {
+                timer.due = Some(now + first);
+                Some(first)
+            }
+        }
     }
 
     /// The session is being torn down: no callback may touch it afterwards.
@@ -207,27 +233,38 @@ impl Parking {
         TRIM_AFTER.min(self.limit())
     }
 
-    /// Timer decision: Some(delay) to re-arm, None when done.
+    /// Timer decision: Some(delay) to re-arm, None when done. The lock is
+    /// held throughout, also while a GOAWAY or trim is written: the
+    /// session cannot be re-parked meanwhile (the owner's `activate` waits
+    /// out CLOSING, and its `park` takes the lock).
     fn on_timer(&self) -> Option<Duration> {
-        if self.state.load(Ordering::Acquire) != PARKED {
-            self.timer_pending.store(false, Ordering::Release);
+        let mut timer = self.timer.lock();
+        let now = Instant::now();
+        if timer.due.is_none_or(|due| due > now) {
+            // An earlier timer replaced this one (it is current, or its
+            // chain ended).
             return None;
         }
-        let idle = self.parked_at.lock().elapsed();
+        timer.due = None;
+        if self.state.load(Ordering::Acquire) != PARKED {
+            return None;
+        }
+        let idle = now.saturating_duration_since(timer.parked_at);
         let limit = self.limit();
         if idle >= limit {
-            self.timer_pending.store(false, Ordering::Release);
             self.with_parked(|s| s.goaway_now(b"idle timeout"));
             return None;
         }
         let trimmed = self.trimmed.load(Ordering::Acquire);
-        if idle >= TRIM_AFTER && !trimmed && self.with_parked(|s| s.trim()) {
-            self.trimmed.store(true, Ordering::Release);
+        if idle >= TRIM_AFTER && !trimmed {
+            self.with_parked(|s| {
+                s.trim();
+                self.trimmed.store(true, Ordering::Release);
+            });
         }
-        if idle < TRIM_AFTER && !trimmed {
-            return Some((TRIM_AFTER - idle).min(limit - idle));
-        }
-        Some(limit - idle)
+        let rest = if idle < TRIM_AFTER && !trimmed { (TRIM_AFTER - idle).min(limit - idle) } else { limit - idle };
+        timer.due = Some(now + rest);
+        Some(rest)
     }
 
     /// The child stops. Graceful: a parked session sends its shutdown
@@ -235,20 +272,29 @@ impl Parking {
     /// session runs again) or, from the child's clock, after
     /// `STOP_NOTICE_GRACE` (a final GOAWAY at once would refuse requests
     /// already on the wire). Hard: the final GOAWAY at once.
+    ///
+    /// Called by `child_stopping` and by a session that parked just as the
+    /// stop began (it may have found the session still ACTIVE): the first
+    /// that reaches the parked session acts, the other does nothing.
     pub fn stop(self: &Arc<Self>, graceful: bool) {
-        let mut noticed = false;
-        if graceful {
-            self.with_parked(|s| noticed = s.shutdown_notice_now());
+        if self.stopped.load(Ordering::Acquire) {
+            return;
         }
-        if !noticed || !arm_stop_deadline(self, STOP_NOTICE_GRACE) {
-            self.stop_deadline();
+        let mut noticed = false;
+        let reached = graceful && self.with_parked(|s| noticed = s.shutdown_notice_now());
+        if noticed && arm_stop_deadline(self, STOP_NOTICE_GRACE) {
+            self.stopped.store(true, Ordering::Release);
+            return;
+        }
+        if self.stop_deadline() || reached {
+            self.stopped.store(true, Ordering::Release);
         }
     }
 
     /// The shutdown notice's grace has passed: a session still parked
     /// (its client did not answer) gets the final GOAWAY.
-    fn stop_deadline(&self) {
-        self.with_parked(|s| s.goaway_now(b"server shutting down"));
+    fn stop_deadline(&self) -> bool {
+        self.with_parked(|s| s.goaway_now(b"server shutting down"))
     }
 }
 
@@ -270,7 +316,7 @@ impl crate::clock::Alarm for Parking {
 /// clock runs.
 pub fn arm_timer(parking: &Arc<Parking>, after: Duration) -> bool {
     if !crate::clock::schedule(parking, after, IDLE_TIMER) {
-        parking.timer_pending.store(false, Ordering::Release);
+        parking.timer.lock().due = None;
         return false;
     }
     true
@@ -318,29 +364,56 @@ mod tests {
         assert!(l.waits(false), "exactly QUICK_RETURN counts as quick");
     }
 
+    impl Parking {
+        /// As if `by` had passed since the park and the timer was armed.
+        fn age(&self, by: Duration) {
+            let mut t = self.timer.lock();
+            t.parked_at -= by;
+            if let Some(due) = &mut t.due {
+                *due -= by;
+            }
+        }
+    }
+
     #[test]
     fn states_and_timer_decisions() {
         let mut fake = Box::new(Fake(0, 0));
         let p = Parking::new(Duration::from_millis(50), Duration::from_millis(50));
         p.set_session(&mut *fake as *mut dyn Parked);
-        assert!(p.park(true));
-        assert!(!p.park(true), "one timer at a time");
-        // Not idle long enough: re-arm for the rest.
-        assert!(p.on_timer().is_some());
-        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(p.park(true), Some(Duration::from_millis(50)));
+        assert_eq!(p.park(true), None, "the pending timer rings in time");
+        assert!(p.on_timer().is_none(), "a timer before its time is not the current one");
+        assert_eq!(fake.0, 0);
+        p.age(Duration::from_millis(50));
         assert!(p.on_timer().is_none());
-        assert_eq!(fake.0, 1);
+        assert_eq!(fake.0, 1, "idle timeout: GOAWAY");
         // Busy sessions are left alone.
         p.activate();
         p.stop(true);
         assert_eq!(fake.0, 1);
-        assert!(p.park(true));
+        assert!(p.park(true).is_some());
         p.stop(true);
         assert_eq!(fake.0, 2);
+        p.stop(true);
+        assert_eq!(fake.0, 2, "one stop acts");
         p.kill();
-        p.stop(true);
-        assert_eq!(fake.0, 2);
         assert_eq!(fake.1, 0, "idle timeout below TRIM_AFTER: nothing to trim first");
+    }
+
+    /// A timer that finds the session busy ends the chain; the next park
+    /// arms a new one (it is never left without).
+    #[test]
+    fn a_timer_that_finds_the_session_busy_leaves_the_next_park_its_own() {
+        let mut fake = Box::new(Fake(0, 0));
+        let p = Parking::new(Duration::from_millis(50), Duration::from_millis(50));
+        p.set_session(&mut *fake as *mut dyn Parked);
+        assert!(p.park(true).is_some());
+        p.activate();
+        p.age(Duration::from_millis(50));
+        assert!(p.on_timer().is_none());
+        assert_eq!(fake.0, 0);
+        assert!(p.park(true).is_some(), "no timer pending any more");
+        p.kill();
     }
 
     /// Graceful stop: a parked session sends the shutdown notice, and the
@@ -368,9 +441,12 @@ mod tests {
         let mut fake = Box::new(Noticing { goaways: goaways.clone(), notices: 0 });
         let p = Parking::new(Duration::from_secs(60), Duration::from_secs(60));
         p.set_session(&mut *fake as *mut dyn Parked);
-        assert!(p.park(true));
+        assert!(p.park(true).is_some());
         p.stop(true);
         assert_eq!(goaways.load(Ordering::SeqCst), 0, "the final GOAWAY waits for the client's answer");
+        // The session that parked as the stop began asks too: nothing more.
+        p.stop(true);
+        assert_eq!((goaways.load(Ordering::SeqCst), fake.notices), (0, 1));
         let deadline = Instant::now() + STOP_NOTICE_GRACE + Duration::from_secs(5);
         while goaways.load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < deadline, "no final GOAWAY from the clock");
@@ -381,30 +457,31 @@ mod tests {
         // A hard stop: the final GOAWAY at once, no notice.
         let p = Parking::new(Duration::from_secs(60), Duration::from_secs(60));
         p.set_session(&mut *fake as *mut dyn Parked);
-        assert!(p.park(true));
+        assert!(p.park(true).is_some());
         p.stop(false);
         p.kill();
         assert_eq!((goaways.load(Ordering::SeqCst), fake.notices), (2, 1));
     }
 
     /// Before its first request a session waits `first_request_timeout`,
-    /// after it the (shorter) idle timeout.
+    /// after it the (shorter) idle timeout, also when the first request
+    /// came while the long wait's timer was pending: that park arms an
+    /// earlier timer, and the replaced one does nothing when it rings.
     #[test]
     fn the_first_request_is_waited_for_longer() {
         let mut fake = Box::new(Fake(0, 0));
         let p = Parking::new(Duration::from_millis(40), Duration::from_millis(400));
         p.set_session(&mut *fake as *mut dyn Parked);
-        assert!(p.park(false));
-        assert_eq!(p.first_timer(), Duration::from_millis(400));
-        *p.parked_at.lock() -= Duration::from_millis(100);
-        let rest = p.on_timer().expect("still waiting for the first request");
-        assert!(rest <= Duration::from_millis(300), "{rest:?}");
-        assert_eq!(fake.0, 0);
+        assert_eq!(p.park(false), Some(Duration::from_millis(400)));
+        p.age(Duration::from_millis(100));
         // A request came; idle again: the idle timeout applies.
         p.activate();
-        assert!(!p.park(true), "the timer is still pending");
-        assert_eq!(p.first_timer(), Duration::from_millis(40));
-        *p.parked_at.lock() -= Duration::from_millis(50);
+        assert_eq!(p.park(true), Some(Duration::from_millis(40)), "an earlier timer than the pending one");
+        p.age(Duration::from_millis(40));
+        assert!(p.on_timer().is_none());
+        assert_eq!(fake.0, 1, "GOAWAY after the idle timeout, not the first request's");
+        // The replaced timer rings later: not the current one.
+        p.age(Duration::from_millis(300));
         assert!(p.on_timer().is_none());
         assert_eq!(fake.0, 1);
         p.kill();
@@ -415,23 +492,19 @@ mod tests {
         let mut fake = Box::new(Fake(0, 0));
         let p = Parking::new(TRIM_AFTER + Duration::from_millis(100), TRIM_AFTER + Duration::from_millis(100));
         p.set_session(&mut *fake as *mut dyn Parked);
-        assert!(p.park(true));
-        assert_eq!(p.first_timer(), TRIM_AFTER);
-        // Early: wait for the trim.
+        assert_eq!(p.park(true), Some(TRIM_AFTER));
+        // The first timer: trimmed, re-armed for the rest of the timeout.
+        p.age(TRIM_AFTER);
         let rest = p.on_timer().expect("re-armed");
-        assert!(rest <= TRIM_AFTER);
-        *p.parked_at.lock() -= TRIM_AFTER;
-        // Trimmed now, then re-armed for the idle timeout.
-        assert!(p.on_timer().is_some());
-        assert!(p.on_timer().is_some());
+        assert!(rest <= Duration::from_millis(100), "{rest:?}");
         assert_eq!((fake.0, fake.1), (0, 1));
-        *p.parked_at.lock() -= Duration::from_millis(100);
+        p.age(Duration::from_millis(100));
         assert!(p.on_timer().is_none());
         assert_eq!((fake.0, fake.1), (1, 1));
         // Parked again after a request: trimmed again later.
         p.activate();
-        assert!(p.park(true));
-        *p.parked_at.lock() -= TRIM_AFTER;
+        assert_eq!(p.park(true), Some(TRIM_AFTER));
+        p.age(TRIM_AFTER);
         assert!(p.on_timer().is_some());
         assert_eq!(fake.1, 2);
         p.kill();

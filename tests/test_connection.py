@@ -122,6 +122,21 @@ def test_a_new_connection_waits_for_its_first_request_about_timeout(make_server)
     silent.close()
 
 
+def test_keepalivetimeout_applies_after_a_late_first_request(make_server):
+    """A connection whose first request comes after its idle caches were
+    released (2 s) gets its GOAWAY `KeepAliveTimeout` after that request,
+    within the client's 10 s wait: before, the timer armed for the first
+    request's long wait (about `Timeout`, 30 s here) stayed the only one."""
+    srv = make_server(extra="Timeout 30\nKeepAliveTimeout 1").start()
+    c = H2Client(srv.port)
+    with pytest.raises(TimeoutError):  # reads what comes meanwhile: no GOAWAY
+        c.wait(lambda: c.goaway is not None, timeout=2.5)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.wait(lambda: c.goaway is not None, timeout=10)
+    assert c.goaway == (h2.errors.ErrorCodes.NO_ERROR, 1), c.goaway
+    c.close()
+
+
 def test_a_long_idle_connection_releases_its_caches_and_serves_again(make_server, docroot):
     """After 2 s parked, a session drops its cached stream connections and
     gives back the page of nghttp2's frame buffer (memory of idle clients);
