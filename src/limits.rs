@@ -47,6 +47,17 @@ pub mod directive {
 /// default).
 pub const MAX_REQUEST_HEAD_BYTES: u32 = 64 * 1024;
 
+/// A backend's header block (response head, interim head or trailers),
+/// decoded, counted as HPACK counts (name + value + 32 per field): beyond
+/// it the proxied request is answered 502 and the backend's stream reset.
+/// A hostile backend's HPACK references would otherwise expand a few KiB
+/// on the wire into gigabytes held in the child.
+pub const MAX_BACKEND_HEAD_BYTES: usize = 64 * 1024;
+
+/// Interim (1xx) heads one proxied response may carry before its final
+/// head; beyond, as for a head too large.
+pub const MAX_BACKEND_INTERIMS: u8 = 16;
+
 /// Decoded bytes of the request heads one connection may have waiting for
 /// a worker (at most H2MaxSessionStreams of them): a new request beyond it
 /// is refused (RST_STREAM REFUSED_STREAM, safe for the client to retry).

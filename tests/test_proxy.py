@@ -1972,3 +1972,92 @@ def test_a_head_without_content_is_the_whole_response(proxy, backends, status, m
         time.sleep(0.1)
     assert stats(backends[0])["resets_received"] == resets + 1
     assert "still open" in proxy.read_error_log()
+
+
+@pytest.fixture
+def bomb_backend():
+    """A raw HTTP/2 backend on 127.0.0.1 whose answer to every request is
+    one hostile header block: `bomb_backend.mode` "hpack" sends a 4 KiB
+    field once and then 12,000 one-byte references to it in the same
+    HEADERS frame (48 MB decoded from 16 KiB), "interims" sends 40 interim
+    103 heads before its final head."""
+    import hpack
+    import rawh2
+
+    class Backend:
+        mode = "hpack"
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+
+    def answer(sid):
+        enc = hpack.Encoder()
+        if Backend.mode == "hpack":
+            block = enc.encode([(":status", "200"), ("x-big", "a" * 4000)]) + b"\xbe" * 12000
+            return rawh2.headers(sid, block, end_stream=True)
+        early = b"".join(rawh2.headers(sid, enc.encode([(":status", "103"), ("link", "</a.css>")]),
+                                       end_stream=False) for _ in range(40))
+        return early + rawh2.headers(sid, enc.encode([(":status", "200")]), end_stream=True)
+
+    def serve(s):
+        buf = b""
+        with s:
+            try:
+                while len(buf) < len(rawh2.PREFACE):
+                    buf += s.recv(65536)
+                buf = buf[len(rawh2.PREFACE):]
+                s.sendall(rawh2.settings())
+                while True:
+                    while len(buf) >= 9:
+                        length = int.from_bytes(buf[:3], "big")
+                        if len(buf) < 9 + length:
+                            break
+                        ftype, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                        buf = buf[9 + length:]
+                        if ftype == rawh2.SETTINGS and not flags & 1:
+                            s.sendall(rawh2.settings(ack=True))
+                        elif ftype == rawh2.HEADERS:
+                            s.sendall(answer(sid))
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+            except OSError:
+                return
+
+    def accept():
+        while True:
+            try:
+                s, _ = lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(s,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    Backend.port = lsock.getsockname()[1]
+    yield Backend
+    lsock.close()
+
+
+@pytest.mark.parametrize("mode", ["hpack", "interims"])
+def test_a_backend_head_too_large_is_answered_502(make_server, bomb_backend, mode):
+    """A backend's header block is bounded when decoded (64 KiB, as a
+    client's request head is; HPACK references would expand 16 KiB on the
+    wire into 48 MB held in the child), and so are its interim heads (16):
+    beyond, 502 and the backend's stream reset, logged with the backend's
+    name; the server goes on."""
+    bomb_backend.mode = mode
+    srv = make_server(name=f"proxy-bomb-{mode}", extra=f"""{PROXY_MODULES}
+ProxyPass /bomb/ h2c://127.0.0.1:{bomb_backend.port}/
+""").start()
+    before = srv.rss_kib()
+    for _ in range(5):
+        code, _ = split(get(srv, "/bomb/x"))
+        assert code == 502
+    log = srv.read_error_log()
+    want = "a header block over 65536 bytes" if mode == "hpack" else "more than 16 interim responses"
+    assert f"backend h2c://127.0.0.1:{bomb_backend.port}: stream 1: {want}, answering 502" in log, log[-2000:]
+    assert (srv.rss_kib() - before) / 1024 < 16
+    code, _ = split(get(srv, "/1k.bin"))
+    assert code == 200

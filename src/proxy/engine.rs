@@ -165,9 +165,22 @@ struct BStream {
     received: usize,
     consumed: usize,
     deadline: Instant,
+    /// The decoded size of the header block being received.
+    head_bytes: usize,
+    /// Interim heads received.
+    interims: u8,
 }
 
 impl BStream {
+    /// The backend's heads are over the limits (`limits::MAX_BACKEND_*`):
+    /// the request is answered 502 and the stream reset (the caller logs
+    /// why, `log_heads_refused`).
+    fn refuse_heads(&mut self) -> Flow {
+        self.task.fail(502);
+        self.reset_sent = true;
+        Flow::ResetStream(error_code::CANCEL)
+    }
+
     /// The backend did something (or owes nothing yet): its timeout starts
     /// again.
     fn renew_deadline(&mut self, now: Instant) {
@@ -208,17 +221,32 @@ impl Backend {
     }
 }
 
+fn log_heads_refused(backend: &str, stream_id: i32, what: &str) {
+    log_error(&format!("backend {backend}: stream {stream_id}: {what}, answering 502"));
+}
+
 impl Handler for Backend {
     fn begin_headers(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
         if let Some(bs) = self.touch(frame.stream_id) {
             bs.fields = Headers::new();
             bs.status = 0;
+            bs.head_bytes = 0;
         }
         Flow::Continue
     }
 
     fn header(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo, name: &[u8], value: &[u8]) -> Flow {
         let Some(bs) = self.streams.get_mut(&frame.stream_id) else { return Flow::Continue };
+        if bs.reset_sent {
+            return Flow::Continue;
+        }
+        bs.head_bytes += name.len() + value.len() + 32;
+        if bs.head_bytes > limits::MAX_BACKEND_HEAD_BYTES {
+            let flow = bs.refuse_heads();
+            let what = format!("a header block over {} bytes", limits::MAX_BACKEND_HEAD_BYTES);
+            log_heads_refused(&self.backend, frame.stream_id, &what);
+            return flow;
+        }
         if name == b":status" {
             bs.status = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
         } else if !name.starts_with(b":") {
@@ -262,6 +290,10 @@ impl Handler for Backend {
                 let Some(bs) = self.touch(frame.stream_id) else { return Flow::Continue };
                 let end = frame.has(flags::END_STREAM);
                 let fields = std::mem::take(&mut bs.fields);
+                if bs.reset_sent {
+                    // Refused (a block too large), or cancelled meanwhile.
+                    return Flow::Continue;
+                }
                 if bs.head_done {
                     // Trailers (they always end the stream).
                     bs.ended = true;
@@ -270,7 +302,16 @@ impl Handler for Backend {
                 }
                 match bs.status {
                     101 => {}
-                    100..=199 => bs.task.on_interim(ResponseHead { status: bs.status, headers: fields }),
+                    100..=199 if bs.interims >= limits::MAX_BACKEND_INTERIMS => {
+                        let flow = bs.refuse_heads();
+                        let what = format!("more than {} interim responses", limits::MAX_BACKEND_INTERIMS);
+                        log_heads_refused(&self.backend, frame.stream_id, &what);
+                        return flow;
+                    }
+                    100..=199 => {
+                        bs.interims += 1;
+                        bs.task.on_interim(ResponseHead { status: bs.status, headers: fields });
+                    }
                     200..=999 => {
                         bs.head_done = true;
                         bs.task.on_head(ResponseHead { status: bs.status, headers: fields });
@@ -283,7 +324,7 @@ impl Handler for Backend {
                 }
             }
             frame_type::DATA if frame.has(flags::END_STREAM) => {
-                if let Some(bs) = self.touch(frame.stream_id) {
+                if let Some(bs) = self.touch(frame.stream_id).filter(|bs| !bs.reset_sent) {
                     bs.ended = true;
                     bs.task.on_end(None);
                 }
@@ -296,7 +337,11 @@ impl Handler for Backend {
     fn data_chunk(&mut self, _ops: &mut Ops<'_>, stream_id: i32, data: &[u8]) -> Flow {
         if let Some(bs) = self.touch(stream_id) {
             bs.received += data.len();
-            bs.task.on_data(data);
+            // Not for a stream we reset (it failed, or its front is gone):
+            // its bytes are credited back to the connection when it closes.
+            if !bs.reset_sent {
+                bs.task.on_data(data);
+            }
         }
         Flow::Continue
     }
@@ -604,6 +649,8 @@ impl Conn {
                 received: 0,
                 consumed: 0,
                 deadline: Instant::now() + task.spec.timeout,
+                head_bytes: 0,
+                interims: 0,
             },
         );
         Ok(())
