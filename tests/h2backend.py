@@ -260,6 +260,13 @@ class Conn:
                         self.h2.send_data(ev.stream_id, b"too large\n", end_stream=True)
                         self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.NO_ERROR)
                         del self.heads[ev.stream_id]
+                    elif self.heads[ev.stream_id].get(":path") == "/answer-first" and not ev.stream_ended:
+                        # Answers whole before the request body and goes on
+                        # reading it (no reset): what it then gets is
+                        # counted as usual (bodies_ended, resets_received).
+                        self.h2.send_headers(ev.stream_id, [(":status", "200"), ("content-length", "9")])
+                        self.h2.send_data(ev.stream_id, b"answered\n", end_stream=True)
+                        del self.heads[ev.stream_id]
                     elif self.heads[ev.stream_id].get(":path") == "/duplex" and not ev.stream_ended:
                         # Full duplex: answers at once and echoes each
                         # piece of the request body as it comes.

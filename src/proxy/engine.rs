@@ -1008,7 +1008,7 @@ impl LoopState {
             return;
         }
         let consumed = task.take_consumed();
-        let cancelled = task.is_cancelled();
+        let cancelled = task.must_reset();
         let Some(conn) = self.conn_mut(conn_id) else { return };
         let (h, mut ops) = conn.session.split();
         let Some(bs) = h.streams.get_mut(&stream_id) else { return };
@@ -1082,7 +1082,7 @@ impl LoopState {
                     // client.
                     bs.renew_deadline(now);
                 }
-                if bs.task.is_cancelled() {
+                if bs.task.must_reset() {
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);
                 } else if now > bs.deadline {

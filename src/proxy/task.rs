@@ -139,6 +139,9 @@ struct State {
     /// Response body bytes the front took, in all.
     response_taken: u64,
     cancelled: bool,
+    /// Request body bytes were dropped (the response ended first): the
+    /// body must never end with END_STREAM, the engine resets the stream.
+    body_cut: bool,
     /// The request went out on a backend connection.
     dispatched: bool,
     /// The engine has been told to look at the task and has not yet.
@@ -363,6 +366,13 @@ impl Task {
         self.state.lock().cancelled
     }
 
+    /// The backend's stream must be reset: the request was cancelled, or
+    /// part of its body was dropped.
+    pub fn must_reset(&self) -> bool {
+        let s = self.state.lock();
+        s.cancelled || s.body_cut
+    }
+
     /// The body bytes that went to the backend and came from it so far
     /// (for the worker's traffic counts, which `lbmethod=bytraffic` and
     /// the balancer manager read).
@@ -385,10 +395,10 @@ impl Task {
             let was_full = s.body_full();
             let n = s.body.take_into(buf);
             s.body_taken += n as u64;
-            let r = if s.cancelled || (n == 0 && !s.body_end) {
-                // Cancelled: never an END_STREAM (the backend would take what
-                // it got for the whole body, a truncated upload for a
-                // complete one); the engine resets the stream instead.
+            let r = if s.cancelled || s.body_cut || (n == 0 && !s.body_end) {
+                // Cancelled or cut: never an END_STREAM (the backend would
+                // take what it got for the whole body, a truncated upload
+                // for a complete one); the engine resets the stream instead.
                 None
             } else {
                 let eof = s.body_end && s.body.is_empty();
@@ -487,8 +497,10 @@ impl Task {
         }
         if s.end {
             // The backend answered before it read the whole body: the rest
-            // is read from the client and dropped.
-            return (true, false);
+            // is read from the client and dropped, and the backend's stream
+            // reset rather than ended (`must_reset`).
+            let first = !std::mem::replace(&mut s.body_cut, true);
+            return (true, first && Task::mark_posted(&mut s));
         }
         s.body.push(data);
         (true, Task::mark_posted(&mut s))
@@ -699,6 +711,16 @@ mod tests {
         assert!(t.push_body(b"abcdef", None).0);
         t.end_body(None);
         t.cancel();
+        assert_eq!(t.read_body(&mut buf), None);
+
+        // Nor one whose bytes were dropped after the response ended.
+        let t = Task::new(spec());
+        assert!(t.push_body(b"abc", None).0);
+        t.on_end(None);
+        assert!(!t.must_reset());
+        assert!(t.push_body(b"def", None).0, "the front goes on reading");
+        t.end_body(None);
+        assert!(t.must_reset());
         assert_eq!(t.read_body(&mut buf), None);
     }
 
