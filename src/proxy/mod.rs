@@ -1156,14 +1156,7 @@ impl C2Front {
         }
         let output_deadline = (room == 0).then(|| leg.output_clock + self.stream.timeout);
         if output_deadline.is_some_and(|d| now >= d) {
-            crate::log::request(
-                r,
-                Level::Info,
-                &format!(
-                    "h2rs proxy: the client took none of the response within {:?} (H2StreamTimeout)",
-                    self.stream.timeout
-                ),
-            );
+            self.log_client_timeout(r, "the client took none of the response");
             engine.cancel(task);
             return Turn::Done(End::Abort);
         }
@@ -1195,14 +1188,7 @@ impl C2Front {
         let body_deadline = unsafe { c2::body_deadline((*r).connection) };
         let client_deadline = task.body_room().then(|| body.client_clock + self.stream.timeout);
         if client_deadline.is_some_and(|d| now >= d) {
-            crate::log::request(
-                r,
-                Level::Info,
-                &format!(
-                    "h2rs proxy: no request body from the client within {:?} (H2StreamTimeout)",
-                    self.stream.timeout
-                ),
-            );
+            self.log_client_timeout(r, "no request body from the client");
             return give_up(ffi::HTTP_REQUEST_TIME_OUT as c_int);
         }
         if body_deadline.is_some_and(|d| now >= d) {
@@ -1220,6 +1206,12 @@ impl C2Front {
             };
         }
         idle([body_deadline, client_deadline, held_until].into_iter().flatten().min())
+    }
+
+    /// The client let the stream timeout pass: `what` it did not do.
+    fn log_client_timeout(&self, r: *mut ffi::request_rec, what: &str) {
+        let timeout = self.stream.timeout;
+        crate::log::request(r, Level::Info, &format!("h2rs proxy: {what} within {timeout:?} (H2StreamTimeout)"));
     }
 
     /// Has the clock wake the request at `until`, unless an alarm that is
