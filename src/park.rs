@@ -114,8 +114,9 @@ pub struct Parking {
     /// The caches were released since the session was last parked.
     trimmed: AtomicBool,
     /// A stop (notice or final GOAWAY) reached the parked session: another
-    /// `stop` for the same shutdown does nothing.
-    stopped: AtomicBool,
+    /// `stop` for the same shutdown does nothing. A lock, not a flag: the
+    /// check and the act are one step for two callers at once.
+    stopped: Mutex<bool>,
     idle_timeout: Duration,
     /// The idle timeout until the client's first request.
     first_request_timeout: Duration,
@@ -143,7 +144,7 @@ impl Parking {
             state: AtomicU8::new(ACTIVE),
             timer: Mutex::new(Timer { parked_at: Instant::now(), due: None }),
             trimmed: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
+            stopped: Mutex::new(false),
             idle_timeout,
             first_request_timeout,
             served: AtomicBool::new(false),
@@ -277,17 +278,18 @@ impl Parking {
     /// stop began (it may have found the session still ACTIVE): the first
     /// that reaches the parked session acts, the other does nothing.
     pub fn stop(self: &Arc<Self>, graceful: bool) {
-        if self.stopped.load(Ordering::Acquire) {
+        let mut stopped = self.stopped.lock();
+        if *stopped {
             return;
         }
         let mut noticed = false;
         let reached = graceful && self.with_parked(|s| noticed = s.shutdown_notice_now());
         if noticed && arm_stop_deadline(self, STOP_NOTICE_GRACE) {
-            self.stopped.store(true, Ordering::Release);
+            *stopped = true;
             return;
         }
         if self.stop_deadline() || reached {
-            self.stopped.store(true, Ordering::Release);
+            *stopped = true;
         }
     }
 

@@ -1072,14 +1072,16 @@ impl LoopState {
                 if bs.task.front_gone() {
                     bs.task.cancel();
                 }
-                if bs.task.awaits_client_body() || bs.received > bs.consumed {
+                if bs.task.awaits_client_body() || (!bs.ended && bs.received > bs.consumed) {
                     // ProxyTimeout bounds the backend's silence, not a slow
                     // upload, nor a slow reader: while the client has not
                     // taken what came, the backend's window stays shut and
                     // its silence is ours (the client's own timeouts bound
                     // that: H2StreamTimeout, Timeout), as mod_proxy_http
                     // does not time the backend while it writes to the
-                    // client.
+                    // client. Not once the backend ended its response (the
+                    // front's takes are no longer counted then): a stream
+                    // it leaves open, not reading our body, times out.
                     bs.renew_deadline(now);
                 }
                 if bs.task.must_reset() {
