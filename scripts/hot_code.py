@@ -30,7 +30,6 @@ Run it through `scripts/hot-code` after changes that move code around;
 still found at the front of .text.
 """
 import collections
-import fnmatch
 import os
 import pathlib
 import re
@@ -136,14 +135,7 @@ def patterns_for(functions, symbols):
     for f in functions:
         p = pattern(f)
         if any(other not in ran for other in by_pattern.get(p, ())):
-            p = f
-            if re.search(r"\.llvm\.\d+$", f):
-                open_suffix = re.sub(r"\.llvm\.\d+$", "", f) + "*"
-                # Other copies of the same LTO-local function, in other
-                # objects with other suffixes, that did not run (three of
-                # `drop_in_place<Vec<u8>>`, 2026-12-06): the exact name.
-                if not any(other not in ran and fnmatch.fnmatchcase(other, open_suffix) for other in symbols):
-                    p = open_suffix
+            p = re.sub(r"\.llvm\.\d+$", "", f) + "*" if re.search(r"\.llvm\.\d+$", f) else f
         out.append(p)
     return list(dict.fromkeys(out))
 
