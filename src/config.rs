@@ -363,10 +363,7 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             // Seconds, or httpd's time syntax (as the stock module reads
             // it); 0 is the default.
             expect_args(d, args, 1, 1)?;
-            let idle = parse_duration(d, args[0])?;
-            if idle > MAX_DURATION {
-                return Err(format!("{d}: '{}' is out of range (at most a year)", args[0]));
-            }
+            let idle = parse_bounded_duration(d, args[0])?;
             s.max_worker_idle_secs = match idle.as_secs() {
                 0 if idle.is_zero() => None,
                 secs => Some(secs.max(1) as u32),
@@ -433,10 +430,7 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             // 0: Timeout applies, as with the stock module, which uses
             // only a value above 0.
             expect_args(d, args, 1, 1)?;
-            let timeout = parse_duration(d, args[0])?;
-            if timeout > MAX_DURATION {
-                return Err(format!("{d}: '{}' is out of range (at most a year)", args[0]));
-            }
+            let timeout = parse_bounded_duration(d, args[0])?;
             s.stream_timeout = Some(timeout).filter(|t| !t.is_zero());
         }
         "h2maxdataframelen" => {
@@ -476,6 +470,15 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
 
 /// The longest time a directive takes: deadlines are computed from it.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `parse_duration`, at most `MAX_DURATION`.
+fn parse_bounded_duration(directive: &str, arg: &str) -> Result<Duration, String> {
+    let d = parse_duration(directive, arg)?;
+    if d > MAX_DURATION {
+        return Err(format!("{directive}: '{arg}' is out of range (at most a year)"));
+    }
+    Ok(d)
+}
 
 /// httpd's time syntax for timeouts: seconds, or a number with a unit
 /// suffix `ms`, `s`, `mi`, `h` (as ap_timeout_parameter_parse accepts).

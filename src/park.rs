@@ -230,7 +230,7 @@ impl Parking {
     }
 
     /// The first timer after parking: when to call `on_timer`.
-    pub fn first_timer(&self) -> Duration {
+    fn first_timer(&self) -> Duration {
         TRIM_AFTER.min(self.limit())
     }
 
