@@ -213,6 +213,8 @@ class Conn:
                 await asyncio.sleep(float(q.get("hold", "1")))
                 self.h2.end_stream(sid)
                 self.flush()
+            elif route == "/status":
+                await self.respond(sid, q.get("code", "200"), b"as asked\n")
             elif route == "/redirect":
                 await self.respond(sid, 302, b"", [("location", f"http://127.0.0.1:{PORT}/elsewhere")])
             elif route == "/mapped":

@@ -214,6 +214,18 @@ def test_response_field_names_reach_http1_clients_camel_cased(proxy):
     assert "x-backend-conn" in names("--http2-prior-knowledge", "/api/x/headers")
 
 
+@pytest.mark.parametrize("code", ["600", "999", "099"])
+def test_backend_status_outside_http_is_a_bad_gateway(proxy, code):
+    """A backend status of three digits outside 100 to 599 is not HTTP
+    (RFC 9110 15): the client gets 502 and the log says why."""
+    start = len(proxy.read_error_log())
+    r = curl("--http2-prior-knowledge", "-s", "-o", "/dev/null", "-w", "%{http_code}", proxy.url(f"/api/status?code={code}"))
+    assert r.stdout == b"502"
+    assert f"status {code}, answering 502" in proxy.read_error_log()[start:]
+    ok = curl("--http2-prior-knowledge", "-s", "-o", "/dev/null", "-w", "%{http_code}", proxy.url("/api/status?code=599"))
+    assert ok.stdout == b"599"
+
+
 def test_proxy_pass_reverse(proxy):
     r = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", proxy.url("/api/redirect"))
     assert b"302" in r.stdout.split(b"\r\n")[0]

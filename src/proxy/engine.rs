@@ -312,11 +312,18 @@ impl Handler for Backend {
                         bs.interims += 1;
                         bs.task.on_interim(ResponseHead { status: bs.status, headers: fields });
                     }
-                    200..=999 => {
+                    200..=599 => {
                         bs.head_done = true;
                         bs.task.on_head(ResponseHead { status: bs.status, headers: fields });
                     }
-                    _ => return Flow::ResetStream(error_code::PROTOCOL_ERROR),
+                    // nghttp2 checks that :status has three digits; HTTP
+                    // defines 100 to 599 only (RFC 9110 15), and httpd
+                    // would send any other as it is.
+                    invalid => {
+                        let flow = bs.refuse_heads();
+                        log_heads_refused(&self.backend, frame.stream_id, &format!("status {invalid:03}"));
+                        return flow;
+                    }
                 }
                 if end && bs.head_done {
                     bs.ended = true;
