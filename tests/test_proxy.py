@@ -56,6 +56,7 @@ ProxyPass /narrow/ h2c://127.0.0.1:{b3}/
 ProxyPass /narrow1/ h2c://localhost:{b3}/ max=1
 ProxyPass /tls/ h2://localhost:{b4}/
 ProxyPass /down/ h2c://127.0.0.1:{free_port()}/
+ProxyPass /nodns/ h2c://no-such-host.invalid:{b1}/
 ProxyPass /pp/ h2c://127.0.0.1:{b1}/
 <Location /pp/>
   ProxyPreserveHost On
@@ -1185,6 +1186,18 @@ def test_timeout_is_504(proxy):
 def test_unreachable_backend_is_503(proxy):
     code, _ = split(get(proxy, "/down/x"))
     assert code == 503
+
+
+def test_backend_name_that_does_not_resolve_is_503(proxy):
+    """The name is looked up on the request's thread (not on the engine's
+    loop, which a slow lookup would stall for every proxied stream); one
+    that fails answers 503, as mod_proxy_http's DNS failures do."""
+    start = len(proxy.read_error_log())
+    code, _ = split(get(proxy, "/nodns/x"))
+    assert code == 503
+    assert "backend h2c://no-such-host.invalid:" in proxy.read_error_log()[start:]
+    assert "cannot resolve no-such-host.invalid:" in proxy.read_error_log()[start:]
+    assert split(get(proxy, "/api/delay?s=0"))[0] == 200
 
 
 def port_of(body):

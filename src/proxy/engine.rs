@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -519,12 +519,7 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 impl Conn {
     fn open(id: u64, task: &Task) -> Result<Conn, String> {
         let spec = &task.spec;
-        let (key, backend, connect) = (&spec.key, &spec.backend, &spec.connect);
-        let addr = connect
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {connect}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("no address for {connect}"))?;
+        let (key, backend, addr) = (&spec.key, &spec.backend, spec.addr);
         let sock = connect_nonblocking(&addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         if spec.pool.keepalive {
             set_keepalive(&sock);

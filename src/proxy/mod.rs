@@ -26,6 +26,7 @@
 
 pub mod backend_tls;
 pub mod engine;
+pub mod resolve;
 pub mod task;
 pub mod tls;
 
@@ -508,6 +509,13 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         let has_body = hin.get(c"Transfer-Encoding").is_some()
             || hin.get(c"Content-Length").is_some_and(|v| v.trim_ascii() != b"0");
         let backend = format!("{}://{}", if target.tls { "h2" } else { "h2c" }, target.key);
+        let addr = match resolve::resolve(&target.key) {
+            Ok(addr) => addr,
+            Err(e) => {
+                crate::log::request(r, Level::Error, &format!("h2rs proxy: backend {backend}: {e}, answering 503"));
+                return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
+            }
+        };
         let tls = target.tls.then(|| Arc::new(tls_target(r, &target, params.preserve_host != 0)));
         let spec = RequestSpec {
             key: match &tls {
@@ -515,7 +523,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
                 None => backend.clone(),
             },
             backend,
-            connect: target.key.clone(),
+            addr,
             tls,
             fields: backend_fields(&rules),
             has_body,

@@ -41,8 +41,8 @@ pub struct RequestSpec {
     pub key: String,
     /// For the error log (the key, as a rule).
     pub backend: String,
-    /// "host:port" to connect to.
-    pub connect: String,
+    /// Where to connect (looked up on the request's thread, see `resolve`).
+    pub addr: std::net::SocketAddr,
     /// `h2://`: the host its certificate must name and the checks.
     pub tls: Option<Arc<TlsTarget>>,
     /// :method, :scheme, :authority, :path first, then the fields.
@@ -551,7 +551,7 @@ mod tests {
         RequestSpec {
             key: "h2c://127.0.0.1:1".into(),
             backend: "h2c://127.0.0.1:1".into(),
-            connect: "127.0.0.1:1".into(),
+            addr: ([127, 0, 0, 1], 1).into(),
             tls: None,
             fields: Headers::new(),
             has_body: true,
