@@ -616,7 +616,8 @@ def backend_pki(workdir):
     `client` (issued by the CA, CN proxy-client, certificate and key in
     one file, as SSLProxyMachineCertificateFile takes them), `client-int`
     (the same, CN proxy-client-int, issued by `intermediate`, a CA the
-    root CA issued)."""
+    root CA issued), `forged` (for localhost, naming the CA as its issuer
+    but signed by another key: a CA of the same name)."""
     d = workdir / "backend-pki"
     d.mkdir()
 
@@ -652,6 +653,13 @@ commonName = supplied
         "-days 2 -extfile names.ext -notext")
     run("openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -revoke revoked.pem")
     run("openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -gencrl -crldays 2 -out crl.pem")
+    run(f"openssl req -x509 {ec} -subj /CN=Backend-Test-CA -days 2 -keyout impostor-ca.key -out impostor-ca.pem")
+    run(f"openssl req -new {ec} -subj /CN=forged.test -keyout forged.key -out forged.csr")
+    # No key identifiers: the chain is built by the issuer's name alone.
+    (d / "forged.ext").write_text("subjectAltName=DNS:localhost\nauthorityKeyIdentifier=none\n"
+                                  "subjectKeyIdentifier=none\n")
+    run("openssl x509 -req -in forged.csr -CA impostor-ca.pem -CAkey impostor-ca.key -CAcreateserial -days 2 "
+        "-extfile forged.ext -out forged.pem")
     (d / "client.pem").write_text((d / "client.crt").read_text() + (d / "client.key").read_text())
     (d / "ca.ext").write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
                               "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
@@ -670,7 +678,7 @@ commonName = supplied
 @pytest.fixture(scope="module")
 def tls_backends(certs, backend_pki):
     """TLS backends by the certificate they present: `signed`, `expired` and
-    `revoked` (backend_pki), `self` (self-signed, for localhost and 127.0.0.1),
+    `revoked` and `forged` (backend_pki), `self` (self-signed, for localhost and 127.0.0.1),
     `other` (self-signed, for c.test only), `mtls` (`signed`, and it
     requires a client certificate issued by the CA)."""
     d = backend_pki
@@ -678,6 +686,7 @@ def tls_backends(certs, backend_pki):
         "signed": spawn_backend("h2backend.py", 100, d / "signed.pem", d / "signed.key"),
         "expired": spawn_backend("h2backend.py", 100, d / "expired.pem", d / "expired.key"),
         "revoked": spawn_backend("h2backend.py", 100, d / "revoked.pem", d / "revoked.key"),
+        "forged": spawn_backend("h2backend.py", 100, d / "forged.pem", d / "forged.key"),
         "self": spawn_backend("h2backend.py", 100, *certs.main),
         "other": spawn_backend("h2backend.py", 100, *certs.other),
         "mtls": spawn_backend("h2backend.py", 100, d / "signed.pem", d / "signed.key", d / "ca.pem"),
@@ -705,14 +714,17 @@ BACKEND_CHECKS = {
         "", {"signed": 200, "self": 200, "other": 503, "expired": 503},
         "certificate does not name localhost (SSLProxyCheckPeerName)"),
     "require verifies the chain against the CA": (
-        "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}", {"signed": 200, "self": 503, "other": 503},
+        "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}",
+        {"signed": 200, "self": 503, "other": 503, "forged": 503},
         "certificate is not trusted: self-signed certificate (SSLProxyVerify)"),
     "require without CA certificates trusts none": (
         "SSLProxyVerify require", {"signed": 503, "self": 503},
         "certificate is not trusted: unable to get local issuer certificate (SSLProxyVerify)"),
+    # (OpenSSL's verification goes on past the unknown issuer, and it
+    # finds the expired date first, as mod_ssl's callback lets it.)
     "optional_no_ca accepts unknown issuers": (
         "SSLProxyVerify optional_no_ca", {"signed": 200, "self": 200, "other": 503, "expired": 503},
-        "certificate has expired or is not valid yet (SSLProxyCheckPeerExpire)"),
+        "certificate is not trusted: certificate has expired (SSLProxyVerify)"),
     "a chain longer than the depth is refused": (
         "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}\nSSLProxyVerifyDepth 0", {"signed": 503},
         "certificate chain has 2 certificates, more than SSLProxyVerifyDepth 0 allows"),
@@ -732,9 +744,16 @@ BACKEND_CHECKS = {
     "revocation checks need a CRL": (
         "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}\nSSLProxyCARevocationCheck chain",
         {"signed": 503}, "certificate is not trusted: unable to get certificate CRL (SSLProxyVerify)"),
+    # ... and the chain's signatures are still checked: OpenSSL checks them
+    # after revocation, and the module once took its verdict on a missing
+    # CRL as the last word (a forged certificate passed).
     "unless told a missing CRL is fine": (
         "SSLProxyVerify require\nSSLProxyCACertificateFile {ca}\n"
-        "SSLProxyCARevocationCheck leaf no_crl_for_cert_ok", {"signed": 200, "revoked": 200}, None),
+        "SSLProxyCARevocationCheck leaf no_crl_for_cert_ok", {"signed": 200, "revoked": 200, "forged": 503},
+        "certificate is not trusted: certificate signature failure (SSLProxyVerify)"),
+    "optional_no_ca checks signatures too": (
+        "SSLProxyVerify optional_no_ca\nSSLProxyCACertificateFile {ca}", {"signed": 200, "self": 200, "forged": 503},
+        "certificate is not trusted: certificate signature failure (SSLProxyVerify)"),
 }
 
 

@@ -33,6 +33,8 @@ type X509 = c_void;
 type BIO = c_void;
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 type EVP_PKEY = c_void;
+/// OpenSSL's `SSL_verify_cb`.
+type VerifyCallback = unsafe extern "C" fn(c_int, *mut c_void) -> c_int;
 /// OpenSSL's `pem_password_cb`.
 type PasswordCallback = Option<unsafe extern "C" fn(*mut c_char, c_int, c_int, *mut c_void) -> c_int>;
 
@@ -99,6 +101,9 @@ openssl_api! {
     OPENSSL_sk_num: fn(*const c_void) -> c_int;
     SSL_get1_peer_certificate: fn(*const SSL) -> *mut X509;
     SSL_CTX_set_verify_depth: fn(*mut SSL_CTX, c_int);
+    SSL_CTX_set_verify: fn(*mut SSL_CTX, c_int, Option<VerifyCallback>);
+    X509_STORE_CTX_get_error: fn(*const c_void) -> c_int;
+    X509_STORE_CTX_set_error: fn(*mut c_void, c_int);
     SSL_CTX_load_verify_locations: fn(*mut SSL_CTX, *const c_char, *const c_char) -> c_int;
     SSL_CTX_set_cipher_list: fn(*mut SSL_CTX, *const c_char) -> c_int;
     SSL_CTX_set_ciphersuites: fn(*mut SSL_CTX, *const c_char) -> c_int;
@@ -183,6 +188,7 @@ const X509_V_ERRORS_NO_CA: [c_long; 5] = [18, 19, 20, 21, 27];
 /// names exist (mod_ssl matches both), wildcards only as a whole label.
 const X509_CHECK_FLAG_ALWAYS_CHECK_SUBJECT: c_uint = 0x1;
 const X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS: c_uint = 0x4;
+const SSL_VERIFY_NONE: c_int = 0;
 
 /// A client context for one set of `SSLProxy*` settings: ALPN "h2",
 /// partial writes (the engine's output buffer moves between attempts), the
@@ -217,12 +223,23 @@ impl Context {
             // The handshake never stops on a bad chain (the mode stays
             // SSL_VERIFY_NONE); `Ssl::check_peer` reads OpenSSL's verdict
             // after it, as mod_ssl's own checks come after its handshake.
+            // The errors the policy tolerates are cleared on the way, so
+            // the rest of the chain is still checked (`tolerate_errors`).
             // mod_ssl counts the trust anchor as a level of the chain,
             // OpenSSL does not.
             (api.SSL_CTX_set_verify_depth)(
                 ctx.as_ptr(),
                 policy.verify_depth().saturating_sub(1).min(c_int::MAX as u32) as c_int,
             );
+            let no_ca_ok = policy.verify() == Verify::OptionalNoCa;
+            let no_crl_ok = policy.crl_check.is_some_and(|c| c.missing_ok);
+            let tolerate: Option<VerifyCallback> = match (no_ca_ok, no_crl_ok) {
+                (false, false) => None,
+                (true, false) => Some(tolerate_errors::<true, false>),
+                (false, true) => Some(tolerate_errors::<false, true>),
+                (true, true) => Some(tolerate_errors::<true, true>),
+            };
+            (api.SSL_CTX_set_verify)(ctx.as_ptr(), SSL_VERIFY_NONE, tolerate);
             let store = (api.SSL_CTX_get_cert_store)(ctx.as_ptr());
             if let Some(ca) = policy.ca_file.as_deref() {
                 let pem = files.get("SSLProxyCACertificateFile", ca)?;
@@ -548,6 +565,37 @@ impl Drop for ClientCerts {
     }
 }
 
+/// OpenSSL's verify callback where the `SSLProxy*` settings tolerate
+/// errors, as mod_ssl's own callback does: an unknown issuer under
+/// `SSLProxyVerify optional_no_ca` (`NO_CA`), a CA without a CRL under
+/// `SSLProxyCARevocationCheck ... no_crl_for_cert_ok` (`NO_CRL`). The
+/// error is cleared and the verification goes on. OpenSSL's default
+/// callback stops at the first error, and it checks revocation before
+/// signatures and dates: accepting its `UNABLE_TO_GET_CRL` verdict (as
+/// this module did until 2026-12-06) accepted a chain whose signatures
+/// were never checked, a forged certificate naming a trusted CA as its
+/// issuer.
+unsafe extern "C" fn tolerate_errors<const NO_CA: bool, const NO_CRL: bool>(ok: c_int, store: *mut c_void) -> c_int {
+    crate::ffi::panic::guard("proxy certificate verification", 0, || {
+        if ok != 0 {
+            return ok;
+        }
+        // Loaded: this runs inside one of its handshakes.
+        let Ok(api) = api() else { return 0 };
+        // SAFETY: the store context of the verification in progress,
+        // which OpenSSL hands its callback.
+        let error = c_long::from(unsafe { (api.X509_STORE_CTX_get_error)(store) });
+        let tolerated =
+            (NO_CA && X509_V_ERRORS_NO_CA.contains(&error)) || (NO_CRL && error == X509_V_ERR_UNABLE_TO_GET_CRL);
+        if !tolerated {
+            return 0;
+        }
+        // SAFETY: as above.
+        unsafe { (api.X509_STORE_CTX_set_error)(store, X509_V_OK as c_int) };
+        1
+    })
+}
+
 /// OpenSSL's certificate callback where there are client certificates:
 /// gives the handshake the one `ClientCerts::choose` picks, or none.
 /// Returns 1 (go on), or 0 (fail the handshake, with OpenSSL's reason in
@@ -747,11 +795,10 @@ impl Ssl {
         // SAFETY: our live SSL; OpenSSL's error string is static.
         unsafe {
             if verify != Verify::None {
+                // The errors the policy tolerates were cleared on the way
+                // (`tolerate_errors`).
                 let rv = (api.SSL_get_verify_result)(self.ssl.as_ptr());
-                let accepted = rv == X509_V_OK
-                    || (verify == Verify::OptionalNoCa && X509_V_ERRORS_NO_CA.contains(&rv))
-                    || (rv == X509_V_ERR_UNABLE_TO_GET_CRL && policy.crl_check.is_some_and(|c| c.missing_ok));
-                if !accepted {
+                if rv != X509_V_OK {
                     let why = (api.X509_verify_cert_error_string)(rv);
                     let why = if why.is_null() { "".into() } else { CStr::from_ptr(why).to_string_lossy() };
                     return Err(format!("the backend's certificate is not trusted: {why} (SSLProxyVerify)"));
