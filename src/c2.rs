@@ -1003,6 +1003,18 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
         bb.cleanup();
         return status::SUCCESS;
     };
+    // SAFETY: the c2 is ours, on this thread.
+    if unsafe { (*c).aborted } != 0 && !ctx.response_cut {
+        // A write failed (below, in an earlier pass), or the handler
+        // marked the connection aborted: the response is cut. httpd
+        // still ends the request with EOS (`ap_finalize_request_protocol`
+        // after a handler's DONE), which must not end the stream: the
+        // client would take the part it got as the whole. The core output
+        // filter drops everything once its connection is aborted; here,
+        // as for an error bucket after the head, c1 resets the stream.
+        ctx.response_cut = true;
+        ctx.discard_output = true;
+    }
     // Body bytes queued since the last FLUSH of this pass.
     let mut unflushed = false;
     // Always take the first bucket: reading a bucket may split it (a file

@@ -7,6 +7,7 @@ Paths:
   GET /trailers       -> chunked body "hello" with trailers grpc-status: 0
   GET /early          -> 103 Early Hints (Link) then 200
   GET /big?n=BYTES    -> n bytes
+  GET /bigchunked?n=BYTES -> n bytes, chunked (64 KiB chunks)
   GET /headers        -> the request's header lines, as received
   GET /broken?framing=length|chunked -> 200 announcing 100000 bytes (or
                          chunked), 50000 sent, then the connection closes
@@ -70,6 +71,19 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.3)
             self.wfile.write(b"0\r\n\r\n")
+        elif path == "/bigchunked":
+            n = int(query.split("=")[1]) if "=" in query else 100000
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for start in range(0, n, 65536):
+                    chunk = bytes(i % 251 for i in range(start, min(n, start + 65536)))
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass  # the proxy gave up on it
         elif path == "/trailers":
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")

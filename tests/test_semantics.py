@@ -669,6 +669,30 @@ def test_interim_103_from_a_proxied_backend(srv):
     c.close()
 
 
+def test_a_response_cut_by_a_failed_write_is_reset_not_ended(make_server, backend):
+    """A client that opens no window on a stream (a paused download; the
+    connection's window is open) for longer than H2StreamTimeout makes the
+    handler's write fail; mod_proxy_http then gives up (DONE) and httpd
+    still ends the request with EOS. The stream must be reset, as HTTP/1.1
+    closes its connection: before, the EOS ended it, and the client got
+    the first part of a chunked response with END_STREAM, as if complete."""
+    srv = make_server(h2_conf="H2StreamTimeout 1",
+                      extra=f"{MODULES}\nProxyPass /proxy/ http://127.0.0.1:{backend}/").start()
+    c = H2Client(srv.port, auto_ack_data=False)
+    c.conn.increment_flow_control_window(1 << 24)
+    sid = c.request("/proxy/bigchunked?n=4000000")
+    c.wait(lambda: c.streams[sid].status is not None, timeout=10)
+    time.sleep(3)  # the stream's window stays shut past H2StreamTimeout
+    c.auto_ack_data = True
+    c.conn.increment_flow_control_window(1 << 20, stream_id=sid)
+    c.flush()
+    st = c.wait_stream(sid)
+    assert st.status == 200 and len(st.data) < 4000000
+    assert st.reset is not None and not st.ended, (st.reset, st.ended, len(st.data))
+    c.close()
+    srv.new_log_lines()  # mod_proxy_http logs the failed write
+
+
 def test_interim_103_goes_out_only_under_h2_early_hints(make_server, backend):
     """H2EarlyHints off (the default): a 103 from a proxied backend does not
     reach the client, as with the stock module; the final response does."""
