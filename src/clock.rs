@@ -24,9 +24,9 @@ pub trait Alarm: Send + Sync {
 struct Clock {
     queue: Mutex<Queue>,
     wake: Condvar,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-#[derive(Default)]
 struct Queue {
     entries: BinaryHeap<Due>,
     stop: bool,
@@ -53,69 +53,93 @@ impl Ord for Due {
     }
 }
 
-static CLOCK: once_cell::sync::Lazy<Clock> =
-    once_cell::sync::Lazy::new(|| Clock { queue: Mutex::new(Queue::default()), wake: Condvar::new() });
-static THREAD: Mutex<Option<std::thread::JoinHandle<()>>> = Mutex::new(None);
+static CLOCK: Clock = Clock::new();
 
 /// Starts the clock's thread (child_init).
 pub fn start() {
-    let mut t = THREAD.lock();
-    if t.is_some() {
-        return;
-    }
-    CLOCK.queue.lock().stop = false;
-    *t = std::thread::Builder::new().name("h2rs-clock".into()).spawn(main).ok();
+    CLOCK.start()
 }
 
 /// Stops and joins the clock's thread (child exit). Pending alarms do not
 /// ring.
 pub fn stop() {
-    CLOCK.queue.lock().stop = true;
-    CLOCK.wake.notify_all();
-    if let Some(t) = THREAD.lock().take() {
-        let _ = t.join();
-    }
-    CLOCK.queue.lock().entries.clear();
+    CLOCK.stop()
 }
 
 /// Rings `target` with `kind` after `after`. False when no clock runs.
 pub fn schedule<A: Alarm + 'static>(target: &Arc<A>, after: Duration, kind: u8) -> bool {
-    if THREAD.lock().is_none() {
-        return false;
-    }
-    let weak: Weak<dyn Alarm> = Arc::downgrade(target) as Weak<dyn Alarm>;
-    let mut q = CLOCK.queue.lock();
-    let due = Instant::now() + after;
-    let earliest = q.entries.peek().map(|d| d.0 > due).unwrap_or(true);
-    q.entries.push(Due(due, weak, kind));
-    drop(q);
-    if earliest {
-        CLOCK.wake.notify_all();
-    }
-    true
+    CLOCK.schedule(target, after, kind)
 }
 
-fn main() {
-    let mut q = CLOCK.queue.lock();
-    loop {
-        if q.stop {
+impl Clock {
+    const fn new() -> Clock {
+        Clock {
+            queue: Mutex::new(Queue { entries: BinaryHeap::new(), stop: false }),
+            wake: Condvar::new(),
+            thread: Mutex::new(None),
+        }
+    }
+
+    fn start(&'static self) {
+        let mut t = self.thread.lock();
+        if t.is_some() {
             return;
         }
-        let now = Instant::now();
-        match q.entries.peek().map(|d| d.0) {
-            Some(due) if due <= now => {
-                let Some(Due(_, weak, kind)) = q.entries.pop() else { continue };
-                drop(q);
-                if let Some(target) = weak.upgrade() {
-                    crate::ffi::panic::guard("clock", (), || target.ring(kind));
+        self.queue.lock().stop = false;
+        *t = std::thread::Builder::new().name("h2rs-clock".into()).spawn(|| self.run()).ok();
+    }
+
+    fn stop(&self) {
+        self.queue.lock().stop = true;
+        self.wake.notify_all();
+        // Not joined under the lock: an alarm ringing meanwhile may
+        // schedule again (the file mappings' sweep does), and `schedule`
+        // takes it. Held through the join, it deadlocked the child's exit.
+        let thread = self.thread.lock().take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        self.queue.lock().entries.clear();
+    }
+
+    fn schedule<A: Alarm + 'static>(&self, target: &Arc<A>, after: Duration, kind: u8) -> bool {
+        if self.thread.lock().is_none() {
+            return false;
+        }
+        let weak: Weak<dyn Alarm> = Arc::downgrade(target) as Weak<dyn Alarm>;
+        let mut q = self.queue.lock();
+        let due = Instant::now() + after;
+        let earliest = q.entries.peek().map(|d| d.0 > due).unwrap_or(true);
+        q.entries.push(Due(due, weak, kind));
+        drop(q);
+        if earliest {
+            self.wake.notify_all();
+        }
+        true
+    }
+
+    fn run(&self) {
+        let mut q = self.queue.lock();
+        loop {
+            if q.stop {
+                return;
+            }
+            let now = Instant::now();
+            match q.entries.peek().map(|d| d.0) {
+                Some(due) if due <= now => {
+                    let Some(Due(_, weak, kind)) = q.entries.pop() else { continue };
+                    drop(q);
+                    if let Some(target) = weak.upgrade() {
+                        crate::ffi::panic::guard("clock", (), || target.ring(kind));
+                    }
+                    q = self.queue.lock();
                 }
-                q = CLOCK.queue.lock();
-            }
-            Some(due) => {
-                CLOCK.wake.wait_for(&mut q, due - now);
-            }
-            None => {
-                CLOCK.wake.wait(&mut q);
+                Some(due) => {
+                    self.wake.wait_for(&mut q, due - now);
+                }
+                None => {
+                    self.wake.wait(&mut q);
+                }
             }
         }
     }
@@ -147,5 +171,34 @@ mod tests {
         let got: Vec<(u32, u8)> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
         assert_eq!(got, [(2, 9), (1, 7)]);
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "a dropped target rang");
+    }
+
+    /// An alarm that schedules itself again when it rings, slowly (as the
+    /// file mappings' sweep does).
+    struct Again(&'static Clock, mpsc::Sender<bool>);
+    impl Alarm for Again {
+        fn ring(self: Arc<Self>, _kind: u8) {
+            let _ = self.1.send(true);
+            std::thread::sleep(Duration::from_millis(200));
+            let again = self.0.schedule(&self, Duration::from_millis(10), 0);
+            let _ = self.1.send(again);
+        }
+    }
+
+    #[test]
+    fn a_stop_while_an_alarm_schedules_again_ends() {
+        let clock: &'static Clock = Box::leak(Box::new(Clock::new()));
+        clock.start();
+        let (tx, rx) = mpsc::channel();
+        let again = Arc::new(Again(clock, tx));
+        assert!(clock.schedule(&again, Duration::ZERO, 0));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true), "the alarm rang");
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            clock.stop();
+            let _ = done_tx.send(());
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(false), "no clock after the stop");
+        assert!(done_rx.recv_timeout(Duration::from_secs(10)).is_ok(), "the stop never ended");
     }
 }
