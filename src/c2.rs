@@ -768,6 +768,12 @@ impl Retire for C2Release {
     fn retire(self: Box<Self>, outcome: Outcome) {
         let C2Release { c2, eor, cache, broken } = *self;
         let complete = outcome.complete;
+        // SAFETY: the c2 is ours now. Its request is logged and its pools
+        // are cleaned up here, on this thread: `current_thread` must say
+        // so. It still named the worker's thread, whose pool (mod_lua's
+        // thread-scoped VMs live there) that worker uses meanwhile, or
+        // freed already (a tunnel's thread, an idle worker that ended).
+        unsafe { (*c2.conn).current_thread = crate::hooks::current_thread() };
         if !eor.is_null() {
             // %O of this stream: the frames c1 sent for it.
             logio(&LOGIO_OUT, c2.conn, outcome.bytes_sent);

@@ -24,7 +24,7 @@ from h2client import H2Client
 from httpd_env import APXS, HTTPD, MODDIR, MODULE, ROOT, STOCK_MODULE, apxs, free_port  # noqa: F401
 
 CRASH_RE = re.compile(
-    r"AH00052|segmentation fault|exit signal (Seg|Abort|Bus)|panick|AH00051|double free",
+    r"AH00052|segmentation fault|exit signal (Seg|Abort|Bus)|panick|AH00051|double free|h2rs-test: wrong thread",
     re.IGNORECASE,
 )
 

@@ -6,6 +6,8 @@
 #include "http_config.h"
 #include "http_protocol.h"
 #include "http_request.h"
+#include "http_log.h"
+#include "ap_mpm.h"
 #include "apr_strings.h"
 #include "apr_file_io.h"
 #include "apr_optional.h"
@@ -181,10 +183,24 @@ static int test_handler(request_rec *r)
     return DECLINED;
 }
 
+/* Every request: the connection's current_thread must be the thread that
+ * logs it (mod_lua's thread-scoped VMs and others take the thread's pool
+ * from it); a log line the tests treat as a crash otherwise. */
+static int check_thread(request_rec *r)
+{
+    if (r->connection->current_thread != ap_thread_current()) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "h2rs-test: wrong thread: %s logged on another thread than its "
+                      "connection's current_thread", r->uri);
+    }
+    return DECLINED;
+}
+
 static void register_hooks(apr_pool_t *p)
 {
     crc_init();
     ap_hook_handler(test_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_log_transaction(check_thread, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
 AP_DECLARE_MODULE(h2rs_test) = {
