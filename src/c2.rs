@@ -181,6 +181,9 @@ pub struct C2Ctx {
     /// The response's EOS went through `net_out`: anything after it is
     /// dropped (see there).
     output_ended: bool,
+    /// The request panicked (`run_request`): `C2::run` treats the run as
+    /// one that panicked.
+    panicked: Option<String>,
 }
 
 impl C2Ctx {
@@ -213,6 +216,7 @@ impl C2Ctx {
             head_refused: false,
             response_cut: false,
             output_ended: false,
+            panicked: None,
         }
     }
 
@@ -239,6 +243,7 @@ impl C2Ctx {
         self.head_refused = false;
         self.response_cut = false;
         self.output_ended = false;
+        self.panicked = None;
     }
 
     /// When a blocking body read must give up (RequestReadTimeout's body
@@ -559,7 +564,8 @@ impl C2 {
         let outcome = crate::ffi::panic::catch(|| {
             // SAFETY: this worker owns the c2 for the duration of the call.
             unsafe { self.process(stream.clone(), c1_id, worker) }
-        });
+        })
+        .and_then(|()| self.ctx.panicked.take().map_or(Ok(()), Err));
         self.after_run(stream, cache, learn, clock, outcome);
     }
 
@@ -857,12 +863,32 @@ pub unsafe fn install_response_filter(r: *mut ffi::request_rec, ctx: &mut C2Ctx)
     }
 }
 
+/// The c2 process_connection hook's work (`process_request`), with a
+/// panic kept for `C2::run`, which logs it, resets the stream and destroys
+/// the c2. The hook must not decline after a panic: httpd would go on to
+/// read an HTTP/1.1 request from the stream's body.
+///
+/// # Safety
+/// As `process_request`.
+pub unsafe fn run_request(c: *mut ffi::conn_rec) {
+    // SAFETY: caller contract.
+    if let Err(msg) = crate::ffi::panic::catch(|| unsafe { process_request(c) }) {
+        // SAFETY: as above.
+        unsafe {
+            (*c).aborted = 1;
+            if let Some(ctx) = ctx_of(c) {
+                ctx.panicked = Some(msg);
+            }
+        }
+    }
+}
+
 /// Builds the request_rec from the stream's request head and processes it
 /// (the c2 process_connection hook, on a worker).
 ///
 /// # Safety
 /// `c` must be a c2 owned by the calling worker.
-pub unsafe fn process_request(c: *mut ffi::conn_rec) {
+unsafe fn process_request(c: *mut ffi::conn_rec) {
     // SAFETY: caller contract; the request is created in and owned by this
     // c2; all strings are copied into the request pool.
     unsafe {

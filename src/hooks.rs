@@ -639,13 +639,15 @@ pub unsafe extern "C" fn h2rs_process_connection(c: *mut ffi::conn_rec) -> c_int
 
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_c2_process_connection(c: *mut ffi::conn_rec) -> c_int {
-    guard("c2 process_connection", HOOK_DECLINED, || {
+    // Done even after a panic: the c2's request must not be read as
+    // HTTP/1.1 from its body (`c2::run_request` keeps its own panics).
+    guard("c2 process_connection", ffi::HOOK_DONE, || {
         // SAFETY: httpd passes the live connection run by this thread.
         unsafe {
             if c2::ctx_of(c).is_none() {
                 return HOOK_DECLINED;
             }
-            c2::process_request(c);
+            c2::run_request(c);
             ffi::HOOK_DONE
         }
     })

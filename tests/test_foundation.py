@@ -416,6 +416,12 @@ def test_panic_resets_the_stream_and_the_child_lives(make_server):
         assert s.reset == h2.errors.ErrorCodes.INTERNAL_ERROR, (where, s.status, s.reset)
         ok = c.request("/1k.bin")
         assert c.wait_stream(ok).status == 200
+    # The body of a request that panicked is not read as a request (the
+    # hook declined after a panic, and httpd parsed the body as HTTP/1.1).
+    smuggled = b"GET /1k.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+    sid = c.request("/index.html", method="POST", body=smuggled, headers=[("h2rs-test-panic", "worker")])
+    s = c.wait_stream(sid)
+    assert (s.status, s.reset) == (None, h2.errors.ErrorCodes.INTERNAL_ERROR), (s.status, bytes(s.data)[:100])
     c.close()
     assert set(srv.children()) == pids_before
     log = srv.read_error_log()
