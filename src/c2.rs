@@ -1196,10 +1196,10 @@ fn harmless_filter_recs() -> &'static [usize] {
 const FILE_BY_REFERENCE: usize = 16 * 1024;
 
 /// Puts a FILE bucket's region into the stream's output: by reference
-/// when large, else copied.
+/// when large and the stream takes one more, else copied.
 fn copy_file_region(stream: &Stream, buf: &mut Vec<u8>, region: apr::FileBucket) -> Result<(), ffi::apr_status_t> {
     let apr::FileBucket { fd, mut offset, mut len, may_map } = region;
-    if len >= FILE_BY_REFERENCE {
+    if len >= FILE_BY_REFERENCE && stream.takes_file_region() {
         // SAFETY: fd is the open descriptor of a live FILE bucket; it is
         // only borrowed to duplicate it (the duplicate is ours to close).
         let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();

@@ -312,6 +312,10 @@ impl<T> Fifo<T> {
             None => self.head.as_mut(),
         }
     }
+
+    fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.head.iter().chain(self.rest.iter())
+    }
 }
 
 /// A FIFO of bytes stored in chunks, for the body queues.
@@ -411,7 +415,9 @@ impl ByteQueue {
 
 /// A region of an open file, queued instead of its bytes: c1 reads it
 /// straight into the DATA frames it writes (no copy through memory
-/// queues, and the worker is free as soon as it queued the region).
+/// queues, and the worker is free as soon as it queued the region). It
+/// holds a descriptor of its own until sent, and is not bounded by the
+/// stream's memory limit: `Stream::takes_file_region` bounds how many.
 #[derive(Debug)]
 pub struct FileRegion {
     pub file: std::fs::File,
@@ -434,8 +440,31 @@ pub struct FileRegion {
 /// see docs/INTERNALS.md "Large files from mappings").
 const MAP_AT_LEAST: u64 = 1 << 20;
 
+/// File regions queued per stream at most. A multi-range response
+/// (`MaxRanges`, 200 by default) is a region per range; beyond this the
+/// ranges are copied, bounded by the memory limit and waiting for the
+/// client as any other output.
+const MAX_FILE_REGIONS_PER_STREAM: usize = 4;
+
+/// File regions alive in the child (each holds a descriptor).
+static FILE_REGIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many descriptors queued file regions may hold in the child: a
+/// quarter of its limit, so clients that take nothing cannot run it out
+/// of descriptors (accept, static files, CGI pipes would fail for all).
+fn file_region_budget() -> usize {
+    static BUDGET: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
+    *BUDGET.get_or_init(|| {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one rlimit.
+        let cur = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 1024 };
+        (usize::try_from(cur).unwrap_or(usize::MAX) / 4).clamp(64, 1 << 16)
+    })
+}
+
 impl FileRegion {
     pub fn new(file: std::fs::File, offset: u64, len: u64, may_map: bool) -> FileRegion {
+        FILE_REGIONS.fetch_add(1, Ordering::Relaxed);
         FileRegion { file, offset, len, may_map, map: None }
     }
 
@@ -477,6 +506,12 @@ impl FileRegion {
                 None
             }
         }
+    }
+}
+
+impl Drop for FileRegion {
+    fn drop(&mut self) {
+        FILE_REGIONS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -1258,9 +1293,24 @@ impl Stream {
         result
     }
 
+    /// Whether a file region may be queued (`write_file`), or its bytes
+    /// must be copied: at most `MAX_FILE_REGIONS_PER_STREAM` in the queue,
+    /// and the child's descriptors for them within `file_region_budget`.
+    /// Without a bound a client that opens no window held a descriptor
+    /// per range of every stream (200 ranges x 100 streams a connection)
+    /// until the child's ran out.
+    pub fn takes_file_region(&self) -> bool {
+        if FILE_REGIONS.load(Ordering::Relaxed) >= file_region_budget() {
+            return false;
+        }
+        let io = self.io.lock();
+        io.output.segments.iter().filter(|s| matches!(s, Segment::File(_))).count() < MAX_FILE_REGIONS_PER_STREAM
+    }
+
     /// A file region for the response body (static files): queued as a
     /// reference, read by c1 when it sends. Not bounded by the memory
-    /// limit, and the worker does not wait for it to be sent.
+    /// limit, and the worker does not wait for it to be sent: callers ask
+    /// `takes_file_region` first.
     pub fn write_file(&self, region: FileRegion) -> Result<(), StreamError> {
         let mut io = self.io.lock();
         if io.closed.is_some() {
@@ -1386,6 +1436,23 @@ mod tests {
         let before = out.len();
         assert!(q.take_into(&mut out, 2_000).is_err());
         assert_eq!(out.len(), before);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_stream_takes_a_few_file_regions_at_a_time() {
+        let (s, _signal) = stream(1024);
+        let path = std::env::temp_dir().join(format!("h2rs-regions-{}", std::process::id()));
+        std::fs::write(&path, [7u8; 100]).unwrap();
+        for _ in 0..MAX_FILE_REGIONS_PER_STREAM {
+            assert!(s.takes_file_region());
+            s.write_file(FileRegion::new(std::fs::File::open(&path).unwrap(), 0, 10, false)).unwrap();
+            s.write_output(b"-").unwrap();
+        }
+        assert!(!s.takes_file_region(), "a region per range of a multi-range response, without bound");
+        let mut out = Frames::default();
+        s.io.lock().output.take_into(&mut out, 11).unwrap();
+        assert!(s.takes_file_region(), "one was sent");
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -748,6 +748,45 @@ def test_zero_window_slow_read(srv, kind):
             c.close()
 
 
+def open_descriptors(h):
+    """Descriptors open in the server's connection-serving children."""
+    total = 0
+    for pid in h.mpm_children():
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    return total
+
+
+def test_multi_range_zero_window(srv):
+    """INITIAL_WINDOW_SIZE 0 and never opened, 2 connections x 50 streams
+    each asking for 200 ranges of 16 KiB apart (MaxRanges' default) of a
+    20 MiB file: each range was queued by reference with a descriptor of
+    its own, the worker free at once, 20,000 descriptors held until the
+    child ran out. A stream now queues a few regions and copies the rest
+    under its memory limit, waiting for the client like any output."""
+    ranges = "bytes=" + ",".join(f"{i * 32768}-{i * 32768 + 16383}" for i in range(200))
+    with Attack(srv, "multi-range zero window 2 x 50 x 200", bound_mib=48) as a:
+        before = open_descriptors(srv)
+        peak = before
+        conns = []
+        for _ in range(2):
+            c = Conn(srv.port, settings_pairs=[(INITIAL_WINDOW_SIZE, 0)], auto_window=False)
+            c.send(b"".join(headers(1 + 2 * i, req_block(c, f"/20m.bin?mr={i}", extra=[("range", ranges)]))
+                            for i in range(50)))
+            conns.append(c)
+        deadline = time.time() + 6  # longer than H2StreamTimeout 5
+        while time.time() < deadline:
+            peak = max(peak, open_descriptors(srv))
+            for c in conns:
+                c.drain(0.05)
+        a.ended = " ".join(ended(c, 0.1) for c in conns)
+        for c in conns:
+            c.close()
+    assert peak - before < 400, f"descriptors: {before} before, {peak} at the peak"
+
+
 def test_request_bodies_held(srv):
     """3 connections x 100 POST streams to a CGI that never reads its body,
     each sending a full window (64 KiB) of body and never ending it (slow
