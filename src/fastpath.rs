@@ -130,13 +130,16 @@ impl Hasher for IdentityHasher {
 
 /// Whether a request has the shape of one that may run inline: a GET or
 /// HEAD without a body (it cannot wait for the client), not a tunnel, not
-/// already refused.
+/// already refused, and not for ranges: a multi-range response is a file
+/// region per range, more than a stream queues by reference, and the rest
+/// would be copied into memory on c1 without the bound a worker waits on.
 pub fn candidate(head: &RequestHead) -> bool {
     head.end_stream
         && !head.is_tunnel()
         && head.error_status.is_none()
         && head.path.is_some()
         && matches!(head.method.as_slice(), b"GET" | b"HEAD")
+        && head.header(b"range").is_none()
 }
 
 /// Output filters a request may run inline with: they pass the body on,
@@ -158,12 +161,18 @@ pub const HARMLESS_OUTPUT_FILTERS: [&str; 9] = [
 
 /// The key of a request's URL: a hash of the connection's virtual host
 /// (its `server_rec` address: name-based hosts differ by authority),
-/// `:authority` and `:path`. A collision only mispredicts speed.
+/// `:authority`, `:path` and `accept-encoding`. A collision only
+/// mispredicts speed. The encodings, because mod_deflate and mod_brotli
+/// remove themselves for a client that accepts none: a URL learned from
+/// such a client would run a browser's request inline with compression,
+/// its output copied into memory on c1 (Debian's default configuration
+/// compresses HTML, CSS and scripts).
 pub fn url_key(vhost: usize, head: &RequestHead) -> u64 {
     let mut h = crate::hash::WordHasher::default();
     vhost.hash(&mut h);
     head.authority.hash(&mut h);
     head.path.hash(&mut h);
+    head.header(b"accept-encoding").hash(&mut h);
     h.finish()
 }
 
@@ -329,6 +338,27 @@ mod tests {
         assert!(!candidate(&RequestHead { end_stream: false, ..get.clone() }));
         assert!(!candidate(&RequestHead { error_status: Some(431), ..get.clone() }));
         assert!(!candidate(&RequestHead { websocket_accept: Some(Box::from(&b"x"[..])), ..get.clone() }));
+        let mut ranges = get.clone();
+        ranges.headers.push(b"range", b"bytes=0-1,5-9");
+        assert!(!candidate(&ranges));
+    }
+
+    #[test]
+    fn the_accepted_encodings_are_part_of_the_key() {
+        let plain = RequestHead {
+            method: b"GET".into(),
+            authority: Some(b"example.org".as_slice().into()),
+            path: Some(b"/app.js".as_slice().into()),
+            end_stream: true,
+            ..Default::default()
+        };
+        let mut gzip = plain.clone();
+        gzip.headers.push(b"accept-encoding", b"gzip, br");
+        let mut identity = plain.clone();
+        identity.headers.push(b"accept-encoding", b"identity");
+        assert_ne!(url_key(1, &plain), url_key(1, &gzip));
+        assert_ne!(url_key(1, &identity), url_key(1, &gzip));
+        assert_eq!(url_key(1, &gzip), url_key(1, &gzip.clone()));
     }
 
     #[test]

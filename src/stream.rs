@@ -1300,6 +1300,11 @@ impl Stream {
     /// per range of every stream (200 ranges x 100 streams a connection)
     /// until the child's ran out.
     pub fn takes_file_region(&self) -> bool {
+        if self.runs_inline() {
+            // Always: it cannot wait for a copy's room, and it has one
+            // file and no ranges (`fastpath::candidate`).
+            return true;
+        }
         if FILE_REGIONS.load(Ordering::Relaxed) >= file_region_budget() {
             return false;
         }

@@ -532,6 +532,22 @@ def test_deflate_compression(srv, docroot):
     c.close()
 
 
+def test_compression_after_a_client_that_accepts_none(srv, docroot):
+    """mod_deflate removes itself for a client that accepts no encoding, so
+    that request is a plain static file, which c1 learns to run itself.
+    A browser's request for the same URL must not run there with
+    compression (its output copied into memory on c1, cut at 1 MiB): the
+    accepted encodings are part of what c1 learns by."""
+    c = h2c(srv)
+    for _ in range(3):
+        st = c.wait_stream(c.request("/gz/1m.bin?learn"))
+        assert st.status == 200 and st.header("content-encoding") is None and len(st.data) == 1 << 20
+    st = c.wait_stream(c.request("/gz/1m.bin?learn", headers=[("accept-encoding", "gzip")]))
+    assert (st.status, st.reset, st.header("content-encoding")) == (200, None, "gzip"), (st.status, st.reset)
+    assert gzip.decompress(bytes(st.data)) == docroot.file("1m.bin").read_bytes()
+    c.close()
+
+
 def test_response_trailers_from_a_handler_and_a_proxy(srv):
     c = h2c(srv)
     st = c.wait_stream(c.request("/echo", method="POST", headers=[("want-trailers", "1")], body=b"abc"))
