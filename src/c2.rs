@@ -1084,7 +1084,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             // complete, for caches to keep. (Before the head, an error
             // bucket becomes its error response: `start_response`.)
             crate::clog!(
-                ctx.c1,
+                c,
                 crate::log::Level::Info,
                 "h2rs: stream {}: the response broke off after its head (error {}), resetting the stream",
                 stream.id,
@@ -1151,7 +1151,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
                 return rv;
             }
         };
-        let result = if ctx.response_set { stream.write_output(data) } else { interim_text(ctx, &stream, data) };
+        let result = if ctx.response_set { stream.write_output(data) } else { interim_text(c, ctx, &stream, data) };
         unflushed = true;
         b.delete();
         if let Err(e) = result {
@@ -1234,7 +1234,7 @@ fn copy_file_region(stream: &Stream, buf: &mut Vec<u8>, region: apr::FileBucket)
 /// of interim responses (or of a final one). Not inlined: its heads would
 /// sit in the frame of `net_out`, under every write of a body.
 #[inline(never)]
-fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), StreamError> {
+fn interim_text(c: *mut ffi::conn_rec, ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), StreamError> {
     for parsed in ctx.interim.push(data) {
         match parsed {
             Parsed::Head(head) => {
@@ -1244,7 +1244,7 @@ fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), Str
                     // the handler writes the tunnel's bytes.
                     Some(Verdict::Open(open)) => open,
                     Some(Verdict::Refuse(refusal)) => {
-                        refuse_tunnel(ctx, stream, refusal)?;
+                        refuse_tunnel(c, ctx, stream, refusal)?;
                         return Ok(());
                     }
                 };
@@ -1263,7 +1263,7 @@ fn interim_text(ctx: &mut C2Ctx, stream: &Stream, data: &[u8]) -> Result<(), Str
             }
             Parsed::Invalid => {
                 crate::clog!(
-                    ctx.c1,
+                    c,
                     crate::log::Level::Error,
                     "h2rs: stream {}: the handler wrote bytes that are not an HTTP response head",
                     stream.id
@@ -1289,10 +1289,17 @@ fn early_hints_on(r: *mut ffi::request_rec) -> bool {
 
 /// Answers a tunnel request that the handler did not turn into a tunnel
 /// (see `websocket::judge`): the refusal ends the stream, the handler's
-/// body is dropped.
-fn refuse_tunnel(ctx: &mut C2Ctx, stream: &Stream, refusal: ResponseHead) -> Result<(), StreamError> {
+/// body is dropped. Logged against the stream's connection `c`: c1's
+/// belongs to c1's thread (httpd's log core may allocate its log id from
+/// its pool), and this runs on the worker.
+fn refuse_tunnel(
+    c: *mut ffi::conn_rec,
+    ctx: &mut C2Ctx,
+    stream: &Stream,
+    refusal: ResponseHead,
+) -> Result<(), StreamError> {
     crate::clog!(
-        ctx.c1,
+        c,
         crate::log::Level::Info,
         "h2rs: stream {}: the handler did not open a WebSocket, answering {}",
         stream.id,
@@ -1398,7 +1405,7 @@ unsafe fn start_response(
         if let (Some(head), Some(accept)) = (&built, stream.request.websocket_accept.as_deref()) {
             if let Verdict::Refuse(refusal) = websocket::judge(head, accept) {
                 brigade.cleanup();
-                if let Err(e) = refuse_tunnel(ctx, stream, refusal) {
+                if let Err(e) = refuse_tunnel(c, ctx, stream, refusal) {
                     (*c).aborted = 1;
                     return Some(stream_error_status(e));
                 }
@@ -1942,7 +1949,7 @@ pub unsafe fn pollfd(
             }
             Err(e) => {
                 crate::clog!(
-                    ctx.c1,
+                    c,
                     crate::log::Level::Error,
                     "h2rs: stream {}: no socket pair for polling: {e}",
                     stream.id
