@@ -1036,7 +1036,8 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
         return status::SUCCESS;
     };
     // SAFETY: the c2 is ours, on this thread.
-    if unsafe { (*c).aborted } != 0 && !ctx.response_cut {
+    let aborted = unsafe { (*c).aborted } != 0;
+    if aborted && !ctx.response_cut {
         // A write failed (below, in an earlier pass), or the handler
         // marked the connection aborted: the response is cut. httpd
         // still ends the request with EOS (`ap_finalize_request_protocol`
@@ -1165,6 +1166,12 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
         // The handler may now wait on something else before it writes
         // again (or flushes): what it wrote goes out soon anyway.
         stream.arm_late_flush();
+    }
+    if aborted {
+        // As the core output filter on an aborted connection: the handler
+        // learns that its output goes nowhere (a tunnel after a refused
+        // 101 ends at its backend's next message).
+        return status::ECONNABORTED;
     }
     status::SUCCESS
 }
@@ -1309,6 +1316,12 @@ fn refuse_tunnel(
     stream.end_output(None);
     ctx.response_set = true;
     ctx.discard_output = true;
+    // Whatever the handler passes from here on fails (`net_out`): after a
+    // refused 101, mod_proxy_http runs its tunnel anyway, which otherwise
+    // ran on, its backend's output dropped, until the client ended the
+    // stream (a backend that kept talking held it and a thread for ever).
+    // SAFETY: the c2 is ours, on this thread.
+    unsafe { (*c).aborted = 1 };
     Ok(())
 }
 
