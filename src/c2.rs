@@ -1630,10 +1630,17 @@ pub unsafe fn net_in(
                 }
                 return status::TIMEUP;
             }
-            Err(e) => {
+            Err(StreamError::Timeout) => {
+                // The client sent no body for H2StreamTimeout: the handler's
+                // read fails (most answer 408, which still goes out, as
+                // over HTTP/1.1); the stream is not broken, so the c2 is not
+                // marked aborted (`net_out` would cut that answer).
+                return status::TIMEUP;
+            }
+            Err(StreamError::Aborted) => {
                 // SAFETY: the c2 is ours.
                 unsafe { (*c).aborted = 1 };
-                return stream_error_status(e);
+                return status::ECONNABORTED;
             }
         }
     }

@@ -685,6 +685,23 @@ def test_interim_103_from_a_proxied_backend(srv):
     c.close()
 
 
+def test_a_body_that_stalls_past_h2streamtimeout_is_answered_408(make_server, test_module):
+    """A body stalled for H2StreamTimeout fails the handler's read; its 408
+    goes out whole (ended, not reset), as over HTTP/1.1: the stream itself
+    is fine."""
+    srv = make_server(h2_conf="H2StreamTimeout 1", extra=f"""{test_module}
+<Location /echo>
+  SetHandler h2rs-echo
+</Location>""").start()
+    c = H2Client(srv.port)
+    sid = c.request("/echo", method="POST", end_stream=False)
+    c.send_body(sid, b"x" * 100, end_stream=False)
+    st = c.wait_stream(sid, timeout=10)
+    # (then RST_STREAM NO_ERROR: the rest of the body is not wanted)
+    assert (st.status, st.ended) == (408, True) and st.reset in (None, h2.errors.ErrorCodes.NO_ERROR), st.reset
+    c.close()
+
+
 def test_a_response_cut_by_a_failed_write_is_reset_not_ended(make_server, backend):
     """A client that opens no window on a stream (a paused download; the
     connection's window is open) for longer than H2StreamTimeout makes the
