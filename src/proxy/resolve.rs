@@ -6,8 +6,11 @@
 //!
 //! Names are kept for `TTL` (mod_proxy keeps a worker's address for the
 //! life of the child by default; a short time lets a changed name take
-//! effect without a restart); while a lookup fails, the last address is
-//! used. An address literal needs no lookup.
+//! effect without a restart). One request looks an expired name up again
+//! while the others go on with its last address; when the lookup fails,
+//! that address (or the error) stands for `RETRY`, so a DNS server that is
+//! down costs one lookup per name every few seconds, not one per request.
+//! An address literal needs no lookup.
 
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
@@ -17,43 +20,70 @@ use std::time::{Duration, Instant};
 
 /// How long a looked-up address is used.
 const TTL: Duration = Duration::from_secs(60);
+/// How long a failed lookup's outcome (the last address, or the error)
+/// stands before the next lookup: with a DNS server down, each lookup
+/// takes the resolver's whole timeout on a worker.
+const RETRY: Duration = Duration::from_secs(10);
 /// Names kept at most: forward proxying (H2ProxyRequests) can name any
 /// host, and the cache must not grow with them.
 const MAX_NAMES: usize = 256;
 
-static CACHE: Lazy<Mutex<HashMap<String, (SocketAddr, Instant)>>> = Lazy::new(Default::default);
+/// What is known of one name.
+struct Entry {
+    found: Result<SocketAddr, String>,
+    fresh_until: Instant,
+    /// A request is looking the name up again; others use `found`
+    /// meanwhile instead of waiting for a lookup of their own.
+    refreshing: bool,
+}
+
+type Cache = Mutex<HashMap<String, Entry>>;
+
+static CACHE: Lazy<Cache> = Lazy::new(Default::default);
 
 /// The address to connect to for `connect` ("host:port").
 pub fn resolve(connect: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = connect.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let now = Instant::now();
-    if let Some(&(addr, at)) = CACHE.lock().get(connect) {
-        if now.duration_since(at) < TTL {
-            return Ok(addr);
+    resolve_in(&CACHE, connect, Instant::now(), |name| match name.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("no address for {name}")),
+        Err(e) => Err(format!("cannot resolve {name}: {e}")),
+    })
+}
+
+fn resolve_in(
+    cache: &Cache,
+    connect: &str,
+    now: Instant,
+    lookup: impl FnOnce(&str) -> Result<SocketAddr, String>,
+) -> Result<SocketAddr, String> {
+    let last = match cache.lock().get_mut(connect) {
+        Some(e) if now < e.fresh_until || e.refreshing => return e.found.clone(),
+        Some(e) => {
+            e.refreshing = true;
+            e.found.as_ref().ok().copied()
         }
-    }
-    let found = match connect.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("no address for {connect}")),
-        Err(e) => Err(format!("cannot resolve {connect}: {e}")),
+        None => None,
     };
-    let mut cache = CACHE.lock();
-    let addr = match (found, cache.get(connect)) {
-        (Ok(addr), _) => addr,
+    let found = lookup(connect);
+    let mut cache = cache.lock();
+    let entry = match (found, last) {
+        (Ok(addr), _) => Entry { found: Ok(addr), fresh_until: now + TTL, refreshing: false },
         // The name's last address while its lookup fails (a DNS server
         // down): most likely still right, and better than no backend.
-        (Err(_), Some(&(stale, _))) => return Ok(stale),
-        (Err(e), None) => return Err(e),
+        (Err(_), Some(addr)) => Entry { found: Ok(addr), fresh_until: now + RETRY, refreshing: false },
+        (Err(e), None) => Entry { found: Err(e), fresh_until: now + RETRY, refreshing: false },
     };
-    if cache.len() >= MAX_NAMES {
-        cache.retain(|_, (_, at)| now.duration_since(*at) < TTL);
+    let found = entry.found.clone();
+    if cache.len() >= MAX_NAMES && !cache.contains_key(connect) {
+        cache.retain(|_, e| now < e.fresh_until);
         if cache.len() >= MAX_NAMES {
             cache.clear();
         }
     }
-    cache.insert(connect.to_string(), (addr, now));
-    Ok(addr)
+    cache.insert(connect.to_string(), entry);
+    found
 }
 
 #[cfg(test)]
@@ -70,12 +100,45 @@ mod tests {
     fn names_are_looked_up_and_kept() {
         let addr = resolve("localhost:8080").expect("localhost resolves");
         assert!(addr.ip().is_loopback() && addr.port() == 8080, "{addr}");
-        assert_eq!(CACHE.lock().get("localhost:8080").map(|e| e.0), Some(addr));
+        assert_eq!(CACHE.lock().get("localhost:8080").map(|e| e.found.clone()), Some(Ok(addr)));
     }
 
     #[test]
     fn an_unknown_name_is_an_error_that_names_it() {
         let e = resolve("no-such-host.invalid:80").unwrap_err();
         assert!(e.contains("no-such-host.invalid:80"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_lookup_keeps_the_last_address_and_is_not_repeated_per_request() {
+        let cache = Cache::default();
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let t0 = Instant::now();
+        assert_eq!(resolve_in(&cache, "b:80", t0, |_| Ok(a)), Ok(a));
+        let no_lookup = |_: &str| -> Result<SocketAddr, String> { panic!("looked up while fresh") };
+        assert_eq!(resolve_in(&cache, "b:80", t0 + TTL / 2, no_lookup), Ok(a));
+        // Expired, and the DNS server is down: the last address, kept
+        // for RETRY before the next lookup.
+        let down = |_: &str| Err("cannot resolve b:80".to_string());
+        assert_eq!(resolve_in(&cache, "b:80", t0 + TTL, down), Ok(a));
+        assert_eq!(resolve_in(&cache, "b:80", t0 + TTL + RETRY / 2, no_lookup), Ok(a));
+        // A name never found: its error stands for RETRY as well.
+        assert!(resolve_in(&cache, "c:80", t0, down).is_err());
+        assert!(resolve_in(&cache, "c:80", t0 + RETRY / 2, no_lookup).is_err());
+    }
+
+    #[test]
+    fn one_request_refreshes_an_expired_name_while_others_use_the_last_address() {
+        let cache = Cache::default();
+        let (a, b): (SocketAddr, SocketAddr) = ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
+        let t0 = Instant::now();
+        resolve_in(&cache, "n:80", t0, |_| Ok(a)).unwrap();
+        let got = resolve_in(&cache, "n:80", t0 + TTL, |name| {
+            // Meanwhile another request for the name: no lookup of its own.
+            let other = resolve_in(&cache, name, t0 + TTL, |_| panic!("a second lookup"));
+            assert_eq!(other, Ok(a));
+            Ok(b)
+        });
+        assert_eq!(got, Ok(b));
     }
 }
