@@ -340,35 +340,46 @@ def test_a_refused_101_ends_the_backend_tunnel(make_server):
     502, and the tunnel mod_proxy_http runs after the 101 ends at the
     backend's next message (its output goes nowhere). Before, the tunnel ran
     on, and a backend that kept talking held its connection and a thread
-    until the client ended its stream."""
+    until the client ended its stream; a silent backend, until the
+    tunnel's timeout (30 s here)."""
     listener = socket.create_server(("127.0.0.1", 0))
-    closed_after = []
+    closed_after = {}
 
-    def serve():
+    def serve(talks):
         conn, _ = listener.accept()
         with conn:
             read_http1_head(conn)
             conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: forged\r\n\r\n")
             t0 = time.time()
+            conn.settimeout(0.1)
             try:
                 while time.time() - t0 < 15:
-                    conn.sendall(frame(TEXT, b"still here", masked=False))
-                    time.sleep(0.1)
+                    if talks:
+                        conn.sendall(frame(TEXT, b"still here", masked=False))
+                    try:
+                        if conn.recv(4096) == b"":
+                            break
+                    except socket.timeout:
+                        pass
+                else:
+                    return
             except OSError:
-                closed_after.append(time.time() - t0)
+                pass
+            closed_after[talks] = time.time() - t0
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     srv = make_server(h2_conf="H2WebSockets on", extra=f"""LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
 LoadModule proxy_http_module /usr/lib/apache2/modules/mod_proxy_http.so
 ProxyPass /forger/ http://127.0.0.1:{listener.getsockname()[1]}/ upgrade=websocket timeout=30""").start()
     try:
         c = client_for(srv)
-        t = Tunnel(c, "/forger/echo")
-        assert t.wait_open() == 502
-        thread.join(15)
-        assert closed_after and closed_after[0] < 10, closed_after
+        for talks in (True, False):
+            thread = threading.Thread(target=serve, args=(talks,), daemon=True)
+            thread.start()
+            t = Tunnel(c, "/forger/echo")
+            assert t.wait_open() == 502
+            thread.join(20)
+            assert talks in closed_after and closed_after[talks] < 10, (talks, closed_after)
         c.close()
     finally:
         listener.close()
