@@ -863,24 +863,22 @@ pub unsafe fn install_response_filter(r: *mut ffi::request_rec, ctx: &mut C2Ctx)
     }
 }
 
-/// The c2 process_connection hook's work (`process_request`), with a
-/// panic kept for `C2::run`, which logs it, resets the stream and destroys
-/// the c2. The hook must not decline after a panic: httpd would go on to
-/// read an HTTP/1.1 request from the stream's body.
+/// `process_request` panicked on `c`: the panic is kept for `C2::run`,
+/// which logs it, resets the stream and destroys the c2. Returns what the
+/// c2 process_connection hook returns then: DONE, never DECLINED, or httpd
+/// would go on to read an HTTP/1.1 request from the stream's body.
 ///
 /// # Safety
 /// As `process_request`.
-pub unsafe fn run_request(c: *mut ffi::conn_rec) {
+pub unsafe fn request_panicked(c: *mut ffi::conn_rec, msg: String) -> c_int {
     // SAFETY: caller contract.
-    if let Err(msg) = crate::ffi::panic::catch(|| unsafe { process_request(c) }) {
-        // SAFETY: as above.
-        unsafe {
-            (*c).aborted = 1;
-            if let Some(ctx) = ctx_of(c) {
-                ctx.panicked = Some(msg);
-            }
+    unsafe {
+        (*c).aborted = 1;
+        if let Some(ctx) = ctx_of(c) {
+            ctx.panicked = Some(msg);
         }
     }
+    ffi::HOOK_DONE
 }
 
 /// Builds the request_rec from the stream's request head and processes it
@@ -888,7 +886,7 @@ pub unsafe fn run_request(c: *mut ffi::conn_rec) {
 ///
 /// # Safety
 /// `c` must be a c2 owned by the calling worker.
-unsafe fn process_request(c: *mut ffi::conn_rec) {
+pub unsafe fn process_request(c: *mut ffi::conn_rec) {
     // SAFETY: caller contract; the request is created in and owned by this
     // c2; all strings are copied into the request pool.
     unsafe {

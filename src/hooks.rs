@@ -640,17 +640,25 @@ pub unsafe extern "C" fn h2rs_process_connection(c: *mut ffi::conn_rec) -> c_int
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_c2_process_connection(c: *mut ffi::conn_rec) -> c_int {
     // Done even after a panic: the c2's request must not be read as
-    // HTTP/1.1 from its body (`c2::run_request` keeps its own panics).
-    guard("c2 process_connection", ffi::HOOK_DONE, || {
-        // SAFETY: httpd passes the live connection run by this thread.
-        unsafe {
-            if c2::ctx_of(c).is_none() {
-                return HOOK_DECLINED;
+    // HTTP/1.1 from its body (`c2::request_panicked` keeps the panic for
+    // `C2::run`). One catch here, not a second one inside: the frames on
+    // this path sit under every request on c1's thread (see "Thread
+    // stacks" in docs/INTERNALS.md).
+    crate::ffi::panic::guard_or(
+        "c2 process_connection",
+        || {
+            // SAFETY: httpd passes the live connection run by this thread.
+            unsafe {
+                if c2::ctx_of(c).is_none() {
+                    return HOOK_DECLINED;
+                }
+                c2::process_request(c);
+                ffi::HOOK_DONE
             }
-            c2::run_request(c);
-            ffi::HOOK_DONE
-        }
-    })
+        },
+        // SAFETY: as above.
+        |msg| unsafe { c2::request_panicked(c, msg) },
+    )
 }
 
 #[no_mangle]

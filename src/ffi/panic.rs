@@ -24,6 +24,19 @@ pub fn guard<R>(entry: &'static str, on_panic: R, body: impl FnOnce() -> R) -> R
     }
 }
 
+/// Like [`guard`], with the fallback made from the panic's message (and
+/// whatever the caller must record of it) instead of given up front.
+pub fn guard_or<R>(entry: &'static str, body: impl FnOnce() -> R, on_panic: impl FnOnce(String) -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(value) => value,
+        Err(payload) => {
+            let msg = panic_message(&payload);
+            crate::log::server_crit(&format!("mod_h2rs: recovered from a panic in {entry}: {msg}"));
+            on_panic(msg)
+        }
+    }
+}
+
 /// Like [`guard`] but hands the panic's message to the caller, which can turn
 /// it into a protocol action (reset the stream, answer 500).
 pub fn catch<R>(body: impl FnOnce() -> R) -> Result<R, String> {
