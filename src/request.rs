@@ -538,9 +538,16 @@ impl RequestBuilder {
         Ok(self.head)
     }
 
-    /// Completes a trailer block (no pseudo headers allowed).
+    /// Completes a trailer block (no pseudo headers allowed). A block over
+    /// the limits (LimitRequestFields, LimitRequestFieldSize) is refused:
+    /// what was kept of it is gone (`fail`), and handing the handler the
+    /// body as complete without them would lose trailers it may check (a
+    /// checksum). HTTP/1.1 fails the body read with 400 there.
     pub fn finish_trailers(self) -> Result<Headers, HeaderError> {
         let h = &self.head;
+        if h.error_status.is_some() {
+            return Err(HeaderError::Malformed("trailers over the request field limits"));
+        }
         if self.method.is_some()
             || h.scheme.is_some()
             || h.authority.is_some()
@@ -808,6 +815,11 @@ mod tests {
             b.add(n.as_bytes(), v.as_bytes()).unwrap();
         }
         assert_eq!(b.finish_trailers().unwrap().iter().collect::<Vec<_>>(), [(&b"x-t"[..], &b"1, 2"[..])]);
+        // Over LimitRequestFieldSize: refused, not passed on empty.
+        let mut b = RequestBuilder::new(Limits { max_field_size: 100, ..Limits::default() });
+        b.add(b"x-ok", b"1").unwrap();
+        b.add(b"x-checksum", &[b'c'; 200]).unwrap();
+        assert!(matches!(b.finish_trailers(), Err(HeaderError::Malformed(_))));
     }
 
     #[test]
