@@ -383,16 +383,19 @@ pub fn refuse_mpm_timer() -> bool {
     true
 }
 
-/// Marks the request on `c` as suspended by its handler, continued by
-/// `resume`. False if `c` is not one of our stream connections (the
-/// handler must then finish the request itself).
+/// Marks `r` as suspended by its handler, continued by `resume`. False
+/// if `r` is not the request of one of our stream connections (the
+/// handler must then finish it itself): a subrequest or an internal
+/// redirect is not what a resume continues (`Parked::resume` steps the
+/// stream's own request, and httpd goes on with the main request when a
+/// subrequest returns).
 ///
 /// # Safety
-/// `c` must be a live connection used by the calling thread.
-pub unsafe fn suspend(c: *mut ffi::conn_rec, resume: Arc<dyn Resume>) -> bool {
+/// `r` must be a live request run by the calling thread.
+pub unsafe fn suspend(r: *mut ffi::request_rec, resume: Arc<dyn Resume>) -> bool {
     // SAFETY: caller contract.
-    match unsafe { ctx_of(c) } {
-        Some(ctx) if ctx.stream.is_some() && !ctx.request.is_null() => {
+    match unsafe { ctx_of((*r).connection) } {
+        Some(ctx) if ctx.stream.is_some() && ctx.request == r => {
             ctx.suspended = Some(resume);
             true
         }

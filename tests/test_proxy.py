@@ -1202,6 +1202,36 @@ def test_timeout_is_504(proxy):
     assert "within" in proxy.read_error_log()
 
 
+def test_subrequests_and_internal_redirects_to_a_slow_backend(make_server, docroot, backends):
+    """An SSI include of a proxied URL (a subrequest) and an ErrorDocument
+    under ProxyPass (an internal redirect) are run to their end by the
+    handler, as over HTTP/1.1. Only a stream's own request can be
+    suspended: these were suspended too, the include failed ("an error
+    occurred") and the page's request was later resumed as if it were the
+    proxied one (finished twice, its pool destroyed on a worker)."""
+    ssi = docroot.path / "ssi"
+    ssi.mkdir(exist_ok=True)
+    (ssi / "page.shtml").write_text('<p><!--#include virtual="/api/delay?s=0.3" --></p>\n')
+    srv = make_server(extra=f"""{PROXY_MODULES}
+LoadModule include_module {MODDIR}/mod_include.so
+ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
+<Directory "{ssi}">
+  Options +Includes
+  AddOutputFilter INCLUDES .shtml
+</Directory>
+<Location /missing/>
+  ErrorDocument 404 /api/delay?s=0.3
+</Location>""").start()
+    for _ in range(2):
+        c = H2Client(srv.port)
+        st = c.wait_stream(c.request("/ssi/page.shtml"))
+        assert st.status == 200 and st.reset is None and st.ended
+        assert b"<p>ok port=" in bytes(st.data) and b"error occurred" not in bytes(st.data), bytes(st.data)
+        st = c.wait_stream(c.request("/missing/x"))
+        assert st.reset is None and st.ended and b"ok port=" in bytes(st.data), (st.status, bytes(st.data))
+        c.close()
+
+
 def test_unreachable_backend_is_503(proxy):
     code, _ = split(get(proxy, "/down/x"))
     assert code == 503

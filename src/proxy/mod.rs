@@ -604,8 +604,12 @@ unsafe fn run_request(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Arc<E
     // SAFETY: caller contract: `r` is the live request on this thread.
     unsafe {
         let c = (*r).connection;
+        // Only the stream's own request can be suspended and resumed (see
+        // `c2::suspend`): a subrequest (an SSI include of a proxied URL) or
+        // an internal redirect (an ErrorDocument under ProxyPass) is run
+        // to its end here, as over HTTP/1.1.
         let stream = if ffi::h2rs_shim_http2_loaded() != 0 && workers::current().is_some() {
-            c2::ctx_of(c).and_then(|ctx| ctx.stream.clone())
+            c2::ctx_of(c).filter(|ctx| c2::request_of(ctx) == r).and_then(|ctx| ctx.stream.clone())
         } else {
             None
         };
@@ -647,7 +651,7 @@ unsafe fn run_request(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Arc<E
                     return status;
                 }
             }
-            if c2::suspend(c, front.clone()) {
+            if c2::suspend(r, front.clone()) {
                 return ffi::SUSPENDED;
             }
             if front.body_pending() {
