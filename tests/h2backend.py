@@ -214,7 +214,9 @@ class Conn:
                 self.h2.end_stream(sid)
                 self.flush()
             elif route == "/status":
-                await self.respond(sid, q.get("code", "200"), b"as asked\n")
+                code = q.get("code", "200")
+                challenge = [("www-authenticate", 'Basic realm="backend"')] if code == "401" else []
+                await self.respond(sid, code, b"as asked\n", challenge)
             elif route == "/redirect":
                 await self.respond(sid, 302, b"", [("location", f"http://127.0.0.1:{PORT}/elsewhere")])
             elif route == "/mapped":

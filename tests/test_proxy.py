@@ -227,6 +227,32 @@ def test_backend_status_outside_http_is_a_bad_gateway(proxy, code):
     assert ok.stdout == b"599"
 
 
+def test_error_override_keeps_a_balancer_member_in_service(make_server, backends):
+    """ProxyErrorOverride: the backend's error status gets the local error
+    page, and mod_proxy is told it was the backend's answer (the
+    `proxy-error-override` note, as mod_proxy_http sets it; without it a
+    member that answered 500 was put in error, which a balancer of one
+    recovers at once, so the 500s here pass either way). A 401 keeps the
+    backend's challenge with the local page; it was lost."""
+    srv = make_server(extra=f"""{PROXY_MODULES}
+LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
+LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
+LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
+<Proxy balancer://one>
+  BalancerMember h2c://127.0.0.1:{backends[0]}
+</Proxy>
+ProxyPass /one/ balancer://one/
+ProxyErrorOverride On""").start()
+    for proto in ("--http2-prior-knowledge", "--http1.1"):
+        codes = [curl(proto, "-s", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/one/status?code=500")).stdout
+                 for _ in range(3)]
+        assert codes == [b"500"] * 3, (proto, codes)
+        r = curl(proto, "-s", "-D", "-", "-o", "/dev/null", srv.url("/one/status?code=401"))
+        assert r.stdout.split(b"\r\n")[0].endswith(b"401") or b" 401" in r.stdout.split(b"\r\n")[0], r.stdout
+        assert b'www-authenticate: basic realm="backend"' in r.stdout.lower(), r.stdout
+    srv.new_log_lines()
+
+
 def test_proxy_pass_reverse(proxy):
     r = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", proxy.url("/api/redirect"))
     assert b"302" in r.stdout.split(b"\r\n")[0]

@@ -818,7 +818,7 @@ unsafe fn run_until(
 unsafe fn handler_status(r: *mut ffi::request_rec, end: End) -> c_int {
     match end {
         End::Complete => HOOK_OK,
-        End::Status(s) => s as c_int,
+        End::Status(s) => s,
         End::Abort => {
             // SAFETY: caller contract: the request is live and ours.
             unsafe { (*(*r).connection).aborted = 1 };
@@ -832,8 +832,9 @@ unsafe fn handler_status(r: *mut ffi::request_rec, end: End) -> c_int {
 enum End {
     /// The response is complete; trailers are in r->trailers_out.
     Complete,
-    /// No response: answer with this status.
-    Status(u16),
+    /// No response: answer with this status (or AP_FILTER_ERROR: an
+    /// input filter answered already).
+    Status(c_int),
     /// The response is broken off (backend reset or client gone).
     Abort,
 }
@@ -859,7 +860,7 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
     // SAFETY: caller contract: `r` is live and owned by this thread.
     unsafe {
         if let (Some(Failure::Status(s)), None) = (t.failure, &t.head) {
-            return Pumped::Done(End::Status(s));
+            return Pumped::Done(End::Status(c_int::from(s)));
         }
         for head in t.interims {
             send_interim(r, &head);
@@ -867,9 +868,26 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
         if let Some(head) = &t.head {
             if ffi::h2rs_shim_proxy_should_override(r, head.status as c_int) != 0 {
                 // ProxyErrorOverride: a local error page instead of the
-                // backend's body.
+                // backend's body. The note tells mod_proxy the status is
+                // the backend's answer, not a failure to reach it: without
+                // it a balancer member answering 500 was put in error, and
+                // on 503 the request went to the next member again, body
+                // and all (as mod_proxy_http, a 401's challenge goes with
+                // the local page).
                 engine.cancel(task);
-                return Pumped::Done(End::Status(head.status));
+                if let Some(notes) = TableRef::from_raw((*r).notes) {
+                    notes.set(c"proxy-error-override", c"1");
+                }
+                if head.status == 401 {
+                    if let (Some(challenge), Some(err)) =
+                        (head.headers.get(b"www-authenticate"), TableRef::from_raw((*r).err_headers_out))
+                    {
+                        if let Ok(challenge) = std::ffi::CString::new(challenge) {
+                            err.set(c"WWW-Authenticate", &challenge);
+                        }
+                    }
+                }
+                return Pumped::Done(End::Status(c_int::from(head.status)));
             }
             apply_head(r, head, task.spec.via.as_deref());
             if !t.end && has_no_content(r, head.status) {
@@ -991,7 +1009,7 @@ unsafe fn finish_request(r: *mut ffi::request_rec, end: End) {
     unsafe {
         match end {
             End::Complete => ffi::ap_finalize_request_protocol(r),
-            End::Status(s) => ffi::ap_die(s as c_int, r),
+            End::Status(s) => ffi::ap_die(s, r),
             End::Abort => (*(*r).connection).aborted = 1,
         }
         ffi::ap_process_request_after_handler(r);
@@ -1139,7 +1157,13 @@ impl C2Front {
         let task = &self.task;
         let give_up = |status: c_int| {
             engine.cancel(task);
-            Turn::Done(End::Status(status as u16))
+            if task.head_taken() {
+                // The backend's head went on to httpd: an error page now
+                // would be appended to its body, and ended as complete.
+                Turn::Done(End::Abort)
+            } else {
+                Turn::Done(End::Status(status))
+            }
         };
         let mut moved = false;
         if let Some(body) = &mut leg.body {

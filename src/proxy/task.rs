@@ -310,6 +310,11 @@ impl Task {
                 return s.failure.unwrap_or(Failure::Abort);
             }
             let head_taken = s.head_seen && s.head.is_none();
+            // 503 lets mod_proxy try the next balancer member: only before
+            // any of the body was read from the client, which a second try
+            // could not send again (it went with this task).
+            let body_read = self.spec.has_body && (s.body_taken > 0 || !s.body.is_empty() || s.body_end);
+            let status = if status == 503 && body_read { 502 } else { status };
             let f = if head_taken || s.cancelled {
                 Failure::Abort
             } else {
@@ -333,6 +338,12 @@ impl Task {
 
     pub fn is_dispatched(&self) -> bool {
         self.state.lock().dispatched
+    }
+
+    /// The front took the response head (and passed it on to httpd).
+    pub fn head_taken(&self) -> bool {
+        let s = self.state.lock();
+        s.head_seen && s.head.is_none()
     }
 
     pub fn response_started(&self) -> bool {
@@ -623,6 +634,17 @@ mod tests {
         assert_eq!(t.fail(504), Failure::Status(504));
         let (taken, _) = t.take(10);
         assert_eq!(taken.failure, Some(Failure::Status(504)));
+    }
+
+    #[test]
+    fn no_failover_once_body_was_read_from_the_client() {
+        // 503 (mod_proxy tries the next member) only while nothing of the
+        // body was read: a second try could not send that part again.
+        assert_eq!(Task::new(spec()).fail(503), Failure::Status(503));
+        let t = Task::new(spec());
+        assert!(t.push_body(b"part", None).0);
+        assert_eq!(t.fail(503), Failure::Status(502));
+        assert!(!t.head_taken());
     }
 
     #[test]
