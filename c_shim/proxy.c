@@ -13,12 +13,14 @@
 #include <dlfcn.h>
 #include <httpd.h>
 #include <http_config.h>
+#include <http_core.h>
 #include <http_log.h>
 #include <mod_proxy.h>
 
 #include "shim.h"
 
 static __typeof__(ap_proxy_canonenc) *p_canonenc;
+static __typeof__(ap_proxy_canonenc_ex) *p_canonenc_ex;
 static __typeof__(ap_proxy_canon_netloc) *p_canon_netloc;
 static __typeof__(ap_proxy_location_reverse_map) *p_reverse_map;
 static __typeof__(ap_proxy_cookie_reverse_map) *p_cookie_reverse_map;
@@ -51,6 +53,7 @@ static void proxy_register_hooks(apr_pool_t *p)
     __typeof__(proxy_hook_canon_handler) *hook_canon =
         dlsym(RTLD_DEFAULT, "proxy_hook_canon_handler");
     p_canonenc = dlsym(RTLD_DEFAULT, "ap_proxy_canonenc");
+    p_canonenc_ex = dlsym(RTLD_DEFAULT, "ap_proxy_canonenc_ex");
     p_canon_netloc = dlsym(RTLD_DEFAULT, "ap_proxy_canon_netloc");
     p_reverse_map = dlsym(RTLD_DEFAULT, "ap_proxy_location_reverse_map");
     p_cookie_reverse_map = dlsym(RTLD_DEFAULT, "ap_proxy_cookie_reverse_map");
@@ -139,13 +142,20 @@ const char *h2rs_shim_proxy_canon_netloc(apr_pool_t *p, char **url,
     return p_canon_netloc(p, url, NULL, NULL, host, port);
 }
 
-char *h2rs_shim_proxy_canonenc_path(apr_pool_t *p, const char *path,
-                                    int proxyreq)
+char *h2rs_shim_proxy_canonenc_path(request_rec *r, const char *path)
 {
+    core_dir_config *d = ap_get_core_module_config(r->per_dir_config);
+    if (p_canonenc_ex) {
+        int flags = d->allow_encoded_slashes && !d->decode_encoded_slashes
+                    ? PROXY_CANONENC_NOENCODEDSLASHENCODING : 0;
+        return p_canonenc_ex(r->pool, path, (int)strlen(path), enc_path,
+                             flags, r->proxyreq);
+    }
     if (!p_canonenc) {
         return NULL;
     }
-    return p_canonenc(p, path, (int)strlen(path), enc_path, 0, proxyreq);
+    return p_canonenc(r->pool, path, (int)strlen(path), enc_path, 0,
+                      r->proxyreq);
 }
 
 const char *h2rs_shim_proxy_reverse_map(request_rec *r, const char *url)

@@ -163,11 +163,12 @@ typedef struct {
 void h2rs_shim_proxy_params(request_rec *r, void *worker, void *conf,
                             h2rs_proxy_params *out);
 /* mod_proxy's ap_proxy_canon_netloc (no user/password) and
- * ap_proxy_canonenc(enc_path), or errors/NULL without mod_proxy. */
+ * ap_proxy_canonenc_ex(enc_path) as mod_proxy_http calls it for r (an
+ * encoded slash stays as it is under AllowEncodedSlashes NoDecode), or
+ * errors/NULL without mod_proxy. */
 const char *h2rs_shim_proxy_canon_netloc(apr_pool_t *p, char **url,
                                          char **host, apr_port_t *port);
-char *h2rs_shim_proxy_canonenc_path(apr_pool_t *p, const char *path,
-                                    int proxyreq);
+char *h2rs_shim_proxy_canonenc_path(request_rec *r, const char *path);
 /* ProxyPassReverse mapping of a response URL (Location...). */
 const char *h2rs_shim_proxy_reverse_map(request_rec *r, const char *url);
 /* ProxyPassReverseCookieDomain/-Path mapping of a Set-Cookie value. */

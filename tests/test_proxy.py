@@ -253,6 +253,20 @@ ProxyErrorOverride On""").start()
     srv.new_log_lines()
 
 
+def test_encoded_slashes_reach_the_backend_as_mod_proxy_http_sends_them(make_server, backends):
+    """AllowEncodedSlashes NoDecode: an encoded slash in the path goes to
+    the backend as it came (it was encoded again, %252F); with
+    `mapping=encoded` (the proxy-noencode note) the path is not encoded
+    again either."""
+    srv = make_server(extra=f"""{PROXY_MODULES}
+AllowEncodedSlashes NoDecode
+ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
+ProxyPass /enc/ h2c://127.0.0.1:{backends[0]}/ mapping=encoded""").start()
+    for prefix in ("/api", "/enc"):
+        r = curl("--http2-prior-knowledge", "-s", srv.url(f"{prefix}/a%2Fb%20c/headers"))
+        assert json.loads(r.stdout)[":path"] == "/a%2Fb%20c/headers", (prefix, r.stdout)
+
+
 def test_proxy_pass_reverse(proxy):
     r = curl("--http2-prior-knowledge", "-D", "-", "-o", "/dev/null", proxy.url("/api/redirect"))
     assert b"302" in r.stdout.split(b"\r\n")[0]

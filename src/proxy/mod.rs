@@ -180,13 +180,19 @@ unsafe fn canon(r: *mut ffi::request_rec, url: *mut c_char) -> c_int {
         let mut search: Option<&[u8]> = None;
         let path: *const c_char = if (*r).proxyreq == ffi::PROXYREQ_REVERSE as c_int {
             let notes = TableRef::from_raw((*r).notes);
-            if notes.and_then(|n| n.get(c"proxy-nocanon")).is_some() {
+            let note = |name: &CStr| notes.and_then(|n| n.get(name)).is_some();
+            if note(c"proxy-nocanon") {
                 rest
             } else {
                 if !(*r).args.is_null() {
                     search = Some(CStr::from_ptr((*r).args).to_bytes());
                 }
-                ffi::h2rs_shim_proxy_canonenc_path(pool.as_ptr(), rest, (*r).proxyreq)
+                if note(c"proxy-noencode") {
+                    // Encoded already (ProxyPass mapping=encoded).
+                    rest
+                } else {
+                    ffi::h2rs_shim_proxy_canonenc_path(r, rest)
+                }
             }
         } else {
             rest
