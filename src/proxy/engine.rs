@@ -19,7 +19,7 @@
 //! that began is aborted.
 
 use super::backend_tls::{TlsPolicy, TlsTarget};
-use super::task::Task;
+use super::task::{Failure, Task};
 use super::tls::{self, Handshake, Ssl};
 use crate::frames::Frames;
 use crate::limits;
@@ -859,6 +859,17 @@ fn log_error(msg: &str) {
     slog!(std::ptr::null::<crate::ffi::server_rec>(), Level::Error, "h2rs proxy: {msg}");
 }
 
+/// The backend cannot be reached for `task`: 503 (mod_proxy may fail over)
+/// unless body was read from the client already (`Task::fail`), said in
+/// the log as it is answered.
+fn fail_unavailable(task: &Task, why: &str) {
+    let answer = match task.fail(503) {
+        Failure::Status(s) => format!("answering {s}"),
+        Failure::Abort => "cutting the response".to_string(),
+    };
+    log_error(&format!("backend {}: {why}, {answer}", task.spec.backend));
+}
+
 impl LoopState {
     fn conn_mut(&mut self, id: u64) -> Option<&mut Conn> {
         self.conns.iter_mut().find(|c| c.id == id)
@@ -909,8 +920,7 @@ impl LoopState {
                         self.conns.len() - 1
                     }
                     Err(e) => {
-                        log_error(&format!("backend {}: {e}, answering 503", task.spec.backend));
-                        task.fail(503);
+                        fail_unavailable(task, &e);
                         return;
                     }
                 }
@@ -956,11 +966,7 @@ impl LoopState {
             } else if !self.single_use_full(&task) {
                 self.assign(&task);
             } else if now.duration_since(since) > limit {
-                log_error(&format!(
-                    "backend {}: no connection free within {limit:?} (max, disablereuse), answering 503",
-                    task.spec.backend
-                ));
-                task.fail(503);
+                fail_unavailable(&task, &format!("no connection free within {limit:?} (max, disablereuse)"));
             } else {
                 self.held.push_back((since, task));
             }
@@ -1150,8 +1156,7 @@ impl LoopState {
                 // Never sent: another connection may take it, unless this
                 // one never came up (the backend is unreachable).
                 if stopping || conn.connecting.is_some() || !conn.settings_seen() {
-                    log_error(&format!("backend {}: {reason}, answering 503", task.spec.backend));
-                    task.fail(503);
+                    fail_unavailable(&task, &reason);
                 } else {
                     retry.push(task);
                 }

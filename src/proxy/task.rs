@@ -122,6 +122,9 @@ struct State {
     interims: Vec<ResponseHead>,
     head: Option<ResponseHead>,
     head_seen: bool,
+    /// The front took the head (`take`); a failure may also drop an
+    /// untaken one, so `head_seen && head.is_none()` does not say this.
+    head_given: bool,
     data: ByteQueue,
     end: bool,
     trailers: Option<Headers>,
@@ -309,7 +312,7 @@ impl Task {
             if s.end || s.failure.is_some() {
                 return s.failure.unwrap_or(Failure::Abort);
             }
-            let head_taken = s.head_seen && s.head.is_none();
+            let head_taken = s.head_given;
             // 503 lets mod_proxy try the next balancer member: only before
             // any of the body was read from the client, which a second try
             // could not send again (it went with this task).
@@ -342,8 +345,7 @@ impl Task {
 
     /// The front took the response head (and passed it on to httpd).
     pub fn head_taken(&self) -> bool {
-        let s = self.state.lock();
-        s.head_seen && s.head.is_none()
+        self.state.lock().head_given
     }
 
     pub fn response_started(&self) -> bool {
@@ -449,9 +451,11 @@ impl Task {
             }
         }
         let end = s.end && s.data.is_empty();
+        let head = s.head.take();
+        s.head_given |= head.is_some();
         let taken = Taken {
             interims: std::mem::take(&mut s.interims),
-            head: s.head.take(),
+            head,
             data,
             end,
             trailers: if end { s.trailers.take() } else { None },
@@ -658,6 +662,7 @@ mod tests {
         t.publish();
         let (taken, _) = t.take(100);
         assert!(taken.head.is_none() && taken.data.is_empty(), "nothing of the broken response");
+        assert!(!t.head_taken(), "the head was dropped, not given to the front");
         assert_eq!(taken.interims.len(), 1, "an interim may precede the status");
         assert_eq!(taken.failure, Some(Failure::Status(502)));
     }
