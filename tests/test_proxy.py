@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from conftest import MODDIR, MODULE, SSL_MODULES, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend, wait_for
-from h2client import H2Client
+from h2client import H2Client, Stream
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +265,18 @@ ProxyPass /enc/ h2c://127.0.0.1:{backends[0]}/ mapping=encoded""").start()
     for prefix in ("/api", "/enc"):
         r = curl("--http2-prior-knowledge", "-s", srv.url(f"{prefix}/a%2Fb%20c/headers"))
         assert json.loads(r.stdout)[":path"] == "/a%2Fb%20c/headers", (prefix, r.stdout)
+    # A raw byte beyond ASCII in a path taken as it came goes on encoded
+    # (a lossy conversion sent U+FFFD's bytes: another path).
+    c = H2Client(srv.port, validate=False)
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"http"),
+                              (b":authority", f"127.0.0.1:{srv.port}".encode()),
+                              (b":path", b"/enc/caf\xe9/headers")], end_stream=True)
+    c.streams[sid] = Stream(sid)
+    c.flush()
+    st = c.wait_stream(sid)
+    assert st.status == 200 and json.loads(bytes(st.data))[":path"] == "/caf%E9/headers", bytes(st.data)
+    c.close()
 
 
 def test_proxy_pass_reverse(proxy):

@@ -200,6 +200,18 @@ unsafe fn canon(r: *mut ffi::request_rec, url: *mut c_char) -> c_int {
         if path.is_null() {
             return ffi::HTTP_BAD_REQUEST as c_int;
         }
+        // As mod_proxy_http: a path taken as it came (nocanon, noencode,
+        // a forward proxy's) or a query with a control byte or a space was
+        // not encoded where it should have been.
+        let raw = |text: &[u8]| text.iter().any(|&b| b <= b' ' || b == 0x7f);
+        if (path == rest.cast_const() && raw(CStr::from_ptr(path).to_bytes())) || search.is_some_and(raw) {
+            crate::log::request(
+                r,
+                Level::Error,
+                "h2rs proxy: the path or query to forward holds control characters or spaces",
+            );
+            return ffi::HTTP_FORBIDDEN as c_int;
+        }
         let host = CStr::from_ptr(host).to_bytes();
         let mut f = b"proxy:".to_vec();
         f.extend_from_slice(scheme.as_bytes());
@@ -451,7 +463,17 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         if r.is_null() || url.is_null() {
             return HOOK_DECLINED;
         }
-        let url_s = CStr::from_ptr(url).to_string_lossy().into_owned();
+        // Bytes beyond ASCII in a path taken as it came (nocanon,
+        // noencode) go on percent-encoded: the same URI, where a lossy
+        // conversion would send another path.
+        let url_s = match CStr::from_ptr(url).to_str() {
+            Ok(s) => s.to_owned(),
+            Err(_) => CStr::from_ptr(url)
+                .to_bytes()
+                .iter()
+                .map(|&b| if b.is_ascii() { char::from(b).to_string() } else { format!("%{b:02X}") })
+                .collect(),
+        };
         let Some(target) = parse_target(&url_s) else { return HOOK_DECLINED };
         let Some(engine) = engine() else {
             crate::log::request(r, Level::Error, "h2rs proxy: the proxy engine is not running");
