@@ -181,8 +181,8 @@ pub struct C2Ctx {
     /// The response's EOS went through `net_out`: anything after it is
     /// dropped (see there).
     output_ended: bool,
-    /// The request panicked (`run_request`): `C2::run` treats the run as
-    /// one that panicked.
+    /// The request panicked (`request_panicked`): `C2::run` treats it as
+    /// a run that panicked.
     panicked: Option<String>,
 }
 
