@@ -12,20 +12,12 @@ use std::sync::Once;
 /// returns `on_panic` instead.
 #[inline]
 pub fn guard<R>(entry: &'static str, on_panic: R, body: impl FnOnce() -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(value) => value,
-        Err(payload) => {
-            crate::log::server_crit(&format!(
-                "mod_h2rs: recovered from a panic in {entry}: {}",
-                panic_message(&payload)
-            ));
-            on_panic
-        }
-    }
+    guard_or(entry, body, |_| on_panic)
 }
 
 /// Like [`guard`], with the fallback made from the panic's message (and
 /// whatever the caller must record of it) instead of given up front.
+#[inline]
 pub fn guard_or<R>(entry: &'static str, body: impl FnOnce() -> R, on_panic: impl FnOnce(String) -> R) -> R {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => value,
