@@ -227,7 +227,7 @@ def test_backend_status_outside_http_is_a_bad_gateway(proxy, code):
     assert ok.stdout == b"599"
 
 
-def test_error_override_keeps_a_balancer_member_in_service(make_server, backends):
+def test_error_override_answers_locally_and_keeps_a_401s_challenge(make_server, backends):
     """ProxyErrorOverride: the backend's error status gets the local error
     page, and mod_proxy is told it was the backend's answer (the
     `proxy-error-override` note, as mod_proxy_http sets it; without it a
@@ -248,7 +248,7 @@ ProxyErrorOverride On""").start()
                  for _ in range(3)]
         assert codes == [b"500"] * 3, (proto, codes)
         r = curl(proto, "-s", "-D", "-", "-o", "/dev/null", srv.url("/one/status?code=401"))
-        assert r.stdout.split(b"\r\n")[0].endswith(b"401") or b" 401" in r.stdout.split(b"\r\n")[0], r.stdout
+        assert b" 401" in r.stdout.split(b"\r\n")[0], r.stdout
         assert b'www-authenticate: basic realm="backend"' in r.stdout.lower(), r.stdout
     srv.new_log_lines()
 
