@@ -351,7 +351,15 @@ pub struct RequestBuilder {
     head: Box<RequestHead>,
     method: Option<ShortBytes>,
     cookies: Vec<u8>,
+    /// Every field so far, pseudo headers and cookie crumbs too: the
+    /// bound beyond which the head is abuse (`FIELDS_CALM_MARGIN`).
     fields_seen: u32,
+    /// The fields `LimitRequestFields` counts: as HTTP/1.1's header lines,
+    /// so no pseudo header (the request line), and the cookie crumbs
+    /// as the one `Cookie` line they are joined into (browsers send
+    /// one crumb per cookie, RFC 9113 8.2.3).
+    fields_counted: u32,
+    cookie_counted: bool,
     regular_seen: bool,
     raw_bytes: usize,
 }
@@ -379,6 +387,8 @@ impl RequestBuilder {
             method: None,
             cookies: Vec::new(),
             fields_seen: 0,
+            fields_counted: 0,
+            cookie_counted: false,
             regular_seen: false,
             raw_bytes: 0,
         }
@@ -447,10 +457,15 @@ impl RequestBuilder {
         if is_connection_specific(name) {
             return Err(HeaderError::Malformed("connection-specific field"));
         }
-        if name == b"te" && value != b"trailers" {
+        // "trailers" is a case-insensitive literal (RFC 9110 10.1.4).
+        if name == b"te" && !value.eq_ignore_ascii_case(b"trailers") {
             return Err(HeaderError::Malformed("te other than trailers"));
         }
-        if max > 0 && self.fields_seen > max {
+        if name != b"cookie" || !self.cookie_counted {
+            self.fields_counted += 1;
+            self.cookie_counted |= name == b"cookie";
+        }
+        if max > 0 && self.fields_counted > max {
             self.fail(431);
         }
         if name.len() + 2 + value.len() > self.limits.max_field_size as usize {
@@ -754,6 +769,7 @@ mod tests {
         f.push(("cookie", "a=1"));
         f.push(("cookie", ""));
         f.push(("cookie", "b=2"));
+        f.push(("te", "Trailers"));
         let h = build(&f, Limits::default()).unwrap();
         assert_eq!(h.method, b"GET");
         assert_eq!(h.path.as_deref(), Some(&b"/a?b"[..]));
@@ -895,6 +911,15 @@ mod tests {
         let h = build(&f, limits).unwrap();
         assert_eq!(h.error_status, Some(431));
         assert!(h.headers.len() < 4);
+        // As HTTP/1.1 counts header lines: no pseudo header, and the
+        // cookie crumbs as the one line they are joined into.
+        let mut f = GET.to_vec();
+        f.extend([("a", "1"), ("cookie", "x=1"), ("cookie", "y=2"), ("cookie", "z=3"), ("b", "2")]);
+        let h = build(&f, limits).unwrap();
+        assert_eq!(h.error_status, None);
+        assert_eq!(h.header(b"cookie"), Some(&b"x=1; y=2; z=3"[..]));
+        f.push(("c", "3"));
+        assert_eq!(build(&f, limits).unwrap().error_status, Some(431));
         let mut b = RequestBuilder::new(limits);
         let mut last = Ok(());
         for _ in 0..200 {

@@ -399,6 +399,13 @@ def test_request_limits_answer_431_and_414(make_server):
     c = H2Client(srv.port)
     st = c.wait_stream(c.request("/1k.bin", headers=[(f"x-h{i}", "v") for i in range(12)]))
     assert st.status == 431
+    # Counted as HTTP/1.1 counts header lines: 10 fields besides the pseudo
+    # headers, and a browser's cookie crumbs as the one Cookie line.
+    st = c.wait_stream(c.request("/1k.bin", headers=[(f"x-h{i}", "v") for i in range(10)]))
+    assert st.status == 200
+    crumbs = [("cookie", f"c{i}=1") for i in range(25)]
+    st = c.wait_stream(c.request("/1k.bin", headers=[("te", "Trailers")] + crumbs + [("x-a", "1")] * 8))
+    assert st.status == 200
     st = c.wait_stream(c.request("/1k.bin", headers=[("x-big", "v" * 300)]))
     assert st.status == 431
     st = c.wait_stream(c.request("/" + "p" * 400))
