@@ -586,6 +586,22 @@ pub unsafe fn server_config<'a>(s: *const ffi::server_rec) -> Option<&'a ServerC
     unsafe { (ffi::h2rs_shim_server_conf(s) as *const ServerConfig).as_ref() }
 }
 
+/// httpd's `Timeout` when a server has none (its default).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The stream timeout of the requests `s` serves (H2StreamTimeout, else
+/// Timeout): a stream takes its request's own, as the stock module and
+/// HTTP/1.1 do once the name-based virtual host is known.
+///
+/// # Safety
+/// `s` must be a live server_rec of the running configuration.
+pub unsafe fn stream_timeout_of(s: *const ffi::server_rec) -> Duration {
+    // SAFETY: caller contract.
+    let (cfg, timeout) = unsafe { (server_config(s), (*s).timeout) };
+    let timeout = interval(timeout, DEFAULT_TIMEOUT);
+    cfg.map_or(timeout, |cfg| cfg.stream_timeout(timeout))
+}
+
 /// How many streams of one connection may run on workers at once, at most:
 /// three quarters of what the pool can grow to (no connection takes every
 /// worker), within what the client may open. The session starts lower and
@@ -615,7 +631,6 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
     let default = ServerConfig::default();
     // SAFETY: caller contract.
     let (cfg, server) = unsafe { (server_config(s).unwrap_or(&default), &*s) };
-    let timeout = interval(server.timeout, Duration::from_secs(60));
     let window = cfg.window_size();
     let streams = cfg.max_session_streams();
     Settings {
@@ -626,7 +641,8 @@ unsafe fn settings_for(s: *mut ffi::server_rec) -> Settings {
         enable_connect_protocol: cfg.websockets(),
         limits: request_limits(server, cfg.websockets()),
         stream_out_limit: cfg.stream_max_mem_size(),
-        stream_timeout: cfg.stream_timeout.unwrap_or(timeout),
+        // SAFETY: caller contract.
+        stream_timeout: unsafe { stream_timeout_of(s) },
         output_buffering: cfg.output_buffering(),
         max_data_frame_len: cfg.max_data_frame_len(),
         max_active_streams: max_active_streams(streams),
@@ -839,7 +855,7 @@ impl C1 {
             }
             let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
             let keepalive_timeout = interval((*s).keep_alive_timeout, Duration::from_secs(5));
-            let timeout = interval((*s).timeout, Duration::from_secs(60));
+            let timeout = interval((*s).timeout, DEFAULT_TIMEOUT);
             let parking = Parking::new(keepalive_timeout, first_request_timeout(timeout, keepalive_timeout));
             SESSIONS.lock().insert(session_id, (Arc::downgrade(&signal), Arc::downgrade(&parking)));
             let mut c1 = C1 {
@@ -1807,7 +1823,7 @@ unsafe fn wait_readable(c: *mut ffi::conn_rec) -> bool {
     // SAFETY: the connection, its socket and its server are live (caller).
     unsafe {
         let Some(fd) = conn_socket_fd(c) else { return false };
-        let timeout = interval((*(*c).base_server).timeout, Duration::from_secs(60));
+        let timeout = interval((*(*c).base_server).timeout, DEFAULT_TIMEOUT);
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         libc::poll(&mut pfd, 1, ms) == 1

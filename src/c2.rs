@@ -850,17 +850,23 @@ pub fn field_name(pool: PoolRef, name: &[u8]) -> *const c_char {
     }
 }
 
-/// Replaces HTTP_HEADER with our response filter on a stream request.
+/// The stream's request was read (post_read_request, or an error before
+/// it): the stream timeout becomes that of the request's own server, and
+/// our response filter replaces HTTP_HEADER.
 ///
 /// # Safety
 /// `r` must be a live request on a c2 owned by the caller.
-pub unsafe fn install_response_filter(r: *mut ffi::request_rec, ctx: &mut C2Ctx) {
+pub unsafe fn request_read(r: *mut ffi::request_rec, ctx: &mut C2Ctx) {
     if ctx.response_filter_installed {
         return;
     }
     ctx.response_filter_installed = true;
-    // SAFETY: standard filter chain manipulation on the caller's request.
+    // SAFETY: standard filter chain manipulation on the caller's request,
+    // whose server is live.
     unsafe {
+        if let Some(stream) = &ctx.stream {
+            stream.set_timeout(crate::c1::stream_timeout_of((*r).server));
+        }
         apr::remove_output_filter_rec((*r).output_filters, ffi::ap_http_header_filter_handle);
         ffi::ap_add_output_filter_handle(ffi::h2rs_shim_c2_response_handle, ptr::null_mut(), r, (*r).connection);
     }
@@ -977,7 +983,7 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
             access_status = ffi::ap_post_read_request(r);
         }
         if access_status != 0 {
-            install_response_filter(r, ctx);
+            request_read(r, ctx);
             ffi::ap_die(access_status, r);
             // ap_die sent the response; end the request with its EOR bucket.
             let bb = ctx.scratch;

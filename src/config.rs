@@ -165,6 +165,10 @@ impl ServerConfig {
     pub fn upgrade(&self, is_tls: bool) -> bool {
         self.upgrade.unwrap_or(!is_tls)
     }
+    /// H2StreamTimeout, or the server's `Timeout` when unset or 0.
+    pub fn stream_timeout(&self, server_timeout: Duration) -> Duration {
+        self.stream_timeout.filter(|t| !t.is_zero()).unwrap_or(server_timeout)
+    }
     pub fn output_buffering(&self) -> bool {
         self.output_buffering.unwrap_or(true)
     }
@@ -428,10 +432,10 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
         }
         "h2streamtimeout" => {
             // 0: Timeout applies, as with the stock module, which uses
-            // only a value above 0.
+            // only a value above 0; kept as set, so that a virtual host's
+            // 0 overrides the main server's value (`stream_timeout()`).
             expect_args(d, args, 1, 1)?;
-            let timeout = parse_bounded_duration(d, args[0])?;
-            s.stream_timeout = Some(timeout).filter(|t| !t.is_zero());
+            s.stream_timeout = Some(parse_bounded_duration(d, args[0])?);
         }
         "h2maxdataframelen" => {
             expect_args(d, args, 1, 1)?;
@@ -567,7 +571,11 @@ mod tests {
         assert!(server("H2PushPriority", &["text/css", "Before", "8"]).unwrap_err().contains("Before"));
         assert!(server("H2PushPriority", &["*", "Interleaved", "256"]).is_ok());
 
-        assert_eq!(server("H2StreamTimeout", &["0"]).unwrap().stream_timeout, None);
+        let zero = server("H2StreamTimeout", &["0"]).unwrap();
+        assert_eq!(zero.stream_timeout(Duration::from_secs(300)), Duration::from_secs(300));
+        let main = server("H2StreamTimeout", &["30"]).unwrap();
+        let vhost = ServerConfig::merge(&main, &zero);
+        assert_eq!(vhost.stream_timeout(Duration::from_secs(300)), Duration::from_secs(300));
         assert_eq!(server("H2StreamTimeout", &["90s"]).unwrap().stream_timeout, Some(Duration::from_secs(90)));
         assert!(server("H2StreamTimeout", &["9999999999999999"]).unwrap_err().contains("out of range"));
         assert_eq!(server("H2MaxWorkerIdleSeconds", &["0"]).unwrap().max_worker_idle_secs, None);

@@ -681,7 +681,7 @@ pub unsafe extern "C" fn h2rs_post_read_request(r: *mut ffi::request_rec) -> c_i
                 return HOOK_DECLINED;
             }
             if let Some(ctx) = c2::ctx_of((*r).connection) {
-                c2::install_response_filter(r, ctx);
+                c2::request_read(r, ctx);
             }
         }
         HOOK_DECLINED

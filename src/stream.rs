@@ -35,7 +35,7 @@ use crate::request::RequestHead;
 use crate::signal::{Listed, Signal};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -515,6 +515,12 @@ impl Drop for FileRegion {
     }
 }
 
+/// A duration in microseconds, saturated (the configured timeouts are a
+/// year at most).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Appends `len` bytes of `file` from `offset` to `out`, read straight
 /// into its spare capacity (no zero-fill of up to 64 KiB per write first).
 /// On error nothing is appended.
@@ -760,8 +766,10 @@ pub struct Stream {
     pub request: Box<RequestHead>,
     /// Maximum bytes queued for output (H2StreamMaxMemSize).
     pub out_limit: usize,
-    /// How long a worker waits on a stalled queue (H2StreamTimeout).
-    pub timeout: Duration,
+    /// How long a worker waits on a stalled queue (H2StreamTimeout, else
+    /// Timeout), in microseconds: the connection's server's until the
+    /// request's own (name-based) server is known (`set_timeout`).
+    timeout_us: AtomicU64,
     /// H2OutputBuffering: when off, every write wakes c1.
     pub buffered: bool,
     io: Mutex<StreamIo>,
@@ -850,7 +858,7 @@ impl Stream {
             id,
             request,
             out_limit: out_limit.max(1024),
-            timeout,
+            timeout_us: AtomicU64::new(micros(timeout)),
             buffered,
             io: Mutex::new(StreamIo { input_end, worker: Some(WorkerState::Queued), ..Default::default() }),
             worker_cond: Condvar::new(),
@@ -884,6 +892,16 @@ impl Stream {
         self.inline.load(Ordering::Relaxed)
     }
 
+    /// The stream timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_micros(self.timeout_us.load(Ordering::Relaxed))
+    }
+
+    /// The stream timeout of the request's own server, once it is known.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.timeout_us.store(micros(timeout), Ordering::Relaxed);
+    }
+
     pub fn worker_started(&self) {
         self.io.lock().worker = Some(WorkerState::Running);
     }
@@ -892,7 +910,7 @@ impl Stream {
     /// client up to the stream timeout, or up to `body_deadline` if that
     /// comes first (then `BodyTooSlow`).
     pub fn read_input(&self, max: usize, block: bool, body_deadline: Option<Instant>) -> Result<Input, StreamError> {
-        let stream_deadline = Instant::now() + self.timeout;
+        let stream_deadline = Instant::now() + self.timeout();
         let (deadline, expired) = match body_deadline {
             Some(b) if b < stream_deadline => (b, StreamError::BodyTooSlow),
             _ => (stream_deadline, StreamError::Timeout),
@@ -1040,7 +1058,7 @@ impl Stream {
                     io = self.io.lock();
                     continue;
                 }
-                let d = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+                let d = *deadline.get_or_insert_with(|| Instant::now() + self.timeout());
                 io.worker_wants_room = true;
                 let timed_out = self.worker_cond.wait_until(&mut io, d).timed_out();
                 io.worker_wants_room = false;
@@ -1167,7 +1185,7 @@ impl Stream {
         if self.runs_inline() {
             return Err(StreamError::Aborted);
         }
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.timeout();
         let mut io = self.io.lock();
         io.report_asked = true;
         drop(io);

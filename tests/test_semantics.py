@@ -709,6 +709,41 @@ def test_a_body_that_stalls_past_h2streamtimeout_is_answered_408(make_server, te
     c.close()
 
 
+def test_the_stream_timeout_is_that_of_the_requests_own_virtual_host(make_server, test_module):
+    """H2StreamTimeout (else Timeout) of the name-based virtual host that
+    serves the request applies, as with the stock module and HTTP/1.1, not
+    the one the connection was opened on; and a virtual host's
+    `H2StreamTimeout 0` gives it back its own Timeout over the main
+    server's H2StreamTimeout."""
+    srv = make_server(h2_conf="H2StreamTimeout 1")
+    vhost = "\n".join(f"""<VirtualHost 127.0.0.1:{srv.port}>
+  ServerName {name}
+  {conf}
+</VirtualHost>""" for name, conf in [("first.test", ""), ("patient.test", "H2StreamTimeout 20"),
+                                        ("own-timeout.test", "H2StreamTimeout 0\n  Timeout 20")])
+    srv.extra = f"""{test_module}
+<Location /echo>
+  SetHandler h2rs-echo
+</Location>
+{vhost}"""
+    srv.start()
+    c = H2Client(srv.port)
+    sids = {name: c.request("/echo", method="POST", end_stream=False, authority=name)
+            for name in ("first.test", "patient.test", "own-timeout.test")}
+    for sid in sids.values():
+        c.send_body(sid, b"x" * 100, end_stream=False)
+    # The connection's own virtual host (the first) keeps the 1 s.
+    assert c.wait_stream(sids["first.test"], timeout=10).status == 408
+    stalled_until = time.time() + 1.5  # the others stall on, past 1 s
+    while time.time() < stalled_until:
+        c.read_some(timeout=stalled_until - time.time())
+    for name in ("patient.test", "own-timeout.test"):
+        c.send_body(sids[name], b"y" * 100, end_stream=True)
+        st = c.wait_stream(sids[name], timeout=10)
+        assert st.status == 200 and st.data.startswith(b"length=200 "), (name, st.status, st.reset)
+    c.close()
+
+
 def test_a_response_cut_by_a_failed_write_is_reset_not_ended(make_server, backend):
     """A client that opens no window on a stream (a paused download; the
     connection's window is open) for longer than H2StreamTimeout makes the

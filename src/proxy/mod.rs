@@ -1218,7 +1218,7 @@ impl C2Front {
         if room > 0 {
             leg.output_clock = now;
         }
-        let output_deadline = (room == 0).then(|| leg.output_clock + self.stream.timeout);
+        let output_deadline = (room == 0).then(|| leg.output_clock + self.stream.timeout());
         if output_deadline.is_some_and(|d| now >= d) {
             self.log_client_timeout(r, "the client took none of the response");
             engine.cancel(task);
@@ -1250,7 +1250,7 @@ impl C2Front {
         }
         // SAFETY: caller contract.
         let body_deadline = unsafe { c2::body_deadline((*r).connection) };
-        let client_deadline = task.body_room().then(|| body.client_clock + self.stream.timeout);
+        let client_deadline = task.body_room().then(|| body.client_clock + self.stream.timeout());
         if client_deadline.is_some_and(|d| now >= d) {
             self.log_client_timeout(r, "no request body from the client");
             return give_up(ffi::HTTP_REQUEST_TIME_OUT as c_int);
@@ -1274,7 +1274,7 @@ impl C2Front {
 
     /// The client let the stream timeout pass: `what` it did not do.
     fn log_client_timeout(&self, r: *mut ffi::request_rec, what: &str) {
-        let timeout = self.stream.timeout;
+        let timeout = self.stream.timeout();
         crate::log::request(r, Level::Info, &format!("h2rs proxy: {what} within {timeout:?} (H2StreamTimeout)"));
     }
 
