@@ -967,7 +967,11 @@ impl C1 {
                 }
                 wants_write = self.session.want_write();
             }
-            let idle = self.session.open_streams() == 0 && !wants_write;
+            // Not idle while input may be left in the input filters: a
+            // read that stopped at READ_BUDGET can leave the tail of a
+            // burst in mod_ssl or the core's filter, where poll does not
+            // see it (and the socket may be drained).
+            let idle = self.session.open_streams() == 0 && !wants_write && !self.input_ready;
             if std::mem::take(&mut self.session.dispatcher().ran_inline) && !self.parks_now(idle) {
                 // A thread that runs its streams itself is never waiting for
                 // a worker, so it stays runnable while its client keeps
@@ -1540,6 +1544,11 @@ impl C1 {
 
     /// Waits for the client socket (and worker wake-ups when `signals`).
     fn wait(&mut self, timeout: Duration, signals: bool) -> Wait {
+        if self.input_ready {
+            // The last read stopped at its budget: what is left may be in
+            // the input filters already, not on the socket.
+            return Wait::Ready;
+        }
         if !self.signal.before_sleep() {
             // A worker's wake-up came while we were awake: take it first.
             return Wait::Ready;

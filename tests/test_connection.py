@@ -685,3 +685,21 @@ def test_children_allocate_from_the_module_slabs_and_the_parent_does_not(server)
     assert in_children and all(kib is not None for kib in in_children), in_children
     assert any(kib > 0 for kib in in_children), in_children
     assert slab_region_rss_kib(server.pid) is None
+
+
+def test_a_burst_whose_tail_waits_in_the_tls_filters_is_read_at_once(make_server, certs):
+    """A turn reads at most READ_BUDGET of the client's input; what it
+    leaves may already be out of the socket, in mod_ssl or the core's input
+    filter, where polling the socket does not see it. A session idle after
+    such a turn then went back to the MPM, and the request at the burst's
+    tail waited for the client's next bytes (here: for ever). Bursts of
+    WINDOW_UPDATE frames just beyond the budget, of several sizes so that
+    some end in the filters, each followed by a request."""
+    srv = make_server().tls_config(certs, free_port()).start()
+    request = rawh2.headers(1, rawh2.encode(rawh2.request_fields("/1k.bin", scheme="https")))
+    for frames in range(20200, 21400, 100):  # 13 bytes each: 256 KiB is 20,165
+        c = rawh2.Conn(srv.tls_port, tls=True)
+        c.send(rawh2.window_update(0, 1) * frames + request)
+        c.wait(lambda: c.resp(1).done, timeout=5, what=f"the response after {frames} WINDOW_UPDATEs")
+        assert c.resp(1).status == 200
+        c.sock.close()
