@@ -426,13 +426,19 @@ fn next_job(shared: &Shared, me: &Arc<IdleThread>) -> Option<Job> {
                 // Timed out. Still on the idle list: leave it (and the pool,
                 // unless others left first). Off the list: a submit or the
                 // shutdown took this thread and its handoff is on the way.
+                // Leaving is decided under the queue's lock, `live` counted
+                // down before it is released: a submit that finds no idle
+                // thread then either queued its job before (taken here) or
+                // sees the place this thread frees (`spawn`). Counted down
+                // after, a submit in between queued a job that no thread
+                // took while the pool was at its maximum.
                 let mut q = shared.queue.lock();
                 if let Some(i) = q.idle.iter().position(|t| Arc::ptr_eq(t, me)) {
                     q.idle.remove(i);
                     shared.idle.store(q.idle.len() as u32, Ordering::Release);
-                    drop(q);
                     let live = shared.live.load(Ordering::Acquire);
-                    if live > shared.min
+                    if q.jobs.is_empty()
+                        && live > shared.min
                         && shared.live.compare_exchange(live, live - 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
                     {
                         return None;
