@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 
+import h2.errors
 import pytest
 
 from conftest import MODDIR, MODULE, SSL_MODULES, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend, wait_for
@@ -1599,6 +1600,31 @@ ProxyPass /mute/ h2c://127.0.0.1:{mute_port}/ ping=500ms timeout=20
         relay.close()
         mute.close()
     srv.check_log()
+
+
+def test_a_request_waiting_for_its_backend_connection_ends_when_its_client_resets_it(make_server):
+    """A proxied request whose backend connection is not up yet (here the
+    backend accepts and never sends its SETTINGS) ends as soon as its
+    client resets the stream, not when the connection is given up
+    (`timeout=20`): until then its worker's request, and the client
+    connection's teardown, waited for it."""
+    mute = socket.socket()  # accepts (the kernel does), never answers
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(16)
+    try:
+        srv = make_server(extra=f"""{PROXY_MODULES}
+ProxyPass /mute/ h2c://127.0.0.1:{mute.getsockname()[1]}/ timeout=20""").start()
+        c = H2Client(srv.port)
+        sid = c.request("/mute/waits")
+        time.sleep(0.5)  # the request waits for the backend's SETTINGS
+        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        c.flush()
+        assert srv.wait_access_log("/mute/waits", timeout=10), srv.read_error_log()[-2000:]
+        # The connection goes on.
+        assert c.wait_stream(c.request("/1k.bin")).status == 200
+        c.close()
+    finally:
+        mute.close()
 
 
 def test_bytraffic_balances_by_the_bytes_each_member_carried(workdir, docroot, backends):

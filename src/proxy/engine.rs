@@ -1040,6 +1040,16 @@ impl LoopState {
     fn tick(&mut self, stopping: bool) {
         let now = Instant::now();
         for conn in &mut self.conns {
+            // A request waiting for its connection (connecting, SETTINGS,
+            // a PING's answer) whose client went away ends now, not when
+            // the connection is up or given up: its c2 and c1 (whose
+            // teardown waits for it) are held until then.
+            conn.waiting.retain(|task| {
+                if task.front_gone() {
+                    task.cancel();
+                }
+                !task.is_cancelled()
+            });
             if !conn.settings_seen() {
                 let connecting = conn.connecting.is_some();
                 let limit = conn
