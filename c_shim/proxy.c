@@ -25,6 +25,7 @@ static __typeof__(ap_proxy_canon_netloc) *p_canon_netloc;
 static __typeof__(ap_proxy_location_reverse_map) *p_reverse_map;
 static __typeof__(ap_proxy_cookie_reverse_map) *p_cookie_reverse_map;
 static __typeof__(ap_proxy_should_override) *p_should_override;
+static __typeof__(ap_proxy_worker_name) *p_worker_name;
 static module *proxy_mod;
 
 static int scheme_handler(request_rec *r, proxy_worker *worker,
@@ -58,6 +59,7 @@ static void proxy_register_hooks(apr_pool_t *p)
     p_reverse_map = dlsym(RTLD_DEFAULT, "ap_proxy_location_reverse_map");
     p_cookie_reverse_map = dlsym(RTLD_DEFAULT, "ap_proxy_cookie_reverse_map");
     p_should_override = dlsym(RTLD_DEFAULT, "ap_proxy_should_override");
+    p_worker_name = dlsym(RTLD_DEFAULT, "ap_proxy_worker_name");
     if (!hook_scheme || !hook_canon || !p_canonenc || !p_canon_netloc) {
         ap_log_perror(APLOG_MARK, APLOG_ERR, 0, p,
                       "proxy_http2_module (mod_h2rs): mod_proxy is not loaded; "
@@ -104,6 +106,46 @@ void h2rs_shim_proxy_count_traffic(void *w, apr_off_t sent, apr_off_t received)
     if (worker && worker->s) {
         worker->s->transferred += sent;
         worker->s->read += received;
+    }
+}
+
+/* As proxy_balancer_post_request (mod_proxy_balancer.c, 2.4.68), with its
+ * log lines. */
+void h2rs_shim_proxy_balancer_checks(void *w, request_rec *r)
+{
+    proxy_worker *worker = w;
+    proxy_balancer *balancer = worker ? worker->balancer : NULL;
+    int status_listed = 0, timed_out;
+    int i;
+    if (!balancer || !worker->s || (worker->s->status & PROXY_WORKER_IGNORE_ERRORS)) {
+        return;
+    }
+    for (i = 0; balancer->errstatuses && i < balancer->errstatuses->nelts; i++) {
+        status_listed |= r->status == ((int *)balancer->errstatuses->elts)[i];
+    }
+    timed_out = balancer->failontimeout && apr_table_get(r->notes, "proxy_timedout") != NULL;
+    if (!status_listed && !timed_out) {
+        return;
+    }
+    if (PROXY_THREAD_LOCK(balancer) == APR_SUCCESS) {
+        worker->s->status |= PROXY_WORKER_IN_ERROR;
+        worker->s->error_time = apr_time_now();
+        PROXY_THREAD_UNLOCK(balancer);
+    }
+    if (status_listed) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "%s: Forcing worker (%s) into error state due to "
+                      "status code %d matching 'failonstatus' balancer "
+                      "parameter", balancer->s->name,
+                      p_worker_name ? p_worker_name(r->pool, worker) : worker->s->name,
+                      r->status);
+    }
+    else {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      "%s: Forcing worker (%s) into error state due to "
+                      "timeout and 'failontimeout' parameter being set",
+                      balancer->s->name,
+                      p_worker_name ? p_worker_name(r->pool, worker) : worker->s->name);
     }
 }
 

@@ -145,6 +145,10 @@ int h2rs_shim_proxy_http2_loaded(void);
  * mod_proxy_http adds them), which lbmethod=bytraffic and the balancer
  * manager read. */
 void h2rs_shim_proxy_count_traffic(void *worker, apr_off_t sent, apr_off_t received);
+/* mod_proxy_balancer's post_request checks (failonstatus, failontimeout)
+ * for a request that ended after mod_proxy ran them: a suspended one,
+ * whose status was not final then. */
+void h2rs_shim_proxy_balancer_checks(void *worker, request_rec *r);
 
 /* What the scheme handler needs from mod_proxy's configuration. */
 typedef struct {

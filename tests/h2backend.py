@@ -214,6 +214,7 @@ class Conn:
                 self.h2.end_stream(sid)
                 self.flush()
             elif route == "/status":
+                await asyncio.sleep(float(q.get("s", "0")))
                 code = q.get("code", "200")
                 challenge = [("www-authenticate", 'Basic realm="backend"')] if code == "401" else []
                 await self.respond(sid, code, b"as asked\n", challenge)

@@ -254,6 +254,38 @@ ProxyErrorOverride On""").start()
     srv.new_log_lines()
 
 
+def test_failonstatus_and_failontimeout_put_a_member_in_error(make_server, backends):
+    """mod_proxy_balancer's `failonstatus` and `failontimeout` put the
+    member in error (the next request: 503, all members in error) also for
+    a request the front suspended, whose status was not final when mod_proxy
+    ran its checks; and `failontimeout` sees the backend's timeout (the
+    `proxy_timedout` note). Over HTTP/1.1 the handler keeps the request."""
+    balancers = "\n".join(f"""<Proxy balancer://{name}-{proto}>
+  BalancerMember h2c://127.0.0.1:{backends[0]} retry=60 {member}
+  ProxySet forcerecovery=Off {param}
+</Proxy>
+ProxyPass /{name}-{proto}/ balancer://{name}-{proto}/"""
+                           for name, member, param in [("fs", "", "failonstatus=500"),
+                                                       ("ft", "timeout=1", "failontimeout=On")]
+                           for proto in ("h2", "h1"))
+    srv = make_server(extra=f"""{PROXY_MODULES}
+LoadModule proxy_balancer_module {MODDIR}/mod_proxy_balancer.so
+LoadModule slotmem_shm_module {MODDIR}/mod_slotmem_shm.so
+LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
+{balancers}""").start()
+    for proto, flag in (("h2", "--http2-prior-knowledge"), ("h1", "--http1.1")):
+        def code(path):
+            return curl(flag, "-s", "-o", "/dev/null", "-w", "%{http_code}", srv.url(path)).stdout
+        # Slow enough to be suspended over HTTP/2.
+        assert code(f"/fs-{proto}/status?code=500&s=0.3") == b"500"
+        assert code(f"/fs-{proto}/status?code=200") == b"503", proto
+        assert code(f"/ft-{proto}/delay?s=3") == b"504"
+        assert code(f"/ft-{proto}/status?code=200") == b"503", proto
+    log = srv.read_error_log()
+    assert log.count("matching 'failonstatus'") == 2 and log.count("'failontimeout' parameter") == 2, log[-3000:]
+    srv.new_log_lines()
+
+
 def test_encoded_slashes_reach_the_backend_as_mod_proxy_http_sends_them(make_server, backends):
     """AllowEncodedSlashes NoDecode: an encoded slash in the path goes to
     the backend as it came (it was encoded again, %252F); with

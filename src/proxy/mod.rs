@@ -564,7 +564,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         let task = Task::new(spec);
         if !worker.is_null() {
             if let Some(pool) = PoolRef::from_raw((*r).pool) {
-                pool.attach(WorkerTraffic { worker, task: task.clone() });
+                pool.attach(WorkerAccounting { worker, r, task: task.clone() });
             }
         }
         let status = run_request(r, &task, &engine, has_body);
@@ -577,22 +577,34 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
     }
 }
 
-/// Adds a request's body bytes, both ways, to its mod_proxy worker's
-/// traffic counts when the request ends (its pool is destroyed, after the
-/// last resume of a suspended one). Without them `lbmethod=bytraffic` saw
-/// every member at 0 and sent every request to the first one.
-struct WorkerTraffic {
+/// What a request's mod_proxy worker learns when the request ends (its pool
+/// is destroyed, after the last resume of a suspended one):
+/// - its body bytes, both ways, in the worker's traffic counts (without
+///   them `lbmethod=bytraffic` saw every member at 0 and sent every
+///   request to the first one);
+/// - for a suspended request, mod_proxy_balancer's `failonstatus` and
+///   `failontimeout` checks with the final status: mod_proxy ran them
+///   when the handler returned SUSPENDED, before there was a response.
+struct WorkerAccounting {
     worker: *mut c_void,
+    r: *mut ffi::request_rec,
     task: Arc<Task>,
 }
 
-impl Drop for WorkerTraffic {
+impl Drop for WorkerAccounting {
     fn drop(&mut self) {
         let (sent, received) = self.task.traffic();
         let count = |n: u64| ffi::apr_off_t::try_from(n).unwrap_or(ffi::apr_off_t::MAX);
         // SAFETY: the worker mod_proxy gave the handler; workers live as
-        // long as the configuration, which outlives every request.
-        unsafe { ffi::h2rs_shim_proxy_count_traffic(self.worker, count(sent), count(received)) }
+        // long as the configuration, which outlives every request. The
+        // request is allocated in the pool whose cleanup this is, and its
+        // memory is released only after the cleanups ran.
+        unsafe {
+            ffi::h2rs_shim_proxy_count_traffic(self.worker, count(sent), count(received));
+            if self.task.was_suspended() {
+                ffi::h2rs_shim_proxy_balancer_checks(self.worker, self.r);
+            }
+        }
     }
 }
 
@@ -680,6 +692,7 @@ unsafe fn run_request(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Arc<E
                 }
             }
             if c2::suspend(r, front.clone()) {
+                task.mark_suspended();
                 return ffi::SUSPENDED;
             }
             if front.body_pending() {
@@ -888,6 +901,14 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
     // SAFETY: caller contract: `r` is live and owned by this thread.
     unsafe {
         if let (Some(Failure::Status(s)), None) = (t.failure, &t.head) {
+            if s == 504 {
+                // The backend did not answer in time (the engine's only
+                // 504): mod_proxy_balancer's failontimeout reads this
+                // note, which mod_proxy_http sets on a read timeout.
+                if let Some(notes) = TableRef::from_raw((*r).notes) {
+                    notes.set(c"proxy_timedout", c"1");
+                }
+            }
             return Pumped::Done(End::Status(c_int::from(s)));
         }
         for head in t.interims {

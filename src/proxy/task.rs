@@ -181,6 +181,8 @@ pub struct Task {
     pub engine: Mutex<EngineSide>,
     /// Listed for `publish` in the engine's current batch.
     news_marked: AtomicBool,
+    /// The handler returned SUSPENDED (`WorkerAccounting`).
+    suspended: AtomicBool,
 }
 
 /// Owned by the engine's loop thread (behind a lock only to be Sync).
@@ -205,6 +207,7 @@ impl Task {
             front: Mutex::new(None),
             engine: Mutex::new(EngineSide::default()),
             news_marked: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
         })
     }
 
@@ -238,6 +241,14 @@ impl Task {
 
     pub fn front_detached(&self) -> bool {
         self.state.lock().front_detached
+    }
+
+    pub fn mark_suspended(&self) {
+        self.suspended.store(true, Ordering::Release);
+    }
+
+    pub fn was_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Acquire)
     }
 
     pub fn front_gone(&self) -> bool {
