@@ -4,6 +4,7 @@ on shared backend connections, few workers serving many slow requests,
 GOAWAY and reset handling, uploads, trailers, 103, header rules, balancer,
 behind HTTP/2 and HTTP/1.1 fronts."""
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -1317,6 +1318,53 @@ ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
         c.close()
 
 
+def test_request_fields_and_error_statuses_as_mod_proxy_http_makes_them(make_server, docroot, backends):
+    """As mod_proxy_http:
+    - a body an input filter inflates goes without the client's
+      Content-Length (the backend reset the stream for the mismatch: 502);
+    - Proxy-Authorization goes on when httpd did not use it;
+    - a subrequest (an SSI include) does not send the conditional fields
+      it inherits from the page's request (the backend answered 304, and
+      the fragment was missing from the page);
+    - under ProxyErrorOverride, a proxied ErrorDocument keeps the error's
+      status (it was sent as 200)."""
+    ssi = docroot.path / "ssi"
+    ssi.mkdir(exist_ok=True)
+    (ssi / "fields.shtml").write_text('<p><!--#include virtual="/api/headers" --></p>\n')
+    srv = make_server(extra=f"""{PROXY_MODULES}
+LoadModule include_module {MODDIR}/mod_include.so
+LoadModule deflate_module {MODDIR}/mod_deflate.so
+ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
+ProxyPass /inflated/ h2c://127.0.0.1:{backends[0]}/
+<Location /inflated/>
+  SetInputFilter DEFLATE
+</Location>
+ProxyPass /eo/ h2c://127.0.0.1:{backends[0]}/
+<Location /eo/>
+  ProxyErrorOverride On
+  ErrorDocument 404 /eo/status?code=200
+</Location>
+<Directory "{ssi}">
+  Options +Includes
+  AddOutputFilter INCLUDES .shtml
+</Directory>""").start()
+    c = H2Client(srv.port)
+    body = b"inflated " * 1000
+    packed = gzip.compress(body)
+    st = c.wait_stream(c.request("/inflated/echo", method="POST", body=packed,
+                                 headers=[("content-encoding", "gzip"), ("content-length", str(len(packed)))]))
+    assert (st.status, bytes(st.data).split()[0]) == (200, f"length={len(body)}".encode()), (st.status, st.data)
+    st = c.wait_stream(c.request("/api/headers", headers=[("proxy-authorization", "Basic Zm9vOmJhcg==")]))
+    assert json.loads(bytes(st.data)).get("proxy-authorization") == "Basic Zm9vOmJhcg==", bytes(st.data)
+    st = c.wait_stream(c.request("/ssi/fields.shtml", headers=[("if-none-match", '"x"'),
+                                                               ("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT")]))
+    assert st.status == 200 and b'"/headers"' in bytes(st.data), (st.status, bytes(st.data))
+    assert b"if-none-match" not in bytes(st.data) and b"if-modified-since" not in bytes(st.data), bytes(st.data)
+    st = c.wait_stream(c.request("/eo/status?code=404"))
+    assert (st.status, bytes(st.data)) == (404, b"as asked\n"), (st.status, bytes(st.data))
+    c.close()
+
+
 def test_unreachable_backend_is_503(proxy):
     code, _ = split(get(proxy, "/down/x"))
     assert code == 503
@@ -1723,7 +1771,10 @@ def test_bybusyness_counts_suspended_requests_until_they_end(proxy, backends):
 
 def test_response_via_and_error_override(proxy):
     r = curl("--http2-prior-knowledge", "-D", "-", proxy.url("/api/delay?s=0"))
-    # ProxyVia On: "2.0 name:port", as mod_proxy_http and the stock module.
+    # ProxyVia On: "2.0 name:port", as mod_proxy_http and the stock module
+    # write it for an HTTP/2 client. (They name the client's protocol on the
+    # response too, "1.1" to an HTTP/1.1 client; here it is the backend's,
+    # HTTP/2, the protocol the response was received with, RFC 9110 7.6.3.)
     assert f"\nvia: 2.0 127.0.0.1:{proxy.port}\r\n".encode() in r.stdout.lower()
     code, body = split(get(proxy, "/api/nothing"))
     assert code == 404 and body == b"not here\n"
@@ -2006,9 +2057,9 @@ def test_proxy_module_without_our_http2_module(workdir, docroot, backends, front
 
 def test_via_full_names_the_httpd_version(make_server, backends):
     """ProxyVia Full: "2.0 name:port (Apache/2.4.x)" to the backend and to
-    the client, as mod_proxy_http and the stock module write it
-    (AP_SERVER_BASEVERSION; the module before wrote the server banner and
-    no port)."""
+    the client, as mod_proxy_http and the stock module write it for an
+    HTTP/2 client (AP_SERVER_BASEVERSION; the module before wrote the
+    server banner and no port)."""
     srv = make_server(extra=f"{PROXY_MODULES}\nProxyVia Full\nProxyPass /api/ h2c://127.0.0.1:{backends[0]}/").start()
     r = curl("--http2-prior-knowledge", "-D", "-", srv.url("/api/headers"))
     head, _, body = r.stdout.partition(b"\r\n\r\n")

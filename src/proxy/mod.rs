@@ -337,8 +337,23 @@ pub struct HeadRules<'a> {
     /// The Via entry to append, or None; `via_block` drops existing ones.
     pub via: Option<String>,
     pub via_block: bool,
+    /// Proxy-Authorization goes on: httpd did not use it (no user), or
+    /// `Proxy-Chain-Auth` is set (as mod_proxy_http decides).
     pub chain_auth: bool,
+    /// Input filters beyond the protocol's may change the body's length
+    /// (`SetInputFilter DEFLATE`): the client's Content-Length is not
+    /// sent (END_STREAM ends the body), as mod_proxy_http trusts it only
+    /// without them.
+    pub body_filtered: bool,
+    /// A subrequest: the main request's conditional fields, which it
+    /// inherits, are not sent (mod_proxy_http drops them too; an SSI
+    /// include would get 304 for a page being revalidated).
+    pub subrequest: bool,
 }
+
+/// Conditional request fields a subrequest does not send.
+const CONDITIONAL: &[&[u8]] =
+    &[b"if-match", b"if-modified-since", b"if-range", b"if-unmodified-since", b"if-none-match"];
 
 pub fn backend_fields(h: &HeadRules<'_>) -> Headers {
     let mut out = Headers::with_capacity(h.fields.len() + 8, 512);
@@ -384,7 +399,10 @@ pub fn backend_fields(h: &HeadRules<'_>) -> Headers {
             }
             continue;
         }
-        if lower == b"proxy-authorization" && !h.chain_auth {
+        if (lower == b"proxy-authorization" && !h.chain_auth)
+            || (lower == b"content-length" && h.body_filtered)
+            || (h.subrequest && CONDITIONAL.contains(&lower.as_slice()))
+        {
             continue;
         }
         out.push(&lower, v);
@@ -532,7 +550,9 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             forwarded: params.add_forwarded != 0 && (*r).proxyreq == ffi::PROXYREQ_REVERSE as c_int,
             via: via.clone(),
             via_block: params.via == 2,
-            chain_auth: env.get(c"Proxy-Chain-Auth").is_some(),
+            chain_auth: (*r).user.is_null() || env.get(c"Proxy-Chain-Auth").is_some(),
+            body_filtered: (*r).input_filters != (*r).proto_input_filters,
+            subrequest: !(*r).main.is_null(),
         };
         let has_body = hin.get(c"Transfer-Encoding").is_some()
             || hin.get(c"Content-Length").is_some_and(|v| v.trim_ascii() != b"0");
@@ -885,9 +905,11 @@ enum Pumped {
     Done(End),
 }
 
-/// Response fields that are connection-specific.
-const RESPONSE_HOP_BY_HOP: &[&[u8]] =
-    &[b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"];
+/// Response fields not passed on: the connection-specific ones, and the
+/// backend's Alt-Svc (it names the backend's services, which a client
+/// would look for on this server; the stock module drops it too).
+const RESPONSE_NOT_PASSED: &[&[u8]] =
+    &[b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"alt-svc"];
 
 /// Passes what the engine has for the request (at most `max_data` body
 /// bytes) through its output filters, in `bb` (the request's response
@@ -927,6 +949,10 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
                 if let Some(notes) = TableRef::from_raw((*r).notes) {
                     notes.set(c"proxy-error-override", c"1");
                 }
+                // An ErrorDocument's request carries the error's status:
+                // ap_die would take the override's as a recursive error
+                // and skip the local page (mod_proxy_http clears it too).
+                (*r).status = ffi::HTTP_OK as c_int;
                 if head.status == 401 {
                     if let (Some(challenge), Some(err)) =
                         (head.headers.get(b"www-authenticate"), TableRef::from_raw((*r).err_headers_out))
@@ -997,9 +1023,16 @@ unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead, via: Option<
         let (Some(pool), Some(out)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).headers_out)) else {
             return;
         };
+        // An ErrorDocument's request (internal redirect) carries the error's
+        // status: under ProxyErrorOverride it stays the response's, as
+        // mod_proxy_http restores it, not the error page's 200.
+        let original = ((*r).status, (*r).status_line);
         (*r).status = head.status as c_int;
+        if ffi::h2rs_shim_proxy_should_override(r, original.0) != 0 {
+            ((*r).status, (*r).status_line) = original;
+        }
         for (n, v) in head.headers.iter() {
-            if RESPONSE_HOP_BY_HOP.contains(&n) {
+            if RESPONSE_NOT_PASSED.contains(&n) {
                 continue;
             }
             let value = pool.strdup(v);
@@ -1482,8 +1515,10 @@ mod tests {
             (b"X-Forwarded-For", b"10.0.0.1"),
             (b"TE", b"trailers"),
             (b"Proxy-Authorization", b"Basic x"),
+            (b"Content-Length", b"10"),
+            (b"If-None-Match", b"\"x\""),
         ];
-        let h = HeadRules {
+        let mut h = HeadRules {
             method: b"GET",
             tls: false,
             authority: b"127.0.0.1:9",
@@ -1495,6 +1530,8 @@ mod tests {
             via: Some("2.0 front".into()),
             via_block: false,
             chain_auth: false,
+            body_filtered: false,
+            subrequest: false,
         };
         let out = backend_fields(&h);
         let got: Vec<(String, String)> =
@@ -1512,5 +1549,12 @@ mod tests {
         assert_eq!(get("x-forwarded-host"), Some("front.example"));
         assert_eq!(get("x-forwarded-server"), Some("front"));
         assert_eq!(get("via"), Some("2.0 front"));
+        assert_eq!(get("content-length"), Some("10"));
+        assert_eq!(get("if-none-match"), Some("\"x\""));
+        (h.chain_auth, h.body_filtered, h.subrequest) = (true, true, true);
+        let out = backend_fields(&h);
+        assert_eq!(out.get(b"proxy-authorization"), Some(&b"Basic x"[..]));
+        assert_eq!(out.get(b"content-length"), None);
+        assert_eq!(out.get(b"if-none-match"), None);
     }
 }
