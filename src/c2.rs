@@ -1383,6 +1383,14 @@ unsafe fn start_response(
     unsafe {
         if let Some(st) = error_status {
             brigade.cleanup();
+            // As HTTP/1.1's header filter merges the tables first
+            // (merge_response_headers): what `Header always` put in
+            // err_headers_out is then dropped with the response it was
+            // for, and the error response gets its own copy, not two.
+            if let Some(err) = TableRef::from_raw((*r).err_headers_out).filter(|t| !t.is_empty()) {
+                (*r).headers_out = ffi::apr_table_overlay((*r).pool, err.as_ptr(), (*r).headers_out);
+                err.clear();
+            }
             ffi::ap_die(st, r);
             return Some(ffi::AP_FILTER_ERROR as ffi::apr_status_t);
         }
@@ -1456,17 +1464,17 @@ unsafe fn start_response(
                     },
                 );
                 brigade.cleanup();
-                if (*r).status != 500 {
-                    // As HTTP/1.1's header filter does (check_headers): none
-                    // of the refused head goes into the error response.
-                    for table in [(*r).headers_out, (*r).err_headers_out] {
-                        if let Some(headers) = TableRef::from_raw(table) {
-                            headers.clear();
-                        }
+                // As HTTP/1.1's header filter does (check_headers): none
+                // of the refused head goes into the error response.
+                for table in [(*r).headers_out, (*r).err_headers_out] {
+                    if let Some(headers) = TableRef::from_raw(table) {
+                        headers.clear();
                     }
-                    (*r).content_type = ptr::null();
-                    (*r).content_encoding = ptr::null();
-                    (*r).content_languages = ptr::null_mut();
+                }
+                (*r).content_type = ptr::null();
+                (*r).content_encoding = ptr::null();
+                (*r).content_languages = ptr::null_mut();
+                if !ctx.head_refused {
                     // Read by this filter again within ap_die (the error
                     // response), through another reference: a volatile
                     // write is not moved past the call.
@@ -1475,14 +1483,27 @@ unsafe fn start_response(
                     ffi::ap_die(500, r);
                     return Some(ffi::AP_FILTER_ERROR as ffi::apr_status_t);
                 }
-                let mut h = Headers::new();
-                h.push(b"content-length", b"0");
-                let _ = stream.set_response(crate::stream::ResponseHead { status: 500, headers: h });
+                // The error response's head was refused too (an
+                // ErrorDocument's): a bare 500, as HTTP/1.1 sends then
+                // (whatever the status was: the guard is the refusal, not
+                // the status, or a 500 with a bad field lost httpd's page).
+                (*r).status = 500;
+                let head = response::build_response(r).unwrap_or_else(|| {
+                    let mut h = Headers::new();
+                    h.push(b"content-length", b"0");
+                    crate::stream::ResponseHead { status: 500, headers: h }
+                });
+                let _ = stream.set_response(head);
                 (*r).header_only = 1;
             }
         }
         ctx.response_set = true;
-        (*r).sent_bodyct = 1;
+        // As HTTP/1.1's header filter: a response without a body sent
+        // none (mod_log_config's %b is "-" for a HEAD, not the file's
+        // length the handler passed).
+        if (*r).header_only == 0 && !response::status_is_header_only((*r).status) {
+            (*r).sent_bodyct = 1;
+        }
         None
     }
 }
