@@ -111,7 +111,7 @@ pub fn merged_vary<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>
     let mut count = 0;
     for v in values {
         count += 1;
-        for t in v.split(|&b| b == b',' || b == b' ' || b == b'\t') {
+        for t in v.split(|&b| b == b',' || b.is_ascii_whitespace()) {
             if !t.is_empty() && !tokens.iter().any(|x| x.eq_ignore_ascii_case(t)) {
                 tokens.push(t);
             }
@@ -229,7 +229,10 @@ fn parse_head(text: &[u8]) -> Option<ResponseHead> {
         fields.push((line[..colon].to_vec(), trim_ows(&line[colon + 1..]).to_vec()));
     }
     for (n, v) in &fields {
-        if !add_response_field(&mut headers, n, v) {
+        // An interim's field that cannot be sent is left out: HTTP/1.1
+        // sends it as it is, and the final response follows. (Refused, it
+        // reset the stream, final response and all, for a mere hint.)
+        if !add_response_field(&mut headers, n, v) && status >= 200 {
             return None;
         }
     }
@@ -294,7 +297,10 @@ pub unsafe fn build_response(r: *mut ffi::request_rec) -> Option<ResponseHead> {
                     varies.push(v);
                 }
             });
-            if varies.len() > 1 || varies.first().is_some_and(|v| v.contains(&b',') && v.contains(&b' ')) {
+            // As fixup_vary: one list of unique names; a single field
+            // that is a single name is that already.
+            let list = |v: &&[u8]| v.iter().any(|&b| b == b',' || b.is_ascii_whitespace());
+            if varies.len() > 1 || varies.first().is_some_and(list) {
                 if let Some(merged) = merged_vary(varies.into_iter()) {
                     let merged = std::ffi::CString::new(merged).unwrap_or_default();
                     out.set(c"Vary", &merged);
@@ -466,6 +472,16 @@ mod tests {
     }
 
     #[test]
+    fn an_interims_unsendable_field_is_left_out_a_final_heads_is_not() {
+        let mut p = InterimParser::default();
+        let out =
+            p.push(b"HTTP/1.1 103 Early\r\nBad Name: x\r\nLink: <a>\r\n\r\nHTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n");
+        let Parsed::Head(h) = &out[0] else { panic!("{out:?}") };
+        assert_eq!((h.status, h.headers.len(), h.headers.get(b"link")), (103, 1, Some(&b"<a>"[..])));
+        assert_eq!(out[1], Parsed::Invalid);
+    }
+
+    #[test]
     fn invalid_text_is_reported() {
         let mut p = InterimParser::default();
         assert_eq!(p.push(b"garbage\r\n\r\n"), vec![Parsed::Invalid]);
@@ -494,5 +510,7 @@ mod tests {
     fn vary_is_merged() {
         let v = merged_vary([&b"Accept-Encoding"[..], &b"accept-encoding, User-Agent"[..]].into_iter());
         assert_eq!(v.as_deref(), Some(&b"Accept-Encoding,User-Agent"[..]));
+        let v = merged_vary([&b"Origin Accept,origin"[..]].into_iter());
+        assert_eq!(v.as_deref(), Some(&b"Origin,Accept"[..]));
     }
 }

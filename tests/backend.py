@@ -6,6 +6,7 @@ Paths:
   GET /sse?n=3        -> text/event-stream, n events 300 ms apart (flushed)
   GET /trailers       -> chunked body "hello" with trailers grpc-status: 0
   GET /early          -> 103 Early Hints (Link) then 200
+  GET /early-bad      -> the same, the 103 with a field HTTP/2 cannot carry
   GET /big?n=BYTES    -> n bytes
   GET /bigchunked?n=BYTES -> n bytes, chunked (64 KiB chunks)
   GET /headers        -> the request's header lines, as received
@@ -91,8 +92,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Trailer", "grpc-status")
             self.end_headers()
             self.wfile.write(b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n\r\n")
-        elif path == "/early":
-            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </early.css>; rel=preload\r\n\r\n")
+        elif path in ("/early", "/early-bad"):
+            bad = b"X-Bad: a\x01b\r\n" if path == "/early-bad" else b""
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </early.css>; rel=preload\r\n" + bad + b"\r\n")
             self.wfile.flush()
             time.sleep(0.2)
             self.send_plain(b"after the hints\n")

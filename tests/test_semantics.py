@@ -694,6 +694,11 @@ def test_interim_103_from_a_proxied_backend(srv):
     assert st.status == 200 and st.data == b"after the hints\n"
     assert st.interim and dict(st.interim[0])[b":status"] == b"103", st.interim
     assert dict(st.interim[0])[b"link"] == b"</early.css>; rel=preload"
+    # A field HTTP/2 cannot carry (a control byte) is left out of the
+    # interim; it reset the stream, final response and all.
+    st = c.wait_stream(c.request("/proxy/early-bad"))
+    assert st.status == 200 and st.data == b"after the hints\n", (st.status, st.reset)
+    assert [dict(i).get(b"x-bad") for i in st.interim] == [None], st.interim
     c.close()
 
 
