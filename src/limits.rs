@@ -4,7 +4,8 @@
 //!
 //! Limits with a directive of the stock module take their value from it
 //! (see `Directive`); the others are constants here. Nothing in this file
-//! touches httpd: it is pure and unit-tested.
+//! touches httpd: it is pure and unit-tested, but for `descriptor_limit`,
+//! which reads the process's RLIMIT_NOFILE.
 
 use std::time::Instant;
 
@@ -155,6 +156,34 @@ pub const TRIM_INTERVAL_SECS: u64 = 1;
 /// Bytes c1 reads from the client in one pass before it writes answers
 /// (so a fast sender cannot starve the writes).
 pub const READ_BUDGET: usize = 256 * 1024;
+
+/// The child's descriptor limit (RLIMIT_NOFILE's soft value, read once):
+/// what clients could fill is held to shares of it, so that accept, static
+/// files and CGI pipes keep working for every client.
+pub fn descriptor_limit() -> usize {
+    static LIMIT: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
+    *LIMIT.get_or_init(|| {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one rlimit.
+        let cur = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 1024 };
+        usize::try_from(cur).unwrap_or(usize::MAX)
+    })
+}
+
+/// Descriptors that queued file regions may hold in the child: a quarter
+/// of its limit (a client that takes nothing keeps them queued).
+pub fn file_region_budget(descriptors: usize) -> usize {
+    (descriptors / 4).clamp(64, 1 << 16)
+}
+
+/// Backend connections one proxy loop keeps open, to all backends
+/// together: a sixteenth of the descriptors (two loops: an eighth), 32 to
+/// 512. Each name a request gives its backend (the client's host as SNI
+/// with ProxyPreserveHost, a RewriteRule's target) is a connection of its
+/// own, so clients choose how many there would be.
+pub fn backend_conns_per_loop(descriptors: usize) -> usize {
+    (descriptors / 16).clamp(32, 512)
+}
 
 /// A workload's share of the workers when `busy` connections have streams
 /// on them: `max_workers / busy`, at least 1, at most the connection share.

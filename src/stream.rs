@@ -449,17 +449,10 @@ const MAX_FILE_REGIONS_PER_STREAM: usize = 4;
 /// File regions alive in the child (each holds a descriptor).
 static FILE_REGIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// How many descriptors queued file regions may hold in the child: a
-/// quarter of its limit, so clients that take nothing cannot run it out
-/// of descriptors (accept, static files, CGI pipes would fail for all).
+/// How many descriptors queued file regions may hold in the child, so
+/// clients that take nothing cannot run it out of descriptors.
 fn file_region_budget() -> usize {
-    static BUDGET: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
-    *BUDGET.get_or_init(|| {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes one rlimit.
-        let cur = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 1024 };
-        (usize::try_from(cur).unwrap_or(usize::MAX) / 4).clamp(64, 1 << 16)
-    })
+    crate::limits::file_region_budget(crate::limits::descriptor_limit())
 }
 
 impl FileRegion {

@@ -23,7 +23,7 @@ Paths (query parameters after ?):
   /redirect           -> 302 to http://127.0.0.1:PORT/elsewhere
   /mapped             -> 201 with Location, Content-Location, Destination
                          and two Set-Cookie fields naming this backend
-  /stats              -> JSON {"connections": N, "max_streams": M} (the most
+  /stats              -> JSON {"connections": N, "open": O, "max_streams": M} (the most
                          streams seen open at once on one connection), and
                          "max_delaying_conns": the most connections with a
                          /delay in progress at once
@@ -51,7 +51,8 @@ if len(sys.argv) > 4:
     if len(sys.argv) > 5:
         TLS.verify_mode = ssl.CERT_REQUIRED
         TLS.load_verify_locations(sys.argv[5])
-STATS = {"connections": 0, "max_streams": 0, "resets_received": 0, "bodies_ended": 0, "max_delaying_conns": 0}
+STATS = {"connections": 0, "open": 0, "max_streams": 0, "resets_received": 0, "bodies_ended": 0,
+         "max_delaying_conns": 0}
 # Connection number -> its /delay requests in progress.
 DELAYING = {}
 SEEN_TOKENS = set()
@@ -321,7 +322,11 @@ class Conn:
 
 async def serve(reader, writer):
     STATS["connections"] += 1
-    await Conn(reader, writer, STATS["connections"]).run()
+    STATS["open"] += 1
+    try:
+        await Conn(reader, writer, STATS["connections"]).run()
+    finally:
+        STATS["open"] -= 1
 
 
 async def main():

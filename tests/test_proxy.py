@@ -977,6 +977,39 @@ ProxyPass /pp/ h2://localhost:{tls_backends['self']}/
     srv.check_log()
 
 
+def test_backend_connections_stay_bounded_whatever_names_clients_give(make_server, certs):
+    """With ProxyPreserveHost each client host is the backend's name (SNI),
+    so a connection of its own: a client naming host after host opened one
+    backend connection per name, each kept 30 s (descriptors and memory the
+    client chose). At most MAX_CONNS_PER_BACKEND (16) to one address are
+    kept per proxy loop (2): the idle one unused longest closes."""
+    port, proc = spawn_backend("h2backend.py", 100, *certs.main)
+    try:
+        srv = make_server(extra=f"""{PROXY_MODULES}
+{SSL_MODULES}
+SSLProxyEngine on
+SSLProxyVerify none
+SSLProxyCheckPeerName off
+SSLProxyCheckPeerCN off
+ProxyPass /many/ h2://localhost:{port}/
+<Location /many/>
+  ProxyPreserveHost On
+</Location>""").start()
+        c = H2Client(srv.port)
+        for i in range(60):
+            st = c.wait_stream(c.request("/many/headers", authority=f"n{i}.test"))
+            assert st.status == 200, (i, st.status)
+        c.close()
+        def stats():
+            return json.loads(curl("-k", "--http2", "-s", f"https://127.0.0.1:{port}/stats").stdout)
+        # (+1: the connection that asks; closed ones go as the backend sees them end)
+        assert wait_for(lambda: stats()["open"] <= 2 * 16 + 1, timeout=5), stats()
+        assert stats()["connections"] >= 60
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_client_certificate_for_tls_backends(workdir, docroot, tls_backends, backend_pki):
     """SSLProxyMachineCertificateFile: the backend that requires a client
     certificate gets it (its CN reaches the backend); without it the

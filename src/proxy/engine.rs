@@ -412,6 +412,8 @@ fn retryable(task: &Task, unprocessed: bool) -> bool {
 struct Conn {
     id: u64,
     key: String,
+    /// The backend's address (several keys may share it).
+    addr: SocketAddr,
     sock: TcpStream,
     /// `h2://`: the TLS session (set once TCP is connected).
     tls: Option<Ssl>,
@@ -545,6 +547,7 @@ impl Conn {
         Ok(Conn {
             id,
             key: key.to_string(),
+            addr,
             sock,
             tls: None,
             tls_target: spec.tls.clone(),
@@ -909,27 +912,75 @@ impl LoopState {
             // (nghttp2 holds the stream until another ends).
             best = least;
         }
-        let best = best.map(|(i, _)| i);
         let idx = match best {
-            Some(i) => i,
-            None => {
-                self.next_conn += 1;
-                match Conn::open(self.next_conn, task) {
-                    Ok(c) => {
-                        self.conns.push(c);
-                        self.conns.len() - 1
+            Some((i, _)) => i,
+            None => match self.make_room(task) {
+                Ok(()) => {
+                    self.next_conn += 1;
+                    match Conn::open(self.next_conn, task) {
+                        Ok(c) => {
+                            self.conns.push(c);
+                            self.conns.len() - 1
+                        }
+                        Err(e) => {
+                            fail_unavailable(task, &e);
+                            return;
+                        }
                     }
-                    Err(e) => {
+                }
+                // No room for one more connection: queue on a full one of
+                // the key, if there is one.
+                Err(e) => match least {
+                    Some((i, _)) => i,
+                    None => {
                         fail_unavailable(task, &e);
                         return;
                     }
-                }
-            }
+                },
+            },
         };
         let conn = &mut self.conns[idx];
         if let Err(e) = conn.enqueue(task) {
             log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
             task.fail(502);
+        }
+    }
+
+    /// Keeps the loop's connections within bounds before another opens:
+    /// `MAX_CONNS_PER_BACKEND` to one address whatever names the requests
+    /// give it (each name is a key of its own: the client's host as SNI
+    /// with ProxyPreserveHost, a RewriteRule's target host), and
+    /// `limits::backend_conns_per_loop` in all. Beyond them the idle
+    /// connection unused longest closes, as mod_proxy closes a pooled
+    /// connection to reconnect with another SNI; with none idle the
+    /// request is refused (503, as mod_proxy's pool answers when it has no
+    /// connection free).
+    fn make_room(&mut self, task: &Task) -> Result<(), String> {
+        let addr = task.spec.addr;
+        let (mut to_addr, mut total) = (0, 0);
+        for c in self.conns.iter().filter(|c| c.dead.is_none()) {
+            total += 1;
+            to_addr += usize::from(c.addr == addr);
+        }
+        let per_addr_full = to_addr >= MAX_CONNS_PER_BACKEND;
+        let limit = crate::limits::backend_conns_per_loop(crate::limits::descriptor_limit());
+        if !per_addr_full && total < limit {
+            return Ok(());
+        }
+        let idle = self
+            .conns
+            .iter_mut()
+            .filter(|c| c.dead.is_none() && c.active() == 0 && c.settings_seen() && (!per_addr_full || c.addr == addr))
+            .min_by_key(|c| c.idle_since);
+        match idle {
+            Some(c) => {
+                c.dead = Some(String::new());
+                Ok(())
+            }
+            None if per_addr_full => {
+                Err(format!("{to_addr} connections to {addr} busy (at most {MAX_CONNS_PER_BACKEND})"))
+            }
+            None => Err(format!("{total} backend connections busy (at most {limit} a loop)")),
         }
     }
 
