@@ -30,7 +30,13 @@ struct Clock {
 struct Queue {
     entries: BinaryHeap<Due>,
     stop: bool,
+    /// At this many entries, those whose object is gone are dropped (see
+    /// `schedule`).
+    purge_at: usize,
 }
+
+/// The least `Queue::purge_at`.
+const PURGE_AT_LEAST: usize = 1024;
 
 /// A deadline: when, whose, and which of its alarms.
 struct Due(Instant, Weak<dyn Alarm>, u8);
@@ -74,7 +80,7 @@ pub fn schedule<A: Alarm + 'static>(target: &Arc<A>, after: Duration, kind: u8) 
 impl Clock {
     const fn new() -> Clock {
         Clock {
-            queue: Mutex::new(Queue { entries: BinaryHeap::new(), stop: false }),
+            queue: Mutex::new(Queue { entries: BinaryHeap::new(), stop: false, purge_at: PURGE_AT_LEAST }),
             wake: Condvar::new(),
             thread: Mutex::new(None),
         }
@@ -109,6 +115,17 @@ impl Clock {
         let weak: Weak<dyn Alarm> = Arc::downgrade(target) as Weak<dyn Alarm>;
         let mut q = self.queue.lock();
         let due = Instant::now() + after;
+        if q.entries.len() >= q.purge_at {
+            // An entry holds its object's allocation (a `Weak`) until its
+            // deadline, though the object finished long before: a proxied
+            // upload's body deadline (Timeout, minutes) for each one that
+            // took more than one read. Dropped in bulk, the heap stays
+            // within twice what is live.
+            q.entries.retain(|d| d.1.strong_count() > 0);
+            let live = q.entries.len();
+            q.entries.shrink_to(live * 2);
+            q.purge_at = (live * 2).max(PURGE_AT_LEAST);
+        }
         let earliest = q.entries.peek().map(|d| d.0 > due).unwrap_or(true);
         q.entries.push(Due(due, weak, kind));
         drop(q);
@@ -171,6 +188,28 @@ mod tests {
         let got: Vec<(u32, u8)> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
         assert_eq!(got, [(2, 9), (1, 7)]);
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "a dropped target rang");
+    }
+
+    struct Silent;
+    impl Alarm for Silent {
+        fn ring(self: Arc<Self>, _kind: u8) {}
+    }
+
+    #[test]
+    fn entries_of_objects_gone_do_not_pile_up_until_their_deadlines() {
+        let clock: &'static Clock = Box::leak(Box::new(Clock::new()));
+        clock.start();
+        let kept = Arc::new(Silent);
+        for _ in 0..100_000 {
+            let finished = Arc::new(Silent);
+            assert!(clock.schedule(&finished, Duration::from_secs(300), 0));
+        }
+        assert!(clock.schedule(&kept, Duration::from_secs(300), 0));
+        let q = clock.queue.lock();
+        assert!(q.entries.len() <= PURGE_AT_LEAST, "{} entries", q.entries.len());
+        assert!(q.entries.iter().any(|d| d.1.strong_count() > 0), "the live entry was dropped");
+        drop(q);
+        clock.stop();
     }
 
     /// An alarm that schedules itself again when it rings, slowly (as the
