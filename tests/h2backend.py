@@ -23,6 +23,7 @@ Paths (query parameters after ?):
   /redirect           -> 302 to http://127.0.0.1:PORT/elsewhere
   /mapped             -> 201 with Location, Content-Location, Destination
                          and two Set-Cookie fields naming this backend
+  /.../links          -> 103 and 200 with Link fields naming /app/ paths
   /stats              -> JSON {"connections": N, "open": O, "max_streams": M} (the most
                          streams seen open at once on one connection), and
                          "max_delaying_conns": the most connections with a
@@ -142,6 +143,11 @@ class Conn:
                                    [("x-request-trailers", trailers)])
             elif route == "/trailers":
                 await self.respond(sid, 200, b"hello", trailers=[("grpc-status", "0"), ("grpc-message", "fine")])
+            elif route.endswith("/links"):
+                self.h2.send_headers(sid, [(":status", "103"), ("link", "</app/style.css>; rel=preload; as=style")])
+                self.flush()
+                await self.respond(sid, 200, b"links", [
+                    ("link", f'</app/a.css>; rel=preload, <http://127.0.0.1:{PORT}/app/b>; rel="next", </else>; rel=x')])
             elif route == "/early":
                 self.h2.send_headers(sid, [(":status", "103"), ("link", "</style.css>; rel=preload; as=style")])
                 self.flush()

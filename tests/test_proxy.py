@@ -287,6 +287,32 @@ LoadModule lbmethod_byrequests_module {MODDIR}/mod_lbmethod_byrequests.so
     srv.new_log_lines()
 
 
+def test_link_fields_are_mapped_by_proxypassreverse(make_server, backends):
+    """ProxyPassReverse maps the URIs of the backend's Link fields, on the
+    response and on its 103, as the stock mod_proxy_http2 does: a path as
+    if it were on the ProxyPass URL, an http:// URL of the backend as its
+    h2c:// one; other links and the parameters are left alone. Not with
+    ProxyPreserveHost (the stock module does not map them then either)."""
+    b = backends[0]
+    srv = make_server(h2_conf="H2EarlyHints on", extra=f"""{PROXY_MODULES}
+ProxyPass /shop/ h2c://127.0.0.1:{b}/app/
+ProxyPassReverse /shop/ h2c://127.0.0.1:{b}/app/
+ProxyPass /kept/ h2c://127.0.0.1:{b}/app/
+ProxyPassReverse /kept/ h2c://127.0.0.1:{b}/app/
+<Location /kept/>
+  ProxyPreserveHost On
+</Location>""").start()
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/shop/links"))
+    assert st.status == 200 and bytes(st.data) == b"links", (st.status, bytes(st.data))
+    assert dict(st.interim[0]).get(b"link") == b"</shop/style.css>; rel=preload; as=style", st.interim
+    assert st.header("link") == (f'</shop/a.css>; rel=preload, <http://127.0.0.1:{srv.port}/shop/b>; rel="next", '
+                                 '</else>; rel=x'), st.header("link")
+    st = c.wait_stream(c.request("/kept/links"))
+    assert st.header("link").startswith("</app/a.css>;"), st.header("link")
+    c.close()
+
+
 def test_encoded_slashes_reach_the_backend_as_mod_proxy_http_sends_them(make_server, backends):
     """AllowEncodedSlashes NoDecode: an encoded slash in the path goes to
     the backend as it came (it was encoded again, %252F); with

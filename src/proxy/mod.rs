@@ -26,6 +26,7 @@
 
 pub mod backend_tls;
 pub mod engine;
+pub mod links;
 pub mod resolve;
 pub mod task;
 pub mod tls;
@@ -580,6 +581,8 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             pool,
             // The response's Via names the backend's protocol, HTTP/2.
             via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
+            link_origin: ((*r).proxyreq == ffi::PROXYREQ_REVERSE as c_int && params.preserve_host == 0)
+                .then(|| format!("{}://{}", if target.tls { "h2" } else { "h2c" }, target.authority)),
         };
         let task = Task::new(spec);
         if !worker.is_null() {
@@ -934,7 +937,7 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
             return Pumped::Done(End::Status(c_int::from(s)));
         }
         for head in t.interims {
-            send_interim(r, &head);
+            send_interim(r, &head, task.spec.link_origin.as_deref());
         }
         if let Some(head) = &t.head {
             if ffi::h2rs_shim_proxy_should_override(r, head.status as c_int) != 0 {
@@ -964,7 +967,7 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
                 }
                 return Pumped::Done(End::Status(c_int::from(head.status)));
             }
-            apply_head(r, head, task.spec.via.as_deref());
+            apply_head(r, head, &task.spec);
             if !t.end && has_no_content(r, head.status) {
                 // The client's response is complete with its head. Ending
                 // it now sends the head: HTTP/1.1's header filter drops
@@ -1017,7 +1020,7 @@ unsafe fn has_no_content(r: *mut ffi::request_rec, status: u16) -> bool {
 }
 
 /// Sets the request's response status and fields from the backend's head.
-unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead, via: Option<&str>) {
+unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead, spec: &RequestSpec) {
     // SAFETY: caller contract; strings are copied into the request pool.
     unsafe {
         let (Some(pool), Some(out)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).headers_out)) else {
@@ -1047,18 +1050,63 @@ unsafe fn apply_head(r: *mut ffi::request_rec, head: &ResponseHead, via: Option<
                     ffi::h2rs_shim_proxy_reverse_map(r, value)
                 }
                 b"set-cookie" => ffi::h2rs_shim_proxy_cookie_reverse_map(r, value),
+                b"link" => match &spec.link_origin {
+                    Some(origin) => pool.strdup(&reverse_map_links(r, v, origin)),
+                    None => value,
+                },
                 _ => value,
             };
             ffi::apr_table_addn(out.as_ptr(), c2::field_name(pool, n), value);
         }
-        if let Some(v) = via {
+        if let Some(v) = spec.via.as_deref() {
             ffi::apr_table_mergen(out.as_ptr(), c"Via".as_ptr(), pool.strdup(v.as_bytes()));
         }
     }
 }
 
+/// A `Link` field's URIs under ProxyPassReverse, as the stock module maps
+/// them (`h2_proxy_link_reverse_map`): a path gets the ProxyPass URL's
+/// `origin` in front ("h2c://be") for the mapping and loses this server's
+/// own URL again after it; a URI that names the backend as http(s)://
+/// is mapped as its h2c:// (h2://) form.
+///
+/// # Safety
+/// `r` is the live request on this thread.
+unsafe fn reverse_map_links(r: *mut ffi::request_rec, value: &[u8], origin: &str) -> Vec<u8> {
+    let real = origin.replacen("h2c://", "http://", 1).replacen("h2://", "https://", 1);
+    let mut own_url: Option<Vec<u8>> = None;
+    links::map_link_uris(value, |uri| {
+        let relative = uri.first() == Some(&b'/');
+        let candidate = if relative {
+            [origin.as_bytes(), uri].concat()
+        } else if let Some(rest) = uri.strip_prefix(real.as_bytes()) {
+            [origin.as_bytes(), rest].concat()
+        } else {
+            uri.to_vec()
+        };
+        let candidate = std::ffi::CString::new(candidate).ok()?;
+        // SAFETY: caller contract; the result is NUL-terminated, the
+        // candidate's own pointer when nothing maps it.
+        let mapped = unsafe { ffi::h2rs_shim_proxy_reverse_map(r, candidate.as_ptr()) };
+        if mapped.is_null() || std::ptr::eq(mapped, candidate.as_ptr()) {
+            return None;
+        }
+        // SAFETY: as above.
+        let mapped = unsafe { CStr::from_ptr(mapped) }.to_bytes();
+        if relative {
+            // SAFETY: caller contract.
+            let own = own_url.get_or_insert_with(|| unsafe {
+                CStr::from_ptr(ffi::ap_construct_url((*r).pool, c"".as_ptr(), r)).to_bytes().to_vec()
+            });
+            return Some(mapped.strip_prefix(own.as_slice()).unwrap_or(mapped).to_vec());
+        }
+        Some(mapped.to_vec())
+    })
+}
+
 /// Sends a 1xx interim response (103 Early Hints...) to the client.
-unsafe fn send_interim(r: *mut ffi::request_rec, head: &ResponseHead) {
+/// Its `Link` fields are mapped as the final head's (`link_origin`).
+unsafe fn send_interim(r: *mut ffi::request_rec, head: &ResponseHead, link_origin: Option<&str>) {
     // SAFETY: caller contract; the saved table is restored before return.
     unsafe {
         let (Some(pool), Some(out)) = (PoolRef::from_raw((*r).pool), TableRef::from_raw((*r).headers_out)) else {
@@ -1067,7 +1115,11 @@ unsafe fn send_interim(r: *mut ffi::request_rec, head: &ResponseHead) {
         let saved = ffi::apr_table_copy((*r).pool, out.as_ptr());
         out.clear();
         for (n, v) in head.headers.iter() {
-            ffi::apr_table_addn(out.as_ptr(), c2::field_name(pool, n), pool.strdup(v));
+            let value = match link_origin {
+                Some(origin) if n == b"link" => pool.strdup(&reverse_map_links(r, v, origin)),
+                _ => pool.strdup(v),
+            };
+            ffi::apr_table_addn(out.as_ptr(), c2::field_name(pool, n), value);
         }
         let (status, line) = ((*r).status, (*r).status_line);
         (*r).status = head.status as c_int;
@@ -1200,7 +1252,7 @@ impl C2Front {
             if (*r).expecting_100 != 0 {
                 // HTTP_IN sends the 100 only on a blocking read; a client
                 // that waits for it would never send the body we wait for.
-                send_interim(r, &ResponseHead { status: 100, headers: Headers::new() });
+                send_interim(r, &ResponseHead { status: 100, headers: Headers::new() }, None);
             }
             let bb = BrigadeRef::create((*r).pool, (*(*r).connection).bucket_alloc);
             self.leg.lock().body = Some(BodyLeg { bb, client_clock: Instant::now() });

@@ -55,6 +55,10 @@ pub struct RequestSpec {
     pub pool: PoolParams,
     /// The Via entry the front adds to the response (ProxyVia).
     pub via: Option<String>,
+    /// "h2c://authority" (or h2://) of the ProxyPass URL when the
+    /// response's `Link` URIs are mapped by ProxyPassReverse: a reverse
+    /// proxy without ProxyPreserveHost, as the stock module maps them.
+    pub link_origin: Option<String>,
 }
 
 /// The mod_proxy worker's connection pool parameters that apply to the
@@ -585,6 +589,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             pool: PoolParams::default(),
             via: None,
+            link_origin: None,
         }
     }
 
