@@ -351,7 +351,8 @@ pub struct RequestBuilder {
     head: Box<RequestHead>,
     method: Option<ShortBytes>,
     cookies: Vec<u8>,
-    /// Every field so far, pseudo headers and cookie crumbs too: the
+    /// Every field so far but cookie crumbs (whose joined size
+    /// LimitRequestFieldSize bounds; browsers send one per cookie): the
     /// bound beyond which the head is abuse (`FIELDS_CALM_MARGIN`).
     fields_seen: u32,
     /// The fields `LimitRequestFields` counts: as HTTP/1.1's header lines,
@@ -408,7 +409,9 @@ impl RequestBuilder {
     /// remembered and answered once the head is complete.
     pub fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
         self.raw_bytes += name.len() + value.len() + 32;
-        self.fields_seen += 1;
+        if name != b"cookie" {
+            self.fields_seen += 1;
+        }
         let max = self.limits.max_fields;
         if max > 0 && self.fields_seen > max.saturating_add(crate::limits::FIELDS_CALM_MARGIN) {
             return Err(HeaderError::Calm);
@@ -920,6 +923,12 @@ mod tests {
         assert_eq!(h.header(b"cookie"), Some(&b"x=1; y=2; z=3"[..]));
         f.push(("c", "3"));
         assert_eq!(build(&f, limits).unwrap().error_status, Some(431));
+        // Nor do the crumbs count towards the abuse bound: 300 small
+        // cookies are a browser's, within LimitRequestFieldSize.
+        let mut f = GET.to_vec();
+        f.extend(std::iter::repeat_n(("cookie", "k=v"), 300));
+        let wide = Limits { max_field_size: 8190, ..limits };
+        assert_eq!(build(&f, wide).unwrap().error_status, None);
         let mut b = RequestBuilder::new(limits);
         let mut last = Ok(());
         for _ in 0..200 {
