@@ -1008,7 +1008,9 @@ def test_backend_connections_stay_bounded_whatever_names_clients_give(make_serve
     so a connection of its own: a client naming host after host opened one
     backend connection per name, each kept 30 s (descriptors and memory the
     client chose). At most MAX_CONNS_PER_BACKEND (16) to one address are
-    kept per proxy loop (2): the idle one unused longest closes."""
+    kept per proxy loop (2): the idle one unused longest closes, and with
+    none idle a request waits for one (it got 503 at once: in a balancer
+    that put the member in error)."""
     port, proc = spawn_backend("h2backend.py", 100, *certs.main)
     try:
         srv = make_server(extra=f"""{PROXY_MODULES}
@@ -1025,6 +1027,10 @@ ProxyPass /many/ h2://localhost:{port}/
         for i in range(60):
             st = c.wait_stream(c.request("/many/headers", authority=f"n{i}.test"))
             assert st.status == 200, (i, st.status)
+        # 48 names at once, each request busy for 1 s: more than 16 a loop.
+        sids = [c.request("/many/delay?s=1", authority=f"busy{i}.test") for i in range(48)]
+        c.wait(lambda: all(c.streams[s].done for s in sids), timeout=30)
+        assert [c.streams[s].status for s in sids] == [200] * 48, [c.streams[s].status for s in sids]
         c.close()
         def stats():
             return json.loads(curl("-k", "--http2", "-s", f"https://127.0.0.1:{port}/stats").stdout)

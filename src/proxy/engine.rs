@@ -881,9 +881,14 @@ impl LoopState {
     /// Sends `task` on a connection to its backend with room for a stream,
     /// opening one if needed.
     fn assign(&mut self, task: &Arc<Task>) {
+        self.assign_held_since(task, Instant::now());
+    }
+
+    /// `assign` for a request held since `since` (`held`).
+    fn assign_held_since(&mut self, task: &Arc<Task>, since: Instant) {
         let key = &task.spec.key;
         if task.spec.pool.single_use && self.single_use_full(task) {
-            self.held.push_back((Instant::now(), task.clone()));
+            self.held.push_back((since, task.clone()));
             return;
         }
         // Fill the busiest connection with room first, so that requests
@@ -929,11 +934,17 @@ impl LoopState {
                     }
                 }
                 // No room for one more connection: queue on a full one of
-                // the key, if there is one.
+                // the key, if there is one, else wait for a connection to
+                // go idle (`release_held`), as mod_proxy waits for its pool.
                 Err(e) => match least {
                     Some((i, _)) => i,
                     None => {
-                        fail_unavailable(task, &e);
+                        let limit = task.spec.pool.acquire.unwrap_or(task.spec.timeout);
+                        if since.elapsed() > limit {
+                            fail_unavailable(task, &format!("{e}, none free within {limit:?}"));
+                        } else {
+                            self.held.push_back((since, task.clone()));
+                        }
                         return;
                     }
                 },
@@ -953,8 +964,7 @@ impl LoopState {
     /// `limits::backend_conns_per_loop` in all. Beyond them the idle
     /// connection unused longest closes, as mod_proxy closes a pooled
     /// connection to reconnect with another SNI; with none idle the
-    /// request is refused (503, as mod_proxy's pool answers when it has no
-    /// connection free).
+    /// request waits for one (`held`).
     fn make_room(&mut self, task: &Task) -> Result<(), String> {
         let addr = task.spec.addr;
         let (mut to_addr, mut total) = (0, 0);
@@ -995,10 +1005,12 @@ impl LoopState {
             || self.conns.iter().filter(|c| c.single_use && c.key == *key).count() >= max
     }
 
-    /// Gives the held `disablereuse` requests the connections that closed,
-    /// in the order they came; the rest wait on, up to their worker's
-    /// `acquire` (else the request's timeout), then get 503 as mod_proxy
-    /// answers when its pool has no connection free in time.
+    /// Gives the held requests (`disablereuse` ones whose worker's `max`
+    /// connections are open, and those `make_room` found no room for) the
+    /// connections that closed or went idle, in the order they came; the
+    /// rest wait on, up to their worker's `acquire` (else the request's
+    /// timeout), then get 503 as mod_proxy answers when its pool has no
+    /// connection free in time.
     fn release_held(&mut self, stopping: bool) {
         if self.held.is_empty() {
             return;
@@ -1015,7 +1027,7 @@ impl LoopState {
             if stopping {
                 task.fail(503);
             } else if !self.single_use_full(&task) {
-                self.assign(&task);
+                self.assign_held_since(&task, since);
             } else if now.duration_since(since) > limit {
                 fail_unavailable(&task, &format!("no connection free within {limit:?} (max, disablereuse)"));
             } else {
