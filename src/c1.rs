@@ -17,7 +17,7 @@
 //! that streams use are destroyed.
 
 use crate::apr::{self, status, BrigadeRef, PoolRef};
-use crate::c2::{self, C2Cache, C2};
+use crate::c2::{self, C1Ids, C2Cache, C2};
 use crate::config::ServerConfig;
 use crate::fastpath;
 use crate::ffi;
@@ -308,6 +308,8 @@ pub struct C1Dispatch {
     /// A stream ran on this thread (`fastpath`) since the loop last
     /// yielded the CPU.
     ran_inline: bool,
+    /// The session's number in the child (`c2::C1Ids`).
+    session_number: u64,
     /// The last stream's `fastpath_key`, by stream id: `runs_here`
     /// computes it and `dispatch` most often follows for the same stream
     /// (0: none yet; client stream ids are odd).
@@ -344,12 +346,12 @@ impl C1Dispatch {
 
     /// Hands the stream to a worker (a tunnel to a thread of its own).
     #[inline(never)]
-    fn submit(&mut self, c2: C2, stream: Arc<Stream>, c1_id: i64, cache: Arc<C2Cache>, learn: Option<u64>) {
+    fn submit(&mut self, c2: C2, stream: Arc<Stream>, c1_ids: C1Ids, cache: Arc<C2Cache>, learn: Option<u64>) {
         let handle = stream.clone();
         let tunnel = stream.request.is_tunnel();
         let submitted = match workers::current() {
             Some(pool) => {
-                let job: workers::Job = Box::new(move |w| c2.run(stream, c1_id, w, cache, learn));
+                let job: workers::Job = Box::new(move |w| c2.run(stream, c1_ids, w, cache, learn));
                 if tunnel { pool.run_dedicated(job) } else { pool.submit(job) }.is_ok()
             }
             None => false,
@@ -384,7 +386,7 @@ impl Dispatch for C1Dispatch {
             return;
         };
         // SAFETY: reading c1's id on its own thread; the worker gets a copy.
-        let c1_id = unsafe { (*self.c1).id };
+        let c1_ids = C1Ids { conn: unsafe { (*self.c1).id }, session: self.session_number };
         let cache = self.cache.clone();
         let learn = self.fastpath_key(&stream);
         if stream.runs_inline() {
@@ -393,10 +395,10 @@ impl Dispatch for C1Dispatch {
             self.ran_inline = true;
             // SAFETY: c1's own APR thread handle, read on its thread.
             let ctx = workers::WorkerCtx { slot: workers::C1_SLOT, thread: unsafe { (*self.c1).current_thread } };
-            c2.run(stream, c1_id, &ctx, cache, learn);
+            c2.run(stream, c1_ids, &ctx, cache, learn);
             return;
         }
-        self.submit(c2, stream, c1_id, cache, learn);
+        self.submit(c2, stream, c1_ids, cache, learn);
     }
 
     fn runs_here(&self, stream: &Stream) -> bool {
@@ -823,6 +825,7 @@ impl C1 {
             let signal = Arc::new(Signal::new().ok()?);
             let session_pool = apr::pool::create_threadsafe((*c).pool, c"h2rs_session").ok()?;
             let settings = settings_for(s);
+            let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
             let dispatch = C1Dispatch {
                 c1: c,
                 session_pool,
@@ -831,6 +834,7 @@ impl C1 {
                 busy: false,
                 signal: signal.clone(),
                 last_key: Cell::new((0, None)),
+                session_number: session_id,
                 ran_inline: false,
             };
             let upgraded = upgrade.is_some();
@@ -853,7 +857,6 @@ impl C1 {
             if ffi::ap_mpm_query(ffi::AP_MPMQ_CAN_WAITIO as i32, &mut can_waitio) != 0 {
                 can_waitio = 0;
             }
-            let session_id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
             let keepalive_timeout = interval((*s).keep_alive_timeout, Duration::from_secs(5));
             let timeout = interval((*s).timeout, DEFAULT_TIMEOUT);
             let parking = Parking::new(keepalive_timeout, first_request_timeout(timeout, keepalive_timeout));
@@ -930,7 +933,7 @@ impl C1 {
         self.signal.set_awake(true);
         // Resumed by the MPM: the socket is readable.
         self.input_ready = true;
-        self.update_status();
+        self.update_status(ffi::SERVER_BUSY_READ);
         loop {
             if !self.client_gone && self.input_ready && self.read_input().is_err() {
                 self.client_gone = true;
@@ -1024,9 +1027,14 @@ impl C1 {
                 }
                 // Threaded MPM without async support: wait here, with the
                 // keep-alive timeout, for the next request, or for the
-                // wake-up of child_stopping (a graceful restart).
+                // wake-up of child_stopping (a graceful restart). Shown as
+                // keep-alive meanwhile, not as the last request's logging.
+                self.update_status(ffi::SERVER_BUSY_KEEPALIVE);
                 match self.wait(self.keepalive_timeout, true) {
-                    Wait::Ready => continue,
+                    Wait::Ready => {
+                        self.update_status(ffi::SERVER_BUSY_READ);
+                        continue;
+                    }
                     Wait::Timeout => {
                         self.session.goaway(error_code::NO_ERROR, b"idle timeout");
                         break;
@@ -1058,18 +1066,15 @@ impl C1 {
     }
 
     /// Tells mod_status that this thread serves the connection (client,
-    /// virtual host, protocol from ap_get_protocol), as HTTP/1.1 does at
-    /// every request.
-    fn update_status(&self) {
+    /// virtual host, protocol from ap_get_protocol) in `state`, as HTTP/1.1
+    /// does at every request (SERVER_BUSY_READ) and while it waits for the
+    /// next one (SERVER_BUSY_KEEPALIVE).
+    fn update_status(&self, state: u32) {
         let c = self.c;
         // SAFETY: the connection and its scoreboard handle are ours.
         unsafe {
             if !(*c).sbh.is_null() {
-                ffi::ap_update_child_status_from_conn(
-                    (*c).sbh as *mut ffi::ap_sb_handle_t,
-                    ffi::SERVER_BUSY_READ as i32,
-                    c,
-                );
+                ffi::ap_update_child_status_from_conn((*c).sbh as *mut ffi::ap_sb_handle_t, state as i32, c);
             }
         }
     }

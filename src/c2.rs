@@ -67,6 +67,16 @@ static MPM_MODULE: AtomicPtr<ffi::module> = AtomicPtr::new(ptr::null_mut());
 /// `getpid` is a system call).
 static CHILD_PID: AtomicU32 = AtomicU32::new(0);
 
+/// Who a stream's c2 works for: c1's connection id (the c2's id is made
+/// from it), and its session's number in the child (`H2_STREAM_TAG`:
+/// the event MPM gives c1 the id of the thread that resumes it, so the
+/// same connection changes ids and other connections take them up).
+#[derive(Clone, Copy, Debug)]
+pub struct C1Ids {
+    pub conn: i64,
+    pub session: u64,
+}
+
 fn logio(counter: &AtomicPtr<c_void>, c: *mut ffi::conn_rec, bytes: u64) {
     let f = counter.load(Ordering::Acquire);
     if !f.is_null() && bytes > 0 {
@@ -184,6 +194,8 @@ pub struct C2Ctx {
     /// The request panicked (`request_panicked`): `C2::run` treats it as
     /// a run that panicked.
     panicked: Option<String>,
+    /// The session's number in the child (`C1Ids`).
+    session: u64,
 }
 
 impl C2Ctx {
@@ -217,6 +229,7 @@ impl C2Ctx {
             response_cut: false,
             output_ended: false,
             panicked: None,
+            session: 0,
         }
     }
 
@@ -556,17 +569,23 @@ impl C2 {
     /// for `fastpath`), then hands the c2 back through the stream's retire
     /// action. `learn`: the request could run on c1's thread; record how
     /// it went under this URL key.
-    pub fn run(mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx, cache: Arc<C2Cache>, learn: Option<u64>) {
+    pub fn run(mut self, stream: Arc<Stream>, c1: C1Ids, worker: &WorkerCtx, cache: Arc<C2Cache>, learn: Option<u64>) {
         stream.worker_started();
         if stream.is_aborted() {
             // Reset while it waited for a worker: nothing to do.
-            stream.worker_done(Some(Box::new(C2Release { c2: self, eor: ptr::null_mut(), cache, broken: false })));
+            stream.worker_done(Some(Box::new(C2Release {
+                c2: self,
+                eor: ptr::null_mut(),
+                started: 0,
+                cache,
+                broken: false,
+            })));
             return;
         }
         let clock = RunClock::start(learn.is_some_and(|key| fastpath::urls().measures_next_run(key)));
         let outcome = crate::ffi::panic::catch(|| {
             // SAFETY: this worker owns the c2 for the duration of the call.
-            unsafe { self.process(stream.clone(), c1_id, worker) }
+            unsafe { self.process(stream.clone(), c1, worker) }
         })
         .and_then(|()| self.ctx.panicked.take().map_or(Ok(()), Err));
         self.after_run(stream, cache, learn, clock, outcome);
@@ -618,10 +637,12 @@ impl C2 {
         self.ctx.suspended = None;
         let eor = std::mem::replace(&mut self.ctx.eor, ptr::null_mut());
         self.ctx.stream = None;
-        self.ctx.request = ptr::null_mut();
+        let request = std::mem::replace(&mut self.ctx.request, ptr::null_mut());
+        // SAFETY: the request is this c2's, live until its EOR is destroyed.
+        let started = if request.is_null() { 0 } else { unsafe { (*request).request_time } };
         self.ctx.input_watch = None;
         let broken = broken || self.ctx.tunneled;
-        stream.worker_done(Some(Box::new(C2Release { c2: self, eor, cache, broken })));
+        stream.worker_done(Some(Box::new(C2Release { c2: self, eor, started, cache, broken })));
     }
 
     /// How the request just processed went, for `fastpath`: a regular file
@@ -659,15 +680,16 @@ impl C2 {
 
     /// # Safety
     /// The caller (a worker, or c1 for `fastpath`) owns the c2.
-    unsafe fn process(&mut self, stream: Arc<Stream>, c1_id: i64, worker: &WorkerCtx) {
+    unsafe fn process(&mut self, stream: Arc<Stream>, c1: C1Ids, worker: &WorkerCtx) {
         let c = self.conn;
         self.uses += 1;
         let number = stream.request.number;
         self.ctx.reset(stream);
+        self.ctx.session = c1.session;
         // SAFETY: the c2 is ours; hooks and filters run on this thread.
         unsafe {
             // Unique among live connections in the low 32 bits (mod_unique_id).
-            (*c).id = (c1_id << 8) ^ worker.slot as i64;
+            (*c).id = (c1.conn << 8) ^ worker.slot as i64;
             (*c).current_thread = worker.thread;
             (*c).aborted = 0;
             (*c).keepalive = ffi::AP_CONN_CLOSE;
@@ -765,6 +787,8 @@ impl RunClock {
 struct C2Release {
     c2: C2,
     eor: *mut ffi::apr_bucket,
+    /// The request's `request_time` (0: no request).
+    started: ffi::apr_time_t,
     cache: Arc<C2Cache>,
     broken: bool,
 }
@@ -775,7 +799,7 @@ unsafe impl Send for C2Release {}
 
 impl Retire for C2Release {
     fn retire(self: Box<Self>, outcome: Outcome) {
-        let C2Release { c2, eor, cache, broken } = *self;
+        let C2Release { c2, eor, started, cache, broken } = *self;
         let complete = outcome.complete;
         // SAFETY: the c2 is ours now. Its request is logged and its pools
         // are cleaned up here, on this thread: `current_thread` must say
@@ -804,6 +828,16 @@ impl Retire for C2Release {
                     // requests were missing from server-status and the
                     // monitoring that reads it.
                     (*c2.conn).sbh = (*c2.ctx.c1).sbh;
+                    // And its duration (ExtendedStatus: Total Duration,
+                    // ms/request), which httpd records around the request
+                    // only through that handle too.
+                    if started > 0 {
+                        ffi::ap_set_time_process_request(
+                            (*c2.conn).sbh as *mut ffi::ap_sb_handle_t,
+                            started,
+                            crate::apr::now(),
+                        );
+                    }
                     b.destroy();
                     (*c2.conn).sbh = ptr::null_mut();
                 }
@@ -938,7 +972,9 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
             }
         }
         ffi::ap_run_pre_read_request(r, c);
-        (*r).request_time = crate::apr::now();
+        // From the head's arrival, as the stock module: %D, %t and the
+        // status page's durations include a wait for a worker.
+        (*r).request_time = if head.arrived_us > 0 { head.arrived_us } else { crate::apr::now() };
         // %I of this stream: its header frames (mod_logio's own filter
         // counts the body as the handler reads it).
         logio(&LOGIO_IN, c, head.raw_bytes as u64);
@@ -1899,9 +1935,10 @@ unsafe fn c_str_is(s: *const c_char, expected: &CStr) -> bool {
 }
 
 /// `H2_STREAM_ID` and `H2_STREAM_TAG` of a stream request, in `pool`. The
-/// tag is the stock module's "<process id>-<c1's id>-<stream id>": c1's id
-/// is its MPM thread slot, the same in every child, so the process id
-/// tells the children's connections apart in a log.
+/// tag is "<process id>-<session number>-<stream id>", as the stock
+/// module's "<child number>-<session number>-<stream id>" unique among the
+/// connections of the server (child numbers are reused by the children
+/// that replace them, process ids much later).
 ///
 /// # Safety
 /// `ctx.c1` is NULL or the live client connection.
@@ -1909,11 +1946,9 @@ unsafe fn c_str_is(s: *const c_char, expected: &CStr) -> bool {
 unsafe fn stream_names(pool: PoolRef, ctx: &C2Ctx, stream: &Stream) -> (*mut c_char, *mut c_char) {
     let mut digits = [0u8; 20];
     let stream_id = decimal(stream.id as u64, &mut digits);
-    // SAFETY: caller contract.
-    let c1_id = if ctx.c1.is_null() { 0 } else { unsafe { (*ctx.c1).id } };
-    let (mut pid_digits, mut c1_digits) = ([0u8; 20], [0u8; 20]);
+    let (mut pid_digits, mut session_digits) = ([0u8; 20], [0u8; 20]);
     let pid = decimal(CHILD_PID.load(Ordering::Relaxed) as u64, &mut pid_digits);
-    let tag = pool.concat(&[pid, b"-", decimal(c1_id as u64, &mut c1_digits), b"-", stream_id]);
+    let tag = pool.concat(&[pid, b"-", decimal(ctx.session, &mut session_digits), b"-", stream_id]);
     (pool.strdup(stream_id), tag)
 }
 

@@ -70,6 +70,16 @@ pub struct RequestHead {
     /// It becomes the c2's `keepalives`, which mod_log_config's `%k` logs
     /// less one, as HTTP/1.1 counts the requests of a connection.
     pub number: u32,
+    /// When the head was complete, in microseconds since the epoch (an
+    /// apr_time_t): the request's `request_time` (0: not recorded).
+    pub arrived_us: i64,
+}
+
+/// The wall clock in microseconds since the epoch, as apr_time_now.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// A content-length that is not one number (`RequestHead::content_length`).

@@ -415,6 +415,7 @@ impl<D: Dispatch> Core<D> {
             Ok(mut h) => {
                 // What the header block took on the wire (for %I).
                 h.raw_bytes = entry.bytes_in as usize;
+                h.arrived_us = crate::request::now_us();
                 self.stats.number_request(&mut h);
                 self.head_size_hint = (h.headers.len(), h.headers.byte_len());
                 h

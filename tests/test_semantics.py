@@ -663,7 +663,7 @@ def test_other_modules_read_the_http2_variables_through_http2_var_lookup(srv):
     c.wait_stream(c.request("/1k.bin"))
     st = c.wait_stream(c.request("/h2vars"))
     got = dict(line.split("=", 1) for line in st.data.decode().splitlines() if "=" in line)
-    # The stock module's tag: the child's process id, c1's id, the stream's.
+    # The tag: the child's process id, the session's number, the stream's.
     pid, _, rest = got.pop("H2_STREAM_TAG").partition("-")
     assert int(pid) in srv.children() and re.fullmatch(rf"\d+-{st.id}", rest), (pid, rest)
     assert got == {"HTTP2": "on", "H2PUSH": "off", "H2_PUSH": "off", "H2_PUSHED": "", "H2_PUSHED_ON": "",
@@ -672,6 +672,27 @@ def test_other_modules_read_the_http2_variables_through_http2_var_lookup(srv):
     r = curl("--http1.1", "-s", srv.url("/h2vars"))
     assert r.stdout.decode().splitlines() == ["HTTP2=off", "H2PUSH=off", "H2_PUSH=off", "H2_PUSHED=", "H2_PUSHED_ON=",
                                               "H2_STREAM_ID=", "H2_STREAM_TAG=", "NOT_H2=", "connection HTTP2=off"]
+
+
+def test_the_stream_tag_names_the_connection_for_its_whole_life(srv):
+    """H2_STREAM_TAG's middle number is the session's: the same for every
+    stream of a connection, also after it went idle (back to the event
+    MPM, which gives a resumed connection the id of the thread that takes
+    it), and another for every connection (it was c1's id: the thread's,
+    which the next connections on that thread had as well)."""
+    sessions = []
+    for _ in range(6):
+        c = h2c(srv)
+        tags = []
+        for _ in range(2):
+            st = c.wait_stream(c.request("/h2vars"))
+            tags.append(dict(line.split("=", 1) for line in st.data.decode().splitlines())["H2_STREAM_TAG"])
+            time.sleep(0.1)  # idle: the session goes back to the MPM
+        c.close()
+        middles = {t.split("-")[1] for t in tags}
+        assert len(middles) == 1, tags
+        sessions.append((tags[0].split("-")[0], middles.pop()))
+    assert len(set(sessions)) == len(sessions), sessions
 
 
 def test_request_field_names_reach_http11_backends_spelled_as_http11_clients_do(srv):
@@ -956,6 +977,32 @@ def test_status_counts_http2_requests_and_bytes(make_server):
     # it is done).
     assert 300 + polls <= now_accesses - accesses <= 300 + polls + 1, (accesses, now_accesses, polls)
     assert now_kbytes - kbytes >= 300 * 100, (kbytes, now_kbytes)
+
+
+def test_request_times_include_the_wait_for_a_worker_and_reach_the_status(make_server):
+    """A stream's request_time is when its head arrived, as the stock
+    module has it: %D includes a wait for a worker (it started when a
+    worker took the request). And its duration reaches mod_status's Total
+    Duration, as HTTP/1.1's do (HTTP/2 requests added none)."""
+    srv = make_server(h2_conf="H2MinWorkers 1\nH2MaxWorkers 1")
+    srv.extra = f'LogFormat "%r %D" dur\nCustomLog "{srv.dir}/dur.log" dur'
+    srv.start()
+
+    def total_ms():
+        r = curl("--http1.1", srv.url("/server-status?auto"))
+        return int(re.search(rb"^Total Duration: (\d+)$", r.stdout, re.M).group(1))
+
+    before = total_ms()
+    c = h2c(srv)
+    sids = [c.request("/cgi/slow.cgi?1") for _ in range(2)]  # one worker: one waits
+    c.wait(lambda: all(c.streams[s].done for s in sids), timeout=20)
+    assert [c.streams[s].status for s in sids] == [200, 200]
+    c.close()
+    log = srv.dir / "dur.log"
+    assert wait_for(lambda: log.exists() and log.read_text().count("slow.cgi") == 2)
+    durations = sorted(int(line.split()[-1]) for line in log.read_text().splitlines() if "slow.cgi" in line)
+    assert durations[0] >= 1_000_000 and durations[1] >= 1_900_000, durations
+    assert wait_for(lambda: total_ms() - before >= 2_900), (before, total_ms())
 
 
 def test_status_page_shows_h2_sessions(srv):
