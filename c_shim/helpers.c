@@ -41,24 +41,28 @@ void h2rs_shim_log_s(const server_rec *s, int level, apr_status_t rv,
     ap_log_error(APLOG_MARK, level, rv, s, "%s", msg);
 }
 
+/* http2_module's slots exist only when it is loaded: with only
+ * proxy_http2_module loaded its index is -1, the slot before the vector. */
 void *h2rs_shim_conn_ctx(const conn_rec *c)
 {
-    return ap_get_module_config(c->conn_config, &http2_module);
+    return http2_module.module_index < 0 ? NULL : ap_get_module_config(c->conn_config, &http2_module);
 }
 
 void h2rs_shim_set_conn_ctx(conn_rec *c, void *ctx)
 {
-    ap_set_module_config(c->conn_config, &http2_module, ctx);
+    if (http2_module.module_index >= 0) {
+        ap_set_module_config(c->conn_config, &http2_module, ctx);
+    }
 }
 
 void *h2rs_shim_server_conf(const server_rec *s)
 {
-    return ap_get_module_config(s->module_config, &http2_module);
+    return http2_module.module_index < 0 ? NULL : ap_get_module_config(s->module_config, &http2_module);
 }
 
 void *h2rs_shim_dir_conf(const request_rec *r)
 {
-    return ap_get_module_config(r->per_dir_config, &http2_module);
+    return http2_module.module_index < 0 ? NULL : ap_get_module_config(r->per_dir_config, &http2_module);
 }
 
 apr_bucket *h2rs_shim_brigade_first(apr_bucket_brigade *bb)

@@ -44,7 +44,7 @@ static int proxy_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                              apr_pool_t *ptemp, server_rec *s)
 {
     proxy_mod = ap_find_linked_module("mod_proxy.c");
-    return OK;
+    return h2rs_proxy_post_config(pconf, s);
 }
 
 static void proxy_register_hooks(apr_pool_t *p)

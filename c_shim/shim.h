@@ -69,6 +69,7 @@ int h2rs_proxy_handler(request_rec *r, void *worker, void *conf, char *url,
 int h2rs_proxy_canon(request_rec *r, char *url);
 int h2rs_proxy_fixups(request_rec *r);
 void h2rs_proxy_child_init(apr_pool_t *pchild, server_rec *s);
+int h2rs_proxy_post_config(apr_pool_t *pconf, server_rec *s);
 
 /* ---- implemented in C (macro helpers) ----------------------------------- */
 

@@ -61,9 +61,6 @@ pub struct ServerConfig {
     /// module is not loaded), read from the configuration tree once the
     /// configuration is complete (post_config; `reqtimeout`).
     pub request_body_limit: std::sync::OnceLock<Option<crate::reqtimeout::BodyLimit>>,
-    /// mod_ssl's `SSLProxy*` settings for this server's `h2://` backends,
-    /// read from the configuration tree in post_config (`backend_tls`).
-    pub backend_tls: std::sync::OnceLock<std::sync::Arc<crate::proxy::backend_tls::BackendTls>>,
 }
 
 /// Per-directory configuration: the directives allowed in <Directory>,
@@ -141,7 +138,6 @@ impl ServerConfig {
             early_hint_headers: joined(&add.early_hint_headers, &base.early_hint_headers),
             obsolete_seen: pick_list(&add.obsolete_seen, &base.obsolete_seen),
             request_body_limit: std::sync::OnceLock::new(),
-            backend_tls: std::sync::OnceLock::new(),
         }
     }
 

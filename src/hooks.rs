@@ -152,7 +152,7 @@ fn mpm_name() -> String {
 
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_post_config(
-    pconf: *mut ffi::apr_pool_t,
+    _pconf: *mut ffi::apr_pool_t,
     _plog: *mut ffi::apr_pool_t,
     _ptemp: *mut ffi::apr_pool_t,
     s: *mut ffi::server_rec,
@@ -206,10 +206,7 @@ pub unsafe extern "C" fn h2rs_post_config(
         }
         // SAFETY: the configuration tree and the server list are complete
         // and not changing (post_config, in the parent).
-        unsafe {
-            set_request_body_limits(s);
-            set_backend_tls(s, pconf);
-        }
+        unsafe { set_request_body_limits(s) };
         slog!(s, Level::Info, "mod_h2rs {} loaded (MPM {mpm})", env!("CARGO_PKG_VERSION"));
         HOOK_OK
     })
@@ -266,7 +263,7 @@ unsafe fn set_request_body_limits(s: *mut ffi::server_rec) {
 /// # Safety
 /// `s` is the main server; the configuration tree is complete; `pconf` is
 /// the configuration pool.
-unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) {
+pub(crate) unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) {
     use crate::apr::regex::{Regex, Wildcard};
     use crate::proxy::backend_tls::{BackendTls, ProxySection, SectionMatch, UrlPattern};
     use conftree::SectionPattern;
@@ -339,16 +336,19 @@ unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::apr_pool_t) 
         .into_iter()
         .filter_map(|(v, s, policy)| Some((v, Arc::new(ProxySection { matches: compile(&s.pattern)?, policy }))))
         .collect();
-    let set = |srv: *mut ffi::server_rec, cfg: &ServerConfig| {
-        // SAFETY: a live server_rec of the list.
+    let mut by_server = HashMap::new();
+    let mut srv = s;
+    while !srv.is_null() {
+        // SAFETY: caller contract: a NULL-terminated list of live servers.
         let own = unsafe { conftree::vhost_of(srv) };
         let server = server_policy(&main, &vhosts, own.as_ref());
         let sections =
             sections.iter().filter(|(v, _)| v.is_none() || *v == own).map(|(_, section)| section.clone()).collect();
-        let _ = cfg.backend_tls.set(Arc::new(BackendTls { server, sections, files: files.clone() }));
-    };
-    // SAFETY: caller contract.
-    unsafe { for_each_server(s, set) };
+        by_server.insert(srv as usize, Arc::new(BackendTls { server, sections, files: files.clone() }));
+        // SAFETY: as above.
+        srv = unsafe { (*srv).next };
+    }
+    crate::proxy::backend_tls::set_by_server(by_server);
 }
 
 /// A server's own `SSLProxy*` settings: its virtual host's merged over the

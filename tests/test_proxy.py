@@ -809,9 +809,9 @@ def tls_backends(certs, backend_pki):
         proc.wait()
 
 
-def tls_check_server(workdir, docroot, tls_backends, directives, name):
+def tls_check_server(workdir, docroot, tls_backends, directives, name, **httpd):
     routes = "\n".join(f"ProxyPass /{b}/ h2://localhost:{port}/" for b, port in tls_backends.items())
-    return Httpd(workdir, docroot, name=name, extra=f"""{PROXY_MODULES}
+    return Httpd(workdir, docroot, name=name, **httpd, extra=f"""{PROXY_MODULES}
 {SSL_MODULES}
 ProxyTimeout 10
 {routes}
@@ -885,6 +885,23 @@ def test_tls_backend_certificates_are_checked_as_mod_ssl_checks_them(workdir, do
         assert got == expected
         if reason:
             assert f"the backend's {reason}, answering 503" in srv.read_error_log()
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
+def test_backend_checks_hold_without_our_http2_module(workdir, docroot, tls_backends, backend_pki):
+    """proxy_http2_module loaded alone (an HTTP/1.1 front): the SSLProxy*
+    settings hold all the same. They were read by http2_module only, and
+    without it every h2:// backend went unchecked: a self-signed one got
+    200 under SSLProxyVerify require."""
+    directives, expected, reason = BACKEND_CHECKS["require verifies the chain against the CA"]
+    srv = tls_check_server(workdir, docroot, tls_backends, directives.format(ca=backend_pki / "ca.pem"),
+                           name="tls-check-proxy-only", module=None, protocols="http/1.1").start()
+    try:
+        got = {b: split(get(srv, f"/{b}/headers", h1=True))[0] for b in expected}
+        assert got == expected
+        assert f"the backend's {reason}, answering 503" in srv.read_error_log()
     finally:
         srv.stop()
     srv.check_log()

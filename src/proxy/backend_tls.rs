@@ -400,6 +400,26 @@ impl ProxySection {
     }
 }
 
+/// Every server's `BackendTls`, by its server_rec's address: made at
+/// post_config by proxy_http2_module (in the parent; the children inherit
+/// it), with http2_module loaded or not. (Kept in http2_module's server
+/// config before, it was never made without that module, and every
+/// `h2://` backend went unchecked whatever `SSLProxyVerify` said.)
+static BY_SERVER: parking_lot::RwLock<Option<Arc<ByServer>>> = parking_lot::const_rwlock(None);
+
+/// `BackendTls` by server_rec address.
+type ByServer = HashMap<usize, Arc<BackendTls>>;
+
+/// Replaces every server's settings (a new configuration generation).
+pub fn set_by_server(all: ByServer) {
+    *BY_SERVER.write() = Some(Arc::new(all));
+}
+
+/// The settings of the server whose server_rec is at `server`.
+pub fn of_server(server: usize) -> Option<Arc<BackendTls>> {
+    BY_SERVER.read().as_ref().and_then(|all| all.get(&server).cloned())
+}
+
 /// One server's settings for its `h2://` backends.
 #[derive(Debug, Default, PartialEq)]
 pub struct BackendTls {

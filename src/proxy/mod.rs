@@ -32,7 +32,6 @@ pub mod task;
 pub mod tls;
 
 use crate::apr::{status, BrigadeRef, PoolRef, TableRef};
-use crate::c1;
 use crate::c2::{self, Parked, Resume};
 use crate::ffi::{self, panic::guard, HOOK_DECLINED, HOOK_OK};
 use crate::log::Level;
@@ -63,6 +62,28 @@ fn engine() -> Option<Arc<Engine>> {
 }
 
 // ---- hooks -----------------------------------------------------------------
+
+/// post_config of proxy_http2_module: every server's `SSLProxy*` settings
+/// for `h2://` backends (`backend_tls`).
+///
+/// # Safety
+/// Called by httpd with the configuration pool and main server.
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_proxy_post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) -> c_int {
+    guard("proxy post_config", HOOK_OK, || {
+        ffi::panic::install_hook();
+        // httpd runs post_config twice at start: only the real run counts.
+        // SAFETY: ap_state_query has no preconditions.
+        let dry_run =
+            unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) } == ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int;
+        if !dry_run {
+            // SAFETY: httpd passes the main server and the configuration
+            // pool; the configuration tree is complete.
+            unsafe { crate::hooks::set_backend_tls(s, pconf) };
+        }
+        HOOK_OK
+    })
+}
 
 /// child_init of proxy_http2_module: starts the engine's threads.
 ///
@@ -654,7 +675,7 @@ unsafe fn tls_target(r: *mut ffi::request_rec, target: &Target, preserve_host: b
             None => cstr_lossy((*r).filename),
         };
         let url = filename.strip_prefix("proxy:").unwrap_or(&filename);
-        match c1::server_config((*r).server).and_then(|c| c.backend_tls.get()) {
+        match backend_tls::of_server((*r).server as usize).as_deref() {
             Some(b) => TlsTarget { host, policy: b.for_url(url), files: b.files.clone() },
             None => TlsTarget { host, policy: Default::default(), files: Default::default() },
         }
