@@ -280,7 +280,9 @@ pub fn child_stopping(graceful: bool) {
     let live: Vec<(Weak<Signal>, Weak<Parking>)> = SESSIONS.lock().values().cloned().collect();
     for (signal, parking) in live {
         if let Some(p) = parking.upgrade() {
-            p.stop(graceful);
+            if !graceful || !park::stop_gracefully_later(&p) {
+                p.stop(graceful);
+            }
         }
         if let Some(s) = signal.upgrade() {
             s.wake();

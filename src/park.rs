@@ -303,11 +303,24 @@ impl Parking {
 /// `Parking`'s alarms on the child's clock (`clock.rs`).
 const IDLE_TIMER: u8 = 0;
 const STOP_DEADLINE: u8 = 1;
+const GRACEFUL_STOP: u8 = 2;
+
+/// A graceful stop of the child, for a parked session: its shutdown
+/// notice is written from the clock's thread (`Parking::stop`), not from
+/// the MPM's thread that signals the stop (the event MPM's listener for
+/// MaxConnectionsPerChild), which every session's blocking write, up to
+/// `Timeout` for a client that reads nothing, held from its other
+/// connections. False when no clock runs.
+pub fn stop_gracefully_later(parking: &Arc<Parking>) -> bool {
+    crate::clock::schedule(parking, Duration::ZERO, GRACEFUL_STOP)
+}
 
 impl crate::clock::Alarm for Parking {
     fn ring(self: Arc<Self>, kind: u8) {
         if kind == STOP_DEADLINE {
             self.stop_deadline();
+        } else if kind == GRACEFUL_STOP {
+            self.stop(true);
         } else if let Some(rest) = self.on_timer() {
             arm_timer(&self, rest);
         }
