@@ -419,7 +419,9 @@ impl RequestBuilder {
     /// remembered and answered once the head is complete.
     pub fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeaderError> {
         self.raw_bytes += name.len() + value.len() + 32;
-        if name != b"cookie" {
+        // A crumb that would be joined counts only by its size; an empty
+        // one, or one after the head failed, is not joined at all.
+        if name != b"cookie" || value.is_empty() || self.head.error_status.is_some() {
             self.fields_seen += 1;
         }
         let max = self.limits.max_fields;
@@ -939,6 +941,10 @@ mod tests {
         f.extend(std::iter::repeat_n(("cookie", "k=v"), 300));
         let wide = Limits { max_field_size: 8190, ..limits };
         assert_eq!(build(&f, wide).unwrap().error_status, None);
+        // Empty crumbs are not joined: they count.
+        let mut f = GET.to_vec();
+        f.extend(std::iter::repeat_n(("cookie", ""), 300));
+        assert_eq!(build(&f, wide).unwrap_err(), HeaderError::Calm);
         let mut b = RequestBuilder::new(limits);
         let mut last = Ok(());
         for _ in 0..200 {
