@@ -1016,6 +1016,10 @@ impl LoopState {
             return;
         }
         let now = Instant::now();
+        // Once a request found no room for another connection, the ones
+        // after it wait on without trying (they come after it; and each
+        // try scans the connections: one try a turn, not one a request).
+        let mut no_room = false;
         for (since, task) in std::mem::take(&mut self.held) {
             if task.front_gone() {
                 task.cancel();
@@ -1026,12 +1030,15 @@ impl LoopState {
             let limit = task.spec.pool.acquire.unwrap_or(task.spec.timeout);
             if stopping {
                 task.fail(503);
-            } else if !self.single_use_full(&task) {
-                self.assign_held_since(&task, since);
             } else if now.duration_since(since) > limit {
-                fail_unavailable(&task, &format!("no connection free within {limit:?} (max, disablereuse)"));
-            } else {
+                let bound = if task.spec.pool.single_use { "max, disablereuse" } else { "the connection bounds" };
+                fail_unavailable(&task, &format!("no connection free within {limit:?} ({bound})"));
+            } else if no_room || (task.spec.pool.single_use && self.single_use_full(&task)) {
                 self.held.push_back((since, task));
+            } else {
+                let held = self.held.len();
+                self.assign_held_since(&task, since);
+                no_room = self.held.len() > held;
             }
         }
     }
@@ -1284,6 +1291,9 @@ fn run(lp: &Loop) {
     loop {
         lp.wake.drain();
         let stopping = lp.stopping.load(Ordering::Acquire);
+        // Room that the last reads made (streams that ended) goes to the
+        // requests waiting for it before new ones.
+        st.release_held(stopping);
         let tasks = std::mem::take(&mut *lp.queue.lock());
         for t in tasks {
             if stopping {
