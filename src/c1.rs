@@ -1544,6 +1544,10 @@ impl C1 {
         self.out_bb.cleanup();
         if rv != status::SUCCESS {
             clog!(c, Level::Debug, "h2rs: write to client failed (status {rv})");
+            // Streams nghttp2 closed as it serialized these frames did
+            // not reach the client: logged as cut, as HTTP/1.1 marks a
+            // connection whose write failed aborted.
+            self.session.fail_pending_retires();
             return Err(());
         }
         Ok(())

@@ -1248,6 +1248,14 @@ impl<D: Dispatch> Session<D> {
         Ok(total)
     }
 
+    /// The write of the frames that ended the streams waiting to be
+    /// retired failed: they are retired as incomplete.
+    pub fn fail_pending_retires(&mut self) {
+        for (_, outcome) in &mut self.ng.handler().to_retire {
+            outcome.complete = false;
+        }
+    }
+
     /// Releases finished streams (runs their retire actions).
     pub fn retire_finished(&mut self) {
         let core = self.ng.handler();
@@ -1912,6 +1920,27 @@ pub(crate) mod tests {
         p.server.abort_all();
         LINGER_RELEASE.store(true, Ordering::Release);
         assert_eq!(outcome(&mut p), (delivered, true));
+    }
+
+    /// nghttp2 closes a stream as c1 serializes its last frames, before
+    /// they are written: when that write fails, the stream is retired
+    /// incomplete (it was logged as delivered).
+    #[test]
+    fn a_stream_whose_last_frames_were_not_written_is_retired_incomplete() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut p = Pair::new(Settings::default(), echo);
+        p.server.dispatcher().outcomes = Some(tx);
+        // Run here: the handler is done before its frames are serialized.
+        p.server.dispatcher().here = |_| true;
+        let id = p.get("/a");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while p.server.ng.handler().to_retire.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the stream never closed");
+            p.step(usize::MAX);
+        }
+        p.server.fail_pending_retires();
+        p.server.retire_finished();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok((id, false)));
     }
 
     /// Writes `?n=` bytes in 64 KiB pieces, as the static file path does.
