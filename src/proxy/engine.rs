@@ -919,35 +919,29 @@ impl LoopState {
         }
         let idx = match best {
             Some((i, _)) => i,
-            None => match self.make_room(task) {
-                Ok(()) => {
-                    self.next_conn += 1;
-                    match Conn::open(self.next_conn, task) {
-                        Ok(c) => {
-                            self.conns.push(c);
-                            self.conns.len() - 1
-                        }
-                        Err(e) => {
-                            fail_unavailable(task, &e);
-                            return;
-                        }
+            None if self.make_room(task) => {
+                self.next_conn += 1;
+                match Conn::open(self.next_conn, task) {
+                    Ok(c) => {
+                        self.conns.push(c);
+                        self.conns.len() - 1
                     }
-                }
-                // No room for one more connection: queue on a full one of
-                // the key, if there is one, else wait for a connection to
-                // go idle (`release_held`), as mod_proxy waits for its pool.
-                Err(e) => match least {
-                    Some((i, _)) => i,
-                    None => {
-                        let limit = task.spec.pool.acquire.unwrap_or(task.spec.timeout);
-                        if since.elapsed() > limit {
-                            fail_unavailable(task, &format!("{e}, none free within {limit:?}"));
-                        } else {
-                            self.held.push_back((since, task.clone()));
-                        }
+                    Err(e) => {
+                        fail_unavailable(task, &e);
                         return;
                     }
-                },
+                }
+            }
+            // No room for one more connection: queue on a full one of the
+            // key, if there is one, else wait for a connection to go idle
+            // (`release_held`, which also ends the wait), as mod_proxy
+            // waits for its pool.
+            None => match least {
+                Some((i, _)) => i,
+                None => {
+                    self.held.push_back((since, task.clone()));
+                    return;
+                }
             },
         };
         let conn = &mut self.conns[idx];
@@ -964,8 +958,8 @@ impl LoopState {
     /// `limits::backend_conns_per_loop` in all. Beyond them the idle
     /// connection unused longest closes, as mod_proxy closes a pooled
     /// connection to reconnect with another SNI; with none idle the
-    /// request waits for one (`held`).
-    fn make_room(&mut self, task: &Task) -> Result<(), String> {
+    /// request waits for one (`held`): false.
+    fn make_room(&mut self, task: &Task) -> bool {
         let addr = task.spec.addr;
         let (mut to_addr, mut total) = (0, 0);
         for c in self.conns.iter().filter(|c| c.dead.is_none()) {
@@ -975,7 +969,7 @@ impl LoopState {
         let per_addr_full = to_addr >= MAX_CONNS_PER_BACKEND;
         let limit = crate::limits::backend_conns_per_loop(crate::limits::descriptor_limit());
         if !per_addr_full && total < limit {
-            return Ok(());
+            return true;
         }
         let idle = self
             .conns
@@ -985,12 +979,9 @@ impl LoopState {
         match idle {
             Some(c) => {
                 c.dead = Some(String::new());
-                Ok(())
+                true
             }
-            None if per_addr_full => {
-                Err(format!("{to_addr} connections to {addr} busy (at most {MAX_CONNS_PER_BACKEND})"))
-            }
-            None => Err(format!("{total} backend connections busy (at most {limit} a loop)")),
+            None => false,
         }
     }
 
