@@ -150,6 +150,15 @@ fn mpm_name() -> String {
     }
 }
 
+/// Whether httpd runs the configuration's first pass, the one it makes at
+/// start only to check it: post_config then runs twice, and only the
+/// second (real) run should speak or act.
+pub(crate) fn is_config_dry_run() -> bool {
+    // SAFETY: ap_state_query has no preconditions.
+    let state = unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) };
+    state == ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_post_config(
     _pconf: *mut ffi::apr_pool_t,
@@ -159,10 +168,7 @@ pub unsafe extern "C" fn h2rs_post_config(
 ) -> c_int {
     guard("post_config", HOOK_OK, || {
         ffi::panic::install_hook();
-        // httpd runs post_config twice at start; speak only on the real run.
-        // SAFETY: ap_state_query has no preconditions.
-        let dry_run =
-            unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) } == ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int;
+        let dry_run = is_config_dry_run();
         let mpm = mpm_name();
         let supported = mpm != "prefork.c";
         MPM_SUPPORTED.store(supported, Ordering::Release);

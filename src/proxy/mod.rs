@@ -72,11 +72,7 @@ fn engine() -> Option<Arc<Engine>> {
 pub unsafe extern "C" fn h2rs_proxy_post_config(pconf: *mut ffi::apr_pool_t, s: *mut ffi::server_rec) -> c_int {
     guard("proxy post_config", HOOK_OK, || {
         ffi::panic::install_hook();
-        // httpd runs post_config twice at start: only the real run counts.
-        // SAFETY: ap_state_query has no preconditions.
-        let dry_run =
-            unsafe { ffi::ap_state_query(ffi::AP_SQ_MAIN_STATE as c_int) } == ffi::AP_SQ_MS_CREATE_PRE_CONFIG as c_int;
-        if !dry_run {
+        if !crate::hooks::is_config_dry_run() {
             // SAFETY: httpd passes the main server and the configuration
             // pool; the configuration tree is complete.
             unsafe { crate::hooks::set_backend_tls(s, pconf) };
