@@ -1049,6 +1049,15 @@ impl C1 {
                 Wait::Ready => {}
                 Wait::Timeout if self.stop_notice_left().is_some() => {}
                 Wait::Timeout => {
+                    if self.session.awaits_client_settings() {
+                        // Upgraded to h2c, and not a byte since: stream 1
+                        // would wait for the preface, and hold this thread
+                        // (an upgraded connection never goes back to the
+                        // MPM), for ever.
+                        clog!(c, Level::Debug, "h2rs: no client preface within Timeout after the h2c upgrade, closing");
+                        self.session.goaway(error_code::PROTOCOL_ERROR, b"no preface");
+                        break;
+                    }
                     if self.session.streams_in_progress() == 0 {
                         // Every open stream waits for the client, which sent
                         // nothing for `Timeout`.

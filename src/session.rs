@@ -1288,6 +1288,12 @@ impl<D: Dispatch> Session<D> {
         self.ng.handler_ref().entries.len()
     }
 
+    /// An h2c upgrade whose client has not sent its preface and SETTINGS
+    /// yet: its stream 1 waits for them, not for a worker.
+    pub fn awaits_client_settings(&self) -> bool {
+        self.ng.handler_ref().hold_until_settings
+    }
+
     /// Streams whose worker has not finished.
     pub fn streams_in_progress(&self) -> usize {
         self.in_progress().count()

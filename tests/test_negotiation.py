@@ -198,6 +198,29 @@ def test_upgrade_of_a_head_http2_refuses_stays_http11(make_server):
     s.close()
 
 
+def test_upgrade_then_silence_is_closed_after_timeout(make_server):
+    """A client that asks for h2c, gets its 101 and then sends nothing (no
+    preface): its connection never goes back to the MPM, so it would hold
+    an MPM thread for ever. It is closed after Timeout, with GOAWAY."""
+    srv = make_server(extra="Timeout 2").start()
+    s = upgrade_request(srv.port, path="/index.html")
+    s.settimeout(30)
+    rest = read_http1_head(s)
+    assert rest.startswith(b"HTTP/1.1 101"), rest[:100]
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            rest += d
+    except socket.timeout:
+        pytest.fail("the upgraded connection was still open 30 s after its 101 (Timeout 2)")
+    finally:
+        s.close()
+    frames = rest.split(b"\r\n\r\n", 1)[1]
+    assert b"\x07\x00\x00\x00\x00\x00" in frames, frames  # a GOAWAY frame's type, flags, stream 0
+
+
 def test_upgrade_on_tls_is_ignored(tls_server):
     url = f"https://127.0.0.1:{tls_server.tls_port}/1k.bin"
     r = curl("-k", "--http1.1", "-H", "Connection: Upgrade, HTTP2-Settings", "-H", "Upgrade: h2c",
