@@ -696,10 +696,13 @@ impl<D: Dispatch> Core<D> {
             // The worker ended without a response (it failed or panicked).
             let (stream_window, conn_window) = ops.send_windows(id);
             self.reset(ops, id, error_code::INTERNAL_ERROR);
-            if self.peer_window_closed && (stream_window <= 0 || conn_window <= 0) {
-                // It gave up (H2StreamTimeout) on a client that gives no
-                // window at all: a zero-window slow read (CVE-2023-43622),
-                // whose next stream would hold the next worker as long.
+            if p.starved && self.peer_window_closed && (stream_window <= 0 || conn_window <= 0) {
+                // It gave up waiting (H2StreamTimeout) for a client that
+                // gives no window at all: a zero-window slow read
+                // (CVE-2023-43622), whose next stream would hold the next
+                // worker as long. (Any other failure, a backend that broke
+                // off, is that stream's alone, even at a moment when the
+                // client's window is used up.)
                 self.calm_down(ops);
             }
         }

@@ -737,6 +737,9 @@ struct StreamIo {
     worker: Option<WorkerState>,
     /// The handler suspended the request (see `release_slot`).
     slot_released: bool,
+    /// The worker gave up waiting for c1 to take its output (the stream
+    /// timeout): the client let nothing through.
+    output_starved: bool,
     retire: Option<Box<dyn Retire>>,
     /// Woken when input arrives, ends, or the stream closes (a handler
     /// that polls the stream instead of blocking in a read).
@@ -810,6 +813,9 @@ pub struct Progress {
     pub slot_released: bool,
     /// The worker ended without completing its response (failure): reset.
     pub failed: bool,
+    /// It failed because it waited the stream timeout for room in its
+    /// output queue: the client took nothing (`failed` is set too).
+    pub starved: bool,
     /// The worker refused to answer (`Stream::refuse`): reset with this
     /// code. Handed over once.
     pub refused: Option<u32>,
@@ -1056,6 +1062,7 @@ impl Stream {
                 let timed_out = self.worker_cond.wait_until(&mut io, d).timed_out();
                 io.worker_wants_room = false;
                 if timed_out && io.output.len() >= self.out_limit {
+                    io.output_starved = true;
                     return Err(StreamError::Timeout);
                 }
             }
@@ -1262,6 +1269,7 @@ impl Stream {
         // reset the stream or it would wait forever.
         p.failed =
             p.worker_done && !(io.response_taken && io.output_end) && io.closed.is_none() && io.refusal.is_none();
+        p.starved = p.failed && io.output_starved;
         p
     }
 

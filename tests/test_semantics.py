@@ -19,6 +19,7 @@ import pytest
 
 from conftest import H2STATUS_LOCATION, MODDIR, Httpd, curl, h2c, h2load, sha256, wait_for
 from h2client import H2Client, Stream, assert_cut_after_head
+from rawh2 import INITIAL_WINDOW_SIZE, Conn, window_update
 
 MODULES = f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
 LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
@@ -67,6 +68,9 @@ CustomLog "{workdir}/srv-sem/numbered.log" numbered
 </Location>
 <Location /twice>
   SetHandler h2rs-twice
+</Location>
+<Location /cut>
+  SetHandler h2rs-cut
 </Location>
 {H2STATUS_LOCATION}<Location /h2vars>
   SetHandler h2rs-h2vars
@@ -850,6 +854,28 @@ def test_output_after_the_response_ends_is_dropped(srv):
     assert st.reset is None
     c.close()
     srv.new_log_lines()
+
+
+def test_a_response_cut_while_the_client_window_is_used_up_resets_that_stream_only(srv):
+    """A response that breaks off after its head (a backend gone mid-body)
+    at a moment when the client's connection window is used up (a download
+    took it, the client's WINDOW_UPDATE is yet to come): that stream is
+    reset, the connection and its download go on. (It ended the whole
+    connection with ENHANCE_YOUR_CALM, the answer to a client that never
+    opens its window.)"""
+    c = Conn(srv.port, settings_pairs=[(INITIAL_WINDOW_SIZE, 1 << 24)], auto_window=False)
+    download = c.request("/1m.bin")
+    c.wait(lambda: len(c.resp(download).body) >= 65535, what="the connection window's worth of the download")
+    cut = c.request("/cut")
+    c.wait(lambda: c.resp(cut).done or c.goaway is not None or c.closed, what="the cut response's reset")
+    assert c.goaway is None and c.resp(cut).reset == h2.errors.ErrorCodes.INTERNAL_ERROR, c.log()
+    assert c.resp(cut).status == 200
+    c.send(window_update(0, 1 << 20))
+    r = c.response(download)
+    assert r.status == 200 and len(r.body) == 1 << 20
+    c.expect_alive()
+    c.close()
+    srv.new_log_lines()  # the cut is logged
 
 
 # ---- environment and logging ------------------------------------------------------

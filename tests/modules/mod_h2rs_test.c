@@ -160,6 +160,21 @@ static int twice_handler(request_rec *r)
     return HTTP_INTERNAL_SERVER_ERROR;
 }
 
+/* h2rs-cut: a line of body, flushed, then an error bucket (502) and EOS,
+ * as mod_proxy passes on when its backend breaks off mid-body. */
+static int cut_handler(request_rec *r)
+{
+    apr_bucket_alloc_t *ba = r->connection->bucket_alloc;
+    apr_bucket_brigade *bb = apr_brigade_create(r->pool, ba);
+    ap_set_content_type(r, "text/plain");
+    ap_rputs("the start of a body\n", r);
+    ap_rflush(r);
+    APR_BRIGADE_INSERT_TAIL(bb, ap_bucket_error_create(HTTP_BAD_GATEWAY, NULL, r->pool, ba));
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(ba));
+    ap_pass_brigade(r->output_filters, bb);
+    return OK;
+}
+
 static int test_handler(request_rec *r)
 {
     if (!r->handler) {
@@ -179,6 +194,9 @@ static int test_handler(request_rec *r)
     }
     if (!strcmp(r->handler, "h2rs-twice")) {
         return twice_handler(r);
+    }
+    if (!strcmp(r->handler, "h2rs-cut")) {
+        return cut_handler(r);
     }
     return DECLINED;
 }
