@@ -144,10 +144,17 @@ pub const INITIAL_ACTIVE_STREAMS: usize = 6;
 pub const MIN_ACTIVE_STREAMS: usize = 2;
 
 /// Streams on workers for a connection whose client gives no flow-control
-/// window (SETTINGS_INITIAL_WINDOW_SIZE 0 or an empty connection window):
-/// the zero-window slow read (CVE-2023-43622) pins at most this many
-/// workers per connection until the client opens its window.
+/// window (SETTINGS_INITIAL_WINDOW_SIZE below `USABLE_INITIAL_WINDOW` or an
+/// empty connection window): the zero-window slow read (CVE-2023-43622)
+/// pins at most this many workers per connection until the client opens
+/// its window.
 pub const ZERO_WINDOW_ACTIVE_STREAMS: usize = 1;
+
+/// A client's SETTINGS_INITIAL_WINDOW_SIZE below this counts as no window
+/// at all: a window of 1 byte lets a response out a byte per round trip,
+/// and holds a worker as long as a window of 0 (browsers and curl ask for
+/// 64 KiB and more).
+pub const USABLE_INITIAL_WINDOW: u32 = 1024;
 
 /// Seconds between two returns of freed memory to the system after
 /// sessions end (`c1::release_freed_memory`, glibc's malloc_trim).

@@ -689,11 +689,13 @@ impl<'a> Ops<'a> {
     }
 
     /// Whether the peer gives us no flow-control window to send with:
-    /// SETTINGS_INITIAL_WINDOW_SIZE 0, or an exhausted connection window.
+    /// SETTINGS_INITIAL_WINDOW_SIZE of (next to) 0, or an exhausted
+    /// connection window.
     pub fn peer_window_closed(&self) -> bool {
         // SAFETY: live session; plain getters.
         unsafe {
-            ng::nghttp2_session_get_remote_settings(self.raw, ng::NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE) == 0
+            ng::nghttp2_session_get_remote_settings(self.raw, ng::NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE)
+                < crate::limits::USABLE_INITIAL_WINDOW
                 || ng::nghttp2_session_get_remote_window_size(self.raw) <= 0
         }
     }
