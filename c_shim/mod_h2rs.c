@@ -132,6 +132,10 @@ static void h2rs_register_hooks(apr_pool_t *p)
     ap_hook_child_init(h2rs_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_stopping(h2rs_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
 
+    /* A parked client connection resumed by the MPM: ours again before
+     * mod_ssl's hook uses it (a GOAWAY may be being written to it). */
+    ap_hook_process_connection(h2rs_process_connection_first, NULL, NULL,
+                               APR_HOOK_REALLY_FIRST);
     /* Client connections: after mod_ssl has its filters in place, before
      * the HTTP/1.1 processing (REALLY_LAST) could claim the connection. */
     ap_hook_process_connection(h2rs_process_connection, before_us, NULL,

@@ -32,6 +32,7 @@ int h2rs_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
 void h2rs_child_init(apr_pool_t *pchild, server_rec *s);
 void h2rs_child_stopping(apr_pool_t *pchild, int graceful);
 
+int h2rs_process_connection_first(conn_rec *c);
 int h2rs_process_connection(conn_rec *c);
 int h2rs_c2_process_connection(conn_rec *c);
 int h2rs_pre_close_connection(conn_rec *c);

@@ -673,7 +673,39 @@ pub struct C1Ctx {
     pub protocol: &'static CStr,
     /// The server whose H2* settings apply (the SNI / Upgrade vhost).
     pub server: *mut ffi::server_rec,
+    /// The session's parking, beside it: `take_back_parked` reaches it
+    /// while another thread may hold the parked session.
+    parking: Option<Arc<Parking>>,
     pub session: Option<C1>,
+}
+
+/// process_connection, before every other module's: a parked session is
+/// taken back from the threads that may write to it while it is parked
+/// (the clock's idle GOAWAY, a stop's notice) before mod_ssl's hook reads
+/// from the connection's filters and allocates from its pool and bucket
+/// allocator, which those writes use too. (`C1::run` takes it back as
+/// well, for the connections that come without this hook.)
+///
+/// # Safety
+/// `c` must be a live connection used by the calling thread.
+pub unsafe fn take_back_parked(c: *const ffi::conn_rec) {
+    // SAFETY: for a connection without `master`, our slot holds a C1Ctx
+    // (or NULL). Only its `parking` field is read, through the raw
+    // pointer: a thread in `Parking::with_parked` may hold the session
+    // beside it; the field is set before the session first parks and
+    // stays until the context is freed, with the connection.
+    unsafe {
+        if c.is_null() || !(*c).master.is_null() {
+            return;
+        }
+        let ctx = ffi::h2rs_shim_conn_ctx(c) as *const C1Ctx;
+        if ctx.is_null() {
+            return;
+        }
+        if let Some(parking) = (*ptr::addr_of!((*ctx).parking)).as_ref() {
+            parking.activate();
+        }
+    }
 }
 
 /// The c1 context of a client connection, if it speaks HTTP/2.
@@ -727,7 +759,7 @@ impl C1Ctx {
                 return Some(existing);
             }
             let server = if server.is_null() { (*c).base_server } else { server };
-            let raw = Box::into_raw(Box::new(C1Ctx { protocol, server, session: None }));
+            let raw = Box::into_raw(Box::new(C1Ctx { protocol, server, parking: None, session: None }));
             ffi::h2rs_shim_set_conn_ctx(c, raw as *mut c_void);
             PoolRef::from_raw((*c).pool)?.pre_cleanup(raw as *const c_void, c1_pool_cleanup);
             raw.as_mut()
@@ -762,6 +794,7 @@ impl C1Ctx {
     unsafe fn start(&mut self, c: *mut ffi::conn_rec, upgrade: Option<Box<Upgrade>>) -> bool {
         // SAFETY: caller contract.
         let Some(s) = (unsafe { C1::start(c, self.protocol, self.server, upgrade) }) else { return false };
+        self.parking = Some(s.parking.clone());
         let session = self.session.insert(s);
         // The context is boxed: the session's address is stable.
         let ptr = session as *mut C1 as *mut dyn Parked;

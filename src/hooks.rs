@@ -610,6 +610,17 @@ pub unsafe extern "C" fn h2rs_child_stopping(_pchild: *mut ffi::apr_pool_t, grac
 
 // ---- connections ------------------------------------------------------------
 
+/// process_connection, first of all modules: see `c1::take_back_parked`.
+/// Always declines.
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_process_connection_first(c: *mut ffi::conn_rec) -> c_int {
+    guard("process_connection", HOOK_DECLINED, || {
+        // SAFETY: httpd passes the live connection it runs on this thread.
+        unsafe { c1::take_back_parked(c) };
+        HOOK_DECLINED
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_process_connection(c: *mut ffi::conn_rec) -> c_int {
     guard("process_connection", HOOK_DECLINED, || {
