@@ -450,6 +450,14 @@ impl<D: Dispatch> Core<D> {
                 head.error_status = Some(501);
             }
         }
+        if head.is_tunnel() && self.tunnels_on_workers() >= self.settings.max_concurrent_streams as usize {
+            // Tunnels take a thread each and no slot (`fill_slots`); only
+            // the open streams' bound holds them. A reset tunnel is no
+            // open stream for nghttp2, but its handler may still connect
+            // to its backend (up to its timeout): reset one after another,
+            // they would hold a thread and a socket each, without bound.
+            return Flow::ResetStream(error_code::REFUSED_STREAM);
+        }
         // A tunnel's bytes must not wait in the output buffer: each write
         // is a message the other side waits for.
         let buffered = self.settings.output_buffering && !head.is_tunnel();
@@ -466,6 +474,7 @@ impl<D: Dispatch> Core<D> {
         if self.pending.head_bytes + stream.request.decoded_size() > limits::MAX_PENDING_HEAD_BYTES {
             return Flow::ResetStream(error_code::REFUSED_STREAM);
         }
+        let Some(entry) = self.entries.get_mut(&id) else { return Flow::Continue };
         entry.stream = Some(stream.clone());
         // Not while the client lets nothing out (ZERO_WINDOW_ACTIVE_STREAMS):
         // the responses would pile up in memory.
@@ -479,6 +488,12 @@ impl<D: Dispatch> Core<D> {
         self.pending.push_back(stream);
         self.fill_slots();
         Flow::Continue
+    }
+
+    /// Tunnels whose handler has not finished, open or reset.
+    fn tunnels_on_workers(&self) -> usize {
+        let busy = |s: &Arc<Stream>| s.request.is_tunnel() && s.worker_state() != Some(crate::stream::WorkerState::Done);
+        self.entries.values().filter(|e| e.stream.as_ref().is_some_and(busy)).count()
     }
 
     /// Hands waiting streams to workers while slots are free.

@@ -1551,6 +1551,49 @@ ProxyPass /dark/ balancer://dark/
     srv.check_log()
 
 
+def test_reset_tunnels_still_connecting_are_bounded_per_connection(make_server, black_holes):
+    """Plain CONNECTs (mod_proxy_connect) to a host that drops SYNs, each
+    reset by the client at once: their handlers still wait in connect (up
+    to ProxyTimeout), a thread each, though nghttp2 no longer counts the
+    streams as open. At most H2MaxSessionStreams of them run per
+    connection; a tunnel beyond is refused (REFUSED_STREAM) until they end.
+    (Each reset tunnel took a thread and a socket, without bound.)"""
+    hole = black_holes[0]
+    srv = make_server(h2_conf="H2MaxSessionStreams 10", extra=f"""{PROXY_MODULES}
+LoadModule proxy_connect_module {MODDIR}/mod_proxy_connect.so
+ProxyRequests On
+AllowCONNECT {hole}
+ProxyTimeout 4
+<Proxy "*">
+  Require all granted
+</Proxy>""").start()
+
+    def tunnel_threads():
+        return sum(1 for pid in srv.mpm_children() for t in srv.thread_names(pid) if t.startswith("h2rs-tunnel"))
+
+    c = H2Client(srv.port)
+    # As many as may be open, reset once their handlers are connecting.
+    first = [c.connect(f"127.0.0.1:{hole}") for _ in range(10)]
+    assert wait_for(lambda: tunnel_threads() == 10), f"{tunnel_threads()} tunnel threads"
+    time.sleep(0.3)
+    for sid in first:
+        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    c.flush()
+    time.sleep(0.3)
+    assert tunnel_threads() == 10, "the reset tunnels' handlers ended at once"
+    beyond = c.connect(f"127.0.0.1:{hole}")
+    st = c.wait_stream(beyond, timeout=10)
+    assert st.reset == h2.errors.ErrorCodes.REFUSED_STREAM, (st.status, st.reset)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    # Once their connects time out, tunnels are taken again.
+    assert wait_for(lambda: tunnel_threads() == 0, timeout=20), f"{tunnel_threads()} tunnel threads left"
+    again = c.connect(f"127.0.0.1:{hole}")
+    st = c.wait_stream(again, timeout=20)
+    assert st.status is not None and st.status >= 500, (st.status, st.reset)
+    c.close()
+    srv.new_log_lines()  # the connects' timeouts are logged
+
+
 def test_ttl_and_disablereuse_close_backend_connections_sooner(workdir, docroot, backends):
     """mod_proxy's `ttl`: a backend connection idle for longer is closed
     (the next request opens a new one); `disablereuse=On`: each request
