@@ -75,6 +75,16 @@ const RUN_HERE_BATCH: usize = 16;
 /// 30-47 buffers of 144 KiB were in use at once in a child (100 KiB
 /// `-c 50 -m 10`), nearly all of them outside the socket write.
 const RUN_HERE_WRITE_AT: usize = 32 * 1024;
+/// A stream c1 runs itself has its response written before the next
+/// queued one runs (`run_streams_here`) up to about this many bytes; the
+/// rest goes out with the responses of the streams queued after it, as
+/// nghttp2 schedules them by priority (RFC 9218). Written whole, a large
+/// file delayed the small requests of the same burst (a page's CSS behind
+/// a video) by as much of it as the client's window allowed, up to
+/// Chrome's 6 MiB; and c1 read nothing meanwhile (a reset of it waited).
+/// Up to this size a response is still written whole (see
+/// `run_streams_here` on why).
+const RUN_HERE_WHOLE_UP_TO: usize = 1024 * 1024;
 
 /// Free c2s a connection keeps at most (`FreeCache`), when its fair share
 /// of workers is larger: each holds ~32 KiB of APR nodes, and c1 needs
@@ -1490,9 +1500,10 @@ impl C1 {
     /// The socket is written every `RUN_HERE_BATCH` streams, once the
     /// frames reach `RUN_HERE_WRITE_AT` bytes, and at the end. A response
     /// larger than the buffer is written whole before the next stream
-    /// starts: left half sent, its c2 would still be in use, and the next
-    /// streams would each make a new one (and the cache destroy them
-    /// again: at 100 KiB, 0.8x the req/s, the time in mmap/munmap).
+    /// starts, up to `RUN_HERE_WHOLE_UP_TO`: left half sent, its c2 would
+    /// still be in use, and the next streams would each make a new one
+    /// (and the cache destroy them again: at 100 KiB, 0.8x the req/s, the
+    /// time in mmap/munmap).
     /// A frame buffer is held only while frames wait in it, not while a
     /// stream runs after a write (see `RUN_HERE_WRITE_AT`).
     fn run_streams_here(&mut self) -> Result<(), ()> {
@@ -1505,7 +1516,7 @@ impl C1 {
             self.session.retire_finished();
             since_write += 1;
             if frames.len() >= RUN_HERE_WRITE_AT {
-                self.write_frames_and_the_rest(frames)?;
+                self.write_frames_and_more(frames, RUN_HERE_WHOLE_UP_TO)?;
             } else if since_write >= RUN_HERE_BATCH {
                 self.send_frames(frames)?;
             } else {
@@ -1522,19 +1533,22 @@ impl C1 {
 
     /// Writes everything nghttp2 has to send (blocking, with `Timeout`).
     fn write_output(&mut self) -> Result<(), ()> {
-        self.write_frames_and_the_rest(&mut FrameBuf::take())
+        self.write_frames_and_more(&mut FrameBuf::take(), usize::MAX)
     }
 
-    /// Writes `frames`, then everything nghttp2 has to send, retiring the
-    /// streams that end on the way. Leaves `frames` empty.
-    fn write_frames_and_the_rest(&mut self, frames: &mut FrameBuf) -> Result<(), ()> {
+    /// Writes `frames`, then what nghttp2 has to send, until it has nothing
+    /// more or about `limit` bytes are written, retiring the streams that
+    /// end on the way. Leaves `frames` empty.
+    fn write_frames_and_more(&mut self, frames: &mut FrameBuf, limit: usize) -> Result<(), ()> {
+        let mut written = 0;
         loop {
             if !frames.is_empty() {
+                written += frames.len();
                 self.send_frames(frames)?;
                 frames.clear();
                 self.session.retire_finished();
             }
-            if self.collect_frames(frames)? == 0 {
+            if written >= limit || self.collect_frames(frames)? == 0 {
                 return Ok(());
             }
         }

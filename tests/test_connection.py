@@ -16,7 +16,7 @@ import pytest
 
 import rawh2
 from conftest import MODDIR, WORKER_MPM, curl, free_port, sha256, wait_for
-from h2client import H2Client
+from h2client import H2Client, Stream
 
 ONE_CHILD = f"""LoadModule mpm_event_module {MODDIR}/mod_mpm_event.so
 ServerLimit 1
@@ -461,6 +461,36 @@ def test_urgent_small_request_overtakes_a_bulk_download(server):
     assert not c.streams[bulk].done, "the bulk download ended first"
     print(f"urgent request answered in {latency * 1000:.1f} ms during the bulk download")
     assert latency < 2.0
+    c.close()
+
+
+def test_urgent_small_request_in_the_burst_of_a_large_file_is_not_held_behind_it(server, docroot):
+    """A large static file and a small urgent request in one burst (a
+    video and a page's CSS), both run on c1's fast path (each fetched once
+    before, so they are known as static files): the small response comes
+    after at most about a megabyte of the large one, not after as much of
+    it as the client's window allows (16 MiB here; 6 MiB in Chrome)."""
+    c = H2Client(server.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+    c.conn.increment_flow_control_window(1 << 30)
+    c.flush()
+    assert c.wait_stream(c.request("/20m.bin"), timeout=60).status == 200
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    # Both HEADERS in one write: one burst for the server.
+    large = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(large, [(":method", "GET"), (":scheme", "http"), (":authority", f"127.0.0.1:{server.port}"),
+                                (":path", "/20m.bin"), ("priority", "u=5")], end_stream=True)
+    c.streams[large] = Stream(large)
+    small = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(small, [(":method", "GET"), (":scheme", "http"), (":authority", f"127.0.0.1:{server.port}"),
+                                (":path", "/1k.bin"), ("priority", "u=0")], end_stream=True)
+    c.streams[small] = Stream(small)
+    c.flush()
+    c.wait(lambda: c.streams[small].done, timeout=60)
+    before = len(c.streams[large].data)
+    assert c.streams[small].status == 200
+    assert before < 4 << 20, f"{before} bytes of the large file came before the small response"
+    assert c.wait_stream(large, timeout=60).status == 200
+    assert sha256(bytes(c.streams[large].data)) == docroot.sha("20m.bin")
     c.close()
 
 
