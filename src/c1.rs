@@ -840,16 +840,8 @@ pub unsafe fn tls_acceptable(c: *mut ffi::conn_rec, s: *mut ffi::server_rec, req
                 Some(CStr::from_ptr(v).to_string_lossy().into_owned())
             }
         };
-        match var(c"SSL_PROTOCOL") {
-            Some(p) if !crate::negotiation::tls_version_acceptable(&p) => return false,
-            None if require_all => return false,
-            _ => {}
-        }
-        match var(c"SSL_CIPHER") {
-            Some(cipher) if !crate::negotiation::cipher_acceptable(&cipher) => false,
-            None if require_all => false,
-            _ => true,
-        }
+        let (protocol, cipher) = (var(c"SSL_PROTOCOL"), var(c"SSL_CIPHER"));
+        crate::negotiation::tls_acceptable(protocol.as_deref(), cipher.as_deref(), require_all)
     }
 }
 

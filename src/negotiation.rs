@@ -4,18 +4,38 @@
 
 use crate::request::{is_connection_specific, HeaderError, Limits, RequestBuilder, RequestHead};
 
+/// Whether a TLS connection may carry HTTP/2 under H2ModernTLSOnly, from
+/// mod_ssl's SSL_PROTOCOL and SSL_CIPHER (either may be unknown yet while
+/// ALPN is negotiated; `require_all`: an unknown one refuses). TLS 1.2 or
+/// later (RFC 9113 9.2); the cipher is checked on TLS 1.2 only, as the
+/// stock module does: every TLS 1.3 suite is an AEAD with ephemeral keys,
+/// whatever the TLS library calls it (LibreSSL: "AEAD-AES256-GCM-SHA384").
+pub fn tls_acceptable(protocol: Option<&str>, cipher: Option<&str>, require_all: bool) -> bool {
+    match protocol {
+        Some("TLSv1.3") => return true,
+        Some(p) if !tls_version_acceptable(p) => return false,
+        None if require_all => return false,
+        _ => {}
+    }
+    match cipher {
+        Some(cipher) => cipher_acceptable(cipher),
+        None => !require_all,
+    }
+}
+
 /// TLS protocol names (as mod_ssl's SSL_PROTOCOL gives them) that HTTP/2
 /// accepts: TLS 1.2 or later (RFC 9113 9.2).
-pub fn tls_version_acceptable(protocol: &str) -> bool {
+fn tls_version_acceptable(protocol: &str) -> bool {
     matches!(protocol, "TLSv1.2" | "TLSv1.3")
 }
 
 /// Whether a cipher (OpenSSL name, as mod_ssl's SSL_CIPHER gives it) may
 /// carry HTTP/2 over TLS 1.2: RFC 7540 Appendix A lists every suite that is
 /// not an ephemeral key exchange with an AEAD cipher. TLS 1.3 suites
-/// ("TLS_...") are all acceptable.
-pub fn cipher_acceptable(cipher: &str) -> bool {
-    if cipher.starts_with("TLS_") {
+/// ("TLS_...", LibreSSL's "AEAD-...") are all acceptable, for when the
+/// protocol is not known yet.
+fn cipher_acceptable(cipher: &str) -> bool {
+    if cipher.starts_with("TLS_") || cipher.starts_with("AEAD-") {
         return true;
     }
     let ephemeral = ["ECDHE-", "DHE-", "EDH-"].iter().any(|p| cipher.starts_with(p));
@@ -139,6 +159,15 @@ mod tests {
         ] {
             assert!(!cipher_acceptable(bad), "{bad}");
         }
+        // TLS 1.3: whatever the suite's name; TLS 1.2: the cipher decides.
+        assert!(tls_acceptable(Some("TLSv1.3"), Some("AEAD-AES256-GCM-SHA384"), true));
+        assert!(tls_acceptable(Some("TLSv1.3"), Some("SOME-FUTURE-NAME"), true));
+        assert!(!tls_acceptable(Some("TLSv1.2"), Some("AES128-SHA"), true));
+        assert!(tls_acceptable(Some("TLSv1.2"), Some("ECDHE-RSA-AES128-GCM-SHA256"), true));
+        assert!(!tls_acceptable(Some("TLSv1.1"), Some("ECDHE-RSA-AES128-GCM-SHA256"), false));
+        // Unknown yet (during ALPN): only `require_all` refuses.
+        assert!(tls_acceptable(None, None, false) && !tls_acceptable(None, None, true));
+        assert!(!tls_acceptable(Some("TLSv1.2"), None, true));
     }
 
     #[test]
