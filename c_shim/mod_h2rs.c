@@ -113,6 +113,7 @@ static void h2rs_register_hooks(apr_pool_t *p)
 {
     static const char *const mod_ssl[] = { "mod_ssl.c", NULL };
     static const char *const before_us[] = { "mod_ssl.c", "mod_reqtimeout.c", NULL };
+    static const char *const mod_reqtimeout[] = { "mod_reqtimeout.c", NULL };
     (void)p;
 
     APR_REGISTER_OPTIONAL_FN(http2_is_h2);
@@ -140,9 +141,11 @@ static void h2rs_register_hooks(apr_pool_t *p)
      * the HTTP/1.1 processing (REALLY_LAST) could claim the connection. */
     ap_hook_process_connection(h2rs_process_connection, before_us, NULL,
                                APR_HOOK_LAST);
-    /* Secondary connections (one per stream) are ours before anyone else. */
-    ap_hook_process_connection(h2rs_c2_process_connection, NULL, NULL,
-                               APR_HOOK_FIRST);
+    /* Secondary connections (one per stream) are ours before anyone else;
+     * named before mod_reqtimeout's, FIRST too: whichever module loads
+     * first would run first, and its filters on a c2 poll no client. */
+    ap_hook_process_connection(h2rs_c2_process_connection, NULL,
+                               mod_reqtimeout, APR_HOOK_FIRST);
     /* Say goodbye (GOAWAY) before mod_ssl sends its close_notify. */
     ap_hook_pre_close_connection(h2rs_pre_close_connection, NULL, mod_ssl,
                                  APR_HOOK_LAST);

@@ -852,6 +852,44 @@ def _trickle(c, sids, seconds, interval=0.5):
     return done
 
 
+def _cpu_seconds(pids):
+    """User and system CPU time the processes used so far."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_slow_bodies_spin_no_cpu_with_mod_reqtimeout_loaded_first(make_server):
+    """mod_reqtimeout loaded before this module (its process_connection
+    hook and ours are both FIRST: the load order decides): it must not put
+    its filters on the streams' secondary connections. There a blocking
+    read of a body without content-length (chunked, as HTTP/1.1 reads it)
+    became its loop of non-blocking reads and polls of the secondary
+    connection's socket, which is no client socket and polls ready: a core
+    spun while the client paused. The stream still ends at the module's
+    own body timeout (408)."""
+    from h2client import H2Client
+    srv = make_server(name="reqtimeout-first",
+                      mpm=conftest.EVENT_MPM + f"\nLoadModule reqtimeout_module {conftest.MODDIR}/mod_reqtimeout.so",
+                      extra="RequestReadTimeout header=20-40,MinRate=500 body=4,MinRate=500\n").start()
+    c = H2Client(srv.port)
+    sid = c.request("/cgi/sum.cgi", method="POST", end_stream=False)
+    c.send_body(sid, b"x", end_stream=False)
+    time.sleep(0.5)  # the CGI reads, and waits for the rest
+    kids = srv.mpm_children()
+    before = _cpu_seconds(kids)
+    time.sleep(2)
+    used = _cpu_seconds(kids) - before
+    assert used < 0.5, f"{used:.2f} s of CPU in 2 s while a stream waited for its body"
+    st = c.wait_stream(sid, timeout=15)
+    assert st.status == 408, (st.status, st.reset)
+    c.close()
+    srv.new_log_lines()  # the body timeout is logged
+
+
 def test_slow_request_bodies_end_at_the_request_read_timeout(make_server):
     """R.U.D.Y.: streams that send their request body a byte every half
     second, each holding a worker in a CGI that reads it. mod_reqtimeout's
