@@ -177,3 +177,9 @@ module *h2rs_shim_mpm_module(void)
     }
     return NULL;
 }
+
+int h2rs_shim_merge_trailers(const request_rec *r)
+{
+    core_server_config *conf = ap_get_core_module_config(r->server->module_config);
+    return conf && conf->merge_trailers == AP_MERGE_TRAILERS_ENABLE;
+}

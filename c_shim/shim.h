@@ -130,6 +130,9 @@ void h2rs_shim_file_bucket(const apr_bucket *b, apr_file_t **file,
 /* Status of an ap_bucket_error (only for H2RS_BUCKET_ERROR). */
 int h2rs_shim_error_bucket_status(const apr_bucket *b);
 
+/* Whether MergeTrailers is on for the request's server. */
+int h2rs_shim_merge_trailers(const request_rec *r);
+
 /* The dummy socket every secondary connection gets as its core socket. */
 void h2rs_shim_set_core_socket(conn_rec *c, apr_socket_t *s);
 

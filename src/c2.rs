@@ -1767,6 +1767,11 @@ fn add_request_trailers(r: *mut ffi::request_rec, trailers: &Headers) {
         for (n, v) in trailers.iter() {
             t.addn(field_name(pool, n), pool.strdup(v));
         }
+        // As HTTP_IN does for a chunked body's trailers (a body without
+        // content-length comes to it as one), and the stock module here.
+        if ffi::h2rs_shim_merge_trailers(r) != 0 {
+            (*r).headers_in = ffi::apr_table_overlay((*r).pool, (*r).headers_in, (*r).trailers_in);
+        }
     }
 }
 

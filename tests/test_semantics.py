@@ -286,6 +286,26 @@ def test_request_trailers_reach_the_handler(srv, length):
     c.close()
 
 
+@pytest.mark.parametrize("merge", ["on", "off"])
+@pytest.mark.parametrize("length", [None, 7])
+def test_merge_trailers_puts_request_trailers_in_the_headers(make_server, test_module, merge, length):
+    """`MergeTrailers on`: the request's trailers are also among its
+    headers, for a body of known length (they came only to trailers_in) as
+    for one of unknown length (HTTP_IN merges those it parses)."""
+    srv = make_server(extra=f"{test_module}\nMergeTrailers {merge}\n<Location /echo>\n  SetHandler h2rs-echo\n</Location>")
+    srv.start()
+    c = h2c(srv)
+    sid = c.request("/echo", method="POST", end_stream=False,
+                    headers=[("echo-field", "x-checksum")] + ([("content-length", str(length))] if length else []))
+    c.conn.send_data(sid, b"payload")
+    c.conn.send_headers(sid, [(b"x-checksum", b"abc123")], end_stream=True)
+    c.flush()
+    lines = c.wait_stream(sid).data.decode().splitlines()
+    assert "trailer X-Checksum: abc123" in lines, lines
+    assert f"headers_in x-checksum: {'abc123' if merge == 'on' else '(none)'}" in lines, lines
+    c.close()
+
+
 def test_request_trailers_after_the_last_data_of_a_known_length_body(srv):
     """HTTP_IN stops reading at the length: the last bytes wait (briefly)
     for the stream's end, so trailers a moment after them still reach the

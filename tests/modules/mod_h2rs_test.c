@@ -78,6 +78,11 @@ static int echo_handler(request_rec *r)
     ap_rprintf(r, "length=%" APR_OFF_T_FMT " fnv=%016" APR_UINT64_T_HEX_FMT " crc32=%08x\n",
                total, hash, crc ^ 0xFFFFFFFFU);
     apr_table_do(print_trailer, r, r->trailers_in, NULL);
+    if (apr_table_get(r->headers_in, "echo-field")) {
+        const char *name = apr_table_get(r->headers_in, "echo-field");
+        const char *value = apr_table_get(r->headers_in, name);
+        ap_rprintf(r, "headers_in %s: %s\n", name, value ? value : "(none)");
+    }
     if (apr_table_get(r->headers_in, "want-trailers")) {
         apr_table_setn(r->trailers_out, "x-body-length", apr_off_t_toa(r->pool, total));
         apr_table_setn(r->trailers_out, "grpc-status", "0");
