@@ -1794,11 +1794,16 @@ pub unsafe fn direct_allowed(c: *mut ffi::conn_rec, is_tls: bool) -> bool {
 
 /// Peeks at the first bytes of a new connection for the client preface.
 /// A client may write the preface in pieces: while what came is the start
-/// of it, this waits (up to the server's `Timeout`) for the rest.
+/// of it, this waits (up to the server's `Timeout`) for the rest, on a
+/// cleartext connection. Over TLS one peek decides, as in the stock
+/// module: mod_ssl answers a speculative read from what it decrypted
+/// already, without reading on, so a second peek would see the same bytes
+/// while the socket, whose bytes may already be in the core's brigade,
+/// tells nothing.
 ///
 /// # Safety
 /// `c` must be a new live client connection run by the calling thread.
-pub unsafe fn peek_preface(c: *mut ffi::conn_rec) -> bool {
+pub unsafe fn peek_preface(c: *mut ffi::conn_rec, is_tls: bool) -> bool {
     // Each turn that does not decide waits for the socket; at most one turn
     // per preface byte (a peer that closed keeps the socket readable).
     for _ in 0..PREFACE.len() {
@@ -1806,6 +1811,7 @@ pub unsafe fn peek_preface(c: *mut ffi::conn_rec) -> bool {
         let got = unsafe { peek_bytes(c, PREFACE.len()) };
         match preface_verdict(&got) {
             Some(verdict) => return verdict,
+            None if is_tls => return false,
             // SAFETY: caller contract.
             None if unsafe { wait_readable(c) } => continue,
             None => return false,

@@ -642,7 +642,7 @@ pub unsafe extern "C" fn h2rs_process_connection(c: *mut ffi::conn_rec) -> c_int
                 return HOOK_DECLINED;
             }
             let is_tls = ffi::ap_ssl_conn_is_ssl(c) != 0;
-            if !c1::direct_allowed(c, is_tls) || !c1::peek_preface(c) {
+            if !c1::direct_allowed(c, is_tls) || !c1::peek_preface(c, is_tls) {
                 return HOOK_DECLINED;
             }
             let protocol = if is_tls { c"h2" } else { c"h2c" };

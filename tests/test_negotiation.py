@@ -306,6 +306,30 @@ def test_h2direct_is_off_for_tls_by_default(tls_server):
     s.close()
 
 
+def test_h2direct_on_tls_decides_on_one_look_at_a_preface_in_pieces(make_server, certs):
+    """`H2Direct on` over TLS, a client without ALPN h2 that writes the
+    preface in two TLS records: mod_ssl shows only what it decrypted so far
+    and the socket tells nothing more, so the module decides on what it
+    sees, as the stock module does (HTTP/1.1 answers): the connection was
+    held for Timeout (30 s here) waiting for bytes already read."""
+    srv = make_server(h2_conf="H2Direct on")
+    srv.tls_config(certs, free_port())
+    srv.start()
+    s = tls_socket(srv.tls_port, alpn=None)
+    s.sendall(b"PRI * HTTP/2.0\r\n")
+    s.sendall(b"\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    s.settimeout(10)
+    try:
+        data = s.recv(1000)
+    except (socket.timeout, TimeoutError):
+        pytest.fail("no answer 10 s after a preface written in two TLS records")
+    except (ssl.SSLError, OSError):
+        data = b""
+    s.close()
+    assert not data.startswith(b"\x00\x00"), data[:40]
+    srv.new_log_lines()
+
+
 def test_protocols_and_settings_per_virtual_host(make_server, certs):
     tls_port = free_port()
     vhosts = (tls_vhost(tls_port, certs.main, server_name="a.test", protocols="h2 http/1.1",
