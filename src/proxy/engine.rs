@@ -414,9 +414,11 @@ struct Conn {
     key: String,
     /// The backend's address (several keys may share it).
     addr: SocketAddr,
-    sock: TcpStream,
-    /// `h2://`: the TLS session (set once TCP is connected).
+    /// `h2://`: the TLS session (set once TCP is connected). Declared
+    /// before `sock`: fields drop in order, and the session refers to the
+    /// socket's descriptor (`Ssl::new`).
     tls: Option<Ssl>,
+    sock: TcpStream,
     /// `h2://`: the name the backend's certificate must carry, the checks.
     tls_target: Option<Arc<TlsTarget>>,
     /// The TLS handshake runs; `hs_write`: it waits for POLLOUT.
