@@ -689,6 +689,29 @@ pub struct C1Ctx {
     pub session: Option<C1>,
 }
 
+/// After a panic out of a connection's session (caught at the hook): if
+/// the connection has one, it is marked to close (aborted, no keep-alive,
+/// lingering close), and the hook must say it handled the connection, or
+/// httpd would read the HTTP/2 connection as HTTP/1.1. Its session is torn
+/// down with the connection's pool. Returns whether it has one.
+///
+/// # Safety
+/// `c` must be a live connection used by the calling thread.
+pub unsafe fn close_after_panic(c: *mut ffi::conn_rec) -> bool {
+    // SAFETY: caller contract; the context is only looked at.
+    unsafe {
+        if ctx_of(c).is_none() {
+            return false;
+        }
+        (*c).aborted = 1;
+        (*c).keepalive = ffi::AP_CONN_CLOSE;
+        if let Some(cs) = (*c).cs.as_mut() {
+            cs.state = ffi::CONN_STATE_LINGER;
+        }
+        true
+    }
+}
+
 /// process_connection, before every other module's: a parked session is
 /// taken back from the threads that may write to it while it is parked
 /// (the clock's idle GOAWAY, a stop's notice) before mod_ssl's hook reads

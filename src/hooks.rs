@@ -623,35 +623,41 @@ pub unsafe extern "C" fn h2rs_process_connection_first(c: *mut ffi::conn_rec) ->
 
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_process_connection(c: *mut ffi::conn_rec) -> c_int {
-    guard("process_connection", HOOK_DECLINED, || {
-        // SAFETY: httpd passes the live connection it runs on this thread.
-        unsafe {
-            if c.is_null() || !(*c).master.is_null() || !MPM_SUPPORTED.load(Ordering::Acquire) {
-                return HOOK_DECLINED;
+    crate::ffi::panic::guard_or(
+        "process_connection",
+        || {
+            // SAFETY: httpd passes the live connection it runs on this thread.
+            unsafe {
+                if c.is_null() || !(*c).master.is_null() || !MPM_SUPPORTED.load(Ordering::Acquire) {
+                    return HOOK_DECLINED;
+                }
+                // Chosen already (ALPN during the TLS handshake, or an earlier
+                // call of this hook): run the session.
+                if let Some(ctx) = c1::ctx_of(c) {
+                    return ctx.run(c, None);
+                }
+                if (*c).keepalives > 0 {
+                    return HOOK_DECLINED;
+                }
+                let current = ffi::ap_get_protocol(c);
+                if current.is_null() || CStr::from_ptr(current) != c"http/1.1" {
+                    return HOOK_DECLINED;
+                }
+                let is_tls = ffi::ap_ssl_conn_is_ssl(c) != 0;
+                if !c1::direct_allowed(c, is_tls) || !c1::peek_preface(c, is_tls) {
+                    return HOOK_DECLINED;
+                }
+                let protocol = if is_tls { c"h2" } else { c"h2c" };
+                match c1::C1Ctx::attach(c, protocol, ptr::null_mut()) {
+                    Some(ctx) => ctx.run(c, None),
+                    None => HOOK_DECLINED,
+                }
             }
-            // Chosen already (ALPN during the TLS handshake, or an earlier
-            // call of this hook): run the session.
-            if let Some(ctx) = c1::ctx_of(c) {
-                return ctx.run(c, None);
-            }
-            if (*c).keepalives > 0 {
-                return HOOK_DECLINED;
-            }
-            let current = ffi::ap_get_protocol(c);
-            if current.is_null() || CStr::from_ptr(current) != c"http/1.1" {
-                return HOOK_DECLINED;
-            }
-            let is_tls = ffi::ap_ssl_conn_is_ssl(c) != 0;
-            if !c1::direct_allowed(c, is_tls) || !c1::peek_preface(c, is_tls) {
-                return HOOK_DECLINED;
-            }
-            let protocol = if is_tls { c"h2" } else { c"h2c" };
-            match c1::C1Ctx::attach(c, protocol, ptr::null_mut()) {
-                Some(ctx) => ctx.run(c, None),
-                None => HOOK_DECLINED,
-            }
-        }
-    })
+        },
+        // Declined, httpd would read the HTTP/2 connection as HTTP/1.1.
+        // SAFETY: as above.
+        |_| if unsafe { c1::close_after_panic(c) } { ffi::HOOK_DONE } else { HOOK_DECLINED },
+    )
 }
 
 #[no_mangle]
@@ -872,41 +878,48 @@ pub unsafe extern "C" fn h2rs_protocol_switch(
     s: *mut ffi::server_rec,
     protocol: *const c_char,
 ) -> c_int {
-    guard("protocol_switch", HOOK_DECLINED, || {
-        // SAFETY: httpd's protocol_switch contract: live c (and r, s when
-        // non-NULL), a NUL-terminated protocol name.
-        unsafe {
-            if c.is_null() || protocol.is_null() || !(*c).master.is_null() || !MPM_SUPPORTED.load(Ordering::Acquire) {
-                return HOOK_DECLINED;
-            }
-            let is_tls = ffi::ap_ssl_conn_is_ssl(c) != 0;
-            let proto = our_protocol(is_tls);
-            if CStr::from_ptr(protocol) != proto {
-                return HOOK_DECLINED;
-            }
-            let server = negotiation_server(c, r, s);
-            if r.is_null() {
-                // ALPN: the session starts in process_connection.
-                return match c1::C1Ctx::attach(c, proto, server) {
-                    Some(_) => HOOK_OK,
-                    None => HOOK_DECLINED,
-                };
-            }
-            // h2c Upgrade: httpd has sent the 101; the upgrading request
-            // becomes stream 1 and the session runs here until it ends.
-            let Some(settings_payload) = upgrade_settings(c, r, server) else { return HOOK_DECLINED };
-            let Some(head) = upgrade_head(r) else { return HOOK_DECLINED };
-            ffi::ap_remove_input_filter_byhandle((*r).input_filters, c"http_in".as_ptr());
-            apr::remove_output_filter_rec((*r).output_filters, ffi::ap_http_header_filter_handle);
-            match c1::C1Ctx::attach(c, proto, server) {
-                Some(ctx) => {
-                    ctx.run(c, Some(Box::new(c1::Upgrade { settings_payload, head })));
-                    HOOK_OK
+    crate::ffi::panic::guard_or(
+        "protocol_switch",
+        || {
+            // SAFETY: httpd's protocol_switch contract: live c (and r, s when
+            // non-NULL), a NUL-terminated protocol name.
+            unsafe {
+                if c.is_null() || protocol.is_null() || !(*c).master.is_null() || !MPM_SUPPORTED.load(Ordering::Acquire)
+                {
+                    return HOOK_DECLINED;
                 }
-                None => HOOK_DECLINED,
+                let is_tls = ffi::ap_ssl_conn_is_ssl(c) != 0;
+                let proto = our_protocol(is_tls);
+                if CStr::from_ptr(protocol) != proto {
+                    return HOOK_DECLINED;
+                }
+                let server = negotiation_server(c, r, s);
+                if r.is_null() {
+                    // ALPN: the session starts in process_connection.
+                    return match c1::C1Ctx::attach(c, proto, server) {
+                        Some(_) => HOOK_OK,
+                        None => HOOK_DECLINED,
+                    };
+                }
+                // h2c Upgrade: httpd has sent the 101; the upgrading request
+                // becomes stream 1 and the session runs here until it ends.
+                let Some(settings_payload) = upgrade_settings(c, r, server) else { return HOOK_DECLINED };
+                let Some(head) = upgrade_head(r) else { return HOOK_DECLINED };
+                ffi::ap_remove_input_filter_byhandle((*r).input_filters, c"http_in".as_ptr());
+                apr::remove_output_filter_rec((*r).output_filters, ffi::ap_http_header_filter_handle);
+                match c1::C1Ctx::attach(c, proto, server) {
+                    Some(ctx) => {
+                        ctx.run(c, Some(Box::new(c1::Upgrade { settings_payload, head })));
+                        HOOK_OK
+                    }
+                    None => HOOK_DECLINED,
+                }
             }
-        }
-    })
+        },
+        // Switched already if a session is attached: it is over.
+        // SAFETY: as above.
+        |_| if unsafe { c1::close_after_panic(c) } { HOOK_OK } else { HOOK_DECLINED },
+    )
 }
 
 /// The request head of stream 1 from the HTTP/1.1 request that upgrades.

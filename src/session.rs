@@ -398,6 +398,8 @@ pub struct Core<D: Dispatch> {
     /// log when the connection ends); boxed, since most connections never
     /// have one.
     goaways: Option<Box<Goaways>>,
+    /// Fault injection (tests): panic on c1's next `process_signals`.
+    fault_panic_in_loop: bool,
 }
 
 impl<D: Dispatch> Core<D> {
@@ -492,7 +494,8 @@ impl<D: Dispatch> Core<D> {
 
     /// Tunnels whose handler has not finished, open or reset.
     fn tunnels_on_workers(&self) -> usize {
-        let busy = |s: &Arc<Stream>| s.request.is_tunnel() && s.worker_state() != Some(crate::stream::WorkerState::Done);
+        let busy =
+            |s: &Arc<Stream>| s.request.is_tunnel() && s.worker_state() != Some(crate::stream::WorkerState::Done);
         self.entries.values().filter(|e| e.stream.as_ref().is_some_and(busy)).count()
     }
 
@@ -926,8 +929,13 @@ impl<D: Dispatch> ng::Handler for Core<D> {
             entry.trailers.as_mut()
         };
         let Some(builder) = builder else { return Flow::Continue };
-        if self.settings.fault_injection && name == b"h2rs-test-panic" && value == b"c1" {
-            panic!("fault injection: h2rs-test-panic c1");
+        if self.settings.fault_injection && name == b"h2rs-test-panic" {
+            match value {
+                b"c1" => panic!("fault injection: h2rs-test-panic c1"),
+                // Outside nghttp2's callbacks, on c1's loop.
+                b"c1-loop" => self.fault_panic_in_loop = true,
+                _ => {}
+            }
         }
         match builder.add(name, value) {
             Ok(()) => Flow::Continue,
@@ -1149,6 +1157,7 @@ impl<D: Dispatch> Session<D> {
             hold_until_settings: false,
             stats: Stats::default(),
             goaways: None,
+            fault_panic_in_loop: false,
             shutdown_ping: ShutdownPing::NotSent,
             stream_errors: 0,
             max_client_stream: 0,
@@ -1235,6 +1244,9 @@ impl<D: Dispatch> Session<D> {
     /// Acts on everything workers signalled since the last call.
     pub fn process_signals(&mut self) {
         let (core, mut ops) = self.ng.split();
+        if core.fault_panic_in_loop {
+            panic!("fault injection: h2rs-test-panic c1-loop");
+        }
         let mut ids = std::mem::take(&mut core.signalled);
         core.signal.take_into(&mut ids);
         for &id in &ids {

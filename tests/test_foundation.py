@@ -3,6 +3,7 @@ secondary connections on the Rust worker pool."""
 import hashlib
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 from hyperframe import frame as hf
 
 import conftest
-from conftest import MODULE, WORKER_MPM, Httpd, curl, free_port, h2load, run, sha256
+from conftest import EVENT_MPM, MODULE, WORKER_MPM, Httpd, curl, free_port, h2load, run, sha256
 from h2client import H2Client
 import rawh2
 
@@ -426,6 +427,38 @@ def test_panic_resets_the_stream_and_the_child_lives(make_server):
     assert set(srv.children()) == pids_before
     log = srv.read_error_log()
     assert "panicked" in log and "fault injection" in log
+
+
+@pytest.mark.parametrize("mpm", ["event", "worker"])
+def test_a_panic_in_c1s_own_loop_closes_the_connection(make_server, mpm):
+    """A panic out of c1's loop (not in one of nghttp2's callbacks, which
+    end the session): the connection is closed, not handed back to httpd
+    to be read on as HTTP/1.1: the worker MPM answered the HTTP/1.1
+    request that came next on it (the event MPM closed it)."""
+    srv = make_server(env={"H2RS_FAULT_INJECTION": "1"}, mpm=EVENT_MPM if mpm == "event" else WORKER_MPM).start()
+    srv.allow_panic = True
+    pids_before = set(srv.children())
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s.sendall(rawh2.PREFACE + rawh2.settings() + rawh2.headers(1, rawh2.encode(
+        rawh2.request_fields("/1k.bin", authority=f"127.0.0.1:{srv.port}", extra=[("h2rs-test-panic", "c1-loop")]))))
+    time.sleep(0.5)
+    try:
+        s.sendall(b"GET /1k.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    except OSError:
+        pass
+    got = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        got += d
+    s.close()
+    assert b"HTTP/1" not in got, got[-300:]
+    c = H2Client(srv.port)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+    assert set(srv.children()) == pids_before
+    assert "c1-loop" in srv.read_error_log()
 
 
 def test_graceful_restart_under_load(make_server):
