@@ -41,6 +41,10 @@ const DEFAULT_URGENCY: u8 = 3;
 /// (Its ACK is not matched against it: the session sends no other PING,
 /// and a client that acknowledges early only hastens its own final GOAWAY.)
 const SHUTDOWN_PING: [u8; 8] = *b"h2rs-bye";
+/// Ranges of skipped client stream ids remembered (`skipped_ids`): clients
+/// skip none; one that skips ids on purpose makes HEADERS on the oldest
+/// of them ignored rather than a connection error, nothing worse.
+const MAX_SKIPPED_RANGES: usize = 32;
 
 /// The PING behind a graceful shutdown's notice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,9 +393,14 @@ pub struct Core<D: Dispatch> {
     /// The client gives us no window to send with (zero-window slow read):
     /// `limits::ZERO_WINDOW_ACTIVE_STREAMS` streams run at most.
     peer_window_closed: bool,
-    /// Ids of streams closed lately: a late frame for one of them (e.g.
-    /// trailers racing our RST_STREAM) is no protocol error.
-    recently_closed: VecDeque<i32>,
+    /// Client stream ids the client skipped (ranges, first and last, of
+    /// odd ids; the latest `MAX_SKIPPED_RANGES`): never opened, they are
+    /// closed (RFC 9113 5.1.1), and HEADERS on one is a new stream below
+    /// the highest, a connection error. HEADERS on any other id below it
+    /// is a late frame of a stream that was used (trailers racing our
+    /// RST_STREAM, however many streams closed meanwhile): nghttp2
+    /// ignores it.
+    skipped_ids: VecDeque<(i32, i32)>,
     /// State of the padding random generator (xorshift64).
     rng: u64,
     /// The GOAWAY frames sent and received (whether the peer sent one; the
@@ -793,19 +802,26 @@ impl<D: Dispatch> Core<D> {
         }
     }
 
-    /// Late frames on `id` are frames on a closed stream, not a new stream
-    /// below the highest one (`begin_frame`).
-    fn remember_closed(&mut self, id: i32) {
-        if self.recently_closed.len() >= 256 {
-            self.recently_closed.pop_front();
+    /// A request opens stream `id`: the ids the client skipped to it are
+    /// remembered (`skipped_ids`).
+    fn note_client_stream(&mut self, id: i32) {
+        let next = if self.max_client_stream == 0 { 1 } else { self.max_client_stream + 2 };
+        if id > next {
+            if self.skipped_ids.len() >= MAX_SKIPPED_RANGES {
+                self.skipped_ids.pop_front();
+            }
+            self.skipped_ids.push_back((next, id - 2));
         }
-        self.recently_closed.push_back(id);
+        self.max_client_stream = self.max_client_stream.max(id);
+    }
+
+    fn was_skipped(&self, id: i32) -> bool {
+        self.skipped_ids.iter().any(|&(first, last)| (first..=last).contains(&id))
     }
 
     /// The stream is gone from nghttp2: abort its worker, retire it if the
     /// worker is done.
     fn close_entry(&mut self, id: i32, code: u32) {
-        self.remember_closed(id);
         let Some(entry) = self.entries.get_mut(&id) else { return };
         // Closed again (the connection ends, `abort_all`, while the worker
         // of a stream nghttp2 closed still runs): the first close said how
@@ -882,14 +898,12 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 let _ = ops.terminate(error_code::PROTOCOL_ERROR);
             }
             frame_type::PRIORITY_UPDATE => self.rfc9218_client = true,
-            // RFC 9113 5.1.1: a new stream below the highest one used. A
-            // stream we know, or closed lately, is a late frame instead.
+            // RFC 9113 5.1.1: a new stream below the highest one used, on
+            // an id the client skipped (any other is a late frame).
             frame_type::HEADERS
                 if frame.stream_id % 2 == 1
                     && frame.stream_id < self.max_client_stream
-                    && !self.entries.contains_key(&frame.stream_id)
-                    && !self.recently_closed.contains(&frame.stream_id)
-                    && !ops.stream_exists(frame.stream_id) =>
+                    && self.was_skipped(frame.stream_id) =>
             {
                 let _ = ops.terminate(error_code::PROTOCOL_ERROR);
             }
@@ -906,7 +920,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         let id = frame.stream_id;
         match frame.headers_category {
             headers_category::REQUEST => {
-                self.max_client_stream = self.max_client_stream.max(id);
+                self.note_client_stream(id);
                 let (fields, bytes) = self.head_size_hint;
                 let builder = RequestBuilder::with_room(self.settings.limits, fields, bytes);
                 self.entries.insert(id, Entry::new(Some(Box::new(builder))));
@@ -1059,10 +1073,10 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     fn invalid_frame(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo, lib_error: i32) {
         // A stream nghttp2 refused before it opened it (a first flight
         // beyond our SETTINGS_MAX_CONCURRENT_STREAMS, before the client
-        // acknowledged it): no entry was made, yet the client may still
-        // send frames on it.
+        // acknowledged it): no entry was made, yet its id was used (the
+        // client may still send frames on it).
         if frame.kind == frame_type::HEADERS && lib_error == ng::LIB_ERR_REFUSED_STREAM {
-            self.remember_closed(frame.stream_id);
+            self.note_client_stream(frame.stream_id);
         }
     }
 
@@ -1169,7 +1183,7 @@ impl<D: Dispatch> Session<D> {
             calmed: false,
             rfc9218_client: false,
             peer_window_closed: false,
-            recently_closed: VecDeque::new(),
+            skipped_ids: VecDeque::new(),
             rng: seed(),
         };
         let mut ng = ng::Session::new_server(core, &options)?;
@@ -1220,6 +1234,7 @@ impl<D: Dispatch> Session<D> {
         let mut entry = Entry::new(None);
         entry.stream = Some(stream.clone());
         core.entries.insert(1, entry);
+        core.note_client_stream(1);
         core.pending.push_back(stream);
         // The response waits for the client's preface: some clients (curl
         // 7.88) fail when more than 32 KiB follow the 101 in one read.

@@ -368,6 +368,22 @@ def test_decreasing_stream_id(connect):
     c.expect_connection_error(E.PROTOCOL_ERROR)
 
 
+def test_late_trailers_after_many_other_streams_are_ignored(connect):
+    """RFC 9113 5.1: trailers a client sends on a stream the server has
+    reset meanwhile (answered before its body came: RST_STREAM NO_ERROR)
+    are ignored, however many other streams closed in between (after 256
+    closes they were taken for a new stream below the highest, a
+    connection error); only a stream id never used is one."""
+    c = connect()
+    sid = c.request("/index.html", method="POST", end_stream=False, extra=[("content-length", "100")])
+    c.wait(lambda: c.resp(sid).done, what="the early answer")
+    for _ in range(300):
+        c.response(c.request("/1k.bin"))
+    c.send(headers(sid, encode([("x-late", "1")]), end_stream=True))
+    c.expect_alive()
+    c.expect_ok()
+
+
 def test_data_on_a_half_closed_remote_stream(connect):
     """RFC 9113 5.1 (half-closed remote), 6.1: DATA after the client's
     END_STREAM: stream error STREAM_CLOSED (nghttp2 makes it a connection
