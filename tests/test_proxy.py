@@ -617,6 +617,16 @@ def test_request_trailers_pass_through(proxy):
     assert s.status == 200
     assert bytes(s.data).startswith(b"length=3000 ")
     assert json.loads(s.header("x-request-trailers")) == {"x-checksum": "42"}
+    # Fields that must come before the body (RFC 9110 6.5.1) stay here: a
+    # content-length trailer ends an nghttp2 backend's whole connection.
+    sid = c.request("/api/echo", method="POST", end_stream=False, headers=[("content-length", "3")])
+    c.send_body(sid, b"abc", end_stream=False)
+    c.conn.send_headers(sid, [(b"x-checksum", b"43"), (b"content-length", b"3"), (b"cookie", b"a=b")],
+                        end_stream=True)
+    c.flush()
+    s = c.wait_stream(sid)
+    assert s.status == 200
+    assert json.loads(s.header("x-request-trailers")) == {"x-checksum": "43"}
     c.close()
 
 

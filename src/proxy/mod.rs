@@ -341,6 +341,23 @@ const HOP_BY_HOP: &[&[u8]] = &[
     b"via",
 ];
 
+/// Request trailer fields never forwarded, beyond `HOP_BY_HOP`: fields
+/// that must be known before the body (RFC 9110 6.5.1: framing,
+/// authentication, content format). A `content-length` trailer ended an
+/// nghttp2 backend's whole connection (PROTOCOL_ERROR), every client's
+/// request on it.
+const NOT_IN_TRAILERS: &[&[u8]] = &[
+    b"content-length",
+    b"content-type",
+    b"content-encoding",
+    b"content-range",
+    b"trailer",
+    b"authorization",
+    b"proxy-authorization",
+    b"cookie",
+    b"range",
+];
+
 /// What the request's head becomes on the backend stream (pure, tested).
 pub struct HeadRules<'a> {
     pub method: &'a [u8],
@@ -844,8 +861,9 @@ unsafe fn forward_body(
         if let Some(t) = unsafe { TableRef::from_raw((*r).trailers_in) } {
             t.for_each(|n, v| {
                 let lower = n.to_ascii_lowercase();
-                if !HOP_BY_HOP.contains(&lower.as_slice()) && !lower.is_empty() {
-                    trailers.push(&lower, v);
+                let name = lower.as_slice();
+                if !HOP_BY_HOP.contains(&name) && !NOT_IN_TRAILERS.contains(&name) && !name.is_empty() {
+                    trailers.push(name, v);
                 }
             });
         }
