@@ -1206,38 +1206,55 @@ unsafe extern "C" fn send_data_cb<H: Handler>(
     _source: *mut ng::nghttp2_data_source,
     user_data: *mut c_void,
 ) -> c_int {
-    crate::ffi::panic::guard("nghttp2 send_data", ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE, || {
-        // SAFETY: user_data is our context; `sink` is set by mem_send for
-        // the duration of nghttp2_session_mem_send2 (the only caller of
-        // this callback) and points at its live, otherwise unused buffer.
-        // framehd is 9 bytes and frame a valid DATA frame (nghttp2's docs).
-        let (ctx, header, stream_id, padlen) = unsafe {
-            let ctx = &mut *(user_data as *mut Ctx<H>);
-            (ctx, std::slice::from_raw_parts(framehd, 9), (*frame).hd.stream_id, (*frame).data.padlen)
-        };
-        // SAFETY: see above; null outside mem_send.
-        let Some(out) = (unsafe { ctx.sink.as_mut() }) else {
-            return ng::NGHTTP2_ERR_CALLBACK_FAILURE;
-        };
-        let start = out.mark();
-        out.buffer().extend_from_slice(header);
-        if padlen > 0 {
-            out.buffer().push((padlen - 1) as u8);
-        }
-        if !ctx.handler.send_data(stream_id, length, out) {
-            out.rollback(start);
-            return ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        }
-        if padlen > 1 {
-            let buf = out.buffer();
-            buf.resize(buf.len() + padlen - 1, 0);
-        }
-        if out.budget_used() >= ctx.sink_limit {
-            // The frame is written; mem_send2 returns so the buffer goes out.
-            return ng::NGHTTP2_ERR_PAUSE;
-        }
-        0
-    })
+    // SAFETY: user_data is our context; `sink` is set by mem_send for the
+    // duration of nghttp2_session_mem_send2 (the only caller of this
+    // callback) and points at its live, otherwise unused buffer; null
+    // outside mem_send.
+    let sink = unsafe { (*(user_data as *mut Ctx<H>)).sink };
+    // SAFETY: as above; the mark is read before anything is written.
+    let Some(start) = (unsafe { sink.as_ref() }).map(Frames::mark) else {
+        return ng::NGHTTP2_ERR_CALLBACK_FAILURE;
+    };
+    crate::ffi::panic::guard_or(
+        "nghttp2 send_data",
+        || {
+            // SAFETY: as above; framehd is 9 bytes and frame a valid DATA frame
+            // (nghttp2's docs).
+            let (ctx, header, stream_id, padlen) = unsafe {
+                let ctx = &mut *(user_data as *mut Ctx<H>);
+                (ctx, std::slice::from_raw_parts(framehd, 9), (*frame).hd.stream_id, (*frame).data.padlen)
+            };
+            // SAFETY: checked non-null above; the handler below does not touch
+            // the sink but through `out`.
+            let out = unsafe { &mut *sink };
+            out.buffer().extend_from_slice(header);
+            if padlen > 0 {
+                out.buffer().push((padlen - 1) as u8);
+            }
+            if !ctx.handler.send_data(stream_id, length, out) {
+                out.rollback(start);
+                return ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            }
+            if padlen > 1 {
+                let buf = out.buffer();
+                buf.resize(buf.len() + padlen - 1, 0);
+            }
+            if out.budget_used() >= ctx.sink_limit {
+                // The frame is written; mem_send2 returns so the buffer goes out.
+                return ng::NGHTTP2_ERR_PAUSE;
+            }
+            0
+        },
+        // A panic mid-frame: nghttp2 takes the frame for unsent (and resets
+        // its stream), so none of it may stay in the buffer, or the client
+        // would read the next frames as this one's payload.
+        |_| {
+            // SAFETY: as above; the body's `out` is gone with its unwound
+            // frame.
+            unsafe { (*sink).rollback(start) };
+            ng::NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        },
+    )
 }
 
 #[cfg(test)]

@@ -407,8 +407,10 @@ pub struct Core<D: Dispatch> {
     /// log when the connection ends); boxed, since most connections never
     /// have one.
     goaways: Option<Box<Goaways>>,
-    /// Fault injection (tests): panic on c1's next `process_signals`.
+    /// Fault injection (tests): panic on c1's next `process_signals`; on
+    /// writing a DATA frame of this stream.
     fault_panic_in_loop: bool,
+    fault_panic_send_data: i32,
 }
 
 impl<D: Dispatch> Core<D> {
@@ -948,6 +950,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 b"c1" => panic!("fault injection: h2rs-test-panic c1"),
                 // Outside nghttp2's callbacks, on c1's loop.
                 b"c1-loop" => self.fault_panic_in_loop = true,
+                b"send-data" => self.fault_panic_send_data = frame.stream_id,
                 _ => {}
             }
         }
@@ -1127,6 +1130,9 @@ impl<D: Dispatch> ng::Handler for Core<D> {
 
     fn send_data(&mut self, stream_id: i32, length: usize, out: &mut Frames) -> bool {
         let Some(stream) = self.entries.get(&stream_id).and_then(|e| e.stream.as_ref()) else { return false };
+        if self.fault_panic_send_data == stream_id {
+            panic!("fault injection: h2rs-test-panic send-data");
+        }
         stream.take_output(out, length).is_ok()
     }
 }
@@ -1172,6 +1178,7 @@ impl<D: Dispatch> Session<D> {
             stats: Stats::default(),
             goaways: None,
             fault_panic_in_loop: false,
+            fault_panic_send_data: 0,
             shutdown_ping: ShutdownPing::NotSent,
             stream_errors: 0,
             max_client_stream: 0,

@@ -411,7 +411,8 @@ def test_panic_resets_the_stream_and_the_child_lives(make_server):
     srv.allow_panic = True
     c = H2Client(srv.port)
     pids_before = set(srv.children())
-    for where in ("worker", "c1"):
+    # send-data: in the middle of writing a DATA frame (its header is out).
+    for where in ("worker", "c1", "send-data"):
         sid = c.request("/1k.bin", headers=[("h2rs-test-panic", where)])
         s = c.wait_stream(sid)
         assert s.reset == h2.errors.ErrorCodes.INTERNAL_ERROR, (where, s.status, s.reset)
