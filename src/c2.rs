@@ -40,6 +40,10 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The lowest c2 id (`C2::process`): above the ids of the MPM's
+/// connections, which are below ServerLimit x ThreadLimit.
+const C2_ID_BASE: i64 = 1 << 40;
+
 /// A c2 is recycled for this many streams, then destroyed: modules may
 /// allocate from `c->pool` per request, so its pool must not grow forever.
 const MAX_USES: u32 = 1000;
@@ -688,8 +692,15 @@ impl C2 {
         self.ctx.session = c1.session;
         // SAFETY: the c2 is ours; hooks and filters run on this thread.
         unsafe {
-            // Unique among live connections in the low 32 bits (mod_unique_id).
-            (*c).id = (c1.conn << 8) ^ worker.slot as i64;
+            // Unique among the server's live connections: mod_cgid's daemon,
+            // shared by the children, finds a request's script by it (and
+            // ends that script with the request). Above every MPM id (they
+            // are below ServerLimit x ThreadLimit), then the client
+            // connection's id and the worker's slot. (The stock module's
+            // `c1 << 8 ^ slot` met the MPM's ids: connection 0's stream on
+            // slot 3 had the id of the HTTP/1.1 connection on thread 3; and
+            // its own others past slot 255.)
+            (*c).id = C2_ID_BASE | (c1.conn << 16) | i64::from(worker.slot & 0xFFFF);
             (*c).current_thread = worker.thread;
             (*c).aborted = 0;
             (*c).keepalive = ffi::AP_CONN_CLOSE;

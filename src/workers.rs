@@ -44,9 +44,9 @@ pub struct WorkerCtx {
 pub type Job = Box<dyn FnOnce(&WorkerCtx) + Send>;
 
 /// The slot of a stream run on c1's own thread (`fastpath`): one at a time
-/// per connection, so its secondary connection's id stays unique as long
-/// as the pool has fewer live workers.
-pub const C1_SLOT: u32 = 254;
+/// per connection, and beyond every thread's slot (the lowest free
+/// index), so its secondary connection's id (`C2::process`) is its own.
+pub const C1_SLOT: u32 = 0xFFFF;
 
 /// Per-thread set-up and tear-down (httpd registration), swappable in tests.
 pub trait ThreadHooks: Send + Sync + 'static {

@@ -72,6 +72,9 @@ CustomLog "{workdir}/srv-sem/numbered.log" numbered
 <Location /cut>
   SetHandler h2rs-cut
 </Location>
+<Location /connid>
+  SetHandler h2rs-connid
+</Location>
 {H2STATUS_LOCATION}<Location /h2vars>
   SetHandler h2rs-h2vars
 </Location>
@@ -696,6 +699,23 @@ def test_other_modules_read_the_http2_variables_through_http2_var_lookup(srv):
     r = curl("--http1.1", "-s", srv.url("/h2vars"))
     assert r.stdout.decode().splitlines() == ["HTTP2=off", "H2PUSH=off", "H2_PUSH=off", "H2_PUSHED=", "H2_PUSHED_ON=",
                                               "H2_STREAM_ID=", "H2_STREAM_TAG=", "NOT_H2=", "connection HTTP2=off"]
+
+
+def test_stream_connections_have_ids_no_mpm_connection_has(srv):
+    """A stream's connection id (c->id) is above every id the MPM gives
+    its connections (mod_cgid's daemon, shared by the children, finds a
+    request's script by it, and ends that script with the request): the
+    stock module's scheme gave connection 0's stream on worker 3 the id
+    of the HTTP/1.1 connection on thread 3."""
+    ids = set()
+    for _ in range(3):
+        c = h2c(srv)
+        sids = [c.request("/connid") for _ in range(4)]
+        ids |= {int(c.wait_stream(s).data) for s in sids}
+        c.close()
+    assert all(i >= 1 << 40 for i in ids), ids
+    r = curl("--http1.1", "-s", srv.url("/connid"))
+    assert int(r.stdout) < 1 << 40
 
 
 def test_the_stream_tag_names_the_connection_for_its_whole_life(srv):

@@ -180,6 +180,15 @@ static int cut_handler(request_rec *r)
     return OK;
 }
 
+/* h2rs-connid: the request's connection's id (c->id), which mod_cgid's
+ * daemon finds a request's script by. */
+static int connid_handler(request_rec *r)
+{
+    ap_set_content_type(r, "text/plain");
+    ap_rprintf(r, "%ld\n", r->connection->id);
+    return OK;
+}
+
 static int test_handler(request_rec *r)
 {
     if (!r->handler) {
@@ -202,6 +211,9 @@ static int test_handler(request_rec *r)
     }
     if (!strcmp(r->handler, "h2rs-cut")) {
         return cut_handler(r);
+    }
+    if (!strcmp(r->handler, "h2rs-connid")) {
+        return connid_handler(r);
     }
     return DECLINED;
 }
