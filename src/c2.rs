@@ -549,6 +549,16 @@ impl C2 {
             c.log = ptr::null();
             c.aborted = 0;
             c.sbh = ptr::null_mut();
+            // Addresses of its own, in its pool: a hostname lookup
+            // (`Require host`, HostnameLookups, UseCanonicalName DNS) keeps
+            // the name it finds in the address's pool, which was c1's, on
+            // a worker thread while c1's thread allocates from it.
+            for addr in [&mut c.client_addr, &mut c.local_addr] {
+                let mut copy = ptr::null_mut();
+                if !addr.is_null() && ffi::apr_sockaddr_info_copy(&mut copy, *addr, pool) == status::SUCCESS {
+                    *addr = copy;
+                }
+            }
             ffi::h2rs_shim_set_core_socket(c2, DUMMY_SOCKET.load(Ordering::Acquire));
             let mpm = MPM_MODULE.load(Ordering::Acquire);
             if !mpm.is_null() {

@@ -718,6 +718,33 @@ def test_stream_connections_have_ids_no_mpm_connection_has(srv):
     assert int(r.stdout) < 1 << 40
 
 
+def test_require_host_and_hostname_lookups_on_streams(make_server):
+    """`Require host` (a double reverse lookup of the client's address)
+    and `HostnameLookups On` (%h) on many streams of a connection at once:
+    each stream's connection keeps the name it looks up in its own pool
+    (the address was c1's, whose pool the workers then allocated from
+    while c1's thread did)."""
+    srv = make_server(name="hostnames")
+    srv.extra = f"""HostnameLookups On
+LogFormat "%h %>s" hosts
+CustomLog "{srv.dir}/hosts.log" hosts
+<Location /1k.bin>
+  Require host localhost
+</Location>
+<Location /index.html>
+  Require host example.invalid
+</Location>"""
+    srv.start()
+    c = h2c(srv)
+    for _ in range(3):
+        sids = [c.request("/1k.bin") for _ in range(8)]
+        assert all(c.wait_stream(s).status == 200 for s in sids)
+    assert c.wait_stream(c.request("/index.html")).status == 403
+    c.close()
+    assert wait_for(lambda: (srv.dir / "hosts.log").exists()
+                    and (srv.dir / "hosts.log").read_text().count("localhost 200") >= 24)
+
+
 def test_the_stream_tag_names_the_connection_for_its_whole_life(srv):
     """H2_STREAM_TAG's middle number is the session's: the same for every
     stream of a connection, also after it went idle (back to the event
