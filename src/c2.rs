@@ -978,6 +978,14 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
             // The upgrade request has no body for HTTP_IN; once the handler
             // switched protocols it reads the tunnel's raw bytes.
             ctx.tunneled = true;
+            // Handlers that poll the connection's own socket rather than
+            // asking get_pollfd_from_conn (mod_proxy_wstunnel without
+            // fallback to mod_proxy_http) poll the stream's input: the
+            // placeholder socket polled ready at once, and they spun. (A
+            // tunnel's c2 is not used again: nothing to restore.)
+            if let Ok(sock) = input_socket(c, ctx) {
+                ffi::h2rs_shim_set_core_socket(c, sock);
+            }
         } else if !is_connect {
             let has_cl = head.header(b"content-length").is_some();
             if !head.end_stream && !has_cl {
@@ -2046,7 +2054,31 @@ pub unsafe fn pollfd(
 ) -> ffi::apr_status_t {
     // SAFETY: caller contract.
     let Some(ctx) = (unsafe { ctx_of(c) }) else { return status::ENOTIMPL };
-    let Some(stream) = ctx.stream.clone() else { return status::ENOTIMPL };
+    // SAFETY: caller contract.
+    let sock = match unsafe { input_socket(c, ctx) } {
+        Ok(sock) => sock,
+        Err(rv) => return rv,
+    };
+    // SAFETY: caller contract.
+    unsafe {
+        (*pfd).desc_type = ffi::APR_POLL_SOCKET;
+        (*pfd).desc.s = sock;
+        if !timeout.is_null() {
+            // No timeout of our own: the stream lives as long as the client
+            // keeps it; the handler's (the proxy's) timeout applies.
+            *timeout = -1;
+        }
+    }
+    status::SUCCESS
+}
+
+/// The socket that is readable while the stream has input (or ended, or
+/// was reset): `pollfd`'s, and a tunnel's core socket (`process_request`).
+///
+/// # Safety
+/// `c` must be a live c2 used by the calling thread, `ctx` its context.
+unsafe fn input_socket(c: *mut ffi::conn_rec, ctx: &mut C2Ctx) -> Result<*mut ffi::apr_socket_t, ffi::apr_status_t> {
+    let Some(stream) = ctx.stream.clone() else { return Err(status::ENOTIMPL) };
     let watch = match &ctx.input_watch {
         Some(w) => w.clone(),
         None => match SocketSignal::new() {
@@ -2063,7 +2095,7 @@ pub unsafe fn pollfd(
                     "h2rs: stream {}: no socket pair for polling: {e}",
                     stream.id
                 );
-                return status::EGENERAL;
+                return Err(status::EGENERAL);
             }
         },
     };
@@ -2076,17 +2108,10 @@ pub unsafe fn pollfd(
         let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
         let rv = ffi::apr_os_sock_put(&mut sock, &mut fd, (*c).pool);
         if rv != status::SUCCESS {
-            return rv;
+            return Err(rv);
         }
-        (*pfd).desc_type = ffi::APR_POLL_SOCKET;
-        (*pfd).desc.s = sock;
-        if !timeout.is_null() {
-            // No timeout of our own: the stream lives as long as the client
-            // keeps it; the handler's (the proxy's) timeout applies.
-            *timeout = -1;
-        }
+        Ok(sock)
     }
-    status::SUCCESS
 }
 
 /// H2EarlyHints: sends a 103 Early Hints interim response (as the stock

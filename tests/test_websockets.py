@@ -187,6 +187,43 @@ def test_messages_of_every_size_both_ways(ws_server):
     c.close()
 
 
+def _cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_mod_proxy_wstunnel_without_fallback_tunnels_without_spinning(make_server, ws_backend):
+    """mod_proxy_wstunnel's own tunnel (`ProxyWebsocketFallbackToProxyHttp
+    Off`) polls the connection's socket, not the one our hook gives: on a
+    stream's connection that socket is readable exactly when the stream
+    has input or has ended, so an idle tunnel costs no CPU (the stream
+    connections' placeholder socket polled ready at once, and the loop
+    spun a core for the tunnel's life)."""
+    srv = make_server(h2_conf="H2WebSockets on", extra=f"""LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+LoadModule proxy_wstunnel_module /usr/lib/apache2/modules/mod_proxy_wstunnel.so
+ProxyWebsocketFallbackToProxyHttp Off
+ProxyPass /wst/ ws://127.0.0.1:{ws_backend[0]}/ timeout=10""").start()
+    c = client_for(srv)
+    t = Tunnel(c, "/wst/echo")
+    assert t.wait_open() == 200
+    t.send(TEXT, b"hello")
+    assert t.recv() == (TEXT, b"hello")
+    kids = srv.mpm_children()
+    before = _cpu_seconds(kids)
+    time.sleep(2)
+    used = _cpu_seconds(kids) - before
+    t.send(TEXT, b"still there")
+    assert t.recv() == (TEXT, b"still there")
+    t.send(CLOSE, b"\x03\xe8")
+    assert t.recv()[0] == CLOSE
+    c.close()
+    assert used < 0.5, f"{used:.2f} s of CPU in 2 s of an idle tunnel"
+
+
 def test_ping_pong_passes_through(ws_server):
     c = client_for(ws_server)
     t = Tunnel(c, "/ws/echo")
