@@ -125,6 +125,13 @@ pub const GLITCH_RATE: Rate = Rate { burst: 1000, per_sec: 33 };
 /// good; a backend that floods junk beyond it still loses its connection.
 pub const BACKEND_GLITCH_RATE: Rate = Rate { burst: 100_000, per_sec: 10_000 };
 
+/// The largest request header block the proxy sends a backend. nghttp2's
+/// default, 64 KiB, is less than an HTTP/1.1 front lets in (LimitRequestFields
+/// x LimitRequestFieldSize: 800 KiB by default): ten 8 KB cookies were
+/// refused, tried again and answered 502 as the backend's fault. The
+/// backend judges a large head (431), as behind mod_proxy_http.
+pub const BACKEND_MAX_HEADER_BLOCK: usize = 1024 * 1024;
+
 /// Control frames that must be answered (PING, SETTINGS) a client may send,
 /// read or not: beyond it GOAWAY ENHANCE_YOUR_CALM.
 pub const CONTROL_RATE: Rate = Rate { burst: 1000, per_sec: 100 };

@@ -23,6 +23,9 @@ use std::ptr;
 /// `Handler::invalid_frame`'s reason for a new stream nghttp2 refused
 /// (beyond the SETTINGS_MAX_CONCURRENT_STREAMS not yet acknowledged).
 pub const LIB_ERR_REFUSED_STREAM: i32 = ng::NGHTTP2_ERR_REFUSED_STREAM;
+/// A frame larger than allowed (a header block beyond
+/// `Options::max_send_header_block`).
+pub const LIB_ERR_FRAME_SIZE_ERROR: i32 = ng::NGHTTP2_ERR_FRAME_SIZE_ERROR;
 
 /// HTTP/2 error codes (RFC 9113 section 7).
 pub mod error_code {

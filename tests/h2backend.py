@@ -65,6 +65,9 @@ class Conn:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
+        # Heads as large as an HTTP/1.1 front lets in (hpack's default
+        # bound is 64 KiB).
+        self.h2.decoder.max_header_list_size = 1 << 21
         self.bodies = {}
         self.heads = {}
         self.trailers = {}

@@ -2190,6 +2190,33 @@ def test_proxy_module_without_our_http2_module(workdir, docroot, backends, front
         h.check_log()
 
 
+def test_large_request_heads_reach_the_backend(make_server, backends):
+    """An HTTP/1.1 front lets in heads larger than nghttp2 sends by default
+    (64 KiB): ten 8 KB cookies reach the backend (they were refused, tried
+    again and answered 502 as the backend's fault). Beyond the proxy's own
+    bound (1 MiB) a head is answered 502 at once, the log saying why."""
+    srv = make_server(extra=f"{PROXY_MODULES}\nLimitRequestFieldSize 200000\n"
+                            f"ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/").start()
+    cookies = [f"Cookie: c{i}={'v' * 8000}" for i in range(10)]
+    args = [a for c in cookies for a in ("-H", c)]
+    code, body = split(get(srv, "/api/headers", *args, h1=True))
+    assert code == 200, body[:300]
+    assert body.count(b"v" * 8000) == 10
+    # More than curl sends (1 MiB): over a plain socket.
+    huge = "".join(f"X-Huge-{i}: {'h' * 95000}\r\n" for i in range(12))
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s:
+        s.sendall(f"GET /api/headers HTTP/1.1\r\nHost: 127.0.0.1\r\n{huge}Connection: close\r\n\r\n".encode())
+        head = b""
+        while b"\r\n" not in head:
+            d = s.recv(4096)
+            if not d:
+                break
+            head += d
+    assert head.startswith(b"HTTP/1.1 502"), head[:100]
+    assert "the request's header block is larger than 1048576 bytes" in srv.read_error_log()
+    srv.new_log_lines()
+
+
 def test_via_full_names_the_httpd_version(make_server, backends):
     """ProxyVia Full: "2.0 name:port (Apache/2.4.x)" to the backend and to
     the client, as mod_proxy_http and the stock module write it for an

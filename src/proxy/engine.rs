@@ -353,6 +353,24 @@ impl Handler for Backend {
         Flow::Continue
     }
 
+    fn frame_not_sent(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo, lib_error: i32) {
+        // A request head nghttp2 will not send (larger than
+        // BACKEND_MAX_HEADER_BLOCK): it closes the stream as refused next,
+        // which is no reason to try again, nor the backend's doing.
+        if frame.kind != frame_type::HEADERS || lib_error != nghttp2::LIB_ERR_FRAME_SIZE_ERROR {
+            return;
+        }
+        let Some(bs) = self.streams.remove(&frame.stream_id) else { return };
+        slog!(
+            std::ptr::null::<crate::ffi::server_rec>(),
+            Level::Error,
+            "h2rs proxy: backend {}: the request's header block is larger than {} bytes, answering 502",
+            self.backend,
+            limits::BACKEND_MAX_HEADER_BLOCK
+        );
+        bs.task.fail(502);
+    }
+
     fn stream_close(&mut self, ops: &mut Ops<'_>, stream_id: i32, code: u32) -> Flow {
         let Some(bs) = self.streams.remove(&stream_id) else { return Flow::Continue };
         // Bytes the front has not taken yet: credit the connection now, the
@@ -539,6 +557,7 @@ impl Conn {
         let options = nghttp2::Options {
             no_http_messaging: false,
             glitch_rate: (limits::BACKEND_GLITCH_RATE.burst, limits::BACKEND_GLITCH_RATE.per_sec),
+            max_send_header_block: limits::BACKEND_MAX_HEADER_BLOCK,
             ..Default::default()
         };
         let mut session = Session::new_client(handler, &options).map_err(|e| format!("nghttp2: {e}"))?;
