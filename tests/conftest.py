@@ -604,6 +604,16 @@ def _check_logs_after_each_test():
 
 # ---- clients ------------------------------------------------------------------
 
+def cpu_seconds(pids):
+    """User and system CPU time the processes have used so far."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for(pred, timeout=10):
     """Whether `pred()` becomes true within `timeout` seconds (polled): for
     what the server does after the client has its answer, such as the

@@ -852,16 +852,6 @@ def _trickle(c, sids, seconds, interval=0.5):
     return done
 
 
-def _cpu_seconds(pids):
-    """User and system CPU time the processes used so far."""
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def test_slow_bodies_spin_no_cpu_with_mod_reqtimeout_loaded_first(make_server):
     """mod_reqtimeout loaded before this module (its process_connection
     hook and ours are both FIRST: the load order decides): it must not put
@@ -880,9 +870,9 @@ def test_slow_bodies_spin_no_cpu_with_mod_reqtimeout_loaded_first(make_server):
     c.send_body(sid, b"x", end_stream=False)
     time.sleep(0.5)  # the CGI reads, and waits for the rest
     kids = srv.mpm_children()
-    before = _cpu_seconds(kids)
+    before = conftest.cpu_seconds(kids)
     time.sleep(2)
-    used = _cpu_seconds(kids) - before
+    used = conftest.cpu_seconds(kids) - before
     assert used < 0.5, f"{used:.2f} s of CPU in 2 s while a stream waited for its body"
     st = c.wait_stream(sid, timeout=15)
     assert st.status == 408, (st.status, st.reset)

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import MODDIR, MODULE, SSL_MODULES, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend, wait_for
 from h2client import H2Client, Stream
+from rawh2 import read_http1_head
 
 
 @pytest.fixture(scope="module")
@@ -2206,12 +2207,7 @@ def test_large_request_heads_reach_the_backend(make_server, backends):
     huge = "".join(f"X-Huge-{i}: {'h' * 95000}\r\n" for i in range(12))
     with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s:
         s.sendall(f"GET /api/headers HTTP/1.1\r\nHost: 127.0.0.1\r\n{huge}Connection: close\r\n\r\n".encode())
-        head = b""
-        while b"\r\n" not in head:
-            d = s.recv(4096)
-            if not d:
-                break
-            head += d
+        head = read_http1_head(s)
     assert head.startswith(b"HTTP/1.1 502"), head[:100]
     assert "the request's header block is larger than 1048576 bytes" in srv.read_error_log()
     srv.new_log_lines()

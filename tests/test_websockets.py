@@ -18,7 +18,7 @@ import h2.errors
 import h2.events
 import pytest
 
-from conftest import Httpd, free_port, spawn_backend, wait_for
+from conftest import Httpd, cpu_seconds, free_port, spawn_backend, wait_for
 from h2client import H2Client
 from rawh2 import read_http1_head
 from wsclient import BINARY, CLOSE, PING, PONG, TEXT, Tunnel, frame
@@ -187,15 +187,6 @@ def test_messages_of_every_size_both_ways(ws_server):
     c.close()
 
 
-def _cpu_seconds(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def test_mod_proxy_wstunnel_without_fallback_tunnels_without_spinning(make_server, ws_backend):
     """mod_proxy_wstunnel's own tunnel (`ProxyWebsocketFallbackToProxyHttp
     Off`) polls the connection's socket, not the one our hook gives: on a
@@ -213,9 +204,9 @@ ProxyPass /wst/ ws://127.0.0.1:{ws_backend[0]}/ timeout=10""").start()
     t.send(TEXT, b"hello")
     assert t.recv() == (TEXT, b"hello")
     kids = srv.mpm_children()
-    before = _cpu_seconds(kids)
+    before = cpu_seconds(kids)
     time.sleep(2)
-    used = _cpu_seconds(kids) - before
+    used = cpu_seconds(kids) - before
     t.send(TEXT, b"still there")
     assert t.recv() == (TEXT, b"still there")
     t.send(CLOSE, b"\x03\xe8")
