@@ -23,7 +23,7 @@ use crate::limits::{self, RateLimit};
 use crate::nghttp2::{
     self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, Goaways, NgError, Ops,
 };
-use crate::request::{HeaderError, Limits, RequestBuilder};
+use crate::request::{HeaderError, Limits, RequestBuilder, RequestHead};
 use crate::signal::Signal;
 use crate::stream::{Outcome, Output, Retire, Stream};
 use crate::websocket;
@@ -258,7 +258,7 @@ pub struct Stats {
 impl Stats {
     /// Counts a complete request head and gives it its number on the
     /// connection (`RequestHead::number`).
-    fn number_request(&mut self, head: &mut crate::request::RequestHead) {
+    fn number_request(&mut self, head: &mut RequestHead) {
         self.requests_received += 1;
         head.number = u32::try_from(self.requests_received).unwrap_or(u32::MAX);
     }
@@ -435,12 +435,7 @@ impl<D: Dispatch> Core<D> {
             }
             Err(e) => return self.refuse(ops, e),
         };
-        if let Some(priority) = head.header(b"priority") {
-            self.rfc9218_client = true;
-            ops.set_priority(id, priority);
-        } else if !self.rfc9218_client {
-            ops.set_stream_priority(id, DEFAULT_URGENCY, true);
-        }
+        apply_priority(&mut self.rfc9218_client, ops, id, &head);
         match head.content_length() {
             Ok(cl) => {
                 if end_stream && cl.unwrap_or(0) != 0 {
@@ -1137,6 +1132,20 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     }
 }
 
+/// The priority a request asks for (RFC 9218's `priority` field), or, for
+/// a client that never signals one (`rfc9218_client`), incremental at the
+/// default urgency: its responses share the connection, as RFC 7540's
+/// default priorities had them.
+#[inline]
+fn apply_priority(rfc9218_client: &mut bool, ops: &mut Ops<'_>, id: i32, head: &RequestHead) {
+    if let Some(priority) = head.header(b"priority") {
+        *rfc9218_client = true;
+        ops.set_priority(id, priority);
+    } else if !*rfc9218_client {
+        ops.set_stream_priority(id, DEFAULT_URGENCY, true);
+    }
+}
+
 /// A non-zero seed for the padding generator.
 fn seed() -> u64 {
     let mut v = [0u8; 8];
@@ -1227,7 +1236,10 @@ impl<D: Dispatch> Session<D> {
         let mut session = Session::new(settings, signal, dispatcher)?;
         let head_request = head.method == b"HEAD";
         session.ng.upgrade(settings_payload, head_request)?;
-        let core = session.ng.handler();
+        let (core, mut ops) = session.ng.split();
+        // As for any request (`complete_head`): stream 1 kept nghttp2's
+        // default, not incremental, and was sent whole before the others.
+        apply_priority(&mut core.rfc9218_client, &mut ops, 1, &head);
         core.stats.number_request(&mut head);
         let stream = Arc::new(Stream::new(
             1,
@@ -2306,6 +2318,8 @@ pub(crate) mod tests {
         let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
         client.upgrade(&[0, 3, 0, 0, 0, 100], false).unwrap();
         let mut p = Pair { server, client, by_reference: true };
+        // Scheduled as any request of a client that signals no priority.
+        assert_eq!(p.priority(1), Some((DEFAULT_URGENCY, true)));
         p.pump(closed(vec![1]));
         let s = &p.client.handler_ref().streams[&1];
         assert_eq!((s.status, s.body.len()), (Some(200), 3000));
