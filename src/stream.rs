@@ -1098,6 +1098,14 @@ impl Stream {
     /// that must not block (a suspended request resumed on a worker). When
     /// there is none, `watch` is woken once c1 has drained the queue to
     /// half, or the stream closed.
+    /// The worker gives up on the stream, its output untaken for the
+    /// stream timeout (the proxy's front, which waits in `output_room`
+    /// rather than in `write_output`): as `write_output`'s timeout, it
+    /// counts as the client starving the stream (`Progress::starved`).
+    pub fn note_output_starved(&self) {
+        self.io.lock().output_starved = true;
+    }
+
     pub fn output_room(&self, watch: &Arc<dyn Wake>) -> usize {
         let mut io = self.io.lock();
         if io.closed.is_some() {

@@ -2017,7 +2017,9 @@ def test_a_client_that_reads_nothing_is_ended_by_the_stream_timeout(make_server,
     backend's silence is then the proxy's doing and ProxyTimeout (1 s) does
     not end it; the client's stall is bounded by H2StreamTimeout (here
     `Timeout`, 3 s), as a local handler's blocked write is: the stream is
-    reset and the backend's stream cancelled, no 504 logged."""
+    reset and the backend's stream cancelled, no 504 logged; and, the
+    client giving no window at all, the connection ends with
+    ENHANCE_YOUR_CALM (a zero-window slow read, CVE-2023-43622)."""
     import rawh2
     srv = make_server(name="proxy-no-reader", loglevel="warn http2:info proxy:info", extra=f"""{PROXY_MODULES}
 Timeout 3
@@ -2026,7 +2028,8 @@ ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/ timeout=1
     before = stats(backends[0])["resets_received"]
     c = rawh2.Conn(srv.port, settings_pairs=[(rawh2.INITIAL_WINDOW_SIZE, 0)], auto_window=False)
     sid = c.request(f"/api/big?n={20 * 1024 * 1024}")
-    c.wait(lambda: c.resp(sid).reset is not None or c.closed, timeout=15, what="the stream's reset")
+    c.wait(lambda: c.goaway is not None or c.closed, timeout=15, what="the connection's end")
+    assert c.goaway is not None and c.goaway.error_code == rawh2.ErrorCodes.ENHANCE_YOUR_CALM, c.log()
     assert wait_for(lambda: stats(backends[0])["resets_received"] > before)
     log = srv.read_error_log()
     assert "answering 504" not in log and "took none of the response within 3s (H2StreamTimeout)" in log

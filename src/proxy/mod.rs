@@ -1362,6 +1362,7 @@ impl C2Front {
         let output_deadline = (room == 0).then(|| leg.output_clock + self.stream.timeout());
         if output_deadline.is_some_and(|d| now >= d) {
             self.log_client_timeout(r, "the client took none of the response");
+            self.stream.note_output_starved();
             engine.cancel(task);
             return Turn::Done(End::Abort);
         }
