@@ -983,7 +983,7 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
             // fallback to mod_proxy_http) poll the stream's input: the
             // placeholder socket polled ready at once, and they spun. (A
             // tunnel's c2 is not used again: nothing to restore.)
-            if let Ok(sock) = input_socket(c, ctx) {
+            if let Ok(sock) = tunnel_core_socket(c, ctx) {
                 ffi::h2rs_shim_set_core_socket(c, sock);
             }
         } else if !is_connect {
@@ -2073,11 +2073,76 @@ pub unsafe fn pollfd(
 }
 
 /// The socket that is readable while the stream has input (or ended, or
-/// was reset): `pollfd`'s, and a tunnel's core socket (`process_request`).
+/// was reset), for `pollfd`.
 ///
 /// # Safety
 /// `c` must be a live c2 used by the calling thread, `ctx` its context.
 unsafe fn input_socket(c: *mut ffi::conn_rec, ctx: &mut C2Ctx) -> Result<*mut ffi::apr_socket_t, ffi::apr_status_t> {
+    let watch = input_watch(c, ctx)?;
+    // SAFETY: the apr_socket_t lives in the connection's pool and does not
+    // own the descriptor (apr_os_sock_put registers no cleanup); the
+    // descriptor lives as long as `input_watch`, i.e. until this stream's
+    // worker ends.
+    unsafe {
+        let mut fd = watch.fd();
+        let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
+        let rv = ffi::apr_os_sock_put(&mut sock, &mut fd, (*c).pool);
+        if rv != status::SUCCESS {
+            return Err(rv);
+        }
+        Ok(sock)
+    }
+}
+
+/// A tunnel's core socket (`process_request`): like `input_socket`, but a
+/// duplicate descriptor that the connection's pool closes. A handler may
+/// close its connection's socket (mod_lua's `r:wsclose()`): it then
+/// closes its own descriptor, not the stream's, which the stream closes
+/// again later (by then perhaps another connection's number).
+///
+/// # Safety
+/// As `input_socket`.
+unsafe fn tunnel_core_socket(
+    c: *mut ffi::conn_rec,
+    ctx: &mut C2Ctx,
+) -> Result<*mut ffi::apr_socket_t, ffi::apr_status_t> {
+    /// Closes the socket when the pool is destroyed (a second close of an
+    /// apr_socket_t does nothing: APR marks it closed).
+    struct CloseWithPool(*mut ffi::apr_socket_t);
+    impl Drop for CloseWithPool {
+        fn drop(&mut self) {
+            // SAFETY: the apr_socket_t is in the same pool, whose memory
+            // outlives its cleanups.
+            unsafe { ffi::apr_socket_close(self.0) };
+        }
+    }
+    let watch = input_watch(c, ctx)?;
+    // SAFETY: dup of a live descriptor; the copy is owned by the
+    // apr_socket_t made here (closed with the connection's pool).
+    unsafe {
+        let mut fd = libc::dup(watch.fd());
+        if fd < 0 {
+            return Err(status::EGENERAL);
+        }
+        let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
+        let rv = ffi::apr_os_sock_put(&mut sock, &mut fd, (*c).pool);
+        let pool = PoolRef::from_raw((*c).pool);
+        match pool {
+            Some(pool) if rv == status::SUCCESS => {
+                pool.attach(CloseWithPool(sock));
+                Ok(sock)
+            }
+            _ => {
+                libc::close(fd);
+                Err(if rv == status::SUCCESS { status::EGENERAL } else { rv })
+            }
+        }
+    }
+}
+
+/// The stream's input watch (`SocketSignal`), made at the first ask (`c`:
+/// for the log).
+fn input_watch(c: *mut ffi::conn_rec, ctx: &mut C2Ctx) -> Result<Arc<SocketSignal>, ffi::apr_status_t> {
     let Some(stream) = ctx.stream.clone() else { return Err(status::ENOTIMPL) };
     let watch = match &ctx.input_watch {
         Some(w) => w.clone(),
@@ -2099,19 +2164,7 @@ unsafe fn input_socket(c: *mut ffi::conn_rec, ctx: &mut C2Ctx) -> Result<*mut ff
             }
         },
     };
-    // SAFETY: the apr_socket_t lives in the connection's pool and does not
-    // own the descriptor (apr_os_sock_put registers no cleanup); the
-    // descriptor lives as long as `input_watch`, i.e. until this stream's
-    // worker ends.
-    unsafe {
-        let mut fd = watch.fd();
-        let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
-        let rv = ffi::apr_os_sock_put(&mut sock, &mut fd, (*c).pool);
-        if rv != status::SUCCESS {
-            return Err(rv);
-        }
-        Ok(sock)
-    }
+    Ok(watch)
 }
 
 /// H2EarlyHints: sends a 103 Early Hints interim response (as the stock
