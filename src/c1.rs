@@ -81,9 +81,11 @@ const RUN_HERE_WRITE_AT: usize = 32 * 1024;
 /// nghttp2 schedules them by priority (RFC 9218). Written whole, a large
 /// file delayed the small requests of the same burst (a page's CSS behind
 /// a video) by as much of it as the client's window allowed, up to
-/// Chrome's 6 MiB; and c1 read nothing meanwhile (a reset of it waited).
-/// Up to this size a response is still written whole (see
-/// `run_streams_here` on why).
+/// Chrome's 6 MiB. (Requests that come in a later read still wait for the
+/// turn's `write_output`, which writes all nghttp2 has, as for responses
+/// from workers.) Up to this size a response is still written whole (see
+/// `run_streams_here` on why); past it, a large file keeps its c2 until
+/// it is sent, and the next streams of the burst take others.
 const RUN_HERE_WHOLE_UP_TO: usize = 1024 * 1024;
 
 /// Free c2s a connection keeps at most (`FreeCache`), when its fair share

@@ -735,9 +735,16 @@ def test_zero_window_slow_read(srv, kind, window):
             c = Conn(srv.port, settings_pairs=[(INITIAL_WINDOW_SIZE, window)], auto_window=False)
             c.send(b"".join(headers(1 + 2 * i, req_block(c, path(i))) for i in range(100)))
             conns.append(c)
-        # Longer than H2StreamTimeout 5; twice that with a 1-byte window
-        # (the first byte out is progress: the wait starts over).
-        time.sleep(6 if window == 0 else 11)
+        # Longer than H2StreamTimeout 5; up to twice that with a 1-byte
+        # window (the first byte out is progress: the wait starts over).
+        deadline = time.time() + (6 if kind == "static" else 8 if window == 0 else 16)
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if kind == "cgi":
+                for c in conns:
+                    c.drain(0.05)
+                if all(c.goaway is not None for c in conns):
+                    break
         outcomes = collections.Counter()
         for c in conns:
             c.drain(0.2)
