@@ -419,6 +419,11 @@ impl<D: Dispatch> Core<D> {
         let _ = ops.submit_rst_stream(stream_id, code);
     }
 
+    // Inlined into `frame_recv` (and so into nghttp2's callback), as
+    // `begin_headers`: out of line, its frame sat under the callback's
+    // and the path of every request was deeper (thread stacks,
+    // test_build.py; LLVM's choice changes with unrelated code).
+    #[inline(always)]
     fn complete_head(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
         let id = frame.stream_id;
         let Some(entry) = self.entries.get_mut(&id) else { return Flow::Continue };
@@ -932,6 +937,8 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         Flow::Continue
     }
 
+    // Inlined into nghttp2's header callback, for the same reason.
+    #[inline(always)]
     fn header(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo, name: &[u8], value: &[u8]) -> Flow {
         let Some(entry) = self.entries.get_mut(&frame.stream_id) else { return Flow::Continue };
         let builder = if frame.headers_category == headers_category::REQUEST {
