@@ -393,6 +393,10 @@ pub struct Core<D: Dispatch> {
     /// The client gives us no window to send with (zero-window slow read):
     /// `limits::ZERO_WINDOW_ACTIVE_STREAMS` streams run at most.
     peer_window_closed: bool,
+    /// Since when (`peer_window_closed`): a window closed only for a moment
+    /// (a slow client's connection window between its updates) is no
+    /// slow read.
+    peer_window_closed_at: Option<std::time::Instant>,
     /// Client stream ids the client skipped (ranges, first and last, of
     /// odd ids; the latest `MAX_SKIPPED_RANGES`): never opened, they are
     /// closed (RFC 9113 5.1.1), and HEADERS on one is a new stream below
@@ -560,6 +564,7 @@ impl<D: Dispatch> Core<D> {
         let closed = ops.peer_window_closed();
         if closed != self.peer_window_closed {
             self.peer_window_closed = closed;
+            self.peer_window_closed_at = closed.then(std::time::Instant::now);
             if !closed {
                 self.fill_slots();
             }
@@ -725,13 +730,17 @@ impl<D: Dispatch> Core<D> {
             // The worker ended without a response (it failed or panicked).
             let (stream_window, conn_window) = ops.send_windows(id);
             self.reset(ops, id, error_code::INTERNAL_ERROR);
-            if p.starved && self.peer_window_closed && (stream_window <= 0 || conn_window <= 0) {
+            // Closed for most of the worker's wait, not for a moment.
+            let withheld = self.peer_window_closed_at.is_some_and(|at| at.elapsed() >= stream.timeout() / 2);
+            if p.starved && withheld && (stream_window <= 0 || conn_window <= 0) {
                 // It gave up waiting (H2StreamTimeout) for a client that
                 // gives no window at all: a zero-window slow read
                 // (CVE-2023-43622), whose next stream would hold the next
                 // worker as long. (Any other failure, a backend that broke
                 // off, is that stream's alone, even at a moment when the
-                // client's window is used up.)
+                // client's window is used up; and so is a wait behind
+                // other streams of a client whose window closes only
+                // between its updates.)
                 self.calm_down(ops);
             }
         }
@@ -1206,6 +1215,7 @@ impl<D: Dispatch> Session<D> {
             calmed: false,
             rfc9218_client: false,
             peer_window_closed: false,
+            peer_window_closed_at: None,
             skipped_ids: VecDeque::new(),
             rng: seed(),
         };
