@@ -2100,8 +2100,13 @@ unsafe fn input_socket(c: *mut ffi::conn_rec, ctx: &mut C2Ctx) -> Result<*mut ff
 /// closes its own descriptor, not the stream's, which the stream closes
 /// again later (by then perhaps another connection's number).
 ///
+/// Not inlined: `process_request` is under every request on c1's thread,
+/// and this would widen its frame (thread stacks, test_build.py).
+///
 /// # Safety
 /// As `input_socket`.
+#[inline(never)]
+#[cold]
 unsafe fn tunnel_core_socket(
     c: *mut ffi::conn_rec,
     ctx: &mut C2Ctx,
@@ -2120,7 +2125,9 @@ unsafe fn tunnel_core_socket(
     // SAFETY: dup of a live descriptor; the copy is owned by the
     // apr_socket_t made here (closed with the connection's pool).
     unsafe {
-        let mut fd = libc::dup(watch.fd());
+        // Close-on-exec, as the socket pair is (dup would drop the flag, and
+        // a CGI or filter program started meanwhile would keep it).
+        let mut fd = libc::fcntl(watch.fd(), libc::F_DUPFD_CLOEXEC, 0);
         if fd < 0 {
             return Err(status::EGENERAL);
         }
