@@ -935,8 +935,9 @@ def test_a_response_cut_while_the_client_window_is_used_up_resets_that_stream_on
     c.wait(lambda: len(c.resp(download).body) >= 65535, what="the connection window's worth of the download")
     cut = c.request("/cut")
     c.wait(lambda: c.resp(cut).done or c.goaway is not None or c.closed, what="the cut response's reset")
+    # (Its head may or may not go out before the reset: the worker's cut
+    # can reach c1 together with it.)
     assert c.goaway is None and c.resp(cut).reset == h2.errors.ErrorCodes.INTERNAL_ERROR, c.log()
-    assert c.resp(cut).status == 200
     c.send(window_update(0, 1 << 20))
     r = c.response(download)
     assert r.status == 200 and len(r.body) == 1 << 20
