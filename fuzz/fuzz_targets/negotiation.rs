@@ -2,7 +2,7 @@
 //! HTTP/1.1 request that becomes stream 1, TLS names.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mod_h2rs::negotiation::{cipher_acceptable, decode_http2_settings, setting_valid, tls_version_acceptable, upgraded_request};
+use mod_h2rs::negotiation::{decode_http2_settings, setting_valid, tls_acceptable, upgraded_request};
 use mod_h2rs::request::Limits;
 
 mod common;
@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let rest = lines.next().unwrap_or(b"");
     let _ = upgraded_request(method, target, authority, common::fields(rest).into_iter(), Limits::default());
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = (tls_version_acceptable(s), cipher_acceptable(s));
+        let (protocol, cipher) = s.split_once('\n').unwrap_or((s, s));
+        let _ = (tls_acceptable(Some(protocol), Some(cipher), true), tls_acceptable(Some(s), None, false));
     }
 });
