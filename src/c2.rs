@@ -2079,18 +2079,25 @@ pub unsafe fn pollfd(
 /// `c` must be a live c2 used by the calling thread, `ctx` its context.
 unsafe fn input_socket(c: *mut ffi::conn_rec, ctx: &mut C2Ctx) -> Result<*mut ffi::apr_socket_t, ffi::apr_status_t> {
     let watch = input_watch(c, ctx)?;
-    // SAFETY: the apr_socket_t lives in the connection's pool and does not
-    // own the descriptor (apr_os_sock_put registers no cleanup); the
-    // descriptor lives as long as `input_watch`, i.e. until this stream's
-    // worker ends.
-    unsafe {
-        let mut fd = watch.fd();
-        let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
-        let rv = ffi::apr_os_sock_put(&mut sock, &mut fd, (*c).pool);
-        if rv != status::SUCCESS {
-            return Err(rv);
-        }
-        Ok(sock)
+    // SAFETY: the apr_socket_t does not own the descriptor, which lives as
+    // long as `input_watch`, i.e. until this stream's worker ends.
+    unsafe { socket_of(c, watch.fd()) }
+}
+
+/// An apr_socket_t in the connection's pool for `fd`, which it does not
+/// own (apr_os_sock_put registers no cleanup).
+///
+/// # Safety
+/// `c` must be a live connection; `fd` must outlive the socket's use.
+unsafe fn socket_of(
+    c: *mut ffi::conn_rec,
+    mut fd: std::os::fd::RawFd,
+) -> Result<*mut ffi::apr_socket_t, ffi::apr_status_t> {
+    let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
+    // SAFETY: caller contract.
+    match unsafe { ffi::apr_os_sock_put(&mut sock, &mut fd, (*c).pool) } {
+        status::SUCCESS => Ok(sock),
+        rv => Err(rv),
     }
 }
 
@@ -2100,8 +2107,8 @@ unsafe fn input_socket(c: *mut ffi::conn_rec, ctx: &mut C2Ctx) -> Result<*mut ff
 /// closes its own descriptor, not the stream's, which the stream closes
 /// again later (by then perhaps another connection's number).
 ///
-/// Not inlined: `process_request` is under every request on c1's thread,
-/// and this would widen its frame (thread stacks, test_build.py).
+/// Out of line and cold: it runs for tunnels only, and `process_request`
+/// is under every request on c1's thread (thread stacks, test_build.py).
 ///
 /// # Safety
 /// As `input_socket`.
@@ -2127,21 +2134,18 @@ unsafe fn tunnel_core_socket(
     unsafe {
         // Close-on-exec, as the socket pair is (dup would drop the flag, and
         // a CGI or filter program started meanwhile would keep it).
-        let mut fd = libc::fcntl(watch.fd(), libc::F_DUPFD_CLOEXEC, 0);
+        let fd = libc::fcntl(watch.fd(), libc::F_DUPFD_CLOEXEC, 0);
         if fd < 0 {
             return Err(status::EGENERAL);
         }
-        let mut sock: *mut ffi::apr_socket_t = ptr::null_mut();
-        let rv = ffi::apr_os_sock_put(&mut sock, &mut fd, (*c).pool);
-        let pool = PoolRef::from_raw((*c).pool);
-        match pool {
-            Some(pool) if rv == status::SUCCESS => {
+        match (socket_of(c, fd), PoolRef::from_raw((*c).pool)) {
+            (Ok(sock), Some(pool)) => {
                 pool.attach(CloseWithPool(sock));
                 Ok(sock)
             }
-            _ => {
+            (result, _) => {
                 libc::close(fd);
-                Err(if rv == status::SUCCESS { status::EGENERAL } else { rv })
+                Err(result.err().unwrap_or(status::EGENERAL))
             }
         }
     }
