@@ -946,13 +946,17 @@ impl C1 {
                 torn_down: false,
                 tls: {
                     let cfg = server_config(s);
+                    let cooldown = cfg
+                        .and_then(|c| c.tls_cooldown_secs)
+                        .filter(|&secs| secs > 0)
+                        .map(|secs| Duration::from_secs(secs as u64));
                     TlsWarmup {
-                        enabled: ffi::ap_ssl_conn_is_ssl(c) != 0,
+                        // As the stock module (h2_c1_io.c): warm-up only
+                        // with a cool-down; with H2TLSCoolDownSecs 0 (its
+                        // default) full records from the first byte.
+                        enabled: cooldown.is_some() && ffi::ap_ssl_conn_is_ssl(c) != 0,
                         warmup: cfg.map(|c| c.tls_warmup_size()).unwrap_or(0),
-                        cooldown: cfg
-                            .and_then(|c| c.tls_cooldown_secs)
-                            .filter(|&secs| secs > 0)
-                            .map(|secs| Duration::from_secs(secs as u64)),
+                        cooldown,
                         written: 0,
                         last_write: std::time::Instant::now(),
                     }

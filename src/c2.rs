@@ -1047,6 +1047,15 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
             ffi::ap_add_input_filter_handle(ffi::ap_http_input_filter_handle, ptr::null_mut(), r, c);
             access_status = ffi::ap_post_read_request(r);
         }
+        if access_status == 0
+            && head.protocol.is_some()
+            && !crate::c1::server_config((*r).server).is_some_and(|cfg| cfg.websockets())
+        {
+            // The connection's server enabled extended CONNECT; the name-
+            // based virtual host that serves this request must too (as the
+            // stock module's post_read_request check: 501).
+            access_status = ffi::HTTP_NOT_IMPLEMENTED as i32;
+        }
         if access_status != 0 {
             request_read(r, ctx);
             ffi::ap_die(access_status, r);

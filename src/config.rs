@@ -471,29 +471,37 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
 /// The longest time a directive takes: deadlines are computed from it.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// `parse_duration`, at most `MAX_DURATION`.
+/// `parse_duration`, cut to `MAX_DURATION`: httpd takes any value whose
+/// microseconds fit an `apr_interval_time_t`, and a configuration that
+/// means "never" with a large number must load as with the stock module.
 fn parse_bounded_duration(directive: &str, arg: &str) -> Result<Duration, String> {
     let d = parse_duration(directive, arg)?;
-    if d > MAX_DURATION {
-        return Err(format!("{directive}: '{arg}' is out of range (at most a year)"));
+    if d.as_micros() > i64::MAX as u128 {
+        return Err(format!("{directive}: '{arg}' is out of range"));
     }
-    Ok(d)
+    Ok(d.min(MAX_DURATION))
 }
 
-/// httpd's time syntax for timeouts: seconds, or a number with a unit
-/// suffix `ms`, `s`, `mi`, `h` (as ap_timeout_parameter_parse accepts).
+/// httpd's time syntax for timeouts (ap_timeout_parameter_parse): seconds,
+/// or a number with a unit that httpd knows by its first letters: `s...`
+/// seconds, `ms...` milliseconds, `mi...` minutes, `h...` hours; so `5min`,
+/// `30sec` and `2hours` are what httpd's own directives take.
 pub fn parse_duration(directive: &str, arg: &str) -> Result<Duration, String> {
-    let bad = || format!("{directive}: '{arg}' is not a duration (e.g. 30, 30s, 500ms, 5mi, 1h)");
+    let bad = || format!("{directive}: '{arg}' is not a duration (e.g. 30, 30s, 500ms, 5min, 1h)");
     let arg_l = arg.trim().to_ascii_lowercase();
     let split = arg_l.find(|c: char| !c.is_ascii_digit()).unwrap_or(arg_l.len());
     let (num, unit) = arg_l.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "mi" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-        _ => return Err(bad()),
+    let d = if unit.is_empty() || unit.starts_with('s') {
+        Duration::from_secs(n)
+    } else if unit.starts_with("ms") {
+        Duration::from_millis(n)
+    } else if unit.starts_with("mi") {
+        Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?)
+    } else if unit.starts_with('h') {
+        Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?)
+    } else {
+        return Err(bad());
     };
     Ok(d)
 }
@@ -574,6 +582,8 @@ mod tests {
         assert_eq!(vhost.stream_timeout(Duration::from_secs(300)), Duration::from_secs(300));
         assert_eq!(server("H2StreamTimeout", &["90s"]).unwrap().stream_timeout, Some(Duration::from_secs(90)));
         assert!(server("H2StreamTimeout", &["9999999999999999"]).unwrap_err().contains("out of range"));
+        assert_eq!(server("H2StreamTimeout", &["99999999"]).unwrap().stream_timeout, Some(MAX_DURATION));
+        assert_eq!(server("H2StreamTimeout", &["5min"]).unwrap().stream_timeout, Some(Duration::from_secs(300)));
         assert_eq!(server("H2MaxWorkerIdleSeconds", &["0"]).unwrap().max_worker_idle_secs, None);
         assert_eq!(server("H2MaxWorkerIdleSeconds", &["5mi"]).unwrap().max_worker_idle_secs, Some(300));
         assert_eq!(server("H2MaxWorkerIdleSeconds", &["100000"]).unwrap().max_worker_idle_secs, Some(100000));
@@ -602,6 +612,13 @@ mod tests {
         assert_eq!(parse_duration("X", "250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("X", "2mi").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("X", "1d").is_err());
+        // httpd reads a unit by its first letters.
+        assert_eq!(parse_duration("X", "5min").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("X", "30sec").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("X", "2hours").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("X", "100msec").unwrap(), Duration::from_millis(100));
+        assert!(parse_duration("X", "5m").is_err());
+        assert!(parse_duration("X", "-5").is_err());
         assert!(parse_duration("X", "").is_err());
     }
 

@@ -424,6 +424,19 @@ def test_every_stock_directive_is_accepted(make_server):
     assert srv.read_error_log().count("server push is not provided") == 1
 
 
+@pytest.mark.parametrize("conf", [
+    "H2StreamTimeout 5min\nH2MaxWorkerIdleSeconds 2hours",
+    "H2StreamTimeout 30sec\nH2MaxWorkerIdleSeconds 100msec",
+    "H2StreamTimeout 99999999",
+])
+def test_time_values_load_as_httpd_reads_them(make_server, conf):
+    """httpd's time syntax (ap_timeout_parameter_parse, as the stock module
+    reads these): units by their first letters, no upper bound but
+    overflow."""
+    r = make_server(h2_conf=conf).configtest()
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize("conf,words", [
     ("H2WindowSize abc", ["H2WindowSize", "not a number"]),
     ("H2WindowSize 10", ["H2WindowSize", "out of range", "1024"]),
@@ -586,11 +599,12 @@ H2EarlyHint Link "</x.css>; rel=preload"
     c.close()
 
 
-def test_tls_warmup_uses_small_records_first(make_server, certs):
-    """H2TLSWarmUpSize: the first bytes go in small TLS records."""
+def tls_record_lengths_of_a_download(make_server, certs, h2_conf):
+    """The lengths of the application-data records a server with `h2_conf`
+    sends on a TLS 1.2 connection that downloads /100k.bin."""
     import struct
     tls_port = free_port()
-    srv = make_server(h2_conf="H2TLSWarmUpSize 20000")
+    srv = make_server(h2_conf=h2_conf)
     srv.tls_config(certs, tls_port, extra="SSLProtocol -all +TLSv1.2")
     srv.start()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -646,7 +660,14 @@ def test_tls_warmup_uses_small_records_first(make_server, certs):
         except ssl.SSLWantReadError:
             pass
         tls.write(c.data_to_send()) if c.data_to_send else None
-    app = [ln for (t, ln) in records[handshake_records:] if t == 23]
+    raw.close()
+    return [ln for (t, ln) in records[handshake_records:] if t == 23]
+
+
+def test_tls_warmup_uses_small_records_first(make_server, certs):
+    """H2TLSWarmUpSize with H2TLSCoolDownSecs: the first bytes go in small
+    TLS records."""
+    app = tls_record_lengths_of_a_download(make_server, certs, "H2TLSWarmUpSize 20000\nH2TLSCoolDownSecs 5")
     assert app[0] <= 1300 + 64, app[:5]
     assert max(app[:10]) <= 1300 + 64, app[:10]
     assert max(app) > 4000, "never left warm-up"
@@ -654,7 +675,14 @@ def test_tls_warmup_uses_small_records_first(make_server, certs):
     # overhead), also inside one write of 128 KiB, not after that write.
     first_full = next(i for i, ln in enumerate(app) if ln > 1300 + 64)
     assert 20000 <= sum(app[:first_full]) <= 22000, app[:first_full + 1]
-    raw.close()
+
+
+def test_tls_records_are_full_size_from_the_start_by_default(make_server, certs):
+    """As the stock module: without H2TLSCoolDownSecs (its default is 0)
+    there is no warm-up; the download's first DATA goes in full records."""
+    app = tls_record_lengths_of_a_download(make_server, certs, "")
+    assert max(app[:10]) > 4000, app[:10]
+    assert sum(1 for ln in app if ln <= 1300 + 64) < 10, app[:20]
 
 
 import h2.config  # noqa: E402

@@ -363,6 +363,30 @@ def test_refused_where_no_websocket_is(ws_server):
     c.close()
 
 
+def test_refused_by_a_virtual_host_without_websockets(make_server, ws_backend):
+    """H2WebSockets of the name-based virtual host that serves the request
+    counts, not only that of the connection's (as the stock module: 501),
+    though both proxy WebSockets."""
+    srv = make_server(extra=proxy_conf(ws_backend[0]))
+    srv.extra += "\n".join(f"""
+<VirtualHost 127.0.0.1:{srv.port}>
+  ServerName {name}
+  {conf}
+</VirtualHost>""" for name, conf in [("on.test", "H2WebSockets on"), ("off.test", "")])
+    srv.start()
+    c = client_for(srv)
+    assert c.remote_settings.get(ENABLE_CONNECT_PROTOCOL) == 1
+    c.default_authority = "off.test"
+    s = Tunnel(c, "/ws/echo").wait_end()
+    assert s.status == 501 and s.ended, (s.status, s.reset)
+    c.default_authority = "on.test"
+    t = Tunnel(c, "/ws/echo")
+    assert t.wait_open() == 200
+    t.send(TEXT, b"hello")
+    assert t.recv() == (TEXT, b"hello")
+    c.close()
+
+
 def test_a_refused_101_ends_the_backend_tunnel(make_server):
     """A backend whose 101 has a wrong Sec-WebSocket-Accept: the client gets
     502, and the tunnel mod_proxy_http runs after the 101 ends at the
