@@ -140,6 +140,11 @@ pub struct C2Ctx {
     request: *mut ffi::request_rec,
     /// The final response head went to the stream.
     pub response_set: bool,
+    /// The request and status of that head, when the handler's own
+    /// response made it (`start_response`): output of another request or
+    /// status after it is httpd's error response to a handler that
+    /// failed mid-body (`response_out`).
+    head_of: Option<(*mut ffi::request_rec, c_int)>,
     response_filter_installed: bool,
     /// Trailers collected by the response filter at EOS.
     trailers: Option<Headers>,
@@ -210,6 +215,7 @@ impl C2Ctx {
             eor: ptr::null_mut(),
             request: ptr::null_mut(),
             response_set: false,
+            head_of: None,
             response_filter_installed: false,
             trailers: None,
             interim: InterimParser::default(),
@@ -242,6 +248,7 @@ impl C2Ctx {
         self.eor = ptr::null_mut();
         self.request = ptr::null_mut();
         self.response_set = false;
+        self.head_of = None;
         self.response_filter_installed = false;
         self.trailers = None;
         self.interim = InterimParser::default();
@@ -632,8 +639,9 @@ impl C2 {
                 if let Some(key) = learn {
                     // SAFETY: the request (if one was made) lives until its
                     // EOR is destroyed at retire; this thread owns the c2.
-                    let outcome = unsafe { self.fastpath_outcome(clock.cost()) };
-                    fastpath::urls().record(key, outcome);
+                    if let Some(outcome) = unsafe { self.fastpath_outcome(clock.cost()) } {
+                        fastpath::urls().record(key, outcome);
+                    }
                 }
                 false
             }
@@ -661,16 +669,20 @@ impl C2 {
 
     /// How the request just processed went, for `fastpath`: a regular file
     /// served by the default handler, without an internal redirect, through
-    /// output filters that only pass bytes on or set headers.
+    /// output filters that only pass bytes on or set headers. None when the
+    /// run tells nothing of the URL's full GET: a 304 or a 206 of a static
+    /// file (mod_deflate takes itself out of the chain for a 304: the chain
+    /// looked harmless for a URL whose next GET is compressed, and that GET
+    /// ran on c1).
     ///
     /// # Safety
     /// The c2 is owned by this thread and its request (if any) not yet
     /// released.
-    unsafe fn fastpath_outcome(&self, cost: RunCost) -> RunOutcome {
+    unsafe fn fastpath_outcome(&self, cost: RunCost) -> Option<RunOutcome> {
         let r = self.ctx.request;
         let mut outcome = RunOutcome { static_file: false, cost };
         if r.is_null() {
-            return outcome;
+            return Some(outcome);
         }
         // SAFETY: caller contract: r is live.
         unsafe {
@@ -680,6 +692,9 @@ impl C2 {
                 && (*r).next.is_null()
                 && (*r).finfo.filetype == ffi::APR_REG
                 && matches!((*r).status, 200 | 206 | 304);
+            if outcome.static_file && (*r).status != 200 {
+                return None;
+            }
             // Filters that could wait or grow the body (rate limits,
             // includes running subrequests, compression) keep the URL on
             // workers.
@@ -689,7 +704,7 @@ impl C2 {
                     apr::filter_chain_all_recs((*r).output_filters, |rec| harmless.contains(&(rec as usize)));
             }
         }
-        outcome
+        Some(outcome)
     }
 
     /// # Safety
@@ -1572,6 +1587,7 @@ unsafe fn start_response(
             }
         }
         ctx.response_set = true;
+        ctx.head_of = Some((r, (*r).status));
         // As HTTP/1.1's header filter: a response without a body sent
         // none (mod_log_config's %b is "-" for a HEAD, not the file's
         // length the handler passed).
@@ -1618,6 +1634,21 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
             if let Some(rv) = start_response(r, c, ctx, &stream, brigade, error_status) {
                 return rv;
             }
+        } else if !ctx.response_cut && error_response_after_head(ctx.head_of, r) {
+            // The handler failed after its head went out, and httpd sends
+            // its error response (or ErrorDocument, an internal redirect)
+            // behind the body begun. HTTP/1.1 appends it and ends the
+            // response as if complete; as for an error bucket after the
+            // head (`net_out`), the stream is reset instead.
+            crate::clog!(
+                c,
+                crate::log::Level::Info,
+                "h2rs: stream {}: the handler failed after the response's head (status {}), resetting the stream",
+                stream.id,
+                (*r).status
+            );
+            ctx.response_cut = true;
+            ctx.discard_output = true;
         }
         if (*r).header_only != 0 || response::status_is_header_only((*r).status) {
             response::drop_body(brigade);
@@ -1627,6 +1658,20 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
         }
         ffi::ap_pass_brigade(next, bb)
     }
+}
+
+/// Whether output of `r` after the head `head_of` is httpd's error response
+/// to a handler that failed mid-body: another request (an ErrorDocument's
+/// internal redirect: httpd moves the protocol filters to it), or the same
+/// request with an error status it did not have when its head went out.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn error_response_after_head(head_of: Option<(*mut ffi::request_rec, c_int)>, r: *mut ffi::request_rec) -> bool {
+    let Some((head_r, head_status)) = head_of else { return false };
+    // SAFETY: caller contract.
+    let status = unsafe { (*r).status };
+    r != head_r || (status != head_status && status >= 400)
 }
 
 /// `H2RS_C2_NET_IN`: the request body, read from the stream.

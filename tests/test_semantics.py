@@ -75,6 +75,13 @@ CustomLog "{workdir}/srv-sem/numbered.log" numbered
 <Location /connid>
   SetHandler h2rs-connid
 </Location>
+<Location /fail-late>
+  SetHandler h2rs-fail-late
+</Location>
+<Location /fail-late-doc>
+  SetHandler h2rs-fail-late
+  ErrorDocument 500 /index.html
+</Location>
 {H2STATUS_LOCATION}<Location /h2vars>
   SetHandler h2rs-h2vars
 </Location>
@@ -587,6 +594,26 @@ def test_compression_after_a_client_that_accepts_none(srv, docroot):
     c.close()
 
 
+def test_compression_after_a_304_of_the_same_url(srv, docroot):
+    """mod_deflate takes itself out of the chain for a 304: a browser's
+    revalidations of a URL whose full GET is compressed must not teach c1
+    to run that GET itself (its compressed output copied into memory on
+    c1, cut at 1 MiB)."""
+    import email.utils
+    path = "/gz/1m.bin?revalidated"
+    gzip_ok = [("accept-encoding", "gzip")]
+    mtime = os.stat(docroot.file("1m.bin")).st_mtime
+    teach = gzip_ok + [("if-modified-since", email.utils.formatdate(mtime, usegmt=True))]
+    c = h2c(srv)
+    for _ in range(3):
+        st = c.wait_stream(c.request(path, headers=teach))
+        assert st.status == 304 and not st.data, st.status
+    st = c.wait_stream(c.request(path, headers=gzip_ok))
+    assert (st.status, st.reset, st.header("content-encoding")) == (200, None, "gzip"), (st.status, st.reset)
+    assert gzip.decompress(bytes(st.data)) == docroot.file("1m.bin").read_bytes()
+    c.close()
+
+
 def test_response_trailers_from_a_handler_and_a_proxy(srv):
     c = h2c(srv)
     st = c.wait_stream(c.request("/echo", method="POST", headers=[("want-trailers", "1")], body=b"abc"))
@@ -921,6 +948,24 @@ def test_output_after_the_response_ends_is_dropped(srv):
     assert st.reset is None
     c.close()
     srv.new_log_lines()
+
+
+@pytest.mark.parametrize("path", ["/fail-late", "/fail-late-doc"])
+def test_a_handler_that_fails_after_its_head_has_its_stream_reset(srv, docroot, path):
+    """A handler that fails once its head and part of its body went out:
+    httpd then sends its error response (or the ErrorDocument) on the same
+    connection. HTTP/1.1 (and the stock module) append it to the body and
+    end the response as if complete, for caches to keep; here the stream
+    is reset, as for a backend that broke off."""
+    c = h2c(srv)
+    st = c.wait_stream(c.request(path))
+    assert st.status in (None, 200) and st.reset == h2.errors.ErrorCodes.INTERNAL_ERROR and not st.ended, \
+        (st.status, st.reset, st.ended)
+    # (The reset may overtake the body's start; never the error page.)
+    assert b"the start of a body\n".startswith(bytes(st.data)), bytes(st.data)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+    srv.new_log_lines()  # the cut is logged
 
 
 def test_a_response_cut_while_the_client_window_is_used_up_resets_that_stream_only(srv):

@@ -180,6 +180,16 @@ static int cut_handler(request_rec *r)
     return OK;
 }
 
+/* h2rs-fail-late: a line of body, flushed (the head goes out), then the
+ * handler fails: httpd sends its error response after the body begun. */
+static int fail_late_handler(request_rec *r)
+{
+    ap_set_content_type(r, "text/plain");
+    ap_rputs("the start of a body\n", r);
+    ap_rflush(r);
+    return HTTP_INTERNAL_SERVER_ERROR;
+}
+
 /* h2rs-connid: the request's connection's id (c->id), which mod_cgid's
  * daemon finds a request's script by. */
 static int connid_handler(request_rec *r)
@@ -211,6 +221,9 @@ static int test_handler(request_rec *r)
     }
     if (!strcmp(r->handler, "h2rs-cut")) {
         return cut_handler(r);
+    }
+    if (!strcmp(r->handler, "h2rs-fail-late")) {
+        return fail_late_handler(r);
     }
     if (!strcmp(r->handler, "h2rs-connid")) {
         return connid_handler(r);
