@@ -416,7 +416,12 @@ impl Dispatch for C1Dispatch {
     }
 
     fn runs_here(&self, stream: &Stream) -> bool {
+        // Within the child's budget of queued file regions only: a stream
+        // run here queues its file by reference whatever the budget says
+        // (`Stream::takes_file_region`; it cannot wait for room to copy),
+        // and holds it until the client takes it.
         self.fastpath_key(stream).is_some_and(|k| fastpath::urls().predicts_fast(k))
+            && crate::stream::file_regions_within_budget()
     }
 
     fn retire(&mut self, retire: Box<dyn Retire>, outcome: Outcome) {

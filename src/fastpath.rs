@@ -17,7 +17,11 @@
 //! path) and predicts from them. An inline run that turns out otherwise
 //! unlearns the URL: another handler at once, slowness when two runs in a
 //! row were slow, so at most two requests per URL stall their connections
-//! before the URL goes back to workers. The table
+//! before the URL goes back to workers. A URL whose handler changed stays
+//! on workers for `MIXED_HOLD` (its outcome may depend on more than the
+//! key: a cookie a RewriteCond looks at sends a logged-in user to PHP and
+//! everyone else to a cached file), so such URLs cost one stalled request
+//! per `MIXED_HOLD` at most, not one per change of client. The table
 //! is per child process (a graceful restart, with a new configuration,
 //! starts empty) and bounded.
 
@@ -25,7 +29,7 @@ use crate::request::RequestHead;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A run longer than this is not "fast" if the thread slept during it or
 /// computed that long: a handler waiting on anything (I/O, a lock, a timer)
@@ -49,6 +53,9 @@ const CAPACITY: usize = 8192;
 /// at `h2load -c 100 -m 10`, each of which sent the next burst of every
 /// connection of the child to workers.
 const SLOW_RUNS_TO_UNLEARN: u8 = 2;
+/// How long a URL that was a fast static file and then was not stays on
+/// workers, from its last run that was not a static file.
+const MIXED_HOLD: Duration = Duration::from_secs(60);
 
 /// What a run cost, as the thread that ran it saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,10 +100,18 @@ impl Outcome {
     }
 }
 
-/// The URLs known to be fast static files, each with its count of slow
-/// runs since its last fast one.
+/// The URLs known to be fast static files, and those that were and then
+/// were not.
 pub struct FastUrls {
-    known: Mutex<HashMap<u64, u8, Seed>>,
+    known: Mutex<HashMap<u64, Known, Seed>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Known {
+    /// Runs inline; `slow_runs` since its last fast run.
+    Fast { slow_runs: u8 },
+    /// Was fast, then another handler served it, at `since`.
+    Mixed { since: Instant },
 }
 
 /// Builds `IdentityHasher`s.
@@ -170,7 +185,8 @@ pub const HARMLESS_OUTPUT_FILTERS: [&str; 9] = [
 pub fn url_key(vhost: usize, head: &RequestHead) -> u64 {
     let mut h = crate::hash::WordHasher::default();
     vhost.hash(&mut h);
-    head.authority.hash(&mut h);
+    // Without :authority, httpd picks the name-based virtual host by Host.
+    head.authority.as_deref().or_else(|| head.header(b"host")).hash(&mut h);
     head.path.hash(&mut h);
     head.header(b"accept-encoding").hash(&mut h);
     h.finish()
@@ -184,32 +200,52 @@ impl Default for FastUrls {
 
 impl FastUrls {
     pub fn predicts_fast(&self, key: u64) -> bool {
-        self.known.lock().contains_key(&key)
+        matches!(self.known.lock().get(&key), Some(Known::Fast { .. }))
     }
 
     /// Whether the next run of this URL is to be measured (`MAX_RUN`): a
     /// run since its last fast one was slow.
     pub fn measures_next_run(&self, key: u64) -> bool {
-        self.known.lock().get(&key).is_some_and(|&slow_runs| slow_runs > 0)
+        matches!(self.known.lock().get(&key), Some(Known::Fast { slow_runs }) if *slow_runs > 0)
     }
 
     /// Learns (or unlearns) a URL from how a request for it went: another
-    /// handler unlearns it at once, slowness only when it repeats.
+    /// handler unlearns it at once (and keeps it from being learned again
+    /// for `MIXED_HOLD`), slowness only when it repeats.
     pub fn record(&self, key: u64, outcome: Outcome) {
+        self.record_at(key, outcome, Instant::now)
+    }
+
+    /// `record`, with the clock (read only when a URL turns mixed or a
+    /// mixed one runs fast).
+    fn record_at(&self, key: u64, outcome: Outcome, now: impl FnOnce() -> Instant) {
         let mut known = self.known.lock();
         if outcome.is_fast() {
             // Known already (nearly always): one lookup, no insert.
-            if let Some(slow_runs) = known.get_mut(&key) {
-                *slow_runs = 0;
-                return;
+            match known.get_mut(&key) {
+                Some(Known::Fast { slow_runs }) => *slow_runs = 0,
+                Some(entry @ Known::Mixed { .. }) => {
+                    if let Known::Mixed { since } = *entry {
+                        if now().saturating_duration_since(since) >= MIXED_HOLD {
+                            *entry = Known::Fast { slow_runs: 0 };
+                        }
+                    }
+                }
+                None => {
+                    if known.len() >= CAPACITY {
+                        known.clear();
+                    }
+                    known.insert(key, Known::Fast { slow_runs: 0 });
+                }
             }
-            if known.len() >= CAPACITY {
-                known.clear();
-            }
-            known.insert(key, 0);
         } else if !outcome.static_file {
-            known.remove(&key);
-        } else if let Some(slow_runs) = known.get_mut(&key) {
+            // Only a URL that was known (dynamic URLs, with their query
+            // strings, would crowd the table out); a mixed one's hold
+            // starts again, so URLs whose clients alternate stay on workers.
+            if let Some(entry) = known.get_mut(&key) {
+                *entry = Known::Mixed { since: now() };
+            }
+        } else if let Some(Known::Fast { slow_runs }) = known.get_mut(&key) {
             if !outcome.cost.measured {
                 // Slow by the wall clock only (maybe just preempted): a
                 // suspect, whose next run is measured. Runs that started
@@ -291,6 +327,47 @@ mod tests {
         // Not the default handler on a file: back to workers.
         urls.record(k, Outcome { static_file: false, ..FAST });
         assert!(!urls.predicts_fast(k));
+    }
+
+    #[test]
+    fn a_url_served_by_another_handler_stays_on_workers_for_the_hold() {
+        let urls = FastUrls::default();
+        let k = key(1, "example.org", "/post/");
+        let t0 = Instant::now();
+        let dynamic = Outcome { static_file: false, ..FAST };
+        // Unknown dynamic URLs are not remembered.
+        urls.record_at(k, dynamic, || t0);
+        assert!(urls.known.lock().is_empty());
+        urls.record_at(k, FAST, || t0);
+        assert!(urls.predicts_fast(k));
+        // A logged-in user's request ran PHP: mixed from here.
+        urls.record_at(k, dynamic, || t0);
+        assert!(!urls.predicts_fast(k));
+        // Anonymous requests (cached files, on workers) do not teach it again
+        // within the hold, and each dynamic run starts the hold again.
+        urls.record_at(k, FAST, || t0 + MIXED_HOLD / 2);
+        assert!(!urls.predicts_fast(k));
+        urls.record_at(k, dynamic, || t0 + MIXED_HOLD / 2);
+        urls.record_at(k, FAST, || t0 + MIXED_HOLD);
+        assert!(!urls.predicts_fast(k));
+        // A hold without a dynamic run: fast again.
+        urls.record_at(k, FAST, || t0 + MIXED_HOLD / 2 + MIXED_HOLD);
+        assert!(urls.predicts_fast(k));
+    }
+
+    #[test]
+    fn without_authority_the_host_field_is_part_of_the_key() {
+        let head = |host: &[u8]| {
+            let mut h = RequestHead {
+                method: b"GET".into(),
+                path: Some(b"/".as_slice().into()),
+                end_stream: true,
+                ..Default::default()
+            };
+            h.headers.push(b"host", host);
+            h
+        };
+        assert_ne!(url_key(1, &head(b"static.example")), url_key(1, &head(b"app.example")));
     }
 
     #[test]

@@ -455,6 +455,11 @@ fn file_region_budget() -> usize {
     crate::limits::file_region_budget(crate::limits::descriptor_limit())
 }
 
+/// Whether the child's file regions are below `file_region_budget`.
+pub fn file_regions_within_budget() -> bool {
+    FILE_REGIONS.load(Ordering::Relaxed) < file_region_budget()
+}
+
 impl FileRegion {
     pub fn new(file: std::fs::File, offset: u64, len: u64, may_map: bool) -> FileRegion {
         FILE_REGIONS.fetch_add(1, Ordering::Relaxed);
@@ -1329,10 +1334,11 @@ impl Stream {
     pub fn takes_file_region(&self) -> bool {
         if self.runs_inline() {
             // Always: it cannot wait for a copy's room, and it has one
-            // file and no ranges (`fastpath::candidate`).
+            // file and no ranges (`fastpath::candidate`). The budget was
+            // checked before it was run here (`C1Dispatch::runs_here`).
             return true;
         }
-        if FILE_REGIONS.load(Ordering::Relaxed) >= file_region_budget() {
+        if !file_regions_within_budget() {
             return false;
         }
         let io = self.io.lock();

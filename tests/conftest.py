@@ -139,7 +139,7 @@ class Httpd:
     """One httpd instance with its own ServerRoot, logs and port."""
 
     def __init__(self, workdir, docroot, name="h2", module=MODULE, h2_conf="", extra="",
-                 mpm=EVENT_MPM, protocols="h2c http/1.1", loglevel="warn", env=None):
+                 mpm=EVENT_MPM, protocols="h2c http/1.1", loglevel="warn", env=None, descriptors=None):
         self.dir = pathlib.Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
@@ -156,6 +156,8 @@ class Httpd:
         self.protocols = protocols
         self.loglevel = loglevel
         self.env = env or {}
+        # RLIMIT_NOFILE of the server (its soft limit), or the caller's.
+        self.descriptors = descriptors
         self.pid = None
         self.log_offset = 0
         self.allow_panic = False
@@ -250,8 +252,17 @@ Protocols {self.protocols}
         r = self.configtest()
         assert r.returncode == 0, f"config test failed: {r.stderr}"
         env = dict(os.environ, **self.env)
+        descriptors = self.descriptors
+
+        def limits():
+            allow_core_dumps()
+            if descriptors:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE,
+                                   (descriptors, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
         r = subprocess.run([HTTPD, "-f", str(self.conf), "-k", "start"], capture_output=True, text=True, env=env,
-                           preexec_fn=allow_core_dumps)
+                           preexec_fn=limits)
         assert r.returncode == 0, f"httpd did not start: {r.stderr}"
         deadline = time.time() + 15
         while time.time() < deadline:

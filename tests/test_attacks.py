@@ -798,6 +798,47 @@ def test_multi_range_zero_window(srv):
     assert peak - before < 400, f"descriptors: {before} before, {peak} at the peak"
 
 
+def test_small_windows_on_a_learned_url_keep_within_the_descriptor_budget(make_server):
+    """A static file c1 has learned to run itself, asked for 99 times on
+    each of 6 connections whose streams have a window of 1 KiB (which
+    counts as open) and whose connection window is wide open: each stream
+    run on c1 queued its file by reference (a descriptor, and the
+    request's own) and held it until the client took it, without the
+    child's budget of queued regions (a quarter of its descriptors) that
+    streams on workers keep to; the children ran out of descriptors. Now
+    c1 runs a stream itself only within that budget; beyond it, workers
+    copy under their memory limit, and give up after H2StreamTimeout."""
+    srv = make_server(descriptors=512, h2_conf=f"H2MinWorkers 4\nH2MaxWorkers {MAX_WORKERS}\nH2StreamTimeout 5\n",
+                      extra="Timeout 10\n").start()
+    path = "/100k.bin?descriptor-budget"
+    conns = []
+    for _ in range(6):
+        c = Conn(srv.port, settings_pairs=[(INITIAL_WINDOW_SIZE, 1024)], auto_window=False)
+        c.send(window_update(0, 1 << 30), headers(1, req_block(c, path)))
+        c.drain(0.5)  # its run on a worker teaches c1 the URL
+        c.send(b"".join(headers(3 + 2 * i, req_block(c, path)) for i in range(99)))
+        conns.append(c)
+    peak = {}
+    failures = []
+    deadline = time.time() + 4
+    while time.time() < deadline:
+        for pid in srv.mpm_children():
+            try:
+                peak[pid] = max(peak.get(pid, 0), len(os.listdir(f"/proc/{pid}/fd")))
+            except OSError:
+                pass
+        for c in conns:
+            c.drain(0.05)
+        r = conftest.curl("--http2-prior-knowledge", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                          "--max-time", "5", srv.url("/1k.bin"))
+        if r.stdout != b"200":
+            failures.append(r.stdout)
+    for c in conns:
+        c.close()
+    assert not failures, failures[:5]
+    assert peak and max(peak.values()) < 450, f"descriptors of the children at the peak: {peak} (limit 512)"
+
+
 def test_request_bodies_held(srv):
     """3 connections x 100 POST streams to a CGI that never reads its body,
     each sending a full window (64 KiB) of body and never ending it (slow

@@ -686,6 +686,42 @@ def test_url_that_stops_being_a_static_file_goes_back_to_workers(make_server, do
             flip.unlink(missing_ok=True)
 
 
+def test_url_whose_handler_depends_on_a_cookie_stays_on_workers(make_server, docroot):
+    """A URL that a RewriteCond on a cookie sends to a CGI for logged-in
+    users and to a static file for everyone else: once a logged-in
+    user's request ran on c1's thread (the URL was learned as a static
+    file), the anonymous requests after it, run on workers, do not teach
+    c1 the URL again (each logged-in request after them ran the CGI on
+    c1's thread, holding up its connection)."""
+    srv = make_server(h2_conf="H2MinWorkers 1\nH2MaxWorkers 1", extra="""
+RewriteCond %{HTTP_COOKIE} logged_in
+RewriteRule ^/mixed$ /cgi/env.cgi [PT,L]
+RewriteRule ^/mixed$ /1k.bin [PT,L]""").start()
+    small = docroot.file("1k.bin").read_bytes()
+    c = H2Client(srv.port)
+    try:
+        for _ in range(3):
+            st = c.wait_stream(c.request("/mixed"), timeout=30)
+            assert (st.status, bytes(st.data)) == (200, small)
+        st = c.wait_stream(c.request("/mixed", headers=[("cookie", "logged_in=1")]), timeout=30)
+        assert st.status == 200 and bytes(st.data).startswith(b"HTTP2=on"), bytes(st.data)
+        for _ in range(3):
+            st = c.wait_stream(c.request("/mixed"), timeout=30)
+            assert (st.status, bytes(st.data)) == (200, small)
+        busy = H2Client(srv.port)
+        cgi = busy.request("/cgi/slow.cgi?3")
+        time.sleep(0.5)
+        t0 = time.time()
+        st = c.wait_stream(c.request("/mixed"), timeout=30)
+        waited = time.time() - t0
+        assert (st.status, bytes(st.data)) == (200, small)
+        assert waited > 1.5, f"the mixed URL ran on c1's thread again ({waited:.1f}s)"
+        assert busy.wait_stream(cgi, timeout=30).status == 200
+        busy.close()
+    finally:
+        c.close()
+
+
 def slab_region_rss_kib(pid):
     """RSS of the module's slab region in a process (src/alloc.rs: an
     anonymous mapping of 256 MiB and two 64 KiB slabs; nothing else in an
