@@ -497,25 +497,39 @@ pub struct C1 {
 
 impl Parked for C1 {
     /// An idle session is told goodbye while it waits in the MPM (idle
-    /// timeout, graceful stop): GOAWAY, then the connection is shut down so
-    /// the MPM hands it back to us at once (the read sees the end) and it
-    /// closes, even if the client ignores the GOAWAY.
-    fn goaway_now(&mut self, debug: &[u8]) {
-        if !self.client_gone && !self.session.goaway_sent() {
-            clog!(self.c, Level::Debug, "h2rs: GOAWAY to a parked session ({})", String::from_utf8_lossy(debug));
-            self.session.goaway(error_code::NO_ERROR, debug);
-            let _ = self.write_output();
-            // SAFETY: shutting down our connection's own socket; the MPM
-            // only polls it (and then sees it readable).
-            unsafe { libc::shutdown(self.sock_fd, libc::SHUT_RDWR) };
+    /// timeout, graceful stop): GOAWAY and our FIN. The client's answer (its
+    /// FIN, or a request that crossed the GOAWAY) hands the connection back
+    /// to us, and it closes with httpd's lingering close; one that stays
+    /// silent gets `stop_reading` from the clock. Not SHUT_RDWR at once:
+    /// data arriving at a socket shut for reading is answered with RST,
+    /// which loses our GOAWAY (the client cannot tell that its request
+    /// was not processed) and defeats the lingering close.
+    fn goaway_now(&mut self, debug: &[u8]) -> bool {
+        if self.client_gone || self.session.goaway_sent() {
+            return false;
         }
+        clog!(self.c, Level::Debug, "h2rs: GOAWAY to a parked session ({})", String::from_utf8_lossy(debug));
+        self.session.goaway(error_code::NO_ERROR, debug);
+        let _ = self.write_output_without_waiting();
+        // SAFETY: shutting down our connection's own socket for writing;
+        // the MPM only polls it.
+        unsafe { libc::shutdown(self.sock_fd, libc::SHUT_WR) };
+        true
+    }
+
+    /// The client stayed silent after our GOAWAY and FIN: the read side
+    /// shut too, the MPM sees the socket readable (at its end) and hands
+    /// the connection back to us to close.
+    fn stop_reading(&mut self) {
+        // SAFETY: as in `goaway_now`.
+        unsafe { libc::shutdown(self.sock_fd, libc::SHUT_RDWR) };
     }
 
     fn shutdown_notice_now(&mut self) -> bool {
         if self.client_gone || self.stop_notice_at.is_some() || !self.send_shutdown_notice() {
             return false;
         }
-        if self.write_output().is_err() {
+        if self.write_output_without_waiting().is_err() {
             self.client_gone = true;
         }
         true
@@ -1101,7 +1115,15 @@ impl C1 {
                 // wake-up of child_stopping (a graceful restart). Shown as
                 // keep-alive meanwhile, not as the last request's logging.
                 self.update_status(ffi::SERVER_BUSY_KEEPALIVE);
-                match self.wait(self.keepalive_timeout, true) {
+                // Before the first request about `Timeout`, as HTTP/1.1
+                // (a browser may open a connection before it knows its
+                // first request).
+                let idle_limit = if self.session.last_stream_id() > 0 {
+                    self.keepalive_timeout
+                } else {
+                    first_request_timeout(self.timeout, self.keepalive_timeout)
+                };
+                match self.wait(idle_limit, true) {
                     Wait::Ready => {
                         self.update_status(ffi::SERVER_BUSY_READ);
                         continue;
@@ -1333,7 +1355,10 @@ impl C1 {
 
     fn close(&mut self) -> i32 {
         if !self.client_gone {
-            if !self.session.goaway_sent() && !self.session.peer_sent_goaway() {
+            // Also after the client's GOAWAY: ours names the last stream
+            // we processed (RFC 9113 6.8), for a request it sent after its
+            // own GOAWAY.
+            if !self.session.goaway_sent() {
                 self.session.goaway(error_code::NO_ERROR, b"");
             }
             let _ = self.write_output();
@@ -1560,6 +1585,30 @@ impl C1 {
     /// Writes everything nghttp2 has to send (blocking, with `Timeout`).
     fn write_output(&mut self) -> Result<(), ()> {
         self.write_frames_and_more(&mut FrameBuf::take(), usize::MAX)
+    }
+
+    /// `write_output` for a parked session, on the child's clock thread:
+    /// without waiting for room in the socket (its timeout 0 meanwhile).
+    /// That thread serves every parked session's alarms, and one client
+    /// that reads nothing held them all for `Timeout`. Such a client's
+    /// write fails, and its connection is aborted.
+    fn write_output_without_waiting(&mut self) -> Result<(), ()> {
+        // SAFETY: the connection's own socket, used by this thread alone
+        // while it holds the parked session (CLOSING).
+        let sock = unsafe { ffi::ap_get_conn_socket(self.c) };
+        if sock.is_null() {
+            return self.write_output();
+        }
+        let mut timeout: ffi::apr_interval_time_t = 0;
+        // SAFETY: as above; apr_socket_timeout_get writes one value.
+        unsafe {
+            ffi::apr_socket_timeout_get(sock, &mut timeout);
+            ffi::apr_socket_timeout_set(sock, 0);
+        }
+        let written = self.write_output();
+        // SAFETY: as above.
+        unsafe { ffi::apr_socket_timeout_set(sock, timeout) };
+        written
     }
 
     /// Writes `frames`, then what nghttp2 has to send, until it has nothing

@@ -44,8 +44,13 @@ const DEAD: u8 = 3;
 
 /// What a parked session does when its owner is elsewhere.
 pub trait Parked {
-    /// Send GOAWAY(NO_ERROR) with this debug text and flush it.
-    fn goaway_now(&mut self, debug: &[u8]);
+    /// Send GOAWAY(NO_ERROR) with this debug text, flush it and shut the
+    /// connection for writing; false when it was not sent (the client is
+    /// gone, or had its GOAWAY).
+    fn goaway_now(&mut self, debug: &[u8]) -> bool;
+    /// `LINGER_AFTER_GOAWAY` after `goaway_now`, the client silent: shut
+    /// the connection for reading too, so the MPM hands it back to close.
+    fn stop_reading(&mut self);
     /// Send the shutdown notice (GOAWAY with the highest stream id, and a
     /// PING) and flush it; false when it cannot be sent.
     fn shutdown_notice_now(&mut self) -> bool;
@@ -57,6 +62,11 @@ pub trait Parked {
 /// that pause between requests for less (a browser's page load, h2load -m1)
 /// keep them: releasing at every park made such requests 60% dearer.
 pub const TRIM_AFTER: Duration = Duration::from_secs(2);
+
+/// How long a parked session that sent its GOAWAY and FIN waits for the
+/// client's FIN before it stops reading (as httpd's lingering close,
+/// `SECONDS_TO_LINGER`).
+const LINGER_AFTER_GOAWAY: Duration = Duration::from_secs(2);
 
 /// How long an idle session waits for its client's next request before it
 /// goes back to the MPM, when it waits at all (`Linger`).
@@ -238,7 +248,7 @@ impl Parking {
     /// held throughout, also while a GOAWAY or trim is written: the
     /// session cannot be re-parked meanwhile (the owner's `activate` waits
     /// out CLOSING, and its `park` takes the lock).
-    fn on_timer(&self) -> Option<Duration> {
+    fn on_timer(self: &Arc<Self>) -> Option<Duration> {
         let mut timer = self.timer.lock();
         let now = Instant::now();
         if timer.due.is_none_or(|due| due > now) {
@@ -253,7 +263,7 @@ impl Parking {
         let idle = now.saturating_duration_since(timer.parked_at);
         let limit = self.limit();
         if idle >= limit {
-            self.with_parked(|s| s.goaway_now(b"idle timeout"));
+            self.goaway_and_linger(b"idle timeout");
             return None;
         }
         let trimmed = self.trimmed.load(Ordering::Acquire);
@@ -295,8 +305,20 @@ impl Parking {
 
     /// The shutdown notice's grace has passed: a session still parked
     /// (its client did not answer) gets the final GOAWAY.
-    fn stop_deadline(&self) -> bool {
-        self.with_parked(|s| s.goaway_now(b"server shutting down"))
+    fn stop_deadline(self: &Arc<Self>) -> bool {
+        self.goaway_and_linger(b"server shutting down")
+    }
+
+    /// `goaway_now`, and `stop_reading` after `LINGER_AFTER_GOAWAY` if the
+    /// session is still parked then (without a clock, at once). False when
+    /// the session was not parked.
+    fn goaway_and_linger(self: &Arc<Self>, debug: &[u8]) -> bool {
+        let mut sent = false;
+        let parked = self.with_parked(|s| sent = s.goaway_now(debug));
+        if sent && !crate::clock::schedule(self, LINGER_AFTER_GOAWAY, STOP_READING) {
+            self.with_parked(|s| s.stop_reading());
+        }
+        parked
     }
 }
 
@@ -304,6 +326,7 @@ impl Parking {
 const IDLE_TIMER: u8 = 0;
 const STOP_DEADLINE: u8 = 1;
 const GRACEFUL_STOP: u8 = 2;
+const STOP_READING: u8 = 3;
 
 /// A graceful stop of the child, for a parked session: its shutdown
 /// notice is written from the clock's thread (`Parking::stop`), not from
@@ -321,6 +344,8 @@ impl crate::clock::Alarm for Parking {
             self.stop_deadline();
         } else if kind == GRACEFUL_STOP {
             self.stop(true);
+        } else if kind == STOP_READING {
+            self.with_parked(|s| s.stop_reading());
         } else if let Some(rest) = self.on_timer() {
             arm_timer(&self, rest);
         }
@@ -348,9 +373,11 @@ mod tests {
 
     struct Fake(u32, u32);
     impl Parked for Fake {
-        fn goaway_now(&mut self, _debug: &[u8]) {
+        fn goaway_now(&mut self, _debug: &[u8]) -> bool {
             self.0 += 1;
+            true
         }
+        fn stop_reading(&mut self) {}
         fn shutdown_notice_now(&mut self) -> bool {
             false
         }
@@ -439,11 +466,16 @@ mod tests {
         use std::sync::atomic::AtomicU32;
         struct Noticing {
             goaways: Arc<AtomicU32>,
+            stopped_reading: Arc<AtomicU32>,
             notices: u32,
         }
         impl Parked for Noticing {
-            fn goaway_now(&mut self, _debug: &[u8]) {
+            fn goaway_now(&mut self, _debug: &[u8]) -> bool {
                 self.goaways.fetch_add(1, Ordering::SeqCst);
+                true
+            }
+            fn stop_reading(&mut self) {
+                self.stopped_reading.fetch_add(1, Ordering::SeqCst);
             }
             fn shutdown_notice_now(&mut self) -> bool {
                 self.notices += 1;
@@ -453,7 +485,9 @@ mod tests {
         }
         crate::clock::start();
         let goaways = Arc::new(AtomicU32::new(0));
-        let mut fake = Box::new(Noticing { goaways: goaways.clone(), notices: 0 });
+        let stopped_reading = Arc::new(AtomicU32::new(0));
+        let mut fake =
+            Box::new(Noticing { goaways: goaways.clone(), stopped_reading: stopped_reading.clone(), notices: 0 });
         let p = Parking::new(Duration::from_secs(60), Duration::from_secs(60));
         p.set_session(&mut *fake as *mut dyn Parked);
         assert!(p.park(true).is_some());
@@ -467,6 +501,15 @@ mod tests {
             assert!(Instant::now() < deadline, "no final GOAWAY from the clock");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The client stays silent after the GOAWAY and FIN: the session
+        // stops reading after the linger, so the MPM hands it back.
+        let goaway_at = Instant::now();
+        assert_eq!(stopped_reading.load(Ordering::SeqCst), 0, "reading stops only after the linger");
+        while stopped_reading.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < goaway_at + LINGER_AFTER_GOAWAY + Duration::from_secs(5), "reading never stopped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(goaway_at.elapsed() >= LINGER_AFTER_GOAWAY - Duration::from_millis(100));
         p.kill();
         assert_eq!((goaways.load(Ordering::SeqCst), fake.notices), (1, 1));
         // A hard stop: the final GOAWAY at once, no notice.

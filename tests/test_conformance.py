@@ -1010,15 +1010,17 @@ def test_hpack_valid_representations(connect):
 def test_goaway_from_the_client(connect, docroot):
     """RFC 9113 6.8: after our GOAWAY the server finishes the stream already
     open (here: blocked on flow control until after the GOAWAY) in full,
-    without error; the module then closes the idle connection, with at most
-    a GOAWAY NO_ERROR of its own."""
+    without error; the module then closes the idle connection with a
+    GOAWAY NO_ERROR of its own that names that stream as the last it
+    processed (RFC 9113 6.8: for a request the client sent after its
+    GOAWAY, it learns that it was not processed)."""
     c, sid = blocked_stream(connect)
     c.send(goaway(0, E.NO_ERROR), window_update(sid, 16385))
     r = c.resp(sid)
     c.wait(lambda: r.done, what="the open stream's response")
     assert r.reset is None and sha(r.body) == docroot.sha("16k1.bin"), c.log()
     assert c.wait_closed(), f"connection still open after our GOAWAY; {c.log()}"
-    assert c.goaway is None or c.goaway.error_code == E.NO_ERROR, c.log()
+    assert c.goaway is not None and c.goaway.error_code == E.NO_ERROR and c.goaway.last_sid == sid, c.log()
 
 
 def test_the_log_says_why_a_connection_ended(make_server):

@@ -97,11 +97,34 @@ def test_idle_timeout_sends_goaway_with_last_stream(make_server):
     c.close()
 
 
-def test_a_new_connection_waits_for_its_first_request_about_timeout(make_server):
+def test_a_request_crossing_the_idle_goaway_meets_no_reset(make_server):
+    """After its idle GOAWAY and FIN the server still reads, as httpd's
+    lingering close does: a request that crossed them (sent before the
+    client read them) meets a clean close. The connection was shut for
+    reading too, and the kernel answered such a request with a TCP reset,
+    which can lose the GOAWAY that tells the client its request was not
+    processed."""
+    srv = make_server(extra="KeepAliveTimeout 1").start()
+    c = rawh2.Conn(srv.port)
+    assert c.response(c.request("/1k.bin")).status == 200
+    c.wait(lambda: c.goaway is not None, timeout=10, what="the idle GOAWAY")
+    time.sleep(0.2)  # the FIN is in too
+    c.sock.sendall(rawh2.headers(3, rawh2.encode(c.fields("/1k.bin"))))
+    time.sleep(0.3)
+    assert c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0, "the server reset the connection"
+    c.sock.sendall(rawh2.ping(b"12345678"))  # still read (and dropped), not reset
+    time.sleep(0.3)
+    assert c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0, "the server reset the connection"
+    c.close()
+
+
+@pytest.mark.parametrize("mpm", ["event", "worker"])
+def test_a_new_connection_waits_for_its_first_request_about_timeout(make_server, mpm):
     """Before its first request a connection waits about `Timeout` (a
     browser opens connections before it knows its requests), as HTTP/1.1
-    and the stock module do; after it, `KeepAliveTimeout` applies."""
-    srv = make_server(extra="Timeout 4\nKeepAliveTimeout 1").start()
+    and the stock module do; after it, `KeepAliveTimeout` applies. Also
+    under the worker MPM, where c1's thread waits itself."""
+    srv = make_server(extra="Timeout 4\nKeepAliveTimeout 1", **({"mpm": WORKER_MPM} if mpm == "worker" else {})).start()
     early, silent = H2Client(srv.port), H2Client(srv.port)
     t0 = time.time()
     time.sleep(2.2)
