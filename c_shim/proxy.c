@@ -173,6 +173,11 @@ void h2rs_shim_proxy_params(request_rec *r, void *w, void *c,
     out->disablereuse = worker ? worker->s->disablereuse : 0;
     out->hmax = worker ? worker->s->hmax : 0;
     out->acquire = worker && worker->s->acquire_set ? worker->s->acquire : -1;
+    /* mod_proxy takes "unix:/path|" off the URL: the worker's (ProxyPass)
+     * or the request's note (SetHandler proxy:unix:...) keeps it. */
+    out->uds_path = worker && worker->s->uds_path[0]
+                    ? worker->s->uds_path
+                    : apr_table_get(r->notes, "uds_path");
 }
 
 const char *h2rs_shim_proxy_canon_netloc(apr_pool_t *p, char **url,

@@ -168,6 +168,7 @@ typedef struct {
     int disablereuse;             /* the worker's disablereuse */
     int hmax;                     /* the worker's max (connections per child) */
     apr_interval_time_t acquire;  /* the worker's acquire, -1 when unset */
+    const char *uds_path;         /* a unix: backend's socket, else NULL */
 } h2rs_proxy_params;
 void h2rs_shim_proxy_params(request_rec *r, void *worker, void *conf,
                             h2rs_proxy_params *out);

@@ -2473,3 +2473,38 @@ ProxyPass /bomb/ h2c://127.0.0.1:{bomb_backend.port}/
     assert (srv.rss_kib() - before) / 1024 < 16
     code, _ = split(get(srv, "/1k.bin"))
     assert code == 200
+
+
+def test_unix_socket_backends_are_refused_not_sent_elsewhere(make_server, workdir):
+    """mod_proxy takes `unix:/path|` off the URL before the scheme handler
+    sees it: what is left names a TCP host (here localhost:80). The
+    request was sent there; such backends are not supported, and the
+    request is answered 500 with the reason in the error log."""
+    srv = make_server(extra=f"""{PROXY_MODULES}
+ProxyPass /uds/ "unix:{workdir}/no-such-backend.sock|h2c://localhost/"
+""").start()
+    code, _ = split(get(srv, "/uds/x"))
+    assert code == 500
+    assert "Unix domain socket" in srv.read_error_log()
+    srv.new_log_lines()
+
+
+def test_the_backend_status_is_noted_for_the_access_log(make_server, backends, workdir):
+    """`%{proxy-status}n` logs the backend's status, as with mod_proxy_http
+    and the stock module, also where ProxyErrorOverride answers with a
+    page of its own."""
+    log = workdir / "proxy-status.log"
+    srv = make_server(extra=f"""{PROXY_MODULES}
+ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
+ProxyPass /override/ h2c://127.0.0.1:{backends[0]}/
+<Location /override/>
+  ProxyErrorOverride On
+</Location>
+LogFormat "%U %>s %{{proxy-status}}n" pstatus
+CustomLog "{log}" pstatus
+""").start()
+    assert split(get(srv, "/api/status?code=201"))[0] == 201
+    assert split(get(srv, "/override/status?code=503"))[0] == 503
+    wait_for(lambda: len(log.read_text().splitlines()) >= 3, timeout=10)
+    # (The first line: the test harness's look whether the server is up.)
+    assert log.read_text().splitlines()[1:] == ["/api/status 201 201", "/override/status 503 503"]

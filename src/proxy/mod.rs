@@ -544,8 +544,20 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             disablereuse: 0,
             hmax: 0,
             acquire: -1,
+            uds_path: ptr::null(),
         };
         ffi::h2rs_shim_proxy_params(r, worker, conf, &mut params);
+        if !params.uds_path.is_null() {
+            // Not connected to: the URL left after mod_proxy took the
+            // socket off names a TCP host (often localhost:80, this httpd).
+            let path = CStr::from_ptr(params.uds_path).to_string_lossy();
+            crate::log::request(
+                r,
+                Level::Error,
+                &format!("h2rs proxy: {url_s}: backends on a Unix domain socket (unix:{path}) are not supported, answering 500"),
+            );
+            return ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
+        }
         let timeout_us = if params.timeout >= 0 { params.timeout } else { (*(*r).server).timeout };
         let timeout = Duration::from_micros(timeout_us.max(1_000_000) as u64);
         // The worker's pool parameters (mod_proxy parses their units).
@@ -975,6 +987,13 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
             send_interim(r, &head, task.spec.link_origin.as_deref());
         }
         if let Some(head) = &t.head {
+            // The backend's status, for logs (`%{proxy-status}n`), as
+            // mod_proxy_http and the stock module note it.
+            if let Some(notes) = TableRef::from_raw((*r).notes) {
+                if let Ok(status) = std::ffi::CString::new(head.status.to_string()) {
+                    notes.set(c"proxy-status", &status);
+                }
+            }
             if ffi::h2rs_shim_proxy_should_override(r, head.status as c_int) != 0 {
                 // ProxyErrorOverride: a local error page instead of the
                 // backend's body. The note tells mod_proxy the status is
