@@ -671,6 +671,16 @@ def test_a_burst_of_learned_static_files_shares_one_secondary_connection(make_se
     assert made == 0, f"the burst made {made} more secondary connections"
 
 
+def occupy_the_only_worker(srv):
+    """A 3 s CGI, on a connection of its own, holds a server's only worker
+    (H2MaxWorkers 1): a stream that waits for a worker meanwhile is late,
+    one run on c1's thread is not. Returns (its client, its stream)."""
+    busy = H2Client(srv.port)
+    cgi = busy.request("/cgi/slow.cgi?3")
+    time.sleep(0.5)
+    return busy, cgi
+
+
 def test_url_that_stops_being_a_static_file_goes_back_to_workers(make_server, docroot):
     """A learned URL whose next run is not a static file any more (here the
     file became a directory: mod_dir redirects) is answered correctly on
@@ -687,9 +697,7 @@ def test_url_that_stops_being_a_static_file_goes_back_to_workers(make_server, do
         flip.unlink()
         flip.mkdir()
         flip.chmod(0o755)
-        busy = H2Client(srv.port)
-        cgi = busy.request("/cgi/slow.cgi?3")
-        time.sleep(0.5)
+        busy, cgi = occupy_the_only_worker(srv)
         t0 = time.time()
         st = c.wait_stream(c.request("/flip-static"), timeout=30)
         first = time.time() - t0
@@ -731,9 +739,7 @@ RewriteRule ^/mixed$ /1k.bin [PT,L]""").start()
         for _ in range(3):
             st = c.wait_stream(c.request("/mixed"), timeout=30)
             assert (st.status, bytes(st.data)) == (200, small)
-        busy = H2Client(srv.port)
-        cgi = busy.request("/cgi/slow.cgi?3")
-        time.sleep(0.5)
+        busy, cgi = occupy_the_only_worker(srv)
         t0 = time.time()
         st = c.wait_stream(c.request("/mixed"), timeout=30)
         waited = time.time() - t0
