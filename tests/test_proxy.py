@@ -2508,3 +2508,22 @@ CustomLog "{log}" pstatus
     wait_for(lambda: len(log.read_text().splitlines()) >= 3, timeout=10)
     # (The first line: the test harness's look whether the server is up.)
     assert log.read_text().splitlines()[1:] == ["/api/status 201 201", "/override/status 503 503"]
+
+
+def test_the_timeout_runs_from_when_the_backend_has_the_request(make_server, backends):
+    """`max=1 timeout=2` to a backend of 10 streams a connection, 30
+    requests of 1.5 s at once: nghttp2 holds back the HEADERS of the
+    second and third ten until streams free up. The second ten wait 1.5 s
+    for theirs, then take 1.5 s: answered (the timeout ran from their
+    queueing, and they got 504 at 2 s, though the backend had not had them
+    for 1 s, with failontimeout's note set). The third ten would wait 3 s,
+    longer than the timeout: 503 (no stream free in time), not 504."""
+    srv = make_server(extra=f"""{PROXY_MODULES}
+ProxyPass /t/ h2c://127.0.0.1:{backends[2]}/ max=1 timeout=2
+""").start()
+    res = h2load("-n", "30", "-c", "1", "-m", "30", srv.url("/t/delay?s=1.5"))
+    assert (res.get("s2xx"), res.get("s5xx")) == (20, 10), res["output"]
+    log = srv.read_error_log()
+    assert log.count("no stream free on its connections within 2s") == 10 and "answering 504" not in log, log[-2000:]
+    srv.new_log_lines()
+

@@ -164,7 +164,13 @@ struct BStream {
     reset_sent: bool,
     received: usize,
     consumed: usize,
+    /// Until `sent`, how long the request may wait for a stream of the
+    /// backend's (nghttp2 holds its HEADERS while the backend's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS are in use); then the backend's
+    /// timeout (ProxyTimeout or the worker's), renewed as it acts.
     deadline: Instant,
+    /// The request's HEADERS went out.
+    sent: bool,
     /// The decoded size of the header block being received.
     head_bytes: usize,
     /// Interim heads received.
@@ -226,6 +232,17 @@ fn log_heads_refused(backend: &str, stream_id: i32, what: &str) {
 }
 
 impl Handler for Backend {
+    fn frame_sent(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo) {
+        if frame.kind == frame_type::HEADERS {
+            if let Some(bs) = self.streams.get_mut(&frame.stream_id).filter(|bs| !bs.sent) {
+                // The backend's time starts when it has the request, not
+                // when the request was queued for a stream of its.
+                bs.sent = true;
+                bs.renew_deadline(Instant::now());
+            }
+        }
+    }
+
     fn begin_headers(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
         if let Some(bs) = self.touch(frame.stream_id) {
             bs.fields = Headers::new();
@@ -675,6 +692,7 @@ impl Conn {
                 received: 0,
                 consumed: 0,
                 deadline: Instant::now() + task.spec.timeout,
+                sent: false,
                 head_bytes: 0,
                 interims: 0,
             },
@@ -1185,6 +1203,20 @@ impl LoopState {
                     bs.renew_deadline(now);
                 }
                 if bs.task.must_reset() {
+                    bs.reset_sent = true;
+                    let _ = ops.submit_rst_stream(id, error_code::CANCEL);
+                } else if now > bs.deadline && !bs.sent {
+                    // Never sent: every stream the backend allows was in use
+                    // for as long as the request may wait. Not the
+                    // backend's timeout (no proxy_timedout, which would put
+                    // a balancer member in error): 503, as mod_proxy answers
+                    // when no connection of its pool frees up in time.
+                    log_error(&format!(
+                        "backend {backend}: no stream free on its connections within {:?} (all {} in use), answering 503",
+                        bs.task.spec.timeout,
+                        ops.remote_max_concurrent()
+                    ));
+                    bs.task.fail(503);
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);
                 } else if now > bs.deadline {
