@@ -989,10 +989,11 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
         if let Some(head) = &t.head {
             // The backend's status, for logs (`%{proxy-status}n`), as
             // mod_proxy_http and the stock module note it.
-            if let Some(notes) = TableRef::from_raw((*r).notes) {
-                if let Ok(status) = std::ffi::CString::new(head.status.to_string()) {
-                    notes.set(c"proxy-status", &status);
-                }
+            if let (Some(notes), Some(pool)) = (TableRef::from_raw((*r).notes), PoolRef::from_raw((*r).pool)) {
+                let mut digits = [0u8; 20];
+                let status = pool.strdup(crate::text::decimal(head.status.into(), &mut digits));
+                // Not copied again: the value is in the notes' pool.
+                notes.setn(c"proxy-status".as_ptr(), status);
             }
             if ffi::h2rs_shim_proxy_should_override(r, head.status as c_int) != 0 {
                 // ProxyErrorOverride: a local error page instead of the
