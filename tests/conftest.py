@@ -139,7 +139,8 @@ class Httpd:
     """One httpd instance with its own ServerRoot, logs and port."""
 
     def __init__(self, workdir, docroot, name="h2", module=MODULE, h2_conf="", extra="",
-                 mpm=EVENT_MPM, protocols="h2c http/1.1", loglevel="warn", env=None, descriptors=None):
+                 mpm=EVENT_MPM, protocols="h2c http/1.1", loglevel="warn", env=None, descriptors=None,
+                 hosts=None):
         self.dir = pathlib.Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o755)
@@ -158,6 +159,9 @@ class Httpd:
         self.env = env or {}
         # RLIMIT_NOFILE of the server (its soft limit), or the caller's.
         self.descriptors = descriptors
+        # /etc/hosts as the server sees it (names with several addresses),
+        # bind-mounted in a mount namespace of its own; the host's is untouched.
+        self.hosts = hosts
         self.pid = None
         self.log_offset = 0
         self.allow_panic = False
@@ -261,8 +265,14 @@ Protocols {self.protocols}
                 resource.setrlimit(resource.RLIMIT_NOFILE,
                                    (descriptors, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
-        r = subprocess.run([HTTPD, "-f", str(self.conf), "-k", "start"], capture_output=True, text=True, env=env,
-                           preexec_fn=limits)
+        cmd = [HTTPD, "-f", str(self.conf), "-k", "start"]
+        if self.hosts is not None:
+            hosts = self.dir / "hosts"
+            hosts.write_text(self.hosts)
+            # util-linux's unshare makes the new namespace's mounts private:
+            # the bind mount is seen by this httpd's processes only.
+            cmd = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *cmd]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=limits)
         assert r.returncode == 0, f"httpd did not start: {r.stderr}"
         deadline = time.time() + 15
         while time.time() < deadline:

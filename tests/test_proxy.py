@@ -1504,24 +1504,37 @@ def black_holes():
     skips where the kernel answers such connects."""
     holes, fillers = [], []
     for _ in range(3):
-        hole = socket.socket()
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(0)
+        hole, filled = black_hole(socket.AF_INET, "127.0.0.1", 0)
         holes.append(hole)
-        for _ in range(3):
-            f = socket.socket()
-            f.setblocking(False)
-            f.connect_ex(hole.getsockname())
-            fillers.append(f)
-    time.sleep(0.3)
-    try:
-        socket.create_connection(holes[0].getsockname(), timeout=0.5).close()
-        pytest.skip("connects to a full accept queue are answered here")
-    except (socket.timeout, OSError):
-        pass
+        fillers += filled
     yield [h.getsockname()[1] for h in holes]
     for sock in fillers + holes:
         sock.close()
+
+
+def black_hole(family, host, port):
+    """A listener on (host, port) whose connects hang, and the sockets that
+    fill its accept queue (see `black_holes`); skips where the kernel
+    answers such connects."""
+    hole = socket.socket(family)
+    if family == socket.AF_INET6:
+        hole.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    hole.bind((host, port))
+    hole.listen(0)
+    fillers = []
+    for _ in range(3):
+        f = socket.socket(family)
+        f.setblocking(False)
+        f.connect_ex(hole.getsockname()[:2])
+        fillers.append(f)
+    time.sleep(0.3)
+    try:
+        socket.create_connection(hole.getsockname()[:2], timeout=0.5).close()
+    except (socket.timeout, OSError):
+        return hole, fillers
+    for sock in fillers + [hole]:
+        sock.close()
+    pytest.skip("connects to a full accept queue are answered here")
 
 
 def test_connectiontimeout_bounds_the_connect_to_a_backend(workdir, docroot, backends, black_holes):
@@ -2487,6 +2500,39 @@ ProxyPass /uds/ "unix:{workdir}/no-such-backend.sock|h2c://localhost/"
     assert code == 500
     assert "Unix domain socket" in srv.read_error_log()
     srv.new_log_lines()
+
+
+def test_each_address_of_the_backends_name_is_tried_in_turn(make_server, backends):
+    """A name with two addresses, ::1 first (as `localhost` on Debian and in
+    Docker), and a backend listening on 127.0.0.1 only: the connect to ::1
+    is refused and the next address is tried, as mod_proxy does (only the
+    first was tried: 503). A name none of whose addresses answers gets
+    503, each refusal logged. Where the connect to ::1 hangs (a host down
+    behind a firewall), the next address is tried after
+    `connectiontimeout`."""
+    down = free_port()
+    srv = make_server(hosts="127.0.0.1 localhost\n::1 twoaddr\n127.0.0.1 twoaddr\n", extra=f"""{PROXY_MODULES}
+ProxyPass /two/ h2c://twoaddr:{backends[0]}/
+ProxyPass /none/ h2c://twoaddr:{down}/
+ProxyPass /slow/ h2c://twoaddr:{backends[1]}/ connectiontimeout=1 timeout=30
+""").start()
+    for _ in range(3):
+        code, body = split(get(srv, "/two/delay?s=0"))
+        assert code == 200, body
+    log = srv.read_error_log()
+    assert f"cannot connect to [::1]:{backends[0]}" in log and "trying its next address" in log, log[-2000:]
+    assert split(get(srv, "/none/x"))[0] == 503
+    log = srv.new_log_lines()
+    assert f"cannot connect to [::1]:{down}" in log, log[-2000:]
+    assert f"cannot connect to 127.0.0.1:{down}: Connection refused (os error 111), answering 503" in log, log[-2000:]
+    hole, fillers = black_hole(socket.AF_INET6, "::1", backends[1])
+    try:
+        code, body = split(get(srv, "/slow/delay?s=0", "--max-time", "25"))
+        assert code == 200, body
+    finally:
+        for sock in fillers + [hole]:
+            sock.close()
+    assert f"connect timed out ([::1]:{backends[1]}), trying its next address" in srv.new_log_lines()
 
 
 def test_the_backend_status_is_noted_for_the_access_log(make_server, backends, workdir):

@@ -19,6 +19,7 @@
 //! that began is aborted.
 
 use super::backend_tls::{TlsPolicy, TlsTarget};
+use super::resolve::Addrs;
 use super::task::{Failure, Task};
 use super::tls::{self, Handshake, Ssl};
 use crate::frames::Frames;
@@ -447,8 +448,15 @@ fn retryable(task: &Task, unprocessed: bool) -> bool {
 struct Conn {
     id: u64,
     key: String,
-    /// The backend's address (several keys may share it).
+    /// The backend's address connected to, or being connected to (several
+    /// keys may share it): `addrs[addr_index]`.
     addr: SocketAddr,
+    /// Every address of the backend's name, tried in turn until one
+    /// connects (as mod_proxy does).
+    addrs: Addrs,
+    addr_index: usize,
+    /// The worker's `keepalive`, for the socket of each address tried.
+    keepalive: bool,
     /// `h2://`: the TLS session (set once TCP is connected). Declared
     /// before `sock`: fields drop in order, and the session refers to the
     /// socket's descriptor (`Ssl::new`).
@@ -509,6 +517,33 @@ fn connect_nonblocking(addr: &SocketAddr) -> std::io::Result<TcpStream> {
     Ok(sock)
 }
 
+/// Starts a connect to the first of `addrs[from..]` that takes one (a
+/// family the host has no address of fails at once): its index and
+/// socket, or the last address's error.
+fn connect_from(
+    backend: &str,
+    addrs: &[SocketAddr],
+    from: usize,
+    keepalive: bool,
+) -> Result<(usize, TcpStream), String> {
+    let mut failed = format!("no address left to try after {}", addrs.len());
+    for (i, addr) in addrs.iter().enumerate().skip(from) {
+        if i > from {
+            log_error(&format!("backend {backend}: {failed}, trying its next address {addr}"));
+        }
+        match connect_nonblocking(addr) {
+            Ok(sock) => {
+                if keepalive {
+                    set_keepalive(&sock);
+                }
+                return Ok((i, sock));
+            }
+            Err(e) => failed = format!("cannot connect to {addr}: {e}"),
+        }
+    }
+    Err(failed)
+}
+
 /// SO_KEEPALIVE, as mod_proxy sets it for a worker's `keepalive=On`
 /// (the kernel's probe timings).
 fn set_keepalive(sock: &TcpStream) {
@@ -558,11 +593,8 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 impl Conn {
     fn open(id: u64, task: &Task) -> Result<Conn, String> {
         let spec = &task.spec;
-        let (key, backend, addr) = (&spec.key, &spec.backend, spec.addr);
-        let sock = connect_nonblocking(&addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        if spec.pool.keepalive {
-            set_keepalive(&sock);
-        }
+        let (key, backend) = (&spec.key, &spec.backend);
+        let (addr_index, sock) = connect_from(backend, &spec.addrs, 0, spec.pool.keepalive)?;
         let handler = Backend {
             backend: backend.to_string(),
             streams: HashMap::new(),
@@ -585,7 +617,10 @@ impl Conn {
         Ok(Conn {
             id,
             key: key.to_string(),
-            addr,
+            addr: spec.addrs[addr_index],
+            addrs: spec.addrs.clone(),
+            addr_index,
+            keepalive: spec.pool.keepalive,
             sock,
             tls: None,
             tls_target: spec.tls.clone(),
@@ -827,6 +862,29 @@ impl Conn {
         }
     }
 
+    /// The connect to `addr` failed (`failure`): on to the backend's next
+    /// address, with the requests waiting here; after the last one the
+    /// connection is dead and they are answered 503.
+    fn connect_next(&mut self, failure: String) {
+        let next = self.addr_index + 1;
+        if next >= self.addrs.len() {
+            self.dead = Some(failure);
+            return;
+        }
+        let backend = &self.session.handler_ref().backend;
+        log_error(&format!("backend {backend}: {failure}, trying its next address {}", self.addrs[next]));
+        match connect_from(backend, &self.addrs, next, self.keepalive) {
+            Ok((i, sock)) => {
+                self.sock = sock;
+                self.addr_index = i;
+                self.addr = self.addrs[i];
+                self.connecting = Some(Instant::now());
+                self.step_since = Instant::now();
+            }
+            Err(e) => self.dead = Some(e),
+        }
+    }
+
     /// The nonblocking connect finished (the socket became writable).
     fn connected(&mut self, contexts: &mut HashMap<TlsPolicy, tls::Context>) {
         let mut err: libc::c_int = 0;
@@ -843,7 +901,7 @@ impl Conn {
         };
         if rv < 0 || err != 0 {
             let e = if rv < 0 { std::io::Error::last_os_error() } else { std::io::Error::from_raw_os_error(err) };
-            self.dead = Some(format!("cannot connect: {e}"));
+            self.connect_next(format!("cannot connect to {}: {e}", self.addr));
             return;
         }
         self.connecting = None;
@@ -999,11 +1057,11 @@ impl LoopState {
     /// connection to reconnect with another SNI; with none idle the
     /// request waits for one (`held`): false.
     fn make_room(&mut self, task: &Task) -> bool {
-        let addr = task.spec.addr;
+        let addrs = &task.spec.addrs;
         let (mut to_addr, mut total) = (0, 0);
         for c in self.conns.iter().filter(|c| c.dead.is_none()) {
             total += 1;
-            to_addr += usize::from(c.addr == addr);
+            to_addr += usize::from(addrs.contains(&c.addr));
         }
         let per_addr_full = to_addr >= MAX_CONNS_PER_BACKEND;
         let limit = crate::limits::backend_conns_per_loop(crate::limits::descriptor_limit());
@@ -1013,7 +1071,9 @@ impl LoopState {
         let idle = self
             .conns
             .iter_mut()
-            .filter(|c| c.dead.is_none() && c.active() == 0 && c.settings_seen() && (!per_addr_full || c.addr == addr))
+            .filter(|c| {
+                c.dead.is_none() && c.active() == 0 && c.settings_seen() && (!per_addr_full || addrs.contains(&c.addr))
+            })
             .min_by_key(|c| c.idle_since);
         match idle {
             Some(c) => {
@@ -1162,11 +1222,11 @@ impl LoopState {
                     .min()
                     .unwrap_or(Duration::from_secs(60));
                 if now.duration_since(conn.step_since) > limit {
-                    conn.dead = Some(if conn.connecting.is_some() {
-                        "connect timed out".into()
+                    if connecting {
+                        conn.connect_next(format!("connect timed out ({})", conn.addr));
                     } else {
-                        "no HTTP/2 SETTINGS from the backend in time".into()
-                    });
+                        conn.dead = Some("no HTTP/2 SETTINGS from the backend in time".into());
+                    }
                 }
             }
             if let Some((sent, limit)) = conn.ping_sent {

@@ -604,8 +604,8 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         let has_body = hin.get(c"Transfer-Encoding").is_some()
             || hin.get(c"Content-Length").is_some_and(|v| v.trim_ascii() != b"0");
         let backend = format!("{}://{}", if target.tls { "h2" } else { "h2c" }, target.key);
-        let addr = match resolve::resolve(&target.key) {
-            Ok(addr) => addr,
+        let addrs = match resolve::resolve(&target.key) {
+            Ok(addrs) => addrs,
             Err(e) => {
                 crate::log::request(r, Level::Error, &format!("h2rs proxy: backend {backend}: {e}, answering 503"));
                 return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
@@ -618,7 +618,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
                 None => backend.clone(),
             },
             backend,
-            addr,
+            addrs,
             tls,
             fields: backend_fields(&rules),
             has_body,

@@ -11,11 +11,17 @@
 //! that address (or the error) stands for `RETRY`, so a DNS server that is
 //! down costs one lookup per name every few seconds, not one per request.
 //! An address literal needs no lookup.
+//!
+//! A name gives every address it has, in the resolver's order, and the
+//! engine tries them in turn, as mod_proxy does: on Debian (and in Docker)
+//! `localhost` is ::1 first, and a backend listening on 127.0.0.1 only
+//! must still be reached by that name.
 
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a looked-up address is used.
@@ -28,41 +34,56 @@ const RETRY: Duration = Duration::from_secs(10);
 /// host, and the cache must not grow with them.
 const MAX_NAMES: usize = 256;
 
+/// A backend's addresses, in the order to try them (never empty).
+pub type Addrs = Arc<[SocketAddr]>;
+
 /// What is known of one name.
-struct Entry {
-    found: Result<SocketAddr, String>,
+struct Entry<T> {
+    found: Result<T, String>,
     fresh_until: Instant,
     /// A request is looking the name up again; others use `found`
     /// meanwhile instead of waiting for a lookup of their own.
     refreshing: bool,
 }
 
-type Cache = Mutex<HashMap<String, Entry>>;
+type Cache<T> = Mutex<HashMap<String, Entry<T>>>;
 
-static CACHE: Lazy<Cache> = Lazy::new(Default::default);
+static CACHE: Lazy<Cache<Addrs>> = Lazy::new(Default::default);
 
-/// The address to connect to for `connect` ("host:port").
-pub fn resolve(connect: &str) -> Result<SocketAddr, String> {
+/// The addresses to connect to for `connect` ("host:port").
+pub fn resolve(connect: &str) -> Result<Addrs, String> {
     if let Ok(addr) = connect.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(Arc::from([addr]));
     }
     resolve_in(&CACHE, connect, Instant::now(), |name| match name.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("no address for {name}")),
+        Ok(found) => {
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            for addr in found {
+                // A name listed twice in /etc/hosts gives its address twice.
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+            if addrs.is_empty() {
+                return Err(format!("no address for {name}"));
+            }
+            Ok(Arc::from(addrs))
+        }
         Err(e) => Err(format!("cannot resolve {name}: {e}")),
     })
 }
 
-fn resolve_in(
-    cache: &Cache,
+fn resolve_in<T: Clone>(
+    cache: &Cache<T>,
     connect: &str,
     now: Instant,
-    lookup: impl FnOnce(&str) -> Result<SocketAddr, String>,
-) -> Result<SocketAddr, String> {
+    lookup: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, String> {
     let last = match cache.lock().get_mut(connect) {
         Some(e) if now < e.fresh_until || e.refreshing => return e.found.clone(),
         Some(e) => {
             e.refreshing = true;
-            e.found.as_ref().ok().copied()
+            e.found.as_ref().ok().cloned()
         }
         None => None,
     };
@@ -92,15 +113,16 @@ mod tests {
 
     #[test]
     fn address_literals_need_no_lookup() {
-        assert_eq!(resolve("127.0.0.1:8080"), Ok("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(resolve("[::1]:443"), Ok("[::1]:443".parse().unwrap()));
+        let one = |s: &str| Ok(Arc::from([s.parse::<SocketAddr>().unwrap()]));
+        assert_eq!(resolve("127.0.0.1:8080"), one("127.0.0.1:8080"));
+        assert_eq!(resolve("[::1]:443"), one("[::1]:443"));
     }
 
     #[test]
     fn names_are_looked_up_and_kept() {
-        let addr = resolve("localhost:8080").expect("localhost resolves");
-        assert!(addr.ip().is_loopback() && addr.port() == 8080, "{addr}");
-        assert_eq!(CACHE.lock().get("localhost:8080").map(|e| e.found.clone()), Some(Ok(addr)));
+        let addrs = resolve("localhost:8080").expect("localhost resolves");
+        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 8080), "{addrs:?}");
+        assert_eq!(CACHE.lock().get("localhost:8080").map(|e| e.found.clone()), Some(Ok(addrs)));
     }
 
     #[test]

@@ -41,8 +41,9 @@ pub struct RequestSpec {
     pub key: String,
     /// For the error log (the key, as a rule).
     pub backend: String,
-    /// Where to connect (looked up on the request's thread, see `resolve`).
-    pub addr: std::net::SocketAddr,
+    /// Where to connect, in the order to try (looked up on the request's
+    /// thread, see `resolve`).
+    pub addrs: super::resolve::Addrs,
     /// `h2://`: the host its certificate must name and the checks.
     pub tls: Option<Arc<TlsTarget>>,
     /// :method, :scheme, :authority, :path first, then the fields.
@@ -581,7 +582,7 @@ mod tests {
         RequestSpec {
             key: "h2c://127.0.0.1:1".into(),
             backend: "h2c://127.0.0.1:1".into(),
-            addr: ([127, 0, 0, 1], 1).into(),
+            addrs: Arc::from([std::net::SocketAddr::from(([127, 0, 0, 1], 1))]),
             tls: None,
             fields: Headers::new(),
             has_body: true,
