@@ -538,11 +538,13 @@ def wait_listening(port, timeout=10):
     return False
 
 
-def spawn_backend(script, *args, timeout=15):
-    """Starts tests/SCRIPT PORT ARGS... as a process on a free port and
-    waits until it listens: returns (port, process)."""
+def spawn_backend(script, *args, timeout=15, env=None):
+    """Starts tests/SCRIPT PORT ARGS... as a process on a free port (with
+    `env` added to its environment) and waits until it listens: returns
+    (port, process)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / script), str(port), *map(str, args)])
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / script), str(port), *map(str, args)],
+                            env=dict(os.environ, **(env or {})))
     if not wait_listening(port, timeout=timeout):
         proc.kill()
         pytest.fail(f"{script} did not start")

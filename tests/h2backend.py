@@ -2,7 +2,8 @@
 own process:
     python h2backend.py PORT [MAX_CONCURRENT_STREAMS [CERT KEY [CLIENT_CA]]]
 (with CERT and KEY: TLS with ALPN h2; with CLIENT_CA: a client certificate
-issued by it is required)
+issued by it is required; with H2BACKEND_UNIX=PATH in the environment,
+also on that Unix domain socket)
 Paths (query parameters after ?):
   /delay?s=1          -> after s seconds, 200 "ok conn=N stream=M path=..."
   .../headers         -> 200, JSON of the request's fields (pseudo ones too);
@@ -31,6 +32,7 @@ Paths (query parameters after ?):
 """
 import asyncio
 import hashlib
+import os
 import ssl
 import json
 import sys
@@ -339,6 +341,12 @@ async def serve(reader, writer):
 
 
 async def main():
+    if os.environ.get("H2BACKEND_UNIX"):
+        # The same backend on a Unix domain socket as well (ready before the
+        # TCP port, which tells the tests the backend is up).
+        await asyncio.start_unix_server(serve, os.environ["H2BACKEND_UNIX"], ssl=TLS)
+        # httpd's children (www-data) need write permission to connect.
+        os.chmod(os.environ["H2BACKEND_UNIX"], 0o666)
     server = await asyncio.start_server(serve, "127.0.0.1", PORT, ssl=TLS)
     async with server:
         await server.serve_forever()

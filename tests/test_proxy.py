@@ -2488,51 +2488,45 @@ ProxyPass /bomb/ h2c://127.0.0.1:{bomb_backend.port}/
     assert code == 200
 
 
-def test_unix_socket_backends_are_refused_not_sent_elsewhere(make_server, workdir):
-    """mod_proxy takes `unix:/path|` off the URL before the scheme handler
-    sees it: what is left names a TCP host (here localhost:80). The
-    request was sent there; such backends are not supported, and the
-    request is answered 500 with the reason in the error log."""
-    srv = make_server(extra=f"""{PROXY_MODULES}
-ProxyPass /uds/ "unix:{workdir}/no-such-backend.sock|h2c://localhost/"
-""").start()
-    code, _ = split(get(srv, "/uds/x"))
-    assert code == 500
-    assert "Unix domain socket" in srv.read_error_log()
-    srv.new_log_lines()
-
-
-def test_each_address_of_the_backends_name_is_tried_in_turn(make_server, backends):
-    """A name with two addresses, ::1 first (as `localhost` on Debian and in
-    Docker), and a backend listening on 127.0.0.1 only: the connect to ::1
-    is refused and the next address is tried, as mod_proxy does (only the
-    first was tried: 503). A name none of whose addresses answers gets
-    503, each refusal logged. Where the connect to ::1 hangs (a host down
-    behind a firewall), the next address is tried after
-    `connectiontimeout`."""
-    down = free_port()
-    srv = make_server(hosts="127.0.0.1 localhost\n::1 twoaddr\n127.0.0.1 twoaddr\n", extra=f"""{PROXY_MODULES}
-ProxyPass /two/ h2c://twoaddr:{backends[0]}/
-ProxyPass /none/ h2c://twoaddr:{down}/
-ProxyPass /slow/ h2c://twoaddr:{backends[1]}/ connectiontimeout=1 timeout=30
-""").start()
-    for _ in range(3):
-        code, body = split(get(srv, "/two/delay?s=0"))
-        assert code == 200, body
-    log = srv.read_error_log()
-    assert f"cannot connect to [::1]:{backends[0]}" in log and "trying its next address" in log, log[-2000:]
-    assert split(get(srv, "/none/x"))[0] == 503
-    log = srv.new_log_lines()
-    assert f"cannot connect to [::1]:{down}" in log, log[-2000:]
-    assert f"cannot connect to 127.0.0.1:{down}: Connection refused (os error 111), answering 503" in log, log[-2000:]
-    hole, fillers = black_hole(socket.AF_INET6, "::1", backends[1])
+def test_backends_on_a_unix_domain_socket(make_server, workdir):
+    """`unix:/path|h2c://host/`: mod_proxy takes the socket's path off the
+    URL, and what is left names a TCP host (here a port where nothing
+    listens); the request goes to the socket (it went to the TCP host, then
+    was refused with 500), with the URL's authority, body both ways, and
+    the requests share one connection; also by RewriteRule [P]. A socket
+    that is not there: 503,
+    the path in the log."""
+    sock = workdir / f"h2backend-{uuid.uuid4().hex[:8]}.sock"
+    _, proc = spawn_backend("h2backend.py", 1000, env={"H2BACKEND_UNIX": str(sock)})
     try:
-        code, body = split(get(srv, "/slow/delay?s=0", "--max-time", "25"))
-        assert code == 200, body
+        nothing = free_port()
+        srv = make_server(extra=f"""{PROXY_MODULES}
+ProxyPass /uds/ "unix:{sock}|h2c://localhost:{nothing}/"
+ProxyPass /gone/ "unix:{workdir}/no-such-backend.sock|h2c://localhost/"
+RewriteEngine on
+RewriteRule ^/rw/(.*)$ "unix:{sock}|h2c://localhost:{nothing}/$1" [P]
+""").start()
+        code, body = split(get(srv, "/uds/stats"))
+        assert code == 200, srv.read_error_log()[-2000:]
+        conns = json.loads(body)["connections"]
+        code, body = split(get(srv, "/uds/headers"))
+        assert code == 200 and json.loads(body)[":authority"] == f"localhost:{nothing}", body
+        data = os.urandom(300_000)
+        upload = workdir / "uds-upload.bin"
+        upload.write_bytes(data)
+        code, body = split(get(srv, "/uds/echo", "--data-binary", f"@{upload}"))
+        assert code == 200 and body.decode().startswith(f"length={len(data)} sha256={hashlib.sha256(data).hexdigest()}")
+        for _ in range(3):
+            assert split(get(srv, "/uds/delay?s=0"))[0] == 200
+        # A RewriteRule's [P]: the path comes in the request's notes.
+        assert split(get(srv, "/rw/delay?s=0"))[0] == 200
+        assert json.loads(split(get(srv, "/uds/stats"))[1])["connections"] == conns
+        assert split(get(srv, "/gone/x"))[0] == 503
+        assert f"cannot connect to unix:{workdir}/no-such-backend.sock: No such file or directory" in srv.read_error_log()
+        srv.new_log_lines()
     finally:
-        for sock in fillers + [hole]:
-            sock.close()
-    assert f"connect timed out ([::1]:{backends[1]}), trying its next address" in srv.new_log_lines()
+        proc.kill()
+        proc.wait()
 
 
 def test_the_backend_status_is_noted_for_the_access_log(make_server, backends, workdir):

@@ -19,7 +19,7 @@
 //! that began is aborted.
 
 use super::backend_tls::{TlsPolicy, TlsTarget};
-use super::resolve::Addrs;
+use super::resolve::{Addrs, Peer};
 use super::task::{Failure, Task};
 use super::tls::{self, Handshake, Ssl};
 use crate::frames::Frames;
@@ -37,6 +37,8 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -450,7 +452,7 @@ struct Conn {
     key: String,
     /// The backend's address connected to, or being connected to (several
     /// keys may share it): `addrs[addr_index]`.
-    addr: SocketAddr,
+    addr: Peer,
     /// Every address of the backend's name, tried in turn until one
     /// connects (as mod_proxy does).
     addrs: Addrs,
@@ -461,7 +463,7 @@ struct Conn {
     /// before `sock`: fields drop in order, and the session refers to the
     /// socket's descriptor (`Ssl::new`).
     tls: Option<Ssl>,
-    sock: TcpStream,
+    sock: Sock,
     /// `h2://`: the name the backend's certificate must carry, the checks.
     tls_target: Option<Arc<TlsTarget>>,
     /// The TLS handshake runs; `hs_write`: it waits for POLLOUT.
@@ -494,17 +496,62 @@ struct Conn {
     ping_sent: Option<(Instant, Duration)>,
 }
 
-/// Starts a nonblocking connect to `addr`.
-fn connect_nonblocking(addr: &SocketAddr) -> std::io::Result<TcpStream> {
-    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+/// A backend connection's socket.
+enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Sock {
+    fn fd(&self) -> libc::c_int {
+        match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.read(buf),
+            Sock::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write(buf),
+            Sock::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts a nonblocking connect to `addr`. One to a Unix domain socket
+/// completes at once or fails (EAGAIN: its listen queue is full, and a
+/// nonblocking connect cannot wait for room).
+fn connect_nonblocking(addr: &Peer) -> std::io::Result<Sock> {
+    let (storage, len) = sockaddr_of(addr)?;
+    let family = libc::c_int::from(storage.ss_family);
     // SAFETY: plain socket(2); the result is checked.
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `fd` is a fresh socket we own; TcpStream closes it on drop.
-    let sock = unsafe { TcpStream::from_raw_fd(fd) };
-    let (storage, len) = sockaddr_of(addr);
+    // SAFETY: `fd` is a fresh socket we own, of the stream's family; the
+    // stream closes it on drop.
+    let sock = unsafe {
+        match addr {
+            Peer::Tcp(_) => Sock::Tcp(TcpStream::from_raw_fd(fd)),
+            Peer::Unix(_) => Sock::Unix(UnixStream::from_raw_fd(fd)),
+        }
+    };
     // SAFETY: storage holds a valid sockaddr of `len` bytes for `family`.
     let rv = unsafe { libc::connect(fd, &storage as *const libc::sockaddr_storage as *const libc::sockaddr, len) };
     if rv < 0 {
@@ -513,19 +560,16 @@ fn connect_nonblocking(addr: &SocketAddr) -> std::io::Result<TcpStream> {
             return Err(err);
         }
     }
-    let _ = sock.set_nodelay(true);
+    if let Sock::Tcp(tcp) = &sock {
+        let _ = tcp.set_nodelay(true);
+    }
     Ok(sock)
 }
 
 /// Starts a connect to the first of `addrs[from..]` that takes one (a
 /// family the host has no address of fails at once): its index and
 /// socket, or the last address's error.
-fn connect_from(
-    backend: &str,
-    addrs: &[SocketAddr],
-    from: usize,
-    keepalive: bool,
-) -> Result<(usize, TcpStream), String> {
+fn connect_from(backend: &str, addrs: &[Peer], from: usize, keepalive: bool) -> Result<(usize, Sock), String> {
     let mut failed = format!("no address left to try after {}", addrs.len());
     for (i, addr) in addrs.iter().enumerate().skip(from) {
         if i > from {
@@ -546,7 +590,8 @@ fn connect_from(
 
 /// SO_KEEPALIVE, as mod_proxy sets it for a worker's `keepalive=On`
 /// (the kernel's probe timings).
-fn set_keepalive(sock: &TcpStream) {
+fn set_keepalive(sock: &Sock) {
+    let Sock::Tcp(sock) = sock else { return };
     let on: libc::c_int = 1;
     // SAFETY: setsockopt on our socket with an int option value.
     unsafe {
@@ -560,10 +605,30 @@ fn set_keepalive(sock: &TcpStream) {
     }
 }
 
-fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+fn sockaddr_of(addr: &Peer) -> std::io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
     // SAFETY: an all-zero sockaddr_storage is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match addr {
+    let addr = match addr {
+        Peer::Tcp(addr) => addr,
+        Peer::Unix(path) => {
+            // SAFETY: an all-zero sockaddr_un is a valid value.
+            let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            let bytes = path.as_os_str().as_bytes();
+            // One byte is left for the terminating NUL.
+            if bytes.len() >= sun.sun_path.len() || bytes.contains(&0) {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "path too long for a socket"));
+            }
+            for (to, &b) in sun.sun_path.iter_mut().zip(bytes) {
+                *to = b as libc::c_char;
+            }
+            // SAFETY: sockaddr_storage is larger than sockaddr_un and suitably aligned.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_un, sun) };
+            let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+            return Ok((storage, len as libc::socklen_t));
+        }
+    };
+    Ok(match addr {
         SocketAddr::V4(a) => {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
@@ -587,7 +652,7 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
             (storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
         }
-    }
+    })
 }
 
 impl Conn {
@@ -617,7 +682,7 @@ impl Conn {
         Ok(Conn {
             id,
             key: key.to_string(),
-            addr: spec.addrs[addr_index],
+            addr: spec.addrs[addr_index].clone(),
             addrs: spec.addrs.clone(),
             addr_index,
             keepalive: spec.pool.keepalive,
@@ -877,7 +942,7 @@ impl Conn {
             Ok((i, sock)) => {
                 self.sock = sock;
                 self.addr_index = i;
-                self.addr = self.addrs[i];
+                self.addr = self.addrs[i].clone();
                 self.connecting = Some(Instant::now());
                 self.step_since = Instant::now();
             }
@@ -892,7 +957,7 @@ impl Conn {
         // SAFETY: SO_ERROR writes one int into `err`.
         let rv = unsafe {
             libc::getsockopt(
-                self.sock.as_raw_fd(),
+                self.sock.fd(),
                 libc::SOL_SOCKET,
                 libc::SO_ERROR,
                 &mut err as *mut libc::c_int as *mut libc::c_void,
@@ -917,7 +982,7 @@ impl Conn {
                     }
                 },
             };
-            match Ssl::new(c, self.sock.as_raw_fd(), target.sni()) {
+            match Ssl::new(c, self.sock.fd(), target.sni()) {
                 Ok(ssl) => {
                     self.tls = Some(ssl);
                     self.handshaking = true;
@@ -1434,7 +1499,7 @@ fn run(lp: &Loop) {
         fds.clear();
         fds.push(libc::pollfd { fd: lp.wake.fd(), events: libc::POLLIN, revents: 0 });
         for c in &st.conns {
-            fds.push(libc::pollfd { fd: c.sock.as_raw_fd(), events: c.poll_events(), revents: 0 });
+            fds.push(libc::pollfd { fd: c.sock.fd(), events: c.poll_events(), revents: 0 });
         }
         let timeout = TICK.saturating_sub(last_tick.elapsed()).as_millis().max(1) as libc::c_int;
         // SAFETY: `fds` is a valid array of fds.len() pollfd entries.

@@ -41,6 +41,7 @@ use backend_tls::TlsTarget;
 use engine::Engine;
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -547,17 +548,13 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             uds_path: ptr::null(),
         };
         ffi::h2rs_shim_proxy_params(r, worker, conf, &mut params);
-        if !params.uds_path.is_null() {
-            // Not connected to: the URL left after mod_proxy took the
-            // socket off names a TCP host (often localhost:80, this httpd).
-            let path = CStr::from_ptr(params.uds_path).to_string_lossy();
-            crate::log::request(
-                r,
-                Level::Error,
-                &format!("h2rs proxy: {url_s}: backends on a Unix domain socket (unix:{path}) are not supported, answering 500"),
-            );
-            return ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
-        }
+        // `unix:/path|h2c://host/`: mod_proxy took the socket's path off the
+        // URL; what is left names the request's authority, not where to
+        // connect.
+        let uds = (!params.uds_path.is_null()).then(|| {
+            let path = std::ffi::OsStr::from_bytes(CStr::from_ptr(params.uds_path).to_bytes());
+            resolve::Peer::Unix(Arc::from(std::path::Path::new(path)))
+        });
         let timeout_us = if params.timeout >= 0 { params.timeout } else { (*(*r).server).timeout };
         let timeout = Duration::from_micros(timeout_us.max(1_000_000) as u64);
         // The worker's pool parameters (mod_proxy parses their units).
@@ -603,8 +600,15 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         };
         let has_body = hin.get(c"Transfer-Encoding").is_some()
             || hin.get(c"Content-Length").is_some_and(|v| v.trim_ascii() != b"0");
-        let backend = format!("{}://{}", if target.tls { "h2" } else { "h2c" }, target.key);
-        let addrs = match resolve::resolve(&target.key) {
+        let mut backend = format!("{}://{}", if target.tls { "h2" } else { "h2c" }, target.key);
+        let found = match uds {
+            Some(peer) => {
+                backend = format!("{peer}|{backend}");
+                Ok(Arc::from([peer]))
+            }
+            None => resolve::resolve(&target.key),
+        };
+        let addrs = match found {
             Ok(addrs) => addrs,
             Err(e) => {
                 crate::log::request(r, Level::Error, &format!("h2rs proxy: backend {backend}: {e}, answering 503"));

@@ -15,12 +15,15 @@
 //! A name gives every address it has, in the resolver's order, and the
 //! engine tries them in turn, as mod_proxy does: on Debian (and in Docker)
 //! `localhost` is ::1 first, and a backend listening on 127.0.0.1 only
-//! must still be reached by that name.
+//! must still be reached by that name. A backend on a Unix domain socket
+//! (`unix:/path|h2c://...`) has its path as its one address.
 
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,8 +37,25 @@ const RETRY: Duration = Duration::from_secs(10);
 /// host, and the cache must not grow with them.
 const MAX_NAMES: usize = 256;
 
+/// One address of a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A Unix domain socket's path.
+    Unix(Arc<Path>),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            Peer::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
 /// A backend's addresses, in the order to try them (never empty).
-pub type Addrs = Arc<[SocketAddr]>;
+pub type Addrs = Arc<[Peer]>;
 
 /// What is known of one name.
 struct Entry<T> {
@@ -53,12 +73,12 @@ static CACHE: Lazy<Cache<Addrs>> = Lazy::new(Default::default);
 /// The addresses to connect to for `connect` ("host:port").
 pub fn resolve(connect: &str) -> Result<Addrs, String> {
     if let Ok(addr) = connect.parse::<SocketAddr>() {
-        return Ok(Arc::from([addr]));
+        return Ok(Arc::from([Peer::Tcp(addr)]));
     }
     resolve_in(&CACHE, connect, Instant::now(), |name| match name.to_socket_addrs() {
         Ok(found) => {
-            let mut addrs: Vec<SocketAddr> = Vec::new();
-            for addr in found {
+            let mut addrs: Vec<Peer> = Vec::new();
+            for addr in found.map(Peer::Tcp) {
                 // A name listed twice in /etc/hosts gives its address twice.
                 if !addrs.contains(&addr) {
                     addrs.push(addr);
@@ -113,7 +133,7 @@ mod tests {
 
     #[test]
     fn address_literals_need_no_lookup() {
-        let one = |s: &str| Ok(Arc::from([s.parse::<SocketAddr>().unwrap()]));
+        let one = |s: &str| Ok(Arc::from([Peer::Tcp(s.parse().unwrap())]));
         assert_eq!(resolve("127.0.0.1:8080"), one("127.0.0.1:8080"));
         assert_eq!(resolve("[::1]:443"), one("[::1]:443"));
     }
@@ -121,7 +141,10 @@ mod tests {
     #[test]
     fn names_are_looked_up_and_kept() {
         let addrs = resolve("localhost:8080").expect("localhost resolves");
-        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 8080), "{addrs:?}");
+        assert!(
+            addrs.iter().all(|a| matches!(a, Peer::Tcp(a) if a.ip().is_loopback() && a.port() == 8080)),
+            "{addrs:?}"
+        );
         assert_eq!(CACHE.lock().get("localhost:8080").map(|e| e.found.clone()), Some(Ok(addrs)));
     }
 

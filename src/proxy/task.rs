@@ -582,7 +582,7 @@ mod tests {
         RequestSpec {
             key: "h2c://127.0.0.1:1".into(),
             backend: "h2c://127.0.0.1:1".into(),
-            addrs: Arc::from([std::net::SocketAddr::from(([127, 0, 0, 1], 1))]),
+            addrs: Arc::from([super::super::resolve::Peer::Tcp(([127, 0, 0, 1], 1).into())]),
             tls: None,
             fields: Headers::new(),
             has_body: true,
