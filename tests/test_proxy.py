@@ -2532,7 +2532,9 @@ RewriteRule ^/rw/(.*)$ "unix:{sock}|h2c://localhost:{nothing}/$1" [P]
 def test_the_backend_status_is_noted_for_the_access_log(make_server, backends, workdir):
     """`%{proxy-status}n` logs the backend's status, as with mod_proxy_http
     and the stock module, also where ProxyErrorOverride answers with a
-    page of its own."""
+    page of its own; `%{proxy-source-port}n` the local port of the backend
+    connection the request went out on (one connection here), also for a
+    request the backend reset."""
     log = workdir / "proxy-status.log"
     srv = make_server(extra=f"""{PROXY_MODULES}
 ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
@@ -2540,14 +2542,18 @@ ProxyPass /override/ h2c://127.0.0.1:{backends[0]}/
 <Location /override/>
   ProxyErrorOverride On
 </Location>
-LogFormat "%U %>s %{{proxy-status}}n" pstatus
+LogFormat "%U %>s %{{proxy-status}}n %{{proxy-source-port}}n" pstatus
 CustomLog "{log}" pstatus
 """).start()
     assert split(get(srv, "/api/status?code=201"))[0] == 201
     assert split(get(srv, "/override/status?code=503"))[0] == 503
-    wait_for(lambda: len(log.read_text().splitlines()) >= 3, timeout=10)
+    assert split(get(srv, "/api/reset"))[0] == 502
+    wait_for(lambda: len(log.read_text().splitlines()) >= 4, timeout=10)
     # (The first line: the test harness's look whether the server is up.)
-    assert log.read_text().splitlines()[1:] == ["/api/status 201 201", "/override/status 503 503"]
+    lines = [line.rsplit(" ", 1) for line in log.read_text().splitlines()[1:]]
+    assert [l[0] for l in lines] == ["/api/status 201 201", "/override/status 503 503", "/api/reset 502 -"]
+    ports = {l[1] for l in lines}
+    assert len(ports) == 1 and 1024 <= int(ports.pop()) <= 65535, lines
 
 
 def test_the_timeout_runs_from_when_the_backend_has_the_request(make_server, backends):

@@ -459,6 +459,8 @@ struct Conn {
     addr_index: usize,
     /// The worker's `keepalive`, for the socket of each address tried.
     keepalive: bool,
+    /// The local port once connected over TCP (`proxy-source-port`).
+    source_port: Option<u16>,
     /// `h2://`: the TLS session (set once TCP is connected). Declared
     /// before `sock`: fields drop in order, and the session refers to the
     /// socket's descriptor (`Ssl::new`).
@@ -686,6 +688,7 @@ impl Conn {
             addrs: spec.addrs.clone(),
             addr_index,
             keepalive: spec.pool.keepalive,
+            source_port: None,
             sock,
             tls: None,
             tls_target: spec.tls.clone(),
@@ -779,7 +782,7 @@ impl Conn {
             e.conn = self.id;
             e.stream_id = id;
         }
-        task.set_dispatched();
+        task.set_dispatched(self.source_port);
         self.session.handler().streams.insert(
             id,
             BStream {
@@ -971,6 +974,9 @@ impl Conn {
         }
         self.connecting = None;
         self.step_since = Instant::now();
+        if let Sock::Tcp(tcp) = &self.sock {
+            self.source_port = tcp.local_addr().ok().map(|a| a.port());
+        }
         if let Some(target) = &self.tls_target {
             let c = match contexts.entry(target.policy.clone()) {
                 Entry::Occupied(known) => known.into_mut(),

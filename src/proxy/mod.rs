@@ -503,6 +503,23 @@ unsafe fn via_entry(r: *mut ffi::request_rec, via: c_int) -> Option<String> {
     }
 }
 
+/// Notes `value` as `name` in the request's notes, as mod_proxy_http notes
+/// `proxy-status` and `proxy-source-port`.
+///
+/// # Safety
+/// `r` is the live request, on this thread.
+unsafe fn note_number(r: *mut ffi::request_rec, name: &'static CStr, value: u64) {
+    // SAFETY: caller contract.
+    let (notes, pool) = unsafe { (TableRef::from_raw((*r).notes), PoolRef::from_raw((*r).pool)) };
+    if let (Some(notes), Some(pool)) = (notes, pool) {
+        let mut digits = [0u8; 20];
+        let value = pool.strdup(crate::text::decimal(value, &mut digits));
+        // SAFETY: the name is static and the value in the request's pool,
+        // which the notes live in: neither needs a copy.
+        unsafe { notes.setn(name.as_ptr(), value) };
+    }
+}
+
 fn cstr_lossy(p: *const c_char) -> String {
     if p.is_null() {
         return String::new();
@@ -977,6 +994,10 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
     // SAFETY: caller contract: `r` is live and owned by this thread.
     unsafe {
         if let (Some(Failure::Status(s)), None) = (t.failure, &t.head) {
+            if let Some(port) = task.source_port() {
+                // A request that reached the backend and failed there.
+                note_number(r, c"proxy-source-port", port.into());
+            }
             if s == 504 {
                 // The backend did not answer in time (the engine's only
                 // 504): mod_proxy_balancer's failontimeout reads this
@@ -993,11 +1014,9 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
         if let Some(head) = &t.head {
             // The backend's status, for logs (`%{proxy-status}n`), as
             // mod_proxy_http and the stock module note it.
-            if let (Some(notes), Some(pool)) = (TableRef::from_raw((*r).notes), PoolRef::from_raw((*r).pool)) {
-                let mut digits = [0u8; 20];
-                let status = pool.strdup(crate::text::decimal(head.status.into(), &mut digits));
-                // Not copied again: the value is in the notes' pool.
-                notes.setn(c"proxy-status".as_ptr(), status);
+            note_number(r, c"proxy-status", head.status.into());
+            if let Some(port) = task.source_port() {
+                note_number(r, c"proxy-source-port", port.into());
             }
             if ffi::h2rs_shim_proxy_should_override(r, head.status as c_int) != 0 {
                 // ProxyErrorOverride: a local error page instead of the

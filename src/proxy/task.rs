@@ -152,6 +152,8 @@ struct State {
     body_cut: bool,
     /// The request went out on a backend connection.
     dispatched: bool,
+    /// That connection's local TCP port (none over a Unix domain socket).
+    source_port: Option<u16>,
     /// The engine has been told to look at the task and has not yet.
     engine_posted: bool,
     /// See `detach_front`.
@@ -349,10 +351,18 @@ impl Task {
     }
 
     /// The request is on its way to the backend (on a connection whose
-    /// SETTINGS arrived).
-    pub fn set_dispatched(&self) {
-        self.state.lock().dispatched = true;
+    /// SETTINGS arrived), from `source_port`.
+    pub fn set_dispatched(&self, source_port: Option<u16>) {
+        let mut s = self.state.lock();
+        s.dispatched = true;
+        s.source_port = source_port;
+        drop(s);
         self.cond.notify_all();
+    }
+
+    /// The local port of the connection the request went out on.
+    pub fn source_port(&self) -> Option<u16> {
+        self.state.lock().source_port
     }
 
     pub fn is_dispatched(&self) -> bool {
