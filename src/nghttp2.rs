@@ -619,15 +619,17 @@ impl<'a> Ops<'a> {
     /// scheduling: urgency 0-7, and incremental (shares bandwidth with its
     /// urgency's other incremental streams) or not (sent whole, one after
     /// another). A field that does not parse means the defaults (3, not
-    /// incremental).
-    pub fn set_priority(&mut self, stream_id: i32, field: &[u8]) {
+    /// incremental). Returns the urgency.
+    pub fn set_priority(&mut self, stream_id: i32, field: &[u8]) -> u8 {
         let mut pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
         // SAFETY: parses `field` (valid slice) into `pri`; on a parse error
         // `pri` keeps the defaults.
         if unsafe { ng::nghttp2_extpri_parse_priority(&mut pri, field.as_ptr(), field.len()) } != 0 {
             pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
         }
-        self.set_stream_priority(stream_id, pri.urgency as u8, pri.inc != 0);
+        let urgency = pri.urgency.min(7) as u8;
+        self.set_stream_priority(stream_id, urgency, pri.inc != 0);
+        urgency
     }
 
     /// Sets a stream's RFC 9218 urgency (0-7) and incremental flag.

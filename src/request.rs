@@ -61,6 +61,10 @@ pub struct RequestHead {
     pub error_status: Option<u16>,
     /// HEADERS carried END_STREAM: there is no body.
     pub end_stream: bool,
+    /// RFC 9218 urgency (0 the most urgent, 7 the least) of its `priority`
+    /// field, set by the session (3 without one): the order in which
+    /// streams waiting for a worker start.
+    pub urgency: u8,
     /// Bytes of the header block as received (for %I accounting).
     pub raw_bytes: usize,
     /// A WebSocket tunnel (extended CONNECT turned into an upgrade GET, see

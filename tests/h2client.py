@@ -69,6 +69,8 @@ class H2Client:
         self.sock = sock or socket.create_connection((host, port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.default_authority = authority
+        # Stream ids in the order their responses ended.
+        self.ended_order = []
         if conn is None:
             cfg = h2.config.H2Configuration(
                 client_side=True,
@@ -211,6 +213,7 @@ class H2Client:
             s.trailers = ev.headers
         elif isinstance(ev, h2.events.StreamEnded):
             s.ended = True
+            self.ended_order.append(ev.stream_id)
         elif isinstance(ev, h2.events.StreamReset):
             if s is not None:
                 s.reset = ev.error_code

@@ -681,6 +681,26 @@ def occupy_the_only_worker(srv):
     return busy, cgi
 
 
+def test_streams_waiting_for_a_worker_start_most_urgent_first(make_server):
+    """With the only worker busy, four requests of urgency 6 and then one
+    of urgency 0 wait on one connection: the first goes to the worker's
+    queue at once (a connection always has one stream under way), and of
+    the others the urgent one starts next, before the earlier ones (it
+    started last: arrival order)."""
+    srv = make_server(h2_conf="H2MinWorkers 1\nH2MaxWorkers 1").start()
+    busy, _ = occupy_the_only_worker(srv)
+    c = H2Client(srv.port)
+    try:
+        low = [c.request(f"/cgi/env.cgi?{i}", headers=[("priority", "u=6")]) for i in range(4)]
+        urgent = c.request("/cgi/env.cgi?urgent", headers=[("priority", "u=0")])
+        for sid in low + [urgent]:
+            assert c.wait_stream(sid, timeout=30).status == 200
+        assert c.ended_order == [low[0], urgent, *low[1:]], (c.ended_order, low, urgent)
+    finally:
+        c.close()
+        busy.close()
+
+
 def test_url_that_stops_being_a_static_file_goes_back_to_workers(make_server, docroot):
     """A learned URL whose next run is not a static file any more (here the
     file became a directory: mod_dir redirects) is answered correctly on
