@@ -5,6 +5,7 @@
 #include <http_connection.h>
 #include <http_core.h>
 #include <http_log.h>
+#include <http_main.h>
 #include <http_request.h>
 #include <apr_buckets.h>
 #include <http_protocol.h>
@@ -18,8 +19,15 @@ int h2rs_shim_log_c_enabled(const conn_rec *c, int level)
     return APLOG_C_IS_LEVEL(c, level);
 }
 
+/* A NULL server (threads of the module's own, such as the proxy engine's)
+ * logs as the main server, with its LogLevel and per-module levels; httpd
+ * itself would take NULL for stderr at its default level (warn), and lines
+ * at debug were never written. Before the configuration is read,
+ * ap_server_conf is NULL too. */
 int h2rs_shim_log_s_enabled(const server_rec *s, int level)
 {
+    if (!s)
+        s = ap_server_conf;
     return APLOG_IS_LEVEL(s, level);
 }
 
@@ -38,7 +46,7 @@ void h2rs_shim_log_r(const request_rec *r, int level, apr_status_t rv,
 void h2rs_shim_log_s(const server_rec *s, int level, apr_status_t rv,
                      const char *msg)
 {
-    ap_log_error(APLOG_MARK, level, rv, s, "%s", msg);
+    ap_log_error(APLOG_MARK, level, rv, s ? s : ap_server_conf, "%s", msg);
 }
 
 /* http2_module's slots exist only when it is loaded: with only

@@ -52,10 +52,10 @@ mod sink {
     }
 
     pub(crate) fn server_enabled(s: *const ffi::server_rec, level: Level) -> bool {
-        // SAFETY: a NULL server means "main server" to httpd's logger; a
+        // SAFETY: a NULL server means the main server to the shim; a
         // non-NULL one is a server_rec from the config, alive for the
         // whole generation.
-        s.is_null() || unsafe { ffi::h2rs_shim_log_s_enabled(s, level as i32) } != 0
+        unsafe { ffi::h2rs_shim_log_s_enabled(s, level as i32) != 0 }
     }
 
     pub fn server(s: *const ffi::server_rec, level: Level, msg: &str) {

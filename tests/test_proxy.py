@@ -2488,6 +2488,40 @@ ProxyPass /bomb/ h2c://127.0.0.1:{bomb_backend.port}/
     assert code == 200
 
 
+def test_each_address_of_the_backends_name_is_tried_in_turn(make_server, backends):
+    """A name with two addresses, ::1 first (as `localhost` on Debian and in
+    Docker), and a backend listening on 127.0.0.1 only: the connect to ::1
+    is refused and the next address is tried, as mod_proxy does (only the
+    first was tried: 503). A name none of whose addresses answers gets
+    503. Where the connect to ::1 hangs (a host down behind a firewall),
+    the next address is tried after `connectiontimeout`. A failed address
+    with another after it is logged at debug level (an error only where
+    none is left), as mod_proxy logs it."""
+    down = free_port()
+    srv = make_server(loglevel="warn http2:debug", hosts="127.0.0.1 localhost\n::1 twoaddr\n127.0.0.1 twoaddr\n", extra=f"""{PROXY_MODULES}
+ProxyPass /two/ h2c://twoaddr:{backends[0]}/
+ProxyPass /none/ h2c://twoaddr:{down}/
+ProxyPass /slow/ h2c://twoaddr:{backends[1]}/ connectiontimeout=1 timeout=30
+""").start()
+    for _ in range(3):
+        code, body = split(get(srv, "/two/delay?s=0"))
+        assert code == 200, body
+    log = srv.read_error_log()
+    assert re.search(rf"\[http2:debug\].* cannot connect to \[::1\]:{backends[0]}: .*, trying its next address", log), log[-2000:]
+    assert split(get(srv, "/none/x"))[0] == 503
+    log = srv.new_log_lines()
+    assert re.search(rf"\[http2:debug\].* cannot connect to \[::1\]:{down}: ", log), log[-2000:]
+    assert re.search(rf"\[http2:error\].* cannot connect to 127.0.0.1:{down}: Connection refused \(os error 111\), answering 503", log), log[-2000:]
+    hole, fillers = black_hole(socket.AF_INET6, "::1", backends[1])
+    try:
+        code, body = split(get(srv, "/slow/delay?s=0", "--max-time", "25"))
+        assert code == 200, body
+    finally:
+        for sock in fillers + [hole]:
+            sock.close()
+    assert re.search(rf"\[http2:debug\].* connect timed out \(\[::1\]:{backends[1]}\), trying its next address", srv.new_log_lines())
+
+
 def test_backends_on_a_unix_domain_socket(make_server, workdir):
     """`unix:/path|h2c://host/`: mod_proxy takes the socket's path off the
     URL, and what is left names a TCP host (here a port where nothing

@@ -575,7 +575,7 @@ fn connect_from(backend: &str, addrs: &[Peer], from: usize, keepalive: bool) -> 
     let mut failed = format!("no address left to try after {}", addrs.len());
     for (i, addr) in addrs.iter().enumerate().skip(from) {
         if i > from {
-            log_error(&format!("backend {backend}: {failed}, trying its next address {addr}"));
+            log_next_address(backend, &failed, addr);
         }
         match connect_nonblocking(addr) {
             Ok(sock) => {
@@ -940,7 +940,7 @@ impl Conn {
             return;
         }
         let backend = &self.session.handler_ref().backend;
-        log_error(&format!("backend {backend}: {failure}, trying its next address {}", self.addrs[next]));
+        log_next_address(backend, &failure, &self.addrs[next]);
         match connect_from(backend, &self.addrs, next, self.keepalive) {
             Ok((i, sock)) => {
                 self.sock = sock;
@@ -1028,6 +1028,16 @@ struct LoopState {
 
 fn log_error(msg: &str) {
     slog!(std::ptr::null::<crate::ffi::server_rec>(), Level::Error, "h2rs proxy: {msg}");
+}
+
+/// A failed address with another to try after it: at debug level, as
+/// mod_proxy logs it (AH00957); the last one's failure is the error.
+fn log_next_address(backend: &str, failure: &str, next: &Peer) {
+    slog!(
+        std::ptr::null::<crate::ffi::server_rec>(),
+        Level::Debug,
+        "h2rs proxy: backend {backend}: {failure}, trying its next address {next}"
+    );
 }
 
 /// The backend cannot be reached for `task`: 503 (mod_proxy may fail over)

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,11 +46,25 @@ pub enum Peer {
     Unix(Arc<Path>),
 }
 
+/// Also the text a backend's connections are shared by, so it names one
+/// socket path only: bytes other than printable ASCII, and `%`, are
+/// percent-escaped (a lossy UTF-8 conversion gave two such paths one
+/// text).
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Tcp(addr) => addr.fmt(f),
-            Peer::Unix(path) => write!(f, "unix:{}", path.display()),
+            Peer::Unix(path) => {
+                f.write_str("unix:")?;
+                for &b in path.as_os_str().as_bytes() {
+                    if (b.is_ascii_graphic() || b == b' ') && b != b'%' {
+                        write!(f, "{}", char::from(b))?;
+                    } else {
+                        write!(f, "%{b:02X}")?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -130,6 +145,16 @@ fn resolve_in<T: Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_paths_are_named_apart() {
+        use std::ffi::OsStr;
+        let unix = |b: &[u8]| Peer::Unix(Arc::from(Path::new(OsStr::from_bytes(b)))).to_string();
+        assert_eq!(unix(b"/run/app.sock"), "unix:/run/app.sock");
+        assert_ne!(unix(b"/run/\xff.sock"), unix(b"/run/\xfe.sock"));
+        assert_ne!(unix(b"/run/\xff.sock"), unix(b"/run/%FF.sock"));
+        assert_eq!(unix(b"/run/%\xff"), "unix:/run/%25%FF");
+    }
 
     #[test]
     fn address_literals_need_no_lookup() {
