@@ -354,7 +354,7 @@ pub(crate) unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::a
         // SAFETY: as above.
         srv = unsafe { (*srv).next };
     }
-    crate::proxy::backend_tls::set_by_server(by_server);
+    crate::proxy::backend_tls::set_by_server(by_server, pool);
 }
 
 /// A server's own `SSLProxy*` settings: its virtual host's merged over the

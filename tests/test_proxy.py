@@ -918,6 +918,41 @@ def test_backend_checks_hold_without_our_http2_module(workdir, docroot, tls_back
     srv.check_log()
 
 
+def test_restarts_do_not_pile_up_the_backend_checks_settings(workdir, docroot, backend_pki):
+    """The parent keeps every server's SSLProxy* settings for h2://
+    backends (a CA file's contents among them) for its children. A restart
+    unloads the module and made the settings again without freeing the old
+    ones: with a 4 MiB CA file, the parent grew by 4 MiB at every restart."""
+    ca = (backend_pki / "ca.pem").read_bytes()
+    big = workdir / "big-ca.pem"
+    big.write_bytes(ca * (4 * 1024 * 1024 // len(ca) + 1))
+    srv = Httpd(workdir, docroot, name="tls-settings-restarts", extra=f"""{PROXY_MODULES}
+{SSL_MODULES}
+SSLProxyCACertificateFile {big}
+ProxyPass /tls/ h2://localhost:{free_port()}/
+""").start()
+
+    def parent_rss_kib():
+        with open(f"/proc/{srv.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    def restart():
+        srv.signal("restart")
+        time.sleep(0.5)
+        assert wait_for(srv._answers, timeout=20)
+
+    try:
+        restart()
+        before = parent_rss_kib()
+        for _ in range(5):
+            restart()
+        grown = parent_rss_kib() - before
+        assert grown < 6 * 1024, f"the parent grew by {grown} KiB over 5 restarts"
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
 def test_proxy_sections_and_virtual_hosts_set_their_own_backend_checks(workdir, docroot, tls_backends,
                                                                        backend_pki):
     """SSLProxy* in <Proxy>, <ProxyMatch>, wildcard and balancer sections

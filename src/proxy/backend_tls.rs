@@ -410,9 +410,20 @@ static BY_SERVER: parking_lot::RwLock<Option<Arc<ByServer>>> = parking_lot::cons
 /// `BackendTls` by server_rec address.
 type ByServer = HashMap<usize, Arc<BackendTls>>;
 
-/// Replaces every server's settings (a new configuration generation).
-pub fn set_by_server(all: ByServer) {
+/// Replaces every server's settings (a new configuration generation,
+/// whose configuration pool is `pconf`). They go when that pool is cleared:
+/// a restart unloads the module, and this static with it, but not what it
+/// held (CA files' contents, compiled patterns), which leaked in the
+/// parent at every restart.
+pub fn set_by_server(all: ByServer, pconf: crate::apr::pool::PoolRef) {
+    struct ForgetOnClear;
+    impl Drop for ForgetOnClear {
+        fn drop(&mut self) {
+            BY_SERVER.write().take();
+        }
+    }
     *BY_SERVER.write() = Some(Arc::new(all));
+    pconf.attach(ForgetOnClear);
 }
 
 /// The settings of the server whose server_rec is at `server`.
