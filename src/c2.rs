@@ -986,6 +986,20 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
         }
         if let Some(auth) = head.authority.as_deref().filter(|a| !a.is_empty()) {
             if !is_connect {
+                if let Some(host) = head.header(b"host").filter(|h| *h != auth) {
+                    // :authority wins; the client's Host stays known, as
+                    // with the stock module (its AH10401).
+                    crate::clog!(
+                        c,
+                        crate::log::Level::Debug,
+                        "h2rs: overwriting 'Host: {}' with :authority: {}",
+                        String::from_utf8_lossy(host),
+                        String::from_utf8_lossy(auth)
+                    );
+                    if let Some(env) = TableRef::from_raw((*r).subprocess_env) {
+                        env.setn(c"H2_ORIGINAL_HOST".as_ptr(), c_string(pool, host));
+                    }
+                }
                 hin.setn(c"Host".as_ptr(), c_string(pool, auth));
             }
         }
@@ -1025,7 +1039,9 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
 
         // The request line, straight into the request pool. The method is
         // a token (checked when the head was built): ASCII.
-        let authority = head.authority.as_deref().unwrap_or(b"");
+        // Without :authority (or with an empty one) a request names its
+        // host in Host (RFC 9113 8.3.1), as the stock module reads it.
+        let authority = head.authority.as_deref().filter(|a| !a.is_empty()).or(head.header(b"host")).unwrap_or(b"");
         let target: [&[u8]; 4] = if is_connect {
             [authority, b"", b"", b""]
         } else {

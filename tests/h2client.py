@@ -121,6 +121,7 @@ class H2Client:
         return sid
 
     def request(self, path, method="GET", headers=None, body=None, end_stream=None, authority=None):
+        """`authority=False`: no :authority at all."""
         sid = self.conn.get_next_available_stream_id()
         hdrs = [
             (b":method", method.encode()),
@@ -128,6 +129,8 @@ class H2Client:
             (b":authority", (authority or self.default_authority or f"127.0.0.1:{self.port}").encode()),
             (b":path", path.encode()),
         ]
+        if authority is False:
+            del hdrs[2]
         for n, v in headers or []:
             hdrs.append((n.encode() if isinstance(n, str) else n, v.encode() if isinstance(v, str) else v))
         if end_stream is None:

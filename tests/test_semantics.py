@@ -1300,7 +1300,9 @@ def test_h2proxyrequests_makes_a_forward_proxy(make_server, origin_server, where
     """H2ProxyRequests on (at the server level, or inside <Proxy "*">,
     where it sets the server's value as with the stock module): a request
     for another host is given to mod_proxy with its absolute URI and goes
-    to that origin. Off: the request is served here, as a local path."""
+    to that origin, also when it names the host in Host rather than
+    :authority (RFC 9113 8.3.1; its URI had no host: 400). Off: the
+    request is served here, as a local path."""
     flag = "H2ProxyRequests on" if where == "server" else ""
     section = "H2ProxyRequests on" if where == "proxy-section" else ""
     srv = make_server(h2_conf=flag, extra=f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
@@ -1310,13 +1312,36 @@ ProxyRequests On
   Require all granted
   {section}
 </Proxy>""").start()
-    c = H2Client(srv.port)
+    c = H2Client(srv.port, validate=False)
     st = c.wait_stream(c.request("/1k.bin?x=1", authority=f"127.0.0.1:{origin_server}"))
+    by_host = c.wait_stream(c.request("/1k.bin?x=2", authority=False, headers=[("host", f"127.0.0.1:{origin_server}")]))
     if where == "off":
         assert st.status == 200 and len(st.data) == 1024
+        assert by_host.status == 200 and len(by_host.data) == 1024
     else:
         assert (st.status, bytes(st.data)) == (200, b"origin saw /1k.bin?x=1")
+        assert (by_host.status, bytes(by_host.data)) == (200, b"origin saw /1k.bin?x=2")
     c.close()
+
+
+def test_a_host_field_other_than_the_authority_is_kept_for_the_environment(make_server):
+    """:authority decides the request's Host; a different Host field the
+    client sent is kept as H2_ORIGINAL_HOST, as the stock module keeps it
+    (for rules that look for domain fronting, for logs)."""
+    srv = make_server(extra="""Header always set X-Original-Host "%{H2_ORIGINAL_HOST}e" env=H2_ORIGINAL_HOST
+Header always set X-Host "expr=%{req:Host}"
+""").start()
+    c = H2Client(srv.port, validate=False)
+    try:
+        other = c.wait_stream(c.request("/1k.bin", headers=[("host", "fronted.example")]))
+        same = c.wait_stream(c.request("/1k.bin", headers=[("host", f"127.0.0.1:{srv.port}")]))
+        none = c.wait_stream(c.request("/1k.bin"))
+        assert (other.status, other.header("x-original-host")) == (200, "fronted.example")
+        assert other.header("x-host") == f"127.0.0.1:{srv.port}"
+        assert (same.status, same.header("x-original-host")) == (200, None)
+        assert (none.status, none.header("x-original-host")) == (200, None)
+    finally:
+        c.close()
 
 
 def test_h2proxyrequests_is_refused_in_htaccess(make_server, docroot):
