@@ -530,7 +530,15 @@ impl Parked for C1 {
             return false;
         }
         if self.write_output_without_waiting().is_err() {
+            // Its socket buffer is full (a client that reads nothing): no
+            // GOAWAY can follow either, so it is closed now, as the MPM
+            // closes idle HTTP/1.1 connections when the child stops; the
+            // MPM sees the socket at its end and hands the connection back.
+            // (Else it stayed parked until `Timeout`, and the stopping
+            // child with it.)
             self.client_gone = true;
+            // SAFETY: as in `goaway_now`.
+            unsafe { libc::shutdown(self.sock_fd, libc::SHUT_RDWR) };
         }
         true
     }
