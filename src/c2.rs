@@ -960,6 +960,32 @@ pub unsafe fn request_panicked(c: *mut ffi::conn_rec, msg: String) -> c_int {
     ffi::HOOK_DONE
 }
 
+/// A client's `host` field that differs from `:authority` (which decides
+/// the request's Host): kept as `H2_ORIGINAL_HOST` and logged at debug,
+/// as the stock module does (its AH10401). Out of line: rare, and its
+/// formatting would widen `process_request`'s frame, which sits under
+/// every request's handler (thread stacks, docs/INTERNALS.md).
+///
+/// # Safety
+/// `r` is the live request being built on this thread, `pool` its pool.
+#[cold]
+#[inline(never)]
+unsafe fn keep_original_host(r: *mut ffi::request_rec, pool: PoolRef, host: &[u8], authority: &[u8]) {
+    // SAFETY: caller contract.
+    unsafe {
+        crate::clog!(
+            (*r).connection,
+            crate::log::Level::Debug,
+            "h2rs: overwriting 'Host: {}' with :authority: {}",
+            String::from_utf8_lossy(host),
+            String::from_utf8_lossy(authority)
+        );
+        if let Some(env) = TableRef::from_raw((*r).subprocess_env) {
+            env.setn(c"H2_ORIGINAL_HOST".as_ptr(), c_string(pool, host));
+        }
+    }
+}
+
 /// Builds the request_rec from the stream's request head and processes it
 /// (the c2 process_connection hook, on a worker).
 ///
@@ -987,18 +1013,7 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
         if let Some(auth) = head.authority.as_deref().filter(|a| !a.is_empty()) {
             if !is_connect {
                 if let Some(host) = head.header(b"host").filter(|h| *h != auth) {
-                    // :authority wins; the client's Host stays known, as
-                    // with the stock module (its AH10401).
-                    crate::clog!(
-                        c,
-                        crate::log::Level::Debug,
-                        "h2rs: overwriting 'Host: {}' with :authority: {}",
-                        String::from_utf8_lossy(host),
-                        String::from_utf8_lossy(auth)
-                    );
-                    if let Some(env) = TableRef::from_raw((*r).subprocess_env) {
-                        env.setn(c"H2_ORIGINAL_HOST".as_ptr(), c_string(pool, host));
-                    }
+                    keep_original_host(r, pool, host, auth);
                 }
                 hin.setn(c"Host".as_ptr(), c_string(pool, auth));
             }
