@@ -1883,10 +1883,18 @@ pub unsafe fn direct_allowed(c: *mut ffi::conn_rec, is_tls: bool) -> bool {
     }
 }
 
+/// How long the rest of a client preface begun may take to come, in all
+/// (at most the server's `Timeout`). A client writes it in one go or in
+/// pieces moments apart; one that sends it a byte at a time held the
+/// thread for `Timeout` per byte (24 of them), before mod_reqtimeout's
+/// header stage, which starts with the request, could cut it.
+const PREFACE_REST_WAIT: Duration = Duration::from_secs(5);
+
 /// Peeks at the first bytes of a new connection for the client preface.
 /// A client may write the preface in pieces: while what came is the start
-/// of it, this waits (up to the server's `Timeout`) for the rest, on a
-/// cleartext connection. Over TLS one peek decides, as in the stock
+/// of it, this waits (`PREFACE_REST_WAIT` in all) for the rest, on a
+/// cleartext connection; then the connection is HTTP/1.1's, and its
+/// request's timeouts apply. Over TLS one peek decides, as in the stock
 /// module: mod_ssl answers a speculative read from what it decrypted
 /// already, without reading on, so a second peek would see the same bytes
 /// while the socket, whose bytes may already be in the core's brigade,
@@ -1897,15 +1905,23 @@ pub unsafe fn direct_allowed(c: *mut ffi::conn_rec, is_tls: bool) -> bool {
 pub unsafe fn peek_preface(c: *mut ffi::conn_rec, is_tls: bool) -> bool {
     // Each turn that does not decide waits for the socket; at most one turn
     // per preface byte (a peer that closed keeps the socket readable).
+    let mut deadline = None;
     for _ in 0..PREFACE.len() {
         // SAFETY: caller contract.
         let got = unsafe { peek_bytes(c, PREFACE.len()) };
         match preface_verdict(&got) {
             Some(verdict) => return verdict,
             None if is_tls => return false,
-            // SAFETY: caller contract.
-            None if unsafe { wait_readable(c) } => continue,
-            None => return false,
+            None => {
+                // SAFETY: caller contract: the connection's server is live.
+                let timeout = interval(unsafe { (*(*c).base_server).timeout }, DEFAULT_TIMEOUT);
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout.min(PREFACE_REST_WAIT));
+                let left = deadline.saturating_duration_since(Instant::now());
+                // SAFETY: caller contract.
+                if left.is_zero() || !unsafe { wait_readable(c, left) } {
+                    return false;
+                }
+            }
         }
     }
     false
@@ -1979,16 +1995,15 @@ unsafe fn conn_socket_fd(c: *mut ffi::conn_rec) -> Option<RawFd> {
     Some(fd)
 }
 
-/// Waits until the connection's socket is readable, up to the server's
-/// `Timeout`; false on timeout or error.
+/// Waits until the connection's socket is readable, up to `timeout`;
+/// false on timeout or error.
 ///
 /// # Safety
 /// As `peek_preface`.
-unsafe fn wait_readable(c: *mut ffi::conn_rec) -> bool {
-    // SAFETY: the connection, its socket and its server are live (caller).
+unsafe fn wait_readable(c: *mut ffi::conn_rec, timeout: Duration) -> bool {
+    // SAFETY: the connection and its socket are live (caller).
     unsafe {
         let Some(fd) = conn_socket_fd(c) else { return false };
-        let timeout = interval((*(*c).base_server).timeout, DEFAULT_TIMEOUT);
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         libc::poll(&mut pfd, 1, ms) == 1

@@ -1266,3 +1266,35 @@ def test_netfuzz_short(srv):
         assert stats["rounds"] > 100, stats
         assert not any(k.startswith("connect failed") for k in stats), stats
     assert netfuzz.server_answers(srv.port)
+
+
+def test_a_preface_sent_a_byte_at_a_time_is_given_to_http1_and_its_timeouts(make_server):
+    """A client that sends the start of the HTTP/2 preface and then a byte
+    a second: the module waits a few seconds in all for the rest (a byte
+    each `Timeout` before, 24 of them, which kept mod_reqtimeout's header
+    stage from ever starting), then the connection is HTTP/1.1's and
+    `RequestReadTimeout header=2` ends it, as it ends a slow HTTP/1.1
+    request line."""
+    srv = make_server(name="preface-drip", extra=f"""
+LoadModule reqtimeout_module {conftest.MODDIR}/mod_reqtimeout.so
+RequestReadTimeout header=2
+""").start()
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    t0 = time.monotonic()
+    got = b""
+    try:
+        for b in preface:
+            s.sendall(bytes([b]))
+            r, _, _ = select.select([s], [], [], 1.0)
+            if r:
+                got = s.recv(4096)
+                break
+    except OSError:
+        got = b"(reset)"
+    finally:
+        s.close()
+    took = time.monotonic() - t0
+    # Ended (a 408, a close) long before the 24 bytes, not an HTTP/2 session.
+    assert got[:1] != b"\x00", f"an HTTP/2 session began after {took:.1f} s"
+    assert took < 15, f"still open after {took:.1f} s"
