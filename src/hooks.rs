@@ -849,7 +849,8 @@ pub unsafe extern "C" fn h2rs_protocol_propose(
             // once httpd has sent the 101 there is no way back to HTTP/1.1.
             // (Under `HttpProtocolOptions Unsafe` a head HTTP/2 refuses, such
             // as a control byte in a value, is then answered over HTTP/1.1.)
-            if !r.is_null() && (upgrade_settings(c, r, server).is_none() || upgrade_head(r).is_none()) {
+            if !r.is_null() && (!upgradable(r) || upgrade_settings(c, r, server).is_none() || upgrade_head(r).is_none())
+            {
                 return HOOK_DECLINED;
             }
             let proto = our_protocol(is_tls);
@@ -869,6 +870,20 @@ pub unsafe extern "C" fn h2rs_protocol_propose(
             HOOK_OK
         }
     })
+}
+
+/// Whether `r` may upgrade its connection: the client's own request, not
+/// an internal redirect (an ErrorDocument: its 401 or 403 went out as a
+/// fresh 200 over HTTP/2) nor a subrequest (HTTP/2 frames in the middle of
+/// the main response), and HTTP/1.1 (RFC 9110 7.8: an HTTP/1.0 request's
+/// Upgrade is ignored; httpd sends it no 101, and the session's frames
+/// came unannounced).
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn upgradable(r: *const ffi::request_rec) -> bool {
+    // SAFETY: caller contract.
+    unsafe { (*r).prev.is_null() && (*r).main.is_null() && (*r).proto_num >= 1001 }
 }
 
 #[no_mangle]
@@ -903,6 +918,9 @@ pub unsafe extern "C" fn h2rs_protocol_switch(
                 }
                 // h2c Upgrade: httpd has sent the 101; the upgrading request
                 // becomes stream 1 and the session runs here until it ends.
+                if !upgradable(r) {
+                    return HOOK_DECLINED;
+                }
                 let Some(settings_payload) = upgrade_settings(c, r, server) else { return HOOK_DECLINED };
                 let Some(head) = upgrade_head(r) else { return HOOK_DECLINED };
                 ffi::ap_remove_input_filter_byhandle((*r).input_filters, c"http_in".as_ptr());

@@ -147,11 +147,13 @@ def request_fields(path="/index.html", method="GET", scheme="http", authority="1
 
 # ---- h2c Upgrade (HTTP/1.1) ---------------------------------------------------------
 
-def upgrade_request(port, path="/1k.bin", settings="AAMAAABkAAQAAP__", extra=b"", method=b"GET", body=b""):
-    """Sends an HTTP/1.1 request asking for h2c; returns the socket."""
+def upgrade_request(port, path="/1k.bin", settings="AAMAAABkAAQAAP__", extra=b"", method=b"GET", body=b"",
+                    version=b"HTTP/1.1"):
+    """Sends a request asking for h2c (HTTP/1.1 unless `version`); returns
+    the socket."""
     settings = settings.encode() if isinstance(settings, str) else settings
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(method + b" " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    s.sendall(method + b" " + path.encode() + b" " + version + b"\r\nHost: 127.0.0.1\r\n"
               b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
               b"HTTP2-Settings: " + settings + b"\r\n" + extra + b"\r\n" + body)
     return s

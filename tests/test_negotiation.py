@@ -187,6 +187,35 @@ def test_upgrade_declined_stays_http11(server, case):
     s.close()
 
 
+def test_an_error_document_is_not_upgraded(make_server, docroot):
+    """A request denied (403) whose ErrorDocument is a local page: httpd
+    runs the page as an internal redirect, whose handler phase offers the
+    Upgrade again. It was upgraded: the error page went out as a fresh
+    200 over HTTP/2 (a 401 lost its challenge that way). Now only the
+    client's own request upgrades: 403 over HTTP/1.1, the page as body."""
+    (docroot.path / "denied.html").write_text("denied page\n")
+    srv = make_server(extra="""ErrorDocument 403 /denied.html
+<Location /secret>
+  Require all denied
+</Location>""").start()
+    s = upgrade_request(srv.port, path="/secret/x")
+    head = read_http1_head(s)
+    s.close()
+    assert head.startswith(b"HTTP/1.1 403"), head[:200]
+    assert b"denied page" in head.split(b"\r\n\r\n", 1)[1] or b"Content-Length: 12" in head, head[:400]
+
+
+def test_an_http10_request_is_not_upgraded(server):
+    """RFC 9110 7.8: a server ignores Upgrade in an HTTP/1.0 request. httpd
+    sends it no 101, and the session's frames came unannounced (the
+    client read binary, then nothing until `Timeout`); now it is answered
+    as any HTTP/1.0 request."""
+    s = upgrade_request(server.port, path="/index.html", version=b"HTTP/1.0")
+    head = read_http1_head(s)
+    s.close()
+    assert head.startswith(b"HTTP/1.1 200"), head[:100]
+
+
 def test_upgrade_of_a_head_http2_refuses_stays_http11(make_server):
     """Under `HttpProtocolOptions Unsafe` httpd accepts a control byte in a
     field value, which HTTP/2 refuses: such a request is not upgraded (once
