@@ -1865,6 +1865,10 @@ pub unsafe fn net_in(
     if ctx.input_off >= ctx.input.len() {
         ctx.input.clear();
         ctx.input_off = 0;
+    } else if let Some(watch) = &ctx.input_watch {
+        // Bytes left here: readable, as a socket would be (see
+        // `Stream::read_input` for those left in the stream's queue).
+        watch.post();
     }
     status::SUCCESS
 }

@@ -162,16 +162,20 @@ impl InterimParser {
             };
             let head = parse_head(&self.buf[..end]);
             self.buf.drain(..end);
-            let final_response = matches!(&head, Some(h) if h.status >= 200);
+            // After a final head come the body's bytes; after a 101 the
+            // bytes of the protocol switched to (RFC 9110 15.2.2), which
+            // may hold a blank line anywhere: both stay for `take_rest`.
+            let last_head = matches!(&head, Some(h) if h.status >= 200 || h.status == 101);
             out.push(head.map(Parsed::Head).unwrap_or(Parsed::Invalid));
-            if final_response {
+            if last_head {
                 break;
             }
         }
         out
     }
 
-    /// Bytes after a final response head: the beginning of the body.
+    /// Bytes after a final response head (or a 101): the beginning of the
+    /// body (or of the new protocol's bytes).
     pub fn take_rest(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
     }
@@ -439,6 +443,22 @@ mod tests {
         assert_eq!(h.headers.get(b"connection"), None);
         assert_eq!(h.headers.get(b"x-a"), Some(&b"1"[..]));
         assert_eq!(p.take_rest(), b"body");
+    }
+
+    /// A 101 and the first WebSocket frames in one write: the frames hold
+    /// a blank line, which is no head (they were parsed as one, the bytes
+    /// before it lost and the stream reset).
+    #[test]
+    fn the_bytes_after_a_101_are_the_new_protocols() {
+        let mut p = InterimParser::default();
+        let frames = b"\x81\x07a\r\n\r\nb\n\n";
+        let mut data = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec();
+        data.extend_from_slice(frames);
+        let out = p.push(&data);
+        assert_eq!(out.len(), 1);
+        let Parsed::Head(h) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(h.status, 101);
+        assert_eq!(p.take_rest(), frames);
     }
 
     #[test]

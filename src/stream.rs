@@ -942,9 +942,18 @@ impl Stream {
                 // Reopen the client's window promptly once the queue drained
                 // or a good part of a window was read.
                 let tell = io.input.is_empty() || io.consumed >= 16 * 1024;
+                // Input left: a poller of the watch (which the reader
+                // drained before reading) must find it readable, as a
+                // socket with bytes left would be. mod_proxy's tunnel yields
+                // after 10,000 reads with bytes left and polls again: it
+                // slept until its timeout, the client's window shut.
+                let watch = if io.input.is_empty() { None } else { io.input_watch.clone() };
                 drop(io);
                 if tell {
                     self.notify_c1();
+                }
+                if let Some(w) = watch {
+                    w.wake();
                 }
                 return Ok(Input::Data(data));
             }
@@ -1143,10 +1152,17 @@ impl Stream {
     /// HTTP/1.1 would hold the bytes until the response ends): unless the
     /// output goes to c1 anyway, schedule a flush `LATE_FLUSH_AFTER` from
     /// now. One per stream at a time; none for a stream c1 runs itself (it
-    /// drains the queue when the run ends) or whose output is unbuffered
-    /// (every write wakes c1).
+    /// drains the queue when the run ends). One whose output is unbuffered
+    /// wakes c1 with every write; a head passed on without body bytes is no
+    /// write (a tunnel's 200 before either side has spoken: a chained
+    /// CONNECT's, through ProxyRemote, waited for ProxyTimeout), so c1 is
+    /// told now.
     pub fn arm_late_flush(self: &Arc<Self>) {
-        if !self.buffered || self.runs_inline() {
+        if self.runs_inline() {
+            return;
+        }
+        if !self.buffered {
+            self.flush();
             return;
         }
         {
@@ -1895,14 +1911,16 @@ mod tests {
         }
     }
 
+    /// A watch that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl Wake for Count {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     #[test]
     fn input_watch_is_woken_for_data_end_and_close() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl Wake for Count {
-            fn wake(&self) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let woken = |c: &Arc<Count>| c.0.load(Ordering::SeqCst);
         let (s, _signal) = stream(1024);
         s.push_input(b"early");
@@ -1925,6 +1943,21 @@ mod tests {
         s.watch_input(count.clone());
         assert_eq!(woken(&count), 5);
         assert_eq!(Arc::strong_count(&count), 1);
+    }
+
+    /// A read that leaves input queued keeps the watch readable (its reader
+    /// drained it before reading), as a socket with bytes left would be.
+    #[test]
+    fn a_read_that_leaves_input_wakes_the_watch_again() {
+        let (s, _signal) = stream(1024);
+        let count = Arc::new(Count(Default::default()));
+        s.watch_input(count.clone());
+        s.push_input(b"0123456789");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(s.read_input(4, false, None), Ok(Input::Data(d)) if d == b"0123"));
+        assert_eq!(count.0.load(Ordering::SeqCst), 2, "bytes left: woken");
+        assert!(matches!(s.read_input(100, false, None), Ok(Input::Data(d)) if d == b"456789"));
+        assert_eq!(count.0.load(Ordering::SeqCst), 2, "none left: not woken");
     }
 
     #[test]

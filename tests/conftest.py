@@ -526,6 +526,34 @@ def test_module(workdir):
     return f"LoadModule h2rs_test_module {d / '.libs' / 'mod_h2rs_test.so'}"
 
 
+@contextlib.contextmanager
+def tcp_server(serve):
+    """A TCP server on 127.0.0.1 that runs `serve(conn)` in a thread per
+    connection (closed after it): yields its port."""
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def run(conn):
+        with conn:
+            serve(conn)
+
+    def accept():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=run, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        srv.close()
+
+
 def wait_listening(port, timeout=10):
     """Whether something accepts connections on 127.0.0.1:port in time."""
     deadline = time.time() + timeout

@@ -17,9 +17,9 @@ import h2.events
 import h2.settings
 import pytest
 
-from conftest import H2STATUS_LOCATION, MODDIR, Httpd, curl, h2c, h2load, sha256, wait_for
+from conftest import H2STATUS_LOCATION, MODDIR, Httpd, curl, h2c, h2load, sha256, tcp_server, wait_for
 from h2client import H2Client, Stream, assert_cut_after_head
-from rawh2 import INITIAL_WINDOW_SIZE, Conn, window_update
+from rawh2 import INITIAL_WINDOW_SIZE, Conn, read_http1_head, window_update
 
 MODULES = f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
 LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
@@ -1214,30 +1214,18 @@ def test_h2_variables_are_set_before_fixups_that_answer_the_request(srv):
     assert logged[-1].endswith(f" HTTP/2.0 {st.id}"), logged
 
 
+def echo(conn, data=b""):
+    """Sends `data`, then every byte that comes back until the end."""
+    while data:
+        conn.sendall(data)
+        data = conn.recv(65536)
+
+
 @pytest.fixture
 def tcp_echo():
-    """A TCP echo server (a thread per connection): returns its port."""
-    import socket
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-
-    def serve(conn):
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def accept():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield srv.getsockname()[1]
-    srv.close()
+    """A TCP echo server: returns its port."""
+    with tcp_server(lambda conn: echo(conn, conn.recv(65536))) as port:
+        yield port
 
 
 def test_connect_tunnels_through_mod_proxy_connect(make_server, tcp_echo, docroot):
@@ -1269,6 +1257,45 @@ AllowCONNECT {tcp_echo}
     for t in tunnels:
         c.send_body(t, b"", end_stream=True)
     c.wait(lambda: all(c.streams[t].done for t in tunnels), timeout=10)
+    c.close()
+
+
+@pytest.fixture
+def upstream_proxy():
+    """A forward proxy that answers every CONNECT with 200 and then echoes
+    (whatever the target): returns its port."""
+    def serve(conn):
+        head = read_http1_head(conn)
+        if b"\r\n\r\n" in head:
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            echo(conn, head.split(b"\r\n\r\n", 1)[1] or conn.recv(65536))
+
+    with tcp_server(serve) as port:
+        yield port
+
+
+def test_a_connect_chained_to_a_remote_proxy_is_answered_at_once(make_server, upstream_proxy):
+    """With ProxyRemote, mod_proxy_connect sends the CONNECT on to the
+    next proxy and passes its answer through the tunnel as bytes: the 200
+    is a head without body bytes behind it. It was not sent until the
+    tunnel ended (ProxyTimeout), and the client, waiting for it before
+    speaking, never spoke."""
+    srv = make_server(extra=f"""LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_connect_module {MODDIR}/mod_proxy_connect.so
+LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
+ProxyRequests On
+ProxyTimeout 20
+ProxyRemote * http://127.0.0.1:{upstream_proxy}
+<Proxy "*">
+  Require all granted
+</Proxy>""").start()
+    c = H2Client(srv.port)
+    t = c.connect("origin.example:443")
+    c.wait(lambda: c.streams[t].status is not None, timeout=5)
+    assert c.streams[t].status == 200
+    c.send_body(t, b"hello through two proxies", end_stream=False)
+    c.wait(lambda: bytes(c.streams[t].data) == b"hello through two proxies", timeout=5)
+    c.send_body(t, b"", end_stream=True)
     c.close()
 
 

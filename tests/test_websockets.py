@@ -18,7 +18,7 @@ import h2.errors
 import h2.events
 import pytest
 
-from conftest import Httpd, cpu_seconds, free_port, spawn_backend, wait_for
+from conftest import Httpd, cpu_seconds, free_port, spawn_backend, tcp_server, wait_for
 from h2client import H2Client
 from rawh2 import read_http1_head
 from wsclient import BINARY, CLOSE, PING, PONG, TEXT, Tunnel, frame
@@ -213,6 +213,52 @@ ProxyPass /wst/ ws://127.0.0.1:{ws_backend[0]}/ timeout=10""").start()
     assert t.recv()[0] == CLOSE
     c.close()
     assert used < 0.5, f"{used:.2f} s of CPU in 2 s of an idle tunnel"
+
+
+@pytest.fixture
+def greeting_backend():
+    """A WebSocket backend that writes its 101 and a first text message
+    (GREETING, blank lines in it) in one piece, then answers a close frame
+    with one: returns its port."""
+    def serve(conn):
+        head = read_http1_head(conn)
+        key = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key:")), None)
+        if key is None:
+            return
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                     + bytes([0x81, len(GREETING)]) + GREETING)
+        while data := conn.recv(4096):
+            if data[0] & 0x0F == 0x8:
+                conn.sendall(b"\x88\x02\x03\xe8")
+                return
+
+    with tcp_server(serve) as port:
+        yield port
+
+
+GREETING = b"first\r\n\r\nsecond\n\nthird"
+
+
+def test_a_backends_first_message_with_blank_lines_passes_whole(make_server, greeting_backend):
+    """mod_proxy_wstunnel's own tunnel hands the backend's 101 and its
+    first message on as they came, here in one piece: the bytes after the
+    101 are WebSocket frames, not another response head. A message with a
+    blank line in it was parsed as one: its start lost, the stream reset."""
+    srv = make_server(h2_conf="H2WebSockets on", extra=f"""LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
+LoadModule proxy_wstunnel_module /usr/lib/apache2/modules/mod_proxy_wstunnel.so
+ProxyWebsocketFallbackToProxyHttp Off
+ProxyPass /wst/ ws://127.0.0.1:{greeting_backend}/ timeout=10""").start()
+    c = client_for(srv)
+    for _ in range(3):
+        t = Tunnel(c, "/wst/greet")
+        assert t.wait_open() == 200
+        assert t.recv() == (TEXT, GREETING)
+        t.send(CLOSE, b"\x03\xe8")
+        assert t.recv()[0] == CLOSE
+    c.close()
 
 
 def test_ping_pong_passes_through(ws_server):
