@@ -450,11 +450,9 @@ fn retryable(task: &Task, unprocessed: bool) -> bool {
 struct Conn {
     id: u64,
     key: String,
-    /// The backend's address connected to, or being connected to (several
-    /// keys may share it): `addrs[addr_index]`.
-    addr: Peer,
     /// Every address of the backend's name, tried in turn until one
-    /// connects (as mod_proxy does).
+    /// connects (as mod_proxy does); `addr_index` is the one connected to,
+    /// or being connected to (`addr`).
     addrs: Addrs,
     addr_index: usize,
     /// The worker's `keepalive`, for the socket of each address tried.
@@ -684,7 +682,6 @@ impl Conn {
         Ok(Conn {
             id,
             key: key.to_string(),
-            addr: spec.addrs[addr_index].clone(),
             addrs: spec.addrs.clone(),
             addr_index,
             keepalive: spec.pool.keepalive,
@@ -707,6 +704,12 @@ impl Conn {
             last_heard: Instant::now(),
             ping_sent: None,
         })
+    }
+
+    /// The backend's address connected to, or being connected to (several
+    /// keys may share it).
+    fn addr(&self) -> &Peer {
+        &self.addrs[self.addr_index]
     }
 
     fn active(&self) -> usize {
@@ -945,7 +948,6 @@ impl Conn {
             Ok((i, sock)) => {
                 self.sock = sock;
                 self.addr_index = i;
-                self.addr = self.addrs[i].clone();
                 self.connecting = Some(Instant::now());
                 self.step_since = Instant::now();
             }
@@ -969,7 +971,7 @@ impl Conn {
         };
         if rv < 0 || err != 0 {
             let e = if rv < 0 { std::io::Error::last_os_error() } else { std::io::Error::from_raw_os_error(err) };
-            self.connect_next(format!("cannot connect to {}: {e}", self.addr));
+            self.connect_next(format!("cannot connect to {}: {e}", self.addr()));
             return;
         }
         self.connecting = None;
@@ -1142,7 +1144,7 @@ impl LoopState {
         let (mut to_addr, mut total) = (0, 0);
         for c in self.conns.iter().filter(|c| c.dead.is_none()) {
             total += 1;
-            to_addr += usize::from(addrs.contains(&c.addr));
+            to_addr += usize::from(addrs.contains(c.addr()));
         }
         let per_addr_full = to_addr >= MAX_CONNS_PER_BACKEND;
         let limit = crate::limits::backend_conns_per_loop(crate::limits::descriptor_limit());
@@ -1153,7 +1155,7 @@ impl LoopState {
             .conns
             .iter_mut()
             .filter(|c| {
-                c.dead.is_none() && c.active() == 0 && c.settings_seen() && (!per_addr_full || addrs.contains(&c.addr))
+                c.dead.is_none() && c.active() == 0 && c.settings_seen() && (!per_addr_full || addrs.contains(c.addr()))
             })
             .min_by_key(|c| c.idle_since);
         match idle {
@@ -1304,7 +1306,7 @@ impl LoopState {
                     .unwrap_or(Duration::from_secs(60));
                 if now.duration_since(conn.step_since) > limit {
                     if connecting {
-                        conn.connect_next(format!("connect timed out ({})", conn.addr));
+                        conn.connect_next(format!("connect timed out ({})", conn.addr()));
                     } else {
                         conn.dead = Some("no HTTP/2 SETTINGS from the backend in time".into());
                     }
