@@ -267,6 +267,8 @@ Protocols {self.protocols}
 
         cmd = [HTTPD, "-f", str(self.conf), "-k", "start"]
         if self.hosts is not None:
+            if os.geteuid() != 0:
+                pytest.skip("an /etc/hosts of its own needs a mount namespace: root")
             hosts = self.dir / "hosts"
             hosts.write_text(self.hosts)
             # util-linux's unshare makes the new namespace's mounts private:
