@@ -18,7 +18,7 @@ import h2.errors
 import h2.events
 import pytest
 
-from conftest import Httpd, cpu_seconds, free_port, spawn_backend, tcp_server, wait_for
+from conftest import Httpd, cpu_seconds, free_port, spawn_backend, wait_for
 from h2client import H2Client
 from rawh2 import read_http1_head
 from wsclient import BINARY, CLOSE, PING, PONG, TEXT, Tunnel, frame
@@ -37,12 +37,18 @@ def ws_backend(tmp_path_factory):
     proc.wait()
 
 
+# The eager backend's first message: blank lines in it, which are no
+# response head.
+EAGER_MESSAGE = b"first, with the 101\r\n\r\nand blank lines\n\n"
+
+
 @pytest.fixture(scope="module")
 def eager_backend():
-    """A WebSocket backend that sends its 101 and its first message in one
-    write, so the proxy reads both at once (as it may whenever the backend
-    is quick): the message then waits in the backend connection's input
-    filters, not in its socket. It echoes a close frame, then closes."""
+    """A WebSocket backend that sends its 101 and its first message
+    (EAGER_MESSAGE) in one write, so the proxy reads both at once (as it may
+    whenever the backend is quick): the message then waits in the backend
+    connection's input filters, not in its socket. It echoes a close frame,
+    then closes."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
@@ -58,7 +64,7 @@ def eager_backend():
             accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
             conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                         + frame(TEXT, b"first, with the 101", masked=False))
+                         + frame(TEXT, EAGER_MESSAGE, masked=False))
             got = b""
             while len(got) < 2 or len(got) < 2 + (got[1] & 0x7F) + 4:
                 chunk = conn.recv(4096)
@@ -160,7 +166,7 @@ def test_message_read_with_the_101_reaches_the_client(ws_server):
     c = client_for(ws_server)
     t = Tunnel(c, "/eager/")
     assert t.wait_open() == 200
-    assert t.recv(timeout=5) == (TEXT, b"first, with the 101")
+    assert t.recv(timeout=5) == (TEXT, EAGER_MESSAGE)
     t.send(CLOSE, b"\x03\xe8")
     assert t.recv()[0] == CLOSE
     c.close()
@@ -215,34 +221,7 @@ ProxyPass /wst/ ws://127.0.0.1:{ws_backend[0]}/ timeout=10""").start()
     assert used < 0.5, f"{used:.2f} s of CPU in 2 s of an idle tunnel"
 
 
-@pytest.fixture
-def greeting_backend():
-    """A WebSocket backend that writes its 101 and a first text message
-    (GREETING, blank lines in it) in one piece, then answers a close frame
-    with one: returns its port."""
-    def serve(conn):
-        head = read_http1_head(conn)
-        key = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key:")), None)
-        if key is None:
-            return
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                     + bytes([0x81, len(GREETING)]) + GREETING)
-        while data := conn.recv(4096):
-            if data[0] & 0x0F == 0x8:
-                conn.sendall(b"\x88\x02\x03\xe8")
-                return
-
-    with tcp_server(serve) as port:
-        yield port
-
-
-GREETING = b"first\r\n\r\nsecond\n\nthird"
-
-
-def test_a_backends_first_message_with_blank_lines_passes_whole(make_server, greeting_backend):
+def test_a_backends_first_message_with_blank_lines_passes_whole(make_server, eager_backend):
     """mod_proxy_wstunnel's own tunnel hands the backend's 101 and its
     first message on as they came, here in one piece: the bytes after the
     101 are WebSocket frames, not another response head. A message with a
@@ -250,12 +229,12 @@ def test_a_backends_first_message_with_blank_lines_passes_whole(make_server, gre
     srv = make_server(h2_conf="H2WebSockets on", extra=f"""LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so
 LoadModule proxy_wstunnel_module /usr/lib/apache2/modules/mod_proxy_wstunnel.so
 ProxyWebsocketFallbackToProxyHttp Off
-ProxyPass /wst/ ws://127.0.0.1:{greeting_backend}/ timeout=10""").start()
+ProxyPass /wst/ ws://127.0.0.1:{eager_backend}/ timeout=10""").start()
     c = client_for(srv)
     for _ in range(3):
         t = Tunnel(c, "/wst/greet")
         assert t.wait_open() == 200
-        assert t.recv() == (TEXT, GREETING)
+        assert t.recv() == (TEXT, EAGER_MESSAGE)
         t.send(CLOSE, b"\x03\xe8")
         assert t.recv()[0] == CLOSE
     c.close()
