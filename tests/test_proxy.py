@@ -19,7 +19,8 @@ import uuid
 import h2.errors
 import pytest
 
-from conftest import MODDIR, MODULE, SSL_MODULES, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend, wait_for
+from conftest import (MODDIR, MODULE, SSL_MODULES, STOCK_MODULE, Httpd, curl, free_port, h2load, spawn_backend,
+                      tcp_server, wait_for)
 from h2client import H2Client, Stream
 from rawh2 import read_http1_head
 
@@ -2447,10 +2448,6 @@ def bomb_backend():
     class Backend:
         mode = "hpack"
 
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(16)
-
     def answer(sid):
         enc = hpack.Encoder()
         if Backend.mode == "hpack":
@@ -2462,42 +2459,32 @@ def bomb_backend():
 
     def serve(s):
         buf = b""
-        with s:
-            try:
-                while len(buf) < len(rawh2.PREFACE):
-                    buf += s.recv(65536)
-                buf = buf[len(rawh2.PREFACE):]
-                s.sendall(rawh2.settings())
-                while True:
-                    while len(buf) >= 9:
-                        length = int.from_bytes(buf[:3], "big")
-                        if len(buf) < 9 + length:
-                            break
-                        ftype, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
-                        buf = buf[9 + length:]
-                        if ftype == rawh2.SETTINGS and not flags & 1:
-                            s.sendall(rawh2.settings(ack=True))
-                        elif ftype == rawh2.HEADERS:
-                            s.sendall(answer(sid))
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-            except OSError:
-                return
+        try:
+            while len(buf) < len(rawh2.PREFACE):
+                buf += s.recv(65536)
+            buf = buf[len(rawh2.PREFACE):]
+            s.sendall(rawh2.settings())
+            while True:
+                while len(buf) >= 9:
+                    length = int.from_bytes(buf[:3], "big")
+                    if len(buf) < 9 + length:
+                        break
+                    ftype, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    buf = buf[9 + length:]
+                    if ftype == rawh2.SETTINGS and not flags & 1:
+                        s.sendall(rawh2.settings(ack=True))
+                    elif ftype == rawh2.HEADERS:
+                        s.sendall(answer(sid))
+                data = s.recv(65536)
+                if not data:
+                    return
+                buf += data
+        except OSError:
+            return
 
-    def accept():
-        while True:
-            try:
-                s, _ = lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(s,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    Backend.port = lsock.getsockname()[1]
-    yield Backend
-    lsock.close()
+    with tcp_server(serve) as port:
+        Backend.port = port
+        yield Backend
 
 
 @pytest.mark.parametrize("mode", ["hpack", "interims"])
