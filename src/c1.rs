@@ -81,9 +81,8 @@ const RUN_HERE_WRITE_AT: usize = 32 * 1024;
 /// nghttp2 schedules them by priority (RFC 9218). Written whole, a large
 /// file delayed the small requests of the same burst (a page's CSS behind
 /// a video) by as much of it as the client's window allowed, up to
-/// Chrome's 6 MiB. (Requests that come in a later read still wait for the
-/// turn's `write_output`, which writes all nghttp2 has, as for responses
-/// from workers.) Up to this size a response is still written whole (see
+/// Chrome's 6 MiB. (Requests that come in a later read wait for the
+/// turn's write only up to its next full chunk, `write_turn`.) Up to this size a response is still written whole (see
 /// `run_streams_here` on why); past it, a large file keeps its c2 until
 /// it is sent, and the next streams of the burst take others.
 const RUN_HERE_WHOLE_UP_TO: usize = 1024 * 1024;
@@ -1058,7 +1057,7 @@ impl C1 {
             // its frames already (`run_streams_here`).
             let mut wants_write = self.session.want_write();
             if wants_write && !self.client_gone {
-                if self.write_output().is_err() {
+                if self.write_turn().is_err() {
                     self.client_gone = true;
                 }
                 wants_write = self.session.want_write();
@@ -1575,7 +1574,7 @@ impl C1 {
             self.session.retire_finished();
             since_write += 1;
             if frames.len() >= RUN_HERE_WRITE_AT {
-                self.write_frames_and_more(frames, RUN_HERE_WHOLE_UP_TO)?;
+                self.write_frames_and_more(frames, RUN_HERE_WHOLE_UP_TO, false)?;
             } else if since_write >= RUN_HERE_BATCH {
                 self.send_frames(frames)?;
             } else {
@@ -1592,7 +1591,19 @@ impl C1 {
 
     /// Writes everything nghttp2 has to send (blocking, with `Timeout`).
     fn write_output(&mut self) -> Result<(), ()> {
-        self.write_frames_and_more(&mut FrameBuf::take(), usize::MAX)
+        self.write_frames_and_more(&mut FrameBuf::take(), usize::MAX, false)
+    }
+
+    /// `write_output` for a turn of the loop: it stops after a full chunk
+    /// when a worker's wake-up or the client's bytes wait, and the next
+    /// turn takes them first. Written whole, a client's large window of a
+    /// file sent by reference (which never runs dry; 15 MiB in Chrome)
+    /// went out in one piece while requests, WINDOW_UPDATEs and workers'
+    /// news waited: a response whose worker refilled its queue was not
+    /// resumed, an upload's window not given back, a new request not read,
+    /// until all of it was out (the loop's `wait` returns at once then).
+    fn write_turn(&mut self) -> Result<(), ()> {
+        self.write_frames_and_more(&mut FrameBuf::take(), usize::MAX, true)
     }
 
     /// `write_output` for a parked session, on the child's clock thread:
@@ -1620,21 +1631,41 @@ impl C1 {
     }
 
     /// Writes `frames`, then what nghttp2 has to send, until it has nothing
-    /// more or about `limit` bytes are written, retiring the streams that
-    /// end on the way. Leaves `frames` empty.
-    fn write_frames_and_more(&mut self, frames: &mut FrameBuf, limit: usize) -> Result<(), ()> {
+    /// more or about `limit` bytes are written, or, with `until_news`,
+    /// news waits after a full chunk (`news_waiting`); retires the streams
+    /// that end on the way. Leaves `frames` empty.
+    fn write_frames_and_more(&mut self, frames: &mut FrameBuf, limit: usize, until_news: bool) -> Result<(), ()> {
         let mut written = 0;
         loop {
             if !frames.is_empty() {
+                // Only a chunk that used its budget may have more behind it
+                // (a small response's turn asks nothing more of the kernel).
+                let full = frames.budget_used() >= WRITE_CHUNK;
                 written += frames.len();
                 self.send_frames(frames)?;
                 frames.clear();
                 self.session.retire_finished();
+                if until_news && full && self.news_waiting() {
+                    return Ok(());
+                }
             }
             if written >= limit || self.collect_frames(frames)? == 0 {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether a worker's wake-up or the client's bytes wait; the latter
+    /// also sets `input_ready`, for the next turn's read.
+    fn news_waiting(&mut self) -> bool {
+        if self.signal.is_pending() {
+            return true;
+        }
+        let mut fd = libc::pollfd { fd: self.sock_fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a zero timeout only looks.
+        let readable = unsafe { libc::poll(&mut fd, 1, 0) } != 0;
+        self.input_ready |= readable;
+        readable
     }
 
     /// Appends the frames nghttp2 has to send to `frames`, up to about

@@ -517,6 +517,34 @@ def test_urgent_small_request_in_the_burst_of_a_large_file_is_not_held_behind_it
     c.close()
 
 
+@pytest.mark.parametrize("path", ["/1k.bin", "/cgi/env.cgi"], ids=["fast-path", "worker"])
+def test_request_arriving_during_a_large_write_is_answered_within_it(server, path):
+    """A request that comes while c1 writes a large window's worth of a
+    file (a client with a 1 GiB window; Chrome's are 6 and 15 MiB) is
+    read and answered after about a chunk of it, from the kernel's
+    buffers on: c1 looks at the socket and at its workers (a CGI's
+    response) between chunks.
+    Before, the write went on until the window or the file was used up
+    (here the whole 100 MiB came first)."""
+    c = H2Client(server.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 30})
+    c.conn.increment_flow_control_window(1 << 30)
+    c.flush()
+    # Fetched once, the file is known as static: it runs on c1's fast path
+    # and goes out from file mappings that never run dry.
+    assert c.wait_stream(c.request("/100m.bin"), timeout=60).status == 200
+    bulk = c.request("/100m.bin")
+    c.wait(lambda: len(c.streams[bulk].data) > 0)
+    at_request = len(c.streams[bulk].data)
+    small = c.request(path)
+    c.wait(lambda: c.streams[small].done, timeout=60)
+    between = len(c.streams[bulk].data) - at_request
+    print(f"{between} bytes of the large file between the request for {path} and its response")
+    assert c.streams[small].status == 200
+    assert between < 32 << 20, f"{between} bytes of the large file came between the small request and its response"
+    assert c.wait_stream(bulk, timeout=60).status == 200
+    c.close()
+
+
 def test_streams_of_equal_priority_share_bandwidth(server):
     """A client that sends no priority signal (curl, h2load, this one):
     its responses share the connection, as with RFC 7540's default
