@@ -1065,8 +1065,9 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
             let forward_proxy = crate::c1::server_config((*c).base_server).is_some_and(|cfg| cfg.proxy_requests());
             if forward_proxy || (!scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https")) {
                 // H2ProxyRequests (forward proxy), or another scheme than
-                // the connection's: an absolute URI.
-                [scheme, b"://", authority, path]
+                // the connection's: an absolute URI. `OPTIONS *` has none
+                // of a path (RFC 9112 3.2.4); httpd makes its uri "*".
+                [scheme, b"://", authority, if path == b"*" { b"" } else { path }]
             } else if path.is_empty() {
                 [b"/", b"", b"", b""]
             } else {

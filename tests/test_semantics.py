@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -1313,6 +1314,9 @@ def origin_server():
             self.end_headers()
             self.wfile.write(body)
 
+        def do_OPTIONS(self):
+            self.do_GET()
+
         def log_message(self, *args):
             pass
 
@@ -1349,6 +1353,31 @@ ProxyRequests On
         assert (st.status, bytes(st.data)) == (200, b"origin saw /1k.bin?x=1")
         assert (by_host.status, bytes(by_host.data)) == (200, b"origin saw /1k.bin?x=2")
     c.close()
+
+
+def test_h2proxyrequests_forwards_options_asterisk_as_http1_does(make_server, origin_server):
+    """OPTIONS with :path "*" through H2ProxyRequests is the absolute form
+    without a path (RFC 9112 3.2.4), as an HTTP/1.1 client sends it: both
+    reach the origin alike. Before, the "*" was appended to the host
+    ("127.0.0.1:PORT*"): 400."""
+    srv = make_server(h2_conf="H2ProxyRequests on", extra="""LoadModule proxy_module {MODDIR}/mod_proxy.so
+LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
+ProxyRequests On
+<Proxy "*">
+  Require all granted
+</Proxy>""".replace("{MODDIR}", str(MODDIR))).start()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(f"OPTIONS http://127.0.0.1:{origin_server} HTTP/1.1\r\nHost: 127.0.0.1:{origin_server}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        over_http1 = b""
+        while chunk := s.recv(65536):
+            over_http1 += chunk
+    c = H2Client(srv.port, validate=False)
+    st = c.wait_stream(c.request("*", method="OPTIONS", authority=f"127.0.0.1:{origin_server}"))
+    c.close()
+    assert over_http1.startswith(b"HTTP/1.1 200 "), over_http1[:200]
+    assert st.status == 200, (st.status, bytes(st.data)[:200])
+    assert bytes(st.data) == over_http1.split(b"\r\n\r\n", 1)[1]
 
 
 def test_a_host_field_other_than_the_authority_is_kept_for_the_environment(make_server):
