@@ -144,6 +144,15 @@ struct Timer {
 }
 
 struct SessionPtr(*mut dyn Parked);
+
+/// Puts a session `with_parked` held (CLOSING) back to PARKED when dropped.
+struct Reopen<'a>(&'a AtomicU8);
+
+impl Drop for Reopen<'_> {
+    fn drop(&mut self) {
+        self.0.store(PARKED, Ordering::Release);
+    }
+}
 // SAFETY: the pointer is only dereferenced by the thread that moved the
 // state to CLOSING, i.e. with exclusive access to the session.
 unsafe impl Send for SessionPtr {}
@@ -230,12 +239,15 @@ impl Parking {
         if self.state.compare_exchange(PARKED, CLOSING, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return false;
         }
+        // Back to PARKED also when `f` panics (the clock thread's guard
+        // catches it): left CLOSING, every thread that takes the session
+        // (`activate`, `kill`) would wait for it for ever, at full CPU.
+        let _reopen = Reopen(&self.state);
         if let Some(ptr) = self.session.lock().as_ref() {
             // SAFETY: CLOSING gives this thread exclusive access; the session
             // outlives the non-DEAD states (kill waits for CLOSING to end).
             f(unsafe { &mut *ptr.0 });
         }
-        self.state.store(PARKED, Ordering::Release);
         true
     }
 
@@ -384,6 +396,37 @@ mod tests {
         fn trim(&mut self) {
             self.1 += 1;
         }
+    }
+
+    struct Panicking;
+    impl Parked for Panicking {
+        fn goaway_now(&mut self, _debug: &[u8]) -> bool {
+            panic!("injected")
+        }
+        fn stop_reading(&mut self) {}
+        fn shutdown_notice_now(&mut self) -> bool {
+            false
+        }
+        fn trim(&mut self) {}
+    }
+
+    #[test]
+    fn a_panic_on_a_parked_session_leaves_it_parked() {
+        let parking = Parking::new(Duration::from_secs(5), Duration::from_secs(5));
+        let mut session = Panicking;
+        parking.set_session(&mut session as *mut dyn Parked);
+        parking.park(true);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parking.with_parked(|s| {
+                s.goaway_now(b"x");
+            })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(parking.state.load(Ordering::Acquire), PARKED, "not left CLOSING");
+        // The owner takes it back (before: waited for CLOSING to end, for ever).
+        parking.activate();
+        assert_eq!(parking.state.load(Ordering::Acquire), ACTIVE);
+        parking.kill();
     }
 
     #[test]
