@@ -1046,7 +1046,7 @@ impl C1 {
                 0 => {}
                 1 => self.graceful_stop_step(),
                 _ => {
-                    self.session.goaway(error_code::NO_ERROR, b"server shutting down");
+                    self.session.goaway_for_started(error_code::NO_ERROR, b"server shutting down");
                     self.session.abort_all();
                 }
             }

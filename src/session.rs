@@ -375,6 +375,8 @@ pub struct Core<D: Dispatch> {
     stream_errors: u32,
     /// Highest stream id the client opened.
     max_client_stream: i32,
+    /// Highest stream id that started (on a worker or on c1's thread).
+    last_started: i32,
     /// Fields and bytes of the last request head's regular fields: the
     /// next head on the connection reserves about as much at once. A
     /// client's requests look alike, so the head neither grows by
@@ -557,6 +559,7 @@ impl<D: Dispatch> Core<D> {
         if let Some(entry) = self.entries.get_mut(&stream.id) {
             entry.dispatched = true;
         }
+        self.last_started = self.last_started.max(stream.id);
         if in_slot {
             if self.running.is_empty() {
                 self.dispatcher.set_busy(true);
@@ -1217,6 +1220,7 @@ impl<D: Dispatch> Session<D> {
             shutdown_ping: ShutdownPing::NotSent,
             stream_errors: 0,
             max_client_stream: 0,
+            last_started: 0,
             head_size_hint: (0, 0),
             rst_budget: RateLimit::new(limits::RST_RATE),
             closed_rst_budget: RateLimit::new(limits::CLOSED_RST_RATE),
@@ -1480,6 +1484,20 @@ impl<D: Dispatch> Session<D> {
         let mut ops = self.ng.ops();
         let last = ops.last_proc_stream_id();
         let _ = ops.submit_goaway(code, last, debug);
+    }
+
+    /// `goaway` naming only the streams that started: on a hard stop the
+    /// others are dropped unprocessed (`abort_all`), and the client may
+    /// send them again elsewhere, non-idempotent ones too (RFC 9113 6.8),
+    /// as the stock module tells it. Named, they "might have been
+    /// processed".
+    pub fn goaway_for_started(&mut self, code: u32, debug: &[u8]) {
+        if self.goaway_sent {
+            return;
+        }
+        self.goaway_sent = true;
+        let (core, mut ops) = self.ng.split();
+        let _ = ops.submit_goaway(code, core.last_started, debug);
     }
 
     /// Ends the session now with `code` (GOAWAY, no further processing).
@@ -2130,6 +2148,28 @@ pub(crate) mod tests {
             assert_eq!(p.client.handler_ref().streams[&id].body.len(), 70000);
         }
         assert_eq!(p.server.stats().streams_dispatched, 20);
+    }
+
+    /// Runs until its stream is aborted.
+    fn until_aborted(stream: Arc<Stream>) {
+        while !stream.is_aborted() {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A hard stop: the GOAWAY names the last stream that started, not
+    /// the ones still waiting for a slot, which are dropped.
+    #[test]
+    fn goaway_for_started_leaves_out_waiting_streams() {
+        let settings = Settings { max_active_streams: 1, ..Settings::default() };
+        let mut p = Pair::new(settings, until_aborted);
+        let ids: Vec<i32> = (0..3).map(|_| p.get("/held")).collect();
+        p.pump(|_| true);
+        assert_eq!(p.server.ng.handler_ref().running.len(), 1);
+        p.server.goaway_for_started(error_code::NO_ERROR, b"server shutting down");
+        p.server.abort_all();
+        p.pump(|c| !c.goaways.is_empty());
+        assert_eq!(p.client.handler_ref().goaways, vec![(ids[0], error_code::NO_ERROR)]);
     }
 
     static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
