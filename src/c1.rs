@@ -1382,12 +1382,10 @@ impl C1 {
     }
 
     /// pre_close_connection: the MPM closes the connection (keep-alive
-    /// timeout, shutdown). Say goodbye with GOAWAY if we have not.
+    /// timeout, shutdown). Say goodbye with GOAWAY if we have not. A parked
+    /// session has been taken back (`take_back_parked`, before the
+    /// reference to this was made).
     pub fn pre_close(&mut self) {
-        // The MPM closes a parked connection (its `Timeout` ran out) on one
-        // of its threads: take the session from the clock first, which may
-        // be writing its idle GOAWAY right now.
-        self.parking.activate();
         if !self.client_gone && !self.torn_down && !self.session.goaway_sent() {
             self.session.goaway(error_code::NO_ERROR, b"");
             let _ = self.write_output();
@@ -1611,9 +1609,18 @@ impl C1 {
     /// That thread serves every parked session's alarms, and one client
     /// that reads nothing held them all for `Timeout`. Such a client's
     /// write fails, and its connection is aborted.
+    ///
+    /// The timeout is put back only if it is still the 0 set here: the
+    /// event MPM, when it closes the parked connection meanwhile, sets its
+    /// lingering-close timeout (2 s) on one of its threads before our
+    /// pre_close hook waits for this write (`take_back_parked`); restored
+    /// blindly, `Timeout` replaced it for the close's last writes.
     fn write_output_without_waiting(&mut self) -> Result<(), ()> {
-        // SAFETY: the connection's own socket, used by this thread alone
-        // while it holds the parked session (CLOSING).
+        // SAFETY: the connection's own socket, live while the session is;
+        // of the connection's threads only this one writes to it while it
+        // holds the parked session (CLOSING). The MPM's thread may set its
+        // timeout meanwhile (above): a plain integer field either value of
+        // which is a valid timeout.
         let sock = unsafe { ffi::ap_get_conn_socket(self.c) };
         if sock.is_null() {
             return self.write_output();
@@ -1625,8 +1632,14 @@ impl C1 {
             ffi::apr_socket_timeout_set(sock, 0);
         }
         let written = self.write_output();
+        let mut now: ffi::apr_interval_time_t = 0;
         // SAFETY: as above.
-        unsafe { ffi::apr_socket_timeout_set(sock, timeout) };
+        unsafe {
+            ffi::apr_socket_timeout_get(sock, &mut now);
+            if now == 0 {
+                ffi::apr_socket_timeout_set(sock, timeout);
+            }
+        }
         written
     }
 

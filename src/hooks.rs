@@ -687,7 +687,13 @@ pub unsafe extern "C" fn h2rs_c2_process_connection(c: *mut ffi::conn_rec) -> c_
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_pre_close_connection(c: *mut ffi::conn_rec) -> c_int {
     guard("pre_close_connection", HOOK_DECLINED, || {
-        // SAFETY: httpd passes the live connection it is closing.
+        // SAFETY: httpd passes the live connection it is closing. The MPM
+        // may close a parked connection (its `Timeout` ran out) while the
+        // clock thread writes its idle GOAWAY: the session is taken back
+        // first, through the raw pointer, so that this thread is its only
+        // user once `ctx_of` makes a reference.
+        unsafe { c1::take_back_parked(c) };
+        // SAFETY: as above.
         if let Some(session) = unsafe { c1::ctx_of(c) }.and_then(|ctx| ctx.session.as_mut()) {
             session.pre_close();
         }
