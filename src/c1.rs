@@ -21,6 +21,7 @@ use crate::c2::{self, C1Ids, C2Cache, C2};
 use crate::config::ServerConfig;
 use crate::fastpath;
 use crate::ffi;
+use crate::ffi::panic::guard;
 use crate::frames::Frames;
 use crate::log::Level;
 use crate::nghttp2::error_code;
@@ -1779,20 +1780,48 @@ impl C1 {
         // From here on the eventfd is polled for every wake-up.
         self.signal.set_awake(false);
         SESSIONS.lock().remove(&self.session_id);
-        self.session.abort_all();
+        // A panic in the session's bookkeeping (a bug) is caught here, not
+        // by the caller's guard: this is the only wait for the workers, and
+        // the pools below (and the connection's, after a panic that skipped
+        // it) are destroyed when it returns. Unwound, workers still in a
+        // handler wrote into freed nodes of the shared allocator. Then only
+        // the waiting is left, by the streams' own states.
+        let mut broken = guard("session teardown", true, || {
+            self.session.abort_all();
+            false
+        });
         let started = Instant::now();
         let mut last_warning = started;
         loop {
-            self.session.process_signals();
-            self.session.reap_aborted();
-            self.session.retire_finished();
-            if self.session.streams_in_progress() == 0 && self.session.open_streams() == 0 {
+            if !broken {
+                broken = guard("session teardown", true, || {
+                    self.session.process_signals();
+                    self.session.reap_aborted();
+                    self.session.retire_finished();
+                    false
+                });
+                if broken {
+                    clog!(
+                        self.c,
+                        Level::Error,
+                        "h2rs: session teardown failed, waiting for the workers of its streams"
+                    );
+                }
+            }
+            let workers_left =
+                if broken { self.session.started_in_progress() } else { self.session.streams_in_progress() };
+            if workers_left == 0 && (broken || self.session.open_streams() == 0) {
                 break;
             }
-            let mut fd = libc::pollfd { fd: self.signal.fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut fd, 1, 200) } > 0 {
-                self.signal.poll_found_readable();
+            if broken {
+                // Wake-ups are no longer taken (their eventfd stays readable).
+                std::thread::sleep(Duration::from_millis(20));
+            } else {
+                let mut fd = libc::pollfd { fd: self.signal.fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(&mut fd, 1, 200) } > 0 {
+                    self.signal.poll_found_readable();
+                }
             }
             if last_warning.elapsed() >= TEARDOWN_WARN_INTERVAL {
                 last_warning = Instant::now();
@@ -1801,7 +1830,7 @@ impl C1 {
                     Level::Warn,
                     "h2rs: still waiting after {} s for {} stream(s) to finish on their workers: {}",
                     started.elapsed().as_secs(),
-                    self.session.streams_in_progress(),
+                    workers_left,
                     self.session.describe_streams()
                 );
             }

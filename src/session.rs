@@ -1394,6 +1394,13 @@ impl<D: Dispatch> Session<D> {
         self.in_progress().count()
     }
 
+    /// Streams that started on a worker whose worker has not finished, by
+    /// the entries alone (without their bookkeeping, which a teardown
+    /// after a panic no longer runs): streams never started do not count.
+    pub fn started_in_progress(&self) -> usize {
+        self.in_progress().filter(|(id, _)| self.ng.handler_ref().entries.get(id).is_some_and(|e| e.dispatched)).count()
+    }
+
     /// The request (method, and path or for CONNECT authority) of the
     /// oldest stream whose worker has not finished: what mod_status shows
     /// while c1 waits on its streams.

@@ -15,7 +15,7 @@ import pytest
 from hyperframe import frame as hf
 
 import conftest
-from conftest import EVENT_MPM, MODULE, WORKER_MPM, Httpd, curl, free_port, h2load, run, sha256
+from conftest import EVENT_MPM, MODULE, WORKER_MPM, Httpd, curl, free_port, h2load, run, sha256, wait_for
 from h2client import H2Client
 import rawh2
 
@@ -428,6 +428,35 @@ def test_panic_resets_the_stream_and_the_child_lives(make_server):
     assert set(srv.children()) == pids_before
     log = srv.read_error_log()
     assert "panicked" in log and "fault injection" in log
+
+
+def test_a_panic_in_c1s_loop_frees_the_session_after_its_workers(make_server):
+    """A panic in c1's loop that recurs in the session's teardown (the
+    fault stays set): the teardown catches it and waits for the stream
+    still in a handler on a worker (a CGI) before the connection's pools
+    go. Before, the pool cleanup's guard caught the second panic and the
+    pools were destroyed under the running handler."""
+    srv = make_server(env={"H2RS_FAULT_INJECTION": "1"}).start()
+    srv.allow_panic = True
+    pids_before = set(srv.children())
+    authority = f"127.0.0.1:{srv.port}"
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s.sendall(rawh2.PREFACE + rawh2.settings()
+              + rawh2.headers(1, rawh2.encode(rawh2.request_fields("/cgi/slow.cgi?2", authority=authority))))
+    time.sleep(0.5)
+    s.sendall(rawh2.headers(3, rawh2.encode(
+        rawh2.request_fields("/1k.bin", authority=authority, extra=[("h2rs-test-panic", "c1-loop")]))))
+    while s.recv(65536):
+        pass
+    s.close()
+    assert wait_for(lambda: re.search("session teardown|in c1 cleanup", srv.read_error_log()))
+    log = srv.read_error_log()
+    assert "recovered from a panic in c1 cleanup" not in log, "the pools were destroyed under the running handler"
+    assert "session teardown failed, waiting for the workers of its streams" in log
+    c = H2Client(srv.port)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    c.close()
+    assert set(srv.children()) == pids_before
 
 
 @pytest.mark.parametrize("mpm", ["event", "worker"])
