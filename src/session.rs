@@ -754,6 +754,15 @@ impl<D: Dispatch> Core<D> {
                 // other streams of a client whose window closes only
                 // between its updates.)
                 self.calm_down(ops);
+            } else if p.starved && stream_window <= 0 {
+                // It gave up on the stream's own window, which the client
+                // kept shut while it opened the connection's: the worker
+                // was held for H2StreamTimeout, and so would the next
+                // ones, as many at a time as the connection's share.
+                // Fewer workers for it, as for resets of running streams
+                // (a paused media stream, a client's own choice, costs no
+                // more than parallelism).
+                self.be_annoyed();
             }
         }
         if p.worker_done {
@@ -1701,6 +1710,9 @@ pub(crate) mod tests {
         /// Every GOAWAY received: (last stream id, error code).
         pub goaways: Vec<(i32, u32)>,
         pub rst_received: Vec<(i32, u32)>,
+        /// Data is not consumed: with manual window updates, the streams'
+        /// windows stay as they are (the connection's is large).
+        pub hold_windows: bool,
     }
 
     impl ng::Handler for Client {
@@ -1733,7 +1745,9 @@ pub(crate) mod tests {
         }
         fn data_chunk(&mut self, ops: &mut Ops<'_>, id: i32, d: &[u8]) -> Flow {
             self.streams.entry(id).or_default().body.extend_from_slice(d);
-            let _ = ops.consume(id, d.len());
+            if !self.hold_windows {
+                let _ = ops.consume(id, d.len());
+            }
             Flow::Continue
         }
         fn stream_close(&mut self, _: &mut Ops<'_>, id: i32, code: u32) -> Flow {
@@ -1777,6 +1791,16 @@ pub(crate) mod tests {
             handler: fn(Arc<Stream>),
             client_settings: &[(i32, u32)],
         ) -> Pair {
+            Pair::with_client(settings, handler, client_settings, &ng::Options::default())
+        }
+
+        /// `with_client_settings` with the client's nghttp2 options.
+        pub fn with_client(
+            settings: Settings,
+            handler: fn(Arc<Stream>),
+            client_settings: &[(i32, u32)],
+            client_options: &ng::Options,
+        ) -> Pair {
             let signal = Arc::new(Signal::new().unwrap());
             let server = Session::new(
                 settings,
@@ -1784,7 +1808,7 @@ pub(crate) mod tests {
                 ThreadDispatch { handler, threads: vec![], here: nowhere, outcomes: None },
             )
             .unwrap();
-            let mut client = ng::Session::new_client(Client::default(), &ng::Options::default()).unwrap();
+            let mut client = ng::Session::new_client(Client::default(), client_options).unwrap();
             let mut first = vec![(ng::settings_id::INITIAL_WINDOW_SIZE, 1 << 20)];
             first.extend_from_slice(client_settings);
             client.ops().submit_settings(&first).unwrap();
@@ -2698,6 +2722,29 @@ pub(crate) mod tests {
         let next = p.get("/after");
         p.pump(closed(vec![next]));
         assert_eq!(p.client.handler_ref().streams[&next].closed, Some(error_code::NO_ERROR));
+    }
+
+    /// A client that opens the connection's window but keeps its streams'
+    /// at 1 KiB: each handler gives up waiting for room (H2StreamTimeout),
+    /// and the connection gets fewer workers, as for resets of running
+    /// streams. Before, it kept its whole share of workers, each held for a
+    /// timeout, stream after stream (the connection-level defence did not
+    /// see a window that was open).
+    #[test]
+    fn streams_starved_by_their_own_window_cost_the_connection_workers() {
+        let settings = Settings { stream_timeout: Duration::from_millis(200), ..Settings::default() };
+        let options = ng::Options { manual_window_update: true, ..ng::Options::default() };
+        let mut p = Pair::with_client(settings, echo, &[(ng::settings_id::INITIAL_WINDOW_SIZE, 1024)], &options);
+        p.client.handler().hold_windows = true;
+        let before = p.server.ng.handler_ref().active_limit;
+        assert!(before > limits::MIN_ACTIVE_STREAMS);
+        let ids: Vec<i32> = (0..6).map(|_| p.get("/big?n=1000000")).collect();
+        p.pump(closed(ids.clone()));
+        for id in ids {
+            assert_eq!(p.client.handler_ref().streams[&id].closed, Some(error_code::INTERNAL_ERROR));
+        }
+        assert_eq!(p.server.ng.handler_ref().active_limit, limits::MIN_ACTIVE_STREAMS);
+        assert_eq!(p.client.handler_ref().goaway, None, "the connection goes on");
     }
 
     #[test]
