@@ -199,7 +199,10 @@ impl ServerConfig {
     /// (min, max) workers, with the stock defaults: min = ThreadsPerChild,
     /// max = max(4, 1.5 * min).
     pub fn workers(&self, threads_per_child: u32) -> (u32, u32) {
-        let min = self.min_workers.unwrap_or(threads_per_child.max(1));
+        // H2MaxWorkers alone below ThreadsPerChild caps the default
+        // minimum too (it was raised to the minimum: the cap ignored).
+        let default_min = threads_per_child.max(1).min(self.max_workers.unwrap_or(u32::MAX));
+        let min = self.min_workers.unwrap_or(default_min);
         let max = self.max_workers.unwrap_or((3 * min / 2).max(4));
         (min, max.max(min))
     }
@@ -631,5 +634,9 @@ mod tests {
         let set = ServerConfig { min_workers: Some(8), ..ServerConfig::default() };
         assert_eq!(set.workers(25), (8, 12));
         assert_eq!(set.workers_at_start(), 8);
+        // H2MaxWorkers alone, below ThreadsPerChild: the cap holds.
+        let capped = ServerConfig { max_workers: Some(8), ..ServerConfig::default() };
+        assert_eq!(capped.workers(25), (8, 8));
+        assert_eq!(capped.workers(4), (4, 8));
     }
 }

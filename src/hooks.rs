@@ -471,6 +471,18 @@ impl workers::ThreadHooks for HttpdThreads {
     fn stop(&self, thread: *mut ffi::apr_thread_t) {
         unregister_thread(thread)
     }
+
+    /// `ThreadStackSize` when set, as the MPM's threads (and the stock
+    /// module's workers) get it: a handler that needs a deep stack (PCRE,
+    /// PHP recursion) runs on these threads as on the MPM's.
+    fn stack_size(&self) -> usize {
+        // SAFETY: a plain variable httpd sets while it reads the
+        // configuration, before any child starts threads.
+        match unsafe { ffi::ap_thread_stacksize } {
+            0 => workers::DEFAULT_STACK_SIZE,
+            set => set,
+        }
+    }
 }
 
 unsafe extern "C" fn child_pre_cleanup(_data: *mut c_void) -> ffi::apr_status_t {

@@ -52,7 +52,15 @@ pub const C1_SLOT: u32 = 0xFFFF;
 pub trait ThreadHooks: Send + Sync + 'static {
     fn start(&self) -> *mut crate::ffi::apr_thread_t;
     fn stop(&self, thread: *mut crate::ffi::apr_thread_t);
+    /// Stack size of the pool's threads.
+    fn stack_size(&self) -> usize {
+        DEFAULT_STACK_SIZE
+    }
 }
+
+/// Stack size of the pool's threads unless the MPM's `ThreadStackSize`
+/// says otherwise (glibc's default for new threads here).
+pub const DEFAULT_STACK_SIZE: usize = 8 * 1024 * 1024;
 
 /// Threads without httpd (unit tests).
 pub struct PlainThreads;
@@ -215,8 +223,10 @@ impl Pool {
             }
         };
         let s = self.shared.clone();
-        let spawned =
-            std::thread::Builder::new().name(format!("{name}-{slot}")).stack_size(8 * 1024 * 1024).spawn(move || {
+        let spawned = std::thread::Builder::new()
+            .name(format!("{name}-{slot}"))
+            .stack_size(shared.hooks.stack_size())
+            .spawn(move || {
                 body(slot);
                 s.slots.lock()[slot as usize] = false;
             });
