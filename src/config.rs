@@ -457,13 +457,13 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             s.proxy_requests = Some(parse_flag(d, args[0])?);
         }
         "h2serializeheaders" => {
+            // Any value, as the stock module takes it (it ignores it).
             expect_args(d, args, 1, 1)?;
-            parse_flag(d, args[0])?;
             s.obsolete_seen.push("H2SerializeHeaders");
         }
         "h2sessionextrafiles" => {
+            // Any value, as the stock module takes it (it ignores it).
             expect_args(d, args, 1, 1)?;
-            parse_num(d, args[0], 0, U31)?;
             s.obsolete_seen.push("H2SessionExtraFiles");
         }
         _ => return Err(format!("{d} is not a directive of this module")),
@@ -538,6 +538,10 @@ mod tests {
         assert!(server("H2Direct", &["yes"]).unwrap_err().contains("'on' or 'off'"));
         assert!(server("H2Direct", &[]).unwrap_err().contains("takes 1 argument"));
         assert!(server("H2Direct", &["on", "off"]).is_err());
+        // Obsolete: any one value, as the stock module takes them.
+        assert!(server("H2SerializeHeaders", &["whatever"]).is_ok());
+        assert!(server("H2SessionExtraFiles", &["many"]).is_ok());
+        assert!(server("H2SerializeHeaders", &[]).is_err());
     }
 
     #[test]
