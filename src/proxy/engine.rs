@@ -48,8 +48,11 @@ use std::time::{Duration, Instant};
 /// requests all go to one loop), at most; a worker's `max` may set fewer.
 pub const MAX_CONNS_PER_BACKEND: usize = 16;
 /// Our receive window per backend stream: what one proxied response may
-/// buffer before the client takes it.
-pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// buffer before the client takes it. HTTP/2's default: at 256 KiB, a
+/// client that took a byte now and then from 100 proxied downloads held
+/// 25 MiB of responses per connection, with no worker (parked fronts);
+/// the stock module's is ProxyIOBufferSize (8 KiB).
+pub const STREAM_WINDOW: u32 = 64 * 1024;
 /// Connection receive window (streams are bounded one by one).
 const CONN_WINDOW: i32 = 1 << 30;
 /// An idle backend connection is closed after this long, unless a worker
