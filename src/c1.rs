@@ -465,6 +465,9 @@ pub struct C1 {
     out_bb: BrigadeRef,
     /// `Timeout` of the connection's server.
     timeout: Duration,
+    /// The stream whose header block is being received, and when c1 first
+    /// waited on it (`head_wait_left`).
+    head_wait: Option<(i32, Instant)>,
     /// `KeepAliveTimeout`.
     keepalive_timeout: Duration,
     async_mpm: bool,
@@ -991,6 +994,7 @@ impl C1 {
                 parking,
                 linger: park::Linger::default(),
                 stop_notice_at: None,
+                head_wait: None,
             };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
@@ -1036,6 +1040,9 @@ impl C1 {
             }
             self.session.process_signals();
             self.session.retire_finished();
+            if self.session.has_notes() {
+                self.log_notes();
+            }
             // Only our child_stopping hook starts the GOAWAY, not the MPM's
             // state: the MPMs set AP_MPMQ_STOPPING before a hard stop's
             // close_worker_sockets() walks every worker's socket, and a
@@ -1142,11 +1149,21 @@ impl C1 {
                     }
                 }
             }
-            self.describe_streams_in_status();
-            let limit = self.stop_notice_left().map_or(self.timeout, |left| left.min(self.timeout));
+            self.describe_streams_in_status(wants_write);
+            let mut limit = self.stop_notice_left().map_or(self.timeout, |left| left.min(self.timeout));
+            let head_left = self.head_wait_left();
+            if head_left.is_some_and(|left| left.is_zero()) {
+                clog!(c, Level::Info, "h2rs: a request's header block did not end in time, closing");
+                self.session.goaway(error_code::NO_ERROR, b"request head timeout");
+                break;
+            }
+            let head_limited = head_left.is_some_and(|left| left < limit);
+            if let Some(left) = head_left {
+                limit = limit.min(left);
+            }
             match self.wait(limit, true) {
                 Wait::Ready => {}
-                Wait::Timeout if self.stop_notice_left().is_some() => {}
+                Wait::Timeout if head_limited || self.stop_notice_left().is_some() => {}
                 Wait::Timeout => {
                     if self.session.awaits_client_settings() {
                         // Upgraded to h2c, and not a byte since: stream 1
@@ -1175,6 +1192,20 @@ impl C1 {
         self.close()
     }
 
+    /// How much longer the header block being received may take
+    /// (`limits::HEADER_BLOCK_WAIT`); None when none is.
+    fn head_wait_left(&mut self) -> Option<Duration> {
+        let Some(id) = self.session.head_in_progress() else {
+            self.head_wait = None;
+            return None;
+        };
+        let since = match self.head_wait {
+            Some((waited, since)) if waited == id => since,
+            _ => self.head_wait.insert((id, Instant::now())).1,
+        };
+        Some(self.timeout.min(crate::limits::HEADER_BLOCK_WAIT).saturating_sub(since.elapsed()))
+    }
+
     /// Tells mod_status that this thread serves the connection (client,
     /// virtual host, protocol from ap_get_protocol) in `state`, as HTTP/1.1
     /// does at every request (SERVER_BUSY_READ) and while it waits for the
@@ -1193,7 +1224,10 @@ impl C1 {
     /// this thread blocks on them. Only there: at a resume the counts are
     /// always zero (the session was idle), and the call cost ~430
     /// instructions a request (callgrind, paced 1 KiB GETs).
-    fn describe_streams_in_status(&self) {
+    /// Shown as writing ("W", as HTTP/1.1 while it sends a response)
+    /// while a stream is on a worker or frames wait for the socket, else
+    /// as reading ("R": the session waits for its client).
+    fn describe_streams_in_status(&self, wants_write: bool) {
         let c = self.c;
         // SAFETY: the connection and its scoreboard handle are ours; the
         // handle's slot in the scoreboard is this thread's to write, as
@@ -1210,13 +1244,14 @@ impl C1 {
             // line (the stock module shows one stream's request too).
             let mut buf = [0u8; 64];
             let (method, target) = self.session.oldest_in_progress().unwrap_or((b"", b""));
+            let on_workers = self.session.streams_in_progress();
             crate::text::join_c_string(
                 &mut buf,
                 &[
                     b"h2: ",
                     decimal(self.session.open_streams() as u64, &mut [0u8; 20]),
                     b" open, ",
-                    decimal(self.session.streams_in_progress() as u64, &mut [0u8; 20]),
+                    decimal(on_workers as u64, &mut [0u8; 20]),
                     b" on workers",
                     if method.is_empty() { b"" } else { b"; " },
                     method,
@@ -1243,9 +1278,10 @@ impl C1 {
                     *to = from as std::ffi::c_char;
                 }
             }
+            let state = if on_workers > 0 || wants_write { ffi::SERVER_BUSY_WRITE } else { ffi::SERVER_BUSY_READ };
             ffi::ap_update_child_status_descr(
                 (*c).sbh as *mut ffi::ap_sb_handle_t,
-                ffi::SERVER_BUSY_READ as i32,
+                state as i32,
                 buf.as_ptr() as *const std::ffi::c_char,
             );
         }
@@ -1525,6 +1561,19 @@ impl C1 {
         Ok(())
     }
 
+    /// Logs why streams were reset for their requests (debug; httpd logs
+    /// why it answers 400 there) and why the session was ended for abuse
+    /// (info, as nghttp2's floods are).
+    #[cold]
+    #[inline(never)]
+    fn log_notes(&mut self) {
+        let c = self.c;
+        self.session.take_notes(
+            |id, why| clog!(c, Level::Debug, "h2rs: stream {id}: malformed or refused request, reset: {why}"),
+            |why| clog!(c, Level::Info, "h2rs: client abuse, closing with ENHANCE_YOUR_CALM: {why}"),
+        );
+    }
+
     /// Hands bytes from the client to nghttp2. On a protocol error the
     /// session is ended with GOAWAY (written out) and the connection is
     /// to close.
@@ -1650,6 +1699,7 @@ impl C1 {
     /// that end on the way. Leaves `frames` empty.
     fn write_frames_and_more(&mut self, frames: &mut FrameBuf, limit: usize, until_news: bool) -> Result<(), ()> {
         let mut written = 0;
+        let mut shown_writing = false;
         loop {
             if !frames.is_empty() {
                 // Only a chunk that used its budget may have more behind it
@@ -1659,8 +1709,16 @@ impl C1 {
                 self.send_frames(frames)?;
                 frames.clear();
                 self.session.retire_finished();
-                if until_news && full && self.news_waiting() {
-                    return Ok(());
+                if until_news && full {
+                    if !shown_writing {
+                        // A large write: "W" in mod_status meanwhile, as
+                        // HTTP/1.1 shows a response being sent.
+                        shown_writing = true;
+                        self.update_status(ffi::SERVER_BUSY_WRITE);
+                    }
+                    if self.news_waiting() {
+                        return Ok(());
+                    }
                 }
             }
             if written >= limit || self.collect_frames(frames)? == 0 {

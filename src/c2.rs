@@ -968,6 +968,16 @@ pub unsafe fn request_panicked(c: *mut ffi::conn_rec, msg: String) -> c_int {
 ///
 /// # Safety
 /// `r` is the live request being built on this thread, `pool` its pool.
+/// Logs why a request head is answered with an error status (431, 414)
+/// at info, as httpd logs it for HTTP/1.1 (AH00561 and the like).
+#[cold]
+#[inline(never)]
+fn log_refused_head(r: *mut ffi::request_rec, head: &crate::request::RequestHead) {
+    if let Some(reason) = &head.error_reason {
+        crate::log::request(r, crate::log::Level::Info, &format!("h2rs: {reason}"));
+    }
+}
+
 #[cold]
 #[inline(never)]
 unsafe fn keep_original_host(r: *mut ffi::request_rec, pool: PoolRef, host: &[u8], authority: &[u8]) {
@@ -1082,6 +1092,7 @@ pub unsafe fn process_request(c: *mut ffi::conn_rec) {
         if let Some(status) = head.error_status {
             access_status = status as i32;
             ffi::ap_parse_request_line(r);
+            log_refused_head(r, head);
         } else if ffi::ap_parse_request_line(r) == 0 || ffi::ap_check_request_header(r) == 0 {
             (*r).per_dir_config = (*(*r).server).lookup_defaults;
             access_status = (*r).status;

@@ -69,6 +69,15 @@ pub const MAX_PENDING_HEAD_BYTES: usize = 1024 * 1024;
 /// sending although the answer is decided.
 pub const FIELDS_CALM_MARGIN: u32 = 100;
 
+/// A request's header block (HEADERS and its CONTINUATIONs, or trailers)
+/// that c1 has begun to receive must end within this (or `Timeout`, if
+/// shorter), counted from the first time c1 waited on it; then the
+/// connection is closed, as HTTP/1.1 answers 408 at mod_reqtimeout's
+/// header stage (20 s before any byte extends it). Before, each byte
+/// started `Timeout` over: a client that sent a byte of a header block
+/// every `Timeout` held the connection's thread for months.
+pub const HEADER_BLOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// CONTINUATION frames per header block (CVE-2024-27316): nghttp2 ends the
 /// connection beyond it. With 16 KiB frames a header block is at most
 /// 144 KiB, and fields beyond the request limits are not stored.

@@ -59,6 +59,9 @@ pub struct RequestHead {
     pub headers: Headers,
     /// Answer with this status instead of processing (431, 414).
     pub error_status: Option<u16>,
+    /// Why, for the error log (which limit, which field), as httpd says
+    /// it for HTTP/1.1 (AH00561 and the like).
+    pub error_reason: Option<Box<str>>,
     /// HEADERS carried END_STREAM: there is no body.
     pub end_stream: bool,
     /// RFC 9218 urgency (0 the most urgent, 7 the least) of its `priority`
@@ -409,11 +412,16 @@ impl RequestBuilder {
         }
     }
 
-    /// The request will be answered with `status`: what was stored is
-    /// not needed any more (only the pseudo headers are kept).
-    fn fail(&mut self, status: u16) {
+    /// The request will be answered with `status` for `reason` (the
+    /// first one counts): what was stored is not needed any more (only
+    /// the pseudo headers are kept). Kept, 100 streams of fields just
+    /// within the limits held their 64 KiB each until answered.
+    #[cold]
+    #[inline(never)]
+    fn fail(&mut self, status: u16, reason: std::fmt::Arguments<'_>) {
         if self.head.error_status.is_none() {
             self.head.error_status = Some(status);
+            self.head.error_reason = Some(reason.to_string().into_boxed_str());
         }
         self.head.headers = Headers::default();
         self.cookies = Vec::new();
@@ -433,7 +441,8 @@ impl RequestBuilder {
             return Err(HeaderError::Calm);
         }
         if self.raw_bytes > self.limits.max_head_bytes as usize {
-            self.fail(431);
+            let max = self.limits.max_head_bytes;
+            self.fail(431, format_args!("request header fields exceed {max} bytes in all"));
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
             if self.regular_seen {
@@ -458,9 +467,13 @@ impl RequestBuilder {
             if slot.is_some() {
                 return Err(HeaderError::Malformed("duplicate pseudo header"));
             }
-            if value.len() > self.limits.max_line as usize {
-                *slot = Some(ShortBytes::default());
-                self.fail(414);
+            let max_line = self.limits.max_line as usize;
+            if value.len() > max_line {
+                // Kept cut at the limit, for the access log's %r (as
+                // HTTP/1.1 logs a request line that is too long).
+                *slot = Some(ShortBytes::new(&value[..max_line]));
+                let name = String::from_utf8_lossy(pseudo);
+                self.fail(414, format_args!("request :{name} longer than LimitRequestLine ({max_line})"));
                 return Ok(());
             }
             *slot = Some(ShortBytes::new(value));
@@ -485,10 +498,11 @@ impl RequestBuilder {
             self.cookie_counted |= name == b"cookie";
         }
         if max > 0 && self.fields_counted > max {
-            self.fail(431);
+            self.fail(431, format_args!("request has more than LimitRequestFields ({max}) fields"));
         }
         if name.len() + 2 + value.len() > self.limits.max_field_size as usize {
-            self.fail(431);
+            let shown = String::from_utf8_lossy(&name[..name.len().min(80)]);
+            self.fail(431, format_args!("request header exceeds LimitRequestFieldSize: {shown}"));
         }
         if self.head.error_status.is_some() {
             // Answered with an error anyway: keep nothing more.
@@ -505,7 +519,10 @@ impl RequestBuilder {
             }
             self.cookies.extend_from_slice(value);
             if self.cookies.len() > self.limits.max_field_size as usize {
-                self.fail(431);
+                self.fail(
+                    431,
+                    format_args!("request header exceeds LimitRequestFieldSize: cookie (its crumbs joined)"),
+                );
             }
             return Ok(());
         }

@@ -45,6 +45,9 @@ const SHUTDOWN_PING: [u8; 8] = *b"h2rs-bye";
 /// skip none; one that skips ids on purpose makes HEADERS on the oldest
 /// of them ignored rather than a connection error, nothing worse.
 const MAX_SKIPPED_RANGES: usize = 32;
+/// Reasons for resets kept for c1's log between two reads, at most (the
+/// bad-request budget ends a client that has more reset anyway).
+const MAX_NOTES: usize = 16;
 
 /// The PING behind a graceful shutdown's notice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -393,6 +396,14 @@ pub struct Core<D: Dispatch> {
     bad_request_budget: RateLimit,
     /// The session was ended for abuse (ENHANCE_YOUR_CALM sent).
     calmed: bool,
+    /// Why, until c1 logged it (`Session::take_notes`).
+    calm_reason: Option<&'static str>,
+    /// The stream whose header block has begun without END_HEADERS (0:
+    /// none); nghttp2 does not call `begin_frame` for the rest of a block
+    /// it ignores (`Session::head_in_progress` asks the entry too).
+    header_block: i32,
+    /// Streams reset for their requests, and why, until c1 logged them.
+    notes: Vec<(i32, &'static str)>,
     /// The client showed it knows RFC 9218 (a `priority` field, a
     /// PRIORITY_UPDATE frame, or SETTINGS_NO_RFC7540_PRIORITIES): from
     /// then on a request without a `priority` field gets RFC 9218's
@@ -454,17 +465,17 @@ impl<D: Dispatch> Core<D> {
                 self.head_size_hint = (h.headers.len(), h.headers.byte_len());
                 h
             }
-            Err(e) => return self.refuse(ops, e),
+            Err(e) => return self.refuse(ops, id, e),
         };
         apply_priority(&mut self.rfc9218_client, ops, id, &mut head);
         match head.content_length() {
             Ok(cl) => {
                 if end_stream && cl.unwrap_or(0) != 0 {
-                    return self.malformed(ops);
+                    return self.malformed(ops, id, "content-length with END_STREAM on HEADERS");
                 }
                 entry.content_length = cl;
             }
-            Err(crate::request::BadContentLength) => return self.malformed(ops),
+            Err(crate::request::BadContentLength) => return self.malformed(ops, id, "invalid content-length"),
         }
         if let Some(protocol) = &head.protocol {
             // An extended CONNECT (the builder only lets it through when we
@@ -622,13 +633,14 @@ impl<D: Dispatch> Core<D> {
 
     /// A request head we reset (malformed, or far beyond the limits): a
     /// client that keeps sending them is ended (limits::BAD_REQUEST_RATE).
-    fn refuse(&mut self, ops: &mut Ops<'_>, e: HeaderError) -> Flow {
+    fn refuse(&mut self, ops: &mut Ops<'_>, id: i32, e: HeaderError) -> Flow {
         match e {
             HeaderError::Calm => {
+                self.note(id, "request fields far beyond LimitRequestFields");
                 self.charge_bad_request(ops);
                 Flow::ResetStream(error_code::ENHANCE_YOUR_CALM)
             }
-            HeaderError::Malformed(_) => self.malformed(ops),
+            HeaderError::Malformed(why) => self.malformed(ops, id, why),
         }
     }
 
@@ -638,9 +650,20 @@ impl<D: Dispatch> Core<D> {
     /// bad-request budget: a client that has us reset its streams at will
     /// (MadeYouReset, CVE-2025-8671) starts requests as fast as it can send
     /// them, and is ended with ENHANCE_YOUR_CALM as for malformed heads.
-    fn malformed(&mut self, ops: &mut Ops<'_>) -> Flow {
+    fn malformed(&mut self, ops: &mut Ops<'_>, id: i32, why: &'static str) -> Flow {
+        self.note(id, why);
         self.charge_bad_request(ops);
         Flow::ResetStream(error_code::PROTOCOL_ERROR)
+    }
+
+    /// Keeps why a stream was reset, for c1 to log (at debug, as httpd
+    /// logs why it answered 400; `Session::take_notes`). A few per read.
+    #[cold]
+    #[inline(never)]
+    fn note(&mut self, id: i32, why: &'static str) {
+        if self.notes.len() < MAX_NOTES {
+            self.notes.push((id, why));
+        }
     }
 
     /// At the end of a stream's body (END_STREAM on DATA or on trailers),
@@ -653,7 +676,7 @@ impl<D: Dispatch> Core<D> {
         let cl = entry.content_length?;
         match entry.received.cmp(&cl) {
             std::cmp::Ordering::Equal => None,
-            std::cmp::Ordering::Less => Some(self.malformed(ops)),
+            std::cmp::Ordering::Less => Some(self.malformed(ops, id, "body shorter than its content-length")),
             std::cmp::Ordering::Greater => Some(Flow::ResetStream(error_code::PROTOCOL_ERROR)),
         }
     }
@@ -661,15 +684,16 @@ impl<D: Dispatch> Core<D> {
     fn charge_bad_request(&mut self, ops: &mut Ops<'_>) {
         self.stats.streams_reset_by_us += 1;
         if !self.bad_request_budget.take() {
-            self.calm_down(ops);
+            self.calm_down(ops, "malformed or refused requests beyond their budget (BAD_REQUEST_RATE)");
         }
     }
 
     /// Ends the session for abuse: GOAWAY ENHANCE_YOUR_CALM, nothing more
     /// is processed.
-    fn calm_down(&mut self, ops: &mut Ops<'_>) {
+    fn calm_down(&mut self, ops: &mut Ops<'_>, why: &'static str) {
         if !self.calmed {
             self.calmed = true;
+            self.calm_reason = Some(why);
             let _ = ops.terminate(error_code::ENHANCE_YOUR_CALM);
         }
     }
@@ -680,7 +704,7 @@ impl<D: Dispatch> Core<D> {
         }
         if !frame.has(ng::flags::END_STREAM) {
             // RFC 9113 8.1: a trailer section must end the stream.
-            return self.malformed(ops);
+            return self.malformed(ops, frame.stream_id, "trailers without END_STREAM");
         }
         if let Some(flow) = self.length_at_end(ops, frame.stream_id) {
             return flow;
@@ -694,7 +718,7 @@ impl<D: Dispatch> Core<D> {
                 }
                 Flow::Continue
             }
-            Err(e) => self.refuse(ops, e),
+            Err(e) => self.refuse(ops, frame.stream_id, e),
         }
     }
 
@@ -753,7 +777,7 @@ impl<D: Dispatch> Core<D> {
                 // client's window is used up; and so is a wait behind
                 // other streams of a client whose window closes only
                 // between its updates.)
-                self.calm_down(ops);
+                self.calm_down(ops, "zero-window slow read: a handler gave up waiting for the client's window");
             } else if p.starved && stream_window <= 0 {
                 // It gave up on the stream's own window, which the client
                 // kept shut while it opened the connection's: the worker
@@ -897,6 +921,11 @@ impl<D: Dispatch> Core<D> {
 impl<D: Dispatch> ng::Handler for Core<D> {
     /// Checks nghttp2 leaves to the application (it ignores these frames).
     fn begin_frame(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo) {
+        // A header block goes on until a frame with END_HEADERS; any other
+        // frame ends it (RFC 9113 6.10: nothing may come between).
+        let continues =
+            matches!(frame.kind, frame_type::HEADERS | frame_type::CONTINUATION) && !frame.has(ng::flags::END_HEADERS);
+        self.header_block = if continues { frame.stream_id } else { 0 };
         // Flood budgets (limits.rs): rapid reset, PING/SETTINGS floods.
         let within = match frame.kind {
             // Only a reset of an open stream cancels work; resets of
@@ -915,7 +944,11 @@ impl<D: Dispatch> ng::Handler for Core<D> {
             _ => true,
         };
         if !within {
-            self.calm_down(ops);
+            let why = match frame.kind {
+                frame_type::RST_STREAM => "RST_STREAM frames beyond their budget (rapid reset)",
+                _ => "PING or SETTINGS frames beyond their budget",
+            };
+            self.calm_down(ops, why);
             return;
         }
         match frame.kind {
@@ -988,7 +1021,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         }
         match builder.add(name, value) {
             Ok(()) => Flow::Continue,
-            Err(e) => self.refuse(ops, e),
+            Err(e) => self.refuse(ops, frame.stream_id, e),
         }
     }
 
@@ -1057,7 +1090,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 // Charged once, at the chunk that crossed the length: nghttp2
                 // may pass more of the frame before our reset goes out.
                 if before <= cl {
-                    return self.malformed(ops);
+                    return self.malformed(ops, stream_id, "body longer than its content-length");
                 }
                 return Flow::ResetStream(error_code::PROTOCOL_ERROR);
             }
@@ -1236,6 +1269,9 @@ impl<D: Dispatch> Session<D> {
             control_budget: RateLimit::new(limits::CONTROL_RATE),
             bad_request_budget: RateLimit::new(limits::BAD_REQUEST_RATE),
             calmed: false,
+            calm_reason: None,
+            header_block: 0,
+            notes: Vec::new(),
             rfc9218_client: false,
             peer_window_closed: false,
             peer_window_closed_at: None,
@@ -1500,6 +1536,35 @@ impl<D: Dispatch> Session<D> {
         let mut ops = self.ng.ops();
         let last = ops.last_proc_stream_id();
         let _ = ops.submit_goaway(code, last, debug);
+    }
+
+    /// The stream whose header block (request head or trailers) has begun
+    /// and not ended, if any (header blocks do not interleave).
+    pub fn head_in_progress(&self) -> Option<i32> {
+        let core = self.ng.handler_ref();
+        let id = core.header_block;
+        core.entries.get(&id).filter(|e| e.builder.is_some() || e.trailers.is_some()).map(|_| id)
+    }
+
+    /// Whether `take_notes` has something for the log.
+    #[inline]
+    pub fn has_notes(&self) -> bool {
+        let core = self.ng.handler_ref();
+        !core.notes.is_empty() || core.calm_reason.is_some()
+    }
+
+    /// Calls `reset` for each stream reset for its request since the last
+    /// call (id, why), and `calmed` if the session was ended for abuse
+    /// since (why).
+    #[cold]
+    pub fn take_notes(&mut self, mut reset: impl FnMut(i32, &str), calmed: impl FnOnce(&str)) {
+        let core = self.ng.handler();
+        for (id, why) in core.notes.drain(..) {
+            reset(id, why);
+        }
+        if let Some(why) = core.calm_reason.take() {
+            calmed(why);
+        }
     }
 
     /// `goaway` naming only the streams that started: on a hard stop the
@@ -2179,6 +2244,29 @@ pub(crate) mod tests {
             assert_eq!(p.client.handler_ref().streams[&id].body.len(), 70000);
         }
         assert_eq!(p.server.stats().streams_dispatched, 20);
+    }
+
+    /// A request head split into HEADERS and CONTINUATION is in progress
+    /// from the first frame until the one with END_HEADERS (c1 bounds how
+    /// long it may take, `limits::HEADER_BLOCK_WAIT`).
+    #[test]
+    fn a_header_block_is_in_progress_until_its_end() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let hello = client_bytes(&mut p.client);
+        p.server.recv(&hello).unwrap();
+        assert_eq!(p.server.head_in_progress(), None);
+        // :method GET, :scheme http, :path /, then :authority "a".
+        let block = [0x82u8, 0x86, 0x84, 0x41, 0x01, b'a'];
+        let (first, rest) = block.split_at(3);
+        let mut headers = vec![0, 0, first.len() as u8, frame_type::HEADERS, ng::flags::END_STREAM, 0, 0, 0, 1];
+        headers.extend_from_slice(first);
+        p.server.recv(&headers).unwrap();
+        assert_eq!(p.server.head_in_progress(), Some(1));
+        let mut continuation =
+            vec![0, 0, rest.len() as u8, frame_type::CONTINUATION, ng::flags::END_HEADERS, 0, 0, 0, 1];
+        continuation.extend_from_slice(rest);
+        p.server.recv(&continuation).unwrap();
+        assert_eq!(p.server.head_in_progress(), None);
     }
 
     /// Runs until its stream is aborted.

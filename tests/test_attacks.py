@@ -1268,6 +1268,29 @@ def test_netfuzz_short(srv):
     assert netfuzz.server_answers(srv.port)
 
 
+def test_a_request_head_sent_a_byte_at_a_time_ends_the_connection(make_server):
+    """A header block begun and then sent a byte a second (a CONTINUATION
+    that never ends): the connection is closed once the block has taken
+    `limits::HEADER_BLOCK_WAIT` or `Timeout` (3 s here), as HTTP/1.1's
+    header stage ends a slow request head. Before, each byte started
+    `Timeout` over: the thread was held for as long as the bytes came."""
+    srv = make_server(name="head-drip", extra="Timeout 3").start()
+    c = Conn(srv.port)
+    block = req_block(c, "/1k.bin")
+    c.send(headers(1, block[:4], end_headers=False)
+           + frame(rawh2.CONTINUATION, 0, 1, length=1000))
+    t0 = time.monotonic()
+    for _ in range(15):
+        c.send(b"x")
+        c.drain(1.0)
+        if c.goaway is not None or c.closed:
+            break
+    took = time.monotonic() - t0
+    assert c.goaway is not None, f"no GOAWAY after {took:.0f} s of a byte a second (closed: {c.closed})"
+    assert b"request head timeout" in c.goaway.payload[8:]
+    c.close()
+
+
 def test_a_preface_sent_a_byte_at_a_time_is_given_to_http1_and_its_timeouts(make_server):
     """A client that sends the start of the HTTP/2 preface and then a byte
     a second: the module waits a few seconds in all for the rest (a byte

@@ -55,6 +55,28 @@ def wait_connections_gone(srv, timeout=15):
         time.sleep(0.1)
 
 
+def test_a_session_waiting_on_its_worker_shows_as_writing(make_server):
+    """An HTTP/2 connection whose stream runs on a worker shows as "W" in
+    mod_status's scoreboard, as an HTTP/1.1 connection sending its
+    response does, and as "R" again once it only waits for its client. It
+    was "R" (reading a request) whatever it did."""
+    srv = make_server(extra=ONE_CHILD).start()
+
+    def scoreboard():
+        m = re.search(rb"Scoreboard: (\S+)", curl("--http1.1", srv.url("/server-status?auto")).stdout)
+        return m[1].decode()
+
+    c = H2Client(srv.port)
+    assert c.wait_stream(c.request("/1k.bin")).status == 200
+    sid = c.request("/cgi/slow.cgi?3")
+    time.sleep(1)
+    # The status request itself is one "W".
+    busy = scoreboard()
+    assert (busy.count("W"), busy.count("R")) == (2, 0), busy
+    assert c.wait_stream(sid, timeout=10).status == 200
+    c.close()
+
+
 def test_idle_connections_hold_no_thread(make_server):
     """500 idle h2 connections on one child of 25 threads: all answered,
     almost no busy MPM worker while they idle, a fresh client served at

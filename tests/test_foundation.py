@@ -362,6 +362,31 @@ def test_malformed_request_resets_only_that_stream(server):
     c.close()
 
 
+def test_why_a_request_was_refused_is_logged(make_server):
+    """The error log says why a request was refused: a malformed one's
+    reset at debug (as httpd logs why it answers 400), a 431 at info (as
+    AH00561 for HTTP/1.1), and a session ended for abuse at info. Before,
+    none of them was logged at any level."""
+    srv = make_server(loglevel="debug", extra="LimitRequestFieldSize 100").start()
+    c = H2Client(srv.port, validate=False)
+    bad = c.request("/1k.bin", headers=[("te", "gzip")])
+    c.wait_stream(bad)
+    assert c.streams[bad].reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    big = c.request("/1k.bin", headers=[("x-big", "x" * 200)])
+    assert c.wait_stream(big).status == 431
+    c.close()
+    flood = rawh2.Conn(srv.port)
+    block = rawh2.encode(rawh2.request_fields("/1k.bin", authority=f"127.0.0.1:{srv.port}"))
+    flood.send(b"".join(rawh2.headers(sid, block) + rawh2.rst_stream(sid, 8) for sid in range(1, 4001, 2)))
+    flood.wait(lambda: flood.goaway is not None or flood.closed, timeout=10)
+    flood.close()
+    assert wait_for(lambda: "ENHANCE_YOUR_CALM" in srv.read_error_log())
+    log = srv.read_error_log()
+    assert f"stream {bad}: malformed or refused request, reset: te other than trailers" in log
+    assert "request header exceeds LimitRequestFieldSize: x-big" in log
+    assert "client abuse, closing with ENHANCE_YOUR_CALM: RST_STREAM frames beyond their budget" in log
+
+
 def slow_burst_peak_workers(srv, pids, n):
     """Sends n slow CGI requests on one connection; returns the most
     worker threads any of the children `pids` had meanwhile."""
