@@ -1543,7 +1543,11 @@ impl<D: Dispatch> Session<D> {
     pub fn head_in_progress(&self) -> Option<i32> {
         let core = self.ng.handler_ref();
         let id = core.header_block;
-        core.entries.get(&id).filter(|e| e.builder.is_some() || e.trailers.is_some()).map(|_| id)
+        // Not a closed stream's: nghttp2 ignores the rest of a block whose
+        // stream it reset (a refused field), without `begin_frame` for its
+        // frames, and a dispatched stream's entry stays while its worker
+        // winds down.
+        core.entries.get(&id).filter(|e| !e.closed && (e.builder.is_some() || e.trailers.is_some())).map(|_| id)
     }
 
     /// Whether `take_notes` has something for the log.
@@ -2266,6 +2270,33 @@ pub(crate) mod tests {
             vec![0, 0, rest.len() as u8, frame_type::CONTINUATION, ng::flags::END_HEADERS, 0, 0, 0, 1];
         continuation.extend_from_slice(rest);
         p.server.recv(&continuation).unwrap();
+        assert_eq!(p.server.head_in_progress(), None);
+    }
+
+    /// Trailers split into HEADERS and CONTINUATION whose first frame has
+    /// a field the builder refuses: the stream is reset, nghttp2 ignores
+    /// the rest of the block (no `begin_frame` for it), and the stream's
+    /// entry stays while its worker runs. Its block is not in progress:
+    /// c1 would otherwise close the connection after HEADER_BLOCK_WAIT.
+    #[test]
+    fn a_header_block_of_a_reset_stream_is_not_in_progress() {
+        let mut p = Pair::new(Settings::default(), until_aborted);
+        let hello = client_bytes(&mut p.client);
+        p.server.recv(&hello).unwrap();
+        // :method POST, :scheme http, :path /, :authority "a"; a body follows.
+        let block = [0x83u8, 0x86, 0x84, 0x41, 0x01, b'a'];
+        let mut head = vec![0, 0, block.len() as u8, frame_type::HEADERS, ng::flags::END_HEADERS, 0, 0, 0, 1];
+        head.extend_from_slice(&block);
+        p.server.recv(&head).unwrap();
+        p.server.process_signals();
+        // "connection: x" (literal, not indexed): refused.
+        let mut trailers = vec![0, 0, 14, frame_type::HEADERS, ng::flags::END_STREAM, 0, 0, 0, 1, 0x00, 10];
+        trailers.extend_from_slice(b"connection");
+        trailers.extend_from_slice(&[1, b'x']);
+        p.server.recv(&trailers).unwrap();
+        let mut out = Frames::default();
+        p.server.collect_output(&mut out, usize::MAX).unwrap();
+        assert_eq!(p.server.started_in_progress(), 1, "the worker still runs");
         assert_eq!(p.server.head_in_progress(), None);
     }
 
