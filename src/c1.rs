@@ -1730,7 +1730,9 @@ impl C1 {
     /// Whether a worker's wake-up or the client's bytes wait; the latter
     /// also sets `input_ready`, for the next turn's read.
     fn news_waiting(&mut self) -> bool {
-        if self.signal.is_pending() {
+        // `input_ready`: the last read stopped at its budget, and the rest
+        // may be in the input filters, where poll does not see it.
+        if self.input_ready || self.signal.is_pending() {
             return true;
         }
         let mut fd = libc::pollfd { fd: self.sock_fd, events: libc::POLLIN, revents: 0 };
