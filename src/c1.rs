@@ -1714,7 +1714,17 @@ impl C1 {
                         // A large write: "W" in mod_status meanwhile, as
                         // HTTP/1.1 shows a response being sent.
                         shown_writing = true;
-                        self.update_status(ffi::SERVER_BUSY_WRITE);
+                        // The state only: the row keeps its description.
+                        // SAFETY: as in `describe_streams_in_status`.
+                        unsafe {
+                            if !(*self.c).sbh.is_null() {
+                                ffi::ap_update_child_status_descr(
+                                    (*self.c).sbh as *mut ffi::ap_sb_handle_t,
+                                    ffi::SERVER_BUSY_WRITE as i32,
+                                    ptr::null(),
+                                );
+                            }
+                        }
                     }
                     if self.news_waiting() {
                         return Ok(());
