@@ -1901,7 +1901,9 @@ impl C1 {
                     "h2rs: still waiting after {} s for {} stream(s) to finish on their workers: {}",
                     started.elapsed().as_secs(),
                     workers_left,
-                    self.session.describe_streams()
+                    // Not after a panic: nothing of the session's bookkeeping
+                    // runs then (this wait must not unwind).
+                    if broken { String::new() } else { self.session.describe_streams() }
                 );
             }
         }
