@@ -960,16 +960,9 @@ pub unsafe fn request_panicked(c: *mut ffi::conn_rec, msg: String) -> c_int {
     ffi::HOOK_DONE
 }
 
-/// A client's `host` field that differs from `:authority` (which decides
-/// the request's Host): kept as `H2_ORIGINAL_HOST` and logged at debug,
-/// as the stock module does (its AH10401). Out of line: rare, and its
-/// formatting would widen `process_request`'s frame, which sits under
-/// every request's handler (thread stacks, docs/INTERNALS.md).
-///
-/// # Safety
-/// `r` is the live request being built on this thread, `pool` its pool.
 /// Logs why a request head is answered with an error status (431, 414)
-/// at info, as httpd logs it for HTTP/1.1 (AH00561 and the like).
+/// at info, as httpd logs it for HTTP/1.1 (AH00561 and the like). Out of
+/// line, as `keep_original_host`.
 #[cold]
 #[inline(never)]
 fn log_refused_head(r: *mut ffi::request_rec, head: &crate::request::RequestHead) {
@@ -978,6 +971,14 @@ fn log_refused_head(r: *mut ffi::request_rec, head: &crate::request::RequestHead
     }
 }
 
+/// A client's `host` field that differs from `:authority` (which decides
+/// the request's Host): kept as `H2_ORIGINAL_HOST` and logged at debug,
+/// as the stock module does (its AH10401). Out of line: rare, and its
+/// formatting would widen `process_request`'s frame, which sits under
+/// every request's handler (thread stacks, docs/INTERNALS.md).
+///
+/// # Safety
+/// `r` is the live request being built on this thread, `pool` its pool.
 #[cold]
 #[inline(never)]
 unsafe fn keep_original_host(r: *mut ffi::request_rec, pool: PoolRef, host: &[u8], authority: &[u8]) {
