@@ -1529,13 +1529,17 @@ impl<D: Dispatch> Session<D> {
     /// Sends GOAWAY with the last stream we processed: streams up to it
     /// complete, later ones are refused.
     pub fn goaway(&mut self, code: u32, debug: &[u8]) {
+        let last = self.ng.ops().last_proc_stream_id();
+        self.goaway_naming(last, code, debug);
+    }
+
+    /// Sends GOAWAY naming `last`, once.
+    fn goaway_naming(&mut self, last: i32, code: u32, debug: &[u8]) {
         if self.goaway_sent {
             return;
         }
         self.goaway_sent = true;
-        let mut ops = self.ng.ops();
-        let last = ops.last_proc_stream_id();
-        let _ = ops.submit_goaway(code, last, debug);
+        let _ = self.ng.ops().submit_goaway(code, last, debug);
     }
 
     /// The stream whose header block (request head or trailers) has begun
@@ -1577,12 +1581,8 @@ impl<D: Dispatch> Session<D> {
     /// as the stock module tells it. Named, they "might have been
     /// processed".
     pub fn goaway_for_started(&mut self, code: u32, debug: &[u8]) {
-        if self.goaway_sent {
-            return;
-        }
-        self.goaway_sent = true;
-        let (core, mut ops) = self.ng.split();
-        let _ = ops.submit_goaway(code, core.last_started, debug);
+        let last = self.ng.handler_ref().last_started;
+        self.goaway_naming(last, code, debug);
     }
 
     /// Ends the session now with `code` (GOAWAY, no further processing).
