@@ -1443,7 +1443,12 @@ impl<D: Dispatch> Session<D> {
     /// the entries alone (without their bookkeeping, which a teardown
     /// after a panic no longer runs): streams never started do not count.
     pub fn started_in_progress(&self) -> usize {
-        self.in_progress().filter(|(id, _)| self.ng.handler_ref().entries.get(id).is_some_and(|e| e.dispatched)).count()
+        let done = Some(crate::stream::WorkerState::Done);
+        let core = self.ng.handler_ref();
+        core.entries
+            .values()
+            .filter(|e| e.dispatched && e.stream.as_ref().is_some_and(|s| s.worker_state() != done))
+            .count()
     }
 
     /// The request (method, and path or for CONNECT authority) of the
@@ -2250,6 +2255,14 @@ pub(crate) mod tests {
         assert_eq!(p.server.stats().streams_dispatched, 20);
     }
 
+    /// A frame's bytes: its 9-byte header (payload of up to 255 bytes),
+    /// then the payload.
+    fn raw_frame(kind: u8, flags: u8, stream_id: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0, 0, payload.len() as u8, kind, flags, 0, 0, 0, stream_id];
+        frame.extend_from_slice(payload);
+        frame
+    }
+
     /// A request head split into HEADERS and CONTINUATION is in progress
     /// from the first frame until the one with END_HEADERS (c1 bounds how
     /// long it may take, `limits::HEADER_BLOCK_WAIT`).
@@ -2262,14 +2275,9 @@ pub(crate) mod tests {
         // :method GET, :scheme http, :path /, then :authority "a".
         let block = [0x82u8, 0x86, 0x84, 0x41, 0x01, b'a'];
         let (first, rest) = block.split_at(3);
-        let mut headers = vec![0, 0, first.len() as u8, frame_type::HEADERS, ng::flags::END_STREAM, 0, 0, 0, 1];
-        headers.extend_from_slice(first);
-        p.server.recv(&headers).unwrap();
+        p.server.recv(&raw_frame(frame_type::HEADERS, ng::flags::END_STREAM, 1, first)).unwrap();
         assert_eq!(p.server.head_in_progress(), Some(1));
-        let mut continuation =
-            vec![0, 0, rest.len() as u8, frame_type::CONTINUATION, ng::flags::END_HEADERS, 0, 0, 0, 1];
-        continuation.extend_from_slice(rest);
-        p.server.recv(&continuation).unwrap();
+        p.server.recv(&raw_frame(frame_type::CONTINUATION, ng::flags::END_HEADERS, 1, rest)).unwrap();
         assert_eq!(p.server.head_in_progress(), None);
     }
 
@@ -2280,31 +2288,20 @@ pub(crate) mod tests {
     /// c1 would otherwise close the connection after HEADER_BLOCK_WAIT.
     #[test]
     fn a_header_block_of_a_reset_stream_is_not_in_progress() {
-        let mut p = Pair::new(Settings::default(), until_aborted);
+        let mut p = Pair::new(Settings::default(), stall);
         let hello = client_bytes(&mut p.client);
         p.server.recv(&hello).unwrap();
         // :method POST, :scheme http, :path /, :authority "a"; a body follows.
         let block = [0x83u8, 0x86, 0x84, 0x41, 0x01, b'a'];
-        let mut head = vec![0, 0, block.len() as u8, frame_type::HEADERS, ng::flags::END_HEADERS, 0, 0, 0, 1];
-        head.extend_from_slice(&block);
-        p.server.recv(&head).unwrap();
+        p.server.recv(&raw_frame(frame_type::HEADERS, ng::flags::END_HEADERS, 1, &block)).unwrap();
         p.server.process_signals();
         // "connection: x" (literal, not indexed): refused.
-        let mut trailers = vec![0, 0, 14, frame_type::HEADERS, ng::flags::END_STREAM, 0, 0, 0, 1, 0x00, 10];
-        trailers.extend_from_slice(b"connection");
-        trailers.extend_from_slice(&[1, b'x']);
-        p.server.recv(&trailers).unwrap();
+        let trailers = [&[0x00u8, 10][..], b"connection", &[1, b'x']].concat();
+        p.server.recv(&raw_frame(frame_type::HEADERS, ng::flags::END_STREAM, 1, &trailers)).unwrap();
         let mut out = Frames::default();
         p.server.collect_output(&mut out, usize::MAX).unwrap();
         assert_eq!(p.server.started_in_progress(), 1, "the worker still runs");
         assert_eq!(p.server.head_in_progress(), None);
-    }
-
-    /// Runs until its stream is aborted.
-    fn until_aborted(stream: Arc<Stream>) {
-        while !stream.is_aborted() {
-            thread::sleep(Duration::from_millis(1));
-        }
     }
 
     /// A hard stop: the GOAWAY names the last stream that started, not
@@ -2312,7 +2309,7 @@ pub(crate) mod tests {
     #[test]
     fn goaway_for_started_leaves_out_waiting_streams() {
         let settings = Settings { max_active_streams: 1, ..Settings::default() };
-        let mut p = Pair::new(settings, until_aborted);
+        let mut p = Pair::new(settings, stall);
         let ids: Vec<i32> = (0..3).map(|_| p.get("/held")).collect();
         p.pump(|_| true);
         assert_eq!(p.server.ng.handler_ref().running.len(), 1);
