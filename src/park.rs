@@ -144,6 +144,9 @@ struct Timer {
 }
 
 struct SessionPtr(*mut dyn Parked);
+// SAFETY: the pointer is only dereferenced by the thread that moved the
+// state to CLOSING, i.e. with exclusive access to the session.
+unsafe impl Send for SessionPtr {}
 
 /// Puts a session `with_parked` held (CLOSING) back to PARKED when dropped.
 struct Reopen<'a>(&'a AtomicU8);
@@ -153,9 +156,6 @@ impl Drop for Reopen<'_> {
         self.0.store(PARKED, Ordering::Release);
     }
 }
-// SAFETY: the pointer is only dereferenced by the thread that moved the
-// state to CLOSING, i.e. with exclusive access to the session.
-unsafe impl Send for SessionPtr {}
 
 impl Parking {
     pub fn new(idle_timeout: Duration, first_request_timeout: Duration) -> Arc<Parking> {
