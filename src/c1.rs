@@ -83,9 +83,10 @@ const RUN_HERE_WRITE_AT: usize = 32 * 1024;
 /// file delayed the small requests of the same burst (a page's CSS behind
 /// a video) by as much of it as the client's window allowed, up to
 /// Chrome's 6 MiB. (Requests that come in a later read wait for the
-/// turn's write only up to its next full chunk, `write_turn`.) Up to this size a response is still written whole (see
-/// `run_streams_here` on why); past it, a large file keeps its c2 until
-/// it is sent, and the next streams of the burst take others.
+/// turn's write only up to its next full chunk, `write_turn`.) Up to this
+/// size a response is still written whole (see `run_streams_here` on
+/// why); past it, a large file keeps its c2 until it is sent, and the next
+/// streams of the burst take others.
 const RUN_HERE_WHOLE_UP_TO: usize = 1024 * 1024;
 
 /// Free c2s a connection keeps at most (`FreeCache`), when its fair share
@@ -1279,11 +1280,19 @@ impl C1 {
                 }
             }
             let state = if on_workers > 0 || wants_write { ffi::SERVER_BUSY_WRITE } else { ffi::SERVER_BUSY_READ };
-            ffi::ap_update_child_status_descr(
-                (*c).sbh as *mut ffi::ap_sb_handle_t,
-                state as i32,
-                buf.as_ptr() as *const std::ffi::c_char,
-            );
+            self.show_state(state, buf.as_ptr() as *const std::ffi::c_char);
+        }
+    }
+
+    /// Sets this thread's scoreboard state, and its request column to
+    /// `descr` unless that is NULL (the column is kept then).
+    fn show_state(&self, state: u32, descr: *const std::ffi::c_char) {
+        // SAFETY: the connection and its scoreboard handle are ours (as in
+        // `describe_streams_in_status`); `descr` is NULL or a C string.
+        unsafe {
+            if !(*self.c).sbh.is_null() {
+                ffi::ap_update_child_status_descr((*self.c).sbh as *mut ffi::ap_sb_handle_t, state as i32, descr);
+            }
         }
     }
 
@@ -1714,17 +1723,7 @@ impl C1 {
                         // A large write: "W" in mod_status meanwhile, as
                         // HTTP/1.1 shows a response being sent.
                         shown_writing = true;
-                        // The state only: the row keeps its description.
-                        // SAFETY: as in `describe_streams_in_status`.
-                        unsafe {
-                            if !(*self.c).sbh.is_null() {
-                                ffi::ap_update_child_status_descr(
-                                    (*self.c).sbh as *mut ffi::ap_sb_handle_t,
-                                    ffi::SERVER_BUSY_WRITE as i32,
-                                    ptr::null(),
-                                );
-                            }
-                        }
+                        self.show_state(ffi::SERVER_BUSY_WRITE, ptr::null());
                     }
                     if self.news_waiting() {
                         return Ok(());
