@@ -57,6 +57,11 @@ pub struct ServerConfig {
     pub early_hint_headers: Vec<(String, String)>,
     /// Deprecated directives seen (for one warning at startup).
     pub obsolete_seen: Vec<&'static str>,
+    /// Numbers above what this module supports, lowered to its limit
+    /// ("H2MaxWorkers 10000 (using 4096)"), for one warning at startup:
+    /// the stock module takes any number there, so a configuration that
+    /// starts with it starts with this one.
+    pub clamped: Vec<String>,
     /// mod_reqtimeout's body stage for this server (None: off, or the
     /// module is not loaded), read from the configuration tree once the
     /// configuration is complete (post_config; `reqtimeout`).
@@ -137,6 +142,7 @@ impl ServerConfig {
             push_resources: joined(&base.push_resources, &add.push_resources),
             early_hint_headers: joined(&add.early_hint_headers, &base.early_hint_headers),
             obsolete_seen: pick_list(&add.obsolete_seen, &base.obsolete_seen),
+            clamped: pick_list(&add.clamped, &base.clamped),
             request_body_limit: std::sync::OnceLock::new(),
         }
     }
@@ -254,6 +260,18 @@ fn parse_num(directive: &str, arg: &str, min: u64, max: u64) -> Result<u64, Stri
     Ok(value)
 }
 
+/// `parse_num` for a directive whose stock counterpart takes any number
+/// above its minimum: a value above `max` is lowered to it and noted in
+/// `clamped` (warned about at startup) rather than refused.
+fn parse_num_clamped(directive: &str, arg: &str, min: u64, max: u64, clamped: &mut Vec<String>) -> Result<u64, String> {
+    let value = parse_num(directive, arg, min, u64::MAX)?;
+    if value > max {
+        clamped.push(format!("{directive} {value} (using {max})"));
+        return Ok(max);
+    }
+    Ok(value)
+}
+
 fn expect_args(directive: &str, args: &[&str], min: usize, max: usize) -> Result<(), String> {
     if args.len() < min || args.len() > max {
         let want = if min == max {
@@ -270,6 +288,9 @@ fn expect_args(directive: &str, args: &[&str], min: usize, max: usize) -> Result
 /// httpd prefixes them with the config file and line.
 pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), String> {
     const U31: u64 = i32::MAX as u64;
+    // Worker threads per child: more would be a configuration mistake
+    // (each holds a stack), not a wish this module could grant.
+    const MAX_WORKERS: u64 = 4096;
     let d = directive;
     // Directives that may appear per directory.
     let dir_capable = matches!(
@@ -356,11 +377,11 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
         }
         "h2minworkers" => {
             expect_args(d, args, 1, 1)?;
-            s.min_workers = Some(parse_num(d, args[0], 1, 4096)? as u32);
+            s.min_workers = Some(parse_num_clamped(d, args[0], 1, MAX_WORKERS, &mut s.clamped)? as u32);
         }
         "h2maxworkers" => {
             expect_args(d, args, 1, 1)?;
-            s.max_workers = Some(parse_num(d, args[0], 1, 4096)? as u32);
+            s.max_workers = Some(parse_num_clamped(d, args[0], 1, MAX_WORKERS, &mut s.clamped)? as u32);
         }
         "h2maxworkeridleseconds" => {
             // Seconds, or httpd's time syntax (as the stock module reads
@@ -390,7 +411,7 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
         }
         "h2tlscooldownsecs" => {
             expect_args(d, args, 1, 1)?;
-            s.tls_cooldown_secs = Some(parse_num(d, args[0], 0, 86400)? as u32);
+            s.tls_cooldown_secs = Some(parse_num_clamped(d, args[0], 0, 86400, &mut s.clamped)? as u32);
         }
         "h2pushpriority" => {
             // H2PushPriority mime-type [After|Before|Interleaved] [weight]:
@@ -438,7 +459,9 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
         }
         "h2maxdataframelen" => {
             expect_args(d, args, 1, 1)?;
-            s.max_data_frame_len = Some(parse_num(d, args[0], 0, 16_777_215)? as u32);
+            // Above the largest frame HTTP/2 allows it means no limit of
+            // its own, as it does for the stock module.
+            s.max_data_frame_len = Some(parse_num_clamped(d, args[0], 0, 16_777_215, &mut s.clamped)? as u32);
         }
         "h2maxheaderblocklen" => {
             expect_args(d, args, 1, 1)?;
@@ -530,6 +553,23 @@ mod tests {
         assert!(e.contains("out of range"), "{e}");
         assert!(server("H2Padding", &["9"]).is_err());
         assert!(server("H2MaxDataFrameLen", &["0"]).is_ok());
+    }
+
+    #[test]
+    fn numbers_above_our_limits_are_lowered_not_refused() {
+        // The stock module takes any number here: a configuration that
+        // starts with it must start with this one.
+        let s = server("H2MaxWorkers", &["10000"]).unwrap();
+        assert_eq!(s.max_workers, Some(4096));
+        assert_eq!(s.clamped, vec!["H2MaxWorkers 10000 (using 4096)".to_string()]);
+        assert_eq!(server("H2MinWorkers", &["5000"]).unwrap().min_workers, Some(4096));
+        assert_eq!(server("H2TLSCoolDownSecs", &["100000"]).unwrap().tls_cooldown_secs, Some(86400));
+        assert_eq!(server("H2MaxDataFrameLen", &["99999999"]).unwrap().max_data_frame_len, Some(16_777_215));
+        // Within the limits nothing is noted; below the minimum and
+        // non-numbers are still refused by name.
+        assert!(server("H2MaxWorkers", &["64"]).unwrap().clamped.is_empty());
+        assert!(server("H2MaxWorkers", &["0"]).unwrap_err().contains("H2MaxWorkers"));
+        assert!(server("H2MinWorkers", &["many"]).unwrap_err().contains("not a number"));
     }
 
     #[test]

@@ -184,6 +184,8 @@ pub unsafe extern "C" fn h2rs_post_config(
             let mut srv = s;
             let mut warned_push = false;
             let mut warned_obsolete = false;
+            // Virtual hosts inherit the main server's notes: each is told once.
+            let mut clamped: Vec<String> = Vec::new();
             while !srv.is_null() {
                 if let Some(cfg) = c1::server_config(srv) {
                     if !warned_push
@@ -197,6 +199,11 @@ pub unsafe extern "C" fn h2rs_post_config(
                         warned_obsolete = true;
                         slog!(srv, Level::Warn, "mod_h2rs: {} no longer has an effect", cfg.obsolete_seen.join(", "));
                     }
+                    for note in &cfg.clamped {
+                        if !clamped.contains(note) {
+                            clamped.push(note.clone());
+                        }
+                    }
                     if let (Some(min), Some(max)) = (cfg.min_workers, cfg.max_workers) {
                         if min > max {
                             slog!(
@@ -208,6 +215,9 @@ pub unsafe extern "C" fn h2rs_post_config(
                     }
                 }
                 srv = (*srv).next;
+            }
+            if !clamped.is_empty() {
+                slog!(s, Level::Warn, "mod_h2rs: lowered to this module's limit: {}", clamped.join(", "));
             }
         }
         // SAFETY: the configuration tree and the server list are complete

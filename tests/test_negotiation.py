@@ -453,6 +453,22 @@ def test_every_stock_directive_is_accepted(make_server):
     assert srv.read_error_log().count("server push is not provided") == 1
 
 
+def test_numbers_above_our_limits_load_lowered(make_server):
+    """The stock module takes any number for these: the configuration
+    loads, each is lowered to our limit and named in one warning."""
+    srv = make_server(h2_conf="H2MaxWorkers 10000\nH2MinWorkers 2\nH2TLSCoolDownSecs 100000\nH2MaxDataFrameLen 99999999")
+    r = srv.configtest()
+    assert r.returncode == 0, r.stderr
+    srv.start()
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
+    assert r.stdout == b"200"
+    warnings = [l for l in srv.read_error_log().splitlines() if "lowered to this module's limit" in l]
+    assert len(warnings) == 1, warnings
+    for note in ("H2MaxWorkers 10000 (using 4096)", "H2TLSCoolDownSecs 100000 (using 86400)",
+                 "H2MaxDataFrameLen 99999999 (using 16777215)"):
+        assert note in warnings[0], warnings
+
+
 @pytest.mark.parametrize("conf", [
     "H2StreamTimeout 5min\nH2MaxWorkerIdleSeconds 2hours",
     "H2StreamTimeout 30sec\nH2MaxWorkerIdleSeconds 100msec",
