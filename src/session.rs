@@ -275,9 +275,13 @@ impl Stats {
 struct PendingStreams {
     /// Ordered by urgency, then arrival.
     queue: VecDeque<Arc<Stream>>,
-    /// Decoded header bytes of the queued requests (bounded by
+    /// Decoded header bytes of the queued requests, and of trailers that
+    /// came while their stream waited (bounded by
     /// `limits::MAX_PENDING_HEAD_BYTES`).
     head_bytes: usize,
+    /// The trailer bytes in `head_bytes`, by stream id (rare: a short
+    /// list, looked at only when not empty).
+    trailer_bytes: Vec<(i32, usize)>,
     /// Queued tunnels (they start at once, without a slot).
     tunnels: usize,
 }
@@ -305,6 +309,26 @@ impl PendingStreams {
     fn forget(&mut self, stream: &Stream) {
         self.head_bytes -= stream.request.decoded_size();
         self.tunnels -= stream.request.is_tunnel() as usize;
+        if !self.trailer_bytes.is_empty() {
+            if let Some(i) = self.trailer_bytes.iter().position(|&(id, _)| id == stream.id) {
+                self.head_bytes -= self.trailer_bytes.swap_remove(i).1;
+            }
+        }
+    }
+
+    /// Charges the trailers of a stream still waiting for a worker to the
+    /// heads' budget: false when they would pass it. A stream not queued
+    /// (running, or run here) is not charged: its handler takes them.
+    fn charge_trailers(&mut self, stream: &Arc<Stream>, bytes: usize) -> bool {
+        if !self.queue.iter().any(|s| Arc::ptr_eq(s, stream)) {
+            return true;
+        }
+        if self.head_bytes + bytes > limits::MAX_PENDING_HEAD_BYTES {
+            return false;
+        }
+        self.head_bytes += bytes;
+        self.trailer_bytes.push((stream.id, bytes));
+        true
     }
 
     /// Removes and returns the queued tunnels.
@@ -713,9 +737,13 @@ impl<D: Dispatch> Core<D> {
         let Some(builder) = entry.trailers.take() else { return Flow::Continue };
         match builder.finish_trailers() {
             Ok(t) => {
-                if let Some(s) = &entry.stream {
-                    s.end_input(Some(t));
+                let Some(s) = entry.stream.clone() else { return Flow::Continue };
+                // Held until a worker takes the stream: bounded with the
+                // waiting heads (HPACK amplification, as for a head).
+                if !self.pending.charge_trailers(&s, t.byte_len() + 32 * t.len()) {
+                    return Flow::ResetStream(error_code::REFUSED_STREAM);
                 }
+                s.end_input(Some(t));
                 Flow::Continue
             }
             Err(e) => self.refuse(ops, frame.stream_id, e),
@@ -2737,6 +2765,41 @@ pub(crate) mod tests {
         assert_eq!((client.streams[&exact].closed, &client.streams[&exact].body[..]), (Some(0), &[7u8; 4][..]));
     }
 
+    /// Trailers that come while their stream waits for a worker are held
+    /// with the waiting heads and bounded with them (HPACK amplification:
+    /// 64 KiB of trailers each for 100 waiting streams would be ~6 MiB):
+    /// beyond the budget a stream is refused, as a new head would be.
+    #[test]
+    fn trailers_of_waiting_streams_are_bounded_with_their_heads() {
+        let settings = Settings { max_active_streams: 1, ..Settings::default() };
+        let mut p = Pair::new(settings, stall);
+        let value = vec![b'v'; 8000];
+        let ids: Vec<i32> = (0..30)
+            .map(|_| {
+                let id = post_declared(&mut p, "1", vec![7], false);
+                let mut t = Headers::new();
+                for i in 0..7 {
+                    t.push(format!("x-t{i}").as_bytes(), &value);
+                }
+                p.client.handler().upload_trailers.insert(id, t);
+                id
+            })
+            .collect();
+        let refused = |c: &Client| c.streams.values().filter(|s| s.closed == Some(error_code::REFUSED_STREAM)).count();
+        p.pump(|c| refused(c) > 0);
+        for _ in 0..20 {
+            p.pump(|_| true);
+        }
+        // 29 wait (one runs), ~56 KiB of trailers each: about 18 fit.
+        let n = refused(p.client.handler_ref());
+        assert!((5..=15).contains(&n), "{n} refused");
+        let core = p.server.ng.handler_ref();
+        assert!(core.pending.head_bytes <= limits::MAX_PENDING_HEAD_BYTES, "{}", core.pending.head_bytes);
+        for id in ids {
+            p.client.ops().submit_rst_stream(id, error_code::CANCEL).unwrap();
+        }
+    }
+
     /// Streams reset for a body that breaks its content-length are charged
     /// to the bad-request budget as malformed heads are (MadeYouReset): a
     /// client making them at will is ended with ENHANCE_YOUR_CALM. Once per
@@ -2968,5 +3031,22 @@ mod pending_tests {
         assert_eq!((pending.len(), pending.tunnels), (2, 0));
         let order: Vec<i32> = std::iter::from_fn(|| pending.pop_next()).map(|s| s.id).collect();
         assert_eq!(order, [7, 1]);
+    }
+
+    #[test]
+    fn trailers_are_charged_while_their_stream_waits_and_released_with_it() {
+        let mut pending = PendingStreams::default();
+        let (waiting, running) = (stream(1, 3, false), stream(3, 3, false));
+        pending.push(waiting.clone());
+        let head = pending.head_bytes;
+        // A stream not in the queue is not charged.
+        assert!(pending.charge_trailers(&running, 1000));
+        assert_eq!(pending.head_bytes, head);
+        assert!(pending.charge_trailers(&waiting, 1000));
+        assert_eq!(pending.head_bytes, head + 1000);
+        assert!(!pending.charge_trailers(&waiting, limits::MAX_PENDING_HEAD_BYTES));
+        assert_eq!(pending.head_bytes, head + 1000);
+        assert_eq!(pending.pop_next().map(|s| s.id), Some(1));
+        assert_eq!((pending.head_bytes, pending.trailer_bytes.len()), (0, 0));
     }
 }
