@@ -426,6 +426,10 @@ pub struct Core<D: Dispatch> {
     /// none); nghttp2 does not call `begin_frame` for the rest of a block
     /// it ignores (`Session::head_in_progress` asks the entry too).
     header_block: i32,
+    /// The stream the client's RST_STREAM being processed resets (0:
+    /// none): its close (`stream_close`, which follows) is the client's
+    /// doing, whatever the code; our own resets close with their codes too.
+    peer_reset: i32,
     /// Streams reset for their requests, and why, until c1 logged them.
     notes: Vec<(i32, &'static str)>,
     /// The client showed it knows RFC 9218 (a `priority` field, a
@@ -905,7 +909,7 @@ impl<D: Dispatch> Core<D> {
 
     /// The stream is gone from nghttp2: abort its worker, retire it if the
     /// worker is done.
-    fn close_entry(&mut self, id: i32, code: u32) {
+    fn close_entry(&mut self, id: i32, code: u32, by_peer: bool) {
         let Some(entry) = self.entries.get_mut(&id) else { return };
         // Closed again (the connection ends, `abort_all`, while the worker
         // of a stream nghttp2 closed still runs): the first close said how
@@ -931,7 +935,7 @@ impl<D: Dispatch> Core<D> {
         let outcome = entry.outcome();
         if complete {
             self.be_happy();
-        } else if code != error_code::NO_ERROR && !closing.worker_done {
+        } else if by_peer && !closing.worker_done {
             self.be_annoyed();
         }
         if let Some(r) = closing.retire {
@@ -954,6 +958,12 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         let continues =
             matches!(frame.kind, frame_type::HEADERS | frame_type::CONTINUATION) && !frame.has(ng::flags::END_HEADERS);
         self.header_block = if continues { frame.stream_id } else { 0 };
+        if frame.kind == frame_type::RST_STREAM {
+            // Every one the client sends, whatever its code (as the stock
+            // module counts them for h2status).
+            self.stats.streams_reset_by_peer += 1;
+            self.peer_reset = frame.stream_id;
+        }
         // Flood budgets (limits.rs): rapid reset, PING/SETTINGS floods.
         let within = match frame.kind {
             // Only a reset of an open stream cancels work; resets of
@@ -1134,10 +1144,8 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     }
 
     fn stream_close(&mut self, _ops: &mut Ops<'_>, stream_id: i32, error_code: u32) -> Flow {
-        if error_code != error_code::NO_ERROR {
-            self.stats.streams_reset_by_peer += 1;
-        }
-        self.close_entry(stream_id, error_code);
+        let by_peer = std::mem::take(&mut self.peer_reset) == stream_id;
+        self.close_entry(stream_id, error_code, by_peer);
         Flow::Continue
     }
 
@@ -1299,6 +1307,7 @@ impl<D: Dispatch> Session<D> {
             calmed: false,
             calm_reason: None,
             header_block: 0,
+            peer_reset: 0,
             notes: Vec::new(),
             rfc9218_client: false,
             peer_window_closed: false,
@@ -1643,7 +1652,7 @@ impl<D: Dispatch> Session<D> {
         core.run_here.clear();
         let ids: Vec<i32> = core.entries.keys().copied().collect();
         for id in ids {
-            core.close_entry(id, error_code::CANCEL);
+            core.close_entry(id, error_code::CANCEL, false);
         }
     }
 
@@ -2850,6 +2859,45 @@ pub(crate) mod tests {
         let next = p.get("/after");
         p.pump(closed(vec![next]));
         assert_eq!(p.client.handler_ref().streams[&next].closed, Some(error_code::NO_ERROR));
+    }
+
+    /// Our own resets of running streams (a refusal, here while its
+    /// handler still runs) are not the client's: they neither count as
+    /// its resets (h2status) nor cost it workers. A client's RST_STREAM
+    /// does both, NO_ERROR included.
+    #[test]
+    fn only_the_clients_resets_count_as_its_resets() {
+        fn refuse_or_stall(stream: Arc<Stream>) {
+            match stream.request.path.as_deref() {
+                Some(b"/refuse") => {
+                    stream.refuse(error_code::HTTP_1_1_REQUIRED).unwrap();
+                    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                    while !stream.is_aborted() && std::time::Instant::now() < deadline {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                Some(b"/stall") => stall(stream),
+                _ => echo(stream),
+            }
+        }
+        let settings = Settings { max_active_streams: 40, ..Settings::default() };
+        let mut p = Pair::new(settings, refuse_or_stall);
+        let ids: Vec<i32> = (0..60).map(|_| p.get("/f?n=10")).collect();
+        p.pump(closed(ids));
+        assert_eq!(p.server.ng.handler_ref().active_limit, 40);
+        let refused = p.get("/refuse");
+        p.pump(closed(vec![refused]));
+        assert_eq!(p.client.handler_ref().streams[&refused].closed, Some(error_code::HTTP_1_1_REQUIRED));
+        assert_eq!(p.server.stats().streams_reset_by_peer, 0);
+        assert_eq!(p.server.ng.handler_ref().active_limit, 40);
+        let stalled = p.get("/stall");
+        p.pump(|_| true);
+        p.pump(|_| true);
+        p.client.ops().submit_rst_stream(stalled, error_code::NO_ERROR).unwrap();
+        p.pump(|_| true);
+        p.pump(|_| true);
+        assert_eq!(p.server.stats().streams_reset_by_peer, 1);
+        assert_eq!(p.server.ng.handler_ref().active_limit, 16);
     }
 
     #[test]
