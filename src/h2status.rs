@@ -79,7 +79,9 @@ impl SessionReport {
         out.push_str("  \"peerSettings\": {\n");
         for (i, ((_, name), value)) in PEER_SETTINGS.iter().zip(self.peer_settings).enumerate() {
             let comma = if i + 1 < PEER_SETTINGS.len() { "," } else { "" };
-            writeln!(out, "    \"{name}\": {value}{comma}")?;
+            // Signed, as the stock module prints them (`%d`): a setting
+            // the client left unlimited reads -1, which scripts test for.
+            writeln!(out, "    \"{name}\": {}{comma}", value as i32)?;
         }
         out.push_str("  },\n");
         writeln!(out, "  \"connFlowIn\": {},", self.conn_flow_in)?;
@@ -181,7 +183,7 @@ mod tests {
     "SETTINGS_INITIAL_WINDOW_SIZE": 65535,
     "SETTINGS_ENABLE_PUSH": 0,
     "SETTINGS_HEADER_TABLE_SIZE": 4096,
-    "SETTINGS_MAX_HEADER_LIST_SIZE": 4294967295
+    "SETTINGS_MAX_HEADER_LIST_SIZE": -1
   },
   "connFlowIn": 1048576,
   "connFlowOut": 65535,
