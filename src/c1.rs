@@ -896,8 +896,8 @@ pub unsafe fn tls_acceptable(c: *mut ffi::conn_rec, s: *mut ffi::server_rec, req
                 Some(CStr::from_ptr(v).to_string_lossy().into_owned())
             }
         };
-        let (protocol, cipher) = (var(c"SSL_PROTOCOL"), var(c"SSL_CIPHER"));
-        crate::negotiation::tls_acceptable(protocol.as_deref(), cipher.as_deref(), require_all)
+        let (protocol, cipher, compression) = (var(c"SSL_PROTOCOL"), var(c"SSL_CIPHER"), var(c"SSL_COMPRESS_METHOD"));
+        crate::negotiation::tls_acceptable(protocol.as_deref(), cipher.as_deref(), compression.as_deref(), require_all)
     }
 }
 

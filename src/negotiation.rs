@@ -10,12 +10,22 @@ use crate::request::{is_connection_specific, HeaderError, Limits, RequestBuilder
 /// later (RFC 9113 9.2); the cipher is checked on TLS 1.2 only, as the
 /// stock module does: every TLS 1.3 suite is an AEAD with ephemeral keys,
 /// whatever the TLS library calls it (LibreSSL: "AEAD-AES256-GCM-SHA384").
-pub fn tls_acceptable(protocol: Option<&str>, cipher: Option<&str>, require_all: bool) -> bool {
+/// TLS 1.2 must not compress either (RFC 9113 9.2.1: CRIME): mod_ssl's
+/// SSL_COMPRESS_METHOD is "NULL" without compression (TLS 1.3 has none).
+pub fn tls_acceptable(
+    protocol: Option<&str>,
+    cipher: Option<&str>,
+    compression: Option<&str>,
+    require_all: bool,
+) -> bool {
     match protocol {
         Some("TLSv1.3") => return true,
         Some(p) if !tls_version_acceptable(p) => return false,
         None if require_all => return false,
         _ => {}
+    }
+    if compression.is_some_and(|m| m != "NULL") {
+        return false;
     }
     match cipher {
         Some(cipher) => cipher_acceptable(cipher),
@@ -160,14 +170,19 @@ mod tests {
             assert!(!cipher_acceptable(bad), "{bad}");
         }
         // TLS 1.3: whatever the suite's name; TLS 1.2: the cipher decides.
-        assert!(tls_acceptable(Some("TLSv1.3"), Some("AEAD-AES256-GCM-SHA384"), true));
-        assert!(tls_acceptable(Some("TLSv1.3"), Some("SOME-FUTURE-NAME"), true));
-        assert!(!tls_acceptable(Some("TLSv1.2"), Some("AES128-SHA"), true));
-        assert!(tls_acceptable(Some("TLSv1.2"), Some("ECDHE-RSA-AES128-GCM-SHA256"), true));
-        assert!(!tls_acceptable(Some("TLSv1.1"), Some("ECDHE-RSA-AES128-GCM-SHA256"), false));
+        assert!(tls_acceptable(Some("TLSv1.3"), Some("AEAD-AES256-GCM-SHA384"), None, true));
+        assert!(tls_acceptable(Some("TLSv1.3"), Some("SOME-FUTURE-NAME"), None, true));
+        assert!(!tls_acceptable(Some("TLSv1.2"), Some("AES128-SHA"), None, true));
+        assert!(tls_acceptable(Some("TLSv1.2"), Some("ECDHE-RSA-AES128-GCM-SHA256"), None, true));
+        assert!(!tls_acceptable(Some("TLSv1.1"), Some("ECDHE-RSA-AES128-GCM-SHA256"), None, false));
         // Unknown yet (during ALPN): only `require_all` refuses.
-        assert!(tls_acceptable(None, None, false) && !tls_acceptable(None, None, true));
-        assert!(!tls_acceptable(Some("TLSv1.2"), None, true));
+        assert!(tls_acceptable(None, None, None, false) && !tls_acceptable(None, None, None, true));
+        assert!(!tls_acceptable(Some("TLSv1.2"), None, None, true));
+        // RFC 9113 9.2.1: TLS 1.2 with compression is refused.
+        let good = Some("ECDHE-RSA-AES128-GCM-SHA256");
+        assert!(tls_acceptable(Some("TLSv1.2"), good, Some("NULL"), true));
+        assert!(!tls_acceptable(Some("TLSv1.2"), good, Some("ZLIB"), true));
+        assert!(!tls_acceptable(None, good, Some("DEFLATE"), false));
     }
 
     #[test]
