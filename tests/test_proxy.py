@@ -1817,7 +1817,8 @@ def test_ping_checks_a_silent_backend_connection_before_using_it(workdir, docroo
     """mod_proxy's `ping`: a connection the backend has been silent on for
     longer than it is checked with a PING before a request goes on it; a
     connection that died without a word is closed and the request goes on
-    a new one (200), where without `ping` it waits for its timeout (504).
+    a new one (200), where without `ping` it waits for its timeout (504),
+    after which the connection takes no new requests.
     A new connection must bring the backend's SETTINGS within `ping`: a
     server that accepts and says nothing gets 503 then, not after the
     timeout."""
@@ -1853,9 +1854,14 @@ ProxyPass /mute/ h2c://127.0.0.1:{mute_port}/ ping=500ms timeout=20
         assert all(c.streams[s].status == 200 for s in sids)
         c.close()
         # Without ping, a frozen connection holds the request until its
-        # timeout.
+        # timeout; having heard nothing on it for as long, the proxy puts
+        # no new request on it: the next goes on a new connection.
         code, _ = split(get(srv, "/plain/delay?s=0", "--max-time", "15"))
         assert code == 504, srv.read_error_log()[-3000:]
+        assert "nothing received on the connection for 2s (ProxyTimeout), no new requests on it" in srv.read_error_log()
+        t0 = time.monotonic()
+        code, _ = split(get(srv, "/plain/delay?s=0", "--max-time", "15"))
+        assert code == 200 and time.monotonic() - t0 < 1.5, srv.read_error_log()[-3000:]
         t0 = time.monotonic()
         code, _ = split(get(srv, "/mute/x", "--max-time", "15"))
         assert code == 503 and time.monotonic() - t0 < 10

@@ -497,6 +497,14 @@ struct Conn {
     /// A PING sent to check the connection is alive before requests go on
     /// it (the worker's `ping`), and how long the backend has to answer.
     ping_sent: Option<(Instant, Duration)>,
+    /// No new streams: a stream timed out while the backend sent nothing
+    /// on the connection for as long (a backend host gone, a partition:
+    /// no RST comes, and new requests would time out on it one after
+    /// another). Closed once its streams end; new requests open another,
+    /// whose connect fails fast if the backend is gone (503, balancer
+    /// failover), as the stock module gives up a session after a read
+    /// timeout.
+    draining: bool,
 }
 
 /// A backend connection's socket.
@@ -706,6 +714,7 @@ impl Conn {
             step_since: Instant::now(),
             last_heard: Instant::now(),
             ping_sent: None,
+            draining: false,
         })
     }
 
@@ -763,7 +772,11 @@ impl Conn {
     /// the protocol refuses every new stream, and requests given to it
     /// failed with 502 for as long as the load kept it from going idle).
     fn open_for(&mut self, key: &str) -> bool {
-        !self.single_use && self.key == key && self.dead.is_none() && self.session.ops().request_allowed()
+        !self.single_use
+            && !self.draining
+            && self.key == key
+            && self.dead.is_none()
+            && self.session.ops().request_allowed()
     }
 
     /// Has room for another stream within the backend's limit. Before the
@@ -1328,6 +1341,8 @@ impl LoopState {
                 conn.dead = Some("the server is stopping".into());
             }
             let backend = conn.session.handler_ref().backend.clone();
+            let silent_for = now.duration_since(conn.last_heard);
+            let mut silent_timeout = None;
             let (h, mut ops) = conn.session.split();
             for (&id, bs) in h.streams.iter_mut() {
                 if bs.reset_sent {
@@ -1377,15 +1392,28 @@ impl LoopState {
                             bs.task.spec.timeout
                         ));
                     }
+                    if silent_for >= bs.task.spec.timeout {
+                        silent_timeout = Some(bs.task.spec.timeout);
+                    }
                     bs.task.fail(504);
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);
                 }
             }
+            if let Some(timeout) = silent_timeout.filter(|_| !conn.draining) {
+                log_error(&format!(
+                    "backend {backend}: nothing received on the connection for {timeout:?} (ProxyTimeout), no new requests on it"
+                ));
+                conn.draining = true;
+            }
             if conn.dead.is_none() {
                 if h.streams.is_empty() && conn.waiting.is_empty() {
                     let done = !ops.want_read() && !ops.want_write();
-                    if done || h.goaway.is_some() || now.duration_since(conn.idle_since) > conn.idle_limit {
+                    if done
+                        || conn.draining
+                        || h.goaway.is_some()
+                        || now.duration_since(conn.idle_since) > conn.idle_limit
+                    {
                         conn.dead = Some(String::new());
                     }
                 } else {
