@@ -17,6 +17,8 @@ Paths (query parameters after ?):
   /reset-mid          -> 200, 10000 bytes, then RST_STREAM(INTERNAL_ERROR)
   /goaway?t=TOKEN     -> first time per token: GOAWAY(last stream = 0), close
                          (the request was not processed); then 200 "retried"
+  /die?t=TOKEN&s=1    -> first time per token: after s seconds the connection
+                         ends without GOAWAY; then 200 "retried"
   /goaway-after       -> 200 "bye" and GOAWAY(last stream = this one): later
                          requests must use a new connection
   /big?n=BYTES        -> n bytes (pattern), flow-controlled
@@ -178,6 +180,17 @@ class Conn:
                     await asyncio.sleep(0.2)
                     self.closed = True
                     self.writer.close()
+                    return
+                await self.respond(sid, 200, f"retried conn={self.number}\n".encode())
+            elif route == "/die":
+                # After s seconds, the first time per token: the connection
+                # ends at once, without GOAWAY (a backend process killed).
+                await asyncio.sleep(float(q.get("s", "1")))
+                token = q.get("t", "")
+                if token not in SEEN_TOKENS:
+                    SEEN_TOKENS.add(token)
+                    self.closed = True
+                    self.writer.transport.abort()
                     return
                 await self.respond(sid, 200, f"retried conn={self.number}\n".encode())
             elif route == "/protocol-error":

@@ -1873,6 +1873,30 @@ ProxyPass /mute/ h2c://127.0.0.1:{mute_port}/ ping=500ms timeout=20
     srv.check_log()
 
 
+def test_requests_never_sent_are_retried_when_the_connection_dies_without_goaway(make_server):
+    """A request nghttp2 held behind the backend's stream limit (one
+    stream per connection, `max=1`: one connection) never reached the
+    backend: when the connection dies without a GOAWAY, it goes on a new
+    one whatever its method (RFC 9113 8.7), here a POST; before, it was
+    answered 502. The GET that was sent is retried as idempotent."""
+    port, proc = spawn_backend("h2backend.py", 1)
+    try:
+        srv = make_server(extra=f"""{PROXY_MODULES}
+ProxyPass /one/ h2c://127.0.0.1:{port}/ max=1 timeout=20""").start()
+        c = H2Client(srv.port)
+        dying = c.request("/one/die?t=unsent&s=1")
+        time.sleep(0.3)
+        post = c.request("/one/echo", method="POST", body=b"x" * 100,
+                         headers=[("content-length", "100")])
+        st = c.wait_stream(post)
+        assert st.status == 200 and bytes(st.data).startswith(b"length=100 "), (st.status, bytes(st.data))
+        st = c.wait_stream(dying)
+        assert st.status == 200 and bytes(st.data).startswith(b"retried"), (st.status, bytes(st.data))
+        c.close()
+    finally:
+        proc.kill()
+
+
 def test_a_request_waiting_for_its_backend_connection_ends_when_its_client_resets_it(make_server):
     """A proxied request whose backend connection is not up yet (here the
     backend accepts and never sends its SETTINGS) ends as soon as its

@@ -406,7 +406,10 @@ impl Handler for Backend {
         if bs.ended || task.is_finished() {
             return Flow::Continue;
         }
-        let unprocessed = code == error_code::REFUSED_STREAM || self.goaway.is_some_and(|last| stream_id > last);
+        // Its request never went out, or the backend says it did not
+        // process it (RFC 9113 8.7): any method may be sent again.
+        let unprocessed =
+            !bs.sent || code == error_code::REFUSED_STREAM || self.goaway.is_some_and(|last| stream_id > last);
         if unprocessed && retryable(&task, true) {
             self.retry.push(task);
             return Flow::Continue;
@@ -1433,6 +1436,9 @@ impl LoopState {
     /// to retry.
     fn reap(&mut self, stopping: bool) {
         let mut retry = Vec::new();
+        // Requests that never reached a stream: another connection takes
+        // them without spending their one retry.
+        let mut unsent = Vec::new();
         for conn in &mut self.conns {
             retry.append(&mut conn.session.handler().retry);
         }
@@ -1456,7 +1462,7 @@ impl LoopState {
                 if stopping || conn.connecting.is_some() || !conn.settings_seen() {
                     fail_unavailable(&task, &reason);
                 } else {
-                    retry.push(task);
+                    unsent.push(task);
                 }
             }
             let h = conn.session.handler();
@@ -1466,7 +1472,10 @@ impl LoopState {
                 if bs.ended || task.is_finished() {
                     continue;
                 }
-                let unprocessed = goaway.is_some_and(|last| id > last);
+                // Never sent (nghttp2 held it behind the backend's
+                // stream limit), or above the backend's GOAWAY: not
+                // processed (RFC 9113 8.7), whatever its method.
+                let unprocessed = !bs.sent || goaway.is_some_and(|last| id > last);
                 if !stopping && retryable(&task, unprocessed) {
                     retry.push(task);
                     continue;
@@ -1482,11 +1491,14 @@ impl LoopState {
             // What `read` held back: tasks whose streams ended well.
             h.publish();
         }
-        for task in retry {
+        let retried = retry.into_iter().map(|t| (t, true));
+        for (task, spends_retry) in retried.chain(unsent.into_iter().map(|t| (t, false))) {
             if task.is_cancelled() {
                 continue;
             }
-            task.engine.lock().retried = true;
+            if spends_retry {
+                task.engine.lock().retried = true;
+            }
             if stopping {
                 task.fail(503);
             } else {
