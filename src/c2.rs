@@ -200,6 +200,13 @@ pub struct C2Ctx {
     /// The response's EOS went through `net_out`: anything after it is
     /// dropped (see there).
     output_ended: bool,
+    /// The body bytes the Content-Length sent with the head still
+    /// promises (None: no length, or a response without a body). A body
+    /// that runs past it or ends short of it is cut (`net_out`): on
+    /// HTTP/1.1 the client sees the connection end short of the length;
+    /// an END_STREAM would hand it a malformed response (RFC 9113 8.1.1)
+    /// that a cache not checking may keep as whole.
+    body_left: Option<u64>,
     /// The request panicked (`request_panicked`): `C2::run` treats it as
     /// a run that panicked.
     panicked: Option<String>,
@@ -238,6 +245,7 @@ impl C2Ctx {
             head_refused: false,
             response_cut: false,
             output_ended: false,
+            body_left: None,
             panicked: None,
             session: 0,
         }
@@ -267,12 +275,33 @@ impl C2Ctx {
         self.head_refused = false;
         self.response_cut = false;
         self.output_ended = false;
+        self.body_left = None;
         self.panicked = None;
     }
 
     /// When a blocking body read must give up (RequestReadTimeout's body
     /// stage), starting the clock at the request's first body read. Requests
     /// without a body and tunnels (WebSockets, CONNECT) have no limit.
+    /// Counts `n` body bytes against the Content-Length sent: false when
+    /// they run past it (the caller cuts the response).
+    fn body_within_length(&mut self, n: u64) -> bool {
+        match self.body_left {
+            Some(left) if n > left => false,
+            Some(left) => {
+                self.body_left = Some(left - n);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The response is not sent whole: its EOS does not end the stream,
+    /// what follows is dropped, and c1 resets the stream.
+    fn cut_response(&mut self) {
+        self.response_cut = true;
+        self.discard_output = true;
+    }
+
     fn body_deadline(&mut self, stream: &Stream) -> Option<Instant> {
         let request = self.request;
         let clock = self.body_clock.get_or_insert_with(|| {
@@ -1240,6 +1269,15 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             if !ctx.response_set {
                 flush_interim(ctx, &stream);
             }
+            if let Some(left) = ctx.body_left.filter(|&left| left > 0 && !ctx.response_cut) {
+                crate::clog!(
+                    c,
+                    crate::log::Level::Info,
+                    "h2rs: stream {}: the response body ended {left} bytes short of its Content-Length, resetting the stream",
+                    stream.id
+                );
+                ctx.cut_response();
+            }
             if !ctx.response_cut {
                 stream.end_output(ctx.trailers.take());
             }
@@ -1264,6 +1302,11 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
         // munmap it when done, costing TLB shootdowns on every response.
         if ctx.response_set {
             if let Some(region) = b.file_region() {
+                if !ctx.body_within_length(region.len as u64) {
+                    body_past_length(c, ctx, &stream);
+                    b.delete();
+                    continue;
+                }
                 let result = copy_file_region(&stream, &mut ctx.file_buf, region);
                 b.delete();
                 if let Err(rv) = result {
@@ -1292,6 +1335,11 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
                 return rv;
             }
         };
+        if ctx.response_set && !ctx.body_within_length(data.len() as u64) {
+            body_past_length(c, ctx, &stream);
+            b.delete();
+            continue;
+        }
         let result = if ctx.response_set { stream.write_output(data) } else { interim_text(c, ctx, &stream, data) };
         unflushed = true;
         b.delete();
@@ -1576,11 +1624,14 @@ unsafe fn start_response(
         }
         match built {
             Some(head) if head.status >= 200 => {
+                let has_body = (*r).header_only == 0 && !response::status_is_header_only(head.status as c_int);
+                let declared = head.headers.get(b"content-length").and_then(crate::text::parse_decimal);
                 if let Err(e) = stream.set_response(head) {
                     brigade.cleanup();
                     (*c).aborted = 1;
                     return Some(stream_error_status(e));
                 }
+                ctx.body_left = declared.filter(|_| has_body);
             }
             refused => {
                 // An interim status cannot end a stream (RFC 9113 8.1: DATA
@@ -1596,7 +1647,13 @@ unsafe fn start_response(
                         "h2rs: a response header field contains invalid characters, answering 500"
                     },
                 );
-                brigade.cleanup();
+                if ctx.head_refused {
+                    // The error response's own head: its EOS must pass
+                    // (the bare 500 below ends the stream with it).
+                    response::drop_body(brigade);
+                } else {
+                    brigade.cleanup();
+                }
                 // As HTTP/1.1's header filter does (check_headers): none
                 // of the refused head goes into the error response.
                 for table in [(*r).headers_out, (*r).err_headers_out] {
@@ -1702,6 +1759,18 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
         }
         ffi::ap_pass_brigade(next, bb)
     }
+}
+
+/// A body ran past its Content-Length (a CGI's or a backend's length
+/// that does not match what it writes): the response is cut.
+fn body_past_length(c: *mut ffi::conn_rec, ctx: &mut C2Ctx, stream: &Stream) {
+    crate::clog!(
+        c,
+        crate::log::Level::Info,
+        "h2rs: stream {}: the response body runs past its Content-Length, resetting the stream",
+        stream.id
+    );
+    ctx.cut_response();
 }
 
 /// Whether output of `r` after the head `head_of` is httpd's error response

@@ -16,6 +16,18 @@ pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// A decimal number of digits only (a Content-Length), None for anything
+/// else or a number beyond u64.
+pub fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|&d| d < 10)?;
+        n.checked_mul(10)?.checked_add(digit as u64)
+    })
+}
+
 /// `n` in decimal, written at the end of `buf`.
 pub fn signed_decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
     let len = decimal(n.unsigned_abs(), buf).len();
@@ -153,6 +165,16 @@ impl std::fmt::Debug for ShortBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_parse_as_content_lengths() {
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(parse_decimal(b"100000"), Some(100_000));
+        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [&b""[..], b"18446744073709551616", b"-1", b"1 ", b"1,1", b"0x10"] {
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn short_bytes_stay_inline_and_long_ones_go_to_the_heap() {

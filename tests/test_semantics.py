@@ -73,6 +73,9 @@ CustomLog "{workdir}/srv-sem/numbered.log" numbered
 <Location /cut>
   SetHandler h2rs-cut
 </Location>
+<Location /length>
+  SetHandler h2rs-length
+</Location>
 <Location /connid>
   SetHandler h2rs-connid
 </Location>
@@ -1489,6 +1492,40 @@ def test_a_final_status_http2_cannot_send_is_answered_500(srv, docroot, cgi_stat
         assert "interim (1xx) status" in srv.read_error_log()
     else:
         assert bytes(st.data) == b"body"
+    assert c.wait_stream(c.request("/index.html")).status == 200
+    c.close()
+
+
+@pytest.mark.parametrize("declared", [100000, 1000])
+def test_a_body_that_does_not_match_its_content_length_is_reset(srv, declared):
+    """A handler whose Content-Length (sent with the head before the body
+    ends) does not match what it writes, short of it or past it: the
+    stream is reset (INTERNAL_ERROR), never ended as if whole (RFC 9113
+    8.1.1: malformed; HTTP/1.1's client sees the connection end short of
+    the length). A body that matches its length ends as usual."""
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request(f"/length?{declared}"))
+    assert st.reset == h2.errors.ErrorCodes.INTERNAL_ERROR and not st.ended, (st.status, st.reset, len(st.data))
+    assert st.header("content-length") == str(declared)
+    assert len(st.data) <= declared
+    ok = c.wait_stream(c.request("/length?50000"))
+    assert (ok.status, ok.reset, len(ok.data)) == (200, None, 50000)
+    c.close()
+
+
+def test_a_bad_field_in_the_error_response_too_gets_a_bare_500(make_server):
+    """A field httpd refuses (a CR, from the decoded path) set on every
+    response, the error page's too: HTTP/1.1 answers a bare 500
+    (check_headers_recursion); so does HTTP/2, a complete response, not a
+    head and a reset."""
+    srv = make_server(extra='Header always set X-Path "expr=%{REQUEST_URI}"').start()
+    h1 = curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/a%0db"))
+    assert h1.stdout == b"500"
+    c = H2Client(srv.port)
+    st = c.wait_stream(c.request("/a%0db"))
+    assert (st.status, st.reset) == (500, None), (st.status, st.reset, st.headers)
+    assert b"x-path" not in dict(st.headers)
+    # The connection goes on.
     assert c.wait_stream(c.request("/index.html")).status == 200
     c.close()
 

@@ -190,6 +190,26 @@ static int fail_late_handler(request_rec *r)
     return HTTP_INTERNAL_SERVER_ERROR;
 }
 
+/* h2rs-length?N: Content-Length N, then 30000 bytes, flushed (the head
+ * goes out with that length), and 300 ms later 20000 more: a handler whose
+ * length does not match its body unless N is 50000. */
+static int length_handler(request_rec *r)
+{
+    static const char zeros[10000];
+    int i;
+    ap_set_content_type(r, "application/octet-stream");
+    apr_table_setn(r->headers_out, "Content-Length", r->args ? r->args : "0");
+    for (i = 0; i < 3; ++i) {
+        ap_rwrite(zeros, sizeof(zeros), r);
+    }
+    ap_rflush(r);
+    apr_sleep(apr_time_from_msec(300));
+    for (i = 0; i < 2; ++i) {
+        ap_rwrite(zeros, sizeof(zeros), r);
+    }
+    return OK;
+}
+
 /* h2rs-connid: the request's connection's id (c->id), which mod_cgid's
  * daemon finds a request's script by. */
 static int connid_handler(request_rec *r)
@@ -227,6 +247,9 @@ static int test_handler(request_rec *r)
     }
     if (!strcmp(r->handler, "h2rs-connid")) {
         return connid_handler(r);
+    }
+    if (!strcmp(r->handler, "h2rs-length")) {
+        return length_handler(r);
     }
     return DECLINED;
 }
