@@ -175,8 +175,9 @@ pub struct C2Ctx {
     /// A tunnel ran on this connection: handlers changed its filters (mod_proxy
     /// removes some for tunnelling), so it is not reused.
     tunneled: bool,
-    /// The handler's answer to a tunnel request was refused (see
-    /// `websocket::judge`): its body goes nowhere.
+    /// The handler's output goes nowhere: its answer to a tunnel request
+    /// was refused (see `websocket::judge`), or the response was cut
+    /// (`cut_response`).
     discard_output: bool,
     /// "h2" or "h2c".
     pub protocol: &'static CStr,
@@ -1214,8 +1215,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
         // client would take the part it got as the whole. The core output
         // filter drops everything once its connection is aborted; here,
         // as for an error bucket after the head, c1 resets the stream.
-        ctx.response_cut = true;
-        ctx.discard_output = true;
+        ctx.cut_response();
     }
     // Body bytes queued since the last FLUSH of this pass.
     let mut unflushed = false;
@@ -1260,8 +1260,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
                 stream.id,
                 b.error_status()
             );
-            ctx.response_cut = true;
-            ctx.discard_output = true;
+            ctx.cut_response();
             b.delete();
             continue;
         }
@@ -1748,8 +1747,7 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
                 stream.id,
                 (*r).status
             );
-            ctx.response_cut = true;
-            ctx.discard_output = true;
+            ctx.cut_response();
         }
         if (*r).header_only != 0 || response::status_is_header_only((*r).status) {
             response::drop_body(brigade);
