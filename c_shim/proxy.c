@@ -109,6 +109,34 @@ void h2rs_shim_proxy_count_traffic(void *w, apr_off_t sent, apr_off_t received)
     }
 }
 
+/* As ap_proxy_acquire_connection's check (proxy_util.c, 2.4.68): a worker
+ * in error state is retried once its `retry` passed (ap_proxy_retry_worker,
+ * static there); 1 when usable, else the warning AH00940 logs and 0. */
+int h2rs_shim_proxy_worker_usable(void *w, request_rec *r)
+{
+    proxy_worker *worker = w;
+    if (!worker->s || PROXY_WORKER_IS_USABLE(worker)) {
+        return 1;
+    }
+    if ((worker->s->status & PROXY_WORKER_IN_ERROR)
+        && !PROXY_WORKER_IS(worker, PROXY_WORKER_STOPPED)
+        && ((worker->s->status & PROXY_WORKER_IGNORE_ERRORS)
+            || apr_time_now() > worker->s->error_time + worker->s->retry)) {
+        ++worker->s->retries;
+        worker->s->status &= ~PROXY_WORKER_IN_ERROR;
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      "HTTP/2: worker for (%s:%d) has been marked for retry",
+                      worker->s->hostname_ex, (int)worker->s->port);
+    }
+    if (PROXY_WORKER_IS_USABLE(worker)) {
+        return 1;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                  "HTTP/2: disabled connection for (%s:%d)",
+                  worker->s->hostname_ex, (int)worker->s->port);
+    return 0;
+}
+
 /* As proxy_balancer_post_request (mod_proxy_balancer.c, 2.4.68), with its
  * log lines. */
 void h2rs_shim_proxy_balancer_checks(void *w, request_rec *r)

@@ -154,6 +154,9 @@ void h2rs_shim_proxy_count_traffic(void *worker, apr_off_t sent, apr_off_t recei
  * for a request that ended after mod_proxy ran them: a suspended one,
  * whose status was not final then. */
 void h2rs_shim_proxy_balancer_checks(void *worker, request_rec *r);
+/* mod_proxy's worker states (status=, retry=): 1 when the worker may be
+ * used now. */
+int h2rs_shim_proxy_worker_usable(void *worker, request_rec *r);
 
 /* What the scheme handler needs from mod_proxy's configuration. */
 typedef struct {

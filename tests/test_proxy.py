@@ -1873,6 +1873,24 @@ ProxyPass /mute/ h2c://127.0.0.1:{mute_port}/ ping=500ms timeout=20
     srv.check_log()
 
 
+def test_a_worker_an_admin_disabled_answers_503(make_server, backends):
+    """mod_proxy's worker states: a worker disabled (`status=+D`) or
+    stopped (`+S`) answers 503 without a connect, as mod_proxy's
+    connection pool does (AH00940); one in error state (`+E`) is tried
+    again once its `retry` passed (at once for a worker outside a
+    balancer: mod_proxy has those ignore errors). The states were
+    ignored: every request went to the backend."""
+    srv = make_server(extra=f"""{PROXY_MODULES}
+ProxyPass /off/ h2c://127.0.0.1:{backends[0]}/ status=+D
+ProxyPass /stopped/ h2c://localhost:{backends[0]}/ status=+S
+ProxyPass /erred/ h2c://127.0.0.1:{backends[1]}/ status=+E
+""").start()
+    assert split(get(srv, "/off/delay?s=0"))[0] == 503
+    assert split(get(srv, "/stopped/delay?s=0"))[0] == 503
+    assert f"disabled connection for (127.0.0.1:{backends[0]})" in srv.read_error_log()
+    assert split(get(srv, "/erred/delay?s=0"))[0] == 200
+
+
 def test_requests_never_sent_are_retried_when_the_connection_dies_without_goaway(make_server):
     """A request nghttp2 held behind the backend's stream limit (one
     stream per connection, `max=1`: one connection) never reached the

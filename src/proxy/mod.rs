@@ -550,6 +550,15 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             crate::log::request(r, Level::Error, "h2rs proxy: the proxy engine is not running");
             return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
         };
+        // A worker an admin disabled or stopped (`status=`, the balancer
+        // manager), or in error state until its `retry` passed: 503
+        // without a connect, as mod_proxy's connection pool answers
+        // (AH00940). (A connect that fails puts no worker in error state
+        // here: mod_proxy does for a balancer's member when the handler
+        // answers 503, and other workers ignore errors.)
+        if !worker.is_null() && ffi::h2rs_shim_proxy_worker_usable(worker, r) == 0 {
+            return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
+        }
         let mut params = ffi::h2rs_proxy_params {
             preserve_host: 0,
             add_forwarded: 1,
