@@ -1891,6 +1891,29 @@ ProxyPass /erred/ h2c://127.0.0.1:{backends[1]}/ status=+E
     assert split(get(srv, "/erred/delay?s=0"))[0] == 200
 
 
+def test_a_panic_in_the_proxy_loop_fails_its_requests_and_the_loop_goes_on(make_server, backends):
+    """A panic in a proxy engine loop (fault injection) loses the loop's
+    state: the requests it held fail at once (502), one in flight on the
+    backend included, and the loop starts again: the next requests are
+    served. Before, the loop stayed dead: its requests, and every later
+    one for its backends, waited for ever, each holding a worker."""
+    srv = make_server(env={"H2RS_FAULT_INJECTION": "1"}, extra=f"""{PROXY_MODULES}
+ProxyPass /p/ h2c://127.0.0.1:{backends[0]}/ timeout=30""").start()
+    srv.allow_panic = True
+    c = H2Client(srv.port)
+    slow = c.request("/p/delay?s=5")
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    boom = c.request("/p/delay?s=0", headers=[("h2rs-test-panic", "proxy-loop")])
+    assert c.wait_stream(boom, timeout=10).status == 502
+    assert c.wait_stream(slow, timeout=10).status == 502
+    assert time.monotonic() - t0 < 4  # failed, not answered by the backend
+    assert c.wait_stream(c.request("/p/delay?s=0"), timeout=10).status == 200
+    c.close()
+    log = srv.read_error_log()
+    assert "recovered from a panic in proxy loop" in log and "failing them" in log
+
+
 def test_requests_never_sent_are_retried_when_the_connection_dies_without_goaway(make_server):
     """A request nghttp2 held behind the backend's stream limit (one
     stream per connection, `max=1`: one connection) never reached the

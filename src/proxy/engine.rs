@@ -96,7 +96,17 @@ impl Engine {
             let start = start.clone();
             let handle = std::thread::Builder::new().name(format!("h2rs-proxy-{i}")).spawn(move || {
                 let stop = start.map(|s| s());
-                crate::ffi::panic::guard("proxy loop", (), || run(&lp));
+                // `run` returns at the engine's stop only. A panic loses the
+                // loop's state, whose requests are failed as it goes
+                // (`LoopState`'s drop); the loop starts again with a fresh
+                // one, so the requests that come next are served: a loop
+                // that stayed dead took them and their workers for ever.
+                while !crate::ffi::panic::guard("proxy loop", false, || {
+                    run(&lp);
+                    true
+                }) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 if let Some(stop) = stop {
                     stop();
                 }
@@ -1047,6 +1057,46 @@ struct LoopState {
     held: VecDeque<(Instant, Arc<Task>)>,
 }
 
+/// Empty when the loop stops; after a panic (the loop starts again with a
+/// fresh state) it still holds requests that nobody would look at again,
+/// whose fronts would wait for ever: they fail (502, or the response is
+/// cut).
+impl Drop for LoopState {
+    fn drop(&mut self) {
+        let mut tasks: Vec<Arc<Task>> = self.held.drain(..).map(|(_, t)| t).collect();
+        for conn in &mut self.conns {
+            tasks.append(&mut conn.waiting);
+            let h = conn.session.handler();
+            tasks.append(&mut h.retry);
+            tasks.extend(h.streams.drain().map(|(_, bs)| bs.task));
+        }
+        if !tasks.is_empty() {
+            log_error(&format!("the proxy loop failed with {} requests in progress, failing them", tasks.len()));
+        }
+        for task in tasks {
+            task.fail(502);
+        }
+    }
+}
+
+/// The tasks a loop took from its queue in one pass: those not handled
+/// yet, and the one being handled, fail if the pass panics (the loop's
+/// state may not hold them yet: `LoopState`'s drop cannot).
+struct Batch {
+    rest: std::vec::IntoIter<Arc<Task>>,
+    current: Option<Arc<Task>>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for task in self.current.take().into_iter().chain(self.rest.by_ref()) {
+                task.fail(502);
+            }
+        }
+    }
+}
+
 fn log_error(msg: &str) {
     slog!(std::ptr::null::<crate::ffi::server_rec>(), Level::Error, "h2rs proxy: {msg}");
 }
@@ -1265,6 +1315,9 @@ impl LoopState {
     /// Looks at a task the front posted.
     fn handle(&mut self, task: Arc<Task>) {
         task.engine_seen();
+        if task.spec.fault_panic {
+            panic!("fault injection: h2rs-test-panic proxy-loop");
+        }
         let (started, conn_id, stream_id) = {
             let mut e = task.engine.lock();
             let s = e.started;
@@ -1525,13 +1578,16 @@ fn run(lp: &Loop) {
         // requests waiting for it before new ones.
         st.release_held(stopping);
         let tasks = std::mem::take(&mut *lp.queue.lock());
-        for t in tasks {
+        let mut batch = Batch { rest: tasks.into_iter(), current: None };
+        for t in batch.rest.by_ref() {
             if stopping {
                 t.engine_seen();
                 t.fail(503);
                 continue;
             }
+            batch.current = Some(t.clone());
             st.handle(t);
+            batch.current = None;
         }
         for c in &mut st.conns {
             c.flush();

@@ -659,6 +659,8 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
             via: via.map(|v| format!("2.0{}", &v[v.find(' ').unwrap_or(0)..])),
             link_origin: ((*r).proxyreq == ffi::PROXYREQ_REVERSE as c_int && params.preserve_host == 0)
                 .then(|| format!("{}://{}", if target.tls { "h2" } else { "h2c" }, target.authority)),
+            fault_panic: crate::c1::FAULT_INJECTION.load(std::sync::atomic::Ordering::Relaxed)
+                && hin.get(c"h2rs-test-panic") == Some(&b"proxy-loop"[..]),
         };
         let task = Task::new(spec);
         if !worker.is_null() {

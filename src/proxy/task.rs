@@ -60,6 +60,9 @@ pub struct RequestSpec {
     /// response's `Link` URIs are mapped by ProxyPassReverse: a reverse
     /// proxy without ProxyPreserveHost, as the stock module maps them.
     pub link_origin: Option<String>,
+    /// Tests only (H2RS_FAULT_INJECTION=1): the request's field
+    /// `h2rs-test-panic: proxy-loop` panics its engine loop.
+    pub fault_panic: bool,
 }
 
 /// The mod_proxy worker's connection pool parameters that apply to the
@@ -601,6 +604,7 @@ mod tests {
             pool: PoolParams::default(),
             via: None,
             link_origin: None,
+            fault_panic: false,
         }
     }
 
