@@ -869,6 +869,13 @@ pub unsafe extern "C" fn h2rs_protocol_propose(
                 return HOOK_DECLINED;
             }
             let is_tls = ffi::ap_ssl_conn_is_ssl(c) != 0;
+            if is_tls && !r.is_null() {
+                // An Upgrade over TLS is never proposed (`upgrade_settings`
+                // refuses it), and the TLS check below would cost c1's
+                // pool mod_ssl's copies of its variables on each request
+                // of the connection that names an Upgrade.
+                return HOOK_DECLINED;
+            }
             let server = negotiation_server(c, r, s);
             if is_tls && !c1::tls_acceptable(c, server, false) {
                 return HOOK_DECLINED;
