@@ -201,13 +201,17 @@ pub struct C2Ctx {
     /// The response's EOS went through `net_out`: anything after it is
     /// dropped (see there).
     output_ended: bool,
-    /// The body bytes the Content-Length sent with the head still
-    /// promises (None: no length, or a response without a body). A body
-    /// that runs past it or ends short of it is cut (`net_out`): on
-    /// HTTP/1.1 the client sees the connection end short of the length;
-    /// an END_STREAM would hand it a malformed response (RFC 9113 8.1.1)
-    /// that a cache not checking may keep as whole.
-    body_left: Option<u64>,
+    /// The Content-Length sent with the head (None: no length, or a
+    /// response without a body), and the body bytes queued since. A body
+    /// that does not come to it at its EOS is cut (`net_out`): on HTTP/1.1
+    /// the client sees the connection end short of the length; an
+    /// END_STREAM would hand it a malformed response (RFC 9113 8.1.1) that
+    /// a cache not checking may keep as whole. (Checked at the EOS only:
+    /// checks per bucket deepened `net_out`'s frame, which lies under the
+    /// deepest calls of every request, by a resident stack page per thread,
+    /// test_build.py.)
+    body_declared: Option<u64>,
+    body_queued: u64,
     /// The request panicked (`request_panicked`): `C2::run` treats it as
     /// a run that panicked.
     panicked: Option<String>,
@@ -246,7 +250,8 @@ impl C2Ctx {
             head_refused: false,
             response_cut: false,
             output_ended: false,
-            body_left: None,
+            body_declared: None,
+            body_queued: 0,
             panicked: None,
             session: 0,
         }
@@ -276,26 +281,14 @@ impl C2Ctx {
         self.head_refused = false;
         self.response_cut = false;
         self.output_ended = false;
-        self.body_left = None;
+        self.body_declared = None;
+        self.body_queued = 0;
         self.panicked = None;
     }
 
     /// When a blocking body read must give up (RequestReadTimeout's body
     /// stage), starting the clock at the request's first body read. Requests
     /// without a body and tunnels (WebSockets, CONNECT) have no limit.
-    /// Counts `n` body bytes against the Content-Length sent: false when
-    /// they run past it (the caller cuts the response).
-    fn body_within_length(&mut self, n: u64) -> bool {
-        match self.body_left {
-            Some(left) if n > left => false,
-            Some(left) => {
-                self.body_left = Some(left - n);
-                true
-            }
-            None => true,
-        }
-    }
-
     /// The response is not sent whole: its EOS does not end the stream,
     /// what follows is dropped, and c1 resets the stream.
     fn cut_response(&mut self) {
@@ -866,53 +859,71 @@ unsafe impl Send for C2Release {}
 impl Retire for C2Release {
     fn retire(self: Box<Self>, outcome: Outcome) {
         let C2Release { c2, eor, started, cache, broken } = *self;
-        let complete = outcome.complete;
-        // SAFETY: the c2 is ours now. Its request is logged and its pools
-        // are cleaned up here, on this thread: `current_thread` must say
-        // so. It still named the worker's thread, whose pool (mod_lua's
-        // thread-scoped VMs live there) that worker uses meanwhile, or
-        // freed already (a tunnel's thread, an idle worker that ended).
-        unsafe { (*c2.conn).current_thread = crate::hooks::current_thread() };
-        if !eor.is_null() {
-            // %O of this stream: the frames c1 sent for it.
-            logio(&LOGIO_OUT, c2.conn, outcome.bytes_sent);
-            // SAFETY: the EOR bucket was removed from its brigade by our
-            // filter and is owned by us; destroying it logs the request and
-            // destroys the request pool (a sub-pool of the c2's). This runs
-            // on c1's thread (the session retires finished streams), with
-            // c1 alive: its scoreboard handle is this thread's.
-            unsafe {
-                if !complete {
-                    (*c2.conn).aborted = 1;
-                }
-                if let Some(b) = BucketRef::from_raw(eor) {
-                    // Destroying the EOR also counts the request in
-                    // mod_status (ap_increment_counts: Total Accesses and
-                    // kBytes, through the connection's scoreboard handle),
-                    // which a c2 has none of on a worker: c1's for that
-                    // moment, as the stock module does. Without it HTTP/2
-                    // requests were missing from server-status and the
-                    // monitoring that reads it.
-                    (*c2.conn).sbh = (*c2.ctx.c1).sbh;
-                    // And its duration (ExtendedStatus: Total Duration,
-                    // ms/request), which httpd records around the request
-                    // only through that handle too.
-                    if started > 0 {
-                        ffi::ap_set_time_process_request(
-                            (*c2.conn).sbh as *mut ffi::ap_sb_handle_t,
-                            started,
-                            crate::apr::now(),
-                        );
-                    }
-                    b.destroy();
-                    (*c2.conn).sbh = ptr::null_mut();
-                }
+        end_request(&c2, eor, started, outcome);
+        recycle(c2, &cache, broken);
+    }
+}
+
+/// The c2 back in the connection's cache, or destroyed (broken, used up, or
+/// the cache full). Not inlined: its frame stays off the stack under the
+/// request's end (`end_request`), the deepest call c1 makes for a request
+/// (the access log's formatting): a few bytes more there cost a resident
+/// stack page on every thread that serves HTTP/2 (test_build.py).
+#[inline(never)]
+fn recycle(c2: C2, cache: &C2Cache, broken: bool) {
+    if broken || c2.uses >= MAX_USES {
+        c2.destroy();
+    } else if let Err(c2) = cache.put(c2) {
+        c2.destroy();
+    }
+}
+
+/// Ends a finished stream's request: destroying its EOR logs it and
+/// destroys the request pool. Not inlined, for the frame under it (see
+/// `recycle`).
+#[inline(never)]
+fn end_request(c2: &C2, eor: *mut ffi::apr_bucket, started: ffi::apr_time_t, outcome: Outcome) {
+    let complete = outcome.complete;
+    // SAFETY: the c2 is ours now. Its request is logged and its pools
+    // are cleaned up here, on this thread: `current_thread` must say
+    // so. It still named the worker's thread, whose pool (mod_lua's
+    // thread-scoped VMs live there) that worker uses meanwhile, or
+    // freed already (a tunnel's thread, an idle worker that ended).
+    unsafe { (*c2.conn).current_thread = crate::hooks::current_thread() };
+    if !eor.is_null() {
+        // %O of this stream: the frames c1 sent for it.
+        logio(&LOGIO_OUT, c2.conn, outcome.bytes_sent);
+        // SAFETY: the EOR bucket was removed from its brigade by our
+        // filter and is owned by us; destroying it logs the request and
+        // destroys the request pool (a sub-pool of the c2's). This runs
+        // on c1's thread (the session retires finished streams), with
+        // c1 alive: its scoreboard handle is this thread's.
+        unsafe {
+            if !complete {
+                (*c2.conn).aborted = 1;
             }
-        }
-        if broken || c2.uses >= MAX_USES {
-            c2.destroy();
-        } else if let Err(c2) = cache.put(c2) {
-            c2.destroy();
+            if let Some(b) = BucketRef::from_raw(eor) {
+                // Destroying the EOR also counts the request in
+                // mod_status (ap_increment_counts: Total Accesses and
+                // kBytes, through the connection's scoreboard handle),
+                // which a c2 has none of on a worker: c1's for that
+                // moment, as the stock module does. Without it HTTP/2
+                // requests were missing from server-status and the
+                // monitoring that reads it.
+                (*c2.conn).sbh = (*c2.ctx.c1).sbh;
+                // And its duration (ExtendedStatus: Total Duration,
+                // ms/request), which httpd records around the request
+                // only through that handle too.
+                if started > 0 {
+                    ffi::ap_set_time_process_request(
+                        (*c2.conn).sbh as *mut ffi::ap_sb_handle_t,
+                        started,
+                        crate::apr::now(),
+                    );
+                }
+                b.destroy();
+                (*c2.conn).sbh = ptr::null_mut();
+            }
         }
     }
 }
@@ -1268,14 +1279,8 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
             if !ctx.response_set {
                 flush_interim(ctx, &stream);
             }
-            if let Some(left) = ctx.body_left.filter(|&left| left > 0 && !ctx.response_cut) {
-                crate::clog!(
-                    c,
-                    crate::log::Level::Info,
-                    "h2rs: stream {}: the response body ended {left} bytes short of its Content-Length, resetting the stream",
-                    stream.id
-                );
-                ctx.cut_response();
+            if ctx.body_declared.is_some_and(|n| n != ctx.body_queued) && !ctx.response_cut {
+                body_not_its_length(c, ctx, &stream);
             }
             if !ctx.response_cut {
                 stream.end_output(ctx.trailers.take());
@@ -1301,11 +1306,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
         // munmap it when done, costing TLB shootdowns on every response.
         if ctx.response_set {
             if let Some(region) = b.file_region() {
-                if !ctx.body_within_length(region.len as u64) {
-                    body_past_length(c, ctx, &stream);
-                    b.delete();
-                    continue;
-                }
+                ctx.body_queued += region.len as u64;
                 let result = copy_file_region(&stream, &mut ctx.file_buf, region);
                 b.delete();
                 if let Err(rv) = result {
@@ -1334,11 +1335,7 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
                 return rv;
             }
         };
-        if ctx.response_set && !ctx.body_within_length(data.len() as u64) {
-            body_past_length(c, ctx, &stream);
-            b.delete();
-            continue;
-        }
+        ctx.body_queued += data.len() as u64;
         let result = if ctx.response_set { stream.write_output(data) } else { interim_text(c, ctx, &stream, data) };
         unflushed = true;
         b.delete();
@@ -1630,7 +1627,9 @@ unsafe fn start_response(
                     (*c).aborted = 1;
                     return Some(stream_error_status(e));
                 }
-                ctx.body_left = declared.filter(|_| has_body);
+                ctx.body_declared = declared.filter(|_| has_body);
+                // Interim text counted before the head is no body.
+                ctx.body_queued = 0;
             }
             refused => {
                 // An interim status cannot end a stream (RFC 9113 8.1: DATA
@@ -1759,14 +1758,19 @@ pub unsafe fn response_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_br
     }
 }
 
-/// A body ran past its Content-Length (a CGI's or a backend's length
-/// that does not match what it writes): the response is cut.
-fn body_past_length(c: *mut ffi::conn_rec, ctx: &mut C2Ctx, stream: &Stream) {
+/// A body that does not come to its Content-Length (a handler's length
+/// that does not match what it wrote): the response is cut. Out of line:
+/// `net_out` runs for every response (see `C2Ctx::body_declared`).
+#[cold]
+#[inline(never)]
+fn body_not_its_length(c: *mut ffi::conn_rec, ctx: &mut C2Ctx, stream: &Stream) {
     crate::clog!(
         c,
         crate::log::Level::Info,
-        "h2rs: stream {}: the response body runs past its Content-Length, resetting the stream",
-        stream.id
+        "h2rs: stream {}: the response body has {} bytes, its Content-Length says {}, resetting the stream",
+        stream.id,
+        ctx.body_queued,
+        ctx.body_declared.unwrap_or(0)
     );
     ctx.cut_response();
 }

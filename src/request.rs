@@ -399,9 +399,14 @@ impl RequestBuilder {
             // huge head must not make every later one reserve as much.
             Headers::with_capacity((fields + 1).min(MAX_FIELDS_ROOM), (bytes + bytes / 4 + 16).min(MAX_BYTES_ROOM))
         };
+        // Made in its box, then given the fields: a head built on the stack
+        // and moved in cost ~700 bytes of frame under nghttp2's header
+        // callbacks, the deepest stack of every thread serving HTTP/2.
+        let mut head: Box<RequestHead> = Box::default();
+        head.headers = headers;
         RequestBuilder {
             limits,
-            head: Box::new(RequestHead { headers, ..RequestHead::default() }),
+            head,
             method: None,
             cookies: Vec::new(),
             fields_seen: 0,

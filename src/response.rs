@@ -294,22 +294,8 @@ pub unsafe fn build_response(r: *mut ffi::request_rec) -> Option<ResponseHead> {
         let env = TableRef::from_raw((*r).subprocess_env);
         if env.and_then(|e| e.get(c"force-no-vary")).is_some() {
             out.unset(c"Vary");
-        } else {
-            let mut varies = Vec::new();
-            out.for_each(|k, v| {
-                if k.eq_ignore_ascii_case(b"vary") {
-                    varies.push(v);
-                }
-            });
-            // As fixup_vary: one list of unique names; a single field
-            // that is a single name is that already.
-            let list = |v: &&[u8]| v.iter().any(|&b| b == b',' || b.is_ascii_whitespace());
-            if varies.len() > 1 || varies.first().is_some_and(list) {
-                if let Some(merged) = merged_vary(varies.into_iter()) {
-                    let merged = std::ffi::CString::new(merged).unwrap_or_default();
-                    out.set(c"Vary", &merged);
-                }
-            }
+        } else if out.get(c"Vary").is_some() {
+            fix_vary(out);
         }
         if (*r).no_cache != 0 && out.get(c"Expires").is_none() {
             let date = ffi::apr_palloc(pool, ffi::APR_RFC822_DATE_LEN as usize) as *mut c_char;
@@ -339,27 +325,7 @@ pub unsafe fn build_response(r: *mut ffi::request_rec) -> Option<ResponseHead> {
         }
         let langs = (*r).content_languages;
         if !langs.is_null() && (*langs).nelts > 0 {
-            let elts = (*langs).elts as *const *const c_char;
-            let mut joined: Vec<u8> = Vec::new();
-            for i in 0..(*langs).nelts as usize {
-                if let Some(l) = cstr(*elts.add(i)) {
-                    if !joined.is_empty() {
-                        joined.push(b',');
-                    }
-                    joined.extend_from_slice(l);
-                }
-            }
-            if let Some(existing) = out.get(c"Content-Language") {
-                for tok in existing.split(|&b| b == b',').map(trim_ows).filter(|t| !t.is_empty()) {
-                    let present = joined.split(|&b| b == b',').any(|x| x.eq_ignore_ascii_case(tok));
-                    if !present {
-                        joined.push(b',');
-                        joined.extend_from_slice(tok);
-                    }
-                }
-            }
-            let joined = std::ffi::CString::new(joined).unwrap_or_default();
-            out.set(c"Content-Language", &joined);
+            set_content_languages(out, langs);
         }
         if (*r).header_only != 0 && out.get(c"Content-Length") == Some(&b"0"[..]) {
             out.unset(c"Content-Length");
@@ -384,6 +350,62 @@ pub unsafe fn build_response(r: *mut ffi::request_rec) -> Option<ResponseHead> {
             }
         });
         ok.then_some(head)
+    }
+}
+
+/// The Vary fields as one list of unique names, as httpd's fixup_vary
+/// makes them; a single field that is a single name is that already. Out
+/// of line (rare), with `set_content_languages`: `build_response`'s frame
+/// lies under the deepest calls of every request.
+#[cold]
+#[inline(never)]
+fn fix_vary(out: TableRef) {
+    let mut varies = Vec::new();
+    out.for_each(|k, v| {
+        if k.eq_ignore_ascii_case(b"vary") {
+            varies.push(v);
+        }
+    });
+    let list = |v: &&[u8]| v.iter().any(|&b| b == b',' || b.is_ascii_whitespace());
+    if varies.len() > 1 || varies.first().is_some_and(list) {
+        if let Some(merged) = merged_vary(varies.into_iter()) {
+            let merged = std::ffi::CString::new(merged).unwrap_or_default();
+            out.set(c"Vary", &merged);
+        }
+    }
+}
+
+/// Content-Language from `r->content_languages`, with the names the field
+/// already had that they leave out.
+///
+/// # Safety
+/// `langs` is the request's live array of C strings.
+#[cold]
+#[inline(never)]
+unsafe fn set_content_languages(out: TableRef, langs: *const ffi::apr_array_header_t) {
+    // SAFETY: caller contract.
+    unsafe {
+        let elts = (*langs).elts as *const *const c_char;
+        let mut joined: Vec<u8> = Vec::new();
+        for i in 0..(*langs).nelts as usize {
+            if let Some(l) = cstr(*elts.add(i)) {
+                if !joined.is_empty() {
+                    joined.push(b',');
+                }
+                joined.extend_from_slice(l);
+            }
+        }
+        if let Some(existing) = out.get(c"Content-Language") {
+            for tok in existing.split(|&b| b == b',').map(trim_ows).filter(|t| !t.is_empty()) {
+                let present = joined.split(|&b| b == b',').any(|x| x.eq_ignore_ascii_case(tok));
+                if !present {
+                    joined.push(b',');
+                    joined.extend_from_slice(tok);
+                }
+            }
+        }
+        let joined = std::ffi::CString::new(joined).unwrap_or_default();
+        out.set(c"Content-Language", &joined);
     }
 }
 
