@@ -1055,44 +1055,25 @@ struct LoopState {
     /// single-use connections open, oldest first, with when they began to
     /// wait: each takes the next one to close (`release_held`).
     held: VecDeque<(Instant, Arc<Task>)>,
+    /// Every request taken from the queue and not finished at the last
+    /// tick: what `drop` fails after a panic.
+    in_progress: Vec<Arc<Task>>,
 }
 
-/// Empty when the loop stops; after a panic (the loop starts again with a
-/// fresh state) it still holds requests that nobody would look at again,
-/// whose fronts would wait for ever: they fail (502, or the response is
-/// cut).
+/// Nothing is in progress when the loop stops; after a panic (the loop
+/// starts again with a fresh state) requests may be, wherever the panic
+/// left them (a connection's lists, a step's local list), and nobody would
+/// look at them again: their fronts would wait for ever. They fail (502,
+/// or the response is cut).
 impl Drop for LoopState {
     fn drop(&mut self) {
-        let mut tasks: Vec<Arc<Task>> = self.held.drain(..).map(|(_, t)| t).collect();
-        for conn in &mut self.conns {
-            tasks.append(&mut conn.waiting);
-            let h = conn.session.handler();
-            tasks.append(&mut h.retry);
-            tasks.extend(h.streams.drain().map(|(_, bs)| bs.task));
+        let lost: Vec<&Arc<Task>> = self.in_progress.iter().filter(|t| !t.is_finished()).collect();
+        if !lost.is_empty() {
+            let why = if std::thread::panicking() { "failed" } else { "stopped" };
+            log_error(&format!("the proxy loop {why} with {} requests in progress, failing them", lost.len()));
         }
-        if !tasks.is_empty() {
-            log_error(&format!("the proxy loop failed with {} requests in progress, failing them", tasks.len()));
-        }
-        for task in tasks {
+        for task in lost {
             task.fail(502);
-        }
-    }
-}
-
-/// The tasks a loop took from its queue in one pass: those not handled
-/// yet, and the one being handled, fail if the pass panics (the loop's
-/// state may not hold them yet: `LoopState`'s drop cannot).
-struct Batch {
-    rest: std::vec::IntoIter<Arc<Task>>,
-    current: Option<Arc<Task>>,
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for task in self.current.take().into_iter().chain(self.rest.by_ref()) {
-                task.fail(502);
-            }
         }
     }
 }
@@ -1568,6 +1549,7 @@ fn run(lp: &Loop) {
         next_conn: 0,
         buf: vec![0; 64 * 1024],
         held: VecDeque::new(),
+        in_progress: Vec::new(),
     };
     let mut last_tick = Instant::now();
     let mut fds: Vec<libc::pollfd> = Vec::new();
@@ -1578,16 +1560,16 @@ fn run(lp: &Loop) {
         // requests waiting for it before new ones.
         st.release_held(stopping);
         let tasks = std::mem::take(&mut *lp.queue.lock());
-        let mut batch = Batch { rest: tasks.into_iter(), current: None };
-        for t in batch.rest.by_ref() {
+        // A task comes back through the queue (body queued, cancelled):
+        // listed once, when new.
+        st.in_progress.extend(tasks.iter().filter(|t| !t.engine.lock().started).cloned());
+        for t in tasks {
             if stopping {
                 t.engine_seen();
                 t.fail(503);
                 continue;
             }
-            batch.current = Some(t.clone());
             st.handle(t);
-            batch.current = None;
         }
         for c in &mut st.conns {
             c.flush();
@@ -1595,6 +1577,7 @@ fn run(lp: &Loop) {
         if stopping || last_tick.elapsed() >= TICK {
             last_tick = Instant::now();
             st.tick(stopping);
+            st.in_progress.retain(|t| !t.is_finished());
         }
         st.reap(stopping);
         st.promote();
