@@ -264,7 +264,11 @@ fn parse_num(directive: &str, arg: &str, min: u64, max: u64) -> Result<u64, Stri
 /// above its minimum: a value above `max` is lowered to it and noted in
 /// `clamped` (warned about at startup) rather than refused.
 fn parse_num_clamped(directive: &str, arg: &str, min: u64, max: u64, clamped: &mut Vec<String>) -> Result<u64, String> {
-    let value = parse_num(directive, arg, min, u64::MAX)?;
+    let allowed = || format!("allowed: {min} or more");
+    let value: u64 = arg.trim().parse().map_err(|_| format!("{directive}: '{arg}' is not a number ({})", allowed()))?;
+    if value < min {
+        return Err(format!("{directive}: {value} is out of range ({})", allowed()));
+    }
     if value > max {
         clamped.push(format!("{directive} {value} (using {max})"));
         return Ok(max);
@@ -568,7 +572,8 @@ mod tests {
         // Within the limits nothing is noted; below the minimum and
         // non-numbers are still refused by name.
         assert!(server("H2MaxWorkers", &["64"]).unwrap().clamped.is_empty());
-        assert!(server("H2MaxWorkers", &["0"]).unwrap_err().contains("H2MaxWorkers"));
+        let e = server("H2MaxWorkers", &["0"]).unwrap_err();
+        assert!(e.contains("H2MaxWorkers") && e.contains("allowed: 1 or more"), "{e}");
         assert!(server("H2MinWorkers", &["many"]).unwrap_err().contains("not a number"));
     }
 
