@@ -111,7 +111,7 @@ void h2rs_shim_proxy_count_traffic(void *w, apr_off_t sent, apr_off_t received)
 
 /* As ap_proxy_acquire_connection's check (proxy_util.c, 2.4.68): a worker
  * in error state is retried once its `retry` passed (ap_proxy_retry_worker,
- * static there); 1 when usable, else the warning AH00940 logs and 0. */
+ * static there); 1 when usable, else the error AH00940 logs and 0. */
 int h2rs_shim_proxy_worker_usable(void *w, request_rec *r)
 {
     proxy_worker *worker = w;
@@ -131,7 +131,7 @@ int h2rs_shim_proxy_worker_usable(void *w, request_rec *r)
     if (PROXY_WORKER_IS_USABLE(worker)) {
         return 1;
     }
-    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                   "HTTP/2: disabled connection for (%s:%d)",
                   worker->s->hostname_ex, (int)worker->s->port);
     return 0;

@@ -176,7 +176,8 @@ pub struct C2Ctx {
     /// removes some for tunnelling), so it is not reused.
     tunneled: bool,
     /// The handler's output goes nowhere: its answer to a tunnel request
-    /// was refused (see `websocket::judge`), or the response was cut
+    /// was refused (see `websocket::judge`), the stream was refused for a
+    /// TLS renegotiation (HTTP_1_1_REQUIRED), or the response was cut
     /// (`cut_response`).
     discard_output: bool,
     /// "h2" or "h2c".
@@ -286,9 +287,6 @@ impl C2Ctx {
         self.panicked = None;
     }
 
-    /// When a blocking body read must give up (RequestReadTimeout's body
-    /// stage), starting the clock at the request's first body read. Requests
-    /// without a body and tunnels (WebSockets, CONNECT) have no limit.
     /// The response is not sent whole: its EOS does not end the stream,
     /// what follows is dropped, and c1 resets the stream.
     fn cut_response(&mut self) {
@@ -296,6 +294,9 @@ impl C2Ctx {
         self.discard_output = true;
     }
 
+    /// When a blocking body read must give up (RequestReadTimeout's body
+    /// stage), starting the clock at the request's first body read. Requests
+    /// without a body and tunnels (WebSockets, CONNECT) have no limit.
     fn body_deadline(&mut self, stream: &Stream) -> Option<Instant> {
         let request = self.request;
         let clock = self.body_clock.get_or_insert_with(|| {
