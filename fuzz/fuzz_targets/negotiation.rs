@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
     let rest = lines.next().unwrap_or(b"");
     let _ = upgraded_request(method, target, authority, common::fields(rest).into_iter(), Limits::default());
     if let Ok(s) = std::str::from_utf8(data) {
-        let (protocol, cipher) = s.split_once('\n').unwrap_or((s, s));
-        let _ = (tls_acceptable(Some(protocol), Some(cipher), true), tls_acceptable(Some(s), None, false));
+        let (protocol, rest) = s.split_once('\n').unwrap_or((s, s));
+        let (cipher, compression) = rest.split_once('\n').unwrap_or((rest, "NULL"));
+        let _ = (
+            tls_acceptable(Some(protocol), Some(cipher), Some(compression), true),
+            tls_acceptable(Some(s), None, None, false),
+        );
     }
 });
