@@ -252,10 +252,22 @@ fn parse_flag(directive: &str, arg: &str) -> Result<bool, String> {
 }
 
 fn parse_num(directive: &str, arg: &str, min: u64, max: u64) -> Result<u64, String> {
+    parse_num_allowing(directive, arg, min, max, || format!("{min} to {max}"))
+}
+
+/// A number from `min` to `max`; the errors name the directive and
+/// `allowed()`.
+fn parse_num_allowing(
+    directive: &str,
+    arg: &str,
+    min: u64,
+    max: u64,
+    allowed: impl Fn() -> String,
+) -> Result<u64, String> {
     let value: u64 =
-        arg.trim().parse().map_err(|_| format!("{directive}: '{arg}' is not a number (allowed: {min} to {max})"))?;
+        arg.trim().parse().map_err(|_| format!("{directive}: '{arg}' is not a number (allowed: {})", allowed()))?;
     if value < min || value > max {
-        return Err(format!("{directive}: {value} is out of range (allowed: {min} to {max})"));
+        return Err(format!("{directive}: {value} is out of range (allowed: {})", allowed()));
     }
     Ok(value)
 }
@@ -264,11 +276,7 @@ fn parse_num(directive: &str, arg: &str, min: u64, max: u64) -> Result<u64, Stri
 /// above its minimum: a value above `max` is lowered to it and noted in
 /// `clamped` (warned about at startup) rather than refused.
 fn parse_num_clamped(directive: &str, arg: &str, min: u64, max: u64, clamped: &mut Vec<String>) -> Result<u64, String> {
-    let allowed = || format!("allowed: {min} or more");
-    let value: u64 = arg.trim().parse().map_err(|_| format!("{directive}: '{arg}' is not a number ({})", allowed()))?;
-    if value < min {
-        return Err(format!("{directive}: {value} is out of range ({})", allowed()));
-    }
+    let value = parse_num_allowing(directive, arg, min, u64::MAX, || format!("{min} or more"))?;
     if value > max {
         clamped.push(format!("{directive} {value} (using {max})"));
         return Ok(max);

@@ -110,10 +110,7 @@ impl RequestHead {
             }
             for part in v.split(|&b| b == b',') {
                 let t = std::str::from_utf8(part).map_err(|_| BadContentLength)?.trim();
-                if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(BadContentLength);
-                }
-                let n: u64 = t.parse().map_err(|_| BadContentLength)?;
+                let n = crate::text::parse_decimal(t.as_bytes()).ok_or(BadContentLength)?;
                 match found {
                     Some(prev) if prev != n => return Err(BadContentLength),
                     _ => found = Some(n),
@@ -129,7 +126,7 @@ impl RequestHead {
             .iter()
             .map(|v| v.as_ref().map_or(0, |v| v.len() + 32))
             .sum::<usize>();
-        self.method.len() + pseudo + self.headers.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>()
+        self.method.len() + pseudo + self.headers.hpack_size()
     }
 
     /// Whether the stream becomes a tunnel once the handler agrees: a

@@ -744,7 +744,7 @@ impl<D: Dispatch> Core<D> {
                 let Some(s) = entry.stream.clone() else { return Flow::Continue };
                 // Held until a worker takes the stream: bounded with the
                 // waiting heads (HPACK amplification, as for a head).
-                if !self.pending.charge_trailers(&s, t.byte_len() + 32 * t.len()) {
+                if !self.pending.charge_trailers(&s, t.hpack_size()) {
                     return Flow::ResetStream(error_code::REFUSED_STREAM);
                 }
                 s.end_input(Some(t));

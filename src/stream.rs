@@ -172,6 +172,12 @@ impl Headers {
         self.records.len() - self.len() * RECORD_HEAD
     }
 
+    /// The fields' size as HPACK counts it (RFC 7541 4.1: name, value and
+    /// 32 each).
+    pub fn hpack_size(&self) -> usize {
+        self.byte_len() + 32 * self.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.known_iter().map(|(_, name, value)| (name, value))
     }
