@@ -7,7 +7,8 @@
 //! Only the kernel reads a mapping (the socket write). Read in user space,
 //! a page past the end of a file that shrank meanwhile raises SIGBUS; the
 //! kernel's copy fails the write with EFAULT instead, which ends the
-//! connection as any failed write does.
+//! connection as any failed write does. (Bytes cut off within the new
+//! last page read as zeros, as from httpd's own mappings.)
 
 use parking_lot::Mutex;
 use std::os::fd::AsRawFd;
@@ -115,6 +116,12 @@ const CACHED_IDLE: Duration = Duration::from_secs(5);
 struct Cached {
     dev: u64,
     ino: u64,
+    /// The file's status change time when it was mapped. On overlayfs a
+    /// file keeps its device and inode number when a write copies it up
+    /// from the image's layer, but the kept mapping still maps the lower
+    /// file: without this, the old bytes were served for as long as the
+    /// file was asked for every 5 s. A change of any kind moves it.
+    changed: (i64, i64),
     map: Arc<FileMap>,
     used: Instant,
 }
@@ -168,10 +175,10 @@ impl MapCache {
         if end == 0 || size < end || size > CACHED_MAX {
             return None;
         }
-        let (dev, ino) = (meta.dev(), meta.ino());
+        let (dev, ino, changed) = (meta.dev(), meta.ino(), (meta.ctime(), meta.ctime_nsec()));
         let mut entries = self.entries.lock();
         if let Some(c) = entries.files.iter_mut().find(|c| c.dev == dev && c.ino == ino) {
-            if c.map.covers(0, end as usize) {
+            if c.changed == changed && c.map.covers(0, end as usize) {
                 c.used = now;
                 return Some(c.map.clone());
             }
@@ -190,7 +197,7 @@ impl MapCache {
             entries.evict_least_recent(&mut removed);
         }
         entries.bytes += map.len;
-        entries.files.push(Cached { dev, ino, map: map.clone(), used: now });
+        entries.files.push(Cached { dev, ino, changed, map: map.clone(), used: now });
         if !entries.sweep_armed {
             entries.sweep_armed = crate::clock::schedule(self, CACHED_IDLE, 0);
         }

@@ -146,6 +146,47 @@ def test_small_files_are_sent_from_a_kept_mapping_that_follows_the_file(mmap_ser
         path.unlink()
 
 
+@pytest.mark.skipif(conftest.TARGET != "local" or os.geteuid() != 0, reason="mounts an overlayfs on the host")
+def test_a_file_copied_up_on_overlayfs_is_not_served_from_its_old_layer(mmap_servers, docroot, workdir):
+    """A container's docroot is usually overlayfs: a file edited there is
+    copied up from the image's layer and keeps its device and inode
+    number, while the kept mapping (made before) still maps the lower
+    file. The next response is the edited file."""
+    on, _ = mmap_servers
+    layers = pathlib.Path(workdir) / "ovl"
+    for d in ("lower", "upper", "work"):
+        (layers / d).mkdir(parents=True)
+    os.chmod(layers / "lower", 0o755)
+    content = os.urandom(100 << 10)
+    (layers / "lower" / "page.bin").write_bytes(content)
+    os.chmod(layers / "lower" / "page.bin", 0o644)
+    merged = docroot.path / "ovl"
+    merged.mkdir()
+    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                              f"lowerdir={layers}/lower,upperdir={layers}/upper,workdir={layers}/work", str(merged)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        merged.rmdir()
+        pytest.skip(f"cannot mount an overlayfs here: {mounted.stderr.decode().strip()}")
+    try:
+        before = os.stat(merged / "page.bin")
+
+        def get():
+            r = curl("--http2-prior-knowledge", on.url("/ovl/page.bin"))
+            return r.stdout
+
+        assert get() == content
+        assert f"{merged}/page.bin\n" in child_maps(on), "kept mapped after the response"
+        with open(merged / "page.bin", "r+b") as f:
+            f.write(b"X" * 1000)
+        after = os.stat(merged / "page.bin")
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino), "overlayfs kept the inode number"
+        assert get() == b"X" * 1000 + content[1000:]
+    finally:
+        subprocess.run(["umount", "-l", str(merged)])
+        merged.rmdir()
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["cleartext", "tls"])
 def test_a_file_that_shrinks_while_sent_ends_its_stream_without_harm(mmap_servers, docroot, tls):
     on, _ = mmap_servers
