@@ -349,10 +349,18 @@ impl Pool {
     /// A session with streams waiting for room: wake its c1 when a worker
     /// finishes a job (it then tries `has_room` again).
     pub fn wait_for_room(&self, signal: &Arc<Signal>) {
-        let mut w = self.shared.room_waiters.lock();
-        if !w.iter().any(|x| x.as_ptr() == Arc::as_ptr(signal)) {
-            w.retain(|x| x.strong_count() > 0);
-            w.push(Arc::downgrade(signal));
+        {
+            let mut w = self.shared.room_waiters.lock();
+            if !w.iter().any(|x| x.as_ptr() == Arc::as_ptr(signal)) {
+                w.retain(|x| x.strong_count() > 0);
+                w.push(Arc::downgrade(signal));
+            }
+        }
+        // A thread that went idle after the caller's `has_room` and before
+        // this registration took the list without us (it counted itself
+        // idle before it took the list, so this look sees it).
+        if self.has_room() {
+            signal.wake();
         }
     }
 
@@ -393,16 +401,18 @@ fn worker_main(shared: Arc<Shared>, slot: u32) {
     while let Some(job) = next_job(&shared, &me) {
         let ctx = ctx.get_or_insert_with(|| WorkerCtx { slot, thread: shared.hooks.start() });
         crate::ffi::panic::guard("worker job", (), || job(ctx));
-        // A thread is free: sessions waiting for room may go on.
-        let waiters = std::mem::take(&mut *shared.room_waiters.lock());
-        for w in waiters {
-            if let Some(s) = w.upgrade() {
-                s.wake();
-            }
-        }
     }
     if let Some(ctx) = ctx {
         shared.hooks.stop(ctx.thread);
+    }
+}
+
+fn wake_room_waiters(shared: &Shared) {
+    let waiters = std::mem::take(&mut *shared.room_waiters.lock());
+    for w in waiters {
+        if let Some(s) = w.upgrade() {
+            s.wake();
+        }
     }
 }
 
@@ -428,6 +438,11 @@ fn next_job(shared: &Shared, me: &Arc<IdleThread>) -> Option<Job> {
         q.idle.push(me.clone());
         shared.idle.store(q.idle.len() as u32, Ordering::Release);
         drop(q);
+        // A thread is free: sessions waiting for room may go on. Only now
+        // that `has_room` counts it: woken as its job ended (while it
+        // still looked for the next), a session found no room, waited
+        // again, and was not woken again when the thread went idle.
+        wake_room_waiters(shared);
         let above_min = shared.live.load(Ordering::Acquire) > shared.min;
         let deadline = above_min.then(|| std::time::Instant::now() + shared.idle_timeout);
         let handoff = match me.wait(deadline) {
