@@ -437,6 +437,14 @@ impl Slabs {
         if unsafe { (*self.header(self.slab_of(p))).class } != FRAME_BUF_CLASS {
             return false;
         }
+        // The chunks own whole pages of 4 KiB. On a kernel with larger
+        // pages (16 or 64 KiB on some arm64 systems) madvise would round
+        // the range up and zero the neighbouring chunks, other sessions'
+        // live frame buffers.
+        // SAFETY: sysconf has no preconditions.
+        if unsafe { libc::sysconf(libc::_SC_PAGESIZE) } != PAGE_BYTES as libc::c_long {
+            return false;
+        }
         debug_assert_eq!(p as usize % PAGE_BYTES, 0);
         // SAFETY: the chunk's whole pages are its own (page-aligned, five
         // pages, nothing else in them) and inside our mapping; MADV_DONTNEED
