@@ -1408,11 +1408,15 @@ fn copy_file_region(stream: &Stream, buf: &mut Vec<u8>, region: apr::FileBucket)
         // SAFETY: reads at most n bytes into a buffer of n bytes.
         let got = unsafe { libc::pread(fd, buf.as_mut_ptr() as *mut libc::c_void, n, offset as libc::off_t) };
         if got <= 0 {
-            return Err(if got == 0 {
+            let errno = if got == 0 {
                 status::EOF
             } else {
                 std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
-            });
+            };
+            if errno == libc::EINTR {
+                continue; // a signal on NFS (intr) or FUSE: read again
+            }
+            return Err(errno);
         }
         let got = got as usize;
         stream.write_output(&buf[..got]).map_err(stream_error_status)?;
