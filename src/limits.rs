@@ -194,10 +194,19 @@ pub fn descriptor_limit() -> usize {
 }
 
 /// Descriptors that queued file regions may hold in the child: a quarter
-/// of its limit (a client that takes nothing keeps them queued).
+/// of its limit (a client that takes nothing keeps them queued), and at
+/// most `MAX_FILE_REGIONS`.
 pub fn file_region_budget(descriptors: usize) -> usize {
-    (descriptors / 4).clamp(64, 1 << 16)
+    (descriptors / 4).clamp(64, MAX_FILE_REGIONS)
 }
+
+/// A region of a file of 1 MiB or more keeps a mapping of its own while it
+/// waits for the client, and each mapping is one of the child's memory
+/// areas, of which Linux allows 65,530 (`vm.max_map_count`); past them
+/// every mmap fails, APR's and the allocator's too, which aborts the
+/// child. With the descriptor limit containers get (1,048,576) a quarter
+/// of it allowed as many regions as the kernel allows areas.
+const MAX_FILE_REGIONS: usize = 16_384;
 
 /// Backend connections one proxy loop keeps open, to all backends
 /// together: a sixteenth of the descriptors (two loops: an eighth), 32 to
@@ -280,6 +289,13 @@ mod tests {
         let later = t0 + Duration::from_secs(100);
         assert!((0..3).all(|_| r.take_at(later)));
         assert!(!r.take_at(later));
+    }
+
+    #[test]
+    fn file_regions_leave_most_memory_areas_to_the_rest_of_the_child() {
+        assert_eq!(file_region_budget(1024), 256);
+        assert_eq!(file_region_budget(16), 64);
+        assert_eq!(file_region_budget(1 << 20), 16_384, "a quarter of vm.max_map_count at most");
     }
 
     #[test]
