@@ -339,9 +339,12 @@ impl PendingStreams {
         self.take_where(|s| s.request.is_tunnel())
     }
 
-    /// Drops the streams that were reset while they waited.
-    fn drop_aborted(&mut self) {
-        self.take_where(|s| s.is_aborted());
+    /// Drops a stream that was reset while it waited (its head's and
+    /// trailers' charge, and with the last reference its buffered body).
+    fn remove(&mut self, id: i32) {
+        if let Some(stream) = self.queue.iter().position(|s| s.id == id).and_then(|i| self.queue.remove(i)) {
+            self.forget(&stream);
+        }
     }
 
     /// Removes and returns the queued streams `pred` selects, keeping the
@@ -356,6 +359,7 @@ impl PendingStreams {
         taken
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.queue.len()
     }
@@ -920,12 +924,13 @@ impl<D: Dispatch> Core<D> {
             return;
         };
         if !entry.dispatched {
-            // Never reached a worker: forget it.
+            // Never reached a worker: forget it. At once: left in the queue
+            // until it grew past twice the active limit, reset streams kept
+            // their bodies (a window each) and their heads' charge, which
+            // refused the connection's next requests.
             stream.close(code);
             self.entries.remove(&id);
-            if self.pending.len() > 2 * self.settings.max_active_streams.max(1) {
-                self.pending.drop_aborted();
-            }
+            self.pending.remove(id);
             return;
         }
         let closing = stream.close_for_c1(code);
@@ -2496,6 +2501,28 @@ pub(crate) mod tests {
             thread::sleep(Duration::from_millis(2));
         }
         assert_eq!(p.server.stats().streams_dispatched, 1);
+    }
+
+    #[test]
+    fn a_stream_reset_while_it_waits_lets_go_of_its_head_and_body() {
+        let settings = Settings { max_active_streams: 8, ..Settings::default() };
+        let mut p = Pair::new(settings, stall);
+        for _ in 0..8 {
+            p.get("/stall");
+        }
+        let queued: Vec<i32> = (0..10).map(|_| p.post("/queued", vec![7; 30_000])).collect();
+        p.pump(|_| true);
+        // Some of the stalling ones wait too (the test pool's share).
+        let waiting = p.server.ng.handler_ref().pending.len();
+        assert!(waiting >= 10, "{waiting}");
+        for id in &queued {
+            p.client.ops().submit_rst_stream(*id, error_code::CANCEL).unwrap();
+        }
+        p.pump(|_| true);
+        let pending = &p.server.ng.handler_ref().pending;
+        assert_eq!(pending.len(), waiting - 10);
+        assert!(pending.queue.iter().all(|s| !queued.contains(&s.id)));
+        assert_eq!(pending.head_bytes, pending.queue.iter().map(|s| s.request.decoded_size()).sum::<usize>());
     }
 
     #[test]
