@@ -1041,9 +1041,6 @@ impl C1 {
             }
             self.session.process_signals();
             self.session.retire_finished();
-            if self.session.has_notes() {
-                self.log_notes();
-            }
             // Only our child_stopping hook starts the GOAWAY, not the MPM's
             // state: the MPMs set AP_MPMQ_STOPPING before a hard stop's
             // close_worker_sockets() walks every worker's socket, and a
@@ -1070,6 +1067,10 @@ impl C1 {
                     self.client_gone = true;
                 }
                 wants_write = self.session.want_write();
+            }
+            // After the write: a response head too large is found there.
+            if self.session.has_notes() {
+                self.log_notes();
             }
             // Not idle while input may be left in the input filters: a
             // read that stopped at READ_BUDGET can leave the tail of a
@@ -1579,6 +1580,13 @@ impl C1 {
         let c = self.c;
         self.session.take_notes(
             |id, why| clog!(c, Level::Debug, "h2rs: stream {id}: malformed or refused request, reset: {why}"),
+            |id| {
+                clog!(
+                    c,
+                    Level::Warn,
+                    "h2rs: stream {id}: the response's header block is larger than H2MaxHeaderBlockLen allows; stream reset"
+                )
+            },
             |why| clog!(c, Level::Info, "h2rs: client abuse, closing with ENHANCE_YOUR_CALM: {why}"),
         );
     }

@@ -436,6 +436,9 @@ pub struct Core<D: Dispatch> {
     peer_reset: i32,
     /// Streams reset for their requests, and why, until c1 logged them.
     notes: Vec<(i32, &'static str)>,
+    /// Streams reset because their response head was larger than
+    /// H2MaxHeaderBlockLen, until c1 logged them (at most `MAX_NOTES`).
+    heads_too_large: Vec<i32>,
     /// The client showed it knows RFC 9218 (a `priority` field, a
     /// PRIORITY_UPDATE frame, or SETTINGS_NO_RFC7540_PRIORITIES): from
     /// then on a request without a `priority` field gets RFC 9218's
@@ -1197,11 +1200,16 @@ impl<D: Dispatch> ng::Handler for Core<D> {
         Goaways::note_sent(&mut self.goaways, frame, debug);
     }
 
-    fn frame_not_sent(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo, _lib_error: i32) {
+    fn frame_not_sent(&mut self, ops: &mut Ops<'_>, frame: &FrameInfo, lib_error: i32) {
         // A response HEADERS frame that cannot go out (larger than
         // H2MaxHeaderBlockLen): the stream cannot be answered, reset it.
         if frame.kind == frame_type::HEADERS && frame.stream_id > 0 && ops.stream_exists(frame.stream_id) {
             self.reset(ops, frame.stream_id, error_code::INTERNAL_ERROR);
+            // Said in the error log: the page works over HTTP/1.1, and the
+            // client only sees a reset.
+            if lib_error == ng::LIB_ERR_FRAME_SIZE_ERROR && self.heads_too_large.len() < MAX_NOTES {
+                self.heads_too_large.push(frame.stream_id);
+            }
         }
     }
 
@@ -1314,6 +1322,7 @@ impl<D: Dispatch> Session<D> {
             header_block: 0,
             peer_reset: 0,
             notes: Vec::new(),
+            heads_too_large: Vec::new(),
             rfc9218_client: false,
             peer_window_closed: false,
             peer_window_closed_at: None,
@@ -1605,17 +1614,26 @@ impl<D: Dispatch> Session<D> {
     #[inline]
     pub fn has_notes(&self) -> bool {
         let core = self.ng.handler_ref();
-        !core.notes.is_empty() || core.calm_reason.is_some()
+        !core.notes.is_empty() || !core.heads_too_large.is_empty() || core.calm_reason.is_some()
     }
 
     /// Calls `reset` for each stream reset for its request since the last
-    /// call (id, why), and `calmed` if the session was ended for abuse
-    /// since (why).
+    /// call (id, why), `head_too_large` for each stream reset because its
+    /// response head was larger than H2MaxHeaderBlockLen, and `calmed` if
+    /// the session was ended for abuse since (why).
     #[cold]
-    pub fn take_notes(&mut self, mut reset: impl FnMut(i32, &str), calmed: impl FnOnce(&str)) {
+    pub fn take_notes(
+        &mut self,
+        mut reset: impl FnMut(i32, &str),
+        mut head_too_large: impl FnMut(i32),
+        calmed: impl FnOnce(&str),
+    ) {
         let core = self.ng.handler();
         for (id, why) in core.notes.drain(..) {
             reset(id, why);
+        }
+        for id in core.heads_too_large.drain(..) {
+            head_too_large(id);
         }
         if let Some(why) = core.calm_reason.take() {
             calmed(why);

@@ -568,11 +568,15 @@ def test_h2maxheaderblocklen_limits_response_headers(make_server):
     srv = make_server(h2_conf="H2MaxHeaderBlockLen 2048",
                       extra=f'<Location /big>\n  Header always set X-Big "{big}"\n</Location>').start()
     c = H2Client(srv.port)
-    st = c.wait_stream(c.request("/big/"))
+    sid = c.request("/big/")
+    st = c.wait_stream(sid)
     assert st.reset is not None and st.status is None, (st.status, st.reset)
     ok = c.wait_stream(c.request("/1k.bin"))
     assert ok.status == 200
     c.close()
+    # The admin learns why: over HTTP/1.1 the page works.
+    assert wait_for(lambda: f"stream {sid}: the response's header block is larger than H2MaxHeaderBlockLen"
+                    in srv.read_error_log()), srv.read_error_log()[-2000:]
 
 
 def test_flow_control_errors_close_the_connection(make_server):
