@@ -1383,14 +1383,17 @@ impl C1 {
             }
         }
         self.linger.parked(Instant::now());
-        // Last: from here on a timer or a stop notice may use the session.
+        // Last: from here on a timer or a stop notice may use the session
+        // (this `C1`, on another thread), so nothing of `self` is touched
+        // after `park`: only this clone of the parking.
         // In the MPM's I/O queue the timeout is `Timeout`; our timer sends
         // the GOAWAY of `KeepAliveTimeout`, or before the first request of
         // `first_request_timeout` (the keep-alive queue, used without
         // WAITIO, has its own).
         if self.can_waitio {
-            if let Some(after) = self.parking.park(self.session.last_stream_id() > 0) {
-                park::arm_timer(&self.parking, after);
+            let parking = self.parking.clone();
+            if let Some(after) = parking.park(self.session.last_stream_id() > 0) {
+                park::arm_timer(&parking, after);
             }
             // A stop that began after this turn looked (`run`) found the
             // session still ACTIVE and had nothing parked to notify: act
@@ -1400,7 +1403,6 @@ impl C1 {
             std::sync::atomic::fence(Ordering::SeqCst);
             let stop = stopping();
             if stop != 0 {
-                let parking = self.parking.clone();
                 parking.stop(stop == 1);
             }
         }
