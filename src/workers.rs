@@ -347,7 +347,7 @@ impl Pool {
     }
 
     /// A session with streams waiting for room: wake its c1 when a worker
-    /// finishes a job (it then tries `has_room` again).
+    /// thread goes idle (it then tries `has_room` again).
     pub fn wait_for_room(&self, signal: &Arc<Signal>) {
         {
             let mut w = self.shared.room_waiters.lock();
