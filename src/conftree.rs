@@ -44,25 +44,57 @@ pub struct Directive<'a> {
     pub section: Option<&'a ProxySection>,
 }
 
-/// mod_proxy's reading of a section's argument (`"url">`, `~ re>`).
+/// mod_proxy's reading of a section's argument (`"url">`, `~ re>`): its
+/// first word, as `ap_getword_conf` takes it. The rest are worker
+/// parameters (`<Proxy balancer://pay lbmethod=byrequests>`); taken as
+/// part of the URL, they made a section that covered nothing, and its
+/// `SSLProxyVerify require` went unapplied.
 pub fn section_pattern(directive: &[u8], args: &str) -> Option<SectionPattern> {
     let args = args.trim().trim_end_matches('>').trim();
-    let unquote = |s: &str| s.trim_matches('"').to_string();
     if directive.eq_ignore_ascii_case(b"<ProxyMatch") {
-        return Some(SectionPattern::Regex(unquote(args)));
+        return Some(SectionPattern::Regex(conf_word(args).0));
     }
     if !directive.eq_ignore_ascii_case(b"<Proxy") {
         return None;
     }
-    if let Some(re) = args.strip_prefix('~') {
-        return Some(SectionPattern::Regex(unquote(re.trim())));
+    let (first, rest) = conf_word(args);
+    if first == "~" {
+        return Some(SectionPattern::Regex(conf_word(rest).0));
     }
-    let url = unquote(args);
+    let url = first;
     let url = match url.get(..6) {
         Some(p) if p.eq_ignore_ascii_case("proxy:") => url[6..].to_string(),
         _ => url,
     };
     Some(SectionPattern::Prefix(url))
+}
+
+/// The first word of `s` and the rest, as httpd's `ap_getword_conf` reads
+/// them: a word in double or single quotes (a backslash escapes the quote)
+/// or up to the next white space.
+fn conf_word(s: &str) -> (String, &str) {
+    let s = s.trim_start();
+    let Some(quote) = s.chars().next().filter(|&c| c == '"' || c == '\'') else {
+        let end = s.find(char::is_whitespace).unwrap_or(s.len());
+        return (s[..end].to_string(), &s[end..]);
+    };
+    let mut word = String::new();
+    let mut chars = s[1..].char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some((_, q)) if q == quote => word.push(q),
+                Some((_, other)) => {
+                    word.push('\\');
+                    word.push(other);
+                }
+                None => word.push('\\'),
+            },
+            c if c == quote => return (word, &s[1 + i + 1..]),
+            c => word.push(c),
+        }
+    }
+    (word, "")
 }
 
 /// Calls `visit` for every directive of the configuration tree, in order.
@@ -140,6 +172,10 @@ mod tests {
         assert_eq!(section_pattern(b"<Proxy", "proxy:h2://b.test/x>"), prefix("h2://b.test/x"));
         assert_eq!(section_pattern(b"<Proxy", "~ \"^h2://.*\\.test/\">"), regex("^h2://.*\\.test/"));
         assert_eq!(section_pattern(b"<ProxyMatch", "^h2://[ab]\\.test>"), regex("^h2://[ab]\\.test"));
+        assert_eq!(section_pattern(b"<Proxy", "balancer://pay lbmethod=byrequests>"), prefix("balancer://pay"));
+        assert_eq!(section_pattern(b"<Proxy", "\"h2://b.test/a b\" x=1>"), prefix("h2://b.test/a b"));
+        assert_eq!(section_pattern(b"<Proxy", "'h2://b.test/'>"), prefix("h2://b.test/"));
+        assert_eq!(section_pattern(b"<ProxyMatch", "\"^h2://x\\.test/\" y=2>"), regex("^h2://x\\.test/"));
         assert_eq!(section_pattern(b"<Location", "/x>"), None);
         assert_eq!(section_pattern(b"<ProxyPass", "/x>"), None);
     }
