@@ -36,7 +36,9 @@ pub struct ProxySection {
     pub pattern: SectionPattern,
 }
 
-/// One directive of the tree.
+/// One directive of the tree. A `<Proxy>` section is also reported on its
+/// own, before its directives (with its section and empty arguments), so
+/// that a section without directives is seen.
 pub struct Directive<'a> {
     pub name: &'a [u8],
     pub args: Cow<'a, str>,
@@ -131,6 +133,7 @@ pub unsafe fn walk(visit: &mut dyn FnMut(&Directive)) {
                     } else if let Some(pattern) = section_pattern(name, &args) {
                         let own = ProxySection { index: self.sections, pattern };
                         self.sections += 1;
+                        (self.visit)(&Directive { name, args: Cow::Borrowed(""), vhost, section: Some(&own) });
                         self.nodes(n.first_child, vhost, Some(&own));
                     } else if !n.first_child.is_null() {
                         self.nodes(n.first_child, vhost, section);

@@ -301,23 +301,23 @@ pub(crate) unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::a
     let mut main = TlsPolicy::default();
     let mut vhosts: HashMap<VhostKey, TlsPolicy> = HashMap::new();
     // (the section's virtual host, the section, its settings), in tree order.
+    // Every section, with SSLProxy* directives or not: in mod_ssl the last
+    // section that covers a URL decides, one without them for the server's
+    // settings.
     let mut sections: Vec<(Option<VhostKey>, conftree::ProxySection, TlsPolicy)> = Vec::new();
     // SAFETY: caller contract.
     unsafe {
         conftree::walk(&mut |d| {
             let Ok(name) = std::str::from_utf8(d.name) else { return };
             if let Some(section) = d.section {
-                match sections.iter_mut().find(|(_, s, _)| s.index == section.index) {
-                    Some((_, _, policy)) => {
-                        policy.apply(name, &d.args, absolute);
-                    }
+                let at = match sections.iter().position(|(_, s, _)| s.index == section.index) {
+                    Some(at) => at,
                     None => {
-                        let mut policy = TlsPolicy::default();
-                        if policy.apply(name, &d.args, absolute) {
-                            sections.push((d.vhost.cloned(), section.clone(), policy));
-                        }
+                        sections.push((d.vhost.cloned(), section.clone(), TlsPolicy::default()));
+                        sections.len() - 1
                     }
-                }
+                };
+                sections[at].2.apply(name, &d.args, absolute);
                 return;
             }
             let policy = match d.vhost {
@@ -348,18 +348,26 @@ pub(crate) unsafe fn set_backend_tls(s: *mut ffi::server_rec, pconf: *mut ffi::a
         }
     }
     // Each section compiled once; a virtual host shares the main server's.
-    let sections: Vec<(Option<VhostKey>, Arc<ProxySection>)> = sections
-        .into_iter()
-        .filter_map(|(v, s, policy)| Some((v, Arc::new(ProxySection { matches: compile(&s.pattern)?, policy }))))
-        .collect();
+    let sections: Vec<(Option<VhostKey>, Arc<SectionMatch>, TlsPolicy)> =
+        sections.into_iter().filter_map(|(v, s, own)| Some((v, Arc::new(compile(&s.pattern)?), own))).collect();
     let mut by_server = HashMap::new();
     let mut srv = s;
     while !srv.is_null() {
         // SAFETY: caller contract: a NULL-terminated list of live servers.
         let own = unsafe { conftree::vhost_of(srv) };
         let server = server_policy(&main, &vhosts, own.as_ref());
-        let sections =
-            sections.iter().filter(|(v, _)| v.is_none() || *v == own).map(|(_, section)| section.clone()).collect();
+        // The main server's sections first, then the virtual host's, as
+        // mod_proxy appends them, whatever their order in the files; each
+        // with its settings merged over the server's (mod_ssl's
+        // ssl_proxy_section_post_config).
+        let main_sections = sections.iter().filter(|(v, ..)| v.is_none());
+        let vhost_sections = sections.iter().filter(|(v, ..)| v.is_some() && *v == own);
+        let sections = main_sections
+            .chain(vhost_sections)
+            .map(|(_, matches, section)| {
+                Arc::new(ProxySection { matches: matches.clone(), policy: TlsPolicy::merge(&server, section) })
+            })
+            .collect();
         by_server.insert(srv as usize, Arc::new(BackendTls { server, sections, files: files.clone() }));
         // SAFETY: as above.
         srv = unsafe { (*srv).next };
@@ -400,7 +408,9 @@ unsafe fn warn_unusable_backend_tls(
     };
     let mut contexts = vec![(place(None), main.clone())];
     contexts.extend(vhosts.keys().map(|k| (place(Some(k)), server_of(Some(k)))));
-    contexts.extend(sections.iter().map(|(vhost, section, policy)| {
+    // A section without SSLProxy* settings has its server's, said above.
+    let own_settings = sections.iter().filter(|(_, _, policy)| *policy != TlsPolicy::default());
+    contexts.extend(own_settings.map(|(vhost, section, policy)| {
         let pattern = match &section.pattern {
             conftree::SectionPattern::Prefix(p) | conftree::SectionPattern::Regex(p) => p,
         };

@@ -384,16 +384,20 @@ impl PartialEq for SectionMatch {
     }
 }
 
-/// A `<Proxy>` section that sets `SSLProxy*` directives.
+/// A `<Proxy>` section, with or without `SSLProxy*` directives.
 #[derive(Debug, PartialEq)]
 pub struct ProxySection {
-    pub matches: SectionMatch,
+    /// Compiled once, shared by the servers the section applies in.
+    pub matches: Arc<SectionMatch>,
+    /// The section's settings merged over the server's (for a virtual
+    /// host, a main server's section over the virtual host's), as mod_ssl
+    /// merges each section at start.
     pub policy: TlsPolicy,
 }
 
 impl ProxySection {
     fn covers(&self, url: &str) -> bool {
-        match &self.matches {
+        match &*self.matches {
             SectionMatch::Prefix(p) => url.starts_with(p.as_str()),
             SectionMatch::Pattern(p) => p.is_match(url),
         }
@@ -436,8 +440,8 @@ pub fn of_server(server: usize) -> Option<Arc<BackendTls>> {
 pub struct BackendTls {
     /// The server's own, merged over the main server's.
     pub server: TlsPolicy,
-    /// The main server's `<Proxy>` sections, then the virtual host's, in
-    /// the order mod_proxy walks them.
+    /// The main server's `<Proxy>` sections, then the virtual host's,
+    /// each in file order: the order mod_proxy walks them.
     pub sections: Vec<Arc<ProxySection>>,
     /// The files of every server's settings (shared by all servers).
     pub files: Arc<PemFiles>,
@@ -445,14 +449,18 @@ pub struct BackendTls {
 
 impl BackendTls {
     /// The settings for the backend URL `url` (`h2://host/path`, mod_proxy's
-    /// `proxy:` filename without its prefix): the server's, with every
-    /// section that covers the URL merged over them in turn.
+    /// `proxy:` filename without its prefix): the last section that covers
+    /// it, else the server's. mod_ssl's per-directory merge takes a
+    /// section's settings whole (`ssl_config_perdir_merge`), so a later
+    /// section is not weakened by an earlier one it overlaps: merged in
+    /// turn, `<Proxy h2://app/>` with `SSLProxyVerify optional_no_ca`
+    /// gave its laxness to `<Proxy h2://app/admin/>`, where mod_ssl
+    /// verifies with the server's `require`.
     pub fn for_url(&self, url: &str) -> TlsPolicy {
-        let mut policy = self.server.clone();
-        for section in self.sections.iter().filter(|s| s.covers(url)) {
-            policy = TlsPolicy::merge(&policy, &section.policy);
+        match self.sections.iter().rev().find(|s| s.covers(url)) {
+            Some(section) => section.policy.clone(),
+            None => self.server.clone(),
         }
-        policy
     }
 }
 
@@ -657,30 +665,30 @@ mod tests {
     }
 
     #[test]
-    fn sections_apply_to_the_urls_they_cover_in_order() {
+    fn the_last_section_that_covers_a_url_applies_whole() {
+        let server = policy(&[("SSLProxyVerify", "require")]);
+        let section = |matches, lines: &[(&str, &str)]| {
+            Arc::new(ProxySection { matches: Arc::new(matches), policy: TlsPolicy::merge(&server, &policy(lines)) })
+        };
         let tls = BackendTls {
-            server: policy(&[("SSLProxyVerify", "require")]),
+            server: server.clone(),
             sections: vec![
-                Arc::new(ProxySection {
-                    matches: SectionMatch::Prefix("h2://a.test".into()),
-                    policy: policy(&[("SSLProxyVerify", "none"), ("SSLProxyCheckPeerExpire", "off")]),
-                }),
-                Arc::new(ProxySection {
-                    matches: SectionMatch::Prefix("h2://a.test/strict".into()),
-                    policy: policy(&[("SSLProxyVerify", "require")]),
-                }),
-                Arc::new(ProxySection {
-                    matches: SectionMatch::Pattern(Box::new(Suffix(".test/lax"))),
-                    policy: policy(&[("SSLProxyCheckPeerName", "off")]),
-                }),
+                section(
+                    SectionMatch::Prefix("h2://a.test".into()),
+                    &[("SSLProxyVerify", "none"), ("SSLProxyCheckPeerExpire", "off")],
+                ),
+                section(SectionMatch::Prefix("h2://a.test/strict".into()), &[("SSLProxyVerifyDepth", "3")]),
+                section(SectionMatch::Pattern(Box::new(Suffix(".test/lax"))), &[("SSLProxyCheckPeerName", "off")]),
             ],
             files: Arc::default(),
         };
         assert_eq!(tls.for_url("h2://b.test/").verify(), Verify::Require);
         let a = tls.for_url("h2://a.test/x");
         assert_eq!((a.verify(), a.check_expire()), (Verify::None, false));
+        // Not the first section's settings under the second's: the
+        // second's, over the server's.
         let strict = tls.for_url("h2://a.test/strict/1");
-        assert_eq!((strict.verify(), strict.check_expire()), (Verify::Require, false));
+        assert_eq!((strict.verify(), strict.check_expire(), strict.verify_depth()), (Verify::Require, true, 3));
         assert_eq!(tls.for_url("h2://b.test/lax").name_check(), NameCheck::Off);
         assert_eq!(tls.for_url("h2://b.test/lax/").name_check(), NameCheck::Names);
     }
