@@ -68,7 +68,10 @@ static void proxy_register_hooks(apr_pool_t *p)
     }
     hook_scheme(scheme_handler, NULL, NULL, APR_HOOK_FIRST);
     hook_canon(canon_handler, NULL, NULL, APR_HOOK_FIRST);
-    ap_hook_fixups(h2rs_proxy_fixups, NULL, NULL, APR_HOOK_LAST);
+    /* Before mod_proxy's proxy_map_location, which matches the <Proxy>
+     * sections against the file name as it is then. */
+    static const char *const before_mod_proxy[] = { "mod_proxy.c", NULL };
+    ap_hook_map_to_storage(h2rs_proxy_map_to_storage, NULL, before_mod_proxy, APR_HOOK_FIRST);
     ap_hook_post_config(proxy_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(h2rs_proxy_child_init, NULL, NULL, APR_HOOK_MIDDLE);
 }

@@ -68,7 +68,7 @@ apr_status_t h2rs_c2_response_out(ap_filter_t *f, apr_bucket_brigade *bb);
 int h2rs_proxy_handler(request_rec *r, void *worker, void *conf, char *url,
                        const char *proxyname, apr_port_t proxyport);
 int h2rs_proxy_canon(request_rec *r, char *url);
-int h2rs_proxy_fixups(request_rec *r);
+int h2rs_proxy_map_to_storage(request_rec *r);
 void h2rs_proxy_child_init(apr_pool_t *pchild, server_rec *s);
 int h2rs_proxy_post_config(apr_pool_t *pconf, server_rec *s);
 

@@ -999,6 +999,43 @@ Listen 127.0.0.1:{vport}
     srv.check_log()
 
 
+def test_backend_checks_follow_the_sections_as_mod_ssl_applies_them(workdir, docroot, tls_backends):
+    """Of the <Proxy> sections that cover a backend URL the last one
+    applies, whole, over the server's settings (mod_ssl does not merge one
+    section over another), also a section without SSLProxy* directives; a
+    section with worker parameters covers its URL; sections are matched
+    against the URL as mod_proxy matches them, before it writes the host
+    in lower case."""
+    b = tls_backends
+    srv = tls_check_server(workdir, docroot, b, f"""
+SSLProxyVerify require
+<Proxy "h2://localhost:{b['self']}/">
+  SSLProxyVerify none
+</Proxy>
+<Proxy "h2://localhost:{b['self']}/admin">
+  SSLProxyCheckPeerExpire off
+</Proxy>
+<Proxy "h2://localhost:{b['self']}/open">
+  Require all granted
+</Proxy>
+<Proxy "h2://localhost:{b['other']}/" timeout=10>
+  SSLProxyVerify none
+  SSLProxyCheckPeerName off
+</Proxy>
+ProxyPass /upper/ h2://LocalHost:{b['signed']}/
+<Proxy "h2://LocalHost:{b['signed']}/">
+  SSLProxyVerify none
+</Proxy>""", name="tls-section-match").start()
+    try:
+        got = {p: split(get(srv, p))[0] for p in ["/self/headers", "/self/admin/headers", "/self/open/headers",
+                                                  "/other/headers", "/upper/headers", "/signed/headers"]}
+        assert got == {"/self/headers": 200, "/self/admin/headers": 503, "/self/open/headers": 503,
+                       "/other/headers": 200, "/upper/headers": 200, "/signed/headers": 503}
+    finally:
+        srv.stop()
+    srv.check_log()
+
+
 @pytest.mark.parametrize("directives, version, cipher", [
     ("", "TLSv1.3", None),
     ("SSLProxyProtocol -all +TLSv1.2", "TLSv1.2", None),

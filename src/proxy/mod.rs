@@ -128,17 +128,23 @@ unsafe extern "C" fn child_pre_cleanup(_data: *mut c_void) -> ffi::apr_status_t 
 /// against (`tls_target`).
 const SECTION_URL_NOTE: &CStr = c"h2rs-proxy-section-url";
 
-/// Keeps a proxied request's `proxy:` file name as it is once mod_proxy
-/// has matched its `<Proxy>` sections and canonicalized it: a balancer
-/// replaces it with its member's URL before the scheme handler runs, and
-/// the `SSLProxy*` settings of a `<Proxy balancer://...>` section must
-/// still apply to the member's connection, as mod_ssl applies them.
+/// Keeps a proxied request's `proxy:` file name as mod_proxy matches its
+/// `<Proxy>` sections against it (`proxy_walk`, right after this hook):
+/// a balancer replaces it with its member's URL before the scheme handler
+/// runs, and the `SSLProxy*` settings of a `<Proxy balancer://...>`
+/// section must still apply to the member's connection, as mod_ssl
+/// applies them. Not later: mod_proxy's canonicalization (fixups) writes
+/// the host in lower case and drops a default port, and a section
+/// `<Proxy "h2://Pay.Internal:443/">` that mod_proxy applied then covered
+/// nothing here. A request proxied by a per-directory RewriteRule gets
+/// its file name after this (in fixups): mod_proxy walks no sections for
+/// it, and mod_ssl applies the server's settings; so does this module.
 ///
 /// # Safety
 /// Called by httpd with a live request.
 #[no_mangle]
-pub unsafe extern "C" fn h2rs_proxy_fixups(r: *mut ffi::request_rec) -> c_int {
-    guard("proxy fixups", HOOK_DECLINED, || {
+pub unsafe extern "C" fn h2rs_proxy_map_to_storage(r: *mut ffi::request_rec) -> c_int {
+    guard("proxy map_to_storage", HOOK_DECLINED, || {
         // SAFETY: httpd passes a live request; the file name is
         // NUL-terminated and copied into the notes.
         unsafe {
@@ -725,17 +731,20 @@ unsafe fn tls_target(r: *mut ffi::request_rec, target: &Target, preserve_host: b
             target.host().to_string()
         };
         // mod_proxy matches its sections against the `proxy:` file name
-        // (as the fixups hook kept it, before a balancer changed it).
+        // as the map_to_storage hook kept it; without it (a per-directory
+        // RewriteRule) it matches none, and the server's settings apply.
         let kept = TableRef::from_raw((*r).notes).and_then(|n| n.get(SECTION_URL_NOTE));
-        let filename = match kept {
-            Some(f) => String::from_utf8_lossy(f).into_owned(),
-            None => cstr_lossy((*r).filename),
+        let Some(tls) = backend_tls::of_server((*r).server as usize) else {
+            return TlsTarget { host, policy: Default::default(), files: Default::default() };
         };
-        let url = filename.strip_prefix("proxy:").unwrap_or(&filename);
-        match backend_tls::of_server((*r).server as usize).as_deref() {
-            Some(b) => TlsTarget { host, policy: b.for_url(url), files: b.files.clone() },
-            None => TlsTarget { host, policy: Default::default(), files: Default::default() },
-        }
+        let policy = match kept {
+            Some(f) => {
+                let filename = String::from_utf8_lossy(f);
+                tls.for_url(filename.strip_prefix("proxy:").unwrap_or(&filename))
+            }
+            None => tls.server.clone(),
+        };
+        TlsTarget { host, policy, files: tls.files.clone() }
     }
 }
 
