@@ -258,7 +258,11 @@ impl Context {
                 (api.SSL_CTX_ctrl)(ctx.as_ptr(), SSL_CTRL_SET_MAX_PROTO_VERSION, highest.into(), std::ptr::null_mut());
             }
             if let Some(list) = policy.ciphers.as_deref() {
-                if (api.SSL_CTX_set_cipher_list)(ctx.as_ptr(), c_string(list)?.as_ptr()) != 1 {
+                // As mod_ssl: never a cipher without authentication or
+                // encryption, whatever the list (`HIGH:@SECLEVEL=0` let an
+                // anonymous suite through, and no certificate to check).
+                let guarded = format!("{list}:!aNULL:!eNULL:!EXP");
+                if (api.SSL_CTX_set_cipher_list)(ctx.as_ptr(), c_string(&guarded)?.as_ptr()) != 1 {
                     return Err(format!("SSLProxyCipherSuite {list}: no cipher OpenSSL knows"));
                 }
             }
@@ -795,6 +799,13 @@ impl Ssl {
         // SAFETY: our live SSL; OpenSSL's error string is static.
         unsafe {
             if verify != Verify::None {
+                // OpenSSL's result is X509_V_OK also when the backend sent
+                // no certificate at all.
+                let cert = (api.SSL_get1_peer_certificate)(self.ssl.as_ptr());
+                if cert.is_null() {
+                    return Err("the backend presented no certificate (SSLProxyVerify)".into());
+                }
+                (api.X509_free)(cert);
                 // The errors the policy tolerates were cleared on the way
                 // (`tolerate_errors`).
                 let rv = (api.SSL_get_verify_result)(self.ssl.as_ptr());
@@ -850,6 +861,10 @@ impl Ssl {
             let bare = host.trim_start_matches('[').trim_end_matches(']');
             let matched = match names {
                 NameCheck::Off => true,
+                // A name with a leading dot (httpd takes `Host: .b.test`,
+                // which ProxyPreserveHost passes on) is to X509_check_host
+                // any name below it; mod_ssl matches it as it is.
+                NameCheck::Names if bare.starts_with('.') => false,
                 NameCheck::Names => {
                     let c = c_string(bare)?;
                     if bare.parse::<std::net::IpAddr>().is_ok() {
