@@ -369,6 +369,27 @@ def test_preserve_host(proxy):
     assert json.loads(body)[":authority"] == "front.example"
 
 
+def test_preserve_host_without_a_host_field_names_the_server(proxy):
+    """An HTTP/1.0 request without Host under ProxyPreserveHost: the
+    backend gets the server's name, as mod_proxy_http sends it, not its own
+    host and port."""
+    code, body = split(curl("--http1.0", "-H", "Host:", "-w", "\n%{http_code}", proxy.url("/pp/headers")))
+    assert code == 200
+    assert json.loads(body)[":authority"] == "127.0.0.1"
+
+
+def test_a_remote_proxy_over_an_h2_backend_is_refused_not_bypassed(make_server, backends):
+    """`ProxyRemote` covering an h2c/h2 backend URL: this module cannot go
+    through a remote proxy, and it does not go around it (the admin's
+    egress rule) either: 500, and the error log says why."""
+    srv = make_server(extra=f"""{PROXY_MODULES}
+ProxyRemote * http://127.0.0.1:9
+ProxyPass /b/ h2c://127.0.0.1:{backends[0]}/
+""").start()
+    assert split(get(srv, "/b/delay?s=0"))[0] == 500
+    assert "ProxyRemote 127.0.0.1 covers this h2/h2c backend URL" in srv.read_error_log()
+
+
 @pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
 def test_upload_byte_exact(proxy, tmp_path, h1):
     data = os.urandom(3 * 1024 * 1024 + 7)

@@ -272,10 +272,23 @@ pub unsafe extern "C" fn h2rs_proxy_handler(
     worker: *mut c_void,
     conf: *mut c_void,
     url: *mut c_char,
-    _proxyname: *const c_char,
+    proxyname: *const c_char,
     _proxyport: ffi::apr_port_t,
 ) -> c_int {
     guard("proxy handler", ffi::HTTP_INTERNAL_SERVER_ERROR as c_int, || {
+        if !proxyname.is_null() {
+            // A `ProxyRemote` covers the URL: the request must go through
+            // that proxy, which this module cannot do (a CONNECT tunnel for
+            // h2://). Not straight to the backend, past the proxy the admin
+            // requires; and not 502, on which mod_proxy tries it direct.
+            let via = cstr_lossy(proxyname);
+            crate::log::request(
+                r,
+                Level::Error,
+                &format!("h2rs proxy: ProxyRemote {via} covers this h2/h2c backend URL; requests through a remote proxy are not supported, answering 500"),
+            );
+            return ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
+        }
         // SAFETY: httpd passes the live request on this thread, mod_proxy's
         // worker and server config, and the backend URL.
         unsafe { handle(r, worker, conf, url) }
@@ -415,10 +428,13 @@ pub fn backend_fields(h: &HeadRules<'_>) -> Headers {
             }
         }
     }
+    // The client's X-Forwarded-* and Via, then ours; not the client's where
+    // its Connection field names them (httpd clears those first).
     let join = |name: &[u8], add: Option<&[u8]>| -> Option<Vec<u8>> {
         let mut v: Vec<u8> = Vec::new();
+        let client_values = !listed.iter().any(|l| l == name);
         for (n, val) in &h.fields {
-            if n.eq_ignore_ascii_case(name) {
+            if client_values && n.eq_ignore_ascii_case(name) {
                 if !v.is_empty() {
                     v.extend_from_slice(b", ");
                 }
@@ -436,7 +452,8 @@ pub fn backend_fields(h: &HeadRules<'_>) -> Headers {
     for (n, v) in &h.fields {
         let lower = n.to_ascii_lowercase();
         if HOP_BY_HOP.contains(&lower.as_slice()) || listed.contains(&lower) {
-            if lower == b"te" && v.trim_ascii().eq_ignore_ascii_case(b"trailers") {
+            // `TE: trailers, deflate` still says trailers are welcome.
+            if lower == b"te" && v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers")) {
                 out.push(b"te", b"trailers");
             }
             continue;
@@ -608,12 +625,15 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         let fields = hin.entries();
         let method = CStr::from_ptr((*r).method).to_bytes();
         let host_in = hin.get(c"Host");
+        let server_name = cstr_lossy((*(*r).server).server_hostname);
         let authority: &[u8] = match (params.preserve_host != 0, host_in) {
             (true, Some(h)) => h,
+            // An HTTP/1.0 request without Host: the server's name, as
+            // mod_proxy_http sends it (AH01092), not the backend's.
+            (true, None) => server_name.as_bytes(),
             _ => target.authority.as_bytes(),
         };
         let client_ip = (!(*r).useragent_ip.is_null()).then(|| CStr::from_ptr((*r).useragent_ip).to_bytes());
-        let server_name = cstr_lossy((*(*r).server).server_hostname);
         let via = via_entry(r, params.via);
         let rules = HeadRules {
             method,
@@ -1707,5 +1727,36 @@ mod tests {
         assert_eq!(out.get(b"proxy-authorization"), Some(&b"Basic x"[..]));
         assert_eq!(out.get(b"content-length"), None);
         assert_eq!(out.get(b"if-none-match"), None);
+    }
+
+    #[test]
+    fn forwarding_fields_the_connection_field_names_are_the_clients_no_more() {
+        let fields: Vec<(&[u8], &[u8])> = vec![
+            (b"Connection", b"X-Forwarded-For, Via"),
+            (b"X-Forwarded-For", b"10.6.6.6"),
+            (b"Via", b"1.1 spoofed"),
+            (b"X-Forwarded-Host", b"kept.example"),
+            (b"TE", b"trailers, deflate;q=0.5"),
+        ];
+        let h = HeadRules {
+            method: b"GET",
+            tls: false,
+            authority: b"b:9",
+            path: b"/",
+            fields,
+            client_ip: Some(b"127.0.0.1"),
+            server_name: b"front",
+            forwarded: true,
+            via: Some("2.0 front".into()),
+            via_block: false,
+            chain_auth: true,
+            body_filtered: false,
+            subrequest: false,
+        };
+        let out = backend_fields(&h);
+        assert_eq!(out.get(b"x-forwarded-for"), Some(&b"127.0.0.1"[..]));
+        assert_eq!(out.get(b"via"), Some(&b"2.0 front"[..]));
+        assert_eq!(out.get(b"x-forwarded-host"), Some(&b"kept.example"[..]));
+        assert_eq!(out.get(b"te"), Some(&b"trailers"[..]));
     }
 }
