@@ -1553,8 +1553,15 @@ ProxyPass /eo/ h2c://127.0.0.1:{backends[0]}/
 
 
 def test_unreachable_backend_is_503(proxy):
+    """And the reason is logged with the request (the client, in its
+    virtual host's error log), not only by the proxy loop in the main
+    server's."""
+    start = len(proxy.read_error_log())
     code, _ = split(get(proxy, "/down/x"))
     assert code == 503
+    assert wait_for(lambda: re.search(r"\[(client|remote) 127\.0\.0\.1:\d+\] h2rs proxy: backend h2c://127\.0\.0\.1:\d+: "
+                                      r"cannot connect to .*, answering 503", proxy.read_error_log()[start:])), \
+        proxy.read_error_log()[start:]
 
 
 def test_backend_name_that_does_not_resolve_is_503(proxy):
@@ -2753,6 +2760,6 @@ ProxyPass /t/ h2c://127.0.0.1:{backends[2]}/ max=1 timeout=2
     res = h2load("-n", "30", "-c", "1", "-m", "30", srv.url("/t/delay?s=1.5"))
     assert (res.get("s2xx"), res.get("s5xx")) == (20, 10), res["output"]
     log = srv.read_error_log()
-    assert log.count("no stream free on its connections within 2s") == 10 and "answering 504" not in log, log[-2000:]
+    assert len(re.findall(r"\[(?:client|remote) [^]]+\] h2rs proxy: [^\n]*no stream free on its connections within 2s", log)) == 10 and "answering 504" not in log, log[-2000:]
     srv.new_log_lines()
 

@@ -195,10 +195,9 @@ struct BStream {
 
 impl BStream {
     /// The backend's heads are over the limits (`limits::MAX_BACKEND_*`):
-    /// the request is answered 502 and the stream reset (the caller logs
-    /// why, `log_heads_refused`).
+    /// the stream is reset (the caller fails the request with 502 and says
+    /// why, `heads_refused`).
     fn refuse_heads(&mut self) -> Flow {
-        self.task.fail(502);
         self.reset_sent = true;
         Flow::ResetStream(error_code::CANCEL)
     }
@@ -243,8 +242,17 @@ impl Backend {
     }
 }
 
-fn log_heads_refused(backend: &str, stream_id: i32, what: &str) {
-    log_error(&format!("backend {backend}: stream {stream_id}: {what}, answering 502"));
+fn heads_refused(backend: &str, stream_id: i32, what: &str, task: &Task) {
+    fail_bad_gateway(task, format!("backend {backend}: stream {stream_id}: {what}"));
+}
+
+/// The backend failed `task`: 502, or the response cut if it began; said
+/// in the main server's log and kept for the front, which says it in the
+/// request's (`Task::fail_because`).
+fn fail_bad_gateway(task: &Task, why: String) {
+    let answer = if task.response_started() { ", response aborted" } else { ", answering 502" };
+    log_error(&format!("{why}{answer}"));
+    task.fail_because(502, why);
 }
 
 impl Handler for Backend {
@@ -277,7 +285,7 @@ impl Handler for Backend {
         if bs.head_bytes > limits::MAX_BACKEND_HEAD_BYTES {
             let flow = bs.refuse_heads();
             let what = format!("a header block over {} bytes", limits::MAX_BACKEND_HEAD_BYTES);
-            log_heads_refused(&self.backend, frame.stream_id, &what);
+            heads_refused(&self.backend, frame.stream_id, &what, &bs.task);
             return flow;
         }
         if name == b":status" {
@@ -337,8 +345,9 @@ impl Handler for Backend {
                     101 => {}
                     100..=199 if bs.interims >= limits::MAX_BACKEND_INTERIMS => {
                         let flow = bs.refuse_heads();
+                        let task = bs.task.clone();
                         let what = format!("more than {} interim responses", limits::MAX_BACKEND_INTERIMS);
-                        log_heads_refused(&self.backend, frame.stream_id, &what);
+                        heads_refused(&self.backend, frame.stream_id, &what, &task);
                         return flow;
                     }
                     100..=199 => {
@@ -354,7 +363,8 @@ impl Handler for Backend {
                     // would send any other as it is.
                     invalid => {
                         let flow = bs.refuse_heads();
-                        log_heads_refused(&self.backend, frame.stream_id, &format!("status {invalid:03}"));
+                        let task = bs.task.clone();
+                        heads_refused(&self.backend, frame.stream_id, &format!("status {invalid:03}"), &task);
                         return flow;
                     }
                 }
@@ -394,14 +404,12 @@ impl Handler for Backend {
             return;
         }
         let Some(bs) = self.streams.remove(&frame.stream_id) else { return };
-        slog!(
-            std::ptr::null::<crate::ffi::server_rec>(),
-            Level::Error,
-            "h2rs proxy: backend {}: the request's header block is larger than {} bytes, answering 502",
+        let why = format!(
+            "backend {}: the request's header block is larger than {} bytes",
             self.backend,
             limits::BACKEND_MAX_HEADER_BLOCK
         );
-        bs.task.fail(502);
+        fail_bad_gateway(&bs.task, why);
     }
 
     fn stream_close(&mut self, ops: &mut Ops<'_>, stream_id: i32, code: u32) -> Flow {
@@ -424,15 +432,7 @@ impl Handler for Backend {
             self.retry.push(task);
             return Flow::Continue;
         }
-        slog!(
-            std::ptr::null::<crate::ffi::server_rec>(),
-            Level::Error,
-            "h2rs proxy: backend {} reset stream {} (error code {code}){}",
-            self.backend,
-            stream_id,
-            if task.response_started() { " in the middle of the response" } else { ", answering 502" }
-        );
-        task.fail(502);
+        fail_bad_gateway(&task, format!("backend {} reset stream {stream_id} (error code {code})", self.backend));
         Flow::Continue
     }
 
@@ -1068,12 +1068,12 @@ struct LoopState {
 impl Drop for LoopState {
     fn drop(&mut self) {
         let lost: Vec<&Arc<Task>> = self.in_progress.iter().filter(|t| !t.is_finished()).collect();
+        let why = if std::thread::panicking() { "failed" } else { "stopped" };
         if !lost.is_empty() {
-            let why = if std::thread::panicking() { "failed" } else { "stopped" };
             log_error(&format!("the proxy loop {why} with {} requests in progress, failing them", lost.len()));
         }
         for task in lost {
-            task.fail(502);
+            task.fail_because(502, format!("the proxy loop {why} with the request in progress"));
         }
     }
 }
@@ -1096,11 +1096,12 @@ fn log_next_address(backend: &str, failure: &str, next: &Peer) {
 /// unless body was read from the client already (`Task::fail`), said in
 /// the log as it is answered.
 fn fail_unavailable(task: &Task, why: &str) {
-    let answer = match task.fail(503) {
+    let why = format!("backend {}: {why}", task.spec.backend);
+    let answer = match task.fail_because(503, why.clone()) {
         Failure::Status(s) => format!("answering {s}"),
         Failure::Abort => "cutting the response".to_string(),
     };
-    log_error(&format!("backend {}: {why}, {answer}", task.spec.backend));
+    log_error(&format!("{why}, {answer}"));
 }
 
 impl LoopState {
@@ -1176,8 +1177,7 @@ impl LoopState {
         };
         let conn = &mut self.conns[idx];
         if let Err(e) = conn.enqueue(task) {
-            log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
-            task.fail(502);
+            fail_bad_gateway(task, format!("backend {}: {e}", task.spec.backend));
         }
     }
 
@@ -1280,8 +1280,7 @@ impl LoopState {
                 }
                 if conn.session.ops().request_allowed() && conn.has_room() {
                     if let Err(e) = conn.submit(&task) {
-                        log_error(&format!("backend {}: {e}, answering 502", task.spec.backend));
-                        task.fail(502);
+                        fail_bad_gateway(&task, format!("backend {}: {e}", task.spec.backend));
                     }
                 } else {
                     overflow.push(task);
@@ -1409,30 +1408,29 @@ impl LoopState {
                     // backend's timeout (no proxy_timedout, which would put
                     // a balancer member in error): 503, as mod_proxy answers
                     // when no connection of its pool frees up in time.
-                    log_error(&format!(
-                        "backend {backend}: no stream free on its connections within {:?} (all {} in use), answering 503",
+                    let why = format!(
+                        "backend {backend}: no stream free on its connections within {:?} (all {} in use)",
                         bs.task.spec.timeout,
                         ops.remote_max_concurrent()
-                    ));
-                    bs.task.fail(503);
+                    );
+                    log_error(&format!("{why}, answering 503"));
+                    bs.task.fail_because(503, why);
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);
                 } else if now > bs.deadline {
+                    let why = format!("backend {backend}: no answer on stream {id} within {:?}", bs.task.spec.timeout);
                     if bs.task.front_detached() {
                         log_error(&format!(
                             "backend {backend}: stream {id} still open {:?} after its response, which had no content and went to the client, reset",
                             bs.task.spec.timeout
                         ));
                     } else {
-                        log_error(&format!(
-                            "backend {backend}: no answer on stream {id} within {:?}, answering 504",
-                            bs.task.spec.timeout
-                        ));
+                        log_error(&format!("{why}, answering 504"));
                     }
                     if silent_for >= bs.task.spec.timeout {
                         silent_timeout = Some(bs.task.spec.timeout);
                     }
-                    bs.task.fail(504);
+                    bs.task.fail_because(504, why);
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);
                 }
@@ -1514,12 +1512,7 @@ impl LoopState {
                     retry.push(task);
                     continue;
                 }
-                log_error(&format!(
-                    "backend {}: {reason} (stream {id}){}",
-                    h.backend,
-                    if task.response_started() { ", response aborted" } else { ", answering 502" }
-                ));
-                task.fail(502);
+                fail_bad_gateway(&task, format!("backend {}: {reason} (stream {id})", h.backend));
             }
             retry.append(&mut h.retry);
             // What `read` held back: tasks whose streams ended well.

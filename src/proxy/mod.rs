@@ -796,6 +796,7 @@ unsafe fn run_request(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Arc<E
             // balancer member, before the body is read. (Without a body, the
             // inline phase below waits for the dispatch just the same.)
             if let Some(Failure::Status(s)) = task.wait_dispatched(task.spec.timeout) {
+                log_failure(r, task, s);
                 return s as c_int;
             }
             if front.is_none() {
@@ -1022,6 +1023,16 @@ enum Pumped {
 const RESPONSE_NOT_PASSED: &[&[u8]] =
     &[b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"alt-svc"];
 
+/// Says why the engine failed the request, in the request's error log (its
+/// virtual host's, with the client), as mod_proxy logs a backend's failure
+/// with the request; the engine's loop logs it in the main server's.
+#[cold]
+fn log_failure(r: *mut ffi::request_rec, task: &Task, status: u16) {
+    if let Some(why) = task.failure_reason() {
+        crate::log::request(r, Level::Error, &format!("h2rs proxy: {why}, answering {status}"));
+    }
+}
+
 /// Passes what the engine has for the request (at most `max_data` body
 /// bytes) through its output filters, in `bb` (the request's response
 /// brigade, made once: a brigade per pass would grow the request's pool for
@@ -1034,6 +1045,7 @@ unsafe fn pump(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Engine, max_
     // SAFETY: caller contract: `r` is live and owned by this thread.
     unsafe {
         if let (Some(Failure::Status(s)), None) = (t.failure, &t.head) {
+            log_failure(r, task, s);
             if let Some(port) = task.source_port() {
                 // A request that reached the backend and failed there.
                 note_number(r, c"proxy-source-port", port.into());

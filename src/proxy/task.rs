@@ -137,6 +137,9 @@ struct State {
     end: bool,
     trailers: Option<Headers>,
     failure: Option<Failure>,
+    /// Why the engine failed the request (`fail_because`), for the front
+    /// to log with the request.
+    failure_reason: Option<String>,
     /// The engine added parts (`on_*`) that it has not published yet: the
     /// front sees none of them until `publish`, so a connection error
     /// later in the same batch of frames can still turn a head into a 502.
@@ -361,6 +364,23 @@ impl Task {
         s.source_port = source_port;
         drop(s);
         self.cond.notify_all();
+    }
+
+    /// `fail`, keeping why for the front (`failure_reason`): the engine's
+    /// own line goes to the main server's error log, without the client or
+    /// the request, as its loop serves every virtual host.
+    pub fn fail_because(&self, status: u16, why: String) -> Failure {
+        {
+            let mut s = self.state.lock();
+            if s.failure.is_none() && !s.end {
+                s.failure_reason = Some(why);
+            }
+        }
+        self.fail(status)
+    }
+
+    pub fn failure_reason(&self) -> Option<String> {
+        self.state.lock().failure_reason.clone()
     }
 
     /// The local port of the connection the request went out on.
