@@ -1409,12 +1409,11 @@ impl LoopState {
                     // a balancer member in error): 503, as mod_proxy answers
                     // when no connection of its pool frees up in time.
                     let why = format!(
-                        "backend {backend}: no stream free on its connections within {:?} (all {} in use)",
+                        "no stream free on its connections within {:?} (all {} in use)",
                         bs.task.spec.timeout,
                         ops.remote_max_concurrent()
                     );
-                    log_error(&format!("{why}, answering 503"));
-                    bs.task.fail_because(503, why);
+                    fail_unavailable(&bs.task, &why);
                     bs.reset_sent = true;
                     let _ = ops.submit_rst_stream(id, error_code::CANCEL);
                 } else if now > bs.deadline {
