@@ -24,9 +24,12 @@ from h2client import H2Client
 from httpd_env import APXS, HTTPD, MODDIR, MODULE, ROOT, STOCK_MODULE, apxs, free_port  # noqa: F401
 
 CRASH_RE = re.compile(
-    r"AH00052|segmentation fault|exit signal (Seg|Abort|Bus)|panick|AH00051|double free|h2rs-test: wrong thread",
+    r"AH00052|segmentation fault|exit signal (Seg|Abort|Bus)|panick|AH00051|AH00060|double free|h2rs-test: wrong thread",
     re.IGNORECASE,
 )
+# The lines of a panic the module caught: what `allow_panic` excuses (a
+# crash of the process is never excused).
+CAUGHT_PANIC_RE = re.compile(r"panicked at|recovered from a panic|h2rs: stream \d+ panicked")
 
 # The stock module's status handler, for servers that fuzz or check memory.
 H2STATUS_LOCATION = """
@@ -163,7 +166,10 @@ class Httpd:
         # bind-mounted in a mount namespace of its own; the host's is untouched.
         self.hosts = hosts
         self.pid = None
+        # new_log_lines()'s position, which tests move to look at what a
+        # request logged, and the crash check's own, which they cannot.
         self.log_offset = 0
+        self.checked_offset = 0
         self.allow_panic = False
 
     @property
@@ -427,11 +433,15 @@ Protocols {self.protocols}
         return new
 
     def check_log(self):
-        text = self.new_log_lines()
-        if self.allow_panic:
-            return
-        bad = [l for l in text.splitlines() if CRASH_RE.search(l)]
-        assert not bad, "crash or panic in the error log:\n" + "\n".join(bad[:5]) + self.kept_cores()
+        """Fails on a crash or panic logged since the last check, and on a
+        core file: a caught panic passes where the test allows it."""
+        text = self.read_error_log()
+        new, self.checked_offset = text[self.checked_offset:], len(text)
+        bad = [l for l in new.splitlines()
+               if CRASH_RE.search(l) and not (self.allow_panic and CAUGHT_PANIC_RE.search(l))]
+        cores = self.kept_cores()
+        assert not bad and not cores, \
+            "crash or panic in the error log:\n" + "\n".join(bad[:5]) + cores
 
     def kept_cores(self):
         """Moves the core files of crashed children out of the test's

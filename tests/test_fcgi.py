@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import MODDIR, curl, h2load, spawn_backend
+from conftest import MODDIR, curl, h2load, registered, spawn_backend
 from h2client import H2Client, assert_cut_after_head
 
 
@@ -35,10 +35,8 @@ ProxyPass /app/ fcgi://127.0.0.1:{port}/ enablereuse=on
 def fcgi_srv(workdir, docroot, fcgi_port):
     from conftest import Httpd
     h = Httpd(workdir, docroot, name="fcgi", h2_conf="H2Direct on", extra=fcgi_conf(fcgi_port))
-    h.start()
-    yield h
-    h.stop()
-    h.check_log()
+    with registered(h):
+        yield h
 
 
 def test_request_reaches_the_application_with_the_h2_environment(fcgi_srv):

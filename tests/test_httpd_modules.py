@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from conftest import MODDIR, Httpd, h1_request, h2_request, h2c
+from conftest import MODDIR, Httpd, h1_request, h2_request, h2c, registered
 
 MODULES = ("substitute", "brotli", "sed", "bucketeer", "case_filter", "case_filter_in", "ext_filter", "buffer",
            "data", "asis", "file_cache", "allowmethods", "auth_digest", "authn_file", "authn_core",
@@ -101,10 +101,8 @@ Alias /digest/ "{d}/"
 </Location>
 """
     h = Httpd(workdir, docroot, name="srv-httpd-modules", extra=extra)
-    h.start()
-    yield h
-    h.stop()
-    h.check_log()
+    with registered(h):
+        yield h
 
 
 LINES = b"line 1\nline 2\nline 3\nline 4\nline 5\n"

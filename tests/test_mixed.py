@@ -196,18 +196,32 @@ class Traffic:
             self.restarts.append((time.time(), before))
 
     def run(self):
-        threads = [threading.Thread(target=f) for f in
+        """Runs every kind of traffic at once; returns the exceptions that
+        ended a thread early (a hung curl's TimeoutExpired, say), which a
+        thread would otherwise only report as a warning."""
+        errors = []
+
+        def recording(f):
+            def run():
+                try:
+                    f()
+                except Exception as e:  # noqa: BLE001 - the test reports it
+                    errors.append(f"{f.__name__}: {e!r}")
+            return run
+
+        threads = [threading.Thread(target=recording(f)) for f in
                    (self.h2load, self.aborts, self.aborts, self.upload, self.raw, self.raw, self.restart)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        return errors
 
 
 def test_mixed_traffic_with_aborts_and_graceful_restarts(mixed, workdir):
     docroot = mixed.mixed_docroot
     traffic = Traffic(mixed, workdir, SEED)
-    traffic.run()
+    assert traffic.run() == []
 
     assert traffic.restarts, "no graceful restart happened"
     assert traffic.raw_rounds > 20
@@ -239,6 +253,7 @@ def test_mixed_traffic_with_aborts_and_graceful_restarts(mixed, workdir):
 
     # Uploads: whatever was answered 200 carried the digest of what was sent,
     # and restarts cost at most a few.
+    assert len(traffic.uploads) >= 20
     answered = [u for u in traffic.uploads if u[3] == 0 and u[4] == "200"]
     assert [u for u in answered if not u[5]] == []
     assert len(answered) >= 0.9 * len(traffic.uploads), [u for u in traffic.uploads if u not in answered][:5]

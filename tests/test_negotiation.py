@@ -10,7 +10,8 @@ import h2.events
 import h2.settings
 import pytest
 
-from conftest import (MODDIR, MODULE, PREFORK_MPM, SSL_MODULES, free_port, curl, h2load, sha256, tls_vhost, wait_for)
+from conftest import (MODDIR, MODULE, PREFORK_MPM, SSL_MODULES, free_port, curl, h2load, registered, sha256,
+                      tls_vhost, wait_for)
 from h2client import H2Client, tls_socket
 from rawh2 import read_http1_head, upgrade_request
 
@@ -20,10 +21,8 @@ def tls_server(workdir, docroot, certs):
     from conftest import Httpd
     h = Httpd(workdir, docroot, name="tls-negotiation")
     h.tls_config(certs, free_port())
-    h.start()
-    yield h
-    h.stop()
-    h.check_log()
+    with registered(h):
+        yield h
 
 
 def test_alpn_h2_with_curl_and_nghttp(tls_server, docroot, workdir):

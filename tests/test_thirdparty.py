@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from conftest import MODDIR, Httpd, h1_request, h2_request, h2c
+from conftest import MODDIR, Httpd, h1_request, h2_request, h2c, registered
 
 APP = r'''
 import hashlib, time
@@ -77,10 +77,8 @@ WSGIChunkedRequest On
 </Directory>
 """
     h = Httpd(workdir, docroot, name="srv-thirdparty", extra=extra)
-    h.start()
-    yield h
-    h.stop()
-    h.check_log()
+    with registered(h):
+        yield h
 
 
 FORM = [("content-type", "application/x-www-form-urlencoded")]
@@ -158,8 +156,9 @@ def test_waf_refuses_a_body_over_its_limit_before_reading_it(srv):
     c = h2c(srv)
     sid = c.request("/wsgi/env", method="POST", headers=FORM + [("content-length", "300000")], end_stream=False)
     st = c.wait_stream(sid)
+    c.wait(lambda: st.reset is not None, timeout=5)
     c.close()
-    assert st.status == 413 and st.ended
+    assert st.status == 413 and st.ended and st.reset == 0, st.reset
     assert re.search(rb"Request Entity Too Large", bytes(st.data))
     assert re.search(r"ModSecurity: Request body \(Content-Length\) is larger than the configured limit",
                      srv.new_log_lines())

@@ -18,7 +18,7 @@ import h2.errors
 import h2.events
 import pytest
 
-from conftest import Httpd, cpu_seconds, free_port, spawn_backend, wait_for
+from conftest import Httpd, cpu_seconds, free_port, registered, spawn_backend, wait_for
 from h2client import H2Client
 from rawh2 import read_http1_head
 from wsclient import BINARY, CLOSE, PING, PONG, TEXT, Tunnel, frame
@@ -101,10 +101,8 @@ ProxyPass /down/ http://127.0.0.1:{free_port()}/ upgrade=websocket timeout=5{eag
 def ws_server(workdir, docroot, ws_backend, eager_backend):
     h = Httpd(workdir, docroot, name="ws-on", h2_conf="H2WebSockets on",
               extra=proxy_conf(ws_backend[0], eager_backend))
-    h.start()
-    yield h
-    h.stop()
-    h.check_log()
+    with registered(h):
+        yield h
 
 
 def client_for(server):
@@ -285,7 +283,9 @@ def test_close_from_the_client_ends_the_stream_promptly(ws_server, ws_backend):
     assert t.recv() == (CLOSE, b"\x03\xe8done")
     s = t.wait_end(timeout=8)
     took = time.time() - t0
-    assert s.ended or s.reset is not None
+    # Ended cleanly: END_STREAM, then at most RST_STREAM NO_ERROR, which
+    # tells the client to stop sending (RFC 9113 8.1).
+    assert s.ended and s.reset in (None, h2.errors.ErrorCodes.NO_ERROR), s.reset
     # Well before mod_proxy's tunnel timeout (10 s): the backend's close
     # ended the tunnel.
     assert took < 8, took
@@ -303,7 +303,9 @@ def test_close_from_the_backend(ws_server, ws_backend):
     assert t.recv() == (CLOSE, b"\x0f\xa0bye")
     t.send(CLOSE, b"\x0f\xa0")
     s = t.wait_end(timeout=8)
-    assert s.ended or s.reset is not None
+    # Ended cleanly: END_STREAM, then at most RST_STREAM NO_ERROR, which
+    # tells the client to stop sending (RFC 9113 8.1).
+    assert s.ended and s.reset in (None, h2.errors.ErrorCodes.NO_ERROR), s.reset
     c.close()
     wait_for(lambda: backend_events(ws_backend[1], "/close"))
     assert backend_events(ws_backend[1], "/close") == ["closed /close 4000"]
@@ -337,7 +339,9 @@ def test_a_tunnel_outlives_a_graceful_restart(make_server, ws_backend):
     t.send(CLOSE, b"\x03\xe8")
     assert t.recv() == (CLOSE, b"\x03\xe8")
     s = t.wait_end(timeout=8)
-    assert s.ended or s.reset is not None
+    # Ended cleanly: END_STREAM, then at most RST_STREAM NO_ERROR, which
+    # tells the client to stop sending (RFC 9113 8.1).
+    assert s.ended and s.reset in (None, h2.errors.ErrorCodes.NO_ERROR), s.reset
     assert wait_for(lambda: not set(srv.mpm_children()) & old, timeout=20), "the old child stayed"
     c.close()
     assert wait_for(lambda: backend_events(ws_backend[1], "/echo?graceful"))
