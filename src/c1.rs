@@ -1806,14 +1806,22 @@ impl C1 {
         drop(writing);
         self.out_bb.cleanup();
         if rv != status::SUCCESS {
-            clog!(c, Level::Debug, "h2rs: write to client failed (status {rv})");
-            // Streams nghttp2 closed as it serialized these frames did
-            // not reach the client: logged as cut, as HTTP/1.1 marks a
-            // connection whose write failed aborted.
-            self.session.fail_pending_retires();
+            self.write_failed(rv);
             return Err(());
         }
         Ok(())
+    }
+
+    /// Out of line: inlined, it grew `send_frames`' frame, which sits
+    /// under the core's output filters on every write (test_build.py).
+    #[cold]
+    #[inline(never)]
+    fn write_failed(&mut self, rv: ffi::apr_status_t) {
+        clog!(self.c, Level::Debug, "h2rs: write to client failed (status {rv})");
+        // Streams nghttp2 closed as it serialized these frames did not
+        // reach the client: logged as cut, as HTTP/1.1 marks a connection
+        // whose write failed aborted.
+        self.session.fail_pending_retires();
     }
 
     /// Waits for the client socket (and worker wake-ups when `signals`).

@@ -77,14 +77,14 @@ impl Goaways {
     #[cold]
     #[inline(never)]
     pub fn note_received(slot: &mut Option<Box<Goaways>>, frame: &FrameInfo) {
-        slot.get_or_insert_with(Default::default).received = Some((frame.error_code, frame.last_stream_id));
+        slot.get_or_insert_with(Default::default).received = Some((frame.error_code, frame.named_stream_id));
     }
 
     #[cold]
     #[inline(never)]
     pub fn note_sent(slot: &mut Option<Box<Goaways>>, frame: &FrameInfo, debug: &[u8]) {
         let debug = goaway_debug_text(debug).into_owned();
-        slot.get_or_insert_with(Default::default).sent = Some((frame.error_code, frame.last_stream_id, debug));
+        slot.get_or_insert_with(Default::default).sent = Some((frame.error_code, frame.named_stream_id, debug));
     }
 }
 
@@ -159,8 +159,10 @@ pub struct FrameInfo {
     pub headers_category: u32,
     /// RST_STREAM and GOAWAY only.
     pub error_code: u32,
-    /// GOAWAY only.
-    pub last_stream_id: i32,
+    /// The stream a frame on stream 0 names: GOAWAY's last stream id,
+    /// PRIORITY_UPDATE's prioritized stream. (One field: FrameInfo's size
+    /// sets the frames of nghttp2's callbacks, on every request's path.)
+    pub named_stream_id: i32,
 }
 
 impl FrameInfo {
@@ -187,12 +189,36 @@ impl FrameInfo {
                 frame_type::RST_STREAM => info.error_code = (*frame).rst_stream.error_code,
                 frame_type::GOAWAY => {
                     info.error_code = (*frame).goaway.error_code;
-                    info.last_stream_id = (*frame).goaway.last_stream_id;
+                    info.named_stream_id = (*frame).goaway.last_stream_id;
                 }
+                frame_type::PRIORITY_UPDATE => info.named_stream_id = prioritized_stream_id(frame),
                 _ => {}
             }
             info
         }
+    }
+}
+
+/// The stream a PRIORITY_UPDATE frame names. Out of line: inlined into
+/// `FrameInfo::from_raw`, it reshuffled the inlining of nghttp2's
+/// callbacks, and the session's stack on every request's path grew by a
+/// page (test_build.py).
+///
+/// # Safety
+/// `frame` must be a PRIORITY_UPDATE nghttp2 passed to a callback.
+#[cold]
+#[inline(never)]
+unsafe fn prioritized_stream_id(frame: *const ng::nghttp2_frame) -> i32 {
+    // SAFETY: a builtin extension: nghttp2 points the payload at its
+    // inbound frame's own storage and parses the frame into it before any
+    // callback that passes the frame (begin_frame passes only the header);
+    // null is checked all the same.
+    unsafe {
+        let update = (*frame).ext.payload as *const ng::nghttp2_ext_priority_update;
+        if update.is_null() {
+            return 0;
+        }
+        (*update).stream_id
     }
 }
 
@@ -367,6 +393,8 @@ const INLINE_NV: usize = 24;
 /// fields that must not enter the HPACK table. The pairs are built in
 /// place on the stack (up to INLINE_NV; beyond, in a `Vec`): neither
 /// initialized first nor moved (~430 instructions a response, callgrind).
+/// Inlined (as `submit_response`): its frame holds the pairs.
+#[inline(always)]
 fn with_nv_list<R>(status: Option<&[u8]>, fields: &Headers, submit: impl FnOnce(&[ng::nghttp2_nv]) -> R) -> R {
     let n = fields.len() + status.is_some() as usize;
     let mut inline = [const { std::mem::MaybeUninit::<ng::nghttp2_nv>::uninit() }; INLINE_NV];
@@ -490,6 +518,10 @@ impl<'a> Ops<'a> {
 
     /// Submits a final response; with `body`, DATA frames are pulled from
     /// the handler's `read_data`, else HEADERS carries END_STREAM.
+    /// Inlined into its one caller (`process_signals`): out of line, its
+    /// 1 KiB frame (the field pairs) sat below the session's on every
+    /// response's path, a stack page more per thread (test_build.py).
+    #[inline(always)]
     pub fn submit_response<H: Handler>(
         &mut self,
         stream_id: i32,
@@ -761,6 +793,29 @@ struct Ctx<H> {
     frame_buf: FrameBufWatch,
 }
 
+impl<H> Ctx<H> {
+    /// The context on the heap, its fields written there in place.
+    /// `Box::new(Ctx { handler, .. })` built the context (with a session's
+    /// `Core`, ~1 KiB) on the stack first, in a frame under which nghttp2's
+    /// session set-up then ran: the deepest any c1 thread goes, and a stack
+    /// page more per thread (test_build.py).
+    #[inline(never)]
+    fn boxed(handler: H) -> Box<Ctx<H>> {
+        let mut ctx = Box::<Ctx<H>>::new_uninit();
+        let p = ctx.as_mut_ptr();
+        // SAFETY: `p` points at the box's uninitialized allocation, and
+        // every field is written once, through raw field pointers (no
+        // reference to uninitialized memory), before `assume_init`.
+        unsafe {
+            ptr::addr_of_mut!((*p).handler).write(handler);
+            ptr::addr_of_mut!((*p).sink).write(ptr::null_mut());
+            ptr::addr_of_mut!((*p).sink_limit).write(0);
+            ptr::addr_of_mut!((*p).frame_buf).write(FrameBufWatch::default());
+            ctx.assume_init()
+        }
+    }
+}
+
 impl<H: Handler> Session<H> {
     pub fn new_server(handler: H, options: &Options) -> Result<Session<H>, NgError> {
         Session::new(handler, options, true)
@@ -771,8 +826,7 @@ impl<H: Handler> Session<H> {
     }
 
     fn new(handler: H, options: &Options, server: bool) -> Result<Session<H>, NgError> {
-        let mut ctx =
-            Box::new(Ctx { handler, sink: ptr::null_mut(), sink_limit: 0, frame_buf: FrameBufWatch::default() });
+        let mut ctx = Ctx::boxed(handler);
         // Both user data pointers (the callbacks' and the allocator's) come
         // from this one pointer to the boxed context.
         let ctx_ptr = &mut *ctx as *mut Ctx<H>;

@@ -290,13 +290,9 @@ impl PendingStreams {
     fn push(&mut self, stream: Arc<Stream>) {
         self.head_bytes += stream.request.decoded_size();
         self.tunnels += stream.request.is_tunnel() as usize;
-        // After the last one as urgent or more: at the back when all have
-        // the same urgency (the usual case, no priority signals), found
-        // at once. (One queue, not one per urgency: eight would grow
-        // every session by 224 bytes, and its start's stack frames.)
-        let urgency = stream.request.urgency;
-        let at = self.queue.iter().rposition(|s| s.request.urgency <= urgency).map_or(0, |i| i + 1);
-        self.queue.insert(at, stream);
+        // One queue, not one per urgency: eight would grow every session
+        // by 224 bytes, and its start's stack frames.
+        insert_by_urgency(&mut self.queue, stream);
     }
 
     /// The most urgent stream that came first.
@@ -448,6 +444,13 @@ pub struct Core<D: Dispatch> {
     /// them (and the stock module, with the nghttp2 of its day) for the
     /// clients that send no priority signal at all, curl's among them.
     rfc9218_client: bool,
+    /// Idle client streams a PRIORITY_UPDATE named (RFC 9218 7.1), not yet
+    /// opened: nghttp2 keeps a stream object for each until the session
+    /// ends, and bounds them by SETTINGS_MAX_CONCURRENT_STREAMS only once
+    /// the client acknowledged our SETTINGS; a client that never does
+    /// could have it keep one per frame its glitch budget let through. At
+    /// most `max_concurrent_streams`.
+    idle_prioritized: Vec<i32>,
     /// The client gives us no window to send with (zero-window slow read):
     /// `limits::ZERO_WINDOW_ACTIVE_STREAMS` streams run at most.
     peer_window_closed: bool,
@@ -556,7 +559,9 @@ impl<D: Dispatch> Core<D> {
             // Marked now, so `dispatch` runs it here on the session's word
             // (and does not ask the dispatcher's tables a second time).
             stream.run_inline();
-            self.run_here.push_back(stream);
+            // The more urgent first: each may be written whole (up to
+            // RUN_HERE_WHOLE_UP_TO) before the next one runs.
+            insert_by_urgency(&mut self.run_here, stream);
             return Flow::Continue;
         }
         self.pending.push(stream);
@@ -898,7 +903,8 @@ impl<D: Dispatch> Core<D> {
     }
 
     /// A request opens stream `id`: the ids the client skipped to it are
-    /// remembered (`skipped_ids`).
+    /// remembered (`skipped_ids`); it is no longer an idle stream a
+    /// PRIORITY_UPDATE named (`idle_prioritized`).
     fn note_client_stream(&mut self, id: i32) {
         let next = if self.max_client_stream == 0 { 1 } else { self.max_client_stream + 2 };
         if id > next {
@@ -908,6 +914,29 @@ impl<D: Dispatch> Core<D> {
             self.skipped_ids.push_back((next, id - 2));
         }
         self.max_client_stream = self.max_client_stream.max(id);
+        if !self.idle_prioritized.is_empty() {
+            self.idle_prioritized.retain(|&idle| idle != id);
+        }
+    }
+
+    /// A PRIORITY_UPDATE for stream `prioritized` (nghttp2 applied it
+    /// already): RFC 9218 7.1's connection errors nghttp2 does not raise.
+    /// Out of line: rare, and kept out of `frame_recv`'s frame.
+    #[inline(never)]
+    fn priority_update(&mut self, ops: &mut Ops<'_>, prioritized: i32) -> Flow {
+        if prioritized == 0 {
+            let _ = ops.terminate(error_code::PROTOCOL_ERROR);
+            return Flow::Continue;
+        }
+        let idle = prioritized % 2 == 1 && prioritized > self.max_client_stream;
+        if idle && !self.idle_prioritized.contains(&prioritized) {
+            if self.idle_prioritized.len() >= self.settings.max_concurrent_streams as usize {
+                let _ = ops.terminate(error_code::PROTOCOL_ERROR);
+                return Flow::Continue;
+            }
+            self.idle_prioritized.push(prioritized);
+        }
+        Flow::Continue
     }
 
     fn was_skipped(&self, id: i32) -> bool {
@@ -1106,6 +1135,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
                 }
                 Flow::Continue
             }
+            frame_type::PRIORITY_UPDATE => self.priority_update(ops, frame.named_stream_id),
             frame_type::SETTINGS if !frame.has(ng::flags::ACK) => {
                 if ops.remote_setting(ng::settings_id::NO_RFC7540_PRIORITIES) == 1 {
                     self.rfc9218_client = true;
@@ -1254,7 +1284,8 @@ impl<D: Dispatch> ng::Handler for Core<D> {
 /// The priority a request asks for (RFC 9218's `priority` field), or, for
 /// a client that never signals one (`rfc9218_client`), incremental at the
 /// default urgency: its responses share the connection, as RFC 7540's
-/// default priorities had them. The urgency goes into the head.
+/// default priorities had them. The urgency goes into the head; without a
+/// field it is the one a PRIORITY_UPDATE sent before the request set.
 #[inline]
 fn apply_priority(rfc9218_client: &mut bool, ops: &mut Ops<'_>, id: i32, head: &mut RequestHead) {
     head.urgency = DEFAULT_URGENCY;
@@ -1263,7 +1294,19 @@ fn apply_priority(rfc9218_client: &mut bool, ops: &mut Ops<'_>, id: i32, head: &
         head.urgency = ops.set_priority(id, priority);
     } else if !*rfc9218_client {
         ops.set_stream_priority(id, DEFAULT_URGENCY, true);
+    } else if let Some((urgency, _)) = ops.stream_priority(id) {
+        head.urgency = urgency;
     }
+}
+
+/// Puts `stream` after the last one in `queue` as urgent or more: at the
+/// back when all have the same urgency (the usual case, no priority
+/// signals), found at once.
+#[inline]
+fn insert_by_urgency(queue: &mut VecDeque<Arc<Stream>>, stream: Arc<Stream>) {
+    let urgency = stream.request.urgency;
+    let at = queue.iter().rposition(|s| s.request.urgency <= urgency).map_or(0, |i| i + 1);
+    queue.insert(at, stream);
 }
 
 /// A non-zero seed for the padding generator.
@@ -1324,6 +1367,7 @@ impl<D: Dispatch> Session<D> {
             notes: Vec::new(),
             heads_too_large: Vec::new(),
             rfc9218_client: false,
+            idle_prioritized: Vec::new(),
             peer_window_closed: false,
             peer_window_closed_at: None,
             skipped_ids: VecDeque::new(),
@@ -1870,7 +1914,7 @@ pub(crate) mod tests {
         fn frame_recv(&mut self, _: &mut Ops<'_>, f: &FrameInfo) -> Flow {
             if f.kind == frame_type::GOAWAY {
                 self.goaway = Some(f.error_code);
-                self.goaways.push((f.last_stream_id, f.error_code));
+                self.goaways.push((f.named_stream_id, f.error_code));
             }
             if f.kind == frame_type::RST_STREAM {
                 self.rst_received.push((f.stream_id, f.error_code));
@@ -1976,6 +2020,12 @@ pub(crate) mod tests {
         /// The (urgency, incremental) nghttp2 schedules a stream with.
         pub fn priority(&mut self, id: i32) -> Option<(u8, bool)> {
             self.server.ng.ops().stream_priority(id)
+        }
+
+        /// The urgency a stream waits for a worker (or c1) with.
+        pub fn head_urgency(&self, id: i32) -> Option<u8> {
+            let entry = self.server.ng.handler_ref().entries.get(&id)?;
+            entry.stream.as_ref().map(|s| s.request.urgency)
         }
 
         pub fn post(&mut self, path: &str, body: Vec<u8>) -> i32 {
@@ -2091,17 +2141,70 @@ pub(crate) mod tests {
         // PRIORITY_UPDATE (RFC 9218 7.1) on stream 0 for the next request,
         // before that request: nghttp2 keeps it for the idle stream.
         let next = first + 2;
-        let field = b"u=6";
-        let mut frame = vec![0, 0, (4 + field.len()) as u8, frame_type::PRIORITY_UPDATE, 0, 0, 0, 0, 0];
-        frame.extend_from_slice(&next.to_be_bytes());
-        frame.extend_from_slice(field);
-        p.server.recv(&frame).unwrap();
+        p.server.recv(&priority_update(next, b"u=6")).unwrap();
         assert_eq!(p.get("/b"), next);
         let last = p.get("/c");
         p.deliver();
         assert_eq!(p.priority(next), Some((6, false)), "the update, not our default");
+        assert_eq!(p.head_urgency(next), Some(6), "its place among the streams waiting to start");
         assert_eq!(p.priority(last), Some((DEFAULT_URGENCY, false)));
         p.pump(closed(vec![first, next, last]));
+    }
+
+    /// A PRIORITY_UPDATE frame (on stream 0) for stream `id`.
+    fn priority_update(id: i32, field: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0, 0, (4 + field.len()) as u8, frame_type::PRIORITY_UPDATE, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(&id.to_be_bytes());
+        frame.extend_from_slice(field);
+        frame
+    }
+
+    /// The GOAWAY code the server sent after reading `bytes`, if any (what
+    /// it sent goes to the client).
+    fn goaway_after(p: &mut Pair, bytes: &[u8]) -> Option<u32> {
+        let _ = p.server.recv(bytes);
+        let mut frames = Frames::default();
+        let _ = p.server.collect_output(&mut frames, 1 << 20);
+        let _ = p.client.mem_recv(&frames.joined());
+        p.server.goaways().sent.map(|(code, _, _)| code)
+    }
+
+    #[test]
+    fn a_priority_update_for_stream_zero_is_a_connection_error() {
+        let mut p = Pair::new(Settings::default(), echo);
+        let id = p.get("/a");
+        p.pump(closed(vec![id]));
+        // RFC 9218 7.1; nghttp2 ignores it.
+        assert_eq!(goaway_after(&mut p, &priority_update(0, b"u=1")), Some(error_code::PROTOCOL_ERROR));
+    }
+
+    /// Idle streams a client prioritizes are held (by nghttp2) until the
+    /// session ends: at most SETTINGS_MAX_CONCURRENT_STREAMS of them, also
+    /// from a client that never acknowledges our SETTINGS (nghttp2 bounds
+    /// them only once it has).
+    #[test]
+    fn priority_updates_for_idle_streams_are_bounded_without_a_settings_ack() {
+        let settings = Settings { max_concurrent_streams: 4, ..Settings::default() };
+        let mut p = Pair::new(settings.clone(), echo);
+        let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        preface.extend_from_slice(&[0, 0, 0, frame_type::SETTINGS, 0, 0, 0, 0, 0]);
+        assert_eq!(goaway_after(&mut p, &preface), None);
+        for id in [101, 103, 105, 107, 105] {
+            assert_eq!(goaway_after(&mut p, &priority_update(id, b"u=1")), None, "stream {id}");
+        }
+        assert_eq!(goaway_after(&mut p, &priority_update(109, b"u=1")), Some(error_code::PROTOCOL_ERROR));
+
+        // Opened, a stream no longer counts.
+        let mut p = Pair::new(settings, echo);
+        p.step(usize::MAX);
+        p.step(usize::MAX);
+        for id in [1, 3, 5, 7] {
+            assert_eq!(goaway_after(&mut p, &priority_update(id, b"u=1")), None, "stream {id}");
+        }
+        let first = p.get("/a");
+        assert_eq!(first, 1);
+        p.pump(closed(vec![first]));
+        assert_eq!(goaway_after(&mut p, &priority_update(9, b"u=1")), None);
     }
 
     #[test]
@@ -2200,6 +2303,22 @@ pub(crate) mod tests {
         p.server.abort_all();
         LINGER_RELEASE.store(true, Ordering::Release);
         assert_eq!(outcome(&mut p), (delivered, true));
+    }
+
+    /// Streams c1 runs itself go in urgency order: each may be written
+    /// whole (up to 1 MiB) before the next one runs, so a large file asked
+    /// for first would hold an urgent small response of the same burst.
+    #[test]
+    fn streams_run_here_start_by_urgency() {
+        let mut p = Pair::new(Settings::default(), echo);
+        p.server.dispatcher().here = |_| true;
+        let large = p.get_with("/video", &[("priority", "u=5")]);
+        let css = p.get_with("/style.css", &[("priority", "u=0")]);
+        let page = p.get_with("/page", &[("priority", "u=1")]);
+        p.deliver();
+        let order: Vec<i32> = p.server.ng.handler().run_here.iter().map(|s| s.id).collect();
+        assert_eq!(order, [css, page, large]);
+        p.pump(closed(vec![large, css, page]));
     }
 
     /// nghttp2 closes a stream as c1 serializes its last frames, before

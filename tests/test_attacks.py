@@ -602,6 +602,22 @@ def test_frame_flood(srv, kind):
         c.close()
 
 
+def test_priority_updates_for_idle_streams_from_a_client_that_never_acks(srv):
+    """PRIORITY_UPDATEs naming ever new idle streams, from a client that
+    never acknowledges our SETTINGS: nghttp2 keeps an object per idle
+    stream for the session's life, and bounds them by
+    SETTINGS_MAX_CONCURRENT_STREAMS only once the client acknowledged it
+    (below the glitch budget, a client could have it keep one per frame
+    for as long as the connection lasts). RFC 9218 7.1: past the limit,
+    PROTOCOL_ERROR."""
+    with Attack(srv, "PRIORITY_UPDATE idle, no ACK", bound_mib=16) as a:
+        c = Conn(srv.port, handshake=False)
+        c.send(rawh2.PREFACE + settings())
+        c.send(b"".join(frame(0x10, 0, 0, struct.pack(">I", sid) + b"u=1") for sid in range(1001, 1301, 2)))
+        expect_goaway(a, c, E.PROTOCOL_ERROR, 5)
+        c.close()
+
+
 def test_resets_of_closed_streams_from_a_noisy_client_keep_the_connection(srv):
     """A client that answers each DATA frame arriving after its own
     RST_STREAM with another RST_STREAM (python-h2 does, RFC 9113 5.4.2 lets

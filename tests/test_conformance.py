@@ -445,6 +445,16 @@ def test_frames_that_need_a_stream_on_stream_0(connect, kind):
     c.expect_connection_error(E.PROTOCOL_ERROR)
 
 
+@pytest.mark.parametrize("prioritized", [0, 2], ids=["stream-0", "server-stream"])
+def test_a_priority_update_for_a_stream_it_cannot_name(connect, prioritized):
+    """RFC 9218 7.1: a PRIORITY_UPDATE whose Prioritized Stream ID is 0, or
+    a stream the server would initiate (a push), is a connection error
+    PROTOCOL_ERROR."""
+    c = connect()
+    c.send(frame(0x10, 0, 0, struct.pack(">I", prioritized) + b"u=1"))
+    c.expect_connection_error(E.PROTOCOL_ERROR)
+
+
 def test_more_streams_than_max_concurrent_streams(connect):
     """RFC 9113 5.1.2: a HEADERS that exceeds our SETTINGS_MAX_CONCURRENT_STREAMS
     is a stream error PROTOCOL_ERROR or REFUSED_STREAM; nghttp2 answers a

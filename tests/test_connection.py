@@ -505,16 +505,18 @@ def test_urgent_small_request_overtakes_a_bulk_download(server):
     assert c.streams[small].status == 200
     assert not c.streams[bulk].done, "the bulk download ended first"
     print(f"urgent request answered in {latency * 1000:.1f} ms during the bulk download")
-    assert latency < 2.0
     c.close()
 
 
 def test_urgent_small_request_in_the_burst_of_a_large_file_is_not_held_behind_it(server, docroot):
     """A large static file and a small urgent request in one burst (a
     video and a page's CSS), both run on c1's fast path (each fetched once
-    before, so they are known as static files): the small response comes
-    after at most about a megabyte of the large one, not after as much of
-    it as the client's window allows (16 MiB here; 6 MiB in Chrome)."""
+    before, so they are known as static files): c1 runs the more urgent
+    first, so the small response comes ahead of the large one (the client
+    counts what came in the same read with it: less than one write). It
+    came after as much of the large one as the client's window allowed,
+    16 MiB here, 6 MiB in Chrome; then, while the streams c1 ran went in
+    arrival order, after the first megabyte, which c1 writes whole."""
     c = H2Client(server.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
     c.conn.increment_flow_control_window(1 << 30)
     c.flush()
@@ -533,7 +535,7 @@ def test_urgent_small_request_in_the_burst_of_a_large_file_is_not_held_behind_it
     c.wait(lambda: c.streams[small].done, timeout=60)
     before = len(c.streams[large].data)
     assert c.streams[small].status == 200
-    assert before < 4 << 20, f"{before} bytes of the large file came before the small response"
+    assert before < 512 << 10, f"{before} bytes of the large file came before the small response"
     assert c.wait_stream(large, timeout=60).status == 200
     assert sha256(bytes(c.streams[large].data)) == docroot.sha("20m.bin")
     c.close()

@@ -317,13 +317,13 @@ impl Handler for Backend {
         match frame.kind {
             frame_type::SETTINGS if frame.stream_id == 0 && !frame.has(flags::ACK) => self.settings_seen = true,
             frame_type::GOAWAY => {
-                self.goaway = Some(frame.last_stream_id);
+                self.goaway = Some(frame.named_stream_id);
                 slog!(
                     std::ptr::null::<crate::ffi::server_rec>(),
                     Level::Info,
                     "h2rs proxy: backend {} sent GOAWAY (last stream {}, code {}): draining the connection",
                     self.backend,
-                    frame.last_stream_id,
+                    frame.named_stream_id,
                     frame.error_code
                 );
             }
