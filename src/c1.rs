@@ -469,6 +469,10 @@ pub struct C1 {
     /// The stream whose header block is being received, and when c1 first
     /// waited on it (`head_wait_left`).
     head_wait: Option<(i32, Instant)>,
+    /// The session's count of stream frames (`Stats::stream_frames`) when
+    /// c1 first waited with open streams and no worker running, and when
+    /// (`stall_left`).
+    stall: Option<(u64, Instant)>,
     /// `KeepAliveTimeout`.
     keepalive_timeout: Duration,
     async_mpm: bool,
@@ -996,6 +1000,7 @@ impl C1 {
                 linger: park::Linger::default(),
                 stop_notice_at: None,
                 head_wait: None,
+                stall: None,
             };
             // mod_reqtimeout's HTTP/1 timeouts do not apply to a session.
             ffi::ap_remove_input_filter_byhandle((*c).input_filters, c"reqtimeout".as_ptr());
@@ -1159,14 +1164,27 @@ impl C1 {
                 self.session.goaway(error_code::NO_ERROR, b"request head timeout");
                 break;
             }
-            let head_limited = head_left.is_some_and(|left| left < limit);
-            if let Some(left) = head_left {
+            // Every open stream waits for the client (no worker runs), and
+            // none moved for `Timeout`.
+            let stall_left = self.stall_left();
+            if stall_left.is_some_and(|left| left.is_zero()) {
+                clog!(
+                    c,
+                    Level::Debug,
+                    "h2rs: open streams moved neither way for Timeout, closing: {}",
+                    self.session.describe_streams()
+                );
+                self.session.goaway(error_code::NO_ERROR, b"timeout");
+                break;
+            }
+            // The nearer deadline bounds the wait; at it the next turn acts.
+            let deadline_left = head_left.into_iter().chain(stall_left).min();
+            let deadline_first = deadline_left.is_some_and(|left| left < limit);
+            if let Some(left) = deadline_left {
                 limit = limit.min(left);
             }
             match self.wait(limit, true) {
-                Wait::Ready => {}
-                Wait::Timeout if head_limited || self.stop_notice_left().is_some() => {}
-                Wait::Timeout => {
+                Wait::Timeout if !deadline_first && self.stop_notice_left().is_none() => {
                     if self.session.awaits_client_settings() {
                         // Upgraded to h2c, and not a byte since: stream 1
                         // would wait for the preface, and hold this thread
@@ -1176,19 +1194,8 @@ impl C1 {
                         self.session.goaway(error_code::PROTOCOL_ERROR, b"no preface");
                         break;
                     }
-                    if self.session.streams_in_progress() == 0 {
-                        // Every open stream waits for the client, which sent
-                        // nothing for `Timeout`.
-                        clog!(
-                            c,
-                            Level::Debug,
-                            "h2rs: client idle for Timeout with open streams, closing: {}",
-                            self.session.describe_streams()
-                        );
-                        self.session.goaway(error_code::NO_ERROR, b"timeout");
-                        break;
-                    }
                 }
+                Wait::Ready | Wait::Timeout => {}
             }
         }
         self.close()
@@ -1206,6 +1213,25 @@ impl C1 {
             _ => self.head_wait.insert((id, Instant::now())).1,
         };
         Some(self.timeout.min(crate::limits::HEADER_BLOCK_WAIT).saturating_sub(since.elapsed()))
+    }
+
+    /// How much longer open streams may go without a HEADERS or DATA frame
+    /// either way while no worker runs (None while one does): `Timeout`,
+    /// as HTTP/1.1 gives a client that reads nothing of a response. The
+    /// client's other frames do not count: a client that kept its window
+    /// shut and sent a PING now and then held the streams' responses (and
+    /// this thread, and a graceful stop) for ever.
+    fn stall_left(&mut self) -> Option<Duration> {
+        if self.session.streams_in_progress() > 0 {
+            self.stall = None;
+            return None;
+        }
+        let moved = self.session.stats().stream_frames;
+        let since = match self.stall {
+            Some((count, since)) if count == moved => since,
+            _ => self.stall.insert((moved, Instant::now())).1,
+        };
+        Some(self.timeout.saturating_sub(since.elapsed()))
     }
 
     /// Tells mod_status that this thread serves the connection (client,

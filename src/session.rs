@@ -253,6 +253,9 @@ pub struct Stats {
     pub responses_submitted: u64,
     pub frames_received: u64,
     pub frames_sent: u64,
+    /// HEADERS and DATA frames either way: what moves a stream along
+    /// (PING, SETTINGS and WINDOW_UPDATE do not).
+    pub stream_frames: u64,
     /// Connection bytes nghttp2 read and wrote.
     pub octets_received: u64,
     pub octets_sent: u64,
@@ -1111,6 +1114,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
             self.note_peer_window(ops);
         }
         if frame.stream_id > 0 && (frame.kind == frame_type::HEADERS || frame.kind == frame_type::DATA) {
+            self.stats.stream_frames += 1;
             if let Some(e) = self.entries.get_mut(&frame.stream_id) {
                 e.bytes_in += frame.length as u64 + 9;
             }
@@ -1193,6 +1197,7 @@ impl<D: Dispatch> ng::Handler for Core<D> {
             self.note_peer_window(ops);
         }
         if frame.stream_id > 0 {
+            self.stats.stream_frames += (frame.kind == frame_type::HEADERS || frame.kind == frame_type::DATA) as u64;
             if let Some(e) = self.entries.get_mut(&frame.stream_id) {
                 e.bytes_out += frame.length as u64 + 9;
                 if frame.has(ng::flags::END_STREAM) && !ops.remote_closed(frame.stream_id) {

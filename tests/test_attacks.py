@@ -780,6 +780,26 @@ def test_zero_window_slow_read(srv, kind, window):
             c.close()
 
 
+def test_zero_window_slow_read_kept_alive_with_pings(make_server):
+    """The zero-window slow read of static files, with a PING every second:
+    the client's frames are no progress of its streams, so the connection
+    still ends after Timeout (3 s here) without a HEADERS or DATA frame
+    either way, as HTTP/1.1 gives up on a client that reads nothing.
+    Before, each PING started the wait over, and the connection held its
+    responses, its MPM thread and a graceful stop for ever."""
+    srv = make_server(extra="Timeout 3", loglevel="warn http2:debug").start()
+    c = Conn(srv.port, settings_pairs=[(INITIAL_WINDOW_SIZE, 0)], auto_window=False)
+    c.send(b"".join(headers(1 + 2 * i, req_block(c, "/1m.bin")) for i in range(10)))
+    deadline = time.time() + 15
+    while time.time() < deadline and not c.closed and c.goaway is None:
+        c.send(ping(b"stillup!"))
+        c.drain(1)
+    assert c.goaway is not None and c.goaway.error_code == E.NO_ERROR, (ended(c, 1), c.log())
+    assert ended(c, 5) == "GOAWAY NO_ERROR"
+    c.close()
+    assert "open streams moved neither way for Timeout" in srv.read_error_log()
+
+
 def open_descriptors(h):
     """Descriptors open in the server's connection-serving children."""
     total = 0
