@@ -162,6 +162,10 @@ static void h2rs_register_hooks(apr_pool_t *p)
                               APR_HOOK_REALLY_FIRST);
     ap_hook_fixups(h2rs_fixups_env, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_fixups(h2rs_fixups_early_hints, NULL, NULL, APR_HOOK_LAST);
+    /* The output filters a stream's handler starts with, after every
+     * module inserted its own (the fast path's learning looks at them). */
+    ap_hook_insert_filter(h2rs_insert_filter, NULL, NULL,
+                          APR_HOOK_REALLY_LAST);
     /* SetHandler http2-status, as the stock module's. */
     ap_hook_handler(h2rs_status_handler, NULL, NULL, APR_HOOK_MIDDLE);
 

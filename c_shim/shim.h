@@ -39,6 +39,7 @@ int h2rs_pre_close_connection(conn_rec *c);
 int h2rs_post_read_request(request_rec *r);
 int h2rs_fixups_env(request_rec *r);
 int h2rs_fixups_early_hints(request_rec *r);
+void h2rs_insert_filter(request_rec *r);
 int h2rs_status_handler(request_rec *r);
 
 int h2rs_protocol_propose(conn_rec *c, request_rec *r, server_rec *s,

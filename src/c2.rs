@@ -192,6 +192,14 @@ pub struct C2Ctx {
     /// A handler of this request asked for an MPM timer callback and was
     /// refused (see `refuse_mpm_timer`).
     timer_refused: bool,
+    /// The output filters in place as the handler started (insert_filter,
+    /// run last) only pass bytes on or set headers. Checked then as well
+    /// as at the end: some take themselves out at their first call
+    /// (mod_ratelimit without its `rate-limit` variable), so the chain a
+    /// request ended with looked harmless, its URL was learned, and the
+    /// next client's request, for which the filter stayed (and slept),
+    /// ran on c1's thread.
+    filters_harmless_at_handler: bool,
     /// The handler's response head was refused (a field that cannot be
     /// sent) and an error response replaces it.
     head_refused: bool,
@@ -248,6 +256,7 @@ impl C2Ctx {
             suspended: None,
             body_clock: None,
             timer_refused: false,
+            filters_harmless_at_handler: false,
             head_refused: false,
             response_cut: false,
             output_ended: false,
@@ -279,6 +288,7 @@ impl C2Ctx {
         self.suspended = None;
         self.body_clock = None;
         self.timer_refused = false;
+        self.filters_harmless_at_handler = false;
         self.head_refused = false;
         self.response_cut = false;
         self.output_ended = false;
@@ -723,9 +733,7 @@ impl C2 {
             // includes running subrequests, compression) keep the URL on
             // workers.
             if outcome.static_file {
-                let harmless = harmless_filter_recs();
-                outcome.static_file =
-                    apr::filter_chain_all_recs((*r).output_filters, |rec| harmless.contains(&(rec as usize)));
+                outcome.static_file = self.ctx.filters_harmless_at_handler && filters_harmless((*r).output_filters);
             }
         }
         Some(outcome)
@@ -1366,6 +1374,34 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
 /// registered later is only not recognized, which keeps its URLs on the
 /// workers). A request's chain is checked by record address: by name,
 /// the ~6 filters of a static file cost ~500 instructions a request.
+/// Whether every filter of the chain from `first` only passes bytes on or
+/// sets headers (`fastpath::HARMLESS_OUTPUT_FILTERS`).
+///
+/// # Safety
+/// `first` is a request's live output filter chain.
+unsafe fn filters_harmless(first: *mut ffi::ap_filter_t) -> bool {
+    let harmless = harmless_filter_recs();
+    // SAFETY: caller contract.
+    unsafe { apr::filter_chain_all_recs(first, |rec| harmless.contains(&(rec as usize))) }
+}
+
+/// The insert_filter hook, last: notes whether the output filters a
+/// stream's request starts its handler with are harmless
+/// (`C2Ctx::filters_harmless_at_handler`).
+///
+/// # Safety
+/// `r` is the live request on its connection's thread.
+pub unsafe fn note_filters_at_handler(r: *mut ffi::request_rec) {
+    // SAFETY: caller contract; the c2's context belongs to this thread.
+    unsafe {
+        if let Some(ctx) = ctx_of((*r).connection) {
+            if ctx.request == r {
+                ctx.filters_harmless_at_handler = filters_harmless((*r).output_filters);
+            }
+        }
+    }
+}
+
 fn harmless_filter_recs() -> &'static [usize] {
     static RECS: once_cell::sync::OnceCell<Vec<usize>> = once_cell::sync::OnceCell::new();
     RECS.get_or_init(|| {

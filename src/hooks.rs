@@ -766,6 +766,14 @@ pub unsafe extern "C" fn h2rs_fixups_env(r: *mut ffi::request_rec) -> c_int {
     })
 }
 
+/// The filters a request's handler starts with (see
+/// `c2::note_filters_at_handler`).
+#[no_mangle]
+pub unsafe extern "C" fn h2rs_insert_filter(r: *mut ffi::request_rec) {
+    // SAFETY: httpd passes the live request on this thread.
+    guard("insert_filter", (), || unsafe { c2::note_filters_at_handler(r) })
+}
+
 /// 103 Early Hints, after the other fixups (the fields they set count).
 #[no_mangle]
 pub unsafe extern "C" fn h2rs_fixups_early_hints(r: *mut ffi::request_rec) -> c_int {

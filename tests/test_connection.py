@@ -694,6 +694,42 @@ Alias /limited "{docroot.path}"
     busy.close()
 
 
+def test_a_filter_that_leaves_for_some_clients_keeps_its_url_off_the_fast_path(make_server, docroot):
+    """mod_ratelimit takes itself out of the chain at its first call when
+    the request has no `rate-limit` variable (here set for some clients
+    only): the URL is not learned from those clients' requests, as the
+    filter was there when their handler started. Before, it was learned,
+    and a rate-limited client's request then ran on c1's thread, which
+    slept in the filter: the connection's other streams waited for the
+    whole transfer."""
+    srv = make_server(extra=f"""
+LoadModule ratelimit_module {MODDIR}/mod_ratelimit.so
+LoadModule setenvif_module {MODDIR}/mod_setenvif.so
+Alias /cond "{docroot.path}"
+<Location /cond>
+  SetOutputFilter RATE_LIMIT
+  SetEnvIf X-Slow "^yes$" rate-limit=40
+</Location>
+""").start()
+    big = (docroot.path / "100k.bin").read_bytes()
+    # Windows that hold the whole file: a response made goes out at once.
+    c = H2Client(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    c.conn.increment_flow_control_window(1 << 24)
+    c.flush()
+    for _ in range(3):
+        for path in ("/1k.bin", "/cond/100k.bin"):
+            st = c.wait_stream(c.request(path), timeout=30)
+            assert (st.status, len(st.data)) == (200, len((docroot.path / path.split("/")[-1]).read_bytes()))
+    slow = c.request("/cond/100k.bin", headers=[("x-slow", "yes")])
+    small = c.request("/1k.bin")
+    c.wait(lambda: c.streams[small].done, timeout=30)
+    assert c.streams[small].status == 200
+    assert not c.streams[slow].done, "the small request waited for the rate-limited one"
+    st = c.wait_stream(slow, timeout=30)
+    assert (st.status, bytes(st.data)) == (200, big)
+    c.close()
+
+
 def test_a_burst_of_learned_static_files_shares_one_secondary_connection(make_server, docroot):
     """Streams run on c1's thread go one at a time, each one's frames
     serialized before the next starts: its request ends and its secondary
