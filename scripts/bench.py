@@ -121,9 +121,17 @@ Listen 127.0.0.1:{self.tls_port}
             except OSError:
                 pass
             time.sleep(0.1)
+        if not (pidfile.exists() and pidfile.read_text().strip()):
+            raise RuntimeError(f"httpd {self.name} did not start: see {self.dir}/error.log")
         self.pid = int(pidfile.read_text())
 
     def stop(self):
+        """SIGTERM to the parent; after 10 s SIGKILL to it and to the
+        children it had (a parent killed leaves them on the port)."""
+        if self.pid is None:
+            return
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True).stdout
+        children = [int(x) for x in out.split()]
         try:
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -134,7 +142,11 @@ Listen 127.0.0.1:{self.tls_port}
             except ProcessLookupError:
                 return
             time.sleep(0.1)
-        os.kill(self.pid, signal.SIGKILL)
+        for pid in (self.pid, *children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def rss_kib(self):
         out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(self.pid), "-p", str(self.pid)],
@@ -264,7 +276,9 @@ def h2load(server, args, h1, timeout):
         "mean_ms": statistics.fmean(lat) if lat else 0.0,
         "p99_ms": lat[int(len(lat) * 0.99) - 1] if lat else 0.0,
         "done": done,
-        "failed": int(fails[2]) if fails else -1,
+        # None: h2load timed out or printed no summary (the run gave no
+        # result; the report says so and the script fails).
+        "failed": int(fails[2]) if fails else None,
         "client_cpu_us_per_req": client_cpu * 1e6 / max(1, done),
     }
 
@@ -393,6 +407,19 @@ WORKLOADS = [
 ]
 
 
+def wait_listening(port, timeout=15):
+    """Waits until something accepts connections on 127.0.0.1:`port`
+    (a backend just spawned); fails the run if nothing does in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
 def start_pending(servers):
     """Starts the servers of a {name: server} not started yet."""
     for srv in servers.values():
@@ -465,6 +492,10 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
+    # Killed (SIGTERM, a closed terminal): unwind, so that the `finally`
+    # blocks stop every httpd started.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(143))
 
     base = pathlib.Path(tempfile.mkdtemp(prefix="h2rs-bench-"))
     os.chmod(base, 0o755)
@@ -478,10 +509,10 @@ def main():
         # cost (seccomp, cgroups) shows in both, so compare them to each other.
         servers["mod_h2rs (container)"] = ContainerServer(base, "container", doc, args.container)
         servers["HTTP/1.1 (container)"] = ContainerServer(base, "container-h1", doc, args.container, h2=False)
-    start_pending(servers)
     if args.uptime:
         hosts = {k: s for k, s in servers.items() if not isinstance(s, ContainerServer)}
         try:
+            start_pending(servers)
             lines = uptime(hosts, args.uptime)
         finally:
             for s in servers.values():
@@ -506,6 +537,7 @@ def main():
             if not isinstance(srv, ContainerServer):
                 tls_servers[key] = Server(base, f"{srv.dir.name}-tls", srv.module_line, doc, tls)
     try:
+        start_pending(servers)
         for name, path, h2args, h1args, timeout, over_tls in workloads:
             if over_tls and not tls:
                 print(f"{name}: skipped (no mod_ssl.so or openssl)", flush=True)
@@ -549,6 +581,8 @@ def main():
         crashed = [k for k, s in started.items() if s.crashed()]
     report(results, servers, rounds, pathlib.Path(args.out), crashed)
     shutil.rmtree(base, ignore_errors=True)
+    if crashed or no_result(results) or not (workloads or with_idle):
+        sys.exit(1)
 
 
 def uptime(servers, runs):
@@ -588,6 +622,19 @@ def med(xs):
     return statistics.median(xs) if xs else 0.0
 
 
+def failed_cell(rs):
+    """The failed requests of a row's rounds, and its rounds without a result."""
+    failed = sum(r["failed"] for r in rs if r.get("failed") is not None)
+    lost = sum(1 for r in rs if "failed" in r and r["failed"] is None)
+    return f"{failed} ({lost} runs gave no result)" if lost else str(failed)
+
+
+def no_result(results):
+    """'workload: server' of every run that gave no result."""
+    return sorted({f"{name}: {key}" for name, per in results.items() for key, rs in per.items()
+                   for r in rs if "failed" in r and r["failed"] is None})
+
+
 def report(results, servers, rounds, out, crashed):
     v = versions()
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -596,6 +643,8 @@ def report(results, servers, rounds, out, crashed):
              f"Event MPM, 2 children x 64 threads, access log on, loopback; {rounds} interleaved round(s), medians.",
              "TLS rows: mod_ssl, TLS 1.3 (h2load negotiates TLS_AES_128_GCM_SHA256), an ECDSA P-256 certificate; "
              "h2 by ALPN, HTTP/1.1 on a virtual host without h2.",
+             "CGI rows: the server's CPU leaves out the scripts' own (mod_cgid's daemon reaps them "
+             "without accounting).",
              ""]
     lines += ["| workload | server | req/s | mean ms | p99 ms | CPU µs/req | client CPU µs/req | peak RSS MiB | failed |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -612,7 +661,7 @@ def report(results, servers, rounds, out, crashed):
                          f"{med([r['p99_ms'] for r in rs]):.2f} | {med([r['cpu_us_per_req'] for r in rs]):.0f} | "
                          f"{med([r['client_cpu_us_per_req'] for r in rs]):.0f} | "
                          f"{med([r['peak_rss_mib'] for r in rs]):.1f} | "
-                         f"{sum(r['failed'] for r in rs)} |")
+                         f"{failed_cell(rs)} |")
         ours = per["mod_h2rs"]
         vs_stock = [o["rps"] / s["rps"] for o, s in zip(ours, per.get("stock", [])) if s["rps"]]
         vs_h1 = [o["rps"] / h["rps"] for o, h in zip(ours, per["HTTP/1.1"]) if h["rps"]]
@@ -641,6 +690,11 @@ def report(results, servers, rounds, out, crashed):
                              f"{r['second_answered']} |")
     if crashed:
         lines += ["", f"**Crash or panic in the error log of: {', '.join(crashed)}**"]
+    if no_result(results):
+        lines += ["", "**Runs that gave no result (h2load timed out or printed no summary): "
+                  f"{', '.join(no_result(results))}**"]
+    if "stock" not in servers:
+        lines += ["", f"**No stock module ({STOCK}): no comparison with it**"]
     if container_notes:
         ratios += ["", "| workload | mod_h2rs in a container / on the host (req/s) | mod_h2rs / HTTP/1.1, both in a container |",
                    "|---|---:|---:|", *container_notes]

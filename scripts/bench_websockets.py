@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench import MODDIR, OURS, Server, free_port, versions, write_report  # noqa: E402
+from bench import MODDIR, OURS, Server, free_port, versions, wait_listening, write_report  # noqa: E402
 from h2client import H2Client  # noqa: E402
 from wsclient import TEXT, Tunnel, frame, parse  # noqa: E402
 
@@ -175,9 +175,10 @@ def main():
 LoadModule proxy_http_module {MODDIR}/mod_proxy_http.so
 ProxyPass /ws/ http://127.0.0.1:{backend_port}/ upgrade=websocket timeout=120"""
     server = Server(base, "ours", f"LoadModule http2_module {OURS}\nH2Direct on\nH2WebSockets on\n{proxy}", doc)
-    server.start()
     try:
-        time.sleep(1)
+        wait_listening(backend_port)
+        server.start()
+        time.sleep(1)  # the children settle (their threads and RSS)
         rss0, threads0 = server.rss_kib(), threads_of(server)
         t0 = time.time()
         clients, tunnels, opened = open_tunnels(server.port, args.conns, args.per_conn)
