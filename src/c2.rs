@@ -1369,11 +1369,6 @@ pub unsafe fn net_out(f: *mut ffi::ap_filter_t, bb: *mut ffi::apr_bucket_brigade
     status::SUCCESS
 }
 
-/// The records of the registered `fastpath::HARMLESS_OUTPUT_FILTERS`,
-/// looked up once per process (filters register at start-up; one
-/// registered later is only not recognized, which keeps its URLs on the
-/// workers). A request's chain is checked by record address: by name,
-/// the ~6 filters of a static file cost ~500 instructions a request.
 /// Whether every filter of the chain from `first` only passes bytes on or
 /// sets headers (`fastpath::HARMLESS_OUTPUT_FILTERS`).
 ///
@@ -1402,6 +1397,11 @@ pub unsafe fn note_filters_at_handler(r: *mut ffi::request_rec) {
     }
 }
 
+/// The records of the registered `fastpath::HARMLESS_OUTPUT_FILTERS`,
+/// looked up once per process (filters register at start-up; one
+/// registered later is only not recognized, which keeps its URLs on the
+/// workers). A request's chain is checked by record address: by name,
+/// the ~6 filters of a static file cost ~500 instructions a request.
 fn harmless_filter_recs() -> &'static [usize] {
     static RECS: once_cell::sync::OnceCell<Vec<usize>> = once_cell::sync::OnceCell::new();
     RECS.get_or_init(|| {
