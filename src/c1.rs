@@ -1156,7 +1156,10 @@ impl C1 {
                     }
                 }
             }
-            self.describe_streams_in_status(wants_write);
+            // Streams on workers or waiting for one: counted once a turn,
+            // for mod_status and the stall deadline.
+            let in_progress = self.session.streams_in_progress();
+            self.describe_streams_in_status(wants_write, in_progress);
             let mut limit = self.stop_notice_left().map_or(self.timeout, |left| left.min(self.timeout));
             let head_left = self.head_wait_left();
             if head_left.is_some_and(|left| left.is_zero()) {
@@ -1166,7 +1169,7 @@ impl C1 {
             }
             // Every open stream waits for the client (no worker runs), and
             // none moved for `Timeout`.
-            let stall_left = self.stall_left();
+            let stall_left = self.stall_left(in_progress);
             if stall_left.is_some_and(|left| left.is_zero()) {
                 clog!(
                     c,
@@ -1216,13 +1219,14 @@ impl C1 {
     }
 
     /// How much longer open streams may go without a HEADERS or DATA frame
-    /// either way while no worker runs (None while one does): `Timeout`,
+    /// either way while no worker runs (None while one does, or a stream
+    /// waits for one: `in_progress`, counted this turn): `Timeout`,
     /// as HTTP/1.1 gives a client that reads nothing of a response. The
     /// client's other frames do not count: a client that kept its window
     /// shut and sent a PING now and then held the streams' responses (and
     /// this thread, and a graceful stop) for ever.
-    fn stall_left(&mut self) -> Option<Duration> {
-        if self.session.streams_in_progress() > 0 {
+    fn stall_left(&mut self, in_progress: usize) -> Option<Duration> {
+        if in_progress > 0 {
             self.stall = None;
             return None;
         }
@@ -1254,8 +1258,9 @@ impl C1 {
     /// instructions a request (callgrind, paced 1 KiB GETs).
     /// Shown as writing ("W", as HTTP/1.1 while it sends a response)
     /// while a stream is on a worker or frames wait for the socket, else
-    /// as reading ("R": the session waits for its client).
-    fn describe_streams_in_status(&self, wants_write: bool) {
+    /// as reading ("R": the session waits for its client). `on_workers`:
+    /// the streams on workers or waiting for one, counted this turn.
+    fn describe_streams_in_status(&self, wants_write: bool, on_workers: usize) {
         let c = self.c;
         // SAFETY: the connection and its scoreboard handle are ours; the
         // handle's slot in the scoreboard is this thread's to write, as
@@ -1272,7 +1277,6 @@ impl C1 {
             // line (the stock module shows one stream's request too).
             let mut buf = [0u8; 64];
             let (method, target) = self.session.oldest_in_progress().unwrap_or((b"", b""));
-            let on_workers = self.session.streams_in_progress();
             crate::text::join_c_string(
                 &mut buf,
                 &[
