@@ -186,10 +186,25 @@ struct FrameBuf(Frames);
 
 impl FrameBuf {
     fn take() -> FrameBuf {
+        FrameBuf::take_maybe_waiting(true)
+    }
+
+    /// For a write on behalf of a parked or closing session (a GOAWAY), on
+    /// the clock thread, which serves every parked session's alarms, or on
+    /// the MPM thread that closes the connection (the listener's, in some
+    /// event MPMs): such a thread does not wait for other connections'
+    /// turns to give a buffer back. It waited under the parked session's
+    /// lock, up to `FRAME_BUF_WAIT`, while the session's own thread spun
+    /// for it and the other sessions' alarms waited.
+    fn take_without_waiting() -> FrameBuf {
+        FrameBuf::take_maybe_waiting(false)
+    }
+
+    fn take_maybe_waiting(may_wait: bool) -> FrameBuf {
         let limit = in_use_limit();
         let held = FRAME_BUFS_HELD.get();
         let mut pool = FRAME_BUFS.lock();
-        if pool.in_use >= limit && held == 0 {
+        if may_wait && pool.in_use >= limit && held == 0 {
             let now = Instant::now();
             if pool.no_wait_until.is_none_or(|t| now >= t) {
                 let deadline = now + FRAME_BUF_WAIT;
@@ -1467,7 +1482,7 @@ impl C1 {
     pub fn pre_close(&mut self) {
         if !self.client_gone && !self.torn_down && !self.session.goaway_sent() {
             self.session.goaway(error_code::NO_ERROR, b"");
-            let _ = self.write_output();
+            let _ = self.write_output_for_others();
         }
     }
 
@@ -1691,6 +1706,12 @@ impl C1 {
         self.write_frames_and_more(&mut FrameBuf::take(), usize::MAX, false)
     }
 
+    /// `write_output` on a thread that does not serve this connection alone
+    /// (`FrameBuf::take_without_waiting`).
+    fn write_output_for_others(&mut self) -> Result<(), ()> {
+        self.write_frames_and_more(&mut FrameBuf::take_without_waiting(), usize::MAX, false)
+    }
+
     /// `write_output` for a turn of the loop: it stops after a full chunk
     /// when a worker's wake-up or the client's bytes wait, and the next
     /// turn takes them first. Written whole, a client's large window of a
@@ -1722,7 +1743,7 @@ impl C1 {
         // which is a valid timeout.
         let sock = unsafe { ffi::ap_get_conn_socket(self.c) };
         if sock.is_null() {
-            return self.write_output();
+            return self.write_output_for_others();
         }
         let mut timeout: ffi::apr_interval_time_t = 0;
         // SAFETY: as above; apr_socket_timeout_get writes one value.
@@ -1730,7 +1751,7 @@ impl C1 {
             ffi::apr_socket_timeout_get(sock, &mut timeout);
             ffi::apr_socket_timeout_set(sock, 0);
         }
-        let written = self.write_output();
+        let written = self.write_output_for_others();
         let mut now: ffi::apr_interval_time_t = 0;
         // SAFETY: as above.
         unsafe {
@@ -2208,7 +2229,7 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn frame_buffer_takers_wait_at_the_limit_except_holders_and_during_writes() {
+    fn frame_buffer_takers_wait_at_the_limit_except_holders_writers_and_parked_sessions() {
         let limit = in_use_limit();
         let in_use = || FRAME_BUFS.lock().in_use;
         let (order, orders) = std::sync::mpsc::channel::<&str>();
@@ -2249,6 +2270,9 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(50));
         assert!(!taker.is_finished(), "the taker did not wait");
+        // A write on a parked session's behalf does not wait.
+        std::thread::spawn(|| drop(FrameBuf::take_without_waiting())).join().unwrap();
+        assert!(FRAME_BUFS.lock().no_wait_until.is_none(), "a write for a parked session waited");
         returned.store(true, Ordering::SeqCst);
         ask("give back");
         taker.join().unwrap();
