@@ -1022,6 +1022,40 @@ def test_access_log_with_logio_counts_each_stream(srv, workdir):
     assert o_post < 1000, o_post
 
 
+def test_access_log_counts_a_body_of_unknown_length_as_the_client_sent_it(srv, workdir):
+    """%I of a request whose body has no content-length is its HEADERS
+    frame and its body, as for a body of declared length (and in the stock
+    module), not the HTTP/1.1 chunk framing the body reaches httpd in (12
+    bytes in two DATA frames logged 10 bytes more, 1 MiB 1,127)."""
+    log = workdir / "srv-sem" / "sem.log"
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+    c = h2c(srv)
+    c.flush()
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"http"),
+                              (b":authority", f"127.0.0.1:{srv.port}".encode()), (b":path", b"/echo?unknown-length")])
+    head = c.conn.data_to_send()
+    c.send_raw(head)
+    c.streams[sid] = Stream(sid)
+    # Apart, so that most reach httpd as a chunk of their own.
+    for _ in range(20):
+        c.conn.send_data(sid, b"x" * 50)
+        c.flush()
+        time.sleep(0.01)
+    c.conn.end_stream(sid)
+    c.flush()
+    st = c.wait_stream(sid)
+    c.close()
+    assert st.status == 200 and st.data.decode().startswith("length=1000 "), st.data
+    deadline = time.time() + 5
+    lines = []
+    while not lines and time.time() < deadline:
+        lines = [l for l in log.read_text().splitlines()[before:] if '"POST /echo?unknown-length HTTP/2.0" 200' in l]
+        time.sleep(0.05)
+    # %h "%r" %>s %b %H %I %O stream
+    assert int(lines[0].split()[-3]) == len(head) + 1000, (lines[0], len(head))
+
+
 def test_access_log_tells_delivered_responses_from_cut_ones(srv, workdir):
     """%X is "-" for a response the client got in full and "X" for one it
     reset. (About 1 complete response in 30 was logged X, whenever c1 sent
