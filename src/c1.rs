@@ -2121,7 +2121,7 @@ pub unsafe fn peek_preface(c: *mut ffi::conn_rec, is_tls: bool) -> bool {
     let mut deadline = None;
     for _ in 0..PREFACE.len() {
         // SAFETY: caller contract.
-        let got = unsafe { peek_bytes(c, PREFACE.len()) };
+        let got = unsafe { peek_bytes(c, PREFACE.len(), is_tls) };
         match preface_verdict(&got) {
             Some(verdict) => return verdict,
             None if is_tls => return false,
@@ -2158,7 +2158,7 @@ fn preface_verdict(got: &[u8]) -> Option<bool> {
 ///
 /// # Safety
 /// As `peek_preface`.
-unsafe fn peek_bytes(c: *mut ffi::conn_rec, n: usize) -> Vec<u8> {
+unsafe fn peek_bytes(c: *mut ffi::conn_rec, n: usize, is_tls: bool) -> Vec<u8> {
     let mut got: Vec<u8> = Vec::with_capacity(n);
     // SAFETY: a speculative read on the caller's connection, into a brigade
     // of its pool that is emptied and destroyed before returning.
@@ -2172,6 +2172,8 @@ unsafe fn peek_bytes(c: *mut ffi::conn_rec, n: usize) -> Vec<u8> {
             n as ffi::apr_off_t,
         );
         if rv == status::SUCCESS {
+            // Every byte the brigade holds, as mod_logio's filter counted it.
+            let mut peeked = 0;
             let mut cur = bb.first();
             while let Some(b) = cur {
                 cur = bb.next(&b);
@@ -2179,11 +2181,20 @@ unsafe fn peek_bytes(c: *mut ffi::conn_rec, n: usize) -> Vec<u8> {
                     continue;
                 }
                 if let Ok(d) = b.read(true) {
+                    peeked += d.len();
                     got.extend_from_slice(&d[..d.len().min(n - got.len())]);
                 }
-                if got.len() >= n {
-                    break;
-                }
+            }
+            if !is_tls {
+                // Left in the core's filter for the next read, which
+                // counts them again: %I counts the client's bytes once,
+                // however many peeks a preface sent in pieces took (24
+                // bytes more for a request line whose first byte came
+                // alone; and every connection's first request counted its
+                // first 24 bytes twice, as with the stock module). Under
+                // TLS mod_logio's filter sits below mod_ssl's, which keeps
+                // what it decrypted: nothing is counted twice.
+                c2::uncount_bytes_in(c, peeked);
             }
         }
         bb.cleanup();

@@ -106,14 +106,12 @@ pub fn count_c1_bytes_in(c1: *mut ffi::conn_rec, bytes: u64) {
     logio(&LOGIO_IN, c1, bytes);
 }
 
-/// The chunk framing `net_in` puts around a body of unknown length is not
-/// the client's: taken back out of the c2's input count (%I), which
-/// mod_logio's filter above ours adds up as the handler reads. %I is then
-/// the head's and the body's bytes, as for a body of declared length and
-/// as the stock module counts (a 12-byte body in two DATA frames logged 10
-/// bytes more, a 1 MiB one 1,127).
-fn uncount_chunk_framing(c2: *mut ffi::conn_rec, bytes: usize) {
-    logio_add(&LOGIO_IN, c2, -(bytes as ffi::apr_off_t));
+/// Takes `bytes` back out of mod_logio's input count of `c` (%I), which
+/// its filter added up: bytes the client did not send (the chunk framing
+/// `net_in` adds for HTTP_IN) or that are read again (c1's peeks at the
+/// preface).
+pub fn uncount_bytes_in(c: *mut ffi::conn_rec, bytes: usize) {
+    logio_add(&LOGIO_IN, c, -(bytes as ffi::apr_off_t));
 }
 
 /// Whether `count_c1_bytes_in` reaches mod_logio's counter.
@@ -1896,7 +1894,11 @@ pub unsafe fn net_in(
                     ctx.input.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
                     ctx.input.extend_from_slice(&data);
                     ctx.input.extend_from_slice(b"\r\n");
-                    uncount_chunk_framing(c, ctx.input.len() - data.len());
+                    // %I: the head's and the body's bytes, as for a body of
+                    // declared length and as the stock module counts (a
+                    // 12-byte body in two DATA frames logged 10 bytes more,
+                    // a 1 MiB one 1,127).
+                    uncount_bytes_in(c, ctx.input.len() - data.len());
                 } else {
                     if let Some(left) = &mut ctx.input_left {
                         *left = left.saturating_sub(data.len() as u64);
@@ -1916,7 +1918,7 @@ pub unsafe fn net_in(
                     // them into r->trailers_in (and clears that table first).
                     ctx.input.extend_from_slice(b"0\r\n");
                     // The trailers count, as the head's fields do.
-                    uncount_chunk_framing(c, b"0\r\n\r\n".len());
+                    uncount_bytes_in(c, b"0\r\n\r\n".len());
                     if let Some(t) = &trailers {
                         for (name, value) in t.iter() {
                             let at = ctx.input.len();

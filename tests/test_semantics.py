@@ -1056,6 +1056,32 @@ def test_access_log_counts_a_body_of_unknown_length_as_the_client_sent_it(srv, w
     assert int(lines[0].split()[-3]) == len(head) + 1000, (lines[0], len(head))
 
 
+def test_access_log_counts_an_http1_request_once(srv, workdir):
+    """%I of an HTTP/1.1 request is the bytes its client sent, also when
+    its first byte came alone and c1 peeked at the input twice to tell it
+    from the HTTP/2 preface (mod_logio counted every peek: 25 bytes more
+    here; and every connection's first request 24 more, as with the stock
+    module)."""
+    log = workdir / "srv-sem" / "sem.log"
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+    req = f"POST /echo?peeked HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc".encode()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(req[:1])
+        time.sleep(0.3)
+        s.sendall(req[1:])
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    deadline = time.time() + 5
+    lines = []
+    while not lines and time.time() < deadline:
+        lines = [l for l in log.read_text().splitlines()[before:] if '"POST /echo?peeked HTTP/1.1" 200' in l]
+        time.sleep(0.05)
+    # %h "%r" %>s %b %H %I %O stream
+    assert int(lines[0].split()[-3]) == len(req), (lines[0], len(req))
+
+
 def test_access_log_tells_delivered_responses_from_cut_ones(srv, workdir):
     """%X is "-" for a response the client got in full and "X" for one it
     reset. (About 1 complete response in 30 was logged X, whenever c1 sent
