@@ -134,7 +134,12 @@ pub fn upgraded_request<'a>(
         let value = value.trim_ascii();
         b.add(&lower, value)?;
     }
-    b.finish(true)
+    let mut head = b.finish(true)?;
+    // %I: the request's bytes are the HTTP/1.1 request's, counted on the
+    // 101's log line; stream 1's line counted them again (as an HPACK
+    // table would size them), where the stock module logs 0.
+    head.raw_bytes = 0;
+    Ok(head)
 }
 
 #[cfg(test)]
@@ -218,5 +223,6 @@ mod tests {
         assert_eq!(h.header(b"cookie"), Some(&b"a=1"[..]));
         assert!(h.header(b"upgrade").is_none() && h.header(b"connection").is_none());
         assert!(h.end_stream);
+        assert_eq!(h.raw_bytes, 0, "counted on the 101's line");
     }
 }
