@@ -219,6 +219,12 @@ class Conn:
                                            ("content-type", "application/octet-stream")])
                 self.flush()
                 await self.send_body(sid, pattern[:n])
+            elif route == "/wrong-length":
+                # A body that breaks its content-length: `n` bytes where
+                # `cl` were declared.
+                self.h2.send_headers(sid, [(":status", "200"), ("content-length", q.get("cl", "3"))])
+                self.flush()
+                await self.send_body(sid, b"x" * int(q.get("n", "6")))
             elif route == "/stream":
                 self.h2.send_headers(sid, [(":status", "200"), ("content-type", "text/event-stream")])
                 self.flush()

@@ -1401,6 +1401,32 @@ def test_a_backend_protocol_error_ends_that_connection_only(proxy):
     assert "broke the HTTP/2 protocol (PROTOCOL_ERROR" in proxy.read_error_log()[logged:]
 
 
+@pytest.mark.parametrize("cl,n", [(3, 6), (10, 5)], ids=["longer", "shorter"])
+def test_a_response_that_breaks_its_length_resets_its_stream_only(proxy, cl, n):
+    """A backend's body longer or shorter than its content-length is a
+    malformed response (RFC 9113 8.1.1): its stream is reset and its
+    request answered 502 (here the head was passed on: the client's
+    stream is cut), while the other requests on that backend connection
+    go on. nghttp2's own checks ended the whole connection: a response
+    in progress was cut, a request waiting for its answer failed."""
+    logged = len(proxy.read_error_log())
+    c = H2Client(proxy.port)
+    streaming = c.request("/api/stream?n=4")
+    waiting = c.request("/api/delay?s=2", method="POST", body=b"posted", headers=[("content-length", "6")])
+    c.wait(lambda: len(c.streams[streaming].data) > 0, timeout=10)
+    broken = c.request(f"/api/wrong-length?cl={cl}&n={n}")
+    c.wait(lambda: all(c.streams[s].done for s in (streaming, waiting, broken)), timeout=20)
+    s = c.streams[broken]
+    assert s.status == 502 or (s.reset is not None and not s.ended), (s.status, s.reset, bytes(s.data))
+    s = c.streams[streaming]
+    assert s.ended and s.status == 200 and bytes(s.data) == b"".join(f"event {i}\n".encode() for i in range(4))
+    s = c.streams[waiting]
+    assert s.ended and s.status == 200 and bytes(s.data).startswith(b"ok port="), (s.status, bytes(s.data))
+    c.close()
+    log = proxy.read_error_log()[logged:]
+    assert "a malformed response (a body" in log and "broke the HTTP/2 protocol" not in log, log[-2000:]
+
+
 @pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
 def test_a_response_head_followed_by_a_protocol_error_is_a_502(proxy, h1):
     """The backend's head and its connection error arrive together: the

@@ -19,6 +19,7 @@
 //! that began is aborted.
 
 use super::backend_tls::{TlsPolicy, TlsTarget};
+use super::messaging::{Field, Malformed, ResponseCheck};
 use super::resolve::{Addrs, Peer};
 use super::task::{Failure, Task};
 use super::tls::{self, Handshake, Ssl};
@@ -191,6 +192,8 @@ struct BStream {
     head_bytes: usize,
     /// Interim heads received.
     interims: u8,
+    /// RFC 9113 8.1.1's checks of the response (`messaging`).
+    check: ResponseCheck,
 }
 
 impl BStream {
@@ -200,6 +203,14 @@ impl BStream {
     fn refuse_heads(&mut self) -> Flow {
         self.reset_sent = true;
         Flow::ResetStream(error_code::CANCEL)
+    }
+
+    /// The response is malformed (RFC 9113 8.1.1): a stream error, the
+    /// connection's other streams go on. The caller fails the returned
+    /// task (`fail_malformed`).
+    fn reset_malformed(&mut self) -> (Flow, Arc<Task>) {
+        self.reset_sent = true;
+        (Flow::ResetStream(error_code::PROTOCOL_ERROR), self.task.clone())
     }
 
     /// The backend did something (or owes nothing yet): its timeout starts
@@ -246,6 +257,12 @@ fn heads_refused(backend: &str, stream_id: i32, what: &str, task: &Task) {
     fail_bad_gateway(task, format!("backend {backend}: stream {stream_id}: {what}"));
 }
 
+/// A malformed response (`messaging`, its stream reset): its request is
+/// answered 502, or its response cut.
+fn fail_malformed(backend: &str, stream_id: i32, task: &Task, why: Malformed) {
+    heads_refused(backend, stream_id, &format!("a malformed response ({why})"), task);
+}
+
 /// The backend failed `task`: 502, or the response cut if it began; said
 /// in the main server's log and kept for the front, which says it in the
 /// request's (`Task::fail_because`).
@@ -272,6 +289,7 @@ impl Handler for Backend {
             bs.fields = Headers::new();
             bs.status = 0;
             bs.head_bytes = 0;
+            bs.check.begin_block();
         }
         Flow::Continue
     }
@@ -287,6 +305,15 @@ impl Handler for Backend {
             let what = format!("a header block over {} bytes", limits::MAX_BACKEND_HEAD_BYTES);
             heads_refused(&self.backend, frame.stream_id, &what, &bs.task);
             return flow;
+        }
+        match bs.check.field(name, value) {
+            Ok(Field::Keep) => {}
+            Ok(Field::Drop) => return Flow::Continue,
+            Err(why) => {
+                let (flow, task) = bs.reset_malformed();
+                fail_malformed(&self.backend, frame.stream_id, &task, why);
+                return flow;
+            }
         }
         if name == b":status" {
             bs.status = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -335,6 +362,11 @@ impl Handler for Backend {
                     // Refused (a block too large), or cancelled meanwhile.
                     return Flow::Continue;
                 }
+                if let Err(why) = bs.check.end_block(end) {
+                    let (flow, task) = bs.reset_malformed();
+                    fail_malformed(&self.backend, frame.stream_id, &task, why);
+                    return flow;
+                }
                 if bs.head_done {
                     // Trailers (they always end the stream).
                     bs.ended = true;
@@ -342,7 +374,7 @@ impl Handler for Backend {
                     return Flow::Continue;
                 }
                 match bs.status {
-                    101 => {}
+                    // (101 is malformed in HTTP/2: `messaging`.)
                     100..=199 if bs.interims >= limits::MAX_BACKEND_INTERIMS => {
                         let flow = bs.refuse_heads();
                         let task = bs.task.clone();
@@ -358,7 +390,7 @@ impl Handler for Backend {
                         bs.head_done = true;
                         bs.task.on_head(ResponseHead { status: bs.status, headers: fields });
                     }
-                    // nghttp2 checks that :status has three digits; HTTP
+                    // `messaging` checks that :status has three digits; HTTP
                     // defines 100 to 599 only (RFC 9110 15), and httpd
                     // would send any other as it is.
                     invalid => {
@@ -375,6 +407,11 @@ impl Handler for Backend {
             }
             frame_type::DATA if frame.has(flags::END_STREAM) => {
                 if let Some(bs) = self.touch(frame.stream_id).filter(|bs| !bs.reset_sent) {
+                    if let Err(why) = bs.check.end_stream() {
+                        let (flow, task) = bs.reset_malformed();
+                        fail_malformed(&self.backend, frame.stream_id, &task, why);
+                        return flow;
+                    }
                     bs.ended = true;
                     bs.task.on_end(None);
                 }
@@ -390,6 +427,11 @@ impl Handler for Backend {
             // Not for a stream we reset (it failed, or its front is gone):
             // its bytes are credited back to the connection when it closes.
             if !bs.reset_sent {
+                if let Err(why) = bs.check.data(data.len()) {
+                    let (flow, task) = bs.reset_malformed();
+                    fail_malformed(&self.backend, stream_id, &task, why);
+                    return flow;
+                }
                 bs.task.on_data(data);
             }
         }
@@ -693,7 +735,9 @@ impl Conn {
             news: Vec::new(),
         };
         let options = nghttp2::Options {
-            no_http_messaging: false,
+            // Checked per stream (`messaging`): nghttp2's checks end the
+            // whole connection for some malformed responses.
+            no_http_messaging: true,
             glitch_rate: (limits::BACKEND_GLITCH_RATE.burst, limits::BACKEND_GLITCH_RATE.per_sec),
             max_send_header_block: limits::BACKEND_MAX_HEADER_BLOCK,
             ..Default::default()
@@ -830,6 +874,7 @@ impl Conn {
                 sent: false,
                 head_bytes: 0,
                 interims: 0,
+                check: ResponseCheck::new(task.spec.fields.get(b":method").unwrap_or_default()),
             },
         );
         Ok(())

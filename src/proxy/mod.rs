@@ -27,6 +27,7 @@
 pub mod backend_tls;
 pub mod engine;
 pub mod links;
+pub mod messaging;
 pub mod resolve;
 pub mod task;
 pub mod tls;
