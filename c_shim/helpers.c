@@ -14,6 +14,14 @@
 
 APLOG_USE_MODULE(http2);
 
+/* The module a line is tagged with: proxy_http2 for the reverse proxy's
+ * lines (`LogLevel proxy_http2:...` sets their level, as for the stock
+ * mod_proxy_http2), else http2. */
+static int log_module_index(int proxy)
+{
+    return proxy ? proxy_http2_module.module_index : APLOG_MODULE_INDEX;
+}
+
 int h2rs_shim_log_c_enabled(const conn_rec *c, int level)
 {
     return APLOG_C_IS_LEVEL(c, level);
@@ -24,11 +32,11 @@ int h2rs_shim_log_c_enabled(const conn_rec *c, int level)
  * itself would take NULL for stderr at its default level (warn), and lines
  * at debug were never written. Before the configuration is read,
  * ap_server_conf is NULL too. */
-int h2rs_shim_log_s_enabled(const server_rec *s, int level)
+int h2rs_shim_log_s_enabled(const server_rec *s, int level, int proxy)
 {
     if (!s)
         s = ap_server_conf;
-    return APLOG_IS_LEVEL(s, level);
+    return APLOG_MODULE_IS_LEVEL(s, log_module_index(proxy), level);
 }
 
 void h2rs_shim_log_c(const conn_rec *c, int level, apr_status_t rv,
@@ -38,15 +46,17 @@ void h2rs_shim_log_c(const conn_rec *c, int level, apr_status_t rv,
 }
 
 void h2rs_shim_log_r(const request_rec *r, int level, apr_status_t rv,
-                     const char *msg)
+                     int proxy, const char *msg)
 {
-    ap_log_rerror(APLOG_MARK, level, rv, r, "%s", msg);
+    ap_log_rerror(__FILE__, __LINE__, log_module_index(proxy), level, rv, r,
+                  "%s", msg);
 }
 
 void h2rs_shim_log_s(const server_rec *s, int level, apr_status_t rv,
-                     const char *msg)
+                     int proxy, const char *msg)
 {
-    ap_log_error(APLOG_MARK, level, rv, s ? s : ap_server_conf, "%s", msg);
+    ap_log_error(__FILE__, __LINE__, log_module_index(proxy), level, rv,
+                 s ? s : ap_server_conf, "%s", msg);
 }
 
 /* http2_module's slots exist only when it is loaded: with only

@@ -77,21 +77,23 @@ int h2rs_proxy_post_config(apr_pool_t *pconf, server_rec *s);
 
 /* The module record; Rust needs it for module_index and config access. */
 extern module AP_MODULE_DECLARE_DATA http2_module;
+extern module AP_MODULE_DECLARE_DATA proxy_http2_module;
 
 /* Filter handles registered by the shim, for ap_add_*_filter_handle. */
 extern ap_filter_rec_t *h2rs_shim_c2_net_in_handle;
 extern ap_filter_rec_t *h2rs_shim_c2_net_out_handle;
 extern ap_filter_rec_t *h2rs_shim_c2_response_handle;
 
-/* Logging with this module's index, so lines carry the module tag. */
+/* Logging with this module's index, so lines carry the module tag;
+ * `proxy`: proxy_http2_module's. */
 int h2rs_shim_log_c_enabled(const conn_rec *c, int level);
-int h2rs_shim_log_s_enabled(const server_rec *s, int level);
+int h2rs_shim_log_s_enabled(const server_rec *s, int level, int proxy);
 void h2rs_shim_log_c(const conn_rec *c, int level, apr_status_t rv,
                      const char *msg);
 void h2rs_shim_log_r(const request_rec *r, int level, apr_status_t rv,
-                     const char *msg);
+                     int proxy, const char *msg);
 void h2rs_shim_log_s(const server_rec *s, int level, apr_status_t rv,
-                     const char *msg);
+                     int proxy, const char *msg);
 
 /* This module's slot in config vectors. */
 void *h2rs_shim_conn_ctx(const conn_rec *c);

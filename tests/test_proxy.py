@@ -481,7 +481,7 @@ def test_a_client_that_stops_sending_its_body_gets_408(make_server, backends, h1
     (H2StreamTimeout on an HTTP/2 front, Timeout on HTTP/1.1), not by the
     backend's, which is not waiting on anyone: 408, the backend's stream
     reset, and the HTTP/2 connection goes on."""
-    srv = make_server(name=f"proxy-silent-{h1}", loglevel="warn http2:info proxy:info", h2_conf="H2StreamTimeout 2",
+    srv = make_server(name=f"proxy-silent-{h1}", loglevel="warn http2:info proxy:info proxy_http2:info", h2_conf="H2StreamTimeout 2",
                       extra=f"""{PROXY_MODULES}
 ProxyTimeout 30
 ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
@@ -576,7 +576,7 @@ def test_100_continue_through_an_h2_front(proxy):
 def test_a_trickled_body_through_an_h2_front_ends_at_the_request_read_timeout(make_server, backends):
     """RequestReadTimeout's body stage holds for a proxied body as for one
     a local handler reads: 408 with mod_reqtimeout's log line."""
-    srv = make_server(name="proxy-rudy", loglevel="warn http2:info", extra=f"""{PROXY_MODULES}
+    srv = make_server(name="proxy-rudy", loglevel="warn http2:info proxy_http2:info", extra=f"""{PROXY_MODULES}
 LoadModule reqtimeout_module {MODDIR}/mod_reqtimeout.so
 RequestReadTimeout body=2,MinRate=500
 ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
@@ -1425,6 +1425,8 @@ def test_a_response_that_breaks_its_length_resets_its_stream_only(proxy, cl, n):
     c.close()
     log = proxy.read_error_log()[logged:]
     assert "a malformed response (a body" in log and "broke the HTTP/2 protocol" not in log, log[-2000:]
+    # Tagged as the stock mod_proxy_http2's lines (`LogLevel proxy_http2:...`).
+    assert [l for l in log.splitlines() if "malformed response" in l and "[proxy_http2:error]" in l], log[-2000:]
 
 
 @pytest.mark.parametrize("h1", [False, True], ids=["h2-front", "h1-front"])
@@ -2233,7 +2235,7 @@ def test_a_client_that_reads_nothing_is_ended_by_the_stream_timeout(make_server,
     client giving no window at all, the connection ends with
     ENHANCE_YOUR_CALM (a zero-window slow read, CVE-2023-43622)."""
     import rawh2
-    srv = make_server(name="proxy-no-reader", loglevel="warn http2:info proxy:info", extra=f"""{PROXY_MODULES}
+    srv = make_server(name="proxy-no-reader", loglevel="warn http2:info proxy:info proxy_http2:info", extra=f"""{PROXY_MODULES}
 Timeout 3
 ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/ timeout=1
 """).start()
@@ -2681,7 +2683,7 @@ def test_each_address_of_the_backends_name_is_tried_in_turn(make_server, backend
     with another after it is logged at debug level (an error only where
     none is left), as mod_proxy logs it."""
     down = free_port()
-    srv = make_server(loglevel="warn http2:debug", hosts="127.0.0.1 localhost\n::1 twoaddr\n127.0.0.1 twoaddr\n", extra=f"""{PROXY_MODULES}
+    srv = make_server(loglevel="warn http2:debug proxy_http2:debug", hosts="127.0.0.1 localhost\n::1 twoaddr\n127.0.0.1 twoaddr\n", extra=f"""{PROXY_MODULES}
 ProxyPass /two/ h2c://twoaddr:{backends[0]}/
 ProxyPass /none/ h2c://twoaddr:{down}/
 ProxyPass /slow/ h2c://twoaddr:{backends[1]}/ connectiontimeout=1 timeout=30
@@ -2690,11 +2692,11 @@ ProxyPass /slow/ h2c://twoaddr:{backends[1]}/ connectiontimeout=1 timeout=30
         code, body = split(get(srv, "/two/delay?s=0"))
         assert code == 200, body
     log = srv.read_error_log()
-    assert re.search(rf"\[http2:debug\].* cannot connect to \[::1\]:{backends[0]}: .*, trying its next address", log), log[-2000:]
+    assert re.search(rf"\[proxy_http2:debug\].* cannot connect to \[::1\]:{backends[0]}: .*, trying its next address", log), log[-2000:]
     assert split(get(srv, "/none/x"))[0] == 503
     log = srv.new_log_lines()
-    assert re.search(rf"\[http2:debug\].* cannot connect to \[::1\]:{down}: ", log), log[-2000:]
-    assert re.search(rf"\[http2:error\].* cannot connect to 127.0.0.1:{down}: Connection refused \(os error 111\), answering 503", log), log[-2000:]
+    assert re.search(rf"\[proxy_http2:debug\].* cannot connect to \[::1\]:{down}: ", log), log[-2000:]
+    assert re.search(rf"\[proxy_http2:error\].* cannot connect to 127.0.0.1:{down}: Connection refused \(os error 111\), answering 503", log), log[-2000:]
     hole, fillers = black_hole(socket.AF_INET6, "::1", backends[1])
     try:
         code, body = split(get(srv, "/slow/delay?s=0", "--max-time", "25"))
@@ -2702,7 +2704,7 @@ ProxyPass /slow/ h2c://twoaddr:{backends[1]}/ connectiontimeout=1 timeout=30
     finally:
         for sock in fillers + [hole]:
             sock.close()
-    assert re.search(rf"\[http2:debug\].* connect timed out \(\[::1\]:{backends[1]}\), trying its next address", srv.new_log_lines())
+    assert re.search(rf"\[proxy_http2:debug\].* connect timed out \(\[::1\]:{backends[1]}\), trying its next address", srv.new_log_lines())
 
 
 def test_backends_on_a_unix_domain_socket(make_server, workdir):

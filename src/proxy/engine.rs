@@ -29,8 +29,8 @@ use crate::log::Level;
 use crate::nghttp2::{
     self, error_code, flags, frame_type, settings_id, DataRead, Flow, FrameInfo, Handler, Ops, Session,
 };
+use crate::plog;
 use crate::signal::EventFd;
-use crate::slog;
 use crate::stream::{Headers, ResponseHead};
 use parking_lot::Mutex;
 use std::collections::hash_map::Entry;
@@ -329,9 +329,7 @@ impl Handler for Backend {
     /// The engine's own goodbye to a connection it closes is NO_ERROR.
     fn goaway_sent(&mut self, frame: &FrameInfo, debug: &[u8]) {
         if frame.error_code != error_code::NO_ERROR {
-            slog!(
-                std::ptr::null::<crate::ffi::server_rec>(),
-                Level::Error,
+            plog!(Level::Error,
                 "h2rs proxy: backend {} broke the HTTP/2 protocol ({}: {}): its connection ends, the requests on it are retried or answered 502",
                 self.backend,
                 nghttp2::error_code_name(frame.error_code),
@@ -345,8 +343,7 @@ impl Handler for Backend {
             frame_type::SETTINGS if frame.stream_id == 0 && !frame.has(flags::ACK) => self.settings_seen = true,
             frame_type::GOAWAY => {
                 self.goaway = Some(frame.named_stream_id);
-                slog!(
-                    std::ptr::null::<crate::ffi::server_rec>(),
+                plog!(
                     Level::Info,
                     "h2rs proxy: backend {} sent GOAWAY (last stream {}, code {}): draining the connection",
                     self.backend,
@@ -1124,17 +1121,13 @@ impl Drop for LoopState {
 }
 
 fn log_error(msg: &str) {
-    slog!(std::ptr::null::<crate::ffi::server_rec>(), Level::Error, "h2rs proxy: {msg}");
+    plog!(Level::Error, "h2rs proxy: {msg}");
 }
 
 /// A failed address with another to try after it: at debug level, as
 /// mod_proxy logs it (AH00957); the last one's failure is the error.
 fn log_next_address(backend: &str, failure: &str, next: &Peer) {
-    slog!(
-        std::ptr::null::<crate::ffi::server_rec>(),
-        Level::Debug,
-        "h2rs proxy: backend {backend}: {failure}, trying its next address {next}"
-    );
+    plog!(Level::Debug, "h2rs proxy: backend {backend}: {failure}, trying its next address {next}");
 }
 
 /// The backend cannot be reached for `task`: 503 (mod_proxy may fail over)

@@ -99,7 +99,7 @@ pub unsafe extern "C" fn h2rs_proxy_child_init(pchild: *mut ffi::apr_pool_t, _s:
         match Engine::start(LOOP_THREADS, Some(start)) {
             Ok(e) => *ENGINE.lock() = Some(e),
             Err(e) => {
-                crate::log::server_crit(&format!("mod_h2rs: cannot start the proxy engine: {e}"));
+                crate::log::proxy(Level::Crit, &format!("mod_h2rs: cannot start the proxy engine: {e}"));
                 return;
             }
         }
@@ -196,7 +196,7 @@ unsafe fn canon(r: *mut ffi::request_rec, url: *mut c_char) -> c_int {
         let err = ffi::h2rs_shim_proxy_canon_netloc(pool.as_ptr(), &mut rest, &mut host, &mut port);
         if !err.is_null() || host.is_null() {
             let why = if err.is_null() { "no host".into() } else { CStr::from_ptr(err).to_string_lossy() };
-            crate::log::request(
+            crate::log::proxy_request(
                 r,
                 Level::Error,
                 &format!("h2rs proxy: cannot parse the URL {}: {why}", CStr::from_ptr(url).to_string_lossy()),
@@ -231,7 +231,7 @@ unsafe fn canon(r: *mut ffi::request_rec, url: *mut c_char) -> c_int {
         // not encoded where it should have been.
         let raw = |text: &[u8]| text.iter().any(|&b| b <= b' ' || b == 0x7f);
         if (path == rest.cast_const() && raw(CStr::from_ptr(path).to_bytes())) || search.is_some_and(raw) {
-            crate::log::request(
+            crate::log::proxy_request(
                 r,
                 Level::Error,
                 "h2rs proxy: the path or query to forward holds control characters or spaces",
@@ -283,7 +283,7 @@ pub unsafe extern "C" fn h2rs_proxy_handler(
             // h2://). Not straight to the backend, past the proxy the admin
             // requires; and not 502, on which mod_proxy tries it direct.
             let via = cstr_lossy(proxyname);
-            crate::log::request(
+            crate::log::proxy_request(
                 r,
                 Level::Error,
                 &format!("h2rs proxy: ProxyRemote {via} covers this h2/h2c backend URL; requests through a remote proxy are not supported, answering 500"),
@@ -571,7 +571,7 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         };
         let Some(target) = parse_target(&url_s) else { return HOOK_DECLINED };
         let Some(engine) = engine() else {
-            crate::log::request(r, Level::Error, "h2rs proxy: the proxy engine is not running");
+            crate::log::proxy_request(r, Level::Error, "h2rs proxy: the proxy engine is not running");
             return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
         };
         // A worker an admin disabled or stopped (`status=`, the balancer
@@ -664,7 +664,11 @@ unsafe fn handle(r: *mut ffi::request_rec, worker: *mut c_void, conf: *mut c_voi
         let addrs = match found {
             Ok(addrs) => addrs,
             Err(e) => {
-                crate::log::request(r, Level::Error, &format!("h2rs proxy: backend {backend}: {e}, answering 503"));
+                crate::log::proxy_request(
+                    r,
+                    Level::Error,
+                    &format!("h2rs proxy: backend {backend}: {e}, answering 503"),
+                );
                 return ffi::HTTP_SERVICE_UNAVAILABLE as c_int;
             }
         };
@@ -829,7 +833,7 @@ unsafe fn run_request(r: *mut ffi::request_rec, task: &Arc<Task>, engine: &Arc<E
             }
             if front.body_pending() {
                 // Not reached: a front exists only on a stream connection.
-                crate::log::request(r, Level::Error, "h2rs proxy: cannot suspend the request, giving up");
+                crate::log::proxy_request(r, Level::Error, "h2rs proxy: cannot suspend the request, giving up");
                 engine.cancel(task);
                 return ffi::HTTP_INTERNAL_SERVER_ERROR as c_int;
             }
@@ -889,7 +893,7 @@ const BODY_READ: ffi::apr_off_t = 64 * 1024;
 /// timeout, 413 past LimitRequestBody, else 400), as mod_proxy_http maps it.
 unsafe fn body_read_failed(r: *mut ffi::request_rec, bb: BrigadeRef, rv: ffi::apr_status_t) -> c_int {
     bb.cleanup();
-    crate::log::request(r, Level::Info, "h2rs proxy: reading the request body failed");
+    crate::log::proxy_request(r, Level::Info, "h2rs proxy: reading the request body failed");
     // SAFETY: a plain mapping of a status code.
     unsafe { ffi::ap_map_http_request_error(rv, ffi::HTTP_BAD_REQUEST as c_int) }
 }
@@ -1030,7 +1034,7 @@ const RESPONSE_NOT_PASSED: &[&[u8]] =
 #[cold]
 fn log_failure(r: *mut ffi::request_rec, task: &Task, status: u16) {
     if let Some(why) = task.failure_reason() {
-        crate::log::request(r, Level::Error, &format!("h2rs proxy: {why}, answering {status}"));
+        crate::log::proxy_request(r, Level::Error, &format!("h2rs proxy: {why}, answering {status}"));
     }
 }
 
@@ -1513,7 +1517,7 @@ impl C2Front {
     /// The client let the stream timeout pass: `what` it did not do.
     fn log_client_timeout(&self, r: *mut ffi::request_rec, what: &str) {
         let timeout = self.stream.timeout();
-        crate::log::request(r, Level::Info, &format!("h2rs proxy: {what} within {timeout:?} (H2StreamTimeout)"));
+        crate::log::proxy_request(r, Level::Info, &format!("h2rs proxy: {what} within {timeout:?} (H2StreamTimeout)"));
     }
 
     /// Has the clock wake the request at `until`, unless an alarm that is
@@ -1526,7 +1530,7 @@ impl C2Front {
         }
         leg.alarm = Some(at);
         if !crate::clock::schedule(self, at.saturating_duration_since(now), 0) {
-            crate::log::server_crit("h2rs proxy: no clock to time a request body");
+            crate::log::proxy(Level::Crit, "h2rs proxy: no clock to time a request body");
         }
     }
 
@@ -1542,7 +1546,7 @@ impl C2Front {
         let Some(me) = self.me.upgrade() else { return };
         let job: workers::Job = Box::new(move |w: &WorkerCtx| me.run(parked, w));
         let Some(pool) = workers::current() else {
-            crate::log::server_crit("h2rs proxy: no worker pool to resume a request on");
+            crate::log::proxy(Level::Crit, "h2rs proxy: no worker pool to resume a request on");
             return;
         };
         if let Err(job) = pool.submit(job) {
