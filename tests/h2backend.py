@@ -230,7 +230,7 @@ class Conn:
                 self.flush()
                 await self.writer.drain()
                 for i in range(int(q.get("n", "3"))):
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(float(q.get("d", "0.5")))
                     await self.send_body(sid, f"event {i}\n".encode(), end=False)
                 self.h2.end_stream(sid)
                 self.flush()

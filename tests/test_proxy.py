@@ -1497,7 +1497,20 @@ def test_timeout_is_504(proxy):
     code, _ = split(get(proxy, "/short/delay?s=4"))
     assert code == 504
     time.sleep(0.2)
-    assert "within" in proxy.read_error_log()[logged:]
+    assert "within 1s, answering 504" in proxy.read_error_log()[logged:]
+
+
+def test_a_timeout_after_the_head_cuts_the_response_and_says_so(proxy):
+    """The backend falls silent after its head: the response is cut, and
+    the log says that rather than the 504 the client never got."""
+    logged = len(proxy.read_error_log())
+    c = H2Client(proxy.port)
+    st = c.wait_stream(c.request("/short/stream?n=2&d=3"), timeout=10)
+    assert st.status == 200 and st.reset is not None and not st.ended
+    c.close()
+    time.sleep(0.2)
+    log = proxy.read_error_log()[logged:]
+    assert "within 1s, response aborted" in log and "answering 504" not in log, log[-2000:]
 
 
 def test_subrequests_and_internal_redirects_to_a_slow_backend(make_server, docroot, backends):
@@ -1948,7 +1961,7 @@ ProxyPass /mute/ h2c://127.0.0.1:{mute_port}/ ping=500ms timeout=20
         # no new request on it: the next goes on a new connection.
         code, _ = split(get(srv, "/plain/delay?s=0", "--max-time", "15"))
         assert code == 504, srv.read_error_log()[-3000:]
-        assert "nothing received on the connection for 2s (ProxyTimeout), no new requests on it" in srv.read_error_log()
+        assert "nothing received on the connection for 2s (the worker's timeout, or ProxyTimeout), no new requests on it" in srv.read_error_log()
         code, _ = split(get(srv, "/plain/delay?s=0", "--max-time", "15"))
         assert code == 200, srv.read_error_log()[-3000:]
         t0 = time.monotonic()

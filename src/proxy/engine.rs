@@ -1136,6 +1136,9 @@ fn log_next_address(backend: &str, failure: &str, next: &Peer) {
 fn fail_unavailable(task: &Task, why: &str) {
     let why = format!("backend {}: {why}", task.spec.backend);
     let answer = match task.fail_because(503, why.clone()) {
+        // mod_proxy takes a 503 from a balancer member for its cue to
+        // fail over: the client then gets the next member's answer.
+        Failure::Status(503) => "answering 503 (a balancer tries its next member)".to_string(),
         Failure::Status(s) => format!("answering {s}"),
         Failure::Abort => "cutting the response".to_string(),
     };
@@ -1461,6 +1464,8 @@ impl LoopState {
                             "backend {backend}: stream {id} still open {:?} after its response, which had no content and went to the client, reset",
                             bs.task.spec.timeout
                         ));
+                    } else if bs.task.response_started() {
+                        log_error(&format!("{why}, response aborted"));
                     } else {
                         log_error(&format!("{why}, answering 504"));
                     }
@@ -1474,7 +1479,7 @@ impl LoopState {
             }
             if let Some(timeout) = silent_timeout.filter(|_| !conn.draining) {
                 log_error(&format!(
-                    "backend {backend}: nothing received on the connection for {timeout:?} (ProxyTimeout), no new requests on it"
+                    "backend {backend}: nothing received on the connection for {timeout:?} (the worker's timeout, or ProxyTimeout), no new requests on it"
                 ));
                 conn.draining = true;
             }
