@@ -175,7 +175,6 @@ impl Engine {
 struct BStream {
     task: Arc<Task>,
     fields: Headers,
-    status: u16,
     head_done: bool,
     ended: bool,
     reset_sent: bool,
@@ -287,7 +286,6 @@ impl Handler for Backend {
     fn begin_headers(&mut self, _ops: &mut Ops<'_>, frame: &FrameInfo) -> Flow {
         if let Some(bs) = self.touch(frame.stream_id) {
             bs.fields = Headers::new();
-            bs.status = 0;
             bs.head_bytes = 0;
             bs.check.begin_block();
         }
@@ -315,9 +313,7 @@ impl Handler for Backend {
                 return flow;
             }
         }
-        if name == b":status" {
-            bs.status = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        } else if !name.starts_with(b":") {
+        if !name.starts_with(b":") {
             bs.fields.push(name, value);
         }
         Flow::Continue
@@ -359,18 +355,21 @@ impl Handler for Backend {
                     // Refused (a block too large), or cancelled meanwhile.
                     return Flow::Continue;
                 }
-                if let Err(why) = bs.check.end_block(end) {
-                    let (flow, task) = bs.reset_malformed();
-                    fail_malformed(&self.backend, frame.stream_id, &task, why);
-                    return flow;
-                }
-                if bs.head_done {
+                let status = match bs.check.end_block(end) {
+                    Ok(status) => status,
+                    Err(why) => {
+                        let (flow, task) = bs.reset_malformed();
+                        fail_malformed(&self.backend, frame.stream_id, &task, why);
+                        return flow;
+                    }
+                };
+                let Some(status) = status else {
                     // Trailers (they always end the stream).
                     bs.ended = true;
                     bs.task.on_end(if fields.is_empty() { None } else { Some(fields) });
                     return Flow::Continue;
-                }
-                match bs.status {
+                };
+                match status {
                     // (101 is malformed in HTTP/2: `messaging`.)
                     100..=199 if bs.interims >= limits::MAX_BACKEND_INTERIMS => {
                         let flow = bs.refuse_heads();
@@ -381,11 +380,11 @@ impl Handler for Backend {
                     }
                     100..=199 => {
                         bs.interims += 1;
-                        bs.task.on_interim(ResponseHead { status: bs.status, headers: fields });
+                        bs.task.on_interim(ResponseHead { status, headers: fields });
                     }
                     200..=599 => {
                         bs.head_done = true;
-                        bs.task.on_head(ResponseHead { status: bs.status, headers: fields });
+                        bs.task.on_head(ResponseHead { status, headers: fields });
                     }
                     // `messaging` checks that :status has three digits; HTTP
                     // defines 100 to 599 only (RFC 9110 15), and httpd
@@ -861,7 +860,6 @@ impl Conn {
             BStream {
                 task: task.clone(),
                 fields: Headers::new(),
-                status: 0,
                 head_done: false,
                 ended: false,
                 reset_sent: false,

@@ -124,9 +124,10 @@ impl ResponseCheck {
     }
 
     /// The block ended; `end_stream`: its HEADERS frame ended the stream.
-    pub fn end_block(&mut self, end_stream: bool) -> Result<(), Malformed> {
+    /// The head's status, or None for trailers.
+    pub fn end_block(&mut self, end_stream: bool) -> Result<Option<u16>, Malformed> {
         if self.final_seen {
-            return if end_stream { Ok(()) } else { Err("trailers without END_STREAM") };
+            return if end_stream { Ok(None) } else { Err("trailers without END_STREAM") };
         }
         let Some(status) = self.status else { return Err("a response head without :status") };
         if status / 100 == 1 {
@@ -135,16 +136,16 @@ impl ResponseCheck {
             }
             // The next head is another response, with its own length.
             self.content_length = None;
-            return Ok(());
+            return Ok(Some(status));
         }
         self.final_seen = true;
         if self.head_request || status == 204 || status == 304 {
             self.content_length = Some(0);
         }
         if end_stream {
-            return self.end_stream();
+            self.end_stream()?;
         }
-        Ok(())
+        Ok(Some(status))
     }
 
     /// `n` bytes of DATA arrived.
@@ -179,7 +180,8 @@ mod tests {
         check.begin_block();
         let kept =
             fields.iter().map(|(n, v)| check.field(n.as_bytes(), v.as_bytes())).collect::<Result<Vec<_>, _>>()?;
-        check.end_block(end_stream)?;
+        let status = check.end_block(end_stream)?;
+        assert_eq!(status.is_none(), fields.iter().all(|(n, _)| !n.starts_with(':')), "{fields:?}");
         Ok(kept)
     }
 
