@@ -221,10 +221,24 @@ class Conn:
                 await self.send_body(sid, pattern[:n])
             elif route == "/wrong-length":
                 # A body that breaks its content-length: `n` bytes where
-                # `cl` were declared.
+                # `cl` were declared; with `t=1`, trailers end the stream.
                 self.h2.send_headers(sid, [(":status", "200"), ("content-length", q.get("cl", "3"))])
                 self.flush()
-                await self.send_body(sid, b"x" * int(q.get("n", "6")))
+                trailers = q.get("t") == "1"
+                await self.send_body(sid, b"x" * int(q.get("n", "6")), end=not trailers)
+                if trailers:
+                    self.h2.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+                    self.flush()
+            elif route == "/odd-fields":
+                # Fields HTTP/2 does not allow, as application backends send
+                # them: a value with trailing space, a name with `@`.
+                self.h2.config.validate_outbound_headers = False
+                self.h2.config.normalize_outbound_headers = False
+                try:
+                    await self.respond(sid, 200, b"odd\n", [("x-powered-by", "PHP "), ("x@y", "1"), ("x-fine", "yes")])
+                finally:
+                    self.h2.config.validate_outbound_headers = True
+                    self.h2.config.normalize_outbound_headers = True
             elif route == "/stream":
                 self.h2.send_headers(sid, [(":status", "200"), ("content-type", "text/event-stream")])
                 self.flush()
