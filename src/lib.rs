@@ -37,6 +37,7 @@ pub mod log;
 pub mod negotiation;
 pub mod nghttp2;
 pub mod park;
+pub mod priority;
 pub mod proxy;
 pub mod reqtimeout;
 pub mod request;

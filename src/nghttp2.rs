@@ -650,18 +650,12 @@ impl<'a> Ops<'a> {
     /// Applies a request's RFC 9218 `priority` field to the stream's
     /// scheduling: urgency 0-7, and incremental (shares bandwidth with its
     /// urgency's other incremental streams) or not (sent whole, one after
-    /// another). A field that does not parse means the defaults (3, not
-    /// incremental). Returns the urgency.
+    /// another); `priority::parse` says what is ignored. Returns the
+    /// urgency.
     pub fn set_priority(&mut self, stream_id: i32, field: &[u8]) -> u8 {
-        let mut pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
-        // SAFETY: parses `field` (valid slice) into `pri`; on a parse error
-        // `pri` keeps the defaults.
-        if unsafe { ng::nghttp2_extpri_parse_priority(&mut pri, field.as_ptr(), field.len()) } != 0 {
-            pri = ng::nghttp2_extpri { urgency: 3, inc: 0 };
-        }
-        let urgency = pri.urgency.min(7) as u8;
-        self.set_stream_priority(stream_id, urgency, pri.inc != 0);
-        urgency
+        let pri = crate::priority::parse(field);
+        self.set_stream_priority(stream_id, pri.urgency, pri.incremental);
+        pri.urgency
     }
 
     /// Sets a stream's RFC 9218 urgency (0-7) and incremental flag.
@@ -1108,9 +1102,40 @@ unsafe extern "C" fn frame_recv_cb<H: Handler>(
             h.goaway_received(&info);
         }
         let mut o = ops(session);
+        if info.kind == frame_type::PRIORITY_UPDATE {
+            // SAFETY: nghttp2 passed this PRIORITY_UPDATE to the callback.
+            unsafe { reapply_priority_update(&mut o, frame) };
+        }
         let flow = h.frame_recv(&mut o, &info);
         flow_result(&mut o, info.stream_id, flow, false)
     })
+}
+
+/// Applies a PRIORITY_UPDATE's value again, parsed as `set_priority` parses
+/// a request's field: nghttp2 applied it with its own parser already, which
+/// drops the whole value where RFC 9218 ignores one parameter (`u=9, i`).
+/// The stream is the one nghttp2 found or opened (idle) for it; where it
+/// has none (a closed stream), nghttp2 refuses the change and nothing
+/// happens. Out of line, as `prioritized_stream_id`.
+///
+/// # Safety
+/// `frame` must be a PRIORITY_UPDATE nghttp2 passed to a callback.
+#[cold]
+#[inline(never)]
+unsafe fn reapply_priority_update(ops: &mut Ops<'_>, frame: *const ng::nghttp2_frame) {
+    // SAFETY: as for `prioritized_stream_id`; the field value is nghttp2's
+    // inbound buffer, `field_value_len` bytes, alive for the callback.
+    let (stream_id, field) = unsafe {
+        let update = (*frame).ext.payload as *const ng::nghttp2_ext_priority_update;
+        if update.is_null() || (*update).field_value.is_null() {
+            return;
+        }
+        let u = &*update;
+        (u.stream_id, std::slice::from_raw_parts(u.field_value, u.field_value_len))
+    };
+    if stream_id != 0 {
+        ops.set_priority(stream_id, field);
+    }
 }
 
 unsafe extern "C" fn data_chunk_cb<H: Handler>(

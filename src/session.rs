@@ -23,6 +23,7 @@ use crate::limits::{self, RateLimit};
 use crate::nghttp2::{
     self as ng, error_code, frame_type, headers_category, DataRead, Flow, FrameInfo, Goaways, NgError, Ops,
 };
+use crate::priority::DEFAULT_URGENCY;
 use crate::request::{HeaderError, Limits, RequestBuilder, RequestHead};
 use crate::signal::Signal;
 use crate::stream::{Outcome, Output, Retire, Stream};
@@ -33,9 +34,6 @@ use std::time::Duration;
 
 /// Entries the list of streams to retire keeps room for between turns.
 const RETIRE_ROOM_KEPT: usize = 16;
-
-/// RFC 9218 4.1: the urgency of a request that names none.
-const DEFAULT_URGENCY: u8 = 3;
 
 /// The opaque data of the PING behind a graceful shutdown's first GOAWAY.
 /// (Its ACK is not matched against it: the session sends no other PING,
@@ -2154,6 +2152,24 @@ pub(crate) mod tests {
         assert_eq!(p.head_urgency(next), Some(6), "its place among the streams waiting to start");
         assert_eq!(p.priority(last), Some((DEFAULT_URGENCY, false)));
         p.pump(closed(vec![first, next, last]));
+    }
+
+    #[test]
+    fn a_priority_parameter_out_of_range_is_ignored_alone() {
+        let mut p = Pair::new(Settings::default(), echo);
+        // In a request's field (nghttp2's parser dropped the whole value).
+        let asked = p.get_with("/a", &[("priority", "u=9, i")]);
+        p.deliver();
+        assert_eq!(p.priority(asked), Some((DEFAULT_URGENCY, true)));
+        // In a PRIORITY_UPDATE, for an idle stream and for an open one.
+        let next = asked + 2;
+        p.server.recv(&priority_update(next, b"u=1, i=2")).unwrap();
+        assert_eq!(p.get("/b"), next);
+        p.server.recv(&priority_update(asked, b"i=?0, u=8")).unwrap();
+        p.deliver();
+        assert_eq!(p.priority(next), Some((1, false)));
+        assert_eq!(p.priority(asked), Some((DEFAULT_URGENCY, false)), "the update's i=?0 applied");
+        p.pump(closed(vec![asked, next]));
     }
 
     /// A PRIORITY_UPDATE frame (on stream 0) for stream `id`.

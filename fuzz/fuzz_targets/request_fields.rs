@@ -1,5 +1,6 @@
 //! request.rs: an HTTP/2 request head (and trailers) field by field, with
-//! small limits so the limit paths are reached too.
+//! small limits so the limit paths are reached too; priority.rs: each
+//! field's value as a `priority` field.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use mod_h2rs::request::{valid_h2_name, valid_h2_value, HeaderError, Limits, RequestBuilder};
@@ -19,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let mut b = RequestBuilder::new(limits);
     let mut ok = true;
     for (name, value) in &fields {
+        assert!(mod_h2rs::priority::parse(value).urgency <= 7);
         match b.add(name, value) {
             Ok(()) => {}
             Err(HeaderError::Calm) | Err(HeaderError::Malformed(_)) => {
