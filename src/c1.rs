@@ -1179,7 +1179,9 @@ impl C1 {
             let head_left = self.head_wait_left();
             if head_left.is_some_and(|left| left.is_zero()) {
                 clog!(c, Level::Info, "h2rs: a request's header block did not end in time, closing");
-                self.session.goaway(error_code::NO_ERROR, b"request head timeout");
+                // Naming that request's stream would tell the client it
+                // might have been processed: it may be sent again.
+                self.session.goaway_for_started(error_code::NO_ERROR, b"request head timeout");
                 break;
             }
             // Every open stream waits for the client (no worker runs), and

@@ -1313,12 +1313,16 @@ def test_a_request_head_sent_a_byte_at_a_time_ends_the_connection(make_server):
     that never ends): the connection is closed once the block has taken
     `limits::HEADER_BLOCK_WAIT` or `Timeout` (3 s here), as HTTP/1.1's
     header stage ends a slow request head. Before, each byte started
-    `Timeout` over: the thread was held for as long as the bytes came."""
+    `Timeout` over: the thread was held for as long as the bytes came.
+    The GOAWAY names the last request served (stream 1), not the one whose
+    head never ended: the client may send that one again."""
     srv = make_server(name="head-drip", extra="Timeout 3").start()
     c = Conn(srv.port)
     block = req_block(c, "/1k.bin")
-    c.send(headers(1, block[:4], end_headers=False)
-           + frame(rawh2.CONTINUATION, 0, 1, length=1000))
+    c.send(headers(1, block, end_stream=True))
+    c.drain(1.0)
+    c.send(headers(3, block[:4], end_headers=False)
+           + frame(rawh2.CONTINUATION, 0, 3, length=1000))
     t0 = time.monotonic()
     for _ in range(15):
         c.send(b"x")
@@ -1328,6 +1332,7 @@ def test_a_request_head_sent_a_byte_at_a_time_ends_the_connection(make_server):
     took = time.monotonic() - t0
     assert c.goaway is not None, f"no GOAWAY after {took:.0f} s of a byte a second (closed: {c.closed})"
     assert b"request head timeout" in c.goaway.payload[8:]
+    assert int.from_bytes(c.goaway.payload[:4], "big") & 0x7FFFFFFF == 1, c.goaway
     c.close()
 
 
