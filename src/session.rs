@@ -1262,10 +1262,17 @@ impl<D: Dispatch> ng::Handler for Core<D> {
     fn read_data(&mut self, _ops: &mut Ops<'_>, stream_id: i32, buf: &mut [u8]) -> DataRead {
         let Some(entry) = self.entries.get_mut(&stream_id) else { return DataRead::Error };
         let Some(stream) = &entry.stream else { return DataRead::Error };
-        let max = match self.settings.max_data_frame_len {
+        let mut max = match self.settings.max_data_frame_len {
             0 => buf.len(),
             m => buf.len().min(m as usize),
         };
+        // H2Padding: room for the most padding `padded_length` adds, or a
+        // full frame (the bodies of large responses) would go unpadded and
+        // its length tell the body's. Not when the room left is that small.
+        let reserve = (1usize << self.settings.padding_bits.min(8)) - 1;
+        if reserve > 0 && max > 2 * reserve {
+            max = max.min(buf.len() - reserve);
+        }
         match stream.peek_output(max) {
             Output::Data { n, end, trailers } => DataRead::NoCopy { n, eof: end, trailers },
             Output::Deferred => {

@@ -562,6 +562,20 @@ def test_h2padding_pads_frames(make_server):
     assert all(f[3][0] < 64 for f in padded)
 
 
+def test_h2padding_pads_full_size_frames_too(make_server):
+    """A large body's frames leave room for the padding: with H2Padding 8
+    each DATA frame gets 0 to 255 bytes of it (none 1 time in 256), the
+    full-size ones too, which otherwise give the body's length away."""
+    srv = make_server(h2_conf="H2Padding 8").start()
+    s = raw_get(srv.port, "/100k.bin")
+    frames = read_frames(s, lambda fs: len([f for f in fs if f[0] == 0 and f[2] == 1]) >= 4)
+    s.close()
+    data = [f for f in frames if f[0] == 0 and f[2] == 1][:4]
+    assert len(data) == 4, frames[:8]
+    assert sum(1 for f in data if f[1] & 0x8) >= 2, [(len(f[3]), f[1]) for f in data]
+    assert all(len(f[3]) <= 16384 for f in data)
+
+
 def test_h2maxheaderblocklen_limits_response_headers(make_server):
     big = "x" * 3000
     srv = make_server(h2_conf="H2MaxHeaderBlockLen 2048",
