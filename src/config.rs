@@ -440,8 +440,10 @@ pub fn apply(target: Target<'_>, directive: &str, args: &[&str]) -> Result<(), S
             if dependency == "before" && weight.is_some() {
                 return Err(format!("{d}: dependency 'Before' does not allow a weight"));
             }
+            // The stock module takes any weight and caps it when it pushes
+            // (this module never pushes).
             let weight = match weight {
-                Some(w) => Some(parse_num(d, w, 1, 256)? as u32),
+                Some(w) => Some(parse_num_clamped(d, w, 1, 256, &mut s.clamped)? as u32),
                 None => None,
             };
             s.push_priorities.push(PushPriority { content_type: args[0].to_string(), dependency, weight });
@@ -526,7 +528,8 @@ fn parse_bounded_duration(directive: &str, arg: &str) -> Result<Duration, String
 /// `30sec` and `2hours` are what httpd's own directives take.
 pub fn parse_duration(directive: &str, arg: &str) -> Result<Duration, String> {
     let bad = || format!("{directive}: '{arg}' is not a duration (e.g. 30, 30s, 500ms, 5min, 1h)");
-    let arg_l = arg.trim().to_ascii_lowercase();
+    // A leading `+`, as httpd's own time directives take it (apr_strtoi64).
+    let arg_l = arg.trim().strip_prefix('+').unwrap_or(arg.trim()).to_ascii_lowercase();
     let split = arg_l.find(|c: char| !c.is_ascii_digit()).unwrap_or(arg_l.len());
     let (num, unit) = arg_l.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad())?;
@@ -634,6 +637,8 @@ mod tests {
         assert_eq!((p.dependency.as_str(), p.weight), ("after", Some(32)));
         assert!(server("H2PushPriority", &["text/css", "Before", "8"]).unwrap_err().contains("Before"));
         assert!(server("H2PushPriority", &["*", "Interleaved", "256"]).is_ok());
+        let over = server("H2PushPriority", &["text/css", "After", "300"]).unwrap();
+        assert_eq!((over.push_priorities[0].weight, over.clamped.len()), (Some(256), 1));
 
         let zero = server("H2StreamTimeout", &["0"]).unwrap();
         assert_eq!(zero.stream_timeout(Duration::from_secs(300)), Duration::from_secs(300));
@@ -676,6 +681,8 @@ mod tests {
         assert_eq!(parse_duration("X", "5min").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("X", "30sec").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("X", "2hours").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("X", "+5").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("X", "-5").is_err() && parse_duration("X", "++5").is_err());
         assert_eq!(parse_duration("X", "100msec").unwrap(), Duration::from_millis(100));
         assert!(parse_duration("X", "5m").is_err());
         assert!(parse_duration("X", "-5").is_err());

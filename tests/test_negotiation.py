@@ -455,7 +455,8 @@ def test_every_stock_directive_is_accepted(make_server):
 def test_numbers_above_our_limits_load_lowered(make_server):
     """The stock module takes any number for these: the configuration
     loads, each is lowered to our limit and named in one warning."""
-    srv = make_server(h2_conf="H2MaxWorkers 10000\nH2MinWorkers 2\nH2TLSCoolDownSecs 100000\nH2MaxDataFrameLen 99999999")
+    srv = make_server(h2_conf="H2MaxWorkers 10000\nH2MinWorkers 2\nH2TLSCoolDownSecs 100000\nH2MaxDataFrameLen 99999999\n"
+                              "H2PushPriority text/css After 300")
     r = srv.configtest()
     assert r.returncode == 0, r.stderr
     srv.start()
@@ -464,7 +465,7 @@ def test_numbers_above_our_limits_load_lowered(make_server):
     warnings = [l for l in srv.read_error_log().splitlines() if "lowered to this module's limit" in l]
     assert len(warnings) == 1, warnings
     for note in ("H2MaxWorkers 10000 (using 4096)", "H2TLSCoolDownSecs 100000 (using 86400)",
-                 "H2MaxDataFrameLen 99999999 (using 16777215)"):
+                 "H2MaxDataFrameLen 99999999 (using 16777215)", "H2PushPriority 300 (using 256)"):
         assert note in warnings[0], warnings
 
 
@@ -472,6 +473,7 @@ def test_numbers_above_our_limits_load_lowered(make_server):
     "H2StreamTimeout 5min\nH2MaxWorkerIdleSeconds 2hours",
     "H2StreamTimeout 30sec\nH2MaxWorkerIdleSeconds 100msec",
     "H2StreamTimeout 99999999",
+    "H2StreamTimeout +5\nH2MaxWorkerIdleSeconds +10",
 ])
 def test_time_values_load_as_httpd_reads_them(make_server, conf):
     """httpd's time syntax (ap_timeout_parameter_parse, as the stock module
