@@ -14,12 +14,20 @@
 
 APLOG_USE_MODULE(http2);
 
-/* The module a line is tagged with: proxy_http2 for the reverse proxy's
- * lines (`LogLevel proxy_http2:...` sets their level, as for the stock
- * mod_proxy_http2), else http2. */
-static int log_module_index(int proxy)
+/* The module a line is tagged with (`log::Tag`): proxy_http2 for the
+ * reverse proxy's lines (`LogLevel proxy_http2:...` sets their level, as
+ * for the stock mod_proxy_http2), reqtimeout for the RequestReadTimeout
+ * lines mod_reqtimeout writes over HTTP/1.1, else http2. */
+static int log_module_index(int tag)
 {
-    return proxy ? proxy_http2_module.module_index : APLOG_MODULE_INDEX;
+    if (tag == 1)
+        return proxy_http2_module.module_index;
+    if (tag == 2) {
+        module *reqtimeout = ap_find_linked_module("mod_reqtimeout.c");
+        if (reqtimeout)
+            return reqtimeout->module_index;
+    }
+    return APLOG_MODULE_INDEX;
 }
 
 int h2rs_shim_log_c_enabled(const conn_rec *c, int level)
@@ -32,11 +40,11 @@ int h2rs_shim_log_c_enabled(const conn_rec *c, int level)
  * itself would take NULL for stderr at its default level (warn), and lines
  * at debug were never written. Before the configuration is read,
  * ap_server_conf is NULL too. */
-int h2rs_shim_log_s_enabled(const server_rec *s, int level, int proxy)
+int h2rs_shim_log_s_enabled(const server_rec *s, int level, int tag)
 {
     if (!s)
         s = ap_server_conf;
-    return APLOG_MODULE_IS_LEVEL(s, log_module_index(proxy), level);
+    return APLOG_MODULE_IS_LEVEL(s, log_module_index(tag), level);
 }
 
 void h2rs_shim_log_c(const conn_rec *c, int level, apr_status_t rv,
@@ -46,16 +54,16 @@ void h2rs_shim_log_c(const conn_rec *c, int level, apr_status_t rv,
 }
 
 void h2rs_shim_log_r(const request_rec *r, int level, apr_status_t rv,
-                     int proxy, const char *msg)
+                     int tag, const char *msg)
 {
-    ap_log_rerror(__FILE__, __LINE__, log_module_index(proxy), level, rv, r,
+    ap_log_rerror(__FILE__, __LINE__, log_module_index(tag), level, rv, r,
                   "%s", msg);
 }
 
 void h2rs_shim_log_s(const server_rec *s, int level, apr_status_t rv,
-                     int proxy, const char *msg)
+                     int tag, const char *msg)
 {
-    ap_log_error(__FILE__, __LINE__, log_module_index(proxy), level, rv,
+    ap_log_error(__FILE__, __LINE__, log_module_index(tag), level, rv,
                  s ? s : ap_server_conf, "%s", msg);
 }
 

@@ -85,15 +85,15 @@ extern ap_filter_rec_t *h2rs_shim_c2_net_out_handle;
 extern ap_filter_rec_t *h2rs_shim_c2_response_handle;
 
 /* Logging with this module's index, so lines carry the module tag;
- * `proxy`: proxy_http2_module's. */
+ * `tag`: which module's (`log::Tag`: 0 http2, 1 proxy_http2, 2 reqtimeout). */
 int h2rs_shim_log_c_enabled(const conn_rec *c, int level);
-int h2rs_shim_log_s_enabled(const server_rec *s, int level, int proxy);
+int h2rs_shim_log_s_enabled(const server_rec *s, int level, int tag);
 void h2rs_shim_log_c(const conn_rec *c, int level, apr_status_t rv,
                      const char *msg);
 void h2rs_shim_log_r(const request_rec *r, int level, apr_status_t rv,
-                     int proxy, const char *msg);
+                     int tag, const char *msg);
 void h2rs_shim_log_s(const server_rec *s, int level, apr_status_t rv,
-                     int proxy, const char *msg);
+                     int tag, const char *msg);
 
 /* This module's slot in config vectors. */
 void *h2rs_shim_conn_ctx(const conn_rec *c);

@@ -1940,11 +1940,13 @@ pub unsafe fn net_in(
                 // with TIMEUP (most answer 408); the stream is not broken.
                 if let (Some(Some(clock)), false) = (&ctx.body_clock, ctx.request.is_null()) {
                     let l = clock.limit();
-                    crate::log::request(
+                    // mod_reqtimeout's own line (AH01382) and tag, which
+                    // admins' log filters look for, with the limit.
+                    crate::log::reqtimeout_request(
                         ctx.request,
                         crate::log::Level::Info,
                         &format!(
-                            "h2rs: request body read timeout (RequestReadTimeout body={}{},MinRate={})",
+                            "AH01382: Request body read timeout (an HTTP/2 stream; RequestReadTimeout body={}{},MinRate={})",
                             l.timeout.as_secs(),
                             l.max.map(|m| format!("-{}", m.as_secs())).unwrap_or_default(),
                             l.min_rate

@@ -30,6 +30,8 @@ pub enum Level {
 pub enum Tag {
     Http2 = 0,
     Proxy = 1,
+    /// mod_reqtimeout's (http2 where it is not loaded).
+    Reqtimeout = 2,
 }
 
 /// A message as a C string; interior NULs (from client data) become '?'.
@@ -121,6 +123,12 @@ pub fn server(s: *const ffi::server_rec, level: Level, msg: &str) {
 /// A critical line about the process as a whole (panics, thread failures).
 pub fn server_crit(msg: &str) {
     sink::server(std::ptr::null(), Level::Crit, Tag::Http2, msg)
+}
+
+/// A line about a request that mod_reqtimeout writes over HTTP/1.1,
+/// tagged as its (`LogLevel reqtimeout:info` shows it there too).
+pub fn reqtimeout_request(r: *const ffi::request_rec, level: Level, msg: &str) {
+    sink::request(r, level, Tag::Reqtimeout, msg)
 }
 
 /// A reverse-proxy line about a request.

@@ -981,7 +981,7 @@ def test_slow_request_bodies_end_at_the_request_read_timeout(make_server):
     from h2client import H2Client
     import hashlib
     off_port = free_port()
-    srv = make_server(name="rudy", h2_conf="H2MaxWorkers 8", loglevel="warn http2:info", extra=f"""
+    srv = make_server(name="rudy", h2_conf="H2MaxWorkers 8", loglevel="warn http2:info reqtimeout:info", extra=f"""
 LoadModule reqtimeout_module {conftest.MODDIR}/mod_reqtimeout.so
 RequestReadTimeout header=20-40,MinRate=500 body=3,MinRate=500
 Listen 127.0.0.1:{off_port}
@@ -1006,7 +1006,10 @@ Listen 127.0.0.1:{off_port}
     assert st.status == 200 and b"HTTP2=on" in st.data
     # Answered, so the clients are asked to stop sending (RFC 9113 8.1).
     assert all(c.streams[s].reset == 0 for s in slow), [c.streams[s].reset for s in slow]
-    assert srv.read_error_log().count("request body read timeout (RequestReadTimeout body=3,MinRate=500)") == 10
+    # mod_reqtimeout's line (AH01382) and tag, as over HTTP/1.1.
+    lines = [l for l in srv.read_error_log().splitlines() if "[reqtimeout:info]" in l and
+             "AH01382: Request body read timeout (an HTTP/2 stream; RequestReadTimeout body=3,MinRate=500)" in l]
+    assert len(lines) == 10, srv.read_error_log()[-2000:]
 
     # A steady upload: 100 KiB at ~20 KiB/s, 5 s, past the first 3.
     body = bytes(range(256)) * 400

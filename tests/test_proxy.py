@@ -576,7 +576,7 @@ def test_100_continue_through_an_h2_front(proxy):
 def test_a_trickled_body_through_an_h2_front_ends_at_the_request_read_timeout(make_server, backends):
     """RequestReadTimeout's body stage holds for a proxied body as for one
     a local handler reads: 408 with mod_reqtimeout's log line."""
-    srv = make_server(name="proxy-rudy", loglevel="warn http2:info proxy_http2:info", extra=f"""{PROXY_MODULES}
+    srv = make_server(name="proxy-rudy", loglevel="warn reqtimeout:info proxy_http2:info", extra=f"""{PROXY_MODULES}
 LoadModule reqtimeout_module {MODDIR}/mod_reqtimeout.so
 RequestReadTimeout body=2,MinRate=500
 ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
@@ -590,7 +590,8 @@ ProxyPass /api/ h2c://127.0.0.1:{backends[0]}/
         c.read_some(timeout=0.5)
     assert c.streams[sid].status == 408, (c.streams[sid].status, time.time() - t0)
     assert 1.5 < time.time() - t0 < 5
-    assert "request body read timeout (RequestReadTimeout body=2,MinRate=500)" in srv.read_error_log()
+    assert re.search(r"\[reqtimeout:info\].*AH01382: Request body read timeout \(an HTTP/2 stream; "
+                     r"RequestReadTimeout body=2,MinRate=500\)", srv.read_error_log()), srv.read_error_log()[-2000:]
     c.close()
 
 
