@@ -682,7 +682,7 @@ mod tests {
         assert_eq!(parse_duration("X", "30sec").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("X", "2hours").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_duration("X", "+5").unwrap(), Duration::from_secs(5));
-        assert!(parse_duration("X", "-5").is_err() && parse_duration("X", "++5").is_err());
+        assert!(parse_duration("X", "++5").is_err());
         assert_eq!(parse_duration("X", "100msec").unwrap(), Duration::from_millis(100));
         assert!(parse_duration("X", "5m").is_err());
         assert!(parse_duration("X", "-5").is_err());
