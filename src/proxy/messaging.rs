@@ -301,7 +301,7 @@ mod tests {
         // is out of place.
         let mut c = ResponseCheck::new(b"GET");
         assert!(head(&mut c, &[("x@y", "1"), (":status", "200")], false).is_err());
-        // So are trailers' content-length fields.
+        // A content-length in trailers is dropped too.
         let mut c = ResponseCheck::new(b"GET");
         head(&mut c, &[(":status", "200"), ("content-length", "2")], false).unwrap();
         c.data(2).unwrap();
