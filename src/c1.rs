@@ -1465,13 +1465,6 @@ impl C1 {
                 self.session.goaway(error_code::NO_ERROR, b"");
             }
             let _ = self.write_output();
-        } else {
-            // The client is gone: its socket is done with now, not when the
-            // slowest of the streams' handlers returns (teardown waits for
-            // them; a slow CGI kept it in CLOSE_WAIT for its whole run).
-            // SAFETY: as in `goaway_now`; the descriptor stays open until
-            // httpd closes the connection.
-            unsafe { libc::shutdown(self.sock_fd, libc::SHUT_RDWR) };
         }
         self.teardown();
         // SAFETY: the connection is ours.
