@@ -494,6 +494,11 @@ pub struct C1 {
     /// The MPM can wait for readability on its own (CONN_STATE_ASYNC_WAITIO).
     can_waitio: bool,
     client_gone: bool,
+    /// A read saw the client's end of the stream (its FIN): it has sent all
+    /// it will, and our reads took every byte. Not set for protocol errors
+    /// (`client_gone` is), where the client is still there and unread
+    /// bytes would turn a shutdown into an RST that loses our GOAWAY.
+    client_closed: bool,
     /// The client socket may have bytes to read (it polled readable, or the
     /// last read stopped at its budget). A wake-up by a worker alone then
     /// costs no read that would only say EAGAIN.
@@ -988,6 +993,7 @@ impl C1 {
                 async_mpm: async_mpm != 0 && !(*c).cs.is_null() && !upgraded,
                 can_waitio: can_waitio != 0,
                 client_gone: false,
+                client_closed: false,
                 input_ready: true,
                 input_path: InputPath::Filters,
                 read_direct: false,
@@ -1465,6 +1471,15 @@ impl C1 {
                 self.session.goaway(error_code::NO_ERROR, b"");
             }
             let _ = self.write_output();
+        } else if self.client_closed {
+            // The client closed its side: ours closes now, not when the
+            // slowest stream's handler returns (teardown waits for them; a
+            // slow CGI kept the socket in CLOSE_WAIT for its whole run, the
+            // client's end in FIN_WAIT2). Every byte was read, so this sends
+            // a FIN, not an RST.
+            // SAFETY: as in `goaway_now`; the descriptor stays open until
+            // httpd closes the connection.
+            unsafe { libc::shutdown(self.sock_fd, libc::SHUT_RDWR) };
         }
         self.teardown();
         // SAFETY: the connection is ours.
@@ -1515,6 +1530,7 @@ impl C1 {
             if rv != status::SUCCESS {
                 if rv == status::EOF {
                     clog!(c, Level::Debug, "h2rs: client closed the connection");
+                    self.client_closed = true;
                 } else {
                     clog!(c, Level::Debug, "h2rs: read from client failed (status {rv})");
                 }
@@ -1530,6 +1546,7 @@ impl C1 {
             while let Some(b) = self.in_bb.first() {
                 if b.kind().is_eos() {
                     self.in_bb.cleanup();
+                    self.client_closed = true;
                     return Err(());
                 }
                 if b.kind().is_metadata() {
@@ -1602,6 +1619,7 @@ impl C1 {
             }
             if n == 0 {
                 clog!(c, Level::Debug, "h2rs: client closed the connection");
+                self.client_closed = true;
                 return Err(());
             }
             let e = std::io::Error::last_os_error();

@@ -3,6 +3,7 @@ timeouts end with GOAWAY, graceful restarts finish what is in flight,
 vanished clients abort their handlers, flow control and priorities,
 bounded memory, fair use of the workers."""
 import os
+import pathlib
 import re
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 
 import rawh2
 from conftest import MODDIR, WORKER_MPM, curl, free_port, sha256, wait_for
-from h2client import H2Client, Stream
+from h2client import H2Client, Stream, tls_socket
 
 ONE_CHILD = f"""LoadModule mpm_event_module {MODDIR}/mod_mpm_event.so
 ServerLimit 1
@@ -444,6 +445,36 @@ def test_vanished_client_aborts_the_handler(make_server, workdir, test_module):
     # Nothing stays stuck: the server serves on, workers back to the minimum.
     r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
     assert r.stdout == b"200"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_a_vanished_clients_socket_is_not_held_for_its_handlers(make_server, certs, tls):
+    """A client that closes its side of the connection (FIN) while a slow CGI runs for it: the server's side
+    closes at once, not when the CGI ends (teardown waits for the handler;
+    the socket stayed in CLOSE_WAIT for the CGI's whole run)."""
+    srv = make_server()
+    if tls:
+        srv.tls_config(certs, free_port())
+    srv.start()
+    port = srv.tls_port if tls else srv.port
+    c = H2Client(port, sock=tls_socket(port) if tls else None)
+    c.request("/cgi/slow.cgi?6")
+    time.sleep(0.5)
+    client_port = c.sock.getsockname()[1]
+    # A FIN, not the RST that closing a socket with unread bytes sends
+    # (over TLS without close_notify, as a client that just goes does).
+    c.sock.shutdown(socket.SHUT_WR)
+
+    def server_side_open():
+        # /proc/net/tcp: local and remote "ip:port" in hex, then the state;
+        # the server's socket is the one whose remote port is the client's.
+        for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == client_port:
+                return state != "06"  # TIME_WAIT excepted; CLOSE_WAIT is 08
+        return False
+    assert wait_for(lambda: not server_side_open(), timeout=4), "the server kept the vanished client's socket"
+    c.sock.close()
 
 
 def test_client_reset_aborts_the_handler(make_server, workdir, test_module):
