@@ -493,6 +493,10 @@ pub struct C1 {
     async_mpm: bool,
     /// The MPM can wait for readability on its own (CONN_STATE_ASYNC_WAITIO).
     can_waitio: bool,
+    /// Came by h2c Upgrade and still runs inside the upgrading HTTP/1.1
+    /// request's handler (`protocol_switch`): its first trip back to the
+    /// MPM goes through the end of that request (`keep_alive`).
+    in_upgrade_request: bool,
     client_gone: bool,
     /// A read saw the client's end of the stream (its FIN): it has sent all
     /// it will, and our reads took every byte. Not set for protocol errors
@@ -813,6 +817,26 @@ pub unsafe fn ctx_of<'a>(c: *const ffi::conn_rec) -> Option<&'a mut C1Ctx> {
     }
 }
 
+/// Cleanup of the pool of the request that upgraded its connection to h2c,
+/// whose session went idle (`C1Ctx::run_upgraded`): httpd's core set
+/// AP_CONN_CLOSE after the session returned (`core_upgrade_handler`), which
+/// would close a live session when the request ends. The connection goes
+/// to the MPM's keep-alive queue instead, and the session resumes in
+/// process_connection. Runs when the request ends (its EOR bucket).
+unsafe extern "C" fn resume_after_upgrade_request(data: *mut c_void) -> ffi::apr_status_t {
+    crate::ffi::panic::guard("upgrade request cleanup", 0, || {
+        let c = data as *mut ffi::conn_rec;
+        // SAFETY: `data` is the upgraded connection, alive while its
+        // request's pool is destroyed, on the thread that runs it.
+        unsafe {
+            if ctx_of(c).and_then(|ctx| ctx.session.as_ref()).is_some_and(|s| !s.torn_down) {
+                (*c).keepalive = ffi::AP_CONN_KEEPALIVE;
+            }
+        }
+        0
+    })
+}
+
 /// Pre-cleanup of the connection pool: tear the session down while the
 /// pools its streams use still exist, then free the context.
 unsafe extern "C" fn c1_pool_cleanup(data: *mut c_void) -> ffi::apr_status_t {
@@ -871,6 +895,34 @@ impl C1Ctx {
             Some(s) => s.run(),
             None => ffi::HOOK_DONE,
         }
+    }
+
+    /// Starts the session of an h2c Upgrade inside the upgrading request
+    /// `r` and runs it (`protocol_switch`). When it went idle and back
+    /// towards the MPM (`C1::keep_alive`) rather than ending, the
+    /// connection is kept open past the request's end, which httpd's core
+    /// marks it to close at (`resume_after_upgrade_request`).
+    ///
+    /// # Safety
+    /// As `run`; `r` must be the live request on `c` that upgrades it.
+    pub unsafe fn run_upgraded(
+        &mut self,
+        c: *mut ffi::conn_rec,
+        r: *mut ffi::request_rec,
+        upgrade: Box<Upgrade>,
+    ) -> i32 {
+        // SAFETY: caller contract.
+        let rv = unsafe { self.run(c, Some(upgrade)) };
+        if self.session.as_ref().is_some_and(|s| !s.torn_down) {
+            // SAFETY: the request's pool is a sub-pool of the connection's,
+            // so `c` outlives the cleanup.
+            unsafe {
+                if let Some(pool) = PoolRef::from_raw((*r).pool) {
+                    pool.cleanup(c as *const c_void, resume_after_upgrade_request);
+                }
+            }
+        }
+        rv
     }
 
     /// Starts the session; false if it cannot be. Not inlined: the `C1`
@@ -988,10 +1040,9 @@ impl C1 {
                 out_bb: BrigadeRef::create((*c).pool, (*c).bucket_alloc),
                 timeout,
                 keepalive_timeout,
-                // An upgraded connection must stay in our loop: httpd closes
-                // it once the upgrading HTTP/1.1 request returns.
-                async_mpm: async_mpm != 0 && !(*c).cs.is_null() && !upgraded,
+                async_mpm: async_mpm != 0 && !(*c).cs.is_null(),
                 can_waitio: can_waitio != 0,
+                in_upgrade_request: upgraded,
                 client_gone: false,
                 client_closed: false,
                 input_ready: true,
@@ -1214,8 +1265,8 @@ impl C1 {
                     if self.session.awaits_client_settings() {
                         // Upgraded to h2c, and not a byte since: stream 1
                         // would wait for the preface, and hold this thread
-                        // (an upgraded connection never goes back to the
-                        // MPM), for ever.
+                        // (the session is not idle, so it does not go back
+                        // to the MPM), for ever.
                         clog!(c, Level::Debug, "h2rs: no client preface within Timeout after the h2c upgrade, closing");
                         self.session.goaway(error_code::PROTOCOL_ERROR, b"no preface");
                         break;
@@ -1419,14 +1470,34 @@ impl C1 {
     /// busy, which would close idle HTTP/2 sessions under load. When the
     /// MPM finally closes the connection, pre_close_connection sends our
     /// GOAWAY. Older MPMs get the plain keep-alive state.
+    ///
+    /// A session that came by h2c Upgrade goes back the first time through
+    /// the end of the upgrading request (`C1Ctx::run_upgraded`), in the
+    /// keep-alive state, which httpd sets after a request anyway. Not
+    /// parked: the request still uses the connection's filters after this
+    /// returns, so no timer may write meanwhile; the keep-alive queue's own
+    /// timeout and pre_close_connection stand in. Its next trips are as any
+    /// session's.
     fn keep_alive(&mut self) -> i32 {
-        clog!(self.c, Level::Trace1, "h2rs: idle, back to the MPM (waitio: {})", self.can_waitio);
+        let waitio = self.can_waitio && !self.in_upgrade_request;
+        clog!(
+            self.c,
+            Level::Trace1,
+            "h2rs: idle, back to the MPM (waitio: {waitio}, through the upgrading request: {})",
+            self.in_upgrade_request
+        );
+        if std::mem::take(&mut self.in_upgrade_request) {
+            // httpd checks the next request's pipelining after the upgrading
+            // one (`ap_check_pipeline`), a read that may leave our client's
+            // next bytes in the core's input filter: read through it first.
+            self.read_direct = false;
+        }
         self.signal.set_awake(false);
         // SAFETY: the connection (and its state, from the MPM) is ours.
         unsafe {
             (*self.c).keepalive = ffi::AP_CONN_KEEPALIVE;
             if let Some(cs) = (*self.c).cs.as_mut() {
-                if self.can_waitio {
+                if waitio {
                     cs.state = ffi::CONN_STATE_ASYNC_WAITIO;
                     cs.sense = ffi::CONN_SENSE_WANT_READ;
                 } else {
@@ -1443,7 +1514,7 @@ impl C1 {
         // the GOAWAY of `KeepAliveTimeout`, or before the first request of
         // `first_request_timeout` (the keep-alive queue, used without
         // WAITIO, has its own).
-        if self.can_waitio {
+        if waitio {
             let parking = self.parking.clone();
             if let Some(after) = parking.park(self.session.last_stream_id() > 0) {
                 park::arm_timer(&parking, after);

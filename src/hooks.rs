@@ -970,7 +970,8 @@ pub unsafe extern "C" fn h2rs_protocol_switch(
                     };
                 }
                 // h2c Upgrade: httpd has sent the 101; the upgrading request
-                // becomes stream 1 and the session runs here until it ends.
+                // becomes stream 1 and the session runs here until it ends
+                // or first goes idle.
                 if !upgradable(r) {
                     return HOOK_DECLINED;
                 }
@@ -980,7 +981,7 @@ pub unsafe extern "C" fn h2rs_protocol_switch(
                 apr::remove_output_filter_rec((*r).output_filters, ffi::ap_http_header_filter_handle);
                 match c1::C1Ctx::attach(c, proto, server) {
                     Some(ctx) => {
-                        ctx.run(c, Some(Box::new(c1::Upgrade { settings_payload, head })));
+                        ctx.run_upgraded(c, r, Box::new(c1::Upgrade { settings_payload, head }));
                         HOOK_OK
                     }
                     None => HOOK_DECLINED,

@@ -61,6 +61,23 @@ def tls_socket(port, host="127.0.0.1", server_name=None, alpn=("h2",), max_versi
     return ctx.wrap_socket(raw, server_hostname=server_name or host)
 
 
+def upgraded_client(port, path="/1k.bin", **kwargs):
+    """An H2Client (`kwargs` for it) on a connection upgraded to h2c by an
+    HTTP/1.1 GET of `path`, whose response is stream 1 (`streams[1]`)."""
+    from rawh2 import read_http1_head, upgrade_request
+    s = upgrade_request(port, path=path)
+    head = read_http1_head(s)
+    assert head.startswith(b"HTTP/1.1 101"), head[:200]
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_upgrade_connection()
+    s.sendall(conn.data_to_send())
+    client = H2Client(port, sock=s, conn=conn, **kwargs)
+    client.streams[1] = Stream(1)
+    for ev in conn.receive_data(head.split(b"\r\n\r\n", 1)[1]):
+        client.handle(ev)
+    return client
+
+
 class H2Client:
     def __init__(self, port, validate=True, settings=None, auto_ack_data=True, host="127.0.0.1", sock=None,
                  authority=None, survive_goaway=False, conn=None):

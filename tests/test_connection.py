@@ -17,7 +17,7 @@ import pytest
 
 import rawh2
 from conftest import MODDIR, WORKER_MPM, curl, free_port, sha256, wait_for
-from h2client import H2Client, Stream, tls_socket
+from h2client import H2Client, Stream, tls_socket, upgraded_client
 
 ONE_CHILD = f"""LoadModule mpm_event_module {MODDIR}/mod_mpm_event.so
 ServerLimit 1
@@ -104,15 +104,52 @@ def test_idle_connections_hold_no_thread(make_server):
     wait_connections_gone(srv)
 
 
-def test_idle_timeout_sends_goaway_with_last_stream(make_server):
+def test_idle_upgraded_connections_hold_no_thread(make_server):
+    """Sessions that came by h2c Upgrade go back to the MPM when idle, as
+    any session does: the first time through the end of the upgrading
+    HTTP/1.1 request, after which httpd's core would close the connection.
+    40 of them idle on one child of 25 threads; a fresh client is served
+    at once, and every one answers again on its connection."""
+    srv = make_server(mpm=ONE_CHILD, extra="KeepAliveTimeout 30").start()
+    conns = []
+    for _ in range(40):
+        c = upgraded_client(srv.port, "/index.html")
+        assert c.wait_stream(1, timeout=15).status == 200
+        conns.append(c)
+    time.sleep(1)
+    assert busy_workers(srv) <= 3
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", srv.url("/1k.bin"))
+    assert r.stdout == b"200"
+    for c in conns:
+        sid = c.request("/index.html")
+        assert c.wait_stream(sid, timeout=15).status == 200
+    # The upgrading requests ended (and were logged) when their sessions
+    # first went idle, not when the connections close.
+    assert sum(" 101 " in line for line in srv.read_access_log()) == 40
+    for c in conns:
+        c.close()
+    wait_connections_gone(srv)
+
+
+@pytest.mark.parametrize("upgraded", [False, True], ids=["direct", "upgraded"])
+def test_idle_timeout_sends_goaway_with_last_stream(make_server, upgraded):
+    """`upgraded`: idle right after the h2c Upgrade's request, which is
+    where the session waits in the MPM's keep-alive queue (whose timeout
+    closes it, our pre_close_connection sending the GOAWAY)."""
     srv = make_server(extra="KeepAliveTimeout 1").start()
-    c = H2Client(srv.port)
-    for _ in range(3):
-        c.wait_stream(c.request("/1k.bin"))
+    if upgraded:
+        c = upgraded_client(srv.port)
+        c.wait_stream(1)
+        last = 1
+    else:
+        c = H2Client(srv.port)
+        for _ in range(3):
+            c.wait_stream(c.request("/1k.bin"))
+        last = 5
     t0 = time.time()
     c.wait(lambda: c.goaway is not None, timeout=10)
     waited = time.time() - t0
-    assert c.goaway == (h2.errors.ErrorCodes.NO_ERROR, 5), c.goaway
+    assert c.goaway == (h2.errors.ErrorCodes.NO_ERROR, last), c.goaway
     assert 0.8 < waited < 5, waited
     # Then the server closes the connection (even though we stay silent).
     c.sock.settimeout(5)
@@ -255,16 +292,22 @@ def test_graceful_stop_finishes_in_flight_streams_then_exits(make_server, docroo
     """`-k graceful-stop`: the listener closes at once, an idle session gets
     the GOAWAY notice at once and, once it has answered the PING, the final
     GOAWAY and the close; a download and a slow CGI in flight are delivered
-    whole; then httpd exits."""
+    whole; then httpd exits. A session idle right after its h2c Upgrade
+    waits in the MPM's keep-alive queue, which the stopping MPM closes: it
+    gets the final GOAWAY (pre_close_connection) and the close."""
     srv = make_server().start()
     idle = H2Client(srv.port, survive_goaway=True)
     idle.wait_stream(idle.request("/1k.bin"))
+    upgraded = upgraded_client(srv.port, survive_goaway=True)
+    upgraded.wait_stream(1)
     in_flight = start_in_flight(srv, workdir)
     srv.signal("graceful-stop")
     idle.wait(lambda: idle.goaway is not None, timeout=5)
     assert idle.goaway == (h2.errors.ErrorCodes.NO_ERROR, 2**31 - 1)
     idle.wait(lambda: idle.closed, timeout=10)
     assert idle.goaway == (h2.errors.ErrorCodes.NO_ERROR, 1)
+    upgraded.wait(lambda: upgraded.closed, timeout=10)
+    assert upgraded.goaway == (h2.errors.ErrorCodes.NO_ERROR, 1)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
     assert_delivered_whole(in_flight, docroot)

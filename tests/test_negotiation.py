@@ -12,7 +12,7 @@ import pytest
 
 from conftest import (MODDIR, MODULE, PREFORK_MPM, SSL_MODULES, free_port, curl, h2load, registered, sha256,
                       tls_vhost, wait_for)
-from h2client import H2Client, tls_socket
+from h2client import H2Client, tls_socket, upgraded_client
 from rawh2 import read_http1_head, upgrade_request
 
 
@@ -138,26 +138,13 @@ def test_h2c_upgrade_of_an_absolute_form_request(server, docroot, workdir):
 
 
 def test_upgrade_then_more_streams_on_the_connection(server, docroot):
-    s = upgrade_request(server.port)
-    head = read_http1_head(s)
-    assert head.startswith(b"HTTP/1.1 101"), head[:200]
-    rest = head.split(b"\r\n\r\n", 1)[1]
-    import h2.config
-    import h2.connection
-    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
-    conn.initiate_upgrade_connection()
-    s.sendall(conn.data_to_send())
-    client = H2Client(server.port, sock=s, conn=conn)
-    from h2client import Stream
-    client.streams[1] = Stream(1)
-    for ev in conn.receive_data(rest):
-        client.handle(ev)
+    client = upgraded_client(server.port)
     st = client.wait_stream(1)
     assert st.status == 200 and sha256(bytes(st.data)) == docroot.sha("1k.bin")
     sid = client.request("/16k1.bin")
     st = client.wait_stream(sid)
     assert st.status == 200 and sha256(bytes(st.data)) == docroot.sha("16k1.bin")
-    s.close()
+    client.sock.close()
 
 
 @pytest.mark.parametrize("case", ["body", "garbage-settings", "second-request"])
@@ -228,8 +215,9 @@ def test_upgrade_of_a_head_http2_refuses_stays_http11(make_server):
 
 def test_upgrade_then_silence_is_closed_after_timeout(make_server):
     """A client that asks for h2c, gets its 101 and then sends nothing (no
-    preface): its connection never goes back to the MPM, so it would hold
-    an MPM thread for ever. It is closed after Timeout, with GOAWAY."""
+    preface): stream 1 waits for the preface, so the session never goes
+    idle and back to the MPM, and would hold an MPM thread for ever. It is
+    closed after Timeout, with GOAWAY."""
     srv = make_server(extra="Timeout 2").start()
     s = upgrade_request(srv.port, path="/index.html")
     s.settimeout(30)

@@ -101,6 +101,16 @@ impl PoolRef {
         raw
     }
 
+    /// Runs `f(data)` when the pool is cleared or destroyed (not in a
+    /// child process after fork).
+    ///
+    /// # Safety
+    /// `data` must stay valid until the cleanup has run.
+    pub unsafe fn cleanup(self, data: *const c_void, f: unsafe extern "C" fn(*mut c_void) -> ffi::apr_status_t) {
+        // SAFETY: caller guarantees `data`; the pool is live.
+        unsafe { ffi::apr_pool_cleanup_register(self.as_ptr(), data, Some(f), Some(ffi::apr_pool_cleanup_null)) }
+    }
+
     /// Runs `f(data)` before the pool's sub-pools are destroyed (httpd's
     /// "pre-cleanup"): the place to join threads that use sub-pools.
     ///
