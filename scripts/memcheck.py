@@ -4,7 +4,7 @@ build/mod_h2rs.so runs under valgrind's memcheck while clients exercise
 the module's paths, then every memcheck log must say "0 errors".
 
 The traffic (h2c and h2 over TLS): static files of every size (mapped and
-copied), ranges, a deflated file, error pages, mod_status, uploads of 3 MiB
+copied), ranges, an h2c Upgrade, a deflated file, error pages, mod_status, uploads of 3 MiB
 through mod_proxy_http and through proxy_http2_module (tests/backend.py,
 tests/h2backend.py, over h2c and over TLS with the backend's certificate
 verified, and to a backend whose certificate is refused), their downloads, trailers, 103s, backend resets
@@ -60,6 +60,9 @@ def requests(base, tls, wd):
         codes.append(f"{p} {curl('--http2-prior-knowledge', base + p)}")
         codes.append(f"{p} (tls) {curl('--http2', tls + p)}")
     codes.append("range " + curl("--http2-prior-knowledge", "-r", "0-99,200-299", base + "/100k.bin"))
+    # h2c Upgrade, then a second request on the connection: the session's
+    # first idle goes back through the upgrading request's end.
+    codes.append("upgrade " + curl("--http2", base + "/index.html", "-o", "/dev/null", base + "/1k.bin"))
     body = wd / "upload.bin"
     body.write_bytes(os.urandom(3 << 20))
     for p in ("/proxy/echo", "/api/echo", "/tlsapi/echo"):
