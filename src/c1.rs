@@ -829,7 +829,7 @@ unsafe extern "C" fn resume_after_upgrade_request(data: *mut c_void) -> ffi::apr
         // SAFETY: `data` is the upgraded connection, alive while its
         // request's pool is destroyed, on the thread that runs it.
         unsafe {
-            if ctx_of(c).and_then(|ctx| ctx.session.as_ref()).is_some_and(|s| !s.torn_down) {
+            if ctx_of(c).is_some_and(|ctx| ctx.has_live_session()) {
                 (*c).keepalive = ffi::AP_CONN_KEEPALIVE;
             }
         }
@@ -897,6 +897,11 @@ impl C1Ctx {
         }
     }
 
+    /// A session was started and has not ended.
+    fn has_live_session(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| !s.torn_down)
+    }
+
     /// Starts the session of an h2c Upgrade inside the upgrading request
     /// `r` and runs it (`protocol_switch`). When it went idle and back
     /// towards the MPM (`C1::keep_alive`) rather than ending, the
@@ -913,7 +918,7 @@ impl C1Ctx {
     ) -> i32 {
         // SAFETY: caller contract.
         let rv = unsafe { self.run(c, Some(upgrade)) };
-        if self.session.as_ref().is_some_and(|s| !s.torn_down) {
+        if self.has_live_session() {
             // SAFETY: the request's pool is a sub-pool of the connection's,
             // so `c` outlives the cleanup.
             unsafe {
