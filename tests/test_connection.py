@@ -492,9 +492,11 @@ def test_vanished_client_aborts_the_handler(make_server, workdir, test_module):
 
 @pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
 def test_a_vanished_clients_socket_is_not_held_for_its_handlers(make_server, certs, tls):
-    """A client that closes its side of the connection (FIN) while a slow CGI runs for it: the server's side
-    closes at once, not when the CGI ends (teardown waits for the handler;
-    the socket stayed in CLOSE_WAIT for the CGI's whole run)."""
+    """A client that closes its side of the connection (FIN) while a slow
+    CGI runs for it: the server's side closes at once, not when the CGI
+    ends (teardown waits for the handler; the socket stayed in CLOSE_WAIT
+    for the CGI's whole run). Not after a connection error, where the
+    client is still there: see the next test."""
     srv = make_server()
     if tls:
         srv.tls_config(certs, free_port())
@@ -518,6 +520,36 @@ def test_a_vanished_clients_socket_is_not_held_for_its_handlers(make_server, cer
         return False
     assert wait_for(lambda: not server_side_open(), timeout=4), "the server kept the vanished client's socket"
     c.sock.close()
+
+
+def test_a_connection_error_with_bytes_unread_still_delivers_its_goaway(make_server):
+    """The shutdown above is only for a client whose FIN a read saw. After a
+    connection error the client is still there, with bytes the server has
+    not read: shut down, the socket would answer them with RST, and a
+    client still sending gets the reset instead of the GOAWAY (the issue 6
+    check's CONTINUATION flood showed it). Here the error, a header block
+    in more CONTINUATION frames than allowed, begins a 4 MiB burst the
+    client sends before it reads: the server drains the rest (httpd's
+    lingering close), the burst goes out whole, and the GOAWAY
+    ENHANCE_YOUR_CALM is there to read."""
+    srv = make_server().start()
+    c = rawh2.Conn(srv.port)
+    block = rawh2.encode(rawh2.request_fields("/index.html"))
+    flood = rawh2.headers(1, block, end_headers=False) + rawh2.continuation(1, b"", end_headers=False) * 20
+    filler = rawh2.ping(b"unread!!") * ((4 << 20) // 17)
+    send_errors = []
+
+    def send_burst():
+        try:
+            c.sock.sendall(flood + filler)
+        except OSError as e:
+            send_errors.append(e)
+    sender = threading.Thread(target=send_burst)
+    sender.start()
+    sender.join(timeout=15)
+    assert not sender.is_alive() and not send_errors, send_errors
+    c.expect_connection_error(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+    c.close()
 
 
 def test_client_reset_aborts_the_handler(make_server, workdir, test_module):
