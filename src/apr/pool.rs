@@ -88,16 +88,8 @@ impl PoolRef {
             })
         }
         let raw = Box::into_raw(Box::new(value));
-        // SAFETY: registers a cleanup with a valid data pointer; the pool is
-        // live. apr_pool_cleanup_null is the standard no-op child cleanup.
-        unsafe {
-            ffi::apr_pool_cleanup_register(
-                self.as_ptr(),
-                raw as *const c_void,
-                Some(drop_box::<T>),
-                Some(ffi::apr_pool_cleanup_null),
-            );
-        }
+        // SAFETY: the box stays valid until its cleanup frees it.
+        unsafe { self.cleanup(raw as *const c_void, drop_box::<T>) };
         raw
     }
 
