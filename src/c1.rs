@@ -1605,8 +1605,7 @@ impl C1 {
             }
             if rv != status::SUCCESS {
                 if rv == status::EOF {
-                    clog!(c, Level::Debug, "h2rs: client closed the connection");
-                    self.client_closed = true;
+                    self.saw_client_fin();
                 } else {
                     clog!(c, Level::Debug, "h2rs: read from client failed (status {rv})");
                 }
@@ -1622,7 +1621,7 @@ impl C1 {
             while let Some(b) = self.in_bb.first() {
                 if b.kind().is_eos() {
                     self.in_bb.cleanup();
-                    self.client_closed = true;
+                    self.saw_client_fin();
                     return Err(());
                 }
                 if b.kind().is_metadata() {
@@ -1656,6 +1655,13 @@ impl C1 {
         }
         self.in_bb.cleanup();
         Ok(())
+    }
+
+    /// A read saw the client's end of the stream (`client_closed`).
+    #[cold]
+    fn saw_client_fin(&mut self) {
+        clog!(self.c, Level::Debug, "h2rs: client closed the connection");
+        self.client_closed = true;
     }
 
     /// Reads the client socket itself (`read_direct`) until it is drained
@@ -1694,8 +1700,7 @@ impl C1 {
                 continue;
             }
             if n == 0 {
-                clog!(c, Level::Debug, "h2rs: client closed the connection");
-                self.client_closed = true;
+                self.saw_client_fin();
                 return Err(());
             }
             let e = std::io::Error::last_os_error();
