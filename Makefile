@@ -18,6 +18,7 @@ LIBEXECDIR := $(shell $(APXS) -q LIBEXECDIR)
 BUILD   := build
 SO      := $(BUILD)/mod_h2rs.so
 RUSTLIB := target/release/libmod_h2rs.a
+RUSTLIB_ID := $(BUILD)/rustlib.id
 SHIM_SRC := c_shim/mod_h2rs.c c_shim/helpers.c c_shim/proxy.c
 SHIM_OBJ := $(patsubst c_shim/%.c,$(BUILD)/%.o,$(SHIM_SRC))
 # What rustc reports as native-static-libs for a staticlib on Linux.
@@ -45,9 +46,18 @@ PACK_RELOCS := $(shell d=$$(mktemp -d) && printf 'static int x; int *p = &x; voi
 all: $(SO) check-exports
 
 # cargo decides what to rebuild; the recipe makes make look at the library's
-# timestamp again afterwards, so the .so is relinked in the same run.
+# timestamp again afterwards, so the .so is relinked in the same run. A
+# library cargo had built before (a profile setting changed back) comes back
+# as a link to that older file, with its older timestamp: the library's
+# identity (inode, time, size), kept in $(RUSTLIB_ID) when it changes, tells
+# make then.
 $(RUSTLIB): FORCE
 	APXS=$(APXS) $(CARGO) build --release --lib
+	@mkdir -p $(BUILD); id=$$(stat -L -c '%i %Y %s' $(RUSTLIB)); \
+	    [ "$$(cat $(RUSTLIB_ID) 2>/dev/null)" = "$$id" ] || echo "$$id" > $(RUSTLIB_ID)
+
+$(RUSTLIB_ID): $(RUSTLIB)
+	@:
 
 $(BUILD)/%.o: c_shim/%.c c_shim/shim.h Makefile
 	@mkdir -p $(BUILD)
@@ -67,7 +77,7 @@ $(LINK_SCRIPT): $(HOT_CODE)
 	@grep -q "INCLUDE $(CURDIR)/$(HOT_CODE)" $@.tmp || { echo "warning: no default link script with .text; linking without the hot-code layout" >&2; : > $@.tmp; }
 	mv -f $@.tmp $@
 
-$(SO): $(SHIM_OBJ) $(RUSTLIB) $(EXPORTS) $(LINK_SCRIPT)
+$(SO): $(SHIM_OBJ) $(RUSTLIB) $(RUSTLIB_ID) $(EXPORTS) $(LINK_SCRIPT)
 	$(CC) -shared -o $@.tmp $(SHIM_OBJ) $(RUSTLIB) $$(test -s $(LINK_SCRIPT) && echo -Wl,-T,$(LINK_SCRIPT)) \
 	    -Wl,-u,http2_module -Wl,-u,proxy_http2_module -Wl,--version-script=$(EXPORTS) -Wl,-Bsymbolic \
 	    -Wl,--gc-sections $(PACK_RELOCS) $(NATIVE_LIBS)
