@@ -880,10 +880,14 @@ impl C1Ctx {
         }
     }
 
-    /// Starts the session (if not yet) and runs it.
+    /// Starts the session (if not yet) and runs it. Inlined into the
+    /// process_connection hook: out of line (fat LTO left it so) its frame
+    /// added 48 bytes under every stream c1 runs itself (`tests/
+    /// test_build.py`, the stack depth).
     ///
     /// # Safety
     /// `c` must be this context's live connection, run by the calling thread.
+    #[inline(always)]
     pub unsafe fn run(&mut self, c: *mut ffi::conn_rec, upgrade: Option<Box<Upgrade>>) -> i32 {
         // SAFETY: caller contract.
         if self.session.is_none() && !unsafe { self.start(c, upgrade) } {

@@ -533,6 +533,17 @@ impl<T: Destroy> FreeCache<T> {
     /// How many free objects to keep at most; destroys those beyond.
     pub fn keep_at_most(&self, n: usize) {
         self.keep.store(n, std::sync::atomic::Ordering::Relaxed);
+        if self.free.lock().len() > n {
+            self.destroy_beyond(n);
+        }
+    }
+
+    /// Out of line: inlined with its vector and loop, it made the frame
+    /// of c1's dispatch, under every stream c1 runs itself, 48 bytes
+    /// larger (fat LTO; `tests/test_build.py`, the stack depth).
+    #[cold]
+    #[inline(never)]
+    fn destroy_beyond(&self, n: usize) {
         let extra = {
             let mut free = self.free.lock();
             let keep = n.min(free.len());

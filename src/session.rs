@@ -1406,7 +1406,11 @@ impl<D: Dispatch> Session<D> {
 
     /// A server session taking over an h2c Upgrade: `settings_payload` is
     /// the decoded HTTP2-Settings header, `head` the upgrading request,
-    /// which becomes stream 1 (half-closed: it has no body).
+    /// which becomes stream 1 (half-closed: it has no body). Not inlined:
+    /// in `C1::start` its frame's ~300 bytes lay under every session's
+    /// start (`Session::new` and nghttp2's set-up), which then touched a
+    /// third stack page (fat LTO; `tests/test_build.py`, the stack depth).
+    #[inline(never)]
     pub fn new_upgraded(
         settings: Settings,
         signal: Arc<Signal>,
